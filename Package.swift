@@ -1,0 +1,32 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// Kernels are compiled for the CPU that builds them: plain -O targets baseline x86-64 and lowers
+// SIMD FMA to scalar calls (see ../shared/DESIGN.md). Every host builds from source, so this is safe;
+// the micro-kernel is still chosen at run time so that both register blocks are tested everywhere.
+let nativeCPU: [SwiftSetting] = [.unsafeFlags(["-target-cpu", "native"])]
+
+let package = Package(
+    name: "swift-ddp",
+    products: [
+        .executable(name: "kernels-bench", targets: ["kernels-bench"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        .systemLibrary(name: "CNuma", path: "Sources/CNuma",
+                       providers: [.apt(["libnuma-dev"])]),
+        .systemLibrary(name: "CZlib", path: "Sources/CZlib",
+                       providers: [.apt(["zlib1g-dev"])]),
+        .target(name: "Tensors", swiftSettings: nativeCPU),
+        .target(name: "Topology", dependencies: ["CNuma"]),
+        .executableTarget(name: "kernels-bench", dependencies: [
+            "Tensors",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ], swiftSettings: nativeCPU),
+        .testTarget(name: "TensorsTests", dependencies: ["Tensors"]),
+        .testTarget(name: "TopologyTests", dependencies: ["Topology"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,45 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What the CPU we run on offers, read once from /proc/cpuinfo (Linux). Used to pick a GEMM
+/// micro-kernel whose register block fits the vector register file.
+public struct CPUFeatures: Sendable, Equatable {
+    public var avx2: Bool
+    public var fma: Bool
+    public var avx512f: Bool
+    public var modelName: String
+
+    public static let current: CPUFeatures = detect()
+
+    static func detect() -> CPUFeatures {
+        let text = readTextFile("/proc/cpuinfo") ?? ""
+        var flags = Set<Substring>()
+        var model = "unknown"
+        for line in text.split(separator: "\n") {
+            if flags.isEmpty, line.hasPrefix("flags") {
+                if let colon = line.firstIndex(of: ":") {
+                    flags = Set(line[line.index(after: colon)...].split(separator: " "))
+                }
+            } else if model == "unknown", line.hasPrefix("model name"), let colon = line.firstIndex(of: ":") {
+                model = String(line[line.index(after: colon)...].drop(while: { $0 == " " }))
+            }
+        }
+        return CPUFeatures(avx2: flags.contains("avx2"), fma: flags.contains("fma"),
+                           avx512f: flags.contains("avx512f"), modelName: model)
+    }
+}
+
+/// Reads a small text file whole with plain stdio, or nil when it cannot be opened.
+func readTextFile(_ path: String) -> String? {
+    guard let file = fopen(path, "r") else { return nil }
+    defer { fclose(file) }
+    var bytes: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let n = chunk.withUnsafeMutableBytes { fread($0.baseAddress, 1, $0.count, file) }
+        if n <= 0 { break }
+        bytes.append(contentsOf: chunk[0..<n])
+    }
+    return String(decoding: bytes, as: UTF8.self)
+}

@@ -1,0 +1,205 @@
+// SGEMM: C[M,N] = alpha * op(A)[M,K] * op(B)[K,N] + beta * C, all row-major with leading dimensions.
+//
+// Shape of the algorithm (Goto/BLIS): the K dimension is cut into slabs of `kc`, N into blocks of
+// `nc`, M into blocks of `mc`. For each (K slab, N block) the slab of op(B) is packed once into
+// column panels `nr` wide, stored k-major so the micro-kernel streams it linearly; for each M block
+// the slab of op(A) is packed into row panels `mr` tall, also k-major. The micro-kernel then keeps an
+// mr x nr tile of C in registers across the whole slab. Packing absorbs the transposes, so one
+// micro-kernel serves all four transpose combinations; zero padding in the panels absorbs the edges,
+// and edge tiles go through a small scratch tile so that C is never written out of bounds.
+// beta is applied to C once up front; each slab then accumulates into C.
+
+public enum Transpose: Sendable {
+    case none, transposed
+}
+
+public struct GemmBlocking: Sendable, Equatable {
+    public var mc: Int
+    public var kc: Int
+    public var nc: Int
+    public init(mc: Int, kc: Int, nc: Int) { self.mc = mc; self.kc = kc; self.nc = nc }
+}
+
+/// A register-blocked micro-kernel; its tile must fit the vector register file of the CPU.
+public enum GemmMicroKernel: Sendable, CaseIterable, CustomStringConvertible {
+    /// 6x16 tile in 12 SIMD8 accumulators: fits the 16 ymm registers of AVX2.
+    case simd8x6x16
+    /// 6x32 tile in 12 SIMD16 accumulators: fits the 32 zmm registers of AVX-512.
+    case simd16x6x32
+
+    public var mr: Int { 6 }
+    public var nr: Int { self == .simd8x6x16 ? 16 : 32 }
+
+    /// The kernel that suits the CPU we are running on.
+    public static var native: GemmMicroKernel { CPUFeatures.current.avx512f ? .simd16x6x32 : .simd8x6x16 }
+
+    public var blocking: GemmBlocking {
+        // A panel (mr x kc) + B panel (kc x nr) stay in L1, the A block (mc x kc) in L2,
+        // the B slab (kc x nc) in L3.
+        self == .simd8x6x16 ? GemmBlocking(mc: 96, kc: 256, nc: 2048)
+                            : GemmBlocking(mc: 96, kc: 256, nc: 2048)
+    }
+
+    public var description: String { self == .simd8x6x16 ? "avx2 6x16" : "avx512 6x32" }
+}
+
+/// C = alpha * op(A) * op(B) + beta * C. With beta == 0, C is overwritten (NaNs in it do not leak).
+public func gemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: Int,
+                 alpha: Float = 1, a: UnsafePointer<Float>, lda: Int,
+                 b: UnsafePointer<Float>, ldb: Int,
+                 beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int,
+                 kernel: GemmMicroKernel = .native) {
+    precondition(m >= 0 && n >= 0 && k >= 0, "gemm: negative size m=\(m) n=\(n) k=\(k)")
+    precondition(lda >= (transA == .none ? k : m) && ldb >= (transB == .none ? n : k) && ldc >= n,
+                 "gemm: leading dimension too small")
+    if m == 0 || n == 0 { return }
+    scaleMatrix(c, rows: m, cols: n, ld: ldc, by: beta)
+    if k == 0 || alpha == 0 { return }
+
+    let mr = kernel.mr, nr = kernel.nr
+    let blocking = kernel.blocking
+    let ncMax = min(blocking.nc, roundUp(n, nr))
+    let mcMax = min(blocking.mc, roundUp(m, mr))
+    let kcMax = min(blocking.kc, k)
+    let packA = alignedFloats(mcMax * kcMax)
+    let packB = alignedFloats(ncMax * kcMax)
+    let edgeTile = alignedFloats(mr * nr)
+    defer { packA.deallocate(); packB.deallocate(); edgeTile.deallocate() }
+
+    var jc = 0
+    while jc < n {
+        let nc = min(blocking.nc, n - jc)
+        var pc = 0
+        while pc < k {
+            let kc = min(blocking.kc, k - pc)
+            packPanelsOfB(transB, b, ldb, rowStart: pc, kc: kc, colStart: jc, nc: nc, nr: nr, into: packB)
+            var ic = 0
+            while ic < m {
+                let mc = min(blocking.mc, m - ic)
+                packPanelsOfA(transA, a, lda, rowStart: ic, mc: mc, colStart: pc, kc: kc, mr: mr, into: packA)
+                var jr = 0
+                while jr < nc {
+                    let cols = min(nr, nc - jr)
+                    let bPanel = packB + jr * kc
+                    var ir = 0
+                    while ir < mc {
+                        let rows = min(mr, mc - ir)
+                        let aPanel = packA + ir * kc
+                        let cTile = c + (ic + ir) * ldc + jc + jr
+                        if rows == mr && cols == nr {
+                            runMicroKernel(kernel, kc: kc, a: aPanel, b: bPanel, c: cTile, ldc: ldc, alpha: alpha)
+                        } else {
+                            edgeTile.initialize(repeating: 0, count: mr * nr)
+                            runMicroKernel(kernel, kc: kc, a: aPanel, b: bPanel, c: edgeTile, ldc: nr, alpha: alpha)
+                            for r in 0..<rows {
+                                for j in 0..<cols { cTile[r * ldc + j] += edgeTile[r * nr + j] }
+                            }
+                        }
+                        ir += mr
+                    }
+                    jr += nr
+                }
+                ic += mc
+            }
+            pc += kc
+        }
+        jc += nc
+    }
+}
+
+/// Convenience for contiguous matrices: lda/ldb/ldc are the row lengths of op's stored layout.
+public func gemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: Int,
+                 alpha: Float = 1, a: UnsafePointer<Float>, b: UnsafePointer<Float>,
+                 beta: Float = 0, c: UnsafeMutablePointer<Float>, kernel: GemmMicroKernel = .native) {
+    gemm(transA, transB, m: m, n: n, k: k, alpha: alpha,
+         a: a, lda: transA == .none ? k : m, b: b, ldb: transB == .none ? n : k,
+         beta: beta, c: c, ldc: n, kernel: kernel)
+}
+
+@inline(__always)
+private func runMicroKernel(_ kernel: GemmMicroKernel, kc: Int, a: UnsafePointer<Float>, b: UnsafePointer<Float>,
+                            c: UnsafeMutablePointer<Float>, ldc: Int, alpha: Float) {
+    switch kernel {
+    case .simd8x6x16: microKernel6x16(kc: kc, a: a, b: b, c: c, ldc: ldc, alpha: alpha)
+    case .simd16x6x32: microKernel6x32(kc: kc, a: a, b: b, c: c, ldc: ldc, alpha: alpha)
+    }
+}
+
+/// Packs rows [rowStart, rowStart+mc) x cols [colStart, colStart+kc) of op(A) into mr-tall panels,
+/// each stored k-major (mr consecutive floats per k), zero-padded to a whole panel.
+private func packPanelsOfA(_ trans: Transpose, _ a: UnsafePointer<Float>, _ lda: Int,
+                           rowStart: Int, mc: Int, colStart: Int, kc: Int, mr: Int,
+                           into dest: UnsafeMutablePointer<Float>) {
+    var panelRow = 0
+    var out = dest
+    while panelRow < mc {
+        let rows = min(mr, mc - panelRow)
+        let i0 = rowStart + panelRow
+        if trans == .transposed {
+            // op(A)[i][p] = a[p * lda + i]: the mr values of one k are contiguous.
+            for p in 0..<kc {
+                let src = a + (colStart + p) * lda + i0
+                for r in 0..<rows { out[r] = src[r] }
+                for r in rows..<mr { out[r] = 0 }
+                out += mr
+            }
+        } else {
+            for p in 0..<kc {
+                let src = a + i0 * lda + colStart + p
+                for r in 0..<rows { out[r] = src[r * lda] }
+                for r in rows..<mr { out[r] = 0 }
+                out += mr
+            }
+        }
+        panelRow += mr
+    }
+}
+
+/// Packs rows [rowStart, rowStart+kc) x cols [colStart, colStart+nc) of op(B) into nr-wide panels,
+/// each stored k-major (nr consecutive floats per k), zero-padded to a whole panel.
+private func packPanelsOfB(_ trans: Transpose, _ b: UnsafePointer<Float>, _ ldb: Int,
+                           rowStart: Int, kc: Int, colStart: Int, nc: Int, nr: Int,
+                           into dest: UnsafeMutablePointer<Float>) {
+    var panelCol = 0
+    var out = dest
+    while panelCol < nc {
+        let cols = min(nr, nc - panelCol)
+        let j0 = colStart + panelCol
+        if trans == .transposed {
+            // op(B)[p][j] = b[j * ldb + p]: walk each stored row once, scattering with stride nr.
+            if cols < nr { out.initialize(repeating: 0, count: kc * nr) }
+            for j in 0..<cols {
+                let src = b + (j0 + j) * ldb + rowStart
+                for p in 0..<kc { out[p * nr + j] = src[p] }
+            }
+            out += kc * nr
+        } else {
+            for p in 0..<kc {
+                let src = b + (rowStart + p) * ldb + j0
+                out.update(from: src, count: cols)
+                if cols < nr { (out + cols).initialize(repeating: 0, count: nr - cols) }
+                out += nr
+            }
+        }
+        panelCol += nr
+    }
+}
+
+private func scaleMatrix(_ c: UnsafeMutablePointer<Float>, rows: Int, cols: Int, ld: Int, by beta: Float) {
+    if beta == 1 { return }
+    for i in 0..<rows {
+        let row = c + i * ld
+        if beta == 0 {
+            row.update(repeating: 0, count: cols)
+        } else {
+            for j in 0..<cols { row[j] *= beta }
+        }
+    }
+}
+
+@inline(__always) func roundUp(_ x: Int, _ multiple: Int) -> Int { (x + multiple - 1) / multiple * multiple }
+
+func alignedFloats(_ count: Int) -> UnsafeMutablePointer<Float> {
+    UnsafeMutableRawPointer.allocate(byteCount: max(count, 1) * 4, alignment: 64)
+        .bindMemory(to: Float.self, capacity: max(count, 1))
+}

@@ -1,0 +1,46 @@
+// Row softmax over a [rows, cols] matrix, numerically stable (subtract the row max before exp).
+// Forward writes the probabilities, which backward needs:
+//   dx = y * (dy - sum_j dy_j y_j)
+
+public func softmaxForward(_ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>, rows: Int, cols: Int) {
+    for r in 0..<rows { softmaxRow(x + r * cols, into: y + r * cols, count: cols) }
+}
+
+/// One row; shared with cross-entropy and attention. Returns the row's sum of exponentials
+/// (after subtracting `max`) and the max, so callers can form a log-sum-exp.
+@discardableResult
+@inline(__always)
+public func softmaxRow(_ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>, count n: Int) -> (max: Float, sum: Float) {
+    var rowMax = -Float.infinity
+    for j in 0..<n { rowMax = max(rowMax, x[j]) }
+    let m = SIMD16<Float>(repeating: rowMax)
+    var sums = SIMD16<Float>()
+    var j = 0
+    while j + 16 <= n {
+        let e = vectorExp(load16(x + j) - m)
+        store16(y + j, e)
+        sums += e
+        j += 16
+    }
+    var sum = sums.sum()
+    while j < n {
+        let e = expScalar(x[j] - rowMax)
+        y[j] = e
+        sum += e
+        j += 1
+    }
+    scale(y, by: 1 / sum, count: n)
+    return (rowMax, sum)
+}
+
+/// dx += y * (dy - <dy, y>) per row.
+public func softmaxBackward(_ y: UnsafePointer<Float>, _ dy: UnsafePointer<Float>,
+                            accumulatingInto dx: UnsafeMutablePointer<Float>, rows: Int, cols: Int) {
+    for r in 0..<rows {
+        let yr = y + r * cols, dyr = dy + r * cols, dxr = dx + r * cols
+        let dot = dotProduct(yr, dyr, count: cols)
+        for j in 0..<cols { dxr[j] += yr[j] * (dyr[j] - dot) }
+    }
+}
+
+@inline(__always) func expScalar(_ x: Float) -> Float { vectorExp(SIMD16(repeating: x))[0] }

@@ -1,0 +1,37 @@
+// Vector exp and tanh on SIMD16<Float>, plus unaligned load/store helpers used by every kernel.
+// The stdlib has no vector transcendental functions and scalar expf/tanhf cost ~10-20 ns each, which
+// would dominate GELU and softmax. exp uses the Cephes range reduction x = n ln2 + r with a degree-6
+// polynomial for e^r (about 2 ulp), builds 2^n from the exponent bits, and rounds with the
+// 1.5 * 2^23 trick so no float-to-int conversion instruction is needed.
+
+@inline(__always) public func load16(_ p: UnsafePointer<Float>) -> SIMD16<Float> {
+    UnsafeRawPointer(p).loadUnaligned(as: SIMD16<Float>.self)
+}
+
+@inline(__always) public func store16(_ p: UnsafeMutablePointer<Float>, _ v: SIMD16<Float>) {
+    UnsafeMutableRawPointer(p).storeBytes(of: v, as: SIMD16<Float>.self)
+}
+
+@inline(__always) public func vectorExp(_ input: SIMD16<Float>) -> SIMD16<Float> {
+    typealias V = SIMD16<Float>
+    let x = input.clamped(lowerBound: V(repeating: -87.33654), upperBound: V(repeating: 88.0))
+    let shifter = V(repeating: 12582912.0) // 1.5 * 2^23: adding it rounds to an integer in the low bits
+    let shifted = shifter.addingProduct(x, V(repeating: 1.44269504088896341))
+    let n = shifted - shifter
+    let r = x.addingProduct(n, V(repeating: -0.693359375)).addingProduct(n, V(repeating: 2.12194440e-4))
+    var p = V(repeating: 1.3981999507e-3).addingProduct(r, V(repeating: 1.9875691500e-4))
+    p = V(repeating: 8.3334519073e-3).addingProduct(p, r)
+    p = V(repeating: 4.1665795894e-2).addingProduct(p, r)
+    p = V(repeating: 1.6666665459e-1).addingProduct(p, r)
+    p = V(repeating: 5.0000001201e-1).addingProduct(p, r)
+    p = (r + 1).addingProduct(p, r * r)
+    let bits = unsafeBitCast(shifted, to: SIMD16<UInt32>.self)
+    let scale = unsafeBitCast((bits &- 0x4B40_0000 &+ 127) &<< 23, to: V.self)
+    return p * scale
+}
+
+/// tanh(u) = 1 - 2 / (e^{2u} + 1): saturates cleanly to +-1 because vectorExp clamps its input
+/// (to [-87.3, 88], where 2^n stays a normal float).
+@inline(__always) public func vectorTanh(_ u: SIMD16<Float>) -> SIMD16<Float> {
+    1 - 2 / (vectorExp(u + u) + 1)
+}

@@ -1,0 +1,91 @@
+import Tensors
+import XCTest
+
+final class GemmTests: XCTestCase {
+    /// Runs one gemm through `kernel` and compares with the Double reference. The tolerance is
+    /// 1e-5 of sum_k |a b| per element: float32 accumulation of up to ~2000 terms stays well inside it,
+    /// while a wrong index, a missed edge or a lost panel is off by the size of the terms themselves.
+    func check(_ ta: Transpose, _ tb: Transpose, m: Int, n: Int, k: Int, alpha: Float = 1, beta: Float = 0,
+               padA: Int = 0, padB: Int = 0, padC: Int = 0, kernel: GemmMicroKernel, seed: UInt64,
+               file: StaticString = #filePath, line: UInt = #line) {
+        var rng = TestRandom(seed: seed)
+        let lda = (ta == .none ? k : m) + padA, ldb = (tb == .none ? n : k) + padB, ldc = n + padC
+        let a = rng.tensor([(ta == .none ? m : k) * lda])
+        let b = rng.tensor([(tb == .none ? k : n) * ldb])
+        let c = rng.tensor([max(m * ldc, 1)])
+        if beta == 0 { c.fill(.nan) } // beta == 0 must overwrite, not scale, what C held
+        let before = c.toArray()
+        let expected = Reference.gemm(ta, tb, m: m, n: n, k: k, alpha: Double(alpha), a: a, lda: lda, b: b, ldb: ldb,
+                                      beta: Double(beta), c: before, ldc: ldc)
+        gemm(ta, tb, m: m, n: n, k: k, alpha: alpha, a: a.data, lda: lda, b: b.data, ldb: ldb,
+             beta: beta, c: c.data, ldc: ldc, kernel: kernel)
+        var packed = [Float](repeating: 0, count: m * n)
+        for i in 0..<m { for j in 0..<n { packed[i * n + j] = c[i * ldc + j] } }
+        packed.withUnsafeBufferPointer { got in
+            assertClose(got.baseAddress!, expected.values, tolerance: { 1e-5 * expected.magnitude[$0] + 1e-7 },
+                        "gemm \(ta) \(tb) m=\(m) n=\(n) k=\(k) alpha=\(alpha) beta=\(beta) \(kernel)",
+                        file: file, line: line)
+        }
+        // Padding columns of C beyond n are not part of the matrix and must be left alone.
+        for i in 0..<m { for j in n..<ldc where !(c[i * ldc + j].isNaN && before[i * ldc + j].isNaN) {
+            XCTAssertEqual(c[i * ldc + j], before[i * ldc + j], "gemm wrote outside C at row \(i) col \(j)",
+                           file: file, line: line)
+        } }
+    }
+
+    let transposes: [(Transpose, Transpose)] = [(.none, .none), (.none, .transposed), (.transposed, .none), (.transposed, .transposed)]
+
+    func testSmallAwkwardShapesAllTransposesBothKernels() {
+        let sizes = [1, 3, 7, 17, 33]
+        var seed: UInt64 = 1
+        for kernel in GemmMicroKernel.allCases {
+            for (ta, tb) in transposes {
+                for m in sizes { for n in sizes { for k in sizes {
+                    seed += 1
+                    check(ta, tb, m: m, n: n, k: k, kernel: kernel, seed: seed)
+                } } }
+            }
+        }
+    }
+
+    func testLargerAndNonSquareShapesCrossingBlockBoundaries() {
+        // 257 crosses kc = 256 and mc = 96; 2050 crosses nc = 2048; K = 1 and long thin shapes.
+        let shapes: [(Int, Int, Int)] = [(65, 65, 65), (257, 33, 257), (17, 257, 65), (1, 257, 1),
+                                         (257, 1, 33), (100, 70, 1), (7, 2050, 3), (97, 49, 300)]
+        var seed: UInt64 = 1000
+        for kernel in GemmMicroKernel.allCases {
+            for (ta, tb) in transposes {
+                for (m, n, k) in shapes {
+                    seed += 1
+                    check(ta, tb, m: m, n: n, k: k, kernel: kernel, seed: seed)
+                }
+            }
+        }
+    }
+
+    func testAlphaBetaAndLeadingDimensions() {
+        var seed: UInt64 = 5000
+        for kernel in GemmMicroKernel.allCases {
+            for (ta, tb) in transposes {
+                seed += 1
+                check(ta, tb, m: 19, n: 37, k: 23, alpha: -0.5, beta: 1, kernel: kernel, seed: seed)
+                check(ta, tb, m: 19, n: 37, k: 23, alpha: 2, beta: 0.25, padA: 3, padB: 5, padC: 2,
+                      kernel: kernel, seed: seed + 100)
+            }
+        }
+    }
+
+    func testZeroSizesAreNoOpsAndKZeroScalesC() {
+        let c = Tensor(shape: [2, 3], values: [1, 2, 3, 4, 5, 6])
+        let a = Tensor(zeros: [1]), b = Tensor(zeros: [1])
+        gemm(.none, .none, m: 2, n: 3, k: 0, a: a.data, lda: 1, b: b.data, ldb: 3, beta: 2, c: c.data, ldc: 3)
+        XCTAssertEqual(c.toArray(), [2, 4, 6, 8, 10, 12])
+        gemm(.none, .none, m: 0, n: 3, k: 4, a: a.data, lda: 4, b: b.data, ldb: 3, beta: 0, c: c.data, ldc: 3)
+        XCTAssertEqual(c.toArray(), [2, 4, 6, 8, 10, 12])
+    }
+
+    func testNativeKernelMatchesCPU() {
+        let features = CPUFeatures.current
+        XCTAssertEqual(GemmMicroKernel.native, features.avx512f ? .simd16x6x32 : .simd8x6x16)
+    }
+}

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# One-time (idempotent) set-up: system headers the package links against, then a release build.
+#   libnuma-dev  -> Sources/CNuma (rank pinning)     zlib1g-dev -> Sources/CZlib (gzip MNIST files)
+# Usage: scripts/setup.sh            (SKIP_BUILD=1 to install only)
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+
+need=()
+[ -f /usr/include/numa.h ] || need+=(libnuma-dev)
+[ -f /usr/include/zlib.h ] || need+=(zlib1g-dev)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing ${need[*]} with apt-get" >&2
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  else
+    echo "setup: missing ${need[*]}; install them (e.g. 'sudo apt-get install -y ${need[*]}') and rerun" >&2
+    exit 1
+  fi
+fi
+
+if [ "${SKIP_BUILD:-0}" != 1 ]; then
+  cd "$root"
+  swift build -c release
+fi
