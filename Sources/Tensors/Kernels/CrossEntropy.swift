@@ -14,7 +14,7 @@ public func crossEntropyForward(_ logits: UnsafePointer<Float>, targets: UnsafeP
         precondition(t >= 0 && t < classes, "target \(t) out of range 0..<\(classes) in row \(r)")
         let lr = logits + r * classes
         let (rowMax, sum) = softmaxRow(lr, into: probs + r * classes, count: classes)
-        let loss = logScalar(sum) + rowMax - lr[t]
+        let loss = (rowMax - lr[t]) + logScalar(sum) // the difference first: exact when both are huge
         losses[r] = loss
         total += Double(loss)
     }
