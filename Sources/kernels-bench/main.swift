@@ -1,15 +1,75 @@
+import ArgumentParser
+import Foundation
 import Tensors
-import Glibc
 
-func now() -> Double { var ts = timespec(); clock_gettime(CLOCK_MONOTONIC, &ts); return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9 }
-for (m, k, n) in [(256,256,256),(512,512,512),(1024,1024,1024),(768,128,512),(768,512,128)] {
-  for kernel in GemmMicroKernel.allCases {
-    let a = Tensor(zeros: [m*k]), b = Tensor(zeros: [k*n]), c = Tensor(zeros: [m*n])
-    for i in 0..<a.count { a[i] = Float(i % 7) * 0.1 }
-    for i in 0..<b.count { b[i] = Float(i % 5) * 0.1 }
-    gemm(.none, .none, m: m, n: n, k: k, a: a.data, b: b.data, c: c.data, kernel: kernel)
-    var best = 1e9
-    for _ in 0..<5 { let t = now(); for _ in 0..<3 { gemm(.none, .none, m: m, n: n, k: k, a: a.data, b: b.data, c: c.data, kernel: kernel) }; best = min(best, (now()-t)/3) }
-    print(m, k, n, kernel, 2.0*Double(m*n*k)/best/1e9)
-  }
+/// SGEMM throughput on square and GPT-recipe shapes, optionally next to a reference table printed by
+/// ../shared/peers/sgemm.py in the same run (scripts/bench-kernels.sh does that).
+@main
+struct KernelsBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "kernels-bench",
+        abstract: "SGEMM GFLOP/s of swift-ddp's kernels, next to a reference when given.")
+
+    @Option(help: "Output of peers/sgemm.py measured in the same run; adds numpy columns and the ratio.")
+    var reference: String?
+
+    @Option(help: "Micro-kernel: native, avx2 or avx512.")
+    var kernel: String = "native"
+
+    func validate() throws {
+        guard ["native", "avx2", "avx512"].contains(kernel) else {
+            throw ValidationError("--kernel must be native, avx2 or avx512, not '\(kernel)'")
+        }
+    }
+
+    func run() throws {
+        let micro: GemmMicroKernel = kernel == "avx2" ? .simd8x6x16 : kernel == "avx512" ? .simd16x6x32 : .native
+        let numpy = try reference.map(parseReference) ?? [:]
+        let cpu = CPUFeatures.current
+        print("# cpu: \(cpu.modelName)  avx2=\(cpu.avx2) fma=\(cpu.fma) avx512f=\(cpu.avx512f)  micro-kernel: \(micro)")
+        print("# C[M,N] = A[M,K] B[K,N]; GFLOP/s = 2MNK/t; best and median of 5 trials of ~0.3 s")
+        print("#     M     K     N  trans | swift best median" + (numpy.isEmpty ? "" : " | numpy best median | ratio (median)"))
+        let shapes: [(Int, Int, Int)] = [(256, 256, 256), (512, 512, 512), (1024, 1024, 1024),
+                                         (768, 128, 512), (768, 512, 128), (768, 128, 384), (768, 384, 128),
+                                         (768, 512, 2048), (768, 2048, 512), (64, 784, 256), (64, 256, 10)]
+        var ratios: [Double] = []
+        for (m, k, n) in shapes {
+            for (ta, tb) in [(Transpose.none, Transpose.none), (.none, .transposed), (.transposed, .none)] {
+                // Backward's transposes matter only for the GPT shapes; square shapes show NN.
+                if (ta != .none || tb != .none) && m != 768 { continue }
+                let a = Tensor(zeros: [m * k]), b = Tensor(zeros: [k * n]), c = Tensor(zeros: [m * n])
+                for i in 0..<a.count { a[i] = Float(i % 13) * 0.01 }
+                for i in 0..<b.count { b[i] = Float(i % 7) * 0.01 }
+                let (best, median) = measure {
+                    gemm(ta, tb, m: m, n: n, k: k, a: a.data, b: b.data, c: c.data, kernel: micro)
+                }
+                let flops = 2.0 * Double(m * n * k)
+                let trans = (ta == .none ? "N" : "T") + (tb == .none ? "N" : "T")
+                var line = String(format: "  %5d %5d %5d  %5@ | %10.1f %6.1f", m, k, n, trans, flops / best / 1e9, flops / median / 1e9)
+                if let ref = numpy["\(m) \(k) \(n)"] {
+                    let ratio = (flops / median / 1e9) / ref.median
+                    if ta == .none && tb == .none { ratios.append(ratio) }
+                    line += String(format: " | %10.1f %6.1f | %5.2fx", ref.best, ref.median, ratio)
+                }
+                print(line)
+            }
+        }
+        if !ratios.isEmpty {
+            print(String(format: "# NN ratio to numpy (median): min %.2fx, geometric mean %.2fx", ratios.min()!,
+                         Foundation.exp(ratios.map { Foundation.log($0) }.reduce(0, +) / Double(ratios.count))))
+        }
+    }
+
+    /// Lines of sgemm.py: "  M K N | numpy best median | torch best median".
+    func parseReference(_ path: String) throws -> [String: (best: Double, median: Double)] {
+        let text = try String(contentsOfFile: path, encoding: .utf8)
+        var table: [String: (Double, Double)] = [:]
+        for line in text.split(separator: "\n") where !line.hasPrefix("#") {
+            let fields = line.split(whereSeparator: { $0 == " " || $0 == "|" })
+            guard fields.count >= 5, let best = Double(fields[3]), let median = Double(fields[4]) else { continue }
+            table["\(fields[0]) \(fields[1]) \(fields[2])"] = (best, median)
+        }
+        guard !table.isEmpty else { throw ValidationError("no sgemm.py rows in \(path)") }
+        return table
+    }
 }

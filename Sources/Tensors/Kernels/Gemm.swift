@@ -66,6 +66,9 @@ public func gemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: In
     let edgeTile = alignedFloats(mr * nr)
     defer { packA.deallocate(); packB.deallocate(); edgeTile.deallocate() }
 
+    // With op(B) only a few panels wide, each A panel feeds few micro-kernel calls and packing A
+    // (O(MK)) costs as much as the multiply (O(MNK)): then whole A panels are read in place.
+    let packsA = n > 4 * nr
     var jc = 0
     while jc < n {
         let nc = min(blocking.nc, n - jc)
@@ -76,7 +79,9 @@ public func gemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: In
             var ic = 0
             while ic < m {
                 let mc = min(blocking.mc, m - ic)
-                packPanelsOfA(transA, a, lda, rowStart: ic, mc: mc, colStart: pc, kc: kc, mr: mr, into: packA)
+                if packsA {
+                    packPanelsOfA(transA, a, lda, rowStart: ic, mc: mc, colStart: pc, kc: kc, mr: mr, into: packA)
+                }
                 var jr = 0
                 while jr < nc {
                     let cols = min(nr, nc - jr)
@@ -84,13 +89,23 @@ public func gemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: In
                     var ir = 0
                     while ir < mc {
                         let rows = min(mr, mc - ir)
-                        let aPanel = packA + ir * kc
+                        let panel: PanelOfA
+                        if packsA {
+                            panel = PanelOfA(base: packA + ir * kc, rowStride: 1, colStride: mr)
+                        } else if rows == mr {
+                            let i0 = ic + ir
+                            panel = transA == .none ? PanelOfA(base: a + i0 * lda + pc, rowStride: lda, colStride: 1)
+                                                    : PanelOfA(base: a + pc * lda + i0, rowStride: 1, colStride: lda)
+                        } else {
+                            packPanelsOfA(transA, a, lda, rowStart: ic + ir, mc: rows, colStart: pc, kc: kc, mr: mr, into: packA)
+                            panel = PanelOfA(base: packA, rowStride: 1, colStride: mr)
+                        }
                         let cTile = c + (ic + ir) * ldc + jc + jr
                         if rows == mr && cols == nr {
-                            runMicroKernel(kernel, kc: kc, a: aPanel, b: bPanel, c: cTile, ldc: ldc, alpha: alpha)
+                            runMicroKernel(kernel, kc: kc, a: panel, b: bPanel, c: cTile, ldc: ldc, alpha: alpha)
                         } else {
                             edgeTile.initialize(repeating: 0, count: mr * nr)
-                            runMicroKernel(kernel, kc: kc, a: aPanel, b: bPanel, c: edgeTile, ldc: nr, alpha: alpha)
+                            runMicroKernel(kernel, kc: kc, a: panel, b: bPanel, c: edgeTile, ldc: nr, alpha: alpha)
                             for r in 0..<rows {
                                 for j in 0..<cols { cTile[r * ldc + j] += edgeTile[r * nr + j] }
                             }
@@ -107,6 +122,13 @@ public func gemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: In
     }
 }
 
+/// mr rows of op(A) over one K slab: element (r, p) is at base[r * rowStride + p * colStride].
+struct PanelOfA {
+    var base: UnsafePointer<Float>
+    var rowStride: Int
+    var colStride: Int
+}
+
 /// Convenience for contiguous matrices: lda/ldb/ldc are the row lengths of op's stored layout.
 public func gemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: Int,
                  alpha: Float = 1, a: UnsafePointer<Float>, b: UnsafePointer<Float>,
@@ -117,11 +139,23 @@ public func gemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: In
 }
 
 @inline(__always)
-private func runMicroKernel(_ kernel: GemmMicroKernel, kc: Int, a: UnsafePointer<Float>, b: UnsafePointer<Float>,
+private func runMicroKernel(_ kernel: GemmMicroKernel, kc: Int, a: PanelOfA, b: UnsafePointer<Float>,
                             c: UnsafeMutablePointer<Float>, ldc: Int, alpha: Float) {
+    // Literal strides for the packed layout let the inlined kernel fold its address arithmetic.
+    let packed = a.rowStride == 1 && a.colStride == kernel.mr
     switch kernel {
-    case .simd8x6x16: microKernel6x16(kc: kc, a: a, b: b, c: c, ldc: ldc, alpha: alpha)
-    case .simd16x6x32: microKernel6x32(kc: kc, a: a, b: b, c: c, ldc: ldc, alpha: alpha)
+    case .simd8x6x16:
+        if packed {
+            microKernel6x16(kc: kc, a: a.base, rowStride: 1, colStride: 6, b: b, c: c, ldc: ldc, alpha: alpha)
+        } else {
+            microKernel6x16(kc: kc, a: a.base, rowStride: a.rowStride, colStride: a.colStride, b: b, c: c, ldc: ldc, alpha: alpha)
+        }
+    case .simd16x6x32:
+        if packed {
+            microKernel6x32(kc: kc, a: a.base, rowStride: 1, colStride: 6, b: b, c: c, ldc: ldc, alpha: alpha)
+        } else {
+            microKernel6x32(kc: kc, a: a.base, rowStride: a.rowStride, colStride: a.colStride, b: b, c: c, ldc: ldc, alpha: alpha)
+        }
     }
 }
 
@@ -144,12 +178,13 @@ private func packPanelsOfA(_ trans: Transpose, _ a: UnsafePointer<Float>, _ lda:
                 out += mr
             }
         } else {
-            for p in 0..<kc {
-                let src = a + i0 * lda + colStart + p
-                for r in 0..<rows { out[r] = src[r * lda] }
-                for r in rows..<mr { out[r] = 0 }
-                out += mr
+            // Read each row of A sequentially and scatter with stride mr (the panel stays in L1).
+            if rows < mr { out.initialize(repeating: 0, count: kc * mr) }
+            for r in 0..<rows {
+                let src = a + (i0 + r) * lda + colStart
+                for p in 0..<kc { out[p * mr + r] = src[p] }
             }
+            out += kc * mr
         }
         panelRow += mr
     }

@@ -1,5 +1,6 @@
 // GEMM micro-kernels: C[mr x nr] += alpha * Apanel[mr x kc] * Bpanel[kc x nr].
-// Apanel holds mr floats per k; Bpanel holds nr floats per k, 64-byte aligned (see Gemm.swift).
+// Element (r, k) of the A panel is at a[r * rowStride + k * colStride] (packed: 1 and mr; read in place
+// when B is narrow); Bpanel holds nr floats per k, 64-byte aligned (see Gemm.swift).
 // Each k step broadcasts the mr values of A and does mr x (nr / width) fused multiply-adds on
 // accumulators that live in registers for the whole slab. The accumulators are spelled out one by
 // one because an array would live in memory; with -target-cpu native, addingProduct lowers to vfmadd.
@@ -17,7 +18,8 @@ private func accumulate<V: SIMD>(_ c: UnsafeMutablePointer<Float>, _ value: V, a
 }
 
 /// 6 x 16 tile, 12 SIMD8 accumulators + 2 B vectors + 1 broadcast = 15 of AVX2's 16 ymm registers.
-func microKernel6x16(kc: Int, a: UnsafePointer<Float>, b: UnsafePointer<Float>,
+@inline(__always)
+func microKernel6x16(kc: Int, a: UnsafePointer<Float>, rowStride rs: Int, colStride cs: Int, b: UnsafePointer<Float>,
                      c: UnsafeMutablePointer<Float>, ldc: Int, alpha: Float) {
     typealias V = SIMD8<Float>
     var c00 = V(), c01 = V(), c10 = V(), c11 = V(), c20 = V(), c21 = V()
@@ -25,13 +27,13 @@ func microKernel6x16(kc: Int, a: UnsafePointer<Float>, b: UnsafePointer<Float>,
     var pa = a, pb = b
     for _ in 0..<kc {
         let b0 = loadVector(pb, as: V.self), b1 = loadVector(pb + 8, as: V.self)
-        var av = V(repeating: pa[0]); c00 = c00.addingProduct(av, b0); c01 = c01.addingProduct(av, b1)
-        av = V(repeating: pa[1]); c10 = c10.addingProduct(av, b0); c11 = c11.addingProduct(av, b1)
-        av = V(repeating: pa[2]); c20 = c20.addingProduct(av, b0); c21 = c21.addingProduct(av, b1)
-        av = V(repeating: pa[3]); c30 = c30.addingProduct(av, b0); c31 = c31.addingProduct(av, b1)
-        av = V(repeating: pa[4]); c40 = c40.addingProduct(av, b0); c41 = c41.addingProduct(av, b1)
-        av = V(repeating: pa[5]); c50 = c50.addingProduct(av, b0); c51 = c51.addingProduct(av, b1)
-        pa += 6; pb += 16
+        var av = V(repeating: pa[0 * rs]); c00 = c00.addingProduct(av, b0); c01 = c01.addingProduct(av, b1)
+        av = V(repeating: pa[1 * rs]); c10 = c10.addingProduct(av, b0); c11 = c11.addingProduct(av, b1)
+        av = V(repeating: pa[2 * rs]); c20 = c20.addingProduct(av, b0); c21 = c21.addingProduct(av, b1)
+        av = V(repeating: pa[3 * rs]); c30 = c30.addingProduct(av, b0); c31 = c31.addingProduct(av, b1)
+        av = V(repeating: pa[4 * rs]); c40 = c40.addingProduct(av, b0); c41 = c41.addingProduct(av, b1)
+        av = V(repeating: pa[5 * rs]); c50 = c50.addingProduct(av, b0); c51 = c51.addingProduct(av, b1)
+        pa += cs; pb += 16
     }
     accumulate(c, c00, alpha: alpha); accumulate(c + 8, c01, alpha: alpha)
     accumulate(c + ldc, c10, alpha: alpha); accumulate(c + ldc + 8, c11, alpha: alpha)
@@ -42,7 +44,8 @@ func microKernel6x16(kc: Int, a: UnsafePointer<Float>, b: UnsafePointer<Float>,
 }
 
 /// 6 x 32 tile, 12 SIMD16 accumulators: fits AVX-512's 32 zmm registers (spills on AVX2, still correct).
-func microKernel6x32(kc: Int, a: UnsafePointer<Float>, b: UnsafePointer<Float>,
+@inline(__always)
+func microKernel6x32(kc: Int, a: UnsafePointer<Float>, rowStride rs: Int, colStride cs: Int, b: UnsafePointer<Float>,
                      c: UnsafeMutablePointer<Float>, ldc: Int, alpha: Float) {
     typealias V = SIMD16<Float>
     var c00 = V(), c01 = V(), c10 = V(), c11 = V(), c20 = V(), c21 = V()
@@ -50,13 +53,13 @@ func microKernel6x32(kc: Int, a: UnsafePointer<Float>, b: UnsafePointer<Float>,
     var pa = a, pb = b
     for _ in 0..<kc {
         let b0 = loadVector(pb, as: V.self), b1 = loadVector(pb + 16, as: V.self)
-        var av = V(repeating: pa[0]); c00 = c00.addingProduct(av, b0); c01 = c01.addingProduct(av, b1)
-        av = V(repeating: pa[1]); c10 = c10.addingProduct(av, b0); c11 = c11.addingProduct(av, b1)
-        av = V(repeating: pa[2]); c20 = c20.addingProduct(av, b0); c21 = c21.addingProduct(av, b1)
-        av = V(repeating: pa[3]); c30 = c30.addingProduct(av, b0); c31 = c31.addingProduct(av, b1)
-        av = V(repeating: pa[4]); c40 = c40.addingProduct(av, b0); c41 = c41.addingProduct(av, b1)
-        av = V(repeating: pa[5]); c50 = c50.addingProduct(av, b0); c51 = c51.addingProduct(av, b1)
-        pa += 6; pb += 32
+        var av = V(repeating: pa[0 * rs]); c00 = c00.addingProduct(av, b0); c01 = c01.addingProduct(av, b1)
+        av = V(repeating: pa[1 * rs]); c10 = c10.addingProduct(av, b0); c11 = c11.addingProduct(av, b1)
+        av = V(repeating: pa[2 * rs]); c20 = c20.addingProduct(av, b0); c21 = c21.addingProduct(av, b1)
+        av = V(repeating: pa[3 * rs]); c30 = c30.addingProduct(av, b0); c31 = c31.addingProduct(av, b1)
+        av = V(repeating: pa[4 * rs]); c40 = c40.addingProduct(av, b0); c41 = c41.addingProduct(av, b1)
+        av = V(repeating: pa[5 * rs]); c50 = c50.addingProduct(av, b0); c51 = c51.addingProduct(av, b1)
+        pa += cs; pb += 32
     }
     accumulate(c, c00, alpha: alpha); accumulate(c + 16, c01, alpha: alpha)
     accumulate(c + ldc, c10, alpha: alpha); accumulate(c + ldc + 16, c11, alpha: alpha)
