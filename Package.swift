@@ -20,12 +20,14 @@ let package = Package(
         .systemLibrary(name: "CZlib", path: "Sources/CZlib",
                        providers: [.apt(["zlib1g-dev"])]),
         .target(name: "Tensors", swiftSettings: nativeCPU),
+        .target(name: "NN", dependencies: ["Tensors"], swiftSettings: nativeCPU),
         .target(name: "Topology", dependencies: ["CNuma"]),
         .executableTarget(name: "kernels-bench", dependencies: [
             "Tensors",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], swiftSettings: nativeCPU),
         .testTarget(name: "TensorsTests", dependencies: ["Tensors"]),
+        .testTarget(name: "NNTests", dependencies: ["NN", "Tensors"]),
         .testTarget(name: "TopologyTests", dependencies: ["Topology"]),
     ],
     swiftLanguageModes: [.v6]

@@ -1,0 +1,52 @@
+import Tensors
+
+/// Multi-head causal self-attention: fused QKV projection, scaled dot-product with a causal mask,
+/// output projection. Caches qkv [N, 3C], the attention probabilities [B, NH, T, T] and the heads'
+/// output [N, C].
+public final class CausalSelfAttention {
+    public let qkvProjection: Linear
+    public let outputProjection: Linear
+    public let heads: Int
+    let channels: Int
+    var qkv = Tensor(zeros: [0]), probabilities = Tensor(zeros: [0]), headsOut = Tensor(zeros: [0])
+    var dqkv = Tensor(zeros: [0]), dHeadsOut = Tensor(zeros: [0]), scratch = Tensor(zeros: [0])
+
+    public init(_ parameters: ParameterSet, _ name: String, heads: Int, hasBias: Bool) {
+        qkvProjection = Linear(parameters, name + ".c_attn", hasBias: hasBias)
+        outputProjection = Linear(parameters, name + ".c_proj", hasBias: hasBias)
+        self.heads = heads
+        channels = outputProjection.outFeatures
+    }
+
+    public static func register(_ layout: inout ParameterSet.Layout, _ name: String, channels: Int, bias: Bool) {
+        Linear.register(&layout, name + ".c_attn", in: channels, out: 3 * channels, bias: bias)
+        Linear.register(&layout, name + ".c_proj", in: channels, out: channels, bias: bias)
+    }
+
+    func prepare(batch B: Int, time T: Int) {
+        let rows = B * T
+        if qkv.count == rows * 3 * channels && probabilities.count == B * heads * T * T { return }
+        qkv = Tensor(zeros: [rows, 3 * channels]); dqkv = Tensor(zeros: [rows, 3 * channels])
+        probabilities = Tensor(zeros: [B, heads, T, T]); scratch = Tensor(zeros: [T, T])
+        headsOut = Tensor(zeros: [rows, channels]); dHeadsOut = Tensor(zeros: [rows, channels])
+    }
+
+    public func forward(_ x: UnsafePointer<Float>, batch B: Int, time T: Int, into y: UnsafeMutablePointer<Float>) {
+        prepare(batch: B, time: T)
+        qkvProjection.forward(x, rows: B * T, into: qkv.data)
+        attentionForward(qkv: qkv.data, out: headsOut.data, att: probabilities.data, batch: B, time: T,
+                         channels: channels, heads: heads)
+        outputProjection.forward(headsOut.data, rows: B * T, into: y)
+    }
+
+    /// Accumulates into dx.
+    public func backward(_ x: UnsafePointer<Float>, dy: UnsafePointer<Float>, batch B: Int, time T: Int,
+                         dx: UnsafeMutablePointer<Float>) {
+        dHeadsOut.fill(0)
+        dqkv.fill(0)
+        outputProjection.backward(headsOut.data, dy: dy, rows: B * T, dx: dHeadsOut.data)
+        attentionBackward(dout: dHeadsOut.data, qkv: qkv.data, att: probabilities.data, dqkv: dqkv.data,
+                          scratch: scratch.data, batch: B, time: T, channels: channels, heads: heads)
+        qkvProjection.backward(x, dy: dqkv.data, rows: B * T, dx: dx)
+    }
+}

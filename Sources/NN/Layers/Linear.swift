@@ -1,0 +1,32 @@
+import Tensors
+
+/// y[N, out] = x[N, in] W^T (+ b), with W stored [out, in] as PyTorch does.
+/// Backward accumulates: dW += dy^T x, db += colsum(dy), dx += dy W.
+public struct Linear: Sendable {
+    public let weight: Parameter
+    public let bias: Parameter?
+    public var inFeatures: Int { weight.shape[1] }
+    public var outFeatures: Int { weight.shape[0] }
+
+    public init(_ parameters: ParameterSet, _ name: String, hasBias: Bool) {
+        weight = parameters[name + ".weight"]
+        bias = hasBias ? parameters[name + ".bias"] : nil
+    }
+
+    public static func register(_ layout: inout ParameterSet.Layout, _ name: String, in inFeatures: Int, out: Int, bias: Bool) {
+        layout.add(name + ".weight", [out, inFeatures])
+        if bias { layout.add(name + ".bias", [out]) }
+    }
+
+    public func forward(_ x: UnsafePointer<Float>, rows: Int, into y: UnsafeMutablePointer<Float>) {
+        gemm(.none, .transposed, m: rows, n: outFeatures, k: inFeatures, a: x, b: weight.value.data, c: y)
+        if let bias { addBias(bias.value.data, to: y, rows: rows, cols: outFeatures) }
+    }
+
+    /// dx may be nil when the input needs no gradient (first layer).
+    public func backward(_ x: UnsafePointer<Float>, dy: UnsafePointer<Float>, rows: Int, dx: UnsafeMutablePointer<Float>?) {
+        gemm(.transposed, .none, m: outFeatures, n: inFeatures, k: rows, a: dy, b: x, beta: 1, c: weight.gradient.data)
+        if let bias { addColumnSums(of: dy, rows: rows, cols: outFeatures, into: bias.gradient.data) }
+        if let dx { gemm(.none, .none, m: rows, n: inFeatures, k: outFeatures, a: dy, b: weight.value.data, beta: 1, c: dx) }
+    }
+}

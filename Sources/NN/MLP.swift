@@ -1,0 +1,73 @@
+import Tensors
+
+/// A two-layer perceptron for classification: inputs -> hidden (ReLU or GELU) -> classes.
+/// Initialized as PyTorch's nn.Linear (U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases), so it
+/// can be compared with the PyTorch reference run for run.
+public final class MLP: Model {
+    public enum Activation: String, Codable, Sendable { case relu, gelu }
+
+    public let parameters: ParameterSet
+    public let inputs: Int, hidden: Int, classes: Int
+    public let activation: Activation
+    let fc1: Linear, fc2: Linear
+    let head = CrossEntropyHead()
+    var input: [Float] = []
+    var preActivation = Tensor(zeros: [0]), activated = Tensor(zeros: [0]), logits = Tensor(zeros: [0])
+    var dActivated = Tensor(zeros: [0]), dPre = Tensor(zeros: [0])
+
+    public init(inputs: Int, hidden: Int, classes: Int, activation: Activation) {
+        var layout = ParameterSet.Layout()
+        Linear.register(&layout, "fc1", in: inputs, out: hidden, bias: true)
+        Linear.register(&layout, "fc2", in: hidden, out: classes, bias: true)
+        parameters = ParameterSet(layout: layout)
+        fc1 = Linear(parameters, "fc1", hasBias: true)
+        fc2 = Linear(parameters, "fc2", hasBias: true)
+        self.inputs = inputs; self.hidden = hidden; self.classes = classes; self.activation = activation
+    }
+
+    public func initialize(seed: UInt64) {
+        var rng = SeededRandom(seed: seed)
+        for layer in [fc1, fc2] {
+            let bound = 1 / Float(layer.inFeatures).squareRoot()
+            layer.weight.value.fillUniform(bound: bound, using: &rng)
+            layer.bias!.value.fillUniform(bound: bound, using: &rng)
+        }
+    }
+
+    /// Logits [rows, classes] for a batch (kept until the next forward).
+    public func logits(_ batch: ClassificationBatch) -> Tensor {
+        let rows = batch.rows
+        precondition(batch.features.count == rows * inputs, "batch has \(batch.features.count) features, expected \(rows * inputs)")
+        if logits.count != rows * classes {
+            preActivation = Tensor(zeros: [rows, hidden]); activated = Tensor(zeros: [rows, hidden])
+            logits = Tensor(zeros: [rows, classes])
+            dActivated = Tensor(zeros: [rows, hidden]); dPre = Tensor(zeros: [rows, hidden])
+        }
+        input = batch.features
+        fc1.forward(input, rows: rows, into: preActivation.data)
+        switch activation {
+        case .relu: reluForward(preActivation.data, into: activated.data, count: rows * hidden)
+        case .gelu: geluForward(preActivation.data, into: activated.data, count: rows * hidden)
+        }
+        fc2.forward(activated.data, rows: rows, into: logits.data)
+        return logits
+    }
+
+    public func forward(_ batch: ClassificationBatch) -> Float {
+        let out = logits(batch)
+        return head.forward(logits: out.data, targets: batch.labels, classes: classes)
+    }
+
+    public func backward(lossScale: Float) {
+        let rows = head.targets.count
+        let dLogits = Tensor(zeros: [rows, classes])
+        head.backward(lossScale: lossScale, into: dLogits.data)
+        dActivated.fill(0); dPre.fill(0)
+        fc2.backward(activated.data, dy: dLogits.data, rows: rows, dx: dActivated.data)
+        switch activation {
+        case .relu: reluBackward(preActivation.data, dActivated.data, accumulatingInto: dPre.data, count: rows * hidden)
+        case .gelu: geluBackward(preActivation.data, dActivated.data, accumulatingInto: dPre.data, count: rows * hidden)
+        }
+        fc1.backward(input, dy: dPre.data, rows: rows, dx: nil)
+    }
+}

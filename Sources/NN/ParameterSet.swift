@@ -1,0 +1,63 @@
+import Tensors
+
+/// One named parameter: a view into the flat parameter buffer and the same range of the gradient buffer.
+public struct Parameter: Sendable {
+    public let name: String
+    public let shape: [Int]
+    public let offset: Int
+    public let value: Tensor
+    public let gradient: Tensor
+    /// AdamW decays only matrices and embeddings (>= 2 dimensions), as nanoGPT does.
+    public var decays: Bool { shape.count >= 2 }
+}
+
+/// All parameters of a model in one flat buffer and their gradients in another, in registration
+/// (forward) order, so optimizers, checkpoints and allreduce buckets work on contiguous slices.
+public final class ParameterSet: @unchecked Sendable {
+    public private(set) var parameters: [Parameter] = []
+    public let values: FloatBuffer
+    public let gradients: FloatBuffer
+
+    /// Layouts are built first (names and shapes), storage is then allocated once.
+    public struct Layout {
+        var entries: [(name: String, shape: [Int])] = []
+        public init() {}
+        public mutating func add(_ name: String, _ shape: [Int]) { entries.append((name, shape)) }
+        var totalCount: Int { entries.reduce(0) { $0 + $1.shape.reduce(1, *) } }
+    }
+
+    public init(layout: Layout) {
+        values = FloatBuffer(count: layout.totalCount)
+        gradients = FloatBuffer(count: layout.totalCount)
+        var offset = 0
+        var seen = Set<String>()
+        for (name, shape) in layout.entries {
+            precondition(seen.insert(name).inserted, "parameter \(name) registered twice")
+            parameters.append(Parameter(name: name, shape: shape, offset: offset,
+                                        value: Tensor(owner: values, offset: offset, shape: shape),
+                                        gradient: Tensor(owner: gradients, offset: offset, shape: shape)))
+            offset += shape.reduce(1, *)
+        }
+    }
+
+    public var count: Int { values.count }
+
+    public subscript(name: String) -> Parameter {
+        guard let p = parameters.first(where: { $0.name == name }) else { preconditionFailure("no parameter \(name)") }
+        return p
+    }
+
+    public func zeroGradients() { gradients.buffer.update(repeating: 0) }
+
+    /// Global L2 norm of all gradients.
+    public func gradientNorm() -> Float { Float(sumOfSquares(gradients.base, count: count).squareRoot()) }
+
+    /// Scales gradients so their global norm is at most maxNorm (PyTorch's clip_grad_norm_); returns the
+    /// norm before clipping.
+    @discardableResult
+    public func clipGradients(maxNorm: Float) -> Float {
+        let norm = gradientNorm()
+        if maxNorm > 0 && norm > maxNorm { scale(gradients.base, by: maxNorm / (norm + 1e-6), count: count) }
+        return norm
+    }
+}

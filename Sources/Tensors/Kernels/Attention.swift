@@ -1,0 +1,55 @@
+// Causal multi-head self-attention core (after the fused QKV projection, before the output projection).
+//   qkv  [B, T, 3C]  rows hold q (C) | k (C) | v (C); head h uses columns h*hs ..< (h+1)*hs of each
+//   out  [B, T, C]   out[b,t,h] = sum_{s<=t} att[b,h,t,s] v[b,s,h]
+//   att  [B, NH, T, T] cached: softmax over s <= t of (q_t . k_s) / sqrt(hs), zero above the diagonal
+// Each (b, h) is three small GEMMs over strided views of qkv (leading dimension 3C), so the heads are
+// never copied out. Backward, with P = att and dS the gradient of the pre-softmax scores:
+//   dV = P^T dOut,  dP = dOut V^T,  dS = P * (dP - rowsum(dP * P)) / sqrt(hs),  dQ = dS K,  dK = dS^T Q
+
+public func attentionForward(qkv: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>,
+                             att: UnsafeMutablePointer<Float>, batch B: Int, time T: Int, channels C: Int, heads NH: Int) {
+    precondition(C % NH == 0, "channels \(C) not divisible by heads \(NH)")
+    let hs = C / NH, ld = 3 * C
+    let scale = 1 / Float(hs).squareRoot()
+    for b in 0..<B {
+        for h in 0..<NH {
+            let q = qkv + b * T * ld + h * hs, k = q + C, v = q + 2 * C
+            let p = att + (b * NH + h) * T * T
+            gemm(.none, .transposed, m: T, n: T, k: hs, alpha: scale, a: q, lda: ld, b: k, ldb: ld,
+                 beta: 0, c: p, ldc: T)
+            for t in 0..<T {
+                let row = p + t * T
+                softmaxRow(row, into: row, count: t + 1)
+                (row + t + 1).update(repeating: 0, count: T - t - 1)
+            }
+            gemm(.none, .none, m: T, n: hs, k: T, a: p, lda: T, b: v, ldb: ld,
+                 beta: 0, c: out + b * T * C + h * hs, ldc: C)
+        }
+    }
+}
+
+/// Accumulates into dqkv; `scratch` holds T*T floats (dP, then dS).
+public func attentionBackward(dout: UnsafePointer<Float>, qkv: UnsafePointer<Float>, att: UnsafePointer<Float>,
+                              dqkv: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<Float>,
+                              batch B: Int, time T: Int, channels C: Int, heads NH: Int) {
+    let hs = C / NH, ld = 3 * C
+    let scale = 1 / Float(hs).squareRoot()
+    for b in 0..<B {
+        for h in 0..<NH {
+            let q = qkv + b * T * ld + h * hs, k = q + C, v = q + 2 * C
+            let dq = dqkv + b * T * ld + h * hs, dk = dq + C, dv = dq + 2 * C
+            let p = att + (b * NH + h) * T * T
+            let dO = dout + b * T * C + h * hs
+            gemm(.transposed, .none, m: T, n: hs, k: T, a: p, lda: T, b: dO, ldb: C, beta: 1, c: dv, ldc: ld)
+            gemm(.none, .transposed, m: T, n: T, k: hs, a: dO, lda: C, b: v, ldb: ld, beta: 0, c: scratch, ldc: T)
+            for t in 0..<T {
+                let pr = p + t * T, dr = scratch + t * T
+                let dot = dotProduct(pr, dr, count: t + 1)
+                for s in 0...t { dr[s] = pr[s] * (dr[s] - dot) * scale }
+                (dr + t + 1).update(repeating: 0, count: T - t - 1)
+            }
+            gemm(.none, .none, m: T, n: hs, k: T, a: scratch, lda: T, b: k, ldb: ld, beta: 1, c: dq, ldc: ld)
+            gemm(.transposed, .none, m: T, n: hs, k: T, a: scratch, lda: T, b: q, ldb: ld, beta: 1, c: dk, ldc: ld)
+        }
+    }
+}

@@ -1,0 +1,151 @@
+import NN
+import Tensors
+import XCTest
+
+/// Finite-difference gradient checks. Forward runs in float32, so each numeric derivative carries an
+/// error of roughly eps * |loss| / h; with h = 1e-3 that is ~1e-4. The check is on the whole gradient of
+/// each parameter: ||numeric - analytic|| <= 1e-2 ||numeric|| (+ a small floor), which a wrong sign,
+/// index or missing term (errors of order 1) fails by far.
+func checkGradients(_ parameters: ParameterSet, maxEntries: Int = 64, step: Float = 1e-3,
+                    loss: () -> Double, backward: () -> Void, file: StaticString = #filePath, line: UInt = #line) {
+    parameters.zeroGradients()
+    _ = loss()
+    backward()
+    let analytic = Array(parameters.gradients.buffer)
+    var rng = SeededRandom(seed: 99)
+    for p in parameters.parameters {
+        let n = p.value.count
+        let indices = n <= maxEntries ? Array(0..<n) : (0..<maxEntries).map { _ in rng.nextInt(below: n) }
+        var diff = 0.0, norm = 0.0
+        var worst = (index: -1, numeric: 0.0, analytic: 0.0)
+        for i in indices {
+            let saved = p.value[i]
+            p.value[i] = saved + step
+            let up = loss()
+            p.value[i] = saved - step
+            let down = loss()
+            p.value[i] = saved
+            let numeric = (up - down) / Double(2 * step)
+            let a = Double(analytic[p.offset + i])
+            if abs(numeric - a) > abs(worst.numeric - worst.analytic) || worst.index < 0 { worst = (i, numeric, a) }
+            diff += (numeric - a) * (numeric - a)
+            norm += numeric * numeric
+        }
+        XCTAssertLessThanOrEqual(diff.squareRoot(), 1e-2 * norm.squareRoot() + 1e-4,
+                                 "\(p.name): relative gradient error \(diff.squareRoot() / max(norm.squareRoot(), 1e-30)); " +
+                                 "worst at \(worst.index): numeric \(worst.numeric) analytic \(worst.analytic)",
+                                 file: file, line: line)
+    }
+}
+
+/// sum_i w_i y_i in Double: a loss whose gradient with respect to y is w.
+func weightedSum(_ y: UnsafePointer<Float>, _ w: Tensor) -> Double {
+    (0..<w.count).reduce(0.0) { $0 + Double(y[$1]) * Double(w[$1]) }
+}
+
+final class GradientCheckTests: XCTestCase {
+    /// A tiny wrapper model: the layer's input is itself a parameter ("input"), so one check covers
+    /// both the parameter gradients and the input gradient.
+    func layerCheck(layout build: (inout ParameterSet.Layout) -> Void, inputShape: [Int], outputCount: Int,
+                    seed: UInt64, prepare: (ParameterSet) -> Void = { _ in },
+                    forward: (ParameterSet, UnsafePointer<Float>, UnsafeMutablePointer<Float>) -> Void,
+                    backward: (ParameterSet, UnsafePointer<Float>, UnsafePointer<Float>, UnsafeMutablePointer<Float>) -> Void,
+                    file: StaticString = #filePath, line: UInt = #line) {
+        var layout = ParameterSet.Layout()
+        layout.add("input", inputShape)
+        build(&layout)
+        let parameters = ParameterSet(layout: layout)
+        var rng = SeededRandom(seed: seed)
+        for p in parameters.parameters { p.value.fillNormal(std: 0.5, using: &rng) }
+        prepare(parameters)
+        let w = Tensor(zeros: [outputCount]); w.fillNormal(std: 1, using: &rng)
+        let y = Tensor(zeros: [outputCount])
+        let input = parameters["input"]
+        checkGradients(parameters, loss: {
+            forward(parameters, input.value.data, y.data)
+            return weightedSum(y.data, w)
+        }, backward: {
+            backward(parameters, input.value.data, w.data, input.gradient.data)
+        }, file: file, line: line)
+    }
+
+    func testLinearWithAndWithoutBias() {
+        for bias in [true, false] {
+            layerCheck(layout: { Linear.register(&$0, "fc", in: 7, out: 5, bias: bias) }, inputShape: [3, 7],
+                       outputCount: 15, seed: 1,
+                       forward: { ps, x, y in Linear(ps, "fc", hasBias: bias).forward(x, rows: 3, into: y) },
+                       backward: { ps, x, dy, dx in Linear(ps, "fc", hasBias: bias).backward(x, dy: dy, rows: 3, dx: dx) })
+        }
+    }
+
+    func testLayerNormLayer() {
+        for bias in [true, false] {
+            var layer: LayerNormLayer!
+            layerCheck(layout: { LayerNormLayer.register(&$0, "ln", features: 9, bias: bias) }, inputShape: [4, 9],
+                       outputCount: 36, seed: 2,
+                       prepare: { layer = LayerNormLayer($0, "ln", hasBias: bias) },
+                       forward: { _, x, y in layer.forward(x, rows: 4, into: y) },
+                       backward: { _, x, dy, dx in layer.backward(x, dy: dy, rows: 4, dx: dx) })
+        }
+    }
+
+    func testCausalSelfAttention() {
+        var layer: CausalSelfAttention!
+        let (B, T, C) = (2, 5, 8)
+        layerCheck(layout: { CausalSelfAttention.register(&$0, "attn", channels: C, bias: true) },
+                   inputShape: [B * T, C], outputCount: B * T * C, seed: 3,
+                   prepare: { layer = CausalSelfAttention($0, "attn", heads: 2, hasBias: true) },
+                   forward: { _, x, y in layer.forward(x, batch: B, time: T, into: y) },
+                   backward: { _, x, dy, dx in layer.backward(x, dy: dy, batch: B, time: T, dx: dx) })
+    }
+
+    func testAttentionIsCausal() {
+        // Changing the last token's input must not change any earlier position's output.
+        var layout = ParameterSet.Layout()
+        CausalSelfAttention.register(&layout, "attn", channels: 8, bias: false)
+        let ps = ParameterSet(layout: layout)
+        var rng = SeededRandom(seed: 4)
+        for p in ps.parameters { p.value.fillNormal(std: 0.5, using: &rng) }
+        let layer = CausalSelfAttention(ps, "attn", heads: 2, hasBias: false)
+        let x = Tensor(zeros: [6, 8]); x.fillNormal(std: 1, using: &rng)
+        let y1 = Tensor(zeros: [6, 8]), y2 = Tensor(zeros: [6, 8])
+        layer.forward(x.data, batch: 1, time: 6, into: y1.data)
+        for j in 0..<8 { x[5 * 8 + j] += 1 }
+        layer.forward(x.data, batch: 1, time: 6, into: y2.data)
+        XCTAssertEqual(Array(y1.toArray()[0..<40]), Array(y2.toArray()[0..<40]))
+        XCTAssertNotEqual(Array(y1.toArray()[40..<48]), Array(y2.toArray()[40..<48]))
+    }
+
+    func testTransformerBlock() {
+        var block: TransformerBlock!
+        let (B, T, C) = (2, 4, 8)
+        layerCheck(layout: { TransformerBlock.register(&$0, "h", channels: C, bias: false) },
+                   inputShape: [B * T, C], outputCount: B * T * C, seed: 5,
+                   prepare: { block = TransformerBlock($0, "h", heads: 2, hasBias: false) },
+                   forward: { _, x, y in block.forward(x, batch: B, time: T, into: y) },
+                   backward: { _, x, dy, dx in block.backward(x, dy: dy, batch: B, time: T, dx: dx) })
+    }
+
+    func testWholeGPT() {
+        let gpt = GPT(GPTConfiguration(vocabularySize: 11, blockSize: 6, layers: 2, heads: 2, embedding: 8))
+        gpt.initialize(seed: 7)
+        // Larger than nanoGPT's 0.02 init so that every path carries a gradient well above float noise.
+        var rng = SeededRandom(seed: 8)
+        for p in gpt.parameters.parameters where !p.name.contains(".ln_") { p.value.fillNormal(std: 0.3, using: &rng) }
+        let tokens = (0..<12).map { _ in Int32(rng.nextInt(below: 11)) }
+        let targets = (0..<12).map { _ in Int32(rng.nextInt(below: 11)) }
+        let batch = TokenBatch(tokens: tokens, targets: targets, batchSize: 2, time: 6)
+        checkGradients(gpt.parameters, loss: { Double(gpt.forward(batch)) }, backward: { gpt.backward(lossScale: 1) })
+    }
+
+    func testWholeMLPBothActivations() {
+        for activation in [MLP.Activation.relu, .gelu] {
+            let mlp = MLP(inputs: 12, hidden: 9, classes: 4, activation: activation)
+            mlp.initialize(seed: 3)
+            var rng = SeededRandom(seed: 4)
+            let batch = ClassificationBatch(features: (0..<36).map { _ in rng.nextNormal() },
+                                            labels: [0, 3, 2])
+            checkGradients(mlp.parameters, loss: { Double(mlp.forward(batch)) }, backward: { mlp.backward(lossScale: 1) })
+        }
+    }
+}
