@@ -21,6 +21,7 @@ let package = Package(
                        providers: [.apt(["zlib1g-dev"])]),
         .target(name: "Tensors", swiftSettings: nativeCPU),
         .target(name: "NN", dependencies: ["Tensors"], swiftSettings: nativeCPU),
+        .target(name: "Datasets", dependencies: ["Tensors", "CZlib"]),
         .target(name: "Topology", dependencies: ["CNuma"]),
         .executableTarget(name: "kernels-bench", dependencies: [
             "Tensors",
@@ -28,6 +29,7 @@ let package = Package(
         ], swiftSettings: nativeCPU),
         .testTarget(name: "TensorsTests", dependencies: ["Tensors"]),
         .testTarget(name: "NNTests", dependencies: ["NN", "Tensors"]),
+        .testTarget(name: "DatasetsTests", dependencies: ["Datasets", "Tensors"]),
         .testTarget(name: "TopologyTests", dependencies: ["Topology"]),
     ],
     swiftLanguageModes: [.v6]

@@ -1,0 +1,52 @@
+import Tensors
+
+/// Character-level text as nanoGPT's shakespeare_char prepares it: the vocabulary is the sorted set of
+/// characters (Unicode scalars) in the text, the first 90% is train and the rest validation.
+public struct CharText: Sendable {
+    public let vocabulary: [Character]
+    public let train: [Int32]
+    public let validation: [Int32]
+    let index: [Character: Int32]
+
+    public init(text: String, trainFraction: Double = 0.9) {
+        let chars = Array(text)
+        vocabulary = Array(Set(chars)).sorted { String($0).unicodeScalars.first!.value < String($1).unicodeScalars.first!.value }
+        var index: [Character: Int32] = [:]
+        for (i, c) in vocabulary.enumerated() { index[c] = Int32(i) }
+        self.index = index
+        let ids = chars.map { index[$0]! }
+        let cut = Int(Double(ids.count) * trainFraction)
+        train = Array(ids[..<cut])
+        validation = Array(ids[cut...])
+    }
+
+    public init(path: String) throws {
+        let bytes = try readPossiblyGzippedFile(path)
+        guard let text = String(validating: bytes, as: UTF8.self) else { throw DatasetError(path, "not valid UTF-8 text") }
+        guard text.count > 2 else { throw DatasetError(path, "too short to train on (\(text.count) characters)") }
+        self.init(text: text)
+    }
+
+    public func encode(_ text: String) -> [Int32]? {
+        var out: [Int32] = []
+        for c in text { guard let id = index[c] else { return nil }; out.append(id) }
+        return out
+    }
+
+    public func decode(_ ids: [Int32]) -> String { String(ids.map { vocabulary[Int($0)] }) }
+
+    /// `batchSize` random windows of `time` tokens and their next-token targets, as nanoGPT's get_batch:
+    /// start offsets uniform in 0..<(count - time).
+    public static func sampleBatch(from data: [Int32], batchSize: Int, time: Int,
+                                   using rng: inout SeededRandom) -> (tokens: [Int32], targets: [Int32]) {
+        precondition(data.count > time, "split of \(data.count) tokens is shorter than block size \(time) + 1")
+        var tokens = [Int32](), targets = [Int32]()
+        tokens.reserveCapacity(batchSize * time); targets.reserveCapacity(batchSize * time)
+        for _ in 0..<batchSize {
+            let start = rng.nextInt(below: data.count - time)
+            tokens.append(contentsOf: data[start..<(start + time)])
+            targets.append(contentsOf: data[(start + 1)...(start + time)])
+        }
+        return (tokens, targets)
+    }
+}

@@ -1,0 +1,65 @@
+import Tensors
+
+/// AdamW as PyTorch computes it (decoupled weight decay, bias-corrected moments):
+///   p *= 1 - lr*wd (only parameters with >= 2 dimensions);  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2
+///   p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)
+public final class AdamW: Optimizer {
+    public struct Hyperparameters: Codable, Sendable, Equatable {
+        public var beta1: Float = 0.9
+        public var beta2: Float = 0.999
+        public var epsilon: Float = 1e-8
+        public var weightDecay: Float = 0.01
+        public init(beta1: Float = 0.9, beta2: Float = 0.999, epsilon: Float = 1e-8, weightDecay: Float = 0.01) {
+            self.beta1 = beta1; self.beta2 = beta2; self.epsilon = epsilon; self.weightDecay = weightDecay
+        }
+    }
+
+    public let hyperparameters: Hyperparameters
+    let parameters: ParameterSet
+    let range: Range<Int>
+    let firstMoment: FloatBuffer, secondMoment: FloatBuffer
+    public var stepCount = 0
+    public var state: [(name: String, buffer: FloatBuffer)] { [("adamw.m", firstMoment), ("adamw.v", secondMoment)] }
+
+    public init(_ parameters: ParameterSet, range: Range<Int>? = nil, _ hyperparameters: Hyperparameters) {
+        self.parameters = parameters
+        self.range = range ?? 0..<parameters.count
+        self.hyperparameters = hyperparameters
+        firstMoment = FloatBuffer(count: self.range.count)
+        secondMoment = FloatBuffer(count: self.range.count)
+    }
+
+    public func step(learningRate lr: Float) {
+        stepCount += 1
+        let h = hyperparameters
+        let t = Float(stepCount)
+        let stepSize = lr / (1 - pow(h.beta1, t))
+        let correction2 = (1 - pow(h.beta2, t)).squareRoot()
+        let values = parameters.values.base, grads = parameters.gradients.base
+        for (segment, decays) in segments(of: parameters, in: range) {
+            let shrink = decays ? 1 - lr * h.weightDecay : 1
+            let p = values + segment.lowerBound, g = grads + segment.lowerBound
+            let local = segment.lowerBound - range.lowerBound
+            let m = firstMoment.base + local, v = secondMoment.base + local
+            update(p, g, m, v, count: segment.count, shrink: shrink, stepSize: stepSize, correction2: correction2)
+        }
+    }
+
+    @inline(__always)
+    private func update(_ p: UnsafeMutablePointer<Float>, _ g: UnsafePointer<Float>, _ m: UnsafeMutablePointer<Float>,
+                        _ v: UnsafeMutablePointer<Float>, count n: Int, shrink: Float, stepSize: Float, correction2: Float) {
+        let h = hyperparameters
+        for i in 0..<n {
+            let gi = g[i]
+            let mi = h.beta1 * m[i] + (1 - h.beta1) * gi
+            let vi = h.beta2 * v[i] + (1 - h.beta2) * gi * gi
+            m[i] = mi
+            v[i] = vi
+            p[i] = p[i] * shrink - stepSize * mi / (vi.squareRoot() / correction2 + h.epsilon)
+        }
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif
