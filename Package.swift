@@ -9,6 +9,7 @@ let nativeCPU: [SwiftSetting] = [.unsafeFlags(["-target-cpu", "native"])]
 let package = Package(
     name: "swift-ddp",
     products: [
+        .executable(name: "ddp-train", targets: ["ddp-train"]),
         .executable(name: "kernels-bench", targets: ["kernels-bench"]),
     ],
     dependencies: [
@@ -20,9 +21,14 @@ let package = Package(
         .systemLibrary(name: "CZlib", path: "Sources/CZlib",
                        providers: [.apt(["zlib1g-dev"])]),
         .target(name: "Tensors", swiftSettings: nativeCPU),
-        .target(name: "NN", dependencies: ["Tensors"], swiftSettings: nativeCPU),
+        .target(name: "NN", dependencies: ["Tensors", "CZlib"], swiftSettings: nativeCPU),
         .target(name: "Datasets", dependencies: ["Tensors", "CZlib"]),
+        .target(name: "Training", dependencies: ["NN", "Datasets", "Tensors"]),
         .target(name: "Topology", dependencies: ["CNuma"]),
+        .executableTarget(name: "ddp-train", dependencies: [
+            "Training", "NN", "Datasets",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
         .executableTarget(name: "kernels-bench", dependencies: [
             "Tensors",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -30,6 +36,7 @@ let package = Package(
         .testTarget(name: "TensorsTests", dependencies: ["Tensors"]),
         .testTarget(name: "NNTests", dependencies: ["NN", "Tensors"]),
         .testTarget(name: "DatasetsTests", dependencies: ["Datasets", "Tensors"]),
+        .testTarget(name: "TrainingTests", dependencies: ["Training", "NN", "Datasets", "Tensors"]),
         .testTarget(name: "TopologyTests", dependencies: ["Topology"]),
     ],
     swiftLanguageModes: [.v6]

@@ -1,0 +1,146 @@
+import Datasets
+import Foundation
+import NN
+import Tensors
+
+/// A model together with its data: what the Trainer needs to draw batches, step and evaluate.
+public protocol TrainingTask: AnyObject {
+    var parameters: ParameterSet { get }
+    /// Tokens or samples in one micro-batch of this rank.
+    var unitsPerMicroBatch: Int { get }
+    var unitName: String { get }
+    /// State of the training batch sampler, saved in checkpoints.
+    var samplerState: UInt64 { get set }
+    func initialize(seed: UInt64)
+    /// Forward on the next training micro-batch; returns its mean loss.
+    func trainingLoss(iteration: Int, microStep: Int) -> Float
+    func backward(lossScale: Float)
+    /// Named evaluation figures (losses, accuracy) at `iteration`.
+    func evaluate(iteration: Int) -> [(name: String, value: Double)]
+}
+
+/// nanoGPT's character-level Shakespeare: random windows from the train split, eval on both splits.
+public final class GPTTask: TrainingTask {
+    public let model: GPT
+    public let text: CharText
+    let config: TrainConfig
+    var rng: SeededRandom
+    let rank: Int
+
+    public init(config: TrainConfig, text: CharText, rank: Int = 0) {
+        self.config = config
+        self.text = text
+        self.rank = rank
+        model = GPT(GPTConfiguration(vocabularySize: text.vocabulary.count, blockSize: config.blockSize,
+                                     layers: config.nLayer, heads: config.nHead, embedding: config.nEmbd, bias: config.bias))
+        // Each rank draws its own independent, seeded batch stream.
+        rng = SeededRandom(seed: config.seed).derived(0xBA7C4 &+ UInt64(rank))
+    }
+
+    public var parameters: ParameterSet { model.parameters }
+    public var unitsPerMicroBatch: Int { config.batchSize * config.blockSize }
+    public var unitName: String { "tokens" }
+    public var samplerState: UInt64 {
+        get { rng.state }
+        set { rng.state = newValue }
+    }
+
+    public func initialize(seed: UInt64) { model.initialize(seed: seed) }
+
+    public func trainingLoss(iteration: Int, microStep: Int) -> Float {
+        let (x, y) = CharText.sampleBatch(from: text.train, batchSize: config.batchSize, time: config.blockSize, using: &rng)
+        return model.forward(TokenBatch(tokens: x, targets: y, batchSize: config.batchSize, time: config.blockSize))
+    }
+
+    public func backward(lossScale: Float) { model.backward(lossScale: lossScale) }
+
+    /// Mean loss over eval_iters random batches per split, as nanoGPT's estimate_loss; the batches come
+    /// from a generator derived from the seed and iteration, so evaluation never shifts the training stream.
+    public func evaluate(iteration: Int) -> [(name: String, value: Double)] {
+        var results: [(String, Double)] = []
+        for (name, split) in [("train", text.train), ("val", text.validation)] {
+            var evalRng = SeededRandom(seed: config.seed).derived(0xE7A1 &+ UInt64(iteration) &* 2 &+ (name == "val" ? 1 : 0))
+            var total = 0.0
+            for _ in 0..<config.evalIters {
+                let (x, y) = CharText.sampleBatch(from: split, batchSize: config.batchSize, time: config.blockSize, using: &evalRng)
+                total += Double(model.forward(TokenBatch(tokens: x, targets: y, batchSize: config.batchSize, time: config.blockSize)))
+            }
+            results.append(("\(name) loss", total / Double(config.evalIters)))
+        }
+        return results
+    }
+}
+
+/// The MLP on MNIST: per-epoch seeded shuffles sharded across ranks (DistributedSampler semantics),
+/// held-out loss and accuracy on the last 2,000 images.
+public final class MLPTask: TrainingTask {
+    public let model: MLP
+    let train: MNIST, heldOut: MNIST
+    let config: TrainConfig
+    let rank: Int, worldSize: Int
+    var shardEpoch = -1
+    var shard: [Int] = []
+
+    public init(config: TrainConfig, train: MNIST, heldOut: MNIST, rank: Int = 0, worldSize: Int = 1) {
+        self.config = config
+        self.train = train
+        self.heldOut = heldOut
+        self.rank = rank
+        self.worldSize = worldSize
+        model = MLP(inputs: train.pixelsPerImage, hidden: config.hidden, classes: 10,
+                    activation: config.activation == .relu ? .relu : .gelu)
+    }
+
+    public var parameters: ParameterSet { model.parameters }
+    public var unitsPerMicroBatch: Int { config.batchSize }
+    public var unitName: String { "samples" }
+    /// Batches follow from (seed, epoch, position): nothing to save.
+    public var samplerState: UInt64 { get { 0 } set { } }
+
+    /// Micro-batches per epoch on this rank (the last one may be short).
+    public var batchesPerEpoch: Int { (train.count / worldSize + config.batchSize - 1) / config.batchSize }
+
+    public func initialize(seed: UInt64) { model.initialize(seed: seed) }
+
+    public func trainingLoss(iteration: Int, microStep: Int) -> Float {
+        let global = iteration * config.gradAccum + microStep
+        let epoch = global / batchesPerEpoch, position = global % batchesPerEpoch
+        if epoch != shardEpoch {
+            shard = epochShard(count: train.count, epoch: epoch, seed: config.seed, rank: rank, worldSize: worldSize)
+            shardEpoch = epoch
+        }
+        let start = position * config.batchSize
+        let (features, labels) = train.gather(shard[start..<min(start + config.batchSize, shard.count)])
+        return model.forward(ClassificationBatch(features: features, labels: labels))
+    }
+
+    public func backward(lossScale: Float) { model.backward(lossScale: lossScale) }
+
+    public func evaluate(iteration: Int) -> [(name: String, value: Double)] {
+        let (features, labels) = heldOut.gather(Array(0..<heldOut.count)[...])
+        let batch = ClassificationBatch(features: features, labels: labels)
+        let loss = model.forward(batch)
+        let logits = model.logits(batch)
+        var correct = 0
+        for r in 0..<labels.count {
+            var best = 0
+            for c in 1..<10 where logits[r * 10 + c] > logits[r * 10 + best] { best = c }
+            if best == Int(labels[r]) { correct += 1 }
+        }
+        return [("held-out loss", Double(loss)), ("held-out accuracy %", 100 * Double(correct) / Double(labels.count))]
+    }
+}
+
+/// Builds the task a config names, loading its data from `config.dataDir`.
+public func makeTask(_ config: TrainConfig, rank: Int = 0, worldSize: Int = 1) throws -> TrainingTask {
+    let dir = config.dataDir
+    switch config.model {
+    case .gpt:
+        return GPTTask(config: config, text: try CharText(path: dir + "/tinyshakespeare.txt"), rank: rank)
+    case .mlp:
+        let all = try MNIST(imagesPath: dir + "/mnist-t10k-images-idx3-ubyte.gz", labelsPath: dir + "/mnist-t10k-labels-idx1-ubyte.gz")
+        guard all.count > 2000 else { throw DatasetError(dir, "MNIST has \(all.count) images; need more than the 2,000 held out") }
+        let (train, heldOut) = all.split(at: all.count - 2000)
+        return MLPTask(config: config, train: train, heldOut: heldOut, rank: rank, worldSize: worldSize)
+    }
+}

@@ -1,0 +1,188 @@
+import Foundation
+
+/// A bad configuration, naming the key (and the file when there is one).
+public struct ConfigError: Error, CustomStringConvertible, Equatable {
+    public let key: String
+    public let problem: String
+    public var file: String?
+    public init(key: String, _ problem: String, file: String? = nil) { self.key = key; self.problem = problem; self.file = file }
+    public var description: String {
+        (file.map { "\($0): " } ?? "") + "config key '\(key)': \(problem)"
+    }
+}
+
+/// One training run, decoded from configs/*.json. Keys are nanoGPT's names where nanoGPT has one.
+/// Every key is optional (defaults below); unknown keys and invalid values are errors naming the key.
+public struct TrainConfig: Codable, Sendable, Equatable {
+    public enum ModelKind: String, Codable, Sendable { case gpt, mlp }
+    public enum DatasetKind: String, Codable, Sendable { case shakespeare, mnist }
+    public enum OptimizerKind: String, Codable, Sendable { case adamw, sgd }
+    public enum Activation: String, Codable, Sendable { case relu, gelu }
+
+    public var model: ModelKind = .gpt
+    public var dataset: DatasetKind = .shakespeare
+    public var dataDir: String = "data"
+    public var outDir: String = "runs/default"
+    public var seed: UInt64 = 1337
+    // GPT
+    public var nLayer = 4, nHead = 4, nEmbd = 128, blockSize = 64
+    public var dropout: Double = 0
+    public var bias = false
+    // MLP
+    public var hidden = 256
+    public var activation: Activation = .relu
+    // Batches and length
+    public var batchSize = 12
+    public var gradAccum = 1
+    public var maxIters = 2000
+    public var epochs: Int? = nil
+    // Optimizer and schedule
+    public var optimizer: OptimizerKind = .adamw
+    public var learningRate: Double = 1e-3
+    public var minLr: Double = 1e-4
+    public var warmupIters = 100
+    public var lrDecayIters = 2000
+    public var decayLr = true
+    public var beta1: Double = 0.9, beta2: Double = 0.99
+    public var weightDecay: Double = 0.1
+    public var momentum: Double = 0.9
+    public var gradClip: Double = 1.0
+    // Evaluation, logging, checkpoints
+    public var evalInterval = 250
+    public var evalIters = 20
+    public var logInterval = 10
+    public var checkpointInterval = 0
+
+    public init() {}
+
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case model, dataset, dataDir = "data_dir", outDir = "out_dir", seed
+        case nLayer = "n_layer", nHead = "n_head", nEmbd = "n_embd", blockSize = "block_size", dropout, bias
+        case hidden, activation
+        case batchSize = "batch_size", gradAccum = "grad_accum", maxIters = "max_iters", epochs
+        case optimizer, learningRate = "learning_rate", minLr = "min_lr", warmupIters = "warmup_iters"
+        case lrDecayIters = "lr_decay_iters", decayLr = "decay_lr", beta1, beta2, weightDecay = "weight_decay"
+        case momentum, gradClip = "grad_clip"
+        case evalInterval = "eval_interval", evalIters = "eval_iters", logInterval = "log_interval"
+        case checkpointInterval = "checkpoint_interval"
+    }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        func take<T: Decodable>(_ key: CodingKeys, _ into: inout T) throws {
+            do {
+                if let v = try c.decodeIfPresent(T.self, forKey: key) { into = v }
+            } catch {
+                throw ConfigError(key: key.rawValue, "expected \(Self.typeName(T.self))")
+            }
+        }
+        try take(.model, &model); try take(.dataset, &dataset); try take(.dataDir, &dataDir); try take(.outDir, &outDir)
+        try take(.seed, &seed); try take(.nLayer, &nLayer); try take(.nHead, &nHead); try take(.nEmbd, &nEmbd)
+        try take(.blockSize, &blockSize); try take(.dropout, &dropout); try take(.bias, &bias)
+        try take(.hidden, &hidden); try take(.activation, &activation)
+        try take(.batchSize, &batchSize); try take(.gradAccum, &gradAccum); try take(.maxIters, &maxIters)
+        if c.contains(.epochs) { var e = 0; try take(.epochs, &e); epochs = e }
+        try take(.optimizer, &optimizer); try take(.learningRate, &learningRate); try take(.minLr, &minLr)
+        try take(.warmupIters, &warmupIters); try take(.lrDecayIters, &lrDecayIters); try take(.decayLr, &decayLr)
+        try take(.beta1, &beta1); try take(.beta2, &beta2); try take(.weightDecay, &weightDecay)
+        try take(.momentum, &momentum); try take(.gradClip, &gradClip)
+        try take(.evalInterval, &evalInterval); try take(.evalIters, &evalIters); try take(.logInterval, &logInterval)
+        try take(.checkpointInterval, &checkpointInterval)
+    }
+
+    static func typeName<T>(_ type: T.Type) -> String {
+        switch type {
+        case is ModelKind.Type: return "one of \(["gpt", "mlp"])"
+        case is DatasetKind.Type: return "one of \(["shakespeare", "mnist"])"
+        case is OptimizerKind.Type: return "one of \(["adamw", "sgd"])"
+        case is Activation.Type: return "one of \(["relu", "gelu"])"
+        case is Int.Type, is UInt64.Type: return "an integer"
+        case is Double.Type: return "a number"
+        case is Bool.Type: return "true or false"
+        default: return "a string"
+        }
+    }
+
+    /// Decodes JSON after applying `overrides` ("key=value", value parsed as JSON, else taken as a string).
+    /// Rejects unknown keys and invalid values with the key's name.
+    public static func load(json: Data, overrides: [String] = [], file: String? = nil) throws -> TrainConfig {
+        do {
+            guard var object = try JSONSerialization.jsonObject(with: json) as? [String: Any] else {
+                throw ConfigError(key: "(top level)", "expected a JSON object")
+            }
+            for override in overrides {
+                guard let eq = override.firstIndex(of: "="), eq != override.startIndex else {
+                    throw ConfigError(key: override, "override must look like key=value")
+                }
+                let key = String(override[..<eq]), text = String(override[override.index(after: eq)...])
+                object[key] = (try? JSONSerialization.jsonObject(with: Data(text.utf8), options: .fragmentsAllowed)) ?? text
+            }
+            let known = Set(CodingKeys.allCases.map(\.rawValue))
+            if let unknown = object.keys.sorted().first(where: { !known.contains($0) }) {
+                throw ConfigError(key: unknown, "unknown key (known: \(known.sorted().joined(separator: ", ")))")
+            }
+            let data = try JSONSerialization.data(withJSONObject: object)
+            let config = try JSONDecoder().decode(TrainConfig.self, from: data)
+            try config.validate()
+            return config
+        } catch var error as ConfigError {
+            error.file = file
+            throw error
+        } catch {
+            throw ConfigError(key: "(file)", "not valid JSON: \(error.localizedDescription)", file: file)
+        }
+    }
+
+    public static func load(path: String, overrides: [String] = []) throws -> TrainConfig {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw ConfigError(key: "(file)", "cannot read config file", file: path)
+        }
+        return try load(json: data, overrides: overrides, file: path)
+    }
+
+    public func validate() throws {
+        func require(_ ok: Bool, _ key: CodingKeys, _ problem: String) throws {
+            if !ok { throw ConfigError(key: key.rawValue, problem) }
+        }
+        try require(batchSize >= 1, .batchSize, "must be at least 1, got \(batchSize)")
+        try require(gradAccum >= 1, .gradAccum, "must be at least 1, got \(gradAccum)")
+        try require(maxIters >= 0, .maxIters, "must not be negative, got \(maxIters)")
+        try require((epochs ?? 1) >= 1, .epochs, "must be at least 1")
+        try require(learningRate > 0 && learningRate.isFinite, .learningRate, "must be a positive number, got \(learningRate)")
+        try require(minLr >= 0 && minLr <= learningRate, .minLr, "must be in 0...learning_rate, got \(minLr)")
+        try require(warmupIters >= 0, .warmupIters, "must not be negative")
+        try require(lrDecayIters >= warmupIters, .lrDecayIters, "must be at least warmup_iters (\(warmupIters))")
+        try require(beta1 >= 0 && beta1 < 1, .beta1, "must be in [0, 1), got \(beta1)")
+        try require(beta2 >= 0 && beta2 < 1, .beta2, "must be in [0, 1), got \(beta2)")
+        try require(weightDecay >= 0, .weightDecay, "must not be negative")
+        try require(momentum >= 0 && momentum < 1, .momentum, "must be in [0, 1), got \(momentum)")
+        try require(gradClip >= 0, .gradClip, "must not be negative (0 disables clipping)")
+        try require(evalInterval >= 1, .evalInterval, "must be at least 1")
+        try require(evalIters >= 1, .evalIters, "must be at least 1")
+        try require(logInterval >= 1, .logInterval, "must be at least 1")
+        try require(checkpointInterval >= 0, .checkpointInterval, "must not be negative (0: only at the end)")
+        try require(dropout == 0, .dropout, "only 0 is supported (the recipe trains without dropout)")
+        switch model {
+        case .gpt:
+            try require(dataset == .shakespeare, .dataset, "the gpt model trains on shakespeare")
+            try require(nLayer >= 1, .nLayer, "must be at least 1"); try require(nHead >= 1, .nHead, "must be at least 1")
+            try require(nEmbd >= 1 && nEmbd % nHead == 0, .nEmbd, "must be a positive multiple of n_head (\(nHead)), got \(nEmbd)")
+            try require(blockSize >= 1, .blockSize, "must be at least 1")
+        case .mlp:
+            try require(dataset == .mnist, .dataset, "the mlp model trains on mnist")
+            try require(hidden >= 1, .hidden, "must be at least 1")
+        }
+    }
+
+    /// Settings that must agree between a checkpoint and the run resuming it (the model's shape).
+    public var architecture: String {
+        model == .gpt ? "gpt n_layer=\(nLayer) n_head=\(nHead) n_embd=\(nEmbd) block_size=\(blockSize) bias=\(bias)"
+                      : "mlp hidden=\(hidden) activation=\(activation.rawValue)"
+    }
+
+    public func jsonString() -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        return String(decoding: (try? encoder.encode(self)) ?? Data(), as: UTF8.self)
+    }
+}

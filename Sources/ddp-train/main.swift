@@ -1,0 +1,102 @@
+import ArgumentParser
+import Datasets
+import Foundation
+import NN
+import Tensors
+import Training
+
+@main
+struct DDPTrain: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ddp-train",
+        abstract: "Train a model from a JSON config, or sample text from a GPT checkpoint.",
+        subcommands: [Train.self, Sample.self], defaultSubcommand: Train.self)
+}
+
+/// Prints a library error as one line and exits 2 (bad input) without a stack trace.
+func runReportingErrors(_ body: () throws -> Void) throws {
+    do {
+        try body()
+    } catch let error as ConfigError {
+        throw ValidationError(error.description)
+    } catch let error as DatasetError {
+        throw ValidationError("data: \(error.description) (scripts/get-data.sh fills the data directory)")
+    } catch let error as CheckpointError {
+        throw ValidationError(error.description)
+    }
+}
+
+struct Train: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Train the model a config describes.")
+
+    @Argument(help: "Config file (configs/*.json).")
+    var config: String
+
+    @Option(name: .customLong("set"), help: "Override a config key: --set max_iters=100 (repeatable).")
+    var overrides: [String] = []
+
+    @Option(help: "Data directory (overrides the config's data_dir).")
+    var dataDir: String?
+
+    @Option(help: "Output directory for checkpoints (overrides out_dir).")
+    var outDir: String?
+
+    @Flag(help: "Continue from <out_dir>/ckpt.safetensors.")
+    var resume = false
+
+    func run() throws {
+        try runReportingErrors {
+            var extra = overrides
+            if let dataDir { extra.append("data_dir=\"\(dataDir)\"") }
+            if let outDir { extra.append("out_dir=\"\(outDir)\"") }
+            let settings = try TrainConfig.load(path: config, overrides: extra)
+            let task = try makeTask(settings)
+            let trainer = Trainer(config: settings, task: task, log: { emitLine($0) })
+            if resume { try trainer.resume(from: trainer.checkpointPath) }
+            _ = try trainer.run()
+        }
+    }
+}
+
+struct Sample: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Generate text from a GPT checkpoint.")
+
+    @Argument(help: "Checkpoint written by training (out_dir/ckpt.safetensors).")
+    var checkpoint: String
+
+    @Option(help: "Prompt text (characters must be in the training vocabulary).")
+    var prompt = "\n"
+
+    @Option(help: "Characters to generate.")
+    var tokens = 500
+
+    @Option(help: "Softmax temperature (> 0).")
+    var temperature: Float = 0.8
+
+    @Option(help: "Keep only the k most likely characters (0 keeps all).")
+    var topK = 200
+
+    @Option(help: "Sampling seed.")
+    var seed: UInt64 = 1337
+
+    func validate() throws {
+        guard temperature > 0 else { throw ValidationError("--temperature must be positive") }
+        guard tokens >= 0 else { throw ValidationError("--tokens must not be negative") }
+        guard topK >= 0 else { throw ValidationError("--top-k must not be negative") }
+    }
+
+    func run() throws {
+        try runReportingErrors {
+            let loaded = try LoadedCheckpoint(path: checkpoint)
+            let settings = try TrainConfig.load(json: Data(try loaded.require("config").utf8), file: checkpoint + " (config)")
+            guard settings.model == .gpt else { throw ValidationError("\(checkpoint) holds an \(settings.model) model; sampling needs a GPT") }
+            guard let task = try makeTask(settings) as? GPTTask else { return }
+            for p in task.parameters.parameters { try loaded.restore(p.name, shape: p.shape, into: p.value.data) }
+            guard let start = task.text.encode(prompt) else { throw ValidationError("prompt has characters outside the vocabulary") }
+            var rng = SeededRandom(seed: seed)
+            let out = task.model.generate(prompt: start, count: tokens, temperature: temperature,
+                                          topK: topK == 0 ? nil : topK, using: &rng)
+            print(task.text.decode(out))
+        }
+    }
+}
