@@ -49,13 +49,30 @@ public final class AdamW: Optimizer {
     private func update(_ p: UnsafeMutablePointer<Float>, _ g: UnsafePointer<Float>, _ m: UnsafeMutablePointer<Float>,
                         _ v: UnsafeMutablePointer<Float>, count n: Int, shrink: Float, stepSize: Float, correction2: Float) {
         let h = hyperparameters
-        for i in 0..<n {
+        typealias V = SIMD16<Float>
+        let b1 = V(repeating: h.beta1), b2 = V(repeating: h.beta2)
+        let c1 = V(repeating: 1 - h.beta1), c2 = V(repeating: 1 - h.beta2)
+        let shrinkV = V(repeating: shrink), stepV = V(repeating: stepSize)
+        let correctionV = V(repeating: 1 / correction2), epsV = V(repeating: h.epsilon)
+        var i = 0
+        while i + 16 <= n {
+            let gi = load16(g + i)
+            let mi = b1 * load16(m + i) + c1 * gi
+            let vi = b2 * load16(v + i) + c2 * gi * gi
+            store16(m + i, mi)
+            store16(v + i, vi)
+            let denominator = vi.squareRoot() * correctionV + epsV
+            store16(p + i, load16(p + i) * shrinkV - stepV * mi / denominator)
+            i += 16
+        }
+        while i < n {
             let gi = g[i]
             let mi = h.beta1 * m[i] + (1 - h.beta1) * gi
             let vi = h.beta2 * v[i] + (1 - h.beta2) * gi * gi
             m[i] = mi
             v[i] = vi
-            p[i] = p[i] * shrink - stepSize * mi / (vi.squareRoot() / correction2 + h.epsilon)
+            p[i] = p[i] * shrink - stepSize * mi / (vi.squareRoot() * (1 / correction2) + h.epsilon)
+            i += 1
         }
     }
 }

@@ -50,20 +50,43 @@ public func layerNormBackward(_ x: UnsafePointer<Float>, weight: UnsafePointer<F
     for r in 0..<rows {
         let xr = x + r * cols, dyr = dy + r * cols, dxr = dx + r * cols
         let m = mean[r], rs = rstd[r]
-        var meanWdy: Float = 0, meanWdyXhat: Float = 0
-        for j in 0..<cols {
+        let mv = SIMD16<Float>(repeating: m), rsv = SIMD16<Float>(repeating: rs)
+        var sumWdy = SIMD16<Float>(), sumWdyXhat = SIMD16<Float>()
+        var j = 0
+        while j + 16 <= cols {
+            let xhat = (load16(xr + j) - mv) * rsv
+            let wdy = load16(weight + j) * load16(dyr + j)
+            sumWdy += wdy
+            sumWdyXhat = sumWdyXhat.addingProduct(wdy, xhat)
+            j += 16
+        }
+        var meanWdy = sumWdy.sum(), meanWdyXhat = sumWdyXhat.sum()
+        while j < cols {
             let xhat = (xr[j] - m) * rs
             let wdy = weight[j] * dyr[j]
             meanWdy += wdy
             meanWdyXhat += wdy * xhat
+            j += 1
         }
         meanWdy *= invCols
         meanWdyXhat *= invCols
-        for j in 0..<cols {
+        let a = SIMD16<Float>(repeating: meanWdy), b = SIMD16<Float>(repeating: meanWdyXhat)
+        j = 0
+        while j + 16 <= cols {
+            let xhat = (load16(xr + j) - mv) * rsv
+            let g = load16(dyr + j)
+            store16(dweight + j, load16(dweight + j).addingProduct(g, xhat))
+            if let dbias { store16(dbias + j, load16(dbias + j) + g) }
+            let inner: SIMD16<Float> = load16(weight + j) * g - a - xhat * b
+            store16(dxr + j, load16(dxr + j).addingProduct(rsv, inner))
+            j += 16
+        }
+        while j < cols {
             let xhat = (xr[j] - m) * rs
             dweight[j] += dyr[j] * xhat
             dbias?[j] += dyr[j]
             dxr[j] += rs * (weight[j] * dyr[j] - meanWdy - xhat * meanWdyXhat)
+            j += 1
         }
     }
 }

@@ -11,8 +11,12 @@ public func softmaxForward(_ x: UnsafePointer<Float>, into y: UnsafeMutablePoint
 @discardableResult
 @inline(__always)
 public func softmaxRow(_ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>, count n: Int) -> (max: Float, sum: Float) {
+    var maxima = SIMD16<Float>(repeating: -.infinity)
+    var k = 0
+    while k + 16 <= n { maxima = pointwiseMax(maxima, load16(x + k)); k += 16 }
     var rowMax = -Float.infinity
-    for j in 0..<n { rowMax = max(rowMax, x[j]) }
+    for lane in 0..<16 { rowMax = max(rowMax, maxima[lane]) }
+    while k < n { rowMax = max(rowMax, x[k]); k += 1 }
     let m = SIMD16<Float>(repeating: rowMax)
     var sums = SIMD16<Float>()
     var j = 0

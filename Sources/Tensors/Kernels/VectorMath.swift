@@ -14,7 +14,8 @@
 
 @inline(__always) public func vectorExp(_ input: SIMD16<Float>) -> SIMD16<Float> {
     typealias V = SIMD16<Float>
-    let x = input.clamped(lowerBound: V(repeating: -87.33654), upperBound: V(repeating: 88.0))
+    // pointwiseMin/Max lower to vminps/vmaxps; SIMD.clamped is scalarized by the compiler (a lane loop).
+    let x = pointwiseMax(pointwiseMin(input, V(repeating: 88.0)), V(repeating: -87.33654))
     let shifter = V(repeating: 12582912.0) // 1.5 * 2^23: adding it rounds to an integer in the low bits
     let shifted = shifter.addingProduct(x, V(repeating: 1.44269504088896341))
     let n = shifted - shifter
