@@ -81,7 +81,7 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         try take(.blockSize, &blockSize); try take(.dropout, &dropout); try take(.bias, &bias)
         try take(.hidden, &hidden); try take(.activation, &activation)
         try take(.batchSize, &batchSize); try take(.gradAccum, &gradAccum); try take(.maxIters, &maxIters)
-        if c.contains(.epochs) { var e = 0; try take(.epochs, &e); epochs = e }
+        if c.contains(.epochs), !(try c.decodeNil(forKey: .epochs)) { var e = 0; try take(.epochs, &e); epochs = e }
         try take(.optimizer, &optimizer); try take(.learningRate, &learningRate); try take(.minLr, &minLr)
         try take(.warmupIters, &warmupIters); try take(.lrDecayIters, &lrDecayIters); try take(.decayLr, &decayLr)
         try take(.beta1, &beta1); try take(.beta2, &beta2); try take(.weightDecay, &weightDecay)

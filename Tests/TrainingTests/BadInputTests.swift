@@ -1,0 +1,199 @@
+import Datasets
+import Foundation
+import NN
+import Tensors
+import Training
+import XCTest
+
+/// Bad configs, data files and checkpoints are refused with errors that name the key or the file.
+final class BadInputTests: XCTestCase {
+    func configError(_ json: String, overrides: [String] = []) -> ConfigError? {
+        do {
+            _ = try TrainConfig.load(json: Data(json.utf8), overrides: overrides, file: "test.json")
+            return nil
+        } catch let error as ConfigError {
+            return error
+        } catch {
+            XCTFail("unexpected error type \(error)")
+            return nil
+        }
+    }
+
+    func testConfigErrorsNameTheKey() {
+        XCTAssertEqual(configError(#"{"batch_sise": 4}"#)?.key, "batch_sise")
+        XCTAssertEqual(configError(#"{"batch_size": "four"}"#)?.key, "batch_size")
+        XCTAssertEqual(configError(#"{"batch_size": 0}"#)?.key, "batch_size")
+        XCTAssertEqual(configError(#"{"learning_rate": -1}"#)?.key, "learning_rate")
+        XCTAssertEqual(configError(#"{"model": "rnn"}"#)?.key, "model")
+        XCTAssertEqual(configError(#"{"n_embd": 130, "n_head": 4}"#)?.key, "n_embd")
+        XCTAssertEqual(configError(#"{"model": "mlp", "dataset": "shakespeare"}"#)?.key, "dataset")
+        XCTAssertEqual(configError(#"{"dropout": 0.1}"#)?.key, "dropout")
+        XCTAssertEqual(configError("{}", overrides: ["max_iterz=3"])?.key, "max_iterz")
+        XCTAssertEqual(configError("{}", overrides: ["novalue"])?.key, "novalue")
+        XCTAssertNotNil(configError("[1, 2]"))
+        XCTAssertNotNil(configError("{not json"))
+        let message = configError(#"{"batch_size": 0}"#)?.description ?? ""
+        XCTAssertTrue(message.contains("test.json") && message.contains("batch_size"), message)
+    }
+
+    func testShippedConfigsLoadAndOverridesApply() throws {
+        for name in ["shakespeare-char", "mnist-mlp", "tiny-gpt"] {
+            XCTAssertNoThrow(try TrainConfig.load(path: configsDirectory + "/\(name).json"), name)
+        }
+        let recipe = try TrainConfig.load(path: configsDirectory + "/shakespeare-char.json", overrides: ["max_iters=5", "seed=3"])
+        XCTAssertEqual(recipe.maxIters, 5)
+        XCTAssertEqual(recipe.seed, 3)
+        XCTAssertEqual([recipe.nLayer, recipe.nHead, recipe.nEmbd, recipe.blockSize, recipe.batchSize], [4, 4, 128, 64, 12])
+        XCTAssertEqual(recipe.beta2, 0.99)
+        XCTAssertThrowsError(try TrainConfig.load(path: "/nonexistent/config.json"))
+    }
+
+    func testMNISTReaderRefusesBrokenFiles() throws {
+        let dir = temporaryDirectory("mnist-bad")
+        let images = try readPossiblyGzippedFile(dataDirectory + "/mnist-t10k-images-idx3-ubyte.gz")
+        let labels = try readPossiblyGzippedFile(dataDirectory + "/mnist-t10k-labels-idx1-ubyte.gz")
+        // Raw (not gzipped) files read the same as the gzipped ones.
+        _ = FileManager.default.createFile(atPath: dir + "/images.raw", contents: Data(images))
+        _ = FileManager.default.createFile(atPath: dir + "/labels.raw", contents: Data(labels))
+        let raw = try MNIST(imagesPath: dir + "/images.raw", labelsPath: dir + "/labels.raw")
+        XCTAssertEqual(raw.count, 10_000)
+        XCTAssertEqual(raw.pixelsPerImage, 784)
+
+        func expectError(_ imageBytes: [UInt8], _ labelBytes: [UInt8], mentions: String, file: StaticString = #filePath, line: UInt = #line) {
+            _ = FileManager.default.createFile(atPath: dir + "/i", contents: Data(imageBytes))
+            _ = FileManager.default.createFile(atPath: dir + "/l", contents: Data(labelBytes))
+            XCTAssertThrowsError(try MNIST(imagesPath: dir + "/i", labelsPath: dir + "/l"), file: file, line: line) { error in
+                let text = "\(error)"
+                XCTAssertTrue(text.contains(dir) && text.contains(mentions), text, file: file, line: line)
+            }
+        }
+        expectError(Array(images.dropLast(100)), labels, mentions: "header says 10000 images")
+        var badMagic = images; badMagic[3] = 0x04
+        expectError(badMagic, labels, mentions: "bad magic")
+        expectError(images, Array(labels.dropLast(1)), mentions: "header says 10000 labels")
+        var badLabel = labels; badLabel[20] = 42
+        expectError(images, badLabel, mentions: "label 42")
+        expectError(Array(images[0..<10]), labels, mentions: "too short")
+
+        // A gzip stream cut in half is reported as truncated or corrupt.
+        let gz = try Data(contentsOf: URL(fileURLWithPath: dataDirectory + "/mnist-t10k-labels-idx1-ubyte.gz"))
+        _ = FileManager.default.createFile(atPath: dir + "/cut.gz", contents: gz.prefix(gz.count / 2))
+        XCTAssertThrowsError(try readPossiblyGzippedFile(dir + "/cut.gz")) { XCTAssertTrue("\($0)".contains("gzip"), "\($0)") }
+        XCTAssertThrowsError(try readPossiblyGzippedFile(dir + "/missing")) { XCTAssertTrue("\($0)".contains("cannot open"), "\($0)") }
+    }
+
+    func testCheckpointRefusesCorruptTruncatedAndMismatchedFiles() throws {
+        let dir = temporaryDirectory("ckpt-bad")
+        let config = try tinyGPTConfig(["max_iters=3", "eval_interval=1000"], outDir: dir)
+        let trainer = Trainer(config: config, task: try makeTask(config), log: { _ in })
+        _ = try trainer.run()
+        let good = try Data(contentsOf: URL(fileURLWithPath: trainer.checkpointPath))
+        XCTAssertNoThrow(try LoadedCheckpoint(path: trainer.checkpointPath))
+        XCTAssertFalse(FileManager.default.fileExists(atPath: trainer.checkpointPath + ".tmp"), "temp file left behind")
+
+        func refused(_ bytes: Data, mentions: String, file: StaticString = #filePath, line: UInt = #line) {
+            let path = dir + "/bad.safetensors"
+            _ = FileManager.default.createFile(atPath: path, contents: bytes)
+            XCTAssertThrowsError(try trainer.resume(from: path), file: file, line: line) { error in
+                XCTAssertTrue("\(error)".contains(mentions), "\(error)", file: file, line: line)
+            }
+        }
+        var flipped = good; flipped[flipped.count - 5] ^= 0x40
+        refused(flipped, mentions: "checksum mismatch")
+        refused(good.prefix(good.count - 64), mentions: "do not fit")
+        refused(good.prefix(4), mentions: "truncated")
+        var hugeHeader = good; hugeHeader[6] = 0x7F
+        refused(hugeHeader, mentions: "header length")
+        var garbledHeader = good; garbledHeader[9] = 0x00
+        refused(garbledHeader, mentions: "header")
+
+        let other = try tinyGPTConfig(["n_embd=48"], outDir: temporaryDirectory("ckpt-other"))
+        let mismatched = Trainer(config: other, task: try makeTask(other), log: { _ in })
+        XCTAssertThrowsError(try mismatched.resume(from: trainer.checkpointPath)) { error in
+            XCTAssertTrue("\(error)".contains("was written for"), "\(error)")
+        }
+    }
+}
+
+final class DataAndScheduleTests: XCTestCase {
+    func testShakespeareVocabularyAndSplit() throws {
+        let text = try CharText(path: dataDirectory + "/tinyshakespeare.txt")
+        XCTAssertEqual(text.vocabulary.count, 65)
+        XCTAssertEqual(text.train.count + text.validation.count, 1_115_394)
+        XCTAssertEqual(text.train.count, 1_003_854)
+        XCTAssertEqual(text.decode(text.encode("First Citizen:")!), "First Citizen:")
+        var rng = SeededRandom(seed: 1)
+        let (x, y) = CharText.sampleBatch(from: text.train, batchSize: 3, time: 8, using: &rng)
+        XCTAssertEqual(Array(x[1..<8]), Array(y[0..<7]), "targets are the inputs shifted by one")
+    }
+
+    func testEpochShardsAreDisjointAndCoverAllButTheRemainder() {
+        for world in 1...5 {
+            var seen = Set<Int>()
+            for rank in 0..<world {
+                let shard = epochShard(count: 103, epoch: 2, seed: 9, rank: rank, worldSize: world)
+                XCTAssertEqual(shard.count, 103 / world)
+                seen.formUnion(shard)
+            }
+            XCTAssertEqual(seen.count, 103 / world * world, "world \(world): shards overlap")
+        }
+        XCTAssertNotEqual(epochShard(count: 50, epoch: 0, seed: 1, rank: 0, worldSize: 1),
+                          epochShard(count: 50, epoch: 1, seed: 1, rank: 0, worldSize: 1), "each epoch reshuffles")
+    }
+
+    func testCosineScheduleMatchesNanoGPT() {
+        let s = CosineSchedule(peak: 1e-3, minimum: 1e-4, warmup: 100, decaySteps: 2000)
+        XCTAssertEqual(s.learningRate(at: 0), 1e-3 / 101, accuracy: 1e-12)
+        XCTAssertEqual(s.learningRate(at: 99), 1e-3 * 100 / 101, accuracy: 1e-10)
+        XCTAssertEqual(s.learningRate(at: 100), 1e-3, accuracy: 1e-9)
+        XCTAssertEqual(s.learningRate(at: 1050), 5.5e-4, accuracy: 1e-9)
+        XCTAssertEqual(s.learningRate(at: 2000), 1e-4, accuracy: 1e-9)
+        XCTAssertEqual(s.learningRate(at: 5000), 1e-4)
+        XCTAssertEqual(CosineSchedule(peak: 0.05, minimum: 0, warmup: 0, decaySteps: 0, enabled: false).learningRate(at: 77), 0.05)
+    }
+
+    func testAdamWAndSGDFollowPyTorchsUpdateRules() {
+        var layout = ParameterSet.Layout()
+        layout.add("matrix", [2, 17]); layout.add("vector", [3])
+        let ps = ParameterSet(layout: layout)
+        var rng = SeededRandom(seed: 3)
+        for i in 0..<ps.count { ps.values.base[i] = rng.nextNormal() }
+        let start = Array(ps.values.buffer)
+        let adam = AdamW(ps, .init(beta1: 0.9, beta2: 0.99, epsilon: 1e-8, weightDecay: 0.1))
+        var m = [Double](repeating: 0, count: ps.count), v = m, p = start.map(Double.init)
+        for step in 1...3 {
+            for i in 0..<ps.count { ps.gradients.base[i] = rng.nextNormal() }
+            adam.step(learningRate: 0.01)
+            for i in 0..<ps.count {
+                let g = Double(ps.gradients.base[i])
+                if i < 34 { p[i] *= 1 - 0.01 * 0.1 } // decay on the matrix only
+                m[i] = 0.9 * m[i] + 0.1 * g
+                v[i] = 0.99 * v[i] + 0.01 * g * g
+                let denominator = v[i].squareRoot() / (1 - pow(0.99, Double(step))).squareRoot() + 1e-8
+                p[i] -= 0.01 / (1 - pow(0.9, Double(step))) * m[i] / denominator
+            }
+        }
+        for i in 0..<ps.count { XCTAssertEqual(Double(ps.values.base[i]), p[i], accuracy: 1e-5, "AdamW element \(i)") }
+
+        for i in 0..<ps.count { ps.values.base[i] = start[i] }
+        let sgd = SGD(ps, momentum: 0.9)
+        var buf = [Double](repeating: 0, count: ps.count), q = start.map(Double.init)
+        for _ in 0..<3 {
+            for i in 0..<ps.count { ps.gradients.base[i] = rng.nextNormal() }
+            sgd.step(learningRate: 0.1)
+            for i in 0..<ps.count { buf[i] = 0.9 * buf[i] + Double(ps.gradients.base[i]); q[i] -= 0.1 * buf[i] }
+        }
+        for i in 0..<ps.count { XCTAssertEqual(Double(ps.values.base[i]), q[i], accuracy: 1e-5, "SGD element \(i)") }
+    }
+
+    func testGradientClippingScalesToMaxNorm() {
+        var layout = ParameterSet.Layout()
+        layout.add("w", [4])
+        let ps = ParameterSet(layout: layout)
+        for (i, g) in [3, 4, 0, 0].enumerated() { ps.gradients.base[i] = Float(g) }
+        XCTAssertEqual(ps.clipGradients(maxNorm: 1), 5)
+        XCTAssertEqual(ps.gradientNorm(), 1, accuracy: 1e-5)
+        XCTAssertEqual(ps.clipGradients(maxNorm: 10), 1, accuracy: 1e-5)
+        XCTAssertEqual(ps.gradientNorm(), 1, accuracy: 1e-5, "below the bound nothing changes")
+    }
+}

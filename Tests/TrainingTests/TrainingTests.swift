@@ -1,0 +1,116 @@
+import Datasets
+import Foundation
+import NN
+import Tensors
+import Training
+import XCTest
+
+final class TrainingTests: XCTestCase {
+    func run(_ config: TrainConfig, resumeFrom: String? = nil) throws -> (Trainer, TrainSummary) {
+        let trainer = Trainer(config: config, task: try makeTask(config), log: { _ in })
+        if let resumeFrom { try trainer.resume(from: resumeFrom) }
+        return (trainer, try trainer.run())
+    }
+
+    func testShortRealRunLowersTheLoss() throws {
+        let (_, summary) = try run(try tinyGPTConfig(["max_iters=60"], outDir: temporaryDirectory("short")))
+        let first = summary.evaluations.first!.figures.first { $0.name == "val loss" }!.value
+        let last = summary.evaluations.last!.figures.first { $0.name == "val loss" }!.value
+        XCTAssertGreaterThan(first, 4.0, "untrained loss should be near ln(65) = 4.17")
+        XCTAssertLessThan(last, first - 0.6, "val loss \(first) -> \(last) after 60 steps")
+    }
+
+    func testSameSeedGivesTheSameLossesAndDifferentSeedDoesNot() throws {
+        let a = try run(try tinyGPTConfig(["max_iters=15"], outDir: temporaryDirectory("seed-a"))).1.losses
+        let b = try run(try tinyGPTConfig(["max_iters=15"], outDir: temporaryDirectory("seed-b"))).1.losses
+        let c = try run(try tinyGPTConfig(["max_iters=15", "seed=8"], outDir: temporaryDirectory("seed-c"))).1.losses
+        XCTAssertEqual(a, b)
+        XCTAssertNotEqual(a, c)
+    }
+
+    func testResumeEqualsUninterruptedRunBitwise() throws {
+        for model in ["gpt", "mlp"] {
+            let full = temporaryDirectory("full-\(model)"), split = temporaryDirectory("split-\(model)")
+            func config(_ iters: Int, _ dir: String) throws -> TrainConfig {
+                if model == "gpt" { return try tinyGPTConfig(["max_iters=\(iters)", "eval_interval=7"], outDir: dir) }
+                return try TrainConfig.load(path: configsDirectory + "/mnist-mlp.json",
+                                            overrides: ["data_dir=\"\(dataDirectory)\"", "out_dir=\"\(dir)\"",
+                                                        "max_iters=\(iters)", "epochs=null", "eval_interval=1000", "log_interval=1000"])
+            }
+            let (uninterrupted, fullSummary) = try run(try config(24, full))
+            _ = try run(try config(10, split))
+            let (resumed, resumedSummary) = try run(try config(24, split), resumeFrom: split + "/ckpt.safetensors")
+            XCTAssertEqual(Array(resumed.task.parameters.values.buffer), Array(uninterrupted.task.parameters.values.buffer),
+                           "\(model): parameters after resume differ from the uninterrupted run")
+            XCTAssertEqual(resumedSummary.losses, Array(fullSummary.losses[10...]), "\(model): losses after resume differ")
+        }
+    }
+
+    func testOverfitsOneSmallBatch() throws {
+        let gpt = GPT(GPTConfiguration(vocabularySize: 20, blockSize: 16, layers: 2, heads: 2, embedding: 32))
+        gpt.initialize(seed: 1)
+        var rng = SeededRandom(seed: 2)
+        let tokens = (0..<32).map { _ in Int32(rng.nextInt(below: 20)) }, targets = (0..<32).map { _ in Int32(rng.nextInt(below: 20)) }
+        let batch = TokenBatch(tokens: tokens, targets: targets, batchSize: 2, time: 16)
+        let optimizer = AdamW(gpt.parameters, .init(beta1: 0.9, beta2: 0.99, weightDecay: 0))
+        var loss: Float = 0
+        for _ in 0..<150 {
+            gpt.parameters.zeroGradients()
+            loss = gpt.forward(batch)
+            gpt.backward(lossScale: 1)
+            optimizer.step(learningRate: 3e-3)
+        }
+        XCTAssertLessThan(loss, 0.05, "GPT did not memorize one batch of random targets")
+
+        let mlp = MLP(inputs: 10, hidden: 32, classes: 5, activation: .gelu)
+        mlp.initialize(seed: 3)
+        let features = (0..<80).map { _ in rng.nextNormal() }, labels = (0..<8).map { _ in Int32(rng.nextInt(below: 5)) }
+        let sgd = SGD(mlp.parameters, momentum: 0.9)
+        for _ in 0..<300 {
+            mlp.parameters.zeroGradients()
+            loss = mlp.forward(ClassificationBatch(features: features, labels: labels))
+            mlp.backward(lossScale: 1)
+            sgd.step(learningRate: 0.05)
+        }
+        XCTAssertLessThan(loss, 0.05, "MLP did not memorize one batch")
+    }
+
+    func testGradientAccumulationMatchesOneLargeBatchForTheMLP() throws {
+        // K micro-batches of B/K with loss scaled by 1/K give the gradient of one batch of B.
+        let mlp = MLP(inputs: 6, hidden: 8, classes: 3, activation: .relu)
+        mlp.initialize(seed: 5)
+        var rng = SeededRandom(seed: 6)
+        let features = (0..<48).map { _ in rng.nextNormal() }, labels = (0..<8).map { _ in Int32(rng.nextInt(below: 3)) }
+        mlp.parameters.zeroGradients()
+        _ = mlp.forward(ClassificationBatch(features: features, labels: labels))
+        mlp.backward(lossScale: 1)
+        let whole = Array(mlp.parameters.gradients.buffer)
+        mlp.parameters.zeroGradients()
+        for half in 0..<2 {
+            _ = mlp.forward(ClassificationBatch(features: Array(features[(half * 24)..<(half * 24 + 24)]),
+                                                labels: Array(labels[(half * 4)..<(half * 4 + 4)])))
+            mlp.backward(lossScale: 0.5)
+        }
+        for (a, b) in zip(whole, Array(mlp.parameters.gradients.buffer)) { XCTAssertEqual(a, b, accuracy: 1e-6) }
+    }
+
+    func testGenerationIsSeededAndTopOneIsGreedy() throws {
+        let gpt = GPT(GPTConfiguration(vocabularySize: 7, blockSize: 4, layers: 1, heads: 1, embedding: 8))
+        gpt.initialize(seed: 1)
+        var r1 = SeededRandom(seed: 5), r2 = SeededRandom(seed: 5)
+        let a = gpt.generate(prompt: [1, 2], count: 10, temperature: 1, topK: nil, using: &r1)
+        let b = gpt.generate(prompt: [1, 2], count: 10, temperature: 1, topK: nil, using: &r2)
+        XCTAssertEqual(a, b)
+        XCTAssertEqual(a.count, 12)
+        var r3 = SeededRandom(seed: 9)
+        let greedy = gpt.generate(prompt: [3], count: 5, temperature: 1, topK: 1, using: &r3)
+        var context: [Int32] = [3]
+        for _ in 0..<5 {
+            let window = Array(context.suffix(4))
+            let logits = gpt.logits(tokens: window, batch: 1, time: window.count)
+            let last = Array(logits.toArray()[((window.count - 1) * 7)...])
+            context.append(Int32(last.indices.max { last[$0] < last[$1] }!))
+        }
+        XCTAssertEqual(greedy, context)
+    }
+}
