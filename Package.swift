@@ -14,17 +14,27 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.0"),
     ],
     targets: [
         .systemLibrary(name: "CNuma", path: "Sources/CNuma",
                        providers: [.apt(["libnuma-dev"])]),
         .systemLibrary(name: "CZlib", path: "Sources/CZlib",
                        providers: [.apt(["zlib1g-dev"])]),
+        .target(name: "CShims", cSettings: [.unsafeFlags(["-march=native"])]),
         .target(name: "Tensors", swiftSettings: nativeCPU),
+        .target(name: "Transport", dependencies: ["CShims", .product(name: "Crypto", package: "swift-crypto")]),
+        .target(name: "Rendezvous", dependencies: ["Transport"]),
+        .target(name: "Collectives", dependencies: ["Rendezvous", "Transport"], swiftSettings: nativeCPU),
         .target(name: "NN", dependencies: ["Tensors", "CZlib"], swiftSettings: nativeCPU),
         .target(name: "Datasets", dependencies: ["Tensors", "CZlib"]),
         .target(name: "Training", dependencies: ["NN", "Datasets", "Tensors"]),
         .target(name: "Topology", dependencies: ["CNuma"]),
+        .target(name: "TestSupport", dependencies: ["Collectives", "Rendezvous", "Transport", "CShims"]),
+        .executableTarget(name: "collective-check", dependencies: [
+            "TestSupport", "Collectives", "Rendezvous", "Transport",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
         .executableTarget(name: "ddp-train", dependencies: [
             "Training", "NN", "Datasets",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -35,8 +45,9 @@ let package = Package(
         ], swiftSettings: nativeCPU),
         .testTarget(name: "TensorsTests", dependencies: ["Tensors"]),
         .testTarget(name: "NNTests", dependencies: ["NN", "Tensors"]),
-        .testTarget(name: "DatasetsTests", dependencies: ["Datasets", "Tensors"]),
         .testTarget(name: "TrainingTests", dependencies: ["Training", "NN", "Datasets", "Tensors"]),
+        .testTarget(name: "TransportTests", dependencies: ["Transport", "Rendezvous"]),
+        .testTarget(name: "CollectivesTests", dependencies: ["Collectives", "Rendezvous", "Transport", "TestSupport", "collective-check"]),
         .testTarget(name: "TopologyTests", dependencies: ["Topology"]),
     ],
     swiftLanguageModes: [.v6]

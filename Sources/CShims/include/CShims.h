@@ -1,0 +1,14 @@
+// Tiny C helpers that Swift cannot express directly. Nothing else belongs here.
+#ifndef SWIFT_DDP_CSHIMS_H
+#define SWIFT_DDP_CSHIMS_H
+#include <stddef.h>
+#include <stdint.h>
+
+// CRC-32C (Castagnoli) of `length` bytes, continuing from `crc` (start with 0). Uses the SSE4.2
+// crc32 instruction when the compiler targets it, a table otherwise.
+uint32_t ddp_crc32c(uint32_t crc, const void *data, size_t length);
+
+// prctl(PR_SET_PDEATHSIG, signal): the kernel sends `signal` to this process when its parent dies.
+int ddp_set_parent_death_signal(int signal);
+
+#endif

@@ -1,0 +1,60 @@
+import Rendezvous
+import Transport
+
+public enum AllreduceAlgorithm: String, Sendable, CaseIterable, Codable {
+    case ring, tree, halvingDoubling = "halving-doubling", auto
+}
+
+/// Picks an algorithm for `bytes` at `worldSize` when the caller says auto. Until a fitted alpha-beta
+/// table is loaded (see the benchmark issue), a fixed rule: few-step halving-doubling below 64 KiB,
+/// bandwidth-optimal ring above.
+public func chooseAlgorithm(bytes: Int, worldSize: Int) -> AllreduceAlgorithm {
+    bytes <= 64 << 10 ? .halvingDoubling : .ring
+}
+
+/// In-place allreduce over the group; every rank must call it with the same count, op and algorithm.
+public func allreduce(_ buffer: UnsafeMutableBufferPointer<Float>, op: ReduceOp = .sum,
+                      algorithm: AllreduceAlgorithm = .auto, group: ProcessGroup) throws {
+    guard group.worldSize > 1 else { return }
+    let chosen = algorithm == .auto ? chooseAlgorithm(bytes: buffer.count * 4, worldSize: group.worldSize) : algorithm
+    switch chosen {
+    case .ring, .auto: try ringAllreduce(buffer, op: op, group: group)
+    case .tree: try treeAllreduce(buffer, op: op, group: group)
+    case .halvingDoubling: try halvingDoublingAllreduce(buffer, op: op, group: group)
+    }
+}
+
+/// Dissemination barrier: in round k rank r signals r + 2^k and waits for r - 2^k; after ceil(log2 N)
+/// rounds every rank has (transitively) heard from every other.
+public func barrier(group: ProcessGroup) throws {
+    let n = group.worldSize, rank = group.rank
+    guard n > 1 else { return }
+    let tag = group.nextTag()
+    var token: UInt32 = 0x0BA2_2137, received: UInt32 = 0
+    var distance = 1
+    while distance < n {
+        let to = (rank + distance) % n, from = (rank - distance + n) % n
+        try withUnsafeBytes(of: &token) { send in
+            try withUnsafeMutableBytes(of: &received) { receive in
+                try exchange(group, tag: tag, sendTo: to, sendBytes: send, receiveFrom: from, receiveBuffer: receive,
+                             operation: "barrier on rank \(rank) (round with ranks \(to) and \(from))")
+            }
+        }
+        distance *= 2
+    }
+}
+
+/// Broadcast from `root` to every rank, in place.
+public func broadcast(_ buffer: UnsafeMutableBufferPointer<Float>, root: Int, group: ProcessGroup) throws {
+    try treeBroadcast(buffer, root: root, group: group)
+}
+
+/// Allgather in place: on entry segment r (segmentRange(count, worldSize, r)) holds rank r's part.
+public func allgather(_ buffer: UnsafeMutableBufferPointer<Float>, group: ProcessGroup) throws {
+    try ringAllgather(buffer, group: group)
+}
+
+/// Reduce-scatter in place: on exit segment `group.rank` holds the reduction of that segment.
+public func reduceScatter(_ buffer: UnsafeMutableBufferPointer<Float>, op: ReduceOp = .sum, group: ProcessGroup) throws {
+    try ringReduceScatter(buffer, op: op, group: group)
+}

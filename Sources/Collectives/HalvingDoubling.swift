@@ -1,0 +1,54 @@
+import Rendezvous
+import Transport
+
+// Recursive halving-doubling allreduce (Rabenseifner; few steps, good for small messages).
+// With p the largest power of two <= N, the N-p "extra" ranks first fold their whole vector into a
+// partner among the first p. Then log2(p) halving steps: partners at distance p/2, p/4, ... exchange
+// half of the range they are still responsible for and add the half they keep, so after the last step
+// each of the p ranks owns 1/p of the vector fully reduced. The doubling steps replay this backwards,
+// swapping finished halves, and the extra ranks receive the result from their partner. Each element is
+// reduced on exactly one rank, so all ranks end bitwise identical.
+
+public func halvingDoublingAllreduce(_ buffer: UnsafeMutableBufferPointer<Float>, op: ReduceOp, group: ProcessGroup) throws {
+    let n = group.worldSize, rank = group.rank
+    guard n > 1 else { return }
+    let tag = group.nextTag()
+    let p = HalvingDoublingSchedule.powerOfTwo(below: n)
+    let all = UnsafeMutableRawBufferPointer(buffer)
+    let none = UnsafeMutableRawBufferPointer(start: nil, count: 0)
+    if rank >= p {
+        try exchange(group, tag: tag, sendTo: rank - p, sendBytes: UnsafeRawBufferPointer(all), receiveFrom: nil, receiveBuffer: none,
+                     operation: "halving-doubling fold on rank \(rank), to rank \(rank - p)")
+        try exchange(group, tag: tag, sendTo: nil, sendBytes: UnsafeRawBufferPointer(start: nil, count: 0), receiveFrom: rank - p,
+                     receiveBuffer: all, operation: "halving-doubling result on rank \(rank), from rank \(rank - p)")
+        return
+    }
+    let scratch = UnsafeMutableBufferPointer<Float>.allocate(capacity: max(buffer.count, 1))
+    defer { scratch.deallocate() }
+    if rank + p < n {
+        try exchange(group, tag: tag, sendTo: nil, sendBytes: UnsafeRawBufferPointer(start: nil, count: 0), receiveFrom: rank + p,
+                     receiveBuffer: mutableBytesOf(scratch, 0..<buffer.count),
+                     operation: "halving-doubling fold on rank \(rank), from rank \(rank + p)")
+        op.combine(buffer.baseAddress!, scratch.baseAddress!, count: buffer.count)
+    }
+    let steps = HalvingDoublingSchedule.steps(rank: rank, worldSize: n, count: buffer.count)
+    for (index, step) in steps.enumerated() {
+        let destination = buffer.baseAddress! + step.keep.lowerBound
+        try exchange(group, tag: tag, sendTo: step.partner, sendBytes: bytesOf(buffer, step.give),
+                     receiveFrom: step.partner, receiveBuffer: mutableBytesOf(scratch, 0..<step.keep.count),
+                     operation: "halving step \(index + 1)/\(steps.count) on rank \(rank), with rank \(step.partner)") { bytes in
+            op.combine(destination + bytes.lowerBound / 4, scratch.baseAddress! + bytes.lowerBound / 4, count: bytes.count / 4)
+        }
+    }
+    let owned = steps.last?.keep ?? 0..<buffer.count
+    op.finish(UnsafeMutableBufferPointer(rebasing: buffer[owned]), worldSize: n)
+    for (index, step) in steps.enumerated().reversed() {
+        try exchange(group, tag: tag, sendTo: step.partner, sendBytes: bytesOf(buffer, step.keep),
+                     receiveFrom: step.partner, receiveBuffer: mutableBytesOf(buffer, step.give),
+                     operation: "doubling step \(index + 1)/\(steps.count) on rank \(rank), with rank \(step.partner)")
+    }
+    if rank + p < n {
+        try exchange(group, tag: tag, sendTo: rank + p, sendBytes: UnsafeRawBufferPointer(all), receiveFrom: nil, receiveBuffer: none,
+                     operation: "halving-doubling result on rank \(rank), to rank \(rank + p)")
+    }
+}

@@ -1,0 +1,60 @@
+import Rendezvous
+import Transport
+
+// Ring allreduce (bandwidth-optimal; what NCCL and gloo use for large messages).
+// The vector is cut into N segments. In the reduce-scatter phase each rank, N-1 times, sends one
+// segment to its right neighbour while receiving another from its left neighbour and adding it into
+// its own copy; afterwards rank r holds the complete reduction of segment r. In the allgather phase
+// the finished segments travel around the ring the same way, overwriting instead of adding. Every rank
+// sends and receives 2(N-1)/N of the vector, and each step sends and receives at the same time, in
+// chunks, adding each chunk as it lands. Each element is reduced on one rank only and then copied, so
+// all ranks end bitwise identical.
+
+/// In-place ring reduce-scatter: afterwards segment `rank` (segmentRange(count, worldSize, rank)) of
+/// `buffer` holds the reduction; other segments hold partial sums.
+public func ringReduceScatter(_ buffer: UnsafeMutableBufferPointer<Float>, op: ReduceOp, group: ProcessGroup,
+                              tag: UInt32? = nil) throws {
+    let n = group.worldSize, rank = group.rank
+    let tag = tag ?? group.nextTag()
+    if n > 1 {
+        let right = (rank + 1) % n, left = (rank + n - 1) % n
+        let maxSegment = segmentRange(count: buffer.count, parts: n, index: 0).count
+        let scratch = UnsafeMutableBufferPointer<Float>.allocate(capacity: max(maxSegment, 1))
+        defer { scratch.deallocate() }
+        for step in 0..<(n - 1) {
+            let (sendIndex, receiveIndex) = RingSchedule.reduceScatter(rank: rank, worldSize: n, step: step)
+            let send = segmentRange(count: buffer.count, parts: n, index: sendIndex)
+            let receive = segmentRange(count: buffer.count, parts: n, index: receiveIndex)
+            let destination = buffer.baseAddress! + receive.lowerBound
+            try exchange(group, tag: tag, sendTo: right, sendBytes: bytesOf(buffer, send),
+                         receiveFrom: left, receiveBuffer: mutableBytesOf(scratch, 0..<receive.count),
+                         operation: "ring reduce-scatter step \(step + 1)/\(n - 1) on rank \(rank)") { bytes in
+                op.combine(destination + bytes.lowerBound / 4, scratch.baseAddress! + bytes.lowerBound / 4, count: bytes.count / 4)
+            }
+        }
+    }
+    let own = segmentRange(count: buffer.count, parts: n, index: rank)
+    op.finish(UnsafeMutableBufferPointer(rebasing: buffer[own]), worldSize: n)
+}
+
+/// In-place ring allgather: segment r of `buffer` comes from rank r.
+public func ringAllgather(_ buffer: UnsafeMutableBufferPointer<Float>, group: ProcessGroup, tag: UInt32? = nil) throws {
+    let n = group.worldSize, rank = group.rank
+    guard n > 1 else { return }
+    let tag = tag ?? group.nextTag()
+    let right = (rank + 1) % n, left = (rank + n - 1) % n
+    for step in 0..<(n - 1) {
+        let (sendIndex, receiveIndex) = RingSchedule.allgather(rank: rank, worldSize: n, step: step)
+        let send = segmentRange(count: buffer.count, parts: n, index: sendIndex)
+        let receive = segmentRange(count: buffer.count, parts: n, index: receiveIndex)
+        try exchange(group, tag: tag, sendTo: right, sendBytes: bytesOf(buffer, send),
+                     receiveFrom: left, receiveBuffer: mutableBytesOf(buffer, receive),
+                     operation: "ring allgather step \(step + 1)/\(n - 1) on rank \(rank)")
+    }
+}
+
+public func ringAllreduce(_ buffer: UnsafeMutableBufferPointer<Float>, op: ReduceOp, group: ProcessGroup) throws {
+    let tag = group.nextTag()
+    try ringReduceScatter(buffer, op: op, group: group, tag: tag)
+    try ringAllgather(buffer, group: group, tag: tag)
+}

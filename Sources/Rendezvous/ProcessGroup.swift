@@ -1,0 +1,94 @@
+import Foundation
+import Transport
+
+/// The ranks of one job and an authenticated connection to every other rank (a full mesh: at the
+/// world sizes a CPU job uses, N-1 sockets per rank are cheap, and every algorithm finds its partners).
+/// Collectives take the group explicitly; each call gets a fresh tag so frames of different collectives
+/// can never be confused.
+public final class ProcessGroup: @unchecked Sendable {
+    public let rank: Int
+    public let worldSize: Int
+    public let policy: WaitPolicy
+    /// connections[r] talks to rank r; nil at our own rank.
+    public let connections: [Connection?]
+    /// Check payload CRCs of bulk data frames too (headers are always checked).
+    public var checksumPayloads: Bool
+    var sequence: UInt32 = 0
+
+    public init(rank: Int, worldSize: Int, connections: [Connection?], policy: WaitPolicy, checksumPayloads: Bool = false) {
+        precondition(connections.count == worldSize, "need one slot per rank")
+        self.rank = rank; self.worldSize = worldSize; self.connections = connections
+        self.policy = policy; self.checksumPayloads = checksumPayloads
+    }
+
+    /// A group of one: every collective is a no-op.
+    public static func single() -> ProcessGroup {
+        ProcessGroup(rank: 0, worldSize: 1, connections: [nil], policy: WaitPolicy())
+    }
+
+    public func connection(to peer: Int) -> Connection {
+        guard let c = connections[peer] else { preconditionFailure("rank \(rank) has no connection to rank \(peer)") }
+        return c
+    }
+
+    /// A new tag for the next collective call (the same on every rank: collectives are called in order).
+    public func nextTag() -> UInt32 {
+        sequence &+= 1
+        return sequence
+    }
+
+    /// Rendezvous through the store: every rank listens on `listenHost` (port 0, the kernel picks),
+    /// publishes host:port under "addr/<rank>", waits for all others, then connects to lower ranks and
+    /// accepts higher ones, each through the job handshake. Connections that fail the handshake are
+    /// logged and ignored; missing ranks are named when the timeout expires.
+    public static func rendezvous(store: StoreClient, rank: Int, identity: JobIdentity, listenHost: String,
+                                  advertisedHost: String? = nil, policy: WaitPolicy, timeoutSeconds: Double,
+                                  log: @escaping (String) -> Void = { _ in }) throws -> ProcessGroup {
+        let world = identity.worldSize
+        if world == 1 { return single() }
+        let listener = try Listener(host: listenHost, port: 0)
+        let host = advertisedHost ?? listenHost
+        try store.set("addr/\(rank)", "\(host)|\(listener.port)")
+        let keys = (0..<world).map { "addr/\($0)" }
+        let addresses = try store.wait(keys, timeoutSeconds: timeoutSeconds) { missing in
+            let ranks = missing.compactMap { Int($0.dropFirst(5)) }
+            return "waiting for ranks \(ranks.map(String.init).joined(separator: ", ")) of \(world)"
+        }.map { String(decoding: $0, as: UTF8.self) }
+        var connections = [Connection?](repeating: nil, count: world)
+        let deadline = Deadline(seconds: timeoutSeconds)
+        for peer in 0..<rank {
+            let parts = addresses[peer].split(separator: "|")
+            guard parts.count == 2, let port = Int(parts[1]) else {
+                throw TransportError(.rendezvous("rank \(peer) published a malformed address '\(addresses[peer])'"), operation: "rendezvous")
+            }
+            let description = PeerDescription(rank: peer, host: String(parts[0]), port: port)
+            let fd = try Socket.connect(host: String(parts[0]), port: port, deadline: deadline, peer: description,
+                                        operation: "rank \(rank) connecting to rank \(peer)")
+            let connection = Connection(fd: fd, peer: description, policy: policy)
+            try Handshake.connect(connection, identity: identity, rank: rank)
+            connections[peer] = connection
+        }
+        var pending = Set((rank + 1)..<world)
+        while !pending.isEmpty {
+            let accepted: (fd: Int32, host: String, port: Int)
+            do {
+                accepted = try listener.accept(deadline: deadline, operation: "rank \(rank) accepting peers")
+            } catch let error as TransportError {
+                if case .timedOut = error.kind {
+                    throw TransportError(.rendezvous("rendezvous timed out after \(Int(timeoutSeconds)) s: rank \(rank) still waiting for connections from ranks \(pending.sorted().map(String.init).joined(separator: ", ")) of \(world)"), operation: "rendezvous")
+                }
+                throw error
+            }
+            let connection = Connection(fd: accepted.fd, peer: PeerDescription(host: accepted.host, port: accepted.port), policy: policy)
+            guard let peer = try? Handshake.accept(connection, identity: identity, onRefusal: { log("rank \(rank): \($0)") }) else { continue }
+            guard pending.contains(peer) else {
+                log("rank \(rank): refused a second or unexpected connection claiming rank \(peer) from \(connection.peer)")
+                connection.close()
+                continue
+            }
+            pending.remove(peer)
+            connections[peer] = connection
+        }
+        return ProcessGroup(rank: rank, worldSize: world, connections: connections, policy: policy)
+    }
+}

@@ -1,0 +1,185 @@
+import Foundation
+import Transport
+
+/// The rendezvous key/value store protocol (one request frame, one reply frame):
+///   request: op u8 | key blob | value blob        reply: status u8 | value blob
+///   ops: 1 set, 2 get (status 1 = missing), 3 add (value = i64 delta; reply = new i64)
+///   status 2 = refused, the value holds the reason (oversized key/value, unknown op).
+enum StoreOp: UInt8 { case set = 1, get = 2, add = 3 }
+
+public enum StoreLimits {
+    public static let maxKeyBytes = 1024
+    public static let maxValueBytes = 1 << 20
+    public static let maxKeys = 100_000
+}
+
+/// A TCP key/value server for rendezvous, run by rank 0 or the launcher. Every client must pass the
+/// job handshake; each connection is served by its own thread, so a client that connects and says
+/// nothing delays no one.
+public final class StoreServer: @unchecked Sendable {
+    public let listener: Listener
+    let identity: JobIdentity
+    let lock = NSLock()
+    var values: [String: [UInt8]] = [:]
+    var stopped = false
+    let log: @Sendable (String) -> Void
+
+    public var port: Int { listener.port }
+
+    public init(host: String, port: Int, identity: JobIdentity, log: @escaping @Sendable (String) -> Void = { _ in }) throws {
+        listener = try Listener(host: host, port: port)
+        self.identity = identity
+        self.log = log
+        let thread = Thread { [self] in acceptLoop() }
+        thread.name = "store-accept"
+        thread.start()
+    }
+
+    public func stop() {
+        lock.lock(); stopped = true; lock.unlock()
+    }
+
+    var isStopped: Bool { lock.lock(); defer { lock.unlock() }; return stopped }
+
+    func acceptLoop() {
+        while !isStopped {
+            guard let (fd, host, port) = try? listener.accept(deadline: Deadline(seconds: 0.5), operation: "store accept") else { continue }
+            let connection = Connection(fd: fd, peer: PeerDescription(host: host, port: port),
+                                        policy: WaitPolicy(timeoutSeconds: 10, spinMicroseconds: 0))
+            let thread = Thread { [self] in serve(connection) }
+            thread.name = "store-client"
+            thread.start()
+        }
+    }
+
+    func serve(_ connection: Connection) {
+        do {
+            _ = try Handshake.accept(connection, identity: identity, onRefusal: { [log] in log("store: \($0)") })
+        } catch {
+            return
+        }
+        // Clients wait between requests as long as the job lives: no inactivity timeout on the server side.
+        connection.policy.timeoutSeconds = 365 * 86400
+        while !isStopped {
+            do {
+                let request = try connection.receiveFrame(expecting: .storeRequest, tag: nil,
+                                                          maxLength: StoreLimits.maxKeyBytes + StoreLimits.maxValueBytes + 64,
+                                                          operation: "store request")
+                let reply = handle(request)
+                try connection.sendFrame(.storeReply, tag: 0, bytes: reply, operation: "store reply")
+            } catch let error as TransportError {
+                if case .peerClosed = error.kind {} else { log("store: dropping client \(connection.peer): \(error)") }
+                connection.close()
+                return
+            } catch {
+                connection.close()
+                return
+            }
+        }
+    }
+
+    func handle(_ request: [UInt8]) -> [UInt8] {
+        var reader = ByteReader(request)
+        func refuse(_ reason: String) -> [UInt8] { var w = ByteWriter(); w.bytes([2]); w.blob(Array(reason.utf8)); return w.data }
+        guard let op = reader.bytes(1).flatMap({ StoreOp(rawValue: $0[0]) }) else { return refuse("unknown operation") }
+        guard let keyBytes = reader.blob(max: StoreLimits.maxKeyBytes) else {
+            return refuse("key longer than \(StoreLimits.maxKeyBytes) bytes")
+        }
+        guard let value = reader.blob(max: StoreLimits.maxValueBytes), reader.atEnd else {
+            return refuse("value longer than \(StoreLimits.maxValueBytes) bytes")
+        }
+        let key = String(decoding: keyBytes, as: UTF8.self)
+        lock.lock(); defer { lock.unlock() }
+        var w = ByteWriter()
+        switch op {
+        case .set:
+            guard values[key] != nil || values.count < StoreLimits.maxKeys else { return refuse("store is full (\(StoreLimits.maxKeys) keys)") }
+            values[key] = value
+            w.bytes([0]); w.blob([])
+        case .get:
+            if let v = values[key] { w.bytes([0]); w.blob(v) } else { w.bytes([1]); w.blob([]) }
+        case .add:
+            var r = ByteReader(value)
+            guard let delta = r.i64() else { return refuse("add needs an 8-byte delta") }
+            var current: Int64 = 0
+            if let old = values[key] { var o = ByteReader(old); current = o.i64() ?? 0 }
+            current &+= delta
+            var v = ByteWriter(); v.i64(current)
+            values[key] = v.data
+            w.bytes([0]); w.blob(v.data)
+        }
+        return w.data
+    }
+}
+
+/// A store client: one authenticated connection; every call bounded by the policy's timeout.
+public final class StoreClient: @unchecked Sendable {
+    let connection: Connection
+    let lock = NSLock()
+    public let address: PeerDescription
+
+    public init(host: String, port: Int, identity: JobIdentity, rank: Int, timeoutSeconds: Double) throws {
+        address = PeerDescription(host: host, port: port)
+        let deadline = Deadline(seconds: timeoutSeconds)
+        let operation = "connect to the rendezvous store at \(address)"
+        let fd = try Socket.connect(host: host, port: port, deadline: deadline, peer: address, operation: operation)
+        connection = Connection(fd: fd, peer: address, policy: WaitPolicy(timeoutSeconds: timeoutSeconds, spinMicroseconds: 0))
+        try Handshake.connect(connection, identity: identity, rank: rank)
+    }
+
+    func request(_ op: StoreOp, _ key: String, _ value: [UInt8]) throws -> (status: UInt8, value: [UInt8]) {
+        lock.lock(); defer { lock.unlock() }
+        var w = ByteWriter()
+        w.bytes([op.rawValue]); w.blob(Array(key.utf8)); w.blob(value)
+        let operation = "store \(op) '\(key)'"
+        try connection.sendFrame(.storeRequest, tag: 0, bytes: w.data, operation: operation)
+        let reply = try connection.receiveFrame(expecting: .storeReply, tag: nil, maxLength: StoreLimits.maxValueBytes + 64,
+                                                operation: operation)
+        var r = ByteReader(reply)
+        guard let status = r.bytes(1)?[0], let v = r.blob(max: StoreLimits.maxValueBytes), r.atEnd else {
+            throw TransportError(.badFrame("malformed store reply"), operation: operation, peer: address)
+        }
+        if status == 2 {
+            throw TransportError(.refused(String(decoding: v, as: UTF8.self)), operation: operation, peer: address)
+        }
+        return (status, v)
+    }
+
+    public func set(_ key: String, _ value: [UInt8]) throws { _ = try request(.set, key, value) }
+    public func set(_ key: String, _ value: String) throws { try set(key, Array(value.utf8)) }
+
+    public func get(_ key: String) throws -> [UInt8]? {
+        let (status, value) = try request(.get, key, [])
+        return status == 0 ? value : nil
+    }
+
+    @discardableResult
+    public func add(_ key: String, _ delta: Int64) throws -> Int64 {
+        var w = ByteWriter(); w.i64(delta)
+        var r = ByteReader(try request(.add, key, w.data).value)
+        return r.i64() ?? 0
+    }
+
+    /// Waits until every key exists; on timeout the error lists the missing ones through `describeMissing`.
+    public func wait(_ keys: [String], timeoutSeconds: Double,
+                     describeMissing: ([String]) -> String = { "waiting for keys \($0.joined(separator: ", "))" }) throws -> [[UInt8]] {
+        let deadline = Deadline(seconds: timeoutSeconds)
+        var found: [String: [UInt8]] = [:]
+        var pause: useconds_t = 200
+        while true {
+            for key in keys where found[key] == nil {
+                if let v = try get(key) { found[key] = v }
+            }
+            let missing = keys.filter { found[$0] == nil }
+            if missing.isEmpty { return keys.map { found[$0]! } }
+            if deadline.hasPassed {
+                throw TransportError(.rendezvous("rendezvous timed out after \(formatted(timeoutSeconds)) s: \(describeMissing(missing))"),
+                                     operation: "rendezvous")
+            }
+            usleep(pause)
+            pause = min(pause * 2, 50_000)
+        }
+    }
+}
+
+func formatted(_ s: Double) -> String { s == s.rounded() ? String(Int(s)) : String(s) }

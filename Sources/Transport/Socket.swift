@@ -1,0 +1,184 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// TCP socket set-up over Glibc: resolve, listen, accept and connect, IPv4 or IPv6, every wait bounded.
+public enum Socket {
+    /// Socket buffer size asked for on every connection: large enough to keep a loopback or LAN link busy
+    /// while the other side reduces a chunk.
+    public static let bufferBytes: Int32 = 8 << 20
+
+    /// Resolved addresses for host:port (numeric or name), IPv4 and IPv6.
+    static func resolve(host: String?, port: Int, passive: Bool, operation: String) throws -> [(storage: sockaddr_storage, length: socklen_t, family: Int32)] {
+        var hints = addrinfo()
+        hints.ai_family = AF_UNSPEC
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        hints.ai_flags = passive ? AI_PASSIVE : 0
+        var list: UnsafeMutablePointer<addrinfo>?
+        let code = getaddrinfo(host, String(port), &hints, &list)
+        guard code == 0, let first = list else {
+            let reason = String(cString: gai_strerror(code))
+            throw TransportError(.rendezvous("cannot resolve \(host ?? "*"):\(port): \(reason)"), operation: operation)
+        }
+        defer { freeaddrinfo(list) }
+        var out: [(sockaddr_storage, socklen_t, Int32)] = []
+        var node: UnsafeMutablePointer<addrinfo>? = first
+        while let n = node {
+            var storage = sockaddr_storage()
+            withUnsafeMutableBytes(of: &storage) { dst in
+                dst.copyMemory(from: UnsafeRawBufferPointer(start: n.pointee.ai_addr, count: Int(n.pointee.ai_addrlen)))
+            }
+            out.append((storage, n.pointee.ai_addrlen, n.pointee.ai_family))
+            node = n.pointee.ai_next
+        }
+        return out
+    }
+
+    /// Host and port of a socket address, numeric.
+    static func describe(_ storage: sockaddr_storage, _ length: socklen_t) -> (host: String, port: Int) {
+        var storage = storage
+        var host = [CChar](repeating: 0, count: Int(NI_MAXHOST)), service = [CChar](repeating: 0, count: Int(NI_MAXSERV))
+        let code = withUnsafePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                getnameinfo($0, length, &host, socklen_t(host.count), &service, socklen_t(service.count), NI_NUMERICHOST | NI_NUMERICSERV)
+            }
+        }
+        guard code == 0 else { return ("?", 0) }
+        return (String(cString: host), Int(String(cString: service)) ?? 0)
+    }
+
+    static func setOption(_ fd: Int32, _ level: Int32, _ name: Int32, _ value: Int32, operation: String) throws {
+        var v = value
+        _ = try systemCall("setsockopt", operation, peer: nil) {
+            Int(setsockopt(fd, level, name, &v, socklen_t(MemoryLayout<Int32>.size)))
+        }
+    }
+
+    static func configure(_ fd: Int32, operation: String) throws {
+        try setOption(fd, Int32(IPPROTO_TCP), TCP_NODELAY, 1, operation: operation)
+        try setOption(fd, SOL_SOCKET, SO_SNDBUF, bufferBytes, operation: operation)
+        try setOption(fd, SOL_SOCKET, SO_RCVBUF, bufferBytes, operation: operation)
+        try setOption(fd, SOL_SOCKET, SO_KEEPALIVE, 1, operation: operation)
+    }
+
+    static func setNonBlocking(_ fd: Int32) {
+        let flags = fcntl(fd, F_GETFL)
+        _ = fcntl(fd, F_SETFL, flags | O_NONBLOCK)
+    }
+
+    /// Connects to host:port, retrying refusals until the deadline (the listener may not be up yet).
+    /// Returns a non-blocking, configured descriptor.
+    public static func connect(host: String, port: Int, deadline: Deadline, peer: PeerDescription,
+                               operation: String) throws -> Int32 {
+        var lastError: TransportError?
+        var backoff: useconds_t = 1000
+        while true {
+            for address in try resolve(host: host, port: port, passive: false, operation: operation) {
+                let fd = socket(address.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+                guard fd >= 0 else {
+                    throw TransportError(.system(call: "socket", errno: errno), operation: operation, peer: peer)
+                }
+                do {
+                    try configure(fd, operation: operation)
+                    setNonBlocking(fd)
+                    var storage = address.storage
+                    let result = withUnsafePointer(to: &storage) {
+                        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, address.length) }
+                    }
+                    if result != 0 && errno != EINPROGRESS && errno != EINTR {
+                        throw TransportError(.system(call: "connect", errno: errno), operation: operation, peer: peer)
+                    }
+                    var pfd = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+                    let ready = poll(&pfd, 1, deadline.pollMilliseconds)
+                    if ready == 0 { throw TransportError(.timedOut(seconds: deadline.seconds), operation: operation, peer: peer) }
+                    var soError: Int32 = 0
+                    var len = socklen_t(MemoryLayout<Int32>.size)
+                    getsockopt(fd, SOL_SOCKET, SO_ERROR, &soError, &len)
+                    if soError != 0 {
+                        throw TransportError(.system(call: "connect", errno: soError), operation: operation, peer: peer)
+                    }
+                    return fd
+                } catch let error as TransportError {
+                    close(fd)
+                    lastError = error
+                }
+            }
+            if deadline.hasPassed {
+                throw lastError ?? TransportError(.timedOut(seconds: deadline.seconds), operation: operation, peer: peer)
+            }
+            usleep(backoff)
+            backoff = min(backoff * 2, 100_000)
+        }
+    }
+}
+
+/// A listening socket bound to an address (port 0 picks a free port; `port` tells which).
+public final class Listener: @unchecked Sendable {
+    public let fd: Int32
+    public let host: String
+    public let port: Int
+
+    public init(host: String, port: Int = 0, backlog: Int32 = 128) throws {
+        let operation = "listen on \(host):\(port)"
+        var lastError: TransportError?
+        for address in try Socket.resolve(host: host, port: port, passive: true, operation: operation) {
+            let fd = socket(address.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+            guard fd >= 0 else { lastError = TransportError(.system(call: "socket", errno: errno), operation: operation); continue }
+            do {
+                try Socket.setOption(fd, SOL_SOCKET, SO_REUSEADDR, 1, operation: operation)
+                // Buffers set on the listener are inherited by accepted sockets before the handshake,
+                // which lets TCP window scaling use them.
+                try Socket.setOption(fd, SOL_SOCKET, SO_RCVBUF, Socket.bufferBytes, operation: operation)
+                var storage = address.storage
+                let bound = withUnsafePointer(to: &storage) {
+                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, address.length) }
+                }
+                guard bound == 0 else { throw TransportError(.system(call: "bind", errno: errno), operation: operation) }
+                guard listen(fd, backlog) == 0 else { throw TransportError(.system(call: "listen", errno: errno), operation: operation) }
+                var actual = sockaddr_storage()
+                var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+                withUnsafeMutablePointer(to: &actual) {
+                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { _ = getsockname(fd, $0, &length) }
+                }
+                Socket.setNonBlocking(fd)
+                self.fd = fd
+                self.host = host
+                self.port = Socket.describe(actual, length).port
+                return
+            } catch let error as TransportError {
+                close(fd)
+                lastError = error
+            }
+        }
+        throw lastError ?? TransportError(.rendezvous("no address to listen on for \(host)"), operation: operation)
+    }
+
+    deinit { close(fd) }
+
+    /// Waits up to the deadline for one connection; returns a configured, non-blocking descriptor and
+    /// the peer's numeric address.
+    public func accept(deadline: Deadline, operation: String) throws -> (fd: Int32, host: String, port: Int) {
+        while true {
+            var storage = sockaddr_storage()
+            var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+            let fd = withUnsafeMutablePointer(to: &storage) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.accept(self.fd, $0, &length) }
+            }
+            if fd >= 0 {
+                _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+                try Socket.configure(fd, operation: operation)
+                Socket.setNonBlocking(fd)
+                let (h, p) = Socket.describe(storage, length)
+                return (fd, h, p)
+            }
+            let code = errno
+            if code == EINTR || code == ECONNABORTED { continue }
+            guard code == EAGAIN || code == EWOULDBLOCK else {
+                throw TransportError(.system(call: "accept", errno: code), operation: operation)
+            }
+            if deadline.hasPassed { throw TransportError(.timedOut(seconds: deadline.seconds), operation: operation) }
+            var pfd = pollfd(fd: self.fd, events: Int16(POLLIN), revents: 0)
+            _ = poll(&pfd, 1, min(deadline.pollMilliseconds, 1000))
+        }
+    }
+}

@@ -1,0 +1,51 @@
+import ArgumentParser
+import Collectives
+import Foundation
+import Rendezvous
+import TestSupport
+import Transport
+
+/// One rank of a multi-process collective check (used by the tests; RANK, WORLD_SIZE, MASTER_ADDR,
+/// MASTER_PORT and SWIFT_DDP_SECRET come from the environment). Exit 0: all checks passed; 1: a wrong
+/// result; 3: a transport or rendezvous error (printed with the peer it names).
+@main
+struct CollectiveCheck: ParsableCommand {
+    @Option(help: "Comma-separated algorithms: ring,tree,halving-doubling,auto.")
+    var algorithms = "ring,tree,halving-doubling"
+
+    @Option(help: "Comma-separated element counts.")
+    var counts = "0,1,7,1000,1048579"
+
+    @Flag(help: "Repeat one allreduce of the first count until killed (fault tests).")
+    var loop = false
+
+    @Flag(help: "Only allreduce (skip broadcast, allgather, reduce-scatter, barrier).")
+    var allreduceOnly = false
+
+    func run() throws {
+        var plan = CollectiveCheckPlan()
+        plan.algorithms = try algorithms.split(separator: ",").map {
+            guard let a = AllreduceAlgorithm(rawValue: String($0)) else { throw ValidationError("unknown algorithm '\($0)'") }
+            return a
+        }
+        plan.counts = try counts.split(separator: ",").map {
+            guard let c = Int($0), c >= 0 else { throw ValidationError("bad count '\($0)'") }
+            return c
+        }
+        plan.loop = loop
+        plan.alsoOtherCollectives = !allreduceOnly
+        let say: (String) -> Void = { line in FileHandle.standardOutput.write(Data((line + "\n").utf8)) }
+        do {
+            let env = try DistributedEnvironment.fromProcess()
+            let group = try joinGroup(env, log: say)
+            let checks = try runCollectiveCheck(plan, group: group, log: say)
+            say("rank \(env.rank): OK \(checks) checks")
+        } catch let failure as CheckFailure {
+            say("WRONG: \(failure)")
+            Foundation.exit(1)
+        } catch {
+            say("ERROR: \(error)")
+            Foundation.exit(3)
+        }
+    }
+}
