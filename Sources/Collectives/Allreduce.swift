@@ -12,21 +12,46 @@ public func chooseAlgorithm(bytes: Int, worldSize: Int) -> AllreduceAlgorithm {
     bytes <= 64 << 10 ? .halvingDoubling : .ring
 }
 
+/// A collective that failed on this rank: what this rank saw, and the root cause another rank
+/// reported first when this rank only saw the fallout (e.g. a neighbour that exited because of it).
+public struct CollectiveError: Error, CustomStringConvertible {
+    public let underlying: Error
+    public let rootCause: String?
+    public var description: String {
+        "\(underlying)" + (rootCause.map { "; root cause: \($0)" } ?? "")
+    }
+}
+
+/// Runs a collective; on failure records it in the store and attaches the root cause.
+func guarded<T>(_ group: ProcessGroup, _ body: () throws -> T) throws -> T {
+    do {
+        return try body()
+    } catch {
+        throw CollectiveError(underlying: error, rootCause: group.recordFailure("\(error)"))
+    }
+}
+
 /// In-place allreduce over the group; every rank must call it with the same count, op and algorithm.
 public func allreduce(_ buffer: UnsafeMutableBufferPointer<Float>, op: ReduceOp = .sum,
                       algorithm: AllreduceAlgorithm = .auto, group: ProcessGroup) throws {
     guard group.worldSize > 1 else { return }
     let chosen = algorithm == .auto ? chooseAlgorithm(bytes: buffer.count * 4, worldSize: group.worldSize) : algorithm
-    switch chosen {
-    case .ring, .auto: try ringAllreduce(buffer, op: op, group: group)
-    case .tree: try treeAllreduce(buffer, op: op, group: group)
-    case .halvingDoubling: try halvingDoublingAllreduce(buffer, op: op, group: group)
+    try guarded(group) {
+        switch chosen {
+        case .ring, .auto: try ringAllreduce(buffer, op: op, group: group)
+        case .tree: try treeAllreduce(buffer, op: op, group: group)
+        case .halvingDoubling: try halvingDoublingAllreduce(buffer, op: op, group: group)
+        }
     }
 }
 
 /// Dissemination barrier: in round k rank r signals r + 2^k and waits for r - 2^k; after ceil(log2 N)
 /// rounds every rank has (transitively) heard from every other.
 public func barrier(group: ProcessGroup) throws {
+    try guarded(group) { try disseminationBarrier(group: group) }
+}
+
+func disseminationBarrier(group: ProcessGroup) throws {
     let n = group.worldSize, rank = group.rank
     guard n > 1 else { return }
     let tag = group.nextTag()
@@ -46,15 +71,15 @@ public func barrier(group: ProcessGroup) throws {
 
 /// Broadcast from `root` to every rank, in place.
 public func broadcast(_ buffer: UnsafeMutableBufferPointer<Float>, root: Int, group: ProcessGroup) throws {
-    try treeBroadcast(buffer, root: root, group: group)
+    try guarded(group) { try treeBroadcast(buffer, root: root, group: group) }
 }
 
 /// Allgather in place: on entry segment r (segmentRange(count, worldSize, r)) holds rank r's part.
 public func allgather(_ buffer: UnsafeMutableBufferPointer<Float>, group: ProcessGroup) throws {
-    try ringAllgather(buffer, group: group)
+    try guarded(group) { try ringAllgather(buffer, group: group) }
 }
 
 /// Reduce-scatter in place: on exit segment `group.rank` holds the reduction of that segment.
 public func reduceScatter(_ buffer: UnsafeMutableBufferPointer<Float>, op: ReduceOp = .sum, group: ProcessGroup) throws {
-    try ringReduceScatter(buffer, op: op, group: group)
+    try guarded(group) { try ringReduceScatter(buffer, op: op, group: group) }
 }

@@ -18,9 +18,9 @@ public func halvingDoublingAllreduce(_ buffer: UnsafeMutableBufferPointer<Float>
     let none = UnsafeMutableRawBufferPointer(start: nil, count: 0)
     if rank >= p {
         try exchange(group, tag: tag, sendTo: rank - p, sendBytes: UnsafeRawBufferPointer(all), receiveFrom: nil, receiveBuffer: none,
-                     operation: "halving-doubling fold on rank \(rank), to rank \(rank - p)")
+                     operation: "halving-doubling fold on rank \(rank)")
         try exchange(group, tag: tag, sendTo: nil, sendBytes: UnsafeRawBufferPointer(start: nil, count: 0), receiveFrom: rank - p,
-                     receiveBuffer: all, operation: "halving-doubling result on rank \(rank), from rank \(rank - p)")
+                     receiveBuffer: all, operation: "halving-doubling result on rank \(rank)")
         return
     }
     let scratch = UnsafeMutableBufferPointer<Float>.allocate(capacity: max(buffer.count, 1))
@@ -28,7 +28,7 @@ public func halvingDoublingAllreduce(_ buffer: UnsafeMutableBufferPointer<Float>
     if rank + p < n {
         try exchange(group, tag: tag, sendTo: nil, sendBytes: UnsafeRawBufferPointer(start: nil, count: 0), receiveFrom: rank + p,
                      receiveBuffer: mutableBytesOf(scratch, 0..<buffer.count),
-                     operation: "halving-doubling fold on rank \(rank), from rank \(rank + p)")
+                     operation: "halving-doubling fold on rank \(rank)")
         op.combine(buffer.baseAddress!, scratch.baseAddress!, count: buffer.count)
     }
     let steps = HalvingDoublingSchedule.steps(rank: rank, worldSize: n, count: buffer.count)
@@ -36,7 +36,7 @@ public func halvingDoublingAllreduce(_ buffer: UnsafeMutableBufferPointer<Float>
         let destination = buffer.baseAddress! + step.keep.lowerBound
         try exchange(group, tag: tag, sendTo: step.partner, sendBytes: bytesOf(buffer, step.give),
                      receiveFrom: step.partner, receiveBuffer: mutableBytesOf(scratch, 0..<step.keep.count),
-                     operation: "halving step \(index + 1)/\(steps.count) on rank \(rank), with rank \(step.partner)") { bytes in
+                     operation: "halving step \(index + 1)/\(steps.count) on rank \(rank)") { bytes in
             op.combine(destination + bytes.lowerBound / 4, scratch.baseAddress! + bytes.lowerBound / 4, count: bytes.count / 4)
         }
     }
@@ -45,10 +45,10 @@ public func halvingDoublingAllreduce(_ buffer: UnsafeMutableBufferPointer<Float>
     for (index, step) in steps.enumerated().reversed() {
         try exchange(group, tag: tag, sendTo: step.partner, sendBytes: bytesOf(buffer, step.keep),
                      receiveFrom: step.partner, receiveBuffer: mutableBytesOf(buffer, step.give),
-                     operation: "doubling step \(index + 1)/\(steps.count) on rank \(rank), with rank \(step.partner)")
+                     operation: "doubling step \(index + 1)/\(steps.count) on rank \(rank)")
     }
     if rank + p < n {
         try exchange(group, tag: tag, sendTo: rank + p, sendBytes: UnsafeRawBufferPointer(all), receiveFrom: nil, receiveBuffer: none,
-                     operation: "halving-doubling result on rank \(rank), to rank \(rank + p)")
+                     operation: "halving-doubling result on rank \(rank)")
     }
 }

@@ -23,13 +23,13 @@ public func treeAllreduce(_ buffer: UnsafeMutableBufferPointer<Float>, op: Reduc
         for child in children {
             try exchange(group, tag: tag, sendTo: nil, sendBytes: UnsafeRawBufferPointer(start: nil, count: 0),
                          receiveFrom: child, receiveBuffer: mutableBytesOf(scratch, 0..<chunk.count),
-                         operation: "tree reduce on rank \(rank), from child rank \(child)")
+                         operation: "tree reduce on rank \(rank) (from a child)")
             op.combine(buffer.baseAddress! + chunk.lowerBound, scratch.baseAddress!, count: chunk.count)
         }
         if let parent {
             try exchange(group, tag: tag, sendTo: parent, sendBytes: bytesOf(buffer, chunk),
                          receiveFrom: nil, receiveBuffer: UnsafeMutableRawBufferPointer(start: nil, count: 0),
-                         operation: "tree reduce on rank \(rank), to parent rank \(parent)")
+                         operation: "tree reduce on rank \(rank) (to the parent)")
         } else {
             op.finish(UnsafeMutableBufferPointer(rebasing: buffer[chunk]), worldSize: n)
         }
@@ -53,12 +53,12 @@ public func treeBroadcast(_ buffer: UnsafeMutableBufferPointer<Float>, root: Int
         if let parent {
             try exchange(group, tag: tag, sendTo: nil, sendBytes: UnsafeRawBufferPointer(start: nil, count: 0),
                          receiveFrom: parent, receiveBuffer: mutableBytesOf(buffer, chunk),
-                         operation: "broadcast on rank \(rank), from parent rank \(parent)")
+                         operation: "broadcast on rank \(rank) (from the parent)")
         }
         for child in children {
             try exchange(group, tag: tag, sendTo: child, sendBytes: bytesOf(buffer, chunk),
                          receiveFrom: nil, receiveBuffer: UnsafeMutableRawBufferPointer(start: nil, count: 0),
-                         operation: "broadcast on rank \(rank), to child rank \(child)")
+                         operation: "broadcast on rank \(rank) (to a child)")
         }
         start = chunk.upperBound
     }

@@ -13,6 +13,9 @@ public final class ProcessGroup: @unchecked Sendable {
     public let connections: [Connection?]
     /// Check payload CRCs of bulk data frames too (headers are always checked).
     public var checksumPayloads: Bool
+    /// The rendezvous store, kept to report failures: a rank that fails records why under
+    /// "failed/<rank>", so ranks that only see the fallout (a neighbour closing) can name the root cause.
+    public var store: StoreClient?
     var sequence: UInt32 = 0
 
     public init(rank: Int, worldSize: Int, connections: [Connection?], policy: WaitPolicy, checksumPayloads: Bool = false) {
@@ -89,6 +92,23 @@ public final class ProcessGroup: @unchecked Sendable {
             pending.remove(peer)
             connections[peer] = connection
         }
-        return ProcessGroup(rank: rank, worldSize: world, connections: connections, policy: policy)
+        let group = ProcessGroup(rank: rank, worldSize: world, connections: connections, policy: policy)
+        group.store = store
+        return group
+    }
+
+    /// Records this rank's failure in the store and returns the earliest failure another rank has
+    /// recorded, if any (best effort: the store may be gone too).
+    public func recordFailure(_ description: String) -> String? {
+        guard let store else { return nil }
+        var rootCause: String?
+        for peer in 0..<worldSize where peer != rank {
+            if let reported = try? store.get("failed/\(peer)") {
+                rootCause = String(decoding: reported, as: UTF8.self)
+                break
+            }
+        }
+        try? store.set("failed/\(rank)", rootCause ?? "rank \(rank): \(description)")
+        return rootCause
     }
 }

@@ -11,7 +11,7 @@ final class CollectiveProcessTests: XCTestCase {
         let cluster = try LocalCluster(worldSize: worldSize)
         let started = Deadline.now()
         defer { print("world \(worldSize) \(arguments.joined(separator: " ")): \(String(format: "%.1f", Deadline.now() - started)) s") }
-        let outcomes = LocalCluster.wait(try cluster.start("collective-check", arguments), timeout: timeout)
+        let outcomes = try cluster.start("collective-check", arguments).wait(timeout: timeout).outcomes
         for (rank, outcome) in outcomes.enumerated() {
             XCTAssertEqual(outcome.status, 0, "world \(worldSize) rank \(rank) failed:\n\(outcome.output)", file: file, line: line)
             XCTAssertTrue(outcome.output.contains("rank \(rank): OK"), "rank \(rank) output:\n\(outcome.output)", file: file, line: line)

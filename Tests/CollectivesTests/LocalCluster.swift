@@ -37,10 +37,12 @@ struct LocalCluster {
         return env
     }
 
-    /// Starts every rank (or the ones listed) and returns the processes with their output pipes.
+    /// Starts every rank (or the ones listed); their output is collected as it arrives.
     func start(_ executable: String, _ arguments: [String], ranks: [Int]? = nil,
-               extra: [String: String] = [:]) throws -> [(Process, Pipe)] {
-        try (ranks ?? Array(0..<worldSize)).map { rank in
+               extra: [String: String] = [:]) throws -> Running {
+        let ranks = ranks ?? Array(0..<worldSize)
+        let running = Running(count: ranks.count)
+        for (slot, rank) in ranks.enumerated() {
             let process = Process()
             process.executableURL = URL(fileURLWithPath: LocalCluster.buildDirectory + "/" + executable)
             process.arguments = arguments
@@ -49,37 +51,57 @@ struct LocalCluster {
             process.standardOutput = pipe
             process.standardError = pipe
             try process.run()
-            return (process, pipe)
-        }
-    }
-
-    /// Waits for every process (killing all after `timeout` seconds) and collects status and output.
-    static func wait(_ processes: [(Process, Pipe)], timeout: Double) -> [Outcome] {
-        let deadline = Deadline(seconds: timeout)
-        final class Outputs: @unchecked Sendable {
-            var data: [Data]
-            let lock = NSLock()
-            init(_ n: Int) { data = Array(repeating: Data(), count: n) }
-        }
-        let outputs = Outputs(processes.count)
-        let group = DispatchGroup()
-        for (i, (_, pipe)) in processes.enumerated() {
-            group.enter()
+            running.processes.append(process)
             let handle = pipe.fileHandleForReading
-            DispatchQueue.global().async {
-                let data = handle.readDataToEndOfFile()
-                outputs.lock.lock(); outputs.data[i] = data; outputs.lock.unlock()
-                group.leave()
+            running.group.enter()
+            Thread.detachNewThread {
+                while true {
+                    let data = handle.availableData
+                    if data.isEmpty { break }
+                    running.lock.lock(); running.outputs[slot].append(data); running.lock.unlock()
+                }
+                running.group.leave()
             }
         }
-        while processes.contains(where: { $0.0.isRunning }) && !deadline.hasPassed { usleep(10_000) }
-        for (p, _) in processes where p.isRunning { kill(p.processIdentifier, SIGKILL) }
-        for (p, _) in processes { p.waitUntilExit() }
-        _ = group.wait(timeout: .now() + 5)
-        return processes.enumerated().map { i, entry in
-            outputs.lock.lock(); defer { outputs.lock.unlock() }
-            return Outcome(status: entry.0.terminationStatus, output: String(decoding: outputs.data[i], as: UTF8.self),
-                           signaled: entry.0.terminationReason == .uncaughtSignal)
+        return running
+    }
+
+    final class Running: @unchecked Sendable {
+        var processes: [Process] = []
+        var outputs: [Data]
+        let lock = NSLock()
+        let group = DispatchGroup()
+        init(count: Int) { outputs = Array(repeating: Data(), count: count) }
+
+        func output(_ slot: Int) -> String {
+            lock.lock(); defer { lock.unlock() }
+            return String(decoding: outputs[slot], as: UTF8.self)
+        }
+
+        /// Waits until every listed slot has printed `text` (or the timeout passes).
+        @discardableResult
+        func waitForOutput(_ text: String, slots: [Int], timeout: Double) -> Bool {
+            let deadline = Deadline(seconds: timeout)
+            while !deadline.hasPassed {
+                if slots.allSatisfy({ output($0).contains(text) }) { return true }
+                usleep(20_000)
+            }
+            return false
+        }
+
+        /// Waits for every process (SIGKILL to all after `timeout` seconds); returns outcomes and the
+        /// seconds it took.
+        func wait(timeout: Double) -> (outcomes: [Outcome], seconds: Double) {
+            let start = Deadline.now(), deadline = Deadline(seconds: timeout)
+            while processes.contains(where: { $0.isRunning }) && !deadline.hasPassed { usleep(10_000) }
+            let seconds = Deadline.now() - start
+            for p in processes where p.isRunning { kill(p.processIdentifier, SIGKILL) }
+            for p in processes { p.waitUntilExit() }
+            _ = group.wait(timeout: .now() + 5)
+            let outcomes = processes.enumerated().map { i, p in
+                Outcome(status: p.terminationStatus, output: output(i), signaled: p.terminationReason == .uncaughtSignal)
+            }
+            return (outcomes, seconds)
         }
     }
 }

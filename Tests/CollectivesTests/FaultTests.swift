@@ -1,0 +1,68 @@
+import Foundation
+import Rendezvous
+import Transport
+import XCTest
+
+/// Real processes, real failures: no rank may hang, and every survivor names the rank at fault.
+final class FaultTests: XCTestCase {
+    func testKilledRankMakesEveryOtherRankFailNamingIt() throws {
+        for algorithm in ["ring", "tree", "halving-doubling"] {
+            let cluster = try LocalCluster(worldSize: 4)
+            let running = try cluster.start("collective-check", ["--loop", "--algorithms", algorithm, "--counts", "262144"],
+                                            extra: ["SWIFT_DDP_TIMEOUT": "10"])
+            XCTAssertTrue(running.waitForOutput("READY", slots: [0, 1, 2, 3], timeout: 30), "ranks never got going: \(running.output(0))")
+            kill(running.processes[1].processIdentifier, SIGKILL)
+            let (outcomes, seconds) = running.wait(timeout: 30)
+            XCTAssertTrue(outcomes[1].signaled)
+            for rank in [0, 2, 3] {
+                XCTAssertEqual(outcomes[rank].status, 3, "\(algorithm) rank \(rank): \(outcomes[rank].output)")
+                XCTAssertTrue(outcomes[rank].output.contains("rank 1"), "\(algorithm) rank \(rank) does not name rank 1:\n\(outcomes[rank].output)")
+            }
+            // A closed socket is noticed at once: far below the 10 s inactivity timeout.
+            XCTAssertLessThan(seconds, 8, "\(algorithm): survivors took \(seconds) s to exit")
+            print("\(algorithm): survivors exited in \(String(format: "%.3f", seconds)) s; rank 3 said: \(outcomes[3].output)")
+        }
+    }
+
+    func testStoppedRankIsDetectedByTimeout() throws {
+        let cluster = try LocalCluster(worldSize: 3)
+        let running = try cluster.start("collective-check", ["--loop", "--algorithms", "ring", "--counts", "65536"],
+                                        extra: ["SWIFT_DDP_TIMEOUT": "2"])
+        XCTAssertTrue(running.waitForOutput("READY", slots: [0, 1, 2], timeout: 30))
+        kill(running.processes[2].processIdentifier, SIGSTOP)
+        defer { kill(running.processes[2].processIdentifier, SIGKILL) }
+        let deadline = Deadline(seconds: 20)
+        while (running.processes[0].isRunning || running.processes[1].isRunning) && !deadline.hasPassed { usleep(20_000) }
+        kill(running.processes[2].processIdentifier, SIGKILL)
+        let (outcomes, _) = running.wait(timeout: 10)
+        for rank in [0, 1] {
+            XCTAssertEqual(outcomes[rank].status, 3, "rank \(rank): \(outcomes[rank].output)")
+            XCTAssertTrue(outcomes[rank].output.contains("rank 2"), "rank \(rank) does not name rank 2:\n\(outcomes[rank].output)")
+        }
+        XCTAssertTrue(outcomes[0].output.contains("timed out") || outcomes[1].output.contains("timed out"),
+                      "\(outcomes[0].output)\n\(outcomes[1].output)")
+    }
+
+    func testRendezvousTimeoutNamesTheMissingRanks() throws {
+        let cluster = try LocalCluster(worldSize: 5)
+        let running = try cluster.start("collective-check", ["--counts", "8"], ranks: [0, 2, 4], extra: ["SWIFT_DDP_TIMEOUT": "2"])
+        let (outcomes, seconds) = running.wait(timeout: 30)
+        for outcome in outcomes {
+            XCTAssertEqual(outcome.status, 3, outcome.output)
+            XCTAssertTrue(outcome.output.contains("rendezvous timed out after 2 s: waiting for ranks 1, 3 of 5"), outcome.output)
+        }
+        XCTAssertLessThan(seconds, 10)
+    }
+
+    func testWrongSecretCannotJoinAndTheJobStillWorks() throws {
+        let cluster = try LocalCluster(worldSize: 2)
+        let intruder = try cluster.start("collective-check", ["--counts", "8"], ranks: [1],
+                                         extra: ["SWIFT_DDP_SECRET": String(repeating: "ab", count: 16), "SWIFT_DDP_TIMEOUT": "5"])
+        let (bad, _) = intruder.wait(timeout: 30)
+        XCTAssertEqual(bad[0].status, 3)
+        XCTAssertTrue(bad[0].output.contains("refused"), bad[0].output)
+        let job = try cluster.start("collective-check", ["--counts", "0,1,1000"])
+        let (outcomes, _) = job.wait(timeout: 60)
+        for (rank, outcome) in outcomes.enumerated() { XCTAssertEqual(outcome.status, 0, "rank \(rank): \(outcome.output)") }
+    }
+}

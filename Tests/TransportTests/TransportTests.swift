@@ -1,0 +1,170 @@
+import Foundation
+import Rendezvous
+import Transport
+import XCTest
+#if canImport(Glibc)
+import Glibc
+#endif
+
+final class FrameTests: XCTestCase {
+    func encoded(_ header: FrameHeader) -> [UInt8] { header.encoded() }
+
+    func decode(_ bytes: [UInt8], maxLength: Int = FrameHeader.maxLength) -> Result<FrameHeader, FrameError> {
+        bytes.withUnsafeBytes { FrameHeader.decode($0.baseAddress!, maxLength: maxLength) }
+    }
+
+    func testRoundTripAndEveryCorruptionIsRejected() {
+        let header = FrameHeader(type: .data, tag: 77, length: 4096, payloadChecksum: 0xDEAD_BEEF)
+        let bytes = encoded(header)
+        XCTAssertEqual(try decode(bytes).get(), header)
+        XCTAssertEqual(try decode(encoded(FrameHeader(type: .hello, tag: 1, length: 0))).get().payloadChecksum, nil)
+        // Any single flipped bit in the header is caught (magic, version, type, length or the CRC itself).
+        for byte in 0..<FrameHeader.size {
+            for bit in 0..<8 {
+                var corrupt = bytes
+                corrupt[byte] ^= UInt8(1 << bit)
+                if case .success = decode(corrupt) { XCTFail("flip of byte \(byte) bit \(bit) accepted") }
+            }
+        }
+    }
+
+    func testVersionTypeAndLengthChecksNameTheProblem() {
+        func reencode(_ mutate: (inout [UInt8]) -> Void) -> [UInt8] {
+            var bytes = encoded(FrameHeader(type: .data, tag: 1, length: 10))
+            mutate(&bytes)
+            // Recompute the header CRC so that the field check itself is what rejects the frame.
+            let crc = bytes.withUnsafeBytes { checksum(UnsafeRawBufferPointer(rebasing: $0[0..<20])) }
+            withUnsafeBytes(of: crc.littleEndian) { for i in 0..<4 { bytes[20 + i] = $0[i] } }
+            return bytes
+        }
+        func reason(_ bytes: [UInt8], maxLength: Int = FrameHeader.maxLength) -> String {
+            if case .failure(let e) = decode(bytes, maxLength: maxLength) { return e.reason }
+            return "accepted"
+        }
+        XCTAssertTrue(reason(reencode { $0[4] = 2 }).contains("protocol version 2"))
+        XCTAssertTrue(reason(reencode { $0[5] = 99 }).contains("unknown message type 99"))
+        XCTAssertTrue(reason(reencode { $0[15] = 0x7F }).contains("exceeds the limit"))
+        XCTAssertTrue(reason(encoded(FrameHeader(type: .data, tag: 1, length: 5000)), maxLength: 4096).contains("exceeds"))
+        XCTAssertTrue(reason(Array("GET / HTTP/1.1\r\nHost: x\r\n\r\n".utf8)).contains("bad magic"))
+    }
+}
+
+final class StoreAndHandshakeTests: XCTestCase {
+    let secret = randomBytes(16)
+    func identity(job: String = "job", world: Int = 4, secret: [UInt8]? = nil) -> JobIdentity {
+        JobIdentity(jobID: job, worldSize: world, secret: secret ?? self.secret)
+    }
+
+    final class Log: @unchecked Sendable {
+        var lines: [String] = []
+        let lock = NSLock()
+        func add(_ s: String) { lock.lock(); lines.append(s); lock.unlock() }
+        var text: String { lock.lock(); defer { lock.unlock() }; return lines.joined(separator: "\n") }
+    }
+
+    func rawConnection(port: Int, host: String = "127.0.0.1") throws -> Connection {
+        let peer = PeerDescription(host: host, port: port)
+        let fd = try Socket.connect(host: host, port: port, deadline: Deadline(seconds: 5), peer: peer, operation: "test connect")
+        return Connection(fd: fd, peer: peer, policy: WaitPolicy(timeoutSeconds: 5, spinMicroseconds: 0))
+    }
+
+    func testStoreOperationsAndLimits() throws {
+        let server = try StoreServer(host: "127.0.0.1", port: 0, identity: identity())
+        defer { server.stop() }
+        let client = try StoreClient(host: "127.0.0.1", port: server.port, identity: identity(), rank: 0, timeoutSeconds: 5)
+        try client.set("a", "hello")
+        XCTAssertEqual(try client.get("a").map { String(decoding: $0, as: UTF8.self) }, "hello")
+        XCTAssertNil(try client.get("missing"))
+        XCTAssertEqual(try client.add("counter", 5), 5)
+        XCTAssertEqual(try client.add("counter", -2), 3)
+        XCTAssertThrowsError(try client.set(String(repeating: "k", count: 2000), "v")) { XCTAssertTrue("\($0)".contains("key longer"), "\($0)") }
+        XCTAssertThrowsError(try client.set("big", [UInt8](repeating: 1, count: (1 << 20) + 1))) { XCTAssertTrue("\($0)".contains("value longer"), "\($0)") }
+        XCTAssertThrowsError(try client.wait(["a", "b", "c"], timeoutSeconds: 0.3) { "waiting for \($0.joined(separator: ","))" }) {
+            XCTAssertTrue("\($0)".contains("timed out after 0.3 s: waiting for b,c"), "\($0)")
+        }
+        try client.set("ok", "still works")
+        XCTAssertNotNil(try client.get("ok"))
+    }
+
+    func testWrongSecretJobOrWorldSizeIsRefusedAndLogged() throws {
+        let log = Log()
+        let server = try StoreServer(host: "127.0.0.1", port: 0, identity: identity(), log: { log.add($0) })
+        defer { server.stop() }
+        let cases: [(JobIdentity, String)] = [
+            (identity(secret: randomBytes(16)), "wrong job secret"),
+            (identity(job: "other"), "job id 'other'"),
+            (identity(world: 8), "world size 8"),
+        ]
+        for (who, reason) in cases {
+            XCTAssertThrowsError(try StoreClient(host: "127.0.0.1", port: server.port, identity: who, rank: 1, timeoutSeconds: 5)) { error in
+                // A wrong secret is caught by the client first (the store cannot prove the secret either).
+                XCTAssertTrue("\(error)".contains("refused"), "\(error)")
+            }
+            usleep(100_000)
+            if who.secret == secret { XCTAssertTrue(log.text.contains(reason), "log lacks '\(reason)': \(log.text)") }
+        }
+        // A connector that does know the secret but talks to a store with another secret refuses the store.
+        let good = try StoreClient(host: "127.0.0.1", port: server.port, identity: identity(), rank: 2, timeoutSeconds: 5)
+        try good.set("after", "refusals")
+        XCTAssertNotNil(try good.get("after"))
+    }
+
+    func testGarbageSilenceBadVersionAndOversizedFramesDoNotDisturbTheStore() throws {
+        let log = Log()
+        let server = try StoreServer(host: "127.0.0.1", port: 0, identity: identity(), log: { log.add($0) })
+        defer { server.stop() }
+        let silent = try rawConnection(port: server.port) // connects and says nothing
+        let garbage = try rawConnection(port: server.port)
+        let text = Array("GET / HTTP/1.1\r\nHost: swift-ddp\r\n\r\n".utf8)
+        try text.withUnsafeBytes { try garbage.sendAll($0.baseAddress!, $0.count, operation: "garbage") }
+        let badVersion = try rawConnection(port: server.port)
+        var header = FrameHeader(type: .hello, tag: 0, length: 0).encoded()
+        header[4] = 9
+        let crc = header.withUnsafeBytes { checksum(UnsafeRawBufferPointer(rebasing: $0[0..<20])) }
+        withUnsafeBytes(of: crc.littleEndian) { for i in 0..<4 { header[20 + i] = $0[i] } }
+        try header.withUnsafeBytes { try badVersion.sendAll($0.baseAddress!, 24, operation: "bad version") }
+        let oversized = try rawConnection(port: server.port)
+        let big = FrameHeader(type: .hello, tag: 0, length: 200 << 20).encoded()
+        try big.withUnsafeBytes { try oversized.sendAll($0.baseAddress!, 24, operation: "oversized") }
+
+        // A real client is served at once while the silent one still hangs around.
+        let start = Deadline.now()
+        let client = try StoreClient(host: "127.0.0.1", port: server.port, identity: identity(), rank: 0, timeoutSeconds: 5)
+        try client.set("k", "v")
+        XCTAssertEqual(try client.get("k").map { String(decoding: $0, as: UTF8.self) }, "v")
+        XCTAssertLessThan(Deadline.now() - start, 2)
+        // The garbage senders are disconnected: reading from them hits EOF.
+        for (connection, name) in [(garbage, "garbage"), (badVersion, "bad version"), (oversized, "oversized")] {
+            var byte: UInt8 = 0
+            XCTAssertThrowsError(try connection.receiveAll(&byte, 1, operation: name), name)
+        }
+        usleep(100_000)
+        for reason in ["bad magic", "protocol version 9", "exceeds the limit"] {
+            XCTAssertTrue(log.text.contains(reason), "store log lacks '\(reason)':\n\(log.text)")
+        }
+        _ = silent
+    }
+
+    func testIPv6Loopback() throws {
+        guard (try? Listener(host: "::1")) != nil else { throw XCTSkip("IPv6 loopback is not available here") }
+        let server = try StoreServer(host: "::1", port: 0, identity: identity())
+        defer { server.stop() }
+        let client = try StoreClient(host: "::1", port: server.port, identity: identity(), rank: 0, timeoutSeconds: 5)
+        try client.set("v6", "yes")
+        XCTAssertNotNil(try client.get("v6"))
+        XCTAssertTrue(client.address.description.hasPrefix("[::1]:"))
+    }
+
+    func testEnvironmentErrorsNameTheVariable() {
+        XCTAssertEqual(try DistributedEnvironment.fromProcess([:]).worldSize, 1)
+        let base = ["WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500",
+                    "SWIFT_DDP_SECRET": String(repeating: "0f", count: 16)]
+        XCTAssertNoThrow(try DistributedEnvironment.fromProcess(base))
+        for (key, value, name) in [("RANK", "2", "RANK"), ("WORLD_SIZE", "zero", "WORLD_SIZE"), ("MASTER_PORT", "70000", "MASTER_PORT"),
+                                   ("SWIFT_DDP_SECRET", "xyz", "SWIFT_DDP_SECRET"), ("SWIFT_DDP_TIMEOUT", "-1", "SWIFT_DDP_TIMEOUT")] {
+            var env = base
+            env[key] = value
+            XCTAssertThrowsError(try DistributedEnvironment.fromProcess(env)) { XCTAssertEqual(($0 as? EnvironmentError)?.variable, name) }
+        }
+    }
+}
