@@ -11,6 +11,8 @@ let package = Package(
     products: [
         .executable(name: "ddp-train", targets: ["ddp-train"]),
         .executable(name: "kernels-bench", targets: ["kernels-bench"]),
+        .executable(name: "ddp-launch", targets: ["ddp-launch"]),
+        .executable(name: "allreduce-bench", targets: ["allreduce-bench"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -30,6 +32,16 @@ let package = Package(
         .target(name: "Datasets", dependencies: ["Tensors", "CZlib"]),
         .target(name: "Training", dependencies: ["NN", "Datasets", "Tensors"]),
         .target(name: "Topology", dependencies: ["CNuma"]),
+        .target(name: "Launch", dependencies: ["Rendezvous", "Transport", "CShims"]),
+        .executableTarget(name: "ddp-launch", dependencies: [
+            "Launch", "Transport",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .target(name: "Bench", dependencies: ["Collectives", "Rendezvous", "Transport"]),
+        .executableTarget(name: "allreduce-bench", dependencies: [
+            "Bench", "Collectives", "Rendezvous", "Transport", "Launch",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
         .target(name: "TestSupport", dependencies: ["Collectives", "Rendezvous", "Transport", "CShims"]),
         .executableTarget(name: "collective-check", dependencies: [
             "TestSupport", "Collectives", "Rendezvous", "Transport",

@@ -97,6 +97,17 @@ public final class ProcessGroup: @unchecked Sendable {
         return group
     }
 
+    /// Joins the job the environment describes (world size 1: a group of one, no store).
+    public static func join(_ env: DistributedEnvironment, log: @escaping (String) -> Void = { _ in }) throws -> ProcessGroup {
+        if env.worldSize == 1 { return single() }
+        let store = try StoreClient(host: env.masterAddress, port: env.masterPort, identity: env.identity, rank: env.rank,
+                                    timeoutSeconds: env.timeoutSeconds)
+        let spin = Double(ProcessInfo.processInfo.environment["SWIFT_DDP_SPIN_US"] ?? "") ?? 50
+        return try rendezvous(store: store, rank: env.rank, identity: env.identity, listenHost: env.masterAddress,
+                              policy: WaitPolicy(timeoutSeconds: env.timeoutSeconds, spinMicroseconds: spin),
+                              timeoutSeconds: env.timeoutSeconds, log: log)
+    }
+
     /// Records this rank's failure in the store and returns the earliest failure another rank has
     /// recorded, if any (best effort: the store may be gone too).
     public func recordFailure(_ description: String) -> String? {

@@ -28,13 +28,7 @@ public enum CheckFailure: Error, CustomStringConvertible {
 
 /// Connects to the store named by the environment and builds the process group.
 public func joinGroup(_ env: DistributedEnvironment, log: @escaping (String) -> Void) throws -> ProcessGroup {
-    if env.worldSize == 1 { return .single() }
-    let store = try StoreClient(host: env.masterAddress, port: env.masterPort, identity: env.identity, rank: env.rank,
-                                timeoutSeconds: env.timeoutSeconds)
-    let policy = WaitPolicy(timeoutSeconds: env.timeoutSeconds,
-                            spinMicroseconds: Double(ProcessInfo.processInfo.environment["SWIFT_DDP_SPIN_US"] ?? "") ?? 50)
-    return try ProcessGroup.rendezvous(store: store, rank: env.rank, identity: env.identity, listenHost: env.masterAddress,
-                                       policy: policy, timeoutSeconds: env.timeoutSeconds, log: log)
+    try ProcessGroup.join(env, log: log)
 }
 
 /// Runs the plan on this rank; returns the number of checks passed or throws the first failure.

@@ -1,0 +1,167 @@
+import CShims
+import Foundation
+import Rendezvous
+import Transport
+
+/// How one worker ended.
+public struct WorkerExit: Sendable, CustomStringConvertible {
+    public var rank: Int
+    public var pid: Int32
+    public var host: String
+    public var status: Int32
+    public var signaled: Bool
+    public var lastLines: [String]
+    public var description: String {
+        let how = signaled ? "killed by signal \(status) (\(signalName(status)))" : "exit code \(status)"
+        return "rank \(rank) (pid \(pid) on \(host)) \(how)"
+    }
+}
+
+func signalName(_ s: Int32) -> String {
+    switch s {
+    case SIGKILL: return "SIGKILL"
+    case SIGTERM: return "SIGTERM"
+    case SIGSEGV: return "SIGSEGV"
+    case SIGABRT: return "SIGABRT"
+    case SIGINT: return "SIGINT"
+    case SIGILL: return "SIGILL"
+    case SIGBUS: return "SIGBUS"
+    default: return "signal \(s)"
+    }
+}
+
+/// Starts the local workers, prefixes their output with "[rank N]", and supervises them: when one
+/// fails, the rest get SIGTERM, then SIGKILL after the grace period, and the first failure is reported
+/// as the root cause with its last output lines. Nothing is left running when `run` returns.
+public final class WorkerGroup: @unchecked Sendable {
+    public let spec: LaunchSpec
+    let lock = NSLock()
+    var processes: [Process] = []
+    var tails: [[String]] = []
+    var readers = DispatchGroup()
+    let output: @Sendable (String) -> Void
+    var store: StoreServer?
+    public private(set) var storePort = 0
+
+    public init(spec: LaunchSpec, output: @escaping @Sendable (String) -> Void) {
+        self.spec = spec
+        self.output = output
+    }
+
+    /// Hosts the store on node 0; returns the port the ranks must use.
+    func startStore() throws -> Int {
+        guard spec.nodeRank == 0 else { return spec.masterPort }
+        let server = try StoreServer(host: spec.masterAddress, port: spec.masterPort,
+                                     identity: JobIdentity(jobID: spec.jobID, worldSize: spec.worldSize, secret: spec.secret),
+                                     log: { [output] in output("[launcher] \($0)") })
+        store = server
+        return server.port
+    }
+
+    /// Runs the group to completion; returns nil when every worker exited 0, else the first failure.
+    public func run() throws -> WorkerExit? {
+        let port = try startStore()
+        storePort = port
+        let base = ProcessInfo.processInfo.environment
+        let host = ProcessInfo.processInfo.hostName
+        for local in 0..<spec.localWorkers {
+            let rank = spec.nodeRank * spec.localWorkers + local
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: spec.command[0])
+            process.arguments = Array(spec.command.dropFirst())
+            process.environment = spec.environment(local: local, port: port, base: base)
+            let pipe = Pipe()
+            process.standardOutput = pipe
+            process.standardError = pipe
+            lock.lock(); tails.append([]); lock.unlock()
+            do {
+                try process.run()
+            } catch {
+                terminateAll()
+                throw LaunchError("cannot start '\(spec.command[0])' for rank \(rank): \(error.localizedDescription)")
+            }
+            lock.lock(); processes.append(process); lock.unlock()
+            pump(pipe.fileHandleForReading, rank: rank, slot: local)
+        }
+        // Watch: the first worker to fail is the root cause; then tear the rest down.
+        var failure: WorkerExit?
+        while true {
+            var anyRunning = false
+            for (slot, p) in snapshot().enumerated() {
+                if p.isRunning { anyRunning = true; continue }
+                if failure == nil && (p.terminationStatus != 0 || p.terminationReason == .uncaughtSignal) {
+                    lock.lock(); let tail = tails[slot]; lock.unlock()
+                    failure = WorkerExit(rank: spec.nodeRank * spec.localWorkers + slot, pid: p.processIdentifier, host: host,
+                                         status: p.terminationStatus, signaled: p.terminationReason == .uncaughtSignal, lastLines: tail)
+                }
+            }
+            if failure != nil || !anyRunning { break }
+            usleep(20_000)
+        }
+        if failure != nil { terminateAll() }
+        for p in snapshot() { p.waitUntilExit() }
+        _ = readers.wait(timeout: .now() + 5)
+        store?.stop()
+        return failure
+    }
+
+    func snapshot() -> [Process] { lock.lock(); defer { lock.unlock() }; return processes }
+
+    /// SIGTERM to every live worker, SIGKILL to those still alive after the grace period.
+    public func terminateAll(signal: Int32 = SIGTERM) {
+        let live = snapshot().filter { $0.isRunning }
+        for p in live { kill(p.processIdentifier, signal) }
+        let deadline = Deadline(seconds: spec.gracePeriod)
+        while live.contains(where: { $0.isRunning }) && !deadline.hasPassed { usleep(20_000) }
+        for p in live where p.isRunning { kill(p.processIdentifier, SIGKILL) }
+    }
+
+    /// Forwards each complete line with a rank prefix; keeps the last 20 lines for the failure report.
+    func pump(_ handle: FileHandle, rank: Int, slot: Int) {
+        readers.enter()
+        let logFile = spec.logDirectory.flatMap { dir -> FileHandle? in
+            try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+            let path = "\(dir)/rank\(rank).log"
+            FileManager.default.createFile(atPath: path, contents: nil)
+            return FileHandle(forWritingAtPath: path)
+        }
+        Thread.detachNewThread { [self] in
+            var pending = Data()
+            func emit(_ line: String) {
+                output("[rank \(rank)] \(line)")
+                logFile?.write(Data((line + "\n").utf8))
+                lock.lock()
+                tails[slot].append(line)
+                if tails[slot].count > 20 { tails[slot].removeFirst() }
+                lock.unlock()
+            }
+            while true {
+                let data = handle.availableData
+                if data.isEmpty { break }
+                pending.append(data)
+                while let newline = pending.firstIndex(of: 0x0A) {
+                    emit(String(decoding: pending[pending.startIndex..<newline], as: UTF8.self))
+                    pending.removeSubrange(pending.startIndex...newline)
+                }
+            }
+            if !pending.isEmpty { emit(String(decoding: pending, as: UTF8.self)) }
+            try? logFile?.close()
+            readers.leave()
+        }
+    }
+}
+
+public struct LaunchError: Error, CustomStringConvertible {
+    public let message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+/// For workers: ask the kernel to SIGKILL this process when the launcher that started it dies
+/// (PR_SET_PDEATHSIG), so no rank outlives its launcher. Checks the parent is still the launcher,
+/// because it may have died before the call.
+public func dieWithLauncher() {
+    guard let text = ProcessInfo.processInfo.environment["SWIFT_DDP_LAUNCHER_PID"], let pid = Int32(text) else { return }
+    _ = ddp_set_parent_death_signal(SIGKILL)
+    if getppid() != pid { kill(getpid(), SIGKILL) }
+}

@@ -1,0 +1,56 @@
+import ArgumentParser
+import Bench
+import Collectives
+import Foundation
+import Launch
+import Rendezvous
+import Transport
+
+/// Allreduce benchmark, one process per rank (start it with scripts/bench-allreduce.sh or ddp-launch).
+/// Flags follow nccl-tests: -b min bytes, -e max bytes, -f factor, -n iterations, -w warm-up, -c check.
+@main
+struct AllreduceBench: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "allreduce-bench",
+                                                    abstract: "nccl-tests-style allreduce sweep over our algorithms.")
+    @Option(name: .customShort("b"), help: "Smallest message in bytes (K/M suffixes allowed).") var minBytes = "4K"
+    @Option(name: .customShort("e"), help: "Largest message in bytes.") var maxBytes = "64M"
+    @Option(name: .customShort("f"), help: "Size factor between steps.") var factor = 4
+    @Option(name: .customShort("n"), help: "Timed iterations (fewer for large messages).") var iterations = 100
+    @Option(name: .customShort("w"), help: "Warm-up iterations.") var warmup = 5
+    @Option(name: .customShort("c"), help: "Check results: 1 or 0.") var check = 1
+    @Option(help: "Comma-separated: ring,tree,halving-doubling,auto.") var algorithms = "ring,tree,halving-doubling"
+    @Option(help: "Write results as JSON to this file (rank 0).") var json: String?
+
+    func validate() throws {
+        guard let lo = parseBytes(minBytes), lo >= 4 else { throw ValidationError("-b must be at least 4 bytes, not '\(minBytes)'") }
+        guard let hi = parseBytes(maxBytes), hi >= lo else { throw ValidationError("-e must be at least -b, not '\(maxBytes)'") }
+        guard factor >= 2 else { throw ValidationError("-f must be at least 2") }
+        guard iterations >= 1, warmup >= 0 else { throw ValidationError("-n must be >= 1 and -w >= 0") }
+        for a in algorithms.split(separator: ",") where AllreduceAlgorithm(rawValue: String(a)) == nil {
+            throw ValidationError("unknown algorithm '\(a)'")
+        }
+    }
+
+    func run() throws {
+        dieWithLauncher()
+        let env = try DistributedEnvironment.fromProcess()
+        let group = try ProcessGroup.join(env)
+        let plan = SweepPlan(sizes: geometricSizes(minimum: parseBytes(minBytes)!, maximum: parseBytes(maxBytes)!, factor: factor),
+                             algorithms: algorithms.split(separator: ",").map { AllreduceAlgorithm(rawValue: String($0))! },
+                             iterations: iterations, warmup: warmup, check: check != 0)
+        let results = try runSweep(plan, group: group)
+        if group.rank == 0 {
+            print(formatTable(results, ranks: group.worldSize))
+            if let json { try writeJSON(results, to: json) }
+            let wrong = results.reduce(0) { $0 + $1.wrong }
+            print("# out of bounds values: \(wrong) \(wrong == 0 ? "OK" : "FAILED")")
+            if wrong > 0 { throw ExitCode(1) }
+        }
+    }
+}
+
+func parseBytes(_ text: String) -> Int? {
+    let t = text.uppercased()
+    let scale = t.hasSuffix("G") ? 1 << 30 : t.hasSuffix("M") ? 1 << 20 : t.hasSuffix("K") ? 1 << 10 : 1
+    return Int(scale == 1 ? t : String(t.dropLast())).map { $0 * scale }
+}

@@ -1,0 +1,121 @@
+import ArgumentParser
+import Foundation
+import Launch
+import Transport
+
+/// torchrun-like launcher: starts N local ranks with RANK/LOCAL_RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT
+/// and a fresh job secret, hosts the rendezvous store on node 0, prefixes their output and tears the
+/// group down when one fails. Bad options print one line and exit 2.
+struct DDPLaunch: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ddp-launch",
+        abstract: "Launch data-parallel ranks: ddp-launch --nproc-per-node 2 -- CONFIG.json | PROGRAM [ARGS...]")
+
+    @Option(help: "Ranks on this node: a number or 'auto' (one per CPU).")
+    var nprocPerNode = "1"
+
+    @Option(help: "Number of nodes.")
+    var nnodes = 1
+
+    @Option(help: "This node's index, 0..<nnodes.")
+    var nodeRank = 0
+
+    @Option(help: "Address of node 0 (rendezvous store).")
+    var masterAddr = "127.0.0.1"
+
+    @Option(help: "Store port on node 0; 0 picks a free port.")
+    var masterPort = 0
+
+    @Option(help: "Also write each rank's output to DIR/rankN.log.")
+    var logDir: String?
+
+    @Option(help: "Seconds a rank waits for a peer before failing.")
+    var timeout: Double = 30
+
+    @Option(help: "Job secret as hex (default: a fresh random one; multi-node jobs must share it).")
+    var secret: String?
+
+    @Argument(parsing: .captureForPassthrough, help: "-- then a config file (runs ddp-train) or a program and its arguments.")
+    var command: [String] = []
+
+    var workers: Int {
+        nprocPerNode == "auto" ? ProcessInfo.processInfo.activeProcessorCount : Int(nprocPerNode) ?? 0
+    }
+
+    func validate() throws {
+        guard workers >= 1 else { throw ValidationError("--nproc-per-node must be a positive number or 'auto', not '\(nprocPerNode)'") }
+        guard nnodes >= 1 else { throw ValidationError("--nnodes must be at least 1") }
+        guard nodeRank >= 0 && nodeRank < nnodes else { throw ValidationError("--node-rank \(nodeRank) must be in 0..<\(nnodes)") }
+        guard (0...65535).contains(masterPort) else { throw ValidationError("--master-port \(masterPort) is not a TCP port") }
+        guard nnodes == 1 || masterPort != 0 else { throw ValidationError("--master-port must be set (not 0) when --nnodes > 1") }
+        guard timeout > 0 else { throw ValidationError("--timeout must be positive") }
+        if let secret { guard secret.count >= 32, secret.count % 2 == 0, secret.allSatisfy(\.isHexDigit) else {
+            throw ValidationError("--secret must be at least 16 bytes of hex")
+        } }
+        let args = command.first == "--" ? Array(command.dropFirst()) : command
+        guard let first = args.first else { throw ValidationError("nothing to launch: give '-- CONFIG.json' or '-- PROGRAM ARGS...'") }
+        if command.first != "--" && first.hasPrefix("-") { throw ValidationError("unknown option '\(first)'") }
+        if first.hasSuffix(".json") {
+            guard FileManager.default.fileExists(atPath: first) else { throw ValidationError("config file '\(first)' does not exist") }
+        }
+    }
+
+    func resolvedCommand() throws -> [String] {
+        let args = command.first == "--" ? Array(command.dropFirst()) : command
+        let here = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent().path
+        if args[0].hasSuffix(".json") { return [here + "/ddp-train", "train"] + args }
+        if args[0].contains("/") { return args }
+        for dir in [here] + (ProcessInfo.processInfo.environment["PATH"] ?? "").split(separator: ":").map(String.init) {
+            if FileManager.default.isExecutableFile(atPath: dir + "/" + args[0]) { return [dir + "/" + args[0]] + args.dropFirst() }
+        }
+        throw ValidationError("program '\(args[0])' not found next to ddp-launch or on PATH")
+    }
+
+    func run() throws {
+        var spec = LaunchSpec(command: try resolvedCommand(), localWorkers: workers,
+                              jobID: "job-\(getpid())-\(Int(Date().timeIntervalSince1970))",
+                              secret: secret.map { s in stride(from: 0, to: s.count, by: 2).map { UInt8(s.dropFirst($0).prefix(2), radix: 16)! } } ?? randomBytes(16))
+        spec.nodes = nnodes; spec.nodeRank = nodeRank
+        spec.masterAddress = masterAddr; spec.masterPort = masterPort
+        spec.logDirectory = logDir; spec.timeoutSeconds = timeout
+        if secret != nil || nnodes > 1 { spec.jobID = "job-\(masterAddr)-\(masterPort)" }
+        let say: @Sendable (String) -> Void = { line in FileHandle.standardOutput.write(Data((line + "\n").utf8)) }
+        let group = WorkerGroup(spec: spec, output: say)
+        let signals = forwardTerminationSignals(to: group, log: say)
+        defer { signals.forEach { $0.cancel() } }
+        do {
+            say("[launcher] starting \(workers) rank(s) on node \(nodeRank) of \(nnodes): \(spec.command.joined(separator: " "))")
+            if let failure = try group.run() {
+                say("[launcher] FAILED: \(failure); stopped the other ranks. Last lines of rank \(failure.rank):")
+                for line in failure.lastLines { say("[launcher]   | \(line)") }
+                throw ExitCode(failure.signaled ? 128 + failure.status : max(failure.status, 1))
+            }
+            say("[launcher] all \(workers) rank(s) finished")
+        } catch let error as TransportError {
+            say("[launcher] \(error)")
+            throw ExitCode(2)
+        } catch let error as LaunchError {
+            say("[launcher] \(error)")
+            throw ExitCode(2)
+        }
+    }
+}
+
+@main
+enum Main {
+    static func main() {
+        do {
+            var command = try DDPLaunch.parseAsRoot()
+            try command.run()
+        } catch {
+            let code = DDPLaunch.exitCode(for: error)
+            if code == .success {
+                print(DDPLaunch.fullMessage(for: error))
+                exit(0)
+            }
+            if let exitCode = error as? ExitCode { exit(exitCode.rawValue) }
+            FileHandle.standardError.write(Data(("ddp-launch: " + DDPLaunch.message(for: error) + "\n").utf8))
+            exit(2)
+        }
+    }
+}
