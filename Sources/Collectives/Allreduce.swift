@@ -26,6 +26,10 @@ public struct CollectiveError: Error, CustomStringConvertible {
 func guarded<T>(_ group: ProcessGroup, _ body: () throws -> T) throws -> T {
     do {
         return try body()
+    } catch let error as TransportError {
+        var timedOut = false
+        if case .timedOut = error.kind { timedOut = true }
+        throw CollectiveError(underlying: error, rootCause: group.recordFailure("\(error)", blamed: error.peer?.rank, timedOut: timedOut))
     } catch {
         throw CollectiveError(underlying: error, rootCause: group.recordFailure("\(error)"))
     }

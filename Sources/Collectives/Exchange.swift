@@ -4,9 +4,6 @@ import Transport
 import Glibc
 #endif
 
-/// Bytes a collective moves per frame. Large enough that the 24-byte header and per-frame bookkeeping
-/// vanish, small enough that reduction of one chunk overlaps the arrival of the next.
-public let defaultChunkBytes = 256 << 10
 
 /// The bytes of elements `range` of a float buffer.
 @inline(__always) func bytesOf(_ buffer: UnsafeMutableBufferPointer<Float>, _ range: Range<Int>) -> UnsafeRawBufferPointer {
@@ -27,8 +24,9 @@ public let defaultChunkBytes = 256 << 10
 /// `chunkBytes`. `onChunk(range)` runs as soon as each received chunk has landed (and passed its
 /// checks), so reduction overlaps the transfer. Fails when no byte moves for the group's timeout.
 func exchange(_ group: ProcessGroup, tag: UInt32, sendTo: Int?, sendBytes: UnsafeRawBufferPointer,
-              receiveFrom: Int?, receiveBuffer: UnsafeMutableRawBufferPointer, chunkBytes: Int = defaultChunkBytes,
+              receiveFrom: Int?, receiveBuffer: UnsafeMutableRawBufferPointer,
               operation: @autoclosure () -> String, onChunk: (Range<Int>) -> Void = { _ in }) throws {
+    let chunkBytes = group.chunkBytes
     let sender = sendTo.map { group.connection(to: $0) }
     let receiver = receiveFrom.map { group.connection(to: $0) }
     let sendTotal = sender == nil ? 0 : sendBytes.count

@@ -23,14 +23,42 @@ public func halvingDoublingAllreduce(_ buffer: UnsafeMutableBufferPointer<Float>
                      receiveBuffer: all, operation: "halving-doubling result on rank \(rank)")
         return
     }
-    let scratch = UnsafeMutableBufferPointer<Float>.allocate(capacity: max(buffer.count, 1))
-    defer { scratch.deallocate() }
+    let scratch = group.scratchFloats(max(buffer.count, 1))
     if rank + p < n {
         try exchange(group, tag: tag, sendTo: nil, sendBytes: UnsafeRawBufferPointer(start: nil, count: 0), receiveFrom: rank + p,
                      receiveBuffer: mutableBytesOf(scratch, 0..<buffer.count),
                      operation: "halving-doubling fold on rank \(rank)")
         op.combine(buffer.baseAddress!, scratch.baseAddress!, count: buffer.count)
     }
+    if buffer.count * 4 <= recursiveDoublingBytes {
+        // Small vectors: exchange the whole vector with each partner and add (log2 p steps instead of
+        // 2 log2 p). Both partners add the same two vectors, and float addition is commutative, so the
+        // results stay bitwise identical.
+        var distance = 1
+        while distance < p {
+            let partner = rank ^ distance
+            try exchange(group, tag: tag, sendTo: partner, sendBytes: UnsafeRawBufferPointer(all), receiveFrom: partner,
+                         receiveBuffer: mutableBytesOf(scratch, 0..<buffer.count),
+                         operation: "recursive doubling step on rank \(rank)")
+            op.combine(buffer.baseAddress!, scratch.baseAddress!, count: buffer.count)
+            distance *= 2
+        }
+        op.finish(buffer, worldSize: n)
+    } else {
+        try halvingThenDoubling(buffer, op: op, group: group, tag: tag, scratch: scratch)
+    }
+    if rank + p < n {
+        try exchange(group, tag: tag, sendTo: rank + p, sendBytes: UnsafeRawBufferPointer(all), receiveFrom: nil, receiveBuffer: none,
+                     operation: "halving-doubling result on rank \(rank)")
+    }
+}
+
+/// Up to this size the doubling variant (whole-vector exchanges) wins: latency dominates bandwidth.
+public let recursiveDoublingBytes = 16 << 10
+
+func halvingThenDoubling(_ buffer: UnsafeMutableBufferPointer<Float>, op: ReduceOp, group: ProcessGroup, tag: UInt32,
+                         scratch: UnsafeMutableBufferPointer<Float>) throws {
+    let n = group.worldSize, rank = group.rank
     let steps = HalvingDoublingSchedule.steps(rank: rank, worldSize: n, count: buffer.count)
     for (index, step) in steps.enumerated() {
         let destination = buffer.baseAddress! + step.keep.lowerBound
@@ -46,9 +74,5 @@ public func halvingDoublingAllreduce(_ buffer: UnsafeMutableBufferPointer<Float>
         try exchange(group, tag: tag, sendTo: step.partner, sendBytes: bytesOf(buffer, step.keep),
                      receiveFrom: step.partner, receiveBuffer: mutableBytesOf(buffer, step.give),
                      operation: "doubling step \(index + 1)/\(steps.count) on rank \(rank)")
-    }
-    if rank + p < n {
-        try exchange(group, tag: tag, sendTo: rank + p, sendBytes: UnsafeRawBufferPointer(all), receiveFrom: nil, receiveBuffer: none,
-                     operation: "halving-doubling result on rank \(rank)")
     }
 }

@@ -19,8 +19,7 @@ public func ringReduceScatter(_ buffer: UnsafeMutableBufferPointer<Float>, op: R
     if n > 1 {
         let right = (rank + 1) % n, left = (rank + n - 1) % n
         let maxSegment = segmentRange(count: buffer.count, parts: n, index: 0).count
-        let scratch = UnsafeMutableBufferPointer<Float>.allocate(capacity: max(maxSegment, 1))
-        defer { scratch.deallocate() }
+        let scratch = group.scratchFloats(max(maxSegment, 1))
         for step in 0..<(n - 1) {
             let (sendIndex, receiveIndex) = RingSchedule.reduceScatter(rank: rank, worldSize: n, step: step)
             let send = segmentRange(count: buffer.count, parts: n, index: sendIndex)

@@ -15,8 +15,7 @@ public func treeAllreduce(_ buffer: UnsafeMutableBufferPointer<Float>, op: Reduc
     guard n > 1 else { return }
     let tag = group.nextTag()
     let parent = TreeSchedule.parent(of: rank), children = TreeSchedule.children(of: rank, worldSize: n)
-    let scratch = UnsafeMutableBufferPointer<Float>.allocate(capacity: treeChunkElements)
-    defer { scratch.deallocate() }
+    let scratch = group.scratchFloats(treeChunkElements)
     var start = 0
     while start < buffer.count {
         let chunk = start..<min(start + treeChunkElements, buffer.count)
