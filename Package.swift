@@ -30,7 +30,7 @@ let package = Package(
         .target(name: "Collectives", dependencies: ["Rendezvous", "Transport"], swiftSettings: nativeCPU),
         .target(name: "NN", dependencies: ["Tensors", "CZlib"], swiftSettings: nativeCPU),
         .target(name: "Datasets", dependencies: ["Tensors", "CZlib"]),
-        .target(name: "Training", dependencies: ["NN", "Datasets", "Tensors"]),
+        .target(name: "Training", dependencies: ["NN", "Datasets", "Tensors", "Collectives", "Rendezvous", "Transport", "CShims"]),
         .target(name: "Topology", dependencies: ["CNuma"]),
         .target(name: "Launch", dependencies: ["Rendezvous", "Transport", "CShims"]),
         .executableTarget(name: "ddp-launch", dependencies: [
@@ -48,7 +48,7 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "ddp-train", dependencies: [
-            "Training", "NN", "Datasets",
+            "Training", "NN", "Datasets", "Rendezvous", "Launch", "Transport", "Collectives",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "kernels-bench", dependencies: [
@@ -57,7 +57,7 @@ let package = Package(
         ], swiftSettings: nativeCPU),
         .testTarget(name: "TensorsTests", dependencies: ["Tensors"]),
         .testTarget(name: "NNTests", dependencies: ["NN", "Tensors"]),
-        .testTarget(name: "TrainingTests", dependencies: ["Training", "NN", "Datasets", "Tensors"]),
+        .testTarget(name: "TrainingTests", dependencies: ["Training", "NN", "Datasets", "Tensors", "ddp-train", "ddp-launch"]),
         .testTarget(name: "TransportTests", dependencies: ["Transport", "Rendezvous"]),
         .testTarget(name: "CollectivesTests", dependencies: ["Collectives", "Rendezvous", "Transport", "TestSupport", "collective-check"]),
         .testTarget(name: "TopologyTests", dependencies: ["Topology"]),

@@ -38,6 +38,9 @@ public final class WorkerGroup: @unchecked Sendable {
     let lock = NSLock()
     var processes: [Process] = []
     var tails: [[String]] = []
+    /// Slots in the order their processes exited (reaped), so the root cause is the first to die,
+    /// not the first in rank order among those that died of the fallout.
+    var exitOrder: [Int] = []
     var readers = DispatchGroup()
     let output: @Sendable (String) -> Void
     var store: StoreServer?
@@ -74,6 +77,7 @@ public final class WorkerGroup: @unchecked Sendable {
             process.standardOutput = pipe
             process.standardError = pipe
             lock.lock(); tails.append([]); lock.unlock()
+            process.terminationHandler = { [self] _ in lock.lock(); exitOrder.append(local); lock.unlock() }
             do {
                 try process.run()
             } catch {
@@ -81,21 +85,22 @@ public final class WorkerGroup: @unchecked Sendable {
                 throw LaunchError("cannot start '\(spec.command[0])' for rank \(rank): \(error.localizedDescription)")
             }
             lock.lock(); processes.append(process); lock.unlock()
+            output("[launcher] rank \(rank): pid \(process.processIdentifier) on \(host)")
             pump(pipe.fileHandleForReading, rank: rank, slot: local)
         }
         // Watch: the first worker to fail is the root cause; then tear the rest down.
         var failure: WorkerExit?
         while true {
-            var anyRunning = false
-            for (slot, p) in snapshot().enumerated() {
-                if p.isRunning { anyRunning = true; continue }
-                if failure == nil && (p.terminationStatus != 0 || p.terminationReason == .uncaughtSignal) {
+            lock.lock(); let order = exitOrder; let all = processes; lock.unlock()
+            for slot in order where failure == nil {
+                let p = all[slot]
+                if p.terminationStatus != 0 || p.terminationReason == .uncaughtSignal {
                     lock.lock(); let tail = tails[slot]; lock.unlock()
                     failure = WorkerExit(rank: spec.nodeRank * spec.localWorkers + slot, pid: p.processIdentifier, host: host,
                                          status: p.terminationStatus, signaled: p.terminationReason == .uncaughtSignal, lastLines: tail)
                 }
             }
-            if failure != nil || !anyRunning { break }
+            if failure != nil || order.count == all.count { break }
             usleep(20_000)
         }
         if failure != nil { terminateAll() }

@@ -103,7 +103,7 @@ public final class GPT: Model {
         return head.forward(logits: out.data, targets: batch.targets, classes: configuration.vocabularySize)
     }
 
-    public func backward(lossScale: Float) {
+    public func backward(lossScale: Float, gradientsReady: (Int) -> Void) {
         let B = batchSize, T = time, rows = B * T, c = configuration.embedding, v = configuration.vocabularySize
         dLogits.fill(0); dNormOut.fill(0)
         head.backward(lossScale: lossScale, into: dLogits.data)
@@ -114,10 +114,12 @@ public final class GPT: Model {
         var current = 0
         dResidual[current].fill(0)
         finalNorm.backward(residual[configuration.layers].data, dy: dNormOut.data, rows: rows, dx: dResidual[current].data)
+        gradientsReady(finalNorm.weight.offset)
         for l in stride(from: configuration.layers - 1, through: 0, by: -1) {
             let next = 1 - current
             dResidual[next].fill(0)
             blocks[l].backward(residual[l].data, dy: dResidual[current].data, batch: B, time: T, dx: dResidual[next].data)
+            gradientsReady(blocks[l].ln1.weight.offset)
             current = next
         }
         let dEmbedded = dResidual[current].data
@@ -126,5 +128,6 @@ public final class GPT: Model {
             let row = dEmbedded + b * T * c
             add(positionEmbedding.gradient.data, row, into: positionEmbedding.gradient.data, count: T * c)
         }
+        gradientsReady(0)
     }
 }

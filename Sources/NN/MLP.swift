@@ -58,16 +58,18 @@ public final class MLP: Model {
         return head.forward(logits: out.data, targets: batch.labels, classes: classes)
     }
 
-    public func backward(lossScale: Float) {
+    public func backward(lossScale: Float, gradientsReady: (Int) -> Void) {
         let rows = head.targets.count
         let dLogits = Tensor(zeros: [rows, classes])
         head.backward(lossScale: lossScale, into: dLogits.data)
         dActivated.fill(0); dPre.fill(0)
         fc2.backward(activated.data, dy: dLogits.data, rows: rows, dx: dActivated.data)
+        gradientsReady(fc2.weight.offset)
         switch activation {
         case .relu: reluBackward(preActivation.data, dActivated.data, accumulatingInto: dPre.data, count: rows * hidden)
         case .gelu: geluBackward(preActivation.data, dActivated.data, accumulatingInto: dPre.data, count: rows * hidden)
         }
         fc1.backward(input, dy: dPre.data, rows: rows, dx: nil)
+        gradientsReady(0)
     }
 }

@@ -9,7 +9,14 @@ public protocol Model: AnyObject {
     func initialize(seed: UInt64)
     /// Mean loss over the batch.
     func forward(_ batch: Batch) -> Float
-    func backward(lossScale: Float)
+    /// `gradientsReady(offset)` is called as backward finishes parameters: every gradient from `offset`
+    /// to the end of the flat buffer is final (offsets only decrease; the last call passes 0). Data
+    /// parallelism uses it to start allreducing buckets while backward continues.
+    func backward(lossScale: Float, gradientsReady: (Int) -> Void)
+}
+
+public extension Model {
+    func backward(lossScale: Float) { backward(lossScale: lossScale, gradientsReady: { _ in }) }
 }
 
 /// Labels with class indices and a flat feature matrix [rows, features].

@@ -9,12 +9,10 @@ public protocol TrainingTask: AnyObject {
     /// Tokens or samples in one micro-batch of this rank.
     var unitsPerMicroBatch: Int { get }
     var unitName: String { get }
-    /// State of the training batch sampler, saved in checkpoints.
-    var samplerState: UInt64 { get set }
     func initialize(seed: UInt64)
     /// Forward on the next training micro-batch; returns its mean loss.
     func trainingLoss(iteration: Int, microStep: Int) -> Float
-    func backward(lossScale: Float)
+    func backward(lossScale: Float, gradientsReady: (Int) -> Void)
     /// Named evaluation figures (losses, accuracy) at `iteration`.
     func evaluate(iteration: Int) -> [(name: String, value: Double)]
 }
@@ -24,7 +22,6 @@ public final class GPTTask: TrainingTask {
     public let model: GPT
     public let text: CharText
     let config: TrainConfig
-    var rng: SeededRandom
     let rank: Int
 
     public init(config: TrainConfig, text: CharText, rank: Int = 0) {
@@ -33,26 +30,24 @@ public final class GPTTask: TrainingTask {
         self.rank = rank
         model = GPT(GPTConfiguration(vocabularySize: text.vocabulary.count, blockSize: config.blockSize,
                                      layers: config.nLayer, heads: config.nHead, embedding: config.nEmbd, bias: config.bias))
-        // Each rank draws its own independent, seeded batch stream.
-        rng = SeededRandom(seed: config.seed).derived(0xBA7C4 &+ UInt64(rank))
     }
 
     public var parameters: ParameterSet { model.parameters }
     public var unitsPerMicroBatch: Int { config.batchSize * config.blockSize }
     public var unitName: String { "tokens" }
-    public var samplerState: UInt64 {
-        get { rng.state }
-        set { rng.state = newValue }
-    }
-
     public func initialize(seed: UInt64) { model.initialize(seed: seed) }
 
+    /// Each rank draws its own independent batch stream, a pure function of (seed, rank, iteration,
+    /// micro-step): nothing to save in checkpoints, and a resumed run draws what the original would have.
     public func trainingLoss(iteration: Int, microStep: Int) -> Float {
+        var rng = SeededRandom(seed: config.seed ^ 0xBA7C4).derived(UInt64(rank) << 48 | UInt64(iteration) << 8 | UInt64(microStep & 0xFF))
         let (x, y) = CharText.sampleBatch(from: text.train, batchSize: config.batchSize, time: config.blockSize, using: &rng)
         return model.forward(TokenBatch(tokens: x, targets: y, batchSize: config.batchSize, time: config.blockSize))
     }
 
-    public func backward(lossScale: Float) { model.backward(lossScale: lossScale) }
+    public func backward(lossScale: Float, gradientsReady: (Int) -> Void) {
+        model.backward(lossScale: lossScale, gradientsReady: gradientsReady)
+    }
 
     /// Mean loss over eval_iters random batches per split, as nanoGPT's estimate_loss; the batches come
     /// from a generator derived from the seed and iteration, so evaluation never shifts the training stream.
@@ -94,9 +89,6 @@ public final class MLPTask: TrainingTask {
     public var parameters: ParameterSet { model.parameters }
     public var unitsPerMicroBatch: Int { config.batchSize }
     public var unitName: String { "samples" }
-    /// Batches follow from (seed, epoch, position): nothing to save.
-    public var samplerState: UInt64 { get { 0 } set { } }
-
     /// Micro-batches per epoch on this rank (the last one may be short).
     public var batchesPerEpoch: Int { (train.count / worldSize + config.batchSize - 1) / config.batchSize }
 
@@ -114,7 +106,9 @@ public final class MLPTask: TrainingTask {
         return model.forward(ClassificationBatch(features: features, labels: labels))
     }
 
-    public func backward(lossScale: Float) { model.backward(lossScale: lossScale) }
+    public func backward(lossScale: Float, gradientsReady: (Int) -> Void) {
+        model.backward(lossScale: lossScale, gradientsReady: gradientsReady)
+    }
 
     public func evaluate(iteration: Int) -> [(name: String, value: Double)] {
         let (features, labels) = heldOut.gather(Array(0..<heldOut.count)[...])

@@ -52,6 +52,10 @@ public struct TrainConfig: Codable, Sendable, Equatable {
     public var evalIters = 20
     public var logInterval = 10
     public var checkpointInterval = 0
+    // Data parallelism
+    public var allreduceAlgorithm = "auto"
+    public var bucketMb: Double = 1.0
+    public var verifyReplicas = false
 
     public init() {}
 
@@ -65,6 +69,7 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         case momentum, gradClip = "grad_clip"
         case evalInterval = "eval_interval", evalIters = "eval_iters", logInterval = "log_interval"
         case checkpointInterval = "checkpoint_interval"
+        case allreduceAlgorithm = "allreduce_algorithm", bucketMb = "bucket_mb", verifyReplicas = "verify_replicas"
     }
 
     public init(from decoder: Decoder) throws {
@@ -88,6 +93,7 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         try take(.momentum, &momentum); try take(.gradClip, &gradClip)
         try take(.evalInterval, &evalInterval); try take(.evalIters, &evalIters); try take(.logInterval, &logInterval)
         try take(.checkpointInterval, &checkpointInterval)
+        try take(.allreduceAlgorithm, &allreduceAlgorithm); try take(.bucketMb, &bucketMb); try take(.verifyReplicas, &verifyReplicas)
     }
 
     static func typeName<T>(_ type: T.Type) -> String {
@@ -161,6 +167,9 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         try require(evalIters >= 1, .evalIters, "must be at least 1")
         try require(logInterval >= 1, .logInterval, "must be at least 1")
         try require(checkpointInterval >= 0, .checkpointInterval, "must not be negative (0: only at the end)")
+        try require(["ring", "tree", "halving-doubling", "auto"].contains(allreduceAlgorithm), .allreduceAlgorithm,
+                    "must be ring, tree, halving-doubling or auto, got '\(allreduceAlgorithm)'")
+        try require(bucketMb > 0 && bucketMb <= 1024, .bucketMb, "must be in (0, 1024] MiB, got \(bucketMb)")
         try require(dropout == 0, .dropout, "only 0 is supported (the recipe trains without dropout)")
         switch model {
         case .gpt:

@@ -1,5 +1,7 @@
+import Collectives
 import Foundation
 import NN
+import Rendezvous
 import Tensors
 
 /// What a finished run reports.
@@ -21,14 +23,27 @@ public final class Trainer {
     public let schedule: CosineSchedule
     public let maxIterations: Int
     public private(set) var iteration = 0
+    /// Present when the world has more than one rank.
+    public let dataParallel: DataParallel?
+    let rank: Int, worldSize: Int
     let log: (String) -> Void
 
     public var checkpointPath: String { config.outDir + "/ckpt.safetensors" }
 
-    public init(config: TrainConfig, task: TrainingTask, log: @escaping (String) -> Void = { emitLine($0) }) {
+    /// With a group of more than one rank the trainer runs data-parallel: rank 0's initial parameters
+    /// are broadcast, gradients are averaged in buckets during backward, and only rank 0 evaluates,
+    /// logs and writes checkpoints.
+    public init(config: TrainConfig, task: TrainingTask, group: ProcessGroup = .single(),
+                log: @escaping (String) -> Void = { emitLine($0) }) {
         self.config = config
         self.task = task
-        self.log = log
+        rank = group.rank
+        worldSize = group.worldSize
+        self.log = group.rank == 0 ? log : { _ in }
+        dataParallel = group.worldSize > 1
+            ? DataParallel(group: group, parameters: task.parameters, bucketBytes: Int(config.bucketMb * 1048576),
+                           algorithm: AllreduceAlgorithm(rawValue: config.allreduceAlgorithm) ?? .auto)
+            : nil
         let parameters = task.parameters
         switch config.optimizer {
         case .adamw:
@@ -49,16 +64,22 @@ public final class Trainer {
 
     /// Runs from the current iteration to the end.
     public func run() throws -> TrainSummary {
-        let units = task.unitsPerMicroBatch * config.gradAccum
+        let units = task.unitsPerMicroBatch * config.gradAccum * worldSize
+        defer { dataParallel?.stop() }
+        if let dataParallel { try dataParallel.synchronizeInitialState(configText: config.jsonString()) }
         log("model: \(config.architecture), \(task.parameters.count) parameters")
-        log("batch: \(task.unitsPerMicroBatch) \(task.unitName) per micro-batch x \(config.gradAccum) accumulation steps x 1 rank = \(units) \(task.unitName) per step")
+        log("batch: \(task.unitsPerMicroBatch) \(task.unitName) per micro-batch x \(config.gradAccum) accumulation steps x \(worldSize) rank(s) = \(units) \(task.unitName) per step (global batch)")
+        if let dataParallel {
+            log("data parallel: \(worldSize) ranks, allreduce \(config.allreduceAlgorithm), buckets of \(config.bucketMb) MiB, gradients averaged")
+            _ = dataParallel
+        }
         log("training \(maxIterations) iterations from iteration \(iteration), optimizer \(config.optimizer.rawValue)")
         var losses: [Float] = []
         var evaluations: [(Int, [(String, Double)])] = []
         let start = monotonicSeconds()
-        var trainingSeconds = 0.0, windowSeconds = 0.0, windowIterations = 0
+        var trainingSeconds = 0.0, windowSeconds = 0.0, windowIterations = 0, windowExposed = 0.0, totalExposed = 0.0
         while true {
-            if iteration % config.evalInterval == 0 || iteration == maxIterations {
+            if rank == 0 && (iteration % config.evalInterval == 0 || iteration == maxIterations) {
                 let figures = task.evaluate(iteration: iteration)
                 evaluations.append((iteration, figures))
                 log("eval \(iteration): " + figures.map { "\($0.name) \(String(format: "%.4f", $0.value))" }.joined(separator: ", "))
@@ -66,51 +87,71 @@ public final class Trainer {
             if iteration == maxIterations { break }
             let lr = schedule.learningRate(at: iteration)
             let stepStart = monotonicSeconds()
-            let loss = trainStep(learningRate: lr)
+            let (localLoss, exposed) = try trainStep(learningRate: lr)
             let stepSeconds = monotonicSeconds() - stepStart
+            let loss = try dataParallel.map { Float(try $0.average(Double(localLoss))) } ?? localLoss
+            if config.verifyReplicas { try dataParallel?.verifyReplicas(iteration: iteration) }
             trainingSeconds += stepSeconds
             windowSeconds += stepSeconds
+            windowExposed += exposed
+            totalExposed += exposed
             losses.append(loss)
             iteration += 1
             windowIterations += 1
             if iteration % config.logInterval == 0 || iteration == maxIterations {
                 // Step time only: evaluations and checkpoints are not training throughput.
                 let perIteration = windowSeconds / Double(windowIterations)
-                log(String(format: "iter %d/%d | loss %.4f | lr %.3e | %.1f ms/iter | %.0f %@/s",
-                           iteration, maxIterations, loss, lr, perIteration * 1000, Double(units) / perIteration, task.unitName))
+                var line = String(format: "iter %d/%d | loss %.4f | lr %.3e | %.1f ms/iter | %.0f %@/s",
+                                  iteration, maxIterations, loss, lr, perIteration * 1000, Double(units) / perIteration, task.unitName)
+                if dataParallel != nil {
+                    let exposedPerIteration = windowExposed / Double(windowIterations)
+                    line += String(format: " | compute %.1f ms, exposed comm %.2f ms (%.1f%%)", (perIteration - exposedPerIteration) * 1000,
+                                   exposedPerIteration * 1000, 100 * exposedPerIteration / perIteration)
+                }
+                log(line)
                 windowSeconds = 0
                 windowIterations = 0
+                windowExposed = 0
             }
-            if config.checkpointInterval > 0 && iteration % config.checkpointInterval == 0 && iteration < maxIterations {
+            if rank == 0 && config.checkpointInterval > 0 && iteration % config.checkpointInterval == 0 && iteration < maxIterations {
                 try saveCheckpoint()
             }
         }
         let seconds = monotonicSeconds() - start
-        try saveCheckpoint()
+        if rank == 0 { try saveCheckpoint() }
         let summary = TrainSummary(iterations: losses.count, seconds: seconds, losses: losses,
                                    evaluations: evaluations.map { ($0.0, $0.1.map { (name: $0.0, value: $0.1) }) },
                                    peakRSSMiB: peakResidentMiB())
         let last = evaluations.last.map { $0.1.map { "\($0.0) \(String(format: "%.4f", $0.1))" }.joined(separator: ", ") } ?? ""
         let perIteration = losses.isEmpty ? 0 : trainingSeconds / Double(losses.count)
-        log(String(format: "done: %d iterations in %.1f s wall (%.2f ms/iter training, %.0f %@/s); %@; peak RSS %.0f MiB; checkpoint %@",
-                   losses.count, seconds, perIteration * 1000, perIteration > 0 ? Double(units) / perIteration : 0,
-                   task.unitName, last, summary.peakRSSMiB, checkpointPath))
+        log(String(format: "done: %d iterations in %.1f s wall (%.2f ms/iter training, %.0f %@/s%@); %@; peak RSS %.0f MiB; checkpoint %@",
+                   losses.count, seconds, perIteration * 1000, perIteration > 0 ? Double(units) / perIteration : 0, task.unitName,
+                   dataParallel == nil || losses.isEmpty ? "" : String(format: ", exposed comm %.1f%% of step time", 100 * totalExposed / trainingSeconds),
+                   last, summary.peakRSSMiB, checkpointPath))
         return summary
     }
 
     /// One optimizer step: K micro-batches of forward+backward (loss scaled by 1/K), clip, update.
-    /// Returns the mean micro-batch loss.
-    func trainStep(learningRate: Float) -> Float {
+    /// Data-parallel: only the last micro-batch's backward communicates (buckets start as they fill);
+    /// the first K-1 accumulate locally. Returns this rank's mean micro-batch loss and the seconds the
+    /// step waited for communication after backward.
+    func trainStep(learningRate: Float) throws -> (loss: Float, exposedSeconds: Double) {
         let parameters = task.parameters
         parameters.zeroGradients()
         var total: Float = 0
         for micro in 0..<config.gradAccum {
             total += task.trainingLoss(iteration: iteration, microStep: micro)
-            task.backward(lossScale: 1 / Float(config.gradAccum))
+            if let dataParallel, micro == config.gradAccum - 1 {
+                dataParallel.beginStep()
+                task.backward(lossScale: 1 / Float(config.gradAccum), gradientsReady: { dataParallel.gradientsReady(from: $0) })
+            } else {
+                task.backward(lossScale: 1 / Float(config.gradAccum), gradientsReady: { _ in })
+            }
         }
+        let exposed = try dataParallel?.finishStep() ?? 0
         if config.gradClip > 0 { parameters.clipGradients(maxNorm: Float(config.gradClip)) }
         optimizer.step(learningRate: learningRate)
-        return total / Float(config.gradAccum)
+        return (total / Float(config.gradAccum), exposed)
     }
 
     // MARK: checkpoints
@@ -126,13 +167,14 @@ public final class Trainer {
         let metadata = [
             "format": "swift-ddp-checkpoint", "version": "1",
             "iteration": String(iteration), "optimizer_steps": String(optimizer.stepCount),
-            "optimizer": config.optimizer.rawValue, "sampler_state": String(task.samplerState),
+            "optimizer": config.optimizer.rawValue, "world_size": String(worldSize),
             "architecture": config.architecture, "config": config.jsonString(),
         ]
         try Checkpoint(tensors: tensors, metadata: metadata).write(to: checkpointPath)
     }
 
-    /// Restores parameters, optimizer state, iteration and sampler state from `path`.
+    /// Restores parameters, optimizer state and iteration from `path` (batches are a function of the
+    /// iteration, so nothing else is needed; any world size can resume a non-ZeRO checkpoint).
     public func resume(from path: String) throws {
         let checkpoint = try LoadedCheckpoint(path: path)
         guard try checkpoint.require("format") == "swift-ddp-checkpoint" else {
@@ -147,16 +189,14 @@ public final class Trainer {
             throw CheckpointError(path, "holds \(optimizerName) state but this run uses \(config.optimizer.rawValue)")
         }
         guard let savedIteration = Int(try checkpoint.require("iteration")),
-              let steps = Int(try checkpoint.require("optimizer_steps")),
-              let sampler = UInt64(try checkpoint.require("sampler_state")) else {
-            throw CheckpointError(path, "metadata iteration/optimizer_steps/sampler_state are not integers")
+              let steps = Int(try checkpoint.require("optimizer_steps")) else {
+            throw CheckpointError(path, "metadata iteration/optimizer_steps are not integers")
         }
         for p in task.parameters.parameters { try checkpoint.restore(p.name, shape: p.shape, into: p.value.data) }
         for (name, buffer) in optimizer.state {
             try checkpoint.restore("optimizer." + name, shape: [buffer.count], into: buffer.base)
         }
         optimizer.stepCount = steps
-        task.samplerState = sampler
         iteration = savedIteration
         log("resumed from \(path) at iteration \(savedIteration)")
     }

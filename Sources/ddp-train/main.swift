@@ -1,9 +1,13 @@
 import ArgumentParser
+import Collectives
 import Datasets
 import Foundation
+import Launch
 import NN
+import Rendezvous
 import Tensors
 import Training
+import Transport
 
 @main
 struct DDPTrain: ParsableCommand {
@@ -23,6 +27,17 @@ func runReportingErrors(_ body: () throws -> Void) throws {
         throw ValidationError("data: \(error.description) (scripts/get-data.sh fills the data directory)")
     } catch let error as CheckpointError {
         throw ValidationError(error.description)
+    } catch let error as EnvironmentError {
+        throw ValidationError(error.description)
+    } catch let error as TransportError {
+        emitLine("error: \(error)", to: STDERR_FILENO)
+        throw ExitCode(3)
+    } catch let error as TrainingError {
+        emitLine("error: \(error)", to: STDERR_FILENO)
+        throw ExitCode(3)
+    } catch let error as CollectiveError {
+        emitLine("error: \(error)", to: STDERR_FILENO)
+        throw ExitCode(3)
     }
 }
 
@@ -49,9 +64,12 @@ struct Train: ParsableCommand {
             var extra = overrides
             if let dataDir { extra.append("data_dir=\"\(dataDir)\"") }
             if let outDir { extra.append("out_dir=\"\(outDir)\"") }
+            dieWithLauncher()
             let settings = try TrainConfig.load(path: config, overrides: extra)
-            let task = try makeTask(settings)
-            let trainer = Trainer(config: settings, task: task, log: { emitLine($0) })
+            let env = try DistributedEnvironment.fromProcess()
+            let group = try ProcessGroup.join(env, log: { emitLine($0, to: STDERR_FILENO) })
+            let task = try makeTask(settings, rank: env.rank, worldSize: env.worldSize)
+            let trainer = Trainer(config: settings, task: task, group: group, log: { emitLine($0) })
             if resume { try trainer.resume(from: trainer.checkpointPath) }
             _ = try trainer.run()
         }
