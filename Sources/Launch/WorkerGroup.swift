@@ -127,7 +127,7 @@ public final class WorkerGroup: @unchecked Sendable {
         let logFile = spec.logDirectory.flatMap { dir -> FileHandle? in
             try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
             let path = "\(dir)/rank\(rank).log"
-            FileManager.default.createFile(atPath: path, contents: nil)
+            _ = FileManager.default.createFile(atPath: path, contents: nil)
             return FileHandle(forWritingAtPath: path)
         }
         Thread.detachNewThread { [self] in

@@ -45,8 +45,10 @@ public final class GPT: Model {
         self.parameters = parameters
         tokenEmbedding = parameters["transformer.wte.weight"]
         positionEmbedding = parameters["transformer.wpe.weight"]
+        let workspace = Workspace()
         blocks = (0..<configuration.layers).map {
-            TransformerBlock(parameters, "transformer.h.\($0)", heads: configuration.heads, hasBias: configuration.bias)
+            TransformerBlock(parameters, "transformer.h.\($0)", heads: configuration.heads, hasBias: configuration.bias,
+                             workspace: workspace)
         }
         finalNorm = LayerNormLayer(parameters, "transformer.ln_f", hasBias: configuration.bias)
     }

@@ -44,7 +44,10 @@ public enum Socket {
             }
         }
         guard code == 0 else { return ("?", 0) }
-        return (String(cString: host), Int(String(cString: service)) ?? 0)
+        func text(_ chars: [CChar]) -> String {
+            String(decoding: chars.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        }
+        return (text(host), Int(text(service)) ?? 0)
     }
 
     static func setOption(_ fd: Int32, _ level: Int32, _ name: Int32, _ value: Int32, operation: String) throws {

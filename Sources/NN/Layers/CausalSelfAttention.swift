@@ -2,16 +2,17 @@ import Tensors
 
 /// Multi-head causal self-attention: fused QKV projection, scaled dot-product with a causal mask,
 /// output projection. Caches qkv [N, 3C], the attention probabilities [B, NH, T, T] and the heads'
-/// output [N, C].
+/// output [N, C]; backward's temporaries come from the model's shared Workspace.
 public final class CausalSelfAttention {
     public let qkvProjection: Linear
     public let outputProjection: Linear
     public let heads: Int
     let channels: Int
     var qkv = Tensor(zeros: [0]), probabilities = Tensor(zeros: [0]), headsOut = Tensor(zeros: [0])
-    var dqkv = Tensor(zeros: [0]), dHeadsOut = Tensor(zeros: [0]), scratch = Tensor(zeros: [0])
+    let workspace: Workspace
 
-    public init(_ parameters: ParameterSet, _ name: String, heads: Int, hasBias: Bool) {
+    public init(_ parameters: ParameterSet, _ name: String, heads: Int, hasBias: Bool, workspace: Workspace = Workspace()) {
+        self.workspace = workspace
         qkvProjection = Linear(parameters, name + ".c_attn", hasBias: hasBias)
         outputProjection = Linear(parameters, name + ".c_proj", hasBias: hasBias)
         self.heads = heads
@@ -26,9 +27,9 @@ public final class CausalSelfAttention {
     func prepare(batch B: Int, time T: Int) {
         let rows = B * T
         if qkv.count == rows * 3 * channels && probabilities.count == B * heads * T * T { return }
-        qkv = Tensor(zeros: [rows, 3 * channels]); dqkv = Tensor(zeros: [rows, 3 * channels])
-        probabilities = Tensor(zeros: [B, heads, T, T]); scratch = Tensor(zeros: [T, T])
-        headsOut = Tensor(zeros: [rows, channels]); dHeadsOut = Tensor(zeros: [rows, channels])
+        qkv = Tensor(zeros: [rows, 3 * channels])
+        probabilities = Tensor(zeros: [B, heads, T, T])
+        headsOut = Tensor(zeros: [rows, channels])
     }
 
     public func forward(_ x: UnsafePointer<Float>, batch B: Int, time T: Int, into y: UnsafeMutablePointer<Float>) {
@@ -42,11 +43,14 @@ public final class CausalSelfAttention {
     /// Accumulates into dx.
     public func backward(_ x: UnsafePointer<Float>, dy: UnsafePointer<Float>, batch B: Int, time T: Int,
                          dx: UnsafeMutablePointer<Float>) {
-        dHeadsOut.fill(0)
-        dqkv.fill(0)
-        outputProjection.backward(headsOut.data, dy: dy, rows: B * T, dx: dHeadsOut.data)
-        attentionBackward(dout: dHeadsOut.data, qkv: qkv.data, att: probabilities.data, dqkv: dqkv.data,
-                          scratch: scratch.data, batch: B, time: T, channels: channels, heads: heads)
-        qkvProjection.backward(x, dy: dqkv.data, rows: B * T, dx: dx)
+        let rows = B * T
+        let dHeadsOut = workspace.floats(.attentionHeadsGradient, rows * channels)
+        let dqkv = workspace.floats(.attentionQKVGradient, rows * 3 * channels)
+        dHeadsOut.update(repeating: 0, count: rows * channels)
+        dqkv.update(repeating: 0, count: rows * 3 * channels)
+        outputProjection.backward(headsOut.data, dy: dy, rows: rows, dx: dHeadsOut)
+        attentionBackward(dout: dHeadsOut, qkv: qkv.data, att: probabilities.data, dqkv: dqkv,
+                          scratch: workspace.floats(.attentionScores, T * T), batch: B, time: T, channels: channels, heads: heads)
+        qkvProjection.backward(x, dy: dqkv, rows: rows, dx: dx)
     }
 }

@@ -1,0 +1,24 @@
+import Tensors
+
+/// Buffers that live only while one layer runs its backward pass. Layers of one model run backward one
+/// at a time, so they share these instead of each keeping its own (for the Shakespeare GPT that is
+/// 16 MiB less resident memory). Contents are unspecified on return: callers initialize what they use.
+public final class Workspace {
+    public enum Slot: Int, CaseIterable {
+        case blockNormGradient, blockResidualGradient, blockHiddenGradient, blockActivationGradient
+        case attentionQKVGradient, attentionHeadsGradient, attentionScores
+        /// GELU output: recomputed from the cached GELU input in backward rather than kept per block.
+        case blockActivation
+    }
+
+    var buffers: [FloatBuffer?] = Array(repeating: nil, count: Slot.allCases.count)
+
+    public init() {}
+
+    public func floats(_ slot: Slot, _ count: Int) -> UnsafeMutablePointer<Float> {
+        if let b = buffers[slot.rawValue], b.count >= count { return b.base }
+        let b = FloatBuffer(count: count)
+        buffers[slot.rawValue] = b
+        return b.base
+    }
+}
