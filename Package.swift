@@ -52,7 +52,7 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "kernels-bench", dependencies: [
-            "Tensors",
+            "Tensors", "NN",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], swiftSettings: nativeCPU),
         .testTarget(name: "TensorsTests", dependencies: ["Tensors"]),
