@@ -61,7 +61,11 @@ func exchange(_ group: ProcessGroup, tag: UInt32, sendTo: Int?, sendBytes: Unsaf
         while let s = sender, sendChunk < sendChunks {
             let n: Int
             if sendOffset < FrameHeader.size {
-                n = try sendHeader.withUnsafeBytes { try s.trySend($0.baseAddress! + sendOffset, FrameHeader.size - sendOffset, operation: operation()) }
+                // Header and payload leave in one sendmsg, the payload straight from the caller's memory.
+                let payload = UnsafeRawBufferPointer(start: sendBytes.baseAddress.map { $0 + sendChunk * chunkBytes }, count: sendChunkLength)
+                n = try sendHeader.withUnsafeBytes {
+                    try s.trySend(UnsafeRawBufferPointer(rebasing: $0[sendOffset...]), payload, operation: operation())
+                }
             } else {
                 let start = sendChunk * chunkBytes + sendOffset - FrameHeader.size
                 n = try s.trySend(sendBytes.baseAddress! + start, sendChunkLength - (sendOffset - FrameHeader.size), operation: operation())

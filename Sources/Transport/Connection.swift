@@ -39,6 +39,21 @@ public final class Connection: @unchecked Sendable {
         return try systemCall("send", operation(), peer: peer) { Glibc.send(fd, p, count, Int32(MSG_NOSIGNAL)) } ?? 0
     }
 
+    /// Vectored send of two pieces (a frame header and its payload straight from tensor memory) in one
+    /// sendmsg(2); returns the bytes taken (0 when it would block).
+    public func trySend(_ first: UnsafeRawBufferPointer, _ second: UnsafeRawBufferPointer,
+                        operation: @autoclosure () -> String) throws -> Int {
+        precondition(fd >= 0, "send on a closed connection")
+        var vectors = [iovec(iov_base: UnsafeMutableRawPointer(mutating: first.baseAddress), iov_len: first.count),
+                       iovec(iov_base: UnsafeMutableRawPointer(mutating: second.baseAddress), iov_len: second.count)]
+        return try vectors.withUnsafeMutableBufferPointer { v in
+            var message = msghdr()
+            message.msg_iov = v.baseAddress
+            message.msg_iovlen = second.count > 0 ? 2 : 1
+            return try systemCall("sendmsg", operation(), peer: peer) { Glibc.sendmsg(fd, &message, Int32(MSG_NOSIGNAL)) } ?? 0
+        }
+    }
+
     /// Receives what is there now; 0 when nothing is ready; throws peerClosed on EOF.
     public func tryReceive(_ p: UnsafeMutableRawPointer, _ count: Int, expected: Int, received: Int,
                            operation: @autoclosure () -> String) throws -> Int {
