@@ -27,7 +27,7 @@ let package = Package(
         .target(name: "Tensors", swiftSettings: nativeCPU),
         .target(name: "Transport", dependencies: ["CShims", .product(name: "Crypto", package: "swift-crypto")]),
         .target(name: "Rendezvous", dependencies: ["Transport"]),
-        .target(name: "Collectives", dependencies: ["Rendezvous", "Transport"], swiftSettings: nativeCPU),
+        .target(name: "Collectives", dependencies: ["Rendezvous", "Transport", "CShims"], swiftSettings: nativeCPU),
         .target(name: "NN", dependencies: ["Tensors", "CZlib"], swiftSettings: nativeCPU),
         .target(name: "Datasets", dependencies: ["Tensors", "CZlib"]),
         .target(name: "Training", dependencies: ["NN", "Datasets", "Tensors", "Collectives", "Rendezvous", "Transport", "CShims"]),

@@ -1,5 +1,4 @@
 import Collectives
-import CShims
 import Foundation
 import Rendezvous
 import Transport
@@ -104,18 +103,9 @@ public func runCollectiveCheck(_ plan: CollectiveCheckPlan, group: ProcessGroup,
     return checks
 }
 
-/// Allgathers a CRC-32C of the result (as two exact 16-bit halves per rank) and requires all equal.
+/// Requires every rank's result to be bitwise identical to rank 0's.
 func checkIdentical(_ result: UnsafeMutableBufferPointer<Float>, group: ProcessGroup, what: String) throws {
-    let n = group.worldSize
-    let crc = ddp_crc32c(0, UnsafeRawPointer(result.baseAddress ?? UnsafeMutablePointer<Float>.allocate(capacity: 1)), result.count * 4)
-    let hashes = UnsafeMutableBufferPointer<Float>.allocate(capacity: 2 * n)
-    defer { hashes.deallocate() }
-    hashes.initialize(repeating: 0)
-    hashes[2 * group.rank] = Float(crc >> 16)
-    hashes[2 * group.rank + 1] = Float(crc & 0xFFFF)
-    // Two floats per rank: segmentRange(2n, n, r) is exactly [2r, 2r+2).
-    try allgather(hashes, group: group)
-    for r in 0..<n where hashes[2 * r] != hashes[0] || hashes[2 * r + 1] != hashes[1] {
+    if let r = try firstRankDiffering(checksum(of: result), group: group) {
         throw CheckFailure.wrong("\(what): rank \(r)'s result differs bitwise from rank 0's")
     }
 }

@@ -48,14 +48,7 @@ public final class DataParallel: @unchecked Sendable {
         try broadcast(parameters.values.buffer, root: 0, group: group)
         var text = Array("\(parameters.count)|\(configText)".utf8)
         let hash = text.withUnsafeMutableBytes { ddp_crc32c(0, $0.baseAddress!, $0.count) }
-        let n = group.worldSize
-        let hashes = UnsafeMutableBufferPointer<Float>.allocate(capacity: 2 * n)
-        defer { hashes.deallocate() }
-        hashes.initialize(repeating: 0)
-        hashes[2 * group.rank] = Float(hash >> 16)
-        hashes[2 * group.rank + 1] = Float(hash & 0xFFFF)
-        try allgather(hashes, group: group)
-        for r in 1..<n where hashes[2 * r] != hashes[0] || hashes[2 * r + 1] != hashes[1] {
+        if let r = try firstRankDiffering(hash, group: group) {
             throw TrainingError("rank \(r) runs a different model or config than rank 0 (hash mismatch); start every rank with the same config and flags")
         }
     }
@@ -127,16 +120,7 @@ public final class DataParallel: @unchecked Sendable {
 
     /// Fails unless every rank holds bitwise-identical parameters (CRC-32C allgathered).
     public func verifyReplicas(iteration: Int) throws {
-        let values = parameters.values.buffer
-        let crc = ddp_crc32c(0, values.baseAddress!, values.count * 4)
-        let n = group.worldSize
-        let hashes = UnsafeMutableBufferPointer<Float>.allocate(capacity: 2 * n)
-        defer { hashes.deallocate() }
-        hashes.initialize(repeating: 0)
-        hashes[2 * group.rank] = Float(crc >> 16)
-        hashes[2 * group.rank + 1] = Float(crc & 0xFFFF)
-        try allgather(hashes, group: group)
-        for r in 1..<n where hashes[2 * r] != hashes[0] || hashes[2 * r + 1] != hashes[1] {
+        if let r = try firstRankDiffering(checksum(of: parameters.values.buffer), group: group) {
             throw TrainingError("after iteration \(iteration) rank \(r)'s parameters differ bitwise from rank 0's")
         }
     }
