@@ -31,10 +31,10 @@ let package = Package(
         .target(name: "NN", dependencies: ["Tensors", "CZlib"], swiftSettings: nativeCPU),
         .target(name: "Datasets", dependencies: ["Tensors", "CZlib"]),
         .target(name: "Training", dependencies: ["NN", "Datasets", "Tensors", "Collectives", "Rendezvous", "Transport", "CShims"]),
-        .target(name: "Topology", dependencies: ["CNuma"]),
-        .target(name: "Launch", dependencies: ["Rendezvous", "Transport", "CShims"]),
+        .target(name: "Topology", dependencies: ["CNuma", "CShims"]),
+        .target(name: "Launch", dependencies: ["Rendezvous", "Transport", "CShims", "Topology"]),
         .executableTarget(name: "ddp-launch", dependencies: [
-            "Launch", "Transport",
+            "Launch", "Transport", "Topology",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .target(name: "Bench", dependencies: ["Collectives", "Rendezvous", "Transport"]),
@@ -44,7 +44,7 @@ let package = Package(
         ]),
         .target(name: "TestSupport", dependencies: ["Collectives", "Rendezvous", "Transport", "CShims"]),
         .executableTarget(name: "collective-check", dependencies: [
-            "TestSupport", "Collectives", "Rendezvous", "Transport",
+            "TestSupport", "Collectives", "Rendezvous", "Transport", "Launch", "Topology",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "ddp-train", dependencies: [
@@ -59,7 +59,7 @@ let package = Package(
         .testTarget(name: "NNTests", dependencies: ["NN", "Tensors"]),
         .testTarget(name: "TrainingTests", dependencies: ["Training", "NN", "Datasets", "Tensors", "ddp-train", "ddp-launch"]),
         .testTarget(name: "TransportTests", dependencies: ["Transport", "Rendezvous"]),
-        .testTarget(name: "CollectivesTests", dependencies: ["Collectives", "Rendezvous", "Transport", "TestSupport", "collective-check"]),
+        .testTarget(name: "CollectivesTests", dependencies: ["Collectives", "Rendezvous", "Transport", "TestSupport", "collective-check", "ddp-launch"]),
         .testTarget(name: "TopologyTests", dependencies: ["Topology"]),
     ],
     swiftLanguageModes: [.v6]

@@ -1,5 +1,6 @@
 import CShims
 import Foundation
+import Topology
 import Rendezvous
 import Transport
 
@@ -162,11 +163,14 @@ public struct LaunchError: Error, CustomStringConvertible {
     public var description: String { message }
 }
 
-/// For workers: ask the kernel to SIGKILL this process when the launcher that started it dies
-/// (PR_SET_PDEATHSIG), so no rank outlives its launcher. Checks the parent is still the launcher,
-/// because it may have died before the call.
-public func dieWithLauncher() {
-    guard let text = ProcessInfo.processInfo.environment["SWIFT_DDP_LAUNCHER_PID"], let pid = Int32(text) else { return }
-    _ = ddp_set_parent_death_signal(SIGKILL)
-    if getppid() != pid { kill(getpid(), SIGKILL) }
+/// For workers, first thing at start: ask the kernel to SIGKILL this process when the launcher that
+/// started it dies (PR_SET_PDEATHSIG; checked against the launcher's pid, which may already be gone),
+/// then apply the CPU and memory placement the launcher chose.
+public func prepareWorker() throws {
+    let env = ProcessInfo.processInfo.environment
+    if let text = env["SWIFT_DDP_LAUNCHER_PID"], let pid = Int32(text) {
+        _ = ddp_set_parent_death_signal(SIGKILL)
+        if getppid() != pid { kill(getpid(), SIGKILL) }
+    }
+    try applyPlacementFromEnvironment(env)
 }

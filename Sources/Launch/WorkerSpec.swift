@@ -1,4 +1,5 @@
 import Foundation
+import Topology
 
 /// What the launcher starts: `localWorkers` copies of one command on this node, node `nodeRank` of
 /// `nodes`, rendezvousing at the master's store.
@@ -16,6 +17,8 @@ public struct LaunchSpec: Sendable {
     /// Seconds between SIGTERM and SIGKILL when the group is torn down.
     public var gracePeriod: Double = 5
     public var extraEnvironment: [String: String] = [:]
+    /// Per local rank: CPUs, node and whether memory is bound (empty: no binding).
+    public var placements: [RankPlacement] = []
 
     public init(command: [String], localWorkers: Int, jobID: String, secret: [UInt8]) {
         self.command = command; self.localWorkers = localWorkers; self.jobID = jobID; self.secret = secret
@@ -37,6 +40,11 @@ public struct LaunchSpec: Sendable {
         env["SWIFT_DDP_JOB_ID"] = jobID
         env["SWIFT_DDP_TIMEOUT"] = String(timeoutSeconds)
         env["SWIFT_DDP_LAUNCHER_PID"] = String(getpid())
+        if local < placements.count, !placements[local].cpus.isEmpty {
+            env["SWIFT_DDP_BIND_CPUS"] = compactList(placements[local].cpus)
+            env["SWIFT_DDP_BIND_NODE"] = placements[local].node.map(String.init) ?? ""
+            env["SWIFT_DDP_BIND_MEMORY"] = placements[local].bindMemory ? "1" : "0"
+        }
         for (k, v) in extraEnvironment { env[k] = v }
         return env
     }

@@ -32,7 +32,7 @@ struct AllreduceBench: ParsableCommand {
     }
 
     func run() throws {
-        dieWithLauncher()
+        try prepareWorker()
         let env = try DistributedEnvironment.fromProcess()
         let group = try ProcessGroup.join(env)
         let plan = SweepPlan(sizes: geometricSizes(minimum: parseBytes(minBytes)!, maximum: parseBytes(maxBytes)!, factor: factor),

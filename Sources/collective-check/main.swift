@@ -1,6 +1,8 @@
 import ArgumentParser
 import Collectives
 import Foundation
+import Launch
+import Topology
 import Rendezvous
 import TestSupport
 import Transport
@@ -22,6 +24,9 @@ struct CollectiveCheck: ParsableCommand {
     @Flag(help: "Only allreduce (skip broadcast, allgather, reduce-scatter, barrier).")
     var allreduceOnly = false
 
+    @Flag(help: "Print this rank's CPU affinity and memory policy, as seen from inside (sched_getaffinity, get_mempolicy).")
+    var reportBinding = false
+
     func run() throws {
         var plan = CollectiveCheckPlan()
         plan.algorithms = try algorithms.split(separator: ",").map {
@@ -36,7 +41,12 @@ struct CollectiveCheck: ParsableCommand {
         plan.alsoOtherCollectives = !allreduceOnly
         let say: (String) -> Void = { line in FileHandle.standardOutput.write(Data((line + "\n").utf8)) }
         do {
+            try prepareWorker()
             let env = try DistributedEnvironment.fromProcess()
+            if reportBinding {
+                let policy = currentMemoryPolicy()
+                say("binding: rank \(env.rank) cpus \(compactList(currentAffinity())) mempolicy \(policy.mode) nodes \(compactList(policy.nodes))")
+            }
             let group = try joinGroup(env, log: say)
             let checks = try runCollectiveCheck(plan, group: group, log: say)
             say("rank \(env.rank): OK \(checks) checks")

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Launch
+import Topology
 import Transport
 
 /// torchrun-like launcher: starts N local ranks with RANK/LOCAL_RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT
@@ -32,6 +33,9 @@ struct DDPLaunch: ParsableCommand {
     @Option(help: "Seconds a rank waits for a peer before failing.")
     var timeout: Double = 30
 
+    @Option(help: "Pin ranks: auto (own cores when there are enough, else whole node), node, core or none.")
+    var numaBind = "auto"
+
     @Option(help: "Job secret as hex (default: a fresh random one; multi-node jobs must share it).")
     var secret: String?
 
@@ -49,6 +53,7 @@ struct DDPLaunch: ParsableCommand {
         guard (0...65535).contains(masterPort) else { throw ValidationError("--master-port \(masterPort) is not a TCP port") }
         guard nnodes == 1 || masterPort != 0 else { throw ValidationError("--master-port must be set (not 0) when --nnodes > 1") }
         guard timeout > 0 else { throw ValidationError("--timeout must be positive") }
+        guard BindingPolicy(rawValue: numaBind) != nil else { throw ValidationError("--numa-bind must be auto, node, core or none, not '\(numaBind)'") }
         if let secret { guard secret.count >= 32, secret.count % 2 == 0, secret.allSatisfy(\.isHexDigit) else {
             throw ValidationError("--secret must be at least 16 bytes of hex")
         } }
@@ -80,6 +85,13 @@ struct DDPLaunch: ParsableCommand {
         spec.logDirectory = logDir; spec.timeoutSeconds = timeout
         if secret != nil || nnodes > 1 { spec.jobID = "job-\(masterAddr)-\(masterPort)" }
         let say: @Sendable (String) -> Void = { line in FileHandle.standardOutput.write(Data((line + "\n").utf8)) }
+        let topology = NumaTopology.current()
+        spec.placements = planBinding(topology, localRanks: workers, policy: BindingPolicy(rawValue: numaBind)!)
+        if numaBind != "none" {
+            for line in placementTable(spec.placements, rankOffset: nodeRank * workers, numaAvailable: topology.numaAvailable) {
+                say("[launcher] \(line)")
+            }
+        }
         let group = WorkerGroup(spec: spec, output: say)
         let signals = forwardTerminationSignals(to: group, log: say)
         defer { signals.forEach { $0.cancel() } }

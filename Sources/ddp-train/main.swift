@@ -64,7 +64,7 @@ struct Train: ParsableCommand {
             var extra = overrides
             if let dataDir { extra.append("data_dir=\"\(dataDir)\"") }
             if let outDir { extra.append("out_dir=\"\(outDir)\"") }
-            dieWithLauncher()
+            try prepareWorker()
             let settings = try TrainConfig.load(path: config, overrides: extra)
             let env = try DistributedEnvironment.fromProcess()
             let group = try ProcessGroup.join(env, log: { emitLine($0, to: STDERR_FILENO) })

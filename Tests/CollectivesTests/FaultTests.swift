@@ -66,3 +66,33 @@ final class FaultTests: XCTestCase {
         for (rank, outcome) in outcomes.enumerated() { XCTAssertEqual(outcome.status, 0, "rank \(rank): \(outcome.output)") }
     }
 }
+
+/// The launcher's placement table, checked from inside each rank (sched_getaffinity, get_mempolicy).
+final class PlacementTests: XCTestCase {
+    func testEachRankRunsWhereTheTableSays() throws {
+        for (ranks, policy) in [(2, "auto"), (3, "node"), (2, "core")] {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: LocalCluster.buildDirectory + "/ddp-launch")
+            process.arguments = ["--nproc-per-node", String(ranks), "--numa-bind", policy, "--", "collective-check", "--counts", "8", "--report-binding"]
+            let pipe = Pipe()
+            process.standardOutput = pipe
+            process.standardError = pipe
+            try process.run()
+            let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            process.waitUntilExit()
+            XCTAssertEqual(process.terminationStatus, 0, output)
+            let lines = output.split(separator: "\n").map(String.init)
+            for rank in 0..<ranks {
+                guard let row = lines.first(where: { $0.hasPrefix("[launcher] placement: \(rank) |") }),
+                      let report = lines.first(where: { $0.contains("binding: rank \(rank) ") }) else {
+                    XCTFail("rank \(rank): no table row or report in\n\(output)"); continue
+                }
+                let fields = row.split(separator: "|").map { $0.trimmingCharacters(in: .whitespaces) }
+                XCTAssertTrue(report.contains("cpus \(fields[2]) "), "\(policy): table says \(fields[2]), rank says: \(report)")
+                if fields[3].hasPrefix("bound to node") {
+                    XCTAssertTrue(report.contains("mempolicy 2 nodes \(fields[1])"), "memory not bound as the table says: \(report)")
+                }
+            }
+        }
+    }
+}

@@ -12,3 +12,11 @@ uint32_t ddp_crc32c(uint32_t crc, const void *data, size_t length);
 int ddp_set_parent_death_signal(int signal);
 
 #endif
+
+#ifndef SWIFT_DDP_CSHIMS_AFFINITY
+#define SWIFT_DDP_CSHIMS_AFFINITY
+// sched_setaffinity(0, ...) to exactly `count` CPUs (the CPU_SET macros are not visible to Swift).
+int ddp_set_affinity(const int *cpus, int count);
+// sched_getaffinity(0, ...): writes up to `capacity` CPU numbers, returns how many (or -1).
+int ddp_get_affinity(int *cpus, int capacity);
+#endif
