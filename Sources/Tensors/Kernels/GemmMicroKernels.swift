@@ -17,54 +17,44 @@ private func accumulate<V: SIMD>(_ c: UnsafeMutablePointer<Float>, _ value: V, a
     raw.storeBytes(of: old.addingProduct(alpha, value), as: V.self)
 }
 
-/// 6 x 16 tile, 12 SIMD8 accumulators + 2 B vectors + 1 broadcast = 15 of AVX2's 16 ymm registers.
+/// 6 x (2 vectors) tile: 12 accumulators + 2 B vectors + 1 broadcast. Specialized for each vector type
+/// at its call site (always inlined), so the accumulators stay in registers.
+@inline(__always)
+private func microKernel6xTwoVectors<V: SIMD>(_: V.Type, kc: Int, a: UnsafePointer<Float>, rowStride rs: Int, colStride cs: Int,
+                                              b: UnsafePointer<Float>, c: UnsafeMutablePointer<Float>, ldc: Int, alpha: Float)
+    where V.Scalar == Float {
+    let w = V.scalarCount
+    var c00 = V(), c01 = V(), c10 = V(), c11 = V(), c20 = V(), c21 = V()
+    var c30 = V(), c31 = V(), c40 = V(), c41 = V(), c50 = V(), c51 = V()
+    var pa = a, pb = b
+    for _ in 0..<kc {
+        let b0 = loadVector(pb, as: V.self), b1 = loadVector(pb + w, as: V.self)
+        var av = V(repeating: pa[0 * rs]); c00 = c00.addingProduct(av, b0); c01 = c01.addingProduct(av, b1)
+        av = V(repeating: pa[1 * rs]); c10 = c10.addingProduct(av, b0); c11 = c11.addingProduct(av, b1)
+        av = V(repeating: pa[2 * rs]); c20 = c20.addingProduct(av, b0); c21 = c21.addingProduct(av, b1)
+        av = V(repeating: pa[3 * rs]); c30 = c30.addingProduct(av, b0); c31 = c31.addingProduct(av, b1)
+        av = V(repeating: pa[4 * rs]); c40 = c40.addingProduct(av, b0); c41 = c41.addingProduct(av, b1)
+        av = V(repeating: pa[5 * rs]); c50 = c50.addingProduct(av, b0); c51 = c51.addingProduct(av, b1)
+        pa += cs; pb += 2 * w
+    }
+    accumulate(c, c00, alpha: alpha); accumulate(c + w, c01, alpha: alpha)
+    accumulate(c + ldc, c10, alpha: alpha); accumulate(c + ldc + w, c11, alpha: alpha)
+    accumulate(c + 2 * ldc, c20, alpha: alpha); accumulate(c + 2 * ldc + w, c21, alpha: alpha)
+    accumulate(c + 3 * ldc, c30, alpha: alpha); accumulate(c + 3 * ldc + w, c31, alpha: alpha)
+    accumulate(c + 4 * ldc, c40, alpha: alpha); accumulate(c + 4 * ldc + w, c41, alpha: alpha)
+    accumulate(c + 5 * ldc, c50, alpha: alpha); accumulate(c + 5 * ldc + w, c51, alpha: alpha)
+}
+
+/// 6 x 16 tile in SIMD8 accumulators: 15 of AVX2's 16 ymm registers.
 @inline(__always)
 func microKernel6x16(kc: Int, a: UnsafePointer<Float>, rowStride rs: Int, colStride cs: Int, b: UnsafePointer<Float>,
                      c: UnsafeMutablePointer<Float>, ldc: Int, alpha: Float) {
-    typealias V = SIMD8<Float>
-    var c00 = V(), c01 = V(), c10 = V(), c11 = V(), c20 = V(), c21 = V()
-    var c30 = V(), c31 = V(), c40 = V(), c41 = V(), c50 = V(), c51 = V()
-    var pa = a, pb = b
-    for _ in 0..<kc {
-        let b0 = loadVector(pb, as: V.self), b1 = loadVector(pb + 8, as: V.self)
-        var av = V(repeating: pa[0 * rs]); c00 = c00.addingProduct(av, b0); c01 = c01.addingProduct(av, b1)
-        av = V(repeating: pa[1 * rs]); c10 = c10.addingProduct(av, b0); c11 = c11.addingProduct(av, b1)
-        av = V(repeating: pa[2 * rs]); c20 = c20.addingProduct(av, b0); c21 = c21.addingProduct(av, b1)
-        av = V(repeating: pa[3 * rs]); c30 = c30.addingProduct(av, b0); c31 = c31.addingProduct(av, b1)
-        av = V(repeating: pa[4 * rs]); c40 = c40.addingProduct(av, b0); c41 = c41.addingProduct(av, b1)
-        av = V(repeating: pa[5 * rs]); c50 = c50.addingProduct(av, b0); c51 = c51.addingProduct(av, b1)
-        pa += cs; pb += 16
-    }
-    accumulate(c, c00, alpha: alpha); accumulate(c + 8, c01, alpha: alpha)
-    accumulate(c + ldc, c10, alpha: alpha); accumulate(c + ldc + 8, c11, alpha: alpha)
-    accumulate(c + 2 * ldc, c20, alpha: alpha); accumulate(c + 2 * ldc + 8, c21, alpha: alpha)
-    accumulate(c + 3 * ldc, c30, alpha: alpha); accumulate(c + 3 * ldc + 8, c31, alpha: alpha)
-    accumulate(c + 4 * ldc, c40, alpha: alpha); accumulate(c + 4 * ldc + 8, c41, alpha: alpha)
-    accumulate(c + 5 * ldc, c50, alpha: alpha); accumulate(c + 5 * ldc + 8, c51, alpha: alpha)
+    microKernel6xTwoVectors(SIMD8<Float>.self, kc: kc, a: a, rowStride: rs, colStride: cs, b: b, c: c, ldc: ldc, alpha: alpha)
 }
 
-/// 6 x 32 tile, 12 SIMD16 accumulators: fits AVX-512's 32 zmm registers (spills on AVX2, still correct).
+/// 6 x 32 tile in SIMD16 accumulators: fits AVX-512's 32 zmm registers (spills on AVX2, still correct).
 @inline(__always)
 func microKernel6x32(kc: Int, a: UnsafePointer<Float>, rowStride rs: Int, colStride cs: Int, b: UnsafePointer<Float>,
                      c: UnsafeMutablePointer<Float>, ldc: Int, alpha: Float) {
-    typealias V = SIMD16<Float>
-    var c00 = V(), c01 = V(), c10 = V(), c11 = V(), c20 = V(), c21 = V()
-    var c30 = V(), c31 = V(), c40 = V(), c41 = V(), c50 = V(), c51 = V()
-    var pa = a, pb = b
-    for _ in 0..<kc {
-        let b0 = loadVector(pb, as: V.self), b1 = loadVector(pb + 16, as: V.self)
-        var av = V(repeating: pa[0 * rs]); c00 = c00.addingProduct(av, b0); c01 = c01.addingProduct(av, b1)
-        av = V(repeating: pa[1 * rs]); c10 = c10.addingProduct(av, b0); c11 = c11.addingProduct(av, b1)
-        av = V(repeating: pa[2 * rs]); c20 = c20.addingProduct(av, b0); c21 = c21.addingProduct(av, b1)
-        av = V(repeating: pa[3 * rs]); c30 = c30.addingProduct(av, b0); c31 = c31.addingProduct(av, b1)
-        av = V(repeating: pa[4 * rs]); c40 = c40.addingProduct(av, b0); c41 = c41.addingProduct(av, b1)
-        av = V(repeating: pa[5 * rs]); c50 = c50.addingProduct(av, b0); c51 = c51.addingProduct(av, b1)
-        pa += cs; pb += 32
-    }
-    accumulate(c, c00, alpha: alpha); accumulate(c + 16, c01, alpha: alpha)
-    accumulate(c + ldc, c10, alpha: alpha); accumulate(c + ldc + 16, c11, alpha: alpha)
-    accumulate(c + 2 * ldc, c20, alpha: alpha); accumulate(c + 2 * ldc + 16, c21, alpha: alpha)
-    accumulate(c + 3 * ldc, c30, alpha: alpha); accumulate(c + 3 * ldc + 16, c31, alpha: alpha)
-    accumulate(c + 4 * ldc, c40, alpha: alpha); accumulate(c + 4 * ldc + 16, c41, alpha: alpha)
-    accumulate(c + 5 * ldc, c50, alpha: alpha); accumulate(c + 5 * ldc + 16, c51, alpha: alpha)
+    microKernel6xTwoVectors(SIMD16<Float>.self, kc: kc, a: a, rowStride: rs, colStride: cs, b: b, c: c, ldc: ldc, alpha: alpha)
 }
