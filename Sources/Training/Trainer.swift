@@ -69,9 +69,8 @@ public final class Trainer {
         if let dataParallel { try dataParallel.synchronizeInitialState(configText: config.jsonString()) }
         log("model: \(config.architecture), \(task.parameters.count) parameters")
         log("batch: \(task.unitsPerMicroBatch) \(task.unitName) per micro-batch x \(config.gradAccum) accumulation steps x \(worldSize) rank(s) = \(units) \(task.unitName) per step (global batch)")
-        if let dataParallel {
+        if dataParallel != nil {
             log("data parallel: \(worldSize) ranks, allreduce \(config.allreduceAlgorithm), buckets of \(config.bucketMb) MiB, gradients averaged")
-            _ = dataParallel
         }
         log("training \(maxIterations) iterations from iteration \(iteration), optimizer \(config.optimizer.rawValue)")
         var losses: [Float] = []
