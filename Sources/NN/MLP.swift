@@ -13,7 +13,10 @@ public final class MLP: Model {
     let head = CrossEntropyHead()
     var input: [Float] = []
     var preActivation = Tensor(zeros: [0]), activated = Tensor(zeros: [0]), logits = Tensor(zeros: [0])
-    var dActivated = Tensor(zeros: [0]), dPre = Tensor(zeros: [0])
+    var dActivated = Tensor(zeros: [0]), dPre = Tensor(zeros: [0]), dLogits = Tensor(zeros: [0])
+
+    /// Logits of the last forward, [rows, classes].
+    public var lastLogits: Tensor { logits }
 
     public init(inputs: Int, hidden: Int, classes: Int, activation: Activation) {
         var layout = ParameterSet.Layout()
@@ -42,6 +45,7 @@ public final class MLP: Model {
             preActivation = Tensor(zeros: [rows, hidden]); activated = Tensor(zeros: [rows, hidden])
             logits = Tensor(zeros: [rows, classes])
             dActivated = Tensor(zeros: [rows, hidden]); dPre = Tensor(zeros: [rows, hidden])
+            dLogits = Tensor(zeros: [rows, classes])
         }
         input = batch.features
         fc1.forward(input, rows: rows, into: preActivation.data)
@@ -60,7 +64,7 @@ public final class MLP: Model {
 
     public func backward(lossScale: Float, gradientsReady: (Int) -> Void) {
         let rows = head.targets.count
-        let dLogits = Tensor(zeros: [rows, classes])
+        dLogits.fill(0)
         head.backward(lossScale: lossScale, into: dLogits.data)
         dActivated.fill(0); dPre.fill(0)
         fc2.backward(activated.data, dy: dLogits.data, rows: rows, dx: dActivated.data)

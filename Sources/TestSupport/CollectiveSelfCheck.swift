@@ -25,11 +25,6 @@ public enum CheckFailure: Error, CustomStringConvertible {
     public var description: String { switch self { case .wrong(let s): return s } }
 }
 
-/// Connects to the store named by the environment and builds the process group.
-public func joinGroup(_ env: DistributedEnvironment, log: @escaping (String) -> Void) throws -> ProcessGroup {
-    try ProcessGroup.join(env, log: log)
-}
-
 /// Runs the plan on this rank; returns the number of checks passed or throws the first failure.
 public func runCollectiveCheck(_ plan: CollectiveCheckPlan, group: ProcessGroup, log: (String) -> Void) throws -> Int {
     let n = group.worldSize, rank = group.rank

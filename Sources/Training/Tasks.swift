@@ -70,7 +70,9 @@ public final class GPTTask: TrainingTask {
 /// held-out loss and accuracy on the last 2,000 images.
 public final class MLPTask: TrainingTask {
     public let model: MLP
-    let train: MNIST, heldOut: MNIST
+    let train: MNIST
+    /// The whole held-out set as one batch, gathered once.
+    let heldOutBatch: ClassificationBatch
     let config: TrainConfig
     let rank: Int, worldSize: Int
     var shardEpoch = -1
@@ -79,7 +81,8 @@ public final class MLPTask: TrainingTask {
     public init(config: TrainConfig, train: MNIST, heldOut: MNIST, rank: Int = 0, worldSize: Int = 1) {
         self.config = config
         self.train = train
-        self.heldOut = heldOut
+        let (features, labels) = heldOut.gather(Array(0..<heldOut.count)[...])
+        heldOutBatch = ClassificationBatch(features: features, labels: labels)
         self.rank = rank
         self.worldSize = worldSize
         model = MLP(inputs: train.pixelsPerImage, hidden: config.hidden, classes: 10,
@@ -111,10 +114,10 @@ public final class MLPTask: TrainingTask {
     }
 
     public func evaluate(iteration: Int) -> [(name: String, value: Double)] {
-        let (features, labels) = heldOut.gather(Array(0..<heldOut.count)[...])
-        let batch = ClassificationBatch(features: features, labels: labels)
+        let batch = heldOutBatch
+        let labels = batch.labels
         let loss = model.forward(batch)
-        let logits = model.logits(batch)
+        let logits = model.lastLogits
         var correct = 0
         for r in 0..<labels.count {
             var best = 0

@@ -28,7 +28,7 @@ public enum Handshake {
         var hello = ByteWriter()
         hello.string(identity.jobID); hello.u32(UInt32(identity.worldSize)); hello.i32(Int32(rank)); hello.bytes(nonce)
         try connection.sendFrame(.hello, tag: 0, bytes: hello.data, operation: operation)
-        let challenge = try receiveOrRefused(connection, .challenge, operation: operation)
+        let challenge = try connection.receiveFrame(expecting: .challenge, tag: 0, maxLength: 4096, operation: operation)
         var reader = ByteReader(challenge)
         guard let serverNonce = reader.bytes(nonceBytes), let serverMAC = reader.bytes(32), reader.atEnd else {
             connection.close()
@@ -39,7 +39,7 @@ public enum Handshake {
             throw TransportError(.refused("the peer does not know the job secret"), operation: operation, peer: connection.peer)
         }
         try connection.sendFrame(.proof, tag: 0, bytes: mac("connector", hello.data, serverNonce, identity), operation: operation)
-        _ = try receiveOrRefused(connection, .welcome, operation: operation)
+        _ = try connection.receiveFrame(expecting: .welcome, tag: 0, maxLength: 4096, operation: operation)
     }
 
     /// Runs the acceptor side and returns the rank the peer stated (-1 for store clients).
@@ -80,10 +80,6 @@ public enum Handshake {
         try connection.sendFrame(.welcome, tag: 0, bytes: [], operation: operation)
         connection.peer.rank = rank >= 0 ? Int(rank) : nil
         return Int(rank)
-    }
-
-    static func receiveOrRefused(_ connection: Connection, _ type: FrameHeader.MessageType, operation: String) throws -> [UInt8] {
-        try connection.receiveFrame(expecting: type, tag: 0, maxLength: 4096, operation: operation)
     }
 
     static func transcript(_ role: String, _ hello: [UInt8], _ nonce: [UInt8]) -> [UInt8] { Array(role.utf8) + hello + nonce }

@@ -47,7 +47,7 @@ struct CollectiveCheck: ParsableCommand {
                 let policy = currentMemoryPolicy()
                 say("binding: rank \(env.rank) cpus \(compactList(currentAffinity())) mempolicy \(policy.mode) nodes \(compactList(policy.nodes))")
             }
-            let group = try joinGroup(env, log: say)
+            let group = try ProcessGroup.join(env, log: say)
             let checks = try runCollectiveCheck(plan, group: group, log: say)
             say("rank \(env.rank): OK \(checks) checks")
         } catch let failure as CheckFailure {
