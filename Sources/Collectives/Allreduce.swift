@@ -35,12 +35,14 @@ func guarded<T>(_ group: ProcessGroup, _ body: () throws -> T) throws -> T {
     }
 }
 
-/// In-place allreduce over the group; every rank must call it with the same count, op and algorithm.
+/// In-place allreduce over the group; every rank must call it with the same count, op, algorithm and
+/// wire format. bf16 on the wire always runs the ring (the algorithm that moves the most bytes).
 public func allreduce(_ buffer: UnsafeMutableBufferPointer<Float>, op: ReduceOp = .sum,
-                      algorithm: AllreduceAlgorithm = .auto, group: ProcessGroup) throws {
+                      algorithm: AllreduceAlgorithm = .auto, wire: WireFormat = .float32, group: ProcessGroup) throws {
     guard group.worldSize > 1 else { return }
     let chosen = algorithm == .auto ? chooseAlgorithm(bytes: buffer.count * 4, worldSize: group.worldSize) : algorithm
     try guarded(group) {
+        if wire == .bfloat16 { return try compressedRingAllreduce(buffer, op: op, group: group) }
         switch chosen {
         case .ring, .auto: try ringAllreduce(buffer, op: op, group: group)
         case .tree: try treeAllreduce(buffer, op: op, group: group)
@@ -84,6 +86,12 @@ public func allgather(_ buffer: UnsafeMutableBufferPointer<Float>, group: Proces
 }
 
 /// Reduce-scatter in place: on exit segment `group.rank` holds the reduction of that segment.
-public func reduceScatter(_ buffer: UnsafeMutableBufferPointer<Float>, op: ReduceOp = .sum, group: ProcessGroup) throws {
-    try guarded(group) { try ringReduceScatter(buffer, op: op, group: group) }
+public func reduceScatter(_ buffer: UnsafeMutableBufferPointer<Float>, op: ReduceOp = .sum, wire: WireFormat = .float32,
+                          group: ProcessGroup) throws {
+    try guarded(group) {
+        switch wire {
+        case .float32: try ringReduceScatter(buffer, op: op, group: group)
+        case .bfloat16: try compressedRingReduceScatter(buffer, op: op, group: group)
+        }
+    }
 }

@@ -19,6 +19,8 @@ public struct LaunchSpec: Sendable {
     public var extraEnvironment: [String: String] = [:]
     /// Per local rank: CPUs, node and whether memory is bound (empty: no binding).
     public var placements: [RankPlacement] = []
+    /// Which attempt this is (0: first start); ranks see it as SWIFT_DDP_RESTART_COUNT.
+    public var restartCount = 0
 
     public init(command: [String], localWorkers: Int, jobID: String, secret: [UInt8]) {
         self.command = command; self.localWorkers = localWorkers; self.jobID = jobID; self.secret = secret
@@ -40,6 +42,7 @@ public struct LaunchSpec: Sendable {
         env["SWIFT_DDP_JOB_ID"] = jobID
         env["SWIFT_DDP_TIMEOUT"] = String(timeoutSeconds)
         env["SWIFT_DDP_LAUNCHER_PID"] = String(getpid())
+        env["SWIFT_DDP_RESTART_COUNT"] = String(restartCount)
         if local < placements.count, !placements[local].cpus.isEmpty {
             env["SWIFT_DDP_BIND_CPUS"] = compactList(placements[local].cpus)
             env["SWIFT_DDP_BIND_NODE"] = placements[local].node.map(String.init) ?? ""

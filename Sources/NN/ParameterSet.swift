@@ -57,7 +57,13 @@ public final class ParameterSet: @unchecked Sendable {
     @discardableResult
     public func clipGradients(maxNorm: Float) -> Float {
         let norm = gradientNorm()
-        if maxNorm > 0 && norm > maxNorm { scale(gradients.base, by: maxNorm / (norm + 1e-6), count: count) }
+        clipGradients(in: [0..<count], norm: norm, maxNorm: maxNorm)
         return norm
+    }
+
+    /// Clipping when the norm was computed elsewhere (ZeRO-1: over all ranks' pieces); scales `ranges` only.
+    public func clipGradients(in ranges: [Range<Int>], norm: Float, maxNorm: Float) {
+        guard maxNorm > 0 && norm > maxNorm else { return }
+        for r in ranges where !r.isEmpty { scale(gradients.base + r.lowerBound, by: maxNorm / (norm + 1e-6), count: r.count) }
     }
 }

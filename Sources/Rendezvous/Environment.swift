@@ -10,7 +10,8 @@ public struct EnvironmentError: Error, CustomStringConvertible, Equatable {
 
 /// torchrun's environment, exactly: RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, GROUP_RANK,
 /// MASTER_ADDR, MASTER_PORT; plus SWIFT_DDP_SECRET (hex job secret), SWIFT_DDP_JOB_ID and
-/// SWIFT_DDP_TIMEOUT (seconds). Without RANK/WORLD_SIZE a process runs alone (world size 1).
+/// SWIFT_DDP_TIMEOUT (seconds), SWIFT_DDP_RESTART_COUNT (how many times the launcher restarted the
+/// group; torchrun's TORCHELASTIC_RESTART_COUNT). Without RANK/WORLD_SIZE a process runs alone (world size 1).
 public struct DistributedEnvironment: Sendable, Equatable {
     public var rank = 0
     public var localRank = 0
@@ -22,6 +23,10 @@ public struct DistributedEnvironment: Sendable, Equatable {
     public var secretHex = ""
     public var jobID = "swift-ddp"
     public var timeoutSeconds: Double = 30
+    public var restartCount = 0
+    /// Where this rank listens for its peers (SWIFT_DDP_LISTEN_ADDR, set by the launcher; default the
+    /// master's address, right when every rank runs on the master's host).
+    public var listenAddress: String?
 
     public init() {}
 
@@ -37,6 +42,7 @@ public struct DistributedEnvironment: Sendable, Equatable {
         try int("LOCAL_RANK", &e.localRank)
         try int("LOCAL_WORLD_SIZE", &e.localWorldSize, min: 1)
         try int("GROUP_RANK", &e.groupRank)
+        try int("SWIFT_DDP_RESTART_COUNT", &e.restartCount)
         guard e.rank < e.worldSize else {
             throw EnvironmentError(variable: "RANK", problem: "\(e.rank) is not below WORLD_SIZE \(e.worldSize)")
         }
@@ -51,6 +57,7 @@ public struct DistributedEnvironment: Sendable, Equatable {
             }
             e.secretHex = secret
         }
+        if let listen = env["SWIFT_DDP_LISTEN_ADDR"], !listen.isEmpty { e.listenAddress = listen }
         if let job = env["SWIFT_DDP_JOB_ID"], !job.isEmpty { e.jobID = job }
         if let t = env["SWIFT_DDP_TIMEOUT"] {
             guard let v = Double(t), v > 0 else { throw EnvironmentError(variable: "SWIFT_DDP_TIMEOUT", problem: "'\(t)' is not a positive number of seconds") }
@@ -59,8 +66,10 @@ public struct DistributedEnvironment: Sendable, Equatable {
         return e
     }
 
+    /// Each restart is its own rendezvous: a rank of attempt k cannot join a store or a peer left over
+    /// from attempt k-1.
     public var identity: JobIdentity {
-        JobIdentity(jobID: jobID, worldSize: worldSize, secret: hexBytes(secretHex) ?? [])
+        JobIdentity(jobID: attemptJobID(jobID, restart: restartCount), worldSize: worldSize, secret: hexBytes(secretHex) ?? [])
     }
 }
 
@@ -86,3 +95,6 @@ private func hexValue(_ c: UInt8) -> UInt8? {
 }
 
 public func hexString(_ bytes: [UInt8]) -> String { bytes.map { String(format: "%02x", $0) }.joined() }
+
+/// The job id one attempt of a job authenticates with.
+public func attemptJobID(_ jobID: String, restart: Int) -> String { restart == 0 ? jobID : "\(jobID)#restart\(restart)" }

@@ -12,6 +12,8 @@ public struct CollectiveCheckPlan: Sendable {
     public var counts: [Int] = [0, 1, 7, 1000, (1 << 20) + 3]
     public var ops: [ReduceOp] = [.sum, .max, .average]
     public var alsoOtherCollectives = true
+    /// bf16 on the wire: the inputs' sums stay small integers, exact in bf16, so only averages round.
+    public var wire: WireFormat = .float32
     /// Repeat forever (until killed) one allreduce of the first count: for fault tests.
     public var loop = false
     public init() {}
@@ -48,8 +50,9 @@ public func runCollectiveCheck(_ plan: CollectiveCheckPlan, group: ProcessGroup,
                 let buffer = UnsafeMutableBufferPointer<Float>.allocate(capacity: max(count, 1))
                 defer { buffer.deallocate() }
                 for i in 0..<count { buffer[i] = checkInput(rank: rank, index: i) }
-                try allreduce(UnsafeMutableBufferPointer(rebasing: buffer[0..<count]), op: op, algorithm: algorithm, group: group)
-                let what = "\(algorithm.rawValue) allreduce \(op.rawValue) of \(count) floats on \(n) ranks"
+                try allreduce(UnsafeMutableBufferPointer(rebasing: buffer[0..<count]), op: op, algorithm: algorithm,
+                              wire: plan.wire, group: group)
+                let what = "\(plan.wire == .bfloat16 ? "bf16 " : "")\(algorithm.rawValue) allreduce \(op.rawValue) of \(count) floats on \(n) ranks"
                 for i in 0..<count {
                     var expected = 0.0
                     switch op {
@@ -57,7 +60,8 @@ public func runCollectiveCheck(_ plan: CollectiveCheckPlan, group: ProcessGroup,
                     case .average: expected = (0..<n).reduce(0.0) { $0 + Double(checkInput(rank: $1, index: i)) } / Double(n)
                     case .max: expected = (0..<n).map { Double(checkInput(rank: $0, index: i)) }.max()!
                     }
-                    let tolerance = op == .average ? 1e-5 * max(1, abs(expected)) : 0
+                    let relative = plan.wire == .bfloat16 ? 1.0 / 256 : 1e-5
+                    let tolerance = op == .average ? relative * max(1, abs(expected)) : 0
                     if abs(Double(buffer[i]) - expected) > tolerance {
                         throw CheckFailure.wrong("\(what): element \(i) is \(buffer[i]), expected \(expected) (rank \(rank))")
                     }
@@ -86,7 +90,7 @@ public func runCollectiveCheck(_ plan: CollectiveCheckPlan, group: ProcessGroup,
             } }
             // Reduce-scatter: our segment holds the sum.
             for i in 0..<count { whole[i] = checkInput(rank: rank, index: i) }
-            try reduceScatter(whole, op: .sum, group: group)
+            try reduceScatter(whole, op: .sum, wire: plan.wire, group: group)
             for i in segmentRange(count: count, parts: n, index: rank) {
                 let expected = (0..<n).reduce(Float(0)) { $0 + checkInput(rank: $1, index: i) }
                 if whole[i] != expected { throw CheckFailure.wrong("reduce-scatter of \(count) floats: element \(i) is \(whole[i]), expected \(expected) on rank \(rank)") }

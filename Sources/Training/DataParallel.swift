@@ -12,11 +12,20 @@ import Transport
 /// final, the bucket is handed to a persistent communication thread that averages it across ranks while
 /// backward goes on. The optimizer waits only for the buckets still in flight (the "exposed"
 /// communication time). Every rank cuts the same buckets in the same order, so collectives match up.
+///
+/// ZeRO stage 1 (`shardOptimizer`): each bucket is reduce-scattered instead of allreduced, so rank r
+/// ends up with the averaged gradient of segment r of every bucket; it owns those pieces, keeps
+/// optimizer state only for them, updates them, and an allgather per bucket brings every rank the
+/// updated parameters (copies, so replicas stay bitwise identical).
 public final class DataParallel: @unchecked Sendable {
     public let group: ProcessGroup
     let parameters: ParameterSet
     let bucketElements: Int
     let algorithm: AllreduceAlgorithm
+    let wire: WireFormat
+    public let shardOptimizer: Bool
+    /// Bucket ranges in the order they are communicated (from the end of the buffer).
+    public let buckets: [Range<Int>]
     let condition = NSCondition()
     var queue: [Range<Int>] = []
     var inFlight = 0
@@ -26,11 +35,15 @@ public final class DataParallel: @unchecked Sendable {
     var boundary = 0
     public private(set) var bucketsPerStep = 0
 
-    public init(group: ProcessGroup, parameters: ParameterSet, bucketBytes: Int, algorithm: AllreduceAlgorithm) {
+    public init(group: ProcessGroup, parameters: ParameterSet, bucketBytes: Int, algorithm: AllreduceAlgorithm,
+                wire: WireFormat = .float32, shardOptimizer: Bool = false) {
         self.group = group
         self.parameters = parameters
         bucketElements = max(1, bucketBytes / 4)
         self.algorithm = algorithm
+        self.wire = wire
+        self.shardOptimizer = shardOptimizer
+        buckets = bucketRanges(count: parameters.count, bucketElements: bucketElements)
         let thread = Thread { [self] in communicationLoop() }
         thread.name = "ddp-communication"
         thread.start()
@@ -97,7 +110,11 @@ public final class DataParallel: @unchecked Sendable {
             var error: Error?
             do {
                 let slice = UnsafeMutableBufferPointer(rebasing: parameters.gradients.buffer[bucket])
-                try allreduce(slice, op: .average, algorithm: algorithm, group: group)
+                if shardOptimizer {
+                    try reduceScatter(slice, op: .average, wire: wire, group: group)
+                } else {
+                    try allreduce(slice, op: .average, algorithm: algorithm, wire: wire, group: group)
+                }
             } catch let e {
                 error = e
             }
@@ -107,6 +124,55 @@ public final class DataParallel: @unchecked Sendable {
             condition.broadcast()
             condition.unlock()
         }
+    }
+
+    // MARK: ZeRO-1
+
+    /// The pieces of the parameter buffer `rank` owns: all of it without sharding.
+    public func ownedRanges(of rank: Int) -> [Range<Int>] {
+        guard shardOptimizer else { return [0..<parameters.count] }
+        return buckets.map { bucket in
+            let piece = segmentRange(count: bucket.count, parts: group.worldSize, index: rank)
+            return (bucket.lowerBound + piece.lowerBound)..<(bucket.lowerBound + piece.upperBound)
+        }
+    }
+
+    /// After the owners updated their pieces: every rank gets every piece (float32: parameters are exact).
+    public func gatherParameters() throws {
+        guard shardOptimizer else { return }
+        try gatherPieces(parameters.values.buffer)
+    }
+
+    /// Segment r of each bucket of `full` comes from rank r.
+    func gatherPieces(_ full: UnsafeMutableBufferPointer<Float>) throws {
+        for bucket in buckets { try allgather(UnsafeMutableBufferPointer(rebasing: full[bucket]), group: group) }
+    }
+
+    /// Global L2 norm of the averaged gradients when each rank holds only its pieces.
+    public func shardedGradientNorm() throws -> Float {
+        var sum = 0.0
+        for r in ownedRanges(of: group.rank) where !r.isEmpty {
+            sum += sumOfSquares(parameters.gradients.base + r.lowerBound, count: r.count)
+        }
+        let buffer = UnsafeMutableBufferPointer<Float>.allocate(capacity: 1)
+        defer { buffer.deallocate() }
+        buffer[0] = Float(sum)
+        try allreduce(buffer, op: .sum, algorithm: .halvingDoubling, group: group)
+        return buffer[0].squareRoot()
+    }
+
+    /// A full-length copy of a state buffer packed over `ownedRanges(of: rank)` (collective: every rank calls it).
+    public func gatherState(_ packed: FloatBuffer) throws -> FloatBuffer {
+        let full = FloatBuffer(count: parameters.count)
+        unpack(packed, into: full, ranges: ownedRanges(of: group.rank))
+        if shardOptimizer { try gatherPieces(full.buffer) }
+        return full
+    }
+
+    /// Fills this rank's packed state from rank 0's full-length buffer (collective).
+    public func scatterState(_ full: FloatBuffer, into packed: FloatBuffer) throws {
+        try broadcast(full.buffer, root: 0, group: group)
+        pack(full, into: packed, ranges: ownedRanges(of: group.rank))
     }
 
     /// Mean of one value over ranks (for logging), on the caller's thread; call only between steps.
@@ -123,6 +189,36 @@ public final class DataParallel: @unchecked Sendable {
         if let r = try firstRankDiffering(checksum(of: parameters.values.buffer), group: group) {
             throw TrainingError("after iteration \(iteration) rank \(r)'s parameters differ bitwise from rank 0's")
         }
+    }
+}
+
+/// Fixed `bucketElements` slices counted from the end of a `count`-element buffer (the last one
+/// holds the remainder at the start), in the order backward finishes them.
+public func bucketRanges(count: Int, bucketElements: Int) -> [Range<Int>] {
+    var out: [Range<Int>] = []
+    var end = count
+    while end > 0 {
+        out.append(max(0, end - bucketElements)..<end)
+        end -= bucketElements
+    }
+    return out
+}
+
+/// full[ranges] -> packed (ranges laid end to end).
+public func pack(_ full: FloatBuffer, into packed: FloatBuffer, ranges: [Range<Int>]) {
+    var at = 0
+    for r in ranges {
+        (packed.base + at).update(from: full.base + r.lowerBound, count: r.count)
+        at += r.count
+    }
+}
+
+/// packed -> full[ranges]; the rest of full is left alone.
+public func unpack(_ packed: FloatBuffer, into full: FloatBuffer, ranges: [Range<Int>]) {
+    var at = 0
+    for r in ranges {
+        (full.base + r.lowerBound).update(from: packed.base + at, count: r.count)
+        at += r.count
     }
 }
 

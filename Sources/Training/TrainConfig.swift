@@ -56,6 +56,10 @@ public struct TrainConfig: Codable, Sendable, Equatable {
     public var allreduceAlgorithm = "auto"
     public var bucketMb: Double = 1.0
     public var verifyReplicas = false
+    /// 1: ZeRO stage 1, optimizer state sharded across ranks (reduce-scatter, shard update, allgather).
+    public var zeroStage = 0
+    /// "bf16": gradients travel as bfloat16 (ring), accumulated in float32.
+    public var gradientCompression = "none"
 
     public init() {}
 
@@ -70,6 +74,7 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         case evalInterval = "eval_interval", evalIters = "eval_iters", logInterval = "log_interval"
         case checkpointInterval = "checkpoint_interval"
         case allreduceAlgorithm = "allreduce_algorithm", bucketMb = "bucket_mb", verifyReplicas = "verify_replicas"
+        case zeroStage = "zero_stage", gradientCompression = "gradient_compression"
     }
 
     public init(from decoder: Decoder) throws {
@@ -94,6 +99,7 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         try take(.evalInterval, &evalInterval); try take(.evalIters, &evalIters); try take(.logInterval, &logInterval)
         try take(.checkpointInterval, &checkpointInterval)
         try take(.allreduceAlgorithm, &allreduceAlgorithm); try take(.bucketMb, &bucketMb); try take(.verifyReplicas, &verifyReplicas)
+        try take(.zeroStage, &zeroStage); try take(.gradientCompression, &gradientCompression)
     }
 
     static func typeName<T>(_ type: T.Type) -> String {
@@ -169,6 +175,10 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         try require(checkpointInterval >= 0, .checkpointInterval, "must not be negative (0: only at the end)")
         try require(["ring", "tree", "halving-doubling", "auto"].contains(allreduceAlgorithm), .allreduceAlgorithm,
                     "must be ring, tree, halving-doubling or auto, got '\(allreduceAlgorithm)'")
+        try require([0, 1].contains(zeroStage), .zeroStage, "must be 0 (off) or 1 (optimizer state sharded), got \(zeroStage)")
+        try require(["none", "bf16"].contains(gradientCompression), .gradientCompression, "must be none or bf16, got '\(gradientCompression)'")
+        try require(gradientCompression == "none" || ["ring", "auto"].contains(allreduceAlgorithm), .gradientCompression,
+                    "bf16 runs on the ring: set allreduce_algorithm to ring or auto (it is '\(allreduceAlgorithm)')")
         try require(bucketMb > 0 && bucketMb <= 1024, .bucketMb, "must be in (0, 1024] MiB, got \(bucketMb)")
         try require(dropout == 0, .dropout, "only 0 is supported (the recipe trains without dropout)")
         switch model {

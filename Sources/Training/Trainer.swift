@@ -23,6 +23,10 @@ public final class Trainer {
     public let schedule: CosineSchedule
     public let maxIterations: Int
     public private(set) var iteration = 0
+    /// Written into checkpoints; a restarted rank resumes only from a checkpoint of its own job.
+    public var jobID: String?
+    /// Full-length optimizer state read by `resume` on rank 0, handed out to the owners in `run`.
+    var resumedState: [String: FloatBuffer]?
     /// Present when the world has more than one rank.
     public let dataParallel: DataParallel?
     let rank: Int, worldSize: Int
@@ -42,15 +46,17 @@ public final class Trainer {
         self.log = group.rank == 0 ? log : { _ in }
         dataParallel = group.worldSize > 1
             ? DataParallel(group: group, parameters: task.parameters, bucketBytes: Int(config.bucketMb * 1048576),
-                           algorithm: AllreduceAlgorithm(rawValue: config.allreduceAlgorithm) ?? .auto)
+                           algorithm: AllreduceAlgorithm(rawValue: config.allreduceAlgorithm) ?? .auto,
+                           wire: WireFormat(rawValue: config.gradientCompression) ?? .float32, shardOptimizer: config.zeroStage == 1)
             : nil
         let parameters = task.parameters
+        let owned = dataParallel?.ownedRanges(of: group.rank)
         switch config.optimizer {
         case .adamw:
-            optimizer = AdamW(parameters, .init(beta1: Float(config.beta1), beta2: Float(config.beta2),
-                                                 weightDecay: Float(config.weightDecay)))
+            optimizer = AdamW(parameters, ranges: owned, .init(beta1: Float(config.beta1), beta2: Float(config.beta2),
+                                                                weightDecay: Float(config.weightDecay)))
         case .sgd:
-            optimizer = SGD(parameters, momentum: Float(config.momentum))
+            optimizer = SGD(parameters, ranges: owned, momentum: Float(config.momentum))
         }
         schedule = CosineSchedule(peak: Float(config.learningRate), minimum: Float(config.minLr),
                                   warmup: config.warmupIters, decaySteps: config.lrDecayIters, enabled: config.decayLr)
@@ -66,11 +72,15 @@ public final class Trainer {
     public func run() throws -> TrainSummary {
         let units = task.unitsPerMicroBatch * config.gradAccum * worldSize
         defer { dataParallel?.stop() }
-        if let dataParallel { try dataParallel.synchronizeInitialState(configText: config.jsonString()) }
+        try synchronize()
         log("model: \(config.architecture), \(task.parameters.count) parameters")
+        logOptimizerMemory()
         log("batch: \(task.unitsPerMicroBatch) \(task.unitName) per micro-batch x \(config.gradAccum) accumulation steps x \(worldSize) rank(s) = \(units) \(task.unitName) per step (global batch)")
-        if dataParallel != nil {
-            log("data parallel: \(worldSize) ranks, allreduce \(config.allreduceAlgorithm), buckets of \(config.bucketMb) MiB, gradients averaged")
+        if let dataParallel {
+            let how = dataParallel.shardOptimizer ? "ZeRO-1 (reduce-scatter gradients, update own shard, allgather parameters)"
+                                                  : "allreduce \(config.allreduceAlgorithm)"
+            log("data parallel: \(worldSize) ranks, \(how), \(dataParallel.buckets.count) buckets of \(config.bucketMb) MiB, gradients averaged"
+                + (config.gradientCompression == "bf16" ? ", bf16 on the wire" : ""))
         }
         log("training \(maxIterations) iterations from iteration \(iteration), optimizer \(config.optimizer.rawValue)")
         var losses: [Float] = []
@@ -112,12 +122,12 @@ public final class Trainer {
                 windowIterations = 0
                 windowExposed = 0
             }
-            if rank == 0 && config.checkpointInterval > 0 && iteration % config.checkpointInterval == 0 && iteration < maxIterations {
+            if config.checkpointInterval > 0 && iteration % config.checkpointInterval == 0 && iteration < maxIterations {
                 try saveCheckpoint()
             }
         }
         let seconds = monotonicSeconds() - start
-        if rank == 0 { try saveCheckpoint() }
+        try saveCheckpoint()
         let summary = TrainSummary(iterations: losses.count, seconds: seconds, losses: losses,
                                    evaluations: evaluations.map { ($0.0, $0.1.map { (name: $0.0, value: $0.1) }) },
                                    peakRSSMiB: peakResidentMiB())
@@ -147,33 +157,87 @@ public final class Trainer {
                 task.backward(lossScale: 1 / Float(config.gradAccum), gradientsReady: { _ in })
             }
         }
-        let exposed = try dataParallel?.finishStep() ?? 0
-        if config.gradClip > 0 { parameters.clipGradients(maxNorm: Float(config.gradClip)) }
-        optimizer.step(learningRate: learningRate)
+        var exposed = try dataParallel?.finishStep() ?? 0
+        if let dataParallel, dataParallel.shardOptimizer {
+            // ZeRO-1: this rank holds the averaged gradients of its pieces only.
+            let start = monotonicSeconds()
+            if config.gradClip > 0 {
+                parameters.clipGradients(in: optimizer.ranges, norm: try dataParallel.shardedGradientNorm(), maxNorm: Float(config.gradClip))
+            }
+            let communication = monotonicSeconds() - start
+            optimizer.step(learningRate: learningRate)
+            let gatherStart = monotonicSeconds()
+            try dataParallel.gatherParameters()
+            exposed += communication + monotonicSeconds() - gatherStart
+        } else {
+            if config.gradClip > 0 { parameters.clipGradients(maxNorm: Float(config.gradClip)) }
+            optimizer.step(learningRate: learningRate)
+        }
         return (total / Float(config.gradAccum), exposed)
     }
 
-    // MARK: checkpoints
+    // MARK: start, checkpoints, resume
 
+    /// Data-parallel start: rank 0's parameters, iteration and (when it resumed) optimizer state go to
+    /// every rank, so only rank 0 needs the checkpoint file; then model and config are checked equal.
+    func synchronize() throws {
+        guard let dataParallel else { return }
+        try dataParallel.synchronizeInitialState(configText: config.jsonString())
+        let counters = UnsafeMutableBufferPointer<Float>.allocate(capacity: 3)
+        defer { counters.deallocate() }
+        // Integers travel as bit patterns: broadcast copies bytes.
+        for (i, v) in [resumedState == nil ? 0 : 1, iteration, optimizer.stepCount].enumerated() {
+            counters[i] = Float(bitPattern: UInt32(truncatingIfNeeded: v))
+        }
+        try broadcast(counters, root: 0, group: dataParallel.group)
+        iteration = Int(counters[1].bitPattern)
+        optimizer.stepCount = Int(counters[2].bitPattern)
+        guard counters[0].bitPattern == 1 else { return }
+        for (name, packed) in optimizer.state {
+            try dataParallel.scatterState(resumedState?[name] ?? FloatBuffer(count: task.parameters.count), into: packed)
+        }
+        resumedState = nil
+    }
+
+    /// One line per rank: optimizer state floats and MiB (ZeRO-1 divides it by the world size).
+    func logOptimizerMemory() {
+        let buffers = optimizer.state.count
+        let full = Double(buffers * task.parameters.count * 4) / 1048576
+        for r in 0..<worldSize {
+            let owned = dataParallel?.ownedRanges(of: r).reduce(0) { $0 + $1.count } ?? task.parameters.count
+            log(String(format: "optimizer memory: rank %d holds %d x %d floats = %.2f MiB of state (%.0f%% of the unsharded %.2f MiB)",
+                       r, buffers, owned, Double(buffers * owned * 4) / 1048576, 100 * Double(owned) / Double(max(task.parameters.count, 1)), full))
+        }
+    }
+
+    /// Writes the full state (ZeRO-1: gathered from the owners, so every rank must call this); only
+    /// rank 0 writes the file. Any world size, sharded or not, can resume it.
     public func saveCheckpoint() throws {
+        var state: [(name: String, buffer: FloatBuffer)] = optimizer.state
+        if let dataParallel, dataParallel.shardOptimizer {
+            state = try state.map { ($0.name, try dataParallel.gatherState($0.buffer)) }
+        }
+        guard rank == 0 else { return }
         try FileManager.default.createDirectory(atPath: config.outDir, withIntermediateDirectories: true)
         var tensors: [(name: String, shape: [Int], values: UnsafeBufferPointer<Float>)] = task.parameters.parameters.map {
             ($0.name, $0.shape, UnsafeBufferPointer($0.value.buffer))
         }
-        for (name, buffer) in optimizer.state {
+        for (name, buffer) in state {
             tensors.append(("optimizer." + name, [buffer.count], UnsafeBufferPointer(buffer.buffer)))
         }
-        let metadata = [
+        var metadata = [
             "format": "swift-ddp-checkpoint", "version": "1",
             "iteration": String(iteration), "optimizer_steps": String(optimizer.stepCount),
-            "optimizer": config.optimizer.rawValue, "world_size": String(worldSize),
+            "optimizer": config.optimizer.rawValue, "world_size": String(worldSize), "zero_stage": String(config.zeroStage),
             "architecture": config.architecture, "config": config.jsonString(),
         ]
+        if let jobID { metadata["job_id"] = jobID }
         try Checkpoint(tensors: tensors, metadata: metadata).write(to: checkpointPath)
     }
 
     /// Restores parameters, optimizer state and iteration from `path` (batches are a function of the
-    /// iteration, so nothing else is needed; any world size can resume a non-ZeRO checkpoint).
+    /// iteration, so nothing else is needed). Data-parallel: call it on rank 0 only; `run` hands the
+    /// state to the other ranks, at any world size.
     public func resume(from path: String) throws {
         let checkpoint = try LoadedCheckpoint(path: path)
         guard try checkpoint.require("format") == "swift-ddp-checkpoint" else {
@@ -192,12 +256,32 @@ public final class Trainer {
             throw CheckpointError(path, "metadata iteration/optimizer_steps are not integers")
         }
         for p in task.parameters.parameters { try checkpoint.restore(p.name, shape: p.shape, into: p.value.data) }
-        for (name, buffer) in optimizer.state {
-            try checkpoint.restore("optimizer." + name, shape: [buffer.count], into: buffer.base)
+        var state: [String: FloatBuffer] = [:]
+        for (name, packed) in optimizer.state {
+            let full = FloatBuffer(count: task.parameters.count)
+            try checkpoint.restore("optimizer." + name, shape: [full.count], into: full.base)
+            pack(full, into: packed, ranges: optimizer.ranges)
+            state[name] = full
         }
+        resumedState = dataParallel == nil ? nil : state
         optimizer.stepCount = steps
         iteration = savedIteration
-        log("resumed from \(path) at iteration \(savedIteration)")
+        log("resumed from \(path) at iteration \(savedIteration) (written by \(checkpoint.metadata["world_size"] ?? "?") rank(s))")
+    }
+
+    /// After the launcher restarted the group (restartCount > 0): rank 0 resumes from out_dir's
+    /// checkpoint if this job wrote it, else training starts over (logged either way).
+    public func resumeAfterRestart(restartCount: Int) throws {
+        guard restartCount > 0, rank == 0 else { return }
+        guard FileManager.default.fileExists(atPath: checkpointPath) else {
+            return log("restart \(restartCount): no checkpoint at \(checkpointPath) yet; starting from iteration 0")
+        }
+        let writer = try LoadedCheckpoint(path: checkpointPath).metadata["job_id"]
+        guard writer == jobID else {
+            return log("restart \(restartCount): \(checkpointPath) belongs to another job (\(writer ?? "no job id")); starting from iteration 0")
+        }
+        log("restart \(restartCount): resuming from the last checkpoint")
+        try resume(from: checkpointPath)
     }
 }
 

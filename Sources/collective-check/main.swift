@@ -18,6 +18,9 @@ struct CollectiveCheck: ParsableCommand {
     @Option(help: "Comma-separated element counts.")
     var counts = "0,1,7,1000,1048579"
 
+    @Option(help: "Wire format: none (float32) or bf16.")
+    var compression = "none"
+
     @Flag(help: "Repeat one allreduce of the first count until killed (fault tests).")
     var loop = false
 
@@ -37,6 +40,8 @@ struct CollectiveCheck: ParsableCommand {
             guard let c = Int($0), c >= 0 else { throw ValidationError("bad count '\($0)'") }
             return c
         }
+        guard let wire = WireFormat(rawValue: compression) else { throw ValidationError("--compression must be none or bf16") }
+        plan.wire = wire
         plan.loop = loop
         plan.alsoOtherCollectives = !allreduceOnly
         let say: (String) -> Void = { line in FileHandle.standardOutput.write(Data((line + "\n").utf8)) }

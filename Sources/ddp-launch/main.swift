@@ -36,6 +36,12 @@ struct DDPLaunch: ParsableCommand {
     @Option(help: "Pin ranks: auto (own cores when there are enough, else whole node), node, core or none.")
     var numaBind = "auto"
 
+    @Option(help: "Restart the whole group up to K times after a failure; trainers resume from their last checkpoint.")
+    var maxRestarts = 0
+
+    @Option(help: "Network interface whose address this node's ranks listen on (default: SWIFT_DDP_IFACE, else the interface that routes to the master).")
+    var iface: String?
+
     @Option(help: "Job secret as hex (default: a fresh random one; multi-node jobs must share it).")
     var secret: String?
 
@@ -52,6 +58,7 @@ struct DDPLaunch: ParsableCommand {
         guard nodeRank >= 0 && nodeRank < nnodes else { throw ValidationError("--node-rank \(nodeRank) must be in 0..<\(nnodes)") }
         guard (0...65535).contains(masterPort) else { throw ValidationError("--master-port \(masterPort) is not a TCP port") }
         guard nnodes == 1 || masterPort != 0 else { throw ValidationError("--master-port must be set (not 0) when --nnodes > 1") }
+        guard maxRestarts >= 0 else { throw ValidationError("--max-restarts must not be negative") }
         guard timeout > 0 else { throw ValidationError("--timeout must be positive") }
         guard BindingPolicy(rawValue: numaBind) != nil else { throw ValidationError("--numa-bind must be auto, node, core or none, not '\(numaBind)'") }
         if let secret { guard secret.count >= 32, secret.count % 2 == 0, secret.allSatisfy(\.isHexDigit) else {
@@ -85,6 +92,15 @@ struct DDPLaunch: ParsableCommand {
         spec.logDirectory = logDir; spec.timeoutSeconds = timeout
         if secret != nil || nnodes > 1 { spec.jobID = "job-\(masterAddr)-\(masterPort)" }
         let say: @Sendable (String) -> Void = { line in FileHandle.standardOutput.write(Data((line + "\n").utf8)) }
+        let interface = iface ?? ProcessInfo.processInfo.environment["SWIFT_DDP_IFACE"].flatMap { $0.isEmpty ? nil : $0 }
+        do {
+            let listen = try LocalAddress.choose(interface: interface, master: masterAddr, port: masterPort)
+            spec.extraEnvironment["SWIFT_DDP_LISTEN_ADDR"] = listen.address
+            if nnodes > 1 || interface != nil { say("[launcher] ranks on node \(nodeRank) listen on \(listen.address) (\(listen.reason))") }
+        } catch {
+            say("[launcher] \(error)")
+            throw ExitCode(2)
+        }
         let topology = NumaTopology.current()
         spec.placements = planBinding(topology, localRanks: workers, policy: BindingPolicy(rawValue: numaBind)!)
         if numaBind != "none" {
@@ -92,17 +108,29 @@ struct DDPLaunch: ParsableCommand {
                 say("[launcher] \(line)")
             }
         }
-        let group = WorkerGroup(spec: spec, output: say)
-        let signals = forwardTerminationSignals(to: group, log: say)
+        let current = CurrentGroup()
+        let signals = forwardTerminationSignals(to: { current.group }, log: say)
         defer { signals.forEach { $0.cancel() } }
         do {
-            say("[launcher] starting \(workers) rank(s) on node \(nodeRank) of \(nnodes): \(spec.command.joined(separator: " "))")
-            if let failure = try group.run() {
+            for attempt in 0...maxRestarts {
+                spec.restartCount = attempt
+                let group = WorkerGroup(spec: spec, output: say)
+                current.group = group
+                say("[launcher] starting \(workers) rank(s) on node \(nodeRank) of \(nnodes)"
+                    + (attempt > 0 ? " (restart \(attempt) of \(maxRestarts))" : "") + ": \(spec.command.joined(separator: " "))")
+                guard let failure = try group.run() else {
+                    say("[launcher] all \(workers) rank(s) finished" + (attempt > 0 ? " after \(attempt) restart(s)" : ""))
+                    return
+                }
                 say("[launcher] FAILED: \(failure); stopped the other ranks. Last lines of rank \(failure.rank):")
                 for line in failure.lastLines { say("[launcher]   | \(line)") }
+                if attempt < maxRestarts {
+                    say("[launcher] restarting the group (\(attempt + 1) of \(maxRestarts)); trainers resume from their last checkpoint")
+                    continue
+                }
+                if maxRestarts > 0 { say("[launcher] giving up: the group failed \(maxRestarts + 1) times") }
                 throw ExitCode(failure.signaled ? 128 + failure.status : max(failure.status, 1))
             }
-            say("[launcher] all \(workers) rank(s) finished")
         } catch let error as TransportError {
             say("[launcher] \(error)")
             throw ExitCode(2)
@@ -110,6 +138,16 @@ struct DDPLaunch: ParsableCommand {
             say("[launcher] \(error)")
             throw ExitCode(2)
         }
+    }
+}
+
+/// The group running now, for the signal handler (a restart replaces it).
+final class CurrentGroup: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value: WorkerGroup?
+    var group: WorkerGroup? {
+        get { lock.lock(); defer { lock.unlock() }; return value }
+        set { lock.lock(); value = newValue; lock.unlock() }
     }
 }
 

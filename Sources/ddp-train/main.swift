@@ -70,7 +70,10 @@ struct Train: ParsableCommand {
             let group = try ProcessGroup.join(env, log: { emitLine($0, to: STDERR_FILENO) })
             let task = try makeTask(settings, rank: env.rank, worldSize: env.worldSize)
             let trainer = Trainer(config: settings, task: task, group: group, log: { emitLine($0) })
-            if resume { try trainer.resume(from: trainer.checkpointPath) }
+            trainer.jobID = env.jobID
+            // Rank 0 reads the checkpoint; the trainer hands its state to the other ranks.
+            if resume && env.rank == 0 { try trainer.resume(from: trainer.checkpointPath) }
+            if !resume { try trainer.resumeAfterRestart(restartCount: env.restartCount) }
             _ = try trainer.run()
         }
     }

@@ -16,17 +16,18 @@ public final class AdamW: Optimizer {
 
     public let hyperparameters: Hyperparameters
     let parameters: ParameterSet
-    let range: Range<Int>
+    public let ranges: [Range<Int>]
     let firstMoment: FloatBuffer, secondMoment: FloatBuffer
     public var stepCount = 0
     public var state: [(name: String, buffer: FloatBuffer)] { [("adamw.m", firstMoment), ("adamw.v", secondMoment)] }
 
-    public init(_ parameters: ParameterSet, range: Range<Int>? = nil, _ hyperparameters: Hyperparameters) {
+    public init(_ parameters: ParameterSet, ranges: [Range<Int>]? = nil, _ hyperparameters: Hyperparameters) {
         self.parameters = parameters
-        self.range = range ?? 0..<parameters.count
+        self.ranges = ownedRanges(ranges, count: parameters.count)
         self.hyperparameters = hyperparameters
-        firstMoment = FloatBuffer(count: self.range.count)
-        secondMoment = FloatBuffer(count: self.range.count)
+        let owned = self.ranges.reduce(0) { $0 + $1.count }
+        firstMoment = FloatBuffer(count: owned)
+        secondMoment = FloatBuffer(count: owned)
     }
 
     public func step(learningRate lr: Float) {
@@ -36,12 +37,16 @@ public final class AdamW: Optimizer {
         let stepSize = lr / (1 - pow(h.beta1, t))
         let correction2 = (1 - pow(h.beta2, t)).squareRoot()
         let values = parameters.values.base, grads = parameters.gradients.base
-        for (segment, decays) in segments(of: parameters, in: range) {
-            let shrink = decays ? 1 - lr * h.weightDecay : 1
-            let p = values + segment.lowerBound, g = grads + segment.lowerBound
-            let local = segment.lowerBound - range.lowerBound
-            let m = firstMoment.base + local, v = secondMoment.base + local
-            update(p, g, m, v, count: segment.count, shrink: shrink, stepSize: stepSize, correction2: correction2)
+        var packed = 0 // where this range's state starts
+        for range in ranges {
+            for (segment, decays) in segments(of: parameters, in: range) {
+                let shrink = decays ? 1 - lr * h.weightDecay : 1
+                let p = values + segment.lowerBound, g = grads + segment.lowerBound
+                let local = packed + segment.lowerBound - range.lowerBound
+                let m = firstMoment.base + local, v = secondMoment.base + local
+                update(p, g, m, v, count: segment.count, shrink: shrink, stepSize: stepSize, correction2: correction2)
+            }
+            packed += range.count
         }
     }
 
