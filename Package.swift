@@ -57,7 +57,7 @@ let package = Package(
         ], swiftSettings: nativeCPU),
         .testTarget(name: "TensorsTests", dependencies: ["Tensors"]),
         .testTarget(name: "NNTests", dependencies: ["NN", "Tensors"]),
-        .testTarget(name: "TrainingTests", dependencies: ["Training", "NN", "Datasets", "Tensors", "ddp-train", "ddp-launch"]),
+        .testTarget(name: "TrainingTests", dependencies: ["Training", "NN", "Datasets", "Tensors", "Transport", "ddp-train", "ddp-launch"]),
         .testTarget(name: "TransportTests", dependencies: ["Transport", "Rendezvous"]),
         .testTarget(name: "CollectivesTests", dependencies: ["Collectives", "Rendezvous", "Transport", "TestSupport", "collective-check", "ddp-launch"]),
         .testTarget(name: "TopologyTests", dependencies: ["Topology"]),

@@ -113,13 +113,20 @@ public final class WorkerGroup: @unchecked Sendable {
 
     func snapshot() -> [Process] { lock.lock(); defer { lock.unlock() }; return processes }
 
-    /// SIGTERM to every live worker, SIGKILL to those still alive after the grace period.
+    /// SIGTERM to every live worker, SIGKILL to those still alive after the grace period. Each worker
+    /// leads its own process group (Foundation's Process starts it so), and signals go to the whole
+    /// group, so whatever a rank started goes too; a final SIGKILL sweeps groups whose leader is gone.
     public func terminateAll(signal: Int32 = SIGTERM) {
-        let live = snapshot().filter { $0.isRunning }
-        for p in live { kill(p.processIdentifier, signal) }
+        let all = snapshot()
+        let live = all.filter { $0.isRunning }
+        for p in live { signalGroup(p.processIdentifier, signal) }
         let deadline = Deadline(seconds: spec.gracePeriod)
         while live.contains(where: { $0.isRunning }) && !deadline.hasPassed { usleep(20_000) }
-        for p in live where p.isRunning { kill(p.processIdentifier, SIGKILL) }
+        for p in all { signalGroup(p.processIdentifier, SIGKILL) }
+    }
+
+    private func signalGroup(_ pid: Int32, _ signal: Int32) {
+        if kill(-pid, signal) != 0 { kill(pid, signal) }
     }
 
     /// Forwards each complete line with a rank prefix; keeps the last 20 lines for the failure report.

@@ -97,6 +97,12 @@ struct DDPLaunch: ParsableCommand {
             let listen = try LocalAddress.choose(interface: interface, master: masterAddr, port: masterPort)
             spec.extraEnvironment["SWIFT_DDP_LISTEN_ADDR"] = listen.address
             if nnodes > 1 || interface != nil { say("[launcher] ranks on node \(nodeRank) listen on \(listen.address) (\(listen.reason))") }
+            // A busy store port is a bad option: say so before anything starts.
+            if nodeRank == 0 && masterPort != 0 {
+                do { _ = try Listener(host: masterAddr, port: masterPort) } catch let error as TransportError {
+                    throw LaunchError("--master-port \(masterPort): the store cannot listen on \(masterAddr):\(masterPort) (\(error)); pick another port, or 0 for a free one")
+                }
+            }
         } catch {
             say("[launcher] \(error)")
             throw ExitCode(2)

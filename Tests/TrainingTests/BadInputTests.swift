@@ -186,6 +186,29 @@ final class DataAndScheduleTests: XCTestCase {
         for i in 0..<ps.count { XCTAssertEqual(Double(ps.values.base[i]), q[i], accuracy: 1e-5, "SGD element \(i)") }
     }
 
+    /// ZeRO-1 shards: optimizers that each own some pieces (cutting through parameters) update exactly
+    /// like one optimizer over everything, and keep state for their pieces only.
+    func testShardedOptimizersEqualOneOverTheWholeBuffer() {
+        var layout = ParameterSet.Layout()
+        layout.add("matrix", [3, 11]); layout.add("vector", [5]); layout.add("embedding", [4, 6])
+        let whole = ParameterSet(layout: layout), sharded = ParameterSet(layout: layout)
+        var rng = SeededRandom(seed: 11)
+        for i in 0..<whole.count { whole.values.base[i] = rng.nextNormal(); sharded.values.base[i] = whole.values.base[i] }
+        let pieces: [[Range<Int>]] = [[0..<7, 30..<36], [7..<30, 36..<40, 50..<62], [40..<50]]
+        let h = AdamW.Hyperparameters(beta1: 0.9, beta2: 0.99, epsilon: 1e-8, weightDecay: 0.1)
+        let reference: [Optimizer] = [AdamW(whole, h), SGD(whole, momentum: 0.9)]
+        let owners: [[Optimizer]] = [pieces.map { AdamW(sharded, ranges: $0, h) }, pieces.map { SGD(sharded, ranges: $0, momentum: 0.9) }]
+        XCTAssertEqual(owners[0].map(\.ownedCount), [13, 39, 10])
+        for (optimizer, shards) in zip(reference, owners) {
+            for _ in 0..<3 {
+                for i in 0..<whole.count { whole.gradients.base[i] = rng.nextNormal(); sharded.gradients.base[i] = whole.gradients.base[i] }
+                optimizer.step(learningRate: 0.01)
+                for shard in shards { shard.step(learningRate: 0.01) }
+            }
+            XCTAssertEqual(Array(whole.values.buffer).map(\.bitPattern), Array(sharded.values.buffer).map(\.bitPattern))
+        }
+    }
+
     func testGradientClippingScalesToMaxNorm() {
         var layout = ParameterSet.Layout()
         layout.add("w", [4])

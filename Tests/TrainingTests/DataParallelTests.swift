@@ -62,6 +62,87 @@ final class DataParallelTests: XCTestCase {
         }
     }
 
+    /// ZeRO-1 changes where the update happens, not what it computes: same bound as plain DDP. bf16 on the
+    /// wire rounds each gradient to 8 significant bits (2^-9 relative per hop); over 6 momentum-SGD steps
+    /// (lr 0.05, gradients below ~0.1) that moves a parameter by at most ~3e-4, so 1e-3 is the bound, and
+    /// a difference must show (else compression was not on).
+    func testZeROAndBF16CompressionMatchOneRank() throws {
+        let config = configsDirectory + "/mnist-mlp.json"
+        let common = ["--set", "epochs=null", "--set", "max_iters=6", "--set", "eval_interval=1000", "--set", "log_interval=1000",
+                      "--set", "verify_replicas=true", "--data-dir", dataDirectory]
+        let reference = temporaryDirectory("zero-reference")
+        XCTAssertEqual(try launch(1, config, common + ["--set", "batch_size=48", "--out-dir", reference]).status, 0)
+        let expected = try parameters(reference)
+        func worstDifference(_ dir: String) throws -> Double {
+            let got = try parameters(dir)
+            return expected.reduce(0.0) { worst, entry in
+                zip(entry.value, got[entry.key]!).reduce(worst) { max($0, Double(abs($1.0 - $1.1))) }
+            }
+        }
+        for n in [2, 3, 4] {
+            for accumulation in [1, 2] {
+                let dir = temporaryDirectory("zero-\(n)-\(accumulation)")
+                let run = try launch(n, config, common + ["--set", "batch_size=\(48 / n / accumulation)", "--set", "grad_accum=\(accumulation)",
+                                                         "--set", "zero_stage=1", "--out-dir", dir])
+                XCTAssertEqual(run.status, 0, "ZeRO n=\(n) accum=\(accumulation):\n\(run.output)")
+                XCTAssertTrue(run.output.contains("ZeRO-1"), run.output)
+                XCTAssertTrue(run.output.contains("optimizer memory: rank \(n - 1) holds 1 x"), run.output)
+                XCTAssertLessThan(try worstDifference(dir), 2e-6, "ZeRO n=\(n) accum=\(accumulation)")
+            }
+        }
+        for (n, zero) in [(2, 0), (4, 1)] {
+            let dir = temporaryDirectory("bf16-\(n)")
+            let run = try launch(n, config, common + ["--set", "batch_size=\(48 / n)", "--set", "gradient_compression=bf16",
+                                                     "--set", "zero_stage=\(zero)", "--out-dir", dir])
+            XCTAssertEqual(run.status, 0, "bf16 n=\(n):\n\(run.output)")
+            let worst = try worstDifference(dir)
+            XCTAssertLessThan(worst, 1e-3, "bf16 n=\(n)")
+            XCTAssertGreaterThan(worst, 0, "bf16 n=\(n): bitwise equal to float32, so compression was not applied")
+        }
+    }
+
+    /// A checkpoint holds the full state whatever wrote it: one written by 2 ZeRO ranks, resumed by 3
+    /// ZeRO ranks with no steps left and saved again, holds the same bytes (parameters and gathered
+    /// optimizer state); 1 plain rank resumes it and trains on.
+    func testResumeAtAnotherWorldSize() throws {
+        let config = configsDirectory + "/tiny-gpt.json"
+        let dir = temporaryDirectory("resume-world")
+        let common = ["--data-dir", dataDirectory, "--out-dir", dir, "--set", "eval_interval=1000"]
+        let first = try launch(2, config, common + ["--set", "max_iters=10", "--set", "zero_stage=1"])
+        XCTAssertEqual(first.status, 0, first.output)
+        let written = try LoadedCheckpoint(path: dir + "/ckpt.safetensors").tensors
+        let again = try launch(3, config, common + ["--set", "max_iters=10", "--set", "zero_stage=1", "--resume"])
+        XCTAssertEqual(again.status, 0, again.output)
+        XCTAssertTrue(again.output.contains("at iteration 10 (written by 2 rank(s))"), again.output)
+        let rewritten = try LoadedCheckpoint(path: dir + "/ckpt.safetensors").tensors
+        XCTAssertEqual(Set(written.keys), Set(rewritten.keys))
+        XCTAssertTrue(written.keys.contains("optimizer.adamw.v"))
+        for (name, tensor) in written {
+            XCTAssertEqual(tensor.values.map(\.bitPattern), rewritten[name]!.values.map(\.bitPattern), "\(name) changed through 2 -> 3 ranks")
+        }
+        let single = try launch(1, config, common + ["--set", "max_iters=14", "--resume"])
+        XCTAssertEqual(single.status, 0, single.output)
+        XCTAssertTrue(single.output.contains("training 14 iterations from iteration 10"), single.output)
+    }
+
+    /// Ranks started with different configs (here the seed differs per rank) stop at once, naming the rank.
+    func testConfigMismatchNamesTheRank() throws {
+        let train = Self.buildDirectory + "/ddp-train"
+        let script = "exec '\(train)' train '\(configsDirectory)/tiny-gpt.json' --data-dir '\(dataDirectory)' --out-dir '\(temporaryDirectory("mismatch"))' --set seed=$((7 + RANK / 2))"
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Self.buildDirectory + "/ddp-launch")
+        process.arguments = ["--nproc-per-node", "3", "--timeout", "20", "--", "/bin/sh", "-c", script]
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        try process.run()
+        let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        XCTAssertNotEqual(process.terminationStatus, 0, output)
+        XCTAssertTrue(output.contains("rank 2 runs a different model or config than rank 0"), output)
+        XCTAssertEqual(survivors(ofLauncher: process.processIdentifier), [])
+    }
+
     func testKilledRankStopsTheJobWithAClearMessageAndNoOrphans() throws {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: Self.buildDirectory + "/ddp-launch")
@@ -94,5 +175,89 @@ final class DataParallelTests: XCTestCase {
         XCTAssertTrue(output.contains("FAILED: rank 1 (pid \(victim)"), output)
         XCTAssertTrue(output.contains("SIGKILL"), output)
         for pid in pids { XCTAssertNotEqual(kill(pid, 0), 0, "rank pid \(pid) still alive after the launcher exited") }
+        XCTAssertEqual(survivors(ofLauncher: process.processIdentifier), [])
+    }
+
+    /// Starts a launcher and reads its output until `until` appears (or it ends); returns what it read.
+    func startLauncher(_ arguments: [String], until marker: String) throws -> (Process, FileHandle, String) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Self.buildDirectory + "/ddp-launch")
+        process.arguments = arguments
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        try process.run()
+        var output = ""
+        while !output.contains(marker) {
+            let data = pipe.fileHandleForReading.availableData
+            if data.isEmpty { break }
+            output += String(decoding: data, as: UTF8.self)
+        }
+        return (process, pipe.fileHandleForReading, output)
+    }
+
+    func rankPIDs(_ output: String) -> [Int32] {
+        output.split(separator: "\n").compactMap { line -> Int32? in
+            guard line.hasPrefix("[launcher] rank "), let r = line.range(of: "pid ") else { return nil }
+            return Int32(line[r.upperBound...].prefix { $0.isNumber })
+        }
+    }
+
+    /// --max-restarts: rank 1 is killed mid-training, the launcher restarts the group, rank 0 resumes
+    /// from the last checkpoint and hands it to rank 1, and training ends with exactly the parameters
+    /// and optimizer state of a run that was never interrupted (every step is a pure function of the
+    /// state and the iteration).
+    func testRestartAfterAKilledRankEndsWithTheUninterruptedParameters() throws {
+        let config = configsDirectory + "/tiny-gpt.json"
+        let common = ["--data-dir", dataDirectory, "--set", "max_iters=1500", "--set", "checkpoint_interval=20",
+                      "--set", "eval_interval=100000", "--set", "log_interval=1"]
+        let reference = temporaryDirectory("restart-reference")
+        XCTAssertEqual(try launch(2, config, common + ["--out-dir", reference]).status, 0)
+        let dir = temporaryDirectory("restart")
+        let (process, handle, head) = try startLauncher(["--nproc-per-node", "2", "--timeout", "20", "--max-restarts", "1", "--", config]
+                                                        + common + ["--out-dir", dir], until: "iter 50/")
+        let pids = rankPIDs(head)
+        XCTAssertEqual(pids.count, 2, head)
+        if pids.count == 2 { kill(pids[1], SIGKILL) }
+        let output = head + String(decoding: handle.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        XCTAssertEqual(process.terminationStatus, 0, output)
+        XCTAssertTrue(output.contains("FAILED: rank 1"), output)
+        XCTAssertTrue(output.contains("restarting the group (1 of 1)"), output)
+        XCTAssertTrue(output.contains("restart 1: resuming from the last checkpoint"), output)
+        XCTAssertTrue(output.contains("all 2 rank(s) finished after 1 restart(s)"), output)
+        let expected = try LoadedCheckpoint(path: reference + "/ckpt.safetensors").tensors
+        let got = try LoadedCheckpoint(path: dir + "/ckpt.safetensors").tensors
+        XCTAssertEqual(Set(expected.keys), Set(got.keys))
+        for (name, tensor) in expected {
+            XCTAssertEqual(tensor.values.map(\.bitPattern), got[name]!.values.map(\.bitPattern), "\(name) differs from the uninterrupted run")
+        }
+        XCTAssertEqual(survivors(ofLauncher: process.processIdentifier), [])
+    }
+
+    /// Every way a job can end badly leaves no process behind: restarts exhausted, the launcher
+    /// stopped with SIGTERM (forwarded), and the launcher SIGKILLed (ranks die by PR_SET_PDEATHSIG).
+    func testNoOrphansAfterRestartsRunOutOrTheLauncherIsStoppedOrKilled() throws {
+        let config = configsDirectory + "/tiny-gpt.json"
+        let endless = ["--data-dir", dataDirectory, "--set", "max_iters=100000000", "--set", "eval_interval=100000000",
+                       "--set", "log_interval=1"]
+        // A rank that always fails: restarts run out, the launcher gives up with the rank's status.
+        let (failing, _, failingText) = try startLauncher(["--nproc-per-node", "2", "--max-restarts", "2", "--", "/bin/sh", "-c",
+                                                          "if [ \"$RANK\" = 1 ]; then echo broken >&2; exit 7; fi; sleep 30"], until: "\u{0}")
+        failing.waitUntilExit()
+        XCTAssertEqual(failing.terminationStatus, 7)
+        XCTAssertTrue(failingText.contains("giving up: the group failed 3 times"), failingText)
+        XCTAssertEqual(survivors(ofLauncher: failing.processIdentifier), [])
+
+        for signal in [SIGTERM, SIGKILL] {
+            let dir = temporaryDirectory("orphans-\(signal)")
+            let (process, handle, head) = try startLauncher(["--nproc-per-node", "3", "--", config] + endless + ["--out-dir", dir], until: "iter 3/")
+            let pids = rankPIDs(head)
+            XCTAssertEqual(pids.count, 3, head)
+            kill(process.processIdentifier, signal)
+            _ = handle.readDataToEndOfFile()
+            process.waitUntilExit()
+            XCTAssertEqual(survivors(ofLauncher: process.processIdentifier), [], "after \(signal == SIGTERM ? "SIGTERM" : "SIGKILL") to the launcher")
+        }
     }
 }
