@@ -27,6 +27,9 @@ struct CollectiveCheck: ParsableCommand {
     @Flag(help: "Only allreduce (skip broadcast, allgather, reduce-scatter, barrier).")
     var allreduceOnly = false
 
+    @Flag(help: "Join, barrier, and have rank 0 print 'ready' (launch-latency benchmark).")
+    var ready = false
+
     @Flag(help: "Print this rank's CPU affinity and memory policy, as seen from inside (sched_getaffinity, get_mempolicy).")
     var reportBinding = false
 
@@ -53,6 +56,11 @@ struct CollectiveCheck: ParsableCommand {
                 say("binding: rank \(env.rank) cpus \(compactList(currentAffinity())) mempolicy \(policy.mode) nodes \(compactList(policy.nodes))")
             }
             let group = try ProcessGroup.join(env, log: say)
+            if ready {
+                try barrier(group: group)
+                if env.rank == 0 { say("ready") }
+                return
+            }
             let checks = try runCollectiveCheck(plan, group: group, log: say)
             say("rank \(env.rank): OK \(checks) checks")
         } catch let failure as CheckFailure {
