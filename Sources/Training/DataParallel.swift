@@ -175,13 +175,13 @@ public final class DataParallel: @unchecked Sendable {
         pack(full, into: packed, ranges: ownedRanges(of: group.rank))
     }
 
-    /// Mean of one value over ranks (for logging), on the caller's thread; call only between steps.
-    public func average(_ value: Double) throws -> Double {
-        let buffer = UnsafeMutableBufferPointer<Float>.allocate(capacity: 1)
+    /// Means over ranks (for logging), on the caller's thread; call only between steps.
+    public func average(_ values: [Double]) throws -> [Double] {
+        let buffer = UnsafeMutableBufferPointer<Float>.allocate(capacity: max(values.count, 1))
         defer { buffer.deallocate() }
-        buffer[0] = Float(value)
-        try allreduce(buffer, op: .average, algorithm: .halvingDoubling, group: group)
-        return Double(buffer[0])
+        for (i, v) in values.enumerated() { buffer[i] = Float(v) }
+        try allreduce(UnsafeMutableBufferPointer(rebasing: buffer[0..<values.count]), op: .average, algorithm: .halvingDoubling, group: group)
+        return values.indices.map { Double(buffer[$0]) }
     }
 
     /// Fails unless every rank holds bitwise-identical parameters (CRC-32C allgathered).

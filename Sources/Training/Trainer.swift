@@ -80,7 +80,7 @@ public final class Trainer {
             let how = dataParallel.shardOptimizer ? "ZeRO-1 (reduce-scatter gradients, update own shard, allgather parameters)"
                                                   : "allreduce \(config.allreduceAlgorithm)"
             log("data parallel: \(worldSize) ranks, \(how), \(dataParallel.buckets.count) buckets of \(config.bucketMb) MiB, gradients averaged"
-                + (config.gradientCompression == "bf16" ? ", bf16 on the wire" : ""))
+                + (config.gradientCompression == "bf16" ? ", bf16 on the wire" : "") + "; step times logged are means over ranks")
         }
         log("training \(maxIterations) iterations from iteration \(iteration), optimizer \(config.optimizer.rawValue)")
         var losses: [Float] = []
@@ -98,7 +98,7 @@ public final class Trainer {
             let stepStart = monotonicSeconds()
             let (localLoss, exposed) = try trainStep(learningRate: lr)
             let stepSeconds = monotonicSeconds() - stepStart
-            let loss = try dataParallel.map { Float(try $0.average(Double(localLoss))) } ?? localLoss
+            let loss = try dataParallel.map { Float(try $0.average([Double(localLoss)])[0]) } ?? localLoss
             if config.verifyReplicas { try dataParallel?.verifyReplicas(iteration: iteration) }
             trainingSeconds += stepSeconds
             windowSeconds += stepSeconds
@@ -108,12 +108,17 @@ public final class Trainer {
             iteration += 1
             windowIterations += 1
             if iteration % config.logInterval == 0 || iteration == maxIterations {
-                // Step time only: evaluations and checkpoints are not training throughput.
-                let perIteration = windowSeconds / Double(windowIterations)
+                // Step time only: evaluations and checkpoints are not training throughput. Data-parallel:
+                // means over ranks (every rank logs at the same iterations, so all take part).
+                var perIteration = windowSeconds / Double(windowIterations)
+                var exposedPerIteration = windowExposed / Double(windowIterations)
+                if let dataParallel {
+                    let means = try dataParallel.average([perIteration, exposedPerIteration])
+                    perIteration = means[0]; exposedPerIteration = means[1]
+                }
                 var line = String(format: "iter %d/%d | loss %.4f | lr %.3e | %.1f ms/iter | %.0f %@/s",
                                   iteration, maxIterations, loss, lr, perIteration * 1000, Double(units) / perIteration, task.unitName)
                 if dataParallel != nil {
-                    let exposedPerIteration = windowExposed / Double(windowIterations)
                     line += String(format: " | compute %.1f ms, exposed comm %.2f ms (%.1f%%)", (perIteration - exposedPerIteration) * 1000,
                                    exposedPerIteration * 1000, 100 * exposedPerIteration / perIteration)
                 }
@@ -128,13 +133,17 @@ public final class Trainer {
         }
         let seconds = monotonicSeconds() - start
         try saveCheckpoint()
+        if let dataParallel {
+            let means = try dataParallel.average([trainingSeconds, totalExposed])
+            trainingSeconds = means[0]; totalExposed = means[1]
+        }
         let summary = TrainSummary(iterations: losses.count, seconds: seconds, losses: losses,
                                    evaluations: evaluations.map { ($0.0, $0.1.map { (name: $0.0, value: $0.1) }) },
                                    peakRSSMiB: peakResidentMiB())
         let last = evaluations.last.map { $0.1.map { "\($0.0) \(String(format: "%.4f", $0.1))" }.joined(separator: ", ") } ?? ""
         let perIteration = losses.isEmpty ? 0 : trainingSeconds / Double(losses.count)
-        log(String(format: "done: %d iterations in %.1f s wall (%.2f ms/iter training, %.0f %@/s%@); %@; peak RSS %.0f MiB; checkpoint %@",
-                   losses.count, seconds, perIteration * 1000, perIteration > 0 ? Double(units) / perIteration : 0, task.unitName,
+        log(String(format: "done: %d iterations in %.1f s wall (%.2f ms/iter training%@, %.0f %@/s%@); %@; peak RSS %.0f MiB; checkpoint %@",
+                   losses.count, seconds, perIteration * 1000, dataParallel == nil ? "" : " (mean over ranks)", perIteration > 0 ? Double(units) / perIteration : 0, task.unitName,
                    dataParallel == nil || losses.isEmpty ? "" : String(format: ", exposed comm %.1f%% of step time", 100 * totalExposed / trainingSeconds),
                    last, summary.peakRSSMiB, checkpointPath))
         return summary
