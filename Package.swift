@@ -57,10 +57,11 @@ let package = Package(
         ], swiftSettings: nativeCPU),
         .testTarget(name: "TensorsTests", dependencies: ["Tensors"]),
         .testTarget(name: "NNTests", dependencies: ["NN", "Tensors"]),
-        .testTarget(name: "TrainingTests", dependencies: ["Training", "NN", "Datasets", "Tensors", "Transport", "ddp-train", "ddp-launch"]),
+        .testTarget(name: "TrainingTests", dependencies: ["Training", "NN", "Datasets", "Tensors", "Transport", "TestSupport", "ddp-train", "ddp-launch"]),
         .testTarget(name: "TransportTests", dependencies: ["Transport", "Rendezvous"]),
         .testTarget(name: "CollectivesTests", dependencies: ["Collectives", "Rendezvous", "Transport", "TestSupport", "collective-check", "ddp-launch"]),
         .testTarget(name: "TopologyTests", dependencies: ["Topology"]),
+        .testTarget(name: "MultiHostTests", dependencies: ["NN", "TestSupport", "ddp-launch", "ddp-train", "collective-check"]),
     ],
     swiftLanguageModes: [.v6]
 )

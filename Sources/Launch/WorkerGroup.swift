@@ -67,7 +67,9 @@ public final class WorkerGroup: @unchecked Sendable {
         let port = try startStore()
         storePort = port
         let base = ProcessInfo.processInfo.environment
-        let host = ProcessInfo.processInfo.hostName
+        // Across hosts the address names the host better than a hostname (test hosts share one).
+        let listen = spec.extraEnvironment["SWIFT_DDP_LISTEN_ADDR"]
+        let host = ProcessInfo.processInfo.hostName + (spec.nodes > 1 ? " (\(listen ?? spec.masterAddress))" : "")
         for local in 0..<spec.localWorkers {
             let rank = spec.nodeRank * spec.localWorkers + local
             let process = Process()

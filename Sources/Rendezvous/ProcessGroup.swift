@@ -150,14 +150,23 @@ public final class ProcessGroup: @unchecked Sendable {
     /// and pass its story on instead of blaming an innocent neighbour.
     public func recordFailure(_ description: String, blamed: Int? = nil, timedOut: Bool = false) -> String? {
         guard let store else { return nil }
+        // The store may be unreachable too (its host gone): after the first failed call, stop asking,
+        // or every question would wait out the whole timeout.
+        var reachable = true
         func reported(_ peer: Int) -> String? {
-            (try? store.get("failed/\(peer)")).flatMap { $0 }.map { String(decoding: $0, as: UTF8.self) }
+            guard reachable else { return nil }
+            do {
+                return try store.get("failed/\(peer)").map { String(decoding: $0, as: UTF8.self) }
+            } catch {
+                reachable = false
+                return nil
+            }
         }
         var rootCause = (0..<worldSize).filter { $0 != rank }.lazy.compactMap(reported).first
-        try? store.set("failed/\(rank)", rootCause ?? "rank \(rank): \(description)")
+        if reachable { try? store.set("failed/\(rank)", rootCause ?? "rank \(rank): \(description)") }
         if rootCause == nil, timedOut, let blamed {
             let deadline = Deadline(seconds: 1)
-            while rootCause == nil && !deadline.hasPassed {
+            while rootCause == nil && reachable && !deadline.hasPassed {
                 rootCause = reported(blamed)
                 if rootCause == nil { usleep(20_000) }
             }

@@ -23,7 +23,7 @@ public enum Handshake {
 
     /// Runs the connector side; `rank` is -1 for a store client that is not a rank.
     public static func connect(_ connection: Connection, identity: JobIdentity, rank: Int) throws {
-        let operation = "handshake (as rank \(rank)) with \(connection.peer)"
+        let operation = "handshake (as rank \(rank))"
         let nonce = randomBytes(nonceBytes)
         var hello = ByteWriter()
         hello.string(identity.jobID); hello.u32(UInt32(identity.worldSize)); hello.i32(Int32(rank)); hello.bytes(nonce)
@@ -46,7 +46,7 @@ public enum Handshake {
     /// `onRefusal` hears why a peer was turned away (for the log); the connection is closed.
     public static func accept(_ connection: Connection, identity: JobIdentity,
                               onRefusal: (String) -> Void = { _ in }) throws -> Int {
-        let operation = "handshake with \(connection.peer)"
+        let operation = "handshake"
         func refuse(_ reason: String) -> TransportError {
             try? connection.sendFrame(.refusal, tag: 0, bytes: Array(reason.utf8), operation: operation)
             connection.close()
