@@ -9,15 +9,20 @@ public struct SweepPlan: Sendable {
     public var iterations: Int
     public var warmup: Int
     public var check: Bool
-    public init(sizes: [Int], algorithms: [AllreduceAlgorithm], iterations: Int, warmup: Int, check: Bool) {
+    /// Timed trials per size and algorithm, interleaved across algorithms; the median is reported.
+    public var trials: Int
+    public init(sizes: [Int], algorithms: [AllreduceAlgorithm], iterations: Int, warmup: Int, check: Bool, trials: Int = 5) {
         self.sizes = sizes; self.algorithms = algorithms; self.iterations = iterations; self.warmup = warmup; self.check = check
+        self.trials = max(1, trials)
     }
 }
 
 /// Runs the sweep on this rank; every rank gets the same results (times are the slowest rank's).
-/// Per size: untimed warm-up, a barrier, `iterations` timed in-place allreduces; then, when checking, one
-/// more allreduce of small integers compared exactly with the expected sums (#wrong counts mismatches,
-/// summed over ranks). Iteration counts shrink for big messages so a sweep stays short.
+/// Per size: untimed warm-up of every algorithm, then `trials` rounds in which each algorithm in turn
+/// runs its timed allreduces after a barrier (interleaving spreads a busy machine's noise over all
+/// algorithms alike); the median trial is reported. When checking, one more allreduce of small
+/// integers is compared exactly with the expected sums (#wrong counts mismatches, summed over ranks).
+/// Iteration counts shrink for big messages so a sweep stays short.
 public func runSweep(_ plan: SweepPlan, group: ProcessGroup) throws -> [BenchResult] {
     let n = group.worldSize
     var results: [BenchResult] = []
@@ -27,16 +32,26 @@ public func runSweep(_ plan: SweepPlan, group: ProcessGroup) throws -> [BenchRes
     buffer.initialize(repeating: 1)
     let scalar = UnsafeMutableBufferPointer<Float>.allocate(capacity: 2)
     defer { scalar.deallocate() }
-    for algorithm in plan.algorithms {
-        for bytes in plan.sizes {
-            let count = bytes / 4
-            let data = UnsafeMutableBufferPointer(rebasing: buffer[0..<count])
-            let iterations = max(5, min(plan.iterations, Int(Double(plan.iterations) * Double(1 << 20) / Double(max(bytes, 1)))))
+    for bytes in plan.sizes {
+        let count = bytes / 4
+        let data = UnsafeMutableBufferPointer(rebasing: buffer[0..<count])
+        let scaled = Int(Double(plan.iterations) * Double(1 << 20) / Double(max(bytes, 1)))
+        let iterations = max(3, min(plan.iterations, scaled) / plan.trials)
+        for algorithm in plan.algorithms {
             for _ in 0..<plan.warmup { try allreduce(data, op: .sum, algorithm: algorithm, group: group) }
-            try barrier(group: group)
-            let start = Deadline.now()
-            for _ in 0..<iterations { try allreduce(data, op: .sum, algorithm: algorithm, group: group) }
-            let mean = (Deadline.now() - start) / Double(iterations)
+        }
+        var trialTimes = [[Double]](repeating: [], count: plan.algorithms.count)
+        for _ in 0..<plan.trials {
+            for (a, algorithm) in plan.algorithms.enumerated() {
+                try barrier(group: group)
+                let start = Deadline.now()
+                for _ in 0..<iterations { try allreduce(data, op: .sum, algorithm: algorithm, group: group) }
+                scalar[0] = Float((Deadline.now() - start) / Double(iterations))
+                try allreduce(UnsafeMutableBufferPointer(rebasing: scalar[0..<1]), op: .max, algorithm: .halvingDoubling, group: group)
+                trialTimes[a].append(Double(scalar[0]))
+            }
+        }
+        for (a, algorithm) in plan.algorithms.enumerated() {
             var wrong = 0
             if plan.check {
                 for i in 0..<count { data[i] = Float((group.rank * 7 + i * 13) % 17) - 8 }
@@ -45,12 +60,15 @@ public func runSweep(_ plan: SweepPlan, group: ProcessGroup) throws -> [BenchRes
                     let expected = (0..<n).reduce(Float(0)) { $0 + Float(($1 * 7 + i * 13) % 17) - 8 }
                     if data[i] != expected { wrong += 1 }
                 }
+                scalar[0] = Float(wrong)
+                try allreduce(UnsafeMutableBufferPointer(rebasing: scalar[0..<1]), op: .sum, algorithm: .halvingDoubling, group: group)
+                wrong = Int(scalar[0])
             }
-            scalar[0] = Float(mean); scalar[1] = Float(wrong)
-            try allreduce(scalar, op: .max, algorithm: .halvingDoubling, group: group)
-            results.append(BenchResult(algorithm: algorithm.rawValue, bytes: count * 4, ranks: n, seconds: Double(scalar[0]),
-                                       wrong: Int(scalar[1])))
+            let sorted = trialTimes[a].sorted()
+            results.append(BenchResult(algorithm: algorithm.rawValue, bytes: count * 4, ranks: n, seconds: sorted[sorted.count / 2], wrong: wrong))
         }
     }
-    return results
+    // Table order: by algorithm, then size.
+    let order = Dictionary(uniqueKeysWithValues: plan.algorithms.enumerated().map { ($1.rawValue, $0) })
+    return results.sorted { (order[$0.algorithm]!, $0.bytes) < (order[$1.algorithm]!, $1.bytes) }
 }

@@ -5,11 +5,35 @@ public enum AllreduceAlgorithm: String, Sendable, CaseIterable, Codable {
     case ring, tree, halvingDoubling = "halving-doubling", auto
 }
 
-/// Picks an algorithm for `bytes` at `worldSize` when the caller says auto. Until a fitted alpha-beta
-/// table is loaded (see the benchmark issue), a fixed rule: few-step halving-doubling below 64 KiB,
-/// bandwidth-optimal ring above.
+/// Picks an algorithm for `bytes` at `worldSize` when the caller says auto: the fitted alpha-beta table
+/// when one for this world size is installed (allreduce-bench --tuning writes it; SWIFT_DDP_TUNING or
+/// the trainer's allreduce_tuning key loads it), else a fixed rule: few-step halving-doubling up to
+/// 64 KiB, bandwidth-optimal ring above. Every rank must see the same table.
 public func chooseAlgorithm(bytes: Int, worldSize: Int) -> AllreduceAlgorithm {
-    bytes <= 64 << 10 ? .halvingDoubling : .ring
+    AllreduceTuning.choice(bytes: bytes, worldSize: worldSize) ?? fixedRule(bytes: bytes)
+}
+
+/// The same choice from an explicit table (pure; tests and the benchmark's report).
+public func chooseAlgorithm(bytes: Int, worldSize: Int, table: TuningTable?) -> AllreduceAlgorithm {
+    if let table, table.worldSize == worldSize, let best = table.best(bytes: bytes) { return best }
+    return fixedRule(bytes: bytes)
+}
+
+func fixedRule(bytes: Int) -> AllreduceAlgorithm { bytes <= 64 << 10 ? .halvingDoubling : .ring }
+
+/// Seconds per byte of the float32 sum reduction on this core (for the cost model's reduction term).
+public func measureReductionSecondsPerByte(bytes: Int = 8 << 20) -> Double {
+    let count = bytes / 4
+    let a = UnsafeMutableBufferPointer<Float>.allocate(capacity: count), b = UnsafeMutableBufferPointer<Float>.allocate(capacity: count)
+    defer { a.deallocate(); b.deallocate() }
+    a.initialize(repeating: 1); b.initialize(repeating: 0.5)
+    var best = Double.infinity
+    for _ in 0..<5 {
+        let start = Deadline.now()
+        ReduceOp.sum.combine(a.baseAddress!, b.baseAddress!, count: count)
+        best = min(best, Deadline.now() - start)
+    }
+    return best / Double(bytes)
 }
 
 /// A collective that failed on this rank: what this rank saw, and the root cause another rank

@@ -18,14 +18,18 @@ struct AllreduceBench: ParsableCommand {
     @Option(name: .customShort("n"), help: "Timed iterations (fewer for large messages).") var iterations = 100
     @Option(name: .customShort("w"), help: "Warm-up iterations.") var warmup = 5
     @Option(name: .customShort("c"), help: "Check results: 1 or 0.") var check = 1
-    @Option(help: "Comma-separated: ring,tree,halving-doubling,auto.") var algorithms = "ring,tree,halving-doubling"
+    @Option(name: .customShort("t"), help: "Timed trials per size and algorithm, interleaved; the median is reported.") var trials = 5
+    @Option(help: "Comma-separated: ring,tree,halving-doubling,auto (auto runs last, with the model fitted to the others).")
+    var algorithms = "ring,tree,halving-doubling,auto"
     @Option(help: "Write results as JSON to this file (rank 0).") var json: String?
+    @Option(help: "Draw busbw and time against size, per algorithm, into this SVG file (rank 0).") var plot: String?
+    @Option(help: "Write the fitted alpha-beta table here (rank 0); SWIFT_DDP_TUNING or allreduce_tuning loads it.") var tuning: String?
 
     func validate() throws {
         guard let lo = parseBytes(minBytes), lo >= 4 else { throw ValidationError("-b must be at least 4 bytes, not '\(minBytes)'") }
         guard let hi = parseBytes(maxBytes), hi >= lo else { throw ValidationError("-e must be at least -b, not '\(maxBytes)'") }
         guard factor >= 2 else { throw ValidationError("-f must be at least 2") }
-        guard iterations >= 1, warmup >= 0 else { throw ValidationError("-n must be >= 1 and -w >= 0") }
+        guard iterations >= 1, warmup >= 0, trials >= 1 else { throw ValidationError("-n and -t must be >= 1 and -w >= 0") }
         for a in algorithms.split(separator: ",") where AllreduceAlgorithm(rawValue: String(a)) == nil {
             throw ValidationError("unknown algorithm '\(a)'")
         }
@@ -35,13 +39,38 @@ struct AllreduceBench: ParsableCommand {
         try prepareWorker()
         let env = try DistributedEnvironment.fromProcess()
         let group = try ProcessGroup.join(env)
-        let plan = SweepPlan(sizes: geometricSizes(minimum: parseBytes(minBytes)!, maximum: parseBytes(maxBytes)!, factor: factor),
-                             algorithms: algorithms.split(separator: ",").map { AllreduceAlgorithm(rawValue: String($0))! },
-                             iterations: iterations, warmup: warmup, check: check != 0)
-        let results = try runSweep(plan, group: group)
+        let sizes = geometricSizes(minimum: parseBytes(minBytes)!, maximum: parseBytes(maxBytes)!, factor: factor)
+        let chosen = algorithms.split(separator: ",").map { AllreduceAlgorithm(rawValue: String($0))! }
+        let measured = chosen.filter { $0 != .auto }
+        var results = try runSweep(SweepPlan(sizes: sizes, algorithms: measured, iterations: iterations, warmup: warmup, check: check != 0,
+                                             trials: trials), group: group)
+        // Every rank has the same results (slowest rank's times), so every rank fits the same table.
+        let table = fitTuningTable(results, worldSize: group.worldSize, reductionSecondsPerByte: measureReductionSecondsPerByte(),
+                                   measuredOn: "\(group.worldSize) ranks, \(ProcessInfo.processInfo.hostName)")
+        var checks: [AutoCheck] = []
+        if chosen.contains(.auto) && !measured.isEmpty {
+            AllreduceTuning.install(table)
+            // Per size, auto and the best measured algorithm once more, interleaved, so both see the same noise.
+            var autoResults: [BenchResult] = []
+            for bytes in sizes {
+                let best = results.filter { $0.bytes == bytes }.min { $0.microseconds < $1.microseconds }!
+                let pair = try runSweep(SweepPlan(sizes: [bytes], algorithms: [.auto, AllreduceAlgorithm(rawValue: best.algorithm)!],
+                                                  iterations: iterations, warmup: warmup, check: check != 0, trials: trials), group: group)
+                autoResults.append(pair[0])
+                checks.append(AutoCheck(bytes: bytes, picked: table.best(bytes: bytes)?.rawValue ?? "?", autoMicroseconds: pair[0].microseconds,
+                                        best: best.algorithm, bestMicroseconds: pair[1].microseconds))
+            }
+            results += autoResults
+        }
         if group.rank == 0 {
             print(formatTable(results, ranks: group.worldSize))
+            if !measured.isEmpty { describeModel(table).forEach { print($0) } }
+            if !checks.isEmpty { describeAutoChecks(checks).forEach { print($0) } }
             if let json { try writeJSON(results, to: json) }
+            if let plot {
+                try plotSVG(results, title: "allreduce, \(group.worldSize) ranks, float32 sum").write(toFile: plot, atomically: true, encoding: .utf8)
+            }
+            if let tuning { try table.write(to: tuning) }
             let wrong = results.reduce(0) { $0 + $1.wrong }
             print("# out of bounds values: \(wrong) \(wrong == 0 ? "OK" : "FAILED")")
             if wrong > 0 { throw ExitCode(1) }

@@ -1,0 +1,120 @@
+import Foundation
+
+// The alpha-beta cost model `auto` chooses by: per algorithm, time(bytes) = alpha + beta * bytes, fitted
+// by allreduce-bench from measurements at one world size (beta folds in the reduction cost; the bench
+// measures that separately and prints it). Stored as JSON so trainers and benchmarks load the same table.
+
+/// time(bytes) = alpha + beta * bytes, in seconds.
+public struct LinearCost: Codable, Sendable, Equatable {
+    public var alpha: Double
+    public var beta: Double
+    public init(alpha: Double, beta: Double) { self.alpha = alpha; self.beta = beta }
+    public func seconds(bytes: Int) -> Double { alpha + beta * Double(bytes) }
+}
+
+/// Fitted models for one world size (and the setting they were measured in, for the reader).
+public struct TuningTable: Codable, Sendable, Equatable {
+    public var worldSize: Int
+    public var models: [String: LinearCost]
+    /// Seconds per byte of the local reduction (float32 sum), measured alone.
+    public var reductionSecondsPerByte: Double
+    public var measuredOn: String
+
+    public init(worldSize: Int, models: [String: LinearCost], reductionSecondsPerByte: Double = 0, measuredOn: String = "") {
+        self.worldSize = worldSize; self.models = models
+        self.reductionSecondsPerByte = reductionSecondsPerByte; self.measuredOn = measuredOn
+    }
+
+    /// The algorithm the model predicts fastest for `bytes` (ties: name order, so every rank agrees).
+    public func best(bytes: Int) -> AllreduceAlgorithm? {
+        models.sorted { $0.key < $1.key }
+            .compactMap { name, cost in AllreduceAlgorithm(rawValue: name).flatMap { $0 == .auto ? nil : ($0, cost.seconds(bytes: bytes)) } }
+            .min { $0.1 < $1.1 }?.0
+    }
+
+    /// Sizes where the predicted times of two algorithms cross (a over b below, b over a above).
+    public func crossovers() -> [(faster: String, slower: String, bytes: Double)] {
+        let names = models.keys.sorted()
+        var out: [(String, String, Double)] = []
+        for (i, a) in names.enumerated() {
+            for b in names[(i + 1)...] {
+                let ca = models[a]!, cb = models[b]!
+                guard ca.beta != cb.beta else { continue }
+                let x = (cb.alpha - ca.alpha) / (ca.beta - cb.beta)
+                guard x > 0 && x.isFinite else { continue }
+                // Below x the one with the smaller alpha wins.
+                out.append(ca.alpha < cb.alpha ? (a, b, x) : (b, a, x))
+            }
+        }
+        return out.sorted { $0.2 < $1.2 }
+    }
+
+    public static func load(path: String) throws -> TuningTable {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw TuningError("cannot read allreduce tuning file \(path)")
+        }
+        do { return try JSONDecoder().decode(TuningTable.self, from: data) } catch {
+            throw TuningError("\(path) is not an allreduce tuning table: \(error)")
+        }
+    }
+
+    public func write(to path: String) throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        try encoder.encode(self).write(to: URL(fileURLWithPath: path))
+    }
+}
+
+public struct TuningError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// The table `auto` consults: installed explicitly, or loaded once from SWIFT_DDP_TUNING. The
+/// candidates are kept decoded so a choice costs a lock and a few multiplies (it runs per allreduce).
+public enum AllreduceTuning {
+    private static let lock = NSLock()
+    nonisolated(unsafe) private static var installed: TuningTable?
+    nonisolated(unsafe) private static var candidates: [(AllreduceAlgorithm, LinearCost)] = []
+    nonisolated(unsafe) private static var loadedFromEnvironment = false
+
+    public static func install(_ table: TuningTable?) {
+        lock.lock(); defer { lock.unlock() }
+        set(table)
+    }
+
+    /// Caller holds the lock.
+    private static func set(_ table: TuningTable?) {
+        installed = table
+        loadedFromEnvironment = true
+        candidates = (table?.models ?? [:]).sorted { $0.key < $1.key }.compactMap { name, cost in
+            AllreduceAlgorithm(rawValue: name).flatMap { $0 == .auto ? nil : ($0, cost) }
+        }
+    }
+
+    private static func loadIfNeeded() {
+        if !loadedFromEnvironment {
+            let path = ProcessInfo.processInfo.environment["SWIFT_DDP_TUNING"] ?? ""
+            set(path.isEmpty ? nil : try? TuningTable.load(path: path))
+        }
+    }
+
+    public static var current: TuningTable? {
+        lock.lock(); defer { lock.unlock() }
+        loadIfNeeded()
+        return installed
+    }
+
+    /// The installed table's fastest algorithm for `bytes`, if the table was measured at `worldSize`.
+    public static func choice(bytes: Int, worldSize: Int) -> AllreduceAlgorithm? {
+        lock.lock(); defer { lock.unlock() }
+        loadIfNeeded()
+        guard installed?.worldSize == worldSize else { return nil }
+        var best: (AllreduceAlgorithm, Double)?
+        for (algorithm, cost) in candidates {
+            let t = cost.seconds(bytes: bytes)
+            if best == nil || t < best!.1 { best = (algorithm, t) }
+        }
+        return best?.0
+    }
+}
