@@ -84,6 +84,7 @@ public func describeAutoChecks(_ checks: [AutoCheck]) -> [String] {
         + checks.map { c in
             "#   " + pad(formatBytes(c.bytes), 6) + "  auto -> " + c.picked.padding(toLength: 17, withPad: " ", startingAt: 0)
                 + String(format: "%9.1f us; best ", c.autoMicroseconds) + c.best.padding(toLength: 17, withPad: " ", startingAt: 0)
-                + String(format: "%9.1f us: %.3fx", c.bestMicroseconds, c.ratio) + (c.ratio > 1.05 ? "  (more than 5% slower)" : "")
+                + String(format: "%9.1f us: %.3fx", c.bestMicroseconds, c.ratio)
+                + (c.ratio <= 1.05 ? "" : c.picked == c.best ? "  (same algorithm: the difference is noise)" : "  (more than 5% slower)")
         }
 }

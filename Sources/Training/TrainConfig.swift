@@ -60,6 +60,8 @@ public struct TrainConfig: Codable, Sendable, Equatable {
     public var zeroStage = 0
     /// "bf16": gradients travel as bfloat16 (ring), accumulated in float32.
     public var gradientCompression = "none"
+    /// A tuning table from allreduce-bench --tuning: `auto` then picks by its fitted alpha-beta model.
+    public var allreduceTuning = ""
 
     public init() {}
 
@@ -74,7 +76,7 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         case evalInterval = "eval_interval", evalIters = "eval_iters", logInterval = "log_interval"
         case checkpointInterval = "checkpoint_interval"
         case allreduceAlgorithm = "allreduce_algorithm", bucketMb = "bucket_mb", verifyReplicas = "verify_replicas"
-        case zeroStage = "zero_stage", gradientCompression = "gradient_compression"
+        case zeroStage = "zero_stage", gradientCompression = "gradient_compression", allreduceTuning = "allreduce_tuning"
     }
 
     public init(from decoder: Decoder) throws {
@@ -100,6 +102,7 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         try take(.checkpointInterval, &checkpointInterval)
         try take(.allreduceAlgorithm, &allreduceAlgorithm); try take(.bucketMb, &bucketMb); try take(.verifyReplicas, &verifyReplicas)
         try take(.zeroStage, &zeroStage); try take(.gradientCompression, &gradientCompression)
+        try take(.allreduceTuning, &allreduceTuning)
     }
 
     static func typeName<T>(_ type: T.Type) -> String {

@@ -191,7 +191,22 @@ public final class Trainer {
     /// every rank, so only rank 0 needs the checkpoint file; then model and config are checked equal.
     func synchronize() throws {
         guard let dataParallel else { return }
-        try dataParallel.synchronizeInitialState(configText: config.jsonString())
+        var tuningText = ""
+        if !config.allreduceTuning.isEmpty {
+            let table: TuningTable
+            do { table = try TuningTable.load(path: config.allreduceTuning) } catch {
+                throw ConfigError(key: "allreduce_tuning", "\(error)")
+            }
+            AllreduceTuning.install(table)
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = .sortedKeys // dictionary order differs between processes
+            tuningText = String(decoding: (try? encoder.encode(table)) ?? Data(), as: UTF8.self)
+            if table.worldSize != worldSize {
+                log("allreduce_tuning: \(config.allreduceTuning) was measured at \(table.worldSize) ranks, this run has \(worldSize): auto keeps its fixed rule")
+            }
+        }
+        // Ranks must agree on the model and config, and on the tuning table auto consults.
+        try dataParallel.synchronizeInitialState(configText: config.jsonString() + tuningText)
         let counters = UnsafeMutableBufferPointer<Float>.allocate(capacity: 3)
         defer { counters.deallocate() }
         // Integers travel as bit patterns: broadcast copies bytes.
