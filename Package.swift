@@ -55,6 +55,14 @@ let package = Package(
             "Tensors", "NN",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], swiftSettings: nativeCPU),
+        .executableTarget(name: "fault-suite", dependencies: [
+            "NN", "TestSupport", "Transport", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .target(name: "FuzzTargets", dependencies: ["Datasets", "NN", "Rendezvous", "Training", "Transport"]),
+        .executableTarget(name: "ddp-fuzz", dependencies: [
+            "FuzzTargets", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .testTarget(name: "FuzzTests", dependencies: ["FuzzTargets", "NN"]),
         .testTarget(name: "TensorsTests", dependencies: ["Tensors"]),
         .testTarget(name: "NNTests", dependencies: ["NN", "Tensors"]),
         .testTarget(name: "TrainingTests", dependencies: ["Training", "NN", "Datasets", "Tensors", "Transport", "TestSupport", "ddp-train", "ddp-launch"]),

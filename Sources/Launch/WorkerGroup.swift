@@ -121,7 +121,8 @@ public final class WorkerGroup: @unchecked Sendable {
     public func terminateAll(signal: Int32 = SIGTERM) {
         let all = snapshot()
         let live = all.filter { $0.isRunning }
-        for p in live { signalGroup(p.processIdentifier, signal) }
+        // SIGCONT too: a stopped rank would otherwise hold its SIGTERM until the SIGKILL.
+        for p in live { signalGroup(p.processIdentifier, signal); signalGroup(p.processIdentifier, SIGCONT) }
         let deadline = Deadline(seconds: spec.gracePeriod)
         while live.contains(where: { $0.isRunning }) && !deadline.hasPassed { usleep(20_000) }
         for p in all { signalGroup(p.processIdentifier, SIGKILL) }

@@ -88,12 +88,19 @@ public struct LoadedCheckpoint {
         guard let data = FileManager.default.contents(atPath: path) else {
             throw CheckpointError(path, "cannot read (missing or unreadable)")
         }
+        try self.init(data: data, path: path)
+    }
+
+    /// Verifies and decodes checkpoint bytes; `path` only names them in errors.
+    public init(data: Data, path: String) throws {
         self.path = path
         guard data.count >= 8 else { throw CheckpointError(path, "truncated: \(data.count) bytes, no header") }
-        let headerLength = data.withUnsafeBytes { Int(UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self))) }
-        guard headerLength > 0, headerLength <= Checkpoint.maxHeaderBytes, headerLength <= data.count - 8 else {
-            throw CheckpointError(path, "header length \(headerLength) is impossible for a file of \(data.count) bytes")
+        // Compared as UInt64 first: a length of 2^63 or more must be refused, not converted (found by fuzzing).
+        let declared = data.withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self)) }
+        guard declared > 0, declared <= UInt64(Checkpoint.maxHeaderBytes), declared <= UInt64(data.count - 8) else {
+            throw CheckpointError(path, "header length \(declared) is impossible for a file of \(data.count) bytes")
         }
+        let headerLength = Int(declared)
         guard let header = try? JSONSerialization.jsonObject(with: data.subdata(in: 8..<(8 + headerLength))) as? [String: Any] else {
             throw CheckpointError(path, "header is not a JSON object")
         }

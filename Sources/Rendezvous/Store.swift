@@ -78,7 +78,8 @@ public final class StoreServer: @unchecked Sendable {
         }
     }
 
-    func handle(_ request: [UInt8]) -> [UInt8] {
+    /// One request's reply (the protocol without the socket: fuzzed directly).
+    public func handle(_ request: [UInt8]) -> [UInt8] {
         var reader = ByteReader(request)
         func refuse(_ reason: String) -> [UInt8] { var w = ByteWriter(); w.bytes([2]); w.blob(Array(reason.utf8)); return w.data }
         guard let op = reader.bytes(1).flatMap({ StoreOp(rawValue: $0[0]) }) else { return refuse("unknown operation") }
