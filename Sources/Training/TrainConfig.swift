@@ -148,7 +148,20 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         }
     }
 
+    /// Configs are small JSON files; anything else (a device, a FIFO, a directory, a huge file) is
+    /// refused before it is read, so a wrong path cannot hang or exhaust the trainer.
+    public static let maxConfigBytes = 1 << 20
+
     public static func load(path: String, overrides: [String] = []) throws -> TrainConfig {
+        let attributes = try? FileManager.default.attributesOfItem(atPath: path)
+        if let attributes {
+            guard attributes[.type] as? FileAttributeType == .typeRegular else {
+                throw ConfigError(key: "(file)", "not a regular file (\((attributes[.type] as? FileAttributeType)?.rawValue ?? "unknown type"))", file: path)
+            }
+            if let size = attributes[.size] as? Int, size > maxConfigBytes {
+                throw ConfigError(key: "(file)", "is \(size) bytes; a config is at most \(maxConfigBytes)", file: path)
+            }
+        }
         guard let data = FileManager.default.contents(atPath: path) else {
             throw ConfigError(key: "(file)", "cannot read config file", file: path)
         }

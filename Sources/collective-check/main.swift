@@ -27,6 +27,9 @@ struct CollectiveCheck: ParsableCommand {
     @Flag(help: "Only allreduce (skip broadcast, allgather, reduce-scatter, barrier).")
     var allreduceOnly = false
 
+    @Option(help: "Repeat the whole checked plan for this many seconds (soak), then report.")
+    var soak: Double = 0
+
     @Flag(help: "Join, barrier, and have rank 0 print 'ready' (launch-latency benchmark).")
     var ready = false
 
@@ -59,6 +62,21 @@ struct CollectiveCheck: ParsableCommand {
             if ready {
                 try barrier(group: group)
                 if env.rank == 0 { say("ready") }
+                return
+            }
+            if soak > 0 {
+                // Every round checks every result; ranks agree on when to stop through one allreduce.
+                let start = Date()
+                var checks = 0, rounds = 0
+                let stop = UnsafeMutableBufferPointer<Float>.allocate(capacity: 1)
+                defer { stop.deallocate() }
+                repeat {
+                    checks += try runCollectiveCheck(plan, group: group, log: { _ in })
+                    rounds += 1
+                    stop[0] = Date().timeIntervalSince(start) >= soak ? 1 : 0
+                    try allreduce(stop, op: .max, group: group)
+                } while stop[0] == 0
+                say("rank \(env.rank): OK \(checks) checks in \(rounds) rounds over \(Int(Date().timeIntervalSince(start))) s")
                 return
             }
             let checks = try runCollectiveCheck(plan, group: group, log: say)

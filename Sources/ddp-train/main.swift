@@ -17,27 +17,25 @@ struct DDPTrain: ParsableCommand {
         subcommands: [Train.self, Sample.self], defaultSubcommand: Train.self)
 }
 
-/// Prints a library error as one line and exits 2 (bad input) without a stack trace.
+/// Prints a library error as one line (no usage text: these are not command-line mistakes) and exits
+/// 2 for bad input (config, data, checkpoint, environment) or 3 for a failure while running.
 func runReportingErrors(_ body: () throws -> Void) throws {
     do {
         try body()
     } catch let error as ConfigError {
-        throw ValidationError(error.description)
+        emitLine("error: \(error)", to: STDERR_FILENO); throw ExitCode(2)
     } catch let error as DatasetError {
-        throw ValidationError("data: \(error.description) (scripts/get-data.sh fills the data directory)")
+        emitLine("error: data: \(error.description) (scripts/get-data.sh fills the data directory)", to: STDERR_FILENO); throw ExitCode(2)
     } catch let error as CheckpointError {
-        throw ValidationError(error.description)
+        emitLine("error: \(error)", to: STDERR_FILENO); throw ExitCode(2)
     } catch let error as EnvironmentError {
-        throw ValidationError(error.description)
+        emitLine("error: \(error)", to: STDERR_FILENO); throw ExitCode(2)
     } catch let error as TransportError {
-        emitLine("error: \(error)", to: STDERR_FILENO)
-        throw ExitCode(3)
+        emitLine("error: \(error)", to: STDERR_FILENO); throw ExitCode(3)
     } catch let error as TrainingError {
-        emitLine("error: \(error)", to: STDERR_FILENO)
-        throw ExitCode(3)
+        emitLine("error: \(error)", to: STDERR_FILENO); throw ExitCode(3)
     } catch let error as CollectiveError {
-        emitLine("error: \(error)", to: STDERR_FILENO)
-        throw ExitCode(3)
+        emitLine("error: \(error)", to: STDERR_FILENO); throw ExitCode(3)
     }
 }
 

@@ -260,7 +260,7 @@ final class Suite {
         let job = try Job(arguments, build: build)
         let seconds = job.exit(within: 60)
         var problems: [String] = []
-        let cause = job.line(containing: "ckpt.safetensors")
+        let cause = job.line(containing: "error: checkpoint")
         if job.process.terminationStatus == 0 { problems.append("the job did not fail") }
         if !(cause.contains(readOnly ? "Read-only file system" : "No space left on device")) { problems.append("no clear cause: \(job.output.suffix(400))") }
         if !survivors(ofLauncher: job.process.processIdentifier).isEmpty { problems.append("orphans") }
@@ -271,6 +271,7 @@ final class Suite {
         problems += checkpointResumes(copy)
         _ = start
         let message = cause.components(separatedBy: "] ").dropFirst().joined(separator: "] ")
+            .replacingOccurrences(of: NSTemporaryDirectory(), with: "/tmp/")
         return Outcome(seconds: seconds, message: message, problems: problems)
     }
 }

@@ -36,6 +36,20 @@ final class BadInputTests: XCTestCase {
         XCTAssertTrue(message.contains("test.json") && message.contains("batch_size"), message)
     }
 
+    /// Config paths that are not small regular files are refused before reading, naming the path.
+    func testUntrustworthyConfigPathsAreRefused() throws {
+        let dir = temporaryDirectory("config-paths")
+        let big = dir + "/big.json"
+        FileManager.default.createFile(atPath: big, contents: Data(repeating: 0x20, count: TrainConfig.maxConfigBytes + 1))
+        for (path, mentions) in [("/dev/zero", "not a regular file"), (dir, "not a regular file"), (big, "at most"),
+                                 (dir + "/missing.json", "cannot read")] {
+            XCTAssertThrowsError(try TrainConfig.load(path: path), path) { error in
+                let text = "\(error)"
+                XCTAssertTrue(text.contains(path) && text.contains(mentions), text)
+            }
+        }
+    }
+
     func testShippedConfigsLoadAndOverridesApply() throws {
         for name in ["shakespeare-char", "mnist-mlp", "tiny-gpt"] {
             XCTAssertNoThrow(try TrainConfig.load(path: configsDirectory + "/\(name).json"), name)
