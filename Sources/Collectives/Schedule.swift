@@ -26,6 +26,8 @@ public enum RingSchedule {
 public enum TreeSchedule {
     public static func parent(of rank: Int) -> Int? { rank == 0 ? nil : (rank - 1) / 2 }
     public static func children(of rank: Int, worldSize n: Int) -> [Int] { [2 * rank + 1, 2 * rank + 2].filter { $0 < n } }
+    /// Edges from the root: floor(log2(rank + 1)); the deepest rank of a world is its last.
+    public static func depth(of rank: Int) -> Int { Int.bitWidth - 1 - (rank + 1).leadingZeroBitCount }
 }
 
 /// Recursive halving-doubling over the largest power of two p <= N. Ranks p..<N are "extra": each first

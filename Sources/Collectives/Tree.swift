@@ -2,11 +2,13 @@ import Rendezvous
 import Transport
 
 // Tree allreduce (latency-friendly for mid-size messages at larger world sizes).
-// Ranks form a binary tree rooted at rank 0. Reduce: the vector flows up in chunks; for each chunk a
-// rank receives its children's partial sums, adds them to its own, and passes the chunk to its parent
-// while the children already send the next one (the socket buffers keep the pipeline full). Broadcast:
-// the root's result flows down chunk by chunk the same way. Each element is added in a fixed tree order
-// and then copied, so all ranks end bitwise identical.
+// Ranks form a binary tree rooted at rank 0 and the vector moves in chunks. Reduce: each chunk flows up;
+// a rank adds its children's partial sums to its own and passes the chunk to its parent. Broadcast: the
+// root's finished chunks flow back down. Both directions run at once: in step s a rank at depth d takes
+// chunk s from its children while handing them finished chunk s-d-1, then gives chunk s to its parent
+// while taking finished chunk s-d from it, so every link carries data both ways (the reduce and the
+// broadcast no longer wait for each other: twice the busbw of a reduce-then-broadcast tree). Each element
+// is added in a fixed tree order and then copied, so all ranks end bitwise identical.
 
 public let treeChunkElements = 32 << 10
 
@@ -15,26 +17,32 @@ public func treeAllreduce(_ buffer: UnsafeMutableBufferPointer<Float>, op: Reduc
     guard n > 1 else { return }
     let tag = group.nextTag()
     let parent = TreeSchedule.parent(of: rank), children = TreeSchedule.children(of: rank, worldSize: n)
+    let depth = TreeSchedule.depth(of: rank), maxDepth = TreeSchedule.depth(of: n - 1)
     let scratch = group.scratchFloats(treeChunkElements)
-    var start = 0
-    while start < buffer.count {
-        let chunk = start..<min(start + treeChunkElements, buffer.count)
-        for child in children {
-            try exchange(group, tag: tag, sendTo: nil, sendBytes: UnsafeRawBufferPointer(start: nil, count: 0),
-                         receiveFrom: child, receiveBuffer: mutableBytesOf(scratch, 0..<chunk.count),
-                         operation: "tree reduce on rank \(rank) (from a child)")
-            op.combine(buffer.baseAddress! + chunk.lowerBound, scratch.baseAddress!, count: chunk.count)
+    let chunks = (buffer.count + treeChunkElements - 1) / treeChunkElements
+    func chunk(_ k: Int) -> Range<Int>? {
+        k >= 0 && k < chunks ? (k * treeChunkElements)..<min((k + 1) * treeChunkElements, buffer.count) : nil
+    }
+    let nothing = UnsafeRawBufferPointer(start: nil, count: 0), nowhere = UnsafeMutableRawBufferPointer(start: nil, count: 0)
+    for step in 0..<(chunks + maxDepth + 1) {
+        let up = chunk(step), down = chunk(step - depth - 1)
+        for child in children where up != nil || down != nil {
+            try exchange(group, tag: tag, sendTo: down == nil ? nil : child, sendBytes: down.map { bytesOf(buffer, $0) } ?? nothing,
+                         receiveFrom: up == nil ? nil : child, receiveBuffer: up.map { mutableBytesOf(scratch, 0..<$0.count) } ?? nowhere,
+                         operation: "tree allreduce on rank \(rank) (with child \(child))")
+            if let up { op.combine(buffer.baseAddress! + up.lowerBound, scratch.baseAddress!, count: up.count) }
         }
         if let parent {
-            try exchange(group, tag: tag, sendTo: parent, sendBytes: bytesOf(buffer, chunk),
-                         receiveFrom: nil, receiveBuffer: UnsafeMutableRawBufferPointer(start: nil, count: 0),
-                         operation: "tree reduce on rank \(rank) (to the parent)")
-        } else {
-            op.finish(UnsafeMutableBufferPointer(rebasing: buffer[chunk]), worldSize: n)
+            let fromParent = chunk(step - depth)
+            guard up != nil || fromParent != nil else { continue }
+            try exchange(group, tag: tag, sendTo: up == nil ? nil : parent, sendBytes: up.map { bytesOf(buffer, $0) } ?? nothing,
+                         receiveFrom: fromParent == nil ? nil : parent,
+                         receiveBuffer: fromParent.map { mutableBytesOf(buffer, $0) } ?? nowhere,
+                         operation: "tree allreduce on rank \(rank) (with parent \(parent))")
+        } else if let up {
+            op.finish(UnsafeMutableBufferPointer(rebasing: buffer[up]), worldSize: n)
         }
-        start = chunk.upperBound
     }
-    try treeBroadcast(buffer, root: 0, group: group, tag: tag)
 }
 
 /// Chunked broadcast from `root` down a binary tree over ranks relative to the root.

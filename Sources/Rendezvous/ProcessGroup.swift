@@ -150,24 +150,39 @@ public final class ProcessGroup: @unchecked Sendable {
     /// and pass its story on instead of blaming an innocent neighbour.
     public func recordFailure(_ description: String, blamed: Int? = nil, timedOut: Bool = false) -> String? {
         guard let store else { return nil }
+        // Reports are stored as "<kind>|<blamed rank or ->|<text>": kind T for a timeout, E otherwise.
         // The store may be unreachable too (its host gone): after the first failed call, stop asking,
         // or every question would wait out the whole timeout.
         var reachable = true
-        func reported(_ peer: Int) -> String? {
+        func report(_ peer: Int) -> (timedOut: Bool, blamed: Int?, text: String)? {
             guard reachable else { return nil }
             do {
-                return try store.get("failed/\(peer)").map { String(decoding: $0, as: UTF8.self) }
+                guard let raw = try store.get("failed/\(peer)") else { return nil }
+                let parts = String(decoding: raw, as: UTF8.self).split(separator: "|", maxSplits: 2, omittingEmptySubsequences: false)
+                guard parts.count == 3 else { return nil }
+                return (parts[0] == "T", Int(parts[1]), String(parts[2]))
             } catch {
                 reachable = false
                 return nil
             }
         }
-        var rootCause = (0..<worldSize).filter { $0 != rank }.lazy.compactMap(reported).first
-        if reachable { try? store.set("failed/\(rank)", rootCause ?? "rank \(rank): \(description)") }
+        // Another rank's story is the root cause unless it is a timeout blaming us: two ranks that time
+        // out at once may each wait on the other, while the real culprit is silent (stopped, or gone).
+        func believable(_ r: (timedOut: Bool, blamed: Int?, text: String)) -> Bool { !(r.timedOut && r.blamed == rank) }
+        let others = (0..<worldSize).filter { $0 != rank }.compactMap { peer in report(peer).map { (peer, $0) } }.filter { believable($0.1) }
+        let root = (others.first { !$0.1.timedOut } ?? others.first).map(\.1)
+        if reachable {
+            let mine = (timedOut ? "T" : "E") + "|" + (blamed.map(String.init) ?? "-") + "|"
+            try? store.set("failed/\(rank)", root.map { ($0.timedOut ? "T" : "E") + "|" + ($0.blamed.map(String.init) ?? "-") + "|" + $0.text }
+                                            ?? mine + "rank \(rank): \(description)")
+        }
+        var rootCause = root?.text
         if rootCause == nil, timedOut, let blamed {
+            // The peer we timed out on is probably stuck waiting on someone else: give it up to a second
+            // to report, and pass its story on instead of blaming an innocent neighbour.
             let deadline = Deadline(seconds: 1)
             while rootCause == nil && reachable && !deadline.hasPassed {
-                rootCause = reported(blamed)
+                if let r = report(blamed), believable(r) { rootCause = r.text }
                 if rootCause == nil { usleep(20_000) }
             }
         }

@@ -68,5 +68,7 @@ final class ScheduleTests: XCTestCase {
         XCTAssertEqual(TreeSchedule.children(of: 1, worldSize: 5), [3, 4])
         XCTAssertEqual(TreeSchedule.children(of: 2, worldSize: 5), [])
         for r in 1..<20 { XCTAssertTrue(TreeSchedule.children(of: TreeSchedule.parent(of: r)!, worldSize: 20).contains(r)) }
+        XCTAssertEqual((0..<8).map(TreeSchedule.depth), [0, 1, 1, 2, 2, 2, 2, 3])
+        for r in 1..<40 { XCTAssertEqual(TreeSchedule.depth(of: r), TreeSchedule.depth(of: TreeSchedule.parent(of: r)!) + 1) }
     }
 }
