@@ -94,7 +94,9 @@ public final class WorkerGroup: @unchecked Sendable {
         // Watch: the first worker to fail is the root cause; then tear the rest down.
         var failure: WorkerExit?
         while true {
-            lock.lock(); let order = exitOrder; let all = processes; lock.unlock()
+            // Fresh copies (map allocates): a shared array buffer would be read here while the termination
+            // handler appends to it on another thread (ThreadSanitizer reported exactly that).
+            lock.lock(); let order = exitOrder.map { $0 }; let all = processes.map { $0 }; lock.unlock()
             for slot in order where failure == nil {
                 let p = all[slot]
                 if p.terminationStatus != 0 || p.terminationReason == .uncaughtSignal {
