@@ -56,7 +56,7 @@ struct DDPFuzz: ParsableCommand {
             // Start from valid inputs made by our own encoders.
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
             for (i, seed) in seedInputs(fuzzTarget).enumerated() {
-                FileManager.default.createFile(atPath: "\(directory)/seed-\(i)", contents: Data(seed))
+                _ = FileManager.default.createFile(atPath: "\(directory)/seed-\(i)", contents: Data(seed))
             }
         }
         let inputs = loadCorpus(directory)

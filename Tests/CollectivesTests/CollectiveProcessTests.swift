@@ -41,7 +41,7 @@ final class CompressedCollectiveTests: XCTestCase {
         XCTAssertTrue(floatFromBFloat16(bfloat16Bits(.nan)).isNaN)
         XCTAssertEqual(floatFromBFloat16(bfloat16Bits(Float.greatestFiniteMagnitude)), .infinity, "overflow rounds to infinity")
         // The SIMD encoder agrees with the scalar one on awkward values, and widening is exact.
-        var values: [Float] = [0, -0.0, 1e-40, 3.14159, -65504, .nan, .infinity, 1 + 1.0 / 256]
+        var values: [Float] = [0, -0.0, Float.leastNormalMagnitude / 1000, 3.14159, -65504, .nan, .infinity, 1 + 1.0 / 256]
         for i in 0..<41 { values.append(Float(i) * 0.37 - 7) }
         var buffer = values
         buffer.withUnsafeMutableBufferPointer { roundToBFloat16($0) }

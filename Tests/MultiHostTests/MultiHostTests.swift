@@ -57,7 +57,7 @@ final class MultiHostTests: XCTestCase {
         init(_ test: MultiHostTests, host: Int, nodes: Int, perNode: Int, port: Int, secret: String, timeout: Int = 20,
              command: [String]) throws {
             logPath = NSTemporaryDirectory() + "\(test.prefix)-launcher\(host)-\(port).log"
-            FileManager.default.createFile(atPath: logPath, contents: nil)
+            _ = FileManager.default.createFile(atPath: logPath, contents: nil)
             process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
             process.arguments = ["ip", "netns", "exec", test.namespace(host), MultiHostTests.build + "/ddp-launch",
                                  "--nnodes", String(nodes), "--node-rank", String(host), "--nproc-per-node", String(perNode),

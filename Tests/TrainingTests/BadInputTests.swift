@@ -40,7 +40,7 @@ final class BadInputTests: XCTestCase {
     func testUntrustworthyConfigPathsAreRefused() throws {
         let dir = temporaryDirectory("config-paths")
         let big = dir + "/big.json"
-        FileManager.default.createFile(atPath: big, contents: Data(repeating: 0x20, count: TrainConfig.maxConfigBytes + 1))
+        _ = FileManager.default.createFile(atPath: big, contents: Data(repeating: 0x20, count: TrainConfig.maxConfigBytes + 1))
         for (path, mentions) in [("/dev/zero", "not a regular file"), (dir, "not a regular file"), (big, "at most"),
                                  (dir + "/missing.json", "cannot read")] {
             XCTAssertThrowsError(try TrainConfig.load(path: path), path) { error in
