@@ -211,22 +211,11 @@ final class Suite {
         let start = Date()
         kill(launcher, SIGKILL)
         // Detection here is the ranks going: PR_SET_PDEATHSIG kills them when the launcher (and its store) dies.
-        var alive = survivorsNow(launcher)
-        while !alive.isEmpty && Date().timeIntervalSince(start) < 10 { usleep(5_000); alive = survivorsNow(launcher) }
+        let alive = survivors(ofLauncher: launcher)
         let seconds = Date().timeIntervalSince(start)
         job.process.waitUntilExit()
         return Outcome(seconds: alive.isEmpty ? seconds : nil, message: "every rank killed by PR_SET_PDEATHSIG",
                        problems: alive.isEmpty ? [] : ["ranks \(alive) outlived the launcher"])
-    }
-
-    func survivorsNow(_ launcher: Int32) -> [Int32] {
-        let marker = Array("SWIFT_DDP_LAUNCHER_PID=\(launcher)".utf8)
-        return ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap(Int32.init).filter { pid in
-            guard let environ = FileManager.default.contents(atPath: "/proc/\(pid)/environ") else { return false }
-            if let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let close = stat.lastIndex(of: ")"),
-               stat[stat.index(close, offsetBy: 2)] == "Z" { return false }
-            return environ.split(separator: 0).contains { Array($0) == marker }
-        }
     }
 
     /// out_dir on a small tmpfs: full after the first checkpoint, or remounted read-only after it.
