@@ -128,7 +128,9 @@ public final class ProcessGroup: @unchecked Sendable {
     }
 
     /// Joins the job the environment describes (world size 1: a group of one, no store).
-    public static func join(_ env: DistributedEnvironment, log: @escaping (String) -> Void = { _ in }) throws -> ProcessGroup {
+    /// `spinMicroseconds` replaces the default spin (SWIFT_DDP_SPIN_US still wins): a trainer passes 0.
+    public static func join(_ env: DistributedEnvironment, spinMicroseconds: Double? = nil,
+                            log: @escaping (String) -> Void = { _ in }) throws -> ProcessGroup {
         if env.worldSize == 1 { return single() }
         let store = try StoreClient(host: env.masterAddress, port: env.masterPort, identity: env.identity, rank: env.rank,
                                     timeoutSeconds: env.timeoutSeconds)
@@ -136,7 +138,7 @@ public final class ProcessGroup: @unchecked Sendable {
         // ring 4 KiB 28 us spinning vs 38 us blocking) but starves peers when ranks outnumber cores
         // (8 ranks: 1.8 ms vs 1.3 ms): spin only when the node is not oversubscribed.
         let cores = ProcessInfo.processInfo.activeProcessorCount
-        let spin = Double(ProcessInfo.processInfo.environment["SWIFT_DDP_SPIN_US"] ?? "") ?? (env.localWorldSize <= cores ? 50 : 0)
+        let spin = Double(ProcessInfo.processInfo.environment["SWIFT_DDP_SPIN_US"] ?? "") ?? spinMicroseconds ?? (env.localWorldSize <= cores ? 50 : 0)
         let group = try rendezvous(store: store, rank: env.rank, identity: env.identity, listenHost: env.listenAddress ?? env.masterAddress,
                                    policy: WaitPolicy(timeoutSeconds: env.timeoutSeconds, spinMicroseconds: spin),
                                    timeoutSeconds: env.timeoutSeconds, log: log)
