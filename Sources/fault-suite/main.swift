@@ -245,7 +245,6 @@ final class Suite {
             try remount.run(); remount.waitUntilExit()
             arguments.append("--resume")
         }
-        let start = Date()
         let job = try Job(arguments, build: build)
         let seconds = job.exit(within: 60)
         var problems: [String] = []
@@ -258,7 +257,6 @@ final class Suite {
         let copy = freshDirectory("copy\(readOnly)")
         try? FileManager.default.copyItem(atPath: mountPoint + "/ckpt.safetensors", toPath: copy + "/ckpt.safetensors")
         problems += checkpointResumes(copy)
-        _ = start
         let message = cause.components(separatedBy: "] ").dropFirst().joined(separator: "] ")
             .replacingOccurrences(of: NSTemporaryDirectory(), with: "/tmp/")
         return Outcome(seconds: seconds, message: message, problems: problems)
