@@ -54,58 +54,55 @@ public func roundToBFloat16(_ buffer: UnsafeMutableBufferPointer<Float>) {
     for i in buffer.indices { buffer[i] = floatFromBFloat16(bfloat16Bits(buffer[i])) }
 }
 
-/// Ring reduce-scatter with bf16 on the wire; afterwards segment `rank` holds the reduction rounded
-/// to bf16, other segments partial sums.
-public func compressedRingReduceScatter(_ buffer: UnsafeMutableBufferPointer<Float>, op: ReduceOp, group: ProcessGroup,
-                                        tag: UInt32? = nil) throws {
-    let n = group.worldSize, rank = group.rank
-    let tag = tag ?? group.nextTag()
-    if n > 1 {
-        let right = (rank + 1) % n, left = (rank + n - 1) % n
-        let maxSegment = max(segmentRange(count: buffer.count, parts: n, index: 0).count, 1)
-        let widened = group.scratchFloats(maxSegment)
-        let wire = group.scratchHalves(2 * maxSegment)
-        let outgoing = wire.baseAddress!, incoming = wire.baseAddress! + maxSegment
-        for step in 0..<(n - 1) {
-            let (sendIndex, receiveIndex) = RingSchedule.reduceScatter(rank: rank, worldSize: n, step: step)
-            let send = segmentRange(count: buffer.count, parts: n, index: sendIndex)
-            let receive = segmentRange(count: buffer.count, parts: n, index: receiveIndex)
-            let destination = buffer.baseAddress! + receive.lowerBound
-            if !send.isEmpty { encodeBFloat16(buffer.baseAddress! + send.lowerBound, outgoing, count: send.count) }
-            try exchange(group, tag: tag, sendTo: right, sendBytes: UnsafeRawBufferPointer(start: outgoing, count: send.count * 2),
-                         receiveFrom: left, receiveBuffer: UnsafeMutableRawBufferPointer(start: incoming, count: receive.count * 2),
-                         operation: "bf16 ring reduce-scatter step \(step + 1)/\(n - 1) on rank \(rank)") { bytes in
-                let first = bytes.lowerBound / 2, count = bytes.count / 2
-                decodeBFloat16(incoming + first, widened.baseAddress! + first, count: count)
-                op.combine(destination + first, widened.baseAddress! + first, count: count)
-            }
-        }
-    }
-    let own = UnsafeMutableBufferPointer(rebasing: buffer[segmentRange(count: buffer.count, parts: n, index: rank)])
-    op.finish(own, worldSize: n)
-    if n > 1 { roundToBFloat16(own) }
-}
-
-/// Ring allgather of bf16-exact values with bf16 on the wire (lossless for such values).
-public func compressedRingAllgather(_ buffer: UnsafeMutableBufferPointer<Float>, group: ProcessGroup, tag: UInt32? = nil) throws {
+/// The N-1 steps both phases share: each step encodes the segment `schedule` sends to bf16, sends it to
+/// the right neighbour while receiving one from the left, and hands every landed chunk to `onChunk`:
+/// where the received segment lives in `buffer`, the bf16 values, and the elements of the segment they
+/// cover. Phases differ only in what they do with a chunk.
+private func bf16RingSteps(_ buffer: UnsafeMutableBufferPointer<Float>, group: ProcessGroup, tag: UInt32, phase: String,
+                           schedule: (_ rank: Int, _ worldSize: Int, _ step: Int) -> (send: Int, receive: Int),
+                           onChunk: (_ destination: UnsafeMutablePointer<Float>, _ incoming: UnsafePointer<UInt16>, _ elements: Range<Int>) -> Void) throws {
     let n = group.worldSize, rank = group.rank
     guard n > 1 else { return }
-    let tag = tag ?? group.nextTag()
     let right = (rank + 1) % n, left = (rank + n - 1) % n
     let maxSegment = max(segmentRange(count: buffer.count, parts: n, index: 0).count, 1)
     let wire = group.scratchHalves(2 * maxSegment)
     let outgoing = wire.baseAddress!, incoming = wire.baseAddress! + maxSegment
     for step in 0..<(n - 1) {
-        let (sendIndex, receiveIndex) = RingSchedule.allgather(rank: rank, worldSize: n, step: step)
+        let (sendIndex, receiveIndex) = schedule(rank, n, step)
         let send = segmentRange(count: buffer.count, parts: n, index: sendIndex)
         let receive = segmentRange(count: buffer.count, parts: n, index: receiveIndex)
         let destination = buffer.baseAddress! + receive.lowerBound
         if !send.isEmpty { encodeBFloat16(buffer.baseAddress! + send.lowerBound, outgoing, count: send.count) }
         try exchange(group, tag: tag, sendTo: right, sendBytes: UnsafeRawBufferPointer(start: outgoing, count: send.count * 2),
                      receiveFrom: left, receiveBuffer: UnsafeMutableRawBufferPointer(start: incoming, count: receive.count * 2),
-                     operation: "bf16 ring allgather step \(step + 1)/\(n - 1) on rank \(rank)") { bytes in
-            decodeBFloat16(incoming + bytes.lowerBound / 2, destination + bytes.lowerBound / 2, count: bytes.count / 2)
+                     operation: "bf16 ring \(phase) step \(step + 1)/\(n - 1) on rank \(rank)") { bytes in
+            onChunk(destination, incoming, (bytes.lowerBound / 2)..<(bytes.upperBound / 2))
         }
+    }
+}
+
+/// Ring reduce-scatter with bf16 on the wire; afterwards segment `rank` holds the reduction rounded
+/// to bf16, other segments partial sums.
+public func compressedRingReduceScatter(_ buffer: UnsafeMutableBufferPointer<Float>, op: ReduceOp, group: ProcessGroup,
+                                        tag: UInt32? = nil) throws {
+    let n = group.worldSize
+    let widened = group.scratchFloats(n > 1 ? max(segmentRange(count: buffer.count, parts: n, index: 0).count, 1) : 1)
+    try bf16RingSteps(buffer, group: group, tag: tag ?? group.nextTag(), phase: "reduce-scatter",
+                      schedule: RingSchedule.reduceScatter) { destination, incoming, elements in
+        decodeBFloat16(incoming + elements.lowerBound, widened.baseAddress! + elements.lowerBound, count: elements.count)
+        op.combine(destination + elements.lowerBound, widened.baseAddress! + elements.lowerBound, count: elements.count)
+    }
+    let own = UnsafeMutableBufferPointer(rebasing: buffer[segmentRange(count: buffer.count, parts: n, index: group.rank)])
+    op.finish(own, worldSize: n)
+    if n > 1 { roundToBFloat16(own) }
+}
+
+/// Ring allgather of bf16-exact values with bf16 on the wire (lossless for such values).
+public func compressedRingAllgather(_ buffer: UnsafeMutableBufferPointer<Float>, group: ProcessGroup, tag: UInt32? = nil) throws {
+    guard group.worldSize > 1 else { return }
+    try bf16RingSteps(buffer, group: group, tag: tag ?? group.nextTag(), phase: "allgather",
+                      schedule: RingSchedule.allgather) { destination, incoming, elements in
+        decodeBFloat16(incoming + elements.lowerBound, destination + elements.lowerBound, count: elements.count)
     }
 }
 
