@@ -69,7 +69,7 @@ let package = Package(
         .testTarget(name: "TransportTests", dependencies: ["Transport", "Rendezvous"]),
         .testTarget(name: "CollectivesTests", dependencies: ["Collectives", "Rendezvous", "Transport", "TestSupport", "collective-check", "ddp-launch"]),
         .testTarget(name: "TopologyTests", dependencies: ["Topology"]),
-        .testTarget(name: "BenchTests", dependencies: ["Bench", "Collectives", "ddp-launch", "allreduce-bench"]),
+        .testTarget(name: "BenchTests", dependencies: ["Bench", "Collectives", "TestSupport", "ddp-launch", "allreduce-bench"]),
         .testTarget(name: "MultiHostTests", dependencies: ["NN", "TestSupport", "ddp-launch", "ddp-train", "collective-check"]),
     ],
     swiftLanguageModes: [.v6]

@@ -24,3 +24,28 @@ public func survivors(ofLauncher pid: Int32, seconds: Double = 10) -> [Int32] {
     }
     return alive
 }
+
+/// Runs a program to its end with stdout and stderr in one pipe; `environment` entries are added to
+/// this process's environment.
+public func runToEnd(_ executable: String, _ arguments: [String],
+                     environment: [String: String] = [:]) throws -> (status: Int32, output: String, pid: Int32) {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: executable)
+    process.arguments = arguments
+    if !environment.isEmpty { process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
+    let pipe = Pipe()
+    process.standardOutput = pipe
+    process.standardError = pipe
+    try process.run()
+    let data = pipe.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    return (process.terminationStatus, String(decoding: data, as: UTF8.self), process.processIdentifier)
+}
+
+/// The rank pids a launcher printed ("[launcher] rank N: pid P on HOST"), in the order it started them.
+public func launcherRankPIDs(_ output: String) -> [Int32] {
+    output.split(separator: "\n").compactMap { line -> Int32? in
+        guard line.hasPrefix("[launcher] rank "), let r = line.range(of: "pid ") else { return nil }
+        return Int32(line[r.upperBound...].prefix { $0.isNumber })
+    }
+}

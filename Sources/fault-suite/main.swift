@@ -101,12 +101,7 @@ final class Suite {
             usleep(50_000) // let the reader thread drain the pipe
             return Date().timeIntervalSince(start)
         }
-        var pids: [Int32] {
-            output.split(separator: "\n").compactMap { line -> Int32? in
-                guard line.hasPrefix("[launcher] rank "), let r = line.range(of: "pid ") else { return nil }
-                return Int32(line[r.upperBound...].prefix { $0.isNumber })
-            }
-        }
+        var pids: [Int32] { launcherRankPIDs(output) }
         func line(containing text: String) -> String {
             output.split(separator: "\n").first { $0.contains(text) }.map(String.init) ?? ""
         }

@@ -1,6 +1,7 @@
 import Bench
 import Collectives
 import Foundation
+import TestSupport
 import XCTest
 
 final class BenchTests: XCTestCase {
@@ -72,17 +73,10 @@ final class BenchTests: XCTestCase {
         let build = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path
         let dir = NSTemporaryDirectory() + "bench-\(getpid())"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: build + "/ddp-launch")
-        process.arguments = ["--nproc-per-node", "2", "--", "allreduce-bench", "-b", "4K", "-e", "256K", "-f", "4", "-n", "10", "-t", "3",
-                             "--json", dir + "/r.json", "--plot", dir + "/r.svg", "--tuning", dir + "/t.json"]
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        try process.run()
-        let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        XCTAssertEqual(process.terminationStatus, 0, output)
+        let (status, output, _) = try runToEnd(build + "/ddp-launch", [
+            "--nproc-per-node", "2", "--", "allreduce-bench", "-b", "4K", "-e", "256K", "-f", "4", "-n", "10", "-t", "3",
+            "--json", dir + "/r.json", "--plot", dir + "/r.svg", "--tuning", dir + "/t.json"])
+        XCTAssertEqual(status, 0, output)
         let sizes = [4096, 16384, 65536, 262144]
         let algorithms = ["ring", "tree", "halving-doubling", "auto"]
         let results = try JSONDecoder().decode([BenchResult].self, from: Data(contentsOf: URL(fileURLWithPath: dir + "/r.json")))

@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import Rendezvous
 import Transport
 import XCTest
@@ -71,16 +72,9 @@ final class FaultTests: XCTestCase {
 final class PlacementTests: XCTestCase {
     func testEachRankRunsWhereTheTableSays() throws {
         for (ranks, policy) in [(2, "auto"), (3, "node"), (2, "core")] {
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: LocalCluster.buildDirectory + "/ddp-launch")
-            process.arguments = ["--nproc-per-node", String(ranks), "--numa-bind", policy, "--", "collective-check", "--counts", "8", "--report-binding"]
-            let pipe = Pipe()
-            process.standardOutput = pipe
-            process.standardError = pipe
-            try process.run()
-            let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-            process.waitUntilExit()
-            XCTAssertEqual(process.terminationStatus, 0, output)
+            let (status, output, _) = try runToEnd(LocalCluster.buildDirectory + "/ddp-launch", [
+                "--nproc-per-node", String(ranks), "--numa-bind", policy, "--", "collective-check", "--counts", "8", "--report-binding"])
+            XCTAssertEqual(status, 0, output)
             let lines = output.split(separator: "\n").map(String.init)
             for rank in 0..<ranks {
                 guard let row = lines.first(where: { $0.hasPrefix("[launcher] placement: \(rank) |") }),

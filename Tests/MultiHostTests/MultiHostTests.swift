@@ -20,18 +20,8 @@ final class MultiHostTests: XCTestCase {
     func namespace(_ host: Int) -> String { "\(prefix)-h\(host)" }
 
     @discardableResult
-    func sh(_ arguments: [String], environment: [String: String] = [:]) throws -> (status: Int32, output: String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = arguments
-        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        try process.run()
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+    func sh(_ arguments: [String], environment: [String: String] = [:]) throws -> (status: Int32, output: String, pid: Int32) {
+        try runToEnd("/usr/bin/env", arguments, environment: environment)
     }
 
     /// Brings up `hosts` test hosts (removed when the test ends), or skips the test saying why it cannot.

@@ -8,20 +8,9 @@ import XCTest
 final class DataParallelTests: XCTestCase {
     static var buildDirectory: String { URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path }
 
-    struct Run { var status: Int32; var output: String }
-
     /// Runs `ddp-launch --nproc-per-node n -- ddp-train train <config> <args>` and returns its output.
-    func launch(_ n: Int, _ config: String, _ args: [String], timeout: Double = 120) throws -> Run {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: Self.buildDirectory + "/ddp-launch")
-        process.arguments = ["--nproc-per-node", String(n), "--timeout", "20", "--", config] + args
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        try process.run()
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return Run(status: process.terminationStatus, output: String(decoding: data, as: UTF8.self))
+    func launch(_ n: Int, _ config: String, _ args: [String]) throws -> (status: Int32, output: String, pid: Int32) {
+        try runToEnd(Self.buildDirectory + "/ddp-launch", ["--nproc-per-node", String(n), "--timeout", "20", "--", config] + args)
     }
 
     func parameters(_ dir: String) throws -> [String: [Float]] {
@@ -130,47 +119,24 @@ final class DataParallelTests: XCTestCase {
     func testConfigMismatchNamesTheRank() throws {
         let train = Self.buildDirectory + "/ddp-train"
         let script = "exec '\(train)' train '\(configsDirectory)/tiny-gpt.json' --data-dir '\(dataDirectory)' --out-dir '\(temporaryDirectory("mismatch"))' --set seed=$((7 + RANK / 2))"
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: Self.buildDirectory + "/ddp-launch")
-        process.arguments = ["--nproc-per-node", "3", "--timeout", "20", "--", "/bin/sh", "-c", script]
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        try process.run()
-        let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        XCTAssertNotEqual(process.terminationStatus, 0, output)
+        let (status, output, pid) = try runToEnd(Self.buildDirectory + "/ddp-launch",
+                                                 ["--nproc-per-node", "3", "--timeout", "20", "--", "/bin/sh", "-c", script])
+        XCTAssertNotEqual(status, 0, output)
         XCTAssertTrue(output.contains("rank 2 runs a different model or config than rank 0"), output)
-        XCTAssertEqual(survivors(ofLauncher: process.processIdentifier), [])
+        XCTAssertEqual(survivors(ofLauncher: pid), [])
     }
 
     func testKilledRankStopsTheJobWithAClearMessageAndNoOrphans() throws {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: Self.buildDirectory + "/ddp-launch")
-        process.arguments = ["--nproc-per-node", "3", "--timeout", "10", "--", configsDirectory + "/tiny-gpt.json",
-                             "--data-dir", dataDirectory, "--out-dir", temporaryDirectory("ddp-kill"),
-                             "--set", "max_iters=100000", "--set", "log_interval=1", "--set", "eval_interval=100000"]
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        try process.run()
-        var output = ""
-        var victim: Int32?
-        var pids: [Int32] = []
-        let handle = pipe.fileHandleForReading
-        while victim == nil || !output.contains("iter 5/") {
-            let data = handle.availableData
-            if data.isEmpty { break }
-            output += String(decoding: data, as: UTF8.self)
-            pids = output.split(separator: "\n").compactMap { line -> Int32? in
-                guard line.hasPrefix("[launcher] rank "), let r = line.range(of: "pid ") else { return nil }
-                return Int32(line[r.upperBound...].prefix { $0.isNumber })
-            }
-            if pids.count == 3 { victim = pids[1] }
-        }
-        guard let victim else { return XCTFail("no pids in launcher output:\n\(output)") }
+        // Every rank's pid is printed before any rank can train, so "iter 5/" means all three are known.
+        let (process, handle, head) = try startLauncher(["--nproc-per-node", "3", "--timeout", "10", "--", configsDirectory + "/tiny-gpt.json",
+                                                         "--data-dir", dataDirectory, "--out-dir", temporaryDirectory("ddp-kill"),
+                                                         "--set", "max_iters=100000", "--set", "log_interval=1", "--set", "eval_interval=100000"],
+                                                        until: "iter 5/")
+        let pids = launcherRankPIDs(head)
+        guard pids.count == 3 else { return XCTFail("no pids in launcher output:\n\(head)") }
+        let victim = pids[1]
         kill(victim, SIGKILL)
-        output += String(decoding: handle.readDataToEndOfFile(), as: UTF8.self)
+        let output = head + String(decoding: handle.readDataToEndOfFile(), as: UTF8.self)
         process.waitUntilExit()
         XCTAssertNotEqual(process.terminationStatus, 0)
         XCTAssertTrue(output.contains("FAILED: rank 1 (pid \(victim)"), output)
@@ -197,13 +163,6 @@ final class DataParallelTests: XCTestCase {
         return (process, pipe.fileHandleForReading, output)
     }
 
-    func rankPIDs(_ output: String) -> [Int32] {
-        output.split(separator: "\n").compactMap { line -> Int32? in
-            guard line.hasPrefix("[launcher] rank "), let r = line.range(of: "pid ") else { return nil }
-            return Int32(line[r.upperBound...].prefix { $0.isNumber })
-        }
-    }
-
     /// --max-restarts: rank 1 is killed mid-training, the launcher restarts the group, rank 0 resumes
     /// from the last checkpoint and hands it to rank 1, and training ends with exactly the parameters
     /// and optimizer state of a run that was never interrupted (every step is a pure function of the
@@ -217,7 +176,7 @@ final class DataParallelTests: XCTestCase {
         let dir = temporaryDirectory("restart")
         let (process, handle, head) = try startLauncher(["--nproc-per-node", "2", "--timeout", "20", "--max-restarts", "1", "--", config]
                                                         + common + ["--out-dir", dir], until: "iter 50/")
-        let pids = rankPIDs(head)
+        let pids = launcherRankPIDs(head)
         XCTAssertEqual(pids.count, 2, head)
         if pids.count == 2 { kill(pids[1], SIGKILL) }
         let output = head + String(decoding: handle.readDataToEndOfFile(), as: UTF8.self)
@@ -253,7 +212,7 @@ final class DataParallelTests: XCTestCase {
         for signal in [SIGTERM, SIGKILL] {
             let dir = temporaryDirectory("orphans-\(signal)")
             let (process, handle, head) = try startLauncher(["--nproc-per-node", "3", "--", config] + endless + ["--out-dir", dir], until: "iter 3/")
-            let pids = rankPIDs(head)
+            let pids = launcherRankPIDs(head)
             XCTAssertEqual(pids.count, 3, head)
             kill(process.processIdentifier, signal)
             _ = handle.readDataToEndOfFile()

@@ -1,22 +1,10 @@
 import Foundation
+import TestSupport
 import Transport
 import XCTest
 
 /// Bad launcher options: one clear line, exit code 2, nothing started.
 final class LauncherOptionTests: XCTestCase {
-    func launcher(_ arguments: [String]) throws -> (status: Int32, output: String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: DataParallelTests.buildDirectory + "/ddp-launch")
-        process.arguments = arguments
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        try process.run()
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
-    }
-
     func testBadOptionsGetOneLineAndExitCode2() throws {
         let config = configsDirectory + "/tiny-gpt.json"
         let busy = try Listener(host: "127.0.0.1", port: 0)
@@ -32,7 +20,7 @@ final class LauncherOptionTests: XCTestCase {
             (["--nproc-per-node", "2"], "nothing to launch"),
         ]
         for (arguments, mentions) in cases {
-            let (status, output) = try launcher(arguments)
+            let (status, output, _) = try runToEnd(DataParallelTests.buildDirectory + "/ddp-launch", arguments)
             let lines = output.split(separator: "\n").filter { !$0.hasPrefix("[launcher] placement") }
             XCTAssertEqual(status, 2, "\(arguments): \(output)")
             XCTAssertEqual(lines.count, 1, "\(arguments) should print one line:\n\(output)")
