@@ -26,10 +26,23 @@ public struct TuningTable: Codable, Sendable, Equatable {
     }
 
     /// The algorithm the model predicts fastest for `bytes` (ties: name order, so every rank agrees).
-    public func best(bytes: Int) -> AllreduceAlgorithm? {
-        models.sorted { $0.key < $1.key }
-            .compactMap { name, cost in AllreduceAlgorithm(rawValue: name).flatMap { $0 == .auto ? nil : ($0, cost.seconds(bytes: bytes)) } }
-            .min { $0.1 < $1.1 }?.0
+    public func best(bytes: Int) -> AllreduceAlgorithm? { Self.fastest(candidates, bytes: bytes) }
+
+    /// The models of real algorithms (auto excluded), in name order.
+    public var candidates: [(algorithm: AllreduceAlgorithm, cost: LinearCost)] {
+        models.sorted { $0.key < $1.key }.compactMap { name, cost in
+            AllreduceAlgorithm(rawValue: name).flatMap { $0 == .auto ? nil : ($0, cost) }
+        }
+    }
+
+    /// The first candidate with the smallest predicted time.
+    static func fastest(_ candidates: [(algorithm: AllreduceAlgorithm, cost: LinearCost)], bytes: Int) -> AllreduceAlgorithm? {
+        var best: (algorithm: AllreduceAlgorithm, seconds: Double)?
+        for (algorithm, cost) in candidates {
+            let t = cost.seconds(bytes: bytes)
+            if best == nil || t < best!.seconds { best = (algorithm, t) }
+        }
+        return best?.algorithm
     }
 
     /// Sizes where the predicted times of two algorithms cross (a over b below, b over a above).
@@ -75,7 +88,7 @@ public struct TuningError: Error, CustomStringConvertible {
 public enum AllreduceTuning {
     private static let lock = NSLock()
     nonisolated(unsafe) private static var installed: TuningTable?
-    nonisolated(unsafe) private static var candidates: [(AllreduceAlgorithm, LinearCost)] = []
+    nonisolated(unsafe) private static var candidates: [(algorithm: AllreduceAlgorithm, cost: LinearCost)] = []
     nonisolated(unsafe) private static var loadedFromEnvironment = false
 
     public static func install(_ table: TuningTable?) {
@@ -87,9 +100,7 @@ public enum AllreduceTuning {
     private static func set(_ table: TuningTable?) {
         installed = table
         loadedFromEnvironment = true
-        candidates = (table?.models ?? [:]).sorted { $0.key < $1.key }.compactMap { name, cost in
-            AllreduceAlgorithm(rawValue: name).flatMap { $0 == .auto ? nil : ($0, cost) }
-        }
+        candidates = table?.candidates ?? []
     }
 
     private static func loadIfNeeded() {
@@ -110,11 +121,6 @@ public enum AllreduceTuning {
         lock.lock(); defer { lock.unlock() }
         loadIfNeeded()
         guard installed?.worldSize == worldSize else { return nil }
-        var best: (AllreduceAlgorithm, Double)?
-        for (algorithm, cost) in candidates {
-            let t = cost.seconds(bytes: bytes)
-            if best == nil || t < best!.1 { best = (algorithm, t) }
-        }
-        return best?.0
+        return TuningTable.fastest(candidates, bytes: bytes)
     }
 }

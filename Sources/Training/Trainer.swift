@@ -284,8 +284,8 @@ public final class Trainer {
         for (name, packed) in optimizer.state {
             let full = FloatBuffer(count: task.parameters.count)
             try checkpoint.restore("optimizer." + name, shape: [full.count], into: full.base)
-            pack(full, into: packed, ranges: optimizer.ranges)
-            state[name] = full
+            // Data-parallel: `synchronize` hands every rank (this one too) its pieces.
+            if dataParallel == nil { pack(full, into: packed, ranges: optimizer.ranges) } else { state[name] = full }
         }
         resumedState = dataParallel == nil ? nil : state
         optimizer.stepCount = steps
