@@ -87,41 +87,29 @@ public final class ProcessGroup: @unchecked Sendable {
             let ranks = missing.compactMap { Int($0.dropFirst(5)) }
             return "waiting for ranks \(ranks.map(String.init).joined(separator: ", ")) of \(world)"
         }.map { String(decoding: $0, as: UTF8.self) }
-        var connections = [Connection?](repeating: nil, count: world)
         let deadline = Deadline(seconds: timeoutSeconds)
-        for peer in 0..<rank {
-            let parts = addresses[peer].split(separator: "|")
-            guard parts.count == 2, let port = Int(parts[1]) else {
-                throw TransportError(.rendezvous("rank \(peer) published a malformed address '\(addresses[peer])'"), operation: "rendezvous")
-            }
-            let description = PeerDescription(rank: peer, host: String(parts[0]), port: port)
-            let fd = try Socket.connect(host: String(parts[0]), port: port, deadline: deadline, peer: description,
-                                        operation: "rank \(rank) connecting to rank \(peer)")
-            let connection = Connection(fd: fd, peer: description, policy: policy)
-            try Handshake.connect(connection, identity: identity, rank: rank)
-            connections[peer] = connection
-        }
-        var pending = Set((rank + 1)..<world)
-        while !pending.isEmpty {
-            let accepted: (fd: Int32, host: String, port: Int)
-            do {
-                accepted = try listener.accept(deadline: deadline, operation: "rank \(rank) accepting peers")
-            } catch let error as TransportError {
-                if case .timedOut = error.kind {
-                    throw TransportError(.rendezvous("rendezvous timed out after \(Int(timeoutSeconds)) s: rank \(rank) still waiting for connections from ranks \(pending.sorted().map(String.init).joined(separator: ", ")) of \(world)"), operation: "rendezvous")
+        // Higher ranks connect to us: accept them on another thread while we connect to lower ranks.
+        let acceptor = PeerAcceptor(listener: listener, rank: rank, expected: Set((rank + 1)..<world), identity: identity,
+                                    policy: policy, deadline: deadline, log: log)
+        var connections = [Connection?](repeating: nil, count: world)
+        do {
+            for peer in 0..<rank {
+                let parts = addresses[peer].split(separator: "|")
+                guard parts.count == 2, let port = Int(parts[1]) else {
+                    throw TransportError(.rendezvous("rank \(peer) published a malformed address '\(addresses[peer])'"), operation: "rendezvous")
                 }
-                throw error
+                let description = PeerDescription(rank: peer, host: String(parts[0]), port: port)
+                let fd = try Socket.connect(host: String(parts[0]), port: port, deadline: deadline, peer: description,
+                                            operation: "rank \(rank) connecting to rank \(peer)")
+                let connection = Connection(fd: fd, peer: description, policy: policy)
+                try Handshake.connect(connection, identity: identity, rank: rank)
+                connections[peer] = connection
             }
-            let connection = Connection(fd: accepted.fd, peer: PeerDescription(host: accepted.host, port: accepted.port), policy: policy)
-            guard let peer = try? Handshake.accept(connection, identity: identity, onRefusal: { log("rank \(rank): \($0)") }) else { continue }
-            guard pending.contains(peer) else {
-                log("rank \(rank): refused a second or unexpected connection claiming rank \(peer) from \(connection.peer)")
-                connection.close()
-                continue
-            }
-            pending.remove(peer)
-            connections[peer] = connection
+        } catch {
+            acceptor.stop()
+            throw error
         }
+        for (peer, connection) in try acceptor.finish(worldSize: world, timeoutSeconds: timeoutSeconds) { connections[peer] = connection }
         let group = ProcessGroup(rank: rank, worldSize: world, connections: connections, policy: policy)
         group.store = store
         return group

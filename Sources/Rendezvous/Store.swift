@@ -26,17 +26,36 @@ public final class StoreServer: @unchecked Sendable {
 
     public var port: Int { listener.port }
 
-    public init(host: String, port: Int, identity: JobIdentity, log: @escaping @Sendable (String) -> Void = { _ in }) throws {
-        listener = try Listener(host: host, port: port)
+    /// Served connections, so that stop can end them; keyed by an id the serving thread removes.
+    var clients: [Int: Connection] = [:]
+    var nextClient = 0
+    let acceptLoopEnded = DispatchSemaphore(value: 0)
+
+    /// `bindRetrySeconds`: how long a fixed port still held by a previous attempt is retried.
+    public init(host: String, port: Int, identity: JobIdentity, bindRetrySeconds: Double = 5,
+                log: @escaping @Sendable (String) -> Void = { _ in }) throws {
+        listener = try Listener(host: host, port: port, bindRetrySeconds: bindRetrySeconds)
         self.identity = identity
         self.log = log
-        let thread = Thread { [self] in acceptLoop() }
+        let thread = Thread { [self] in acceptLoop(); acceptLoopEnded.signal() }
         thread.name = "store-accept"
         thread.start()
     }
 
+    /// Stops serving and releases the port before returning, so that the next attempt of a job can bind
+    /// the same fixed port at once: wakes the accept loop, waits for it to end, closes the listener,
+    /// and ends every client connection.
     public func stop() {
-        lock.lock(); stopped = true; lock.unlock()
+        lock.lock()
+        let wasStopped = stopped
+        stopped = true
+        let open = Array(clients.values)
+        lock.unlock()
+        guard !wasStopped else { return }
+        listener.shutdown()
+        acceptLoopEnded.wait()
+        listener.close()
+        for connection in open { connection.shutdown() }
     }
 
     var isStopped: Bool { lock.lock(); defer { lock.unlock() }; return stopped }
@@ -46,7 +65,16 @@ public final class StoreServer: @unchecked Sendable {
             guard let (fd, host, port) = try? listener.accept(deadline: Deadline(seconds: 0.5), operation: "store accept") else { continue }
             let connection = Connection(fd: fd, peer: PeerDescription(host: host, port: port),
                                         policy: WaitPolicy(timeoutSeconds: 10, spinMicroseconds: 0))
-            let thread = Thread { [self] in serve(connection) }
+            lock.lock()
+            if stopped { lock.unlock(); connection.close(); break }
+            let id = nextClient
+            nextClient += 1
+            clients[id] = connection
+            lock.unlock()
+            let thread = Thread { [self] in
+                serve(connection)
+                lock.lock(); clients[id] = nil; lock.unlock()
+            }
             thread.name = "store-client"
             thread.start()
         }

@@ -20,6 +20,9 @@ public final class Connection: @unchecked Sendable {
     public private(set) var fd: Int32
     public var peer: PeerDescription
     public var policy: WaitPolicy
+    /// A cap on every wait however much data moves: set while a handshake runs, so a peer that drips
+    /// one byte at a time cannot hold the connection past it.
+    public var overallDeadline: Deadline?
 
     public init(fd: Int32, peer: PeerDescription, policy: WaitPolicy) {
         self.fd = fd; self.peer = peer; self.policy = policy
@@ -29,6 +32,12 @@ public final class Connection: @unchecked Sendable {
 
     public func close() {
         if fd >= 0 { Glibc.close(fd); fd = -1 }
+    }
+
+    /// Ends both directions without releasing the descriptor: safe while another thread waits on it
+    /// (its poll wakes and its next receive sees EOF), unlike close, whose number could be reused.
+    public func shutdown() {
+        if fd >= 0 { _ = Glibc.shutdown(fd, Int32(SHUT_RDWR)) }
     }
 
     // MARK: non-blocking primitives (used by collectives that drive several connections at once)
@@ -67,33 +76,31 @@ public final class Connection: @unchecked Sendable {
 
     /// Waits until the socket is readable or writable, spinning first; throws on the deadline.
     public func wait(for events: Int16, deadline: Deadline, operation: @autoclosure () -> String) throws {
-        var pfd = pollfd(fd: fd, events: events, revents: 0)
+        var fds = [pollfd(fd: fd, events: events, revents: 0)]
         let spinUntil = Deadline.now() + policy.spinMicroseconds * 1e-6
         repeat {
-            if poll(&pfd, 1, 0) > 0 { return }
-        } while Deadline.now() < spinUntil
-        while true {
-            if deadline.hasPassed {
-                throw TransportError(.timedOut(seconds: deadline.seconds), operation: operation(), peer: peer)
-            }
-            let ready = poll(&pfd, 1, min(deadline.pollMilliseconds, 1000))
-            if ready > 0 { return }
-            if ready < 0 && errno != EINTR {
-                throw TransportError(.system(call: "poll", errno: errno), operation: operation(), peer: peer)
-            }
-        }
+            fds[0].revents = 0
+            try waitForSockets(&fds, spinUntil: spinUntil, deadline: deadline, operation: operation(), peer: peer)
+        } while fds[0].revents == 0
     }
 
     // MARK: blocking helpers
 
+    /// The deadline of the next wait: the inactivity timeout, or the overall cap when that comes first.
+    func nextDeadline() -> Deadline {
+        let inactivity = Deadline(seconds: policy.timeoutSeconds)
+        guard let cap = overallDeadline, cap.at < inactivity.at else { return inactivity }
+        return cap
+    }
+
     public func sendAll(_ p: UnsafeRawPointer, _ count: Int, operation: @autoclosure () -> String) throws {
         var done = 0
-        var deadline = Deadline(seconds: policy.timeoutSeconds)
+        var deadline = nextDeadline()
         while done < count {
             let n = try trySend(p + done, count - done, operation: operation())
             if n > 0 {
                 done += n
-                deadline = Deadline(seconds: policy.timeoutSeconds)
+                deadline = nextDeadline()
             } else {
                 try wait(for: Int16(POLLOUT), deadline: deadline, operation: operation())
             }
@@ -102,12 +109,12 @@ public final class Connection: @unchecked Sendable {
 
     public func receiveAll(_ p: UnsafeMutableRawPointer, _ count: Int, operation: @autoclosure () -> String) throws {
         var done = 0
-        var deadline = Deadline(seconds: policy.timeoutSeconds)
+        var deadline = nextDeadline()
         while done < count {
             let n = try tryReceive(p + done, count - done, expected: count, received: done, operation: operation())
             if n > 0 {
                 done += n
-                deadline = Deadline(seconds: policy.timeoutSeconds)
+                deadline = nextDeadline()
             } else {
                 try wait(for: Int16(POLLIN), deadline: deadline, operation: operation())
             }

@@ -19,7 +19,9 @@ public struct JobIdentity: Sendable {
 /// A peer that fails any step never gets past the handshake; the acceptor closes the connection.
 public enum Handshake {
     static let nonceBytes = 32
-    static let timeoutCap = 10.0
+    /// The whole acceptor side must finish within this (or the connection's timeout, when shorter):
+    /// an unauthenticated peer gets no more, however it paces its bytes.
+    public static let timeoutCap = 10.0
 
     /// Runs the connector side; `rank` is -1 for a store client that is not a rank.
     public static func connect(_ connection: Connection, identity: JobIdentity, rank: Int) throws {
@@ -47,6 +49,8 @@ public enum Handshake {
     public static func accept(_ connection: Connection, identity: JobIdentity,
                               onRefusal: (String) -> Void = { _ in }) throws -> Int {
         let operation = "handshake"
+        connection.overallDeadline = Deadline(seconds: min(timeoutCap, connection.policy.timeoutSeconds))
+        defer { connection.overallDeadline = nil }
         func refuse(_ reason: String) -> TransportError {
             try? connection.sendFrame(.refusal, tag: 0, bytes: Array(reason.utf8), operation: operation)
             connection.close()

@@ -117,9 +117,24 @@ public enum Socket {
 
 /// A listening socket bound to an address (port 0 picks a free port; `port` tells which).
 public final class Listener: @unchecked Sendable {
-    public let fd: Int32
+    public private(set) var fd: Int32
     public let host: String
     public let port: Int
+
+    /// Binds host:port; `bindRetrySeconds` retries EADDRINUSE that long (a fixed port that a previous
+    /// attempt of the same job released a moment ago).
+    public convenience init(host: String, port: Int = 0, backlog: Int32 = 128, bindRetrySeconds: Double) throws {
+        let deadline = Deadline(seconds: bindRetrySeconds)
+        while true {
+            do {
+                try self.init(host: host, port: port, backlog: backlog)
+                return
+            } catch let error as TransportError {
+                guard case .system("bind", EADDRINUSE) = error.kind, port != 0, !deadline.hasPassed else { throw error }
+                usleep(50_000)
+            }
+        }
+    }
 
     public init(host: String, port: Int = 0, backlog: Int32 = 128) throws {
         let operation = "listen on \(host):\(port)"
@@ -149,14 +164,23 @@ public final class Listener: @unchecked Sendable {
                 self.port = Socket.describe(actual, length).port
                 return
             } catch let error as TransportError {
-                close(fd)
+                Glibc.close(fd)
                 lastError = error
             }
         }
         throw lastError ?? TransportError(.rendezvous("no address to listen on for \(host)"), operation: operation)
     }
 
-    deinit { close(fd) }
+    deinit { close() }
+
+    /// Wakes every thread blocked in `accept` on this listener (they fail with EINVAL); the port stays
+    /// bound until `close`.
+    public func shutdown() { if fd >= 0 { _ = Glibc.shutdown(fd, Int32(SHUT_RDWR)) } }
+
+    /// Releases the port. Call only when no thread is inside `accept`.
+    public func close() {
+        if fd >= 0 { Glibc.close(fd); fd = -1 }
+    }
 
     /// Waits up to the deadline for one connection; returns a configured, non-blocking descriptor and
     /// the peer's numeric address.

@@ -1,0 +1,97 @@
+import Foundation
+import Transport
+
+/// Accepts the higher ranks' connections during rendezvous. Every accepted connection is handshaken on
+/// its own thread under the handshake's own short deadline while accepting goes on, so a connection
+/// that says nothing (an intruder, a port scanner) delays no peer; it is refused and logged by its
+/// address, never blamed on a rank.
+final class PeerAcceptor: @unchecked Sendable {
+    private let lock = NSCondition()
+    private var pending: Set<Int>
+    private var accepted: [Int: Connection] = [:]
+    private var refused: [String] = []
+    private var stopping = false
+    private var loopEnded = false
+    private let listener: Listener
+    private let rank: Int
+
+    init(listener: Listener, rank: Int, expected: Set<Int>, identity: JobIdentity, policy: WaitPolicy,
+         deadline: Deadline, log: @escaping (String) -> Void) {
+        self.listener = listener
+        self.rank = rank
+        pending = expected
+        let log = UncheckedLog(log)
+        let thread = Thread { [self] in
+            var backoff: useconds_t = 1_000
+            while !shouldStop && !deadline.hasPassed {
+                let fd: Int32, host: String, port: Int
+                do {
+                    (fd, host, port) = try listener.accept(deadline: Deadline(seconds: min(0.5, max(deadline.remaining, 0))),
+                                                           operation: "rank \(rank) accepting peers")
+                    backoff = 1_000
+                } catch let error as TransportError {
+                    if case .timedOut = error.kind { continue }
+                    if shouldStop { break }
+                    // EMFILE and friends: say so once per back-off and keep going rather than spin.
+                    log.call("rank \(rank): \(error); retrying")
+                    usleep(backoff)
+                    backoff = min(backoff * 2, 200_000)
+                    continue
+                } catch { continue }
+                let connection = Connection(fd: fd, peer: PeerDescription(host: host, port: port), policy: policy)
+                Thread.detachNewThread { [self] in
+                    guard let peer = try? Handshake.accept(connection, identity: identity,
+                                                           onRefusal: { log.call("rank \(rank): \($0)"); self.noteRefusal("\(host):\(port)") }) else { return }
+                    guard claim(peer, connection) else {
+                        log.call("rank \(rank): refused a second or unexpected connection claiming rank \(peer) from \(connection.peer)")
+                        connection.close()
+                        return
+                    }
+                }
+            }
+            lock.lock(); loopEnded = true; lock.broadcast(); lock.unlock()
+        }
+        thread.name = "rendezvous-accept"
+        thread.start()
+    }
+
+    private var shouldStop: Bool { lock.lock(); defer { lock.unlock() }; return stopping || pending.isEmpty }
+
+    private func noteRefusal(_ address: String) { lock.lock(); refused.append(address); lock.unlock() }
+
+    private func claim(_ peer: Int, _ connection: Connection) -> Bool {
+        lock.lock(); defer { lock.unlock() }
+        guard !stopping, pending.remove(peer) != nil else { return false }
+        accepted[peer] = connection
+        lock.broadcast()
+        return true
+    }
+
+    /// Ends the accept loop (and waits for it) without taking its connections.
+    func stop() {
+        lock.lock(); stopping = true; lock.unlock()
+        listener.shutdown()
+        lock.lock(); while !loopEnded { lock.wait() }; lock.unlock()
+    }
+
+    /// Waits until every expected rank has connected and proved itself, or throws at the deadline
+    /// naming the ranks still missing (and the addresses refused meanwhile, which are not ranks).
+    func finish(worldSize: Int, timeoutSeconds: Double) throws -> [Int: Connection] {
+        lock.lock()
+        while !pending.isEmpty && !loopEnded { _ = lock.wait(until: Date().addingTimeInterval(0.2)) }
+        let missing = pending.sorted(), refusedAddresses = refused, result = accepted
+        lock.unlock()
+        stop()
+        guard missing.isEmpty else {
+            let intruders = refusedAddresses.isEmpty ? "" : "; refused \(refusedAddresses.count) connection(s) that did not pass the handshake, from \(Set(refusedAddresses).sorted().joined(separator: ", "))"
+            throw TransportError(.rendezvous("rendezvous timed out after \(Int(timeoutSeconds)) s: rank \(rank) still waiting for connections from ranks \(missing.map(String.init).joined(separator: ", ")) of \(worldSize)\(intruders)"), operation: "rendezvous")
+        }
+        return result
+    }
+}
+
+/// A log callback carried into threads (callers pass thread-safe printers).
+struct UncheckedLog: @unchecked Sendable {
+    let call: (String) -> Void
+    init(_ call: @escaping (String) -> Void) { self.call = call }
+}

@@ -1,0 +1,228 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+// The duplex send/receive engine under every collective and point-to-point call. A call posts some
+// messages to send and some to receive, each on a connection, and completes them all together on
+// non-blocking sockets with one poll over every pending direction: so a rank can send to its right
+// neighbour while receiving from its left one, or exchange with both neighbours at once, and no
+// combination of blocking sends can deadlock. Each message travels as data frames of at most
+// `chunkBytes`; the header and the payload leave in one sendmsg, straight from the caller's memory, and
+// a received payload lands straight in the destination. Messages on the same connection and direction
+// go strictly in the order posted (TCP keeps them so); different connections progress independently.
+// A frame whose type, tag or length is not the one expected is rejected and the connection closed:
+// ranks out of step fail loudly, never with wrong data.
+
+/// How the engine frames and waits.
+public struct ExchangeSettings: Sendable {
+    public var chunkBytes: Int
+    public var checksumPayloads: Bool
+    public var policy: WaitPolicy
+    public init(chunkBytes: Int, checksumPayloads: Bool, policy: WaitPolicy) {
+        precondition(chunkBytes > 0 && chunkBytes <= FrameHeader.maxLength, "chunk of \(chunkBytes) bytes")
+        self.chunkBytes = chunkBytes; self.checksumPayloads = checksumPayloads; self.policy = policy
+    }
+}
+
+/// One message to send.
+public struct OutgoingMessage {
+    public var connection: Connection
+    public var type: FrameHeader.MessageType
+    public var tag: UInt32
+    public var bytes: UnsafeRawBufferPointer
+    public init(_ connection: Connection, type: FrameHeader.MessageType = .data, tag: UInt32, bytes: UnsafeRawBufferPointer) {
+        self.connection = connection; self.type = type; self.tag = tag; self.bytes = bytes
+    }
+}
+
+/// One message to receive, of exactly `buffer.count` bytes.
+public struct IncomingMessage {
+    public var connection: Connection
+    public var type: FrameHeader.MessageType
+    public var tag: UInt32
+    public var buffer: UnsafeMutableRawBufferPointer
+    public init(_ connection: Connection, type: FrameHeader.MessageType = .data, tag: UInt32, buffer: UnsafeMutableRawBufferPointer) {
+        self.connection = connection; self.type = type; self.tag = tag; self.buffer = buffer
+    }
+}
+
+/// Frames for `total` bytes cut into frames of at most `chunk` bytes (0 bytes: no frame at all, both
+/// sides know the length).
+@inline(__always) func frameCount(_ total: Int, _ chunk: Int) -> Int { total == 0 ? 0 : (total + chunk - 1) / chunk }
+
+/// A frame header's 24 bytes, inline (no allocation on the hot path).
+struct HeaderBytes {
+    var words: (UInt64, UInt64, UInt64) = (0, 0, 0)
+    mutating func withMutableBytes<R>(_ body: (UnsafeMutableRawBufferPointer) throws -> R) rethrows -> R {
+        try withUnsafeMutableBytes(of: &words, body)
+    }
+}
+
+private struct SendProgress {
+    var frame = 0, offset = 0, frameLength = 0, frames = 0
+    var header = HeaderBytes()
+    var after: Int? // the earlier send on the same connection, which must finish first
+    var done: Bool { frame >= frames }
+}
+
+private struct ReceiveProgress {
+    var frame = 0, offset = 0, frames = 0
+    var header = HeaderBytes()
+    var inPayload = false
+    var payloadChecksum: UInt32?
+    var after: Int?
+    var done: Bool { frame >= frames }
+}
+
+/// Sends every outgoing message and receives every incoming one, all at once. `onChunk(i, range)` runs
+/// as soon as a chunk of incoming message i has landed and passed its checks (so a reduction overlaps
+/// the transfer). Fails when no byte moves for the policy's timeout, naming a peer still owed.
+public func exchangeMessages(sending outgoing: [OutgoingMessage], receiving incoming: [IncomingMessage],
+                             settings: ExchangeSettings, operation: @autoclosure () -> String,
+                             onChunk: (Int, Range<Int>) -> Void = { _, _ in }) throws {
+    let chunk = settings.chunkBytes
+    var sends = [SendProgress](repeating: SendProgress(), count: outgoing.count)
+    var receives = [ReceiveProgress](repeating: ReceiveProgress(), count: incoming.count)
+    for i in outgoing.indices {
+        sends[i].frames = frameCount(outgoing[i].bytes.count, chunk)
+        sends[i].after = outgoing[..<i].lastIndex { $0.connection === outgoing[i].connection }
+    }
+    for i in incoming.indices {
+        receives[i].frames = frameCount(incoming[i].buffer.count, chunk)
+        receives[i].after = incoming[..<i].lastIndex { $0.connection === incoming[i].connection }
+    }
+    func startFrame(_ i: Int) {
+        let message = outgoing[i]
+        let start = sends[i].frame * chunk
+        let length = min(chunk, message.bytes.count - start)
+        let payload = UnsafeRawBufferPointer(rebasing: message.bytes[start..<(start + length)])
+        let header = FrameHeader(type: message.type, tag: message.tag, length: length,
+                                 payloadChecksum: settings.checksumPayloads ? checksum(payload) : nil)
+        sends[i].header.withMutableBytes { header.encode(into: $0.baseAddress!) }
+        sends[i].frameLength = length
+        sends[i].offset = 0
+    }
+    for i in outgoing.indices where sends[i].frames > 0 { startFrame(i) }
+
+    // Pushes as much of send i as its socket takes now; true when a byte moved.
+    func push(_ i: Int) throws -> Bool {
+        let message = outgoing[i], connection = message.connection
+        var moved = false
+        while !sends[i].done {
+            let start = sends[i].frame * chunk
+            let n: Int
+            if sends[i].offset < FrameHeader.size {
+                let payload = UnsafeRawBufferPointer(start: message.bytes.baseAddress.map { $0 + start }, count: sends[i].frameLength)
+                let offset = sends[i].offset
+                n = try sends[i].header.withMutableBytes {
+                    try connection.trySend(UnsafeRawBufferPointer(rebasing: $0[offset...]), payload, operation: operation())
+                }
+            } else {
+                let sent = sends[i].offset - FrameHeader.size
+                n = try connection.trySend(message.bytes.baseAddress! + start + sent, sends[i].frameLength - sent, operation: operation())
+            }
+            if n == 0 { break }
+            moved = true
+            sends[i].offset += n
+            if sends[i].offset == FrameHeader.size + sends[i].frameLength {
+                sends[i].frame += 1
+                if !sends[i].done { startFrame(i) }
+            }
+        }
+        return moved
+    }
+
+    // Pulls what has arrived for receive i; true when a byte moved.
+    func pull(_ i: Int) throws -> Bool {
+        let message = incoming[i], connection = message.connection
+        let total = message.buffer.count
+        var moved = false
+        while !receives[i].done {
+            let base = receives[i].frame * chunk
+            let expectedLength = min(chunk, total - base)
+            let offset = receives[i].offset
+            let n: Int
+            if !receives[i].inPayload {
+                n = try receives[i].header.withMutableBytes {
+                    try connection.tryReceive($0.baseAddress! + offset, FrameHeader.size - offset,
+                                              expected: total, received: base, operation: operation())
+                }
+            } else {
+                n = try connection.tryReceive(message.buffer.baseAddress! + base + offset, expectedLength - offset,
+                                              expected: total, received: base + offset, operation: operation())
+            }
+            if n == 0 { break }
+            moved = true
+            receives[i].offset += n
+            if !receives[i].inPayload && receives[i].offset == FrameHeader.size {
+                let decoded = receives[i].header.withMutableBytes { FrameHeader.decode($0.baseAddress!, maxLength: chunk) }
+                switch decoded {
+                case .failure(let error):
+                    connection.close()
+                    throw TransportError(.badFrame(error.reason), operation: operation(), peer: connection.peer)
+                case .success(let header):
+                    guard header.type == message.type, header.tag == message.tag, header.length == expectedLength else {
+                        connection.close()
+                        throw TransportError(.badFrame("expected a \(message.type) frame, tag \(describeTag(message.tag)), of \(expectedLength) bytes, got a \(header.type) frame, tag \(describeTag(header.tag)), of \(header.length) bytes (ranks out of step, or two groups sharing this connection at once?)"),
+                                             operation: operation(), peer: connection.peer)
+                    }
+                    receives[i].payloadChecksum = header.payloadChecksum
+                }
+                receives[i].inPayload = true
+                receives[i].offset = 0
+            }
+            if receives[i].inPayload && receives[i].offset == expectedLength {
+                let range = base..<(base + expectedLength)
+                if let expected = receives[i].payloadChecksum,
+                   expected != checksum(UnsafeRawBufferPointer(rebasing: message.buffer[range])) {
+                    connection.close()
+                    throw TransportError(.badFrame("payload checksum mismatch (\(expectedLength) bytes)"), operation: operation(), peer: connection.peer)
+                }
+                onChunk(i, range)
+                receives[i].frame += 1
+                receives[i].inPayload = false
+                receives[i].offset = 0
+            }
+        }
+        return moved
+    }
+
+    func sendReady(_ i: Int) -> Bool { !sends[i].done && (sends[i].after.map { sends[$0].done } ?? true) }
+    func receiveReady(_ i: Int) -> Bool { !receives[i].done && (receives[i].after.map { receives[$0].done } ?? true) }
+
+    var deadline = Deadline(seconds: settings.policy.timeoutSeconds)
+    var spinUntil = Deadline.now() + settings.policy.spinMicroseconds * 1e-6
+    var fds: [pollfd] = []
+    while true {
+        var progressed = false, pending = false
+        for i in sends.indices where sendReady(i) {
+            if try push(i) { progressed = true }
+            if !sends[i].done { pending = true }
+        }
+        for i in receives.indices where receiveReady(i) {
+            if try pull(i) { progressed = true }
+            if !receives[i].done { pending = true }
+        }
+        if !pending { return } // a message waiting on an earlier one keeps that one pending
+        if progressed {
+            deadline = Deadline(seconds: settings.policy.timeoutSeconds)
+            spinUntil = Deadline.now() + settings.policy.spinMicroseconds * 1e-6
+            continue
+        }
+        // Nothing moved: wait for any pending direction. Blame a peer we still expect bytes from first.
+        fds.removeAll(keepingCapacity: true)
+        var owed: PeerDescription?
+        func watch(_ connection: Connection, _ events: Int16) {
+            if let k = fds.firstIndex(where: { $0.fd == connection.fd }) { fds[k].events |= events }
+            else { fds.append(pollfd(fd: connection.fd, events: events, revents: 0)) }
+        }
+        for i in receives.indices where receiveReady(i) { watch(incoming[i].connection, Int16(POLLIN)); owed = owed ?? incoming[i].connection.peer }
+        for i in sends.indices where sendReady(i) { watch(outgoing[i].connection, Int16(POLLOUT)); owed = owed ?? outgoing[i].connection.peer }
+        try waitForSockets(&fds, spinUntil: spinUntil, deadline: deadline, operation: operation(), peer: owed)
+    }
+}
+
+/// A tag as "group G, number N" (the layout the process groups use: 12 bits of group, 20 of number).
+public func describeTag(_ tag: UInt32) -> String {
+    tag >> 20 == 0 ? "\(tag)" : "\(tag & 0xF_FFFF) of group \(tag >> 20)"
+}
