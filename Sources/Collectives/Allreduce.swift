@@ -92,7 +92,7 @@ func disseminationBarrier(group: ProcessGroup) throws {
         try withUnsafeBytes(of: &token) { send in
             try withUnsafeMutableBytes(of: &received) { receive in
                 try exchange(group, tag: tag, sendTo: to, sendBytes: send, receiveFrom: from, receiveBuffer: receive,
-                             operation: "barrier on rank \(rank) (round with ranks \(to) and \(from))")
+                             operation: "barrier on \(group.name) (round with ranks \(to) and \(from))")
             }
         }
         distance *= 2
@@ -101,12 +101,35 @@ func disseminationBarrier(group: ProcessGroup) throws {
 
 /// Broadcast from `root` to every rank, in place.
 public func broadcast(_ buffer: UnsafeMutableBufferPointer<Float>, root: Int, group: ProcessGroup) throws {
-    try guarded(group) { try treeBroadcast(buffer, root: root, group: group) }
+    try broadcast(bytes: UnsafeMutableRawBufferPointer(buffer), root: root, group: group)
+}
+
+/// Broadcast of raw bytes from `root`, in place (any element type travels as itself).
+public func broadcast(bytes: UnsafeMutableRawBufferPointer, root: Int, group: ProcessGroup) throws {
+    try guarded(group) { try treeBroadcast(bytes, root: root, group: group) }
+}
+
+/// Broadcast of integers from `root`: every rank returns root's values (same count on every rank).
+public func broadcast(_ values: [Int64], root: Int, group: ProcessGroup) throws -> [Int64] {
+    var copy = values
+    try copy.withUnsafeMutableBytes { try broadcast(bytes: $0, root: root, group: group) }
+    return copy
 }
 
 /// Allgather in place: on entry segment r (segmentRange(count, worldSize, r)) holds rank r's part.
 public func allgather(_ buffer: UnsafeMutableBufferPointer<Float>, group: ProcessGroup) throws {
     try guarded(group) { try ringAllgather(buffer, group: group) }
+}
+
+/// Allgather of integers: every rank gives the same number of values and gets everyone's, in rank order.
+public func allgather(_ values: [Int64], group: ProcessGroup) throws -> [[Int64]] {
+    let n = group.worldSize, k = values.count
+    var all = [Int64](repeating: 0, count: n * k)
+    for i in 0..<k { all[group.rank * k + i] = values[i] }
+    try all.withUnsafeMutableBytes { raw in
+        try guarded(group) { try ringAllgather(raw, elementBytes: 8 * max(k, 1), group: group) }
+    }
+    return (0..<n).map { Array(all[($0 * k)..<(($0 + 1) * k)]) }
 }
 
 /// Reduce-scatter in place: on exit segment `group.rank` holds the reduction of that segment.

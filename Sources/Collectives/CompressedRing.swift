@@ -75,7 +75,7 @@ private func bf16RingSteps(_ buffer: UnsafeMutableBufferPointer<Float>, group: P
         if !send.isEmpty { encodeBFloat16(buffer.baseAddress! + send.lowerBound, outgoing, count: send.count) }
         try exchange(group, tag: tag, sendTo: right, sendBytes: UnsafeRawBufferPointer(start: outgoing, count: send.count * 2),
                      receiveFrom: left, receiveBuffer: UnsafeMutableRawBufferPointer(start: incoming, count: receive.count * 2),
-                     operation: "bf16 ring \(phase) step \(step + 1)/\(n - 1) on rank \(rank)") { bytes in
+                     operation: "bf16 ring \(phase) step \(step + 1)/\(n - 1) on \(group.name)") { bytes in
             onChunk(destination, incoming, (bytes.lowerBound / 2)..<(bytes.upperBound / 2))
         }
     }

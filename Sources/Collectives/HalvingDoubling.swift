@@ -18,16 +18,16 @@ public func halvingDoublingAllreduce(_ buffer: UnsafeMutableBufferPointer<Float>
     let none = UnsafeMutableRawBufferPointer(start: nil, count: 0)
     if rank >= p {
         try exchange(group, tag: tag, sendTo: rank - p, sendBytes: UnsafeRawBufferPointer(all), receiveFrom: nil, receiveBuffer: none,
-                     operation: "halving-doubling fold on rank \(rank)")
+                     operation: "halving-doubling fold on \(group.name)")
         try exchange(group, tag: tag, sendTo: nil, sendBytes: UnsafeRawBufferPointer(start: nil, count: 0), receiveFrom: rank - p,
-                     receiveBuffer: all, operation: "halving-doubling result on rank \(rank)")
+                     receiveBuffer: all, operation: "halving-doubling result on \(group.name)")
         return
     }
     let scratch = group.scratchFloats(max(buffer.count, 1))
     if rank + p < n {
         try exchange(group, tag: tag, sendTo: nil, sendBytes: UnsafeRawBufferPointer(start: nil, count: 0), receiveFrom: rank + p,
                      receiveBuffer: mutableBytesOf(scratch, 0..<buffer.count),
-                     operation: "halving-doubling fold on rank \(rank)")
+                     operation: "halving-doubling fold on \(group.name)")
         op.combine(buffer.baseAddress!, scratch.baseAddress!, count: buffer.count)
     }
     if buffer.count * 4 <= recursiveDoublingBytes {
@@ -39,7 +39,7 @@ public func halvingDoublingAllreduce(_ buffer: UnsafeMutableBufferPointer<Float>
             let partner = rank ^ distance
             try exchange(group, tag: tag, sendTo: partner, sendBytes: UnsafeRawBufferPointer(all), receiveFrom: partner,
                          receiveBuffer: mutableBytesOf(scratch, 0..<buffer.count),
-                         operation: "recursive doubling step on rank \(rank)")
+                         operation: "recursive doubling step on \(group.name)")
             op.combine(buffer.baseAddress!, scratch.baseAddress!, count: buffer.count)
             distance *= 2
         }
@@ -49,7 +49,7 @@ public func halvingDoublingAllreduce(_ buffer: UnsafeMutableBufferPointer<Float>
     }
     if rank + p < n {
         try exchange(group, tag: tag, sendTo: rank + p, sendBytes: UnsafeRawBufferPointer(all), receiveFrom: nil, receiveBuffer: none,
-                     operation: "halving-doubling result on rank \(rank)")
+                     operation: "halving-doubling result on \(group.name)")
     }
 }
 
@@ -64,7 +64,7 @@ func halvingThenDoubling(_ buffer: UnsafeMutableBufferPointer<Float>, op: Reduce
         let destination = buffer.baseAddress! + step.keep.lowerBound
         try exchange(group, tag: tag, sendTo: step.partner, sendBytes: bytesOf(buffer, step.give),
                      receiveFrom: step.partner, receiveBuffer: mutableBytesOf(scratch, 0..<step.keep.count),
-                     operation: "halving step \(index + 1)/\(steps.count) on rank \(rank)") { bytes in
+                     operation: "halving step \(index + 1)/\(steps.count) on \(group.name)") { bytes in
             op.combine(destination + bytes.lowerBound / 4, scratch.baseAddress! + bytes.lowerBound / 4, count: bytes.count / 4)
         }
     }
@@ -73,6 +73,6 @@ func halvingThenDoubling(_ buffer: UnsafeMutableBufferPointer<Float>, op: Reduce
     for (index, step) in steps.enumerated().reversed() {
         try exchange(group, tag: tag, sendTo: step.partner, sendBytes: bytesOf(buffer, step.keep),
                      receiveFrom: step.partner, receiveBuffer: mutableBytesOf(buffer, step.give),
-                     operation: "doubling step \(index + 1)/\(steps.count) on rank \(rank)")
+                     operation: "doubling step \(index + 1)/\(steps.count) on \(group.name)")
     }
 }

@@ -27,7 +27,7 @@ public func ringReduceScatter(_ buffer: UnsafeMutableBufferPointer<Float>, op: R
             let destination = buffer.baseAddress! + receive.lowerBound
             try exchange(group, tag: tag, sendTo: right, sendBytes: bytesOf(buffer, send),
                          receiveFrom: left, receiveBuffer: mutableBytesOf(scratch, 0..<receive.count),
-                         operation: "ring reduce-scatter step \(step + 1)/\(n - 1) on rank \(rank)") { bytes in
+                         operation: "ring reduce-scatter step \(step + 1)/\(n - 1) on \(group.name)") { bytes in
                 op.combine(destination + bytes.lowerBound / 4, scratch.baseAddress! + bytes.lowerBound / 4, count: bytes.count / 4)
             }
         }
@@ -38,17 +38,27 @@ public func ringReduceScatter(_ buffer: UnsafeMutableBufferPointer<Float>, op: R
 
 /// In-place ring allgather: segment r of `buffer` comes from rank r.
 public func ringAllgather(_ buffer: UnsafeMutableBufferPointer<Float>, group: ProcessGroup, tag: UInt32? = nil) throws {
+    try ringAllgather(UnsafeMutableRawBufferPointer(buffer), elementBytes: 4, group: group, tag: tag)
+}
+
+/// The same on raw bytes: the buffer holds `buffer.count / elementBytes` elements, cut into segments
+/// as segmentRange does (so integers and other types travel as themselves).
+public func ringAllgather(_ buffer: UnsafeMutableRawBufferPointer, elementBytes: Int, group: ProcessGroup, tag: UInt32? = nil) throws {
     let n = group.worldSize, rank = group.rank
     guard n > 1 else { return }
+    precondition(buffer.count % elementBytes == 0, "\(buffer.count) bytes is not a whole number of \(elementBytes)-byte elements")
+    let count = buffer.count / elementBytes
     let tag = tag ?? group.nextTag()
     let right = (rank + 1) % n, left = (rank + n - 1) % n
+    func bytes(_ index: Int) -> UnsafeMutableRawBufferPointer {
+        let elements = segmentRange(count: count, parts: n, index: index)
+        return UnsafeMutableRawBufferPointer(rebasing: buffer[(elements.lowerBound * elementBytes)..<(elements.upperBound * elementBytes)])
+    }
     for step in 0..<(n - 1) {
         let (sendIndex, receiveIndex) = RingSchedule.allgather(rank: rank, worldSize: n, step: step)
-        let send = segmentRange(count: buffer.count, parts: n, index: sendIndex)
-        let receive = segmentRange(count: buffer.count, parts: n, index: receiveIndex)
-        try exchange(group, tag: tag, sendTo: right, sendBytes: bytesOf(buffer, send),
-                     receiveFrom: left, receiveBuffer: mutableBytesOf(buffer, receive),
-                     operation: "ring allgather step \(step + 1)/\(n - 1) on rank \(rank)")
+        try exchange(group, tag: tag, sendTo: right, sendBytes: UnsafeRawBufferPointer(bytes(sendIndex)),
+                     receiveFrom: left, receiveBuffer: bytes(receiveIndex),
+                     operation: "ring allgather step \(step + 1)/\(n - 1) on \(group.name)")
     }
 }
 

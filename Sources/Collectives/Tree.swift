@@ -29,7 +29,7 @@ public func treeAllreduce(_ buffer: UnsafeMutableBufferPointer<Float>, op: Reduc
         for child in children where up != nil || down != nil {
             try exchange(group, tag: tag, sendTo: down == nil ? nil : child, sendBytes: down.map { bytesOf(buffer, $0) } ?? nothing,
                          receiveFrom: up == nil ? nil : child, receiveBuffer: up.map { mutableBytesOf(scratch, 0..<$0.count) } ?? nowhere,
-                         operation: "tree allreduce on rank \(rank) (with child \(child))")
+                         operation: "tree allreduce on \(group.name) (with child \(child))")
             if let up { op.combine(buffer.baseAddress! + up.lowerBound, scratch.baseAddress!, count: up.count) }
         }
         if let parent {
@@ -38,15 +38,15 @@ public func treeAllreduce(_ buffer: UnsafeMutableBufferPointer<Float>, op: Reduc
             try exchange(group, tag: tag, sendTo: up == nil ? nil : parent, sendBytes: up.map { bytesOf(buffer, $0) } ?? nothing,
                          receiveFrom: fromParent == nil ? nil : parent,
                          receiveBuffer: fromParent.map { mutableBytesOf(buffer, $0) } ?? nowhere,
-                         operation: "tree allreduce on rank \(rank) (with parent \(parent))")
+                         operation: "tree allreduce on \(group.name) (with parent \(parent))")
         } else if let up {
             op.finish(UnsafeMutableBufferPointer(rebasing: buffer[up]), worldSize: n)
         }
     }
 }
 
-/// Chunked broadcast from `root` down a binary tree over ranks relative to the root.
-public func treeBroadcast(_ buffer: UnsafeMutableBufferPointer<Float>, root: Int, group: ProcessGroup, tag: UInt32? = nil) throws {
+/// Chunked broadcast of raw bytes from `root` down a binary tree over ranks relative to the root.
+public func treeBroadcast(_ buffer: UnsafeMutableRawBufferPointer, root: Int, group: ProcessGroup, tag: UInt32? = nil) throws {
     let n = group.worldSize, rank = group.rank
     guard n > 1 else { return }
     precondition(root >= 0 && root < n, "broadcast root \(root) outside 0..<\(n)")
@@ -54,19 +54,19 @@ public func treeBroadcast(_ buffer: UnsafeMutableBufferPointer<Float>, root: Int
     let relative = (rank - root + n) % n
     let parent = TreeSchedule.parent(of: relative).map { ($0 + root) % n }
     let children = TreeSchedule.children(of: relative, worldSize: n).map { ($0 + root) % n }
+    let chunkBytes = treeChunkElements * 4
     var start = 0
     while start < buffer.count {
-        let chunk = start..<min(start + treeChunkElements, buffer.count)
+        let chunk = UnsafeMutableRawBufferPointer(rebasing: buffer[start..<min(start + chunkBytes, buffer.count)])
         if let parent {
             try exchange(group, tag: tag, sendTo: nil, sendBytes: UnsafeRawBufferPointer(start: nil, count: 0),
-                         receiveFrom: parent, receiveBuffer: mutableBytesOf(buffer, chunk),
-                         operation: "broadcast on rank \(rank) (from the parent)")
+                         receiveFrom: parent, receiveBuffer: chunk, operation: "broadcast on \(group.name) (from the parent)")
         }
         for child in children {
-            try exchange(group, tag: tag, sendTo: child, sendBytes: bytesOf(buffer, chunk),
+            try exchange(group, tag: tag, sendTo: child, sendBytes: UnsafeRawBufferPointer(chunk),
                          receiveFrom: nil, receiveBuffer: UnsafeMutableRawBufferPointer(start: nil, count: 0),
-                         operation: "broadcast on rank \(rank) (to a child)")
+                         operation: "broadcast on \(group.name) (to a child)")
         }
-        start = chunk.upperBound
+        start += chunk.count
     }
 }

@@ -1,39 +1,95 @@
 import Foundation
 import Transport
 
-/// The ranks of one job and an authenticated connection to every other rank (a full mesh: at the
+/// A set of ranks that run collectives together, over the job's one authenticated full mesh (at the
 /// world sizes a CPU job uses, N-1 sockets per rank are cheap, and every algorithm finds its partners).
-/// Collectives take the group explicitly; each call gets a fresh tag so frames of different collectives
-/// can never be confused.
+///
+/// The world group holds every rank; `split(color:key:)` and `subgroup(ranks:)` (in Collectives) carve
+/// sub-groups out of it that reuse the same connections: no new sockets, no new handshakes. Inside a
+/// group, `rank` and `worldSize` are the group's own (0..<members.count); `members` maps them to global
+/// ranks. Collectives take the group explicitly; each call gets a fresh tag that also carries the
+/// group's id (12 bits of group, 20 of sequence), so a frame of one group can never be taken for a
+/// frame of another.
+///
+/// Concurrency: one thread at a time per group. Two groups may run calls at the same time on different
+/// threads when they share at most one rank, so that no connection carries both: disjoint groups, or
+/// the row and column groups of a grid (tensor- and data-parallel groups of a layout). Groups that share
+/// two or more ranks (the world and any sub-group, or two overlapping sub-groups) must take turns; a
+/// connection used by two calls at once is a bug and traps with both connection ends named.
 public final class ProcessGroup: @unchecked Sendable {
+    /// This rank within the group.
     public let rank: Int
+    /// Ranks in the group.
     public let worldSize: Int
+    /// Global rank of each group rank.
+    public let members: [Int]
+    /// 0 for the world; sub-groups get ids that differ from every group sharing a connection with them.
+    public let id: UInt32
+    /// This process's rank in the whole job, and the job's size.
+    public let globalRank: Int
+    public let globalWorldSize: Int
     public let policy: WaitPolicy
-    /// connections[r] talks to rank r; nil at our own rank.
+    /// connections[r] talks to group rank r; nil at our own rank.
     public let connections: [Connection?]
+    /// The world's connections by global rank (sub-groups are carved from these).
+    let worldConnections: [Connection?]
+    let registry: GroupRegistry
     /// Check payload CRCs of bulk data frames too (headers are always checked).
     public var checksumPayloads: Bool
     /// Bytes per data frame. Large enough that headers and per-frame bookkeeping vanish, small enough
     /// that reducing one chunk overlaps the arrival of the next. Measured on loopback, 2 ranks, with
     /// header and payload in one sendmsg: 128-256 KiB gave 2.5-3.0 GB/s at 1 MiB and ~2.1 at 64 MiB,
-    /// 1 MiB frames 1.6-2.4 and ~2.15. SWIFT_DDP_CHUNK_KB overrides it.
+    /// 1 MiB frames 1.6-2.4 and ~2.15.
     public var chunkBytes = 256 << 10
     /// The rendezvous store, kept to report failures: a rank that fails records why under
-    /// "failed/<rank>", so ranks that only see the fallout (a neighbour closing) can name the root cause.
+    /// "failed/<global rank>", so ranks that only see the fallout (a neighbour closing) can name the root cause.
     public var store: StoreClient?
     var sequence: UInt32 = 0
     var scratch = UnsafeMutableBufferPointer<Float>(start: nil, count: 0)
     var halfScratch = UnsafeMutableBufferPointer<UInt16>(start: nil, count: 0)
 
+    /// The world group of a job whose connections are already made.
     public init(rank: Int, worldSize: Int, connections: [Connection?], policy: WaitPolicy, checksumPayloads: Bool = false) {
         precondition(connections.count == worldSize, "need one slot per rank")
         self.rank = rank; self.worldSize = worldSize; self.connections = connections
         self.policy = policy; self.checksumPayloads = checksumPayloads
+        members = Array(0..<worldSize); id = 0
+        globalRank = rank; globalWorldSize = worldSize
+        worldConnections = connections
+        registry = GroupRegistry()
+    }
+
+    /// A sub-group of `parent`'s job: `members` are global ranks, this rank among them. Only the
+    /// group-forming calls in Collectives (which agree on `id` with every member) should call this.
+    public init(carvedFrom parent: ProcessGroup, members: [Int], id: UInt32) {
+        precondition(Set(members).count == members.count && members.allSatisfy { $0 >= 0 && $0 < parent.globalWorldSize },
+                     "members \(members) of a job of \(parent.globalWorldSize)")
+        guard let mine = members.firstIndex(of: parent.globalRank) else { preconditionFailure("rank \(parent.globalRank) is not in \(members)") }
+        rank = mine; worldSize = members.count; self.members = members; self.id = id
+        globalRank = parent.globalRank; globalWorldSize = parent.globalWorldSize
+        worldConnections = parent.worldConnections
+        connections = members.map { parent.worldConnections[$0] }
+        policy = parent.policy; checksumPayloads = parent.checksumPayloads; chunkBytes = parent.chunkBytes
+        store = parent.store; registry = parent.registry
     }
 
     /// A group of one: every collective is a no-op.
     public static func single() -> ProcessGroup {
         ProcessGroup(rank: 0, worldSize: 1, connections: [nil], policy: WaitPolicy())
+    }
+
+    /// "rank 3" in the world; "rank 3 (1 of group 2: 2,3)" in a sub-group: for messages.
+    public var name: String {
+        id == 0 && worldSize == globalWorldSize ? "rank \(globalRank)"
+            : "rank \(globalRank) (\(rank) of group \(id): \(members.map(String.init).joined(separator: ",")))"
+    }
+
+    /// The highest group id this process has taken part in creating (for agreeing on the next one).
+    public var lastGroupID: UInt32 { registry.last }
+    public func noteGroupID(_ id: UInt32) { registry.note(id) }
+
+    public var exchangeSettings: ExchangeSettings {
+        ExchangeSettings(chunkBytes: chunkBytes, checksumPayloads: checksumPayloads, policy: policy)
     }
 
     public func connection(to peer: Int) -> Connection {
@@ -64,10 +120,11 @@ public final class ProcessGroup: @unchecked Sendable {
         return UnsafeMutableBufferPointer(rebasing: halfScratch[0..<count])
     }
 
-    /// A new tag for the next collective call (the same on every rank: collectives are called in order).
+    /// A new tag for the next collective call (the same on every rank: collectives are called in order):
+    /// the group id in the top 12 bits, the call's sequence number (mod 2^20) below.
     public func nextTag() -> UInt32 {
-        sequence &+= 1
-        return sequence
+        sequence = (sequence &+ 1) & 0xF_FFFF
+        return id << 20 | sequence
     }
 
     /// Rendezvous through the store: every rank listens on `listenHost` (port 0, the kernel picks),
@@ -158,13 +215,13 @@ public final class ProcessGroup: @unchecked Sendable {
         }
         // Another rank's story is the root cause unless it is a timeout blaming us: two ranks that time
         // out at once may each wait on the other, while the real culprit is silent (stopped, or gone).
-        func believable(_ r: (timedOut: Bool, blamed: Int?, text: String)) -> Bool { !(r.timedOut && r.blamed == rank) }
-        let others = (0..<worldSize).filter { $0 != rank }.compactMap { peer in report(peer).map { (peer, $0) } }.filter { believable($0.1) }
+        func believable(_ r: (timedOut: Bool, blamed: Int?, text: String)) -> Bool { !(r.timedOut && r.blamed == globalRank) }
+        let others = (0..<globalWorldSize).filter { $0 != globalRank }.compactMap { peer in report(peer).map { (peer, $0) } }.filter { believable($0.1) }
         let root = (others.first { !$0.1.timedOut } ?? others.first).map(\.1)
         if reachable {
             let mine = (timedOut ? "T" : "E") + "|" + (blamed.map(String.init) ?? "-") + "|"
-            try? store.set("failed/\(rank)", root.map { ($0.timedOut ? "T" : "E") + "|" + ($0.blamed.map(String.init) ?? "-") + "|" + $0.text }
-                                            ?? mine + "rank \(rank): \(description)")
+            try? store.set("failed/\(globalRank)", root.map { ($0.timedOut ? "T" : "E") + "|" + ($0.blamed.map(String.init) ?? "-") + "|" + $0.text }
+                                            ?? mine + "\(name): \(description)")
         }
         var rootCause = root?.text
         if rootCause == nil, timedOut, let blamed {
@@ -179,4 +236,12 @@ public final class ProcessGroup: @unchecked Sendable {
         return rootCause
     }
 
+}
+
+/// Group ids this process has seen, shared by a world group and every group carved from it.
+final class GroupRegistry: @unchecked Sendable {
+    private let lock = NSLock()
+    private var highest: UInt32 = 0
+    var last: UInt32 { lock.lock(); defer { lock.unlock() }; return highest }
+    func note(_ id: UInt32) { lock.lock(); highest = max(highest, id); lock.unlock() }
 }

@@ -207,16 +207,11 @@ public final class Trainer {
         }
         // Ranks must agree on the model and config, and on the tuning table auto consults.
         try dataParallel.synchronizeInitialState(configText: config.jsonString() + tuningText)
-        let counters = UnsafeMutableBufferPointer<Float>.allocate(capacity: 3)
-        defer { counters.deallocate() }
-        // Integers travel as bit patterns: broadcast copies bytes.
-        for (i, v) in [resumedState == nil ? 0 : 1, iteration, optimizer.stepCount].enumerated() {
-            counters[i] = Float(bitPattern: UInt32(truncatingIfNeeded: v))
-        }
-        try broadcast(counters, root: 0, group: dataParallel.group)
-        iteration = Int(counters[1].bitPattern)
-        optimizer.stepCount = Int(counters[2].bitPattern)
-        guard counters[0].bitPattern == 1 else { return }
+        let counters = try broadcast([resumedState == nil ? 0 : 1, Int64(iteration), Int64(optimizer.stepCount)],
+                                     root: 0, group: dataParallel.group)
+        iteration = Int(counters[1])
+        optimizer.stepCount = Int(counters[2])
+        guard counters[0] == 1 else { return }
         for (name, packed) in optimizer.state {
             try dataParallel.scatterState(resumedState?[name] ?? FloatBuffer(count: task.parameters.count), into: packed)
         }

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Synchronization
 
 /// How long to wait and how to wait. A blocking poll wake-up costs ~30 us more than spinning in these
 /// VMs, but spinning starves peers when ranks outnumber cores: spin a bounded time, then block.
@@ -23,12 +24,23 @@ public final class Connection: @unchecked Sendable {
     /// A cap on every wait however much data moves: set while a handshake runs, so a peer that drips
     /// one byte at a time cannot hold the connection past it.
     public var overallDeadline: Deadline?
+    /// Set while an exchange drives this connection: two at once would interleave their frames.
+    private let inUse = Atomic<Bool>(false)
 
     public init(fd: Int32, peer: PeerDescription, policy: WaitPolicy) {
         self.fd = fd; self.peer = peer; self.policy = policy
     }
 
     deinit { close() }
+
+    /// Marks the connection as driven by the caller until `release`; a second claim at the same time
+    /// is a bug in the caller (two groups sharing this connection used concurrently) and traps.
+    public func claim(for operation: @autoclosure () -> String) {
+        let (exchanged, _) = inUse.compareExchange(expected: false, desired: true, ordering: .acquiring)
+        precondition(exchanged, "\(operation()): the connection with \(peer) is already in use by another call; groups that share two ranks must not run collectives at the same time")
+    }
+
+    public func release() { inUse.store(false, ordering: .releasing) }
 
     public func close() {
         if fd >= 0 { Glibc.close(fd); fd = -1 }

@@ -81,6 +81,17 @@ public func exchangeMessages(sending outgoing: [OutgoingMessage], receiving inco
                              settings: ExchangeSettings, operation: @autoclosure () -> String,
                              onChunk: (Int, Range<Int>) -> Void = { _, _ in }) throws {
     let chunk = settings.chunkBytes
+    // Claim each connection once for the whole call (a partner we both send to and receive from counts once).
+    var claimed: [Connection] = []
+    claimed.reserveCapacity(outgoing.count + incoming.count)
+    func take(_ connection: Connection) {
+        guard !claimed.contains(where: { $0 === connection }) else { return }
+        connection.claim(for: operation())
+        claimed.append(connection)
+    }
+    for message in outgoing { take(message.connection) }
+    for message in incoming { take(message.connection) }
+    defer { for connection in claimed { connection.release() } }
     var sends = [SendProgress](repeating: SendProgress(), count: outgoing.count)
     var receives = [ReceiveProgress](repeating: ReceiveProgress(), count: incoming.count)
     for i in outgoing.indices {

@@ -16,6 +16,8 @@ public struct FrameHeader: Sendable, Equatable {
         case hello = 1, challenge = 2, proof = 3, welcome = 4, refusal = 5
         case storeRequest = 6, storeReply = 7
         case data = 8
+        /// Point-to-point payload (tagged by the caller), kept apart from collective data.
+        case message = 9
     }
 
     public var type: MessageType
