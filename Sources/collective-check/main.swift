@@ -33,6 +33,12 @@ struct CollectiveCheck: ParsableCommand {
     @Flag(help: "Join, barrier, and have rank 0 print 'ready' (launch-latency benchmark).")
     var ready = false
 
+    @Option(help: "What to check: collectives (on the world), groups (a --grid of sub-groups), p2p, alltoall (world sizes 1 and up), or sub-group-loop (fault tests: allreduce forever on the row group).")
+    var mode = "collectives"
+
+    @Option(help: "Rows of the sub-group grid (mode groups): the world splits into rows x (world/rows).")
+    var rows = 2
+
     @Flag(help: "Print this rank's CPU affinity and memory policy, as seen from inside (sched_getaffinity, get_mempolicy).")
     var reportBinding = false
 
@@ -63,6 +69,24 @@ struct CollectiveCheck: ParsableCommand {
                 try barrier(group: group)
                 if env.rank == 0 { say("ready") }
                 return
+            }
+            switch mode {
+            case "collectives": break
+            case "groups":
+                say("rank \(env.rank): OK \(try runSubgroupCheck(rows: rows, plan: plan, world: group, log: say)) checks")
+                return
+            case "p2p":
+                say("rank \(env.rank): OK \(try runPointToPointCheck(world: group, log: say)) checks")
+                return
+            case "alltoall":
+                say("rank \(env.rank): OK \(try runAllToAllCheck(group: group, seeds: [1, 2, 3], log: say)) checks")
+                return
+            case "sub-group-loop":
+                let cols = group.worldSize / rows
+                guard let row = try group.split(color: env.rank / cols, key: env.rank % cols) else { return }
+                _ = try runCollectiveCheck(plan, group: row, log: say)
+                return
+            default: throw ValidationError("--mode must be collectives, groups, p2p, alltoall or sub-group-loop, not '\(mode)'")
             }
             if soak > 0 {
                 // Every round checks every result; ranks agree on when to stop through one allreduce.
