@@ -25,11 +25,14 @@ public struct BenchResult: Codable, Sendable, Equatable {
     public var algbwGBps: Double
     public var busbwGBps: Double
     public var wrong: Int
-    public init(algorithm: String, bytes: Int, ranks: Int, seconds: Double, wrong: Int) {
+    /// `busFactor`: busbw / algbw (nccl-tests: 2(n-1)/n for allreduce, the default; (n-1)/n for
+    /// all-to-all; 1 for send/receive).
+    public init(algorithm: String, bytes: Int, ranks: Int, seconds: Double, wrong: Int, busFactor: Double? = nil) {
         self.algorithm = algorithm; self.bytes = bytes; self.count = bytes / 4; self.ranks = ranks
         microseconds = seconds * 1e6
-        algbwGBps = algorithmBandwidth(bytes: bytes, seconds: seconds) / 1e9
-        busbwGBps = busBandwidth(algorithmBandwidth: algbwGBps, worldSize: ranks)
+        let algbw = algorithmBandwidth(bytes: bytes, seconds: seconds) / 1e9
+        algbwGBps = algbw
+        busbwGBps = busFactor.map { algbw * $0 } ?? busBandwidth(algorithmBandwidth: algbw, worldSize: ranks)
         self.wrong = wrong
     }
 }

@@ -1,14 +1,15 @@
 import Foundation
 
 /// nccl-tests-style table: one row per size and algorithm.
-public func formatTable(_ results: [BenchResult], ranks: Int) -> String {
-    var lines = ["# allreduce, \(ranks) ranks, float32 sum, in place; time is the slowest rank's mean",
+public func formatTable(_ results: [BenchResult], ranks: Int,
+                        title: String = "allreduce, float32 sum, in place", redop: String = "sum") -> String {
+    var lines = ["# \(title), \(ranks) ranks; time is the slowest rank's mean",
                  "#" + [pad("size", 11), pad("count", 11), pad("type", 6), pad("redop", 6), pad("algorithm", 17),
                         pad("time(us)", 10), pad("algbw", 7), pad("busbw", 7), pad("#wrong", 7)].joined(separator: " "),
                  "#" + [pad("(B)", 11), pad("(elements)", 11), pad("", 6), pad("", 6), pad("", 17), pad("", 10),
                         pad("(GB/s)", 7), pad("(GB/s)", 7), pad("", 7)].joined(separator: " ")]
     for r in results {
-        lines.append(" " + [pad(String(r.bytes), 11), pad(String(r.count), 11), pad("float", 6), pad("sum", 6), pad(r.algorithm, 17),
+        lines.append(" " + [pad(String(r.bytes), 11), pad(String(r.count), 11), pad("float", 6), pad(redop, 6), pad(r.algorithm, 17),
                             pad(String(format: "%.1f", r.microseconds), 10), pad(String(format: "%.2f", r.algbwGBps), 7),
                             pad(String(format: "%.2f", r.busbwGBps), 7), pad(String(r.wrong), 7)].joined(separator: " "))
     }

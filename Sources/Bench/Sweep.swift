@@ -11,9 +11,12 @@ public struct SweepPlan: Sendable {
     public var check: Bool
     /// Timed trials per size and algorithm, interleaved across algorithms; the median is reported.
     public var trials: Int
-    public init(sizes: [Int], algorithms: [AllreduceAlgorithm], iterations: Int, warmup: Int, check: Bool, trials: Int = 5) {
+    /// The table `auto` consults.
+    public var tuning: TuningTable?
+    public init(sizes: [Int], algorithms: [AllreduceAlgorithm], iterations: Int, warmup: Int, check: Bool, trials: Int = 5,
+                tuning: TuningTable? = nil) {
         self.sizes = sizes; self.algorithms = algorithms; self.iterations = iterations; self.warmup = warmup; self.check = check
-        self.trials = max(1, trials)
+        self.trials = max(1, trials); self.tuning = tuning
     }
 }
 
@@ -37,15 +40,16 @@ public func runSweep(_ plan: SweepPlan, group: ProcessGroup) throws -> [BenchRes
         let data = UnsafeMutableBufferPointer(rebasing: buffer[0..<count])
         let scaled = Int(Double(plan.iterations) * Double(1 << 20) / Double(max(bytes, 1)))
         let iterations = max(3, min(plan.iterations, scaled) / plan.trials)
-        for algorithm in plan.algorithms {
-            for _ in 0..<plan.warmup { try allreduce(data, op: .sum, algorithm: algorithm, group: group) }
+        let options = plan.algorithms.map { CollectiveOptions(algorithm: $0, tuning: plan.tuning) }
+        for option in options {
+            for _ in 0..<plan.warmup { try allreduce(data, op: .sum, options: option, group: group) }
         }
         var trialTimes = [[Double]](repeating: [], count: plan.algorithms.count)
         for _ in 0..<plan.trials {
-            for (a, algorithm) in plan.algorithms.enumerated() {
+            for (a, option) in options.enumerated() {
                 try barrier(group: group)
                 let start = Deadline.now()
-                for _ in 0..<iterations { try allreduce(data, op: .sum, algorithm: algorithm, group: group) }
+                for _ in 0..<iterations { try allreduce(data, op: .sum, options: option, group: group) }
                 scalar[0] = Float((Deadline.now() - start) / Double(iterations))
                 try allreduce(UnsafeMutableBufferPointer(rebasing: scalar[0..<1]), op: .max, algorithm: .halvingDoubling, group: group)
                 trialTimes[a].append(Double(scalar[0]))
@@ -55,7 +59,7 @@ public func runSweep(_ plan: SweepPlan, group: ProcessGroup) throws -> [BenchRes
             var wrong = 0
             if plan.check {
                 for i in 0..<count { data[i] = Float((group.rank * 7 + i * 13) % 17) - 8 }
-                try allreduce(data, op: .sum, algorithm: algorithm, group: group)
+                try allreduce(data, op: .sum, options: options[a], group: group)
                 for i in 0..<count {
                     let expected = (0..<n).reduce(Float(0)) { $0 + Float(($1 * 7 + i * 13) % 17) - 8 }
                     if data[i] != expected { wrong += 1 }

@@ -5,18 +5,9 @@ public enum AllreduceAlgorithm: String, Sendable, CaseIterable, Codable {
     case ring, tree, halvingDoubling = "halving-doubling", auto
 }
 
-/// Picks an algorithm for `bytes` at `worldSize` when the caller says auto: the fitted alpha-beta table
-/// when one for this world size is installed (allreduce-bench --tuning writes it; SWIFT_DDP_TUNING or
-/// the trainer's allreduce_tuning key loads it), else a fixed rule: few-step halving-doubling up to
-/// 64 KiB, bandwidth-optimal ring above. Every rank must see the same table.
-public func chooseAlgorithm(bytes: Int, worldSize: Int) -> AllreduceAlgorithm {
-    AllreduceTuning.choice(bytes: bytes, worldSize: worldSize) ?? fixedRule(bytes: bytes)
-}
-
 /// The same choice from an explicit table (pure; tests and the benchmark's report).
 public func chooseAlgorithm(bytes: Int, worldSize: Int, table: TuningTable?) -> AllreduceAlgorithm {
-    if let table, table.worldSize == worldSize, let best = table.best(bytes: bytes) { return best }
-    return fixedRule(bytes: bytes)
+    CollectiveOptions(tuning: table).algorithm(bytes: bytes, worldSize: worldSize)
 }
 
 func fixedRule(bytes: Int) -> AllreduceAlgorithm { bytes <= 64 << 10 ? .halvingDoubling : .ring }
@@ -59,20 +50,26 @@ func guarded<T>(_ group: ProcessGroup, _ body: () throws -> T) throws -> T {
     }
 }
 
-/// In-place allreduce over the group; every rank must call it with the same count, op, algorithm and
-/// wire format. bf16 on the wire always runs the ring (the algorithm that moves the most bytes).
-public func allreduce(_ buffer: UnsafeMutableBufferPointer<Float>, op: ReduceOp = .sum,
-                      algorithm: AllreduceAlgorithm = .auto, wire: WireFormat = .float32, group: ProcessGroup) throws {
+/// In-place allreduce over the group; every rank must call it with the same count, op and options.
+/// bf16 on the wire always runs the ring (the algorithm that moves the most bytes).
+public func allreduce(_ buffer: UnsafeMutableBufferPointer<Float>, op: ReduceOp = .sum, options: CollectiveOptions,
+                      group: ProcessGroup) throws {
     guard group.worldSize > 1 else { return }
-    let chosen = algorithm == .auto ? chooseAlgorithm(bytes: buffer.count * 4, worldSize: group.worldSize) : algorithm
+    let chosen = options.algorithm(bytes: buffer.count * 4, worldSize: group.worldSize)
     try guarded(group) {
-        if wire == .bfloat16 { return try compressedRingAllreduce(buffer, op: op, group: group) }
+        if options.wire == .bfloat16 { return try compressedRingAllreduce(buffer, op: op, group: group) }
         switch chosen {
         case .ring, .auto: try ringAllreduce(buffer, op: op, group: group)
         case .tree: try treeAllreduce(buffer, op: op, group: group)
         case .halvingDoubling: try halvingDoublingAllreduce(buffer, op: op, group: group)
         }
     }
+}
+
+/// The same with an explicit algorithm and wire format (auto: the fixed size rule).
+public func allreduce(_ buffer: UnsafeMutableBufferPointer<Float>, op: ReduceOp = .sum,
+                      algorithm: AllreduceAlgorithm = .auto, wire: WireFormat = .float32, group: ProcessGroup) throws {
+    try allreduce(buffer, op: op, options: CollectiveOptions(algorithm: algorithm, wire: wire), group: group)
 }
 
 /// Dissemination barrier: in round k rank r signals r + 2^k and waits for r - 2^k; after ceil(log2 N)

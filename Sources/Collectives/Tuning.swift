@@ -83,44 +83,33 @@ public struct TuningError: Error, CustomStringConvertible {
     public init(_ description: String) { self.description = description }
 }
 
-/// The table `auto` consults: installed explicitly, or loaded once from SWIFT_DDP_TUNING. The
-/// candidates are kept decoded so a choice costs a lock and a few multiplies (it runs per allreduce).
-public enum AllreduceTuning {
-    private static let lock = NSLock()
-    nonisolated(unsafe) private static var installed: TuningTable?
-    nonisolated(unsafe) private static var candidates: [(algorithm: AllreduceAlgorithm, cost: LinearCost)] = []
-    nonisolated(unsafe) private static var loadedFromEnvironment = false
+/// How a program's collectives run: the allreduce algorithm (auto picks per message size, from the
+/// tuning table when one measured at this world size is given, else a fixed rule) and the wire format.
+/// A value passed to each call: no process-wide state, so two groups may run with different options.
+public struct CollectiveOptions: Sendable {
+    public var algorithm: AllreduceAlgorithm
+    public var wire: WireFormat
+    /// The alpha-beta table auto consults (allreduce-bench --tuning writes one).
+    public var tuning: TuningTable? { didSet { candidates = tuning?.candidates ?? [] } }
+    /// The table's models, decoded once: a choice runs per allreduce.
+    private var candidates: [(algorithm: AllreduceAlgorithm, cost: LinearCost)]
 
-    public static func install(_ table: TuningTable?) {
-        lock.lock(); defer { lock.unlock() }
-        set(table)
+    public init(algorithm: AllreduceAlgorithm = .auto, wire: WireFormat = .float32, tuning: TuningTable? = nil) {
+        self.algorithm = algorithm; self.wire = wire; self.tuning = tuning
+        candidates = tuning?.candidates ?? []
     }
 
-    /// Caller holds the lock.
-    private static func set(_ table: TuningTable?) {
-        installed = table
-        loadedFromEnvironment = true
-        candidates = table?.candidates ?? []
+    /// The algorithm an allreduce of `bytes` runs on a group of `worldSize`.
+    public func algorithm(bytes: Int, worldSize: Int) -> AllreduceAlgorithm {
+        guard algorithm == .auto else { return algorithm }
+        if tuning?.worldSize == worldSize, let best = TuningTable.fastest(candidates, bytes: bytes) { return best }
+        return fixedRule(bytes: bytes)
     }
 
-    private static func loadIfNeeded() {
-        if !loadedFromEnvironment {
-            let path = ProcessInfo.processInfo.environment["SWIFT_DDP_TUNING"] ?? ""
-            set(path.isEmpty ? nil : try? TuningTable.load(path: path))
-        }
-    }
-
-    public static var current: TuningTable? {
-        lock.lock(); defer { lock.unlock() }
-        loadIfNeeded()
-        return installed
-    }
-
-    /// The installed table's fastest algorithm for `bytes`, if the table was measured at `worldSize`.
-    public static func choice(bytes: Int, worldSize: Int) -> AllreduceAlgorithm? {
-        lock.lock(); defer { lock.unlock() }
-        loadIfNeeded()
-        guard installed?.worldSize == worldSize else { return nil }
-        return TuningTable.fastest(candidates, bytes: bytes)
+    /// The table SWIFT_DDP_TUNING names, for programs that take their options from the environment
+    /// (a path that cannot be read is an error naming the variable).
+    public static func tuningFromEnvironment(_ environment: [String: String]) throws -> TuningTable? {
+        guard let path = environment["SWIFT_DDP_TUNING"], !path.isEmpty else { return nil }
+        do { return try TuningTable.load(path: path) } catch { throw TuningError("SWIFT_DDP_TUNING: \(error)") }
     }
 }

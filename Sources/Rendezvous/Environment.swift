@@ -27,6 +27,10 @@ public struct DistributedEnvironment: Sendable, Equatable {
     /// Where this rank listens for its peers (SWIFT_DDP_LISTEN_ADDR, set by the launcher; default the
     /// master's address, right when every rank runs on the master's host).
     public var listenAddress: String?
+    /// SWIFT_DDP_SPIN_US: how long a wait busy-polls before blocking (overrides the program's choice).
+    public var spinMicroseconds: Double?
+    /// SWIFT_DDP_CHUNK_KB: bytes per data frame, in KiB.
+    public var chunkBytes: Int?
 
     public init() {}
 
@@ -62,6 +66,16 @@ public struct DistributedEnvironment: Sendable, Equatable {
         if let t = env["SWIFT_DDP_TIMEOUT"] {
             guard let v = Double(t), v > 0 else { throw EnvironmentError(variable: "SWIFT_DDP_TIMEOUT", problem: "'\(t)' is not a positive number of seconds") }
             e.timeoutSeconds = v
+        }
+        if let text = env["SWIFT_DDP_SPIN_US"], !text.isEmpty {
+            guard let v = Double(text), v >= 0, v <= 1e6 else { throw EnvironmentError(variable: "SWIFT_DDP_SPIN_US", problem: "'\(text)' is not a number of microseconds in 0...1000000") }
+            e.spinMicroseconds = v
+        }
+        if let text = env["SWIFT_DDP_CHUNK_KB"], !text.isEmpty {
+            guard let v = Int(text), v >= 1, v <= FrameHeader.maxLength >> 10 else {
+                throw EnvironmentError(variable: "SWIFT_DDP_CHUNK_KB", problem: "'\(text)' is not a whole number of KiB in 1...\(FrameHeader.maxLength >> 10)")
+            }
+            e.chunkBytes = v << 10
         }
         return e
     }

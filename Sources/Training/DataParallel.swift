@@ -21,8 +21,8 @@ public final class DataParallel: @unchecked Sendable {
     public let group: ProcessGroup
     let parameters: ParameterSet
     let bucketElements: Int
-    let algorithm: AllreduceAlgorithm
-    let wire: WireFormat
+    /// Algorithm, wire format and tuning table of the gradient allreduces (set before the first step).
+    private(set) var options: CollectiveOptions
     public let shardOptimizer: Bool
     /// Bucket ranges in the order they are communicated (from the end of the buffer).
     public let buckets: [Range<Int>]
@@ -35,13 +35,12 @@ public final class DataParallel: @unchecked Sendable {
     var boundary = 0
     public private(set) var bucketsPerStep = 0
 
-    public init(group: ProcessGroup, parameters: ParameterSet, bucketBytes: Int, algorithm: AllreduceAlgorithm,
-                wire: WireFormat = .float32, shardOptimizer: Bool = false) {
+    public init(group: ProcessGroup, parameters: ParameterSet, bucketBytes: Int, options: CollectiveOptions,
+                shardOptimizer: Bool = false) {
         self.group = group
         self.parameters = parameters
         bucketElements = max(1, bucketBytes / 4)
-        self.algorithm = algorithm
-        self.wire = wire
+        self.options = options
         self.shardOptimizer = shardOptimizer
         buckets = bucketRanges(count: parameters.count, bucketElements: bucketElements)
         let thread = Thread { [self] in communicationLoop() }
@@ -50,6 +49,11 @@ public final class DataParallel: @unchecked Sendable {
     }
 
     deinit { stop() }
+
+    /// Installs the tuning table auto consults (under the lock the communication thread takes).
+    public func setTuning(_ table: TuningTable?) {
+        condition.lock(); options.tuning = table; condition.unlock()
+    }
 
     public func stop() {
         condition.lock(); stopping = true; condition.broadcast(); condition.unlock()
@@ -111,9 +115,9 @@ public final class DataParallel: @unchecked Sendable {
             do {
                 let slice = UnsafeMutableBufferPointer(rebasing: parameters.gradients.buffer[bucket])
                 if shardOptimizer {
-                    try reduceScatter(slice, op: .average, wire: wire, group: group)
+                    try reduceScatter(slice, op: .average, wire: options.wire, group: group)
                 } else {
-                    try allreduce(slice, op: .average, algorithm: algorithm, wire: wire, group: group)
+                    try allreduce(slice, op: .average, options: options, group: group)
                 }
             } catch let e {
                 error = e

@@ -1,3 +1,4 @@
+import Collectives
 import Foundation
 
 /// A bad configuration, naming the key (and the file when there is one).
@@ -53,13 +54,13 @@ public struct TrainConfig: Codable, Sendable, Equatable {
     public var logInterval = 10
     public var checkpointInterval = 0
     // Data parallelism
-    public var allreduceAlgorithm = "auto"
+    public var allreduceAlgorithm = AllreduceAlgorithm.auto
     public var bucketMb: Double = 1.0
     public var verifyReplicas = false
     /// 1: ZeRO stage 1, optimizer state sharded across ranks (reduce-scatter, shard update, allgather).
     public var zeroStage = 0
-    /// "bf16": gradients travel as bfloat16 (ring), accumulated in float32.
-    public var gradientCompression = "none"
+    /// bf16 ("bf16"): gradients travel as bfloat16 (ring), accumulated in float32; "none": float32.
+    public var gradientCompression = WireFormat.float32
     /// A tuning table from allreduce-bench --tuning: `auto` then picks by its fitted alpha-beta model.
     public var allreduceTuning = ""
 
@@ -111,6 +112,8 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         case is DatasetKind.Type: return "one of \(["shakespeare", "mnist"])"
         case is OptimizerKind.Type: return "one of \(["adamw", "sgd"])"
         case is Activation.Type: return "one of \(["relu", "gelu"])"
+        case is AllreduceAlgorithm.Type: return "one of \(AllreduceAlgorithm.allCases.map(\.rawValue))"
+        case is WireFormat.Type: return "one of \(WireFormat.allCases.map(\.rawValue))"
         case is Int.Type, is UInt64.Type: return "an integer"
         case is Double.Type: return "a number"
         case is Bool.Type: return "true or false"
@@ -189,12 +192,9 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         try require(evalIters >= 1, .evalIters, "must be at least 1")
         try require(logInterval >= 1, .logInterval, "must be at least 1")
         try require(checkpointInterval >= 0, .checkpointInterval, "must not be negative (0: only at the end)")
-        try require(["ring", "tree", "halving-doubling", "auto"].contains(allreduceAlgorithm), .allreduceAlgorithm,
-                    "must be ring, tree, halving-doubling or auto, got '\(allreduceAlgorithm)'")
         try require([0, 1].contains(zeroStage), .zeroStage, "must be 0 (off) or 1 (optimizer state sharded), got \(zeroStage)")
-        try require(["none", "bf16"].contains(gradientCompression), .gradientCompression, "must be none or bf16, got '\(gradientCompression)'")
-        try require(gradientCompression == "none" || ["ring", "auto"].contains(allreduceAlgorithm), .gradientCompression,
-                    "bf16 runs on the ring: set allreduce_algorithm to ring or auto (it is '\(allreduceAlgorithm)')")
+        try require(gradientCompression == .float32 || [.ring, .auto].contains(allreduceAlgorithm), .gradientCompression,
+                    "bf16 runs on the ring: set allreduce_algorithm to ring or auto (it is '\(allreduceAlgorithm.rawValue)')")
         try require(bucketMb > 0 && bucketMb <= 1024, .bucketMb, "must be in (0, 1024] MiB, got \(bucketMb)")
         try require(dropout == 0, .dropout, "only 0 is supported (the recipe trains without dropout)")
         switch model {

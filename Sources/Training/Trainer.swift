@@ -46,8 +46,8 @@ public final class Trainer {
         self.log = group.rank == 0 ? log : { _ in }
         dataParallel = group.worldSize > 1
             ? DataParallel(group: group, parameters: task.parameters, bucketBytes: Int(config.bucketMb * 1048576),
-                           algorithm: AllreduceAlgorithm(rawValue: config.allreduceAlgorithm) ?? .auto,
-                           wire: WireFormat(rawValue: config.gradientCompression) ?? .float32, shardOptimizer: config.zeroStage == 1)
+                           options: CollectiveOptions(algorithm: config.allreduceAlgorithm, wire: config.gradientCompression),
+                           shardOptimizer: config.zeroStage == 1)
             : nil
         let parameters = task.parameters
         let owned = dataParallel?.ownedRanges(of: group.rank)
@@ -78,9 +78,9 @@ public final class Trainer {
         log("batch: \(task.unitsPerMicroBatch) \(task.unitName) per micro-batch x \(config.gradAccum) accumulation steps x \(worldSize) rank(s) = \(units) \(task.unitName) per step (global batch)")
         if let dataParallel {
             let how = dataParallel.shardOptimizer ? "ZeRO-1 (reduce-scatter gradients, update own shard, allgather parameters)"
-                                                  : "allreduce \(config.allreduceAlgorithm)"
+                                                  : "allreduce \(config.allreduceAlgorithm.rawValue)"
             log("data parallel: \(worldSize) ranks, \(how), \(dataParallel.buckets.count) buckets of \(config.bucketMb) MiB, gradients averaged"
-                + (config.gradientCompression == "bf16" ? ", bf16 on the wire" : "") + "; step times logged are means over ranks")
+                + (config.gradientCompression == .bfloat16 ? ", bf16 on the wire" : "") + "; step times logged are means over ranks")
         }
         log("training \(maxIterations) iterations from iteration \(iteration), optimizer \(config.optimizer.rawValue)")
         var losses: [Float] = []
@@ -197,7 +197,7 @@ public final class Trainer {
             do { table = try TuningTable.load(path: config.allreduceTuning) } catch {
                 throw ConfigError(key: "allreduce_tuning", "\(error)")
             }
-            AllreduceTuning.install(table)
+            dataParallel.setTuning(table)
             let encoder = JSONEncoder()
             encoder.outputFormatting = .sortedKeys // dictionary order differs between processes
             tuningText = String(decoding: (try? encoder.encode(table)) ?? Data(), as: UTF8.self)

@@ -10,8 +10,10 @@ public struct WaitPolicy: Sendable {
     public var timeoutSeconds: Double
     /// Busy-poll this long before blocking in poll(2); 0 blocks at once.
     public var spinMicroseconds: Double
-    public init(timeoutSeconds: Double = 30, spinMicroseconds: Double = 50) {
-        self.timeoutSeconds = timeoutSeconds; self.spinMicroseconds = spinMicroseconds
+    /// Yield the core between spin polls (when ranks outnumber cores).
+    public var yieldWhileSpinning: Bool
+    public init(timeoutSeconds: Double = 30, spinMicroseconds: Double = 50, yieldWhileSpinning: Bool = false) {
+        self.timeoutSeconds = timeoutSeconds; self.spinMicroseconds = spinMicroseconds; self.yieldWhileSpinning = yieldWhileSpinning
     }
 }
 
@@ -92,7 +94,8 @@ public final class Connection: @unchecked Sendable {
         let spinUntil = Deadline.now() + policy.spinMicroseconds * 1e-6
         repeat {
             fds[0].revents = 0
-            try waitForSockets(&fds, spinUntil: spinUntil, deadline: deadline, operation: operation(), peer: peer)
+            try waitForSockets(&fds, spinUntil: spinUntil, yielding: policy.yieldWhileSpinning, deadline: deadline,
+                               operation: operation(), peer: peer)
         } while fds[0].revents == 0
     }
 

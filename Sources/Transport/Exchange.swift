@@ -229,7 +229,8 @@ public func exchangeMessages(sending outgoing: [OutgoingMessage], receiving inco
         }
         for i in receives.indices where receiveReady(i) { watch(incoming[i].connection, Int16(POLLIN)); owed = owed ?? incoming[i].connection.peer }
         for i in sends.indices where sendReady(i) { watch(outgoing[i].connection, Int16(POLLOUT)); owed = owed ?? outgoing[i].connection.peer }
-        try waitForSockets(&fds, spinUntil: spinUntil, deadline: deadline, operation: operation(), peer: owed)
+        try waitForSockets(&fds, spinUntil: spinUntil, yielding: settings.policy.yieldWhileSpinning, deadline: deadline,
+                           operation: operation(), peer: owed)
     }
 }
 

@@ -63,7 +63,11 @@ struct Train: ParsableCommand {
             if let dataDir { extra.append("data_dir=\"\(dataDir)\"") }
             if let outDir { extra.append("out_dir=\"\(outDir)\"") }
             try prepareWorker()
-            let settings = try TrainConfig.load(path: config, overrides: extra)
+            var settings = try TrainConfig.load(path: config, overrides: extra)
+            // SWIFT_DDP_TUNING gives auto a tuning table when the config names none (as for every program).
+            if settings.allreduceTuning.isEmpty, let path = ProcessInfo.processInfo.environment["SWIFT_DDP_TUNING"], !path.isEmpty {
+                settings.allreduceTuning = path
+            }
             let env = try DistributedEnvironment.fromProcess()
             // No spinning while training: the communication thread shares its rank's core with backward,
             // and every microsecond it spins is taken from compute (2 ranks, recipe, six alternating pairs on

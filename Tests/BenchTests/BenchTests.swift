@@ -57,14 +57,19 @@ final class BenchTests: XCTestCase {
         XCTAssertEqual(chooseAlgorithm(bytes: 64 << 20, worldSize: 4, table: table), .ring)
         XCTAssertEqual(chooseAlgorithm(bytes: 4096, worldSize: 2, table: table), .halvingDoubling, "other world size: fixed rule")
         XCTAssertEqual(chooseAlgorithm(bytes: 1 << 20, worldSize: 2, table: table), .ring, "other world size: fixed rule")
-        // Installed, it drives auto for allreduce calls of that world size; the file round-trips.
+        // In the options a program passes, it drives auto for that world size; the file round-trips,
+        // also through SWIFT_DDP_TUNING; an explicit algorithm ignores it.
         let path = NSTemporaryDirectory() + "tuning-\(getpid()).json"
         XCTAssertNoThrow(try table.write(to: path))
         XCTAssertEqual(try TuningTable.load(path: path), table)
-        AllreduceTuning.install(try? TuningTable.load(path: path))
-        defer { AllreduceTuning.install(nil) }
-        XCTAssertEqual(chooseAlgorithm(bytes: 61_000, worldSize: 4), .ring)
-        XCTAssertEqual(chooseAlgorithm(bytes: 59_000, worldSize: 4), .halvingDoubling)
+        var options = CollectiveOptions(tuning: try? CollectiveOptions.tuningFromEnvironment(["SWIFT_DDP_TUNING": path]))
+        XCTAssertEqual(options.algorithm(bytes: 61_000, worldSize: 4), .ring)
+        XCTAssertEqual(options.algorithm(bytes: 59_000, worldSize: 4), .halvingDoubling)
+        options.algorithm = .tree
+        XCTAssertEqual(options.algorithm(bytes: 59_000, worldSize: 4), .tree)
+        XCTAssertThrowsError(try CollectiveOptions.tuningFromEnvironment(["SWIFT_DDP_TUNING": path + ".missing"])) {
+            XCTAssertTrue("\($0)".hasPrefix("SWIFT_DDP_TUNING: "), "\($0)")
+        }
     }
 
     /// A real 2-rank sweep: the table, the JSON and the plot hold every requested size and algorithm,
