@@ -93,7 +93,7 @@ public final class Trainer {
                 evaluations.append((iteration, figures))
                 log("eval \(iteration): " + figures.map { "\($0.name) \(String(format: "%.4f", $0.value))" }.joined(separator: ", "))
             }
-            if iteration == maxIterations { break }
+            if iteration >= maxIterations { break }
             let lr = schedule.learningRate(at: iteration)
             let stepStart = monotonicSeconds()
             let (localLoss, exposed) = try trainStep(learningRate: lr)
@@ -245,7 +245,7 @@ public final class Trainer {
             tensors.append(("optimizer." + name, [buffer.count], UnsafeBufferPointer(buffer.buffer)))
         }
         var metadata = [
-            "format": "swift-ddp-checkpoint", "version": "1",
+            "format": "swift-ddp-checkpoint", "version": "2",
             "iteration": String(iteration), "optimizer_steps": String(optimizer.stepCount),
             "optimizer": config.optimizer.rawValue, "world_size": String(worldSize), "zero_stage": String(config.zeroStage),
             "architecture": config.architecture, "config": config.jsonString(),
@@ -273,6 +273,12 @@ public final class Trainer {
         guard let savedIteration = Int(try checkpoint.require("iteration")),
               let steps = Int(try checkpoint.require("optimizer_steps")) else {
             throw CheckpointError(path, "metadata iteration/optimizer_steps are not integers")
+        }
+        guard savedIteration >= 0, (0...savedIteration).contains(steps) else {
+            throw CheckpointError(path, "metadata iteration \(savedIteration) / optimizer_steps \(steps) are out of range (need 0 <= optimizer_steps <= iteration)")
+        }
+        guard savedIteration <= maxIterations else {
+            throw CheckpointError(path, "was written at iteration \(savedIteration), past this run's \(maxIterations) iterations (max_iters): nothing to train; raise max_iters to continue it")
         }
         for p in task.parameters.parameters { try checkpoint.restore(p.name, shape: p.shape, into: p.value.data) }
         var state: [String: FloatBuffer] = [:]

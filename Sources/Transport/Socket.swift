@@ -91,9 +91,10 @@ public enum Socket {
                     if result != 0 && errno != EINPROGRESS && errno != EINTR {
                         throw TransportError(.system(call: "connect", errno: errno), operation: operation, peer: peer)
                     }
-                    var pfd = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
-                    let ready = poll(&pfd, 1, deadline.pollMilliseconds)
-                    if ready == 0 { throw TransportError(.timedOut(seconds: deadline.seconds), operation: operation, peer: peer) }
+                    var fds = [pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)]
+                    while fds[0].revents == 0 {
+                        try waitForSockets(&fds, spinUntil: 0, deadline: deadline, operation: operation, peer: peer)
+                    }
                     var soError: Int32 = 0
                     var len = socklen_t(MemoryLayout<Int32>.size)
                     getsockopt(fd, SOL_SOCKET, SO_ERROR, &soError, &len)
@@ -203,9 +204,8 @@ public final class Listener: @unchecked Sendable {
             guard code == EAGAIN || code == EWOULDBLOCK else {
                 throw TransportError(.system(call: "accept", errno: code), operation: operation)
             }
-            if deadline.hasPassed { throw TransportError(.timedOut(seconds: deadline.seconds), operation: operation) }
-            var pfd = pollfd(fd: self.fd, events: Int16(POLLIN), revents: 0)
-            _ = poll(&pfd, 1, min(deadline.pollMilliseconds, 1000))
+            var fds = [pollfd(fd: self.fd, events: Int16(POLLIN), revents: 0)]
+            try waitForSockets(&fds, spinUntil: 0, deadline: deadline, operation: operation, peer: nil)
         }
     }
 }

@@ -24,7 +24,8 @@ final class GroupProcessTests: XCTestCase {
     /// rows and columns concurrently on two threads, disjoint rows running different algorithms at once.
     func testEveryCollectiveOnSubgroupsOfGrids() throws {
         for (world, rows) in [(4, 2), (8, 2), (8, 4)] {
-            try runCheck(worldSize: world, arguments: ["--mode", "groups", "--rows", String(rows), "--counts", "0,1,7,1000,70001"],
+            try runCheck(worldSize: world, arguments: ["--mode", "groups", "--rows", String(rows), "--counts", "0,1,7,1000,70001",
+                                                   "--algorithms", "ring,tree,halving-doubling,auto"],
                          expect: [0: "grid \(rows)x\(world / rows): row"])
         }
     }
