@@ -114,18 +114,92 @@ final class BadInputTests: XCTestCase {
         }
         var flipped = good; flipped[flipped.count - 5] ^= 0x40
         refused(flipped, mentions: "checksum mismatch")
-        refused(good.prefix(good.count - 64), mentions: "do not fit")
+        refused(good.prefix(good.count - 64), mentions: "the header accounts for")
         refused(good.prefix(4), mentions: "truncated")
         var hugeHeader = good; hugeHeader[6] = 0x7F
         refused(hugeHeader, mentions: "header length")
         var garbledHeader = good; garbledHeader[9] = 0x00
         refused(garbledHeader, mentions: "header")
 
+        // The checksum covers the header too: one flipped bit in a metadata value is refused.
+        let text = String(decoding: good, as: UTF8.self)
+        if let range = text.range(of: "\"iteration\":\"3\"") {
+            var metaFlip = good
+            metaFlip[good.startIndex + text.utf8.distance(from: text.startIndex, to: range.upperBound) - 2] ^= 0x02 // "3" -> "1"
+            refused(metaFlip, mentions: "checksum mismatch over header and data")
+        } else { XCTFail("no iteration in the header") }
+
+        // Hostile headers: sizes that overflow, overlapping tensors, values out of range.
+        func forged(_ entries: [String: Any], data: Int, metadata: [String: String] = [:]) -> Data {
+            var header = entries
+            header["__metadata__"] = metadata
+            var json = try! JSONSerialization.data(withJSONObject: header, options: [.sortedKeys])
+            while json.count % 8 != 0 { json.append(0x20) }
+            var out = Data()
+            withUnsafeBytes(of: UInt64(json.count).littleEndian) { out.append(contentsOf: $0) }
+            return out + json + Data(count: data)
+        }
+        refused(forged(["w": ["dtype": "F32", "shape": [1 << 62], "data_offsets": [0, 16]]], data: 16), mentions: "needs more than")
+        refused(forged(["w": ["dtype": "F32", "shape": [1 << 32, 1 << 32], "data_offsets": [0, 16]]], data: 16), mentions: "needs more than")
+        refused(forged(["w": ["dtype": "F32", "shape": [2], "data_offsets": [Int.max - 4, 8]]], data: 8), mentions: "do not fit")
+        refused(forged(["a": ["dtype": "F32", "shape": [2], "data_offsets": [0, 8]], "b": ["dtype": "F32", "shape": [2], "data_offsets": [4, 12]]], data: 12),
+                mentions: "overlaps")
+        refused(forged(["w": ["dtype": "F32", "shape": [2], "data_offsets": [0, 8]]], data: 8, metadata: ["version": "2"]), mentions: "no checksum")
+
+        // Metadata values are range-checked, and a checkpoint past max_iters is refused, not trained on forever.
+        func rewritten(_ change: (inout [String: String]) -> Void) throws -> Data {
+            let loaded = try LoadedCheckpoint(path: trainer.checkpointPath)
+            var meta = loaded.metadata
+            meta["checksum"] = nil; meta["crc32"] = nil
+            change(&meta)
+            let buffers = loaded.tensors.sorted { $0.key < $1.key }.map { ($0.key, $0.value.shape, $0.value.values) }
+            let path = dir + "/rewritten.safetensors"
+            try buffers.map { ($0.0, $0.1, $0.2) }.withStorage { tensors in
+                try Checkpoint(tensors: tensors, metadata: meta).write(to: path)
+            }
+            return try Data(contentsOf: URL(fileURLWithPath: path))
+        }
+        refused(try rewritten { $0["iteration"] = "-1" }, mentions: "out of range")
+        refused(try rewritten { $0["optimizer_steps"] = "-1" }, mentions: "out of range")
+        refused(try rewritten { $0["iteration"] = String(Int.max) }, mentions: "past this run's 3 iterations")
+        refused(try rewritten { $0["iteration"] = "12429"; $0["optimizer_steps"] = "12429" }, mentions: "past this run's 3 iterations (max_iters)")
+
+        // The temp file is created exclusively: a symlink planted where the old fixed name was is not
+        // followed, and no temp file is left behind.
+        let victim = dir + "/victim.txt"
+        _ = FileManager.default.createFile(atPath: victim, contents: Data("keep".utf8))
+        try? FileManager.default.removeItem(atPath: trainer.checkpointPath + ".tmp")
+        try FileManager.default.createSymbolicLink(atPath: trainer.checkpointPath + ".tmp", withDestinationPath: victim)
+        try trainer.saveCheckpoint()
+        XCTAssertEqual(try String(contentsOfFile: victim, encoding: .utf8), "keep")
+        XCTAssertNoThrow(try LoadedCheckpoint(path: trainer.checkpointPath))
+        let leftovers = try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.contains(".tmp.") }
+        XCTAssertEqual(leftovers, [])
+
+        // A FIFO in place of a checkpoint is refused at once, not read forever.
+        let fifo = dir + "/fifo.safetensors"
+        XCTAssertEqual(mkfifo(fifo, 0o600), 0)
+        XCTAssertThrowsError(try LoadedCheckpoint(path: fifo)) { XCTAssertTrue("\($0)".contains("not a regular file"), "\($0)") }
+
         let other = try tinyGPTConfig(["n_embd=48"], outDir: temporaryDirectory("ckpt-other"))
         let mismatched = Trainer(config: other, task: try makeTask(other), log: { _ in })
         XCTAssertThrowsError(try mismatched.resume(from: trainer.checkpointPath)) { error in
             XCTAssertTrue("\(error)".contains("was written for"), "\(error)")
         }
+    }
+}
+
+extension Array {
+    /// Hands `Checkpoint` buffer views of (name, shape, values) triples, valid for the closure.
+    func withStorage<R>(_ body: ([(name: String, shape: [Int], values: UnsafeBufferPointer<Float>)]) throws -> R) throws -> R
+        where Element == (String, [Int], [Float]) {
+        let copies = map { entry -> (String, [Int], UnsafeMutableBufferPointer<Float>) in
+            let buffer = UnsafeMutableBufferPointer<Float>.allocate(capacity: entry.2.count)
+            _ = buffer.initialize(from: entry.2)
+            return (entry.0, entry.1, buffer)
+        }
+        defer { copies.forEach { $0.2.deallocate() } }
+        return try body(copies.map { (name: $0.0, shape: $0.1, values: UnsafeBufferPointer($0.2)) })
     }
 }
 
