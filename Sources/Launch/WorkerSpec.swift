@@ -1,4 +1,5 @@
 import Foundation
+import Rendezvous
 import Topology
 
 /// What the launcher starts: `localWorkers` copies of one command on this node, node `nodeRank` of
@@ -51,4 +52,33 @@ public struct LaunchSpec: Sendable {
         for (k, v) in extraEnvironment { env[k] = v }
         return env
     }
+}
+
+/// The job secret a launcher was given, from (in this order) `--secret`, `--secret-file` or the
+/// launcher's own SWIFT_DDP_SECRET; nil when none (a one-node job then makes a fresh one). A file must be
+/// a regular file that only its owner can read (no group or other permission bits), as ssh insists for
+/// keys: `--secret` shows the secret to every local user in `ps` for as long as the job runs.
+public func sharedSecret(option: String?, file: String?, environment: [String: String]) throws -> [UInt8]? {
+    func decode(_ text: String, from source: String) throws -> [UInt8] {
+        let trimmed = text.trimmingCharacters(in: .whitespacesAndNewlines)
+        guard trimmed.count >= 32, let bytes = hexBytes(trimmed) else {
+            throw LaunchError("\(source): the secret must be at least 16 bytes as hex (e.g. od -An -tx1 -N16 /dev/urandom | tr -d ' \\n')")
+        }
+        return bytes
+    }
+    if let option { return try decode(option, from: "--secret") }
+    if let file {
+        var info = stat()
+        guard stat(file, &info) == 0 else { throw LaunchError("--secret-file '\(file)': \(String(cString: strerror(errno)))") }
+        guard (info.st_mode & S_IFMT) == S_IFREG else { throw LaunchError("--secret-file '\(file)' is not a regular file") }
+        guard info.st_mode & 0o077 == 0 else {
+            throw LaunchError("--secret-file '\(file)' is readable by others (mode \(String(info.st_mode & 0o777, radix: 8))): chmod 600 it")
+        }
+        guard info.st_size <= 4096, let text = try? String(contentsOfFile: file, encoding: .utf8) else {
+            throw LaunchError("--secret-file '\(file)' cannot be read as a short text file")
+        }
+        return try decode(text, from: "--secret-file '\(file)'")
+    }
+    if let text = environment["SWIFT_DDP_SECRET"], !text.isEmpty { return try decode(text, from: "SWIFT_DDP_SECRET") }
+    return nil
 }

@@ -19,6 +19,8 @@ public struct TrainConfig: Codable, Sendable, Equatable {
     public enum DatasetKind: String, Codable, Sendable { case shakespeare, mnist }
     public enum OptimizerKind: String, Codable, Sendable { case adamw, sgd }
     public enum Activation: String, Codable, Sendable { case relu, gelu }
+    /// What a step with a non-finite gradient norm does: stop with an error (default) or skip the update.
+    public enum NonFinitePolicy: String, Codable, Sendable { case stop, skip }
 
     public var model: ModelKind = .gpt
     public var dataset: DatasetKind = .shakespeare
@@ -48,6 +50,7 @@ public struct TrainConfig: Codable, Sendable, Equatable {
     public var weightDecay: Double = 0.1
     public var momentum: Double = 0.9
     public var gradClip: Double = 1.0
+    public var onNonfinite: NonFinitePolicy = .stop
     // Evaluation, logging, checkpoints
     public var evalInterval = 250
     public var evalIters = 20
@@ -73,7 +76,7 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         case batchSize = "batch_size", gradAccum = "grad_accum", maxIters = "max_iters", epochs
         case optimizer, learningRate = "learning_rate", minLr = "min_lr", warmupIters = "warmup_iters"
         case lrDecayIters = "lr_decay_iters", decayLr = "decay_lr", beta1, beta2, weightDecay = "weight_decay"
-        case momentum, gradClip = "grad_clip"
+        case momentum, gradClip = "grad_clip", onNonfinite = "on_nonfinite"
         case evalInterval = "eval_interval", evalIters = "eval_iters", logInterval = "log_interval"
         case checkpointInterval = "checkpoint_interval"
         case allreduceAlgorithm = "allreduce_algorithm", bucketMb = "bucket_mb", verifyReplicas = "verify_replicas"
@@ -98,7 +101,7 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         try take(.optimizer, &optimizer); try take(.learningRate, &learningRate); try take(.minLr, &minLr)
         try take(.warmupIters, &warmupIters); try take(.lrDecayIters, &lrDecayIters); try take(.decayLr, &decayLr)
         try take(.beta1, &beta1); try take(.beta2, &beta2); try take(.weightDecay, &weightDecay)
-        try take(.momentum, &momentum); try take(.gradClip, &gradClip)
+        try take(.momentum, &momentum); try take(.gradClip, &gradClip); try take(.onNonfinite, &onNonfinite)
         try take(.evalInterval, &evalInterval); try take(.evalIters, &evalIters); try take(.logInterval, &logInterval)
         try take(.checkpointInterval, &checkpointInterval)
         try take(.allreduceAlgorithm, &allreduceAlgorithm); try take(.bucketMb, &bucketMb); try take(.verifyReplicas, &verifyReplicas)
@@ -112,6 +115,7 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         case is DatasetKind.Type: return "one of \(["shakespeare", "mnist"])"
         case is OptimizerKind.Type: return "one of \(["adamw", "sgd"])"
         case is Activation.Type: return "one of \(["relu", "gelu"])"
+        case is NonFinitePolicy.Type: return "one of \(["stop", "skip"])"
         case is AllreduceAlgorithm.Type: return "one of \(AllreduceAlgorithm.allCases.map(\.rawValue))"
         case is WireFormat.Type: return "one of \(WireFormat.allCases.map(\.rawValue))"
         case is Int.Type, is UInt64.Type: return "an integer"

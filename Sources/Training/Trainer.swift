@@ -25,6 +25,8 @@ public final class Trainer {
     public private(set) var iteration = 0
     /// Written into checkpoints; a restarted rank resumes only from a checkpoint of its own job.
     public var jobID: String?
+    /// Steps skipped for a non-finite gradient norm (on_nonfinite: skip).
+    public private(set) var skippedSteps = 0
     /// Full-length optimizer state read by `resume` on rank 0, handed out to the owners in `run`.
     var resumedState: [String: FloatBuffer]?
     /// Present when the world has more than one rank.
@@ -72,6 +74,7 @@ public final class Trainer {
     public func run() throws -> TrainSummary {
         let units = task.unitsPerMicroBatch * config.gradAccum * worldSize
         defer { dataParallel?.stop() }
+        if rank == 0 { try checkOutputDirectory() }
         try synchronize()
         log("model: \(config.architecture), \(task.parameters.count) parameters")
         logOptimizerMemory()
@@ -167,19 +170,23 @@ public final class Trainer {
             }
         }
         var exposed = try dataParallel?.finishStep() ?? 0
+        // The global gradient norm is the same number on every rank (gradients are averaged first, or
+        // ZeRO-1 sums the pieces' squares over all ranks), so every rank takes the same decision.
         if let dataParallel, dataParallel.shardOptimizer {
             // ZeRO-1: this rank holds the averaged gradients of its pieces only.
             let start = monotonicSeconds()
-            if config.gradClip > 0 {
-                parameters.clipGradients(in: optimizer.ranges, norm: try dataParallel.shardedGradientNorm(), maxNorm: Float(config.gradClip))
-            }
+            let norm = try dataParallel.shardedGradientNorm()
             let communication = monotonicSeconds() - start
+            guard try acceptStep(gradientNorm: norm, learningRate: learningRate) else { return (total / Float(config.gradAccum), exposed + communication) }
+            if config.gradClip > 0 { parameters.clipGradients(in: optimizer.ranges, norm: norm, maxNorm: Float(config.gradClip)) }
             optimizer.step(learningRate: learningRate)
             let gatherStart = monotonicSeconds()
             try dataParallel.gatherParameters()
             exposed += communication + monotonicSeconds() - gatherStart
         } else {
-            if config.gradClip > 0 { parameters.clipGradients(maxNorm: Float(config.gradClip)) }
+            let norm = parameters.gradientNorm()
+            guard try acceptStep(gradientNorm: norm, learningRate: learningRate) else { return (total / Float(config.gradAccum), exposed) }
+            if config.gradClip > 0 { parameters.clipGradients(in: [0..<parameters.count], norm: norm, maxNorm: Float(config.gradClip)) }
             optimizer.step(learningRate: learningRate)
         }
         return (total / Float(config.gradAccum), exposed)
@@ -229,14 +236,33 @@ public final class Trainer {
         }
     }
 
+    /// Whether to apply this step: a non-finite gradient norm (a NaN or infinite loss, a too-large
+    /// learning rate, a NaN weight) stops training with an error, or with `on_nonfinite: skip` leaves the
+    /// parameters as they are and goes on (counted and logged).
+    func acceptStep(gradientNorm norm: Float, learningRate: Float) throws -> Bool {
+        if norm.isFinite { return true }
+        switch config.onNonfinite {
+        case .stop:
+            throw TrainingError("iteration \(iteration): the gradient norm is \(norm) (learning rate \(learningRate)); stopped without updating the parameters or overwriting the last checkpoint (on_nonfinite: skip would skip such steps)")
+        case .skip:
+            skippedSteps += 1
+            log("iteration \(iteration): the gradient norm is \(norm): step skipped (\(skippedSteps) so far; on_nonfinite: skip)")
+            return false
+        }
+    }
+
     /// Writes the full state (ZeRO-1: gathered from the owners, so every rank must call this); only
-    /// rank 0 writes the file. Any world size, sharded or not, can resume it.
+    /// rank 0 writes the file. Any world size, sharded or not, can resume it. Non-finite parameters are
+    /// refused: a good checkpoint is never overwritten by a broken one.
     public func saveCheckpoint() throws {
         var state: [(name: String, buffer: FloatBuffer)] = optimizer.state
         if let dataParallel, dataParallel.shardOptimizer {
             state = try state.map { ($0.name, try dataParallel.gatherState($0.buffer)) }
         }
         guard rank == 0 else { return }
+        guard allFinite(task.parameters.values.base, count: task.parameters.count) else {
+            throw TrainingError("iteration \(iteration): the parameters hold NaN or infinite values; \(checkpointPath) was not overwritten")
+        }
         try FileManager.default.createDirectory(atPath: config.outDir, withIntermediateDirectories: true)
         var tensors: [(name: String, shape: [Int], values: UnsafeBufferPointer<Float>)] = task.parameters.parameters.map {
             ($0.name, $0.shape, UnsafeBufferPointer($0.value.buffer))
@@ -252,6 +278,19 @@ public final class Trainer {
         ]
         if let jobID { metadata["job_id"] = jobID }
         try Checkpoint(tensors: tensors, metadata: metadata).write(to: checkpointPath)
+    }
+
+    /// Found at the start, not after training: out_dir must be a directory this process can write.
+    func checkOutputDirectory() throws {
+        let dir = config.outDir
+        do { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) } catch {
+            throw ConfigError(key: "out_dir", "cannot create '\(dir)': \(whyNotCreatable(dir))")
+        }
+        let probe = dir + "/.write-test.\(getpid())"
+        let fd = open(probe, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw ConfigError(key: "out_dir", "cannot write in '\(dir)': \(String(cString: strerror(errno)))") }
+        close(fd)
+        unlink(probe)
     }
 
     /// Restores parameters, optimizer state and iteration from `path` (batches are a function of the
@@ -308,6 +347,19 @@ public final class Trainer {
         log("restart \(restartCount): resuming from the last checkpoint")
         try resume(from: checkpointPath)
     }
+}
+
+/// Why a directory cannot be made, in words: the nearest existing ancestor is a file, or not writable.
+func whyNotCreatable(_ path: String) -> String {
+    var ancestor = (path as NSString).deletingLastPathComponent
+    var isDirectory: ObjCBool = false
+    while !ancestor.isEmpty && !FileManager.default.fileExists(atPath: ancestor, isDirectory: &isDirectory) {
+        ancestor = (ancestor as NSString).deletingLastPathComponent
+    }
+    if ancestor.isEmpty { return "no existing parent directory" }
+    if !isDirectory.boolValue { return "'\(ancestor)' is a file, not a directory" }
+    if access(ancestor, W_OK) != 0 { return "'\(ancestor)' is not writable (\(String(cString: strerror(errno))))" }
+    return "mkdir failed"
 }
 
 /// Peak resident set size of this process (getrusage ru_maxrss, KiB on Linux).

@@ -22,6 +22,8 @@ public enum Handshake {
     /// The whole acceptor side must finish within this (or the connection's timeout, when shorter):
     /// an unauthenticated peer gets no more, however it paces its bytes.
     public static let timeoutCap = 10.0
+    /// All a refused connector is told.
+    public static let refusalText = "refused by the acceptor: wrong job, world size or secret (the acceptor's log says which)"
 
     /// Runs the connector side; `rank` is -1 for a store client that is not a rank.
     public static func connect(_ connection: Connection, identity: JobIdentity, rank: Int) throws {
@@ -51,8 +53,10 @@ public enum Handshake {
         let operation = "handshake"
         connection.overallDeadline = Deadline(seconds: min(timeoutCap, connection.policy.timeoutSeconds))
         defer { connection.overallDeadline = nil }
+        // The peer is not authenticated yet: it learns only that it was refused, nothing about this job
+        // (its id, world size); the reason goes to this side's log.
         func refuse(_ reason: String) -> TransportError {
-            try? connection.sendFrame(.refusal, tag: 0, bytes: Array(reason.utf8), operation: operation)
+            try? connection.sendFrame(.refusal, tag: 0, bytes: Array(Self.refusalText.utf8), operation: operation)
             connection.close()
             onRefusal("refused \(connection.peer): \(reason)")
             return TransportError(.refused(reason), operation: operation, peer: connection.peer)

@@ -36,14 +36,17 @@ struct DDPLaunch: ParsableCommand {
     @Option(help: "Pin ranks: auto (own cores when there are enough, else whole node), node, core or none.")
     var numaBind = "auto"
 
-    @Option(help: "Restart the whole group up to K times after a failure; trainers resume from their last checkpoint.")
+    @Option(parsing: .unconditional, help: "Restart the whole group up to K times after a failure; trainers resume from their last checkpoint.")
     var maxRestarts = 0
 
     @Option(help: "Network interface whose address this node's ranks listen on (default: SWIFT_DDP_IFACE, else the interface that routes to the master).")
     var iface: String?
 
-    @Option(help: "Job secret as hex (default: a fresh random one; multi-node jobs must share it).")
+    @Option(help: "Job secret as hex (default: a fresh random one; multi-node jobs must share it). Visible in ps: prefer --secret-file or SWIFT_DDP_SECRET.")
     var secret: String?
+
+    @Option(help: "Read the job secret (hex) from this file, which only its owner may read (mode 600 or 400).")
+    var secretFile: String?
 
     @Argument(parsing: .captureForPassthrough, help: "-- then a config file (runs ddp-train) or a program and its arguments.")
     var command: [String] = []
@@ -59,11 +62,9 @@ struct DDPLaunch: ParsableCommand {
         guard (0...65535).contains(masterPort) else { throw ValidationError("--master-port \(masterPort) is not a TCP port") }
         guard nnodes == 1 || masterPort != 0 else { throw ValidationError("--master-port must be set (not 0) when --nnodes > 1") }
         guard maxRestarts >= 0 else { throw ValidationError("--max-restarts must not be negative") }
-        guard timeout > 0 else { throw ValidationError("--timeout must be positive") }
+        guard timeout > 0, timeout.isFinite, timeout <= 86400 * 365 else { throw ValidationError("--timeout must be a positive number of seconds, at most a year") }
         guard BindingPolicy(rawValue: numaBind) != nil else { throw ValidationError("--numa-bind must be auto, node, core or none, not '\(numaBind)'") }
-        if let secret { guard secret.count >= 32, secret.count % 2 == 0, secret.allSatisfy(\.isHexDigit) else {
-            throw ValidationError("--secret must be at least 16 bytes of hex")
-        } }
+        if secret != nil && secretFile != nil { throw ValidationError("give the secret once: --secret or --secret-file") }
         let args = command.first == "--" ? Array(command.dropFirst()) : command
         guard let first = args.first else { throw ValidationError("nothing to launch: give '-- CONFIG.json' or '-- PROGRAM ARGS...'") }
         if command.first != "--" && first.hasPrefix("-") { throw ValidationError("unknown option '\(first)'") }
@@ -84,13 +85,28 @@ struct DDPLaunch: ParsableCommand {
     }
 
     func run() throws {
+        let given: [UInt8]?
+        do {
+            given = try sharedSecret(option: secret, file: secretFile, environment: ProcessInfo.processInfo.environment)
+        } catch let error as LaunchError {
+            throw ValidationError(error.message)
+        }
+        guard given != nil || nnodes == 1 else {
+            throw ValidationError("a job of several nodes needs a shared secret: --secret-file FILE, SWIFT_DDP_SECRET, or --secret")
+        }
+        if let logDir {
+            do { try FileManager.default.createDirectory(atPath: logDir, withIntermediateDirectories: true) } catch {
+                throw ValidationError("--log-dir '\(logDir)' cannot be created: \((error as NSError).localizedFailureReason ?? error.localizedDescription)")
+            }
+            guard access(logDir, W_OK) == 0 else { throw ValidationError("--log-dir '\(logDir)' is not writable") }
+        }
         var spec = LaunchSpec(command: try resolvedCommand(), localWorkers: workers,
                               jobID: "job-\(getpid())-\(Int(Date().timeIntervalSince1970))",
-                              secret: secret.map { s in stride(from: 0, to: s.count, by: 2).map { UInt8(s.dropFirst($0).prefix(2), radix: 16)! } } ?? randomBytes(16))
+                              secret: given ?? randomBytes(16))
         spec.nodes = nnodes; spec.nodeRank = nodeRank
         spec.masterAddress = masterAddr; spec.masterPort = masterPort
         spec.logDirectory = logDir; spec.timeoutSeconds = timeout
-        if secret != nil || nnodes > 1 { spec.jobID = "job-\(masterAddr)-\(masterPort)" }
+        if given != nil || nnodes > 1 { spec.jobID = "job-\(masterAddr)-\(masterPort)" }
         let say: @Sendable (String) -> Void = { line in FileHandle.standardOutput.write(Data((line + "\n").utf8)) }
         let interface = iface ?? ProcessInfo.processInfo.environment["SWIFT_DDP_IFACE"].flatMap { $0.isEmpty ? nil : $0 }
         do {

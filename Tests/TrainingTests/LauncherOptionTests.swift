@@ -8,6 +8,10 @@ final class LauncherOptionTests: XCTestCase {
     func testBadOptionsGetOneLineAndExitCode2() throws {
         let config = configsDirectory + "/tiny-gpt.json"
         let busy = try Listener(host: "127.0.0.1", port: 0)
+        let dir = temporaryDirectory("launcher-options")
+        let openSecret = dir + "/open.secret", blocker = dir + "/file"
+        _ = FileManager.default.createFile(atPath: openSecret, contents: Data(String(repeating: "ab", count: 16).utf8), attributes: [.posixPermissions: 0o644])
+        _ = FileManager.default.createFile(atPath: blocker, contents: Data())
         let cases: [(arguments: [String], mentions: String)] = [
             (["--nproc-per-node", "0", "--", config], "--nproc-per-node"),
             (["--nproc-per-node", "two", "--", config], "--nproc-per-node"),
@@ -18,6 +22,11 @@ final class LauncherOptionTests: XCTestCase {
             (["--nproc-per-node", "2", "--max-restarts", "-1", "--", config], "--max-restarts"),
             (["--nproc-per-node", "2", "--iface", "no-such-interface0", "--", config], "no-such-interface0"),
             (["--nproc-per-node", "2"], "nothing to launch"),
+            (["--nproc-per-node", "2", "--timeout", "inf", "--", config], "--timeout"),
+            (["--nproc-per-node", "2", "--secret-file", openSecret, "--", config], "readable by others"),
+            (["--nproc-per-node", "2", "--secret", "abcd", "--", config], "at least 16 bytes"),
+            (["--nproc-per-node", "2", "--log-dir", blocker + "/logs", "--", config], "--log-dir"),
+            (["--nnodes", "2", "--master-port", "29999", "--nproc-per-node", "1", "--", config], "shared secret"),
         ]
         for (arguments, mentions) in cases {
             let (status, output, _) = try runToEnd(DataParallelTests.buildDirectory + "/ddp-launch", arguments)
@@ -27,5 +36,21 @@ final class LauncherOptionTests: XCTestCase {
             XCTAssertTrue(output.contains(mentions), "\(arguments): '\(output)' should mention \(mentions)")
             XCTAssertFalse(output.contains("[rank "), "\(arguments) started ranks:\n\(output)")
         }
+    }
+
+    /// The secret need not be in argv (where ps shows it): from a private file or the launcher's
+    /// SWIFT_DDP_SECRET, and the ranks get exactly that secret.
+    func testSecretFromAFileOrTheEnvironmentReachesTheRanks() throws {
+        let dir = temporaryDirectory("launcher-secret")
+        let secret = String(repeating: "5a", count: 16), file = dir + "/job.secret"
+        _ = FileManager.default.createFile(atPath: file, contents: Data((secret + "\n").utf8), attributes: [.posixPermissions: 0o600])
+        let show = ["--nproc-per-node", "2", "--", "/bin/sh", "-c", "echo secret=$SWIFT_DDP_SECRET"]
+        let (fromFile, output, _) = try runToEnd(DataParallelTests.buildDirectory + "/ddp-launch", ["--secret-file", file] + show)
+        XCTAssertEqual(fromFile, 0, output)
+        XCTAssertEqual(output.components(separatedBy: "secret=\(secret)").count - 1, 2, output)
+        let (fromEnvironment, envOutput, _) = try runToEnd(DataParallelTests.buildDirectory + "/ddp-launch", show,
+                                                           environment: ["SWIFT_DDP_SECRET": secret])
+        XCTAssertEqual(fromEnvironment, 0, envOutput)
+        XCTAssertEqual(envOutput.components(separatedBy: "secret=\(secret)").count - 1, 2, envOutput)
     }
 }

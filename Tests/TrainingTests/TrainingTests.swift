@@ -20,6 +20,41 @@ final class TrainingTests: XCTestCase {
         XCTAssertLessThan(last, first - 0.6, "val loss \(first) -> \(last) after 60 steps")
     }
 
+    /// A learning rate of 1e30 drives the weights to NaN: training stops with an error naming the
+    /// iteration, and the good checkpoint already in out_dir is left as it was. With on_nonfinite: skip
+    /// such steps are skipped and the parameters stay finite.
+    func testNonFiniteStepsStopOrAreSkippedAndNeverReachACheckpoint() throws {
+        let dir = temporaryDirectory("nonfinite")
+        _ = try run(try tinyGPTConfig(["max_iters=2"], outDir: dir))
+        let good = try Data(contentsOf: URL(fileURLWithPath: dir + "/ckpt.safetensors"))
+        let wild = ["max_iters=30", "learning_rate=1e30", "min_lr=1e30", "warmup_iters=0", "grad_clip=0"]
+        XCTAssertThrowsError(try run(try tinyGPTConfig(wild, outDir: dir))) { error in
+            XCTAssertTrue("\(error)".contains("the gradient norm is") || "\(error)".contains("NaN or infinite"), "\(error)")
+        }
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: dir + "/ckpt.safetensors")), good, "a good checkpoint was overwritten")
+        // A NaN loss from the first step: skip keeps the parameters finite and counts the steps.
+        let (trainer, summary) = try run(try tinyGPTConfig(["max_iters=4", "on_nonfinite=\"skip\"", "learning_rate=1e30", "min_lr=1e30",
+                                                            "warmup_iters=0", "grad_clip=0", "weight_decay=0"],
+                                                           outDir: temporaryDirectory("nonfinite-skip")))
+        XCTAssertEqual(summary.iterations, 4)
+        XCTAssertGreaterThan(trainer.skippedSteps, 0, "no step was skipped")
+        XCTAssertTrue(allFinite(trainer.task.parameters.values.base, count: trainer.task.parameters.count))
+        XCTAssertNoThrow(try LoadedCheckpoint(path: trainer.checkpointPath))
+    }
+
+    /// An out_dir that cannot be written is found before training, named, as a config error.
+    func testUnwritableOutDirIsFoundAtTheStart() throws {
+        let blocker = temporaryDirectory("outdir") + "/file"
+        _ = FileManager.default.createFile(atPath: blocker, contents: Data())
+        var log: [String] = []
+        let config = try tinyGPTConfig(["max_iters=1000000"], outDir: blocker + "/runs")
+        let trainer = Trainer(config: config, task: try makeTask(config), log: { log.append($0) })
+        XCTAssertThrowsError(try trainer.run()) { error in
+            XCTAssertEqual("\(error)", "config key 'out_dir': cannot create '\(blocker)/runs': '\(blocker)' is a file, not a directory")
+        }
+        XCTAssertFalse(log.contains { $0.hasPrefix("iter ") }, "trained before checking out_dir")
+    }
+
     func testSameSeedGivesTheSameLossesAndDifferentSeedDoesNot() throws {
         let a = try run(try tinyGPTConfig(["max_iters=15"], outDir: temporaryDirectory("seed-a"))).1.losses
         let b = try run(try tinyGPTConfig(["max_iters=15"], outDir: temporaryDirectory("seed-b"))).1.losses

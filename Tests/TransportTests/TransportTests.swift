@@ -99,6 +99,8 @@ final class StoreAndHandshakeTests: XCTestCase {
             XCTAssertThrowsError(try StoreClient(host: "127.0.0.1", port: server.port, identity: who, rank: 1, timeoutSeconds: 5)) { error in
                 // A wrong secret is caught by the client first (the store cannot prove the secret either).
                 XCTAssertTrue("\(error)".contains("refused"), "\(error)")
+                // An unauthenticated client learns nothing about the job: not its id, not its size.
+                XCTAssertFalse("\(error)".contains("('job')") || "\(error)".contains("does not match"), "\(error)")
             }
             usleep(100_000)
             if who.secret == secret { XCTAssertTrue(log.text.contains(reason), "log lacks '\(reason)': \(log.text)") }

@@ -35,3 +35,17 @@ public func sumOfSquares(_ x: UnsafePointer<Float>, count n: Int) -> Double {
     }
     return total
 }
+
+/// True when none of the n floats is NaN or infinite (x·0 is 0 for every finite x and NaN otherwise,
+/// so one vector pass decides; sumOfSquares would overflow on huge finite values).
+public func allFinite(_ x: UnsafePointer<Float>, count n: Int) -> Bool {
+    var acc = SIMD8<Float>(repeating: 0)
+    var i = 0
+    while i + 8 <= n {
+        acc += UnsafeRawPointer(x + i).loadUnaligned(as: SIMD8<Float>.self) * 0
+        i += 8
+    }
+    var tail: Float = 0
+    while i < n { tail += x[i] * 0; i += 1 }
+    return acc.sum() == 0 && tail == 0
+}
