@@ -1,8 +1,16 @@
+import Glibc
 import CZlib
 
 /// Reads a whole file, gunzipping it when it is gzip-compressed (zlib's gzread passes plain files through).
 /// A missing file, a corrupt or truncated gzip stream are errors naming the path.
-public func readPossiblyGzippedFile(_ path: String) throws -> [UInt8] {
+/// Data files are regular files (a FIFO would hang the reader, a device like /dev/zero never ends) and
+/// decompress to at most this many bytes.
+public let maxDataBytes = 1 << 30
+
+public func readPossiblyGzippedFile(_ path: String, maxBytes: Int = maxDataBytes) throws -> [UInt8] {
+    var info = stat()
+    guard stat(path, &info) == 0 else { throw DatasetError(path, "cannot open (missing or unreadable)") }
+    guard (info.st_mode & S_IFMT) == S_IFREG else { throw DatasetError(path, "is not a regular file") }
     guard let file = gzopen(path, "rb") else { throw DatasetError(path, "cannot open (missing or unreadable)") }
     defer { gzclose(file) }
     var bytes: [UInt8] = []
@@ -15,6 +23,7 @@ public func readPossiblyGzippedFile(_ path: String) throws -> [UInt8] {
             throw DatasetError(path, "corrupt gzip data (\(message))")
         }
         if n == 0 { break }
+        guard bytes.count + Int(n) <= maxBytes else { throw DatasetError(path, "holds more than \(maxBytes) bytes (decompressed): not a dataset of this project") }
         bytes.append(contentsOf: chunk[0..<Int(n)])
     }
     // gzread reports a stream cut short as a clean end; gzerror still knows.

@@ -12,9 +12,13 @@ public struct WorkerExit: Sendable, CustomStringConvertible {
     public var status: Int32
     public var signaled: Bool
     public var lastLines: [String]
+    /// When the ranks' own reports name another rank as the cause (they timed out waiting for a rank
+    /// that is still alive but silent: stopped, hung), that rank, described.
+    public var rootCause: String?
     public var description: String {
         let how = signaled ? "killed by signal \(status) (\(signalName(status)))" : "exit code \(status)"
-        return "rank \(rank) (pid \(pid) on \(host)) \(how)"
+        let first = "rank \(rank) (pid \(pid) on \(host)) \(how)"
+        return rootCause.map { "\($0); the first rank to exit was \(first)" } ?? first
     }
 }
 
@@ -108,11 +112,34 @@ public final class WorkerGroup: @unchecked Sendable {
             if failure != nil || order.count == all.count { break }
             usleep(20_000)
         }
-        if failure != nil { terminateAll() }
+        if var first = failure {
+            first.rootCause = silentRank(blamedBy: first)
+            failure = first
+            terminateAll()
+        }
         for p in snapshot() { p.waitUntilExit() }
         _ = readers.wait(timeout: .now() + 5)
         store?.stop()
         return failure
+    }
+
+    /// The rank the others timed out on, when its process here is still alive (a stopped or hung rank
+    /// exits last, so the first exit is only its victim); read from the reports ranks leave in the store.
+    func silentRank(blamedBy failure: WorkerExit) -> String? {
+        guard !failure.signaled, let store else { return nil }
+        // Give the other ranks' reports a moment to land (they time out at about the same time).
+        usleep(200_000)
+        let all = snapshot()
+        let blamed = store.failureReports().values.compactMap { $0.timedOut ? $0.blamed : nil }
+        for rank in Set(blamed).sorted() where rank != failure.rank {
+            let slot = rank - spec.nodeRank * spec.localWorkers
+            guard slot >= 0 && slot < all.count else { return "rank \(rank) (on another node) stopped responding: the others timed out waiting for it" }
+            let process = all[slot]
+            guard process.isRunning else { continue }
+            let state = processState(process.processIdentifier)
+            return "rank \(rank) (pid \(process.processIdentifier) on \(failure.host)) stopped responding (\(state)): the others timed out waiting for it"
+        }
+        return nil
     }
 
     func snapshot() -> [Process] { lock.lock(); defer { lock.unlock() }; return processes }
@@ -166,6 +193,20 @@ public final class WorkerGroup: @unchecked Sendable {
             try? logFile?.close()
             readers.leave()
         }
+    }
+}
+
+/// A process's scheduler state from /proc, in words ("stopped" for SIGSTOP).
+func processState(_ pid: Int32) -> String {
+    guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+          let close = stat.lastIndex(of: ")"), stat.index(close, offsetBy: 2) < stat.endIndex else { return "state unknown" }
+    switch stat[stat.index(close, offsetBy: 2)] {
+    case "T", "t": return "process stopped"
+    case "D": return "process in uninterruptible sleep"
+    case "R": return "process running"
+    case "S": return "process sleeping"
+    case "Z": return "process exited"
+    default: return "state \(stat[stat.index(close, offsetBy: 2)])"
     }
 }
 

@@ -204,13 +204,11 @@ public final class ProcessGroup: @unchecked Sendable {
         // The store may be unreachable too (its host gone): after the first failed call, stop asking,
         // or every question would wait out the whole timeout.
         var reachable = true
-        func report(_ peer: Int) -> (timedOut: Bool, blamed: Int?, text: String)? {
+        func report(_ peer: Int) -> FailureReport? {
             guard reachable else { return nil }
             do {
                 guard let raw = try store.get("failed/\(peer)") else { return nil }
-                let parts = String(decoding: raw, as: UTF8.self).split(separator: "|", maxSplits: 2, omittingEmptySubsequences: false)
-                guard parts.count == 3 else { return nil }
-                return (parts[0] == "T", Int(parts[1]), String(parts[2]))
+                return FailureReport(String(decoding: raw, as: UTF8.self))
             } catch {
                 reachable = false
                 return nil
@@ -218,13 +216,12 @@ public final class ProcessGroup: @unchecked Sendable {
         }
         // Another rank's story is the root cause unless it is a timeout blaming us: two ranks that time
         // out at once may each wait on the other, while the real culprit is silent (stopped, or gone).
-        func believable(_ r: (timedOut: Bool, blamed: Int?, text: String)) -> Bool { !(r.timedOut && r.blamed == globalRank) }
+        func believable(_ r: FailureReport) -> Bool { !(r.timedOut && r.blamed == globalRank) }
         let others = (0..<globalWorldSize).filter { $0 != globalRank }.compactMap { peer in report(peer).map { (peer, $0) } }.filter { believable($0.1) }
         let root = (others.first { !$0.1.timedOut } ?? others.first).map(\.1)
         if reachable {
-            let mine = (timedOut ? "T" : "E") + "|" + (blamed.map(String.init) ?? "-") + "|"
-            try? store.set("failed/\(globalRank)", root.map { ($0.timedOut ? "T" : "E") + "|" + ($0.blamed.map(String.init) ?? "-") + "|" + $0.text }
-                                            ?? mine + "\(name): \(description)")
+            let mine = FailureReport(timedOut: timedOut, blamed: blamed, text: "\(name): \(description)")
+            try? store.set("failed/\(globalRank)", (root ?? mine).encoded)
         }
         var rootCause = root?.text
         if rootCause == nil, timedOut, let blamed {

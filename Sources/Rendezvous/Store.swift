@@ -60,6 +60,16 @@ public final class StoreServer: @unchecked Sendable {
 
     var isStopped: Bool { lock.lock(); defer { lock.unlock() }; return stopped }
 
+    /// The failure reports ranks left under "failed/<rank>" (ProcessGroup.recordFailure), by rank.
+    public func failureReports() -> [Int: FailureReport] {
+        lock.lock(); defer { lock.unlock() }
+        var out: [Int: FailureReport] = [:]
+        for (key, value) in values where key.hasPrefix("failed/") {
+            if let rank = Int(key.dropFirst(7)), let report = FailureReport(String(decoding: value, as: UTF8.self)) { out[rank] = report }
+        }
+        return out
+    }
+
     func acceptLoop() {
         while !isStopped {
             guard let (fd, host, port) = try? listener.accept(deadline: Deadline(seconds: 0.5), operation: "store accept") else { continue }
@@ -212,3 +222,18 @@ public final class StoreClient: @unchecked Sendable {
 }
 
 func formatted(_ s: Double) -> String { s == s.rounded() ? String(Int(s)) : String(s) }
+
+/// What a failed rank recorded: whether it timed out, the rank it blamed, and its message.
+/// Stored as "<T or E>|<blamed rank or ->|<text>".
+public struct FailureReport: Sendable, Equatable {
+    public var timedOut: Bool
+    public var blamed: Int?
+    public var text: String
+    public init(timedOut: Bool, blamed: Int?, text: String) { self.timedOut = timedOut; self.blamed = blamed; self.text = text }
+    public init?(_ raw: String) {
+        let parts = raw.split(separator: "|", maxSplits: 2, omittingEmptySubsequences: false)
+        guard parts.count == 3, parts[0] == "T" || parts[0] == "E" else { return nil }
+        self.init(timedOut: parts[0] == "T", blamed: Int(parts[1]), text: String(parts[2]))
+    }
+    public var encoded: String { (timedOut ? "T" : "E") + "|" + (blamed.map(String.init) ?? "-") + "|" + text }
+}

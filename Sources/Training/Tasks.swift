@@ -133,7 +133,13 @@ public func makeTask(_ config: TrainConfig, rank: Int = 0, worldSize: Int = 1) t
     let dir = config.dataDir
     switch config.model {
     case .gpt:
-        return GPTTask(config: config, text: try CharText(path: dir + "/tinyshakespeare.txt"), rank: rank)
+        let text = try CharText(path: dir + "/tinyshakespeare.txt")
+        // Every batch draws block_size + 1 characters from a split: both splits must be longer.
+        let shortest = min(text.train.count, text.validation.count)
+        guard config.blockSize < shortest else {
+            throw ConfigError(key: "block_size", "\(config.blockSize) is not shorter than the smallest data split (\(shortest) characters)")
+        }
+        return GPTTask(config: config, text: text, rank: rank)
     case .mlp:
         let all = try MNIST(imagesPath: dir + "/mnist-t10k-images-idx3-ubyte.gz", labelsPath: dir + "/mnist-t10k-labels-idx1-ubyte.gz")
         guard all.count > 2000 else { throw DatasetError(dir, "MNIST has \(all.count) images; need more than the 2,000 held out") }

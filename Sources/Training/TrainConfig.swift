@@ -132,12 +132,19 @@ public struct TrainConfig: Codable, Sendable, Equatable {
             guard var object = try JSONSerialization.jsonObject(with: json) as? [String: Any] else {
                 throw ConfigError(key: "(top level)", "expected a JSON object")
             }
+            // JSONSerialization keeps one of two equal keys silently; a config that says a thing twice
+            // is a mistake to show, not to guess.
+            if let duplicate = duplicateTopLevelKey(in: json) { throw ConfigError(key: duplicate, "appears more than once") }
             for override in overrides {
                 guard let eq = override.firstIndex(of: "="), eq != override.startIndex else {
                     throw ConfigError(key: override, "override must look like key=value")
                 }
                 let key = String(override[..<eq]), text = String(override[override.index(after: eq)...])
                 object[key] = (try? JSONSerialization.jsonObject(with: Data(text.utf8), options: .fragmentsAllowed)) ?? text
+            }
+            // null would silently mean the default; only epochs has "none" as a meaning.
+            if let key = object.keys.sorted().first(where: { object[$0] is NSNull && $0 != CodingKeys.epochs.rawValue }) {
+                throw ConfigError(key: key, "null is not a value (leave the key out for its default)")
             }
             let known = Set(CodingKeys.allCases.map(\.rawValue))
             if let unknown = object.keys.sorted().first(where: { !known.contains($0) }) {
@@ -160,13 +167,14 @@ public struct TrainConfig: Codable, Sendable, Equatable {
     public static let maxConfigBytes = 1 << 20
 
     public static func load(path: String, overrides: [String] = []) throws -> TrainConfig {
-        let attributes = try? FileManager.default.attributesOfItem(atPath: path)
-        if let attributes {
-            guard attributes[.type] as? FileAttributeType == .typeRegular else {
-                throw ConfigError(key: "(file)", "not a regular file (\((attributes[.type] as? FileAttributeType)?.rawValue ?? "unknown type"))", file: path)
+        // stat follows a symlink: a linked config is fine, as long as what it points to is a small regular file.
+        var info = stat()
+        if stat(path, &info) == 0 {
+            guard (info.st_mode & S_IFMT) == S_IFREG else {
+                throw ConfigError(key: "(file)", "not a regular file", file: path)
             }
-            if let size = attributes[.size] as? Int, size > maxConfigBytes {
-                throw ConfigError(key: "(file)", "is \(size) bytes; a config is at most \(maxConfigBytes)", file: path)
+            if Int(info.st_size) > maxConfigBytes {
+                throw ConfigError(key: "(file)", "is \(info.st_size) bytes; a config is at most \(maxConfigBytes)", file: path)
             }
         }
         guard let data = FileManager.default.contents(atPath: path) else {
@@ -201,6 +209,7 @@ public struct TrainConfig: Codable, Sendable, Equatable {
                     "bf16 runs on the ring: set allreduce_algorithm to ring or auto (it is '\(allreduceAlgorithm.rawValue)')")
         try require(bucketMb > 0 && bucketMb <= 1024, .bucketMb, "must be in (0, 1024] MiB, got \(bucketMb)")
         try require(dropout == 0, .dropout, "only 0 is supported (the recipe trains without dropout)")
+        try requireMemory()
         switch model {
         case .gpt:
             try require(dataset == .shakespeare, .dataset, "the gpt model trains on shakespeare")
@@ -224,4 +233,75 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         encoder.outputFormatting = [.sortedKeys]
         return String(decoding: (try? encoder.encode(self)) ?? Data(), as: UTF8.self)
     }
+}
+
+extension TrainConfig {
+    /// Bytes of memory this config needs, estimated in floating point (so absurd sizes cannot overflow):
+    /// parameters with their gradients and two optimizer buffers, and one micro-batch's activations.
+    public func estimatedBytes(vocabulary: Double = 65) -> (parameters: Double, activations: Double) {
+        let b = Double(batchSize)
+        switch model {
+        case .gpt:
+            let c = Double(nEmbd), t = Double(blockSize), l = Double(nLayer), h = Double(nHead)
+            let parameters = vocabulary * c + t * c + l * (12 * c * c + 13 * c) + 2 * c
+            // Per layer nanoGPT keeps about 16 floats per token and channel (inputs of the norms,
+            // projections, GELU, residuals) plus the attention matrix per head; then the logits.
+            let activations = b * t * (l * (16 * c + 3 * h * t) + 2 * vocabulary + 4 * c)
+            return (16 * parameters, 4 * activations)
+        case .mlp:
+            let hidden = Double(self.hidden)
+            let parameters = 784 * hidden + hidden + hidden * 10 + 10
+            return (16 * parameters, 4 * b * (784 + 3 * hidden + 30))
+        }
+    }
+
+    /// Refuses, naming the key, a config whose estimate exceeds this machine's memory: the allocation
+    /// would otherwise abort or overflow long after start.
+    func requireMemory(physicalBytes: Double = Double(sysconf(Int32(_SC_PHYS_PAGES))) * Double(sysconf(Int32(_SC_PAGESIZE)))) throws {
+        let (parameters, activations) = estimatedBytes()
+        guard parameters + activations > physicalBytes else { return }
+        func gib(_ x: Double) -> String { String(format: x < 1e6 * 1024 * 1024 * 1024 ? "%.1f GiB" : "%.2e GiB", x / 1073741824) }
+        let key = parameters >= activations ? (model == .gpt ? CodingKeys.nEmbd : .hidden) : .batchSize
+        let what = parameters >= activations ? "parameters, gradients and optimizer state" : "activations of one micro-batch"
+        throw ConfigError(key: key.rawValue, "needs an estimated \(gib(parameters + activations)) (\(what) \(gib(max(parameters, activations)))), more than this machine's \(gib(physicalBytes))")
+    }
+}
+
+/// The first key that appears twice in the top-level object of a JSON text, if any (strings are
+/// scanned with their escapes; nested objects and arrays are skipped).
+func duplicateTopLevelKey(in json: Data) -> String? {
+    let bytes = [UInt8](json)
+    var i = 0, depth = 0, seen = Set<String>(), expectKey = false
+    func readString() -> String? {
+        var out: [UInt8] = []
+        i += 1
+        while i < bytes.count {
+            let c = bytes[i]
+            if c == UInt8(ascii: "\\") { if i + 1 < bytes.count { out.append(c); out.append(bytes[i + 1]) }; i += 2; continue }
+            if c == UInt8(ascii: "\"") { i += 1; return String(decoding: out, as: UTF8.self) }
+            out.append(c); i += 1
+        }
+        return nil
+    }
+    while i < bytes.count {
+        let c = bytes[i]
+        switch c {
+        case UInt8(ascii: "{"), UInt8(ascii: "["):
+            depth += 1; expectKey = depth == 1 && c == UInt8(ascii: "{"); i += 1
+        case UInt8(ascii: "}"), UInt8(ascii: "]"):
+            depth -= 1; i += 1
+        case UInt8(ascii: ","):
+            expectKey = depth == 1; i += 1
+        case UInt8(ascii: "\""):
+            let wasKey = expectKey && depth == 1
+            guard let text = readString() else { return nil }
+            if wasKey {
+                if !seen.insert(text).inserted { return text }
+                expectKey = false
+            }
+        default:
+            i += 1
+        }
+    }
+    return nil
 }

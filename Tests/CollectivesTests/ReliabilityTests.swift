@@ -77,4 +77,29 @@ final class ReliabilityTests: XCTestCase {
         }
         XCTAssertLessThan(seconds, 8, "the silent connections held the rendezvous for \(seconds) s")
     }
+
+    /// Finding 14: a stopped rank makes the others time out and exit first; the launcher must blame
+    /// the stopped rank (from the ranks' structured reports), not the first rank to exit.
+    func testLauncherBlamesTheStoppedRankNotTheFirstToExit() throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: LocalCluster.buildDirectory + "/ddp-launch")
+        process.arguments = ["--nproc-per-node", "3", "--timeout", "2", "--", "collective-check", "--loop", "--algorithms", "ring",
+                             "--counts", "65536"]
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        try process.run()
+        let reader = OutputCollector(pipe.fileHandleForReading)
+        let deadline = Deadline(seconds: 60)
+        while reader.text.components(separatedBy: "READY").count - 1 < 3 && !deadline.hasPassed { usleep(20_000) }
+        let pids = launcherRankPIDs(reader.text)
+        XCTAssertEqual(pids.count, 3, reader.text)
+        guard pids.count == 3 else { process.terminate(); return }
+        kill(pids[1], SIGSTOP)
+        process.waitUntilExit()
+        let text = reader.finish()
+        let failed = text.split(separator: "\n").first { $0.contains("FAILED:") }.map(String.init) ?? ""
+        XCTAssertTrue(failed.contains("FAILED: rank 1 (pid \(pids[1])") && failed.contains("stopped responding (process stopped)"), text)
+        XCTAssertEqual(survivors(ofLauncher: process.processIdentifier), [])
+    }
 }

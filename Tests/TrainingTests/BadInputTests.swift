@@ -32,6 +32,17 @@ final class BadInputTests: XCTestCase {
         XCTAssertEqual(configError("{}", overrides: ["novalue"])?.key, "novalue")
         XCTAssertNotNil(configError("[1, 2]"))
         XCTAssertNotNil(configError("{not json"))
+        // Values that pass the simple checks but could not be allocated: refused, naming the key.
+        XCTAssertEqual(configError(#"{"batch_size": 4611686018427387904}"#)?.key, "batch_size")
+        XCTAssertEqual(configError(#"{"batch_size": 10000000}"#)?.key, "batch_size")
+        XCTAssertEqual(configError(#"{"n_embd": 1048576, "n_head": 4}"#)?.key, "n_embd")
+        XCTAssertEqual(configError(#"{"n_embd": 1099511627776, "n_head": 4}"#)?.key, "n_embd")
+        XCTAssertTrue(configError(#"{"batch_size": 10000000}"#)?.description.contains("more than this machine's") ?? false)
+        // null does not silently mean the default; a key twice is refused (also nested values are skipped).
+        XCTAssertEqual(configError(#"{"batch_size": null}"#)?.key, "batch_size")
+        XCTAssertEqual(configError(#"{"batch_size": 4, "seed": 1, "batch_size": 8}"#)?.key, "batch_size")
+        XCTAssertEqual(configError(#"{"out_dir": "a\"b", "seed": 2, "seed": 3}"#)?.key, "seed")
+        XCTAssertNil(configError(#"{"epochs": null, "seed": 3}"#), "epochs: null means no epoch limit")
         let message = configError(#"{"batch_size": 0}"#)?.description ?? ""
         XCTAssertTrue(message.contains("test.json") && message.contains("batch_size"), message)
     }
@@ -48,6 +59,26 @@ final class BadInputTests: XCTestCase {
                 XCTAssertTrue(text.contains(path) && text.contains(mentions), text)
             }
         }
+    }
+
+    /// A symlinked config is followed (what it points to must still be a small regular file); a
+    /// block_size longer than a data split is refused before training.
+    func testSymlinkedConfigsAreFollowedAndBlockSizeIsCheckedAgainstTheData() throws {
+        let dir = temporaryDirectory("config-link")
+        try FileManager.default.createSymbolicLink(atPath: dir + "/linked.json", withDestinationPath: configsDirectory + "/tiny-gpt.json")
+        XCTAssertNoThrow(try TrainConfig.load(path: dir + "/linked.json"))
+        try FileManager.default.createSymbolicLink(atPath: dir + "/to-device.json", withDestinationPath: "/dev/zero")
+        XCTAssertThrowsError(try TrainConfig.load(path: dir + "/to-device.json")) { XCTAssertTrue("\($0)".contains("not a regular file"), "\($0)") }
+        let small = dir + "/small-data"
+        try FileManager.default.createDirectory(atPath: small, withIntermediateDirectories: true)
+        _ = FileManager.default.createFile(atPath: small + "/tinyshakespeare.txt", contents: Data(String(repeating: "To be, or not to be. ", count: 20).utf8))
+        let config = try tinyGPTConfig(["data_dir=\"\(small)\"", "block_size=64"], outDir: dir)
+        XCTAssertThrowsError(try makeTask(config)) { XCTAssertTrue("\($0)".contains("block_size") && "\($0)".contains("smallest data split"), "\($0)") }
+        // Data files must be regular files: a FIFO would hang the reader, /dev/zero would never end.
+        let fifo = dir + "/fifo.txt"
+        XCTAssertEqual(mkfifo(fifo, 0o600), 0)
+        XCTAssertThrowsError(try readPossiblyGzippedFile(fifo)) { XCTAssertTrue("\($0)".contains("not a regular file"), "\($0)") }
+        XCTAssertThrowsError(try readPossiblyGzippedFile("/dev/zero")) { XCTAssertTrue("\($0)".contains("not a regular file"), "\($0)") }
     }
 
     func testShippedConfigsLoadAndOverridesApply() throws {
