@@ -31,11 +31,21 @@ public final class StoreServer: @unchecked Sendable {
     var nextClient = 0
     let acceptLoopEnded = DispatchSemaphore(value: 0)
 
+    /// Connections still in their handshake, oldest first. At `maxUnauthenticated` the oldest is cut off
+    /// to make room: silent or slow connections cannot use up the descriptors, and a real client (whose
+    /// handshake takes a millisecond) still gets in during a flood.
+    var unauthenticated: [Int] = []
+    public static let maxUnauthenticated = 64
+    /// Whole-handshake deadline for each connection (Handshake.timeoutCap, or less for tests).
+    let handshakeSeconds: Double
+
     /// `bindRetrySeconds`: how long a fixed port still held by a previous attempt is retried.
     public init(host: String, port: Int, identity: JobIdentity, bindRetrySeconds: Double = 5,
+                handshakeSeconds: Double = Handshake.timeoutCap,
                 log: @escaping @Sendable (String) -> Void = { _ in }) throws {
         listener = try Listener(host: host, port: port, bindRetrySeconds: bindRetrySeconds)
         self.identity = identity
+        self.handshakeSeconds = handshakeSeconds
         self.log = log
         let thread = Thread { [self] in acceptLoop(); acceptLoopEnded.signal() }
         thread.name = "store-accept"
@@ -71,13 +81,32 @@ public final class StoreServer: @unchecked Sendable {
     }
 
     func acceptLoop() {
+        var backoff: useconds_t = 1_000
         while !isStopped {
-            guard let (fd, host, port) = try? listener.accept(deadline: Deadline(seconds: 0.5), operation: "store accept") else { continue }
-            let connection = Connection(fd: fd, peer: PeerDescription(host: host, port: port),
-                                        policy: WaitPolicy(timeoutSeconds: 10, spinMicroseconds: 0))
+            let accepted: (fd: Int32, host: String, port: Int)
+            do {
+                accepted = try listener.accept(deadline: Deadline(seconds: 0.5), operation: "store accept")
+                backoff = 1_000
+            } catch let error as TransportError {
+                if case .timedOut = error.kind { continue }
+                if isStopped { break }
+                // EMFILE, ENFILE, ENOBUFS: the connection stays in the backlog; retrying at once would
+                // spin a core. Say so and wait, longer each time.
+                log("store: \(error); retrying in \(backoff / 1000) ms")
+                usleep(backoff)
+                backoff = min(backoff * 2, 1_000_000)
+                continue
+            } catch { continue }
+            let connection = Connection(fd: accepted.fd, peer: PeerDescription(host: accepted.host, port: accepted.port),
+                                        policy: WaitPolicy(timeoutSeconds: handshakeSeconds, spinMicroseconds: 0))
             lock.lock()
             if stopped { lock.unlock(); connection.close(); break }
+            if unauthenticated.count >= Self.maxUnauthenticated, let oldest = clients[unauthenticated.removeFirst()] {
+                log("store: cut off \(oldest.peer): \(Self.maxUnauthenticated) connections are already in their handshake")
+                oldest.shutdown()
+            }
             let id = nextClient
+            unauthenticated.append(id)
             nextClient += 1
             clients[id] = connection
             lock.unlock()
@@ -91,11 +120,9 @@ public final class StoreServer: @unchecked Sendable {
     }
 
     func serve(_ connection: Connection) {
-        do {
-            _ = try Handshake.accept(connection, identity: identity, onRefusal: { [log] in log("store: \($0)") })
-        } catch {
-            return
-        }
+        let handshake = Result { try Handshake.accept(connection, identity: identity, onRefusal: { [log] in log("store: \($0)") }) }
+        lock.lock(); unauthenticated.removeAll { clients[$0] === connection }; lock.unlock()
+        guard case .success = handshake else { return }
         // Clients wait between requests as long as the job lives: no inactivity timeout on the server side.
         connection.policy.timeoutSeconds = 365 * 86400
         while !isStopped {

@@ -111,6 +111,73 @@ final class StoreAndHandshakeTests: XCTestCase {
         XCTAssertNotNil(try good.get("after"))
     }
 
+    /// Finding 7: the handshake deadline is total, not re-armed by each byte, and connections stuck
+    /// in their handshake are bounded, so a real client is served however many silent ones there are.
+    func testHandshakeDeadlineIsTotalAndUnauthenticatedConnectionsAreBounded() throws {
+        let log = Log()
+        let server = try StoreServer(host: "127.0.0.1", port: 0, identity: identity(), handshakeSeconds: 2, log: { log.add($0) })
+        defer { server.stop() }
+        // One byte of a hello every 0.4 s: cut off at the 2 s handshake deadline, not kept alive.
+        let dripper = try rawConnection(port: server.port)
+        let hello = FrameHeader(type: .hello, tag: 0, length: 64, payloadChecksum: 0).encoded()
+        let start = Deadline.now()
+        var closedAfter: Double?
+        for byte in hello {
+            var b = byte
+            do { try dripper.sendAll(&b, 1, operation: "drip") } catch { closedAfter = Deadline.now() - start; break }
+            var probe: UInt8 = 0
+            if recv(dripper.fd, &probe, 1, Int32(MSG_DONTWAIT)) == 0 { closedAfter = Deadline.now() - start; break }
+            usleep(400_000)
+        }
+        XCTAssertNotNil(closedAfter, "the dripping client was never cut off")
+        XCTAssertLessThan(closedAfter ?? 99, 4, "cut off after \(closedAfter ?? 99) s")
+        // More silent connections than the bound: the oldest are cut off to make room, and a real client still
+        // gets in and is served.
+        let silent = try (0..<(StoreServer.maxUnauthenticated + 6)).map { _ in try rawConnection(port: server.port) }
+        usleep(300_000)
+        let good = try StoreClient(host: "127.0.0.1", port: server.port, identity: identity(), rank: 0, timeoutSeconds: 5)
+        try good.set("served", "yes")
+        XCTAssertEqual(try good.get("served"), Array("yes".utf8))
+        usleep(500_000)
+        XCTAssertTrue(log.text.contains("connections are already in their handshake"), log.text)
+        XCTAssertGreaterThan(silent.filter { c in var b: UInt8 = 0; return recv(c.fd, &b, 1, Int32(MSG_DONTWAIT)) == 0 }.count, 0, "no silent connection was cut off")
+        withExtendedLifetime(silent) {}
+    }
+
+    /// Finding 7: when descriptors run out, the store logs and backs off instead of spinning a core.
+    func testStoreBacksOffWhenDescriptorsRunOut() throws {
+        let listener = try Listener(host: "127.0.0.1", port: 0)
+        let port = listener.port
+        listener.close()
+        let build = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/prlimit")
+        process.arguments = ["--nofile=40", build + "/ddp-launch", "--master-port", String(port), "--numa-bind", "none",
+                             "--nproc-per-node", "1", "--", "/bin/sleep", "6"]
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        try process.run()
+        usleep(800_000)
+        let connections = (0..<60).compactMap { _ in try? rawConnection(port: port) }
+        defer { withExtendedLifetime(connections) {} }
+        func cpuSeconds() -> Double {
+            guard let stat = try? String(contentsOfFile: "/proc/\(process.processIdentifier)/stat", encoding: .utf8),
+                  let close = stat.lastIndex(of: ")") else { return 0 }
+            let fields = stat[stat.index(after: close)...].split(separator: " ")
+            return (Double(fields[11]) ?? 0) / 100 + (Double(fields[12]) ?? 0) / 100 // utime + stime, in ticks of 1/100 s
+        }
+        let before = cpuSeconds()
+        sleep(2)
+        let used = cpuSeconds() - before
+        process.waitUntilExit()
+        let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        XCTAssertGreaterThan(connections.count, 40)
+        XCTAssertTrue(output.contains("Too many open files") && output.contains("retrying in"), output)
+        XCTAssertLessThan(used, 0.5, "the launcher used \(used) s of CPU in 2 s while out of descriptors")
+        XCTAssertEqual(process.terminationStatus, 0, output)
+    }
+
     func testGarbageSilenceBadVersionAndOversizedFramesDoNotDisturbTheStore() throws {
         let log = Log()
         let server = try StoreServer(host: "127.0.0.1", port: 0, identity: identity(), log: { log.add($0) })
@@ -144,7 +211,7 @@ final class StoreAndHandshakeTests: XCTestCase {
         for reason in ["bad magic", "protocol version 9", "exceeds the limit"] {
             XCTAssertTrue(log.text.contains(reason), "store log lacks '\(reason)':\n\(log.text)")
         }
-        _ = silent
+        withExtendedLifetime(silent) {}
     }
 
     func testIPv6Loopback() throws {
