@@ -60,7 +60,8 @@ public final class WorkerGroup: @unchecked Sendable {
     func startStore() throws -> Int {
         guard spec.nodeRank == 0 else { return spec.masterPort }
         let server = try StoreServer(host: spec.masterAddress, port: spec.masterPort,
-                                     identity: JobIdentity(jobID: attemptJobID(spec.jobID, restart: spec.restartCount), worldSize: spec.worldSize, secret: spec.secret),
+                                     identity: JobIdentity(jobID: attemptJobID(spec.jobID, restart: spec.restartCount), worldSize: spec.worldSize,
+                                                           secret: spec.secret, authenticateFrames: spec.authenticateFrames),
                                      log: { [output] in output("[launcher] \($0)") })
         store = server
         return server.port

@@ -11,6 +11,8 @@ public struct LaunchSpec: Sendable {
     public var nodeRank = 0
     public var masterAddress = "127.0.0.1"
     public var masterPort = 0
+    /// Every frame after the handshake carries an HMAC tag (hosts that do not trust the network).
+    public var authenticateFrames = false
     public var logDirectory: String?
     public var jobID: String
     public var secret: [UInt8]
@@ -44,6 +46,7 @@ public struct LaunchSpec: Sendable {
         env["SWIFT_DDP_TIMEOUT"] = String(timeoutSeconds)
         env["SWIFT_DDP_LAUNCHER_PID"] = String(getpid())
         env["SWIFT_DDP_RESTART_COUNT"] = String(restartCount)
+        env["SWIFT_DDP_AUTH_FRAMES"] = authenticateFrames ? "1" : "0"
         if local < placements.count, !placements[local].cpus.isEmpty {
             env["SWIFT_DDP_BIND_CPUS"] = compactList(placements[local].cpus)
             env["SWIFT_DDP_BIND_NODE"] = placements[local].node.map(String.init) ?? ""

@@ -31,6 +31,9 @@ public struct DistributedEnvironment: Sendable, Equatable {
     public var spinMicroseconds: Double?
     /// SWIFT_DDP_CHUNK_KB: bytes per data frame, in KiB.
     public var chunkBytes: Int?
+    /// SWIFT_DDP_AUTH_FRAMES=1: every frame after the handshake carries an HMAC tag (the launcher's
+    /// --authenticate-frames sets it for every rank and for its store).
+    public var authenticateFrames = false
 
     public init() {}
 
@@ -71,6 +74,10 @@ public struct DistributedEnvironment: Sendable, Equatable {
             guard let v = Double(text), v >= 0, v <= 1e6 else { throw EnvironmentError(variable: "SWIFT_DDP_SPIN_US", problem: "'\(text)' is not a number of microseconds in 0...1000000") }
             e.spinMicroseconds = v
         }
+        if let text = env["SWIFT_DDP_AUTH_FRAMES"], !text.isEmpty {
+            guard text == "0" || text == "1" else { throw EnvironmentError(variable: "SWIFT_DDP_AUTH_FRAMES", problem: "'\(text)' must be 0 or 1") }
+            e.authenticateFrames = text == "1"
+        }
         if let text = env["SWIFT_DDP_CHUNK_KB"], !text.isEmpty {
             guard let v = Int(text), v >= 1, v <= FrameHeader.maxLength >> 10 else {
                 throw EnvironmentError(variable: "SWIFT_DDP_CHUNK_KB", problem: "'\(text)' is not a whole number of KiB in 1...\(FrameHeader.maxLength >> 10)")
@@ -83,7 +90,8 @@ public struct DistributedEnvironment: Sendable, Equatable {
     /// Each restart is its own rendezvous: a rank of attempt k cannot join a store or a peer left over
     /// from attempt k-1.
     public var identity: JobIdentity {
-        JobIdentity(jobID: attemptJobID(jobID, restart: restartCount), worldSize: worldSize, secret: hexBytes(secretHex) ?? [])
+        JobIdentity(jobID: attemptJobID(jobID, restart: restartCount), worldSize: worldSize, secret: hexBytes(secretHex) ?? [],
+                    authenticateFrames: authenticateFrames)
     }
 }
 

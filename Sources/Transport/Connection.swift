@@ -26,6 +26,8 @@ public final class Connection: @unchecked Sendable {
     /// A cap on every wait however much data moves: set while a handshake runs, so a peer that drips
     /// one byte at a time cannot hold the connection past it.
     public var overallDeadline: Deadline?
+    /// Per-direction MAC keys when the job authenticates frames (set by the handshake).
+    public var frameKeys: FrameKeys?
     /// Set while an exchange drives this connection: two at once would interleave their frames.
     private let inUse = Atomic<Bool>(false)
 
@@ -138,14 +140,46 @@ public final class Connection: @unchecked Sendable {
 
     // MARK: frames
 
-    /// Sends one frame: header, then the payload straight from the caller's memory.
+    /// The MAC tag of the next frame sent (authenticated connections only).
+    func nextSendTag(header: UnsafeRawBufferPointer, payload: UnsafeRawBufferPointer) -> (UInt64, UInt64) {
+        frameKeys!.sending.next(header: header, payload: payload)
+    }
+
+    /// Checks a received frame's MAC tag; a mismatch closes the connection.
+    func verifyReceivedTag(_ tag: (UInt64, UInt64), header: FrameHeader, payload: UnsafeRawBufferPointer,
+                           operation: @autoclosure () -> String) throws {
+        var bytes = HeaderBytes()
+        bytes.withMutableBytes { header.encode(into: $0.baseAddress!) }
+        let expected = bytes.withMutableBytes { frameKeys!.receiving.next(header: UnsafeRawBufferPointer($0), payload: payload) }
+        guard expected == tag else {
+            close()
+            throw TransportError(.badFrame("authentication tag mismatch (\(header.length) bytes): the frame was altered, replayed or reordered on the way"),
+                                 operation: operation(), peer: peer)
+        }
+    }
+
+    /// A frame whose authentication flag does not match this connection's mode is refused.
+    func checkAuthentication(_ header: FrameHeader, operation: @autoclosure () -> String) throws {
+        guard header.authenticated != (frameKeys != nil) else { return }
+        close()
+        throw TransportError(.badFrame(header.authenticated ? "an authenticated frame on a connection without frame authentication"
+                                                            : "a frame without its authentication tag (authentication is on)"),
+                             operation: operation(), peer: peer)
+    }
+
+    /// Sends one frame: header, then the payload straight from the caller's memory (then its MAC tag
+    /// on authenticated connections).
     public func sendFrame(_ type: FrameHeader.MessageType, tag: UInt32, payload: UnsafeRawBufferPointer,
                           checksummed: Bool = true, operation: @autoclosure () -> String) throws {
         let header = FrameHeader(type: type, tag: tag, length: payload.count,
-                                 payloadChecksum: checksummed ? checksum(payload) : nil)
+                                 payloadChecksum: checksummed ? checksum(payload) : nil, authenticated: frameKeys != nil)
         var bytes = header.encoded()
         try bytes.withUnsafeMutableBytes { try sendAll($0.baseAddress!, FrameHeader.size, operation: operation()) }
         if payload.count > 0 { try sendAll(payload.baseAddress!, payload.count, operation: operation()) }
+        if frameKeys != nil {
+            var mac = bytes.withUnsafeBytes { nextSendTag(header: $0, payload: payload) }
+            try withUnsafeBytes(of: &mac) { try sendAll($0.baseAddress!, FrameMAC.tagBytes, operation: operation()) }
+        }
     }
 
     public func sendFrame(_ type: FrameHeader.MessageType, tag: UInt32, bytes: [UInt8], operation: @autoclosure () -> String) throws {
@@ -164,7 +198,7 @@ public final class Connection: @unchecked Sendable {
             close()
             throw TransportError(.badFrame(error.reason), operation: operation(), peer: peer)
         case .success(let header):
-            if header.type == .refusal && type != .refusal {
+            if header.type == .refusal && type != .refusal && frameKeys == nil {
                 var reason = [UInt8](repeating: 0, count: min(header.length, 4096))
                 if header.length <= 4096 {
                     try? reason.withUnsafeMutableBytes { if $0.count > 0 { try receiveAll($0.baseAddress!, $0.count, operation: operation()) } }
@@ -172,6 +206,7 @@ public final class Connection: @unchecked Sendable {
                 close()
                 throw TransportError(.refused(String(decoding: reason, as: UTF8.self)), operation: operation(), peer: peer)
             }
+            try checkAuthentication(header, operation: operation())
             guard header.type == type else {
                 close()
                 throw TransportError(.badFrame("expected a \(type) frame, got \(header.type)"), operation: operation(), peer: peer)
@@ -184,13 +219,18 @@ public final class Connection: @unchecked Sendable {
         }
     }
 
-    /// Receives one whole control frame (bounded) and verifies its payload checksum.
+    /// Receives one whole control frame (bounded) and verifies its payload checksum (and its MAC tag).
     public func receiveFrame(expecting type: FrameHeader.MessageType, tag: UInt32?, maxLength: Int = 1 << 20,
                              operation: @autoclosure () -> String) throws -> [UInt8] {
         let header = try receiveHeader(expecting: type, tag: tag, maxLength: maxLength, operation: operation())
         var payload = [UInt8](repeating: 0, count: header.length)
         try payload.withUnsafeMutableBytes { if header.length > 0 { try receiveAll($0.baseAddress!, header.length, operation: operation()) } }
         try verifyPayload(header, payload.withUnsafeBytes { checksum($0) }, operation: operation())
+        if frameKeys != nil {
+            var mac: (UInt64, UInt64) = (0, 0)
+            try withUnsafeMutableBytes(of: &mac) { try receiveAll($0.baseAddress!, FrameMAC.tagBytes, operation: operation()) }
+            try payload.withUnsafeBytes { try verifyReceivedTag(mac, header: header, payload: $0, operation: operation()) }
+        }
         return payload
     }
 

@@ -61,6 +61,9 @@ struct HeaderBytes {
 private struct SendProgress {
     var frame = 0, offset = 0, frameLength = 0, frames = 0
     var header = HeaderBytes()
+    /// The frame's MAC tag, sent after the payload on authenticated connections (0 bytes otherwise).
+    var mac: (UInt64, UInt64) = (0, 0)
+    var macBytes = 0
     var after: Int? // the earlier send on the same connection, which must finish first
     var done: Bool { frame >= frames }
 }
@@ -68,8 +71,10 @@ private struct SendProgress {
 private struct ReceiveProgress {
     var frame = 0, offset = 0, frames = 0
     var header = HeaderBytes()
-    var inPayload = false
+    var inPayload = false, inTrailer = false
     var payloadChecksum: UInt32?
+    var decoded = FrameHeader(type: .data, tag: 0, length: 0)
+    var mac: (UInt64, UInt64) = (0, 0)
     var after: Int?
     var done: Bool { frame >= frames }
 }
@@ -107,9 +112,14 @@ public func exchangeMessages(sending outgoing: [OutgoingMessage], receiving inco
         let start = sends[i].frame * chunk
         let length = min(chunk, message.bytes.count - start)
         let payload = UnsafeRawBufferPointer(rebasing: message.bytes[start..<(start + length)])
+        let authenticated = message.connection.frameKeys != nil
         let header = FrameHeader(type: message.type, tag: message.tag, length: length,
-                                 payloadChecksum: settings.checksumPayloads ? checksum(payload) : nil)
+                                 payloadChecksum: settings.checksumPayloads ? checksum(payload) : nil, authenticated: authenticated)
         sends[i].header.withMutableBytes { header.encode(into: $0.baseAddress!) }
+        if authenticated {
+            sends[i].mac = sends[i].header.withMutableBytes { message.connection.nextSendTag(header: UnsafeRawBufferPointer($0), payload: payload) }
+        }
+        sends[i].macBytes = authenticated ? FrameMAC.tagBytes : 0
         sends[i].frameLength = length
         sends[i].offset = 0
     }
@@ -121,21 +131,31 @@ public func exchangeMessages(sending outgoing: [OutgoingMessage], receiving inco
         var moved = false
         while !sends[i].done {
             let start = sends[i].frame * chunk
+            let length = sends[i].frameLength, offset = sends[i].offset
             let n: Int
-            if sends[i].offset < FrameHeader.size {
-                let payload = UnsafeRawBufferPointer(start: message.bytes.baseAddress.map { $0 + start }, count: sends[i].frameLength)
-                let offset = sends[i].offset
+            if offset < FrameHeader.size {
+                let payload = UnsafeRawBufferPointer(start: message.bytes.baseAddress.map { $0 + start }, count: length)
                 n = try sends[i].header.withMutableBytes {
                     try connection.trySend(UnsafeRawBufferPointer(rebasing: $0[offset...]), payload, operation: operation())
                 }
+            } else if offset < FrameHeader.size + length {
+                let sent = offset - FrameHeader.size
+                let rest = UnsafeRawBufferPointer(start: message.bytes.baseAddress! + start + sent, count: length - sent)
+                let macBytes = sends[i].macBytes
+                n = try withUnsafeBytes(of: sends[i].mac) { mac in
+                    try connection.trySend(rest, UnsafeRawBufferPointer(rebasing: mac[0..<macBytes]), operation: operation())
+                }
             } else {
-                let sent = sends[i].offset - FrameHeader.size
-                n = try connection.trySend(message.bytes.baseAddress! + start + sent, sends[i].frameLength - sent, operation: operation())
+                let sent = offset - FrameHeader.size - length, macBytes = sends[i].macBytes
+                n = try withUnsafeBytes(of: sends[i].mac) { mac in
+                    try connection.trySend(UnsafeRawBufferPointer(rebasing: mac[sent..<macBytes]), UnsafeRawBufferPointer(start: nil, count: 0),
+                                           operation: operation())
+                }
             }
             if n == 0 { break }
             moved = true
             sends[i].offset += n
-            if sends[i].offset == FrameHeader.size + sends[i].frameLength {
+            if sends[i].offset == FrameHeader.size + length + sends[i].macBytes {
                 sends[i].frame += 1
                 if !sends[i].done { startFrame(i) }
             }
@@ -153,7 +173,12 @@ public func exchangeMessages(sending outgoing: [OutgoingMessage], receiving inco
             let expectedLength = min(chunk, total - base)
             let offset = receives[i].offset
             let n: Int
-            if !receives[i].inPayload {
+            if receives[i].inTrailer {
+                n = try withUnsafeMutableBytes(of: &receives[i].mac) {
+                    try connection.tryReceive($0.baseAddress! + offset, FrameMAC.tagBytes - offset, expected: total, received: base + expectedLength,
+                                              operation: operation())
+                }
+            } else if !receives[i].inPayload {
                 n = try receives[i].header.withMutableBytes {
                     try connection.tryReceive($0.baseAddress! + offset, FrameHeader.size - offset,
                                               expected: total, received: base, operation: operation())
@@ -165,7 +190,7 @@ public func exchangeMessages(sending outgoing: [OutgoingMessage], receiving inco
             if n == 0 { break }
             moved = true
             receives[i].offset += n
-            if !receives[i].inPayload && receives[i].offset == FrameHeader.size {
+            if !receives[i].inPayload && !receives[i].inTrailer && receives[i].offset == FrameHeader.size {
                 let decoded = receives[i].header.withMutableBytes { FrameHeader.decode($0.baseAddress!, maxLength: chunk) }
                 switch decoded {
                 case .failure(let error):
@@ -177,23 +202,36 @@ public func exchangeMessages(sending outgoing: [OutgoingMessage], receiving inco
                         throw TransportError(.badFrame("expected a \(message.type) frame, tag \(describeTag(message.tag)), of \(expectedLength) bytes, got a \(header.type) frame, tag \(describeTag(header.tag)), of \(header.length) bytes (ranks out of step, or two groups sharing this connection at once?)"),
                                              operation: operation(), peer: connection.peer)
                     }
+                    try connection.checkAuthentication(header, operation: operation())
                     receives[i].payloadChecksum = header.payloadChecksum
+                    receives[i].decoded = header
                 }
                 receives[i].inPayload = true
                 receives[i].offset = 0
             }
+            let range = base..<(base + expectedLength)
             if receives[i].inPayload && receives[i].offset == expectedLength {
-                let range = base..<(base + expectedLength)
                 if let expected = receives[i].payloadChecksum,
                    expected != checksum(UnsafeRawBufferPointer(rebasing: message.buffer[range])) {
                     connection.close()
                     throw TransportError(.badFrame("payload checksum mismatch (\(expectedLength) bytes)"), operation: operation(), peer: connection.peer)
                 }
-                onChunk(i, range)
-                receives[i].frame += 1
                 receives[i].inPayload = false
                 receives[i].offset = 0
+                receives[i].inTrailer = connection.frameKeys != nil
+            } else if !(receives[i].inTrailer && receives[i].offset == FrameMAC.tagBytes) {
+                continue
             }
+            if receives[i].inTrailer {
+                guard receives[i].offset == FrameMAC.tagBytes else { continue }
+                try connection.verifyReceivedTag(receives[i].mac, header: receives[i].decoded,
+                                                 payload: UnsafeRawBufferPointer(rebasing: message.buffer[range]), operation: operation())
+                receives[i].inTrailer = false
+                receives[i].offset = 0
+            }
+            // The chunk is complete and checked: hand it over.
+            onChunk(i, range)
+            receives[i].frame += 1
         }
         return moved
     }

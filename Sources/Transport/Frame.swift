@@ -3,7 +3,8 @@ import CShims
 /// The 24-byte header in front of every message on every connection (little-endian):
 ///   magic u32 "SDDP" | version u8 | type u8 | flags u16 | tag u32 | length u32 | payload CRC-32C u32 | header CRC-32C u32
 /// The header CRC covers the first 20 bytes and is always checked; the payload CRC is checked when
-/// flag bit 0 is set (control messages always; bulk gradient data when the group asks for it).
+/// flag bit 0 is set (control messages always; bulk gradient data when the group asks for it). Flag
+/// bit 1: a 16-byte HMAC tag follows the payload (authenticated connections, FrameAuthentication.swift).
 /// Nothing in a frame is trusted before the header checks pass, and lengths are bounded by the receiver.
 public struct FrameHeader: Sendable, Equatable {
     public static let magic: UInt32 = 0x5044_4453 // "SDDP" read as little-endian bytes
@@ -24,16 +25,19 @@ public struct FrameHeader: Sendable, Equatable {
     public var tag: UInt32
     public var length: Int
     public var payloadChecksum: UInt32?
+    /// A MAC tag follows the payload.
+    public var authenticated: Bool
 
-    public init(type: MessageType, tag: UInt32, length: Int, payloadChecksum: UInt32? = nil) {
+    public init(type: MessageType, tag: UInt32, length: Int, payloadChecksum: UInt32? = nil, authenticated: Bool = false) {
         self.type = type; self.tag = tag; self.length = length; self.payloadChecksum = payloadChecksum
+        self.authenticated = authenticated
     }
 
     public func encode(into p: UnsafeMutableRawPointer) {
         p.storeBytes(of: Self.magic.littleEndian, toByteOffset: 0, as: UInt32.self)
         p.storeBytes(of: Self.version, toByteOffset: 4, as: UInt8.self)
         p.storeBytes(of: type.rawValue, toByteOffset: 5, as: UInt8.self)
-        p.storeBytes(of: UInt16(payloadChecksum == nil ? 0 : 1).littleEndian, toByteOffset: 6, as: UInt16.self)
+        p.storeBytes(of: UInt16((payloadChecksum == nil ? 0 : 1) | (authenticated ? 2 : 0)).littleEndian, toByteOffset: 6, as: UInt16.self)
         p.storeBytes(of: tag.littleEndian, toByteOffset: 8, as: UInt32.self)
         p.storeBytes(of: UInt32(length).littleEndian, toByteOffset: 12, as: UInt32.self)
         p.storeBytes(of: (payloadChecksum ?? 0).littleEndian, toByteOffset: 16, as: UInt32.self)
@@ -62,12 +66,14 @@ public struct FrameHeader: Sendable, Equatable {
             return .failure(FrameError("unknown message type \(p.load(fromByteOffset: 5, as: UInt8.self))"))
         }
         let flags = UInt16(littleEndian: p.loadUnaligned(fromByteOffset: 6, as: UInt16.self))
-        guard flags & ~1 == 0 else { return .failure(FrameError("unknown flags 0x\(String(flags, radix: 16))")) }
+        guard flags & ~3 == 0 else { return .failure(FrameError("unknown flags 0x\(String(flags, radix: 16))")) }
         let length = Int(UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 12, as: UInt32.self)))
         guard length <= maxLength else { return .failure(FrameError("length \(length) exceeds the limit of \(maxLength) bytes")) }
         let tag = UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 8, as: UInt32.self))
         let payloadCRC = UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 16, as: UInt32.self))
-        return .success(FrameHeader(type: type, tag: tag, length: length, payloadChecksum: flags & 1 == 1 ? payloadCRC : nil))
+        guard flags & 1 == 1 || payloadCRC == 0 else { return .failure(FrameError("payload checksum set without its flag")) }
+        return .success(FrameHeader(type: type, tag: tag, length: length, payloadChecksum: flags & 1 == 1 ? payloadCRC : nil,
+                                    authenticated: flags & 2 == 2))
     }
 }
 

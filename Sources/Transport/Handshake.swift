@@ -6,17 +6,21 @@ public struct JobIdentity: Sendable {
     public var jobID: String
     public var worldSize: Int
     public var secret: [UInt8]
-    public init(jobID: String, worldSize: Int, secret: [UInt8]) {
-        self.jobID = jobID; self.worldSize = worldSize; self.secret = secret
+    /// Every frame after the handshake carries an HMAC tag (FrameAuthentication.swift); both ends must agree.
+    public var authenticateFrames: Bool
+    public init(jobID: String, worldSize: Int, secret: [UInt8], authenticateFrames: Bool = false) {
+        self.jobID = jobID; self.worldSize = worldSize; self.secret = secret; self.authenticateFrames = authenticateFrames
     }
 }
 
 /// The connection handshake, run before any other frame:
-///   connector -> hello     {job id, world size, rank, nonceC}
+///   connector -> hello     {job id, world size, rank, nonceC, frame authentication on/off}
 ///   acceptor  -> challenge {nonceS, HMAC(secret, "acceptor" | hello | nonceS)}   (or refusal: wrong job)
 ///   connector -> proof     {HMAC(secret, "connector" | hello | nonceS)}          (after checking the acceptor)
 ///   acceptor  -> welcome   {}                                                   (or refusal: bad proof)
-/// A peer that fails any step never gets past the handshake; the acceptor closes the connection.
+/// A peer that fails any step never gets past the handshake; the acceptor closes the connection. With
+/// frame authentication on, both ends then derive per-direction frame keys from the secret and both
+/// nonces, and every later frame carries a MAC tag.
 public enum Handshake {
     static let nonceBytes = 32
     /// The whole acceptor side must finish within this (or the connection's timeout, when shorter):
@@ -31,6 +35,7 @@ public enum Handshake {
         let nonce = randomBytes(nonceBytes)
         var hello = ByteWriter()
         hello.string(identity.jobID); hello.u32(UInt32(identity.worldSize)); hello.i32(Int32(rank)); hello.bytes(nonce)
+        hello.bytes([identity.authenticateFrames ? 1 : 0])
         try connection.sendFrame(.hello, tag: 0, bytes: hello.data, operation: operation)
         let challenge = try connection.receiveFrame(expecting: .challenge, tag: 0, maxLength: 4096, operation: operation)
         var reader = ByteReader(challenge)
@@ -44,6 +49,9 @@ public enum Handshake {
         }
         try connection.sendFrame(.proof, tag: 0, bytes: mac("connector", hello.data, serverNonce, identity), operation: operation)
         _ = try connection.receiveFrame(expecting: .welcome, tag: 0, maxLength: 4096, operation: operation)
+        if identity.authenticateFrames {
+            connection.frameKeys = FrameKeys.derive(secret: identity.secret, hello: hello.data, acceptorNonce: serverNonce, connector: true)
+        }
     }
 
     /// Runs the acceptor side and returns the rank the peer stated (-1 for store clients).
@@ -71,10 +79,13 @@ public enum Handshake {
         }
         var reader = ByteReader(hello)
         guard let job = reader.string(), let world = reader.u32(), let rank = reader.i32(),
-              let _ = reader.bytes(nonceBytes), reader.atEnd else { throw refuse("malformed hello") }
+              let _ = reader.bytes(nonceBytes), let mode = reader.bytes(1), mode[0] <= 1, reader.atEnd else { throw refuse("malformed hello") }
         guard job == identity.jobID else { throw refuse("job id '\(job)' is not this job ('\(identity.jobID)')") }
         guard Int(world) == identity.worldSize else { throw refuse("world size \(world) does not match \(identity.worldSize)") }
         guard rank >= -1 && Int(rank) < identity.worldSize else { throw refuse("rank \(rank) outside 0..<\(identity.worldSize)") }
+        guard (mode[0] == 1) == identity.authenticateFrames else {
+            throw refuse("frame authentication is \(identity.authenticateFrames ? "on" : "off") here but \(mode[0] == 1 ? "on" : "off") at the peer (SWIFT_DDP_AUTH_FRAMES / --authenticate-frames must match)")
+        }
         let nonce = randomBytes(nonceBytes)
         try connection.sendFrame(.challenge, tag: 0, bytes: nonce + mac("acceptor", hello, nonce, identity), operation: operation)
         let proof: [UInt8]
@@ -86,6 +97,9 @@ public enum Handshake {
         }
         guard verify(proof, "connector", hello, nonce, identity) else { throw refuse("wrong job secret") }
         try connection.sendFrame(.welcome, tag: 0, bytes: [], operation: operation)
+        if identity.authenticateFrames {
+            connection.frameKeys = FrameKeys.derive(secret: identity.secret, hello: hello, acceptorNonce: nonce, connector: false)
+        }
         connection.peer.rank = rank >= 0 ? Int(rank) : nil
         return Int(rank)
     }

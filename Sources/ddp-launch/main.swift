@@ -45,6 +45,9 @@ struct DDPLaunch: ParsableCommand {
     @Option(help: "Job secret as hex (default: a fresh random one; multi-node jobs must share it). Visible in ps: prefer --secret-file or SWIFT_DDP_SECRET.")
     var secret: String?
 
+    @Flag(help: "Authenticate every frame with an HMAC tag (per-connection keys from the handshake): for hosts that do not trust the network between them.")
+    var authenticateFrames = false
+
     @Option(help: "Read the job secret (hex) from this file, which only its owner may read (mode 600 or 400).")
     var secretFile: String?
 
@@ -106,6 +109,7 @@ struct DDPLaunch: ParsableCommand {
         spec.nodes = nnodes; spec.nodeRank = nodeRank
         spec.masterAddress = masterAddr; spec.masterPort = masterPort
         spec.logDirectory = logDir; spec.timeoutSeconds = timeout
+        spec.authenticateFrames = authenticateFrames
         if given != nil || nnodes > 1 { spec.jobID = "job-\(masterAddr)-\(masterPort)" }
         let say: @Sendable (String) -> Void = { line in FileHandle.standardOutput.write(Data((line + "\n").utf8)) }
         let interface = iface ?? ProcessInfo.processInfo.environment["SWIFT_DDP_IFACE"].flatMap { $0.isEmpty ? nil : $0 }

@@ -47,6 +47,17 @@ final class GroupProcessTests: XCTestCase {
         }
     }
 
+    /// With --authenticate-frames every frame carries an HMAC tag: every collective, sub-groups,
+    /// point-to-point and all-to-all still give exact results.
+    func testEverythingRunsWithAuthenticatedFrames() throws {
+        for mode in ["collectives", "groups", "p2p", "alltoall"] {
+            let (status, output, _) = try runToEnd(LocalCluster.buildDirectory + "/ddp-launch", [
+                "--authenticate-frames", "--nproc-per-node", "4", "--", "collective-check", "--mode", mode, "--counts", "0,7,70001"])
+            XCTAssertEqual(status, 0, "\(mode):\n\(output)")
+            XCTAssertEqual(output.components(separatedBy: ": OK ").count - 1, 4, "\(mode):\n\(output)")
+        }
+    }
+
     /// kill -9 of a rank inside a sub-group collective: under the launcher every rank of the job is
     /// gone within the timeout + 2 s, the killed rank is named, nothing is left running.
     func testKilledRankInASubgroupStopsTheWholeJob() throws {

@@ -178,6 +178,76 @@ final class StoreAndHandshakeTests: XCTestCase {
         XCTAssertEqual(process.terminationStatus, 0, output)
     }
 
+    /// Finding 10: with frame authentication a relay that alters, replays or drops a frame is caught;
+    /// without it, a payload bit flipped by a relay that fixes nothing else passes when bulk data has no
+    /// CRC (what docs/reliability.md says each mode protects).
+    func testAuthenticatedFramesCatchTamperingThatCRCsMiss() throws {
+        func pair() -> (Connection, Connection) {
+            var fds: [Int32] = [0, 0]
+            XCTAssertEqual(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds), 0)
+            for fd in fds { _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) }
+            let policy = WaitPolicy(timeoutSeconds: 2, spinMicroseconds: 0)
+            return (Connection(fd: fds[0], peer: PeerDescription(rank: 0, host: "a", port: 1), policy: policy),
+                    Connection(fd: fds[1], peer: PeerDescription(rank: 1, host: "b", port: 2), policy: policy))
+        }
+        let settings = ExchangeSettings(chunkBytes: 4096, checksumPayloads: false, policy: WaitPolicy(timeoutSeconds: 2, spinMicroseconds: 0))
+        let hello = randomBytes(40), nonce = randomBytes(32)
+        /// Sends `values` from a sender through a relay that may alter the bytes; returns what arrives.
+        func relay(authenticated: Bool, values: [Float], alter: (inout [UInt8]) -> Void) throws -> [Float] {
+            let (sender, tap) = pair(), (inject, receiver) = pair()
+            if authenticated {
+                sender.frameKeys = FrameKeys.derive(secret: secret, hello: hello, acceptorNonce: nonce, connector: true)
+                receiver.frameKeys = FrameKeys.derive(secret: secret, hello: hello, acceptorNonce: nonce, connector: false)
+            }
+            try values.withUnsafeBytes { try exchangeMessages(sending: [OutgoingMessage(sender, tag: 5, bytes: $0)], receiving: [], settings: settings, operation: "send") }
+            var wire = [UInt8](repeating: 0, count: 1 << 16)
+            let got = wire.withUnsafeMutableBytes { recv(tap.fd, $0.baseAddress, $0.count, 0) }
+            wire = Array(wire[0..<max(got, 0)])
+            alter(&wire)
+            try wire.withUnsafeBytes { try inject.sendAll($0.baseAddress!, $0.count, operation: "relay") }
+            var out = [Float](repeating: .nan, count: values.count)
+            try out.withUnsafeMutableBytes { try exchangeMessages(sending: [], receiving: [IncomingMessage(receiver, tag: 5, buffer: $0)], settings: settings, operation: "receive") }
+            return out
+        }
+        let values = (0..<100).map { Float($0) }
+        // Untouched, both modes deliver the values.
+        XCTAssertEqual(try relay(authenticated: true, values: values) { _ in }, values)
+        XCTAssertEqual(try relay(authenticated: false, values: values) { _ in }, values)
+        // One payload bit flipped on the way.
+        let flip: (inout [UInt8]) -> Void = { $0[FrameHeader.size + 40] ^= 0x01 }
+        XCTAssertThrowsError(try relay(authenticated: true, values: values, alter: flip)) {
+            XCTAssertTrue("\($0)".contains("authentication tag mismatch"), "\($0)")
+        }
+        XCTAssertNotEqual(try relay(authenticated: false, values: values, alter: flip), values, "without authentication the flip passes")
+        // A frame replayed: the counter makes the copy fail even though its bytes are genuine.
+        XCTAssertThrowsError(try {
+            let (sender, tap) = pair(), (inject, receiver) = pair()
+            sender.frameKeys = FrameKeys.derive(secret: secret, hello: hello, acceptorNonce: nonce, connector: true)
+            receiver.frameKeys = FrameKeys.derive(secret: secret, hello: hello, acceptorNonce: nonce, connector: false)
+            for _ in 0..<2 { try values.withUnsafeBytes { try exchangeMessages(sending: [OutgoingMessage(sender, tag: 5, bytes: $0)], receiving: [], settings: settings, operation: "send") } }
+            var wire = [UInt8](repeating: 0, count: 1 << 16)
+            let got = wire.withUnsafeMutableBytes { recv(tap.fd, $0.baseAddress, $0.count, 0) }
+            let first = Array(wire[0..<(got / 2)])
+            // Deliver the first frame twice (the second copy replaces the genuine second frame).
+            try (first + first).withUnsafeBytes { try inject.sendAll($0.baseAddress!, $0.count, operation: "relay") }
+            var out = [Float](repeating: .nan, count: values.count)
+            for _ in 0..<2 {
+                try out.withUnsafeMutableBytes { try exchangeMessages(sending: [], receiving: [IncomingMessage(receiver, tag: 5, buffer: $0)], settings: settings, operation: "receive") }
+            }
+        }()) { XCTAssertTrue("\($0)".contains("authentication tag mismatch"), "\($0)") }
+        // Mixed modes are refused at the handshake, with the reason in the acceptor's log.
+        let log = Log()
+        var strict = identity(); strict.authenticateFrames = true
+        let server = try StoreServer(host: "127.0.0.1", port: 0, identity: strict, log: { log.add($0) })
+        defer { server.stop() }
+        XCTAssertThrowsError(try StoreClient(host: "127.0.0.1", port: server.port, identity: identity(), rank: 0, timeoutSeconds: 5))
+        usleep(100_000)
+        XCTAssertTrue(log.text.contains("frame authentication is on here but off at the peer"), log.text)
+        let good = try StoreClient(host: "127.0.0.1", port: server.port, identity: strict, rank: 0, timeoutSeconds: 5)
+        try good.set("authenticated", "yes")
+        XCTAssertEqual(try good.get("authenticated"), Array("yes".utf8))
+    }
+
     func testGarbageSilenceBadVersionAndOversizedFramesDoNotDisturbTheStore() throws {
         let log = Log()
         let server = try StoreServer(host: "127.0.0.1", port: 0, identity: identity(), log: { log.add($0) })
