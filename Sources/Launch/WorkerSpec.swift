@@ -11,7 +11,7 @@ public struct LaunchSpec: Sendable {
     public var nodeRank = 0
     public var masterAddress = "127.0.0.1"
     public var masterPort = 0
-    /// Every frame after the handshake carries an HMAC tag (hosts that do not trust the network).
+    /// Every frame after the handshake carries a MAC tag (AES-GCM) (hosts that do not trust the network).
     public var authenticateFrames = false
     public var logDirectory: String?
     public var jobID: String

@@ -31,7 +31,7 @@ public struct DistributedEnvironment: Sendable, Equatable {
     public var spinMicroseconds: Double?
     /// SWIFT_DDP_CHUNK_KB: bytes per data frame, in KiB.
     public var chunkBytes: Int?
-    /// SWIFT_DDP_AUTH_FRAMES=1: every frame after the handshake carries an HMAC tag (the launcher's
+    /// SWIFT_DDP_AUTH_FRAMES=1: every frame after the handshake carries a MAC tag (AES-GCM) (the launcher's
     /// --authenticate-frames sets it for every rank and for its store).
     public var authenticateFrames = false
 

@@ -4,7 +4,7 @@ import CShims
 ///   magic u32 "SDDP" | version u8 | type u8 | flags u16 | tag u32 | length u32 | payload CRC-32C u32 | header CRC-32C u32
 /// The header CRC covers the first 20 bytes and is always checked; the payload CRC is checked when
 /// flag bit 0 is set (control messages always; bulk gradient data when the group asks for it). Flag
-/// bit 1: a 16-byte HMAC tag follows the payload (authenticated connections, FrameAuthentication.swift).
+/// bit 1: a 16-byte MAC tag (AES-GCM) follows the payload (authenticated connections, FrameAuthentication.swift).
 /// Nothing in a frame is trusted before the header checks pass, and lengths are bounded by the receiver.
 public struct FrameHeader: Sendable, Equatable {
     public static let magic: UInt32 = 0x5044_4453 // "SDDP" read as little-endian bytes

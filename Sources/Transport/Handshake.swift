@@ -6,7 +6,7 @@ public struct JobIdentity: Sendable {
     public var jobID: String
     public var worldSize: Int
     public var secret: [UInt8]
-    /// Every frame after the handshake carries an HMAC tag (FrameAuthentication.swift); both ends must agree.
+    /// Every frame after the handshake carries a MAC tag (AES-GCM) (FrameAuthentication.swift); both ends must agree.
     public var authenticateFrames: Bool
     public init(jobID: String, worldSize: Int, secret: [UInt8], authenticateFrames: Bool = false) {
         self.jobID = jobID; self.worldSize = worldSize; self.secret = secret; self.authenticateFrames = authenticateFrames

@@ -45,7 +45,7 @@ struct DDPLaunch: ParsableCommand {
     @Option(help: "Job secret as hex (default: a fresh random one; multi-node jobs must share it). Visible in ps: prefer --secret-file or SWIFT_DDP_SECRET.")
     var secret: String?
 
-    @Flag(help: "Authenticate every frame with an HMAC tag (per-connection keys from the handshake): for hosts that do not trust the network between them.")
+    @Flag(help: "Authenticate every frame with a MAC tag (AES-GCM) (per-connection keys from the handshake): for hosts that do not trust the network between them.")
     var authenticateFrames = false
 
     @Option(help: "Read the job secret (hex) from this file, which only its owner may read (mode 600 or 400).")
