@@ -150,16 +150,23 @@ final class StoreAndHandshakeTests: XCTestCase {
         let port = listener.port
         listener.close()
         let build = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path
+        // The launcher inherits this test process's open descriptors: leave it 30 more than that.
+        let inherited = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count) ?? 16
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/prlimit")
-        process.arguments = ["--nofile=40", build + "/ddp-launch", "--master-port", String(port), "--numa-bind", "none",
+        process.arguments = ["--nofile=\(inherited + 30)", build + "/ddp-launch", "--master-port", String(port), "--numa-bind", "none",
                              "--nproc-per-node", "1", "--", "/bin/sleep", "6"]
         let pipe = Pipe()
         process.standardOutput = pipe
         process.standardError = pipe
         try process.run()
         usleep(800_000)
-        let connections = (0..<60).compactMap { _ in try? rawConnection(port: port) }
+        var connections: [Connection] = []
+        for _ in 0..<(inherited + 100) {
+            let peer = PeerDescription(host: "127.0.0.1", port: port)
+            guard let fd = try? Socket.connect(host: "127.0.0.1", port: port, deadline: Deadline(seconds: 1), peer: peer, operation: "flood") else { break }
+            connections.append(Connection(fd: fd, peer: peer, policy: WaitPolicy(timeoutSeconds: 5, spinMicroseconds: 0)))
+        }
         defer { withExtendedLifetime(connections) {} }
         func cpuSeconds() -> Double {
             guard let stat = try? String(contentsOfFile: "/proc/\(process.processIdentifier)/stat", encoding: .utf8),
