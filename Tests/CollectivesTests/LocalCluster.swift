@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import Rendezvous
 import Transport
 import XCTest
@@ -103,5 +104,41 @@ struct LocalCluster {
             }
             return (outcomes, seconds)
         }
+    }
+}
+
+/// Runs collective-check on `worldSize` real ranks and requires every rank to exit 0 having said
+/// "rank N: OK"; `expect` adds text a rank's output must hold.
+func runCollectiveCheck(worldSize: Int, arguments: [String], expect: [Int: String] = [:], timeout: Double = 180,
+                        file: StaticString = #filePath, line: UInt = #line) throws {
+    let cluster = try LocalCluster(worldSize: worldSize)
+    let started = Deadline.now()
+    defer { print("world \(worldSize) \(arguments.joined(separator: " ")): \(String(format: "%.1f", Deadline.now() - started)) s") }
+    let outcomes = try cluster.start("collective-check", arguments).wait(timeout: timeout).outcomes
+    for (rank, outcome) in outcomes.enumerated() {
+        XCTAssertEqual(outcome.status, 0, "world \(worldSize) rank \(rank) failed:\n\(outcome.output)", file: file, line: line)
+        XCTAssertTrue(outcome.output.contains("rank \(rank): OK"), "rank \(rank) output:\n\(outcome.output)", file: file, line: line)
+        if let text = expect[rank] { XCTAssertTrue(outcome.output.contains(text), "rank \(rank) output:\n\(outcome.output)", file: file, line: line) }
+    }
+}
+
+/// A launcher running in the background with its output collected, started and waited on until
+/// `ready` has appeared `count` times (e.g. every rank's "READY"); nil pids when it never got there.
+struct BackgroundLauncher {
+    let process = Process()
+    let output: OutputCollector
+    let rankPIDs: [Int32]
+
+    init(_ arguments: [String], ready: String, count: Int) throws {
+        process.executableURL = URL(fileURLWithPath: LocalCluster.buildDirectory + "/ddp-launch")
+        process.arguments = arguments
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        try process.run()
+        output = OutputCollector(pipe.fileHandleForReading)
+        let deadline = Deadline(seconds: 60)
+        while output.text.components(separatedBy: ready).count - 1 < count && !deadline.hasPassed { usleep(20_000) }
+        rankPIDs = launcherRankPIDs(output.text)
     }
 }

@@ -81,18 +81,9 @@ final class ReliabilityTests: XCTestCase {
     /// Finding 14: a stopped rank makes the others time out and exit first; the launcher must blame
     /// the stopped rank (from the ranks' structured reports), not the first rank to exit.
     func testLauncherBlamesTheStoppedRankNotTheFirstToExit() throws {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: LocalCluster.buildDirectory + "/ddp-launch")
-        process.arguments = ["--nproc-per-node", "3", "--timeout", "2", "--", "collective-check", "--loop", "--algorithms", "ring",
-                             "--counts", "65536"]
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        try process.run()
-        let reader = OutputCollector(pipe.fileHandleForReading)
-        let deadline = Deadline(seconds: 60)
-        while reader.text.components(separatedBy: "READY").count - 1 < 3 && !deadline.hasPassed { usleep(20_000) }
-        let pids = launcherRankPIDs(reader.text)
+        let launcher = try BackgroundLauncher(["--nproc-per-node", "3", "--timeout", "2", "--", "collective-check", "--loop",
+                                               "--algorithms", "ring", "--counts", "65536"], ready: "READY", count: 3)
+        let process = launcher.process, reader = launcher.output, pids = launcher.rankPIDs
         XCTAssertEqual(pids.count, 3, reader.text)
         guard pids.count == 3 else { process.terminate(); return }
         kill(pids[1], SIGSTOP)
