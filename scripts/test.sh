@@ -1,9 +1,27 @@
 #!/usr/bin/env bash
-# The project's test command: set-up, data, then every test (XCTest, release build: the numeric and
-# multi-process tests need optimized code to finish in minutes on 2 cores).
+# The project's test command: set-up, data, a Python with PyTorch for the launcher's foreign-program
+# test, then every test (XCTest, release build: the numeric and multi-process tests need optimized
+# code to finish in minutes on 2 cores). Ends with the list of skipped tests and why.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 "$root/scripts/setup.sh"
 "$root/scripts/get-data.sh"
+venv=${REF_VENV:-/tmp/swift-ddp-ref-venv}
+if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
+  echo "test: installing CPU PyTorch into $venv (for the launcher's PyTorch test)" >&2
+  { python3 -m venv "$venv" && "$venv/bin/pip" install -q "torch==2.13.0+cpu"; } >&2 \
+    || echo "test: no PyTorch: LauncherOptionTests.testPyTorchScriptRunsUnderTheLauncher will skip" >&2
+fi
 cd "$root"
-exec swift test -c release --disable-swift-testing "$@"
+log=$(mktemp)
+status=0
+swift test -c release --disable-swift-testing "$@" 2>&1 | tee "$log" || status=$?
+skipped=$(grep -E "^Test Case '.*' skipped" "$log" || true)
+if [ -n "$skipped" ]; then
+  echo "== skipped tests (and why) =="
+  grep -iE "skipped" "$log" | grep -vE "^Test Suite|Executed" | sed 's/^/  /' || true
+else
+  echo "== no test was skipped =="
+fi
+rm -f "$log"
+exit "$status"

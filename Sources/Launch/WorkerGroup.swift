@@ -30,6 +30,9 @@ func signalName(_ s: Int32) -> String {
     case SIGABRT: return "SIGABRT"
     case SIGINT: return "SIGINT"
     case SIGILL: return "SIGILL"
+    case SIGHUP: return "SIGHUP"
+    case SIGUSR1: return "SIGUSR1"
+    case SIGUSR2: return "SIGUSR2"
     case SIGBUS: return "SIGBUS"
     default: return "signal \(s)"
     }
@@ -156,6 +159,11 @@ public final class WorkerGroup: @unchecked Sendable {
         let deadline = Deadline(seconds: spec.gracePeriod)
         while live.contains(where: { $0.isRunning }) && !deadline.hasPassed { usleep(20_000) }
         for p in all { signalGroup(p.processIdentifier, SIGKILL) }
+    }
+
+    /// Sends `signal` to every live worker's process group, and nothing else.
+    public func signalAll(_ signal: Int32) {
+        for p in snapshot() where p.isRunning { signalGroup(p.processIdentifier, signal) }
     }
 
     private func signalGroup(_ pid: Int32, _ signal: Int32) {

@@ -31,16 +31,36 @@ public struct LaunchSpec: Sendable {
 
     public var worldSize: Int { nodes * localWorkers }
 
-    /// torchrun's variables for local worker `local`, plus the job's secret and id.
+    /// How many restarts the launcher allows (TORCHELASTIC_MAX_RESTARTS).
+    public var maxRestarts = 0
+    /// The port ranks get as MASTER_PORT, for a program's own rendezvous (a PyTorch rank 0 hosts its
+    /// TCPStore there); our store has its own port, in SWIFT_DDP_STORE_PORT.
+    public var programPort = 0
+
+    /// torchrun's variables for local worker `local` (as torchrun sets them, so a PyTorch script runs
+    /// unchanged), plus the job's secret, id and our store's port.
     public func environment(local: Int, port: Int, base: [String: String]) -> [String: String] {
         var env = base
-        env["RANK"] = String(nodeRank * localWorkers + local)
+        let rank = nodeRank * localWorkers + local
+        env["RANK"] = String(rank)
         env["LOCAL_RANK"] = String(local)
         env["WORLD_SIZE"] = String(worldSize)
         env["LOCAL_WORLD_SIZE"] = String(localWorkers)
         env["GROUP_RANK"] = String(nodeRank)
+        env["GROUP_WORLD_SIZE"] = String(nodes)
+        env["ROLE_RANK"] = String(rank)
+        env["ROLE_WORLD_SIZE"] = String(worldSize)
+        env["ROLE_NAME"] = "default"
         env["MASTER_ADDR"] = masterAddress
-        env["MASTER_PORT"] = String(port)
+        env["MASTER_PORT"] = String(programPort)
+        env["SWIFT_DDP_STORE_PORT"] = String(port)
+        env["TORCHELASTIC_RESTART_COUNT"] = String(restartCount)
+        env["TORCHELASTIC_MAX_RESTARTS"] = String(maxRestarts)
+        env["TORCHELASTIC_RUN_ID"] = jobID
+        // Each PyTorch rank 0 hosts its own store on MASTER_PORT (ours speaks another protocol).
+        env["TORCHELASTIC_USE_AGENT_STORE"] = "False"
+        // torchrun's default: one OpenMP thread per rank unless the user says otherwise.
+        if env["OMP_NUM_THREADS"] == nil { env["OMP_NUM_THREADS"] = "1" }
         env["SWIFT_DDP_SECRET"] = secret.map { String(format: "%02x", $0) }.joined()
         env["SWIFT_DDP_JOB_ID"] = jobID
         env["SWIFT_DDP_TIMEOUT"] = String(timeoutSeconds)

@@ -9,7 +9,8 @@ public struct EnvironmentError: Error, CustomStringConvertible, Equatable {
 }
 
 /// torchrun's environment, exactly: RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, GROUP_RANK,
-/// MASTER_ADDR, MASTER_PORT; plus SWIFT_DDP_SECRET (hex job secret), SWIFT_DDP_JOB_ID and
+/// MASTER_ADDR, MASTER_PORT (our store's port, unless SWIFT_DDP_STORE_PORT names it: our launcher keeps
+/// MASTER_PORT free for the program); plus SWIFT_DDP_SECRET (hex job secret), SWIFT_DDP_JOB_ID and
 /// SWIFT_DDP_TIMEOUT (seconds), SWIFT_DDP_RESTART_COUNT (how many times the launcher restarted the
 /// group; torchrun's TORCHELASTIC_RESTART_COUNT). Without RANK/WORLD_SIZE a process runs alone (world size 1).
 public struct DistributedEnvironment: Sendable, Equatable {
@@ -56,9 +57,11 @@ public struct DistributedEnvironment: Sendable, Equatable {
         if e.worldSize > 1 {
             guard let addr = env["MASTER_ADDR"], !addr.isEmpty else { throw EnvironmentError(variable: "MASTER_ADDR", problem: "required when WORLD_SIZE > 1") }
             e.masterAddress = addr
-            guard env["MASTER_PORT"] != nil else { throw EnvironmentError(variable: "MASTER_PORT", problem: "required when WORLD_SIZE > 1") }
-            try int("MASTER_PORT", &e.masterPort, min: 1)
-            guard e.masterPort <= 65535 else { throw EnvironmentError(variable: "MASTER_PORT", problem: "\(e.masterPort) is not a TCP port") }
+            // Our launcher hands programs MASTER_PORT for their own use and our store's port separately.
+            let portVariable = env["SWIFT_DDP_STORE_PORT"] != nil ? "SWIFT_DDP_STORE_PORT" : "MASTER_PORT"
+            guard env[portVariable] != nil else { throw EnvironmentError(variable: "MASTER_PORT", problem: "required when WORLD_SIZE > 1") }
+            try int(portVariable, &e.masterPort, min: 1)
+            guard e.masterPort <= 65535 else { throw EnvironmentError(variable: portVariable, problem: "\(e.masterPort) is not a TCP port") }
             guard let secret = env["SWIFT_DDP_SECRET"], secret.count >= 32, hexBytes(secret) != nil else {
                 throw EnvironmentError(variable: "SWIFT_DDP_SECRET", problem: "required when WORLD_SIZE > 1: at least 16 bytes as hex (the launcher sets it)")
             }

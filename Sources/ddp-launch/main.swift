@@ -10,7 +10,15 @@ import Transport
 struct DDPLaunch: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ddp-launch",
-        abstract: "Launch data-parallel ranks: ddp-launch --nproc-per-node 2 -- CONFIG.json | PROGRAM [ARGS...]")
+        abstract: "Launch data-parallel ranks: ddp-launch --nproc-per-node 2 -- CONFIG.json | PROGRAM [ARGS...]",
+        discussion: """
+        Ranks get torchrun's environment (RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, GROUP_RANK, ROLE_RANK, \
+        ROLE_WORLD_SIZE, MASTER_ADDR, MASTER_PORT, TORCHELASTIC_RESTART_COUNT, TORCHELASTIC_MAX_RESTARTS, \
+        TORCHELASTIC_RUN_ID, OMP_NUM_THREADS=1 unless set), so a PyTorch script runs unchanged. torchrun's \
+        spellings are accepted: --nproc_per_node, --node_rank, --master_addr, --master_port, --max_restarts, \
+        --standalone, --rdzv-endpoint HOST:PORT. SIGINT, SIGTERM and SIGHUP stop every rank; SIGUSR1 and \
+        SIGUSR2 are passed to every rank.
+        """)
 
     @Option(help: "Ranks on this node: a number or 'auto' (one per CPU).")
     var nprocPerNode = "1"
@@ -24,7 +32,7 @@ struct DDPLaunch: ParsableCommand {
     @Option(help: "Address of node 0 (rendezvous store).")
     var masterAddr = "127.0.0.1"
 
-    @Option(help: "Store port on node 0; 0 picks a free port.")
+    @Option(help: "Our rendezvous store's port on node 0 (ranks see it as SWIFT_DDP_STORE_PORT); 0 picks a free port. Ranks get MASTER_PORT free for a program's own use: a free port on one node, --master-port + 1 on several.")
     var masterPort = 0
 
     @Option(help: "Also write each rank's output to DIR/rankN.log.")
@@ -110,7 +118,9 @@ struct DDPLaunch: ParsableCommand {
         spec.masterAddress = masterAddr; spec.masterPort = masterPort
         spec.logDirectory = logDir; spec.timeoutSeconds = timeout
         spec.authenticateFrames = authenticateFrames
+        spec.maxRestarts = maxRestarts
         if given != nil || nnodes > 1 { spec.jobID = "job-\(masterAddr)-\(masterPort)" }
+        if nnodes > 1 && masterPort == 65535 { throw ValidationError("--master-port 65535 leaves no port for the program's MASTER_PORT (--master-port + 1)") }
         let say: @Sendable (String) -> Void = { line in FileHandle.standardOutput.write(Data((line + "\n").utf8)) }
         let interface = iface ?? ProcessInfo.processInfo.environment["SWIFT_DDP_IFACE"].flatMap { $0.isEmpty ? nil : $0 }
         do {
@@ -140,6 +150,9 @@ struct DDPLaunch: ParsableCommand {
         do {
             for attempt in 0...maxRestarts {
                 spec.restartCount = attempt
+                // MASTER_PORT for the program's own rendezvous: one node picks a free port per attempt; several
+                // nodes must agree without talking, so it is the store's port + 1 there.
+                spec.programPort = nnodes > 1 ? masterPort + 1 : try freePort(host: masterAddr)
                 let group = WorkerGroup(spec: spec, output: say)
                 current.group = group
                 say("[launcher] starting \(workers) rank(s) on node \(nodeRank) of \(nnodes)"
@@ -167,6 +180,13 @@ struct DDPLaunch: ParsableCommand {
     }
 }
 
+/// A port nothing listens on now (the kernel's choice, released at once).
+func freePort(host: String) throws -> Int {
+    let listener = try Listener(host: host, port: 0)
+    defer { listener.close() }
+    return listener.port
+}
+
 /// The group running now, for the signal handler (a restart replaces it).
 final class CurrentGroup: @unchecked Sendable {
     private let lock = NSLock()
@@ -177,11 +197,63 @@ final class CurrentGroup: @unchecked Sendable {
     }
 }
 
+/// torchrun's spellings of our options, and its options that mean nothing here.
+let torchrunSpellings: [String: String] = [
+    "--nproc_per_node": "--nproc-per-node", "--node_rank": "--node-rank", "--master_addr": "--master-addr",
+    "--master_port": "--master-port", "--max_restarts": "--max-restarts", "--log_dir": "--log-dir",
+]
+
+/// Rewrites the launcher's own options (those before the program) from torchrun's forms: underscores,
+/// `--standalone` (one node, a free port: our default), `--rdzv-endpoint HOST:PORT` (master address and
+/// port), `--rdzv-backend`/`--rdzv-id` (accepted, unused). Returns nil with the help or version request.
+func launcherArguments(_ arguments: [String]) throws -> [String]? {
+    var out: [String] = [], i = 0
+    while i < arguments.count {
+        var argument = arguments[i]
+        if argument == "--" || !argument.hasPrefix("-") { out += arguments[i...]; break }
+        var inlineValue: String?
+        if let eq = argument.firstIndex(of: "=") { inlineValue = String(argument[argument.index(after: eq)...]); argument = String(argument[..<eq]) }
+        func value() throws -> String {
+            if let inlineValue { return inlineValue }
+            i += 1
+            guard i < arguments.count else { throw ValidationError("\(argument) needs a value") }
+            return arguments[i]
+        }
+        switch argument {
+        case "-h", "--help", "--version": return nil
+        case "--standalone": break
+        case "--rdzv-endpoint", "--rdzv_endpoint":
+            let endpoint = try value()
+            guard let colon = endpoint.lastIndex(of: ":"), let port = Int(endpoint[endpoint.index(after: colon)...]) else {
+                throw ValidationError("--rdzv-endpoint '\(endpoint)' must be HOST:PORT")
+            }
+            out += ["--master-addr", String(endpoint[..<colon]).trimmingCharacters(in: CharacterSet(charactersIn: "[]")), "--master-port", String(port)]
+        case "--rdzv-backend", "--rdzv_backend", "--rdzv-id", "--rdzv_id": _ = try value()
+        case "--nnodes":
+            let nodes = try value()
+            guard Int(nodes) != nil else { throw ValidationError("--nnodes \(nodes): elastic ranges are not supported; give the number of nodes") }
+            out += ["--nnodes", nodes]
+        default:
+            let name = torchrunSpellings[argument] ?? argument
+            out.append(inlineValue.map { "\(name)=\($0)" } ?? name)
+        }
+        i += 1
+    }
+    return out
+}
+
 @main
 enum Main {
+    static let version = "ddp-launch (swift-ddp) 0.5"
+
     static func main() {
         do {
-            var command = try DDPLaunch.parseAsRoot()
+            let given = Array(CommandLine.arguments.dropFirst())
+            guard let arguments = try launcherArguments(given) else {
+                print(given.contains("--version") && !given.contains("--help") && !given.contains("-h") ? version : DDPLaunch.helpMessage())
+                exit(0)
+            }
+            var command = try DDPLaunch.parseAsRoot(arguments)
             try command.run()
         } catch {
             let code = DDPLaunch.exitCode(for: error)

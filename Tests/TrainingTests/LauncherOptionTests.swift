@@ -53,4 +53,43 @@ final class LauncherOptionTests: XCTestCase {
         XCTAssertEqual(fromEnvironment, 0, envOutput)
         XCTAssertEqual(envOutput.components(separatedBy: "secret=\(secret)").count - 1, 2, envOutput)
     }
+
+    /// The launcher's own options in torchrun's spellings work, and --help/-h/--version answer.
+    func testTorchrunSpellingsAndHelp() throws {
+        let launch = DataParallelTests.buildDirectory + "/ddp-launch"
+        for flag in ["--help", "-h"] {
+            let (status, output, _) = try runToEnd(launch, [flag])
+            XCTAssertEqual(status, 0, output)
+            XCTAssertTrue(output.contains("USAGE: ddp-launch") && output.contains("--nproc-per-node"), output)
+        }
+        let (versionStatus, version, _) = try runToEnd(launch, ["--version"])
+        XCTAssertEqual(versionStatus, 0, version)
+        XCTAssertTrue(version.hasPrefix("ddp-launch (swift-ddp)"), version)
+        let port = try Listener(host: "127.0.0.1", port: 0)
+        let free = port.port
+        port.close()
+        let (status, output, _) = try runToEnd(launch, ["--standalone", "--nproc_per_node=2", "--rdzv-endpoint", "127.0.0.1:\(free)",
+                                                        "--rdzv-backend", "c10d", "--", "/bin/sh", "-c",
+                                                        "echo rank=$RANK store=$SWIFT_DDP_STORE_PORT master=$MASTER_PORT"])
+        XCTAssertEqual(status, 0, output)
+        XCTAssertEqual(output.components(separatedBy: "store=\(free) ").count - 1, 2, output)
+        XCTAssertFalse(output.contains("master=\(free)"), "MASTER_PORT must be left free for the program:\n\(output)")
+        let (elastic, elasticOutput, _) = try runToEnd(launch, ["--nnodes", "1:4", "--", "/bin/true"])
+        XCTAssertEqual(elastic, 2, elasticOutput)
+        XCTAssertTrue(elasticOutput.contains("elastic ranges are not supported"), elasticOutput)
+    }
+
+    /// A real PyTorch gloo script (init_process_group from the environment) runs unchanged under
+    /// scripts/launch.sh: MASTER_PORT is free for its TCPStore, torchrun's variables are set.
+    func testPyTorchScriptRunsUnderTheLauncher() throws {
+        let candidates = [ProcessInfo.processInfo.environment["SWIFT_DDP_TORCH_PYTHON"], "/tmp/swift-ddp-ref-venv/bin/python"].compactMap { $0 }
+        guard let python = candidates.first(where: { (try? runToEnd($0, ["-c", "import torch"]).status) == 0 }) else {
+            throw XCTSkip("no Python with PyTorch (scripts/test.sh installs one into /tmp/swift-ddp-ref-venv; SWIFT_DDP_TORCH_PYTHON names another)")
+        }
+        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().path + "/fixtures/torch_gloo_check.py"
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
+        let (status, output, _) = try runToEnd("/bin/bash", [root + "/scripts/launch.sh", "--nproc-per-node", "2", "--", python, script])
+        XCTAssertEqual(status, 0, output)
+        for rank in 0..<2 { XCTAssertTrue(output.contains("torch rank \(rank) of 2 OK: sum 3"), output) }
+    }
 }
