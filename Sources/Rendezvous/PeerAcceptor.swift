@@ -15,19 +15,19 @@ final class PeerAcceptor: @unchecked Sendable {
     private let listener: Listener
     private let rank: Int
 
+    /// Accepts until every expected rank has joined or `stop`/`finish` ends it.
     init(listener: Listener, rank: Int, expected: Set<Int>, identity: JobIdentity, policy: WaitPolicy,
-         deadline: Deadline, log: @escaping (String) -> Void) {
+         log: @escaping (String) -> Void) {
         self.listener = listener
         self.rank = rank
         pending = expected
         let log = UncheckedLog(log)
         let thread = Thread { [self] in
             var backoff: useconds_t = 1_000
-            while !shouldStop && !deadline.hasPassed {
+            while !shouldStop {
                 let fd: Int32, host: String, port: Int
                 do {
-                    (fd, host, port) = try listener.accept(deadline: Deadline(seconds: min(0.5, max(deadline.remaining, 0))),
-                                                           operation: "rank \(rank) accepting peers")
+                    (fd, host, port) = try listener.accept(deadline: Deadline(seconds: 0.5), operation: "rank \(rank) accepting peers")
                     backoff = 1_000
                 } catch let error as TransportError {
                     if case .timedOut = error.kind { continue }
@@ -76,15 +76,15 @@ final class PeerAcceptor: @unchecked Sendable {
 
     /// Waits until every expected rank has connected and proved itself, or throws at the deadline
     /// naming the ranks still missing (and the addresses refused meanwhile, which are not ranks).
-    func finish(worldSize: Int, timeoutSeconds: Double) throws -> [Int: Connection] {
+    func finish(worldSize: Int, deadline: Deadline) throws -> [Int: Connection] {
         lock.lock()
-        while !pending.isEmpty && !loopEnded { _ = lock.wait(until: Date().addingTimeInterval(0.2)) }
+        while !pending.isEmpty && !loopEnded && !deadline.hasPassed { _ = lock.wait(until: Date().addingTimeInterval(0.2)) }
         let missing = pending.sorted(), refusedAddresses = refused, result = accepted
         lock.unlock()
         stop()
         guard missing.isEmpty else {
             let intruders = refusedAddresses.isEmpty ? "" : "; refused \(refusedAddresses.count) connection(s) that did not pass the handshake, from \(Set(refusedAddresses).sorted().joined(separator: ", "))"
-            throw TransportError(.rendezvous("rendezvous timed out after \(Int(timeoutSeconds)) s: rank \(rank) still waiting for connections from ranks \(missing.map(String.init).joined(separator: ", ")) of \(worldSize)\(intruders)"), operation: "rendezvous")
+            throw TransportError(.rendezvous("rendezvous timed out after \(Int(deadline.seconds)) s: rank \(rank) still waiting for connections from ranks \(missing.map(String.init).joined(separator: ", ")) of \(worldSize)\(intruders)"), operation: "rendezvous")
         }
         return result
     }

@@ -138,18 +138,21 @@ public final class ProcessGroup: @unchecked Sendable {
         if world == 1 { return single() }
         let listener = try Listener(host: listenHost, port: 0)
         let host = advertisedHost ?? listenHost
-        try store.set("addr/\(rank)", "\(host)|\(listener.port)")
-        let keys = (0..<world).map { "addr/\($0)" }
-        let addresses = try store.wait(keys, timeoutSeconds: timeoutSeconds) { missing in
-            let ranks = missing.compactMap { Int($0.dropFirst(5)) }
-            return "waiting for ranks \(ranks.map(String.init).joined(separator: ", ")) of \(world)"
-        }.map { String(decoding: $0, as: UTF8.self) }
-        let deadline = Deadline(seconds: timeoutSeconds)
-        // Higher ranks connect to us: accept them on another thread while we connect to lower ranks.
+        // Higher ranks connect to us: accept them on another thread from now on (an early connection,
+        // an intruder's included, is handshaken at once) while we wait for the addresses and connect to
+        // lower ranks.
         let acceptor = PeerAcceptor(listener: listener, rank: rank, expected: Set((rank + 1)..<world), identity: identity,
-                                    policy: policy, deadline: deadline, log: log)
+                                    policy: policy, log: log)
         var connections = [Connection?](repeating: nil, count: world)
+        let deadline: Deadline
         do {
+            try store.set("addr/\(rank)", "\(host)|\(listener.port)")
+            let keys = (0..<world).map { "addr/\($0)" }
+            let addresses = try store.wait(keys, timeoutSeconds: timeoutSeconds) { missing in
+                let ranks = missing.compactMap { Int($0.dropFirst(5)) }
+                return "waiting for ranks \(ranks.map(String.init).joined(separator: ", ")) of \(world)"
+            }.map { String(decoding: $0, as: UTF8.self) }
+            deadline = Deadline(seconds: timeoutSeconds)
             for peer in 0..<rank {
                 let parts = addresses[peer].split(separator: "|")
                 guard parts.count == 2, let port = Int(parts[1]) else {
@@ -166,7 +169,7 @@ public final class ProcessGroup: @unchecked Sendable {
             acceptor.stop()
             throw error
         }
-        for (peer, connection) in try acceptor.finish(worldSize: world, timeoutSeconds: timeoutSeconds) { connections[peer] = connection }
+        for (peer, connection) in try acceptor.finish(worldSize: world, deadline: deadline) { connections[peer] = connection }
         let group = ProcessGroup(rank: rank, worldSize: world, connections: connections, policy: policy)
         group.store = store
         return group

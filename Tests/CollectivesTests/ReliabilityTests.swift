@@ -93,4 +93,27 @@ final class ReliabilityTests: XCTestCase {
         XCTAssertTrue(failed.contains("FAILED: rank 1 (pid \(pids[1])") && failed.contains("stopped responding (process stopped)"), text)
         XCTAssertEqual(survivors(ofLauncher: process.processIdentifier), [])
     }
+
+    /// A rank's peer listener checks the connector's proof itself: a connection that claims rank 1,
+    /// answers the challenge with a wrong proof, is refused and logged by rank 0, and the real rank 1
+    /// still joins.
+    func testPeerListenerRefusesAWrongProof() throws {
+        let cluster = try LocalCluster(worldSize: 2)
+        let extra = ["SWIFT_DDP_TIMEOUT": "20"]
+        let first = try cluster.start("collective-check", ["--counts", "8", "--algorithms", "ring", "--allreduce-only"], ranks: [0], extra: extra)
+        let identity = JobIdentity(jobID: cluster.jobID, worldSize: 2, secret: cluster.secret)
+        let client = try StoreClient(host: "127.0.0.1", port: cluster.store.port, identity: identity, rank: -1, timeoutSeconds: 10)
+        let address = String(decoding: try client.wait(["addr/0"], timeoutSeconds: 20)[0], as: UTF8.self).split(separator: "|")
+        let port = Int(address[1])!
+        let fd = try Socket.connect(host: String(address[0]), port: port, deadline: Deadline(seconds: 5),
+                                    peer: PeerDescription(host: String(address[0]), port: port), operation: "impostor")
+        let impostor = Connection(fd: fd, peer: PeerDescription(host: String(address[0]), port: port), policy: WaitPolicy(timeoutSeconds: 5, spinMicroseconds: 0))
+        let error = handshakeWithWrongProof(impostor, identity: identity, rank: 1)
+        XCTAssertNotNil(error, "rank 0 welcomed a wrong proof")
+        let second = try cluster.start("collective-check", ["--counts", "8", "--algorithms", "ring", "--allreduce-only"], ranks: [1], extra: extra)
+        let (outcomes, _) = first.wait(timeout: 30)
+        XCTAssertEqual(second.wait(timeout: 30).outcomes[0].status, 0)
+        XCTAssertEqual(outcomes[0].status, 0, outcomes[0].output)
+        XCTAssertTrue(outcomes[0].output.contains("wrong job secret"), outcomes[0].output)
+    }
 }

@@ -50,6 +50,18 @@ final class DataParallelTests: XCTestCase {
                 }
             }
         }
+        // Several buckets (0.1 MiB: 8 buckets of the 0.78 MiB MLP, the last one shorter): bucket-by-bucket
+        // overlap, plain and with ZeRO-1's per-bucket reduce-scatter, must give the same parameters.
+        for (n, zero) in [(2, 0), (3, 0), (3, 1), (4, 1)] {
+            let dir = temporaryDirectory("ddp-buckets-\(n)-\(zero)")
+            let run = try launch(n, config, common + ["--set", "batch_size=\(48 / n)", "--set", "bucket_mb=0.1", "--set", "zero_stage=\(zero)",
+                                                     "--set", "verify_replicas=true", "--out-dir", dir])
+            XCTAssertEqual(run.status, 0, "buckets n=\(n) zero=\(zero):\n\(run.output)")
+            XCTAssertTrue(run.output.contains("8 buckets of 0.1 MiB"), run.output)
+            let got = try parameters(dir)
+            let worst = expected.reduce(0.0) { w, e in zip(e.value, got[e.key]!).reduce(w) { max($0, Double(abs($1.0 - $1.1))) } }
+            XCTAssertLessThan(worst, 2e-6, "buckets n=\(n) zero=\(zero): max parameter difference \(worst)")
+        }
     }
 
     /// ZeRO-1 changes where the update happens, not what it computes: same bound as plain DDP. bf16 on the
@@ -76,9 +88,29 @@ final class DataParallelTests: XCTestCase {
                                                          "--set", "zero_stage=1", "--out-dir", dir])
                 XCTAssertEqual(run.status, 0, "ZeRO n=\(n) accum=\(accumulation):\n\(run.output)")
                 XCTAssertTrue(run.output.contains("ZeRO-1"), run.output)
-                XCTAssertTrue(run.output.contains("optimizer memory: rank \(n - 1) holds 1 x"), run.output)
+                // Each rank holds 1/N of the optimizer state (the printed share is 100/N %, within one element).
+                for r in 0..<n {
+                    let line = run.output.split(separator: "\n").first { $0.contains("optimizer memory: rank \(r) holds") }.map(String.init) ?? ""
+                    let share = line.range(of: "(").flatMap { Double(line[$0.upperBound...].prefix { $0 != "%" }) } ?? -1
+                    XCTAssertEqual(share, 100 / Double(n), accuracy: 1, "rank \(r) of \(n): \(line)")
+                }
                 XCTAssertLessThan(try worstDifference(dir), 2e-6, "ZeRO n=\(n) accum=\(accumulation)")
             }
+        }
+        // Global-norm clipping with ZeRO-1 (the norm summed over every rank's pieces) equals clipping on one rank.
+        let clipped = temporaryDirectory("zero-clip-reference")
+        XCTAssertEqual(try launch(1, config, common + ["--set", "batch_size=48", "--set", "grad_clip=0.05", "--out-dir", clipped]).status, 0)
+        let clippedExpected = try parameters(clipped)
+        for n in [2, 3] {
+            let dir = temporaryDirectory("zero-clip-\(n)")
+            let run = try launch(n, config, common + ["--set", "batch_size=\(48 / n)", "--set", "zero_stage=1", "--set", "grad_clip=0.05",
+                                                     "--out-dir", dir])
+            XCTAssertEqual(run.status, 0, run.output)
+            let got = try parameters(dir)
+            let worst = clippedExpected.reduce(0.0) { w, e in zip(e.value, got[e.key]!).reduce(w) { max($0, Double(abs($1.0 - $1.1))) } }
+            XCTAssertLessThan(worst, 2e-6, "ZeRO n=\(n) with clipping: max parameter difference \(worst)")
+            XCTAssertGreaterThan(clippedExpected.reduce(0.0) { w, e in zip(e.value, expected[e.key]!).reduce(w) { max($0, Double(abs($1.0 - $1.1))) } },
+                                 1e-5, "grad_clip=0.05 did not clip: the test would not see a wrong norm")
         }
         for (n, zero) in [(2, 0), (4, 1)] {
             let dir = temporaryDirectory("bf16-\(n)")
