@@ -92,4 +92,38 @@ final class LauncherOptionTests: XCTestCase {
         XCTAssertEqual(status, 0, output)
         for rank in 0..<2 { XCTAssertTrue(output.contains("torch rank \(rank) of 2 OK: sum 3"), output) }
     }
+
+    /// --log-dir writes each rank's lines (without the prefix) to DIR/rankN.log as well.
+    func testLogDirHoldsEachRanksOutput() throws {
+        let dir = temporaryDirectory("log-dir") + "/logs"
+        let (status, output, _) = try runToEnd(DataParallelTests.buildDirectory + "/ddp-launch",
+                                               ["--nproc-per-node", "2", "--log-dir", dir, "--", "/bin/sh", "-c", "echo hello from $RANK; echo second line"])
+        XCTAssertEqual(status, 0, output)
+        for rank in 0..<2 {
+            let text = try String(contentsOfFile: dir + "/rank\(rank).log", encoding: .utf8)
+            XCTAssertEqual(text, "hello from \(rank)\nsecond line\n")
+        }
+    }
+
+    /// `ddp-train sample` writes text from a checkpoint: the requested length, characters of the
+    /// vocabulary only, the same text for the same seed and another for another seed.
+    func testSampleWritesSeededTextFromACheckpoint() throws {
+        let dir = temporaryDirectory("sample")
+        let train = DataParallelTests.buildDirectory + "/ddp-train"
+        let trained = try runToEnd(train, ["train", configsDirectory + "/tiny-gpt.json", "--data-dir", dataDirectory, "--out-dir", dir,
+                                          "--set", "max_iters=5", "--set", "eval_interval=1000"])
+        XCTAssertEqual(trained.status, 0, trained.output)
+        func sample(_ seed: Int) throws -> String {
+            let run = try runToEnd(train, ["sample", dir + "/ckpt.safetensors", "--tokens", "80", "--seed", String(seed), "--prompt", "KING"],
+                                   environment: ["SWIFT_DDP_DATA": dataDirectory])
+            XCTAssertEqual(run.status, 0, run.output)
+            return run.output
+        }
+        let a = try sample(1), b = try sample(1), c = try sample(2)
+        XCTAssertEqual(a, b)
+        XCTAssertNotEqual(a, c)
+        let vocabulary = Set(try String(contentsOfFile: dataDirectory + "/tinyshakespeare.txt", encoding: .utf8).unicodeScalars)
+        XCTAssertTrue(a.unicodeScalars.allSatisfy { vocabulary.contains($0) }, a)
+        XCTAssertGreaterThanOrEqual(a.unicodeScalars.count, 80, a)
+    }
 }

@@ -55,6 +55,22 @@ final class TrainingTests: XCTestCase {
         XCTAssertFalse(log.contains { $0.hasPrefix("iter ") }, "trained before checking out_dir")
     }
 
+    /// Ranks draw their own batches (else N ranks would average N copies of one batch): the same
+    /// parameters give different losses on ranks 0 and 1 at one iteration, and the same loss when a
+    /// rank draws again.
+    func testRanksDrawDistinctGPTBatches() throws {
+        let config = try tinyGPTConfig([], outDir: temporaryDirectory("rank-batches"))
+        let tasks = try (0..<2).map { rank -> TrainingTask in
+            let task = try makeTask(config, rank: rank, worldSize: 2)
+            task.initialize(seed: config.seed)
+            return task
+        }
+        let zero = tasks[0].trainingLoss(iteration: 3, microStep: 0), one = tasks[1].trainingLoss(iteration: 3, microStep: 0)
+        XCTAssertNotEqual(zero, one, "ranks 0 and 1 drew the same batch")
+        XCTAssertEqual(tasks[0].trainingLoss(iteration: 3, microStep: 0), zero, "a rank's batch is a function of the iteration")
+        XCTAssertNotEqual(tasks[0].trainingLoss(iteration: 3, microStep: 1), zero, "micro-steps draw different batches")
+    }
+
     func testSameSeedGivesTheSameLossesAndDifferentSeedDoesNot() throws {
         let a = try run(try tinyGPTConfig(["max_iters=15"], outDir: temporaryDirectory("seed-a"))).1.losses
         let b = try run(try tinyGPTConfig(["max_iters=15"], outDir: temporaryDirectory("seed-b"))).1.losses

@@ -76,6 +76,22 @@ final class StoreAndHandshakeTests: XCTestCase {
         return Connection(fd: fd, peer: peer, policy: WaitPolicy(timeoutSeconds: 5, spinMicroseconds: 0))
     }
 
+    /// The key-count cap, through the request handler (100,000 keys over a socket would take seconds):
+    /// existing keys can still be overwritten, a new one is refused.
+    func testStoreRefusesKeysBeyondItsCap() throws {
+        let server = try StoreServer(host: "127.0.0.1", port: 0, identity: identity())
+        defer { server.stop() }
+        func request(_ op: UInt8, _ key: String, _ value: [UInt8] = []) -> [UInt8] {
+            var w = ByteWriter(); w.bytes([op]); w.blob(Array(key.utf8)); w.blob(value); return server.handle(w.data)
+        }
+        for i in 0..<StoreLimits.maxKeys { XCTAssertEqual(request(1, "key/\(i)", [1]).first, 0) }
+        XCTAssertEqual(request(1, "key/7", [2]).first, 0, "overwriting an existing key at the cap")
+        let refused = request(1, "one/too/many", [1])
+        XCTAssertEqual(refused.first, 2)
+        XCTAssertTrue(String(decoding: refused, as: UTF8.self).contains("store is full"))
+        XCTAssertEqual(request(2, "key/7"), [0] + [1, 0, 0, 0] + [2])
+    }
+
     func testStoreOperationsAndLimits() throws {
         let server = try StoreServer(host: "127.0.0.1", port: 0, identity: identity())
         defer { server.stop() }
@@ -85,8 +101,16 @@ final class StoreAndHandshakeTests: XCTestCase {
         XCTAssertNil(try client.get("missing"))
         XCTAssertEqual(try client.add("counter", 5), 5)
         XCTAssertEqual(try client.add("counter", -2), 3)
-        XCTAssertThrowsError(try client.set(String(repeating: "k", count: 2000), "v")) { XCTAssertTrue("\($0)".contains("key longer"), "\($0)") }
-        XCTAssertThrowsError(try client.set("big", [UInt8](repeating: 1, count: (1 << 20) + 1))) { XCTAssertTrue("\($0)".contains("value longer"), "\($0)") }
+        // Limits at their boundaries: a key of exactly 1024 bytes and a value of exactly 1 MiB pass, one
+        // byte more is refused.
+        let longestKey = String(repeating: "k", count: StoreLimits.maxKeyBytes)
+        try client.set(longestKey, "v")
+        XCTAssertEqual(try client.get(longestKey), Array("v".utf8))
+        XCTAssertThrowsError(try client.set(longestKey + "k", "v")) { XCTAssertTrue("\($0)".contains("key longer"), "\($0)") }
+        let largest = [UInt8](repeating: 7, count: StoreLimits.maxValueBytes)
+        try client.set("largest", largest)
+        XCTAssertEqual(try client.get("largest"), largest)
+        XCTAssertThrowsError(try client.set("big", largest + [1])) { XCTAssertTrue("\($0)".contains("value longer"), "\($0)") }
         XCTAssertThrowsError(try client.wait(["a", "b", "c"], timeoutSeconds: 0.3) { "waiting for \($0.joined(separator: ","))" }) {
             XCTAssertTrue("\($0)".contains("timed out after 0.3 s: waiting for b,c"), "\($0)")
         }
