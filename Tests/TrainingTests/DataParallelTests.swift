@@ -1,4 +1,5 @@
 import Foundation
+import Collectives
 import NN
 import TestSupport
 import Training
@@ -251,5 +252,24 @@ final class DataParallelTests: XCTestCase {
             process.waitUntilExit()
             XCTAssertEqual(survivors(ofLauncher: process.processIdentifier), [], "after \(signal == SIGTERM ? "SIGTERM" : "SIGKILL") to the launcher")
         }
+    }
+
+    /// allreduce_tuning and SWIFT_DDP_TUNING: an unreadable table is an error naming the key, a table
+    /// measured at another world size is logged and auto keeps its fixed rule.
+    func testTuningTablesAreCheckedNotIgnored() throws {
+        let config = configsDirectory + "/tiny-gpt.json"
+        let common = ["--data-dir", dataDirectory, "--set", "max_iters=2", "--set", "eval_interval=1000"]
+        let missing = try launch(2, config, common + ["--out-dir", temporaryDirectory("tuning-missing"), "--set", "allreduce_tuning=\"/nonexistent/t.json\""])
+        XCTAssertNotEqual(missing.status, 0, missing.output)
+        XCTAssertTrue(missing.output.contains("allreduce_tuning"), missing.output)
+        let fromEnvironment = try runToEnd(Self.buildDirectory + "/ddp-launch", ["--nproc-per-node", "2", "--", config] + common
+                                           + ["--out-dir", temporaryDirectory("tuning-env")], environment: ["SWIFT_DDP_TUNING": "/nonexistent/t.json"])
+        XCTAssertNotEqual(fromEnvironment.status, 0, fromEnvironment.output)
+        XCTAssertTrue(fromEnvironment.output.contains("allreduce_tuning") && fromEnvironment.output.contains("/nonexistent/t.json"), fromEnvironment.output)
+        let table = temporaryDirectory("tuning-table") + "/t4.json"
+        try TuningTable(worldSize: 4, models: ["ring": LinearCost(alpha: 1e-5, beta: 1e-9)]).write(to: table)
+        let mismatch = try launch(2, config, common + ["--out-dir", temporaryDirectory("tuning-mismatch"), "--set", "allreduce_tuning=\"\(table)\""])
+        XCTAssertEqual(mismatch.status, 0, mismatch.output)
+        XCTAssertTrue(mismatch.output.contains("was measured at 4 ranks, this run has 2: auto keeps its fixed rule"), mismatch.output)
     }
 }

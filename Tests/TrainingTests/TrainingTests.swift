@@ -71,6 +71,34 @@ final class TrainingTests: XCTestCase {
         XCTAssertNotEqual(tasks[0].trainingLoss(iteration: 3, microStep: 1), zero, "micro-steps draw different batches")
     }
 
+    /// After a restart, rank 0 resumes only from a checkpoint this job wrote; with none yet, or one
+    /// from another job, it starts over, and says which.
+    func testRestartResumesOnlyFromThisJobsCheckpoint() throws {
+        let dir = temporaryDirectory("restart-branches")
+        func trainer(_ job: String, _ log: @escaping (String) -> Void) throws -> Trainer {
+            let config = try tinyGPTConfig(["max_iters=4"], outDir: dir)
+            let t = Trainer(config: config, task: try makeTask(config), log: log)
+            t.jobID = job
+            return t
+        }
+        var lines: [String] = []
+        let fresh = try trainer("job-a") { lines.append($0) }
+        try fresh.resumeAfterRestart(restartCount: 1)
+        XCTAssertEqual(fresh.iteration, 0)
+        XCTAssertTrue(lines.contains { $0.contains("no checkpoint at \(dir)/ckpt.safetensors yet; starting from iteration 0") }, "\(lines)")
+        _ = try fresh.run()
+        lines.removeAll()
+        let other = try trainer("job-b") { lines.append($0) }
+        try other.resumeAfterRestart(restartCount: 1)
+        XCTAssertEqual(other.iteration, 0)
+        XCTAssertTrue(lines.contains { $0.contains("belongs to another job (job-a)") }, "\(lines)")
+        lines.removeAll()
+        let same = try trainer("job-a") { lines.append($0) }
+        try same.resumeAfterRestart(restartCount: 1)
+        XCTAssertEqual(same.iteration, 4)
+        XCTAssertTrue(lines.contains { $0.contains("resuming from the last checkpoint") }, "\(lines)")
+    }
+
     func testSameSeedGivesTheSameLossesAndDifferentSeedDoesNot() throws {
         let a = try run(try tinyGPTConfig(["max_iters=15"], outDir: temporaryDirectory("seed-a"))).1.losses
         let b = try run(try tinyGPTConfig(["max_iters=15"], outDir: temporaryDirectory("seed-b"))).1.losses
