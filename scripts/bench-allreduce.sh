@@ -47,9 +47,10 @@ lines = ["# Allreduce results", "",
          "OpenMPI's and gloo's the median of 5 trials by their own scripts in `../shared/peers`. busbw = algbw x 2(n-1)/n.", ""]
 for n in ranks:
     ours = json.load(open(f"{root}/docs/allreduce/{n}-ranks.json"))
+    # auto's rows come from paired re-runs beside the best algorithm: they go in the model section, not this sweep.
     algos = []
     for r in ours:
-        if r["algorithm"] not in algos: algos.append(r["algorithm"])
+        if r["algorithm"] not in algos and r["algorithm"] != "auto": algos.append(r["algorithm"])
     sizes = sorted({r["bytes"] for r in ours})
     refs = [("OpenMPI default", peer(f"{work}/mpi-default-{n}.txt")), ("OpenMPI ring", peer(f"{work}/mpi-4-{n}.txt")),
             ("OpenMPI rec. doubling", peer(f"{work}/mpi-3-{n}.txt")), ("OpenMPI Rabenseifner", peer(f"{work}/mpi-6-{n}.txt")),

@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
-# SGEMM benchmark: swift-ddp's kernels next to numpy (OpenBLAS) single-thread, measured in the same run.
-# The reference comes from ../shared/peers/sgemm.py (installed by ../shared/peers/setup.sh); without it
-# only our figures are printed, and the script says so.
+# SGEMM benchmark: swift-ddp's kernels next to numpy (OpenBLAS) single-thread, measured in the same run
+# with the same shapes and transposes (bench/references/sgemm_numpy.py). numpy comes from the reference
+# venv that scripts/bench-references.sh makes (REF_VENV), or the system's python3; without numpy only our
+# figures are printed, and the script says so. Every timed result is checked against a Double reference.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 "$root/scripts/setup.sh" >/dev/null
-peers="$root/../shared/peers"
-venv=${PEERS_VENV:-/tmp/peers-venv}
+venv=${REF_VENV:-/tmp/swift-ddp-ref-venv}
+python=python3
+[ -x "$venv/bin/python" ] && "$venv/bin/python" -c "import numpy" 2>/dev/null && python="$venv/bin/python"
 ref=$(mktemp)
 trap 'rm -f "$ref"' EXIT
-if [ -f "$peers/sgemm.py" ] && [ -x "$venv/bin/python" ]; then
-  OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 "$venv/bin/python" "$peers/sgemm.py" 1 >"$ref"
+if "$python" -c "import numpy" 2>/dev/null; then
+  OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 "$python" "$root/bench/references/sgemm_numpy.py" >"$ref"
   head -1 "$ref"
   "$root/.build/release/kernels-bench" --reference "$ref" "$@"
 else
-  echo "# reference missing: run 'bash ../shared/peers/setup.sh' for numpy/OpenBLAS figures" >&2
+  echo "# reference missing: no numpy (bash scripts/bench-references.sh installs it)" >&2
   "$root/.build/release/kernels-bench" "$@"
 fi

@@ -26,8 +26,14 @@ for n in "${hosts[@]}"; do
       --master-addr "$NETNS_SUBNET.10" --master-port "$port" --secret "$secret" --timeout 120 --numa-bind none -- \
       allreduce-bench -b 1M -e 64M -f 4 -n "$iters" -w 2 --algorithms ring,tree,halving-doubling \
       --json "$root/runs/bench-netns-$n.json" > "/tmp/bench-netns-$n-$h.log" 2>&1 &
+    pids[$h]=$!
   done
-  wait
+  # Every host's launcher must succeed: a failed host fails the benchmark, naming its log.
+  failed=0
+  for ((h = 0; h < n; h++)); do
+    if ! wait "${pids[$h]}"; then echo "bench-netns: host $h of $n failed; see /tmp/bench-netns-$n-$h.log" >&2; failed=1; fi
+  done
+  if [ "$failed" = 1 ]; then bash "$cluster" down >/dev/null; exit 1; fi
   grep -E '^\[rank 0\] ' "/tmp/bench-netns-$n-0.log" | grep -v 'placement' | sed 's/^\[rank 0\] //' | tee "/tmp/bench-netns-$n.table"
   # busbw of the largest size against the link rate, with more digits than the table shows.
   awk -v n="$n" -v link="$gbps" '$1 ~ /^[0-9]+$/ && $1 == 67108864 {

@@ -64,9 +64,7 @@ public func runMessageSweep(_ pattern: MessagePattern, sizes: [Int], iterations:
         var wrong = 0
         if check {
             wrong = try checkOnce(pattern, count: count, send: send, receive: receive, group: group, run: once)
-            scalar[0] = Float(wrong)
-            try allreduce(scalar, op: .sum, algorithm: .halvingDoubling, group: group)
-            wrong = Int(scalar[0])
+            wrong = try countOverRanks(wrong, key: "wrong/\(pattern.rawValue)/\(bytes)", group: group)
             send.initialize(repeating: 1)
         }
         let factor: Double = pattern == .alltoall ? Double(n - 1) / Double(n) : 1

@@ -23,8 +23,10 @@ public struct SweepPlan: Sendable {
 /// Runs the sweep on this rank; every rank gets the same results (times are the slowest rank's).
 /// Per size: untimed warm-up of every algorithm, then `trials` rounds in which each algorithm in turn
 /// runs its timed allreduces after a barrier (interleaving spreads a busy machine's noise over all
-/// algorithms alike); the median trial is reported. When checking, one more allreduce of small
-/// integers is compared exactly with the expected sums (#wrong counts mismatches, summed over ranks).
+/// algorithms alike); the median trial is reported. The timed buffer holds zeros, so repeated sums stay
+/// finite, and it is checked after every trial (a stray byte would show as non-zero). When checking,
+/// one more allreduce of small integers is compared exactly with sums computed here; mismatches are
+/// counted over ranks through the rendezvous store, not through a collective under test (#wrong).
 /// Iteration counts shrink for big messages so a sweep stays short.
 public func runSweep(_ plan: SweepPlan, group: ProcessGroup) throws -> [BenchResult] {
     let n = group.worldSize
@@ -32,7 +34,7 @@ public func runSweep(_ plan: SweepPlan, group: ProcessGroup) throws -> [BenchRes
     let capacity = (plan.sizes.max() ?? 4) / 4
     let buffer = UnsafeMutableBufferPointer<Float>.allocate(capacity: max(capacity, 1))
     defer { buffer.deallocate() }
-    buffer.initialize(repeating: 1)
+    buffer.initialize(repeating: 0)
     let scalar = UnsafeMutableBufferPointer<Float>.allocate(capacity: 2)
     defer { scalar.deallocate() }
     for bytes in plan.sizes {
@@ -45,12 +47,14 @@ public func runSweep(_ plan: SweepPlan, group: ProcessGroup) throws -> [BenchRes
             for _ in 0..<plan.warmup { try allreduce(data, op: .sum, options: option, group: group) }
         }
         var trialTimes = [[Double]](repeating: [], count: plan.algorithms.count)
+        var stray = [Int](repeating: 0, count: plan.algorithms.count)
         for _ in 0..<plan.trials {
             for (a, option) in options.enumerated() {
                 try barrier(group: group)
                 let start = Deadline.now()
                 for _ in 0..<iterations { try allreduce(data, op: .sum, options: option, group: group) }
                 scalar[0] = Float((Deadline.now() - start) / Double(iterations))
+                stray[a] += data.reduce(0) { $0 + ($1 == 0 ? 0 : 1) }
                 try allreduce(UnsafeMutableBufferPointer(rebasing: scalar[0..<1]), op: .max, algorithm: .halvingDoubling, group: group)
                 trialTimes[a].append(Double(scalar[0]))
             }
@@ -64,10 +68,9 @@ public func runSweep(_ plan: SweepPlan, group: ProcessGroup) throws -> [BenchRes
                     let expected = (0..<n).reduce(Float(0)) { $0 + Float(($1 * 7 + i * 13) % 17) - 8 }
                     if data[i] != expected { wrong += 1 }
                 }
-                scalar[0] = Float(wrong)
-                try allreduce(UnsafeMutableBufferPointer(rebasing: scalar[0..<1]), op: .sum, algorithm: .halvingDoubling, group: group)
-                wrong = Int(scalar[0])
+                data.update(repeating: 0)
             }
+            wrong = try countOverRanks(wrong + stray[a], key: "wrong/\(bytes)/\(algorithm.rawValue)", group: group)
             let sorted = trialTimes[a].sorted()
             results.append(BenchResult(algorithm: algorithm.rawValue, bytes: count * 4, ranks: n, seconds: sorted[sorted.count / 2], wrong: wrong))
         }
@@ -75,4 +78,20 @@ public func runSweep(_ plan: SweepPlan, group: ProcessGroup) throws -> [BenchRes
     // Table order: by algorithm, then size.
     let order = Dictionary(uniqueKeysWithValues: plan.algorithms.enumerated().map { ($1.rawValue, $0) })
     return results.sorted { (order[$0.algorithm]!, $0.bytes) < (order[$1.algorithm]!, $1.bytes) }
+}
+
+/// The sum of `count` over every rank, through the rendezvous store (so a wrong collective cannot hide
+/// its own errors); every rank returns it. A group without a store (one rank) returns `count`.
+func countOverRanks(_ count: Int, key: String, group: ProcessGroup) throws -> Int {
+    guard let store = group.store, group.worldSize > 1 else { return count }
+    // A fresh tag per call (every rank calls in the same order), so repeated sweeps never share a key.
+    let name = "bench/\(group.nextTag())/\(key)"
+    try store.add(name, Int64(count))
+    try store.add(name + "/reported", 1)
+    let deadline = Deadline(seconds: group.policy.timeoutSeconds)
+    while try store.add(name + "/reported", 0) < Int64(group.worldSize) {
+        if deadline.hasPassed { throw TransportError(.rendezvous("ranks did not report their check of \(key)"), operation: "bench check") }
+        usleep(200)
+    }
+    return Int(try store.add(name, 0))
 }

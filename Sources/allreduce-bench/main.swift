@@ -91,8 +91,13 @@ struct AllreduceBench: ParsableCommand {
             results += autoResults
         }
         if group.rank == 0 {
-            print(formatTable(results, ranks: group.worldSize,
-                              title: "allreduce, float32 sum, in place" + (subgroup != nil ? ", on a sub-group of \(group.worldSize) in a world of \(world.worldSize)" : "")))
+            let title = "allreduce, float32 sum, in place" + (subgroup != nil ? ", on a sub-group of \(group.worldSize) in a world of \(world.worldSize)" : "")
+            // One sweep per table: auto's paired re-runs (beside the best algorithm) get their own.
+            print(formatTable(results.filter { $0.algorithm != "auto" }, ranks: group.worldSize, title: title))
+            let paired = results.filter { $0.algorithm == "auto" }
+            if !paired.isEmpty {
+                print(formatTable(paired, ranks: group.worldSize, title: title + "; auto, each size re-measured beside the best algorithm"))
+            }
             if !measured.isEmpty { describeModel(table).forEach { print($0) } }
             if !checks.isEmpty { describeAutoChecks(checks).forEach { print($0) } }
             if let json { try writeJSON(results, to: json) }

@@ -4,14 +4,15 @@ import NN
 import Tensors
 
 /// SGEMM throughput on square and GPT-recipe shapes, optionally next to a reference table printed by
-/// ../shared/peers/sgemm.py in the same run (scripts/bench-kernels.sh does that).
+/// bench/references/sgemm_numpy.py in the same run, with the same transposes (scripts/bench-kernels.sh
+/// does that). Every timed result is checked against a Double reference on sampled entries.
 @main
 struct KernelsBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "kernels-bench",
         abstract: "SGEMM GFLOP/s of swift-ddp's kernels, next to a reference when given.")
 
-    @Option(help: "Output of peers/sgemm.py measured in the same run; adds numpy columns and the ratio.")
+    @Option(help: "Output of bench/references/sgemm_numpy.py measured in the same run; adds numpy columns and the ratio.")
     var reference: String?
 
     @Option(help: "Micro-kernel: native, avx2 or avx512.")
@@ -29,11 +30,11 @@ struct KernelsBench: ParsableCommand {
         let cpu = CPUFeatures.current
         print("# cpu: \(cpu.modelName)  avx2=\(cpu.avx2) fma=\(cpu.fma) avx512f=\(cpu.avx512f)  micro-kernel: \(micro)")
         print("# C[M,N] = A[M,K] B[K,N]; GFLOP/s = 2MNK/t; best and median of 5 trials of ~0.3 s")
-        print("#     M     K     N  trans | swift best median" + (numpy.isEmpty ? "" : " | numpy best median | ratio (median)"))
+        print("#     M     K     N  trans | swift best median | checked" + (numpy.isEmpty ? "" : " | numpy best median | ratio (median)"))
         let shapes: [(Int, Int, Int)] = [(256, 256, 256), (512, 512, 512), (1024, 1024, 1024),
                                          (768, 128, 512), (768, 512, 128), (768, 128, 384), (768, 384, 128),
                                          (768, 512, 2048), (768, 2048, 512), (64, 784, 256), (64, 256, 10)]
-        var ratios: [Double] = []
+        var ratios: [Double] = [], wrong = 0
         for (m, k, n) in shapes {
             for (ta, tb) in [(Transpose.none, Transpose.none), (.none, .transposed), (.transposed, .none)] {
                 // Backward's transposes matter only for the GPT shapes; square shapes show NN.
@@ -46,20 +47,42 @@ struct KernelsBench: ParsableCommand {
                 }
                 let flops = 2.0 * Double(m * n * k)
                 let trans = (ta == .none ? "N" : "T") + (tb == .none ? "N" : "T")
-                var line = String(format: "  %5d %5d %5d  %5@ | %10.1f %6.1f", m, k, n, trans, flops / best / 1e9, flops / median / 1e9)
-                if let ref = numpy["\(m) \(k) \(n)"] {
+                // The timed C, checked: 64 sampled entries against a Double dot product of the same inputs.
+                let bad = sampledErrors(ta, tb, m: m, n: n, k: k, a: a, b: b, c: c)
+                wrong += bad
+                var line = String(format: "  %5d %5d %5d  %5@ | %10.1f %6.1f | %7@", m, k, n, trans, flops / best / 1e9, flops / median / 1e9,
+                                  bad == 0 ? "ok" : "\(bad) bad")
+                if let ref = numpy["\(m) \(k) \(n) \(trans)"] {
                     let ratio = (flops / median / 1e9) / ref.median
-                    if ta == .none && tb == .none { ratios.append(ratio) }
+                    ratios.append(ratio)
                     line += String(format: " | %10.1f %6.1f | %5.2fx", ref.best, ref.median, ratio)
                 }
                 print(line)
             }
         }
         if !ratios.isEmpty {
-            print(String(format: "# NN ratio to numpy (median): min %.2fx, geometric mean %.2fx", ratios.min()!,
+            print(String(format: "# ratio to numpy, same shapes and transposes (median): min %.2fx, geometric mean %.2fx", ratios.min()!,
                          Foundation.exp(ratios.map { Foundation.log($0) }.reduce(0, +) / Double(ratios.count))))
         }
         gptStep()
+        print("# checked results: \(wrong == 0 ? "all correct" : "\(wrong) wrong entries")")
+        if wrong > 0 { throw ExitCode(1) }
+    }
+
+    /// Entries of C off from a Double reference by more than float32 accumulation allows
+    /// (K·2^-22 relative to the sum of |products|), on 64 entries spread over C.
+    func sampledErrors(_ ta: Transpose, _ tb: Transpose, m: Int, n: Int, k: Int, a: Tensor, b: Tensor, c: Tensor) -> Int {
+        var bad = 0
+        for s in 0..<64 {
+            let i = (s * 7919) % m, j = (s * 104_729) % n
+            var sum = 0.0, magnitude = 0.0
+            for p in 0..<k {
+                let x = Double(ta == .none ? a[i * k + p] : a[p * m + i]), y = Double(tb == .none ? b[p * n + j] : b[j * k + p])
+                sum += x * y; magnitude += abs(x * y)
+            }
+            if abs(Double(c[i * n + j]) - sum) > Double(k) * 0x1p-22 * magnitude + 1e-30 { bad += 1 }
+        }
+        return bad
     }
 
     /// One forward+backward of the Shakespeare recipe's GPT (4 layers, 4 heads, 128 wide, 64 tokens,
@@ -84,16 +107,16 @@ struct KernelsBench: ParsableCommand {
                      best * 1000, median * 1000, flops / median / 1e9, flops / 1e9))
     }
 
-    /// Lines of sgemm.py: "  M K N | numpy best median | torch best median".
+    /// Lines of sgemm_numpy.py: "M K N TRANS best median".
     func parseReference(_ path: String) throws -> [String: (best: Double, median: Double)] {
         let text = try String(contentsOfFile: path, encoding: .utf8)
         var table: [String: (Double, Double)] = [:]
         for line in text.split(separator: "\n") where !line.hasPrefix("#") {
-            let fields = line.split(whereSeparator: { $0 == " " || $0 == "|" })
-            guard fields.count >= 5, let best = Double(fields[3]), let median = Double(fields[4]) else { continue }
-            table["\(fields[0]) \(fields[1]) \(fields[2])"] = (best, median)
+            let fields = line.split(separator: " ")
+            guard fields.count == 6, let best = Double(fields[4]), let median = Double(fields[5]) else { continue }
+            table["\(fields[0]) \(fields[1]) \(fields[2]) \(fields[3])"] = (best, median)
         }
-        guard !table.isEmpty else { throw ValidationError("no sgemm.py rows in \(path)") }
+        guard !table.isEmpty else { throw ValidationError("no sgemm_numpy.py rows in \(path)") }
         return table
     }
 }

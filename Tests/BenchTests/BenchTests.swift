@@ -88,7 +88,10 @@ final class BenchTests: XCTestCase {
         XCTAssertEqual(Set(results.map { "\($0.algorithm)@\($0.bytes)" }), Set(algorithms.flatMap { a in sizes.map { "\(a)@\($0)" } }))
         XCTAssertTrue(results.allSatisfy { $0.wrong == 0 && $0.microseconds > 0 && $0.ranks == 2 })
         for r in results {
-            XCTAssertEqual(r.busbwGBps, busBandwidth(algorithmBandwidth: r.algbwGBps, worldSize: 2), accuracy: 1e-12)
+            // nccl-tests' definitions, written out here rather than through the functions under test:
+            // algbw = bytes / time; busbw = algbw x 2(n-1)/n, which is algbw itself for 2 ranks.
+            XCTAssertEqual(r.algbwGBps, Double(r.bytes) / (r.microseconds * 1e-6) / 1e9, accuracy: 1e-9 * max(1, r.algbwGBps))
+            XCTAssertEqual(r.busbwGBps, r.algbwGBps * 2 * 1 / 2, accuracy: 1e-12)
             let row = output.split(separator: "\n").contains { line in
                 let fields = line.split(separator: " ")
                 return fields.count >= 8 && fields[0] == "[rank" && fields[2] == "\(r.bytes)" && fields[6] == "\(r.algorithm)"
