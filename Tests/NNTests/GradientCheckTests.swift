@@ -4,8 +4,9 @@ import XCTest
 
 /// Finite-difference gradient checks. Forward runs in float32, so each numeric derivative carries an
 /// error of roughly eps * |loss| / h; with h = 1e-3 that is ~1e-4. The check is on the whole gradient of
-/// each parameter: ||numeric - analytic|| <= 1e-2 ||numeric|| (+ a small floor), which a wrong sign,
-/// index or missing term (errors of order 1) fails by far.
+/// each parameter: ||numeric - analytic|| <= 3e-3 ||numeric|| (+ a small floor), which a wrong sign,
+/// index or missing term (errors of order 1) fails by far. Large parameters are checked on maxEntries
+/// distinct entries spread over the whole tensor (a fixed stride from a seeded start), never the same twice.
 func checkGradients(_ parameters: ParameterSet, maxEntries: Int = 64, step: Float = 1e-3,
                     loss: () -> Double, backward: () -> Void, file: StaticString = #filePath, line: UInt = #line) {
     parameters.zeroGradients()
@@ -15,7 +16,8 @@ func checkGradients(_ parameters: ParameterSet, maxEntries: Int = 64, step: Floa
     var rng = SeededRandom(seed: 99)
     for p in parameters.parameters {
         let n = p.value.count
-        let indices = n <= maxEntries ? Array(0..<n) : (0..<maxEntries).map { _ in rng.nextInt(below: n) }
+        let start = rng.nextInt(below: n)
+        let indices = n <= maxEntries ? Array(0..<n) : (0..<maxEntries).map { (start + $0 * n / maxEntries) % n }
         var diff = 0.0, norm = 0.0
         var worst = (index: -1, numeric: 0.0, analytic: 0.0)
         for i in indices {
@@ -31,7 +33,7 @@ func checkGradients(_ parameters: ParameterSet, maxEntries: Int = 64, step: Floa
             diff += (numeric - a) * (numeric - a)
             norm += numeric * numeric
         }
-        XCTAssertLessThanOrEqual(diff.squareRoot(), 1e-2 * norm.squareRoot() + 1e-4,
+        XCTAssertLessThanOrEqual(diff.squareRoot(), 3e-3 * norm.squareRoot() + 1e-4,
                                  "\(p.name): relative gradient error \(diff.squareRoot() / max(norm.squareRoot(), 1e-30)); " +
                                  "worst at \(worst.index): numeric \(worst.numeric) analytic \(worst.analytic)",
                                  file: file, line: line)

@@ -294,6 +294,27 @@ final class DataAndScheduleTests: XCTestCase {
         }
         for i in 0..<ps.count { XCTAssertEqual(Double(ps.values.base[i]), p[i], accuracy: 1e-5, "AdamW element \(i)") }
 
+        // Gradients of ~1e-8, where sqrt(v) is as small as epsilon: epsilon's place in the update shows
+        // (left out, or inside the square root, the step would be about twice or ~1e4 times this one).
+        // Each element's movement is compared with the reference's, relative to that movement.
+        for i in 0..<ps.count { ps.values.base[i] = start[i] }
+        let tiny = AdamW(ps, .init(beta1: 0.9, beta2: 0.99, epsilon: 1e-8, weightDecay: 0))
+        var m2 = [Double](repeating: 0, count: ps.count), v2 = m2, p2 = start.map(Double.init)
+        for step in 1...3 {
+            for i in 0..<ps.count { ps.gradients.base[i] = rng.nextNormal() * 1e-8 }
+            tiny.step(learningRate: 0.01)
+            for i in 0..<ps.count {
+                let g = Double(ps.gradients.base[i])
+                m2[i] = 0.9 * m2[i] + 0.1 * g
+                v2[i] = 0.99 * v2[i] + 0.01 * g * g
+                p2[i] -= 0.01 / (1 - pow(0.9, Double(step))) * m2[i] / (v2[i].squareRoot() / (1 - pow(0.99, Double(step))).squareRoot() + 1e-8)
+            }
+        }
+        for i in 0..<ps.count {
+            let moved = Double(ps.values.base[i]) - Double(start[i]), expected = p2[i] - Double(start[i])
+            XCTAssertEqual(moved, expected, accuracy: 1e-3 * abs(expected) + 3e-7, "AdamW with tiny gradients, element \(i)")
+        }
+
         for i in 0..<ps.count { ps.values.base[i] = start[i] }
         let sgd = SGD(ps, momentum: 0.9)
         var buf = [Double](repeating: 0, count: ps.count), q = start.map(Double.init)
