@@ -83,10 +83,27 @@ final class PlacementTests: XCTestCase {
                 }
                 let fields = row.split(separator: "|").map { $0.trimmingCharacters(in: .whitespaces) }
                 XCTAssertTrue(report.contains("cpus \(fields[2]) "), "\(policy): table says \(fields[2]), rank says: \(report)")
+                // Independently of the plan: with one core per rank, rank r is on the r-th online CPU
+                // (/sys/devices/system/cpu/online, read here), which the rank itself confirms.
+                if policy == "core", let online = try? String(contentsOfFile: "/sys/devices/system/cpu/online", encoding: .utf8),
+                   let cpus = parseCPUList(online.trimmingCharacters(in: .whitespacesAndNewlines)), ranks <= cpus.count {
+                    XCTAssertTrue(report.contains("cpus \(cpus[rank]) "), "core policy: rank \(rank) should be alone on CPU \(cpus[rank]): \(report)")
+                }
                 if fields[3].hasPrefix("bound to node") {
                     XCTAssertTrue(report.contains("mempolicy 2 nodes \(fields[1])"), "memory not bound as the table says: \(report)")
                 }
             }
         }
     }
+}
+
+/// "0-3,6" -> [0, 1, 2, 3, 6] (the kernel's CPU list format), parsed here rather than by the code under test.
+func parseCPUList(_ text: String) -> [Int]? {
+    var out: [Int] = []
+    for part in text.split(separator: ",") {
+        let bounds = part.split(separator: "-").compactMap { Int($0) }
+        guard bounds.count == (part.contains("-") ? 2 : 1) else { return nil }
+        out += Array(bounds[0]...(bounds.count == 2 ? bounds[1] : bounds[0]))
+    }
+    return out
 }
