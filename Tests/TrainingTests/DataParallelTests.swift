@@ -158,9 +158,20 @@ final class DataParallelTests: XCTestCase {
         for (name, tensor) in written {
             XCTAssertEqual(tensor.values.map(\.bitPattern), rewritten[name]!.values.map(\.bitPattern), "\(name) changed through 2 -> 3 ranks")
         }
-        let single = try launch(1, config, common + ["--set", "max_iters=14", "--resume"])
+        // Back at 2 ranks, trained on to 14: bitwise the parameters of a 2-rank run that never stopped
+        // (the detour through 3 ranks lost nothing).
+        let resumed = try launch(2, config, common + ["--set", "max_iters=14", "--set", "zero_stage=1", "--resume"])
+        XCTAssertEqual(resumed.status, 0, resumed.output)
+        let straight = temporaryDirectory("resume-world-straight")
+        let uninterrupted = try launch(2, config, ["--data-dir", dataDirectory, "--out-dir", straight, "--set", "eval_interval=1000",
+                                                   "--set", "max_iters=14", "--set", "zero_stage=1"])
+        XCTAssertEqual(uninterrupted.status, 0, uninterrupted.output)
+        let a = try parameters(dir), b = try parameters(straight)
+        XCTAssertEqual(Set(a.keys), Set(b.keys))
+        for (name, values) in a { XCTAssertEqual(values.map(\.bitPattern), b[name]!.map(\.bitPattern), "\(name) differs from the uninterrupted run") }
+        let single = try launch(1, config, common + ["--set", "max_iters=18", "--resume"])
         XCTAssertEqual(single.status, 0, single.output)
-        XCTAssertTrue(single.output.contains("training 14 iterations from iteration 10"), single.output)
+        XCTAssertTrue(single.output.contains("training 18 iterations from iteration 14"), single.output)
     }
 
     /// Ranks started with different configs (here the seed differs per rank) stop at once, naming the rank.
