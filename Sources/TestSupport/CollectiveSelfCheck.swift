@@ -95,6 +95,22 @@ public func runCollectiveCheck(_ plan: CollectiveCheckPlan, group: ProcessGroup,
                 let expected = (0..<n).reduce(Float(0)) { $0 + checkInput(rank: $1, index: i) }
                 if whole[i] != expected { throw CheckFailure.wrong("reduce-scatter of \(count) floats: element \(i) is \(whole[i]), expected \(expected) on rank \(rank)") }
             }
+            if plan.wire == .bfloat16 && n > 1 {
+                // Accumulation must be in float32, not bf16. For each element the owner of its segment gives
+                // 0.125 + 2^-12 (not bf16-exact) and the next rank 32: in float32 the sum 32.1252 rounds (the
+                // owner's final rounding) to 32.25; had the owner's value been rounded to bf16 first (0.125),
+                // 32.125 would be a tie and round to even, 32.0.
+                let own = segmentRange(count: count, parts: n, index: rank)
+                for i in 0..<count {
+                    let owner = (0..<n).first { segmentRange(count: count, parts: n, index: $0).contains(i) }!
+                    whole[i] = rank == owner ? 0.125 + 0x1p-12 : rank == (owner + 1) % n ? 32 : 0
+                }
+                try reduceScatter(whole, op: .sum, wire: plan.wire, group: group)
+                for i in own where whole[i] != 32.25 {
+                    throw CheckFailure.wrong("bf16 reduce-scatter of \(count) floats: element \(i) is \(whole[i]), expected 32.25 on rank \(rank) (accumulated in bf16?)")
+                }
+                checks += 1
+            }
             try barrier(group: group)
             checks += 4
         }
