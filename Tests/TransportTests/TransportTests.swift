@@ -201,7 +201,9 @@ final class StoreAndHandshakeTests: XCTestCase {
         process.standardOutput = pipe
         process.standardError = pipe
         try process.run()
-        usleep(500_000)
+        // The store is up once a connection gets through (Socket.connect retries until then).
+        Glibc.close(try Socket.connect(host: "127.0.0.1", port: port, deadline: Deadline(seconds: 10),
+                                       peer: PeerDescription(host: "127.0.0.1", port: port), operation: "store up"))
         // Leave the running launcher 20 descriptors more than it holds now: fewer than the 64 connections
         // the store lets sit in their handshake, so a flood runs it out of descriptors.
         let open = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(process.processIdentifier)/fd").count) ?? 0
