@@ -6,6 +6,7 @@
 # docs/allreduce/N-ranks.{svg,json} and runs/allreduce-tuning-N.json (a tuning table for auto).
 # References come from ../shared/peers ('bash ../shared/peers/setup.sh'); without them only ours is shown.
 # usage: scripts/bench-allreduce.sh [RANKS...]   (default: 2 4); SIZES_MAX=64M, ITERS=100
+case "${1:-}" in -h|--help) sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;; esac
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 [ -x "$root/.build/release/allreduce-bench" ] || "$root/scripts/setup.sh" >&2

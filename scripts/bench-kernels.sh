@@ -3,6 +3,7 @@
 # with the same shapes and transposes (bench/references/sgemm_numpy.py). numpy comes from the reference
 # venv that scripts/bench-references.sh makes (REF_VENV), or the system's python3; without numpy only our
 # figures are printed, and the script says so. Every timed result is checked against a Double reference.
+case "${1:-}" in -h|--help) sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;; esac
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 "$root/scripts/setup.sh" >/dev/null

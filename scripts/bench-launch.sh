@@ -3,6 +3,7 @@
 # barrier, for 2 ranks: ours (ddp-launch + collective-check --ready), then torchrun (gloo) and mpirun
 # (MPI_Init + barrier) measured in the same run by ../shared/peers/launch_latency.py.
 # usage: scripts/bench-launch.sh [RUNS]   (default 9)
+case "${1:-}" in -h|--help) sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;; esac
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 [ -x "$root/.build/release/collective-check" ] || "$root/scripts/setup.sh" >&2

@@ -7,6 +7,7 @@
 #   allreduce on a sub-group of 2 inside a world of 4 vs a world of 2: within 10 %
 # Writes runs/bench-messages/*.txt and the tables to docs/messages-results.md.
 # usage: scripts/bench-messages.sh    (MAX=64M, ITERS=100)
+case "${1:-}" in -h|--help) sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;; esac
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 [ -x "$root/.build/release/allreduce-bench" ] || "$root/scripts/setup.sh" >&2

@@ -3,6 +3,7 @@
 # to RATE by tc tbf, one rank per host, one launcher per host, ring / tree / halving-doubling sizes 1 MiB
 # to 64 MiB. Prints rank 0's table per host count and the link rate in GB/s to compare busbw with.
 # usage: scripts/bench-netns.sh [HOSTS...]   (default: 2 4; RATE=1gbit, ITERS=10). Needs root.
+case "${1:-}" in -h|--help) sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;; esac
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 [ -x "$root/.build/release/allreduce-bench" ] || "$root/scripts/setup.sh" >&2

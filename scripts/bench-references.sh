@@ -3,6 +3,7 @@
 # OpenMPI (Debian's openmpi-bin/libopenmpi-dev, TCP) and a venv with CPU PyTorch (gloo), then builds
 # bench/references/mpi_messages.c. Idempotent. Env: REF_VENV (default /tmp/swift-ddp-ref-venv),
 # REF_BUILD (default runs/references). Prints what it could not set up and goes on without it.
+case "${1:-}" in -h|--help) sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;; esac
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 venv=${REF_VENV:-/tmp/swift-ddp-ref-venv}; build=${REF_BUILD:-$root/runs/references}

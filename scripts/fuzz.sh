@@ -5,6 +5,7 @@
 # The repo keeps a small corpus in fuzz/corpus/TARGET (MERGE=1 folds new coverage back into it,
 # minimized); crashing inputs land in fuzz/crashes/ and become regression tests in fuzz/regressions/.
 # usage: scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]   (default: 60 s, all six)
+case "${1:-}" in -h|--help) sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;; esac
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"

@@ -2,6 +2,7 @@
 # Fills the data directory (default data/, or $1, or $SWIFT_DDP_DATA) with tinyshakespeare and the
 # MNIST 10k test set. Copies from ../shared/data beside the project when present, else downloads from
 # the datasets' public URLs; verifies SHA-256 either way and refuses a file that does not match.
+case "${1:-}" in -h|--help) sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;; esac
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 dest=${1:-${SWIFT_DDP_DATA:-$root/data}}

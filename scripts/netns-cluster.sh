@@ -7,6 +7,7 @@
 # Host I is namespace <prefix>-hI with interface eth0 at <subnet>.(10+I)/24. Environment:
 # NETNS_PREFIX (default ddp), NETNS_SUBNET (default 10.77.0). Needs root and iproute2. Idempotent: 'up'
 # first removes what a previous run left; a failing 'up' removes what it created.
+case "${1:-}" in -h|--help) sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;; esac
 set -euo pipefail
 prefix=${NETNS_PREFIX:-ddp}
 subnet=${NETNS_SUBNET:-10.77.0}

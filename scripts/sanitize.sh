@@ -4,6 +4,7 @@
 # build is untouched. Multi-process tests run their ranks from the same instrumented build, and a
 # sanitizer report makes that rank, and so the test, fail.
 # usage: scripts/sanitize.sh [thread|address ...]   (default: both). Slow: a full instrumented build each.
+case "${1:-}" in -h|--help) sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;; esac
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"

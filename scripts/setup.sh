@@ -3,6 +3,7 @@
 #   libnuma-dev  -> Sources/CNuma (rank pinning)     zlib1g-dev -> Sources/CZlib (gzip MNIST files)
 #   iproute2     -> scripts/netns-cluster.sh (multi-host tests on network namespaces)
 # Usage: scripts/setup.sh            (SKIP_BUILD=1 to install only)
+case "${1:-}" in -h|--help) sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;; esac
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 

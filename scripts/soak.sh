@@ -3,6 +3,7 @@
 # at the same time, 4 ranks training the tiny GPT with bitwise replica checks after every step. Every
 # rank's RSS and open file descriptors are sampled after a warm-up and at the end: they must stay flat.
 # usage: scripts/soak.sh [MINUTES]   (default 10). Not part of the tests.
+case "${1:-}" in -h|--help) sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;; esac
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"

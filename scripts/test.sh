@@ -2,6 +2,7 @@
 # The project's test command: set-up, data, a Python with PyTorch for the launcher's foreign-program
 # test, then every test (XCTest, release build: the numeric and multi-process tests need optimized
 # code to finish in minutes on 2 cores). Ends with the list of skipped tests and why.
+case "${1:-}" in -h|--help) sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;; esac
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 "$root/scripts/setup.sh"

@@ -4,6 +4,7 @@
 # global batch of 12).
 # Usage: scripts/train.sh                      the main job (MAX_RESTARTS=K: restarts after a failure, default 1)
 #        scripts/train.sh CONFIG [options...]  one process, e.g. scripts/train.sh configs/mnist-mlp.json
+case "${1:-}" in -h|--help) sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;; esac
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 "$root/scripts/setup.sh" >&2

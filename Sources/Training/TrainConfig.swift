@@ -135,12 +135,14 @@ public struct TrainConfig: Codable, Sendable, Equatable {
             // JSONSerialization keeps one of two equal keys silently; a config that says a thing twice
             // is a mistake to show, not to guess.
             if let duplicate = duplicateTopLevelKey(in: json) { throw ConfigError(key: duplicate, "appears more than once") }
+            var overridden: [String: String] = [:]
             for override in overrides {
                 guard let eq = override.firstIndex(of: "="), eq != override.startIndex else {
                     throw ConfigError(key: override, "override must look like key=value")
                 }
                 let key = String(override[..<eq]), text = String(override[override.index(after: eq)...])
                 object[key] = (try? JSONSerialization.jsonObject(with: Data(text.utf8), options: .fragmentsAllowed)) ?? text
+                overridden[key] = override
             }
             // null would silently mean the default; only epochs has "none" as a meaning.
             if let key = object.keys.sorted().first(where: { object[$0] is NSNull && $0 != CodingKeys.epochs.rawValue }) {
@@ -148,14 +150,21 @@ public struct TrainConfig: Codable, Sendable, Equatable {
             }
             let known = Set(CodingKeys.allCases.map(\.rawValue))
             if let unknown = object.keys.sorted().first(where: { !known.contains($0) }) {
-                throw ConfigError(key: unknown, "unknown key (known: \(known.sorted().joined(separator: ", ")))")
+                let hint = suggestion(for: unknown).map { "did you mean '\($0)'? " } ?? ""
+                throw ConfigError(key: unknown, "unknown key (\(hint)`ddp-train config` lists every key)")
             }
             let data = try JSONSerialization.data(withJSONObject: object)
-            let config = try JSONDecoder().decode(TrainConfig.self, from: data)
-            try config.validate()
-            return config
+            do {
+                let config = try JSONDecoder().decode(TrainConfig.self, from: data)
+                try config.validate()
+                return config
+            } catch var error as ConfigError {
+                // A bad value given on the command line is the flag's fault, not the file's.
+                if let flag = overridden[error.key] { error.file = "--set \(flag)"; throw error }
+                throw error
+            }
         } catch var error as ConfigError {
-            error.file = file
+            if error.file == nil || !(error.file!.hasPrefix("--set ")) { error.file = file }
             throw error
         } catch {
             throw ConfigError(key: "(file)", "not valid JSON: \(error.localizedDescription)", file: file)

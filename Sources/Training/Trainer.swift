@@ -76,6 +76,7 @@ public final class Trainer {
         defer { dataParallel?.stop() }
         if rank == 0 { try checkOutputDirectory() }
         try synchronize()
+        log("config: \(config.jsonString())")
         log("model: \(config.architecture), \(task.parameters.count) parameters")
         logOptimizerMemory()
         log("batch: \(task.unitsPerMicroBatch) \(task.unitName) per micro-batch x \(config.gradAccum) accumulation steps x \(worldSize) rank(s) = \(units) \(task.unitName) per step (global batch)")

@@ -14,7 +14,54 @@ struct DDPTrain: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ddp-train",
         abstract: "Train a model from a JSON config, or sample text from a GPT checkpoint.",
-        subcommands: [Train.self, Sample.self], defaultSubcommand: Train.self)
+        subcommands: [Train.self, Sample.self, ConfigKeys.self], defaultSubcommand: Train.self)
+
+    /// nanoGPT's habit, `--max_iters=10` (or `--max-iters 10`), is read as `--set max_iters=10`.
+    static func main() {
+        var arguments = Array(CommandLine.arguments.dropFirst())
+        // Only for training (the default subcommand): `sample` has options of its own, like --seed.
+        if arguments.first == "train" || arguments.first?.hasSuffix(".json") == true { arguments = configKeyFlagsAsOverrides(arguments) }
+        do {
+            var command = try parseAsRoot(arguments)
+            try command.run()
+        } catch {
+            exit(withError: error)
+        }
+    }
+}
+
+/// Rewrites `--KEY=VALUE` and `--KEY VALUE`, where KEY (with - or _) is a config key and not one of the
+/// trainer's own options, into `--set KEY=VALUE`.
+func configKeyFlagsAsOverrides(_ arguments: [String]) -> [String] {
+    let known = Set(TrainConfig.knownKeys), own: Set<String> = ["data_dir", "out_dir"]
+    var out: [String] = [], i = 0
+    while i < arguments.count {
+        let argument = arguments[i]
+        guard argument.hasPrefix("--"), argument != "--" else { out.append(argument); i += 1; continue }
+        let body = argument.dropFirst(2)
+        let name = String(body.prefix { $0 != "=" }).replacingOccurrences(of: "-", with: "_")
+        guard known.contains(name), !own.contains(name) else { out.append(argument); i += 1; continue }
+        if let eq = body.firstIndex(of: "=") {
+            out += ["--set", "\(name)=\(body[body.index(after: eq)...])"]
+        } else if i + 1 < arguments.count {
+            out += ["--set", "\(name)=\(arguments[i + 1])"]
+            i += 1
+        } else {
+            out.append(argument)
+        }
+        i += 1
+    }
+    return out
+}
+
+/// `ddp-train config`: every config key with its default and meaning.
+struct ConfigKeys: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "config",
+                                                    abstract: "List every config key with its default and meaning.")
+    func run() throws {
+        print("# config keys (JSON in configs/*.json; override with --set KEY=VALUE or --KEY=VALUE): key = default  meaning")
+        TrainConfig.reference().forEach { print($0) }
+    }
 }
 
 /// Prints a library error as one line (no usage text: these are not command-line mistakes) and exits
@@ -45,7 +92,7 @@ struct Train: ParsableCommand {
     @Argument(help: "Config file (configs/*.json).")
     var config: String
 
-    @Option(name: .customLong("set"), help: "Override a config key: --set max_iters=100 (repeatable).")
+    @Option(name: .customLong("set"), help: "Override a config key: --set max_iters=100 (repeatable; --max_iters=100 works too). `ddp-train config` lists the keys.")
     var overrides: [String] = []
 
     @Option(help: "Data directory (overrides the config's data_dir).")

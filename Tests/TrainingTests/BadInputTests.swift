@@ -3,6 +3,7 @@ import Foundation
 import NN
 import Tensors
 import Training
+import TestSupport
 import XCTest
 
 /// Bad configs, data files and checkpoints are refused with errors that name the key or the file.
@@ -59,6 +60,26 @@ final class BadInputTests: XCTestCase {
                 XCTAssertTrue(text.contains(path) && text.contains(mentions), text)
             }
         }
+    }
+
+    /// Every key is described for `ddp-train config`; a misspelt key gets the nearest one; a bad value
+    /// from --set is blamed on the flag; nanoGPT's --max_iters=10 is read as --set max_iters=10.
+    func testConfigKeysAreDescribedAndMistakesGetHints() throws {
+        XCTAssertEqual(Set(TrainConfig.keyDescriptions.map(\.key)), Set(TrainConfig.knownKeys), "a key without a description (or a described key that does not exist)")
+        XCTAssertEqual(TrainConfig.reference().count, TrainConfig.knownKeys.count)
+        XCTAssertTrue(configError(#"{"batch_sise": 4}"#)?.description.contains("did you mean 'batch_size'?") ?? false)
+        XCTAssertTrue(configError(#"{"maxIters": 4}"#)?.description.contains("did you mean 'max_iters'?") ?? false)
+        XCTAssertFalse(configError(#"{"zzzzzzzzzzzz": 4}"#)?.description.contains("did you mean") ?? true)
+        let flagged = configError("{}", overrides: ["batch_size=0"])
+        XCTAssertTrue(flagged?.description.hasPrefix("--set batch_size=0: config key 'batch_size'") ?? false, flagged?.description ?? "")
+        let train = DataParallelTests.buildDirectory + "/ddp-train"
+        let (status, output, _) = try runToEnd(train, ["train", configsDirectory + "/tiny-gpt.json", "--data-dir", dataDirectory,
+                                                       "--out-dir", temporaryDirectory("nanogpt-flags"), "--max_iters=2", "--eval-interval", "1000"])
+        XCTAssertEqual(status, 0, output)
+        XCTAssertTrue(output.contains("training 2 iterations") && output.contains("\"eval_interval\":1000"), output)
+        let (listed, list, _) = try runToEnd(train, ["config"])
+        XCTAssertEqual(listed, 0, list)
+        XCTAssertTrue(list.contains("zero_stage") && list.contains("= 0"), list)
     }
 
     /// A symlinked config is followed (what it points to must still be a small regular file); a

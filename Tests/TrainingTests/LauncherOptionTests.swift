@@ -126,4 +126,20 @@ final class LauncherOptionTests: XCTestCase {
         XCTAssertTrue(a.unicodeScalars.allSatisfy { vocabulary.contains($0) }, a)
         XCTAssertGreaterThanOrEqual(a.unicodeScalars.count, 80, a)
     }
+
+    /// Every script answers --help with its usage and does nothing else (no build, no download, no run).
+    func testEveryScriptAnswersHelp() throws {
+        let scripts = URL(fileURLWithPath: configsDirectory).deletingLastPathComponent().path + "/scripts"
+        let names = try FileManager.default.contentsOfDirectory(atPath: scripts).filter { $0.hasSuffix(".sh") }.sorted()
+        XCTAssertGreaterThan(names.count, 10)
+        for name in names {
+            let started = Date()
+            let (status, output, _) = try runToEnd("/bin/bash", [scripts + "/" + name, "--help"], environment: ["SWIFT_DDP_DATA": "/nonexistent/help-must-not-create"])
+            XCTAssertEqual(status, 0, "\(name) --help: \(output)")
+            XCTAssertGreaterThan(output.split(separator: "\n").count, 1, "\(name) --help printed no usage")
+            XCTAssertFalse(output.contains("Traceback") || output.contains("error:"), "\(name) --help: \(output)")
+            XCTAssertLessThan(Date().timeIntervalSince(started), 5, "\(name) --help did work instead of answering")
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: "/nonexistent/help-must-not-create"))
+    }
 }

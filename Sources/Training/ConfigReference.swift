@@ -1,0 +1,91 @@
+import Foundation
+
+// The config keys a user can set, with their meaning: `ddp-train config` prints them with defaults, an
+// unknown key is answered with the nearest known one, and a test requires every key to be described.
+
+extension TrainConfig {
+    /// Every key and what it means, in the order a reader meets them.
+    public static let keyDescriptions: [(key: String, meaning: String)] = [
+        ("model", "gpt (character-level transformer) or mlp (MNIST classifier)"),
+        ("dataset", "shakespeare (data/tinyshakespeare.txt) or mnist (the 10k test set: 8,000 train, 2,000 held out)"),
+        ("data_dir", "directory with the data files (scripts/get-data.sh fills data/)"),
+        ("out_dir", "where checkpoints go (ckpt.safetensors)"),
+        ("seed", "initialisation and batch seed: the same seed and world size give the same losses"),
+        ("n_layer", "GPT: transformer blocks"),
+        ("n_head", "GPT: attention heads (must divide n_embd)"),
+        ("n_embd", "GPT: embedding width"),
+        ("block_size", "GPT: context length in characters"),
+        ("dropout", "GPT: only 0 (the CPU recipe trains without dropout)"),
+        ("bias", "GPT: biases in Linear and LayerNorm layers"),
+        ("hidden", "MLP: hidden layer width"),
+        ("activation", "MLP: relu or gelu"),
+        ("batch_size", "sequences (GPT) or samples (MLP) per micro-batch, per rank"),
+        ("grad_accum", "micro-batches per optimizer step (gradient accumulation)"),
+        ("max_iters", "optimizer steps to train"),
+        ("epochs", "MLP: train this many epochs instead of max_iters (null: use max_iters)"),
+        ("optimizer", "adamw or sgd"),
+        ("learning_rate", "peak learning rate"),
+        ("min_lr", "learning rate at the end of the cosine decay"),
+        ("warmup_iters", "linear warm-up steps"),
+        ("lr_decay_iters", "step at which the cosine decay reaches min_lr"),
+        ("decay_lr", "false: constant learning rate"),
+        ("beta1", "AdamW first-moment decay"),
+        ("beta2", "AdamW second-moment decay"),
+        ("weight_decay", "AdamW decoupled weight decay (matrices only)"),
+        ("momentum", "SGD momentum"),
+        ("grad_clip", "clip the global gradient norm to this (0: off)"),
+        ("on_nonfinite", "a NaN or infinite gradient norm: stop (default) or skip the step"),
+        ("eval_interval", "evaluate every this many steps (and at the end)"),
+        ("eval_iters", "batches per evaluation"),
+        ("log_interval", "print a progress line every this many steps"),
+        ("checkpoint_interval", "write a checkpoint every this many steps (0: only at the end)"),
+        ("allreduce_algorithm", "ring, tree, halving-doubling or auto (by message size)"),
+        ("bucket_mb", "gradient bucket size in MiB: buckets are averaged while backward runs"),
+        ("verify_replicas", "check after every step that all ranks hold bitwise-identical parameters"),
+        ("zero_stage", "1: optimizer state sharded across ranks (ZeRO-1); 0: off"),
+        ("gradient_compression", "bf16: gradients travel as bfloat16; none: float32"),
+        ("allreduce_tuning", "an alpha-beta table from allreduce-bench --tuning for auto (SWIFT_DDP_TUNING also sets it)"),
+    ]
+
+    /// All known keys.
+    public static var knownKeys: [String] { CodingKeys.allCases.map(\.rawValue) }
+
+    /// "key = default  meaning" lines for `ddp-train config`.
+    public static func reference() -> [String] {
+        let defaults = (try? JSONSerialization.jsonObject(with: Data(TrainConfig().jsonString().utf8)) as? [String: Any]) ?? [:]
+        let width = keyDescriptions.map(\.key.count).max() ?? 0
+        return keyDescriptions.map { entry in
+            let value = defaults[entry.key].map { v -> String in
+                if let s = v as? String { return "\"\(s)\"" }
+                if let b = v as? Bool { return b ? "true" : "false" }
+                return "\(v)"
+            } ?? "null"
+            return entry.key.padding(toLength: width, withPad: " ", startingAt: 0) + " = " + value.padding(toLength: 14, withPad: " ", startingAt: 0)
+                + "  " + entry.meaning
+        }
+    }
+
+    /// The known key nearest to `key` (edit distance at most 3, or the same letters without separators).
+    public static func suggestion(for key: String) -> String? {
+        let plain = { (s: String) in s.lowercased().filter { $0.isLetter || $0.isNumber } }
+        if let same = knownKeys.first(where: { plain($0) == plain(key) }) { return same }
+        let scored = knownKeys.map { ($0, editDistance($0, key.lowercased())) }.min { $0.1 < $1.1 }
+        return scored.flatMap { $0.1 <= 3 ? $0.0 : nil }
+    }
+}
+
+/// Levenshtein distance (keys are short).
+func editDistance(_ a: String, _ b: String) -> Int {
+    let x = Array(a), y = Array(b)
+    var row = Array(0...y.count)
+    for i in 1...max(x.count, 1) where !x.isEmpty {
+        var previous = row[0]
+        row[0] = i
+        for j in 1...max(y.count, 1) where !y.isEmpty {
+            let current = row[j]
+            row[j] = min(row[j] + 1, row[j - 1] + 1, previous + (x[i - 1] == y[j - 1] ? 0 : 1))
+            previous = current
+        }
+    }
+    return x.isEmpty ? y.count : row[y.count]
+}
