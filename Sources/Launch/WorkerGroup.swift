@@ -173,11 +173,15 @@ public final class WorkerGroup: @unchecked Sendable {
     /// Forwards each complete line with a rank prefix; keeps the last 20 lines for the failure report.
     func pump(_ handle: FileHandle, rank: Int, slot: Int) {
         readers.enter()
+        // Appended, with a header per attempt: a restart must not erase the failed attempt's log.
         let logFile = spec.logDirectory.flatMap { dir -> FileHandle? in
             try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
             let path = "\(dir)/rank\(rank).log"
-            _ = FileManager.default.createFile(atPath: path, contents: nil)
-            return FileHandle(forWritingAtPath: path)
+            if !FileManager.default.fileExists(atPath: path) { _ = FileManager.default.createFile(atPath: path, contents: nil) }
+            guard let handle = FileHandle(forWritingAtPath: path) else { return nil }
+            handle.seekToEndOfFile()
+            handle.write(Data("=== \(spec.jobID) attempt \(spec.restartCount), rank \(rank), started \(Date()) ===\n".utf8))
+            return handle
         }
         Thread.detachNewThread { [self] in
             var pending = Data()

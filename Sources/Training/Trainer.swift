@@ -35,6 +35,11 @@ public final class Trainer {
     let log: (String) -> Void
 
     public var checkpointPath: String { config.outDir + "/ckpt.safetensors" }
+    /// The checkpoint with the lowest validation loss so far (nanoGPT keeps only that one; we keep both).
+    public var bestCheckpointPath: String { config.outDir + "/ckpt-best.safetensors" }
+    /// Held (flock) while this run writes out_dir, so a second run on the same directory is refused.
+    var outputLock: Int32 = -1
+    var bestValidation = Double.infinity
 
     /// With a group of more than one rank the trainer runs data-parallel: rank 0's initial parameters
     /// are broadcast, gradients are averaged in buckets during backward, and only rank 0 evaluates,
@@ -73,7 +78,7 @@ public final class Trainer {
     /// Runs from the current iteration to the end.
     public func run() throws -> TrainSummary {
         let units = task.unitsPerMicroBatch * config.gradAccum * worldSize
-        defer { dataParallel?.stop() }
+        defer { dataParallel?.stop(); releaseOutputDirectory() }
         if rank == 0 { try checkOutputDirectory() }
         try synchronize()
         log("config: \(config.jsonString())")
@@ -92,10 +97,23 @@ public final class Trainer {
         let start = monotonicSeconds()
         var trainingSeconds = 0.0, windowSeconds = 0.0, windowIterations = 0, windowExposed = 0.0, totalExposed = 0.0
         while true {
-            if rank == 0 && (iteration % config.evalInterval == 0 || iteration == maxIterations) {
-                let figures = task.evaluate(iteration: iteration)
-                evaluations.append((iteration, figures))
-                log("eval \(iteration): " + figures.map { "\($0.name) \(String(format: "%.4f", $0.value))" }.joined(separator: ", "))
+            if iteration % config.evalInterval == 0 || iteration == maxIterations {
+                // Rank 0 evaluates; every rank then learns whether validation improved (this also keeps the
+                // others' wait for the evaluation out of the next step's communication time) and, if so,
+                // takes part in writing the best checkpoint (ZeRO gathers the optimizer state).
+                var improved: Int64 = 0
+                if rank == 0 {
+                    let figures = task.evaluate(iteration: iteration)
+                    evaluations.append((iteration, figures))
+                    log("eval \(iteration): " + figures.map { "\($0.name) \(String(format: "%.4f", $0.value))" }.joined(separator: ", "))
+                    if let validation = figures.first(where: { $0.name.hasPrefix("val") || $0.name.hasPrefix("held-out loss") })?.value,
+                       validation < bestValidation {
+                        bestValidation = validation
+                        improved = iteration > 0 ? 1 : 0
+                    }
+                }
+                if let dataParallel { improved = try broadcast([improved], root: 0, group: dataParallel.group)[0] }
+                if improved == 1 { try saveCheckpoint(to: bestCheckpointPath, reason: String(format: "best validation so far, %.4f", bestValidation)) }
             }
             if iteration >= maxIterations { break }
             let lr = schedule.learningRate(at: iteration)
@@ -132,11 +150,11 @@ public final class Trainer {
                 windowExposed = 0
             }
             if config.checkpointInterval > 0 && iteration % config.checkpointInterval == 0 && iteration < maxIterations {
-                try saveCheckpoint()
+                try saveCheckpoint(reason: "checkpoint_interval")
             }
         }
         let seconds = monotonicSeconds() - start
-        try saveCheckpoint()
+        try saveCheckpoint(reason: "end of training")
         if let dataParallel {
             let means = try dataParallel.average([trainingSeconds, totalExposed])
             trainingSeconds = means[0]; totalExposed = means[1]
@@ -255,14 +273,15 @@ public final class Trainer {
     /// Writes the full state (ZeRO-1: gathered from the owners, so every rank must call this); only
     /// rank 0 writes the file. Any world size, sharded or not, can resume it. Non-finite parameters are
     /// refused: a good checkpoint is never overwritten by a broken one.
-    public func saveCheckpoint() throws {
+    public func saveCheckpoint(to path: String? = nil, reason: String = "requested") throws {
+        let path = path ?? checkpointPath
         var state: [(name: String, buffer: FloatBuffer)] = optimizer.state
         if let dataParallel, dataParallel.shardOptimizer {
             state = try state.map { ($0.name, try dataParallel.gatherState($0.buffer)) }
         }
         guard rank == 0 else { return }
         guard allFinite(task.parameters.values.base, count: task.parameters.count) else {
-            throw TrainingError("iteration \(iteration): the parameters hold NaN or infinite values; \(checkpointPath) was not overwritten")
+            throw TrainingError("iteration \(iteration): the parameters hold NaN or infinite values; \(path) was not overwritten")
         }
         try FileManager.default.createDirectory(atPath: config.outDir, withIntermediateDirectories: true)
         var tensors: [(name: String, shape: [Int], values: UnsafeBufferPointer<Float>)] = task.parameters.parameters.map {
@@ -278,7 +297,8 @@ public final class Trainer {
             "architecture": config.architecture, "config": config.jsonString(),
         ]
         if let jobID { metadata["job_id"] = jobID }
-        try Checkpoint(tensors: tensors, metadata: metadata).write(to: checkpointPath)
+        try Checkpoint(tensors: tensors, metadata: metadata).write(to: path)
+        log("checkpoint: wrote \(path) at iteration \(iteration) (\(reason))")
     }
 
     /// Found at the start, not after training: out_dir must be a directory this process can write.
@@ -287,11 +307,25 @@ public final class Trainer {
         do { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) } catch {
             throw ConfigError(key: "out_dir", "cannot create '\(dir)': \(whyNotCreatable(dir))")
         }
-        let probe = dir + "/.write-test.\(getpid())"
-        let fd = open(probe, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+        // One run per out_dir: a lock held for the whole run (released by the kernel if the process dies).
+        let lockPath = dir + "/.lock"
+        let fd = open(lockPath, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw ConfigError(key: "out_dir", "cannot write in '\(dir)': \(String(cString: strerror(errno)))") }
-        close(fd)
-        unlink(probe)
+        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
+            var holder = [UInt8](repeating: 0, count: 32)
+            let n = read(fd, &holder, holder.count)
+            close(fd)
+            let pid = n > 0 ? String(decoding: holder[0..<n], as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines) : "?"
+            throw ConfigError(key: "out_dir", "'\(dir)' is in use by another run (pid \(pid)): wait for it, stop it, or choose another out_dir")
+        }
+        _ = ftruncate(fd, 0)
+        let pid = Array("\(getpid())\n".utf8)
+        _ = pid.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, 0) }
+        outputLock = fd
+    }
+
+    func releaseOutputDirectory() {
+        if outputLock >= 0 { close(outputLock); outputLock = -1 }
     }
 
     /// Restores parameters, optimizer state and iteration from `path` (batches are a function of the

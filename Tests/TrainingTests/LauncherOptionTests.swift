@@ -101,7 +101,18 @@ final class LauncherOptionTests: XCTestCase {
         XCTAssertEqual(status, 0, output)
         for rank in 0..<2 {
             let text = try String(contentsOfFile: dir + "/rank\(rank).log", encoding: .utf8)
-            XCTAssertEqual(text, "hello from \(rank)\nsecond line\n")
+            let lines = text.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+            XCTAssertTrue(lines[0].hasPrefix("=== ") && lines[0].contains("attempt 0, rank \(rank)"), text)
+            XCTAssertEqual(Array(lines.dropFirst()), ["hello from \(rank)", "second line", ""])
+        }
+        // A restart appends: the failed attempt's lines stay, under their own header.
+        let (restarted, restartOutput, _) = try runToEnd(DataParallelTests.buildDirectory + "/ddp-launch",
+            ["--nproc-per-node", "1", "--max-restarts", "1", "--log-dir", dir, "--", "/bin/sh", "-c",
+             "echo attempt $SWIFT_DDP_RESTART_COUNT; [ $SWIFT_DDP_RESTART_COUNT = 1 ]"])
+        XCTAssertEqual(restarted, 0, restartOutput)
+        let text = try String(contentsOfFile: dir + "/rank0.log", encoding: .utf8)
+        for needle in ["hello from 0", "attempt 0, rank 0", "attempt 0\n", "attempt 1, rank 0", "attempt 1\n"] {
+            XCTAssertTrue(text.contains(needle), "'\(needle)' missing from\n\(text)")
         }
     }
 

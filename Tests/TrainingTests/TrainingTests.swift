@@ -99,6 +99,33 @@ final class TrainingTests: XCTestCase {
         XCTAssertTrue(lines.contains { $0.contains("resuming from the last checkpoint") }, "\(lines)")
     }
 
+    /// A second run on the same out_dir is refused while the first holds it; the best-validation
+    /// checkpoint is kept beside the last one and every save is logged.
+    func testOutDirIsLockedAndTheBestCheckpointIsKept() throws {
+        let dir = temporaryDirectory("outdir-lock")
+        let lock = open(dir + "/.lock", O_RDWR | O_CREAT, 0o644)
+        XCTAssertEqual(flock(lock, LOCK_EX | LOCK_NB), 0)
+        _ = "4242\n".withCString { write(lock, $0, 5) }
+        XCTAssertThrowsError(try run(try tinyGPTConfig(["max_iters=2"], outDir: dir))) { error in
+            XCTAssertTrue("\(error)".contains("is in use by another run (pid 4242)"), "\(error)")
+        }
+        close(lock)
+        var lines: [String] = []
+        let config = try tinyGPTConfig(["max_iters=30", "eval_interval=10", "eval_iters=2"], outDir: dir)
+        let trainer = Trainer(config: config, task: try makeTask(config), log: { lines.append($0) })
+        _ = try trainer.run()
+        let best = try LoadedCheckpoint(path: trainer.bestCheckpointPath)
+        let vals = lines.compactMap { line -> (Int, Double)? in
+            guard line.hasPrefix("eval "), let it = Int(line.dropFirst(5).prefix { $0.isNumber }),
+                  let r = line.range(of: "val loss ") else { return nil }
+            return (it, Double(line[r.upperBound...].prefix { $0 != "," }) ?? .nan)
+        }
+        let bestEval = vals.filter { $0.0 > 0 }.min { $0.1 < $1.1 }!
+        XCTAssertEqual(best.metadata["iteration"], String(bestEval.0), "\(vals)")
+        XCTAssertTrue(lines.contains { $0.hasPrefix("checkpoint: wrote \(trainer.bestCheckpointPath) at iteration \(bestEval.0)") }, "\(lines)")
+        XCTAssertTrue(lines.contains { $0.hasPrefix("checkpoint: wrote \(trainer.checkpointPath) at iteration 30 (end of training)") }, "\(lines)")
+    }
+
     func testSameSeedGivesTheSameLossesAndDifferentSeedDoesNot() throws {
         let a = try run(try tinyGPTConfig(["max_iters=15"], outDir: temporaryDirectory("seed-a"))).1.losses
         let b = try run(try tinyGPTConfig(["max_iters=15"], outDir: temporaryDirectory("seed-b"))).1.losses
