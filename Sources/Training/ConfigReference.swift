@@ -7,8 +7,9 @@ extension TrainConfig {
     /// Every key and what it means, in the order a reader meets them.
     public static let keyDescriptions: [(key: String, meaning: String)] = [
         ("model", "gpt (character-level transformer) or mlp (MNIST classifier)"),
-        ("dataset", "shakespeare (data/tinyshakespeare.txt) or mnist (the 10k test set: 8,000 train, 2,000 held out)"),
+        ("dataset", "shakespeare (data/tinyshakespeare.txt), text (any UTF-8 file, data_path) or mnist (the 10k test set: 8,000 train, 2,000 held out)"),
         ("data_dir", "directory with the data files (scripts/get-data.sh fills data/)"),
+        ("data_path", "dataset text: the file to train on (first 90 % train, the rest validation)"),
         ("out_dir", "where checkpoints go (ckpt.safetensors)"),
         ("seed", "initialisation and batch seed: the same seed and world size give the same losses"),
         ("n_layer", "GPT: transformer blocks"),

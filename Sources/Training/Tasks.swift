@@ -133,7 +133,7 @@ public func makeTask(_ config: TrainConfig, rank: Int = 0, worldSize: Int = 1) t
     let dir = config.dataDir
     switch config.model {
     case .gpt:
-        let text = try CharText(path: dir + "/tinyshakespeare.txt")
+        let text = try CharText(path: config.dataset == .text ? config.dataPath : dir + "/tinyshakespeare.txt")
         // Every batch draws block_size + 1 characters from a split: both splits must be longer.
         let shortest = min(text.train.count, text.validation.count)
         guard config.blockSize < shortest else {

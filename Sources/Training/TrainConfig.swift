@@ -16,7 +16,7 @@ public struct ConfigError: Error, CustomStringConvertible, Equatable {
 /// Every key is optional (defaults below); unknown keys and invalid values are errors naming the key.
 public struct TrainConfig: Codable, Sendable, Equatable {
     public enum ModelKind: String, Codable, Sendable { case gpt, mlp }
-    public enum DatasetKind: String, Codable, Sendable { case shakespeare, mnist }
+    public enum DatasetKind: String, Codable, Sendable { case shakespeare, mnist, text }
     public enum OptimizerKind: String, Codable, Sendable { case adamw, sgd }
     public enum Activation: String, Codable, Sendable { case relu, gelu }
     /// What a step with a non-finite gradient norm does: stop with an error (default) or skip the update.
@@ -25,6 +25,8 @@ public struct TrainConfig: Codable, Sendable, Equatable {
     public var model: ModelKind = .gpt
     public var dataset: DatasetKind = .shakespeare
     public var dataDir: String = "data"
+    /// dataset "text": any UTF-8 file, split 90/10 as nanoGPT's prepare.py does.
+    public var dataPath: String = ""
     public var outDir: String = "runs/default"
     public var seed: UInt64 = 1337
     // GPT
@@ -70,7 +72,7 @@ public struct TrainConfig: Codable, Sendable, Equatable {
     public init() {}
 
     enum CodingKeys: String, CodingKey, CaseIterable {
-        case model, dataset, dataDir = "data_dir", outDir = "out_dir", seed
+        case model, dataset, dataDir = "data_dir", dataPath = "data_path", outDir = "out_dir", seed
         case nLayer = "n_layer", nHead = "n_head", nEmbd = "n_embd", blockSize = "block_size", dropout, bias
         case hidden, activation
         case batchSize = "batch_size", gradAccum = "grad_accum", maxIters = "max_iters", epochs
@@ -92,7 +94,7 @@ public struct TrainConfig: Codable, Sendable, Equatable {
                 throw ConfigError(key: key.rawValue, "expected \(Self.typeName(T.self))")
             }
         }
-        try take(.model, &model); try take(.dataset, &dataset); try take(.dataDir, &dataDir); try take(.outDir, &outDir)
+        try take(.model, &model); try take(.dataset, &dataset); try take(.dataDir, &dataDir); try take(.dataPath, &dataPath); try take(.outDir, &outDir)
         try take(.seed, &seed); try take(.nLayer, &nLayer); try take(.nHead, &nHead); try take(.nEmbd, &nEmbd)
         try take(.blockSize, &blockSize); try take(.dropout, &dropout); try take(.bias, &bias)
         try take(.hidden, &hidden); try take(.activation, &activation)
@@ -112,7 +114,7 @@ public struct TrainConfig: Codable, Sendable, Equatable {
     static func typeName<T>(_ type: T.Type) -> String {
         switch type {
         case is ModelKind.Type: return "one of \(["gpt", "mlp"])"
-        case is DatasetKind.Type: return "one of \(["shakespeare", "mnist"])"
+        case is DatasetKind.Type: return "one of \(["shakespeare", "mnist", "text"])"
         case is OptimizerKind.Type: return "one of \(["adamw", "sgd"])"
         case is Activation.Type: return "one of \(["relu", "gelu"])"
         case is NonFinitePolicy.Type: return "one of \(["stop", "skip"])"
@@ -221,7 +223,8 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         try requireMemory()
         switch model {
         case .gpt:
-            try require(dataset == .shakespeare, .dataset, "the gpt model trains on shakespeare")
+            try require(dataset == .shakespeare || dataset == .text, .dataset, "the gpt model trains on shakespeare or text")
+            try require(dataset != .text || !dataPath.isEmpty, .dataPath, "dataset \"text\" needs data_path: a UTF-8 text file")
             try require(nLayer >= 1, .nLayer, "must be at least 1"); try require(nHead >= 1, .nHead, "must be at least 1")
             try require(nEmbd >= 1 && nEmbd % nHead == 0, .nEmbd, "must be a positive multiple of n_head (\(nHead)), got \(nEmbd)")
             try require(blockSize >= 1, .blockSize, "must be at least 1")

@@ -297,6 +297,8 @@ public final class Trainer {
             "architecture": config.architecture, "config": config.jsonString(),
         ]
         if let jobID { metadata["job_id"] = jobID }
+        // The vocabulary travels with the weights: sampling needs neither the data file nor its directory.
+        if let gpt = task as? GPTTask { metadata["vocabulary"] = String(String.UnicodeScalarView(gpt.text.vocabulary)) }
         try Checkpoint(tensors: tensors, metadata: metadata).write(to: path)
         log("checkpoint: wrote \(path) at iteration \(iteration) (\(reason))")
     }

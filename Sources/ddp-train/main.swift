@@ -164,7 +164,14 @@ struct Sample: ParsableCommand {
             let loaded = try LoadedCheckpoint(path: checkpoint)
             let settings = try TrainConfig.load(json: Data(try loaded.require("config").utf8), file: checkpoint + " (config)")
             guard settings.model == .gpt else { throw ValidationError("\(checkpoint) holds an \(settings.model) model; sampling needs a GPT") }
-            guard let task = try makeTask(settings) as? GPTTask else { return }
+            // The vocabulary stored in the checkpoint (older checkpoints: read from the training data).
+            let task: GPTTask
+            if let vocabulary = loaded.metadata["vocabulary"] {
+                task = GPTTask(config: settings, text: CharText(text: vocabulary))
+            } else {
+                guard let fromData = try makeTask(settings) as? GPTTask else { return }
+                task = fromData
+            }
             for p in task.parameters.parameters { try loaded.restore(p.name, shape: p.shape, into: p.value.data) }
             guard let start = task.text.encode(prompt) else { throw ValidationError("prompt has characters outside the vocabulary") }
             var rng = SeededRandom(seed: seed)

@@ -174,10 +174,9 @@ final class BadInputTests: XCTestCase {
         refused(garbledHeader, mentions: "header")
 
         // The checksum covers the header too: one flipped bit in a metadata value is refused.
-        let text = String(decoding: good, as: UTF8.self)
-        if let range = text.range(of: "\"iteration\":\"3\"") {
+        if let range = good.range(of: Data("\"iteration\":\"3\"".utf8)) {
             var metaFlip = good
-            metaFlip[good.startIndex + text.utf8.distance(from: text.startIndex, to: range.upperBound) - 2] ^= 0x02 // "3" -> "1"
+            metaFlip[range.upperBound - 2] ^= 0x02 // "3" -> "1"
             refused(metaFlip, mentions: "checksum mismatch over header and data")
         } else { XCTFail("no iteration in the header") }
 

@@ -1,4 +1,5 @@
 import Foundation
+import NN
 import TestSupport
 import Transport
 import XCTest
@@ -152,5 +153,37 @@ final class LauncherOptionTests: XCTestCase {
             XCTAssertLessThan(Date().timeIntervalSince(started), 5, "\(name) --help did work instead of answering")
         }
         XCTAssertFalse(FileManager.default.fileExists(atPath: "/nonexistent/help-must-not-create"))
+    }
+
+    /// Users train on their own text (dataset "text", data_path), and the checkpoint carries the
+    /// vocabulary: sampling works after the data is gone, from any directory.
+    func testOwnTextTrainsAndSamplesWithoutTheData() throws {
+        let dir = temporaryDirectory("own-text")
+        let corpus = dir + "/corpus.txt"
+        let text = String(repeating: "the quick brown fox jumps over the lazy dog. ", count: 200) + "ÉÀ€"
+        try text.write(toFile: corpus, atomically: true, encoding: .utf8)
+        let train = DataParallelTests.buildDirectory + "/ddp-train"
+        let trained = try runToEnd(train, ["train", configsDirectory + "/tiny-gpt.json", "--set", "dataset=text", "--set", "data_path=\(corpus)",
+                                          "--out-dir", dir + "/out", "--set", "max_iters=3", "--set", "eval_interval=1000"])
+        XCTAssertEqual(trained.status, 0, trained.output)
+        let expected = String(String.UnicodeScalarView(Set(text.unicodeScalars.map(\.value)).sorted().map { Unicode.Scalar($0)! }))
+        XCTAssertEqual(try LoadedCheckpoint(path: dir + "/out/ckpt.safetensors").metadata["vocabulary"], expected)
+        try FileManager.default.removeItem(atPath: corpus)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: train)
+        process.arguments = ["sample", dir + "/out/ckpt.safetensors", "--tokens", "40", "--prompt", "the "]
+        process.currentDirectoryURL = URL(fileURLWithPath: "/")
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        try process.run()
+        let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        XCTAssertEqual(process.terminationStatus, 0, output)
+        XCTAssertTrue(output.unicodeScalars.allSatisfy { expected.unicodeScalars.contains($0) || $0 == "\n" }, output)
+        // Without data_path the text dataset is refused, naming the key.
+        let refused = try runToEnd(train, ["train", configsDirectory + "/tiny-gpt.json", "--set", "dataset=text", "--out-dir", dir + "/x"])
+        XCTAssertEqual(refused.status, 2, refused.output)
+        XCTAssertTrue(refused.output.contains("config key 'data_path'"), refused.output)
     }
 }
