@@ -9,6 +9,8 @@ public protocol TrainingTask: AnyObject {
     /// Tokens or samples in one micro-batch of this rank.
     var unitsPerMicroBatch: Int { get }
     var unitName: String { get }
+    /// Model FLOPs of forward and backward over one micro-batch of this rank (for MFU).
+    var flopsPerMicroBatch: Double { get }
     func initialize(seed: UInt64)
     /// Forward on the next training micro-batch; returns its mean loss.
     func trainingLoss(iteration: Int, microStep: Int) -> Float
@@ -34,6 +36,12 @@ public final class GPTTask: TrainingTask {
 
     public var parameters: ParameterSet { model.parameters }
     public var unitsPerMicroBatch: Int { config.batchSize * config.blockSize }
+    /// 6 x (matmul parameters) x tokens for the linear layers and the tied head, plus the attention's
+    /// scores and mixing, 4 B T^2 C per layer forward and twice that backward (the causal half computed whole).
+    public var flopsPerMicroBatch: Double {
+        let c = Double(config.nEmbd), t = Double(config.blockSize), b = Double(config.batchSize), l = Double(config.nLayer)
+        return 6 * (l * 12 * c * c + Double(text.vocabulary.count) * c) * b * t + l * 3 * 4 * b * t * t * c
+    }
     public var unitName: String { "tokens" }
     public func initialize(seed: UInt64) { model.initialize(seed: seed) }
 
@@ -91,6 +99,8 @@ public final class MLPTask: TrainingTask {
 
     public var parameters: ParameterSet { model.parameters }
     public var unitsPerMicroBatch: Int { config.batchSize }
+    /// 6 x parameters x samples (forward 2, backward 4 per weight and sample).
+    public var flopsPerMicroBatch: Double { 6 * Double(parameters.count) * Double(config.batchSize) }
     public var unitName: String { "samples" }
     /// Micro-batches per epoch on this rank (the last one may be short).
     public var batchesPerEpoch: Int { (train.count / worldSize + config.batchSize - 1) / config.batchSize }

@@ -92,6 +92,12 @@ public final class Trainer {
                 + (config.gradientCompression == .bfloat16 ? ", bf16 on the wire" : "") + "; step times logged are means over ranks")
         }
         log("training \(maxIterations) iterations from iteration \(iteration), optimizer \(config.optimizer.rawValue)")
+        // MFU's denominator: this core's FMA peak, measured (every rank runs on one core).
+        let peak = measuredPeakGFLOPS()
+        let stepFlops = task.flopsPerMicroBatch * Double(config.gradAccum)
+        log(String(format: "model FLOPs: %.3f GFLOP per step per rank; core peak measured %.1f GFLOP/s", stepFlops / 1e9, peak))
+        let record = rank == 0 ? RunRecord(directory: config.outDir, fresh: iteration == 0) : nil
+        let firstIteration = iteration
         var losses: [Float] = []
         var evaluations: [(Int, [(String, Double)])] = []
         let start = monotonicSeconds()
@@ -106,6 +112,7 @@ public final class Trainer {
                     let figures = task.evaluate(iteration: iteration)
                     evaluations.append((iteration, figures))
                     log("eval \(iteration): " + figures.map { "\($0.name) \(String(format: "%.4f", $0.value))" }.joined(separator: ", "))
+                    record?.evaluation(iteration: iteration, elapsed: monotonicSeconds() - start, figures: figures)
                     if let validation = figures.first(where: { $0.name.hasPrefix("val") || $0.name.hasPrefix("held-out loss") })?.value,
                        validation < bestValidation {
                         bestValidation = validation
@@ -138,13 +145,21 @@ public final class Trainer {
                     let means = try dataParallel.average([perIteration, exposedPerIteration])
                     perIteration = means[0]; exposedPerIteration = means[1]
                 }
-                var line = String(format: "iter %d/%d | loss %.4f | lr %.3e | %.1f ms/iter | %.0f %@/s",
-                                  iteration, maxIterations, loss, lr, perIteration * 1000, Double(units) / perIteration, task.unitName)
+                let elapsed = monotonicSeconds() - start
+                let mfu = stepFlops / perIteration / (peak * 1e9)
+                // ETA from the steps so far (evaluations and checkpoints included, as a user waits for them).
+                let eta = elapsed / Double(iteration - firstIteration) * Double(maxIterations - iteration)
+                var line = String(format: "iter %d/%d | loss %.4f | lr %.3e | %.1f ms/iter | %.0f %@/s | MFU %.1f%% | elapsed %@, ETA %@",
+                                  iteration, maxIterations, loss, lr, perIteration * 1000, Double(units) / perIteration, task.unitName,
+                                  100 * mfu, formatDuration(elapsed), formatDuration(eta))
                 if dataParallel != nil {
                     line += String(format: " | compute %.1f ms, exposed comm %.2f ms (%.1f%%)", (perIteration - exposedPerIteration) * 1000,
                                    exposedPerIteration * 1000, 100 * exposedPerIteration / perIteration)
                 }
                 log(line)
+                record?.step(iteration: iteration, elapsed: elapsed, loss: Double(loss), learningRate: Double(lr),
+                             unitsPerSecond: Double(units) / perIteration, unitName: task.unitName, millisecondsPerIteration: perIteration * 1000,
+                             exposedMilliseconds: dataParallel == nil ? nil : exposedPerIteration * 1000, mfu: mfu)
                 windowSeconds = 0
                 windowIterations = 0
                 windowExposed = 0
@@ -155,6 +170,7 @@ public final class Trainer {
         }
         let seconds = monotonicSeconds() - start
         try saveCheckpoint(reason: "end of training")
+        record?.writeLossCurve()
         if let dataParallel {
             let means = try dataParallel.average([trainingSeconds, totalExposed])
             trainingSeconds = means[0]; totalExposed = means[1]
@@ -384,6 +400,15 @@ public final class Trainer {
         log("restart \(restartCount): resuming from the last checkpoint")
         try resume(from: checkpointPath)
     }
+}
+
+/// "42 s", "3 min 05 s", "1 h 02 min".
+func formatDuration(_ seconds: Double) -> String {
+    guard seconds.isFinite, seconds >= 0 else { return "?" }
+    let s = Int(seconds.rounded())
+    if s < 60 { return "\(s) s" }
+    if s < 3600 { return String(format: "%d min %02d s", s / 60, s % 60) }
+    return String(format: "%d h %02d min", s / 3600, (s % 3600) / 60)
 }
 
 /// Why a directory cannot be made, in words: the nearest existing ancestor is a file, or not writable.

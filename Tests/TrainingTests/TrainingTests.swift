@@ -126,6 +126,31 @@ final class TrainingTests: XCTestCase {
         XCTAssertTrue(lines.contains { $0.hasPrefix("checkpoint: wrote \(trainer.checkpointPath) at iteration 30 (end of training)") }, "\(lines)")
     }
 
+    /// A run records itself: metrics.jsonl (a line per logged step and per evaluation, with the logged
+    /// figures), loss-curve.svg, and log lines with MFU, elapsed time and ETA.
+    func testRunWritesMetricsAndALossCurve() throws {
+        let dir = temporaryDirectory("metrics")
+        var lines: [String] = []
+        let config = try tinyGPTConfig(["max_iters=12", "log_interval=4", "eval_interval=6", "eval_iters=2"], outDir: dir)
+        let trainer = Trainer(config: config, task: try makeTask(config), log: { lines.append($0) })
+        let summary = try trainer.run()
+        let records = try String(contentsOfFile: dir + "/metrics.jsonl", encoding: .utf8).split(separator: "\n")
+            .map { try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any] }
+        let steps = records.filter { $0["loss"] != nil }, evals = records.filter { $0["eval"] != nil }
+        XCTAssertEqual(steps.map { $0["iteration"] as? Int }, [4, 8, 12])
+        XCTAssertEqual(evals.map { $0["iteration"] as? Int }, [0, 6, 12])
+        for step in steps {
+            for key in ["elapsed_s", "lr", "tokens_per_s", "ms_per_iter", "mfu"] { XCTAssertNotNil(step[key], "\(key) missing in \(step)") }
+            XCTAssertEqual(step["loss"] as? Double ?? .nan, Double(summary.losses[(step["iteration"] as! Int) - 1]), accuracy: 1e-6)
+            let mfu = step["mfu"] as? Double ?? -1
+            XCTAssertTrue(mfu > 0 && mfu < 1, "MFU \(mfu) outside (0, 1)")
+        }
+        XCTAssertNotNil((evals.last?["eval"] as? [String: Any])?["val loss"])
+        let svg = try String(contentsOfFile: dir + "/loss-curve.svg", encoding: .utf8)
+        XCTAssertTrue(svg.contains("data-series=\"training loss (logged steps)\"") && svg.contains("data-series=\"val loss\""), svg)
+        XCTAssertTrue(lines.contains { $0.hasPrefix("iter 12/12") && $0.contains("MFU ") && $0.contains("elapsed ") && $0.contains("ETA ") }, "\(lines)")
+    }
+
     func testSameSeedGivesTheSameLossesAndDifferentSeedDoesNot() throws {
         let a = try run(try tinyGPTConfig(["max_iters=15"], outDir: temporaryDirectory("seed-a"))).1.losses
         let b = try run(try tinyGPTConfig(["max_iters=15"], outDir: temporaryDirectory("seed-b"))).1.losses
