@@ -2,10 +2,12 @@
 # Allreduce benchmark and the page that shows it: our ring / tree / halving-doubling / auto (nccl-tests
 # style sweep, alpha-beta model, auto checked against the best) next to OpenMPI MPI_Allreduce (its
 # default selection, and ring, recursive doubling and Rabenseifner forced through coll_tuned) and
-# PyTorch gloo, all on TCP loopback, all in the same run. Regenerates docs/allreduce-results.md and
-# docs/allreduce/N-ranks.{svg,json} and runs/allreduce-tuning-N.json (a tuning table for auto).
+# PyTorch gloo, all on TCP loopback, all in the same run. Writes the page, N-ranks.{svg,json} and
+# runs/allreduce-tuning-N.json (a tuning table for auto).
 # References come from ../shared/peers ('bash ../shared/peers/setup.sh'); without them only ours is shown.
-# usage: scripts/bench-allreduce.sh [RANKS...]   (default: 2 4); SIZES_MAX=64M, ITERS=100
+# usage: scripts/bench-allreduce.sh [--update-docs] [RANKS...]   (default: 2 4); SIZES_MAX=64M, ITERS=100
+# Results go to runs/bench-allreduce/ (page, JSON, plots); the tracked copies in docs/ are rewritten
+# only with --update-docs.
 case "${1:-}" in -h|--help) sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;; esac
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -13,7 +15,9 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 peers="$root/../shared/peers"
 venv=${PEERS_VENV:-/tmp/peers-venv}; build=${PEERS_BUILD:-/tmp/peers-build}
 max=${SIZES_MAX:-64M}; iters=${ITERS:-100}
-docs="$root/docs/allreduce"; work="$root/runs/bench-allreduce"
+update_docs=0
+if [ "${1:-}" = "--update-docs" ]; then update_docs=1; shift; fi
+work="$root/runs/bench-allreduce"; docs="$work/allreduce"; page="$work/allreduce-results.md"
 mkdir -p "$docs" "$work" "$root/runs"
 ranks=("$@"); [ ${#ranks[@]} -gt 0 ] || ranks=(2 4)
 for n in "${ranks[@]}"; do
@@ -47,7 +51,7 @@ lines = ["# Allreduce results", "",
          f"{os.cpu_count()} CPUs, TCP loopback. Our times are the median of 5 interleaved trials (slowest rank); "
          "OpenMPI's and gloo's the median of 5 trials by their own scripts in `../shared/peers`. busbw = algbw x 2(n-1)/n.", ""]
 for n in ranks:
-    ours = json.load(open(f"{root}/docs/allreduce/{n}-ranks.json"))
+    ours = json.load(open(f"{work}/allreduce/{n}-ranks.json"))
     # auto's rows come from paired re-runs beside the best algorithm: they go in the model section, not this sweep.
     algos = []
     for r in ours:
@@ -69,6 +73,14 @@ for n in ranks:
         lines.append(f"| {label} | " + " | ".join(row) + " |")
     text = open(f"{work}/ours-{n}.txt").read().splitlines()
     lines += ["", "Model and auto, as the benchmark printed them:", "", "```text"] + [l for l in text if (l.startswith("#   ") and "(B)" not in l and "size" not in l) or l.startswith("# alpha") or l.startswith("# auto")] + ["```", ""]
-open(f"{root}/docs/allreduce-results.md", "w").write("\n".join(lines) + "\n")
+open(f"{work}/allreduce-results.md", "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 PY
+if [ "$update_docs" = 1 ]; then
+  mkdir -p "$root/docs/allreduce"
+  cp "$page" "$root/docs/allreduce-results.md"
+  cp "$docs"/*-ranks.svg "$docs"/*-ranks.json "$root/docs/allreduce/"
+  echo "bench-allreduce: docs/allreduce-results.md and docs/allreduce/ updated" >&2
+else
+  echo "bench-allreduce: results in $page (docs/ unchanged; --update-docs rewrites them)" >&2
+fi

@@ -5,10 +5,13 @@
 #   sendrecv (2 and 4 ranks, ring shift): the same table for the batched form
 #   alltoall (4 ranks): busbw at 1-16 MiB >= 1.0x OpenMPI and >= 2x gloo
 #   allreduce on a sub-group of 2 inside a world of 4 vs a world of 2: within 10 %
-# Writes runs/bench-messages/*.txt and the tables to docs/messages-results.md.
-# usage: scripts/bench-messages.sh    (MAX=64M, ITERS=100)
+# Writes runs/bench-messages/*.txt and the tables to runs/bench-messages/messages-results.md; with
+# --update-docs also to docs/messages-results.md.
+# usage: scripts/bench-messages.sh [--update-docs]   (MAX=64M, ITERS=100)
 case "${1:-}" in -h|--help) sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;; esac
 set -euo pipefail
+update_docs=0
+if [ "${1:-}" = "--update-docs" ]; then update_docs=1; shift; fi
 root=$(cd "$(dirname "$0")/.." && pwd)
 [ -x "$root/.build/release/allreduce-bench" ] || "$root/scripts/setup.sh" >&2
 "$root/scripts/bench-references.sh"
@@ -84,6 +87,7 @@ for s in sorted(world[0]):
     w = [d[s][0] for d in world if s in d]; g = [d[s][0] for d in sub if s in d]
     lines.append(f"| {label(s)} | {min(w):.1f} / {statistics.median(w):.1f} | {min(g):.1f} / {statistics.median(g):.1f} | "
                  f"{min(g) / min(w):.2f} | {statistics.median(g) / statistics.median(w):.2f} |")
-open(f"{root}/docs/messages-results.md", "w").write("\n".join(lines) + "\n")
+open(f"{work}/messages-results.md", "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 PY
+if [ "$update_docs" = 1 ]; then cp "$work/messages-results.md" "$root/docs/messages-results.md"; echo "bench-messages: docs/messages-results.md updated" >&2; fi
