@@ -25,7 +25,7 @@ for n in "${ranks[@]}"; do
   "$root/.build/release/ddp-launch" --nproc-per-node "$n" -- allreduce-bench -b 4K -e "$max" -f 4 -n "$iters" \
       --json "$docs/$n-ranks.json" --plot "$docs/$n-ranks.svg" --tuning "$root/runs/allreduce-tuning-$n.json" \
     | grep -E '^\[rank 0\] ' | sed 's/^\[rank 0\] //' > "$work/ours-$n.txt"
-  sizes=$(python3 -c "import json,sys; print(' '.join(str(s) for s in sorted({r['bytes'] for r in json.load(open(sys.argv[1]))})))" "$docs/$n-ranks.json")
+  sizes=$(python3 -c "import json,sys; print(' '.join(str(s) for s in sorted({r['bytes'] for r in json.load(open(sys.argv[1]))['results']})))" "$docs/$n-ranks.json")
   if [ -x "$build/mpi_allreduce_bench" ]; then
     for algo in default 4 3 6; do
       bash "$peers/mpi_allreduce.sh" "$n" "$algo" $sizes 2>/dev/null | grep -vE '^#' > "$work/mpi-$algo-$n.txt" || true
@@ -51,7 +51,7 @@ lines = ["# Allreduce results", "",
          f"{os.cpu_count()} CPUs, TCP loopback. Our times are the median of 5 interleaved trials (slowest rank); "
          "OpenMPI's and gloo's the median of 5 trials by their own scripts in `../shared/peers`. busbw = algbw x 2(n-1)/n.", ""]
 for n in ranks:
-    ours = json.load(open(f"{work}/allreduce/{n}-ranks.json"))
+    ours = json.load(open(f"{work}/allreduce/{n}-ranks.json"))["results"]
     # auto's rows come from paired re-runs beside the best algorithm: they go in the model section, not this sweep.
     algos = []
     for r in ours:

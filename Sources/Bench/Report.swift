@@ -18,8 +18,15 @@ public func formatTable(_ results: [BenchResult], ranks: Int,
 
 func pad(_ s: String, _ width: Int) -> String { String(repeating: " ", count: max(0, width - s.count)) + s }
 
-public func writeJSON(_ results: [BenchResult], to path: String) throws {
+/// A benchmark run as JSON: its metadata (machine, ranks, date, commit, parameters) and its results.
+public struct BenchRun: Codable, Sendable {
+    public var metadata: [String: String]
+    public var results: [BenchResult]
+    public init(metadata: [String: String], results: [BenchResult]) { self.metadata = metadata; self.results = results }
+}
+
+public func writeJSON(_ results: [BenchResult], metadata: [String: String] = [:], to path: String) throws {
     let encoder = JSONEncoder()
     encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-    try encoder.encode(results).write(to: URL(fileURLWithPath: path))
+    try encoder.encode(BenchRun(metadata: metadata, results: results)).write(to: URL(fileURLWithPath: path))
 }

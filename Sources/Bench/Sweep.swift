@@ -13,6 +13,11 @@ public struct SweepPlan: Sendable {
     public var trials: Int
     /// The table `auto` consults.
     public var tuning: TuningTable?
+    /// nccl-tests' -o and -d: the reduction and the wire format (bf16 runs the ring).
+    public var op: ReduceOp = .sum
+    public var wire: WireFormat = .float32
+    /// nccl-tests' -a: how one trial's time is taken over the ranks.
+    public var aggregation: TimeAggregation = .slowest
     public init(sizes: [Int], algorithms: [AllreduceAlgorithm], iterations: Int, warmup: Int, check: Bool, trials: Int = 5,
                 tuning: TuningTable? = nil) {
         self.sizes = sizes; self.algorithms = algorithms; self.iterations = iterations; self.warmup = warmup; self.check = check
@@ -42,9 +47,9 @@ public func runSweep(_ plan: SweepPlan, group: ProcessGroup) throws -> [BenchRes
         let data = UnsafeMutableBufferPointer(rebasing: buffer[0..<count])
         let scaled = Int(Double(plan.iterations) * Double(1 << 20) / Double(max(bytes, 1)))
         let iterations = max(3, min(plan.iterations, scaled) / plan.trials)
-        let options = plan.algorithms.map { CollectiveOptions(algorithm: $0, tuning: plan.tuning) }
+        let options = plan.algorithms.map { CollectiveOptions(algorithm: $0, wire: plan.wire, tuning: plan.tuning) }
         for option in options {
-            for _ in 0..<plan.warmup { try allreduce(data, op: .sum, options: option, group: group) }
+            for _ in 0..<plan.warmup { try allreduce(data, op: plan.op, options: option, group: group) }
         }
         var trialTimes = [[Double]](repeating: [], count: plan.algorithms.count)
         var stray = [Int](repeating: 0, count: plan.algorithms.count)
@@ -52,21 +57,24 @@ public func runSweep(_ plan: SweepPlan, group: ProcessGroup) throws -> [BenchRes
             for (a, option) in options.enumerated() {
                 try barrier(group: group)
                 let start = Deadline.now()
-                for _ in 0..<iterations { try allreduce(data, op: .sum, options: option, group: group) }
-                scalar[0] = Float((Deadline.now() - start) / Double(iterations))
+                for _ in 0..<iterations { try allreduce(data, op: plan.op, options: option, group: group) }
+                let mine = (Deadline.now() - start) / Double(iterations)
                 stray[a] += data.reduce(0) { $0 + ($1 == 0 ? 0 : 1) }
-                try allreduce(UnsafeMutableBufferPointer(rebasing: scalar[0..<1]), op: .max, algorithm: .halvingDoubling, group: group)
-                trialTimes[a].append(Double(scalar[0]))
+                trialTimes[a].append(try aggregate(mine, plan.aggregation, group: group, scalar: scalar))
             }
         }
         for (a, algorithm) in plan.algorithms.enumerated() {
             var wrong = 0
             if plan.check {
                 for i in 0..<count { data[i] = Float((group.rank * 7 + i * 13) % 17) - 8 }
-                try allreduce(data, op: .sum, options: options[a], group: group)
+                try allreduce(data, op: plan.op, options: options[a], group: group)
                 for i in 0..<count {
-                    let expected = (0..<n).reduce(Float(0)) { $0 + Float(($1 * 7 + i * 13) % 17) - 8 }
-                    if data[i] != expected { wrong += 1 }
+                    // Computed here from the inputs' formula, in Double. Sums and maxima of these small
+                    // integers are exact in float32 and bf16; an average is held to one rounding.
+                    let inputs = (0..<n).map { Double(($0 * 7 + i * 13) % 17) - 8 }
+                    let expected = plan.op == .max ? inputs.max()! : inputs.reduce(0, +) / (plan.op == .average ? Double(n) : 1)
+                    let tolerance = plan.op == .average ? (plan.wire == .bfloat16 ? 0x1p-8 : 0x1p-22) * max(1, abs(expected)) : 0
+                    if abs(Double(data[i]) - expected) > tolerance { wrong += 1 }
                 }
                 data.update(repeating: 0)
             }
@@ -78,6 +86,32 @@ public func runSweep(_ plan: SweepPlan, group: ProcessGroup) throws -> [BenchRes
     // Table order: by algorithm, then size.
     let order = Dictionary(uniqueKeysWithValues: plan.algorithms.enumerated().map { ($1.rawValue, $0) })
     return results.sorted { (order[$0.algorithm]!, $0.bytes) < (order[$1.algorithm]!, $1.bytes) }
+}
+
+/// nccl-tests' -a: which rank's time a trial reports (0 rank 0, 1 the mean, 2 the fastest, 3 the slowest).
+public enum TimeAggregation: Int, Sendable, CaseIterable {
+    case rank0 = 0, mean = 1, fastest = 2, slowest = 3
+}
+
+/// One trial's per-call time as `aggregation` takes it over the ranks (every rank returns the same).
+func aggregate(_ seconds: Double, _ aggregation: TimeAggregation, group: ProcessGroup, scalar: UnsafeMutableBufferPointer<Float>) throws -> Double {
+    let one = UnsafeMutableBufferPointer(rebasing: scalar[0..<1])
+    switch aggregation {
+    case .rank0:
+        one[0] = Float(seconds)
+        try broadcast(one, root: 0, group: group)
+    case .mean:
+        one[0] = Float(seconds)
+        try allreduce(one, op: .average, algorithm: .halvingDoubling, group: group)
+    case .fastest:
+        one[0] = Float(-seconds)
+        try allreduce(one, op: .max, algorithm: .halvingDoubling, group: group)
+        one[0] = -one[0]
+    case .slowest:
+        one[0] = Float(seconds)
+        try allreduce(one, op: .max, algorithm: .halvingDoubling, group: group)
+    }
+    return Double(one[0])
 }
 
 /// The sum of `count` over every rank, through the rendezvous store (so a wrong collective cannot hide

@@ -79,12 +79,16 @@ final class BenchTests: XCTestCase {
         let dir = NSTemporaryDirectory() + "bench-\(getpid())"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         let (status, output, _) = try runToEnd(build + "/ddp-launch", [
-            "--nproc-per-node", "2", "--", "allreduce-bench", "-b", "4K", "-e", "256K", "-f", "4", "-n", "10", "-t", "3",
+            "--nproc-per-node", "2", "--", "allreduce-bench", "-b", "4K", "-e", "256K", "-f", "4", "-n", "10", "--trials", "3",
             "--json", dir + "/r.json", "--plot", dir + "/r.svg", "--tuning", dir + "/t.json"])
         XCTAssertEqual(status, 0, output)
         let sizes = [4096, 16384, 65536, 262144]
         let algorithms = ["ring", "tree", "halving-doubling", "auto"]
-        let results = try JSONDecoder().decode([BenchResult].self, from: Data(contentsOf: URL(fileURLWithPath: dir + "/r.json")))
+        let run = try JSONDecoder().decode(BenchRun.self, from: Data(contentsOf: URL(fileURLWithPath: dir + "/r.json")))
+        let results = run.results
+        XCTAssertEqual(run.metadata["ranks"], "2")
+        XCTAssertNotNil(run.metadata["cpu"]); XCTAssertNotNil(run.metadata["date"]); XCTAssertNotNil(run.metadata["commit"])
+        XCTAssertTrue(output.contains("# allreduce-bench: minBytes 4096 maxBytes 262144") && output.contains("# Avg bus bandwidth"), output)
         XCTAssertEqual(Set(results.map { "\($0.algorithm)@\($0.bytes)" }), Set(algorithms.flatMap { a in sizes.map { "\(a)@\($0)" } }))
         XCTAssertTrue(results.allSatisfy { $0.wrong == 0 && $0.microseconds > 0 && $0.ranks == 2 })
         for r in results {
@@ -106,5 +110,26 @@ final class BenchTests: XCTestCase {
         let table = try TuningTable.load(path: dir + "/t.json")
         XCTAssertEqual(table.worldSize, 2)
         XCTAssertEqual(Set(table.models.keys), ["ring", "tree", "halving-doubling"])
+    }
+
+    /// nccl-tests' -d, -o, -a on real ranks: max and avg reductions and bf16 on the wire give exact (or
+    /// one-rounding) results; -t other than 1, and a bad -o, are refused with one line.
+    func testDatatypeReductionAndAggregationFlags() throws {
+        let build = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path
+        for flags in [["-o", "max", "-a", "1", "--algorithms", "ring,tree"], ["-o", "avg", "-a", "0", "--algorithms", "ring,halving-doubling"],
+                      ["-d", "bfloat16", "-o", "avg", "--algorithms", "ring", "-a", "2"]] {
+            let (status, output, _) = try runToEnd(build + "/ddp-launch", ["--nproc-per-node", "3", "--", "allreduce-bench", "-b", "4K", "-e", "64K",
+                                                                          "-n", "5", "--trials", "2"] + flags)
+            XCTAssertEqual(status, 0, "\(flags): \(output)")
+            XCTAssertTrue(output.contains("out of bounds values: 0 OK"), "\(flags): \(output)")
+        }
+        for (flags, mentions) in [(["-t", "2"], "one thread per rank"), (["-o", "prod"], "-o must be")] {
+            let (status, output, _) = try runToEnd(build + "/allreduce-bench", flags)
+            XCTAssertNotEqual(status, 0, output)
+            XCTAssertTrue(output.contains(mentions), output)
+        }
+        let (alone, aloneOutput, _) = try runToEnd(build + "/allreduce-bench", ["-b", "4K", "-e", "4K", "-n", "3", "--trials", "1"])
+        XCTAssertEqual(alone, 0, aloneOutput)
+        XCTAssertTrue(aloneOutput.contains("measuring one rank"), aloneOutput)
     }
 }
