@@ -2,8 +2,9 @@ import Foundation
 
 /// nccl-tests-style table: one row per size and algorithm.
 public func formatTable(_ results: [BenchResult], ranks: Int,
-                        title: String = "allreduce, float32 sum, in place", redop: String = "sum") -> String {
-    var lines = ["# \(title), \(ranks) ranks; time is the slowest rank's mean",
+                        title: String = "allreduce, float32 sum, in place", redop: String = "sum",
+                        timeNote: String = "the slowest rank's mean") -> String {
+    var lines = ["# \(title), \(ranks) ranks; time is \(timeNote)",
                  "#" + [pad("size", 11), pad("count", 11), pad("type", 6), pad("redop", 6), pad("algorithm", 17),
                         pad("time(us)", 10), pad("algbw", 7), pad("busbw", 7), pad("#wrong", 7)].joined(separator: " "),
                  "#" + [pad("(B)", 11), pad("(elements)", 11), pad("", 6), pad("", 6), pad("", 17), pad("", 10),

@@ -57,6 +57,7 @@ struct AllreduceBench: ParsableCommand {
 
     var wireFormat: WireFormat? { ["float": .float32, "float32": .float32, "bfloat16": .bfloat16, "bf16": .bfloat16][datatype] }
     var reduction: ReduceOp? { ["sum": .sum, "max": .max, "avg": .average][op] }
+    var timeNote: String { ["rank 0's mean", "the mean over ranks", "the fastest rank's mean", "the slowest rank's mean"][aggregation] }
 
     func run() throws {
         try prepareWorker()
@@ -119,10 +120,10 @@ struct AllreduceBench: ParsableCommand {
         if group.rank == 0 {
             let title = "allreduce, \(wireFormat == .bfloat16 ? "bf16 on the wire" : "float32") \(op), in place" + (subgroup != nil ? ", on a sub-group of \(group.worldSize) in a world of \(world.worldSize)" : "")
             // One sweep per table: auto's paired re-runs (beside the best algorithm) get their own.
-            print(formatTable(results.filter { $0.algorithm != "auto" }, ranks: group.worldSize, title: title, redop: op))
+            print(formatTable(results.filter { $0.algorithm != "auto" }, ranks: group.worldSize, title: title, redop: op, timeNote: timeNote))
             let paired = results.filter { $0.algorithm == "auto" }
             if !paired.isEmpty {
-                print(formatTable(paired, ranks: group.worldSize, title: title + "; auto, each size re-measured beside the best algorithm", redop: op))
+                print(formatTable(paired, ranks: group.worldSize, title: title + "; auto, each size re-measured beside the best algorithm", redop: op, timeNote: timeNote))
             }
             if !measured.isEmpty { describeModel(table).forEach { print($0) } }
             if !checks.isEmpty { describeAutoChecks(checks).forEach { print($0) } }
