@@ -1,33 +1,45 @@
 #!/usr/bin/env bash
 # Launch latency: wall time from starting the launcher to rank 0's first line after rendezvous +
 # barrier, for 2 ranks: ours (ddp-launch + collective-check --ready), then torchrun (gloo) and mpirun
-# (MPI_Init + barrier) measured in the same run by ../shared/peers/launch_latency.py.
+# (MPI_Init + barrier) measured in the same run, the same way, with this repository's harnesses
+# (bench/references/torch_ready.py, mpi_ready.c; scripts/bench-references.sh sets them up).
 # usage: scripts/bench-launch.sh [RUNS]   (default 9)
 case "${1:-}" in -h|--help) sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;; esac
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 [ -x "$root/.build/release/collective-check" ] || "$root/scripts/setup.sh" >&2
 runs=${1:-9}
-python3 - "$root/.build/release" "$runs" <<'PY'
-import statistics, subprocess, sys, time
-build, runs = sys.argv[1], int(sys.argv[2])
-for label, bind in [("swift-ddp", "none"), ("swift-ddp --numa-bind auto", "auto")]:
+"$root/scripts/bench-references.sh"
+venv=${REF_VENV:-/tmp/swift-ddp-ref-venv}; build=${REF_BUILD:-$root/runs/references}
+command -v mpicc >/dev/null && mpicc -O2 -o "$build/mpi_ready" "$root/bench/references/mpi_ready.c"
+python3 - "$root" "$runs" "$venv" "$build" <<'PY'
+import os, statistics, subprocess, sys, time
+root, runs, venv, build = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+release = f"{root}/.build/release"
+commands = [
+    ("swift-ddp", [f"{release}/ddp-launch", "--nproc-per-node", "2", "--numa-bind", "none", "--", f"{release}/collective-check", "--ready"]),
+    ("swift-ddp --numa-bind auto", [f"{release}/ddp-launch", "--nproc-per-node", "2", "--numa-bind", "auto", "--", f"{release}/collective-check", "--ready"]),
+]
+if os.path.exists(f"{venv}/bin/torchrun"):
+    commands.append(("torchrun (gloo)", [f"{venv}/bin/torchrun", "--standalone", "--nproc-per-node", "2", f"{root}/bench/references/torch_ready.py"]))
+else:
+    print("# torchrun reference missing (scripts/bench-references.sh installs CPU PyTorch)")
+if os.path.exists(f"{build}/mpi_ready"):
+    commands.append(("mpirun", ["mpirun", "--allow-run-as-root", "--oversubscribe", "--mca", "pml", "ob1", "--mca", "btl", "tcp,self",
+                                "--mca", "btl_tcp_if_include", "lo", "-np", "2", f"{build}/mpi_ready"]))
+else:
+    print("# mpirun reference missing (scripts/bench-references.sh installs OpenMPI)")
+for label, command in commands:
     first = []
     for _ in range(runs):
         t0 = time.perf_counter()
-        p = subprocess.Popen([f"{build}/ddp-launch", "--nproc-per-node", "2", "--numa-bind", bind, "--",
-                              f"{build}/collective-check", "--ready"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        p = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
         for line in p.stdout:
-            if line.startswith("[rank 0] ready"):
+            if line.rstrip().endswith("ready"):
                 first.append(time.perf_counter() - t0)
                 break
         p.communicate()
-        assert p.returncode == 0 and len(first) == _ + 1, f"{label}: launcher exited {p.returncode} without 'ready'"
+        assert p.returncode == 0 and len(first) == _ + 1, f"{label}: exited {p.returncode} without 'ready'"
     print(f"{label}: first line after {statistics.median(first):.3f} s median (min {min(first):.3f}) over {runs} runs")
 PY
-peers="$root/../shared/peers"
-if [ -x "${PEERS_VENV:-/tmp/peers-venv}/bin/python" ] && [ -x "${PEERS_BUILD:-/tmp/peers-build}/mpi_launch" ]; then
-  python3 "$peers/launch_latency.py" "$runs"
-else
-  echo "# torchrun/mpirun references missing: run 'bash ../shared/peers/setup.sh'"
-fi

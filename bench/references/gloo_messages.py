@@ -1,4 +1,4 @@
-"""PyTorch gloo reference for allreduce-bench --collective {pingpong,sendrecv,alltoall}: same patterns,
+"""PyTorch gloo reference for allreduce-bench (allreduce, and --collective pingpong, sendrecv, alltoall): same patterns,
 timing rule and columns as ours (see mpi_messages.c). One process per rank on loopback, spawned here.
 usage: python gloo_messages.py N PATTERN SIZE..."""
 import os, statistics, sys, time
@@ -33,6 +33,8 @@ def run(rank, n, pattern, sizes, port):
                 ops = [dist.P2POp(dist.isend, out, right, tag=1), dist.P2POp(dist.irecv, into, left, tag=1)]
                 for request in dist.batch_isend_irecv(ops):
                     request.wait()
+            elif pattern == "allreduce":
+                dist.all_reduce(into)
             else:
                 dist.all_to_all_single(into, out)
 
@@ -51,7 +53,7 @@ def run(rank, n, pattern, sizes, port):
                 trials.append(slowest.item())
         seconds = statistics.median(trials)
         algbw = count * 4 / seconds / 1e9
-        busbw = algbw * (n - 1) / n if pattern == "alltoall" else algbw
+        busbw = algbw * (n - 1) / n if pattern == "alltoall" else algbw * 2 * (n - 1) / n if pattern == "allreduce" else algbw
         if rank == 0:
             print(f" {count * 4:12d} {count:12d} {seconds * 1e6:12.1f} {algbw:8.2f} {busbw:8.2f}", flush=True)
     dist.destroy_process_group()

@@ -3,6 +3,8 @@
  *   pingpong: ranks 0 and 1, MPI_Send then MPI_Recv; time = round trip / 2, algbw = bytes / time.
  *   sendrecv: MPI_Sendrecv to rank+1 from rank-1; busbw = algbw.
  *   alltoall: MPI_Alltoall, `bytes` = each rank's send buffer; busbw = algbw (n-1)/n.
+ *   allreduce: MPI_Allreduce SUM float, in place; busbw = algbw 2(n-1)/n (OpenMPI's algorithm is
+ *   chosen by the caller through coll_tuned MCA parameters).
  * Timing (as ours): 5 warm-up calls; 5 trials of max(3, min(100, 100 MiB / bytes) / 5) calls each,
  * after a barrier; a trial's time is the slowest rank's mean; the median trial is reported.
  * usage: mpi_messages PATTERN SIZE...   (run under mpirun) */
@@ -20,7 +22,8 @@ int main(int argc, char **argv) {
     MPI_Comm_size(MPI_COMM_WORLD, &n);
     if (argc < 3) { if (rank == 0) fprintf(stderr, "usage: %s pingpong|sendrecv|alltoall SIZE...\n", argv[0]); MPI_Abort(MPI_COMM_WORLD, 2); }
     const char *pattern = argv[1];
-    int mode = !strcmp(pattern, "pingpong") ? 0 : !strcmp(pattern, "sendrecv") ? 1 : !strcmp(pattern, "alltoall") ? 2 : -1;
+    int mode = !strcmp(pattern, "pingpong") ? 0 : !strcmp(pattern, "sendrecv") ? 1 : !strcmp(pattern, "alltoall") ? 2
+             : !strcmp(pattern, "allreduce") ? 3 : -1;
     if (mode < 0) { if (rank == 0) fprintf(stderr, "unknown pattern %s\n", pattern); MPI_Abort(MPI_COMM_WORLD, 2); }
     size_t largest = 4;
     for (int i = 2; i < argc; i++) { size_t s = strtoull(argv[i], 0, 10); if (s > largest) largest = s; }
@@ -47,8 +50,10 @@ int main(int argc, char **argv) {
                     else if (rank == 1) { MPI_Recv(in, count, MPI_FLOAT, 0, 2, MPI_COMM_WORLD, MPI_STATUS_IGNORE); MPI_Send(in, count, MPI_FLOAT, 0, 3, MPI_COMM_WORLD); }
                 } else if (mode == 1) {
                     MPI_Sendrecv(out, count, MPI_FLOAT, right, 1, in, count, MPI_FLOAT, left, 1, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
-                } else {
+                } else if (mode == 2) {
                     MPI_Alltoall(out, count / n, MPI_FLOAT, in, count / n, MPI_FLOAT, MPI_COMM_WORLD);
+                } else {
+                    MPI_Allreduce(MPI_IN_PLACE, in, count, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
                 }
             }
             double mine = (MPI_Wtime() - start) / calls, slowest;
@@ -58,7 +63,7 @@ int main(int argc, char **argv) {
         }
         qsort(trials, 5, sizeof(double), compare);
         double seconds = trials[2], algbw = count * 4.0 / seconds / 1e9;
-        double busbw = mode == 2 ? algbw * (n - 1) / n : algbw;
+        double busbw = mode == 2 ? algbw * (n - 1) / n : mode == 3 ? algbw * 2 * (n - 1) / n : algbw;
         if (rank == 0) { printf(" %12d %12d %12.1f %8.2f %8.2f\n", count * 4, count, seconds * 1e6, algbw, busbw); fflush(stdout); }
     }
     free(out); free(in);
