@@ -25,6 +25,10 @@ public struct BenchResult: Codable, Sendable, Equatable {
     public var algbwGBps: Double
     public var busbwGBps: Double
     public var wrong: Int
+    /// The same allreduce out of place (into another buffer, the input left as it was), when measured:
+    /// time in µs and wrong values (input changed or result wrong).
+    public var outOfPlaceMicroseconds: Double?
+    public var outOfPlaceWrong: Int?
     /// `busFactor`: busbw / algbw (nccl-tests: 2(n-1)/n for allreduce, the default; (n-1)/n for
     /// all-to-all; 1 for send/receive).
     public init(algorithm: String, bytes: Int, ranks: Int, seconds: Double, wrong: Int, busFactor: Double? = nil) {

@@ -18,6 +18,9 @@ public struct SweepPlan: Sendable {
     public var wire: WireFormat = .float32
     /// nccl-tests' -a: how one trial's time is taken over the ranks.
     public var aggregation: TimeAggregation = .slowest
+    /// Also time the allreduce out of place (nccl-tests' other column): the input copied into the
+    /// result buffer, then reduced there, the input left untouched.
+    public var outOfPlace = false
     public init(sizes: [Int], algorithms: [AllreduceAlgorithm], iterations: Int, warmup: Int, check: Bool, trials: Int = 5,
                 tuning: TuningTable? = nil) {
         self.sizes = sizes; self.algorithms = algorithms; self.iterations = iterations; self.warmup = warmup; self.check = check
@@ -38,7 +41,9 @@ public func runSweep(_ plan: SweepPlan, group: ProcessGroup) throws -> [BenchRes
     var results: [BenchResult] = []
     let capacity = (plan.sizes.max() ?? 4) / 4
     let buffer = UnsafeMutableBufferPointer<Float>.allocate(capacity: max(capacity, 1))
-    defer { buffer.deallocate() }
+    let source = UnsafeMutableBufferPointer<Float>.allocate(capacity: max(capacity, 1))
+    defer { buffer.deallocate(); source.deallocate() }
+    source.initialize(repeating: 0)
     buffer.initialize(repeating: 0)
     let scalar = UnsafeMutableBufferPointer<Float>.allocate(capacity: 2)
     defer { scalar.deallocate() }
@@ -52,6 +57,8 @@ public func runSweep(_ plan: SweepPlan, group: ProcessGroup) throws -> [BenchRes
             for _ in 0..<plan.warmup { try allreduce(data, op: plan.op, options: option, group: group) }
         }
         var trialTimes = [[Double]](repeating: [], count: plan.algorithms.count)
+        var outOfPlaceTimes = [[Double]](repeating: [], count: plan.algorithms.count)
+        let input = UnsafeMutableBufferPointer(rebasing: source[0..<count])
         var stray = [Int](repeating: 0, count: plan.algorithms.count)
         for _ in 0..<plan.trials {
             for (a, option) in options.enumerated() {
@@ -61,6 +68,17 @@ public func runSweep(_ plan: SweepPlan, group: ProcessGroup) throws -> [BenchRes
                 let mine = (Deadline.now() - start) / Double(iterations)
                 stray[a] += data.reduce(0) { $0 + ($1 == 0 ? 0 : 1) }
                 trialTimes[a].append(try aggregate(mine, plan.aggregation, group: group, scalar: scalar))
+                if plan.outOfPlace {
+                    try barrier(group: group)
+                    let begin = Deadline.now()
+                    for _ in 0..<iterations {
+                        _ = data.update(fromContentsOf: input)
+                        try allreduce(data, op: plan.op, options: option, group: group)
+                    }
+                    let each = (Deadline.now() - begin) / Double(iterations)
+                    stray[a] += data.reduce(0) { $0 + ($1 == 0 ? 0 : 1) }
+                    outOfPlaceTimes[a].append(try aggregate(each, plan.aggregation, group: group, scalar: scalar))
+                }
             }
         }
         for (a, algorithm) in plan.algorithms.enumerated() {
@@ -78,9 +96,31 @@ public func runSweep(_ plan: SweepPlan, group: ProcessGroup) throws -> [BenchRes
                 }
                 data.update(repeating: 0)
             }
+            var outOfPlaceWrong = 0
+            if plan.outOfPlace && plan.check {
+                // The input must come through unchanged and the result must match, as in place.
+                for i in 0..<count { input[i] = Float((group.rank * 7 + i * 13) % 17) - 8 }
+                _ = data.update(fromContentsOf: input)
+                try allreduce(data, op: plan.op, options: options[a], group: group)
+                for i in 0..<count {
+                    if input[i] != Float((group.rank * 7 + i * 13) % 17) - 8 { outOfPlaceWrong += 1 }
+                    let inputs = (0..<n).map { Double(($0 * 7 + i * 13) % 17) - 8 }
+                    let expected = plan.op == .max ? inputs.max()! : inputs.reduce(0, +) / (plan.op == .average ? Double(n) : 1)
+                    let tolerance = plan.op == .average ? (plan.wire == .bfloat16 ? 0x1p-8 : 0x1p-22) * max(1, abs(expected)) : 0
+                    if abs(Double(data[i]) - expected) > tolerance { outOfPlaceWrong += 1 }
+                }
+                input.update(repeating: 0)
+                data.update(repeating: 0)
+            }
             wrong = try countOverRanks(wrong + stray[a], key: "wrong/\(bytes)/\(algorithm.rawValue)", group: group)
             let sorted = trialTimes[a].sorted()
-            results.append(BenchResult(algorithm: algorithm.rawValue, bytes: count * 4, ranks: n, seconds: sorted[sorted.count / 2], wrong: wrong))
+            var result = BenchResult(algorithm: algorithm.rawValue, bytes: count * 4, ranks: n, seconds: sorted[sorted.count / 2], wrong: wrong)
+            if plan.outOfPlace {
+                let oop = outOfPlaceTimes[a].sorted()
+                result.outOfPlaceMicroseconds = oop[oop.count / 2] * 1e6
+                result.outOfPlaceWrong = try countOverRanks(outOfPlaceWrong, key: "oop-wrong/\(bytes)/\(algorithm.rawValue)", group: group)
+            }
+            results.append(result)
         }
     }
     // Table order: by algorithm, then size.

@@ -23,6 +23,7 @@ struct AllreduceBench: ParsableCommand {
     @Option(name: .customShort("t"), help: "Threads per rank, as nccl-tests' -t: only 1 (each rank is one process with one thread of collectives).") var threads = 1
     @Option(name: .customShort("d"), help: "Data type: float (float32) or bfloat16 (bf16 on the wire, float32 arithmetic; runs the ring).") var datatype = "float"
     @Option(name: .customShort("o"), help: "Reduction: sum, max or avg.") var op = "sum"
+    @Flag(help: "Also time out of place (input copied into the result buffer, then reduced), as nccl-tests' first columns.") var outOfPlace = false
     @Option(name: .customShort("a"), help: "Time over ranks, as nccl-tests: 0 rank 0, 1 mean, 2 fastest, 3 slowest (default).") var aggregation = 3
     @Option(help: "Comma-separated: ring,tree,halving-doubling,auto (auto runs last, with the model fitted to the others).")
     var algorithms = "ring,tree,halving-doubling,auto"
@@ -93,6 +94,7 @@ struct AllreduceBench: ParsableCommand {
             var p = SweepPlan(sizes: sizes, algorithms: algorithms, iterations: iterations, warmup: warmup, check: check != 0,
                               trials: trials, tuning: tuning)
             p.op = reduction!; p.wire = wireFormat!; p.aggregation = TimeAggregation(rawValue: aggregation)!
+            p.outOfPlace = outOfPlace
             return p
         }
         if group.rank == 0 {
@@ -132,7 +134,7 @@ struct AllreduceBench: ParsableCommand {
                 try plotSVG(results, title: "allreduce, \(group.worldSize) ranks, float32 sum").write(toFile: plot, atomically: true, encoding: .utf8)
             }
             if let tuning { try table.write(to: tuning) }
-            let wrong = results.reduce(0) { $0 + $1.wrong }
+            let wrong = results.reduce(0) { $0 + $1.wrong + ($1.outOfPlaceWrong ?? 0) }
             print("# out of bounds values: \(wrong) \(wrong == 0 ? "OK" : "FAILED")")
             let sweep = results.filter { $0.algorithm != "auto" }
             print(String(format: "# Avg bus bandwidth    : %.4f GB/s", sweep.isEmpty ? 0 : sweep.map(\.busbwGBps).reduce(0, +) / Double(sweep.count)))

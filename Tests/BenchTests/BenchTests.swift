@@ -117,11 +117,16 @@ final class BenchTests: XCTestCase {
     func testDatatypeReductionAndAggregationFlags() throws {
         let build = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path
         for flags in [["-o", "max", "-a", "1", "--algorithms", "ring,tree"], ["-o", "avg", "-a", "0", "--algorithms", "ring,halving-doubling"],
-                      ["-d", "bfloat16", "-o", "avg", "--algorithms", "ring", "-a", "2"]] {
+                      ["-d", "bfloat16", "-o", "avg", "--algorithms", "ring", "-a", "2"], ["--out-of-place", "-o", "max", "--algorithms", "ring,tree"]] {
             let (status, output, _) = try runToEnd(build + "/ddp-launch", ["--nproc-per-node", "3", "--", "allreduce-bench", "-b", "4K", "-e", "64K",
                                                                           "-n", "5", "--trials", "2"] + flags)
             XCTAssertEqual(status, 0, "\(flags): \(output)")
             XCTAssertTrue(output.contains("out of bounds values: 0 OK"), "\(flags): \(output)")
+            if flags.contains("--out-of-place") {
+                let rows = output.split(separator: "\n").filter { $0.hasPrefix("[rank 0]") && $0.contains(" max ") && !$0.contains("#") }
+                XCTAssertFalse(rows.isEmpty, output)
+                XCTAssertTrue(output.contains("oop time") && rows.allSatisfy { $0.split(separator: " ").count == 15 }, "out-of-place columns missing:\n\(output)")
+            }
         }
         for (flags, mentions) in [(["-t", "2"], "one thread per rank"), (["-o", "prod"], "-o must be")] {
             let (status, output, _) = try runToEnd(build + "/allreduce-bench", flags)
