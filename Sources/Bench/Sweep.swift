@@ -47,6 +47,15 @@ public func runSweep(_ plan: SweepPlan, group: ProcessGroup) throws -> [BenchRes
     buffer.initialize(repeating: 0)
     let scalar = UnsafeMutableBufferPointer<Float>.allocate(capacity: 2)
     defer { scalar.deallocate() }
+    /// Whether a checked result is wrong: the expected value is computed here from the inputs' formula,
+    /// in Double. Sums and maxima of these small integers are exact in float32 and bf16; an average is
+    /// held to one rounding.
+    func isWrong(_ value: Float, index i: Int) -> Bool {
+        let inputs = (0..<n).map { Double(($0 * 7 + i * 13) % 17) - 8 }
+        let expected = plan.op == .max ? inputs.max()! : inputs.reduce(0, +) / (plan.op == .average ? Double(n) : 1)
+        let tolerance = plan.op == .average ? (plan.wire == .bfloat16 ? 0x1p-8 : 0x1p-22) * max(1, abs(expected)) : 0
+        return abs(Double(value) - expected) > tolerance
+    }
     for bytes in plan.sizes {
         let count = bytes / 4
         let data = UnsafeMutableBufferPointer(rebasing: buffer[0..<count])
@@ -86,14 +95,7 @@ public func runSweep(_ plan: SweepPlan, group: ProcessGroup) throws -> [BenchRes
             if plan.check {
                 for i in 0..<count { data[i] = Float((group.rank * 7 + i * 13) % 17) - 8 }
                 try allreduce(data, op: plan.op, options: options[a], group: group)
-                for i in 0..<count {
-                    // Computed here from the inputs' formula, in Double. Sums and maxima of these small
-                    // integers are exact in float32 and bf16; an average is held to one rounding.
-                    let inputs = (0..<n).map { Double(($0 * 7 + i * 13) % 17) - 8 }
-                    let expected = plan.op == .max ? inputs.max()! : inputs.reduce(0, +) / (plan.op == .average ? Double(n) : 1)
-                    let tolerance = plan.op == .average ? (plan.wire == .bfloat16 ? 0x1p-8 : 0x1p-22) * max(1, abs(expected)) : 0
-                    if abs(Double(data[i]) - expected) > tolerance { wrong += 1 }
-                }
+                for i in 0..<count where isWrong(data[i], index: i) { wrong += 1 }
                 data.update(repeating: 0)
             }
             var outOfPlaceWrong = 0
@@ -104,10 +106,7 @@ public func runSweep(_ plan: SweepPlan, group: ProcessGroup) throws -> [BenchRes
                 try allreduce(data, op: plan.op, options: options[a], group: group)
                 for i in 0..<count {
                     if input[i] != Float((group.rank * 7 + i * 13) % 17) - 8 { outOfPlaceWrong += 1 }
-                    let inputs = (0..<n).map { Double(($0 * 7 + i * 13) % 17) - 8 }
-                    let expected = plan.op == .max ? inputs.max()! : inputs.reduce(0, +) / (plan.op == .average ? Double(n) : 1)
-                    let tolerance = plan.op == .average ? (plan.wire == .bfloat16 ? 0x1p-8 : 0x1p-22) * max(1, abs(expected)) : 0
-                    if abs(Double(data[i]) - expected) > tolerance { outOfPlaceWrong += 1 }
+                    if isWrong(data[i], index: i) { outOfPlaceWrong += 1 }
                 }
                 input.update(repeating: 0)
                 data.update(repeating: 0)
