@@ -72,7 +72,7 @@ private struct ReceiveProgress {
     var frame = 0, offset = 0, frames = 0
     var header = HeaderBytes()
     var inPayload = false, inTrailer = false
-    var payloadChecksum: UInt32?
+    /// The current frame's header once decoded (its payload CRC and, for the MAC, its bytes).
     var decoded = FrameHeader(type: .data, tag: 0, length: 0)
     var mac: (UInt64, UInt64) = (0, 0)
     var after: Int?
@@ -190,7 +190,25 @@ public func exchangeMessages(sending outgoing: [OutgoingMessage], receiving inco
             if n == 0 { break }
             moved = true
             receives[i].offset += n
-            if !receives[i].inPayload && !receives[i].inTrailer && receives[i].offset == FrameHeader.size {
+            let range = base..<(base + expectedLength)
+            if receives[i].inPayload {
+                guard receives[i].offset == expectedLength else { continue }
+                if receives[i].decoded.payloadChecksum != nil {
+                    try connection.verifyPayload(receives[i].decoded, checksum(UnsafeRawBufferPointer(rebasing: message.buffer[range])),
+                                                 operation: operation())
+                }
+                receives[i].inPayload = false
+                receives[i].offset = 0
+                // An authenticated frame is complete only with its tag.
+                if connection.frameKeys != nil { receives[i].inTrailer = true; continue }
+            } else if receives[i].inTrailer {
+                guard receives[i].offset == FrameMAC.tagBytes else { continue }
+                try connection.verifyReceivedTag(receives[i].mac, header: receives[i].decoded,
+                                                 payload: UnsafeRawBufferPointer(rebasing: message.buffer[range]), operation: operation())
+                receives[i].inTrailer = false
+                receives[i].offset = 0
+            } else {
+                guard receives[i].offset == FrameHeader.size else { continue }
                 let decoded = receives[i].header.withMutableBytes { FrameHeader.decode($0.baseAddress!, maxLength: chunk) }
                 switch decoded {
                 case .failure(let error):
@@ -203,31 +221,11 @@ public func exchangeMessages(sending outgoing: [OutgoingMessage], receiving inco
                                              operation: operation(), peer: connection.peer)
                     }
                     try connection.checkAuthentication(header, operation: operation())
-                    receives[i].payloadChecksum = header.payloadChecksum
                     receives[i].decoded = header
                 }
                 receives[i].inPayload = true
                 receives[i].offset = 0
-            }
-            let range = base..<(base + expectedLength)
-            if receives[i].inPayload && receives[i].offset == expectedLength {
-                if let expected = receives[i].payloadChecksum,
-                   expected != checksum(UnsafeRawBufferPointer(rebasing: message.buffer[range])) {
-                    connection.close()
-                    throw TransportError(.badFrame("payload checksum mismatch (\(expectedLength) bytes)"), operation: operation(), peer: connection.peer)
-                }
-                receives[i].inPayload = false
-                receives[i].offset = 0
-                receives[i].inTrailer = connection.frameKeys != nil
-            } else if !(receives[i].inTrailer && receives[i].offset == FrameMAC.tagBytes) {
                 continue
-            }
-            if receives[i].inTrailer {
-                guard receives[i].offset == FrameMAC.tagBytes else { continue }
-                try connection.verifyReceivedTag(receives[i].mac, header: receives[i].decoded,
-                                                 payload: UnsafeRawBufferPointer(rebasing: message.buffer[range]), operation: operation())
-                receives[i].inTrailer = false
-                receives[i].offset = 0
             }
             // The chunk is complete and checked: hand it over.
             onChunk(i, range)
