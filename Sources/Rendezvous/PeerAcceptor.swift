@@ -25,19 +25,10 @@ final class PeerAcceptor: @unchecked Sendable {
         let thread = Thread { [self] in
             var backoff: useconds_t = 1_000
             while !shouldStop {
-                let fd: Int32, host: String, port: Int
-                do {
-                    (fd, host, port) = try listener.accept(deadline: Deadline(seconds: 0.5), operation: "rank \(rank) accepting peers")
-                    backoff = 1_000
-                } catch let error as TransportError {
-                    if case .timedOut = error.kind { continue }
-                    if shouldStop { break }
-                    // EMFILE and friends: say so once per back-off and keep going rather than spin.
-                    log.call("rank \(rank): \(error); retrying")
-                    usleep(backoff)
-                    backoff = min(backoff * 2, 200_000)
-                    continue
-                } catch { continue }
+                guard let (fd, host, port) = listener.acceptOrBackOff(slice: 0.5, backoff: &backoff, maxBackoff: 200_000,
+                                                                      operation: "rank \(rank) accepting peers",
+                                                                      stopping: { self.shouldStop }, log: { log.call("rank \(rank): \($0)") })
+                else { continue }
                 let connection = Connection(fd: fd, peer: PeerDescription(host: host, port: port), policy: policy)
                 Thread.detachNewThread { [self] in
                     guard let peer = try? Handshake.accept(connection, identity: identity,

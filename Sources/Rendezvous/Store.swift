@@ -83,20 +83,9 @@ public final class StoreServer: @unchecked Sendable {
     func acceptLoop() {
         var backoff: useconds_t = 1_000
         while !isStopped {
-            let accepted: (fd: Int32, host: String, port: Int)
-            do {
-                accepted = try listener.accept(deadline: Deadline(seconds: 0.5), operation: "store accept")
-                backoff = 1_000
-            } catch let error as TransportError {
-                if case .timedOut = error.kind { continue }
-                if isStopped { break }
-                // EMFILE, ENFILE, ENOBUFS: the connection stays in the backlog; retrying at once would
-                // spin a core. Say so and wait, longer each time.
-                log("store: \(error); retrying in \(backoff / 1000) ms")
-                usleep(backoff)
-                backoff = min(backoff * 2, 1_000_000)
-                continue
-            } catch { continue }
+            guard let accepted = listener.acceptOrBackOff(slice: 0.5, backoff: &backoff, maxBackoff: 1_000_000, operation: "store accept",
+                                                          stopping: { isStopped }, log: { log("store: \($0)") })
+            else { continue }
             let connection = Connection(fd: accepted.fd, peer: PeerDescription(host: accepted.host, port: accepted.port),
                                         policy: WaitPolicy(timeoutSeconds: handshakeSeconds, spinMicroseconds: 0))
             lock.lock()

@@ -183,6 +183,29 @@ public final class Listener: @unchecked Sendable {
         if fd >= 0 { Glibc.close(fd); fd = -1 }
     }
 
+    /// One step of an accept loop that must keep going: a connection, or nil when none came within
+    /// `slice` seconds or accepting failed. A failure (EMFILE, ENFILE, ENOBUFS: the connection stays in
+    /// the backlog) is logged and waited out with a doubling pause up to `maxBackoff` microseconds, since
+    /// retrying at once would spin a core; `backoff` carries the pause between calls. When `stopping`
+    /// holds, a failure is the caller's own shutdown: nil at once, nothing logged.
+    public func acceptOrBackOff(slice: Double, backoff: inout useconds_t, maxBackoff: useconds_t, operation: String,
+                                stopping: () -> Bool, log: (String) -> Void) -> (fd: Int32, host: String, port: Int)? {
+        do {
+            let accepted = try accept(deadline: Deadline(seconds: slice), operation: operation)
+            backoff = 1_000
+            return accepted
+        } catch let error as TransportError {
+            if case .timedOut = error.kind { return nil }
+            if stopping() { return nil }
+            log("\(error); retrying in \(backoff / 1000) ms")
+            usleep(backoff)
+            backoff = min(backoff * 2, maxBackoff)
+            return nil
+        } catch {
+            return nil
+        }
+    }
+
     /// Waits up to the deadline for one connection; returns a configured, non-blocking descriptor and
     /// the peer's numeric address.
     public func accept(deadline: Deadline, operation: String) throws -> (fd: Int32, host: String, port: Int) {
