@@ -48,8 +48,7 @@ public func runMessageSweep(_ pattern: MessagePattern, sizes: [Int], iterations:
         // All-to-all needs whole blocks of floats per rank.
         let count = pattern == .alltoall ? bytes / 4 / n * n : bytes / 4
         guard count > 0 else { continue }
-        let scaled = Int(Double(iterations) * Double(1 << 20) / Double(max(bytes, 1)))
-        let perTrial = max(3, min(iterations, scaled) / trials)
+        let perTrial = iterationsPerTrial(iterations: iterations, trials: trials, bytes: bytes)
         for _ in 0..<warmup { try once(count) }
         var times: [Double] = []
         for _ in 0..<trials {
@@ -57,9 +56,7 @@ public func runMessageSweep(_ pattern: MessagePattern, sizes: [Int], iterations:
             let start = Deadline.now()
             for _ in 0..<perTrial { try once(count) }
             let perCall = (Deadline.now() - start) / Double(perTrial)
-            scalar[0] = Float(pattern == .pingpong ? perCall / 2 : perCall)
-            try allreduce(scalar, op: .max, algorithm: .halvingDoubling, group: group)
-            times.append(Double(scalar[0]))
+            times.append(try aggregate(pattern == .pingpong ? perCall / 2 : perCall, .slowest, group: group, scalar: scalar))
         }
         var wrong = 0
         if check {

@@ -59,8 +59,7 @@ public func runSweep(_ plan: SweepPlan, group: ProcessGroup) throws -> [BenchRes
     for bytes in plan.sizes {
         let count = bytes / 4
         let data = UnsafeMutableBufferPointer(rebasing: buffer[0..<count])
-        let scaled = Int(Double(plan.iterations) * Double(1 << 20) / Double(max(bytes, 1)))
-        let iterations = max(3, min(plan.iterations, scaled) / plan.trials)
+        let iterations = iterationsPerTrial(iterations: plan.iterations, trials: plan.trials, bytes: bytes)
         let options = plan.algorithms.map { CollectiveOptions(algorithm: $0, wire: plan.wire, tuning: plan.tuning) }
         for option in options {
             for _ in 0..<plan.warmup { try allreduce(data, op: plan.op, options: option, group: group) }
@@ -125,6 +124,13 @@ public func runSweep(_ plan: SweepPlan, group: ProcessGroup) throws -> [BenchRes
     // Table order: by algorithm, then size.
     let order = Dictionary(uniqueKeysWithValues: plan.algorithms.enumerated().map { ($1.rawValue, $0) })
     return results.sorted { (order[$0.algorithm]!, $0.bytes) < (order[$1.algorithm]!, $1.bytes) }
+}
+
+/// Timed calls per trial: `iterations` in all, fewer for messages over 1 MiB (so a sweep stays short),
+/// spread over the trials, at least 3.
+func iterationsPerTrial(iterations: Int, trials: Int, bytes: Int) -> Int {
+    let scaled = Int(Double(iterations) * Double(1 << 20) / Double(max(bytes, 1)))
+    return max(3, min(iterations, scaled) / trials)
 }
 
 /// nccl-tests' -a: which rank's time a trial reports (0 rank 0, 1 the mean, 2 the fastest, 3 the slowest).
