@@ -49,3 +49,24 @@ public func launcherRankPIDs(_ output: String) -> [Int32] {
         return Int32(line[r.upperBound...].prefix { $0.isNumber })
     }
 }
+
+/// Starts a launcher (or any program) and reads its merged output until `marker` has appeared
+/// `occurrences` times, or the output ends; returns the process, the pipe to read the rest from, and
+/// what was read.
+public func startLauncher(_ executable: String, _ arguments: [String], until marker: String,
+                          occurrences: Int = 1) throws -> (Process, FileHandle, String) {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: executable)
+    process.arguments = arguments
+    let pipe = Pipe()
+    process.standardOutput = pipe
+    process.standardError = pipe
+    try process.run()
+    var output = ""
+    while output.components(separatedBy: marker).count - 1 < occurrences {
+        let data = pipe.fileHandleForReading.availableData
+        if data.isEmpty { break }
+        output += String(decoding: data, as: UTF8.self)
+    }
+    return (process, pipe.fileHandleForReading, output)
+}

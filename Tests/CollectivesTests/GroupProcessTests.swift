@@ -48,39 +48,21 @@ final class GroupProcessTests: XCTestCase {
     /// kill -9 of a rank inside a sub-group collective: under the launcher every rank of the job is
     /// gone within the timeout + 2 s, the killed rank is named, nothing is left running.
     func testKilledRankInASubgroupStopsTheWholeJob() throws {
-        let launcher = try BackgroundLauncher(["--nproc-per-node", "4", "--timeout", "5", "--", "collective-check", "--mode", "sub-group-loop",
-                                               "--rows", "2", "--loop", "--algorithms", "ring", "--counts", "262144"], ready: "READY", count: 4)
-        let process = launcher.process, reader = launcher.output, pids = launcher.rankPIDs
-        XCTAssertEqual(pids.count, 4, reader.text)
+        let (process, rest, head) = try startLauncher(LocalCluster.buildDirectory + "/ddp-launch", [
+            "--nproc-per-node", "4", "--timeout", "5", "--", "collective-check", "--mode", "sub-group-loop",
+            "--rows", "2", "--loop", "--algorithms", "ring", "--counts", "262144"], until: "READY", occurrences: 4)
+        let pids = launcherRankPIDs(head)
+        XCTAssertEqual(pids.count, 4, head)
         guard pids.count == 4 else { process.terminate(); return }
         // Rank 3 is in the row group {2, 3}; ranks 0 and 1 run in the other row and never talk to it.
         kill(pids[3], SIGKILL)
         let killed = Deadline.now()
+        let text = head + String(decoding: rest.readDataToEndOfFile(), as: UTF8.self)
         process.waitUntilExit()
         let seconds = Deadline.now() - killed
-        let text = reader.finish()
         XCTAssertLessThan(seconds, 5 + 2, "the job took \(seconds) s to stop:\n\(text)")
         XCTAssertTrue(text.contains("FAILED: rank 3 (pid \(pids[3])"), text)
         XCTAssertTrue(text.contains("SIGKILL"), text)
         XCTAssertEqual(survivors(ofLauncher: process.processIdentifier), [])
     }
-}
-
-/// Collects a pipe's output on a thread as it arrives.
-final class OutputCollector: @unchecked Sendable {
-    private let lock = NSLock()
-    private var data = Data()
-    private let done = DispatchSemaphore(value: 0)
-    init(_ handle: FileHandle) {
-        Thread.detachNewThread { [self] in
-            while true {
-                let chunk = handle.availableData
-                if chunk.isEmpty { break }
-                lock.lock(); data.append(chunk); lock.unlock()
-            }
-            done.signal()
-        }
-    }
-    var text: String { lock.lock(); defer { lock.unlock() }; return String(decoding: data, as: UTF8.self) }
-    func finish() -> String { _ = done.wait(timeout: .now() + 5); return text }
 }

@@ -121,24 +121,3 @@ func runCollectiveCheck(worldSize: Int, arguments: [String], expect: [Int: Strin
         if let text = expect[rank] { XCTAssertTrue(outcome.output.contains(text), "rank \(rank) output:\n\(outcome.output)", file: file, line: line) }
     }
 }
-
-/// A launcher running in the background with its output collected, started and waited on until
-/// `ready` has appeared `count` times (e.g. every rank's "READY"); nil pids when it never got there.
-struct BackgroundLauncher {
-    let process = Process()
-    let output: OutputCollector
-    let rankPIDs: [Int32]
-
-    init(_ arguments: [String], ready: String, count: Int) throws {
-        process.executableURL = URL(fileURLWithPath: LocalCluster.buildDirectory + "/ddp-launch")
-        process.arguments = arguments
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        try process.run()
-        output = OutputCollector(pipe.fileHandleForReading)
-        let deadline = Deadline(seconds: 60)
-        while output.text.components(separatedBy: ready).count - 1 < count && !deadline.hasPassed { usleep(20_000) }
-        rankPIDs = launcherRankPIDs(output.text)
-    }
-}

@@ -81,14 +81,15 @@ final class ReliabilityTests: XCTestCase {
     /// Finding 14: a stopped rank makes the others time out and exit first; the launcher must blame
     /// the stopped rank (from the ranks' structured reports), not the first rank to exit.
     func testLauncherBlamesTheStoppedRankNotTheFirstToExit() throws {
-        let launcher = try BackgroundLauncher(["--nproc-per-node", "3", "--timeout", "2", "--", "collective-check", "--loop",
-                                               "--algorithms", "ring", "--counts", "65536"], ready: "READY", count: 3)
-        let process = launcher.process, reader = launcher.output, pids = launcher.rankPIDs
-        XCTAssertEqual(pids.count, 3, reader.text)
+        let (process, rest, head) = try startLauncher(LocalCluster.buildDirectory + "/ddp-launch", [
+            "--nproc-per-node", "3", "--timeout", "2", "--", "collective-check", "--loop", "--algorithms", "ring", "--counts", "65536"],
+            until: "READY", occurrences: 3)
+        let pids = launcherRankPIDs(head)
+        XCTAssertEqual(pids.count, 3, head)
         guard pids.count == 3 else { process.terminate(); return }
         kill(pids[1], SIGSTOP)
+        let text = head + String(decoding: rest.readDataToEndOfFile(), as: UTF8.self)
         process.waitUntilExit()
-        let text = reader.finish()
         let failed = text.split(separator: "\n").first { $0.contains("FAILED:") }.map(String.init) ?? ""
         XCTAssertTrue(failed.contains("FAILED: rank 1 (pid \(pids[1])") && failed.contains("stopped responding (process stopped)"), text)
         XCTAssertEqual(survivors(ofLauncher: process.processIdentifier), [])

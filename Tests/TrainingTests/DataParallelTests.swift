@@ -204,22 +204,8 @@ final class DataParallelTests: XCTestCase {
         XCTAssertEqual(survivors(ofLauncher: process.processIdentifier), [])
     }
 
-    /// Starts a launcher and reads its output until `until` appears (or it ends); returns what it read.
     func startLauncher(_ arguments: [String], until marker: String) throws -> (Process, FileHandle, String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: Self.buildDirectory + "/ddp-launch")
-        process.arguments = arguments
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        try process.run()
-        var output = ""
-        while !output.contains(marker) {
-            let data = pipe.fileHandleForReading.availableData
-            if data.isEmpty { break }
-            output += String(decoding: data, as: UTF8.self)
-        }
-        return (process, pipe.fileHandleForReading, output)
+        try TestSupport.startLauncher(Self.buildDirectory + "/ddp-launch", arguments, until: marker)
     }
 
     /// --max-restarts: rank 1 is killed mid-training, the launcher restarts the group, rank 0 resumes
