@@ -92,8 +92,9 @@ public final class Trainer {
                 + (config.gradientCompression == .bfloat16 ? ", bf16 on the wire" : "") + "; step times logged are means over ranks")
         }
         log("training \(maxIterations) iterations from iteration \(iteration), optimizer \(config.optimizer.rawValue)")
-        // MFU's denominator: this core's FMA peak, measured (every rank runs on one core).
-        let peak = measuredPeakGFLOPS()
+        // MFU's denominator: this core's FMA peak, measured (every rank runs on one core). Only rank 0
+        // logs and records, so only rank 0 spends the ~20 ms measuring.
+        let peak = rank == 0 ? measuredPeakGFLOPS() : .nan
         let stepFlops = task.flopsPerMicroBatch * Double(config.gradAccum)
         log(String(format: "model FLOPs: %.3f GFLOP per step per rank; core peak measured %.1f GFLOP/s", stepFlops / 1e9, peak))
         let record = rank == 0 ? RunRecord(directory: config.outDir, fresh: iteration == 0) : nil
