@@ -13,6 +13,16 @@ public struct GPTConfiguration: Codable, Sendable, Equatable {
     }
 }
 
+extension GPTConfiguration {
+    /// Model FLOPs of one forward and backward over `batch` sequences of `time` tokens: 6 x (matmul
+    /// parameters) x tokens for the linear layers and the tied head, plus the attention's scores and
+    /// mixing, 4 B T^2 C per layer forward and twice that backward (the causal half computed whole).
+    public func trainingFLOPs(batch: Int, time: Int) -> Double {
+        let c = Double(embedding), t = Double(time), b = Double(batch), l = Double(layers)
+        return 6 * (l * 12 * c * c + Double(vocabularySize) * c) * b * t + l * 3 * 4 * b * t * t * c
+    }
+}
+
 /// GPT as in nanoGPT: token + position embeddings, `layers` pre-LN blocks, final LayerNorm, and an LM head
 /// tied to the token embedding. Parameter names follow nanoGPT's state_dict. Weights N(0, 0.02), residual
 /// projections (c_proj) N(0, 0.02 / sqrt(2 * layers)), LayerNorm weight 1.

@@ -78,15 +78,16 @@ extension TrainConfig {
 /// Levenshtein distance (keys are short).
 func editDistance(_ a: String, _ b: String) -> Int {
     let x = Array(a), y = Array(b)
+    guard !x.isEmpty, !y.isEmpty else { return max(x.count, y.count) }
     var row = Array(0...y.count)
-    for i in 1...max(x.count, 1) where !x.isEmpty {
-        var previous = row[0]
+    for i in 1...x.count {
+        var diagonal = row[0]
         row[0] = i
-        for j in 1...max(y.count, 1) where !y.isEmpty {
-            let current = row[j]
-            row[j] = min(row[j] + 1, row[j - 1] + 1, previous + (x[i - 1] == y[j - 1] ? 0 : 1))
-            previous = current
+        for j in 1...y.count {
+            let above = row[j]
+            row[j] = min(above + 1, row[j - 1] + 1, diagonal + (x[i - 1] == y[j - 1] ? 0 : 1))
+            diagonal = above
         }
     }
-    return x.isEmpty ? y.count : row[y.count]
+    return row[y.count]
 }

@@ -36,12 +36,7 @@ public final class GPTTask: TrainingTask {
 
     public var parameters: ParameterSet { model.parameters }
     public var unitsPerMicroBatch: Int { config.batchSize * config.blockSize }
-    /// 6 x (matmul parameters) x tokens for the linear layers and the tied head, plus the attention's
-    /// scores and mixing, 4 B T^2 C per layer forward and twice that backward (the causal half computed whole).
-    public var flopsPerMicroBatch: Double {
-        let c = Double(config.nEmbd), t = Double(config.blockSize), b = Double(config.batchSize), l = Double(config.nLayer)
-        return 6 * (l * 12 * c * c + Double(text.vocabulary.count) * c) * b * t + l * 3 * 4 * b * t * t * c
-    }
+    public var flopsPerMicroBatch: Double { model.configuration.trainingFLOPs(batch: config.batchSize, time: config.blockSize) }
     public var unitName: String { "tokens" }
     public func initialize(seed: UInt64) { model.initialize(seed: seed) }
 

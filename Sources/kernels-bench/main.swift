@@ -86,9 +86,8 @@ struct KernelsBench: ParsableCommand {
     }
 
     /// One forward+backward of the Shakespeare recipe's GPT (4 layers, 4 heads, 128 wide, 64 tokens,
-    /// batch 12, vocabulary 65), so the kernels that are not GEMM are measured too. FLOPs counted as
-    /// 6 x (matmul parameters) x tokens for the linear layers and tied head, plus 4 x B x T^2 x C x 3 per
-    /// layer for attention scores and mixing (forward and backward; the causal half is computed whole).
+    /// batch 12, vocabulary 65), so the kernels that are not GEMM are measured too (FLOPs counted by
+    /// GPTConfiguration.trainingFLOPs, as the trainer counts them for MFU).
     func gptStep() {
         let (B, T, C, L, V) = (12, 64, 128, 4, 65)
         let gpt = GPT(GPTConfiguration(vocabularySize: V, blockSize: T, layers: L, heads: 4, embedding: C))
@@ -101,8 +100,7 @@ struct KernelsBench: ParsableCommand {
             _ = gpt.forward(batch)
             gpt.backward(lossScale: 1)
         }
-        let matmulParameters = Double(L * 12 * C * C + V * C)
-        let flops = 6 * matmulParameters * Double(B * T) + Double(L) * 3 * 4 * Double(B * T * T * C)
+        let flops = gpt.configuration.trainingFLOPs(batch: B, time: T)
         print(String(format: "# GPT recipe forward+backward (B=12 T=64 C=128 L=4): %.1f ms best, %.1f ms median, %.1f GFLOP/s (%.2f GFLOP/step)",
                      best * 1000, median * 1000, flops / median / 1e9, flops / 1e9))
     }
