@@ -30,8 +30,8 @@ let package = Package(
         .target(name: "Collectives", dependencies: ["Rendezvous", "Transport", "CShims"], swiftSettings: nativeCPU),
         .target(name: "NN", dependencies: ["Tensors", "CZlib"], swiftSettings: nativeCPU),
         .target(name: "Datasets", dependencies: ["Tensors", "CZlib"]),
-        .target(name: "Parallel", dependencies: ["Collectives", "Rendezvous"]),
-        .target(name: "Training", dependencies: ["NN", "Datasets", "Tensors", "Collectives", "Rendezvous", "Transport", "CShims"]),
+        .target(name: "Parallel", dependencies: ["Collectives", "Rendezvous", "NN", "Tensors"]),
+        .target(name: "Training", dependencies: ["NN", "Datasets", "Tensors", "Collectives", "Parallel", "Rendezvous", "Transport", "CShims"]),
         .target(name: "Topology", dependencies: ["CNuma", "CShims"]),
         .target(name: "Launch", dependencies: ["Rendezvous", "Transport", "CShims", "Topology"]),
         .executableTarget(name: "ddp-launch", dependencies: [

@@ -23,49 +23,114 @@ extension GPTConfiguration {
     }
 }
 
+extension GPTConfiguration {
+    /// Activation bytes per transformer layer from Korthikanti et al. 2022 (16-bit activations, with
+    /// dropout masks): sbh(34 + 5as/h) without model parallelism, sbh(10 + 24/t + 5as/(ht)) with tensor
+    /// parallelism t, and sbh/t (34 + 5as/h) with sequence parallelism too.
+    public func korthikantiActivationBytes(batch: Int, time: Int, tensorParallel t: Int, sequenceParallel: Bool) -> Double {
+        let s = Double(time), b = Double(batch), h = Double(embedding), a = Double(heads), tp = Double(t)
+        if t == 1 { return s * b * h * (34 + 5 * a * s / h) }
+        if sequenceParallel { return s * b * h / tp * (34 + 5 * a * s / h) }
+        return s * b * h * (10 + 24 / tp + 5 * a * s / (h * tp))
+    }
+}
+
 /// GPT as in nanoGPT: token + position embeddings, `layers` pre-LN blocks, final LayerNorm, and an LM head
 /// tied to the token embedding. Parameter names follow nanoGPT's state_dict. Weights N(0, 0.02), residual
 /// projections (c_proj) N(0, 0.02 / sqrt(2 * layers)), LayerNorm weight 1.
+///
+/// With `parallel` (Megatron-LM tensor parallelism) this rank holds a shard of every block (see
+/// TransformerBlock) and the vocabulary rows [first, first + localVocabulary) of the tied embedding/head
+/// (the vocabulary padded to a multiple of the group size); the logits stay split by vocabulary
+/// (vocabulary-parallel cross-entropy). `sharding` maps the shard to the full model.
 public final class GPT: Model {
     public let configuration: GPTConfiguration
     public let parameters: ParameterSet
+    public let parallel: TensorParallelism?
+    public let sharding: ParameterSharding
     let tokenEmbedding: Parameter, positionEmbedding: Parameter
     let blocks: [TransformerBlock]
     let finalNorm: LayerNormLayer
     let head = CrossEntropyHead()
+    let parallelHead = VocabParallelCrossEntropy()
+    /// Token rows of the embedding on this rank (the whole vocabulary without tensor parallelism).
+    public let localVocabulary: Int
+    var firstToken: Int { (parallel?.rank ?? 0) * localVocabulary }
+    /// Rows of this rank's embedding that are real tokens (the rest is padding).
+    var ownedTokens: Int { max(0, min(localVocabulary, configuration.vocabularySize - firstToken)) }
     var batchSize = 0, time = 0
     var tokens: [Int32] = []
-    /// residual[l] is the input of block l; residual[layers] feeds the final LayerNorm.
+    /// residual[l] is the input of block l; residual[layers] feeds the final LayerNorm (this rank's rows).
     var residual: [Tensor] = []
     var normOut = Tensor(zeros: [0]), logits = Tensor(zeros: [0])
     var dResidual: [Tensor] = [], dNormOut = Tensor(zeros: [0]), dLogits = Tensor(zeros: [0])
+    /// Tensor parallelism: the final LayerNorm's output over all rows (gathered under sequence parallelism)
+    /// and the partial sums of the embedding lookup and of the head's input gradient.
+    var normGathered = Tensor(zeros: [0]), partialRows = Tensor(zeros: [0])
 
-    public init(_ configuration: GPTConfiguration) {
+    public init(_ configuration: GPTConfiguration, parallel: TensorParallelism? = nil) {
         self.configuration = configuration
-        let c = configuration.embedding
+        let c = configuration.embedding, parts = parallel?.size ?? 1
         precondition(c % configuration.heads == 0, "n_embd \(c) not divisible by n_head \(configuration.heads)")
+        precondition(configuration.heads % parts == 0, "n_head \(configuration.heads) not divisible by the tensor-parallel size \(parts)")
+        self.parallel = parts > 1 ? parallel : nil
+        localVocabulary = (configuration.vocabularySize + parts - 1) / parts
         var layout = ParameterSet.Layout()
-        layout.add("transformer.wte.weight", [configuration.vocabularySize, c])
+        layout.add("transformer.wte.weight", [localVocabulary, c])
         layout.add("transformer.wpe.weight", [configuration.blockSize, c])
         for l in 0..<configuration.layers {
-            TransformerBlock.register(&layout, "transformer.h.\(l)", channels: c, bias: configuration.bias)
+            TransformerBlock.register(&layout, "transformer.h.\(l)", channels: c, bias: configuration.bias, parts: parts)
         }
         LayerNormLayer.register(&layout, "transformer.ln_f", features: c, bias: configuration.bias)
         let parameters = ParameterSet(layout: layout)
         self.parameters = parameters
+        sharding = GPT.sharding(parameters, configuration: configuration, rank: parallel?.rank ?? 0, size: parts)
         tokenEmbedding = parameters["transformer.wte.weight"]
         positionEmbedding = parameters["transformer.wpe.weight"]
         let workspace = Workspace()
         blocks = (0..<configuration.layers).map {
             TransformerBlock(parameters, "transformer.h.\($0)", heads: configuration.heads, hasBias: configuration.bias,
-                             workspace: workspace)
+                             workspace: workspace, parallel: parts > 1 ? parallel : nil)
         }
         finalNorm = LayerNormLayer(parameters, "transformer.ln_f", hasBias: configuration.bias)
     }
 
+    /// Which tensors are split and how (see ShardKind); with one rank everything is "replicated".
+    static func sharding(_ parameters: ParameterSet, configuration: GPTConfiguration, rank: Int, size: Int) -> ParameterSharding {
+        guard size > 1 else { return .unsharded(parameters) }
+        var fullOffset = 0
+        let shards = parameters.parameters.map { p -> ParameterShard in
+            var kind = ShardKind.replicated
+            if p.name == "transformer.wte.weight" || p.name.contains(".mlp.c_fc.") { kind = .rows(blocks: 1) }
+            else if p.name.contains(".attn.c_attn.") { kind = .rows(blocks: 3) }
+            else if p.name.hasSuffix(".c_proj.weight") { kind = .columns }
+            var full = p.shape
+            switch kind {
+            case .replicated: break
+            case .rows: full[0] = p.name == "transformer.wte.weight" ? configuration.vocabularySize : full[0] * size
+            case .columns: full[1] *= size
+            }
+            defer { fullOffset += full.reduce(1, *) }
+            return ParameterShard(local: p, fullShape: full, kind: kind, fullOffset: fullOffset,
+                                  partialUnderSequenceParallel: p.name.contains(".ln_") || p.name == "transformer.wpe.weight")
+        }
+        return ParameterSharding(rank: rank, size: size, shards: shards)
+    }
+
+    /// Tensor parallelism draws the full model and keeps this rank's shard (Megatron's CPU
+    /// initialization), so every tensor-parallel size starts from the same model as one rank.
     public func initialize(seed: UInt64) {
+        guard parallel != nil else { return GPT.initialize(parameters, layers: configuration.layers, seed: seed) }
+        var layout = ParameterSet.Layout()
+        for (name, shape, _) in sharding.fullParameters { layout.add(name, shape) }
+        let full = ParameterSet(layout: layout)
+        GPT.initialize(full, layers: configuration.layers, seed: seed)
+        sharding.scatter(full: full.values.base, into: parameters.values.base)
+    }
+
+    static func initialize(_ parameters: ParameterSet, layers: Int, seed: UInt64) {
         var rng = SeededRandom(seed: seed)
-        let residualStd = 0.02 / Float(2 * configuration.layers).squareRoot()
+        let residualStd = 0.02 / Float(2 * layers).squareRoot()
         for p in parameters.parameters {
             if p.name.hasSuffix("c_proj.weight") {
                 p.value.fillNormal(std: residualStd, using: &rng)
@@ -83,63 +148,110 @@ public final class GPT: Model {
         precondition(T >= 1 && T <= configuration.blockSize, "sequence length \(T) outside 1...\(configuration.blockSize)")
         if B == batchSize && T == time { return }
         batchSize = B; time = T
-        let rows = B * T, c = configuration.embedding, v = configuration.vocabularySize
-        residual = (0...configuration.layers).map { _ in Tensor(zeros: [rows, c]) }
-        dResidual = (0..<2).map { _ in Tensor(zeros: [rows, c]) }
-        normOut = Tensor(zeros: [rows, c]); dNormOut = Tensor(zeros: [rows, c])
+        let rows = B * T, c = configuration.embedding, v = ownedTokens
+        if let parallel {
+            precondition(!parallel.sequenceParallel || rows % parallel.size == 0,
+                         "sequence parallelism needs batch x time (\(rows)) divisible by the tensor-parallel size \(parallel.size)")
+        }
+        let local = parallel?.localRows(rows) ?? rows
+        residual = (0...configuration.layers).map { _ in Tensor(zeros: [local, c]) }
+        dResidual = (0..<2).map { _ in Tensor(zeros: [local, c]) }
+        normOut = Tensor(zeros: [local, c]); dNormOut = Tensor(zeros: [local, c])
         logits = Tensor(zeros: [rows, v]); dLogits = Tensor(zeros: [rows, v])
+        if parallel != nil { normGathered = Tensor(zeros: [rows, c]); partialRows = Tensor(zeros: [rows, c]) }
     }
 
-    /// Logits [B*T, vocab] for token windows; kept until the next call.
-    public func logits(tokens: [Int32], batch B: Int, time T: Int) -> Tensor {
+    /// Logits [B*T, vocab] for token windows; kept until the next call. Under tensor parallelism, this
+    /// rank's vocabulary columns [B*T, ownedTokens] (collective: every rank of the group calls it).
+    public func logits(tokens: [Int32], batch B: Int, time T: Int) throws -> Tensor {
         prepare(batch: B, time: T)
         self.tokens = tokens
         let c = configuration.embedding, rows = B * T
-        embeddingForward(tokenEmbedding.value.data, ids: tokens, count: rows, dim: c,
-                         vocabulary: configuration.vocabularySize, into: residual[0].data)
-        for b in 0..<B {
-            let row = residual[0].data + b * T * c
-            add(row, positionEmbedding.value.data, into: row, count: T * c)
+        var firstRow = 0
+        if let parallel {
+            vocabParallelEmbeddingForward(tokenEmbedding.value.data, ids: tokens, dim: c, first: firstToken, localRows: ownedTokens,
+                                          into: partialRows.data)
+            let local = parallel.localRows(rows)
+            residual[0].data.update(from: try parallel.reduceRows(partialRows.data, rows: rows, width: c), count: local * c)
+            if parallel.sequenceParallel { firstRow = parallel.rank * local }
+        } else {
+            embeddingForward(tokenEmbedding.value.data, ids: tokens, count: rows, dim: c,
+                             vocabulary: configuration.vocabularySize, into: residual[0].data)
         }
+        addPositions(into: residual[0].data, firstRow: firstRow, time: T)
         for (l, block) in blocks.enumerated() {
-            block.forward(residual[l].data, batch: B, time: T, into: residual[l + 1].data)
+            try block.forward(residual[l].data, batch: B, time: T, into: residual[l + 1].data)
         }
-        finalNorm.forward(residual[configuration.layers].data, rows: rows, into: normOut.data)
-        gemm(.none, .transposed, m: rows, n: configuration.vocabularySize, k: c,
-             a: normOut.data, b: tokenEmbedding.value.data, c: logits.data)
+        finalNorm.forward(residual[configuration.layers].data, rows: residual[0].shape[0], into: normOut.data)
+        let headInput = try parallel?.gatherRows(normOut.data, rows: rows, width: c, full: normGathered.data) ?? UnsafePointer(normOut.data)
+        gemm(.none, .transposed, m: rows, n: ownedTokens, k: c, a: headInput, b: tokenEmbedding.value.data, c: logits.data)
         return logits
     }
 
-    public func forward(_ batch: TokenBatch) -> Float {
-        let out = logits(tokens: batch.tokens, batch: batch.batchSize, time: batch.time)
+    /// Adds the position embedding to this rank's rows of the residual stream, which start at global row
+    /// `firstRow` of the [B, T] batch (row i is position i mod T).
+    func addPositions(into x: UnsafeMutablePointer<Float>, firstRow: Int, time T: Int) {
+        let c = configuration.embedding
+        for i in 0..<residual[0].shape[0] {
+            let row = x + i * c
+            add(row, positionEmbedding.value.data + ((firstRow + i) % T) * c, into: row, count: c)
+        }
+    }
+
+    public func forward(_ batch: TokenBatch) throws -> Float {
+        let out = try logits(tokens: batch.tokens, batch: batch.batchSize, time: batch.time)
+        if let parallel {
+            return try parallelHead.forward(logits: out.data, targets: batch.targets, first: firstToken, classes: ownedTokens,
+                                            communicator: parallel.communicator)
+        }
         return head.forward(logits: out.data, targets: batch.targets, classes: configuration.vocabularySize)
     }
 
-    public func backward(lossScale: Float, gradientsReady: (Int) -> Void) {
-        let B = batchSize, T = time, rows = B * T, c = configuration.embedding, v = configuration.vocabularySize
-        dLogits.fill(0); dNormOut.fill(0)
-        head.backward(lossScale: lossScale, into: dLogits.data)
+    public func backward(lossScale: Float, gradientsReady: (Int) -> Void) throws {
+        let B = batchSize, T = time, rows = B * T, c = configuration.embedding, v = ownedTokens
+        let local = residual[0].shape[0]
+        dLogits.fill(0)
+        if parallel != nil { parallelHead.backward(lossScale: lossScale, into: dLogits.data) }
+        else { head.backward(lossScale: lossScale, into: dLogits.data) }
+        let headInput = parallel?.sequenceParallel == true ? normGathered : normOut
         // Tied head: logits = normOut wte^T, so dwte += dlogits^T normOut and dNormOut = dlogits wte.
-        gemm(.transposed, .none, m: v, n: c, k: rows, a: dLogits.data, b: normOut.data, beta: 1,
+        gemm(.transposed, .none, m: v, n: c, k: rows, a: dLogits.data, b: headInput.data, beta: 1,
              c: tokenEmbedding.gradient.data)
-        gemm(.none, .none, m: rows, n: c, k: v, a: dLogits.data, b: tokenEmbedding.value.data, beta: 0, c: dNormOut.data)
+        if let parallel {
+            gemm(.none, .none, m: rows, n: c, k: v, a: dLogits.data, b: tokenEmbedding.value.data, beta: 0, c: partialRows.data)
+            dNormOut.data.update(from: try parallel.reduceRows(partialRows.data, rows: rows, width: c), count: local * c)
+        } else {
+            gemm(.none, .none, m: rows, n: c, k: v, a: dLogits.data, b: tokenEmbedding.value.data, beta: 0, c: dNormOut.data)
+        }
         var current = 0
         dResidual[current].fill(0)
-        finalNorm.backward(residual[configuration.layers].data, dy: dNormOut.data, rows: rows, dx: dResidual[current].data)
+        finalNorm.backward(residual[configuration.layers].data, dy: dNormOut.data, rows: local, dx: dResidual[current].data)
         gradientsReady(finalNorm.weight.offset)
         for l in stride(from: configuration.layers - 1, through: 0, by: -1) {
             let next = 1 - current
             dResidual[next].fill(0)
-            blocks[l].backward(residual[l].data, dy: dResidual[current].data, batch: B, time: T, dx: dResidual[next].data)
+            try blocks[l].backward(residual[l].data, dy: dResidual[current].data, batch: B, time: T, dx: dResidual[next].data)
             gradientsReady(blocks[l].ln1.weight.offset)
             current = next
         }
         let dEmbedded = dResidual[current].data
-        embeddingBackward(dEmbedded, ids: tokens, count: rows, dim: c, accumulatingInto: tokenEmbedding.gradient.data)
-        for b in 0..<B {
-            let row = dEmbedded + b * T * c
-            add(positionEmbedding.gradient.data, row, into: positionEmbedding.gradient.data, count: T * c)
+        var firstRow = 0
+        if let parallel {
+            // g backward for the vocabulary-parallel lookup: every rank needs the gradient of all rows.
+            let all = try parallel.gatherRows(dEmbedded, rows: rows, width: c, full: partialRows.data)
+            vocabParallelEmbeddingBackward(all, ids: tokens, dim: c, first: firstToken, localRows: ownedTokens,
+                                           accumulatingInto: tokenEmbedding.gradient.data)
+            if parallel.sequenceParallel { firstRow = parallel.rank * local }
+        } else {
+            embeddingBackward(dEmbedded, ids: tokens, count: rows, dim: c, accumulatingInto: tokenEmbedding.gradient.data)
+        }
+        for i in 0..<local {
+            let position = positionEmbedding.gradient.data + ((firstRow + i) % T) * c
+            add(position, dEmbedded + i * c, into: position, count: c)
         }
         gradientsReady(0)
     }
+
+    /// Bytes kept from forward to backward per block on this rank (after a forward).
+    public var activationBytesPerLayer: Int { blocks.first?.activationBytes ?? 0 }
 }

@@ -7,6 +7,7 @@ public final class MLP: Model {
     public enum Activation: String, Codable, Sendable { case relu, gelu }
 
     public let parameters: ParameterSet
+    public private(set) lazy var sharding = ParameterSharding.unsharded(parameters)
     public let inputs: Int, hidden: Int, classes: Int
     public let activation: Activation
     let fc1: Linear, fc2: Linear

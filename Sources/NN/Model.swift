@@ -7,16 +7,16 @@ public protocol Model: AnyObject {
     var parameters: ParameterSet { get }
     /// Draws the initial parameters from `seed`.
     func initialize(seed: UInt64)
-    /// Mean loss over the batch.
-    func forward(_ batch: Batch) -> Float
+    /// Mean loss over the batch. Throws only when a model-parallel collective fails.
+    func forward(_ batch: Batch) throws -> Float
     /// `gradientsReady(offset)` is called as backward finishes parameters: every gradient from `offset`
     /// to the end of the flat buffer is final (offsets only decrease; the last call passes 0). Data
     /// parallelism uses it to start allreducing buckets while backward continues.
-    func backward(lossScale: Float, gradientsReady: (Int) -> Void)
+    func backward(lossScale: Float, gradientsReady: (Int) -> Void) throws
 }
 
 public extension Model {
-    func backward(lossScale: Float) { backward(lossScale: lossScale, gradientsReady: { _ in }) }
+    func backward(lossScale: Float) throws { try backward(lossScale: lossScale, gradientsReady: { _ in }) }
 }
 
 /// Labels with class indices and a flat feature matrix [rows, features].

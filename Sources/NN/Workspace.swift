@@ -9,6 +9,8 @@ public final class Workspace {
         case attentionQKVGradient, attentionHeadsGradient, attentionScores
         /// GELU output: recomputed from the cached GELU input in backward rather than kept per block.
         case blockActivation
+        /// Tensor parallelism: all-gathered rows (sequence parallelism) and partial sums before reduction.
+        case sequenceGathered, sequenceGatheredGradient, tensorParallelPartial
     }
 
     var buffers: [FloatBuffer?] = Array(repeating: nil, count: Slot.allCases.count)

@@ -46,6 +46,8 @@ extension TrainConfig {
         ("zero_stage", "1: optimizer state sharded across ranks (ZeRO-1); 0: off"),
         ("gradient_compression", "bf16: gradients travel as bfloat16; none: float32"),
         ("allreduce_tuning", "an alpha-beta table from allreduce-bench --tuning for auto (SWIFT_DDP_TUNING also sets it)"),
+        ("tensor_parallel", "split each transformer block across this many ranks (Megatron; divides n_head and the world size)"),
+        ("sequence_parallel", "with tensor_parallel: LayerNorms and residuals on 1/tensor_parallel of the rows"),
     ]
 
     /// All known keys.

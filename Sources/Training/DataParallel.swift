@@ -59,17 +59,6 @@ public final class DataParallel: @unchecked Sendable {
         condition.lock(); stopping = true; condition.broadcast(); condition.unlock()
     }
 
-    /// Broadcasts rank 0's parameters, then checks that every rank runs the same model and config:
-    /// a CRC-32C of the parameter count and `configText` is allgathered, and a rank that differs is named.
-    public func synchronizeInitialState(configText: String) throws {
-        try broadcast(parameters.values.buffer, root: 0, group: group)
-        var text = Array("\(parameters.count)|\(configText)".utf8)
-        let hash = text.withUnsafeMutableBytes { ddp_crc32c(0, $0.baseAddress!, $0.count) }
-        if let r = try firstRankDiffering(hash, group: group) {
-            throw TrainingError("rank \(r) runs a different model or config than rank 0 (hash mismatch); start every rank with the same config and flags")
-        }
-    }
-
     /// Called before backward of the step's last micro-batch.
     public func beginStep() {
         condition.lock(); boundary = parameters.count; bucketsPerStep = 0; condition.unlock()
@@ -152,31 +141,12 @@ public final class DataParallel: @unchecked Sendable {
         for bucket in buckets { try allgather(UnsafeMutableBufferPointer(rebasing: full[bucket]), group: group) }
     }
 
-    /// Global L2 norm of the averaged gradients when each rank holds only its pieces.
-    public func shardedGradientNorm() throws -> Float {
-        var sum = 0.0
-        for r in ownedRanges(of: group.rank) where !r.isEmpty {
-            sum += sumOfSquares(parameters.gradients.base + r.lowerBound, count: r.count)
-        }
-        let buffer = UnsafeMutableBufferPointer<Float>.allocate(capacity: 1)
-        defer { buffer.deallocate() }
-        buffer[0] = Float(sum)
-        try allreduce(buffer, op: .sum, algorithm: .halvingDoubling, group: group)
-        return buffer[0].squareRoot()
-    }
-
     /// A full-length copy of a state buffer packed over `ownedRanges(of: rank)` (collective: every rank calls it).
     public func gatherState(_ packed: FloatBuffer) throws -> FloatBuffer {
         let full = FloatBuffer(count: parameters.count)
         unpack(packed, into: full, ranges: ownedRanges(of: group.rank))
         if shardOptimizer { try gatherPieces(full.buffer) }
         return full
-    }
-
-    /// Fills this rank's packed state from rank 0's full-length buffer (collective).
-    public func scatterState(_ full: FloatBuffer, into packed: FloatBuffer) throws {
-        try broadcast(full.buffer, root: 0, group: group)
-        pack(full, into: packed, ranges: ownedRanges(of: group.rank))
     }
 
     /// Means over ranks (for logging), on the caller's thread; call only between steps.
@@ -193,6 +163,16 @@ public final class DataParallel: @unchecked Sendable {
         if let r = try firstRankDiffering(checksum(of: parameters.values.buffer), group: group) {
             throw TrainingError("after iteration \(iteration) rank \(r)'s parameters differ bitwise from rank 0's")
         }
+    }
+}
+
+/// Checks that every rank of `group` runs the same model and config: a CRC-32C of `text` is
+/// allgathered, and a rank that differs is named.
+func requireSameConfig(_ text: String, group: ProcessGroup) throws {
+    var bytes = Array(text.utf8)
+    let hash = bytes.withUnsafeMutableBytes { ddp_crc32c(0, $0.baseAddress!, $0.count) }
+    if let r = try firstRankDiffering(hash, group: group) {
+        throw TrainingError("rank \(r) runs a different model or config than rank 0 (hash mismatch); start every rank with the same config and flags")
     }
 }
 

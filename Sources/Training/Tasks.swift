@@ -11,12 +11,15 @@ public protocol TrainingTask: AnyObject {
     var unitName: String { get }
     /// Model FLOPs of forward and backward over one micro-batch of this rank (for MFU).
     var flopsPerMicroBatch: Double { get }
+    /// How this rank's parameters relate to the full model (identity without tensor parallelism).
+    var sharding: ParameterSharding { get }
     func initialize(seed: UInt64)
-    /// Forward on the next training micro-batch; returns its mean loss.
-    func trainingLoss(iteration: Int, microStep: Int) -> Float
-    func backward(lossScale: Float, gradientsReady: (Int) -> Void)
-    /// Named evaluation figures (losses, accuracy) at `iteration`.
-    func evaluate(iteration: Int) -> [(name: String, value: Double)]
+    /// Forward on the next training micro-batch; returns its mean loss. Throws when a tensor-parallel
+    /// collective fails.
+    func trainingLoss(iteration: Int, microStep: Int) throws -> Float
+    func backward(lossScale: Float, gradientsReady: (Int) -> Void) throws
+    /// Named evaluation figures (losses, accuracy) at `iteration` (collective under tensor parallelism).
+    func evaluate(iteration: Int) throws -> [(name: String, value: Double)]
 }
 
 /// nanoGPT's character-level Shakespeare: random windows from the train split, eval on both splits.
@@ -24,44 +27,50 @@ public final class GPTTask: TrainingTask {
     public let model: GPT
     public let text: CharText
     let config: TrainConfig
+    /// The data-parallel rank: the ranks of one tensor-parallel group draw the same batches.
     let rank: Int
 
-    public init(config: TrainConfig, text: CharText, rank: Int = 0) {
+    public init(config: TrainConfig, text: CharText, rank: Int = 0, parallel: TensorParallelism? = nil) {
         self.config = config
         self.text = text
         self.rank = rank
         model = GPT(GPTConfiguration(vocabularySize: text.vocabulary.count, blockSize: config.blockSize,
-                                     layers: config.nLayer, heads: config.nHead, embedding: config.nEmbd, bias: config.bias))
+                                     layers: config.nLayer, heads: config.nHead, embedding: config.nEmbd, bias: config.bias),
+                    parallel: parallel)
     }
 
     public var parameters: ParameterSet { model.parameters }
+    public var sharding: ParameterSharding { model.sharding }
     public var unitsPerMicroBatch: Int { config.batchSize * config.blockSize }
-    public var flopsPerMicroBatch: Double { model.configuration.trainingFLOPs(batch: config.batchSize, time: config.blockSize) }
+    /// This rank's share: tensor parallelism splits the matmuls (not the small LayerNorm/softmax work).
+    public var flopsPerMicroBatch: Double {
+        model.configuration.trainingFLOPs(batch: config.batchSize, time: config.blockSize) / Double(model.sharding.size)
+    }
     public var unitName: String { "tokens" }
     public func initialize(seed: UInt64) { model.initialize(seed: seed) }
 
     /// Each rank draws its own independent batch stream, a pure function of (seed, rank, iteration,
     /// micro-step): nothing to save in checkpoints, and a resumed run draws what the original would have.
-    public func trainingLoss(iteration: Int, microStep: Int) -> Float {
+    public func trainingLoss(iteration: Int, microStep: Int) throws -> Float {
         var rng = SeededRandom(seed: config.seed ^ 0xBA7C4).derived(UInt64(rank) << 48 | UInt64(iteration) << 8 | UInt64(microStep & 0xFF))
         let (x, y) = CharText.sampleBatch(from: text.train, batchSize: config.batchSize, time: config.blockSize, using: &rng)
-        return model.forward(TokenBatch(tokens: x, targets: y, batchSize: config.batchSize, time: config.blockSize))
+        return try model.forward(TokenBatch(tokens: x, targets: y, batchSize: config.batchSize, time: config.blockSize))
     }
 
-    public func backward(lossScale: Float, gradientsReady: (Int) -> Void) {
-        model.backward(lossScale: lossScale, gradientsReady: gradientsReady)
+    public func backward(lossScale: Float, gradientsReady: (Int) -> Void) throws {
+        try model.backward(lossScale: lossScale, gradientsReady: gradientsReady)
     }
 
     /// Mean loss over eval_iters random batches per split, as nanoGPT's estimate_loss; the batches come
     /// from a generator derived from the seed and iteration, so evaluation never shifts the training stream.
-    public func evaluate(iteration: Int) -> [(name: String, value: Double)] {
+    public func evaluate(iteration: Int) throws -> [(name: String, value: Double)] {
         var results: [(String, Double)] = []
         for (name, split) in [("train", text.train), ("val", text.validation)] {
             var evalRng = SeededRandom(seed: config.seed).derived(0xE7A1 &+ UInt64(iteration) &* 2 &+ (name == "val" ? 1 : 0))
             var total = 0.0
             for _ in 0..<config.evalIters {
                 let (x, y) = CharText.sampleBatch(from: split, batchSize: config.batchSize, time: config.blockSize, using: &evalRng)
-                total += Double(model.forward(TokenBatch(tokens: x, targets: y, batchSize: config.batchSize, time: config.blockSize)))
+                total += Double(try model.forward(TokenBatch(tokens: x, targets: y, batchSize: config.batchSize, time: config.blockSize)))
             }
             results.append(("\(name) loss", total / Double(config.evalIters)))
         }
@@ -93,6 +102,7 @@ public final class MLPTask: TrainingTask {
     }
 
     public var parameters: ParameterSet { model.parameters }
+    public var sharding: ParameterSharding { model.sharding }
     public var unitsPerMicroBatch: Int { config.batchSize }
     /// 6 x parameters x samples (forward 2, backward 4 per weight and sample).
     public var flopsPerMicroBatch: Double { 6 * Double(parameters.count) * Double(config.batchSize) }
@@ -133,8 +143,9 @@ public final class MLPTask: TrainingTask {
     }
 }
 
-/// Builds the task a config names, loading its data from `config.dataDir`.
-public func makeTask(_ config: TrainConfig, rank: Int = 0, worldSize: Int = 1) throws -> TrainingTask {
+/// Builds the task a config names, loading its data from `config.dataDir`. `rank` and `worldSize` are
+/// the data-parallel ones; `parallel` splits the GPT across a tensor-parallel group.
+public func makeTask(_ config: TrainConfig, rank: Int = 0, worldSize: Int = 1, parallel: TensorParallelism? = nil) throws -> TrainingTask {
     let dir = config.dataDir
     switch config.model {
     case .gpt:
@@ -144,7 +155,7 @@ public func makeTask(_ config: TrainConfig, rank: Int = 0, worldSize: Int = 1) t
         guard config.blockSize < shortest else {
             throw ConfigError(key: "block_size", "\(config.blockSize) is not shorter than the smallest data split (\(shortest) characters)")
         }
-        return GPTTask(config: config, text: text, rank: rank)
+        return GPTTask(config: config, text: text, rank: rank, parallel: parallel)
     case .mlp:
         let all = try MNIST(imagesPath: dir + "/mnist-t10k-images-idx3-ubyte.gz", labelsPath: dir + "/mnist-t10k-labels-idx1-ubyte.gz")
         guard all.count > 2000 else { throw DatasetError(dir, "MNIST has \(all.count) images; need more than the 2,000 held out") }

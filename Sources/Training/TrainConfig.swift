@@ -68,6 +68,12 @@ public struct TrainConfig: Codable, Sendable, Equatable {
     public var gradientCompression = WireFormat.float32
     /// A tuning table from allreduce-bench --tuning: `auto` then picks by its fitted alpha-beta model.
     public var allreduceTuning = ""
+    // Model parallelism
+    /// Megatron tensor parallelism: each block split across this many ranks (divides n_head); data
+    /// parallelism is world / tensor_parallel.
+    public var tensorParallel = 1
+    /// LayerNorm and residual regions on 1/tensor_parallel of the rows (Korthikanti et al. 2022).
+    public var sequenceParallel = false
 
     public init() {}
 
@@ -83,6 +89,7 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         case checkpointInterval = "checkpoint_interval"
         case allreduceAlgorithm = "allreduce_algorithm", bucketMb = "bucket_mb", verifyReplicas = "verify_replicas"
         case zeroStage = "zero_stage", gradientCompression = "gradient_compression", allreduceTuning = "allreduce_tuning"
+        case tensorParallel = "tensor_parallel", sequenceParallel = "sequence_parallel"
     }
 
     public init(from decoder: Decoder) throws {
@@ -109,6 +116,7 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         try take(.allreduceAlgorithm, &allreduceAlgorithm); try take(.bucketMb, &bucketMb); try take(.verifyReplicas, &verifyReplicas)
         try take(.zeroStage, &zeroStage); try take(.gradientCompression, &gradientCompression)
         try take(.allreduceTuning, &allreduceTuning)
+        try take(.tensorParallel, &tensorParallel); try take(.sequenceParallel, &sequenceParallel)
     }
 
     static func typeName<T>(_ type: T.Type) -> String {
@@ -219,6 +227,11 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         try require(gradientCompression == .float32 || [.ring, .auto].contains(allreduceAlgorithm), .gradientCompression,
                     "bf16 runs on the ring: set allreduce_algorithm to ring or auto (it is '\(allreduceAlgorithm.rawValue)')")
         try require(bucketMb > 0 && bucketMb <= 1024, .bucketMb, "must be in (0, 1024] MiB, got \(bucketMb)")
+        try require(tensorParallel >= 1, .tensorParallel, "must be at least 1, got \(tensorParallel)")
+        try require(model == .gpt || tensorParallel == 1, .tensorParallel, "applies to the gpt model only (the mlp trains data-parallel)")
+        try require(!sequenceParallel || tensorParallel > 1, .sequenceParallel, "needs tensor_parallel > 1 (it splits the rows across the tensor-parallel group)")
+        try require(!sequenceParallel || (batchSize * blockSize) % tensorParallel == 0, .sequenceParallel,
+                    "needs batch_size x block_size (\(batchSize * blockSize)) divisible by tensor_parallel \(tensorParallel)")
         try require(dropout == 0, .dropout, "only 0 is supported (the recipe trains without dropout)")
         try requireMemory()
         switch model {
@@ -227,6 +240,7 @@ public struct TrainConfig: Codable, Sendable, Equatable {
             try require(dataset != .text || !dataPath.isEmpty, .dataPath, "dataset \"text\" needs data_path: a UTF-8 text file")
             try require(nLayer >= 1, .nLayer, "must be at least 1"); try require(nHead >= 1, .nHead, "must be at least 1")
             try require(nEmbd >= 1 && nEmbd % nHead == 0, .nEmbd, "must be a positive multiple of n_head (\(nHead)), got \(nEmbd)")
+            try require(nHead % tensorParallel == 0, .tensorParallel, "\(tensorParallel) does not divide n_head \(nHead): attention is split by heads")
             try require(blockSize >= 1, .blockSize, "must be at least 1")
         case .mlp:
             try require(dataset == .mnist, .dataset, "the mlp model trains on mnist")

@@ -1,6 +1,7 @@
 import Collectives
 import Foundation
 import NN
+import Parallel
 import Rendezvous
 import Tensors
 
@@ -27,11 +28,16 @@ public final class Trainer {
     public var jobID: String?
     /// Steps skipped for a non-finite gradient norm (on_nonfinite: skip).
     public private(set) var skippedSteps = 0
-    /// Full-length optimizer state read by `resume` on rank 0, handed out to the owners in `run`.
+    /// Full-model parameters and optimizer state read by `resume` on rank 0, handed out to every rank
+    /// (its shard, its owned pieces) in `run`.
+    var resumedParameters: FloatBuffer?
     var resumedState: [String: FloatBuffer]?
-    /// Present when the world has more than one rank.
+    /// Present when the data-parallel group has more than one rank.
     public let dataParallel: DataParallel?
-    let rank: Int, worldSize: Int
+    public let groups: TrainingGroups
+    /// World rank and size; `dataSize` ranks see different batches.
+    let rank: Int, worldSize: Int, dataSize: Int
+    var tensor: GroupCommunicator? { groups.tensor }
     let log: (String) -> Void
 
     public var checkpointPath: String { config.outDir + "/ckpt.safetensors" }
@@ -44,20 +50,30 @@ public final class Trainer {
     /// With a group of more than one rank the trainer runs data-parallel: rank 0's initial parameters
     /// are broadcast, gradients are averaged in buckets during backward, and only rank 0 evaluates,
     /// logs and writes checkpoints.
-    public init(config: TrainConfig, task: TrainingTask, group: ProcessGroup = .single(),
+    public convenience init(config: TrainConfig, task: TrainingTask, group: ProcessGroup = .single(),
+                            log: @escaping (String) -> Void = { emitLine($0) }) {
+        self.init(config: config, task: task, groups: TrainingGroups(world: group), log: log)
+    }
+
+    /// Under tensor parallelism `task` holds this rank's shard (made with `groups.tensorParallelism`):
+    /// gradients are averaged over the data-parallel group, the global norm summed over both, and
+    /// checkpoints gather the full model.
+    public init(config: TrainConfig, task: TrainingTask, groups: TrainingGroups,
                 log: @escaping (String) -> Void = { emitLine($0) }) {
         self.config = config
         self.task = task
-        rank = group.rank
-        worldSize = group.worldSize
-        self.log = group.rank == 0 ? log : { _ in }
-        dataParallel = group.worldSize > 1
-            ? DataParallel(group: group, parameters: task.parameters, bucketBytes: Int(config.bucketMb * 1048576),
+        self.groups = groups
+        rank = groups.world.rank
+        worldSize = groups.world.worldSize
+        dataSize = groups.data.worldSize
+        self.log = rank == 0 ? log : { _ in }
+        dataParallel = groups.data.worldSize > 1
+            ? DataParallel(group: groups.data, parameters: task.parameters, bucketBytes: Int(config.bucketMb * 1048576),
                            options: CollectiveOptions(algorithm: config.allreduceAlgorithm, wire: config.gradientCompression),
                            shardOptimizer: config.zeroStage == 1)
             : nil
         let parameters = task.parameters
-        let owned = dataParallel?.ownedRanges(of: group.rank)
+        let owned = dataParallel?.ownedRanges(of: groups.data.rank)
         switch config.optimizer {
         case .adamw:
             optimizer = AdamW(parameters, ranges: owned, .init(beta1: Float(config.beta1), beta2: Float(config.beta2),
@@ -77,18 +93,19 @@ public final class Trainer {
 
     /// Runs from the current iteration to the end.
     public func run() throws -> TrainSummary {
-        let units = task.unitsPerMicroBatch * config.gradAccum * worldSize
+        let units = task.unitsPerMicroBatch * config.gradAccum * dataSize
         defer { dataParallel?.stop(); releaseOutputDirectory() }
         if rank == 0 { try checkOutputDirectory() }
         try synchronize()
         log("config: \(config.jsonString())")
         log("model: \(config.architecture), \(task.parameters.count) parameters")
         logOptimizerMemory()
-        log("batch: \(task.unitsPerMicroBatch) \(task.unitName) per micro-batch x \(config.gradAccum) accumulation steps x \(worldSize) rank(s) = \(units) \(task.unitName) per step (global batch)")
+        logTensorParallelism()
+        log("batch: \(task.unitsPerMicroBatch) \(task.unitName) per micro-batch x \(config.gradAccum) accumulation steps x \(dataSize) \(tensor == nil ? "rank(s)" : "data-parallel rank(s)") = \(units) \(task.unitName) per step (global batch)")
         if let dataParallel {
             let how = dataParallel.shardOptimizer ? "ZeRO-1 (reduce-scatter gradients, update own shard, allgather parameters)"
                                                   : "allreduce \(config.allreduceAlgorithm.rawValue)"
-            log("data parallel: \(worldSize) ranks, \(how), \(dataParallel.buckets.count) buckets of \(config.bucketMb) MiB, gradients averaged"
+            log("data parallel: \(dataSize) ranks, \(how), \(dataParallel.buckets.count) buckets of \(config.bucketMb) MiB, gradients averaged"
                 + (config.gradientCompression == .bfloat16 ? ", bf16 on the wire" : "") + "; step times logged are means over ranks")
         }
         log("training \(maxIterations) iterations from iteration \(iteration), optimizer \(config.optimizer.rawValue)")
@@ -103,14 +120,16 @@ public final class Trainer {
         var evaluations: [(Int, [(String, Double)])] = []
         let start = monotonicSeconds()
         var trainingSeconds = 0.0, windowSeconds = 0.0, windowIterations = 0, windowExposed = 0.0, totalExposed = 0.0
+        var windowTensor = (seconds: 0.0, floats: 0, calls: 0)
         while true {
             if iteration % config.evalInterval == 0 || iteration == maxIterations {
                 // Rank 0 evaluates; every rank then learns whether validation improved (this also keeps the
                 // others' wait for the evaluation out of the next step's communication time) and, if so,
                 // takes part in writing the best checkpoint (ZeRO gathers the optimizer state).
                 var improved: Int64 = 0
+                // Tensor parallelism: the whole tensor-parallel group of rank 0 runs the (collective) forward.
+                let figures = groups.data.rank == 0 ? try task.evaluate(iteration: iteration) : []
                 if rank == 0 {
-                    let figures = task.evaluate(iteration: iteration)
                     evaluations.append((iteration, figures))
                     log("eval \(iteration): " + figures.map { "\($0.name) \(String(format: "%.4f", $0.value))" }.joined(separator: ", "))
                     record?.evaluation(iteration: iteration, elapsed: monotonicSeconds() - start, figures: figures)
@@ -120,16 +139,19 @@ public final class Trainer {
                         improved = iteration > 0 ? 1 : 0
                     }
                 }
-                if let dataParallel { improved = try broadcast([improved], root: 0, group: dataParallel.group)[0] }
+                if worldSize > 1 { improved = try broadcast([improved], root: 0, group: groups.world)[0] }
                 if improved == 1 { try saveCheckpoint(to: bestCheckpointPath, reason: String(format: "best validation so far, %.4f", bestValidation)) }
             }
             if iteration >= maxIterations { break }
             let lr = schedule.learningRate(at: iteration)
             let stepStart = monotonicSeconds()
+            tensor?.resetCounters()
             let (localLoss, exposed) = try trainStep(learningRate: lr)
             let stepSeconds = monotonicSeconds() - stepStart
+            if let tensor { windowTensor = (windowTensor.seconds + tensor.seconds, windowTensor.floats + tensor.floats, windowTensor.calls + tensor.calls) }
             let loss = try dataParallel.map { Float(try $0.average([Double(localLoss)])[0]) } ?? localLoss
-            if config.verifyReplicas { try dataParallel?.verifyReplicas(iteration: iteration) }
+            if config.verifyReplicas { try verifyReplicas() }
+            if losses.isEmpty, let gpt = task as? GPTTask { logActivationMemory(gpt) }
             trainingSeconds += stepSeconds
             windowSeconds += stepSeconds
             windowExposed += exposed
@@ -157,12 +179,18 @@ public final class Trainer {
                     line += String(format: " | compute %.1f ms, exposed comm %.2f ms (%.1f%%)", (perIteration - exposedPerIteration) * 1000,
                                    exposedPerIteration * 1000, 100 * exposedPerIteration / perIteration)
                 }
+                if tensor != nil {
+                    let n = Double(windowIterations)
+                    line += String(format: " | tensor-parallel comm %.1f ms/iter (%d collectives, %.2f MB)", windowTensor.seconds / n * 1000,
+                                   Int((Double(windowTensor.calls) / n).rounded()), Double(windowTensor.floats) * 4 / n / 1e6)
+                }
                 log(line)
                 record?.step(iteration: iteration, elapsed: elapsed, loss: Double(loss), learningRate: Double(lr),
                              unitsPerSecond: Double(units) / perIteration, unitName: task.unitName, millisecondsPerIteration: perIteration * 1000,
                              exposedMilliseconds: dataParallel == nil ? nil : exposedPerIteration * 1000, mfu: mfu)
                 windowSeconds = 0
                 windowIterations = 0
+                windowTensor = (0, 0, 0)
                 windowExposed = 0
             }
             if config.checkpointInterval > 0 && iteration % config.checkpointInterval == 0 && iteration < maxIterations {
@@ -197,79 +225,159 @@ public final class Trainer {
         parameters.zeroGradients()
         var total: Float = 0
         for micro in 0..<config.gradAccum {
-            total += task.trainingLoss(iteration: iteration, microStep: micro)
+            total += try task.trainingLoss(iteration: iteration, microStep: micro)
             if let dataParallel, micro == config.gradAccum - 1 {
                 dataParallel.beginStep()
-                task.backward(lossScale: 1 / Float(config.gradAccum), gradientsReady: { dataParallel.gradientsReady(from: $0) })
+                try task.backward(lossScale: 1 / Float(config.gradAccum), gradientsReady: { dataParallel.gradientsReady(from: $0) })
             } else {
-                task.backward(lossScale: 1 / Float(config.gradAccum), gradientsReady: { _ in })
+                try task.backward(lossScale: 1 / Float(config.gradAccum), gradientsReady: { _ in })
             }
         }
         var exposed = try dataParallel?.finishStep() ?? 0
-        // The global gradient norm is the same number on every rank (gradients are averaged first, or
-        // ZeRO-1 sums the pieces' squares over all ranks), so every rank takes the same decision.
+        // The global gradient norm is the same number on every rank (gradients are averaged first, and
+        // sharded pieces are summed over the groups that split them), so every rank takes the same decision.
+        let start = monotonicSeconds()
+        if let tensor, groups.sequenceParallel {
+            // LayerNorm and position-embedding gradients were computed over this rank's rows only.
+            try sumOverTensorGroup(task.sharding.sequenceParallelPartialRanges, of: parameters.gradients, tensor)
+        }
+        let norm = try globalGradientNorm()
+        exposed += monotonicSeconds() - start
+        guard try acceptStep(gradientNorm: norm, learningRate: learningRate) else { return (total / Float(config.gradAccum), exposed) }
+        if config.gradClip > 0 { parameters.clipGradients(in: optimizer.ranges, norm: norm, maxNorm: Float(config.gradClip)) }
+        optimizer.step(learningRate: learningRate)
         if let dataParallel, dataParallel.shardOptimizer {
-            // ZeRO-1: this rank holds the averaged gradients of its pieces only.
-            let start = monotonicSeconds()
-            let norm = try dataParallel.shardedGradientNorm()
-            let communication = monotonicSeconds() - start
-            guard try acceptStep(gradientNorm: norm, learningRate: learningRate) else { return (total / Float(config.gradAccum), exposed + communication) }
-            if config.gradClip > 0 { parameters.clipGradients(in: optimizer.ranges, norm: norm, maxNorm: Float(config.gradClip)) }
-            optimizer.step(learningRate: learningRate)
+            // ZeRO-1: every rank updated its pieces; gather the rest.
             let gatherStart = monotonicSeconds()
             try dataParallel.gatherParameters()
-            exposed += communication + monotonicSeconds() - gatherStart
-        } else {
-            let norm = parameters.gradientNorm()
-            guard try acceptStep(gradientNorm: norm, learningRate: learningRate) else { return (total / Float(config.gradAccum), exposed) }
-            if config.gradClip > 0 { parameters.clipGradients(in: [0..<parameters.count], norm: norm, maxNorm: Float(config.gradClip)) }
-            optimizer.step(learningRate: learningRate)
+            exposed += monotonicSeconds() - gatherStart
         }
         return (total / Float(config.gradAccum), exposed)
     }
 
-    // MARK: start, checkpoints, resume
-
-    /// Data-parallel start: rank 0's parameters, iteration and (when it resumed) optimizer state go to
-    /// every rank, so only rank 0 needs the checkpoint file; then model and config are checked equal.
-    func synchronize() throws {
-        guard let dataParallel else { return }
-        var tuningText = ""
-        if !config.allreduceTuning.isEmpty {
-            let table: TuningTable
-            do { table = try TuningTable.load(path: config.allreduceTuning) } catch {
-                throw ConfigError(key: "allreduce_tuning", "\(error)")
-            }
-            dataParallel.setTuning(table)
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = .sortedKeys // dictionary order differs between processes
-            tuningText = String(decoding: (try? encoder.encode(table)) ?? Data(), as: UTF8.self)
-            if table.worldSize != worldSize {
-                log("allreduce_tuning: \(config.allreduceTuning) was measured at \(table.worldSize) ranks, this run has \(worldSize): auto keeps its fixed rule")
+    /// The L2 norm of the whole model's averaged gradient. Plain data parallelism: every rank holds all
+    /// of it. ZeRO-1: each rank sums the squares of its pieces, then the data-parallel group adds them up.
+    /// Tensor parallelism: each rank adds its shards, and the replicated tensors on tensor rank 0 only.
+    func globalGradientNorm() throws -> Float {
+        let parameters = task.parameters
+        let sharded = dataParallel?.shardOptimizer ?? false
+        guard tensor != nil || sharded else { return parameters.gradientNorm() }
+        let counted = (tensor?.rank ?? 0) == 0 ? [0..<parameters.count] : task.sharding.shardedRanges
+        var sum = 0.0
+        for owned in optimizer.ranges {
+            for range in counted {
+                let r = owned.clamped(to: range)
+                if !r.isEmpty { sum += sumOfSquares(parameters.gradients.base + r.lowerBound, count: r.count) }
             }
         }
-        // Ranks must agree on the model and config, and on the tuning table auto consults.
-        try dataParallel.synchronizeInitialState(configText: config.jsonString() + tuningText)
-        let counters = try broadcast([resumedState == nil ? 0 : 1, Int64(iteration), Int64(optimizer.stepCount)],
-                                     root: 0, group: dataParallel.group)
-        iteration = Int(counters[1])
-        optimizer.stepCount = Int(counters[2])
-        guard counters[0] == 1 else { return }
-        for (name, packed) in optimizer.state {
-            try dataParallel.scatterState(resumedState?[name] ?? FloatBuffer(count: task.parameters.count), into: packed)
-        }
-        resumedState = nil
+        let buffer = UnsafeMutableBufferPointer<Float>.allocate(capacity: 1)
+        defer { buffer.deallocate() }
+        buffer[0] = Float(sum)
+        if sharded { try allreduce(buffer, op: .sum, algorithm: .halvingDoubling, group: groups.data) }
+        if let tensor { try tensor.allreduceSum(buffer) }
+        return buffer[0].squareRoot()
     }
 
-    /// One line per rank: optimizer state floats and MiB (ZeRO-1 divides it by the world size).
+    /// Sums `ranges` of `buffer` over the tensor-parallel group in one collective.
+    func sumOverTensorGroup(_ ranges: [Range<Int>], of buffer: FloatBuffer, _ tensor: GroupCommunicator) throws {
+        let packed = FloatBuffer(count: ranges.reduce(0) { $0 + $1.count })
+        pack(buffer, into: packed, ranges: ranges)
+        try tensor.allreduceSum(packed.buffer)
+        unpack(packed, into: buffer, ranges: ranges)
+    }
+
+    /// Data-parallel replicas hold bitwise-identical parameters, and so do the replicated tensors
+    /// (LayerNorms, position embedding, row-parallel biases) of a tensor-parallel group.
+    func verifyReplicas() throws {
+        try dataParallel?.verifyReplicas(iteration: iteration)
+        guard let tensor else { return }
+        let replicated = task.sharding.replicatedRanges
+        let copy = FloatBuffer(count: replicated.reduce(0) { $0 + $1.count })
+        pack(task.parameters.values, into: copy, ranges: replicated)
+        if let r = try firstRankDiffering(checksum(of: copy.buffer), group: tensor.group) {
+            throw TrainingError("after iteration \(iteration) tensor-parallel rank \(r) (world rank \(tensor.group.members[r]))'s replicated tensors (LayerNorms, position embedding, biases) differ bitwise from tensor-parallel rank 0's")
+        }
+    }
+
+    // MARK: start, checkpoints, resume
+
+    /// Start: when rank 0 resumed, every rank takes its shard of the full parameters and its pieces of
+    /// the optimizer state, and the iteration; rank 0's (data-parallel) parameters go to every replica;
+    /// then every rank is checked to run the same model and config.
+    func synchronize() throws {
+        if worldSize > 1 {
+            var tuningText = ""
+            if !config.allreduceTuning.isEmpty {
+                let table: TuningTable
+                do { table = try TuningTable.load(path: config.allreduceTuning) } catch {
+                    throw ConfigError(key: "allreduce_tuning", "\(error)")
+                }
+                dataParallel?.setTuning(table)
+                let encoder = JSONEncoder()
+                encoder.outputFormatting = .sortedKeys // dictionary order differs between processes
+                tuningText = String(decoding: (try? encoder.encode(table)) ?? Data(), as: UTF8.self)
+                if table.worldSize != dataSize {
+                    log("allreduce_tuning: \(config.allreduceTuning) was measured at \(table.worldSize) ranks, this run has \(dataSize): auto keeps its fixed rule")
+                }
+            }
+            // Ranks must agree on the model and config, and on the tuning table auto consults.
+            try requireSameConfig("\(task.sharding.fullCount)|\(config.jsonString())\(tuningText)", group: groups.world)
+        }
+        var resumed = resumedParameters != nil
+        if worldSize > 1 {
+            let counters = try broadcast([resumed ? 1 : 0, Int64(iteration), Int64(optimizer.stepCount)], root: 0, group: groups.world)
+            resumed = counters[0] == 1
+            iteration = Int(counters[1])
+            optimizer.stepCount = Int(counters[2])
+        }
+        if resumed {
+            let sharding = task.sharding
+            let local = FloatBuffer(count: sharding.localCount)
+            func share(_ full: FloatBuffer?) throws -> FloatBuffer {
+                let full = full ?? FloatBuffer(count: sharding.fullCount)
+                if worldSize > 1 { try broadcast(full.buffer, root: 0, group: groups.world) }
+                sharding.scatter(full: full.base, into: local.base)
+                return local
+            }
+            task.parameters.values.base.update(from: try share(resumedParameters).base, count: sharding.localCount)
+            for (name, packed) in optimizer.state { pack(try share(resumedState?[name]), into: packed, ranges: optimizer.ranges) }
+            resumedParameters = nil; resumedState = nil
+        }
+        guard worldSize > 1 else { return }
+        if let dataParallel { try broadcast(task.parameters.values.buffer, root: 0, group: dataParallel.group) }
+    }
+
+    /// One line per data-parallel rank: optimizer state floats and MiB (ZeRO-1 divides it by the
+    /// data-parallel size; tensor parallelism by the tensor-parallel size).
     func logOptimizerMemory() {
         let buffers = optimizer.state.count
-        let full = Double(buffers * task.parameters.count * 4) / 1048576
-        for r in 0..<worldSize {
+        let full = Double(buffers * task.sharding.fullCount * 4) / 1048576
+        for r in 0..<dataSize {
             let owned = dataParallel?.ownedRanges(of: r).reduce(0) { $0 + $1.count } ?? task.parameters.count
-            log(String(format: "optimizer memory: rank %d holds %d x %d floats = %.2f MiB of state (%.0f%% of the unsharded %.2f MiB)",
-                       r, buffers, owned, Double(buffers * owned * 4) / 1048576, 100 * Double(owned) / Double(max(task.parameters.count, 1)), full))
+            log(String(format: "optimizer memory: %@ %d holds %d x %d floats = %.2f MiB of state (%.0f%% of the unsharded %.2f MiB)",
+                       tensor == nil ? "rank" : "data-parallel rank", r, buffers, owned, Double(buffers * owned * 4) / 1048576,
+                       100 * Double(owned) / Double(max(task.sharding.fullCount, 1)), full))
         }
+    }
+
+    /// The layout, and what one rank holds of the block weights (about 1/tensor_parallel of them).
+    func logTensorParallelism() {
+        guard let tensor, let layout = groups.layout else { return }
+        log("tensor parallel: \(layout), sequence parallel \(groups.sequenceParallel ? "on" : "off"); per block 2 summed outputs forward, 2 summed input gradients backward on the tensor-parallel group")
+        for line in layout.table() { log("layout: " + line) }
+        let blocks = task.sharding.shards.filter { $0.local.name.hasPrefix("transformer.h.") }
+        let local = blocks.reduce(0) { $0 + $1.local.value.count }, full = blocks.reduce(0) { $0 + $1.fullShape.reduce(1, *) }
+        log(String(format: "parameter memory: %d of the model's %d parameters on each rank; block weights %.2f MiB of %.2f MiB (%.1f%%, 1/%d = %.1f%%)",
+                   task.parameters.count, task.sharding.fullCount, Double(local * 4) / 1048576, Double(full * 4) / 1048576,
+                   100 * Double(local) / Double(max(full, 1)), tensor.size, 100 / Double(tensor.size)))
+    }
+
+    /// Measured after the first step (buffers are sized by the first forward), beside the paper's count.
+    func logActivationMemory(_ gpt: GPTTask) {
+        let formula = gpt.model.configuration.korthikantiActivationBytes(batch: config.batchSize, time: config.blockSize,
+                                                                         tensorParallel: config.tensorParallel, sequenceParallel: config.sequenceParallel)
+        log(String(format: "activation memory: %d bytes per layer on this rank kept from forward to backward (fp32); Korthikanti et al. for this layout %.0f bytes at 16 bits, %.0f as fp32 (theirs counts dropout masks and the GELU output; this model has no dropout and recomputes GELU)",
+                   gpt.model.activationBytesPerLayer, formula, 2 * formula))
     }
 
     /// Whether to apply this step: a non-finite gradient norm (a NaN or infinite loss, a too-large
@@ -287,22 +395,27 @@ public final class Trainer {
         }
     }
 
-    /// Writes the full state (ZeRO-1: gathered from the owners, so every rank must call this); only
-    /// rank 0 writes the file. Any world size, sharded or not, can resume it. Non-finite parameters are
-    /// refused: a good checkpoint is never overwritten by a broken one.
+    /// Writes the full model and state (ZeRO-1: gathered from the owners; tensor parallelism: assembled
+    /// from the shards, so every rank must call this); only rank 0 writes the file, in the one-rank
+    /// layout. Any layout can resume it. Non-finite parameters are refused: a good checkpoint is never
+    /// overwritten by a broken one.
     public func saveCheckpoint(to path: String? = nil, reason: String = "requested") throws {
         let path = path ?? checkpointPath
         var state: [(name: String, buffer: FloatBuffer)] = optimizer.state
         if let dataParallel, dataParallel.shardOptimizer {
             state = try state.map { ($0.name, try dataParallel.gatherState($0.buffer)) }
         }
+        // Only rank 0's tensor-parallel group assembles: the other data-parallel replicas hold the same.
+        guard groups.data.rank == 0 else { return }
+        let parameters = try fullModel(task.parameters.values)
+        state = try state.map { ($0.name, try fullModel($0.buffer)) }
         guard rank == 0 else { return }
-        guard allFinite(task.parameters.values.base, count: task.parameters.count) else {
+        guard allFinite(parameters.base, count: parameters.count) else {
             throw TrainingError("iteration \(iteration): the parameters hold NaN or infinite values; \(path) was not overwritten")
         }
         try FileManager.default.createDirectory(atPath: config.outDir, withIntermediateDirectories: true)
-        var tensors: [(name: String, shape: [Int], values: UnsafeBufferPointer<Float>)] = task.parameters.parameters.map {
-            ($0.name, $0.shape, UnsafeBufferPointer($0.value.buffer))
+        var tensors: [(name: String, shape: [Int], values: UnsafeBufferPointer<Float>)] = task.sharding.fullParameters.map {
+            ($0.name, $0.shape, UnsafeBufferPointer(rebasing: parameters.buffer[$0.offset..<($0.offset + $0.shape.reduce(1, *))]))
         }
         for (name, buffer) in state {
             tensors.append(("optimizer." + name, [buffer.count], UnsafeBufferPointer(buffer.buffer)))
@@ -318,6 +431,22 @@ public final class Trainer {
         if let gpt = task as? GPTTask { metadata["vocabulary"] = String(String.UnicodeScalarView(gpt.text.vocabulary)) }
         try Checkpoint(tensors: tensors, metadata: metadata).write(to: path)
         log("checkpoint: wrote \(path) at iteration \(iteration) (\(reason))")
+    }
+
+    /// A full-layout copy of a local-layout buffer (parameters or unpacked optimizer state): the shards
+    /// of the tensor-parallel group gathered and assembled (collective on that group); a copy without.
+    func fullModel(_ local: FloatBuffer) throws -> FloatBuffer {
+        let sharding = task.sharding
+        let full = FloatBuffer(count: sharding.fullCount)
+        guard let tensor else {
+            full.base.update(from: local.base, count: sharding.localCount)
+            return full
+        }
+        let gathered = FloatBuffer(count: sharding.localCount * tensor.size)
+        (gathered.base + tensor.rank * sharding.localCount).update(from: local.base, count: sharding.localCount)
+        try allgather(gathered.buffer, group: tensor.group)
+        sharding.assemble(gathered: gathered.base, into: full.base)
+        return full
     }
 
     /// Found at the start, not after training: out_dir must be a directory this process can write.
@@ -348,8 +477,8 @@ public final class Trainer {
     }
 
     /// Restores parameters, optimizer state and iteration from `path` (batches are a function of the
-    /// iteration, so nothing else is needed). Data-parallel: call it on rank 0 only; `run` hands the
-    /// state to the other ranks, at any world size.
+    /// iteration, so nothing else is needed), into `run`. Call it on rank 0 only: `run` hands every rank
+    /// its part, at any world size and layout.
     public func resume(from path: String) throws {
         let checkpoint = try LoadedCheckpoint(path: path)
         guard try checkpoint.require("format") == "swift-ddp-checkpoint" else {
@@ -373,15 +502,18 @@ public final class Trainer {
         guard savedIteration <= maxIterations else {
             throw CheckpointError(path, "was written at iteration \(savedIteration), past this run's \(maxIterations) iterations (max_iters): nothing to train; raise max_iters to continue it")
         }
-        for p in task.parameters.parameters { try checkpoint.restore(p.name, shape: p.shape, into: p.value.data) }
+        // `synchronize` hands every rank (this one too) its shard and its pieces.
+        let sharding = task.sharding
+        let parameters = FloatBuffer(count: sharding.fullCount)
+        for (name, shape, offset) in sharding.fullParameters { try checkpoint.restore(name, shape: shape, into: parameters.base + offset) }
         var state: [String: FloatBuffer] = [:]
-        for (name, packed) in optimizer.state {
-            let full = FloatBuffer(count: task.parameters.count)
+        for (name, _) in optimizer.state {
+            let full = FloatBuffer(count: sharding.fullCount)
             try checkpoint.restore("optimizer." + name, shape: [full.count], into: full.base)
-            // Data-parallel: `synchronize` hands every rank (this one too) its pieces.
-            if dataParallel == nil { pack(full, into: packed, ranges: optimizer.ranges) } else { state[name] = full }
+            state[name] = full
         }
-        resumedState = dataParallel == nil ? nil : state
+        resumedParameters = parameters
+        resumedState = state
         optimizer.stepCount = steps
         iteration = savedIteration
         log("resumed from \(path) at iteration \(savedIteration) (written by \(checkpoint.metadata["world_size"] ?? "?") rank(s))")

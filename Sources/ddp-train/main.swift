@@ -121,8 +121,9 @@ struct Train: ParsableCommand {
             // a busy machine: 15.6k tokens/s mean blocking vs 14.0k spinning 50 us; blocking won 5 of 6).
             // SWIFT_DDP_SPIN_US overrides.
             let group = try ProcessGroup.join(env, spinMicroseconds: 0, log: { emitLine($0, to: STDERR_FILENO) })
-            let task = try makeTask(settings, rank: env.rank, worldSize: env.worldSize)
-            let trainer = Trainer(config: settings, task: task, group: group, log: { emitLine($0) })
+            let groups = try TrainingGroups(world: group, config: settings)
+            let task = try makeTask(settings, rank: groups.data.rank, worldSize: groups.data.worldSize, parallel: groups.tensorParallelism)
+            let trainer = Trainer(config: settings, task: task, groups: groups, log: { emitLine($0) })
             trainer.jobID = env.jobID
             // Rank 0 reads the checkpoint; the trainer hands its state to the other ranks.
             if resume && env.rank == 0 { try trainer.resume(from: trainer.checkpointPath) }
@@ -175,7 +176,7 @@ struct Sample: ParsableCommand {
             for p in task.parameters.parameters { try loaded.restore(p.name, shape: p.shape, into: p.value.data) }
             guard let start = task.text.encode(prompt) else { throw ValidationError("prompt has characters outside the vocabulary") }
             var rng = SeededRandom(seed: seed)
-            let out = task.model.generate(prompt: start, count: tokens, temperature: temperature,
+            let out = try task.model.generate(prompt: start, count: tokens, temperature: temperature,
                                           topK: topK == 0 ? nil : topK, using: &rng)
             print(task.text.decode(out))
         }

@@ -2,11 +2,15 @@ import Tensors
 
 /// Multi-head causal self-attention: fused QKV projection, scaled dot-product with a causal mask,
 /// output projection. Caches qkv [N, 3C], the attention probabilities [B, NH, T, T] and the heads'
-/// output [N, C]; backward's temporaries come from the model's shared Workspace.
+/// output [N, C]; backward's temporaries come from the model's shared Workspace. Under tensor
+/// parallelism a rank holds `heads` of the model's heads: QKV is column-parallel (its heads' rows of q, k
+/// and v), the output projection row-parallel (its partial sum is reduced by the caller, then the bias added).
 public final class CausalSelfAttention {
     public let qkvProjection: Linear
     public let outputProjection: Linear
+    /// Heads on this rank.
     public let heads: Int
+    /// This rank's heads x head size (the model's width without tensor parallelism).
     let channels: Int
     var qkv = Tensor(zeros: [0]), probabilities = Tensor(zeros: [0]), headsOut = Tensor(zeros: [0])
     let workspace: Workspace
@@ -16,12 +20,13 @@ public final class CausalSelfAttention {
         qkvProjection = Linear(parameters, name + ".c_attn", hasBias: hasBias)
         outputProjection = Linear(parameters, name + ".c_proj", hasBias: hasBias)
         self.heads = heads
-        channels = outputProjection.outFeatures
+        channels = qkvProjection.outFeatures / 3
     }
 
-    public static func register(_ layout: inout ParameterSet.Layout, _ name: String, channels: Int, bias: Bool) {
-        Linear.register(&layout, name + ".c_attn", in: channels, out: 3 * channels, bias: bias)
-        Linear.register(&layout, name + ".c_proj", in: channels, out: channels, bias: bias)
+    /// `parts`: the tensor-parallel size (1: the whole layer).
+    public static func register(_ layout: inout ParameterSet.Layout, _ name: String, channels: Int, bias: Bool, parts: Int = 1) {
+        Linear.register(&layout, name + ".c_attn", in: channels, out: 3 * channels / parts, bias: bias)
+        Linear.register(&layout, name + ".c_proj", in: channels / parts, out: channels, bias: bias)
     }
 
     func prepare(batch B: Int, time T: Int) {
@@ -32,12 +37,13 @@ public final class CausalSelfAttention {
         headsOut = Tensor(zeros: [rows, channels])
     }
 
-    public func forward(_ x: UnsafePointer<Float>, batch B: Int, time T: Int, into y: UnsafeMutablePointer<Float>) {
+    public func forward(_ x: UnsafePointer<Float>, batch B: Int, time T: Int, into y: UnsafeMutablePointer<Float>,
+                        addingOutputBias: Bool = true) {
         prepare(batch: B, time: T)
         qkvProjection.forward(x, rows: B * T, into: qkv.data)
         attentionForward(qkv: qkv.data, out: headsOut.data, att: probabilities.data, batch: B, time: T,
                          channels: channels, heads: heads)
-        outputProjection.forward(headsOut.data, rows: B * T, into: y)
+        outputProjection.forward(headsOut.data, rows: B * T, into: y, addingBias: addingOutputBias)
     }
 
     /// Accumulates into dx.

@@ -25,6 +25,9 @@ public final class LayerNormLayer {
         bias?.value.fill(0)
     }
 
+    /// Floats cached for backward (mean and rstd per row).
+    var cachedCount: Int { mean.count + rstd.count }
+
     public func forward(_ x: UnsafePointer<Float>, rows: Int, into y: UnsafeMutablePointer<Float>) {
         if mean.count != rows { mean = Tensor(zeros: [rows]); rstd = Tensor(zeros: [rows]) }
         layerNormForward(x, weight: weight.value.data, bias: bias?.value.data, into: y,

@@ -18,9 +18,10 @@ public struct Linear: Sendable {
         if bias { layout.add(name + ".bias", [out]) }
     }
 
-    public func forward(_ x: UnsafePointer<Float>, rows: Int, into y: UnsafeMutablePointer<Float>) {
+    /// A row-parallel layer adds its bias only after its partial outputs are summed (`addingBias: false`).
+    public func forward(_ x: UnsafePointer<Float>, rows: Int, into y: UnsafeMutablePointer<Float>, addingBias: Bool = true) {
         gemm(.none, .transposed, m: rows, n: outFeatures, k: inFeatures, a: x, b: weight.value.data, c: y)
-        if let bias { addBias(bias.value.data, to: y, rows: rows, cols: outFeatures) }
+        if addingBias, let bias { addBias(bias.value.data, to: y, rows: rows, cols: outFeatures) }
     }
 
     /// dx may be nil when the input needs no gradient (first layer).

@@ -4,42 +4,67 @@ import Tensors
 ///   x1 = x + attn(ln1(x));  y = x1 + mlp(ln2(x1)),  mlp = c_proj(gelu(c_fc(.)))  with 4x expansion.
 /// Caches ln1 out, x1, ln2 out and fc out (GELU input), [N, C] or [N, 4C]; the GELU output is recomputed
 /// in backward (one cheap vector pass instead of 4NC floats kept per block), as llm.c's recompute option.
+///
+/// Tensor parallelism (Megatron-LM): attention is split by heads and the MLP's hidden units across the
+/// group: QKV and c_fc are column-parallel, the two c_proj row-parallel. Per block: forward sums the
+/// two partial outputs over the group (g), backward sums the two partial LayerNorm-output gradients
+/// (f backward). With sequence parallelism the LayerNorm/residual region holds rows/size rows: g is a
+/// reduce-scatter, f an all-gather (and the gathered LayerNorm outputs are gathered again in backward
+/// instead of being kept, which is where the activation memory goes down).
 public final class TransformerBlock {
     public let ln1: LayerNormLayer, attention: CausalSelfAttention
     public let ln2: LayerNormLayer, fc: Linear, projection: Linear
     let channels: Int
+    /// This rank's MLP hidden units (4C / tensor-parallel size).
+    let hidden: Int
+    let parallel: TensorParallelism?
     var ln1Out = Tensor(zeros: [0]), x1 = Tensor(zeros: [0]), ln2Out = Tensor(zeros: [0])
     var fcOut = Tensor(zeros: [0])
     let workspace: Workspace
 
-    public init(_ parameters: ParameterSet, _ name: String, heads: Int, hasBias: Bool, workspace: Workspace = Workspace()) {
+    /// `heads`: the model's heads (a tensor-parallel rank keeps heads / size of them).
+    public init(_ parameters: ParameterSet, _ name: String, heads: Int, hasBias: Bool, workspace: Workspace = Workspace(),
+                parallel: TensorParallelism? = nil) {
         self.workspace = workspace
+        self.parallel = parallel
         ln1 = LayerNormLayer(parameters, name + ".ln_1", hasBias: hasBias)
-        attention = CausalSelfAttention(parameters, name + ".attn", heads: heads, hasBias: hasBias, workspace: workspace)
+        attention = CausalSelfAttention(parameters, name + ".attn", heads: heads / (parallel?.size ?? 1), hasBias: hasBias,
+                                        workspace: workspace)
         ln2 = LayerNormLayer(parameters, name + ".ln_2", hasBias: hasBias)
         fc = Linear(parameters, name + ".mlp.c_fc", hasBias: hasBias)
         projection = Linear(parameters, name + ".mlp.c_proj", hasBias: hasBias)
         channels = ln1.features
+        hidden = fc.outFeatures
     }
 
-    public static func register(_ layout: inout ParameterSet.Layout, _ name: String, channels: Int, bias: Bool) {
+    /// `parts`: the tensor-parallel size (1: the whole block).
+    public static func register(_ layout: inout ParameterSet.Layout, _ name: String, channels: Int, bias: Bool, parts: Int = 1) {
         LayerNormLayer.register(&layout, name + ".ln_1", features: channels, bias: bias)
-        CausalSelfAttention.register(&layout, name + ".attn", channels: channels, bias: bias)
+        CausalSelfAttention.register(&layout, name + ".attn", channels: channels, bias: bias, parts: parts)
         LayerNormLayer.register(&layout, name + ".ln_2", features: channels, bias: bias)
-        Linear.register(&layout, name + ".mlp.c_fc", in: channels, out: 4 * channels, bias: bias)
-        Linear.register(&layout, name + ".mlp.c_proj", in: 4 * channels, out: channels, bias: bias)
+        Linear.register(&layout, name + ".mlp.c_fc", in: channels, out: 4 * channels / parts, bias: bias)
+        Linear.register(&layout, name + ".mlp.c_proj", in: 4 * channels / parts, out: channels, bias: bias)
     }
 
-    func prepare(rows: Int) {
-        if x1.count == rows * channels { return }
+    /// `localRows`: rows of the LayerNorm/residual region on this rank.
+    func prepare(rows: Int, localRows: Int) {
+        if x1.count == localRows * channels && fcOut.count == rows * hidden { return }
         let c = channels
-        ln1Out = Tensor(zeros: [rows, c]); x1 = Tensor(zeros: [rows, c]); ln2Out = Tensor(zeros: [rows, c])
-        fcOut = Tensor(zeros: [rows, 4 * c])
+        ln1Out = Tensor(zeros: [localRows, c]); x1 = Tensor(zeros: [localRows, c]); ln2Out = Tensor(zeros: [localRows, c])
+        fcOut = Tensor(zeros: [rows, hidden])
     }
 
-    public func forward(_ x: UnsafePointer<Float>, batch B: Int, time T: Int, into y: UnsafeMutablePointer<Float>) {
+    /// Bytes of the tensors this block keeps from forward to backward (its attention's included).
+    public var activationBytes: Int {
+        4 * (ln1Out.count + x1.count + ln2Out.count + fcOut.count + ln1.cachedCount + ln2.cachedCount
+             + attention.qkv.count + attention.probabilities.count + attention.headsOut.count)
+    }
+
+    /// x and y hold this rank's rows of the residual stream (all B*T rows, or B*T/size with sequence parallelism).
+    public func forward(_ x: UnsafePointer<Float>, batch B: Int, time T: Int, into y: UnsafeMutablePointer<Float>) throws {
+        if let parallel { return try parallelForward(x, batch: B, time: T, into: y, parallel) }
         let rows = B * T, n = rows * channels
-        prepare(rows: rows)
+        prepare(rows: rows, localRows: rows)
         ln1.forward(x, rows: rows, into: ln1Out.data)
         attention.forward(ln1Out.data, batch: B, time: T, into: x1.data)
         add(x1.data, x, into: x1.data, count: n)
@@ -53,7 +78,8 @@ public final class TransformerBlock {
 
     /// dy is the gradient of the block output; accumulates into dx.
     public func backward(_ x: UnsafePointer<Float>, dy: UnsafePointer<Float>, batch B: Int, time T: Int,
-                         dx: UnsafeMutablePointer<Float>) {
+                         dx: UnsafeMutablePointer<Float>) throws {
+        if let parallel { return try parallelBackward(x, dy: dy, batch: B, time: T, dx: dx, parallel) }
         let rows = B * T, n = rows * channels
         let hidden = rows * 4 * channels
         let dx1 = workspace.floats(.blockResidualGradient, n), dLn = workspace.floats(.blockNormGradient, n)
@@ -72,5 +98,52 @@ public final class TransformerBlock {
         dLn.update(repeating: 0, count: n)
         attention.backward(ln1Out.data, dy: dx1, batch: B, time: T, dx: dLn)
         ln1.backward(x, dy: dLn, rows: rows, dx: dx)
+    }
+
+    func parallelForward(_ x: UnsafePointer<Float>, batch B: Int, time T: Int, into y: UnsafeMutablePointer<Float>,
+                         _ parallel: TensorParallelism) throws {
+        let rows = B * T, local = parallel.localRows(rows), c = channels, n = local * c
+        prepare(rows: rows, localRows: local)
+        let gathered = workspace.floats(.sequenceGathered, rows * c), partial = workspace.floats(.tensorParallelPartial, rows * c)
+        ln1.forward(x, rows: local, into: ln1Out.data)
+        attention.forward(try parallel.gatherRows(ln1Out.data, rows: rows, width: c, full: gathered), batch: B, time: T,
+                          into: partial, addingOutputBias: false)
+        let attentionOut = try parallel.reduceRows(partial, rows: rows, width: c)
+        if let bias = attention.outputProjection.bias { addBias(bias.value.data, to: attentionOut, rows: local, cols: c) }
+        add(attentionOut, x, into: x1.data, count: n)
+        ln2.forward(x1.data, rows: local, into: ln2Out.data)
+        fc.forward(try parallel.gatherRows(ln2Out.data, rows: rows, width: c, full: gathered), rows: rows, into: fcOut.data)
+        let geluOut = workspace.floats(.blockActivation, rows * hidden)
+        geluForward(fcOut.data, into: geluOut, count: rows * hidden)
+        projection.forward(geluOut, rows: rows, into: partial, addingBias: false)
+        let mlpOut = try parallel.reduceRows(partial, rows: rows, width: c)
+        if let bias = projection.bias { addBias(bias.value.data, to: mlpOut, rows: local, cols: c) }
+        add(mlpOut, x1.data, into: y, count: n)
+    }
+
+    /// The row-parallel layers see the whole output gradient (all-gathered under sequence parallelism),
+    /// so their bias gradients are complete on every rank; the LayerNorms' are partial under sequence
+    /// parallelism (their rows only) and are summed over the group after backward.
+    func parallelBackward(_ x: UnsafePointer<Float>, dy: UnsafePointer<Float>, batch B: Int, time T: Int,
+                          dx: UnsafeMutablePointer<Float>, _ parallel: TensorParallelism) throws {
+        let rows = B * T, local = parallel.localRows(rows), c = channels, n = local * c, hiddenCount = rows * hidden
+        let dx1 = workspace.floats(.blockResidualGradient, n)
+        let dGelu = workspace.floats(.blockActivationGradient, hiddenCount), dFc = workspace.floats(.blockHiddenGradient, hiddenCount)
+        let gathered = workspace.floats(.sequenceGathered, rows * c), gatheredGradient = workspace.floats(.sequenceGatheredGradient, rows * c)
+        let partial = workspace.floats(.tensorParallelPartial, rows * c)
+        dx1.update(from: dy, count: n)
+        dGelu.update(repeating: 0, count: hiddenCount); dFc.update(repeating: 0, count: hiddenCount)
+        let geluOut = workspace.floats(.blockActivation, hiddenCount)
+        geluForward(fcOut.data, into: geluOut, count: hiddenCount)
+        projection.backward(geluOut, dy: try parallel.gatherRows(dy, rows: rows, width: c, full: gatheredGradient), rows: rows, dx: dGelu)
+        geluBackward(fcOut.data, dGelu, accumulatingInto: dFc, count: hiddenCount)
+        partial.update(repeating: 0, count: rows * c)
+        fc.backward(try parallel.gatherRows(ln2Out.data, rows: rows, width: c, full: gathered), dy: dFc, rows: rows, dx: partial)
+        ln2.backward(x1.data, dy: try parallel.reduceRows(partial, rows: rows, width: c), rows: local, dx: dx1)
+        add(dx, dx1, into: dx, count: n)
+        partial.update(repeating: 0, count: rows * c)
+        attention.backward(try parallel.gatherRows(ln1Out.data, rows: rows, width: c, full: gathered),
+                           dy: try parallel.gatherRows(dx1, rows: rows, width: c, full: gatheredGradient), batch: B, time: T, dx: partial)
+        ln1.backward(x, dy: try parallel.reduceRows(partial, rows: rows, width: c), rows: local, dx: dx)
     }
 }

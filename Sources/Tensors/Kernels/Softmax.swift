@@ -11,13 +11,29 @@ public func softmaxForward(_ x: UnsafePointer<Float>, into y: UnsafeMutablePoint
 @discardableResult
 @inline(__always)
 public func softmaxRow(_ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>, count n: Int) -> (max: Float, sum: Float) {
+    let rowMax = maximum(x, count: n)
+    let sum = exponentials(x, minus: rowMax, into: y, count: n)
+    scale(y, by: 1 / sum, count: n)
+    return (rowMax, sum)
+}
+
+/// The largest of n values (-infinity for none).
+@inline(__always)
+public func maximum(_ x: UnsafePointer<Float>, count n: Int) -> Float {
     var maxima = SIMD16<Float>(repeating: -.infinity)
     var k = 0
     while k + 16 <= n { maxima = pointwiseMax(maxima, load16(x + k)); k += 16 }
-    var rowMax = -Float.infinity
-    for lane in 0..<16 { rowMax = max(rowMax, maxima[lane]) }
-    while k < n { rowMax = max(rowMax, x[k]); k += 1 }
-    let m = SIMD16<Float>(repeating: rowMax)
+    var result = -Float.infinity
+    for lane in 0..<16 { result = max(result, maxima[lane]) }
+    while k < n { result = max(result, x[k]); k += 1 }
+    return result
+}
+
+/// y = exp(x - shift); returns the sum of y. A vocabulary-parallel softmax shifts every rank's slice
+/// of a row by the row's global max.
+@inline(__always)
+public func exponentials(_ x: UnsafePointer<Float>, minus shift: Float, into y: UnsafeMutablePointer<Float>, count n: Int) -> Float {
+    let m = SIMD16<Float>(repeating: shift)
     var sums = SIMD16<Float>()
     var j = 0
     while j + 16 <= n {
@@ -28,13 +44,12 @@ public func softmaxRow(_ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<F
     }
     var sum = sums.sum()
     while j < n {
-        let e = expScalar(x[j] - rowMax)
+        let e = expScalar(x[j] - shift)
         y[j] = e
         sum += e
         j += 1
     }
-    scale(y, by: 1 / sum, count: n)
-    return (rowMax, sum)
+    return sum
 }
 
 /// dx += y * (dy - <dy, y>) per row.

@@ -1,0 +1,108 @@
+// How a tensor-parallel rank's parameters relate to the full (one-rank) model. Checkpoints, the
+// initial parameters and the optimizer state always exist in the full layout (the standard
+// single-file checkpoint, loadable at any tensor-parallel size or by nanoGPT); a rank keeps its shard.
+//
+//   replicated       every rank holds the whole tensor (LayerNorms, position embedding, row-parallel biases)
+//   rows(blocks: k)  dim 0 cut into k equal blocks, each split across ranks: c_attn (k = 3: rank r holds
+//                    its heads' rows of q, of k and of v), c_fc (k = 1); the token embedding (k = 1,
+//                    rows padded to a multiple of the size: the padding rows stay zero)
+//   columns          dim 1 split across ranks: the row-parallel c_proj weights
+
+public enum ShardKind: Sendable, Equatable {
+    case replicated
+    case rows(blocks: Int)
+    case columns
+}
+
+public struct ParameterShard: Sendable {
+    public let local: Parameter
+    public let fullShape: [Int]
+    public let kind: ShardKind
+    /// Offset in the full (one-rank) flat buffer.
+    public let fullOffset: Int
+    /// Replicated, but each rank computes only its rows' share of the gradient under sequence
+    /// parallelism (LayerNorms, position embedding): summed over the group after backward.
+    public let partialUnderSequenceParallel: Bool
+    var fullCount: Int { fullShape.reduce(1, *) }
+}
+
+public struct ParameterSharding: Sendable {
+    public let rank: Int
+    public let size: Int
+    public let shards: [ParameterShard]
+    public let fullCount: Int
+    public let localCount: Int
+
+    public init(rank: Int, size: Int, shards: [ParameterShard]) {
+        self.rank = rank; self.size = size; self.shards = shards
+        fullCount = shards.reduce(0) { $0 + $1.fullCount }
+        localCount = shards.reduce(0) { $0 + $1.local.value.count }
+    }
+
+    /// One rank holding the whole model: scatter and assemble copy.
+    public static func unsharded(_ parameters: ParameterSet) -> ParameterSharding {
+        ParameterSharding(rank: 0, size: 1, shards: parameters.parameters.map {
+            ParameterShard(local: $0, fullShape: $0.shape, kind: .replicated, fullOffset: $0.offset, partialUnderSequenceParallel: false)
+        })
+    }
+
+    /// Names, shapes and offsets of the full model (what checkpoints hold).
+    public var fullParameters: [(name: String, shape: [Int], offset: Int)] { shards.map { ($0.local.name, $0.fullShape, $0.fullOffset) } }
+
+    /// Local ranges whose values are the same on every rank of the group.
+    public var replicatedRanges: [Range<Int>] { ranges { $0.kind == .replicated } }
+    public var shardedRanges: [Range<Int>] { ranges { $0.kind != .replicated } }
+    public var sequenceParallelPartialRanges: [Range<Int>] { ranges { $0.partialUnderSequenceParallel } }
+
+    func ranges(_ include: (ParameterShard) -> Bool) -> [Range<Int>] {
+        shards.filter(include).map { $0.local.offset..<($0.local.offset + $0.local.value.count) }
+    }
+
+    /// This rank's shard of a full-layout buffer (parameters or optimizer state) into a local-layout buffer.
+    public func scatter(full: UnsafePointer<Float>, into local: UnsafeMutablePointer<Float>) {
+        for shard in shards {
+            copy(shard, rank: rank, full: full + shard.fullOffset, local: local + shard.local.offset, toFull: false)
+        }
+    }
+
+    /// `gathered` holds every rank's local buffer, rank after rank (an allgather of localCount floats
+    /// each); writes the full-layout buffer. Replicated tensors come from rank 0.
+    public func assemble(gathered: UnsafePointer<Float>, into full: UnsafeMutablePointer<Float>) {
+        for shard in shards {
+            for q in 0..<(shard.kind == .replicated ? 1 : size) {
+                let local = UnsafeMutablePointer(mutating: gathered + q * localCount + shard.local.offset)
+                copy(shard, rank: q, full: UnsafeMutablePointer(mutating: full + shard.fullOffset), local: local, toFull: true)
+            }
+        }
+    }
+
+    /// Copies between rank `q`'s local tensor and its part of the full tensor, in either direction;
+    /// local padding rows (past the full tensor) are zero when scattering.
+    func copy(_ shard: ParameterShard, rank q: Int, full: UnsafePointer<Float>, local: UnsafeMutablePointer<Float>, toFull: Bool) {
+        func move(fullAt: Int, localAt: Int, count: Int) {
+            if toFull { UnsafeMutablePointer(mutating: full + fullAt).update(from: local + localAt, count: count) }
+            else { (local + localAt).update(from: full + fullAt, count: count) }
+        }
+        let localShape = shard.local.shape
+        switch shard.kind {
+        case .replicated:
+            move(fullAt: 0, localAt: 0, count: shard.fullCount)
+        case .rows(let blocks):
+            let width = localShape.dropFirst().reduce(1, *)
+            let fullBlockRows = shard.fullShape[0] / blocks, localBlockRows = localShape[0] / blocks
+            for block in 0..<blocks {
+                for i in 0..<localBlockRows {
+                    let fullRow = q * localBlockRows + i, localRow = block * localBlockRows + i
+                    if fullRow < fullBlockRows {
+                        move(fullAt: (block * fullBlockRows + fullRow) * width, localAt: localRow * width, count: width)
+                    } else if !toFull {
+                        (local + localRow * width).update(repeating: 0, count: width)
+                    }
+                }
+            }
+        case .columns:
+            let rows = localShape[0], localColumns = localShape[1], fullColumns = shard.fullShape[1]
+            for r in 0..<rows { move(fullAt: r * fullColumns + q * localColumns, localAt: r * localColumns, count: localColumns) }
+        }
+    }
+}

@@ -1,0 +1,43 @@
+import Collectives
+import NN
+import Parallel
+import Rendezvous
+
+/// The process groups one rank trains with: the world, its data-parallel group (whose ranks hold the
+/// same parameters and average their gradients) and, under tensor parallelism, its tensor-parallel group
+/// (whose ranks hold different shards of one model replica and see the same batches).
+public struct TrainingGroups {
+    public let world: ProcessGroup
+    public let data: ProcessGroup
+    public let tensor: GroupCommunicator?
+    public let layout: ParallelLayout?
+    public let sequenceParallel: Bool
+
+    /// Data parallelism only: the data-parallel group is the world.
+    public init(world: ProcessGroup) {
+        self.init(world: world, data: world, tensor: nil, layout: nil, sequenceParallel: false)
+    }
+
+    init(world: ProcessGroup, data: ProcessGroup, tensor: GroupCommunicator?, layout: ParallelLayout?, sequenceParallel: Bool) {
+        self.world = world; self.data = data; self.tensor = tensor; self.layout = layout; self.sequenceParallel = sequenceParallel
+    }
+
+    /// Forms the config's layout over `world` (collective: every rank calls it). A layout the world
+    /// cannot hold is a ConfigError naming the key.
+    public init(world: ProcessGroup, config: TrainConfig) throws {
+        guard config.tensorParallel > 1 else { self.init(world: world); return }
+        let layout: ParallelLayout
+        do {
+            layout = try ParallelLayout(worldSize: world.worldSize, tensorParallel: config.tensorParallel, heads: config.nHead)
+        } catch let error as LayoutError {
+            throw ConfigError(key: error.key, error.reason)
+        }
+        let groups = try ParallelGroups(layout: layout, world: world)
+        self.init(world: world, data: groups.data, tensor: GroupCommunicator(group: groups.tensor), layout: layout,
+                  sequenceParallel: config.sequenceParallel)
+    }
+
+    public var tensorParallelism: TensorParallelism? {
+        tensor.map { TensorParallelism(communicator: $0, sequenceParallel: sequenceParallel) }
+    }
+}
