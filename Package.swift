@@ -43,7 +43,7 @@ let package = Package(
             "Bench", "Collectives", "Rendezvous", "Transport", "Launch",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
-        .target(name: "TestSupport", dependencies: ["Collectives", "Parallel", "Rendezvous", "Transport", "CShims"]),
+        .target(name: "TestSupport", dependencies: ["Collectives", "NN", "Parallel", "Rendezvous", "Tensors", "Transport", "CShims"]),
         .executableTarget(name: "collective-check", dependencies: [
             "TestSupport", "Collectives", "Rendezvous", "Transport", "Launch", "Topology",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),

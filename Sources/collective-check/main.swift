@@ -33,7 +33,7 @@ struct CollectiveCheck: ParsableCommand {
     @Flag(help: "Join, barrier, and have rank 0 print 'ready' (launch-latency benchmark).")
     var ready = false
 
-    @Option(help: "What to check: collectives (on the world), groups (a --grid of sub-groups), p2p, alltoall (world sizes 1 and up), or sub-group-loop (fault tests: allreduce forever on the row group).")
+    @Option(help: "What to check: collectives (on the world), groups (a --grid of sub-groups), p2p, alltoall (world sizes 1 and up), sub-group-loop (fault tests: allreduce forever on the row group), or tensor-parallel / sequence-parallel (the GPT split over the world against one rank: forward, backward, finite differences).")
     var mode = "collectives"
 
     @Option(help: "Rows of the sub-group grid (mode groups): the world splits into rows x (world/rows).")
@@ -72,6 +72,8 @@ struct CollectiveCheck: ParsableCommand {
             }
             switch mode {
             case "collectives": break
+            case "tensor-parallel", "sequence-parallel":
+                say("rank \(env.rank): OK \(try runTensorParallelCheck(world: group, sequenceParallel: mode == "sequence-parallel", log: say)) checks")
             case "groups":
                 say("rank \(env.rank): OK \(try runSubgroupCheck(rows: rows, plan: plan, world: group, log: say)) checks")
                 return
@@ -86,7 +88,7 @@ struct CollectiveCheck: ParsableCommand {
                 guard let row = try group.split(color: env.rank / cols, key: env.rank % cols) else { return }
                 _ = try runCollectiveCheck(plan, group: row, log: say)
                 return
-            default: throw ValidationError("--mode must be collectives, groups, p2p, alltoall or sub-group-loop, not '\(mode)'")
+            default: throw ValidationError("--mode must be collectives, groups, p2p, alltoall, sub-group-loop, tensor-parallel or sequence-parallel, not '\(mode)'")
             }
             if soak > 0 {
                 // Every round checks every result; ranks agree on when to stop through one allreduce.

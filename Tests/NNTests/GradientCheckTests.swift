@@ -8,10 +8,10 @@ import XCTest
 /// index or missing term (errors of order 1) fails by far. Large parameters are checked on maxEntries
 /// distinct entries spread over the whole tensor (a fixed stride from a seeded start), never the same twice.
 func checkGradients(_ parameters: ParameterSet, maxEntries: Int = 64, step: Float = 1e-3,
-                    loss: () -> Double, backward: () -> Void, file: StaticString = #filePath, line: UInt = #line) {
+                    loss: () throws -> Double, backward: () throws -> Void, file: StaticString = #filePath, line: UInt = #line) rethrows {
     parameters.zeroGradients()
-    _ = loss()
-    backward()
+    _ = try loss()
+    try backward()
     let analytic = Array(parameters.gradients.buffer)
     var rng = SeededRandom(seed: 99)
     for p in parameters.parameters {
@@ -23,9 +23,9 @@ func checkGradients(_ parameters: ParameterSet, maxEntries: Int = 64, step: Floa
         for i in indices {
             let saved = p.value[i]
             p.value[i] = saved + step
-            let up = loss()
+            let up = try loss()
             p.value[i] = saved - step
-            let down = loss()
+            let down = try loss()
             p.value[i] = saved
             let numeric = (up - down) / Double(2 * step)
             let a = Double(analytic[p.offset + i])
@@ -50,9 +50,9 @@ final class GradientCheckTests: XCTestCase {
     /// both the parameter gradients and the input gradient.
     func layerCheck(layout build: (inout ParameterSet.Layout) -> Void, inputShape: [Int], outputCount: Int,
                     seed: UInt64, prepare: (ParameterSet) -> Void = { _ in },
-                    forward: (ParameterSet, UnsafePointer<Float>, UnsafeMutablePointer<Float>) -> Void,
-                    backward: (ParameterSet, UnsafePointer<Float>, UnsafePointer<Float>, UnsafeMutablePointer<Float>) -> Void,
-                    file: StaticString = #filePath, line: UInt = #line) {
+                    forward: (ParameterSet, UnsafePointer<Float>, UnsafeMutablePointer<Float>) throws -> Void,
+                    backward: (ParameterSet, UnsafePointer<Float>, UnsafePointer<Float>, UnsafeMutablePointer<Float>) throws -> Void,
+                    file: StaticString = #filePath, line: UInt = #line) rethrows {
         var layout = ParameterSet.Layout()
         layout.add("input", inputShape)
         build(&layout)
@@ -63,11 +63,11 @@ final class GradientCheckTests: XCTestCase {
         let w = Tensor(zeros: [outputCount]); w.fillNormal(std: 1, using: &rng)
         let y = Tensor(zeros: [outputCount])
         let input = parameters["input"]
-        checkGradients(parameters, loss: {
-            forward(parameters, input.value.data, y.data)
+        try checkGradients(parameters, loss: {
+            try forward(parameters, input.value.data, y.data)
             return weightedSum(y.data, w)
         }, backward: {
-            backward(parameters, input.value.data, w.data, input.gradient.data)
+            try backward(parameters, input.value.data, w.data, input.gradient.data)
         }, file: file, line: line)
     }
 
@@ -118,17 +118,17 @@ final class GradientCheckTests: XCTestCase {
         XCTAssertNotEqual(Array(y1.toArray()[40..<48]), Array(y2.toArray()[40..<48]))
     }
 
-    func testTransformerBlock() {
+    func testTransformerBlock() throws {
         var block: TransformerBlock!
         let (B, T, C) = (2, 4, 8)
-        layerCheck(layout: { TransformerBlock.register(&$0, "h", channels: C, bias: false) },
+        try layerCheck(layout: { TransformerBlock.register(&$0, "h", channels: C, bias: false) },
                    inputShape: [B * T, C], outputCount: B * T * C, seed: 5,
                    prepare: { block = TransformerBlock($0, "h", heads: 2, hasBias: false) },
-                   forward: { _, x, y in block.forward(x, batch: B, time: T, into: y) },
-                   backward: { _, x, dy, dx in block.backward(x, dy: dy, batch: B, time: T, dx: dx) })
+                   forward: { _, x, y in try block.forward(x, batch: B, time: T, into: y) },
+                   backward: { _, x, dy, dx in try block.backward(x, dy: dy, batch: B, time: T, dx: dx) })
     }
 
-    func testWholeGPT() {
+    func testWholeGPT() throws {
         let gpt = GPT(GPTConfiguration(vocabularySize: 11, blockSize: 6, layers: 2, heads: 2, embedding: 8))
         gpt.initialize(seed: 7)
         // Larger than nanoGPT's 0.02 init so that every path carries a gradient well above float noise.
@@ -137,17 +137,17 @@ final class GradientCheckTests: XCTestCase {
         let tokens = (0..<12).map { _ in Int32(rng.nextInt(below: 11)) }
         let targets = (0..<12).map { _ in Int32(rng.nextInt(below: 11)) }
         let batch = TokenBatch(tokens: tokens, targets: targets, batchSize: 2, time: 6)
-        checkGradients(gpt.parameters, loss: { Double(gpt.forward(batch)) }, backward: { gpt.backward(lossScale: 1) })
+        try checkGradients(gpt.parameters, loss: { Double(try gpt.forward(batch)) }, backward: { try gpt.backward(lossScale: 1) })
     }
 
-    func testWholeMLPBothActivations() {
+    func testWholeMLPBothActivations() throws {
         for activation in [MLP.Activation.relu, .gelu] {
             let mlp = MLP(inputs: 12, hidden: 9, classes: 4, activation: activation)
             mlp.initialize(seed: 3)
             var rng = SeededRandom(seed: 4)
             let batch = ClassificationBatch(features: (0..<36).map { _ in rng.nextNormal() },
                                             labels: [0, 3, 2])
-            checkGradients(mlp.parameters, loss: { Double(mlp.forward(batch)) }, backward: { mlp.backward(lossScale: 1) })
+            try checkGradients(mlp.parameters, loss: { Double(mlp.forward(batch)) }, backward: { try mlp.backward(lossScale: 1) })
         }
     }
 }

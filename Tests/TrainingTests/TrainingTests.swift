@@ -65,10 +65,10 @@ final class TrainingTests: XCTestCase {
             task.initialize(seed: config.seed)
             return task
         }
-        let zero = tasks[0].trainingLoss(iteration: 3, microStep: 0), one = tasks[1].trainingLoss(iteration: 3, microStep: 0)
+        let zero = try tasks[0].trainingLoss(iteration: 3, microStep: 0), one = try tasks[1].trainingLoss(iteration: 3, microStep: 0)
         XCTAssertNotEqual(zero, one, "ranks 0 and 1 drew the same batch")
-        XCTAssertEqual(tasks[0].trainingLoss(iteration: 3, microStep: 0), zero, "a rank's batch is a function of the iteration")
-        XCTAssertNotEqual(tasks[0].trainingLoss(iteration: 3, microStep: 1), zero, "micro-steps draw different batches")
+        XCTAssertEqual(try tasks[0].trainingLoss(iteration: 3, microStep: 0), zero, "a rank's batch is a function of the iteration")
+        XCTAssertNotEqual(try tasks[0].trainingLoss(iteration: 3, microStep: 1), zero, "micro-steps draw different batches")
     }
 
     /// After a restart, rank 0 resumes only from a checkpoint this job wrote; with none yet, or one
@@ -187,8 +187,8 @@ final class TrainingTests: XCTestCase {
         var loss: Float = 0
         for _ in 0..<150 {
             gpt.parameters.zeroGradients()
-            loss = gpt.forward(batch)
-            gpt.backward(lossScale: 1)
+            loss = try gpt.forward(batch)
+            try gpt.backward(lossScale: 1)
             optimizer.step(learningRate: 3e-3)
         }
         XCTAssertLessThan(loss, 0.05, "GPT did not memorize one batch of random targets")
@@ -200,7 +200,7 @@ final class TrainingTests: XCTestCase {
         for _ in 0..<300 {
             mlp.parameters.zeroGradients()
             loss = mlp.forward(ClassificationBatch(features: features, labels: labels))
-            mlp.backward(lossScale: 1)
+            try mlp.backward(lossScale: 1)
             sgd.step(learningRate: 0.05)
         }
         XCTAssertLessThan(loss, 0.05, "MLP did not memorize one batch")
@@ -214,13 +214,13 @@ final class TrainingTests: XCTestCase {
         let features = (0..<48).map { _ in rng.nextNormal() }, labels = (0..<8).map { _ in Int32(rng.nextInt(below: 3)) }
         mlp.parameters.zeroGradients()
         _ = mlp.forward(ClassificationBatch(features: features, labels: labels))
-        mlp.backward(lossScale: 1)
+        try mlp.backward(lossScale: 1)
         let whole = Array(mlp.parameters.gradients.buffer)
         mlp.parameters.zeroGradients()
         for half in 0..<2 {
             _ = mlp.forward(ClassificationBatch(features: Array(features[(half * 24)..<(half * 24 + 24)]),
                                                 labels: Array(labels[(half * 4)..<(half * 4 + 4)])))
-            mlp.backward(lossScale: 0.5)
+            try mlp.backward(lossScale: 0.5)
         }
         for (a, b) in zip(whole, Array(mlp.parameters.gradients.buffer)) { XCTAssertEqual(a, b, accuracy: 1e-6) }
     }
@@ -229,16 +229,16 @@ final class TrainingTests: XCTestCase {
         let gpt = GPT(GPTConfiguration(vocabularySize: 7, blockSize: 4, layers: 1, heads: 1, embedding: 8))
         gpt.initialize(seed: 1)
         var r1 = SeededRandom(seed: 5), r2 = SeededRandom(seed: 5)
-        let a = gpt.generate(prompt: [1, 2], count: 10, temperature: 1, topK: nil, using: &r1)
-        let b = gpt.generate(prompt: [1, 2], count: 10, temperature: 1, topK: nil, using: &r2)
+        let a = try gpt.generate(prompt: [1, 2], count: 10, temperature: 1, topK: nil, using: &r1)
+        let b = try gpt.generate(prompt: [1, 2], count: 10, temperature: 1, topK: nil, using: &r2)
         XCTAssertEqual(a, b)
         XCTAssertEqual(a.count, 12)
         var r3 = SeededRandom(seed: 9)
-        let greedy = gpt.generate(prompt: [3], count: 5, temperature: 1, topK: 1, using: &r3)
+        let greedy = try gpt.generate(prompt: [3], count: 5, temperature: 1, topK: 1, using: &r3)
         var context: [Int32] = [3]
         for _ in 0..<5 {
             let window = Array(context.suffix(4))
-            let logits = gpt.logits(tokens: window, batch: 1, time: window.count)
+            let logits = try gpt.logits(tokens: window, batch: 1, time: window.count)
             let last = Array(logits.toArray()[((window.count - 1) * 7)...])
             context.append(Int32(last.indices.max { last[$0] < last[$1] }!))
         }
