@@ -66,7 +66,7 @@ let package = Package(
         .testTarget(name: "FuzzTests", dependencies: ["FuzzTargets", "NN"]),
         .testTarget(name: "TensorsTests", dependencies: ["Tensors"]),
         .testTarget(name: "NNTests", dependencies: ["NN", "Tensors"]),
-        .testTarget(name: "TrainingTests", dependencies: ["Training", "NN", "Datasets", "Tensors", "Transport", "Collectives", "TestSupport", "ddp-train", "ddp-launch"]),
+        .testTarget(name: "TrainingTests", dependencies: ["Training", "NN", "Datasets", "Tensors", "Transport", "Collectives", "TestSupport", "ddp-train", "ddp-launch", "collective-check"]),
         .testTarget(name: "TransportTests", dependencies: ["Transport", "Rendezvous", "TestSupport", "ddp-launch"]),
         .testTarget(name: "CollectivesTests", dependencies: ["Collectives", "Rendezvous", "Transport", "TestSupport", "collective-check", "ddp-launch"]),
         .testTarget(name: "TopologyTests", dependencies: ["Topology"]),

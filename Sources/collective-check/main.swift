@@ -74,6 +74,7 @@ struct CollectiveCheck: ParsableCommand {
             case "collectives": break
             case "tensor-parallel", "sequence-parallel":
                 say("rank \(env.rank): OK \(try runTensorParallelCheck(world: group, sequenceParallel: mode == "sequence-parallel", log: say)) checks")
+                return
             case "groups":
                 say("rank \(env.rank): OK \(try runSubgroupCheck(rows: rows, plan: plan, world: group, log: say)) checks")
                 return
