@@ -203,8 +203,8 @@ public struct TrainConfig: Codable, Sendable, Equatable {
     }
 
     public func validate() throws {
-        func require(_ ok: Bool, _ key: CodingKeys, _ problem: String) throws {
-            if !ok { throw ConfigError(key: key.rawValue, problem) }
+        func require(_ ok: Bool, _ key: CodingKeys, _ problem: @autoclosure () -> String) throws {
+            if !ok { throw ConfigError(key: key.rawValue, problem()) }
         }
         try require(batchSize >= 1, .batchSize, "must be at least 1, got \(batchSize)")
         try require(gradAccum >= 1, .gradAccum, "must be at least 1, got \(gradAccum)")
@@ -230,10 +230,11 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         try require(tensorParallel >= 1, .tensorParallel, "must be at least 1, got \(tensorParallel)")
         try require(model == .gpt || tensorParallel == 1, .tensorParallel, "applies to the gpt model only (the mlp trains data-parallel)")
         try require(!sequenceParallel || tensorParallel > 1, .sequenceParallel, "needs tensor_parallel > 1 (it splits the rows across the tensor-parallel group)")
-        try require(!sequenceParallel || (batchSize * blockSize) % tensorParallel == 0, .sequenceParallel,
-                    "needs batch_size x block_size (\(batchSize * blockSize)) divisible by tensor_parallel \(tensorParallel)")
         try require(dropout == 0, .dropout, "only 0 is supported (the recipe trains without dropout)")
         try requireMemory()
+        // After the memory check, which bounds batch_size and block_size.
+        try require(!sequenceParallel || (batchSize * blockSize) % tensorParallel == 0, .sequenceParallel,
+                    "needs batch_size x block_size (\(batchSize * blockSize)) divisible by tensor_parallel \(tensorParallel)")
         switch model {
         case .gpt:
             try require(dataset == .shakespeare || dataset == .text, .dataset, "the gpt model trains on shakespeare or text")

@@ -44,6 +44,14 @@ final class BadInputTests: XCTestCase {
         XCTAssertEqual(configError(#"{"batch_size": 4, "seed": 1, "batch_size": 8}"#)?.key, "batch_size")
         XCTAssertEqual(configError(#"{"out_dir": "a\"b", "seed": 2, "seed": 3}"#)?.key, "seed")
         XCTAssertNil(configError(#"{"epochs": null, "seed": 3}"#), "epochs: null means no epoch limit")
+        // Tensor parallelism: divides n_head, GPT only, sequence parallelism needs it and divisible rows.
+        XCTAssertEqual(configError(#"{"n_head": 6, "n_embd": 48, "tensor_parallel": 4}"#)?.key, "tensor_parallel")
+        XCTAssertEqual(configError(#"{"tensor_parallel": 0}"#)?.key, "tensor_parallel")
+        XCTAssertEqual(configError(#"{"model": "mlp", "dataset": "mnist", "tensor_parallel": 2}"#)?.key, "tensor_parallel")
+        XCTAssertEqual(configError(#"{"sequence_parallel": true}"#)?.key, "sequence_parallel")
+        XCTAssertEqual(configError(#"{"n_head": 4, "n_embd": 32, "tensor_parallel": 4, "sequence_parallel": true, "batch_size": 1, "block_size": 6}"#)?.key,
+                       "sequence_parallel")
+        XCTAssertNil(configError(#"{"n_head": 4, "n_embd": 32, "tensor_parallel": 4, "sequence_parallel": true}"#))
         let message = configError(#"{"batch_size": 0}"#)?.description ?? ""
         XCTAssertTrue(message.contains("test.json") && message.contains("batch_size"), message)
     }

@@ -126,4 +126,35 @@ final class TensorParallelTests: XCTestCase {
         for pid in pids { XCTAssertNotEqual(kill(pid, 0), 0, "rank pid \(pid) still alive after the launcher exited") }
         XCTAssertEqual(survivors(ofLauncher: process.processIdentifier), [])
     }
+
+    /// A world the layout cannot hold is refused at the start, naming the key.
+    func testWorldNotDivisibleByTheTensorParallelSizeIsRefused() throws {
+        let result = try launch(3, ["--set", "tensor_parallel=2", "--set", "max_iters=1", "--out-dir", temporaryDirectory("tp-3")])
+        XCTAssertNotEqual(result.status, 0)
+        XCTAssertTrue(result.output.contains("tensor_parallel") && result.output.contains("does not divide the world size 3"), result.output)
+    }
+
+    /// Each rank holds 1/t of every block matrix (the LayerNorms are replicated) and ceil(V/t) rows of
+    /// the tied embedding; the position embedding is replicated. Counted from the buffers allocated.
+    func testEachRankHoldsItsShareOfTheParameters() {
+        let (v, c, t, l, blockSize) = (65, 32, 4, 3, 16)
+        let configuration = GPTConfiguration(vocabularySize: v, blockSize: blockSize, layers: l, heads: 4, embedding: c)
+        for rank in 0..<t {
+            let model = GPT(configuration, parallel: TensorParallelism(communicator: Unconnected(rank: rank, size: t), sequenceParallel: false))
+            let blockMatrices = 12 * c * c / t, layerNorms = 2 * c
+            XCTAssertEqual(model.parameters.count, (v + t - 1) / t * c + blockSize * c + l * (blockMatrices + layerNorms) + c)
+            XCTAssertEqual(model.sharding.fullCount, GPT(configuration).parameters.count)
+        }
+    }
+}
+
+/// Shapes only: a model built with it allocates its shard but must not run a collective.
+final class Unconnected: TensorParallelCommunicator {
+    let rank: Int, size: Int
+    init(rank: Int, size: Int) { self.rank = rank; self.size = size }
+    struct NotConnected: Error {}
+    func allreduceSum(_ buffer: UnsafeMutableBufferPointer<Float>) throws { throw NotConnected() }
+    func allreduceMax(_ buffer: UnsafeMutableBufferPointer<Float>) throws { throw NotConnected() }
+    func reduceScatter(_ full: UnsafeMutableBufferPointer<Float>) throws { throw NotConnected() }
+    func allgather(_ full: UnsafeMutableBufferPointer<Float>) throws { throw NotConnected() }
 }
