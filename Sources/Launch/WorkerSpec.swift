@@ -91,16 +91,7 @@ public func sharedSecret(option: String?, file: String?, environment: [String: S
     }
     if let option { return try decode(option, from: "--secret") }
     if let file {
-        var info = stat()
-        guard stat(file, &info) == 0 else { throw LaunchError("--secret-file '\(file)': \(String(cString: strerror(errno)))") }
-        guard (info.st_mode & S_IFMT) == S_IFREG else { throw LaunchError("--secret-file '\(file)' is not a regular file") }
-        guard info.st_mode & 0o077 == 0 else {
-            throw LaunchError("--secret-file '\(file)' is readable by others (mode \(String(info.st_mode & 0o777, radix: 8))): chmod 600 it")
-        }
-        guard info.st_size <= 4096, let text = try? String(contentsOfFile: file, encoding: .utf8) else {
-            throw LaunchError("--secret-file '\(file)' cannot be read as a short text file")
-        }
-        return try decode(text, from: "--secret-file '\(file)'")
+        do { return try readSecretFile(file) } catch let error as SecretFileError { throw LaunchError("--secret-file \(error.message)") }
     }
     if let text = environment["SWIFT_DDP_SECRET"], !text.isEmpty { return try decode(text, from: "SWIFT_DDP_SECRET") }
     return nil

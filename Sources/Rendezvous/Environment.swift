@@ -22,6 +22,8 @@ public struct DistributedEnvironment: Sendable, Equatable {
     public var masterAddress = "127.0.0.1"
     public var masterPort = 0
     public var secretHex = ""
+    /// SWIFT_DDP_INSECURE=1 (or a program's --insecure): a multi-host job may start without a secret.
+    public var insecure = false
     public var jobID = "swift-ddp"
     public var timeoutSeconds: Double = 30
     public var restartCount = 0
@@ -38,35 +40,25 @@ public struct DistributedEnvironment: Sendable, Equatable {
 
     public init() {}
 
+    /// Who started this rank and where each figure came from (see Discovery.swift).
+    public var discovery = RankDiscovery(launcher: .none)
+    /// Rank 0 starts the rendezvous store itself (every launcher but ours).
+    public var hostsStore: Bool { discovery.rankZeroHostsStore && rank == 0 }
+    /// Where the secret came from (for `ddp-train env`), or why there is none.
+    public var secretSource = "none"
+
     public static func fromProcess(_ env: [String: String] = ProcessInfo.processInfo.environment) throws -> DistributedEnvironment {
         var e = DistributedEnvironment()
-        func int(_ name: String, _ into: inout Int, min: Int = 0) throws {
-            guard let text = env[name] else { return }
-            guard let v = Int(text), v >= min else { throw EnvironmentError(variable: name, problem: "'\(text)' is not an integer >= \(min)") }
-            into = v
+        let d = try discoverRank(env)
+        e.discovery = d
+        e.rank = d.rank; e.worldSize = d.worldSize; e.localRank = d.localRank; e.localWorldSize = d.localWorldSize
+        e.groupRank = d.nodeRank; e.masterAddress = d.masterAddress; e.masterPort = d.masterPort
+        if let job = d.jobID { e.jobID = job }
+        if let text = env["SWIFT_DDP_RESTART_COUNT"], !text.isEmpty {
+            guard let v = Int(text), v >= 0 else { throw EnvironmentError(variable: "SWIFT_DDP_RESTART_COUNT", problem: "'\(text)' is not an integer >= 0") }
+            e.restartCount = v
         }
-        try int("WORLD_SIZE", &e.worldSize, min: 1)
-        try int("RANK", &e.rank)
-        try int("LOCAL_RANK", &e.localRank)
-        try int("LOCAL_WORLD_SIZE", &e.localWorldSize, min: 1)
-        try int("GROUP_RANK", &e.groupRank)
-        try int("SWIFT_DDP_RESTART_COUNT", &e.restartCount)
-        guard e.rank < e.worldSize else {
-            throw EnvironmentError(variable: "RANK", problem: "\(e.rank) is not below WORLD_SIZE \(e.worldSize)")
-        }
-        if e.worldSize > 1 {
-            guard let addr = env["MASTER_ADDR"], !addr.isEmpty else { throw EnvironmentError(variable: "MASTER_ADDR", problem: "required when WORLD_SIZE > 1") }
-            e.masterAddress = addr
-            // Our launcher hands programs MASTER_PORT for their own use and our store's port separately.
-            let portVariable = env["SWIFT_DDP_STORE_PORT"] != nil ? "SWIFT_DDP_STORE_PORT" : "MASTER_PORT"
-            guard env[portVariable] != nil else { throw EnvironmentError(variable: "MASTER_PORT", problem: "required when WORLD_SIZE > 1") }
-            try int(portVariable, &e.masterPort, min: 1)
-            guard e.masterPort <= 65535 else { throw EnvironmentError(variable: portVariable, problem: "\(e.masterPort) is not a TCP port") }
-            guard let secret = env["SWIFT_DDP_SECRET"], secret.count >= 32, hexBytes(secret) != nil else {
-                throw EnvironmentError(variable: "SWIFT_DDP_SECRET", problem: "required when WORLD_SIZE > 1: at least 16 bytes as hex (the launcher sets it)")
-            }
-            e.secretHex = secret
-        }
+        if e.worldSize > 1 { try e.readSecret(env) }
         if let listen = env["SWIFT_DDP_LISTEN_ADDR"], !listen.isEmpty { e.listenAddress = listen }
         if let job = env["SWIFT_DDP_JOB_ID"], !job.isEmpty { e.jobID = job }
         if let t = env["SWIFT_DDP_TIMEOUT"] {
@@ -90,12 +82,63 @@ public struct DistributedEnvironment: Sendable, Equatable {
         return e
     }
 
+    /// The job secret: SWIFT_DDP_SECRET (hex), else SWIFT_DDP_SECRET_FILE (a file only its owner can
+    /// read, e.g. on a shared filesystem). Our launcher always sets one. Under another launcher a job on
+    /// one host may run without (the key is then derived from the job id: any local user could join),
+    /// a job across hosts only with SWIFT_DDP_INSECURE=1.
+    mutating func readSecret(_ env: [String: String]) throws {
+        insecure = env["SWIFT_DDP_INSECURE"] == "1"
+        if let text = env["SWIFT_DDP_SECRET"], !text.isEmpty {
+            guard text.count >= 32, hexBytes(text) != nil else {
+                throw EnvironmentError(variable: "SWIFT_DDP_SECRET", problem: "at least 16 bytes as hex (e.g. od -An -tx1 -N16 /dev/urandom | tr -d ' \\n')")
+            }
+            secretHex = text; secretSource = "SWIFT_DDP_SECRET"
+        } else if let path = env["SWIFT_DDP_SECRET_FILE"], !path.isEmpty {
+            do { secretHex = hexString(try readSecretFile(path)) } catch let error as SecretFileError {
+                throw EnvironmentError(variable: "SWIFT_DDP_SECRET_FILE", problem: error.message)
+            }
+            secretSource = "SWIFT_DDP_SECRET_FILE (\(path))"
+        } else if discovery.launcher == .swiftDDP {
+            throw EnvironmentError(variable: "SWIFT_DDP_SECRET", problem: "required when WORLD_SIZE > 1: at least 16 bytes as hex (the launcher sets it)")
+        } else if discovery.isMultiHost && !insecure {
+            throw EnvironmentError(variable: "SWIFT_DDP_SECRET", problem: "a job across hosts needs a shared secret: set SWIFT_DDP_SECRET, or SWIFT_DDP_SECRET_FILE to a mode-600 file on a shared filesystem (or accept anyone on the network joining: SWIFT_DDP_INSECURE=1 / --insecure)")
+        } else {
+            // Not a secret: every rank derives it from the job id.
+            secretHex = hexString(Array(("swift-ddp insecure " + jobID).utf8))
+            secretSource = insecure ? "none (SWIFT_DDP_INSECURE=1: derived from the job id)" : "none (one host: derived from the job id)"
+        }
+    }
+
     /// Each restart is its own rendezvous: a rank of attempt k cannot join a store or a peer left over
     /// from attempt k-1.
     public var identity: JobIdentity {
         JobIdentity(jobID: attemptJobID(jobID, restart: restartCount), worldSize: worldSize, secret: hexBytes(secretHex) ?? [],
                     authenticateFrames: authenticateFrames)
     }
+}
+
+public struct SecretFileError: Error, CustomStringConvertible {
+    public let message: String
+    public var description: String { message }
+}
+
+/// A secret file: a regular file that only its owner can read (no group or other permission bits), as
+/// ssh insists for keys, holding at least 16 bytes as hex.
+public func readSecretFile(_ path: String) throws -> [UInt8] {
+    var info = stat()
+    guard stat(path, &info) == 0 else { throw SecretFileError(message: "'\(path)': \(String(cString: strerror(errno)))") }
+    guard (info.st_mode & S_IFMT) == S_IFREG else { throw SecretFileError(message: "'\(path)' is not a regular file") }
+    guard info.st_mode & 0o077 == 0 else {
+        throw SecretFileError(message: "'\(path)' is readable by others (mode \(String(info.st_mode & 0o777, radix: 8))): chmod 600 it")
+    }
+    guard info.st_size <= 4096, let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+        throw SecretFileError(message: "'\(path)' cannot be read as a short text file")
+    }
+    let trimmed = text.trimmingCharacters(in: .whitespacesAndNewlines)
+    guard trimmed.count >= 32, let bytes = hexBytes(trimmed) else {
+        throw SecretFileError(message: "'\(path)': the secret must be at least 16 bytes as hex (e.g. od -An -tx1 -N16 /dev/urandom | tr -d ' \\n')")
+    }
+    return bytes
 }
 
 public func hexBytes(_ text: String) -> [UInt8]? {

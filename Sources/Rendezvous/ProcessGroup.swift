@@ -44,6 +44,9 @@ public final class ProcessGroup: @unchecked Sendable {
     /// The rendezvous store, kept to report failures: a rank that fails records why under
     /// "failed/<global rank>", so ranks that only see the fallout (a neighbour closing) can name the root cause.
     public var store: StoreClient?
+    /// The rendezvous store this rank hosts (rank 0 under a launcher other than ours); serves until the
+    /// group is released, so that failure reports still reach every rank.
+    public var hostedStore: StoreServer?
     var sequence: UInt32 = 0
     var scratch = UnsafeMutableBufferPointer<Float>(start: nil, count: 0)
     var halfScratch = UnsafeMutableBufferPointer<UInt16>(start: nil, count: 0)
@@ -181,6 +184,23 @@ public final class ProcessGroup: @unchecked Sendable {
     public static func join(_ env: DistributedEnvironment, spinMicroseconds: Double? = nil,
                             log: @escaping (String) -> Void = { _ in }) throws -> ProcessGroup {
         if env.worldSize == 1 { return single() }
+        var hosted: StoreServer?
+        if env.hostsStore {
+            do {
+                hosted = try StoreServer(host: env.masterAddress, port: env.masterPort, identity: env.identity, bindRetrySeconds: 0)
+            } catch let error as TransportError {
+                let source = env.discovery.sources.first { $0.field == "master port" }?.from ?? "MASTER_PORT"
+                throw TransportError(.rendezvous("rank 0 cannot host the rendezvous store on port \(env.masterPort) (\(source)): \(error); set MASTER_PORT to a free port"),
+                                     operation: "hosting the store", peer: PeerDescription(host: env.masterAddress, port: env.masterPort))
+            }
+        }
+        // Under another launcher, each rank finds its own listen address: the interface SWIFT_DDP_IFACE
+        // names, else the one that routes to the master.
+        var env = env
+        if env.listenAddress == nil && env.discovery.rankZeroHostsStore {
+            env.listenAddress = try LocalAddress.choose(interface: ProcessInfo.processInfo.environment["SWIFT_DDP_IFACE"].flatMap { $0.isEmpty ? nil : $0 },
+                                                        master: env.masterAddress, port: env.masterPort).address
+        }
         let store = try StoreClient(host: env.masterAddress, port: env.masterPort, identity: env.identity, rank: env.rank,
                                     timeoutSeconds: env.timeoutSeconds)
         // Spinning before blocking saves ~10 us per message when every rank has a core (2 ranks on 2 cores:
@@ -194,6 +214,7 @@ public final class ProcessGroup: @unchecked Sendable {
                                    policy: policy,
                                    timeoutSeconds: env.timeoutSeconds, log: log)
         if let chunk = env.chunkBytes { group.chunkBytes = chunk }
+        group.hostedStore = hosted
         return group
     }
 
