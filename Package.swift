@@ -40,16 +40,16 @@ let package = Package(
         ]),
         .target(name: "Bench", dependencies: ["Collectives", "Rendezvous", "Transport"]),
         .executableTarget(name: "allreduce-bench", dependencies: [
-            "Bench", "Collectives", "Rendezvous", "Transport", "Launch",
+            "Bench", "Collectives", "Rendezvous", "Transport", "Topology",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .target(name: "TestSupport", dependencies: ["Collectives", "NN", "Parallel", "Rendezvous", "Tensors", "Transport", "CShims"]),
         .executableTarget(name: "collective-check", dependencies: [
-            "TestSupport", "Collectives", "Rendezvous", "Transport", "Launch", "Topology",
+            "TestSupport", "Collectives", "Rendezvous", "Transport", "Topology",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "ddp-train", dependencies: [
-            "Training", "NN", "Datasets", "Rendezvous", "Launch", "Transport", "Collectives",
+            "Training", "NN", "Datasets", "Rendezvous", "Topology", "Transport", "Collectives",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "kernels-bench", dependencies: [

@@ -228,15 +228,3 @@ public struct LaunchError: Error, CustomStringConvertible {
     public init(_ message: String) { self.message = message }
     public var description: String { message }
 }
-
-/// For workers, first thing at start: ask the kernel to SIGKILL this process when the launcher that
-/// started it dies (PR_SET_PDEATHSIG; checked against the launcher's pid, which may already be gone),
-/// then apply the CPU and memory placement the launcher chose.
-public func prepareWorker() throws {
-    let env = ProcessInfo.processInfo.environment
-    if let text = env["SWIFT_DDP_LAUNCHER_PID"], let pid = Int32(text) {
-        _ = ddp_set_parent_death_signal(SIGKILL)
-        if getppid() != pid { kill(getpid(), SIGKILL) }
-    }
-    try applyPlacementFromEnvironment(env)
-}

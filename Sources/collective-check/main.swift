@@ -1,7 +1,6 @@
 import ArgumentParser
 import Collectives
 import Foundation
-import Launch
 import Topology
 import Rendezvous
 import TestSupport
@@ -58,8 +57,8 @@ struct CollectiveCheck: ParsableCommand {
         plan.alsoOtherCollectives = !allreduceOnly
         let say: (String) -> Void = { line in FileHandle.standardOutput.write(Data((line + "\n").utf8)) }
         do {
-            try prepareWorker()
             let env = try DistributedEnvironment.fromProcess()
+            try prepareWorker(localRank: env.localRank, localWorldSize: env.localWorldSize)
             if reportBinding {
                 let policy = currentMemoryPolicy()
                 say("binding: rank \(env.rank) cpus \(compactList(currentAffinity())) mempolicy \(policy.mode) nodes \(compactList(policy.nodes))")

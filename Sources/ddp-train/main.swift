@@ -2,7 +2,7 @@ import ArgumentParser
 import Collectives
 import Datasets
 import Foundation
-import Launch
+import Topology
 import NN
 import Rendezvous
 import Tensors
@@ -14,7 +14,7 @@ struct DDPTrain: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ddp-train",
         abstract: "Train a model from a JSON config, or sample text from a GPT checkpoint.",
-        subcommands: [Train.self, Sample.self, ConfigKeys.self], defaultSubcommand: Train.self)
+        subcommands: [Train.self, Sample.self, ConfigKeys.self, ShowEnvironment.self], defaultSubcommand: Train.self)
 
     /// nanoGPT's habit, `--max_iters=10` (or `--max-iters 10`), is read as `--set max_iters=10`.
     static func main() {
@@ -104,18 +104,22 @@ struct Train: ParsableCommand {
     @Flag(help: "Continue from <out_dir>/ckpt.safetensors.")
     var resume = false
 
+    @Flag(help: "Under Slurm, mpirun or Kubernetes across hosts: start without a job secret (anyone who reaches the master port can join). Same as SWIFT_DDP_INSECURE=1.")
+    var insecure = false
+
     func run() throws {
+        if insecure { setenv("SWIFT_DDP_INSECURE", "1", 1) }
         try runReportingErrors {
             var extra = overrides
             if let dataDir { extra.append("data_dir=\"\(dataDir)\"") }
             if let outDir { extra.append("out_dir=\"\(outDir)\"") }
-            try prepareWorker()
-            var settings = try TrainConfig.load(path: config, overrides: extra)
+                        var settings = try TrainConfig.load(path: config, overrides: extra)
             // SWIFT_DDP_TUNING gives auto a tuning table when the config names none (as for every program).
             if settings.allreduceTuning.isEmpty, let path = ProcessInfo.processInfo.environment["SWIFT_DDP_TUNING"], !path.isEmpty {
                 settings.allreduceTuning = path
             }
             let env = try DistributedEnvironment.fromProcess()
+            try prepareWorker(localRank: env.localRank, localWorldSize: env.localWorldSize)
             // No spinning while training: the communication thread shares its rank's core with backward,
             // and every microsecond it spins is taken from compute (2 ranks, recipe, six alternating pairs on
             // a busy machine: 15.6k tokens/s mean blocking vs 14.0k spinning 50 us; blocking won 5 of 6).
@@ -129,6 +133,24 @@ struct Train: ParsableCommand {
             if resume && env.rank == 0 { try trainer.resume(from: trainer.checkpointPath) }
             if !resume { try trainer.resumeAfterRestart(restartCount: env.restartCount) }
             _ = try trainer.run()
+        }
+    }
+}
+
+struct ShowEnvironment: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "env",
+        abstract: "Print which launcher started this rank (ours, torchrun, Slurm, Open MPI, MPICH/PMI, Kubernetes) and where each figure comes from.",
+        discussion: "Try: srun -n 2 ddp-train env, mpirun -np 2 ddp-train env. Nothing is started or joined.")
+
+    func run() throws {
+        try runReportingErrors {
+            let env = try DistributedEnvironment.fromProcess()
+            for line in env.discovery.lines { print("rank \(env.rank): \(line)") }
+            if env.worldSize > 1 {
+                print("rank \(env.rank): rendezvous store: " + (env.discovery.rankZeroHostsStore ? "hosted by rank 0 on \(env.masterAddress):\(env.masterPort)" : "the launcher's, at \(env.masterAddress):\(env.masterPort)"))
+                print("rank \(env.rank): job secret: \(env.secretSource)")
+            }
         }
     }
 }
