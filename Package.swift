@@ -26,7 +26,7 @@ let package = Package(
         .target(name: "CShims", cSettings: [.unsafeFlags(["-march=native"])]),
         .target(name: "Tensors", swiftSettings: nativeCPU),
         .target(name: "Transport", dependencies: ["CShims", .product(name: "Crypto", package: "swift-crypto")]),
-        .target(name: "Rendezvous", dependencies: ["Transport"]),
+        .target(name: "Rendezvous", dependencies: ["Transport", "Topology"]),
         .target(name: "Collectives", dependencies: ["Rendezvous", "Transport", "CShims"], swiftSettings: nativeCPU),
         .target(name: "NN", dependencies: ["Tensors", "CZlib"], swiftSettings: nativeCPU),
         .target(name: "Datasets", dependencies: ["Tensors", "CZlib"]),

@@ -106,10 +106,10 @@ public struct CollectiveOptions: Sendable {
         return fixedRule(bytes: bytes)
     }
 
-    /// The table SWIFT_DDP_TUNING names, for programs that take their options from the environment
-    /// (a path that cannot be read is an error naming the variable).
-    public static func tuningFromEnvironment(_ environment: [String: String]) throws -> TuningTable? {
-        guard let path = environment["SWIFT_DDP_TUNING"], !path.isEmpty else { return nil }
+    /// The table SWIFT_DDP_TUNING names (WorkerEnvironment.tuningPath), for programs that take their
+    /// options from the environment (a path that cannot be read is an error naming the variable).
+    public static func tuning(fromEnvironmentPath path: String?) throws -> TuningTable? {
+        guard let path else { return nil }
         do { return try TuningTable.load(path: path) } catch { throw TuningError("SWIFT_DDP_TUNING: \(error)") }
     }
 }

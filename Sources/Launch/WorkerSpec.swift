@@ -37,23 +37,29 @@ public struct LaunchSpec: Sendable {
     /// TCPStore there); our store has its own port, in SWIFT_DDP_STORE_PORT.
     public var programPort = 0
 
-    /// torchrun's variables for local worker `local` (as torchrun sets them, so a PyTorch script runs
-    /// unchanged), plus the job's secret, id and our store's port.
+    /// What local worker `local` is told (the one contract, WorkerEnvironment), plus torchrun's other
+    /// variables so a PyTorch script runs unchanged.
+    public func worker(local: Int, port: Int) -> WorkerEnvironment {
+        var w = WorkerEnvironment()
+        w.rank = nodeRank * localWorkers + local
+        w.localRank = local; w.worldSize = worldSize; w.localWorldSize = localWorkers; w.groupRank = nodeRank
+        w.masterAddress = masterAddress; w.masterPort = port; w.programPort = programPort
+        w.secret = secret; w.jobID = jobID; w.timeoutSeconds = timeoutSeconds; w.restartCount = restartCount
+        w.launcherPID = getpid(); w.authenticateFrames = authenticateFrames
+        if local < placements.count, !placements[local].cpus.isEmpty {
+            w.bindCPUs = compactList(placements[local].cpus); w.bindNode = placements[local].node; w.bindMemory = placements[local].bindMemory
+        }
+        return w
+    }
+
     public func environment(local: Int, port: Int, base: [String: String]) -> [String: String] {
         var env = base
-        let rank = nodeRank * localWorkers + local
-        env["RANK"] = String(rank)
-        env["LOCAL_RANK"] = String(local)
-        env["WORLD_SIZE"] = String(worldSize)
-        env["LOCAL_WORLD_SIZE"] = String(localWorkers)
-        env["GROUP_RANK"] = String(nodeRank)
+        let w = worker(local: local, port: port)
+        env.merge(w.variables()) { _, new in new }
         env["GROUP_WORLD_SIZE"] = String(nodes)
-        env["ROLE_RANK"] = String(rank)
+        env["ROLE_RANK"] = String(w.rank)
         env["ROLE_WORLD_SIZE"] = String(worldSize)
         env["ROLE_NAME"] = "default"
-        env["MASTER_ADDR"] = masterAddress
-        env["MASTER_PORT"] = String(programPort)
-        env["SWIFT_DDP_STORE_PORT"] = String(port)
         env["TORCHELASTIC_RESTART_COUNT"] = String(restartCount)
         env["TORCHELASTIC_MAX_RESTARTS"] = String(maxRestarts)
         env["TORCHELASTIC_RUN_ID"] = jobID
@@ -61,17 +67,6 @@ public struct LaunchSpec: Sendable {
         env["TORCHELASTIC_USE_AGENT_STORE"] = "False"
         // torchrun's default: one OpenMP thread per rank unless the user says otherwise.
         if env["OMP_NUM_THREADS"] == nil { env["OMP_NUM_THREADS"] = "1" }
-        env["SWIFT_DDP_SECRET"] = secret.map { String(format: "%02x", $0) }.joined()
-        env["SWIFT_DDP_JOB_ID"] = jobID
-        env["SWIFT_DDP_TIMEOUT"] = String(timeoutSeconds)
-        env["SWIFT_DDP_LAUNCHER_PID"] = String(getpid())
-        env["SWIFT_DDP_RESTART_COUNT"] = String(restartCount)
-        env["SWIFT_DDP_AUTH_FRAMES"] = authenticateFrames ? "1" : "0"
-        if local < placements.count, !placements[local].cpus.isEmpty {
-            env["SWIFT_DDP_BIND_CPUS"] = compactList(placements[local].cpus)
-            env["SWIFT_DDP_BIND_NODE"] = placements[local].node.map(String.init) ?? ""
-            env["SWIFT_DDP_BIND_MEMORY"] = placements[local].bindMemory ? "1" : "0"
-        }
         for (k, v) in extraEnvironment { env[k] = v }
         return env
     }

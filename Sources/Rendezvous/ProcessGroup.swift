@@ -181,7 +181,7 @@ public final class ProcessGroup: @unchecked Sendable {
     /// Joins the job the environment describes (world size 1: a group of one, no store).
     /// `spinMicroseconds` is the program's choice of spin (a trainer passes 0); SWIFT_DDP_SPIN_US in the
     /// environment, already parsed into `env`, overrides it, as SWIFT_DDP_CHUNK_KB sets the frame size.
-    public static func join(_ env: DistributedEnvironment, spinMicroseconds: Double? = nil,
+    public static func join(_ env: WorkerEnvironment, spinMicroseconds: Double? = nil,
                             log: @escaping (String) -> Void = { _ in }) throws -> ProcessGroup {
         if env.worldSize == 1 { return single() }
         var hosted: StoreServer?
@@ -198,8 +198,7 @@ public final class ProcessGroup: @unchecked Sendable {
         // names, else the one that routes to the master.
         var env = env
         if env.listenAddress == nil && env.discovery.rankZeroHostsStore {
-            env.listenAddress = try LocalAddress.choose(interface: ProcessInfo.processInfo.environment["SWIFT_DDP_IFACE"].flatMap { $0.isEmpty ? nil : $0 },
-                                                        master: env.masterAddress, port: env.masterPort).address
+            env.listenAddress = try LocalAddress.choose(interface: env.interface, master: env.masterAddress, port: env.masterPort).address
         }
         let store = try StoreClient(host: env.masterAddress, port: env.masterPort, identity: env.identity, rank: env.rank,
                                     timeoutSeconds: env.timeoutSeconds)

@@ -68,10 +68,3 @@ public func applyPlacement(cpus: [Int], node: Int?, bindMemory: Bool) throws {
     }
 }
 
-/// Rank side: applies the placement the launcher put in SWIFT_DDP_BIND_CPUS / SWIFT_DDP_BIND_NODE /
-/// SWIFT_DDP_BIND_MEMORY (nothing when they are absent).
-public func applyPlacementFromEnvironment(_ env: [String: String]) throws {
-    guard let cpuText = env["SWIFT_DDP_BIND_CPUS"], !cpuText.isEmpty else { return }
-    guard let cpus = parseList(cpuText) else { throw BindingError(message: "SWIFT_DDP_BIND_CPUS '\(cpuText)' is not a CPU list") }
-    try applyPlacement(cpus: cpus, node: env["SWIFT_DDP_BIND_NODE"].flatMap { Int($0) }, bindMemory: env["SWIFT_DDP_BIND_MEMORY"] == "1")
-}

@@ -61,8 +61,8 @@ struct AllreduceBench: ParsableCommand {
     var timeNote: String { ["rank 0's mean", "the mean over ranks", "the fastest rank's mean", "the slowest rank's mean"][aggregation] }
 
     func run() throws {
-        let env = try DistributedEnvironment.fromProcess()
-        try prepareWorker(localRank: env.localRank, localWorldSize: env.localWorldSize)
+        let env = try WorkerEnvironment.fromProcess()
+        try prepareWorker(env)
         if env.worldSize == 1 {
             print("# measuring one rank (no collective traffic): start N ranks with ddp-launch --nproc-per-node N -- allreduce-bench")
         }

@@ -57,8 +57,8 @@ struct CollectiveCheck: ParsableCommand {
         plan.alsoOtherCollectives = !allreduceOnly
         let say: (String) -> Void = { line in FileHandle.standardOutput.write(Data((line + "\n").utf8)) }
         do {
-            let env = try DistributedEnvironment.fromProcess()
-            try prepareWorker(localRank: env.localRank, localWorldSize: env.localWorldSize)
+            let env = try WorkerEnvironment.fromProcess()
+            try prepareWorker(env)
             if reportBinding {
                 let policy = currentMemoryPolicy()
                 say("binding: rank \(env.rank) cpus \(compactList(currentAffinity())) mempolicy \(policy.mode) nodes \(compactList(policy.nodes))")

@@ -115,11 +115,9 @@ struct Train: ParsableCommand {
             if let outDir { extra.append("out_dir=\"\(outDir)\"") }
                         var settings = try TrainConfig.load(path: config, overrides: extra)
             // SWIFT_DDP_TUNING gives auto a tuning table when the config names none (as for every program).
-            if settings.allreduceTuning.isEmpty, let path = ProcessInfo.processInfo.environment["SWIFT_DDP_TUNING"], !path.isEmpty {
-                settings.allreduceTuning = path
-            }
-            let env = try DistributedEnvironment.fromProcess()
-            try prepareWorker(localRank: env.localRank, localWorldSize: env.localWorldSize)
+            let env = try WorkerEnvironment.fromProcess()
+            if settings.allreduceTuning.isEmpty, let path = env.tuningPath { settings.allreduceTuning = path }
+            try prepareWorker(env)
             // No spinning while training: the communication thread shares its rank's core with backward,
             // and every microsecond it spins is taken from compute (2 ranks, recipe, six alternating pairs on
             // a busy machine: 15.6k tokens/s mean blocking vs 14.0k spinning 50 us; blocking won 5 of 6).
@@ -145,7 +143,7 @@ struct ShowEnvironment: ParsableCommand {
 
     func run() throws {
         try runReportingErrors {
-            let env = try DistributedEnvironment.fromProcess()
+            let env = try WorkerEnvironment.fromProcess()
             for line in env.discovery.lines { print("rank \(env.rank): \(line)") }
             if env.worldSize > 1 {
                 print("rank \(env.rank): rendezvous store: " + (env.discovery.rankZeroHostsStore ? "hosted by rank 0 on \(env.masterAddress):\(env.masterPort)" : "the launcher's, at \(env.masterAddress):\(env.masterPort)"))

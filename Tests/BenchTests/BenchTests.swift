@@ -62,12 +62,12 @@ final class BenchTests: XCTestCase {
         let path = NSTemporaryDirectory() + "tuning-\(getpid()).json"
         XCTAssertNoThrow(try table.write(to: path))
         XCTAssertEqual(try TuningTable.load(path: path), table)
-        var options = CollectiveOptions(tuning: try? CollectiveOptions.tuningFromEnvironment(["SWIFT_DDP_TUNING": path]))
+        var options = CollectiveOptions(tuning: try? CollectiveOptions.tuning(fromEnvironmentPath: path))
         XCTAssertEqual(options.algorithm(bytes: 61_000, worldSize: 4), .ring)
         XCTAssertEqual(options.algorithm(bytes: 59_000, worldSize: 4), .halvingDoubling)
         options.algorithm = .tree
         XCTAssertEqual(options.algorithm(bytes: 59_000, worldSize: 4), .tree)
-        XCTAssertThrowsError(try CollectiveOptions.tuningFromEnvironment(["SWIFT_DDP_TUNING": path + ".missing"])) {
+        XCTAssertThrowsError(try CollectiveOptions.tuning(fromEnvironmentPath: path + ".missing")) {
             XCTAssertTrue("\($0)".hasPrefix("SWIFT_DDP_TUNING: "), "\($0)")
         }
     }

@@ -348,15 +348,15 @@ final class StoreAndHandshakeTests: XCTestCase {
     }
 
     func testEnvironmentErrorsNameTheVariable() {
-        XCTAssertEqual(try DistributedEnvironment.fromProcess([:]).worldSize, 1)
+        XCTAssertEqual(try WorkerEnvironment.fromProcess([:]).worldSize, 1)
         let base = ["WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500",
                     "SWIFT_DDP_SECRET": String(repeating: "0f", count: 16)]
-        XCTAssertNoThrow(try DistributedEnvironment.fromProcess(base))
+        XCTAssertNoThrow(try WorkerEnvironment.fromProcess(base))
         for (key, value, name) in [("RANK", "2", "RANK"), ("WORLD_SIZE", "zero", "WORLD_SIZE"), ("MASTER_PORT", "70000", "MASTER_PORT"),
                                    ("SWIFT_DDP_SECRET", "xyz", "SWIFT_DDP_SECRET"), ("SWIFT_DDP_TIMEOUT", "-1", "SWIFT_DDP_TIMEOUT")] {
             var env = base
             env[key] = value
-            XCTAssertThrowsError(try DistributedEnvironment.fromProcess(env)) { XCTAssertEqual(($0 as? EnvironmentError)?.variable, name) }
+            XCTAssertThrowsError(try WorkerEnvironment.fromProcess(env)) { XCTAssertEqual(($0 as? EnvironmentError)?.variable, name) }
         }
     }
 }
