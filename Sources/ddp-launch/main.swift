@@ -96,6 +96,12 @@ struct DDPLaunch: ParsableCommand {
     }
 
     func run() throws {
+        // Inside a Kubeflow PyTorchJob pod the job's WORLD_SIZE and RANK count pods: they are our nodes.
+        var nnodes = self.nnodes, nodeRank = self.nodeRank, masterAddr = self.masterAddr, masterPort = self.masterPort
+        if self.nnodes == 1 && self.masterPort == 0, let pod = try kubeflowPod(ProcessInfo.processInfo.environment) {
+            (nnodes, nodeRank, masterAddr, masterPort) = (pod.pods, pod.index, pod.masterAddress, pod.masterPort)
+            FileHandle.standardOutput.write(Data("[launcher] Kubeflow PyTorchJob: pod \(pod.index) of \(pod.pods) (RANK, WORLD_SIZE), store at \(masterAddr):\(masterPort) (MASTER_ADDR, MASTER_PORT)\n".utf8))
+        }
         let given: [UInt8]?
         do {
             given = try sharedSecret(option: secret, file: secretFile, environment: ProcessInfo.processInfo.environment)
@@ -123,77 +129,32 @@ struct DDPLaunch: ParsableCommand {
         if nnodes > 1 && masterPort == 65535 { throw ValidationError("--master-port 65535 leaves no port for the program's MASTER_PORT (--master-port + 1)") }
         let say: @Sendable (String) -> Void = { line in FileHandle.standardOutput.write(Data((line + "\n").utf8)) }
         let interface = iface ?? ProcessInfo.processInfo.environment["SWIFT_DDP_IFACE"].flatMap { $0.isEmpty ? nil : $0 }
+        let agent: LaunchAgent
         do {
             let listen = try LocalAddress.choose(interface: interface, master: masterAddr, port: masterPort)
             spec.extraEnvironment["SWIFT_DDP_LISTEN_ADDR"] = listen.address
             if nnodes > 1 || interface != nil { say("[launcher] ranks on node \(nodeRank) listen on \(listen.address) (\(listen.reason))") }
-            // A busy store port is a bad option: say so before anything starts.
-            if nodeRank == 0 && masterPort != 0 {
-                do { _ = try Listener(host: masterAddr, port: masterPort) } catch let error as TransportError {
-                    throw LaunchError("--master-port \(masterPort): the store cannot listen on \(masterAddr):\(masterPort) (\(error)); pick another port, or 0 for a free one")
+            let topology = NumaTopology.current()
+            spec.placements = planBinding(topology, localRanks: workers, policy: BindingPolicy(rawValue: numaBind)!)
+            agent = LaunchAgent(spec: spec, log: say)
+            try agent.checkStorePort()
+            if numaBind != "none" {
+                for line in placementTable(spec.placements, rankOffset: nodeRank * workers, numaAvailable: topology.numaAvailable) {
+                    say("[launcher] \(line)")
                 }
             }
         } catch {
             say("[launcher] \(error)")
             throw ExitCode(2)
         }
-        let topology = NumaTopology.current()
-        spec.placements = planBinding(topology, localRanks: workers, policy: BindingPolicy(rawValue: numaBind)!)
-        if numaBind != "none" {
-            for line in placementTable(spec.placements, rankOffset: nodeRank * workers, numaAvailable: topology.numaAvailable) {
-                say("[launcher] \(line)")
-            }
-        }
-        let current = CurrentGroup()
-        let signals = forwardTerminationSignals(to: { current.group }, log: say)
+        let signals = forwardTerminationSignals(to: agent, log: say, stopped: { Foundation.exit(128 + $0) })
         defer { signals.forEach { $0.cancel() } }
-        do {
-            for attempt in 0...maxRestarts {
-                spec.restartCount = attempt
-                // MASTER_PORT for the program's own rendezvous: one node picks a free port per attempt; several
-                // nodes must agree without talking, so it is the store's port + 1 there.
-                spec.programPort = nnodes > 1 ? masterPort + 1 : try freePort(host: masterAddr)
-                let group = WorkerGroup(spec: spec, output: say)
-                current.group = group
-                say("[launcher] starting \(workers) rank(s) on node \(nodeRank) of \(nnodes)"
-                    + (attempt > 0 ? " (restart \(attempt) of \(maxRestarts))" : "") + ": \(spec.command.joined(separator: " "))")
-                guard let failure = try group.run() else {
-                    say("[launcher] all \(workers) rank(s) finished" + (attempt > 0 ? " after \(attempt) restart(s)" : ""))
-                    return
-                }
-                say("[launcher] FAILED: \(failure); stopped the other ranks. Last lines of rank \(failure.rank):")
-                for line in failure.lastLines { say("[launcher]   | \(line)") }
-                if attempt < maxRestarts {
-                    say("[launcher] restarting the group (\(attempt + 1) of \(maxRestarts)); trainers resume from their last checkpoint")
-                    continue
-                }
-                if maxRestarts > 0 { say("[launcher] giving up: the group failed \(maxRestarts + 1) times") }
-                throw ExitCode(failure.signaled ? 128 + failure.status : max(failure.status, 1))
-            }
-        } catch let error as TransportError {
-            say("[launcher] \(error)")
-            throw ExitCode(2)
-        } catch let error as LaunchError {
+        let failure: WorkerExit?
+        do { failure = try agent.run() } catch {
             say("[launcher] \(error)")
             throw ExitCode(2)
         }
-    }
-}
-
-/// A port nothing listens on now (the kernel's choice, released at once).
-func freePort(host: String) throws -> Int {
-    let listener = try Listener(host: host, port: 0)
-    defer { listener.close() }
-    return listener.port
-}
-
-/// The group running now, for the signal handler (a restart replaces it).
-final class CurrentGroup: @unchecked Sendable {
-    private let lock = NSLock()
-    private var value: WorkerGroup?
-    var group: WorkerGroup? {
-        get { lock.lock(); defer { lock.unlock() }; return value }
-        set { lock.lock(); value = newValue; lock.unlock() }
+        if let failure { throw ExitCode(failure.signaled ? 128 + failure.status : max(failure.status, 1)) }
     }
 }
 
