@@ -67,7 +67,7 @@ let package = Package(
         .testTarget(name: "TensorsTests", dependencies: ["Tensors"]),
         .testTarget(name: "NNTests", dependencies: ["NN", "Tensors"]),
         .testTarget(name: "TrainingTests", dependencies: ["Training", "NN", "Datasets", "Tensors", "Transport", "Collectives", "TestSupport", "ddp-train", "ddp-launch", "collective-check"]),
-        .testTarget(name: "TransportTests", dependencies: ["Transport", "Rendezvous", "TestSupport", "ddp-launch"]),
+        .testTarget(name: "TransportTests", dependencies: ["Transport", "Rendezvous", "Launch", "Topology", "TestSupport", "ddp-launch"]),
         .testTarget(name: "CollectivesTests", dependencies: ["Collectives", "Rendezvous", "Transport", "TestSupport", "collective-check", "ddp-launch"]),
         .testTarget(name: "TopologyTests", dependencies: ["Topology"]),
         .testTarget(name: "ParallelTests", dependencies: ["Parallel"]),

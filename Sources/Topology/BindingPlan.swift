@@ -31,6 +31,9 @@ public struct RankPlacement: Sendable, Equatable {
     public var node: Int?
     public var cpus: [Int]
     public var bindMemory: Bool
+    public init(localRank: Int, node: Int?, cpus: [Int], bindMemory: Bool) {
+        self.localRank = localRank; self.node = node; self.cpus = cpus; self.bindMemory = bindMemory
+    }
 }
 
 /// The placement policy, a pure function of the topology: ranks are spread over nodes in contiguous
