@@ -15,6 +15,20 @@ dir=${SLURM_LOCAL_DIR:-/tmp/swift-ddp-slurm}
 conf="$dir/slurm.conf"
 node=$(hostname -s)
 
+# Starts a daemon holding none of this script's descriptors: not the caller's stdout/stderr (a test
+# reading our output to its end would wait for them forever) and no other inherited one (Foundation's
+# Process learns that its child exited when a socket the child inherited closes; a daemon keeping it
+# open makes waitUntilExit wait forever).
+detached() {
+  (
+    for fd in /proc/$BASHPID/fd/*; do
+      fd=${fd##*/}
+      [ "$fd" -gt 2 ] && eval "exec $fd>&-" 2>/dev/null
+    done
+    exec "$@" </dev/null >/dev/null 2>&1
+  )
+}
+
 down() {
   for pid in "$dir/slurmd.pid" "$dir/slurmctld.pid" "$dir/munge/munged.pid"; do
     [ -f "$pid" ] && kill "$(cat "$pid")" 2>/dev/null || true
@@ -42,7 +56,7 @@ case "$1" in
     [ -f "$dir/munge/munge.key" ] || { mungekey --create --keyfile="$dir/munge/munge.key" >/dev/null 2>&1 || dd if=/dev/urandom of="$dir/munge/munge.key" bs=1024 count=1 2>/dev/null; }
     chown munge:munge "$dir/munge/munge.key"; chmod 400 "$dir/munge/munge.key"
     socket="$dir/munge/munge.socket"
-    runuser -u munge -- munged --key-file="$dir/munge/munge.key" --socket="$socket" --pid-file="$dir/munge/munged.pid" \
+    detached runuser -u munge -- munged --key-file="$dir/munge/munge.key" --socket="$socket" --pid-file="$dir/munge/munged.pid" \
       --log-file="$dir/munge/munged.log" --seed-file="$dir/munge/seed" --force
     cpus=$(nproc)
     cat > "$conf" <<CONF
@@ -70,8 +84,8 @@ JobCompType=jobcomp/none
 NodeName=$node CPUs=$cpus State=UNKNOWN
 PartitionName=debug Nodes=$node Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4
 CONF
-    SLURM_CONF=$conf slurmctld -i
-    SLURM_CONF=$conf slurmd
+    SLURM_CONF=$conf detached slurmctld -i
+    SLURM_CONF=$conf detached slurmd
     for _ in $(seq 100); do
       SLURM_CONF=$conf sinfo -h -o %T 2>/dev/null | grep -qE "^idle" && { echo "slurm-local: node $node idle ($cpus CPUs); $("$0" env)"; exit 0; }
       sleep 0.2

@@ -2,8 +2,12 @@ import Foundation
 
 /// Live processes a launcher started, found now by the SWIFT_DDP_LAUNCHER_PID every rank inherits (so
 /// grandchildren count too). Zombies have already exited and do not count.
-public func processes(startedBy launcher: Int32) -> [Int32] {
-    let marker = Array("SWIFT_DDP_LAUNCHER_PID=\(launcher)".utf8)
+public func processes(startedBy launcher: Int32) -> [Int32] { processes(withVariable: "SWIFT_DDP_LAUNCHER_PID=\(launcher)") }
+
+/// Live processes whose environment holds `assignment` ("NAME=value"), e.g. a tag a test gave srun or
+/// mpirun, which every rank inherits.
+public func processes(withVariable assignment: String) -> [Int32] {
+    let marker = Array(assignment.utf8)
     let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
     return entries.compactMap(Int32.init).filter { candidate in
         guard let environ = FileManager.default.contents(atPath: "/proc/\(candidate)/environ") else { return false }
@@ -54,10 +58,11 @@ public func launcherRankPIDs(_ output: String) -> [Int32] {
 /// `occurrences` times, or the output ends; returns the process, the pipe to read the rest from, and
 /// what was read.
 public func startLauncher(_ executable: String, _ arguments: [String], until marker: String,
-                          occurrences: Int = 1) throws -> (Process, FileHandle, String) {
+                          occurrences: Int = 1, environment: [String: String] = [:]) throws -> (Process, FileHandle, String) {
     let process = Process()
     process.executableURL = URL(fileURLWithPath: executable)
     process.arguments = arguments
+    if !environment.isEmpty { process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
     let pipe = Pipe()
     process.standardOutput = pipe
     process.standardError = pipe

@@ -5,7 +5,8 @@ import Transport
 import XCTest
 
 /// Runs N real rank processes of a built executable on loopback, as a launcher would: a store in this
-/// process on a kernel-chosen port, the torchrun environment and a fresh job secret for each child.
+/// process on a kernel-chosen port, our launcher's environment (SWIFT_DDP_STORE_PORT names the store
+/// this process hosts; without it rank 0 would host one itself) and a fresh job secret for each child.
 struct LocalCluster {
     struct Outcome {
         var status: Int32
@@ -32,7 +33,7 @@ struct LocalCluster {
         var env = ProcessInfo.processInfo.environment
         env["RANK"] = String(rank); env["LOCAL_RANK"] = String(rank)
         env["WORLD_SIZE"] = String(worldSize); env["LOCAL_WORLD_SIZE"] = String(worldSize)
-        env["MASTER_ADDR"] = "127.0.0.1"; env["MASTER_PORT"] = String(store.port)
+        env["MASTER_ADDR"] = "127.0.0.1"; env["SWIFT_DDP_STORE_PORT"] = String(store.port); env["MASTER_PORT"] = "0"
         env["SWIFT_DDP_SECRET"] = hexString(secret); env["SWIFT_DDP_JOB_ID"] = jobID
         for (k, v) in extra { env[k] = v }
         return env
