@@ -5,7 +5,8 @@
 # and by `mpirun -np 2` (rank 0 hosts the store); then torchrun (gloo) and mpirun (MPI_Init + barrier)
 # with this repository's harnesses (bench/references/torch_ready.py, mpi_ready.c; scripts/bench-references.sh
 # sets them up). Runs are interleaved (one of each, RUNS times) and every row is also given as a ratio
-# to our launcher's median from the same run.
+# to our launcher's median from the same run; srun and mpirun also start /bin/echo, so that what our
+# ranks add (rendezvous, store on rank 0) shows apart from the scheduler's own spawn time.
 # usage: scripts/bench-launch.sh [RUNS]   (default 9)
 case "${1:-}" in -h|--help) sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;; esac
 set -euo pipefail
@@ -30,10 +31,12 @@ commands = [
 mpi_flags = ["--allow-run-as-root", "--oversubscribe", "--mca", "pml", "ob1", "--mca", "btl", "tcp,self", "--mca", "btl_tcp_if_include", "lo"]
 if shutil.which("srun") and subprocess.run(["sinfo"], capture_output=True).returncode == 0:
     commands.append(("srun -n 2 (our ranks)", ["srun", "-n", "2", f"{release}/collective-check", "--ready"]))
+    commands.append(("srun -n 2 /bin/echo (srun alone)", ["srun", "-n", "2", "/bin/echo", "ready"]))
 else:
     print("# srun row missing (no Slurm answers; as root this script starts scripts/slurm-local.sh)")
 if shutil.which("mpirun"):
     commands.append(("mpirun -np 2 (our ranks)", ["mpirun", *mpi_flags, "-np", "2", f"{release}/collective-check", "--ready"]))
+    commands.append(("mpirun -np 2 /bin/echo (mpirun alone)", ["mpirun", *mpi_flags, "-np", "2", "/bin/echo", "ready"]))
 if os.path.exists(f"{venv}/bin/torchrun"):
     commands.append(("torchrun (gloo)", [f"{venv}/bin/torchrun", "--standalone", "--nproc-per-node", "2", f"{root}/bench/references/torch_ready.py"]))
 else:
@@ -58,4 +61,12 @@ ours = statistics.median(first[commands[0][0]])
 for label, _ in commands:
     m = statistics.median(first[label])
     print(f"{label}: first line after {m:.3f} s median (min {min(first[label]):.3f}) over {runs} runs, {m / ours:.2f}x swift-ddp")
+# What our ranks add under another launcher: its time minus the same launcher starting /bin/echo
+# (its own spawn cost, which no rank can shorten), against our launcher's whole time.
+for name in ("srun", "mpirun"):
+    ranks = next((l for l, _ in commands if l.startswith(name + " -n") and "our ranks" in l), None)
+    alone = next((l for l, _ in commands if l.startswith(name + " -n") and "alone" in l), None)
+    if ranks and alone:
+        share = statistics.median(first[ranks]) - statistics.median(first[alone])
+        print(f"our ranks under {name}: {share * 1000:.1f} ms beyond {name} alone = {share / ours:.2f}x swift-ddp's whole launch")
 PY

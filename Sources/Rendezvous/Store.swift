@@ -232,7 +232,7 @@ public final class StoreClient: @unchecked Sendable {
                                      operation: "rendezvous")
             }
             usleep(pause)
-            pause = min(pause * 2, 50_000)
+            pause = min(pause * 3 / 2, 50_000)
         }
     }
 }

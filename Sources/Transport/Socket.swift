@@ -74,7 +74,7 @@ public enum Socket {
     public static func connect(host: String, port: Int, deadline: Deadline, peer: PeerDescription,
                                operation: String) throws -> Int32 {
         var lastError: TransportError?
-        var backoff: useconds_t = 1000
+        var backoff: useconds_t = 250
         while true {
             for address in try resolve(host: host, port: port, passive: false, operation: operation) {
                 let fd = socket(address.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
@@ -110,8 +110,10 @@ public enum Socket {
             if deadline.hasPassed {
                 throw lastError ?? TransportError(.timedOut(seconds: deadline.seconds), operation: operation, peer: peer)
             }
+            // Under srun or mpirun every rank starts at once and rank 0's store listens a few ms
+            // later: retry finely at first (a refused loopback connect costs microseconds), then back off.
             usleep(backoff)
-            backoff = min(backoff * 2, 100_000)
+            backoff = min(backoff * 3 / 2, 100_000)
         }
     }
 }
