@@ -1,6 +1,7 @@
 import Foundation
 import NN
 import TestSupport
+import Transport
 import XCTest
 
 /// ddp-train started by the schedulers users already have, with the real programs (Open MPI's mpirun,
@@ -96,6 +97,28 @@ final class SchedulerTests: XCTestCase {
             XCTAssertTrue(run.output.contains("Kubeflow PyTorchJob: pod"), run.output)
         }
         try assertBitwiseEqualToTheLauncher(dir, "Kubeflow, ddp-launch in each pod")
+    }
+
+    /// Rank 0 hosts the store under another launcher: a port already taken is one line naming the port
+    /// and the variable it came from (and, from a job id, the derivation), not a hang.
+    func testBusyMasterPortIsNamed() throws {
+        // A port in Lightning's range (15000 + four digits), so that a Slurm job id can point at it too.
+        var taken: Listener?
+        for _ in 0..<50 where taken == nil { taken = try? Listener(host: "127.0.0.1", port: 15000 + Int.random(in: 0..<10000)) }
+        guard let taken else { throw XCTSkip("no free port in 15000...24999") }
+        defer { taken.close() }
+        let pmi = ["PMI_RANK": "0", "PMI_SIZE": "2", "MPI_LOCALRANKID": "0", "MPI_LOCALNRANKS": "2", "SWIFT_DDP_TIMEOUT": "5"]
+        var run = try startByHand(trainer, ["train", config] + common, [pmi.merging(["MASTER_PORT": String(taken.port)]) { $1 }])[0]
+        XCTAssertNotEqual(run.status, 0)
+        XCTAssertTrue(run.output.contains("cannot host the rendezvous store on port \(taken.port) (MASTER_PORT)"), run.output)
+        XCTAssertEqual(run.output.split(separator: "\n").filter { $0.lowercased().contains("error") }.count, 1, run.output)
+        // Under Slurm without MASTER_PORT the port comes from the job id: 15000 + its last four digits.
+        let job = "77" + String(format: "%04d", taken.port - 15000)
+        let slurm = ["SLURM_PROCID": "0", "SLURM_STEP_ID": "0", "SLURM_NTASKS": "2", "SLURM_LOCALID": "0", "SLURM_NODEID": "0",
+                     "SLURM_STEP_TASKS_PER_NODE": "2", "SLURM_STEP_NODELIST": "localhost", "SLURM_JOB_ID": job, "SWIFT_DDP_TIMEOUT": "5"]
+        run = try startByHand(trainer, ["train", config] + common, [slurm])[0]
+        XCTAssertNotEqual(run.status, 0)
+        XCTAssertTrue(run.output.contains("port \(taken.port) (15000 + the last 4 digits of the job id (\(job))"), run.output)
     }
 
     /// Brings up the one-node Slurm (installing it as root when missing), or skips saying why.
