@@ -49,7 +49,7 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "ddp-train", dependencies: [
-            "Training", "NN", "Datasets", "Rendezvous", "Topology", "Transport", "Collectives",
+            "Training", "NN", "Datasets", "Rendezvous", "Topology", "Transport", "Collectives", "Parallel",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "kernels-bench", dependencies: [
@@ -70,7 +70,7 @@ let package = Package(
         .testTarget(name: "TransportTests", dependencies: ["Transport", "Rendezvous", "Launch", "Topology", "TestSupport", "ddp-launch"]),
         .testTarget(name: "CollectivesTests", dependencies: ["Collectives", "Rendezvous", "Transport", "TestSupport", "collective-check", "ddp-launch"]),
         .testTarget(name: "TopologyTests", dependencies: ["Topology"]),
-        .testTarget(name: "ParallelTests", dependencies: ["Parallel"]),
+        .testTarget(name: "ParallelTests", dependencies: ["Parallel"], exclude: ["Golden"]),
         .testTarget(name: "BenchTests", dependencies: ["Bench", "Collectives", "TestSupport", "ddp-launch", "allreduce-bench"]),
         .testTarget(name: "MultiHostTests", dependencies: ["NN", "TestSupport", "ddp-launch", "ddp-train", "collective-check"]),
     ],

@@ -4,6 +4,7 @@ import Datasets
 import Foundation
 import Topology
 import NN
+import Parallel
 import Rendezvous
 import Tensors
 import Training
@@ -14,7 +15,7 @@ struct DDPTrain: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ddp-train",
         abstract: "Train a model from a JSON config, or sample text from a GPT checkpoint.",
-        subcommands: [Train.self, Sample.self, ConfigKeys.self, ShowEnvironment.self], defaultSubcommand: Train.self)
+        subcommands: [Train.self, Sample.self, ConfigKeys.self, ShowEnvironment.self, ShowSchedule.self], defaultSubcommand: Train.self)
 
     /// nanoGPT's habit, `--max_iters=10` (or `--max-iters 10`), is read as `--set max_iters=10`.
     static func main() {
@@ -148,6 +149,61 @@ struct ShowEnvironment: ParsableCommand {
             if env.worldSize > 1 {
                 print("rank \(env.rank): rendezvous store: " + (env.discovery.rankZeroHostsStore ? "hosted by rank 0 on \(env.masterAddress):\(env.masterPort)" : "the launcher's, at \(env.masterAddress):\(env.masterPort)"))
                 print("rank \(env.rank): job secret: \(env.secretSource)")
+            }
+        }
+    }
+}
+
+struct ShowSchedule: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "schedule",
+        abstract: "Print a pipeline schedule's actions per rank and simulate it: step time, bubble beside the formula, live activations.",
+        discussion: """
+        Actions use PyTorch's notation: 2F0 = stage 2 forward on micro-batch 0, B backward, I input gradient, W weight gradient,
+        SEND_F/RECV_F activations, SEND_B/RECV_B gradients. Costs are per stage and per pass (any unit).
+        Try: ddp-train schedule --pipeline-parallel 4 --microbatches 8 --schedule zb-h1 --svg zb.svg
+        """)
+
+    @Option(help: "gpipe, 1f1b, interleaved or zb-h1.")
+    var schedule = "1f1b"
+    @Option(help: "Pipeline ranks (p).")
+    var pipelineParallel = 2
+    @Option(help: "Micro-batches per step (m).")
+    var microbatches = 4
+    @Option(help: "Chunks per rank (v; interleaved only).")
+    var virtualStages = 1
+    @Option(help: "Cost of one stage's forward.")
+    var forward = 1.0
+    @Option(help: "Cost of one stage's input-gradient pass (a whole backward is input + weight).")
+    var backwardInput = 1.0
+    @Option(help: "Cost of one stage's weight-gradient pass.")
+    var backwardWeight = 1.0
+    @Option(help: "Time for one activation or gradient to reach the next stage.")
+    var transfer = 0.0
+    @Option(help: "Write the simulated timeline as SVG to this file.")
+    var svg: String?
+    @Flag(help: "Only the summary, not the action lists.")
+    var quiet = false
+
+    func run() throws {
+        try runReportingErrors {
+            guard let kind = PipelineScheduleKind(rawValue: schedule) else {
+                throw LayoutError(key: "pipeline_schedule", "'\(schedule)' is not one of \(PipelineScheduleKind.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            let plan = try PipelineSchedule(kind, pipelineParallel: pipelineParallel, microbatches: microbatches, virtualStages: virtualStages)
+            for (name, value) in [("forward", forward), ("backward-input", backwardInput), ("backward-weight", backwardWeight), ("transfer", transfer)]
+            where !(value >= 0 && value.isFinite) {
+                throw LayoutError(key: name, "\(value) must be a finite cost >= 0")
+            }
+            let costs = PipelineCosts.uniform(stages: plan.stageCount, forward: forward, backwardInput: backwardInput,
+                                              backwardWeight: backwardWeight, transfer: transfer)
+            let sim = try PipelineSimulator.run(plan, costs: costs)
+            if !quiet { print(plan.table) }
+            let title = "\(kind.rawValue), p \(pipelineParallel), m \(microbatches)" + (virtualStages > 1 ? ", v \(virtualStages)" : "")
+            print("\(title): step \(sim.stepTime), bubble \(String(format: "%.3f", sim.bubble)) (formula \(String(format: "%.3f", plan.formulaBubble)) at free communication\(kind == .zeroBubbleH1 ? " and F = I = W" : "")), peak live activations per rank \(sim.peakLiveActivations)")
+            if let svg {
+                try pipelineTimelineSVG(sim.intervals, title: title + ": simulated").write(toFile: svg, atomically: true, encoding: .utf8)
+                print("timeline: \(svg)")
             }
         }
     }
