@@ -117,6 +117,12 @@ final class PipelineScheduleTests: XCTestCase {
         let text = refusal(deadlock)
         XCTAssertTrue(text.contains("pipeline_schedule") && text.contains("deadlock") && text.contains("rank 0 waits at 0RECV_B0")
                       && text.contains("rank 1 waits at 1RECV_F1"), text)
+        // Messages between two ranks must be received in the order they were sent.
+        let crossed = altered(1) { list in
+            let a = list.firstIndex { $0.description == "1RECV_F0" }!, b = list.firstIndex { $0.description == "1RECV_F1" }!
+            list.swapAt(a, b)
+        }
+        XCTAssertTrue(refusal(crossed).contains("messages would cross"), refusal(crossed))
         XCTAssertTrue(refusal(altered(0) { $0.removeAll { $0.description == "0B0" }; $0.insert(PipelineAction(0, .backward, 0), at: 0) })
             .contains("rank 0 runs 0B0 before 0F0"))
         XCTAssertTrue(refusal(altered(0) { $0.swapAt(0, 1) }).contains("rank 0 runs 0SEND_F0 before 0F0"))

@@ -85,9 +85,7 @@ public enum PipelineSimulator {
                         guard done[r].contains(source) || (a.kind == .sendGradient && done[r].contains(split)) else {
                             throw fail("rank \(r) runs \(a) before \(a.kind == .sendActivation ? source : (schedule.actions[r].contains(split) ? split : source))")
                         }
-                        let receiver = a.kind == .sendActivation ? PipelineAction(a.stage + 1, .receiveActivation, a.microbatch)
-                                                                 : PipelineAction(a.stage - 1, .receiveGradient, a.microbatch)
-                        arrival[receiver] = clock[r] + costs.transfer
+                        arrival[partner(of: a)] = clock[r] + costs.transfer
                     } else {
                         if let missing = prerequisites(a, schedule).first(where: { !done[r].contains($0) }) {
                             throw fail("rank \(r) runs \(a) before \(missing)")
@@ -164,14 +162,37 @@ public enum PipelineSimulator {
             }
         }
         for (a, _) in seen where a.kind.isSend || a.kind.isReceive {
-            let partner: PipelineAction
-            switch a.kind {
-            case .sendActivation: partner = PipelineAction(a.stage + 1, .receiveActivation, a.microbatch)
-            case .receiveActivation: partner = PipelineAction(a.stage - 1, .sendActivation, a.microbatch)
-            case .sendGradient: partner = PipelineAction(a.stage - 1, .receiveGradient, a.microbatch)
-            default: partner = PipelineAction(a.stage + 1, .sendGradient, a.microbatch)
+            guard seen[partner(of: a)] != nil else { throw fail("\(a) has no matching \(partner(of: a))") }
+        }
+        try checkChannels(s)
+    }
+
+    /// The action on the other rank that a send or receive pairs with.
+    static func partner(of a: PipelineAction) -> PipelineAction {
+        switch a.kind {
+        case .sendActivation: PipelineAction(a.stage + 1, .receiveActivation, a.microbatch)
+        case .receiveActivation: PipelineAction(a.stage - 1, .sendActivation, a.microbatch)
+        case .sendGradient: PipelineAction(a.stage - 1, .receiveGradient, a.microbatch)
+        default: PipelineAction(a.stage + 1, .sendGradient, a.microbatch)
+        }
+    }
+
+    /// What the runtime relies on besides completeness and the absence of deadlock (which `run`
+    /// shows): messages from one rank to another are received in the order they were sent, so a
+    /// receive takes the next message from its peer and nothing is buffered or reordered. Sends never
+    /// stop a rank (a message the sockets cannot take at once is pushed on during the rank's later
+    /// receives and before its STEP), which is the asynchronous send `run` simulates.
+    static func checkChannels(_ s: PipelineSchedule) throws {
+        func fail(_ text: String) -> LayoutError { LayoutError(key: "pipeline_schedule", "\(s.kind.rawValue): \(text)") }
+        let p = s.pipelineParallel
+        for from in 0..<p {
+            for to in 0..<p where to != from {
+                let sent = s.actions[from].filter { $0.kind.isSend && s.rank(ofStage: partner(of: $0).stage) == to }.map { partner(of: $0) }
+                let received = s.actions[to].filter { $0.kind.isReceive && s.rank(ofStage: partner(of: $0).stage) == from }
+                if let i = zip(sent, received).enumerated().first(where: { $0.element.0 != $0.element.1 })?.offset {
+                    throw fail("rank \(from) sends to rank \(to) for \(sent[i]) while rank \(to) receives \(received[i]) first: messages would cross")
+                }
             }
-            guard seen[partner] != nil else { throw fail("\(a) has no matching \(partner)") }
         }
     }
 }
