@@ -26,10 +26,18 @@ public final class Connection: @unchecked Sendable {
     /// A cap on every wait however much data moves: set while a handshake runs, so a peer that drips
     /// one byte at a time cannot hold the connection past it.
     public var overallDeadline: Deadline?
-    /// Per-direction MAC keys when the job authenticates frames (set by the handshake).
-    public var frameKeys: FrameKeys?
-    /// Set while an exchange drives this connection: two at once would interleave their frames.
-    private let inUse = Atomic<Bool>(false)
+    /// Per-direction MAC keys when the job authenticates frames (set by the handshake). Two properties,
+    /// so that one thread sending while another receives never touch the same one.
+    private var sendingMAC: FrameMAC?, receivingMAC: FrameMAC?
+    public var frameKeys: FrameKeys? {
+        get { sendingMAC.flatMap { s in receivingMAC.map { FrameKeys(sending: s, receiving: $0) } } }
+        set { sendingMAC = newValue?.sending; receivingMAC = newValue?.receiving; authenticatesFrames = newValue != nil }
+    }
+    /// Whether frames carry MAC tags (fixed once the handshake is over).
+    public private(set) var authenticatesFrames = false
+    /// Set while an exchange drives a direction of this connection: two at once would interleave their
+    /// frames. The directions are separate, so one thread may send while another receives.
+    private let sendingInUse = Atomic<Bool>(false), receivingInUse = Atomic<Bool>(false)
 
     public init(fd: Int32, peer: PeerDescription, policy: WaitPolicy) {
         self.fd = fd; self.peer = peer; self.policy = policy
@@ -39,12 +47,19 @@ public final class Connection: @unchecked Sendable {
 
     /// Marks the connection as driven by the caller until `release`; a second claim at the same time
     /// is a bug in the caller (two groups sharing this connection used concurrently) and traps.
-    public func claim(for operation: @autoclosure () -> String) {
-        let (exchanged, _) = inUse.compareExchange(expected: false, desired: true, ordering: .acquiring)
-        precondition(exchanged, "\(operation()): the connection with \(peer) is already in use by another call; groups that share two ranks must not run collectives at the same time")
+    public func claim(for operation: @autoclosure () -> String, sending: Bool = true, receiving: Bool = true) {
+        func take(_ flag: borrowing Atomic<Bool>) {
+            let (exchanged, _) = flag.compareExchange(expected: false, desired: true, ordering: .acquiring)
+            precondition(exchanged, "\(operation()): the connection with \(peer) is already in use by another call; groups that share two ranks must not run collectives at the same time")
+        }
+        if sending { take(sendingInUse) }
+        if receiving { take(receivingInUse) }
     }
 
-    public func release() { inUse.store(false, ordering: .releasing) }
+    public func release(sending: Bool = true, receiving: Bool = true) {
+        if sending { sendingInUse.store(false, ordering: .releasing) }
+        if receiving { receivingInUse.store(false, ordering: .releasing) }
+    }
 
     public func close() {
         if fd >= 0 { Glibc.close(fd); fd = -1 }
@@ -142,7 +157,7 @@ public final class Connection: @unchecked Sendable {
 
     /// The MAC tag of the next frame sent (authenticated connections only).
     func nextSendTag(header: UnsafeRawBufferPointer, payload: UnsafeRawBufferPointer) -> (UInt64, UInt64) {
-        frameKeys!.sending.next(header: header, payload: payload)
+        sendingMAC!.next(header: header, payload: payload)
     }
 
     /// Checks a received frame's MAC tag; a mismatch closes the connection.
@@ -150,7 +165,7 @@ public final class Connection: @unchecked Sendable {
                            operation: @autoclosure () -> String) throws {
         var bytes = HeaderBytes()
         bytes.withMutableBytes { header.encode(into: $0.baseAddress!) }
-        let expected = bytes.withMutableBytes { frameKeys!.receiving.next(header: UnsafeRawBufferPointer($0), payload: payload) }
+        let expected = bytes.withMutableBytes { receivingMAC!.next(header: UnsafeRawBufferPointer($0), payload: payload) }
         guard expected == tag else {
             close()
             throw TransportError(.badFrame("authentication tag mismatch (\(header.length) bytes): the frame was altered, replayed or reordered on the way"),
@@ -160,7 +175,7 @@ public final class Connection: @unchecked Sendable {
 
     /// A frame whose authentication flag does not match this connection's mode is refused.
     func checkAuthentication(_ header: FrameHeader, operation: @autoclosure () -> String) throws {
-        guard header.authenticated != (frameKeys != nil) else { return }
+        guard header.authenticated != authenticatesFrames else { return }
         close()
         throw TransportError(.badFrame(header.authenticated ? "an authenticated frame on a connection without frame authentication"
                                                             : "a frame without its authentication tag (authentication is on)"),
@@ -172,11 +187,11 @@ public final class Connection: @unchecked Sendable {
     public func sendFrame(_ type: FrameHeader.MessageType, tag: UInt32, payload: UnsafeRawBufferPointer,
                           checksummed: Bool = true, operation: @autoclosure () -> String) throws {
         let header = FrameHeader(type: type, tag: tag, length: payload.count,
-                                 payloadChecksum: checksummed ? checksum(payload) : nil, authenticated: frameKeys != nil)
+                                 payloadChecksum: checksummed ? checksum(payload) : nil, authenticated: authenticatesFrames)
         var bytes = header.encoded()
         try bytes.withUnsafeMutableBytes { try sendAll($0.baseAddress!, FrameHeader.size, operation: operation()) }
         if payload.count > 0 { try sendAll(payload.baseAddress!, payload.count, operation: operation()) }
-        if frameKeys != nil {
+        if authenticatesFrames {
             var mac = bytes.withUnsafeBytes { nextSendTag(header: $0, payload: payload) }
             try withUnsafeBytes(of: &mac) { try sendAll($0.baseAddress!, FrameMAC.tagBytes, operation: operation()) }
         }
@@ -198,7 +213,7 @@ public final class Connection: @unchecked Sendable {
             close()
             throw TransportError(.badFrame(error.reason), operation: operation(), peer: peer)
         case .success(let header):
-            if header.type == .refusal && type != .refusal && frameKeys == nil {
+            if header.type == .refusal && type != .refusal && !authenticatesFrames {
                 var reason = [UInt8](repeating: 0, count: min(header.length, 4096))
                 if header.length <= 4096 {
                     try? reason.withUnsafeMutableBytes { if $0.count > 0 { try receiveAll($0.baseAddress!, $0.count, operation: operation()) } }
@@ -226,7 +241,7 @@ public final class Connection: @unchecked Sendable {
         var payload = [UInt8](repeating: 0, count: header.length)
         try payload.withUnsafeMutableBytes { if header.length > 0 { try receiveAll($0.baseAddress!, header.length, operation: operation()) } }
         try verifyPayload(header, payload.withUnsafeBytes { checksum($0) }, operation: operation())
-        if frameKeys != nil {
+        if authenticatesFrames {
             var mac: (UInt64, UInt64) = (0, 0)
             try withUnsafeMutableBytes(of: &mac) { try receiveAll($0.baseAddress!, FrameMAC.tagBytes, operation: operation()) }
             try payload.withUnsafeBytes { try verifyReceivedTag(mac, header: header, payload: $0, operation: operation()) }

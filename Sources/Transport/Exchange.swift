@@ -86,17 +86,18 @@ public func exchangeMessages(sending outgoing: [OutgoingMessage], receiving inco
                              settings: ExchangeSettings, operation: @autoclosure () -> String,
                              onChunk: (Int, Range<Int>) -> Void = { _, _ in }) throws {
     let chunk = settings.chunkBytes
-    // Claim each connection once for the whole call (a partner we both send to and receive from counts once).
-    var claimed: [Connection] = []
+    // Claim each direction of each connection once for the whole call: what we send on, what we receive on.
+    var claimed: [(connection: Connection, sending: Bool, receiving: Bool)] = []
     claimed.reserveCapacity(outgoing.count + incoming.count)
-    func take(_ connection: Connection) {
-        guard !claimed.contains(where: { $0 === connection }) else { return }
-        connection.claim(for: operation())
-        claimed.append(connection)
+    for (connection, sending) in outgoing.map({ ($0.connection, true) }) + incoming.map({ ($0.connection, false) }) {
+        if let i = claimed.firstIndex(where: { $0.connection === connection }) {
+            if sending { claimed[i].sending = true } else { claimed[i].receiving = true }
+        } else {
+            claimed.append((connection, sending, !sending))
+        }
     }
-    for message in outgoing { take(message.connection) }
-    for message in incoming { take(message.connection) }
-    defer { for connection in claimed { connection.release() } }
+    for c in claimed { c.connection.claim(for: operation(), sending: c.sending, receiving: c.receiving) }
+    defer { for c in claimed { c.connection.release(sending: c.sending, receiving: c.receiving) } }
     var sends = [SendProgress](repeating: SendProgress(), count: outgoing.count)
     var receives = [ReceiveProgress](repeating: ReceiveProgress(), count: incoming.count)
     for i in outgoing.indices {
@@ -112,7 +113,7 @@ public func exchangeMessages(sending outgoing: [OutgoingMessage], receiving inco
         let start = sends[i].frame * chunk
         let length = min(chunk, message.bytes.count - start)
         let payload = UnsafeRawBufferPointer(rebasing: message.bytes[start..<(start + length)])
-        let authenticated = message.connection.frameKeys != nil
+        let authenticated = message.connection.authenticatesFrames
         let header = FrameHeader(type: message.type, tag: message.tag, length: length,
                                  payloadChecksum: settings.checksumPayloads ? checksum(payload) : nil, authenticated: authenticated)
         sends[i].header.withMutableBytes { header.encode(into: $0.baseAddress!) }
@@ -200,7 +201,7 @@ public func exchangeMessages(sending outgoing: [OutgoingMessage], receiving inco
                 receives[i].inPayload = false
                 receives[i].offset = 0
                 // An authenticated frame is complete only with its tag.
-                if connection.frameKeys != nil { receives[i].inTrailer = true; continue }
+                if connection.authenticatesFrames { receives[i].inTrailer = true; continue }
             } else if receives[i].inTrailer {
                 guard receives[i].offset == FrameMAC.tagBytes else { continue }
                 try connection.verifyReceivedTag(receives[i].mac, header: receives[i].decoded,

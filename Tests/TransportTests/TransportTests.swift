@@ -302,6 +302,51 @@ final class StoreAndHandshakeTests: XCTestCase {
         XCTAssertEqual(try good.get("authenticated"), Array("yes".utf8))
     }
 
+    /// A pipeline stage sends on one thread while it receives on another over the same connection: the
+    /// two directions are claimed apart, and authenticated frames keep a counter per direction. 4 MiB
+    /// each way, more than the socket buffers, so both threads really wait on the same descriptor.
+    func testOneThreadSendsWhileAnotherReceivesOnOneConnection() throws {
+        var fds: [Int32] = [0, 0]
+        XCTAssertEqual(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds), 0)
+        for fd in fds { _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) }
+        let policy = WaitPolicy(timeoutSeconds: 20, spinMicroseconds: 0)
+        let a = Connection(fd: fds[0], peer: PeerDescription(rank: 1, host: "b", port: 2), policy: policy)
+        let b = Connection(fd: fds[1], peer: PeerDescription(rank: 0, host: "a", port: 1), policy: policy)
+        let hello = randomBytes(40), nonce = randomBytes(32)
+        a.frameKeys = FrameKeys.derive(secret: secret, hello: hello, acceptorNonce: nonce, connector: true)
+        b.frameKeys = FrameKeys.derive(secret: secret, hello: hello, acceptorNonce: nonce, connector: false)
+        let settings = ExchangeSettings(chunkBytes: 256 << 10, checksumPayloads: true, policy: policy)
+        let count = 1 << 20
+        let fromA = (0..<count).map { Float($0 % 9973) }, fromB = (0..<count).map { Float(-($0 % 7919)) }
+        let failures = Log()
+        // Each side: one thread sends three messages, another receives three, at the same time.
+        func side(_ c: Connection, sending values: [Float], expecting: [Float], name: String) -> [@Sendable () -> Void] {
+            let sender: @Sendable () -> Void = {
+                do { for tag in 1...3 { try values.withUnsafeBytes { try exchangeMessages(sending: [OutgoingMessage(c, tag: UInt32(tag), bytes: $0)], receiving: [], settings: settings, operation: "\(name) send") } } }
+                catch { failures.add("\(name) send: \(error)") }
+            }
+            let receiver: @Sendable () -> Void = {
+                var out = [Float](repeating: .nan, count: count)
+                do {
+                    for tag in 1...3 {
+                        try out.withUnsafeMutableBytes { try exchangeMessages(sending: [], receiving: [IncomingMessage(c, tag: UInt32(tag), buffer: $0)], settings: settings, operation: "\(name) receive") }
+                        if out != expecting { failures.add("\(name) received wrong values for tag \(tag)") }
+                    }
+                } catch { failures.add("\(name) receive: \(error)") }
+            }
+            return [sender, receiver]
+        }
+        let threads = side(a, sending: fromA, expecting: fromB, name: "a") + side(b, sending: fromB, expecting: fromA, name: "b")
+        let done = DispatchGroup()
+        let finished = Log()
+        for (i, body) in threads.enumerated() {
+            done.enter()
+            Thread.detachNewThread { body(); finished.add("\(i)"); done.leave() }
+        }
+        XCTAssertEqual(done.wait(timeout: .now() + 60), .success, "threads did not finish: \(finished.text)")
+        XCTAssertEqual(failures.text, "")
+    }
+
     func testGarbageSilenceBadVersionAndOversizedFramesDoNotDisturbTheStore() throws {
         let log = Log()
         let server = try StoreServer(host: "127.0.0.1", port: 0, identity: identity(), log: { log.add($0) })
