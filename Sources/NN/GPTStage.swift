@@ -1,0 +1,148 @@
+import Tensors
+
+// One pipeline stage of the GPT: a contiguous range of transformer blocks, with the token and position
+// embeddings on the first stage and the final LayerNorm, the (tied) head and the loss on the last. A
+// stage keeps several micro-batches' activations at once (a schedule's "live" micro-batches): each
+// activation slot has its own layer objects over the one parameter set, so slots share the weights
+// and the gradient buffer but not the values cached for backward. Backward passes run one at a time
+// and share one workspace. Parameter names are the full model's (nanoGPT's), so the stages of a
+// pipeline together hold exactly one GPT's tensors, except that the first and the last stage both
+// hold `transformer.wte.weight` (lookup and tied head), whose gradients the two must sum.
+
+public final class GPTStage {
+    public let configuration: GPTConfiguration
+    public let layers: Range<Int>
+    public let isFirst: Bool, isLast: Bool
+    public let parameters: ParameterSet
+    let workspace = Workspace()
+    let slots: [Slot]
+
+    final class Slot {
+        let blocks: [TransformerBlock]
+        let finalNorm: LayerNormLayer?
+        let head = CrossEntropyHead()
+        var residual: [Tensor] = [], dResidual: [Tensor] = []
+        var normOut = Tensor(zeros: [0]), logits = Tensor(zeros: [0]), dNormOut = Tensor(zeros: [0]), dLogits = Tensor(zeros: [0])
+        var tokens: [Int32] = []
+        var batch = 0, time = 0
+        var holdsActivations = false
+
+        init(blocks: [TransformerBlock], finalNorm: LayerNormLayer?) { self.blocks = blocks; self.finalNorm = finalNorm }
+    }
+
+    /// Blocks `layers` of the model; `isFirst`/`isLast` say whether the embeddings and the head are
+    /// here; `slots` micro-batches may be alive (forward done, backward not yet) at once.
+    public init(_ configuration: GPTConfiguration, layers: Range<Int>, isFirst: Bool, isLast: Bool, slots: Int) {
+        precondition(slots >= 1 && layers.lowerBound >= 0 && layers.upperBound <= configuration.layers)
+        self.configuration = configuration; self.layers = layers; self.isFirst = isFirst; self.isLast = isLast
+        let c = configuration.embedding
+        var layout = ParameterSet.Layout()
+        if isFirst || isLast { layout.add("transformer.wte.weight", [configuration.vocabularySize, c]) }
+        if isFirst { layout.add("transformer.wpe.weight", [configuration.blockSize, c]) }
+        for l in layers { TransformerBlock.register(&layout, "transformer.h.\(l)", channels: c, bias: configuration.bias) }
+        if isLast { LayerNormLayer.register(&layout, "transformer.ln_f", features: c, bias: configuration.bias) }
+        let parameters = ParameterSet(layout: layout)
+        self.parameters = parameters
+        let workspace = self.workspace
+        self.slots = (0..<slots).map { _ in
+            Slot(blocks: layers.map { TransformerBlock(parameters, "transformer.h.\($0)", heads: configuration.heads, hasBias: configuration.bias,
+                                                       workspace: workspace) },
+                 finalNorm: isLast ? LayerNormLayer(parameters, "transformer.ln_f", hasBias: configuration.bias) : nil)
+        }
+    }
+
+    public var slotCount: Int { slots.count }
+
+    /// Draws the whole model from `seed` as one rank would and keeps this stage's tensors, so any
+    /// pipeline starts from the same model as one rank.
+    public func initialize(seed: UInt64) {
+        let full = GPT(configuration)
+        full.initialize(seed: seed)
+        for p in parameters.parameters { p.value.data.update(from: full.parameters[p.name].value.data, count: p.value.count) }
+    }
+
+    /// Slots holding a micro-batch's activations right now.
+    public var liveSlots: Int { slots.filter(\.holdsActivations).count }
+
+    func prepare(_ slot: Slot, batch B: Int, time T: Int) {
+        precondition(T >= 1 && T <= configuration.blockSize, "sequence length \(T) outside 1...\(configuration.blockSize)")
+        guard slot.batch != B || slot.time != T else { return }
+        slot.batch = B; slot.time = T
+        let rows = B * T, c = configuration.embedding
+        slot.residual = (0...layers.count).map { _ in Tensor(zeros: [rows, c]) }
+        slot.dResidual = (0..<2).map { _ in Tensor(zeros: [rows, c]) }
+        if isLast {
+            slot.normOut = Tensor(zeros: [rows, c]); slot.dNormOut = Tensor(zeros: [rows, c])
+            slot.logits = Tensor(zeros: [rows, configuration.vocabularySize]); slot.dLogits = Tensor(zeros: [rows, configuration.vocabularySize])
+        }
+    }
+
+    /// Forward of one micro-batch in `slot`: from `tokens` on the first stage, else from the previous
+    /// stage's activation `input` [B·T, C]. Returns the activation for the next stage, or nil on the last
+    /// stage, whose mean loss over `targets` goes to `loss`.
+    public func forward(slot index: Int, tokens: [Int32]? = nil, input: UnsafePointer<Float>? = nil, targets: [Int32]? = nil,
+                        batch B: Int, time T: Int, loss: inout Float) throws -> UnsafePointer<Float>? {
+        let slot = slots[index]
+        precondition(!slot.holdsActivations, "stage slot \(index) still holds a micro-batch")
+        prepare(slot, batch: B, time: T)
+        let rows = B * T, c = configuration.embedding
+        if isFirst {
+            guard let tokens, tokens.count == rows else { preconditionFailure("the first stage needs \(rows) tokens") }
+            slot.tokens = tokens
+            let wte = parameters["transformer.wte.weight"].value.data, wpe = parameters["transformer.wpe.weight"].value.data
+            embeddingForward(wte, ids: tokens, count: rows, dim: c, vocabulary: configuration.vocabularySize, into: slot.residual[0].data)
+            for i in 0..<rows { add(slot.residual[0].data + i * c, wpe + (i % T) * c, into: slot.residual[0].data + i * c, count: c) }
+        } else {
+            guard let input else { preconditionFailure("a stage after the first needs its input activation") }
+            slot.residual[0].data.update(from: input, count: rows * c)
+        }
+        for (i, block) in slot.blocks.enumerated() {
+            try block.forward(slot.residual[i].data, batch: B, time: T, into: slot.residual[i + 1].data)
+        }
+        slot.holdsActivations = true
+        guard isLast else { return UnsafePointer(slot.residual[layers.count].data) }
+        guard let targets, targets.count == rows else { preconditionFailure("the last stage needs \(rows) targets") }
+        slot.finalNorm!.forward(slot.residual[layers.count].data, rows: rows, into: slot.normOut.data)
+        gemm(.none, .transposed, m: rows, n: configuration.vocabularySize, k: c, a: slot.normOut.data,
+             b: parameters["transformer.wte.weight"].value.data, c: slot.logits.data)
+        loss = slot.head.forward(logits: slot.logits.data, targets: targets, classes: configuration.vocabularySize)
+        return nil
+    }
+
+    /// Backward of the micro-batch in `slot`: from the next stage's gradient `outputGradient` (or, on the
+    /// last stage, from the loss scaled by `lossScale`). Accumulates parameter gradients; returns the
+    /// gradient of the stage's input for the previous stage (nil on the first stage), valid until the
+    /// next backward. Frees the slot.
+    public func backward(slot index: Int, outputGradient: UnsafePointer<Float>? = nil, lossScale: Float = 1) throws -> UnsafePointer<Float>? {
+        let slot = slots[index]
+        precondition(slot.holdsActivations, "stage slot \(index) holds no micro-batch")
+        let B = slot.batch, T = slot.time, rows = B * T, c = configuration.embedding, n = layers.count
+        var current = 0
+        slot.dResidual[current].fill(0)
+        if isLast {
+            let wte = parameters["transformer.wte.weight"]
+            slot.dLogits.fill(0)
+            slot.head.backward(lossScale: lossScale, into: slot.dLogits.data)
+            gemm(.transposed, .none, m: configuration.vocabularySize, n: c, k: rows, a: slot.dLogits.data, b: slot.normOut.data, beta: 1,
+                 c: wte.gradient.data)
+            gemm(.none, .none, m: rows, n: c, k: configuration.vocabularySize, a: slot.dLogits.data, b: wte.value.data, beta: 0, c: slot.dNormOut.data)
+            slot.finalNorm!.backward(slot.residual[n].data, dy: slot.dNormOut.data, rows: rows, dx: slot.dResidual[current].data)
+        } else {
+            guard let outputGradient else { preconditionFailure("a stage before the last needs the next stage's gradient") }
+            slot.dResidual[current].data.update(from: outputGradient, count: rows * c)
+        }
+        for l in stride(from: n - 1, through: 0, by: -1) {
+            let next = 1 - current
+            slot.dResidual[next].fill(0)
+            try slot.blocks[l].backward(slot.residual[l].data, dy: slot.dResidual[current].data, batch: B, time: T, dx: slot.dResidual[next].data)
+            current = next
+        }
+        slot.holdsActivations = false
+        let dInput = slot.dResidual[current].data
+        guard isFirst else { return UnsafePointer(dInput) }
+        embeddingBackward(dInput, ids: slot.tokens, count: rows, dim: c, accumulatingInto: parameters["transformer.wte.weight"].gradient.data)
+        let dwpe = parameters["transformer.wpe.weight"].gradient.data
+        for i in 0..<rows { add(dwpe + (i % T) * c, dInput + i * c, into: dwpe + (i % T) * c, count: c) }
+        return nil
+    }
+}
