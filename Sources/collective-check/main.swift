@@ -1,6 +1,7 @@
 import ArgumentParser
 import Collectives
 import Foundation
+import Parallel
 import Topology
 import Rendezvous
 import TestSupport
@@ -32,11 +33,20 @@ struct CollectiveCheck: ParsableCommand {
     @Flag(help: "Join, barrier, and have rank 0 print 'ready' (launch-latency benchmark).")
     var ready = false
 
-    @Option(help: "What to check: collectives (on the world), groups (a --grid of sub-groups), p2p, alltoall (world sizes 1 and up), sub-group-loop (fault tests: allreduce forever on the row group), or tensor-parallel / sequence-parallel (the GPT split over the world against one rank: forward, backward, finite differences).")
+    @Option(help: "What to check: collectives (on the world), groups (a --grid of sub-groups), p2p, alltoall (world sizes 1 and up), sub-group-loop (fault tests: allreduce forever on the row group), tensor-parallel / sequence-parallel (the GPT split over the world against one rank: forward, backward, finite differences), or pipeline (the GPT's stages over the world, --schedule, --microbatches, --virtual-stages, against one rank over SGD steps).")
     var mode = "collectives"
 
     @Option(help: "Rows of the sub-group grid (mode groups): the world splits into rows x (world/rows).")
     var rows = 2
+
+    @Option(help: "Mode pipeline: the schedule (gpipe, 1f1b, interleaved).")
+    var schedule = "1f1b"
+
+    @Option(help: "Mode pipeline: micro-batches per step.")
+    var microbatches = 4
+
+    @Option(help: "Mode pipeline: chunks per rank (interleaved).")
+    var virtualStages = 1
 
     @Flag(help: "Print this rank's CPU affinity and memory policy, as seen from inside (sched_getaffinity, get_mempolicy).")
     var reportBinding = false
@@ -74,6 +84,10 @@ struct CollectiveCheck: ParsableCommand {
             case "tensor-parallel", "sequence-parallel":
                 say("rank \(env.rank): OK \(try runTensorParallelCheck(world: group, sequenceParallel: mode == "sequence-parallel", log: say)) checks")
                 return
+            case "pipeline":
+                guard let kind = PipelineScheduleKind(rawValue: schedule) else { throw ValidationError("--schedule must be gpipe, 1f1b, interleaved or zb-h1, not '\(schedule)'") }
+                say("rank \(env.rank): OK \(try runPipelineCheck(world: group, schedule: kind, microbatches: microbatches, virtualStages: virtualStages, log: say)) checks")
+                return
             case "groups":
                 say("rank \(env.rank): OK \(try runSubgroupCheck(rows: rows, plan: plan, world: group, log: say)) checks")
                 return
@@ -88,7 +102,7 @@ struct CollectiveCheck: ParsableCommand {
                 guard let row = try group.split(color: env.rank / cols, key: env.rank % cols) else { return }
                 _ = try runCollectiveCheck(plan, group: row, log: say)
                 return
-            default: throw ValidationError("--mode must be collectives, groups, p2p, alltoall, sub-group-loop, tensor-parallel or sequence-parallel, not '\(mode)'")
+            default: throw ValidationError("--mode must be collectives, groups, p2p, alltoall, sub-group-loop, tensor-parallel, sequence-parallel or pipeline, not '\(mode)'")
             }
             if soak > 0 {
                 // Every round checks every result; ranks agree on when to stop through one allreduce.

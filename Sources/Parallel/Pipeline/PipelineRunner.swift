@@ -1,0 +1,184 @@
+import Collectives
+import Foundation
+import NN
+import Rendezvous
+
+// Runs this rank's list of a pipeline schedule on the GPT's stages: receives block (on the group's
+// timeout, naming the peer), sends go through the sender thread, compute runs in list order. Each
+// stage has as many activation slots as the list ever keeps alive for it, so memory is what the
+// schedule says and a step that would need more is a bug caught by a precondition. The measured
+// intervals of each step feed the timeline and the bubble figures.
+
+public final class PipelineRunner {
+    public let schedule: PipelineSchedule
+    public let group: ProcessGroup
+    public let configuration: GPTConfiguration
+    /// This rank's stages, by stage index.
+    public let stages: [Int: GPTStage]
+    let sender: PipelineSender
+    /// The ranks of the first and the last stage, which both hold the tied embedding (nil elsewhere,
+    /// and when one rank holds both).
+    let tiedPair: ProcessGroup?
+
+    public struct StepReport: Sendable {
+        /// Mean loss over the micro-batches, on the rank holding the last stage.
+        public var loss: Float?
+        /// Compute passes and blocked receives of this step, in seconds from its start.
+        public var intervals: [PipelineInterval]
+        /// Most micro-batches alive at once on this rank.
+        public var peakLive: Int
+        public var seconds: Double
+    }
+
+    /// `group` is the pipeline group: its rank r runs the schedule's list r.
+    public init(schedule: PipelineSchedule, group: ProcessGroup, configuration: GPTConfiguration) throws {
+        guard group.worldSize == schedule.pipelineParallel else {
+            throw PipelineError(message: "pipeline_parallel \(schedule.pipelineParallel) needs a pipeline group of that size, not \(group.worldSize)")
+        }
+        guard schedule.stageCount <= 512, schedule.microbatches <= 1024 else {
+            throw LayoutError(key: "microbatches", "at most 512 stages and 1024 micro-batches (message tags), not \(schedule.stageCount) and \(schedule.microbatches)")
+        }
+        if let split = schedule.actions[group.rank].first(where: { $0.kind == .backwardInput || $0.kind == .backwardWeight }) {
+            throw LayoutError(key: "pipeline_schedule", "\(schedule.kind.rawValue) splits backward (\(split)); the stages run whole backward passes only so far (gpipe, 1f1b, interleaved)")
+        }
+        let ranges = try schedule.layerRanges(layers: configuration.layers)
+        self.schedule = schedule; self.group = group; self.configuration = configuration
+        var stages: [Int: GPTStage] = [:]
+        for s in schedule.stages(ofRank: group.rank) {
+            stages[s] = GPTStage(configuration, layers: ranges[s], isFirst: s == 0, isLast: s == schedule.stageCount - 1,
+                                 slots: Self.liveBound(schedule.actions[group.rank], stage: s))
+        }
+        self.stages = stages
+        let first = schedule.rank(ofStage: 0), last = schedule.rank(ofStage: schedule.stageCount - 1)
+        tiedPair = first == last ? nil : try group.subgroup(ranks: [first, last])
+        sender = PipelineSender(group: group)
+    }
+
+    deinit { sender.stop() }
+
+    /// Most micro-batches of `stage` alive at once in `list` (a forward done, its backward not yet).
+    static func liveBound(_ list: [PipelineAction], stage: Int) -> Int {
+        var live = 0, peak = 0
+        for a in list where a.stage == stage {
+            if a.kind == .forward { live += 1; peak = max(peak, live) }
+            if a.kind == .backward || a.kind == .backwardWeight { live -= 1 }
+        }
+        return max(peak, 1)
+    }
+
+    public func initialize(seed: UInt64) { for stage in stages.values { stage.initialize(seed: seed) } }
+
+    public func zeroGradients() { for stage in stages.values { stage.parameters.zeroGradients() } }
+
+    /// Frame tag of a message: kind, sending stage, micro-batch (the receiver checks it).
+    static func tag(_ kind: PipelineAction.Kind, stage: Int, microbatch: Int) -> Int {
+        (kind == .sendActivation || kind == .receiveActivation ? 0 : 1) << 19 | stage << 10 | microbatch
+    }
+
+    /// One step: forward and backward of every micro-batch (every rank passes the same list; the first
+    /// stage reads its tokens, the last its targets). Gradients accumulate into the stages' parameters,
+    /// scaled by 1/m, so they are the whole batch's mean-loss gradients; zero them before.
+    public func run(_ microbatches: [TokenBatch]) throws -> StepReport {
+        guard microbatches.count == schedule.microbatches else {
+            throw LayoutError(key: "microbatches", "the schedule takes \(schedule.microbatches) micro-batches, the step got \(microbatches.count)")
+        }
+        let p = schedule.pipelineParallel, c = configuration.embedding
+        let start = DispatchTime.now().uptimeNanoseconds
+        func now() -> Double { Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 }
+        var intervals: [PipelineInterval] = []
+        var received: [PipelineAction: [Float]] = [:]   // keyed by the compute action that consumes it
+        var local: [PipelineAction: [Float]] = [:]      // hand-offs between stages on this rank
+        var slotOf: [PipelineAction: Int] = [:]         // (stage, micro-batch) forward → its slot
+        var freeSlots = stages.mapValues { Array(0..<$0.slotCount) }
+        var output: [PipelineAction: UnsafePointer<Float>] = [:]
+        var lossSum: Float = 0, live = 0, peak = 0
+        for a in schedule.actions[group.rank] {
+            let s = a.stage, k = a.microbatch
+            let rows = a.kind == .step ? 0 : microbatches[k].batchSize * microbatches[k].time
+            switch a.kind {
+            case .receiveActivation, .receiveGradient:
+                let activation = a.kind == .receiveActivation
+                let from = activation ? s - 1 : s + 1
+                var buffer = [Float](repeating: 0, count: rows * c)
+                let t0 = now()
+                do {
+                    try buffer.withUnsafeMutableBytes {
+                        try Collectives.receive($0, from: from % p, tag: Self.tag(a.kind, stage: from, microbatch: k), group: group)
+                    }
+                } catch {
+                    throw PipelineError(message: "stage \(s) receiving micro-batch \(k)'s \(activation ? "activation" : "gradient") from stage \(from) on pipeline rank \(from % p): \(error)")
+                }
+                intervals.append(PipelineInterval(action: a, start: t0, end: now()))
+                received[PipelineAction(s, activation ? .forward : .backward, k)] = buffer
+            case .forward:
+                let stage = stages[s]!
+                guard let slot = freeSlots[s]!.popLast() else { preconditionFailure("stage \(s) has no free slot for \(a)") }
+                slotOf[a] = slot
+                let input = received.removeValue(forKey: a) ?? local.removeValue(forKey: a)
+                precondition(s == 0 || input != nil, "\(a) has no input")
+                let t0 = now()
+                var loss: Float = 0
+                let out = try (input ?? []).withUnsafeBufferPointer { buffer in
+                    try stage.forward(slot: slot, tokens: s == 0 ? microbatches[k].tokens : nil, input: s == 0 ? nil : buffer.baseAddress,
+                                      targets: stage.isLast ? microbatches[k].targets : nil,
+                                      batch: microbatches[k].batchSize, time: microbatches[k].time, loss: &loss)
+                }
+                intervals.append(PipelineInterval(action: a, start: t0, end: now()))
+                live += 1; peak = max(peak, live)
+                if stage.isLast { lossSum += loss }
+                if let out {
+                    output[a] = out
+                    if schedule.rank(ofStage: s + 1) == group.rank {
+                        local[PipelineAction(s + 1, .forward, k)] = Array(UnsafeBufferPointer(start: out, count: rows * c))
+                    }
+                }
+            case .sendActivation:
+                let out = output.removeValue(forKey: PipelineAction(s, .forward, k))!
+                try sender.send(out, count: rows * c, to: (s + 1) % p, tag: Self.tag(a.kind, stage: s, microbatch: k),
+                                what: "stage \(s)'s activation of micro-batch \(k)")
+            case .backward:
+                let stage = stages[s]!
+                let gradient = received.removeValue(forKey: a) ?? local.removeValue(forKey: a)
+                precondition(stage.isLast || gradient != nil, "\(a) has no output gradient")
+                let slot = slotOf.removeValue(forKey: PipelineAction(s, .forward, k))!
+                let t0 = now()
+                let dInput = try (gradient ?? []).withUnsafeBufferPointer {
+                    try stage.backward(slot: slot, outputGradient: stage.isLast ? nil : $0.baseAddress, lossScale: 1 / Float(schedule.microbatches))
+                }
+                intervals.append(PipelineInterval(action: a, start: t0, end: now()))
+                freeSlots[s]!.append(slot)
+                live -= 1
+                output.removeValue(forKey: PipelineAction(s, .forward, k))
+                if let dInput {
+                    if schedule.rank(ofStage: s - 1) == group.rank {
+                        local[PipelineAction(s - 1, .backward, k)] = Array(UnsafeBufferPointer(start: dInput, count: rows * c))
+                    } else {
+                        // Sent right away (the next action): the pointer is valid until this slot's next backward.
+                        output[a] = dInput
+                    }
+                }
+            case .sendGradient:
+                let dInput = output.removeValue(forKey: PipelineAction(s, .backward, k))!
+                try sender.send(dInput, count: rows * c, to: (s - 1) % p, tag: Self.tag(a.kind, stage: s, microbatch: k),
+                                what: "stage \(s)'s input gradient of micro-batch \(k)")
+            case .step:
+                let t0 = now()
+                try sender.flush()
+                if now() - t0 > 0 { intervals.append(PipelineInterval(action: a, start: t0, end: now())) }
+            case .backwardInput, .backwardWeight:
+                preconditionFailure("split backward passes are refused at init")
+            }
+        }
+        let holdsLast = stages[schedule.stageCount - 1] != nil
+        return StepReport(loss: holdsLast ? lossSum / Float(schedule.microbatches) : nil, intervals: intervals, peakLive: peak, seconds: now())
+    }
+
+    /// The tied embedding/head: the first stage's lookup gradient and the last stage's head gradient
+    /// are two parts of one tensor's gradient. Their ranks sum them (both then apply the same update
+    /// and stay equal); other ranks have nothing to do.
+    public func sumTiedEmbeddingGradients() throws {
+        guard let tiedPair else { return }
+        let wte = (stages[0] ?? stages[schedule.stageCount - 1]!).parameters["transformer.wte.weight"].gradient
+        try allreduce(UnsafeMutableBufferPointer(start: wte.data, count: wte.count), options: CollectiveOptions(), group: tiedPair)
+    }
+}
