@@ -26,6 +26,10 @@ public final class GPTStage {
         var tokens: [Int32] = []
         var batch = 0, time = 0
         var holdsActivations = false
+        /// A split backward's input pass ran; its weight pass has not.
+        var awaitingWeights = false
+        var inputGradientIndex = 0
+        var saved: [BlockWeightInputs] = []
 
         init(blocks: [TransformerBlock], finalNorm: LayerNormLayer?) { self.blocks = blocks; self.finalNorm = finalNorm }
     }
@@ -112,21 +116,51 @@ public final class GPTStage {
     /// Backward of the micro-batch in `slot`: from the next stage's gradient `outputGradient` (or, on the
     /// last stage, from the loss scaled by `lossScale`). Accumulates parameter gradients; returns the
     /// gradient of the stage's input for the previous stage (nil on the first stage), valid until the
-    /// next backward. Frees the slot.
+    /// slot's next backward. Frees the slot.
     public func backward(slot index: Int, outputGradient: UnsafePointer<Float>? = nil, lossScale: Float = 1) throws -> UnsafePointer<Float>? {
+        try backwardPasses(slots[index], outputGradient: outputGradient, lossScale: lossScale, split: false)
+    }
+
+    /// The input pass of a split backward (a zero-bubble schedule's I): what `backward` returns, without
+    /// the weight gradients, which `backwardWeight` adds later. The slot stays taken until then.
+    public func backwardInput(slot index: Int, outputGradient: UnsafePointer<Float>? = nil, lossScale: Float = 1) throws -> UnsafePointer<Float>? {
+        try backwardPasses(slots[index], outputGradient: outputGradient, lossScale: lossScale, split: true)
+    }
+
+    /// The weight pass (W): every weight gradient of the micro-batch whose input pass ran; frees the slot.
+    public func backwardWeight(slot index: Int) {
         let slot = slots[index]
-        precondition(slot.holdsActivations, "stage slot \(index) holds no micro-batch")
+        precondition(slot.awaitingWeights, "stage slot \(index) has no input pass waiting for its weight pass")
         let B = slot.batch, T = slot.time, rows = B * T, c = configuration.embedding, n = layers.count
+        if isLast {
+            gemm(.transposed, .none, m: configuration.vocabularySize, n: c, k: rows, a: slot.dLogits.data, b: slot.normOut.data, beta: 1,
+                 c: parameters["transformer.wte.weight"].gradient.data)
+            slot.finalNorm!.weightBackward(slot.residual[n].data, dy: slot.dNormOut.data, rows: rows)
+        }
+        for l in stride(from: n - 1, through: 0, by: -1) {
+            slot.blocks[l].weightBackward(slot.residual[l].data, saved: slot.saved[l], batch: B, time: T)
+        }
+        if isFirst { embeddingWeightBackward(slot, dInput: slot.dResidual[slot.inputGradientIndex].data) }
+        slot.awaitingWeights = false
+        slot.holdsActivations = false
+    }
+
+    func backwardPasses(_ slot: Slot, outputGradient: UnsafePointer<Float>?, lossScale: Float, split: Bool) throws -> UnsafePointer<Float>? {
+        precondition(slot.holdsActivations && !slot.awaitingWeights, "stage slot holds no micro-batch waiting for backward")
+        let B = slot.batch, T = slot.time, rows = B * T, c = configuration.embedding, n = layers.count
+        if split && slot.saved.count != n { slot.saved = (0..<n).map { _ in BlockWeightInputs() } }
         var current = 0
         slot.dResidual[current].fill(0)
         if isLast {
             let wte = parameters["transformer.wte.weight"]
             slot.dLogits.fill(0)
             slot.head.backward(lossScale: lossScale, into: slot.dLogits.data)
-            gemm(.transposed, .none, m: configuration.vocabularySize, n: c, k: rows, a: slot.dLogits.data, b: slot.normOut.data, beta: 1,
-                 c: wte.gradient.data)
+            if !split {
+                gemm(.transposed, .none, m: configuration.vocabularySize, n: c, k: rows, a: slot.dLogits.data, b: slot.normOut.data, beta: 1,
+                     c: wte.gradient.data)
+            }
             gemm(.none, .none, m: rows, n: c, k: configuration.vocabularySize, a: slot.dLogits.data, b: wte.value.data, beta: 0, c: slot.dNormOut.data)
-            slot.finalNorm!.backward(slot.residual[n].data, dy: slot.dNormOut.data, rows: rows, dx: slot.dResidual[current].data)
+            slot.finalNorm!.backward(slot.residual[n].data, dy: slot.dNormOut.data, rows: rows, dx: slot.dResidual[current].data, weights: !split)
         } else {
             guard let outputGradient else { preconditionFailure("a stage before the last needs the next stage's gradient") }
             slot.dResidual[current].data.update(from: outputGradient, count: rows * c)
@@ -134,15 +168,26 @@ public final class GPTStage {
         for l in stride(from: n - 1, through: 0, by: -1) {
             let next = 1 - current
             slot.dResidual[next].fill(0)
-            try slot.blocks[l].backward(slot.residual[l].data, dy: slot.dResidual[current].data, batch: B, time: T, dx: slot.dResidual[next].data)
+            try slot.blocks[l].backward(slot.residual[l].data, dy: slot.dResidual[current].data, batch: B, time: T, dx: slot.dResidual[next].data,
+                                        deferring: split ? slot.saved[l] : nil)
             current = next
         }
-        slot.holdsActivations = false
         let dInput = slot.dResidual[current].data
-        guard isFirst else { return UnsafePointer(dInput) }
+        if split {
+            slot.awaitingWeights = true
+            slot.inputGradientIndex = current
+        } else {
+            if isFirst { embeddingWeightBackward(slot, dInput: dInput) }
+            slot.holdsActivations = false
+        }
+        return isFirst ? nil : UnsafePointer(dInput)
+    }
+
+    /// Token and position embedding gradients from the gradient of the first block's input.
+    func embeddingWeightBackward(_ slot: Slot, dInput: UnsafePointer<Float>) {
+        let T = slot.time, rows = slot.batch * T, c = configuration.embedding
         embeddingBackward(dInput, ids: slot.tokens, count: rows, dim: c, accumulatingInto: parameters["transformer.wte.weight"].gradient.data)
         let dwpe = parameters["transformer.wpe.weight"].gradient.data
         for i in 0..<rows { add(dwpe + (i % T) * c, dInput + i * c, into: dwpe + (i % T) * c, count: c) }
-        return nil
     }
 }

@@ -16,8 +16,10 @@ final class GPTStageTests: XCTestCase {
         try whole.backward(lossScale: 1)
 
         for split in [[0..<4], [0..<2, 2..<4], [0..<1, 1..<3, 3..<4]] {
-            // Orders: GPipe (every forward first) and 1F1B-like (forward then backward per micro-batch).
-            for allForwardsFirst in [true, false] {
+            // Orders: GPipe (every forward first), 1F1B-like (forward then backward per micro-batch), and
+            // zero-bubble-like: input passes (I) of every micro-batch, then the weight passes (W) in reverse.
+            for order in ["gpipe", "1f1b", "split"] {
+                let allForwardsFirst = order != "1f1b"
                 let stages = split.enumerated().map { i, range in
                     GPTStage(config, layers: range, isFirst: i == 0, isLast: i == split.count - 1, slots: m)
                 }
@@ -40,7 +42,9 @@ final class GPTStageTests: XCTestCase {
                     var gradient: [Float] = []
                     for stage in stages.reversed() {
                         let out = try gradient.withUnsafeBufferPointer {
-                            try stage.backward(slot: k, outputGradient: stage.isLast ? nil : $0.baseAddress, lossScale: 1 / Float(m))
+                            order == "split"
+                                ? try stage.backwardInput(slot: k, outputGradient: stage.isLast ? nil : $0.baseAddress, lossScale: 1 / Float(m))
+                                : try stage.backward(slot: k, outputGradient: stage.isLast ? nil : $0.baseAddress, lossScale: 1 / Float(m))
                         }
                         if let out { gradient = Array(UnsafeBufferPointer(start: out, count: micro * T * config.embedding)) }
                     }
@@ -49,11 +53,15 @@ final class GPTStageTests: XCTestCase {
                     for k in 0..<m { try forward(k) }
                     XCTAssertEqual(stages.map(\.liveSlots), Array(repeating: m, count: stages.count))
                     for k in 0..<m { try backward(k) }
+                    if order == "split" {
+                        XCTAssertEqual(stages.map(\.liveSlots), Array(repeating: m, count: stages.count), "slots stay taken until W")
+                        for k in (0..<m).reversed() { for stage in stages { stage.backwardWeight(slot: k) } }
+                    }
                 } else {
                     for k in 0..<m { try forward(k); try backward(k) }
                 }
                 XCTAssertEqual(stages.map(\.liveSlots), Array(repeating: 0, count: stages.count))
-                let what = "stages \(split), \(allForwardsFirst ? "gpipe" : "1f1b") order"
+                let what = "stages \(split), \(order) order"
                 XCTAssertEqual(losses.reduce(0, +) / Float(m), expectedLoss, accuracy: 1e-5, what)
                 // Every tensor once (wte: lookup and head gradients summed over the first and last stage).
                 for p in whole.parameters.parameters {

@@ -48,15 +48,17 @@ public final class CausalSelfAttention {
 
     /// Accumulates into dx.
     public func backward(_ x: UnsafePointer<Float>, dy: UnsafePointer<Float>, batch B: Int, time T: Int,
-                         dx: UnsafeMutablePointer<Float>) {
+                         dx: UnsafeMutablePointer<Float>, deferring saved: BlockWeightInputs? = nil) {
         let rows = B * T
         let dHeadsOut = workspace.floats(.attentionHeadsGradient, rows * channels)
         let dqkv = workspace.floats(.attentionQKVGradient, rows * 3 * channels)
         dHeadsOut.update(repeating: 0, count: rows * channels)
         dqkv.update(repeating: 0, count: rows * 3 * channels)
-        outputProjection.backward(headsOut.data, dy: dy, rows: rows, dx: dHeadsOut)
+        outputProjection.backward(headsOut.data, dy: dy, rows: rows, dx: dHeadsOut, weights: saved == nil)
+        saved?.attentionProjection.data.update(from: dy, count: rows * channels)
         attentionBackward(dout: dHeadsOut, qkv: qkv.data, att: probabilities.data, dqkv: dqkv,
                           scratch: workspace.floats(.attentionScores, T * T), batch: B, time: T, channels: channels, heads: heads)
-        qkvProjection.backward(x, dy: dqkv, rows: rows, dx: dx)
+        qkvProjection.backward(x, dy: dqkv, rows: rows, dx: dx, weights: saved == nil)
+        saved?.qkv.data.update(from: dqkv, count: rows * 3 * channels)
     }
 }

@@ -34,8 +34,16 @@ public final class LayerNormLayer {
                          mean: mean.data, rstd: rstd.data, rows: rows, cols: features)
     }
 
-    public func backward(_ x: UnsafePointer<Float>, dy: UnsafePointer<Float>, rows: Int, dx: UnsafeMutablePointer<Float>) {
+    /// Accumulates into dx, and into the weight and bias gradients unless `weights` is false (a split
+    /// backward's input pass; `weightBackward` does them later).
+    public func backward(_ x: UnsafePointer<Float>, dy: UnsafePointer<Float>, rows: Int, dx: UnsafeMutablePointer<Float>,
+                         weights: Bool = true) {
         layerNormBackward(x, weight: weight.value.data, mean: mean.data, rstd: rstd.data, dy: dy, dx: dx,
-                          dweight: weight.gradient.data, dbias: bias?.gradient.data, rows: rows, cols: features)
+                          dweight: weights ? weight.gradient.data : nil, dbias: weights ? bias?.gradient.data : nil, rows: rows, cols: features)
+    }
+
+    public func weightBackward(_ x: UnsafePointer<Float>, dy: UnsafePointer<Float>, rows: Int) {
+        layerNormWeightGradients(x, mean: mean.data, rstd: rstd.data, dy: dy, dweight: weight.gradient.data,
+                                 dbias: bias?.gradient.data, rows: rows, cols: features)
     }
 }

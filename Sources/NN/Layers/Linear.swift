@@ -24,10 +24,16 @@ public struct Linear: Sendable {
         if addingBias, let bias { addBias(bias.value.data, to: y, rows: rows, cols: outFeatures) }
     }
 
-    /// dx may be nil when the input needs no gradient (first layer).
-    public func backward(_ x: UnsafePointer<Float>, dy: UnsafePointer<Float>, rows: Int, dx: UnsafeMutablePointer<Float>?) {
+    /// dx may be nil when the input needs no gradient (first layer). `weights: false` leaves dW and db
+    /// to `weightBackward` (a split backward's input pass).
+    public func backward(_ x: UnsafePointer<Float>, dy: UnsafePointer<Float>, rows: Int, dx: UnsafeMutablePointer<Float>?,
+                         weights: Bool = true) {
+        if weights { weightBackward(x, dy: dy, rows: rows) }
+        if let dx { gemm(.none, .none, m: rows, n: inFeatures, k: outFeatures, a: dy, b: weight.value.data, beta: 1, c: dx) }
+    }
+
+    public func weightBackward(_ x: UnsafePointer<Float>, dy: UnsafePointer<Float>, rows: Int) {
         gemm(.transposed, .none, m: outFeatures, n: inFeatures, k: rows, a: dy, b: x, beta: 1, c: weight.gradient.data)
         if let bias { addColumnSums(of: dy, rows: rows, cols: outFeatures, into: bias.gradient.data) }
-        if let dx { gemm(.none, .none, m: rows, n: inFeatures, k: outFeatures, a: dy, b: weight.value.data, beta: 1, c: dx) }
     }
 }

@@ -76,11 +76,18 @@ public final class TransformerBlock {
         add(y, x1.data, into: y, count: n)
     }
 
-    /// dy is the gradient of the block output; accumulates into dx.
+    /// dy is the gradient of the block output; accumulates into dx. With `saved` (a split backward's
+    /// input pass) the weight gradients are left out and the output gradients they need are kept in
+    /// `saved` for `weightBackward`.
     public func backward(_ x: UnsafePointer<Float>, dy: UnsafePointer<Float>, batch B: Int, time T: Int,
-                         dx: UnsafeMutablePointer<Float>) throws {
-        if let parallel { return try parallelBackward(x, dy: dy, batch: B, time: T, dx: dx, parallel) }
+                         dx: UnsafeMutablePointer<Float>, deferring saved: BlockWeightInputs? = nil) throws {
+        if let parallel {
+            precondition(saved == nil, "a split backward is not available with tensor parallelism")
+            return try parallelBackward(x, dy: dy, batch: B, time: T, dx: dx, parallel)
+        }
         let rows = B * T, n = rows * channels
+        saved?.prepare(rows: rows, channels: channels)
+        let weights = saved == nil
         let hidden = rows * 4 * channels
         let dx1 = workspace.floats(.blockResidualGradient, n), dLn = workspace.floats(.blockNormGradient, n)
         let dGelu = workspace.floats(.blockActivationGradient, hidden), dFc = workspace.floats(.blockHiddenGradient, hidden)
@@ -89,15 +96,33 @@ public final class TransformerBlock {
         dGelu.update(repeating: 0, count: hidden); dFc.update(repeating: 0, count: hidden); dLn.update(repeating: 0, count: n)
         let geluOut = workspace.floats(.blockActivation, hidden)
         geluForward(fcOut.data, into: geluOut, count: hidden)
-        projection.backward(geluOut, dy: dy, rows: rows, dx: dGelu)
+        projection.backward(geluOut, dy: dy, rows: rows, dx: dGelu, weights: weights)
+        saved?.projection.data.update(from: dy, count: n)
         geluBackward(fcOut.data, dGelu, accumulatingInto: dFc, count: hidden)
-        fc.backward(ln2Out.data, dy: dFc, rows: rows, dx: dLn)
-        ln2.backward(x1.data, dy: dLn, rows: rows, dx: dx1)
+        fc.backward(ln2Out.data, dy: dFc, rows: rows, dx: dLn, weights: weights)
+        saved?.fc.data.update(from: dFc, count: hidden)
+        ln2.backward(x1.data, dy: dLn, rows: rows, dx: dx1, weights: weights)
+        saved?.ln2.data.update(from: dLn, count: n)
         // dx = dx1 + d(attn branch)/dx.
         add(dx, dx1, into: dx, count: n)
         dLn.update(repeating: 0, count: n)
-        attention.backward(ln1Out.data, dy: dx1, batch: B, time: T, dx: dLn)
-        ln1.backward(x, dy: dLn, rows: rows, dx: dx)
+        attention.backward(ln1Out.data, dy: dx1, batch: B, time: T, dx: dLn, deferring: saved)
+        ln1.backward(x, dy: dLn, rows: rows, dx: dx, weights: weights)
+        saved?.ln1.data.update(from: dLn, count: n)
+    }
+
+    /// The weight pass of a split backward: the weight gradients from the output gradients the input
+    /// pass kept in `saved` and the activations this block cached in forward (x is the block input).
+    public func weightBackward(_ x: UnsafePointer<Float>, saved: BlockWeightInputs, batch B: Int, time T: Int) {
+        let rows = B * T, hidden = rows * 4 * channels
+        let geluOut = workspace.floats(.blockActivation, hidden)
+        geluForward(fcOut.data, into: geluOut, count: hidden)
+        projection.weightBackward(geluOut, dy: saved.projection.data, rows: rows)
+        fc.weightBackward(ln2Out.data, dy: saved.fc.data, rows: rows)
+        ln2.weightBackward(x1.data, dy: saved.ln2.data, rows: rows)
+        attention.outputProjection.weightBackward(attention.headsOut.data, dy: saved.attentionProjection.data, rows: rows)
+        attention.qkvProjection.weightBackward(ln1Out.data, dy: saved.qkv.data, rows: rows)
+        ln1.weightBackward(x, dy: saved.ln1.data, rows: rows)
     }
 
     func parallelForward(_ x: UnsafePointer<Float>, batch B: Int, time T: Int, into y: UnsafeMutablePointer<Float>,
@@ -145,5 +170,20 @@ public final class TransformerBlock {
         attention.backward(try parallel.gatherRows(ln1Out.data, rows: rows, width: c, full: gathered),
                            dy: try parallel.gatherRows(dx1, rows: rows, width: c, full: gatheredGradient), batch: B, time: T, dx: partial)
         ln1.backward(x, dy: try parallel.reduceRows(partial, rows: rows, width: c), rows: local, dx: dx)
+    }
+}
+
+/// The output gradients of a block's weighted layers, kept from a split backward's input pass (B) to
+/// its weight pass (W), as zero-bubble schedules run them: 11·C floats per row.
+public final class BlockWeightInputs {
+    var projection = Tensor(zeros: [0]), fc = Tensor(zeros: [0]), ln2 = Tensor(zeros: [0])
+    var attentionProjection = Tensor(zeros: [0]), qkv = Tensor(zeros: [0]), ln1 = Tensor(zeros: [0])
+
+    public init() {}
+
+    func prepare(rows: Int, channels c: Int) {
+        guard projection.count != rows * c else { return }
+        projection = Tensor(zeros: [rows, c]); fc = Tensor(zeros: [rows, 4 * c]); ln2 = Tensor(zeros: [rows, c])
+        attentionProjection = Tensor(zeros: [rows, c]); qkv = Tensor(zeros: [rows, 3 * c]); ln1 = Tensor(zeros: [rows, c])
     }
 }

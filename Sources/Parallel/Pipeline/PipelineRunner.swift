@@ -38,9 +38,6 @@ public final class PipelineRunner {
         guard schedule.stageCount <= 512, schedule.microbatches <= 1024 else {
             throw LayoutError(key: "microbatches", "at most 512 stages and 1024 micro-batches (message tags), not \(schedule.stageCount) and \(schedule.microbatches)")
         }
-        if let split = schedule.actions[group.rank].first(where: { $0.kind == .backwardInput || $0.kind == .backwardWeight }) {
-            throw LayoutError(key: "pipeline_schedule", "\(schedule.kind.rawValue) splits backward (\(split)); the stages run whole backward passes only so far (gpipe, 1f1b, interleaved)")
-        }
         let ranges = try schedule.layerRanges(layers: configuration.layers)
         self.schedule = schedule; self.group = group; self.configuration = configuration
         var stages: [Int: GPTStage] = [:]
@@ -109,7 +106,7 @@ public final class PipelineRunner {
                     throw PipelineError(message: "stage \(s) receiving micro-batch \(k)'s \(activation ? "activation" : "gradient") from stage \(from) on pipeline rank \(from % p): \(error)")
                 }
                 intervals.append(PipelineInterval(action: a, start: t0, end: now()))
-                received[PipelineAction(s, activation ? .forward : .backward, k)] = buffer
+                received[PipelineAction(s, activation ? .forward : .backward, k)] = buffer // see the backward case
             case .forward:
                 let stage = stages[s]!
                 guard let slot = freeSlots[s]!.popLast() else { preconditionFailure("stage \(s) has no free slot for \(a)") }
@@ -136,37 +133,46 @@ public final class PipelineRunner {
                 let out = output.removeValue(forKey: PipelineAction(s, .forward, k))!
                 try sender.send(out, count: rows * c, to: (s + 1) % p, tag: Self.tag(a.kind, stage: s, microbatch: k),
                                 what: "stage \(s)'s activation of micro-batch \(k)")
-            case .backward:
+            case .backward, .backwardInput:
+                // Received and local gradients are keyed by the whole backward, which I stands for here.
+                let key = PipelineAction(s, .backward, k)
                 let stage = stages[s]!
-                let gradient = received.removeValue(forKey: a) ?? local.removeValue(forKey: a)
+                let gradient = received.removeValue(forKey: key) ?? local.removeValue(forKey: key)
                 precondition(stage.isLast || gradient != nil, "\(a) has no output gradient")
-                let slot = slotOf.removeValue(forKey: PipelineAction(s, .forward, k))!
+                let forward = PipelineAction(s, .forward, k)
+                let slot = a.kind == .backward ? slotOf.removeValue(forKey: forward)! : slotOf[forward]!
                 let t0 = now()
+                let scale = 1 / Float(schedule.microbatches)
                 let dInput = try (gradient ?? []).withUnsafeBufferPointer {
-                    try stage.backward(slot: slot, outputGradient: stage.isLast ? nil : $0.baseAddress, lossScale: 1 / Float(schedule.microbatches))
+                    a.kind == .backward ? try stage.backward(slot: slot, outputGradient: stage.isLast ? nil : $0.baseAddress, lossScale: scale)
+                                        : try stage.backwardInput(slot: slot, outputGradient: stage.isLast ? nil : $0.baseAddress, lossScale: scale)
                 }
                 intervals.append(PipelineInterval(action: a, start: t0, end: now()))
-                freeSlots[s]!.append(slot)
-                live -= 1
-                output.removeValue(forKey: PipelineAction(s, .forward, k))
+                if a.kind == .backward { freeSlots[s]!.append(slot); live -= 1 }
+                output.removeValue(forKey: forward)
                 if let dInput {
                     if schedule.rank(ofStage: s - 1) == group.rank {
                         local[PipelineAction(s - 1, .backward, k)] = Array(UnsafeBufferPointer(start: dInput, count: rows * c))
                     } else {
                         // Sent right away (the next action): the pointer is valid until this slot's next backward.
-                        output[a] = dInput
+                        output[key] = dInput
                     }
                 }
             case .sendGradient:
                 let dInput = output.removeValue(forKey: PipelineAction(s, .backward, k))!
                 try sender.send(dInput, count: rows * c, to: (s - 1) % p, tag: Self.tag(a.kind, stage: s, microbatch: k),
                                 what: "stage \(s)'s input gradient of micro-batch \(k)")
+            case .backwardWeight:
+                let slot = slotOf.removeValue(forKey: PipelineAction(s, .forward, k))!
+                let t0 = now()
+                stages[s]!.backwardWeight(slot: slot)
+                intervals.append(PipelineInterval(action: a, start: t0, end: now()))
+                freeSlots[s]!.append(slot)
+                live -= 1
             case .step:
                 let t0 = now()
                 try sender.flush()
                 if now() - t0 > 0 { intervals.append(PipelineInterval(action: a, start: t0, end: now())) }
-            case .backwardInput, .backwardWeight:
-                preconditionFailure("split backward passes are refused at init")
             }
         }
         let holdsLast = stages[schedule.stageCount - 1] != nil

@@ -44,7 +44,7 @@ public func layerNormForward(_ x: UnsafePointer<Float>, weight: UnsafePointer<Fl
 
 public func layerNormBackward(_ x: UnsafePointer<Float>, weight: UnsafePointer<Float>,
                               mean: UnsafePointer<Float>, rstd: UnsafePointer<Float>, dy: UnsafePointer<Float>,
-                              dx: UnsafeMutablePointer<Float>, dweight: UnsafeMutablePointer<Float>,
+                              dx: UnsafeMutablePointer<Float>, dweight: UnsafeMutablePointer<Float>?,
                               dbias: UnsafeMutablePointer<Float>?, rows: Int, cols: Int) {
     let invCols = 1 / Float(cols)
     for r in 0..<rows {
@@ -75,7 +75,7 @@ public func layerNormBackward(_ x: UnsafePointer<Float>, weight: UnsafePointer<F
         while j + 16 <= cols {
             let xhat = (load16(xr + j) - mv) * rsv
             let g = load16(dyr + j)
-            store16(dweight + j, load16(dweight + j).addingProduct(g, xhat))
+            if let dweight { store16(dweight + j, load16(dweight + j).addingProduct(g, xhat)) }
             if let dbias { store16(dbias + j, load16(dbias + j) + g) }
             let inner: SIMD16<Float> = load16(weight + j) * g - a - xhat * b
             store16(dxr + j, load16(dxr + j).addingProduct(rsv, inner))
@@ -83,9 +83,33 @@ public func layerNormBackward(_ x: UnsafePointer<Float>, weight: UnsafePointer<F
         }
         while j < cols {
             let xhat = (xr[j] - m) * rs
-            dweight[j] += dyr[j] * xhat
+            dweight?[j] += dyr[j] * xhat
             dbias?[j] += dyr[j]
             dxr[j] += rs * (weight[j] * dyr[j] - meanWdy - xhat * meanWdyXhat)
+            j += 1
+        }
+    }
+}
+
+/// The weight and bias gradients alone (dweight += Σ dy·x̂, dbias += Σ dy over rows), from the mean and
+/// rstd the forward kept: the second half of a backward split into input and weight passes.
+public func layerNormWeightGradients(_ x: UnsafePointer<Float>, mean: UnsafePointer<Float>, rstd: UnsafePointer<Float>,
+                                     dy: UnsafePointer<Float>, dweight: UnsafeMutablePointer<Float>,
+                                     dbias: UnsafeMutablePointer<Float>?, rows: Int, cols: Int) {
+    for r in 0..<rows {
+        let xr = x + r * cols, dyr = dy + r * cols
+        let m = mean[r], rs = rstd[r]
+        let mv = SIMD16<Float>(repeating: m), rsv = SIMD16<Float>(repeating: rs)
+        var j = 0
+        while j + 16 <= cols {
+            let g = load16(dyr + j)
+            store16(dweight + j, load16(dweight + j).addingProduct(g, (load16(xr + j) - mv) * rsv))
+            if let dbias { store16(dbias + j, load16(dbias + j) + g) }
+            j += 16
+        }
+        while j < cols {
+            dweight[j] += dyr[j] * (xr[j] - m) * rs
+            dbias?[j] += dyr[j]
             j += 1
         }
     }
