@@ -45,7 +45,7 @@ let package = Package(
         ]),
         .target(name: "TestSupport", dependencies: ["Collectives", "NN", "Parallel", "Rendezvous", "Tensors", "Transport", "CShims"]),
         .executableTarget(name: "collective-check", dependencies: [
-            "TestSupport", "Collectives", "Rendezvous", "Transport", "Topology", "Parallel",
+            "TestSupport", "Collectives", "Rendezvous", "Transport", "Topology", "Parallel", "NN",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "ddp-train", dependencies: [

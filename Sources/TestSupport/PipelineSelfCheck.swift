@@ -3,6 +3,7 @@ import NN
 import Parallel
 import Rendezvous
 import Tensors
+import Foundation
 
 // Checks the pipelined GPT on real ranks (the pipeline group is the whole world) against the same
 // model on one rank, computed on every rank from the same seed, over a few SGD steps: the loss on the
@@ -74,4 +75,110 @@ public func runPipelineCheck(world: ProcessGroup, schedule kind: PipelineSchedul
         log("pipeline rank \(world.rank): step \(step) \(kind.rawValue) p \(p) m \(m) v \(v): \(report.loss.map { "loss \($0), " } ?? "")peak live \(report.peakLive), \(String(format: "%.1f", report.seconds * 1000)) ms")
     }
     return checks
+}
+
+/// What one pipeline benchmark run measured (on rank 0, over every rank of the pipeline).
+public struct PipelineBenchResult {
+    public var stepSeconds: Double
+    public var predictedSeconds: Double
+    public var measuredBubble: Double
+    public var simulatedBubble: Double
+    public var formulaBubble: Double
+    public var intervals: [[PipelineInterval]]
+    public var peakLive: [Int]
+}
+
+/// Times `steps` pipeline steps (after `warmup`) of a GPT of the given size: the median step, its
+/// bubble (idle share over ranks), and the simulator's prediction from this run's own mean cost of
+/// each pass per stage and of one message. Collective over the pipeline group; the result is complete
+/// on rank 0 (others get their own view).
+public func runPipelineBench(world: ProcessGroup, schedule kind: PipelineScheduleKind, microbatches m: Int, virtualStages v: Int,
+                             configuration: GPTConfiguration, microBatchSize: Int, steps: Int, warmup: Int) throws -> PipelineBenchResult {
+    let schedule = try PipelineSchedule(kind, pipelineParallel: world.worldSize, microbatches: m, virtualStages: v)
+    let runner = try PipelineRunner(schedule: schedule, group: world, configuration: configuration)
+    runner.initialize(seed: 1)
+    let time = configuration.blockSize
+    var rng = SeededRandom(seed: 2)
+    let batches = (0..<m).map { _ in
+        TokenBatch(tokens: (0..<(microBatchSize * time)).map { _ in Int32(rng.nextInt(below: configuration.vocabularySize)) },
+                   targets: (0..<(microBatchSize * time)).map { _ in Int32(rng.nextInt(below: configuration.vocabularySize)) },
+                   batchSize: microBatchSize, time: time)
+    }
+    // One message's time: a ping-pong of an activation between ranks 0 and 1, halved.
+    var transfer = 0.0
+    if world.worldSize > 1 {
+        var message = [Float](repeating: 1, count: microBatchSize * time * configuration.embedding)
+        var samples: [Double] = []
+        for _ in 0..<20 {
+            try barrier(group: world)
+            let t0 = DispatchTimeStamp.now()
+            try message.withUnsafeMutableBytes { bytes in
+                if world.rank == 0 {
+                    try send(UnsafeRawBufferPointer(bytes), to: 1, group: world); try receive(bytes, from: 1, group: world)
+                } else if world.rank == 1 {
+                    try receive(bytes, from: 0, group: world); try send(UnsafeRawBufferPointer(bytes), to: 0, group: world)
+                }
+            }
+            samples.append(DispatchTimeStamp.now() - t0)
+        }
+        transfer = samples.sorted()[samples.count / 2] / 2
+    }
+    var reports: [PipelineRunner.StepReport] = []
+    for step in 0..<(warmup + steps) {
+        try barrier(group: world)
+        runner.zeroGradients()
+        let report = try runner.run(batches)
+        try runner.sumTiedEmbeddingGradients()
+        if step >= warmup { reports.append(report) }
+    }
+    // Per rank: step seconds of each measured step, then mean cost of each kind of pass per stage.
+    let kinds: [PipelineAction.Kind] = [.forward, .backward, .backwardInput, .backwardWeight]
+    var mine: [Int64] = reports.map { Int64($0.seconds * 1e9) }
+    let busy: [Int64] = reports.map { Int64($0.intervals.filter { $0.action.kind.isCompute && $0.action.kind != .step }.reduce(0) { $0 + $1.end - $1.start } * 1e9) }
+    mine += busy
+    for stage in 0..<schedule.stageCount {
+        for kind in kinds {
+            let samples = reports.flatMap { $0.intervals.filter { $0.action.stage == stage && $0.action.kind == kind }.map { $0.end - $0.start } }
+            mine.append(samples.isEmpty ? -1 : Int64(samples.reduce(0, +) / Double(samples.count) * 1e9))
+        }
+    }
+    // The median step's intervals, for the timeline: (kind index, stage, micro-batch, start ns, end ns), padded.
+    let longest = schedule.actions.map(\.count).max() ?? 0
+    let medianIndex = reports.indices.sorted { reports[$0].seconds < reports[$1].seconds }[reports.count / 2]
+    var drawn = reports[medianIndex].intervals.flatMap { i -> [Int64] in
+        [Int64(PipelineAction.Kind.allCases.firstIndex(of: i.action.kind)!), Int64(i.action.stage), Int64(i.action.microbatch), Int64(i.start * 1e9), Int64(i.end * 1e9)]
+    }
+    drawn += Array(repeating: -1, count: longest * 5 - drawn.count)
+    mine += drawn + [Int64(reports.map(\.peakLive).max() ?? 0)]
+    let all = try allgather(mine, group: world)
+    let n = reports.count, stages = schedule.stageCount
+    // A step lasts as long as its slowest rank.
+    let stepTimes = (0..<n).map { s in all.map { Double($0[s]) / 1e9 }.max()! }
+    let median = stepTimes.sorted()[n / 2]
+    let busyMean = (0..<world.worldSize).map { r in (0..<n).map { Double(all[r][n + $0]) / 1e9 }.reduce(0, +) / Double(n) }
+    let meanStep = stepTimes.reduce(0, +) / Double(n)
+    var costs = PipelineCosts.uniform(stages: stages, forward: 0, backwardInput: 0, backwardWeight: 0, transfer: transfer)
+    for stage in 0..<stages {
+        let owner = all[schedule.rank(ofStage: stage)]
+        func cost(_ k: Int) -> Double { max(Double(owner[2 * n + stage * kinds.count + k]) / 1e9, 0) }
+        costs.forward[stage] = cost(0); costs.backward[stage] = cost(1); costs.backwardInput[stage] = cost(2); costs.backwardWeight[stage] = cost(3)
+    }
+    let simulated = try PipelineSimulator.run(schedule, costs: costs)
+    let offset = 2 * n + stages * kinds.count
+    let intervals = all.map { row -> [PipelineInterval] in
+        stride(from: offset, to: offset + longest * 5, by: 5).compactMap { i in
+            guard row[i] >= 0 else { return nil }
+            return PipelineInterval(action: PipelineAction(Int(row[i + 1]), PipelineAction.Kind.allCases[Int(row[i])], Int(row[i + 2])),
+                                    start: Double(row[i + 3]) / 1e9, end: Double(row[i + 4]) / 1e9)
+        }
+    }
+    return PipelineBenchResult(stepSeconds: median, predictedSeconds: simulated.stepTime,
+                               measuredBubble: 1 - busyMean.reduce(0, +) / (Double(world.worldSize) * meanStep),
+                               simulatedBubble: simulated.bubble, formulaBubble: schedule.formulaBubble,
+                               intervals: intervals, peakLive: all.map { Int($0.last!) })
+}
+
+/// Monotonic seconds, for timing inside the benchmark.
+enum DispatchTimeStamp {
+    static func now() -> Double { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
 }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Collectives
 import Foundation
+import NN
 import Parallel
 import Topology
 import Rendezvous
@@ -48,6 +49,12 @@ struct CollectiveCheck: ParsableCommand {
     @Option(help: "Mode pipeline: chunks per rank (interleaved).")
     var virtualStages = 1
 
+    @Option(help: "Mode pipeline-bench: model width, layers, heads, sequence length, sequences per micro-batch, timed steps.")
+    var benchModel = "128,4,4,64,2,20"
+
+    @Option(help: "Mode pipeline-bench: write rank 0's view of the median step as an SVG timeline here.")
+    var timeline: String?
+
     @Flag(help: "Print this rank's CPU affinity and memory policy, as seen from inside (sched_getaffinity, get_mempolicy).")
     var reportBinding = false
 
@@ -87,6 +94,23 @@ struct CollectiveCheck: ParsableCommand {
             case "pipeline":
                 guard let kind = PipelineScheduleKind(rawValue: schedule) else { throw ValidationError("--schedule must be gpipe, 1f1b, interleaved or zb-h1, not '\(schedule)'") }
                 say("rank \(env.rank): OK \(try runPipelineCheck(world: group, schedule: kind, microbatches: microbatches, virtualStages: virtualStages, log: say)) checks")
+                return
+            case "pipeline-bench":
+                guard let kind = PipelineScheduleKind(rawValue: schedule) else { throw ValidationError("--schedule must be gpipe, 1f1b, interleaved or zb-h1, not '\(schedule)'") }
+                let n = benchModel.split(separator: ",").compactMap { Int($0) }
+                guard n.count == 6, n.allSatisfy({ $0 > 0 }) else { throw ValidationError("--bench-model is n_embd,n_layer,n_head,block_size,micro_batch,steps (positive integers), not '\(benchModel)'") }
+                let configuration = GPTConfiguration(vocabularySize: 65, blockSize: n[3], layers: n[1], heads: n[2], embedding: n[0])
+                let r = try runPipelineBench(world: group, schedule: kind, microbatches: microbatches, virtualStages: virtualStages,
+                                             configuration: configuration, microBatchSize: n[4], steps: n[5], warmup: 3)
+                if env.rank == 0 {
+                    say(String(format: "pipeline-bench %@ p %d m %d v %d: step %.2f ms, predicted %.2f ms (measured/predicted %.2f), bubble measured %.3f, simulated %.3f, formula %.3f, peak live %@",
+                               kind.rawValue, group.worldSize, microbatches, virtualStages, r.stepSeconds * 1000, r.predictedSeconds * 1000,
+                               r.stepSeconds / r.predictedSeconds, r.measuredBubble, r.simulatedBubble, r.formulaBubble, "\(r.peakLive)"))
+                    if let timeline {
+                        try pipelineTimelineSVG(r.intervals, title: "\(kind.rawValue), p \(group.worldSize), m \(microbatches): measured median step")
+                            .write(toFile: timeline, atomically: true, encoding: .utf8)
+                    }
+                }
                 return
             case "groups":
                 say("rank \(env.rank): OK \(try runSubgroupCheck(rows: rows, plan: plan, world: group, log: say)) checks")

@@ -41,6 +41,7 @@ public struct PipelineInterval: Sendable, Equatable {
     public var action: PipelineAction
     public var start: Double
     public var end: Double
+    public init(action: PipelineAction, start: Double, end: Double) { self.action = action; self.start = start; self.end = end }
 }
 
 public struct PipelineSimulation: Sendable {
