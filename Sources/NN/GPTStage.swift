@@ -36,16 +36,17 @@ public final class GPTStage {
 
     /// Blocks `layers` of the model; `isFirst`/`isLast` say whether the embeddings and the head are
     /// here; `slots` micro-batches may be alive (forward done, backward not yet) at once.
-    public init(_ configuration: GPTConfiguration, layers: Range<Int>, isFirst: Bool, isLast: Bool, slots: Int) {
+    /// `parameters` may be a set shared with the rank's other stages (one optimizer, one gradient
+    /// buffer), registered with `register`; by default the stage makes its own.
+    public init(_ configuration: GPTConfiguration, layers: Range<Int>, isFirst: Bool, isLast: Bool, slots: Int,
+                parameters shared: ParameterSet? = nil) {
         precondition(slots >= 1 && layers.lowerBound >= 0 && layers.upperBound <= configuration.layers)
         self.configuration = configuration; self.layers = layers; self.isFirst = isFirst; self.isLast = isLast
-        let c = configuration.embedding
-        var layout = ParameterSet.Layout()
-        if isFirst || isLast { layout.add("transformer.wte.weight", [configuration.vocabularySize, c]) }
-        if isFirst { layout.add("transformer.wpe.weight", [configuration.blockSize, c]) }
-        for l in layers { TransformerBlock.register(&layout, "transformer.h.\(l)", channels: c, bias: configuration.bias) }
-        if isLast { LayerNormLayer.register(&layout, "transformer.ln_f", features: c, bias: configuration.bias) }
-        let parameters = ParameterSet(layout: layout)
+        let parameters = shared ?? {
+            var layout = ParameterSet.Layout()
+            GPTStage.register(&layout, configuration, layers: layers, isFirst: isFirst, isLast: isLast)
+            return ParameterSet(layout: layout)
+        }()
         self.parameters = parameters
         let workspace = self.workspace
         self.slots = (0..<slots).map { _ in
@@ -56,6 +57,23 @@ public final class GPTStage {
     }
 
     public var slotCount: Int { slots.count }
+
+    /// The stage's tensors, under the full model's names: the tied embedding on the first and the last
+    /// stage, the position embedding on the first, the final LayerNorm on the last.
+    public static func register(_ layout: inout ParameterSet.Layout, _ configuration: GPTConfiguration, layers: Range<Int>,
+                                isFirst: Bool, isLast: Bool) {
+        let c = configuration.embedding
+        if isFirst || isLast { layout.add("transformer.wte.weight", [configuration.vocabularySize, c]) }
+        if isFirst { layout.add("transformer.wpe.weight", [configuration.blockSize, c]) }
+        for l in layers { TransformerBlock.register(&layout, "transformer.h.\(l)", channels: c, bias: configuration.bias) }
+        if isLast { LayerNormLayer.register(&layout, "transformer.ln_f", features: c, bias: configuration.bias) }
+    }
+
+    /// Drops the micro-batch a forward-only pass (evaluation) left in `slot`.
+    public func release(slot index: Int) {
+        slots[index].holdsActivations = false
+        slots[index].awaitingWeights = false
+    }
 
     /// Draws the whole model from `seed` as one rank would and keeps this stage's tensors, so any
     /// pipeline starts from the same model as one rank.

@@ -47,31 +47,34 @@ public func runPipelineCheck(world: ProcessGroup, schedule kind: PipelineSchedul
         }
         guard report.peakLive == expectedPeak else { throw fail("step \(step): \(report.peakLive) micro-batches alive at once, the schedule says \(expectedPeak)") }
         checks += 1
-        for stage in runner.stages.values {
-            for parameter in stage.parameters.parameters {
-                let want = reference.parameters[parameter.name].gradient
-                let scale = (0..<want.count).reduce(Float(0)) { max($0, abs(want.data[$1])) }
-                for i in 0..<want.count where !close(parameter.gradient.data[i], want.data[i], scale) {
-                    throw fail("step \(step): gradient of \(parameter.name)[\(i)] \(parameter.gradient.data[i]), one rank \(want.data[i])")
-                }
-                checks += 1
+        // The rank's stages share one parameter set.
+        for parameter in runner.parameters.parameters {
+            let want = reference.parameters[parameter.name].gradient
+            let scale = (0..<want.count).reduce(Float(0)) { max($0, abs(want.data[$1])) }
+            for i in 0..<want.count where !close(parameter.gradient.data[i], want.data[i], scale) {
+                throw fail("step \(step): gradient of \(parameter.name)[\(i)] \(parameter.gradient.data[i]), one rank \(want.data[i])")
             }
+            checks += 1
         }
         // SGD on both, then the parameters must still agree.
         let lr: Float = 0.5
         for p in reference.parameters.parameters { for i in 0..<p.value.count { p.value.data[i] -= lr * p.gradient.data[i] } }
-        for stage in runner.stages.values {
-            for parameter in stage.parameters.parameters {
-                let want = reference.parameters[parameter.name].value
-                for i in 0..<parameter.value.count {
-                    parameter.value.data[i] -= lr * parameter.gradient.data[i]
-                    guard close(parameter.value.data[i], want.data[i], 1) else {
-                        throw fail("step \(step): \(parameter.name)[\(i)] \(parameter.value.data[i]) after the update, one rank \(want.data[i])")
-                    }
+        for parameter in runner.parameters.parameters {
+            let want = reference.parameters[parameter.name].value
+            for i in 0..<parameter.value.count {
+                parameter.value.data[i] -= lr * parameter.gradient.data[i]
+                guard close(parameter.value.data[i], want.data[i], 1) else {
+                    throw fail("step \(step): \(parameter.name)[\(i)] \(parameter.value.data[i]) after the update, one rank \(want.data[i])")
                 }
-                checks += 1
             }
+            checks += 1
         }
+        // Evaluation (forward only, one batch at a time) gives every rank one rank's mean loss.
+        let evaluated = try runner.evaluate(batches)
+        var expectedEval: Float = 0
+        for b in batches { expectedEval += try reference.forward(b) / Float(m) }
+        guard close(evaluated, expectedEval, abs(expectedEval)) else { throw fail("step \(step): evaluation loss \(evaluated), one rank \(expectedEval)") }
+        checks += 1
         log("pipeline rank \(world.rank): step \(step) \(kind.rawValue) p \(p) m \(m) v \(v): \(report.loss.map { "loss \($0), " } ?? "")peak live \(report.peakLive), \(String(format: "%.1f", report.seconds * 1000)) ms")
     }
     return checks

@@ -15,6 +15,8 @@ public final class PipelineRunner {
     public let configuration: GPTConfiguration
     /// This rank's stages, by stage index.
     public let stages: [Int: GPTStage]
+    /// The tensors of all of them.
+    public let parameters: ParameterSet
     let sender: PipelineSender
     /// The ranks of the first and the last stage, which both hold the tied embedding (nil elsewhere,
     /// and when one rank holds both).
@@ -40,14 +42,22 @@ public final class PipelineRunner {
         }
         let ranges = try schedule.layerRanges(layers: configuration.layers)
         self.schedule = schedule; self.group = group; self.configuration = configuration
+        // One parameter set for all of this rank's stages: one optimizer and one gradient buffer.
+        var layout = ParameterSet.Layout()
+        let last = schedule.stageCount - 1
+        for s in schedule.stages(ofRank: group.rank) {
+            GPTStage.register(&layout, configuration, layers: ranges[s], isFirst: s == 0, isLast: s == last)
+        }
+        let parameters = ParameterSet(layout: layout)
+        self.parameters = parameters
         var stages: [Int: GPTStage] = [:]
         for s in schedule.stages(ofRank: group.rank) {
-            stages[s] = GPTStage(configuration, layers: ranges[s], isFirst: s == 0, isLast: s == schedule.stageCount - 1,
-                                 slots: Self.liveBound(schedule.actions[group.rank], stage: s))
+            stages[s] = GPTStage(configuration, layers: ranges[s], isFirst: s == 0, isLast: s == last,
+                                 slots: Self.liveBound(schedule.actions[group.rank], stage: s), parameters: parameters)
         }
         self.stages = stages
-        let first = schedule.rank(ofStage: 0), last = schedule.rank(ofStage: schedule.stageCount - 1)
-        tiedPair = first == last ? nil : try group.subgroup(ranks: [first, last])
+        let firstRank = schedule.rank(ofStage: 0), lastRank = schedule.rank(ofStage: last)
+        tiedPair = firstRank == lastRank ? nil : try group.subgroup(ranks: [firstRank, lastRank])
         sender = PipelineSender(group: group)
     }
 
@@ -63,9 +73,14 @@ public final class PipelineRunner {
         return max(peak, 1)
     }
 
-    public func initialize(seed: UInt64) { for stage in stages.values { stage.initialize(seed: seed) } }
+    /// Draws the whole model from `seed` as one rank would and keeps this rank's tensors.
+    public func initialize(seed: UInt64) {
+        let full = GPT(configuration)
+        full.initialize(seed: seed)
+        for p in parameters.parameters { p.value.data.update(from: full.parameters[p.name].value.data, count: p.value.count) }
+    }
 
-    public func zeroGradients() { for stage in stages.values { stage.parameters.zeroGradients() } }
+    public func zeroGradients() { parameters.zeroGradients() }
 
     /// Frame tag of a message: kind, sending stage, micro-batch (the receiver checks it).
     static func tag(_ kind: PipelineAction.Kind, stage: Int, microbatch: Int) -> Int {
@@ -75,7 +90,7 @@ public final class PipelineRunner {
     /// One step: forward and backward of every micro-batch (every rank passes the same list; the first
     /// stage reads its tokens, the last its targets). Gradients accumulate into the stages' parameters,
     /// scaled by 1/m, so they are the whole batch's mean-loss gradients; zero them before.
-    public func run(_ microbatches: [TokenBatch]) throws -> StepReport {
+    public func run(_ microbatches: [TokenBatch], lossScale: Float = 1) throws -> StepReport {
         guard microbatches.count == schedule.microbatches else {
             throw LayoutError(key: "microbatches", "the schedule takes \(schedule.microbatches) micro-batches, the step got \(microbatches.count)")
         }
@@ -142,7 +157,7 @@ public final class PipelineRunner {
                 let forward = PipelineAction(s, .forward, k)
                 let slot = a.kind == .backward ? slotOf.removeValue(forKey: forward)! : slotOf[forward]!
                 let t0 = now()
-                let scale = 1 / Float(schedule.microbatches)
+                let scale = lossScale / Float(schedule.microbatches)
                 let dInput = try (gradient ?? []).withUnsafeBufferPointer {
                     a.kind == .backward ? try stage.backward(slot: slot, outputGradient: stage.isLast ? nil : $0.baseAddress, lossScale: scale)
                                         : try stage.backwardInput(slot: slot, outputGradient: stage.isLast ? nil : $0.baseAddress, lossScale: scale)
@@ -177,6 +192,46 @@ public final class PipelineRunner {
         }
         let holdsLast = stages[schedule.stageCount - 1] != nil
         return StepReport(loss: holdsLast ? lossSum / Float(schedule.microbatches) : nil, intervals: intervals, peakLive: peak, seconds: now())
+    }
+
+    /// Forward only (evaluation): the mean loss over `batches`, on every rank of the pipeline group.
+    /// Each batch goes through the stages in order; sends are asynchronous, so a rank holding two
+    /// chunks waits for its second only after passing on its first.
+    public func evaluate(_ batches: [TokenBatch]) throws -> Float {
+        let p = schedule.pipelineParallel, c = configuration.embedding, last = schedule.stageCount - 1
+        var total: Float = 0
+        for (k, batch) in batches.enumerated() {
+            let rows = batch.batchSize * batch.time
+            var carried: [Float] = []
+            for s in schedule.stages(ofRank: group.rank) {
+                let stage = stages[s]!
+                if s > 0 && schedule.rank(ofStage: s - 1) != group.rank {
+                    carried = [Float](repeating: 0, count: rows * c)
+                    try carried.withUnsafeMutableBytes {
+                        try Collectives.receive($0, from: (s - 1) % p, tag: Self.tag(.receiveActivation, stage: s - 1, microbatch: k % 1024), group: group)
+                    }
+                }
+                var loss: Float = 0
+                let out = try carried.withUnsafeBufferPointer {
+                    try stage.forward(slot: 0, tokens: s == 0 ? batch.tokens : nil, input: s == 0 ? nil : $0.baseAddress,
+                                      targets: s == last ? batch.targets : nil, batch: batch.batchSize, time: batch.time, loss: &loss)
+                }
+                if s == last { total += loss }
+                if let out {
+                    if schedule.rank(ofStage: s + 1) == group.rank {
+                        carried = Array(UnsafeBufferPointer(start: out, count: rows * c))
+                    } else {
+                        try sender.send(out, count: rows * c, to: (s + 1) % p, tag: Self.tag(.sendActivation, stage: s, microbatch: k % 1024),
+                                        what: "stage \(s)'s evaluation activation \(k)")
+                    }
+                }
+                stage.release(slot: 0)
+            }
+        }
+        try sender.flush()
+        var mean = [total / Float(max(batches.count, 1))]
+        try mean.withUnsafeMutableBufferPointer { try allreduce($0, options: CollectiveOptions(), group: group) }
+        return mean[0]
     }
 
     /// The tied embedding/head: the first stage's lookup gradient and the last stage's head gradient
