@@ -48,6 +48,10 @@ extension TrainConfig {
         ("allreduce_tuning", "an alpha-beta table from allreduce-bench --tuning for auto (SWIFT_DDP_TUNING also sets it)"),
         ("tensor_parallel", "split each transformer block across this many ranks (Megatron; divides n_head and the world size)"),
         ("sequence_parallel", "with tensor_parallel: LayerNorms and residuals on 1/tensor_parallel of the rows"),
+        ("pipeline_parallel", "split the GPT's blocks into this many pipeline stages, one per rank (divides the world size)"),
+        ("pipeline_schedule", "gpipe, 1f1b, interleaved or zb-h1 (zero bubble; see ddp-train schedule)"),
+        ("microbatches", "with pipeline_parallel: micro-batches of batch_size sequences per pipeline pass"),
+        ("virtual_stages", "with the interleaved schedule: chunks of layers per rank (Megatron's virtual pipeline size)"),
     ]
 
     /// All known keys.

@@ -1,6 +1,7 @@
 import Datasets
 import Foundation
 import NN
+import Rendezvous
 import Tensors
 
 /// A model together with its data: what the Trainer needs to draw batches, step and evaluate.
@@ -145,7 +146,8 @@ public final class MLPTask: TrainingTask {
 
 /// Builds the task a config names, loading its data from `config.dataDir`. `rank` and `worldSize` are
 /// the data-parallel ones; `parallel` splits the GPT across a tensor-parallel group.
-public func makeTask(_ config: TrainConfig, rank: Int = 0, worldSize: Int = 1, parallel: TensorParallelism? = nil) throws -> TrainingTask {
+public func makeTask(_ config: TrainConfig, rank: Int = 0, worldSize: Int = 1, parallel: TensorParallelism? = nil,
+                     pipeline: ProcessGroup? = nil) throws -> TrainingTask {
     let dir = config.dataDir
     switch config.model {
     case .gpt:
@@ -154,6 +156,9 @@ public func makeTask(_ config: TrainConfig, rank: Int = 0, worldSize: Int = 1, p
         let shortest = min(text.train.count, text.validation.count)
         guard config.blockSize < shortest else {
             throw ConfigError(key: "block_size", "\(config.blockSize) is not shorter than the smallest data split (\(shortest) characters)")
+        }
+        if let pipeline, config.pipelineParallel > 1 {
+            return try PipelineGPTTask(config: config, text: text, rank: rank, pipeline: pipeline)
         }
         return GPTTask(config: config, text: text, rank: rank, parallel: parallel)
     case .mlp:

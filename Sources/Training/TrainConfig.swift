@@ -1,5 +1,6 @@
 import Collectives
 import Foundation
+import Parallel
 
 /// A bad configuration, naming the key (and the file when there is one).
 public struct ConfigError: Error, CustomStringConvertible, Equatable {
@@ -74,6 +75,14 @@ public struct TrainConfig: Codable, Sendable, Equatable {
     public var tensorParallel = 1
     /// LayerNorm and residual regions on 1/tensor_parallel of the rows (Korthikanti et al. 2022).
     public var sequenceParallel = false
+    /// Pipeline parallelism: the GPT's blocks split into this many stages, one per rank of a
+    /// pipeline group; data parallelism is world / pipeline_parallel.
+    public var pipelineParallel = 1
+    public var pipelineSchedule = PipelineScheduleKind.oneFOneB
+    /// Micro-batches of batch_size sequences per pipeline pass (a step runs grad_accum passes).
+    public var microbatches = 4
+    /// Chunks of layers per rank (the interleaved schedule).
+    public var virtualStages = 1
 
     public init() {}
 
@@ -90,6 +99,7 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         case allreduceAlgorithm = "allreduce_algorithm", bucketMb = "bucket_mb", verifyReplicas = "verify_replicas"
         case zeroStage = "zero_stage", gradientCompression = "gradient_compression", allreduceTuning = "allreduce_tuning"
         case tensorParallel = "tensor_parallel", sequenceParallel = "sequence_parallel"
+        case pipelineParallel = "pipeline_parallel", pipelineSchedule = "pipeline_schedule", microbatches, virtualStages = "virtual_stages"
     }
 
     public init(from decoder: Decoder) throws {
@@ -117,6 +127,8 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         try take(.zeroStage, &zeroStage); try take(.gradientCompression, &gradientCompression)
         try take(.allreduceTuning, &allreduceTuning)
         try take(.tensorParallel, &tensorParallel); try take(.sequenceParallel, &sequenceParallel)
+        try take(.pipelineParallel, &pipelineParallel); try take(.pipelineSchedule, &pipelineSchedule)
+        try take(.microbatches, &microbatches); try take(.virtualStages, &virtualStages)
     }
 
     static func typeName<T>(_ type: T.Type) -> String {
@@ -128,6 +140,7 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         case is NonFinitePolicy.Type: return "one of \(["stop", "skip"])"
         case is AllreduceAlgorithm.Type: return "one of \(AllreduceAlgorithm.allCases.map(\.rawValue))"
         case is WireFormat.Type: return "one of \(WireFormat.allCases.map(\.rawValue))"
+        case is PipelineScheduleKind.Type: return "one of \(PipelineScheduleKind.allCases.map(\.rawValue))"
         case is Int.Type, is UInt64.Type: return "an integer"
         case is Double.Type: return "a number"
         case is Bool.Type: return "true or false"
@@ -230,6 +243,18 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         try require(tensorParallel >= 1, .tensorParallel, "must be at least 1, got \(tensorParallel)")
         try require(model == .gpt || tensorParallel == 1, .tensorParallel, "applies to the gpt model only (the mlp trains data-parallel)")
         try require(!sequenceParallel || tensorParallel > 1, .sequenceParallel, "needs tensor_parallel > 1 (it splits the rows across the tensor-parallel group)")
+        try require(pipelineParallel >= 1, .pipelineParallel, "must be at least 1, got \(pipelineParallel)")
+        if pipelineParallel > 1 || virtualStages > 1 {
+            try require(model == .gpt, .pipelineParallel, "applies to the gpt model only (the mlp trains data-parallel)")
+            try require(tensorParallel == 1, .pipelineParallel, "does not combine with tensor_parallel yet")
+            try require(zeroStage == 0, .zeroStage, "ZeRO-1 does not combine with pipeline_parallel yet")
+            do {
+                _ = try PipelineSchedule(pipelineSchedule, pipelineParallel: pipelineParallel, microbatches: microbatches, virtualStages: virtualStages)
+                    .layerRanges(layers: nLayer)
+            } catch let error as LayoutError {
+                throw ConfigError(key: error.key, error.reason)
+            }
+        }
         try require(dropout == 0, .dropout, "only 0 is supported (the recipe trains without dropout)")
         try requireMemory()
         // After the memory check, which bounds batch_size and block_size.

@@ -101,6 +101,10 @@ public final class Trainer {
         log("model: \(config.architecture), \(task.parameters.count) parameters")
         logOptimizerMemory()
         logTensorParallelism()
+        if let pipeline = task as? PipelineGPTTask {
+            let runner = pipeline.runner, schedule = runner.schedule
+            log("pipeline parallel: \(schedule.pipelineParallel) stages x \(schedule.virtualStages) chunk(s) per rank, schedule \(schedule.kind.rawValue), \(schedule.microbatches) micro-batches of \(config.batchSize) sequences per pass; bubble \(String(format: "%.3f", schedule.formulaBubble)) of the step by the formula (ddp-train schedule simulates it); rank 0 holds layers \(runner.stages.values.map { "\($0.layers.lowerBound)..<\($0.layers.upperBound)" }.sorted().joined(separator: ", "))")
+        }
         log("batch: \(task.unitsPerMicroBatch) \(task.unitName) per micro-batch x \(config.gradAccum) accumulation steps x \(dataSize) \(tensor == nil ? "rank(s)" : "data-parallel rank(s)") = \(units) \(task.unitName) per step (global batch)")
         if let dataParallel {
             let how = dataParallel.shardOptimizer ? "ZeRO-1 (reduce-scatter gradients, update own shard, allgather parameters)"
@@ -221,6 +225,7 @@ public final class Trainer {
     /// the first K-1 accumulate locally. Returns this rank's mean micro-batch loss and the seconds the
     /// step waited for communication after backward.
     func trainStep(learningRate: Float) throws -> (loss: Float, exposedSeconds: Double) {
+        if let pipeline = task as? PipelineGPTTask { return try pipelineStep(pipeline, learningRate: learningRate) }
         let parameters = task.parameters
         parameters.zeroGradients()
         var total: Float = 0
@@ -253,6 +258,34 @@ public final class Trainer {
             exposed += monotonicSeconds() - gatherStart
         }
         return (total / Float(config.gradAccum), exposed)
+    }
+
+    /// Pipeline parallelism: grad_accum pipeline passes (each runs the schedule over `microbatches`
+    /// micro-batches), the tied embedding's two gradients summed, then the replicas' gradients averaged
+    /// over the data-parallel group, clipped by the whole model's norm, and the update.
+    func pipelineStep(_ pipeline: PipelineGPTTask, learningRate: Float) throws -> (loss: Float, exposedSeconds: Double) {
+        let parameters = task.parameters
+        parameters.zeroGradients()
+        var total: Float = 0
+        for pass in 0..<config.gradAccum {
+            total += try pipeline.runPass(iteration: iteration, pass: pass, lossScale: 1 / Float(config.gradAccum)).loss
+        }
+        let start = monotonicSeconds()
+        try pipeline.runner.sumTiedEmbeddingGradients()
+        if let dataParallel {
+            dataParallel.beginStep()
+            dataParallel.gradientsReady(from: 0)
+            _ = try dataParallel.finishStep()
+        }
+        var squares = [Float(pipeline.gradientSquares())]
+        try squares.withUnsafeMutableBufferPointer { try allreduce($0, options: CollectiveOptions(), group: pipeline.runner.group) }
+        let norm = squares[0].squareRoot()
+        let exposed = monotonicSeconds() - start
+        let loss = total / Float(config.gradAccum)
+        guard try acceptStep(gradientNorm: norm, learningRate: learningRate) else { return (loss, exposed) }
+        if config.gradClip > 0 { parameters.clipGradients(in: optimizer.ranges, norm: norm, maxNorm: Float(config.gradClip)) }
+        optimizer.step(learningRate: learningRate)
+        return (loss, exposed)
     }
 
     /// The L2 norm of the whole model's averaged gradient. Plain data parallelism: every rank holds all
@@ -330,7 +363,18 @@ public final class Trainer {
             iteration = Int(counters[1])
             optimizer.stepCount = Int(counters[2])
         }
-        if resumed {
+        if resumed, let pipeline = task as? PipelineGPTTask {
+            // Every rank takes its stages' tensors out of rank 0's full model and state.
+            let count = task.sharding.fullCount
+            func share(_ full: FloatBuffer?, into local: FloatBuffer) throws {
+                let full = full ?? FloatBuffer(count: count)
+                try broadcast(full.buffer, root: 0, group: groups.world)
+                pipeline.localize(full, into: local)
+            }
+            try share(resumedParameters, into: task.parameters.values)
+            for (name, buffer) in optimizer.state { try share(resumedState?[name], into: buffer) }
+            resumedParameters = nil; resumedState = nil
+        } else if resumed {
             let sharding = task.sharding
             let local = FloatBuffer(count: sharding.localCount)
             func share(_ full: FloatBuffer?) throws -> FloatBuffer {
@@ -429,6 +473,7 @@ public final class Trainer {
         if let jobID { metadata["job_id"] = jobID }
         // The vocabulary travels with the weights: sampling needs neither the data file nor its directory.
         if let gpt = task as? GPTTask { metadata["vocabulary"] = String(String.UnicodeScalarView(gpt.text.vocabulary)) }
+        if let gpt = task as? PipelineGPTTask { metadata["vocabulary"] = String(String.UnicodeScalarView(gpt.text.vocabulary)) }
         try Checkpoint(tensors: tensors, metadata: metadata).write(to: path)
         log("checkpoint: wrote \(path) at iteration \(iteration) (\(reason))")
     }
@@ -436,6 +481,7 @@ public final class Trainer {
     /// A full-layout copy of a local-layout buffer (parameters or unpacked optimizer state): the shards
     /// of the tensor-parallel group gathered and assembled (collective on that group); a copy without.
     func fullModel(_ local: FloatBuffer) throws -> FloatBuffer {
+        if let pipeline = task as? PipelineGPTTask { return try pipeline.fullModel(local) }
         let sharding = task.sharding
         let full = FloatBuffer(count: sharding.fullCount)
         guard let tensor else {

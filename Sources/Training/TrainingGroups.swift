@@ -10,6 +10,8 @@ public struct TrainingGroups {
     public let world: ProcessGroup
     public let data: ProcessGroup
     public let tensor: GroupCommunicator?
+    /// Under pipeline parallelism: the ranks holding the stages of one model replica, in stage order.
+    public private(set) var pipeline: ProcessGroup?
     public let layout: ParallelLayout?
     public let sequenceParallel: Bool
 
@@ -25,6 +27,18 @@ public struct TrainingGroups {
     /// Forms the config's layout over `world` (collective: every rank calls it). A layout the world
     /// cannot hold is a ConfigError naming the key.
     public init(world: ProcessGroup, config: TrainConfig) throws {
+        if config.pipelineParallel > 1 {
+            let layout: ParallelLayout
+            do {
+                layout = try ParallelLayout(worldSize: world.worldSize, pipelineParallel: config.pipelineParallel)
+            } catch let error as LayoutError {
+                throw ConfigError(key: error.key, error.reason)
+            }
+            let groups = try ParallelGroups(layout: layout, world: world)
+            self.init(world: world, data: groups.data, tensor: nil, layout: layout, sequenceParallel: false)
+            pipeline = groups.pipeline
+            return
+        }
         guard config.tensorParallel > 1 else { self.init(world: world); return }
         let layout: ParallelLayout
         do {

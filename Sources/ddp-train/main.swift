@@ -125,7 +125,8 @@ struct Train: ParsableCommand {
             // SWIFT_DDP_SPIN_US overrides.
             let group = try ProcessGroup.join(env, spinMicroseconds: 0, log: { emitLine($0, to: STDERR_FILENO) })
             let groups = try TrainingGroups(world: group, config: settings)
-            let task = try makeTask(settings, rank: groups.data.rank, worldSize: groups.data.worldSize, parallel: groups.tensorParallelism)
+            let task = try makeTask(settings, rank: groups.data.rank, worldSize: groups.data.worldSize, parallel: groups.tensorParallelism,
+                                    pipeline: groups.pipeline)
             let trainer = Trainer(config: settings, task: task, groups: groups, log: { emitLine($0) })
             trainer.jobID = env.jobID
             // Rank 0 reads the checkpoint; the trainer hands its state to the other ranks.

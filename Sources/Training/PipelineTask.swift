@@ -1,0 +1,118 @@
+import Collectives
+import Datasets
+import Foundation
+import NN
+import Parallel
+import Rendezvous
+import Tensors
+
+/// The GPT on Shakespeare split into pipeline stages: this rank holds its stages' tensors (one
+/// parameter set) and runs its list of the schedule. A step's pipeline pass takes `microbatches`
+/// micro-batches of batch_size sequences, drawn exactly as one rank with
+/// grad_accum = microbatches × grad_accum would draw them, so the two train the same model.
+public final class PipelineGPTTask: TrainingTask {
+    public let runner: PipelineRunner
+    public let text: CharText
+    let config: TrainConfig
+    /// The data-parallel rank: the stages of one replica draw the same batches.
+    let rank: Int
+    /// The full model's names and shapes, for checkpoints (which always hold the whole model).
+    let full: GPT
+
+    public init(config: TrainConfig, text: CharText, rank: Int, pipeline: ProcessGroup) throws {
+        self.config = config
+        self.text = text
+        self.rank = rank
+        let configuration = GPTConfiguration(vocabularySize: text.vocabulary.count, blockSize: config.blockSize,
+                                             layers: config.nLayer, heads: config.nHead, embedding: config.nEmbd, bias: config.bias)
+        let schedule = try PipelineSchedule(config.pipelineSchedule, pipelineParallel: config.pipelineParallel,
+                                            microbatches: config.microbatches, virtualStages: config.virtualStages)
+        runner = try PipelineRunner(schedule: schedule, group: pipeline, configuration: configuration)
+        full = GPT(configuration)
+    }
+
+    public var parameters: ParameterSet { runner.parameters }
+    public var sharding: ParameterSharding { full.sharding }
+    /// One pipeline pass: microbatches × batch_size sequences.
+    public var unitsPerMicroBatch: Int { config.batchSize * config.blockSize * config.microbatches }
+    public var unitName: String { "tokens" }
+    /// This rank's share of a pass: its layers' part of the model's FLOPs (the head and embeddings
+    /// counted with the first and last stage's ranks only in the model total).
+    public var flopsPerMicroBatch: Double {
+        runner.configuration.trainingFLOPs(batch: config.batchSize * config.microbatches, time: config.blockSize)
+            / Double(config.pipelineParallel)
+    }
+
+    public func initialize(seed: UInt64) { runner.initialize(seed: seed) }
+
+    /// The micro-batches of pass `pass` at `iteration`: micro-step pass·m + k, as GPTTask draws them.
+    func batches(iteration: Int, pass: Int) -> [TokenBatch] {
+        (0..<config.microbatches).map { k in
+            let microStep = pass * config.microbatches + k
+            var rng = SeededRandom(seed: config.seed ^ 0xBA7C4).derived(UInt64(rank) << 48 | UInt64(iteration) << 8 | UInt64(microStep & 0xFF))
+            let (x, y) = CharText.sampleBatch(from: text.train, batchSize: config.batchSize, time: config.blockSize, using: &rng)
+            return TokenBatch(tokens: x, targets: y, batchSize: config.batchSize, time: config.blockSize)
+        }
+    }
+
+    /// One pipeline pass; returns its mean loss on every rank of the pipeline (gradients scaled by
+    /// `lossScale`, accumulated).
+    func runPass(iteration: Int, pass: Int, lossScale: Float) throws -> (loss: Float, report: PipelineRunner.StepReport) {
+        let report = try runner.run(batches(iteration: iteration, pass: pass), lossScale: lossScale)
+        var loss = [report.loss ?? 0]
+        try loss.withUnsafeMutableBufferPointer { try allreduce($0, options: CollectiveOptions(), group: runner.group) }
+        return (loss[0], report)
+    }
+
+    public func trainingLoss(iteration: Int, microStep: Int) throws -> Float {
+        throw TrainingError("a pipeline-parallel task steps through whole pipeline passes, not single micro-batches")
+    }
+
+    public func backward(lossScale: Float, gradientsReady: (Int) -> Void) throws {
+        throw TrainingError("a pipeline-parallel task steps through whole pipeline passes, not single micro-batches")
+    }
+
+    /// nanoGPT's estimate: eval_iters batches per split, the same batches as GPTTask draws, forward
+    /// only through the stages; every rank of the pipeline gets the figures.
+    public func evaluate(iteration: Int) throws -> [(name: String, value: Double)] {
+        var results: [(String, Double)] = []
+        for (name, split) in [("train", text.train), ("val", text.validation)] {
+            var evalRng = SeededRandom(seed: config.seed).derived(0xE7A1 &+ UInt64(iteration) &* 2 &+ (name == "val" ? 1 : 0))
+            let batches = (0..<config.evalIters).map { _ in
+                let (x, y) = CharText.sampleBatch(from: split, batchSize: config.batchSize, time: config.blockSize, using: &evalRng)
+                return TokenBatch(tokens: x, targets: y, batchSize: config.batchSize, time: config.blockSize)
+            }
+            results.append(("\(name) loss", Double(try runner.evaluate(batches))))
+        }
+        return results
+    }
+
+    /// A full-model buffer (the checkpoint layout) from a buffer in this rank's layout: every rank of
+    /// the pipeline places its tensors (the tied embedding from the first stage's rank only) and the
+    /// pipeline group sums. Collective over the pipeline group.
+    func fullModel(_ local: FloatBuffer) throws -> FloatBuffer {
+        let out = FloatBuffer(count: full.parameters.count)
+        let holdsFirst = runner.stages[0] != nil
+        for p in runner.parameters.parameters where p.name != "transformer.wte.weight" || holdsFirst {
+            (out.base + full.parameters[p.name].offset).update(from: local.base + p.offset, count: p.value.count)
+        }
+        try allreduce(out.buffer, options: CollectiveOptions(), group: runner.group)
+        return out
+    }
+
+    /// Sum of squares of this rank's gradients, the tied embedding counted on the first stage's rank
+    /// only (its two copies hold the same summed gradient).
+    func gradientSquares() -> Double {
+        let holdsFirst = runner.stages[0] != nil
+        return runner.parameters.parameters.reduce(0.0) { sum, p in
+            p.name == "transformer.wte.weight" && !holdsFirst ? sum : sum + sumOfSquares(p.gradient.data, count: p.gradient.count)
+        }
+    }
+
+    /// This rank's tensors out of a full-model buffer (resume).
+    func localize(_ fullBuffer: FloatBuffer, into local: FloatBuffer) {
+        for p in runner.parameters.parameters {
+            (local.base + p.offset).update(from: fullBuffer.base + full.parameters[p.name].offset, count: p.value.count)
+        }
+    }
+}
