@@ -1,0 +1,126 @@
+import Foundation
+import NN
+import TestSupport
+import Training
+import XCTest
+
+/// Pipeline parallelism through the launcher and the trainer, with real processes.
+final class PipelineTrainingTests: XCTestCase {
+    static var buildDirectory: String { URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path }
+    let common = ["--set", "n_layer=4", "--set", "batch_size=2", "--set", "max_iters=20", "--set", "log_interval=1",
+                  "--set", "eval_interval=10", "--set", "learning_rate=1e-3", "--set", "min_lr=1e-4", "--set", "checkpoint_interval=0"]
+
+    func launch(_ n: Int, _ args: [String]) throws -> (status: Int32, output: String, pid: Int32) {
+        try runToEnd(Self.buildDirectory + "/ddp-launch", ["--nproc-per-node", String(n), "--timeout", "30", "--",
+                                                            configsDirectory + "/tiny-gpt.json", "--data-dir", dataDirectory] + args)
+    }
+
+    func losses(_ dir: String) throws -> [Double] {
+        try String(contentsOfFile: dir + "/metrics.jsonl", encoding: .utf8).split(separator: "\n").compactMap { line in
+            let object = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]
+            return object?["loss"] as? Double
+        }
+    }
+
+    func run(_ name: String, _ n: Int, _ extra: [String]) throws -> String {
+        let dir = temporaryDirectory("pp-\(name)")
+        let result = try launch(n, common + extra + ["--out-dir", dir])
+        XCTAssertEqual(result.status, 0, "\(name):\n\(result.output)")
+        return dir
+    }
+
+    /// Same bound and reasoning as the tensor-parallel tests: only the order of float sums differs
+    /// (gradients accumulated per micro-batch in schedule order, the tied embedding summed over two
+    /// ranks), ~1e-7 relative per step, so per-step losses within 1e-5 over 20 steps and final
+    /// parameters within 2e-6; a wrong stage boundary or a lost micro-batch is off by 1e-3 or more.
+    func compare(_ reference: String, _ dir: String, _ name: String) throws {
+        let expected = try losses(reference), got = try losses(dir)
+        XCTAssertEqual(got.count, 20, name)
+        let worst = zip(expected, got).map { abs($0 - $1) / $0 }.max() ?? 1
+        XCTAssertLessThan(worst, 1e-5, "\(name): per-step loss differs from the reference by \(worst) relative")
+        let a = try LoadedCheckpoint(path: reference + "/ckpt.safetensors").tensors, b = try LoadedCheckpoint(path: dir + "/ckpt.safetensors").tensors
+        XCTAssertEqual(Set(a.keys), Set(b.keys), name)
+        var difference: Float = 0
+        for (key, tensor) in a {
+            XCTAssertEqual(tensor.shape, b[key]?.shape, "\(name): \(key) is stored in the one-rank shape")
+            for (x, y) in zip(tensor.values, b[key]?.values ?? []) { difference = max(difference, abs(x - y)) }
+        }
+        XCTAssertLessThan(difference, 2e-6, "\(name): final parameters differ by \(difference)")
+    }
+
+    /// Every schedule at pp 2 (m = 2 and 4) and pp 4 (m = 4; oversubscribed: correctness only) equals
+    /// one rank accumulating the same micro-batches; dp 2 x pp 2 equals dp 2.
+    func testEverySchedulesTrainingMatchesOneRank() throws {
+        var references: [Int: String] = [:]
+        func reference(_ m: Int) throws -> String {
+            if let dir = references[m] { return dir }
+            let dir = try run("one-m\(m)", 1, ["--set", "grad_accum=\(m)"])
+            references[m] = dir
+            return dir
+        }
+        for (schedule, chunks) in [("gpipe", 1), ("1f1b", 1), ("interleaved", 2), ("zb-h1", 1)] {
+            for m in [2, 4] {
+                let name = "\(schedule)-p2-m\(m)"
+                try compare(try reference(m), try run(name, 2, ["--set", "pipeline_parallel=2", "--set", "pipeline_schedule=\(schedule)",
+                                                                "--set", "microbatches=\(m)", "--set", "virtual_stages=\(chunks)"]), name)
+            }
+        }
+        try compare(try reference(4), try run("1f1b-p4-m4", 4, ["--set", "pipeline_parallel=4", "--set", "microbatches=4"]), "1f1b p 4")
+        let dp2 = try run("dp2", 2, ["--set", "grad_accum=2"])
+        try compare(dp2, try run("dp2-pp2", 4, ["--set", "pipeline_parallel=2", "--set", "microbatches=2", "--set", "verify_replicas=true"]), "dp 2 x pp 2")
+    }
+
+    /// A pp 2 checkpoint holds the full model: it resumes at pp 1 and at pp 2 with another schedule to
+    /// the same losses, and sampling reads it.
+    func testPipelineCheckpointResumesAtAnyLayout() throws {
+        let source = try run("ckpt", 2, ["--set", "pipeline_parallel=2", "--set", "microbatches=2", "--set", "max_iters=10"])
+        var continued: [[Double]] = []
+        for (n, extra) in [(1, ["--set", "grad_accum=2"]), (2, ["--set", "pipeline_parallel=2", "--set", "microbatches=2", "--set", "pipeline_schedule=zb-h1"])] {
+            let dir = temporaryDirectory("pp-resume-\(n)")
+            try FileManager.default.copyItem(atPath: source + "/ckpt.safetensors", toPath: dir + "/ckpt.safetensors")
+            let result = try launch(n, common + extra + ["--set", "max_iters=15", "--out-dir", dir, "--resume"])
+            XCTAssertEqual(result.status, 0, result.output)
+            XCTAssertTrue(result.output.contains("resumed from \(dir)/ckpt.safetensors at iteration 10"), result.output)
+            continued.append(try losses(dir))
+        }
+        XCTAssertEqual(continued.map(\.count), [5, 5])
+        let worst = zip(continued[0], continued[1]).map { abs($0 - $1) / $0 }.max() ?? 1
+        XCTAssertLessThan(worst, 1e-5, "pp 1 and pp 2 continue a pp 2 checkpoint differently: \(worst) relative")
+        let sample = try runToEnd(Self.buildDirectory + "/ddp-train", ["sample", source + "/ckpt.safetensors", "--tokens", "20"])
+        XCTAssertEqual(sample.status, 0, sample.output)
+    }
+
+    /// kill -9 of a stage mid-training: every rank stops (the neighbour's blocked receive does not
+    /// hang), the killed rank is named, no orphans.
+    func testKilledStageStopsTheJob() throws {
+        let (process, handle, head) = try TestSupport.startLauncher(Self.buildDirectory + "/ddp-launch", [
+            "--nproc-per-node", "2", "--timeout", "10", "--", configsDirectory + "/tiny-gpt.json", "--data-dir", dataDirectory,
+            "--out-dir", temporaryDirectory("pp-kill"), "--set", "n_layer=4", "--set", "pipeline_parallel=2", "--set", "max_iters=100000",
+            "--set", "log_interval=1", "--set", "eval_interval=100000"], until: "iter 5/")
+        let pids = launcherRankPIDs(head)
+        guard pids.count == 2 else { process.terminate(); return XCTFail("no pids in launcher output:\n\(head)") }
+        kill(pids[1], SIGKILL)
+        let output = head + String(decoding: handle.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        XCTAssertNotEqual(process.terminationStatus, 0)
+        XCTAssertTrue(output.contains("FAILED: rank 1 (pid \(pids[1])"), output)
+        XCTAssertTrue(output.contains("SIGKILL"), output)
+        for pid in pids { XCTAssertNotEqual(kill(pid, 0), 0, "rank pid \(pid) still alive after the launcher exited") }
+        XCTAssertEqual(survivors(ofLauncher: process.processIdentifier), [])
+    }
+
+    /// Combinations that cannot work are refused at the start, naming the key.
+    func testBadPipelineSettingsNameTheKey() throws {
+        for (extra, text) in [(["--set", "pipeline_parallel=2", "--set", "n_layer=3"], "n_layer"),
+                              (["--set", "pipeline_parallel=2", "--set", "microbatches=1"], "microbatches"),
+                              (["--set", "pipeline_parallel=2", "--set", "virtual_stages=2"], "virtual_stages"),
+                              (["--set", "pipeline_parallel=2", "--set", "zero_stage=1"], "zero_stage")] {
+            let result = try launch(2, extra + ["--set", "max_iters=1", "--out-dir", temporaryDirectory("pp-bad")])
+            XCTAssertNotEqual(result.status, 0, "\(extra)")
+            XCTAssertTrue(result.output.contains(text), "\(extra):\n\(result.output)")
+        }
+        let result = try launch(3, ["--set", "n_layer=4", "--set", "pipeline_parallel=2", "--set", "max_iters=1", "--out-dir", temporaryDirectory("pp-3")])
+        XCTAssertNotEqual(result.status, 0)
+        XCTAssertTrue(result.output.contains("pipeline_parallel"), result.output)
+    }
+}
