@@ -5,7 +5,9 @@
 # simulator's prediction from this run's own per-pass costs and message time, and the textbook
 # formula; one SVG timeline of the median step per schedule at m = 4 in runs/bench-pipeline/.
 # MODEL overrides the shape as n_embd,n_layer,n_head,block_size,micro_batch,steps (default
-# 128,4,4,64,2,20; the wide model is 512,8,8,64,2,10).
+# 128,4,4,64,2,20; the wide model is 512,8,8,64,2,10). Then (THROUGHPUT=0 skips it) tokens/s through
+# the trainer of 1 rank, dp 2, tp 2 and pp 2 (1f1b, interleaved, zb-h1) at the same global batch, on the
+# recipe and on a wide model (n_embd 512, n_layer 8); ITERS steps each (default 100).
 # usage: scripts/bench-pipeline.sh
 case "${1:-}" in -h|--help) sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;; esac
 set -euo pipefail
@@ -13,8 +15,8 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 [ -x "$root/.build/release/collective-check" ] || "$root/scripts/setup.sh" >&2
 model=${MODEL:-128,4,4,64,2,20}
 work="$root/runs/bench-pipeline"; mkdir -p "$work"
-echo "| schedule | m | step ms | predicted ms | measured/predicted | bubble measured | simulated | formula | peak live per rank |"
-echo "|---|---|---|---|---|---|---|---|---|"
+echo "| schedule | m | step ms | predicted ms | measured/predicted | bubble measured | simulated | formula | peak live per rank | peak RSS MiB per rank |"
+echo "|---|---|---|---|---|---|---|---|---|---|"
 for schedule in gpipe 1f1b interleaved zb-h1; do
   chunks=1; [ "$schedule" = interleaved ] && chunks=2
   for m in 2 4 8 16; do
@@ -22,7 +24,33 @@ for schedule in gpipe 1f1b interleaved zb-h1; do
     line=$("$root/.build/release/ddp-launch" --nproc-per-node 2 --timeout 60 -- "$root/.build/release/collective-check" --mode pipeline-bench \
       --schedule "$schedule" --microbatches "$m" --virtual-stages "$chunks" --bench-model "$model" "${svg[@]}" 2>&1 | grep "^\[rank 0\] pipeline-bench " \
       || { echo "$schedule m $m failed" >&2; exit 1; })
-    echo "$line" | sed -E 's/.*pipeline-bench ([^ ]+) p [0-9]+ m ([0-9]+) v [0-9]+: step ([0-9.]+) ms, predicted ([0-9.]+) ms \(measured\/predicted ([0-9.]+)\), bubble measured ([0-9.]+), simulated ([0-9.]+), formula ([0-9.]+), peak live (.*)/| \1 | \2 | \3 | \4 | \5 | \6 | \7 | \8 | \9 |/'
+    echo "$line" | sed -E 's/.*pipeline-bench ([^ ]+) p [0-9]+ m ([0-9]+) v [0-9]+: step ([0-9.]+) ms, predicted ([0-9.]+) ms \(measured\/predicted ([0-9.]+)\), bubble measured ([0-9.]+), simulated ([0-9.]+), formula ([0-9.]+), peak live (\[[0-9, ]*\]), peak RSS MiB (.*)/| \1 | \2 | \3 | \4 | \5 | \6 | \7 | \8 | \9 | \10 |/'
   done
 done
 echo "timelines (m = 4): $work/*.svg" >&2
+[ "${THROUGHPUT:-1}" = 1 ] || exit 0
+# Training throughput through the trainer, same global batch (12 sequences of 64) in every layout.
+"$root/scripts/get-data.sh" >&2
+iters=${ITERS:-100}
+for model in recipe wide; do
+  shape=(); [ "$model" = wide ] && shape=(--set n_embd=512 --set n_head=8 --set n_layer=8)
+  echo
+  echo "### $model model ($([ "$model" = wide ] && echo "n_embd 512, n_head 8, n_layer 8" || echo "n_embd 128, n_head 4, n_layer 4"), global batch 12 x 64), $iters steps"
+  echo
+  echo "| layout | tokens/s | vs 1 rank |"
+  echo "|---|---:|---:|"
+  base=""
+  for layout in "one 1" "dp2 2 --set batch_size=6" "tp2 2 --set tensor_parallel=2" \
+                "pp2-1f1b 2 --set pipeline_parallel=2 --set microbatches=4 --set batch_size=3" \
+                "pp2-interleaved 2 --set pipeline_parallel=2 --set pipeline_schedule=interleaved --set virtual_stages=2 --set microbatches=4 --set batch_size=3" \
+                "pp2-zb-h1 2 --set pipeline_parallel=2 --set pipeline_schedule=zb-h1 --set microbatches=4 --set batch_size=3"; do
+    set -- $layout; name=$1; n=$2; shift 2
+    "$root/.build/release/ddp-launch" --nproc-per-node "$n" --timeout 60 -- "$root/configs/shakespeare-char.json" --out-dir "$work/$model-$name" \
+      "${shape[@]}" --set max_iters="$iters" --set warmup_iters=$((iters / 10)) --set lr_decay_iters="$iters" --set log_interval="$iters" \
+      --set eval_interval=1000000 --set eval_iters=1 --set checkpoint_interval=0 "$@" > "$work/$model-$name.log" 2>&1 \
+      || { echo "$model $name failed:" >&2; tail -5 "$work/$model-$name.log" >&2; exit 1; }
+    t=$(grep -oE "[0-9]+ tokens/s" "$work/$model-$name.log" | tail -1 | cut -d' ' -f1)
+    [ -z "$base" ] && base=$t
+    echo "| $name | $t | $(python3 -c "print(f'{$t/$base:.2f}x')") |"
+  done
+done

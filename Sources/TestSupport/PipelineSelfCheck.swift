@@ -89,6 +89,8 @@ public struct PipelineBenchResult {
     public var formulaBubble: Double
     public var intervals: [[PipelineInterval]]
     public var peakLive: [Int]
+    /// Peak resident set of each rank's process, MiB.
+    public var peakRSSMiB: [Double]
 }
 
 /// Times `steps` pipeline steps (after `warmup`) of a GPT of the given size: the median step, its
@@ -152,7 +154,9 @@ public func runPipelineBench(world: ProcessGroup, schedule kind: PipelineSchedul
         [Int64(PipelineAction.Kind.allCases.firstIndex(of: i.action.kind)!), Int64(i.action.stage), Int64(i.action.microbatch), Int64(i.start * 1e9), Int64(i.end * 1e9)]
     }
     drawn += Array(repeating: -1, count: longest * 5 - drawn.count)
-    mine += drawn + [Int64(reports.map(\.peakLive).max() ?? 0)]
+    var usage = rusage()
+    getrusage(RUSAGE_SELF.rawValue, &usage)
+    mine += drawn + [Int64(usage.ru_maxrss), Int64(reports.map(\.peakLive).max() ?? 0)]
     let all = try allgather(mine, group: world)
     let n = reports.count, stages = schedule.stageCount
     // A step lasts as long as its slowest rank.
@@ -178,7 +182,8 @@ public func runPipelineBench(world: ProcessGroup, schedule kind: PipelineSchedul
     return PipelineBenchResult(stepSeconds: median, predictedSeconds: simulated.stepTime,
                                measuredBubble: 1 - busyMean.reduce(0, +) / (Double(world.worldSize) * meanStep),
                                simulatedBubble: simulated.bubble, formulaBubble: schedule.formulaBubble,
-                               intervals: intervals, peakLive: all.map { Int($0.last!) })
+                               intervals: intervals, peakLive: all.map { Int($0.last!) },
+                               peakRSSMiB: all.map { Double($0[$0.count - 2]) / 1024 })
 }
 
 /// Monotonic seconds, for timing inside the benchmark.
