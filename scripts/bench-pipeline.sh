@@ -24,7 +24,9 @@ for schedule in gpipe 1f1b interleaved zb-h1; do
     line=$("$root/.build/release/ddp-launch" --nproc-per-node 2 --timeout 60 -- "$root/.build/release/collective-check" --mode pipeline-bench \
       --schedule "$schedule" --microbatches "$m" --virtual-stages "$chunks" --bench-model "$model" "${svg[@]}" 2>&1 | grep "^\[rank 0\] pipeline-bench " \
       || { echo "$schedule m $m failed" >&2; exit 1; })
-    echo "$line" | sed -E 's/.*pipeline-bench ([^ ]+) p [0-9]+ m ([0-9]+) v [0-9]+: step ([0-9.]+) ms, predicted ([0-9.]+) ms \(measured\/predicted ([0-9.]+)\), bubble measured ([0-9.]+), simulated ([0-9.]+), formula ([0-9.]+), peak live (\[[0-9, ]*\]), peak RSS MiB (.*)/| \1 | \2 | \3 | \4 | \5 | \6 | \7 | \8 | \9 | \10 |/'
+    echo "$line" | python3 -c 'import re, sys
+m = re.search(r"pipeline-bench (\S+) p \d+ m (\d+) v \d+: step ([\d.]+) ms, predicted ([\d.]+) ms \(measured/predicted ([\d.]+)\), bubble measured ([\d.]+), simulated ([\d.]+), formula ([\d.]+), peak live (\[[\d, ]*\]), peak RSS MiB (\[[\d, ]*\])", sys.stdin.read())
+print("| " + " | ".join(m.groups()) + " |")' 
   done
 done
 echo "timelines (m = 4): $work/*.svg" >&2
