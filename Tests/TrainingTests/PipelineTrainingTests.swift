@@ -48,24 +48,29 @@ final class PipelineTrainingTests: XCTestCase {
         XCTAssertLessThan(difference, 2e-6, "\(name): final parameters differ by \(difference)")
     }
 
-    /// Every schedule at pp 2 (m = 2 and 4) and pp 4 (m = 4; oversubscribed: correctness only) equals
-    /// one rank accumulating the same micro-batches; dp 2 x pp 2 equals dp 2.
+    /// Every schedule at pp 2 and pp 4 (oversubscribed: correctness only), m = p and 2p, equals one rank
+    /// accumulating the same micro-batches; dp 2 x pp 2 equals dp 2. Interleaved at pp 4 needs 8 layers
+    /// (4 ranks x 2 chunks), so its reference has 8 too.
     func testEverySchedulesTrainingMatchesOneRank() throws {
-        var references: [Int: String] = [:]
-        func reference(_ m: Int) throws -> String {
-            if let dir = references[m] { return dir }
-            let dir = try run("one-m\(m)", 1, ["--set", "grad_accum=\(m)"])
-            references[m] = dir
+        var references: [String: String] = [:]
+        func reference(_ m: Int, layers: Int) throws -> String {
+            let key = "\(m)-\(layers)"
+            if let dir = references[key] { return dir }
+            let dir = try run("one-m\(m)-l\(layers)", 1, ["--set", "grad_accum=\(m)", "--set", "n_layer=\(layers)"])
+            references[key] = dir
             return dir
         }
-        for (schedule, chunks) in [("gpipe", 1), ("1f1b", 1), ("interleaved", 2), ("zb-h1", 1)] {
-            for m in [2, 4] {
-                let name = "\(schedule)-p2-m\(m)"
-                try compare(try reference(m), try run(name, 2, ["--set", "pipeline_parallel=2", "--set", "pipeline_schedule=\(schedule)",
-                                                                "--set", "microbatches=\(m)", "--set", "virtual_stages=\(chunks)"]), name)
+        for p in [2, 4] {
+            for (schedule, chunks) in [("gpipe", 1), ("1f1b", 1), ("interleaved", 2), ("zb-h1", 1)] {
+                let layers = p * chunks > 4 ? p * chunks : 4
+                for m in [p, 2 * p] {
+                    let name = "\(schedule)-p\(p)-m\(m)"
+                    try compare(try reference(m, layers: layers), try run(name, p, ["--set", "pipeline_parallel=\(p)", "--set", "pipeline_schedule=\(schedule)",
+                                                                                   "--set", "microbatches=\(m)", "--set", "virtual_stages=\(chunks)",
+                                                                                   "--set", "n_layer=\(layers)"]), name)
+                }
             }
         }
-        try compare(try reference(4), try run("1f1b-p4-m4", 4, ["--set", "pipeline_parallel=4", "--set", "microbatches=4"]), "1f1b p 4")
         let dp2 = try run("dp2", 2, ["--set", "grad_accum=2"])
         try compare(dp2, try run("dp2-pp2", 4, ["--set", "pipeline_parallel=2", "--set", "microbatches=2", "--set", "verify_replicas=true"]), "dp 2 x pp 2")
     }
