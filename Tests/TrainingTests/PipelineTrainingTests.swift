@@ -15,13 +15,6 @@ final class PipelineTrainingTests: XCTestCase {
                                                             configsDirectory + "/tiny-gpt.json", "--data-dir", dataDirectory] + args)
     }
 
-    func losses(_ dir: String) throws -> [Double] {
-        try String(contentsOfFile: dir + "/metrics.jsonl", encoding: .utf8).split(separator: "\n").compactMap { line in
-            let object = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]
-            return object?["loss"] as? Double
-        }
-    }
-
     func run(_ name: String, _ n: Int, _ extra: [String]) throws -> String {
         let dir = temporaryDirectory("pp-\(name)")
         let result = try launch(n, common + extra + ["--out-dir", dir])
@@ -34,18 +27,7 @@ final class PipelineTrainingTests: XCTestCase {
     /// ranks), ~1e-7 relative per step, so per-step losses within 1e-5 over 20 steps and final
     /// parameters within 2e-6; a wrong stage boundary or a lost micro-batch is off by 1e-3 or more.
     func compare(_ reference: String, _ dir: String, _ name: String) throws {
-        let expected = try losses(reference), got = try losses(dir)
-        XCTAssertEqual(got.count, 20, name)
-        let worst = zip(expected, got).map { abs($0 - $1) / $0 }.max() ?? 1
-        XCTAssertLessThan(worst, 1e-5, "\(name): per-step loss differs from the reference by \(worst) relative")
-        let a = try LoadedCheckpoint(path: reference + "/ckpt.safetensors").tensors, b = try LoadedCheckpoint(path: dir + "/ckpt.safetensors").tensors
-        XCTAssertEqual(Set(a.keys), Set(b.keys), name)
-        var difference: Float = 0
-        for (key, tensor) in a {
-            XCTAssertEqual(tensor.shape, b[key]?.shape, "\(name): \(key) is stored in the one-rank shape")
-            for (x, y) in zip(tensor.values, b[key]?.values ?? []) { difference = max(difference, abs(x - y)) }
-        }
-        XCTAssertLessThan(difference, 2e-6, "\(name): final parameters differ by \(difference)")
+        try assertSameTraining(reference, dir, name, steps: 20)
     }
 
     /// Every schedule at pp 2 and pp 4 (oversubscribed: correctness only), m = p and 2p, equals one rank
@@ -86,7 +68,7 @@ final class PipelineTrainingTests: XCTestCase {
             let result = try launch(n, common + extra + ["--set", "max_iters=15", "--out-dir", dir, "--resume"])
             XCTAssertEqual(result.status, 0, result.output)
             XCTAssertTrue(result.output.contains("resumed from \(dir)/ckpt.safetensors at iteration 10"), result.output)
-            continued.append(try losses(dir))
+            continued.append(try metricsLosses(dir))
         }
         XCTAssertEqual(continued.map(\.count), [5, 5])
         let worst = zip(continued[0], continued[1]).map { abs($0 - $1) / $0 }.max() ?? 1

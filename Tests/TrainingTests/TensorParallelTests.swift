@@ -13,18 +13,6 @@ final class TensorParallelTests: XCTestCase {
                                                             configsDirectory + "/tiny-gpt.json", "--data-dir", dataDirectory] + args)
     }
 
-    /// Per-step losses from metrics.jsonl (full precision; the log prints 4 decimals).
-    func losses(_ dir: String) throws -> [Double] {
-        try String(contentsOfFile: dir + "/metrics.jsonl", encoding: .utf8).split(separator: "\n").compactMap { line in
-            let object = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]
-            return object?["loss"] as? Double
-        }
-    }
-
-    func tensors(_ dir: String) throws -> [String: (shape: [Int], values: [Float])] {
-        try LoadedCheckpoint(path: dir + "/ckpt.safetensors").tensors
-    }
-
     /// Column/row-parallel layers, f and g, the vocabulary-parallel embedding and cross-entropy, with and
     /// without sequence parallelism, on 2 and 4 real ranks: sharded forward and assembled gradients equal
     /// the unsharded model's, and finite differences through the sharded model agree with its backward
@@ -58,18 +46,7 @@ final class TensorParallelTests: XCTestCase {
             return dir
         }
         func compare(_ reference: String, _ dir: String, _ name: String) throws {
-            let expected = try losses(reference), got = try losses(dir)
-            XCTAssertEqual(got.count, 50, name)
-            let worst = zip(expected, got).map { abs($0 - $1) / $0 }.max() ?? 1
-            XCTAssertLessThan(worst, 1e-5, "\(name): per-step loss differs from the reference by \(worst) relative")
-            let a = try tensors(reference), b = try tensors(dir)
-            XCTAssertEqual(Set(a.keys), Set(b.keys), name)
-            var difference: Float = 0
-            for (key, tensor) in a {
-                XCTAssertEqual(tensor.shape, b[key]?.shape, "\(name): \(key) is stored in the one-rank shape")
-                for (x, y) in zip(tensor.values, b[key]?.values ?? []) { difference = max(difference, abs(x - y)) }
-            }
-            XCTAssertLessThan(difference, 2e-6, "\(name): final parameters differ by \(difference)")
+            try assertSameTraining(reference, dir, name, steps: 50)
         }
         let one = try run("one", 1, [])
         for (name, n, extra) in [("tp2", 2, ["--set", "tensor_parallel=2"]),
@@ -98,7 +75,7 @@ final class TensorParallelTests: XCTestCase {
             let result = try launch(t, common + ["--set", "tensor_parallel=\(t)", "--set", "max_iters=15", "--out-dir", dir, "--resume"])
             XCTAssertEqual(result.status, 0, result.output)
             XCTAssertTrue(result.output.contains("resumed from \(dir)/ckpt.safetensors at iteration 10"), result.output)
-            continued.append(try losses(dir))
+            continued.append(try metricsLosses(dir))
         }
         XCTAssertEqual(continued[0].count, 5)
         XCTAssertEqual(continued[1].count, 5)
