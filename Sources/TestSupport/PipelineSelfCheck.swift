@@ -91,6 +91,17 @@ public struct PipelineBenchResult {
     public var peakLive: [Int]
     /// Peak resident set of each rank's process, MiB.
     public var peakRSSMiB: [Double]
+    /// The mean cost of each pass per stage and of one message, as the simulator got them.
+    public var costs: PipelineCosts
+
+    /// Per stage, the mean pass times in ms: "F 1.20 B 2.40" or "F 1.20 I 1.30 W 1.10".
+    public var passSummary: String {
+        (0..<costs.forward.count).map { s in
+            let f = String(format: "F %.2f", costs.forward[s] * 1000)
+            return costs.backward[s] > 0 ? f + String(format: " B %.2f", costs.backward[s] * 1000)
+                                         : f + String(format: " I %.2f W %.2f", costs.backwardInput[s] * 1000, costs.backwardWeight[s] * 1000)
+        }.joined(separator: " | ")
+    }
 }
 
 /// Times `steps` pipeline steps (after `warmup`) of a GPT of the given size: the median step, its
@@ -183,7 +194,7 @@ public func runPipelineBench(world: ProcessGroup, schedule kind: PipelineSchedul
                                measuredBubble: 1 - busyMean.reduce(0, +) / (Double(world.worldSize) * meanStep),
                                simulatedBubble: simulated.bubble, formulaBubble: schedule.formulaBubble,
                                intervals: intervals, peakLive: all.map { Int($0.last!) },
-                               peakRSSMiB: all.map { Double($0[$0.count - 2]) / 1024 })
+                               peakRSSMiB: all.map { Double($0[$0.count - 2]) / 1024 }, costs: costs)
 }
 
 /// Monotonic seconds, for timing inside the benchmark.

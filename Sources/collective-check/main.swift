@@ -103,10 +103,10 @@ struct CollectiveCheck: ParsableCommand {
                 let r = try runPipelineBench(world: group, schedule: kind, microbatches: microbatches, virtualStages: virtualStages,
                                              configuration: configuration, microBatchSize: n[4], steps: n[5], warmup: 3)
                 if env.rank == 0 {
-                    say(String(format: "pipeline-bench %@ p %d m %d v %d: step %.2f ms, predicted %.2f ms (measured/predicted %.2f), bubble measured %.3f, simulated %.3f, formula %.3f, peak live %@, peak RSS MiB %@",
+                    say(String(format: "pipeline-bench %@ p %d m %d v %d: step %.2f ms, predicted %.2f ms (measured/predicted %.2f), bubble measured %.3f, simulated %.3f, formula %.3f, peak live %@, peak RSS MiB %@; pass ms per stage %@",
                                kind.rawValue, group.worldSize, microbatches, virtualStages, r.stepSeconds * 1000, r.predictedSeconds * 1000,
                                r.stepSeconds / r.predictedSeconds, r.measuredBubble, r.simulatedBubble, r.formulaBubble, "\(r.peakLive)",
-                               "\(r.peakRSSMiB.map { Int($0.rounded()) })"))
+                               "\(r.peakRSSMiB.map { Int($0.rounded()) })", r.passSummary))
                     if let timeline {
                         try pipelineTimelineSVG(r.intervals, title: "\(kind.rawValue), p \(group.worldSize), m \(microbatches): measured median step")
                             .write(toFile: timeline, atomically: true, encoding: .utf8)

@@ -51,14 +51,14 @@ public final class CausalSelfAttention {
                          dx: UnsafeMutablePointer<Float>, deferring saved: BlockWeightInputs? = nil) {
         let rows = B * T
         let dHeadsOut = workspace.floats(.attentionHeadsGradient, rows * channels)
-        let dqkv = workspace.floats(.attentionQKVGradient, rows * 3 * channels)
+        // A split backward keeps dqkv for its weight pass: written there directly. dy (the output
+        // projection's output gradient) is the caller's, already in `saved`.
+        let dqkv = saved?.qkv.data ?? workspace.floats(.attentionQKVGradient, rows * 3 * channels)
         dHeadsOut.update(repeating: 0, count: rows * channels)
         dqkv.update(repeating: 0, count: rows * 3 * channels)
         outputProjection.backward(headsOut.data, dy: dy, rows: rows, dx: dHeadsOut, weights: saved == nil)
-        saved?.attentionProjection.data.update(from: dy, count: rows * channels)
         attentionBackward(dout: dHeadsOut, qkv: qkv.data, att: probabilities.data, dqkv: dqkv,
                           scratch: workspace.floats(.attentionScores, T * T), batch: B, time: T, channels: channels, heads: heads)
         qkvProjection.backward(x, dy: dqkv, rows: rows, dx: dx, weights: saved == nil)
-        saved?.qkv.data.update(from: dqkv, count: rows * 3 * channels)
     }
 }

@@ -29,7 +29,12 @@ public struct Linear: Sendable {
     public func backward(_ x: UnsafePointer<Float>, dy: UnsafePointer<Float>, rows: Int, dx: UnsafeMutablePointer<Float>?,
                          weights: Bool = true) {
         if weights { weightBackward(x, dy: dy, rows: rows) }
-        if let dx { gemm(.none, .none, m: rows, n: inFeatures, k: outFeatures, a: dy, b: weight.value.data, beta: 1, c: dx) }
+        if let dx { inputBackward(dy: dy, rows: rows, dx: dx) }
+    }
+
+    /// dx += dy W alone (needs no input: a split backward's input pass).
+    public func inputBackward(dy: UnsafePointer<Float>, rows: Int, dx: UnsafeMutablePointer<Float>) {
+        gemm(.none, .none, m: rows, n: inFeatures, k: outFeatures, a: dy, b: weight.value.data, beta: 1, c: dx)
     }
 
     public func weightBackward(_ x: UnsafePointer<Float>, dy: UnsafePointer<Float>, rows: Int) {

@@ -89,26 +89,33 @@ public final class TransformerBlock {
         saved?.prepare(rows: rows, channels: channels)
         let weights = saved == nil
         let hidden = rows * 4 * channels
-        let dx1 = workspace.floats(.blockResidualGradient, n), dLn = workspace.floats(.blockNormGradient, n)
-        let dGelu = workspace.floats(.blockActivationGradient, hidden), dFc = workspace.floats(.blockHiddenGradient, hidden)
+        // A split backward's input pass writes the output gradients its weight pass needs straight
+        // into `saved` instead of the shared workspace, so W costs no copies.
+        let dx1 = saved?.attentionProjection.data ?? workspace.floats(.blockResidualGradient, n)
+        let dMlpNorm = saved?.ln2.data ?? workspace.floats(.blockNormGradient, n)
+        let dAttentionNorm = saved?.ln1.data ?? dMlpNorm
+        let dGelu = workspace.floats(.blockActivationGradient, hidden)
+        let dFc = saved?.fc.data ?? workspace.floats(.blockHiddenGradient, hidden)
         // Residual: dx1 = dy + d(mlp branch)/dx1.
         dx1.update(from: dy, count: n)
-        dGelu.update(repeating: 0, count: hidden); dFc.update(repeating: 0, count: hidden); dLn.update(repeating: 0, count: n)
-        let geluOut = workspace.floats(.blockActivation, hidden)
-        geluForward(fcOut.data, into: geluOut, count: hidden)
-        projection.backward(geluOut, dy: dy, rows: rows, dx: dGelu, weights: weights)
-        saved?.projection.data.update(from: dy, count: n)
+        dGelu.update(repeating: 0, count: hidden); dFc.update(repeating: 0, count: hidden); dMlpNorm.update(repeating: 0, count: n)
+        if let saved {
+            // The input pass needs no GELU output (only c_proj's weight gradient does): W recomputes it.
+            saved.projection.data.update(from: dy, count: n)
+            projection.inputBackward(dy: dy, rows: rows, dx: dGelu)
+        } else {
+            let geluOut = workspace.floats(.blockActivation, hidden)
+            geluForward(fcOut.data, into: geluOut, count: hidden)
+            projection.backward(geluOut, dy: dy, rows: rows, dx: dGelu)
+        }
         geluBackward(fcOut.data, dGelu, accumulatingInto: dFc, count: hidden)
-        fc.backward(ln2Out.data, dy: dFc, rows: rows, dx: dLn, weights: weights)
-        saved?.fc.data.update(from: dFc, count: hidden)
-        ln2.backward(x1.data, dy: dLn, rows: rows, dx: dx1, weights: weights)
-        saved?.ln2.data.update(from: dLn, count: n)
+        fc.backward(ln2Out.data, dy: dFc, rows: rows, dx: dMlpNorm, weights: weights)
+        ln2.backward(x1.data, dy: dMlpNorm, rows: rows, dx: dx1, weights: weights)
         // dx = dx1 + d(attn branch)/dx.
         add(dx, dx1, into: dx, count: n)
-        dLn.update(repeating: 0, count: n)
-        attention.backward(ln1Out.data, dy: dx1, batch: B, time: T, dx: dLn, deferring: saved)
-        ln1.backward(x, dy: dLn, rows: rows, dx: dx, weights: weights)
-        saved?.ln1.data.update(from: dLn, count: n)
+        dAttentionNorm.update(repeating: 0, count: n)
+        attention.backward(ln1Out.data, dy: dx1, batch: B, time: T, dx: dAttentionNorm, deferring: saved)
+        ln1.backward(x, dy: dAttentionNorm, rows: rows, dx: dx, weights: weights)
     }
 
     /// The weight pass of a split backward: the weight gradients from the output gradients the input
