@@ -150,7 +150,7 @@ public func runPipelineBench(world: ProcessGroup, schedule kind: PipelineSchedul
     // Per rank: step seconds of each measured step, then mean cost of each kind of pass per stage.
     let kinds: [PipelineAction.Kind] = [.forward, .backward, .backwardInput, .backwardWeight]
     var mine: [Int64] = reports.map { Int64($0.seconds * 1e9) }
-    let busy: [Int64] = reports.map { Int64($0.intervals.filter { $0.action.kind.isCompute && $0.action.kind != .step }.reduce(0) { $0 + $1.end - $1.start } * 1e9) }
+    let busy: [Int64] = reports.map { Int64($0.busySeconds * 1e9) }
     mine += busy
     for stage in 0..<schedule.stageCount {
         for kind in kinds {
@@ -158,16 +158,14 @@ public func runPipelineBench(world: ProcessGroup, schedule kind: PipelineSchedul
             mine.append(samples.isEmpty ? -1 : Int64(samples.reduce(0, +) / Double(samples.count) * 1e9))
         }
     }
-    // The median step's intervals, for the timeline: (kind index, stage, micro-batch, start ns, end ns), padded.
-    let longest = schedule.actions.map(\.count).max() ?? 0
-    let medianIndex = reports.indices.sorted { reports[$0].seconds < reports[$1].seconds }[reports.count / 2]
-    var drawn = reports[medianIndex].intervals.flatMap { i -> [Int64] in
-        [Int64(PipelineAction.Kind.allCases.firstIndex(of: i.action.kind)!), Int64(i.action.stage), Int64(i.action.microbatch), Int64(i.start * 1e9), Int64(i.end * 1e9)]
-    }
-    drawn += Array(repeating: -1, count: longest * 5 - drawn.count)
+    // The median step (by rank 0's clock: every rank must pick the same one), for the timeline.
+    let local = reports.map { Int64($0.seconds * 1e9) }
+    let rankZero = try broadcast(local, root: 0, group: world)
+    let medianIndex = rankZero.indices.sorted { rankZero[$0] < rankZero[$1] }[rankZero.count / 2]
+    let intervals = try runner.gatherIntervals(reports[medianIndex])
     var usage = rusage()
     getrusage(RUSAGE_SELF.rawValue, &usage)
-    mine += drawn + [Int64(usage.ru_maxrss), Int64(reports.map(\.peakLive).max() ?? 0)]
+    mine += [Int64(usage.ru_maxrss), Int64(reports.map(\.peakLive).max() ?? 0)]
     let all = try allgather(mine, group: world)
     let n = reports.count, stages = schedule.stageCount
     // A step lasts as long as its slowest rank.
@@ -182,14 +180,6 @@ public func runPipelineBench(world: ProcessGroup, schedule kind: PipelineSchedul
         costs.forward[stage] = cost(0); costs.backward[stage] = cost(1); costs.backwardInput[stage] = cost(2); costs.backwardWeight[stage] = cost(3)
     }
     let simulated = try PipelineSimulator.run(schedule, costs: costs)
-    let offset = 2 * n + stages * kinds.count
-    let intervals = all.map { row -> [PipelineInterval] in
-        stride(from: offset, to: offset + longest * 5, by: 5).compactMap { i in
-            guard row[i] >= 0 else { return nil }
-            return PipelineInterval(action: PipelineAction(Int(row[i + 1]), PipelineAction.Kind.allCases[Int(row[i])], Int(row[i + 2])),
-                                    start: Double(row[i + 3]) / 1e9, end: Double(row[i + 4]) / 1e9)
-        }
-    }
     return PipelineBenchResult(stepSeconds: median, predictedSeconds: simulated.stepTime,
                                measuredBubble: 1 - busyMean.reduce(0, +) / (Double(world.worldSize) * meanStep),
                                simulatedBubble: simulated.bubble, formulaBubble: schedule.formulaBubble,

@@ -52,6 +52,7 @@ extension TrainConfig {
         ("pipeline_schedule", "gpipe, 1f1b, interleaved or zb-h1 (zero bubble; see ddp-train schedule)"),
         ("microbatches", "with pipeline_parallel: micro-batches of batch_size sequences per pipeline pass"),
         ("virtual_stages", "with the interleaved schedule: chunks of layers per rank (Megatron's virtual pipeline size)"),
+        ("pipeline_timeline", "with pipeline_parallel: an SVG file of the last step's measured per-rank timeline (written by rank 0)"),
     ]
 
     /// All known keys.

@@ -83,6 +83,8 @@ public struct TrainConfig: Codable, Sendable, Equatable {
     public var microbatches = 4
     /// Chunks of layers per rank (the interleaved schedule).
     public var virtualStages = 1
+    /// An SVG of the last step's measured pipeline timeline, written by rank 0 (empty: none).
+    public var pipelineTimeline = ""
 
     public init() {}
 
@@ -100,6 +102,7 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         case zeroStage = "zero_stage", gradientCompression = "gradient_compression", allreduceTuning = "allreduce_tuning"
         case tensorParallel = "tensor_parallel", sequenceParallel = "sequence_parallel"
         case pipelineParallel = "pipeline_parallel", pipelineSchedule = "pipeline_schedule", microbatches, virtualStages = "virtual_stages"
+        case pipelineTimeline = "pipeline_timeline"
     }
 
     public init(from decoder: Decoder) throws {
@@ -129,6 +132,7 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         try take(.tensorParallel, &tensorParallel); try take(.sequenceParallel, &sequenceParallel)
         try take(.pipelineParallel, &pipelineParallel); try take(.pipelineSchedule, &pipelineSchedule)
         try take(.microbatches, &microbatches); try take(.virtualStages, &virtualStages)
+        try take(.pipelineTimeline, &pipelineTimeline)
     }
 
     static func typeName<T>(_ type: T.Type) -> String {
@@ -244,6 +248,7 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         try require(model == .gpt || tensorParallel == 1, .tensorParallel, "applies to the gpt model only (the mlp trains data-parallel)")
         try require(!sequenceParallel || tensorParallel > 1, .sequenceParallel, "needs tensor_parallel > 1 (it splits the rows across the tensor-parallel group)")
         try require(pipelineParallel >= 1, .pipelineParallel, "must be at least 1, got \(pipelineParallel)")
+        try require(pipelineTimeline.isEmpty || pipelineParallel > 1, .pipelineTimeline, "draws a pipeline: needs pipeline_parallel > 1")
         if pipelineParallel > 1 || virtualStages > 1 {
             try require(model == .gpt, .pipelineParallel, "applies to the gpt model only (the mlp trains data-parallel)")
             try require(tensorParallel == 1, .pipelineParallel, "does not combine with tensor_parallel yet")

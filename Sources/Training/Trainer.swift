@@ -46,6 +46,9 @@ public final class Trainer {
     /// Held (flock) while this run writes out_dir, so a second run on the same directory is refused.
     var outputLock: Int32 = -1
     var bestValidation = Double.infinity
+    /// Pipeline passes since the last progress line: this rank's compute seconds and pass seconds.
+    var pipelineWindow = (busy: 0.0, seconds: 0.0)
+    var lastPipelineReport: PipelineRunner.StepReport?
 
     /// With a group of more than one rank the trainer runs data-parallel: rank 0's initial parameters
     /// are broadcast, gradients are averaged in buckets during backward, and only rank 0 evaluates,
@@ -188,6 +191,7 @@ public final class Trainer {
                     line += String(format: " | tensor-parallel comm %.1f ms/iter (%d collectives, %.2f MB)", windowTensor.seconds / n * 1000,
                                    Int((Double(windowTensor.calls) / n).rounded()), Double(windowTensor.floats) * 4 / n / 1e6)
                 }
+                if let pipeline = task as? PipelineGPTTask { line += try pipelineBubbleText(pipeline) }
                 log(line)
                 record?.step(iteration: iteration, elapsed: elapsed, loss: Double(loss), learningRate: Double(lr),
                              unitsPerSecond: Double(units) / perIteration, unitName: task.unitName, millisecondsPerIteration: perIteration * 1000,
@@ -202,6 +206,9 @@ public final class Trainer {
             }
         }
         let seconds = monotonicSeconds() - start
+        if let pipeline = task as? PipelineGPTTask, !config.pipelineTimeline.isEmpty, let report = lastPipelineReport {
+            try writePipelineTimeline(pipeline, report)
+        }
         try saveCheckpoint(reason: "end of training")
         record?.writeLossCurve()
         if let dataParallel {
@@ -268,7 +275,10 @@ public final class Trainer {
         parameters.zeroGradients()
         var total: Float = 0
         for pass in 0..<config.gradAccum {
-            total += try pipeline.runPass(iteration: iteration, pass: pass, lossScale: 1 / Float(config.gradAccum)).loss
+            let (loss, report) = try pipeline.runPass(iteration: iteration, pass: pass, lossScale: 1 / Float(config.gradAccum))
+            total += loss
+            pipelineWindow = (pipelineWindow.busy + report.busySeconds, pipelineWindow.seconds + report.seconds)
+            lastPipelineReport = report
         }
         let start = monotonicSeconds()
         try pipeline.runner.sumTiedEmbeddingGradients()
@@ -286,6 +296,41 @@ public final class Trainer {
         if config.gradClip > 0 { parameters.clipGradients(in: optimizer.ranges, norm: norm, maxNorm: Float(config.gradClip)) }
         optimizer.step(learningRate: learningRate)
         return (loss, exposed)
+    }
+
+    /// " | pipeline bubble measured B (formula F)" over the passes since the last progress line: the idle
+    /// share of the pipeline group's ranks, 1 − Σ busy / (p · slowest rank's time). Collective over
+    /// the pipeline group.
+    func pipelineBubbleText(_ pipeline: PipelineGPTTask) throws -> String {
+        let group = pipeline.runner.group
+        let all = try allgather([Int64(pipelineWindow.busy * 1e9), Int64(pipelineWindow.seconds * 1e9)], group: group)
+        pipelineWindow = (0, 0)
+        let slowest = Double(all.map { $0[1] }.max() ?? 0)
+        let bubble = slowest > 0 ? 1 - Double(all.map { $0[0] }.reduce(0, +)) / (Double(group.worldSize) * slowest) : 0
+        return String(format: " | pipeline bubble measured %.3f (formula %.3f)", bubble, pipeline.runner.schedule.formulaBubble)
+    }
+
+    /// pipeline_timeline: the last pass's measured intervals of every stage, drawn by rank 0 (the ranks
+    /// of the first data-parallel replica's pipeline). Collective over the pipeline group.
+    func writePipelineTimeline(_ pipeline: PipelineGPTTask, _ report: PipelineRunner.StepReport) throws {
+        let intervals = try pipeline.runner.gatherIntervals(report)
+        guard rank == 0 else { return }
+        let schedule = pipeline.runner.schedule
+        let span = (intervals.flatMap { $0.map(\.end) }.max() ?? 0) - (intervals.flatMap { $0.map(\.start) }.min() ?? 0)
+        let busy = intervals.flatMap { $0 }.filter { $0.action.kind.isCompute && $0.action.kind != .step }.reduce(0) { $0 + $1.end - $1.start }
+        let bubble = span > 0 ? 1 - busy / (Double(intervals.count) * span) : 0
+        let title = String(format: "%@, p %d, m %d, v %d: last pass of step %d, measured (bubble %.3f, formula %.3f)",
+                           schedule.kind.rawValue, schedule.pipelineParallel, schedule.microbatches, schedule.virtualStages,
+                           iteration, bubble, schedule.formulaBubble)
+        do {
+            let parent = (config.pipelineTimeline as NSString).deletingLastPathComponent
+            if !parent.isEmpty { try FileManager.default.createDirectory(atPath: parent, withIntermediateDirectories: true) }
+            try pipelineTimelineSVG(intervals, title: title).write(toFile: config.pipelineTimeline, atomically: true, encoding: .utf8)
+        } catch {
+            throw ConfigError(key: "pipeline_timeline", "cannot write \(config.pipelineTimeline): \(error.localizedDescription)")
+        }
+        log(String(format: "pipeline timeline: %@ (%.2f ms pass, bubble measured %.3f, formula %.3f)", config.pipelineTimeline, span * 1000,
+                   bubble, schedule.formulaBubble))
     }
 
     /// The L2 norm of the whole model's averaged gradient. Plain data parallelism: every rank holds all

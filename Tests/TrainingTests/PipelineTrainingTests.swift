@@ -77,6 +77,40 @@ final class PipelineTrainingTests: XCTestCase {
         XCTAssertEqual(sample.status, 0, sample.output)
     }
 
+    /// pipeline_timeline draws the last pass as measured on every rank: each stage's F, I and W of every
+    /// micro-batch exactly once, on its own rank's row, passes of a row not overlapping; the progress
+    /// lines carry the measured bubble beside the formula.
+    func testTimelineDrawsTheMeasuredPass() throws {
+        let dir = temporaryDirectory("pp-timeline")
+        let svg = dir + "/timeline/zb.svg"
+        let result = try launch(2, common + ["--set", "max_iters=3", "--set", "pipeline_parallel=2", "--set", "pipeline_schedule=zb-h1",
+                                             "--set", "microbatches=4", "--set", "pipeline_timeline=\(svg)", "--out-dir", dir])
+        XCTAssertEqual(result.status, 0, result.output)
+        XCTAssertTrue(result.output.contains("pipeline bubble measured"), result.output)
+        XCTAssertTrue(result.output.contains("pipeline timeline: \(svg)"), result.output)
+        let text = try String(contentsOfFile: svg, encoding: .utf8)
+        // Rows: rank labels, then each interval's box with its action in a <title>.
+        var row = -1, passes: [String: Int] = [:], rowOf: [String: Int] = [:]
+        var lastEnd: [Int: Double] = [:]
+        for line in text.split(separator: "\n") {
+            if let r = line.firstMatch(of: /<text x="8" y="[\d.]+">rank (\d+)<\/text>/) { row = Int(r.1)!; continue }
+            guard let m = line.firstMatch(of: /<rect x="([\d.]+)" y="[\d.]+" width="([\d.]+)"[^>]*><title>(\d+)([FIWB])(\d+)<\/title>/) else { continue }
+            let name = "\(m.3)\(m.4)\(m.5)"
+            passes[name, default: 0] += 1
+            rowOf[name] = row
+            let start = Double(m.1)!, end = start + Double(m.2)!
+            XCTAssertGreaterThanOrEqual(start + 0.15, lastEnd[row] ?? 0, "\(name) overlaps the previous pass on rank \(row)")
+            lastEnd[row] = end
+        }
+        let expected = (0..<2).flatMap { s in (0..<4).flatMap { k in ["F", "I", "W"].map { "\(s)\($0)\(k)" } } }
+        XCTAssertEqual(Set(passes.keys), Set(expected), text)
+        XCTAssertTrue(passes.values.allSatisfy { $0 == 1 }, "\(passes)")
+        XCTAssertTrue(expected.allSatisfy { rowOf[$0] == Int(String($0.first!)) }, "\(rowOf)")
+        let configError = try launch(1, common + ["--set", "pipeline_timeline=x.svg", "--out-dir", temporaryDirectory("pp-timeline-bad")])
+        XCTAssertNotEqual(configError.status, 0)
+        XCTAssertTrue(configError.output.contains("pipeline_timeline"), configError.output)
+    }
+
     /// kill -9 of a stage mid-training: every rank stops (the neighbour's blocked receive does not
     /// hang), the killed rank is named, no orphans.
     func testKilledStageStopsTheJob() throws {

@@ -30,6 +30,13 @@ public final class PipelineRunner {
         /// Most micro-batches alive at once on this rank.
         public var peakLive: Int
         public var seconds: Double
+        /// When the step began on this host's monotonic clock (ns), which all processes of a host share.
+        public var startNanoseconds: UInt64 = 0
+
+        /// Seconds of compute passes (waits and the step's flush left out).
+        public var busySeconds: Double {
+            intervals.filter { $0.action.kind.isCompute && $0.action.kind != .step }.reduce(0) { $0 + $1.end - $1.start }
+        }
     }
 
     /// `group` is the pipeline group: its rank r runs the schedule's list r.
@@ -191,7 +198,31 @@ public final class PipelineRunner {
             }
         }
         let holdsLast = stages[schedule.stageCount - 1] != nil
-        return StepReport(loss: holdsLast ? lossSum / Float(schedule.microbatches) : nil, intervals: intervals, peakLive: peak, seconds: now())
+        return StepReport(loss: holdsLast ? lossSum / Float(schedule.microbatches) : nil, intervals: intervals, peakLive: peak, seconds: now(),
+                          startNanoseconds: start)
+    }
+
+    /// Every pipeline rank's intervals of one step (each rank passes its own report of the same step),
+    /// on one time axis from the earliest rank's start: the host's monotonic clock, exact for the ranks
+    /// of one host (across hosts the clocks' offset shifts a row). Collective over the pipeline group.
+    public func gatherIntervals(_ report: StepReport) throws -> [[PipelineInterval]] {
+        let longest = schedule.actions.map(\.count).max() ?? 0
+        var mine = [Int64(report.startNanoseconds)]
+        for i in report.intervals {
+            mine += [Int64(PipelineAction.Kind.allCases.firstIndex(of: i.action.kind)!), Int64(i.action.stage), Int64(i.action.microbatch),
+                     Int64(i.start * 1e9), Int64(i.end * 1e9)]
+        }
+        mine += Array(repeating: -1, count: 1 + longest * 5 - mine.count)
+        let all = try allgather(mine, group: group)
+        let origin = all.map { $0[0] }.min() ?? 0
+        return all.map { row in
+            let shift = Double(row[0] - origin) / 1e9
+            return stride(from: 1, to: row.count, by: 5).compactMap { i in
+                guard row[i] >= 0 else { return nil }
+                return PipelineInterval(action: PipelineAction(Int(row[i + 1]), PipelineAction.Kind.allCases[Int(row[i])], Int(row[i + 2])),
+                                        start: Double(row[i + 3]) / 1e9 + shift, end: Double(row[i + 4]) / 1e9 + shift)
+            }
+        }
     }
 
     /// Forward only (evaluation): the mean loss over `batches`, on every rank of the pipeline group.
