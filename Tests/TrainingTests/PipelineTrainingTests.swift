@@ -31,7 +31,7 @@ final class PipelineTrainingTests: XCTestCase {
     }
 
     /// Every schedule at pp 2 and pp 4 (oversubscribed: correctness only), m = p and 2p, equals one rank
-    /// accumulating the same micro-batches; dp 2 x pp 2 equals dp 2. Interleaved at pp 4 needs 8 layers
+    /// accumulating the same micro-batches, and so do two accumulated passes; dp 2 x pp 2 equals dp 2. Interleaved at pp 4 needs 8 layers
     /// (4 ranks x 2 chunks), so its reference has 8 too.
     func testEverySchedulesTrainingMatchesOneRank() throws {
         var references: [String: String] = [:]
@@ -53,6 +53,9 @@ final class PipelineTrainingTests: XCTestCase {
                 }
             }
         }
+        // Gradient accumulation: two pipeline passes of 2 micro-batches per step are one rank's 4.
+        try compare(try reference(4, layers: 4), try run("1f1b-p2-m2-accum2", 2, ["--set", "pipeline_parallel=2", "--set", "microbatches=2",
+                                                                                 "--set", "grad_accum=2"]), "pp 2, m 2, grad_accum 2")
         let dp2 = try run("dp2", 2, ["--set", "grad_accum=2"])
         try compare(dp2, try run("dp2-pp2", 4, ["--set", "pipeline_parallel=2", "--set", "microbatches=2", "--set", "verify_replicas=true"]), "dp 2 x pp 2")
     }
