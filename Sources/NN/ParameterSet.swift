@@ -28,7 +28,8 @@ public final class ParameterSet: @unchecked Sendable {
 
     public init(layout: Layout) {
         values = FloatBuffer(count: layout.totalCount)
-        gradients = FloatBuffer(count: layout.totalCount)
+        // Paged: ZeRO-2 hands back the pages of the pieces other ranks own.
+        gradients = FloatBuffer(pagedCount: layout.totalCount)
         var offset = 0
         var seen = Set<String>()
         for (name, shape) in layout.entries {

@@ -1,7 +1,14 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// Owns one 64-byte-aligned block of Float32. Tensors are views into it; nothing copies behind your back.
 public final class FloatBuffer: @unchecked Sendable {
     public let base: UnsafeMutablePointer<Float>
     public let count: Int
+    /// Mapped straight from the kernel (`init(pagedCount:)`): whole pages can be handed back.
+    public let isPaged: Bool
+    static let pageBytes = Int(sysconf(Int32(_SC_PAGESIZE)))
 
     /// Zero-filled storage for `count` floats.
     public init(count: Int) {
@@ -11,9 +18,55 @@ public final class FloatBuffer: @unchecked Sendable {
         base = raw.bindMemory(to: Float.self, capacity: max(count, 1))
         base.initialize(repeating: 0, count: max(count, 1))
         self.count = count
+        isPaged = false
     }
 
-    deinit { base.deallocate() }
+    /// Zero-filled storage mapped from the kernel, resident only where written: `zero(_:)` returns the
+    /// whole pages of a range, so a buffer of which a rank keeps a piece (ZeRO-2's gradients) costs
+    /// that piece in memory, not its length.
+    public init(pagedCount count: Int) {
+        precondition(count >= 0, "negative buffer size \(count)")
+        let bytes = Self.mappedBytes(count)
+        guard let raw = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), raw != MAP_FAILED else {
+            fatalError("mmap of \(bytes) bytes failed: \(String(cString: strerror(errno))) (out of address space)")
+        }
+        base = raw.bindMemory(to: Float.self, capacity: max(count, 1))
+        self.count = count
+        isPaged = true
+    }
+
+    static func mappedBytes(_ count: Int) -> Int {
+        (max(count, 1) * MemoryLayout<Float>.stride + pageBytes - 1) / pageBytes * pageBytes
+    }
+
+    deinit {
+        if isPaged { munmap(base, Self.mappedBytes(count)) } else { base.deallocate() }
+    }
+
+    /// Sets `range` to zero; in a paged buffer its whole pages go back to the kernel (they read as zero
+    /// and cost no memory until written again), the partial pages at its ends are cleared.
+    public func zero(_ range: Range<Int>) {
+        guard !range.isEmpty else { return }
+        precondition(range.lowerBound >= 0 && range.upperBound <= count, "range \(range) outside 0..<\(count)")
+        let floatsPerPage = Self.pageBytes / MemoryLayout<Float>.stride
+        let first = (range.lowerBound + floatsPerPage - 1) / floatsPerPage * floatsPerPage
+        let last = range.upperBound / floatsPerPage * floatsPerPage
+        guard isPaged, first < last else { return (base + range.lowerBound).update(repeating: 0, count: range.count) }
+        (base + range.lowerBound).update(repeating: 0, count: first - range.lowerBound)
+        (base + last).update(repeating: 0, count: range.upperBound - last)
+        // MADV_DONTNEED on private anonymous memory: the pages read back as zeros.
+        _ = madvise(UnsafeMutableRawPointer(base + first), (last - first) * MemoryLayout<Float>.stride, MADV_DONTNEED)
+    }
+
+    /// Bytes of the buffer's pages resident in memory right now (mincore), for paged buffers; the whole
+    /// length otherwise.
+    public var residentBytes: Int {
+        guard isPaged else { return count * MemoryLayout<Float>.stride }
+        let bytes = Self.mappedBytes(count), pages = bytes / Self.pageBytes
+        var vector = [UInt8](repeating: 0, count: pages)
+        guard mincore(UnsafeMutableRawPointer(base), bytes, &vector) == 0 else { return bytes }
+        return vector.reduce(0) { $0 + Int($1 & 1) } * Self.pageBytes
+    }
 
     public var buffer: UnsafeMutableBufferPointer<Float> { .init(start: base, count: count) }
 }

@@ -43,7 +43,7 @@ extension TrainConfig {
         ("allreduce_algorithm", "ring, tree, halving-doubling or auto (by message size)"),
         ("bucket_mb", "gradient bucket size in MiB: buckets are averaged while backward runs"),
         ("verify_replicas", "check after every step that all ranks hold bitwise-identical parameters"),
-        ("zero_stage", "1: optimizer state sharded across ranks (ZeRO-1); 0: off"),
+        ("zero_stage", "1: optimizer state sharded across data-parallel ranks (ZeRO-1); 2: gradients too (ZeRO-2); 0: off"),
         ("gradient_compression", "bf16: gradients travel as bfloat16; none: float32"),
         ("allreduce_tuning", "an alpha-beta table from allreduce-bench --tuning for auto (SWIFT_DDP_TUNING also sets it)"),
         ("tensor_parallel", "split each transformer block across this many ranks (Megatron; divides n_head and the world size)"),

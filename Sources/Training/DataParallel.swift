@@ -17,6 +17,11 @@ import Transport
 /// ends up with the averaged gradient of segment r of every bucket; it owns those pieces, keeps
 /// optimizer state only for them, updates them, and an allgather per bucket brings every rank the
 /// updated parameters (copies, so replicas stay bitwise identical).
+///
+/// ZeRO stage 2 (`shardGradients`): as stage 1, and once a bucket is reduce-scattered the rest of it
+/// (the other ranks' segments) is zeroed and its whole pages go back to the kernel (the gradient
+/// buffer is paged), so between steps a rank holds only its own pieces of the gradient; the full
+/// buffer is resident only while backward fills the buckets not yet sent.
 public final class DataParallel: @unchecked Sendable {
     public let group: ProcessGroup
     let parameters: ParameterSet
@@ -24,6 +29,7 @@ public final class DataParallel: @unchecked Sendable {
     /// Algorithm, wire format and tuning table of the gradient allreduces (set before the first step).
     private(set) var options: CollectiveOptions
     public let shardOptimizer: Bool
+    public let shardGradients: Bool
     /// Bucket ranges in the order they are communicated (from the end of the buffer).
     public let buckets: [Range<Int>]
     let condition = NSCondition()
@@ -36,12 +42,14 @@ public final class DataParallel: @unchecked Sendable {
     public private(set) var bucketsPerStep = 0
 
     public init(group: ProcessGroup, parameters: ParameterSet, bucketBytes: Int, options: CollectiveOptions,
-                shardOptimizer: Bool = false) {
+                shardOptimizer: Bool = false, shardGradients: Bool = false) {
+        precondition(!shardGradients || shardOptimizer, "ZeRO-2 shards the optimizer state too")
         self.group = group
         self.parameters = parameters
         bucketElements = max(1, bucketBytes / 4)
         self.options = options
         self.shardOptimizer = shardOptimizer
+        self.shardGradients = shardGradients
         buckets = bucketRanges(count: parameters.count, bucketElements: bucketElements)
         let thread = Thread { [self] in communicationLoop() }
         thread.name = "ddp-communication"
@@ -105,6 +113,7 @@ public final class DataParallel: @unchecked Sendable {
                 let slice = UnsafeMutableBufferPointer(rebasing: parameters.gradients.buffer[bucket])
                 if shardOptimizer {
                     try reduceScatter(slice, op: .average, wire: options.wire, group: group)
+                    if shardGradients { releaseOthersPieces(of: bucket) }
                 } else {
                     try allreduce(slice, op: .average, options: options, group: group)
                 }
@@ -128,6 +137,19 @@ public final class DataParallel: @unchecked Sendable {
             let piece = segmentRange(count: bucket.count, parts: group.worldSize, index: rank)
             return (bucket.lowerBound + piece.lowerBound)..<(bucket.lowerBound + piece.upperBound)
         }
+    }
+
+    /// ZeRO-2: the gradient of `bucket` outside this rank's piece is not needed any more.
+    func releaseOthersPieces(of bucket: Range<Int>) {
+        let piece = segmentRange(count: bucket.count, parts: group.worldSize, index: group.rank)
+        parameters.gradients.zero(bucket.lowerBound..<(bucket.lowerBound + piece.lowerBound))
+        parameters.gradients.zero((bucket.lowerBound + piece.upperBound)..<bucket.upperBound)
+    }
+
+    /// Zeroes the gradients before a step. ZeRO-2 hands the pages back too (they read as zero), so the
+    /// buffer costs memory only where backward writes before its bucket is sent.
+    public func zeroGradients() {
+        if shardGradients { parameters.gradients.zero(0..<parameters.count) } else { parameters.zeroGradients() }
     }
 
     /// After the owners updated their pieces: every rank gets every piece (float32: parameters are exact).

@@ -240,7 +240,8 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         try require(evalIters >= 1, .evalIters, "must be at least 1")
         try require(logInterval >= 1, .logInterval, "must be at least 1")
         try require(checkpointInterval >= 0, .checkpointInterval, "must not be negative (0: only at the end)")
-        try require([0, 1].contains(zeroStage), .zeroStage, "must be 0 (off) or 1 (optimizer state sharded), got \(zeroStage)")
+        try require([0, 1, 2].contains(zeroStage), .zeroStage,
+                    "must be 0 (off), 1 (optimizer state sharded) or 2 (gradients too), got \(zeroStage)")
         try require(gradientCompression == .float32 || [.ring, .auto].contains(allreduceAlgorithm), .gradientCompression,
                     "bf16 runs on the ring: set allreduce_algorithm to ring or auto (it is '\(allreduceAlgorithm.rawValue)')")
         try require(bucketMb > 0 && bucketMb <= 1024, .bucketMb, "must be in (0, 1024] MiB, got \(bucketMb)")
@@ -252,7 +253,7 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         if pipelineParallel > 1 || virtualStages > 1 {
             try require(model == .gpt, .pipelineParallel, "applies to the gpt model only (the mlp trains data-parallel)")
             try require(tensorParallel == 1, .pipelineParallel, "does not combine with tensor_parallel yet")
-            try require(zeroStage == 0, .zeroStage, "ZeRO-1 does not combine with pipeline_parallel yet")
+            try require(zeroStage == 0, .zeroStage, "ZeRO-\(zeroStage) does not combine with pipeline_parallel yet")
             do {
                 _ = try PipelineSchedule(pipelineSchedule, pipelineParallel: pipelineParallel, microbatches: microbatches, virtualStages: virtualStages)
                     .layerRanges(layers: nLayer)

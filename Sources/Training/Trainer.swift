@@ -73,7 +73,7 @@ public final class Trainer {
         dataParallel = groups.data.worldSize > 1
             ? DataParallel(group: groups.data, parameters: task.parameters, bucketBytes: Int(config.bucketMb * 1048576),
                            options: CollectiveOptions(algorithm: config.allreduceAlgorithm, wire: config.gradientCompression),
-                           shardOptimizer: config.zeroStage == 1)
+                           shardOptimizer: config.zeroStage >= 1, shardGradients: config.zeroStage >= 2)
             : nil
         let parameters = task.parameters
         let owned = dataParallel?.ownedRanges(of: groups.data.rank)
@@ -110,7 +110,8 @@ public final class Trainer {
         }
         log("batch: \(task.unitsPerMicroBatch) \(task.unitName) per micro-batch x \(config.gradAccum) accumulation steps x \(dataSize) \(tensor == nil ? "rank(s)" : "data-parallel rank(s)") = \(units) \(task.unitName) per step (global batch)")
         if let dataParallel {
-            let how = dataParallel.shardOptimizer ? "ZeRO-1 (reduce-scatter gradients, update own shard, allgather parameters)"
+            let how = dataParallel.shardGradients ? "ZeRO-2 (reduce-scatter gradients and keep only own pieces, update own shard, allgather parameters)"
+                    : dataParallel.shardOptimizer ? "ZeRO-1 (reduce-scatter gradients, update own shard, allgather parameters)"
                                                   : "allreduce \(config.allreduceAlgorithm.rawValue)"
             log("data parallel: \(dataSize) ranks, \(how), \(dataParallel.buckets.count) buckets of \(config.bucketMb) MiB, gradients averaged"
                 + (config.gradientCompression == .bfloat16 ? ", bf16 on the wire" : "") + "; step times logged are means over ranks")
@@ -159,6 +160,10 @@ public final class Trainer {
             let loss = try dataParallel.map { Float(try $0.average([Double(localLoss)])[0]) } ?? localLoss
             if config.verifyReplicas { try verifyReplicas() }
             if losses.isEmpty, let gpt = task as? GPTTask { logActivationMemory(gpt) }
+            if losses.isEmpty, let dataParallel, dataParallel.shardGradients {
+                let own = 4 * dataParallel.ownedRanges(of: groups.data.rank).reduce(0) { $0 + $1.count }
+                log("gradient memory after step 1: \(task.parameters.gradients.residentBytes) bytes resident of the \(4 * task.parameters.count)-byte gradient buffer (own pieces \(own) bytes; the rest went back to the kernel)")
+            }
             trainingSeconds += stepSeconds
             windowSeconds += stepSeconds
             windowExposed += exposed
@@ -234,7 +239,7 @@ public final class Trainer {
     func trainStep(learningRate: Float) throws -> (loss: Float, exposedSeconds: Double) {
         if let pipeline = task as? PipelineGPTTask { return try pipelineStep(pipeline, learningRate: learningRate) }
         let parameters = task.parameters
-        parameters.zeroGradients()
+        if let dataParallel { dataParallel.zeroGradients() } else { parameters.zeroGradients() }
         var total: Float = 0
         for micro in 0..<config.gradAccum {
             total += try task.trainingLoss(iteration: iteration, microStep: micro)
@@ -447,6 +452,32 @@ public final class Trainer {
                        tensor == nil ? "rank" : "data-parallel rank", r, buffers, owned, Double(buffers * owned * 4) / 1048576,
                        100 * Double(owned) / Double(max(task.sharding.fullCount, 1)), full))
         }
+        for r in 0..<dataSize {
+            let held = memoryHeld(dataRank: r)
+            log("memory: \(tensor == nil ? "rank" : "data-parallel rank") \(r) holds parameters \(held.parameters) + gradients \(held.gradients) + optimizer state \(held.optimizer) = \(held.total) bytes; ZeRO paper, stage \(config.zeroStage): \(held.formulaText)")
+        }
+    }
+
+    /// What a data-parallel rank keeps between steps, in bytes, beside the ZeRO paper's count for this
+    /// stage (Ψ this rank's parameters, N the data-parallel size, 4 bytes per float, Adam's two moments:
+    /// K = 8 bytes per parameter): DDP 16Ψ, stage 1 8Ψ + 8Ψ/N, stage 2 4Ψ + 12Ψ/N. Both count the
+    /// optimizer state the optimizer really has (SGD with momentum 4Ψ, without 0).
+    public func memoryHeld(dataRank r: Int) -> (parameters: Int, gradients: Int, optimizer: Int, total: Int, formula: Double, formulaText: String) {
+        let psi = task.parameters.count, n = dataSize
+        let owned = dataParallel?.ownedRanges(of: r).reduce(0) { $0 + $1.count } ?? psi
+        let stateBytesPerParameter = 4 * optimizer.state.count
+        let parameters = 4 * psi
+        let gradients = 4 * (config.zeroStage >= 2 && n > 1 ? owned : psi)
+        let state = stateBytesPerParameter * owned
+        let k = Double(stateBytesPerParameter), p = Double(psi), nn = Double(n)
+        let formula: Double, text: String
+        switch config.zeroStage {
+        case 0: formula = (8 + k) * p; text = "(4 + 4 + \(Int(k)))Ψ"
+        case 1: formula = 8 * p + k * p / nn; text = "8Ψ + \(Int(k))Ψ/N"
+        default: formula = 4 * p + (4 + k) * p / nn; text = "4Ψ + \(4 + Int(k))Ψ/N"
+        }
+        return (parameters, gradients, state, parameters + gradients + state, formula,
+                String(format: "%@ with Ψ = %d, N = %d: %.1f bytes", text, psi, n, formula))
     }
 
     /// The layout, and what one rank holds of the block weights (about 1/tensor_parallel of them).
