@@ -43,8 +43,11 @@ extension GPTConfiguration {
 /// TransformerBlock) and the vocabulary rows [first, first + localVocabulary) of the tied embedding/head
 /// (the vocabulary padded to a multiple of the group size); the logits stay split by vocabulary
 /// (vocabulary-parallel cross-entropy). `sharding` maps the shard to the full model.
-public final class GPT: Model {
+public final class GPT: Model, ParameterUnits {
     public let configuration: GPTConfiguration
+    /// ZeRO-3's engine, when parameters are sharded (unit 0 the embeddings, 1...layers the blocks, then
+    /// the final LayerNorm).
+    public weak var unitHooks: ParameterUnitHooks?
     public let parameters: ParameterSet
     public let parallel: TensorParallelism?
     public let sharding: ParameterSharding
@@ -94,6 +97,15 @@ public final class GPT: Model {
         }
         finalNorm = LayerNormLayer(parameters, "transformer.ln_f", hasBias: configuration.bias)
     }
+
+    /// Embeddings (wte, wpe), each block, the final LayerNorm: the layout's order.
+    public var parameterUnits: [Range<Int>] {
+        let starts = [0] + blocks.map { $0.ln1.weight.offset } + [finalNorm.weight.offset]
+        return (0..<starts.count).map { starts[$0]..<($0 + 1 < starts.count ? starts[$0 + 1] : parameters.count) }
+    }
+
+    /// The tied embedding/head and the final LayerNorm open backward and close forward.
+    public var rootUnits: Set<Int> { [0, configuration.layers + 1] }
 
     /// Which tensors are split and how (see ShardKind); with one rank everything is "replicated".
     static func sharding(_ parameters: ParameterSet, configuration: GPTConfiguration, rank: Int, size: Int) -> ParameterSharding {
@@ -168,6 +180,7 @@ public final class GPT: Model {
         self.tokens = tokens
         let c = configuration.embedding, rows = B * T
         var firstRow = 0
+        try unitHooks?.willUse(unit: 0, backward: false)
         if let parallel {
             vocabParallelEmbeddingForward(tokenEmbedding.value.data, ids: tokens, dim: c, first: firstToken, localRows: ownedTokens,
                                           into: partialRows.data)
@@ -180,11 +193,16 @@ public final class GPT: Model {
         }
         addPositions(into: residual[0].data, firstRow: firstRow, time: T)
         for (l, block) in blocks.enumerated() {
+            try unitHooks?.willUse(unit: l + 1, backward: false)
             try block.forward(residual[l].data, batch: B, time: T, into: residual[l + 1].data)
+            unitHooks?.doneUsing(unit: l + 1, backward: false)
         }
+        try unitHooks?.willUse(unit: configuration.layers + 1, backward: false)
         finalNorm.forward(residual[configuration.layers].data, rows: residual[0].shape[0], into: normOut.data)
         let headInput = try parallel?.gatherRows(normOut.data, rows: rows, width: c, full: normGathered.data) ?? UnsafePointer(normOut.data)
         gemm(.none, .transposed, m: rows, n: ownedTokens, k: c, a: headInput, b: tokenEmbedding.value.data, c: logits.data)
+        unitHooks?.doneUsing(unit: configuration.layers + 1, backward: false)
+        unitHooks?.doneUsing(unit: 0, backward: false)
         return logits
     }
 
@@ -210,6 +228,8 @@ public final class GPT: Model {
     public func backward(lossScale: Float, gradientsReady: (Int) -> Void) throws {
         let B = batchSize, T = time, rows = B * T, c = configuration.embedding, v = ownedTokens
         let local = residual[0].shape[0]
+        try unitHooks?.willUse(unit: configuration.layers + 1, backward: true)
+        try unitHooks?.willUse(unit: 0, backward: true)
         dLogits.fill(0)
         if parallel != nil { parallelHead.backward(lossScale: lossScale, into: dLogits.data) }
         else { head.backward(lossScale: lossScale, into: dLogits.data) }
@@ -226,11 +246,14 @@ public final class GPT: Model {
         var current = 0
         dResidual[current].fill(0)
         finalNorm.backward(residual[configuration.layers].data, dy: dNormOut.data, rows: local, dx: dResidual[current].data)
+        unitHooks?.doneUsing(unit: configuration.layers + 1, backward: true)
         gradientsReady(finalNorm.weight.offset)
         for l in stride(from: configuration.layers - 1, through: 0, by: -1) {
             let next = 1 - current
             dResidual[next].fill(0)
+            try unitHooks?.willUse(unit: l + 1, backward: true)
             try blocks[l].backward(residual[l].data, dy: dResidual[current].data, batch: B, time: T, dx: dResidual[next].data)
+            unitHooks?.doneUsing(unit: l + 1, backward: true)
             gradientsReady(blocks[l].ln1.weight.offset)
             current = next
         }
@@ -249,6 +272,7 @@ public final class GPT: Model {
             let position = positionEmbedding.gradient.data + ((firstRow + i) % T) * c
             add(position, dEmbedded + i * c, into: position, count: c)
         }
+        unitHooks?.doneUsing(unit: 0, backward: true)
         gradientsReady(0)
     }
 

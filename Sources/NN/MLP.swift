@@ -3,7 +3,7 @@ import Tensors
 /// A two-layer perceptron for classification: inputs -> hidden (ReLU or GELU) -> classes.
 /// Initialized as PyTorch's nn.Linear (U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases), so it
 /// can be compared with the PyTorch reference run for run.
-public final class MLP: Model {
+public final class MLP: Model, ParameterUnits {
     public enum Activation: String, Codable, Sendable { case relu, gelu }
 
     public let parameters: ParameterSet
@@ -15,6 +15,13 @@ public final class MLP: Model {
     var input: [Float] = []
     var preActivation = Tensor(zeros: [0]), activated = Tensor(zeros: [0]), logits = Tensor(zeros: [0])
     var dActivated = Tensor(zeros: [0]), dPre = Tensor(zeros: [0]), dLogits = Tensor(zeros: [0])
+
+    /// ZeRO-3's engine, when parameters are sharded: unit 0 is fc1, unit 1 fc2.
+    public weak var unitHooks: ParameterUnitHooks?
+    public var parameterUnits: [Range<Int>] { [0..<fc2.weight.offset, fc2.weight.offset..<parameters.count] }
+    /// fc2 ends forward and opens backward.
+    public var rootUnits: Set<Int> { [1] }
+    public func backwardUses(unit: Int) -> Bool { unit != 0 }
 
     /// Logits of the last forward, [rows, classes].
     public var lastLogits: Tensor { logits }
@@ -39,7 +46,7 @@ public final class MLP: Model {
     }
 
     /// Logits [rows, classes] for a batch (kept until the next forward).
-    public func logits(_ batch: ClassificationBatch) -> Tensor {
+    public func logits(_ batch: ClassificationBatch) throws -> Tensor {
         let rows = batch.rows
         precondition(batch.features.count == rows * inputs, "batch has \(batch.features.count) features, expected \(rows * inputs)")
         if logits.count != rows * classes {
@@ -49,31 +56,38 @@ public final class MLP: Model {
             dLogits = Tensor(zeros: [rows, classes])
         }
         input = batch.features
+        try unitHooks?.willUse(unit: 0, backward: false)
         fc1.forward(input, rows: rows, into: preActivation.data)
+        unitHooks?.doneUsing(unit: 0, backward: false)
         switch activation {
         case .relu: reluForward(preActivation.data, into: activated.data, count: rows * hidden)
         case .gelu: geluForward(preActivation.data, into: activated.data, count: rows * hidden)
         }
+        try unitHooks?.willUse(unit: 1, backward: false)
         fc2.forward(activated.data, rows: rows, into: logits.data)
+        unitHooks?.doneUsing(unit: 1, backward: false)
         return logits
     }
 
-    public func forward(_ batch: ClassificationBatch) -> Float {
-        let out = logits(batch)
+    public func forward(_ batch: ClassificationBatch) throws -> Float {
+        let out = try logits(batch)
         return head.forward(logits: out.data, targets: batch.labels, classes: classes)
     }
 
-    public func backward(lossScale: Float, gradientsReady: (Int) -> Void) {
+    public func backward(lossScale: Float, gradientsReady: (Int) -> Void) throws {
         let rows = head.targets.count
+        try unitHooks?.willUse(unit: 1, backward: true)
         dLogits.fill(0)
         head.backward(lossScale: lossScale, into: dLogits.data)
         dActivated.fill(0); dPre.fill(0)
         fc2.backward(activated.data, dy: dLogits.data, rows: rows, dx: dActivated.data)
+        unitHooks?.doneUsing(unit: 1, backward: true)
         gradientsReady(fc2.weight.offset)
         switch activation {
         case .relu: reluBackward(preActivation.data, dActivated.data, accumulatingInto: dPre.data, count: rows * hidden)
         case .gelu: geluBackward(preActivation.data, dActivated.data, accumulatingInto: dPre.data, count: rows * hidden)
         }
+        // fc1's input needs no gradient, so its weights are not needed here: no gather.
         fc1.backward(input, dy: dPre.data, rows: rows, dx: nil)
         gradientsReady(0)
     }

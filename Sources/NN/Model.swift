@@ -61,3 +61,31 @@ final class CrossEntropyHead {
                              accumulatingInto: dlogits, rows: targets.count, classes: classes)
     }
 }
+
+/// Fully sharded data parallelism (ZeRO-3, FSDP's `fully_shard` units): a model's parameters come in
+/// units, contiguous ranges of the flat buffer (a transformer block, the embeddings, a layer). The model
+/// announces each unit before it computes with its parameters and after; the engine behind the hooks
+/// gathers a unit's values before use (or has prefetched them) and may release them after.
+public protocol ParameterUnitHooks: AnyObject {
+    /// Returns once the unit's values are whole in the parameter buffer.
+    func willUse(unit: Int, backward: Bool) throws
+    /// The model is done with the unit's values for this pass.
+    func doneUsing(unit: Int, backward: Bool)
+}
+
+/// A model cut into parameter units for ZeRO-3.
+public protocol ParameterUnits: AnyObject {
+    /// The units' ranges of the flat parameter buffer, in forward order; together they cover it.
+    var parameterUnits: [Range<Int>] { get }
+    /// Units used at both ends of a step (FSDP's root: the tied embedding and head, the last layer),
+    /// which stay gathered from their forward to their backward.
+    var rootUnits: Set<Int> { get }
+    var unitHooks: ParameterUnitHooks? { get set }
+    /// Whether backward reads the unit's values (a first layer whose input needs no gradient does not),
+    /// so that prefetch in backward does not gather what nobody reads.
+    func backwardUses(unit: Int) -> Bool
+}
+
+public extension ParameterUnits {
+    func backwardUses(unit: Int) -> Bool { true }
+}

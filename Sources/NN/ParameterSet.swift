@@ -27,7 +27,8 @@ public final class ParameterSet: @unchecked Sendable {
     }
 
     public init(layout: Layout) {
-        values = FloatBuffer(count: layout.totalCount)
+        // Paged, as the gradients: ZeRO-3 hands back the pages of the pieces other ranks own.
+        values = FloatBuffer(pagedCount: layout.totalCount)
         // Paged: ZeRO-2 hands back the pages of the pieces other ranks own.
         gradients = FloatBuffer(pagedCount: layout.totalCount)
         var offset = 0

@@ -30,27 +30,60 @@ public final class DataParallel: @unchecked Sendable {
     private(set) var options: CollectiveOptions
     public let shardOptimizer: Bool
     public let shardGradients: Bool
+    /// ZeRO-3: parameters sharded too, by unit (ZeROThree.swift).
+    public let shardParameters: Bool
+    /// ZeRO-3's units (forward order), those kept gathered from forward to backward, and the rest of
+    /// its state; all guarded by `condition`.
+    let units: [Range<Int>]
+    let rootUnits: Set<Int>
+    /// Units whose values backward reads (prefetch in backward skips the others).
+    let backwardUnits: Set<Int>
+    let reshardAfterForward: Bool
+    /// Gathered units besides the roots and the one in use: how far prefetch runs ahead.
+    let prefetchDepth: Int
+    var unitState: [UnitState] = []
+    var pins = 0
+    /// Seconds the compute thread waited for a gather (exposed communication); compute thread only.
+    var gatherWaitSeconds = 0.0
+    var gathersPerStep = 0
+    /// Most units gathered at once (ZeRO-3), for the memory bound.
+    public internal(set) var peakGatheredUnits = 0
+    enum UnitState { case released, requested, gathered }
+    enum Job { case reduce(Range<Int>), gather(Int) }
     /// Bucket ranges in the order they are communicated (from the end of the buffer).
     public let buckets: [Range<Int>]
     let condition = NSCondition()
-    var queue: [Range<Int>] = []
+    var queue: [Job] = []
     var inFlight = 0
     var failure: Error?
     var stopping = false
-    /// Gradients at offsets >= boundary are already queued this step.
-    var boundary = 0
+    /// Buckets before this index (in communication order) are queued this step.
+    var nextBucket = 0
     public private(set) var bucketsPerStep = 0
 
+    /// `units` (ZeRO-3) shards the parameters too: its units become the buckets, each gathered before
+    /// use and released after (`reshardAfterForward`: also between forward and backward), with
+    /// `prefetchDepth` units gathered ahead on the communication thread.
     public init(group: ProcessGroup, parameters: ParameterSet, bucketBytes: Int, options: CollectiveOptions,
-                shardOptimizer: Bool = false, shardGradients: Bool = false) {
+                shardOptimizer: Bool = false, shardGradients: Bool = false, units: ParameterUnits? = nil,
+                reshardAfterForward: Bool = true, prefetchDepth: Int = 1) {
         precondition(!shardGradients || shardOptimizer, "ZeRO-2 shards the optimizer state too")
+        precondition(units == nil || shardGradients, "ZeRO-3 shards gradients and optimizer state too")
         self.group = group
         self.parameters = parameters
         bucketElements = max(1, bucketBytes / 4)
         self.options = options
         self.shardOptimizer = shardOptimizer
         self.shardGradients = shardGradients
-        buckets = bucketRanges(count: parameters.count, bucketElements: bucketElements)
+        shardParameters = units != nil
+        self.units = units?.parameterUnits ?? []
+        rootUnits = units?.rootUnits ?? []
+        backwardUnits = units.map { u in Set(u.parameterUnits.indices.filter { u.backwardUses(unit: $0) }) } ?? []
+        self.reshardAfterForward = reshardAfterForward
+        self.prefetchDepth = max(0, prefetchDepth)
+        // ZeRO-3 reduce-scatters each unit's gradient as one bucket once backward is through it.
+        buckets = units.map { $0.parameterUnits.reversed() } ?? bucketRanges(count: parameters.count, bucketElements: bucketElements)
+        unitState = Array(repeating: .gathered, count: self.units.count)
         let thread = Thread { [self] in communicationLoop() }
         thread.name = "ddp-communication"
         thread.start()
@@ -69,15 +102,15 @@ public final class DataParallel: @unchecked Sendable {
 
     /// Called before backward of the step's last micro-batch.
     public func beginStep() {
-        condition.lock(); boundary = parameters.count; bucketsPerStep = 0; condition.unlock()
+        condition.lock(); nextBucket = 0; bucketsPerStep = 0; condition.unlock()
     }
 
-    /// Backward's hook: gradients from `offset` to the end are final; queue every whole bucket.
+    /// Backward's hook: gradients from `offset` to the end are final; queue every bucket inside that.
     public func gradientsReady(from offset: Int) {
         condition.lock()
-        while boundary - offset >= bucketElements {
-            enqueue((boundary - bucketElements)..<boundary)
-            boundary -= bucketElements
+        while nextBucket < buckets.count && buckets[nextBucket].lowerBound >= offset {
+            enqueue(buckets[nextBucket])
+            nextBucket += 1
         }
         condition.unlock()
     }
@@ -87,15 +120,17 @@ public final class DataParallel: @unchecked Sendable {
         let start = Deadline.now()
         condition.lock()
         defer { condition.unlock() }
-        if boundary > 0 { enqueue(0..<boundary); boundary = 0 }
+        while nextBucket < buckets.count { enqueue(buckets[nextBucket]); nextBucket += 1 }
         while (inFlight > 0 || !queue.isEmpty) && failure == nil { condition.wait() }
         if let failure { throw failure }
+        // ZeRO-3: the update is about to change every piece, so nothing gathered stays valid.
+        if shardParameters && pins == 0 { for u in units.indices { release(u) } }
         return Deadline.now() - start
     }
 
     /// Caller holds the lock.
     private func enqueue(_ range: Range<Int>) {
-        queue.append(range)
+        queue.append(.reduce(range))
         bucketsPerStep += 1
         condition.broadcast()
     }
@@ -105,23 +140,29 @@ public final class DataParallel: @unchecked Sendable {
             condition.lock()
             while queue.isEmpty && !stopping { condition.wait() }
             if stopping { condition.unlock(); return }
-            let bucket = queue.removeFirst()
+            let job = queue.removeFirst()
             inFlight += 1
             condition.unlock()
             var error: Error?
             do {
-                let slice = UnsafeMutableBufferPointer(rebasing: parameters.gradients.buffer[bucket])
-                if shardOptimizer {
-                    try reduceScatter(slice, op: .average, wire: options.wire, group: group)
-                    if shardGradients { releaseOthersPieces(of: bucket) }
-                } else {
-                    try allreduce(slice, op: .average, options: options, group: group)
+                switch job {
+                case .reduce(let bucket):
+                    let slice = UnsafeMutableBufferPointer(rebasing: parameters.gradients.buffer[bucket])
+                    if shardOptimizer {
+                        try reduceScatter(slice, op: .average, wire: options.wire, group: group)
+                        if shardGradients { releaseOthersPieces(of: bucket, in: parameters.gradients) }
+                    } else {
+                        try allreduce(slice, op: .average, options: options, group: group)
+                    }
+                case .gather(let unit):
+                    try allgather(UnsafeMutableBufferPointer(rebasing: parameters.values.buffer[units[unit]]), group: group)
                 }
             } catch let e {
                 error = e
             }
             condition.lock()
             inFlight -= 1
+            if case .gather(let unit) = job, error == nil { unitState[unit] = .gathered }
             if let error, failure == nil { failure = error; queue.removeAll() }
             condition.broadcast()
             condition.unlock()
@@ -139,11 +180,11 @@ public final class DataParallel: @unchecked Sendable {
         }
     }
 
-    /// ZeRO-2: the gradient of `bucket` outside this rank's piece is not needed any more.
-    func releaseOthersPieces(of bucket: Range<Int>) {
+    /// ZeRO-2/3: `buffer`'s values in `bucket` outside this rank's piece are not needed any more.
+    func releaseOthersPieces(of bucket: Range<Int>, in buffer: FloatBuffer) {
         let piece = segmentRange(count: bucket.count, parts: group.worldSize, index: group.rank)
-        parameters.gradients.zero(bucket.lowerBound..<(bucket.lowerBound + piece.lowerBound))
-        parameters.gradients.zero((bucket.lowerBound + piece.upperBound)..<bucket.upperBound)
+        buffer.zero(bucket.lowerBound..<(bucket.lowerBound + piece.lowerBound))
+        buffer.zero((bucket.lowerBound + piece.upperBound)..<bucket.upperBound)
     }
 
     /// Zeroes the gradients before a step. ZeRO-2 hands the pages back too (they read as zero), so the
@@ -154,7 +195,7 @@ public final class DataParallel: @unchecked Sendable {
 
     /// After the owners updated their pieces: every rank gets every piece (float32: parameters are exact).
     public func gatherParameters() throws {
-        guard shardOptimizer else { return }
+        guard shardOptimizer && !shardParameters else { return }
         try gatherPieces(parameters.values.buffer)
     }
 

@@ -21,6 +21,12 @@ public protocol TrainingTask: AnyObject {
     func backward(lossScale: Float, gradientsReady: (Int) -> Void) throws
     /// Named evaluation figures (losses, accuracy) at `iteration` (collective under tensor parallelism).
     func evaluate(iteration: Int) throws -> [(name: String, value: Double)]
+    /// The model's parameter units, when it can be fully sharded (ZeRO-3).
+    var units: ParameterUnits? { get }
+}
+
+extension TrainingTask {
+    public var units: ParameterUnits? { nil }
 }
 
 /// nanoGPT's character-level Shakespeare: random windows from the train split, eval on both splits.
@@ -48,6 +54,7 @@ public final class GPTTask: TrainingTask {
         model.configuration.trainingFLOPs(batch: config.batchSize, time: config.blockSize) / Double(model.sharding.size)
     }
     public var unitName: String { "tokens" }
+    public var units: ParameterUnits? { model.parallel == nil ? model : nil }
     public func initialize(seed: UInt64) { model.initialize(seed: seed) }
 
     /// Each rank draws its own independent batch stream, a pure function of (seed, rank, iteration,
@@ -108,12 +115,13 @@ public final class MLPTask: TrainingTask {
     /// 6 x parameters x samples (forward 2, backward 4 per weight and sample).
     public var flopsPerMicroBatch: Double { 6 * Double(parameters.count) * Double(config.batchSize) }
     public var unitName: String { "samples" }
+    public var units: ParameterUnits? { model }
     /// Micro-batches per epoch on this rank (the last one may be short).
     public var batchesPerEpoch: Int { (train.count / worldSize + config.batchSize - 1) / config.batchSize }
 
     public func initialize(seed: UInt64) { model.initialize(seed: seed) }
 
-    public func trainingLoss(iteration: Int, microStep: Int) -> Float {
+    public func trainingLoss(iteration: Int, microStep: Int) throws -> Float {
         let global = iteration * config.gradAccum + microStep
         let epoch = global / batchesPerEpoch, position = global % batchesPerEpoch
         if epoch != shardEpoch {
@@ -122,17 +130,17 @@ public final class MLPTask: TrainingTask {
         }
         let start = position * config.batchSize
         let (features, labels) = train.gather(shard[start..<min(start + config.batchSize, shard.count)])
-        return model.forward(ClassificationBatch(features: features, labels: labels))
+        return try model.forward(ClassificationBatch(features: features, labels: labels))
     }
 
-    public func backward(lossScale: Float, gradientsReady: (Int) -> Void) {
-        model.backward(lossScale: lossScale, gradientsReady: gradientsReady)
+    public func backward(lossScale: Float, gradientsReady: (Int) -> Void) throws {
+        try model.backward(lossScale: lossScale, gradientsReady: gradientsReady)
     }
 
-    public func evaluate(iteration: Int) -> [(name: String, value: Double)] {
+    public func evaluate(iteration: Int) throws -> [(name: String, value: Double)] {
         let batch = heldOutBatch
         let labels = batch.labels
-        let loss = model.forward(batch)
+        let loss = try model.forward(batch)
         let logits = model.lastLogits
         var correct = 0
         for r in 0..<labels.count {

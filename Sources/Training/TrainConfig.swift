@@ -65,6 +65,8 @@ public struct TrainConfig: Codable, Sendable, Equatable {
     public var verifyReplicas = false
     /// 1: ZeRO stage 1, optimizer state sharded across ranks (reduce-scatter, shard update, allgather).
     public var zeroStage = 0
+    /// ZeRO-3: release a unit's gathered parameters after its forward (gather again for backward).
+    public var reshardAfterForward = true
     /// bf16 ("bf16"): gradients travel as bfloat16 (ring), accumulated in float32; "none": float32.
     public var gradientCompression = WireFormat.float32
     /// A tuning table from allreduce-bench --tuning: `auto` then picks by its fitted alpha-beta model.
@@ -99,6 +101,7 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         case evalInterval = "eval_interval", evalIters = "eval_iters", logInterval = "log_interval"
         case checkpointInterval = "checkpoint_interval"
         case allreduceAlgorithm = "allreduce_algorithm", bucketMb = "bucket_mb", verifyReplicas = "verify_replicas"
+        case reshardAfterForward = "reshard_after_forward"
         case zeroStage = "zero_stage", gradientCompression = "gradient_compression", allreduceTuning = "allreduce_tuning"
         case tensorParallel = "tensor_parallel", sequenceParallel = "sequence_parallel"
         case pipelineParallel = "pipeline_parallel", pipelineSchedule = "pipeline_schedule", microbatches, virtualStages = "virtual_stages"
@@ -127,6 +130,7 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         try take(.evalInterval, &evalInterval); try take(.evalIters, &evalIters); try take(.logInterval, &logInterval)
         try take(.checkpointInterval, &checkpointInterval)
         try take(.allreduceAlgorithm, &allreduceAlgorithm); try take(.bucketMb, &bucketMb); try take(.verifyReplicas, &verifyReplicas)
+        try take(.reshardAfterForward, &reshardAfterForward)
         try take(.zeroStage, &zeroStage); try take(.gradientCompression, &gradientCompression)
         try take(.allreduceTuning, &allreduceTuning)
         try take(.tensorParallel, &tensorParallel); try take(.sequenceParallel, &sequenceParallel)
@@ -240,8 +244,9 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         try require(evalIters >= 1, .evalIters, "must be at least 1")
         try require(logInterval >= 1, .logInterval, "must be at least 1")
         try require(checkpointInterval >= 0, .checkpointInterval, "must not be negative (0: only at the end)")
-        try require([0, 1, 2].contains(zeroStage), .zeroStage,
-                    "must be 0 (off), 1 (optimizer state sharded) or 2 (gradients too), got \(zeroStage)")
+        try require([0, 1, 2, 3].contains(zeroStage), .zeroStage,
+                    "must be 0 (off), 1 (optimizer state sharded), 2 (gradients too) or 3 (parameters too), got \(zeroStage)")
+        try require(zeroStage < 3 || tensorParallel == 1, .zeroStage, "ZeRO-3 does not combine with tensor_parallel yet")
         try require(gradientCompression == .float32 || [.ring, .auto].contains(allreduceAlgorithm), .gradientCompression,
                     "bf16 runs on the ring: set allreduce_algorithm to ring or auto (it is '\(allreduceAlgorithm.rawValue)')")
         try require(bucketMb > 0 && bucketMb <= 1024, .bucketMb, "must be in (0, 1024] MiB, got \(bucketMb)")

@@ -73,8 +73,10 @@ public final class Trainer {
         dataParallel = groups.data.worldSize > 1
             ? DataParallel(group: groups.data, parameters: task.parameters, bucketBytes: Int(config.bucketMb * 1048576),
                            options: CollectiveOptions(algorithm: config.allreduceAlgorithm, wire: config.gradientCompression),
-                           shardOptimizer: config.zeroStage >= 1, shardGradients: config.zeroStage >= 2)
+                           shardOptimizer: config.zeroStage >= 1, shardGradients: config.zeroStage >= 2,
+                           units: config.zeroStage >= 3 ? task.units : nil, reshardAfterForward: config.reshardAfterForward)
             : nil
+        if let dataParallel, dataParallel.shardParameters { task.units?.unitHooks = dataParallel }
         let parameters = task.parameters
         let owned = dataParallel?.ownedRanges(of: groups.data.rank)
         switch config.optimizer {
@@ -110,10 +112,11 @@ public final class Trainer {
         }
         log("batch: \(task.unitsPerMicroBatch) \(task.unitName) per micro-batch x \(config.gradAccum) accumulation steps x \(dataSize) \(tensor == nil ? "rank(s)" : "data-parallel rank(s)") = \(units) \(task.unitName) per step (global batch)")
         if let dataParallel {
-            let how = dataParallel.shardGradients ? "ZeRO-2 (reduce-scatter gradients and keep only own pieces, update own shard, allgather parameters)"
+            let how = dataParallel.shardParameters ? "ZeRO-3 (parameters, gradients and optimizer state sharded by unit: \(dataParallel.buckets.count) units, each gathered before use with the next one prefetched, released after\(config.reshardAfterForward ? " forward and after backward" : " backward"); gradients reduce-scattered per unit)"
+                    : dataParallel.shardGradients ? "ZeRO-2 (reduce-scatter gradients and keep only own pieces, update own shard, allgather parameters)"
                     : dataParallel.shardOptimizer ? "ZeRO-1 (reduce-scatter gradients, update own shard, allgather parameters)"
                                                   : "allreduce \(config.allreduceAlgorithm.rawValue)"
-            log("data parallel: \(dataSize) ranks, \(how), \(dataParallel.buckets.count) buckets of \(config.bucketMb) MiB, gradients averaged"
+            log("data parallel: \(dataSize) ranks, \(how), \(dataParallel.buckets.count) \(dataParallel.shardParameters ? "buckets (one per unit)" : "buckets of \(config.bucketMb) MiB"), gradients averaged"
                 + (config.gradientCompression == .bfloat16 ? ", bf16 on the wire" : "") + "; step times logged are means over ranks")
         }
         log("training \(maxIterations) iterations from iteration \(iteration), optimizer \(config.optimizer.rawValue)")
@@ -136,6 +139,7 @@ public final class Trainer {
                 // takes part in writing the best checkpoint (ZeRO gathers the optimizer state).
                 var improved: Int64 = 0
                 // Tensor parallelism: the whole tensor-parallel group of rank 0 runs the (collective) forward.
+                try dataParallel?.pinParameters()
                 let figures = groups.data.rank == 0 ? try task.evaluate(iteration: iteration) : []
                 if rank == 0 {
                     evaluations.append((iteration, figures))
@@ -149,6 +153,7 @@ public final class Trainer {
                 }
                 if worldSize > 1 { improved = try broadcast([improved], root: 0, group: groups.world)[0] }
                 if improved == 1 { try saveCheckpoint(to: bestCheckpointPath, reason: String(format: "best validation so far, %.4f", bestValidation)) }
+                dataParallel?.unpinParameters()
             }
             if iteration >= maxIterations { break }
             let lr = schedule.learningRate(at: iteration)
@@ -163,6 +168,10 @@ public final class Trainer {
             if losses.isEmpty, let dataParallel, dataParallel.shardGradients {
                 let own = 4 * dataParallel.ownedRanges(of: groups.data.rank).reduce(0) { $0 + $1.count }
                 log("gradient memory after step 1: \(task.parameters.gradients.residentBytes) bytes resident of the \(4 * task.parameters.count)-byte gradient buffer (own pieces \(own) bytes; the rest went back to the kernel)")
+                if dataParallel.shardParameters {
+                    let largest = dataParallel.units.map(\.count).max() ?? 0
+                    log("parameter memory after step 1: \(task.parameters.values.residentBytes) bytes resident of the \(4 * task.parameters.count)-byte parameter buffer (own pieces \(own) bytes); at most \(dataParallel.peakGatheredUnits) of \(dataParallel.units.count) units were gathered at once (largest unit \(4 * largest) bytes)")
+                }
             }
             trainingSeconds += stepSeconds
             windowSeconds += stepSeconds
@@ -251,6 +260,7 @@ public final class Trainer {
             }
         }
         var exposed = try dataParallel?.finishStep() ?? 0
+        if let dataParallel, dataParallel.shardParameters { exposed += dataParallel.takeGatherCounters().seconds }
         // The global gradient norm is the same number on every rank (gradients are averaged first, and
         // sharded pieces are summed over the groups that split them), so every rank takes the same decision.
         let start = monotonicSeconds()
@@ -372,6 +382,9 @@ public final class Trainer {
     /// Data-parallel replicas hold bitwise-identical parameters, and so do the replicated tensors
     /// (LayerNorms, position embedding, row-parallel biases) of a tensor-parallel group.
     func verifyReplicas() throws {
+        // ZeRO-3: the gathered whole model must be the same on every rank.
+        try dataParallel?.pinParameters()
+        defer { dataParallel?.unpinParameters() }
         try dataParallel?.verifyReplicas(iteration: iteration)
         guard let tensor else { return }
         let replicated = task.sharding.replicatedRanges
@@ -438,7 +451,10 @@ public final class Trainer {
             resumedParameters = nil; resumedState = nil
         }
         guard worldSize > 1 else { return }
-        if let dataParallel { try broadcast(task.parameters.values.buffer, root: 0, group: dataParallel.group) }
+        if let dataParallel {
+            try broadcast(task.parameters.values.buffer, root: 0, group: dataParallel.group)
+            dataParallel.shardParametersNow()
+        }
     }
 
     /// One line per data-parallel rank: optimizer state floats and MiB (ZeRO-1 divides it by the
@@ -466,7 +482,7 @@ public final class Trainer {
         let psi = task.parameters.count, n = dataSize
         let owned = dataParallel?.ownedRanges(of: r).reduce(0) { $0 + $1.count } ?? psi
         let stateBytesPerParameter = 4 * optimizer.state.count
-        let parameters = 4 * psi
+        let parameters = 4 * (config.zeroStage >= 3 && n > 1 ? owned : psi)
         let gradients = 4 * (config.zeroStage >= 2 && n > 1 ? owned : psi)
         let state = stateBytesPerParameter * owned
         let k = Double(stateBytesPerParameter), p = Double(psi), nn = Double(n)
@@ -474,7 +490,8 @@ public final class Trainer {
         switch config.zeroStage {
         case 0: formula = (8 + k) * p; text = "(4 + 4 + \(Int(k)))Ψ"
         case 1: formula = 8 * p + k * p / nn; text = "8Ψ + \(Int(k))Ψ/N"
-        default: formula = 4 * p + (4 + k) * p / nn; text = "4Ψ + \(4 + Int(k))Ψ/N"
+        case 2: formula = 4 * p + (4 + k) * p / nn; text = "4Ψ + \(4 + Int(k))Ψ/N"
+        default: formula = (8 + k) * p / nn; text = "\(8 + Int(k))Ψ/N"
         }
         return (parameters, gradients, state, parameters + gradients + state, formula,
                 String(format: "%@ with Ψ = %d, N = %d: %.1f bytes", text, psi, n, formula))
@@ -521,6 +538,8 @@ public final class Trainer {
     /// overwritten by a broken one.
     public func saveCheckpoint(to path: String? = nil, reason: String = "requested") throws {
         let path = path ?? checkpointPath
+        try dataParallel?.pinParameters()
+        defer { dataParallel?.unpinParameters() }
         var state: [(name: String, buffer: FloatBuffer)] = optimizer.state
         if let dataParallel, dataParallel.shardOptimizer {
             state = try state.map { ($0.name, try dataParallel.gatherState($0.buffer)) }

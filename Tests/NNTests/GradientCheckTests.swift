@@ -147,7 +147,7 @@ final class GradientCheckTests: XCTestCase {
             var rng = SeededRandom(seed: 4)
             let batch = ClassificationBatch(features: (0..<36).map { _ in rng.nextNormal() },
                                             labels: [0, 3, 2])
-            try checkGradients(mlp.parameters, loss: { Double(mlp.forward(batch)) }, backward: { try mlp.backward(lossScale: 1) })
+            try checkGradients(mlp.parameters, loss: { Double(try mlp.forward(batch)) }, backward: { try mlp.backward(lossScale: 1) })
         }
     }
 }

@@ -199,7 +199,7 @@ final class TrainingTests: XCTestCase {
         let sgd = SGD(mlp.parameters, momentum: 0.9)
         for _ in 0..<300 {
             mlp.parameters.zeroGradients()
-            loss = mlp.forward(ClassificationBatch(features: features, labels: labels))
+            loss = try mlp.forward(ClassificationBatch(features: features, labels: labels))
             try mlp.backward(lossScale: 1)
             sgd.step(learningRate: 0.05)
         }
@@ -213,12 +213,12 @@ final class TrainingTests: XCTestCase {
         var rng = SeededRandom(seed: 6)
         let features = (0..<48).map { _ in rng.nextNormal() }, labels = (0..<8).map { _ in Int32(rng.nextInt(below: 3)) }
         mlp.parameters.zeroGradients()
-        _ = mlp.forward(ClassificationBatch(features: features, labels: labels))
+        _ = try mlp.forward(ClassificationBatch(features: features, labels: labels))
         try mlp.backward(lossScale: 1)
         let whole = Array(mlp.parameters.gradients.buffer)
         mlp.parameters.zeroGradients()
         for half in 0..<2 {
-            _ = mlp.forward(ClassificationBatch(features: Array(features[(half * 24)..<(half * 24 + 24)]),
+            _ = try mlp.forward(ClassificationBatch(features: Array(features[(half * 24)..<(half * 24 + 24)]),
                                                 labels: Array(labels[(half * 4)..<(half * 4 + 4)])))
             try mlp.backward(lossScale: 0.5)
         }
