@@ -140,7 +140,13 @@ public final class GPT: Model, ParameterUnits {
         sharding.scatter(full: full.values.base, into: parameters.values.base)
     }
 
-    static func initialize(_ parameters: ParameterSet, layers: Int, seed: UInt64) {
+    /// Without tensor parallelism (the only layout ZeRO-3 takes).
+    public func initialize(seed: UInt64, written: (Int) -> Void) {
+        precondition(parallel == nil, "unit-by-unit initialization is for the unsharded model")
+        GPT.initialize(parameters, layers: configuration.layers, seed: seed, written: written)
+    }
+
+    static func initialize(_ parameters: ParameterSet, layers: Int, seed: UInt64, written: (Int) -> Void = { _ in }) {
         var rng = SeededRandom(seed: seed)
         let residualStd = 0.02 / Float(2 * layers).squareRoot()
         for p in parameters.parameters {
@@ -153,6 +159,7 @@ public final class GPT: Model, ParameterUnits {
             } else {
                 p.value.fillNormal(std: 0.02, using: &rng)
             }
+            written(p.offset + p.value.count)
         }
     }
 

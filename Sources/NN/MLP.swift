@@ -36,12 +36,15 @@ public final class MLP: Model, ParameterUnits {
         self.inputs = inputs; self.hidden = hidden; self.classes = classes; self.activation = activation
     }
 
-    public func initialize(seed: UInt64) {
+    public func initialize(seed: UInt64) { initialize(seed: seed, written: { _ in }) }
+
+    public func initialize(seed: UInt64, written: (Int) -> Void) {
         var rng = SeededRandom(seed: seed)
         for layer in [fc1, fc2] {
             let bound = 1 / Float(layer.inFeatures).squareRoot()
             layer.weight.value.fillUniform(bound: bound, using: &rng)
             layer.bias!.value.fillUniform(bound: bound, using: &rng)
+            written(layer.bias!.offset + layer.bias!.value.count)
         }
     }
 

@@ -84,6 +84,10 @@ public protocol ParameterUnits: AnyObject {
     /// Whether backward reads the unit's values (a first layer whose input needs no gradient does not),
     /// so that prefetch in backward does not gather what nobody reads.
     func backwardUses(unit: Int) -> Bool
+    /// Draws the initial parameters from `seed` as `initialize(seed:)` does, calling `written(offset)`
+    /// whenever every value below `offset` is final, so ZeRO-3 can keep only its pieces unit by unit
+    /// instead of holding the whole model at once.
+    func initialize(seed: UInt64, written: (Int) -> Void)
 }
 
 public extension ParameterUnits {

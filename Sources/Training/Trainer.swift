@@ -49,6 +49,8 @@ public final class Trainer {
     /// Pipeline passes since the last progress line: this rank's compute seconds and pass seconds.
     var pipelineWindow = (busy: 0.0, seconds: 0.0)
     var lastPipelineReport: PipelineRunner.StepReport?
+    /// ZeRO-3: CRC-32C of the whole model as this rank drew it (it keeps only its pieces).
+    var initialChecksum: UInt32?
 
     /// With a group of more than one rank the trainer runs data-parallel: rank 0's initial parameters
     /// are broadcast, gradients are averaged in buckets during backward, and only rank 0 evaluates,
@@ -93,7 +95,11 @@ public final class Trainer {
         } else {
             maxIterations = config.maxIters
         }
-        task.initialize(seed: config.seed)
+        if let dataParallel, dataParallel.shardParameters, let units = task.units {
+            initialChecksum = dataParallel.initializeSharded(units, seed: config.seed)
+        } else {
+            task.initialize(seed: config.seed)
+        }
     }
 
     /// Runs from the current iteration to the end.
@@ -139,8 +145,10 @@ public final class Trainer {
                 // takes part in writing the best checkpoint (ZeRO gathers the optimizer state).
                 var improved: Int64 = 0
                 // Tensor parallelism: the whole tensor-parallel group of rank 0 runs the (collective) forward.
-                try dataParallel?.pinParameters()
-                let figures = groups.data.rank == 0 ? try task.evaluate(iteration: iteration) : []
+                // ZeRO-3: every rank runs the evaluation forward (its units are gathered one at a time,
+                // collectively); the others drop the figures.
+                let everyRankEvaluates = dataParallel?.shardParameters ?? false
+                let figures = groups.data.rank == 0 || everyRankEvaluates ? try task.evaluate(iteration: iteration) : []
                 if rank == 0 {
                     evaluations.append((iteration, figures))
                     log("eval \(iteration): " + figures.map { "\($0.name) \(String(format: "%.4f", $0.value))" }.joined(separator: ", "))
@@ -153,7 +161,6 @@ public final class Trainer {
                 }
                 if worldSize > 1 { improved = try broadcast([improved], root: 0, group: groups.world)[0] }
                 if improved == 1 { try saveCheckpoint(to: bestCheckpointPath, reason: String(format: "best validation so far, %.4f", bestValidation)) }
-                dataParallel?.unpinParameters()
             }
             if iteration >= maxIterations { break }
             let lr = schedule.learningRate(at: iteration)
@@ -228,6 +235,10 @@ public final class Trainer {
         if let dataParallel {
             let means = try dataParallel.average([trainingSeconds, totalExposed])
             trainingSeconds = means[0]; totalExposed = means[1]
+        }
+        if worldSize > 1 {
+            let peaks = try allgather([Int64(peakResidentMiB() * 1024)], group: groups.world).map { Int(($0[0] + 512) / 1024) }
+            log("peak RSS per rank, MiB: \(peaks)")
         }
         let summary = TrainSummary(iterations: losses.count, seconds: seconds, losses: losses,
                                    evaluations: evaluations.map { ($0.0, $0.1.map { (name: $0.0, value: $0.1) }) },
@@ -452,6 +463,14 @@ public final class Trainer {
         }
         guard worldSize > 1 else { return }
         if let dataParallel {
+            if let initialChecksum, !resumed {
+                // ZeRO-3: every rank drew the model from the seed and kept its pieces; broadcasting it
+                // would put the whole model in every rank's memory, so the ranks compare what they drew.
+                if let r = try firstRankDiffering(initialChecksum, group: dataParallel.group) {
+                    throw TrainingError("data-parallel rank \(r) drew a different initial model than rank 0 (CRC-32C mismatch)")
+                }
+                return
+            }
             try broadcast(task.parameters.values.buffer, root: 0, group: dataParallel.group)
             dataParallel.shardParametersNow()
         }

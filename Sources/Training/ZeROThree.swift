@@ -1,4 +1,5 @@
 import Collectives
+import CShims
 import Foundation
 import NN
 import Tensors
@@ -86,6 +87,25 @@ extension DataParallel: ParameterUnitHooks {
         condition.lock()
         defer { condition.unlock() }
         for u in units.indices { release(u) }
+    }
+
+    /// Draws the model unit by unit, keeping only this rank's pieces of each as soon as it is complete
+    /// (every rank draws the same values from the same seed, so nothing is sent). Returns a CRC-32C of
+    /// the whole model as drawn, for the ranks to compare.
+    public func initializeSharded(_ model: ParameterUnits, seed: UInt64) -> UInt32 {
+        var next = 0
+        var crc: UInt32 = 0
+        model.initialize(seed: seed) { offset in
+            while next < units.count && units[next].upperBound <= offset {
+                crc = ddp_crc32c(crc, parameters.values.base + units[next].lowerBound, units[next].count * 4)
+                condition.lock()
+                unitState[next] = .gathered
+                release(next)
+                condition.unlock()
+                next += 1
+            }
+        }
+        return crc
     }
 
     /// Exposed gather wait since the last call, and the gathers issued.
