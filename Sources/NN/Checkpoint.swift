@@ -98,8 +98,18 @@ public struct LoadedCheckpoint {
     public let metadata: [String: String]
     public let tensors: [String: (shape: [Int], values: [Float])]
 
+    /// A checkpoint file, or a sharded checkpoint's directory (assembled into the same tensors).
     public init(path: String) throws {
+        if ShardedCheckpoint.isSharded(path) {
+            let (metadata, tensors) = try ShardedCheckpoint.load(path)
+            self.init(path: path, metadata: metadata, tensors: tensors)
+            return
+        }
         try self.init(data: try readCheckpointFile(path), path: path)
+    }
+
+    init(path: String, metadata: [String: String], tensors: [String: (shape: [Int], values: [Float])]) {
+        self.path = path; self.metadata = metadata; self.tensors = tensors
     }
 
     /// Verifies and decodes checkpoint bytes; `path` only names them in errors.

@@ -22,6 +22,7 @@ public struct TrainConfig: Codable, Sendable, Equatable {
     public enum Activation: String, Codable, Sendable { case relu, gelu }
     /// What a step with a non-finite gradient norm does: stop with an error (default) or skip the update.
     public enum NonFinitePolicy: String, Codable, Sendable { case stop, skip }
+    public enum CheckpointFormat: String, Codable, Sendable { case single, sharded }
 
     public var model: ModelKind = .gpt
     public var dataset: DatasetKind = .shakespeare
@@ -59,6 +60,8 @@ public struct TrainConfig: Codable, Sendable, Equatable {
     public var evalIters = 20
     public var logInterval = 10
     public var checkpointInterval = 0
+    /// single: one safetensors file (rank 0 gathers it); sharded: every rank writes its pieces.
+    public var checkpointFormat = CheckpointFormat.single
     // Data parallelism
     public var allreduceAlgorithm = AllreduceAlgorithm.auto
     public var bucketMb: Double = 1.0
@@ -99,7 +102,7 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         case lrDecayIters = "lr_decay_iters", decayLr = "decay_lr", beta1, beta2, weightDecay = "weight_decay"
         case momentum, gradClip = "grad_clip", onNonfinite = "on_nonfinite"
         case evalInterval = "eval_interval", evalIters = "eval_iters", logInterval = "log_interval"
-        case checkpointInterval = "checkpoint_interval"
+        case checkpointInterval = "checkpoint_interval", checkpointFormat = "checkpoint_format"
         case allreduceAlgorithm = "allreduce_algorithm", bucketMb = "bucket_mb", verifyReplicas = "verify_replicas"
         case reshardAfterForward = "reshard_after_forward"
         case zeroStage = "zero_stage", gradientCompression = "gradient_compression", allreduceTuning = "allreduce_tuning"
@@ -128,7 +131,7 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         try take(.beta1, &beta1); try take(.beta2, &beta2); try take(.weightDecay, &weightDecay)
         try take(.momentum, &momentum); try take(.gradClip, &gradClip); try take(.onNonfinite, &onNonfinite)
         try take(.evalInterval, &evalInterval); try take(.evalIters, &evalIters); try take(.logInterval, &logInterval)
-        try take(.checkpointInterval, &checkpointInterval)
+        try take(.checkpointInterval, &checkpointInterval); try take(.checkpointFormat, &checkpointFormat)
         try take(.allreduceAlgorithm, &allreduceAlgorithm); try take(.bucketMb, &bucketMb); try take(.verifyReplicas, &verifyReplicas)
         try take(.reshardAfterForward, &reshardAfterForward)
         try take(.zeroStage, &zeroStage); try take(.gradientCompression, &gradientCompression)
@@ -146,6 +149,7 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         case is OptimizerKind.Type: return "one of \(["adamw", "sgd"])"
         case is Activation.Type: return "one of \(["relu", "gelu"])"
         case is NonFinitePolicy.Type: return "one of \(["stop", "skip"])"
+        case is CheckpointFormat.Type: return "one of \(["single", "sharded"])"
         case is AllreduceAlgorithm.Type: return "one of \(AllreduceAlgorithm.allCases.map(\.rawValue))"
         case is WireFormat.Type: return "one of \(WireFormat.allCases.map(\.rawValue))"
         case is PipelineScheduleKind.Type: return "one of \(PipelineScheduleKind.allCases.map(\.rawValue))"
@@ -247,6 +251,8 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         try require([0, 1, 2, 3].contains(zeroStage), .zeroStage,
                     "must be 0 (off), 1 (optimizer state sharded), 2 (gradients too) or 3 (parameters too), got \(zeroStage)")
         try require(zeroStage < 3 || tensorParallel == 1, .zeroStage, "ZeRO-3 does not combine with tensor_parallel yet")
+        try require(checkpointFormat == .single || (tensorParallel == 1 && pipelineParallel == 1), .checkpointFormat,
+                    "sharded checkpoints are written by data-parallel ranks: not with tensor_parallel or pipeline_parallel yet")
         try require(gradientCompression == .float32 || [.ring, .auto].contains(allreduceAlgorithm), .gradientCompression,
                     "bf16 runs on the ring: set allreduce_algorithm to ring or auto (it is '\(allreduceAlgorithm.rawValue)')")
         try require(bucketMb > 0 && bucketMb <= 1024, .bucketMb, "must be in (0, 1024] MiB, got \(bucketMb)")

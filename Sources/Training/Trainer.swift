@@ -40,9 +40,11 @@ public final class Trainer {
     var tensor: GroupCommunicator? { groups.tensor }
     let log: (String) -> Void
 
-    public var checkpointPath: String { config.outDir + "/ckpt.safetensors" }
+    public var checkpointPath: String { config.outDir + (config.checkpointFormat == .sharded ? "/ckpt.sharded" : "/ckpt.safetensors") }
     /// The checkpoint with the lowest validation loss so far (nanoGPT keeps only that one; we keep both).
-    public var bestCheckpointPath: String { config.outDir + "/ckpt-best.safetensors" }
+    public var bestCheckpointPath: String { config.outDir + (config.checkpointFormat == .sharded ? "/ckpt-best.sharded" : "/ckpt-best.safetensors") }
+    /// Sharded saves so far: with the job id, names each save's subdirectory the same on every rank.
+    var shardedSaves = 0
     /// Held (flock) while this run writes out_dir, so a second run on the same directory is refused.
     var outputLock: Int32 = -1
     var bestValidation = Double.infinity
@@ -260,6 +262,8 @@ public final class Trainer {
         if let pipeline = task as? PipelineGPTTask { return try pipelineStep(pipeline, learningRate: learningRate) }
         let parameters = task.parameters
         if let dataParallel { dataParallel.zeroGradients() } else { parameters.zeroGradients() }
+        // ZeRO-3: gathers waited for outside the step (evaluation) are not this step's.
+        if let dataParallel, dataParallel.shardParameters { _ = dataParallel.takeGatherCounters() }
         var total: Float = 0
         for micro in 0..<config.gradAccum {
             total += try task.trainingLoss(iteration: iteration, microStep: micro)
@@ -557,6 +561,7 @@ public final class Trainer {
     /// overwritten by a broken one.
     public func saveCheckpoint(to path: String? = nil, reason: String = "requested") throws {
         let path = path ?? checkpointPath
+        if config.checkpointFormat == .sharded { return try saveShardedCheckpoint(to: path, reason: reason) }
         try dataParallel?.pinParameters()
         defer { dataParallel?.unpinParameters() }
         var state: [(name: String, buffer: FloatBuffer)] = optimizer.state
@@ -578,6 +583,14 @@ public final class Trainer {
         for (name, buffer) in state {
             tensors.append(("optimizer." + name, [buffer.count], UnsafeBufferPointer(buffer.buffer)))
         }
+        let metadata = checkpointMetadata()
+        try Checkpoint(tensors: tensors, metadata: metadata).write(to: path)
+        log("checkpoint: wrote \(path) at iteration \(iteration) (\(reason))")
+    }
+
+    /// What every checkpoint carries besides tensors: where training stands, what wrote it, and how to
+    /// rebuild the model (the config; the GPT's vocabulary, so sampling needs no data file).
+    func checkpointMetadata() -> [String: String] {
         var metadata = [
             "format": "swift-ddp-checkpoint", "version": "2",
             "iteration": String(iteration), "optimizer_steps": String(optimizer.stepCount),
@@ -585,11 +598,49 @@ public final class Trainer {
             "architecture": config.architecture, "config": config.jsonString(),
         ]
         if let jobID { metadata["job_id"] = jobID }
-        // The vocabulary travels with the weights: sampling needs neither the data file nor its directory.
         if let gpt = task as? GPTTask { metadata["vocabulary"] = String(String.UnicodeScalarView(gpt.text.vocabulary)) }
         if let gpt = task as? PipelineGPTTask { metadata["vocabulary"] = String(String.UnicodeScalarView(gpt.text.vocabulary)) }
-        try Checkpoint(tensors: tensors, metadata: metadata).write(to: path)
-        log("checkpoint: wrote \(path) at iteration \(iteration) (\(reason))")
+        return metadata
+    }
+
+    /// checkpoint_format sharded: every data-parallel rank writes the pieces it owns (ZeRO-1/2/3: its
+    /// pieces of every bucket or unit, with its optimizer state; without ZeRO: 1/N of the buffer), with no
+    /// gather, then rank 0 writes the index. Collective over the data-parallel group.
+    func saveShardedCheckpoint(to path: String, reason: String) throws {
+        let parameters = task.parameters
+        let n = dataSize, r = groups.data.rank
+        let sharded = dataParallel?.shardOptimizer ?? false
+        let ranges = sharded ? dataParallel!.ownedRanges(of: r) : [segmentRange(count: parameters.count, parts: n, index: r)]
+        var pieces: [(buffer: String, start: Int, values: UnsafeBufferPointer<Float>)] = []
+        var finite = true
+        var packedAt = 0
+        for range in ranges where !range.isEmpty {
+            let values = UnsafeBufferPointer(rebasing: parameters.values.buffer[range])
+            finite = finite && allFinite(values.baseAddress!, count: values.count)
+            pieces.append(("values", range.lowerBound, values))
+            for (name, buffer) in optimizer.state {
+                let slice = sharded ? packedAt..<(packedAt + range.count) : range
+                pieces.append(("optimizer." + name, range.lowerBound, UnsafeBufferPointer(rebasing: buffer.buffer[slice])))
+            }
+            packedAt += range.count
+        }
+        if let dataParallel {
+            let flags = try allgather([finite ? 0 : 1], group: dataParallel.group)
+            if let bad = flags.firstIndex(where: { $0[0] != 0 }) {
+                throw TrainingError("iteration \(iteration): data-parallel rank \(bad)'s parameters hold NaN or infinite values; \(path) was not overwritten")
+            }
+        } else if !finite {
+            throw TrainingError("iteration \(iteration): the parameters hold NaN or infinite values; \(path) was not overwritten")
+        }
+        shardedSaves += 1
+        let save = String(format: "step-%08d-%@-%d", iteration, (jobID ?? "job").filter { $0.isLetter || $0.isNumber }, shardedSaves)
+        try ShardedCheckpoint.writeShard(to: path, save: save, rank: r, world: n, pieces: pieces)
+        if let dataParallel { try barrier(group: dataParallel.group) }
+        guard r == 0 else { return }
+        try ShardedCheckpoint.writeIndex(to: path, save: save, world: n, metadata: checkpointMetadata(),
+                                         parameters: task.sharding.fullParameters.map { ($0.name, $0.shape, $0.offset) },
+                                         flatCount: parameters.count, state: optimizer.state.map(\.name))
+        log("checkpoint: wrote \(path) at iteration \(iteration) (\(reason)), \(n) shard(s)")
     }
 
     /// A full-layout copy of a local-layout buffer (parameters or unpacked optimizer state): the shards

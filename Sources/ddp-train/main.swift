@@ -15,7 +15,7 @@ struct DDPTrain: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ddp-train",
         abstract: "Train a model from a JSON config, or sample text from a GPT checkpoint.",
-        subcommands: [Train.self, Sample.self, ConfigKeys.self, ShowEnvironment.self, ShowSchedule.self], defaultSubcommand: Train.self)
+        subcommands: [Train.self, Sample.self, Consolidate.self, ConfigKeys.self, ShowEnvironment.self, ShowSchedule.self], defaultSubcommand: Train.self)
 
     /// nanoGPT's habit, `--max_iters=10` (or `--max-iters 10`), is read as `--set max_iters=10`.
     static func main() {
@@ -206,6 +206,26 @@ struct ShowSchedule: ParsableCommand {
                 try pipelineTimelineSVG(sim.intervals, title: title + ": simulated").write(toFile: svg, atomically: true, encoding: .utf8)
                 print("timeline: \(svg)")
             }
+        }
+    }
+}
+
+struct Consolidate: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Turn a sharded checkpoint (checkpoint_format sharded) into the single safetensors file.",
+        discussion: "The file holds the same tensors and metadata as a run with checkpoint_format single would have written: it resumes at any layout, samples, and loads in Python's safetensors.")
+
+    @Argument(help: "The sharded checkpoint's directory (out_dir/ckpt.sharded).")
+    var sharded: String
+
+    @Argument(help: "The single file to write.")
+    var output: String
+
+    func run() throws {
+        try runReportingErrors {
+            guard ShardedCheckpoint.isSharded(sharded) else { throw CheckpointError(sharded, "is not a sharded checkpoint's directory") }
+            let count = try ShardedCheckpoint.consolidate(sharded, into: output)
+            print("consolidate: wrote \(output) (\(count) tensors) from \(sharded)")
         }
     }
 }
