@@ -495,6 +495,13 @@ public final class Trainer {
             let held = memoryHeld(dataRank: r)
             log("memory: \(tensor == nil ? "rank" : "data-parallel rank") \(r) holds parameters \(held.parameters) + gradients \(held.gradients) + optimizer state \(held.optimizer) = \(held.total) bytes; ZeRO paper, stage \(config.zeroStage): \(held.formulaText)")
         }
+        if let dataParallel, dataParallel.shardParameters {
+            // Gathered at once: the roots, the unit in use and the one prefetched, values and gradients.
+            let sizes = dataParallel.units.enumerated().map { $0.element.count }
+            let roots = dataParallel.rootUnits.reduce(0) { $0 + sizes[$1] }
+            let others = sizes.enumerated().filter { !dataParallel.rootUnits.contains($0.offset) }.map(\.element).sorted(by: >).prefix(1 + dataParallel.prefetchDepth)
+            log("memory: plus a gathered working set of at most \(8 * (roots + others.reduce(0, +))) bytes (values and gradients of the root units and of \(others.count) others at once)")
+        }
     }
 
     /// What a data-parallel rank keeps between steps, in bytes, beside the ZeRO paper's count for this

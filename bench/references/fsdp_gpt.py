@@ -63,6 +63,11 @@ def main():
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(1)
     model = GPT(65, args.block, args.layers, args.heads, args.embd)
+    # GPT-2's initialization, as ours: N(0, 0.02), residual projections scaled by 1/sqrt(2 layers).
+    for name, p in model.named_parameters():
+        if p.dim() >= 2:
+            std = 0.02 / math.sqrt(2 * args.layers) if name.endswith("proj.weight") else 0.02
+            torch.nn.init.normal_(p, 0.0, std)
     try:
         from torch.distributed.fsdp import fully_shard
         from torch.distributed.device_mesh import init_device_mesh
