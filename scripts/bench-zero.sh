@@ -42,7 +42,7 @@ import re, sys
 text = open(sys.argv[1]).read()
 peaks = eval(re.search(r"peak RSS per rank, MiB: (\[[\d, ]*\])", text).group(1))
 held = float(re.search(r"ZeRO paper, stage \d: .*?: ([\d.]+) bytes", text).group(1)) / 2**20
-gathered = re.search(r"gathered working set of at most (\d+) bytes", text)
+gathered = re.search(r"ZeRO-3 gathers at most (\d+) bytes", text)
 gathered = int(gathered.group(1)) / 2**20 if gathered else 0.0
 per_layer = int(re.search(r"activation memory: (\d+) bytes per layer", text).group(1))
 layers = 8

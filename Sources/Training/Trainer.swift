@@ -500,7 +500,7 @@ public final class Trainer {
             let sizes = dataParallel.units.enumerated().map { $0.element.count }
             let roots = dataParallel.rootUnits.reduce(0) { $0 + sizes[$1] }
             let others = sizes.enumerated().filter { !dataParallel.rootUnits.contains($0.offset) }.map(\.element).sorted(by: >).prefix(1 + dataParallel.prefetchDepth)
-            log("memory: plus a gathered working set of at most \(8 * (roots + others.reduce(0, +))) bytes (values and gradients of the root units and of \(others.count) others at once)")
+            log("memory working set: ZeRO-3 gathers at most \(8 * (roots + others.reduce(0, +))) bytes at once (values and gradients of the root units and of \(others.count) others)")
         }
     }
 

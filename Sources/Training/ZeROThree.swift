@@ -13,7 +13,8 @@ import Transport
 // reduce-scatters, so every rank issues the collectives in the same order; while unit u computes, unit
 // u ± 1 (the pass's next) is gathered ahead, at most `prefetchDepth` units beyond the one in use and the
 // roots. Units the step uses at both ends (the tied embedding/head, the last layer) stay gathered from
-// forward to backward, as FSDP keeps its root module; with reshard_after_forward off every unit does.
+// forward to backward, as FSDP keeps its root module, and so does the last block forward runs (backward
+// starts with it); with reshard_after_forward off every unit does.
 
 extension DataParallel: ParameterUnitHooks {
     public func willUse(unit u: Int, backward: Bool) throws {
@@ -40,8 +41,13 @@ extension DataParallel: ParameterUnitHooks {
         condition.lock()
         defer { condition.unlock() }
         guard pins == 0 else { return }
-        if backward || (reshardAfterForward && !rootUnits.contains(u)) { release(u) }
+        // The last unit forward runs is the first backward needs (after the roots): releasing it only to
+        // gather it again at once would cost a gather, so it stays, as FSDP2 keeps the last layer.
+        if backward || (reshardAfterForward && !rootUnits.contains(u) && u != firstBackwardUnit) { release(u) }
     }
+
+    /// The unit backward reads first after the roots: the last non-root unit it uses.
+    var firstBackwardUnit: Int? { units.indices.filter { !rootUnits.contains($0) && backwardUnits.contains($0) }.max() }
 
     /// Caller holds the lock.
     func request(_ u: Int) {
