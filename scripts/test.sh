@@ -25,6 +25,10 @@ if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
   { python3 -m venv "$venv" && "$venv/bin/pip" install -q "torch==2.13.0+cpu"; } >&2 \
     || echo "test: no PyTorch: LauncherOptionTests.testPyTorchScriptRunsUnderTheLauncher will skip" >&2
 fi
+if [ -x "$venv/bin/python" ] && ! "$venv/bin/python" -c "import safetensors" 2>/dev/null; then
+  "$venv/bin/pip" install -q safetensors >&2 \
+    || echo "test: no safetensors: ZeROTests.testConsolidatedCheckpointLoadsInPythonSafetensors will skip" >&2
+fi
 cd "$root"
 log=$(mktemp)
 status=0

@@ -272,4 +272,33 @@ final class ZeROTests: XCTestCase {
             XCTAssertTrue(bad.output.contains("error: config key '\(key)'") || bad.output.contains(key), "\(settings): \(bad.output)")
         }
     }
+
+    /// The consolidated file is a plain safetensors file: Python's `safetensors` reads every tensor with
+    /// the values we wrote (scripts/test.sh installs it beside PyTorch).
+    func testConsolidatedCheckpointLoadsInPythonSafetensors() throws {
+        let candidates = [ProcessInfo.processInfo.environment["SWIFT_DDP_TORCH_PYTHON"], "/tmp/swift-ddp-ref-venv/bin/python"].compactMap { $0 }
+        guard let python = candidates.first(where: { (try? runToEnd($0, ["-c", "import safetensors.torch"]).status) == 0 }) else {
+            throw XCTSkip("no Python with safetensors and PyTorch (scripts/test.sh installs them into /tmp/swift-ddp-ref-venv)")
+        }
+        let dir = temporaryDirectory("sharded-python")
+        let run = try launch(2, "tiny-gpt.json", ["--set", "max_iters=2", "--set", "zero_stage=3", "--set", "checkpoint_format=sharded",
+                                                  "--set", "eval_interval=100", "--out-dir", dir])
+        XCTAssertEqual(run.status, 0, run.output)
+        let file = dir + "/consolidated.safetensors"
+        XCTAssertEqual(try runToEnd(Self.buildDirectory + "/ddp-train", ["consolidate", dir + "/ckpt.sharded", file]).status, 0)
+        let ours = try LoadedCheckpoint(path: file).tensors
+        let script = "import sys\nfrom safetensors.torch import load_file\nt = load_file(sys.argv[1])\nfor k in sorted(t): print(k, list(t[k].shape), repr(float(t[k].double().sum())))"
+        let read = try runToEnd(python, ["-c", script, file])
+        XCTAssertEqual(read.status, 0, read.output)
+        let lines = read.output.split(separator: "\n").filter { !$0.isEmpty }
+        XCTAssertEqual(lines.count, ours.count, read.output)
+        for line in lines {
+            let parts = line.split(separator: " ", maxSplits: 1)
+            guard let tensor = ours[String(parts[0])] else { XCTFail("python read \(parts[0]), which we did not write"); continue }
+            let sum = tensor.values.reduce(0.0) { $0 + Double($1) }
+            let pythonSum = Double(String(parts[1].split(separator: " ").last!))!
+            XCTAssertEqual(pythonSum, sum, accuracy: 1e-9 * max(1, abs(sum)), "\(parts[0])")
+            XCTAssertTrue(parts[1].hasPrefix("\(tensor.shape)"), "\(line) vs shape \(tensor.shape)")
+        }
+    }
 }
