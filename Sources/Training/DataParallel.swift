@@ -212,6 +212,13 @@ public final class DataParallel: @unchecked Sendable {
         return full
     }
 
+    /// Sums over ranks, on the caller's thread; call only between steps.
+    public func sum(_ values: [Double]) throws -> [Double] {
+        var buffer = values.map { Float($0) }
+        try buffer.withUnsafeMutableBufferPointer { try allreduce($0, op: .sum, algorithm: .halvingDoubling, group: group) }
+        return buffer.map { Double($0) }
+    }
+
     /// Means over ranks (for logging), on the caller's thread; call only between steps.
     public func average(_ values: [Double]) throws -> [Double] {
         let buffer = UnsafeMutableBufferPointer<Float>.allocate(capacity: max(values.count, 1))

@@ -73,16 +73,18 @@ public final class PipelineGPTTask: TrainingTask {
     }
 
     /// nanoGPT's estimate: eval_iters batches per split, the same batches as GPTTask draws, forward
-    /// only through the stages; every rank of the pipeline gets the figures.
-    public func evaluate(iteration: Int) throws -> [(name: String, value: Double)] {
-        var results: [(String, Double)] = []
+    /// only through the stages; this replica takes its share, every rank of the pipeline gets the sums.
+    public func evaluate(iteration: Int, part: Int, parts: Int) throws -> [EvaluationShare] {
+        var results: [EvaluationShare] = []
         for (name, split) in [("train", text.train), ("val", text.validation)] {
             var evalRng = SeededRandom(seed: config.seed).derived(0xE7A1 &+ UInt64(iteration) &* 2 &+ (name == "val" ? 1 : 0))
             let batches = (0..<config.evalIters).map { _ in
                 let (x, y) = CharText.sampleBatch(from: split, batchSize: config.batchSize, time: config.blockSize, using: &evalRng)
                 return TokenBatch(tokens: x, targets: y, batchSize: config.batchSize, time: config.blockSize)
             }
-            results.append(("\(name) loss", Double(try runner.evaluate(batches))))
+            let mine = evaluationBatches(batches.count, part: part, parts: parts, evenly: false).compactMap { $0 }.map { batches[$0] }
+            let mean = mine.isEmpty ? 0 : Double(try runner.evaluate(mine))
+            results.append(EvaluationShare("\(name) loss", sum: mean * Double(mine.count), count: Double(mine.count)))
         }
         return results
     }

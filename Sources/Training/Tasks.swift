@@ -1,3 +1,4 @@
+import Collectives
 import Datasets
 import Foundation
 import NN
@@ -19,14 +20,34 @@ public protocol TrainingTask: AnyObject {
     /// collective fails.
     func trainingLoss(iteration: Int, microStep: Int) throws -> Float
     func backward(lossScale: Float, gradientsReady: (Int) -> Void) throws
-    /// Named evaluation figures (losses, accuracy) at `iteration` (collective under tensor parallelism).
-    func evaluate(iteration: Int) throws -> [(name: String, value: Double)]
+    /// This rank's share `part` of `parts` of the evaluation at `iteration`: for each figure a sum and a
+    /// count, which the data-parallel ranks add up (figure = Σ sum / Σ count), so every rank evaluates
+    /// 1/parts of it and none idles. Collective under tensor and pipeline parallelism and ZeRO-3.
+    func evaluate(iteration: Int, part: Int, parts: Int) throws -> [EvaluationShare]
     /// The model's parameter units, when it can be fully sharded (ZeRO-3).
     var units: ParameterUnits? { get }
 }
 
 extension TrainingTask {
     public var units: ParameterUnits? { nil }
+}
+
+/// One figure's share of an evaluation: the figure is the sum over ranks of `sum` over that of `count`.
+public struct EvaluationShare: Sendable, Equatable {
+    public var name: String
+    public var sum: Double
+    public var count: Double
+    public init(_ name: String, sum: Double, count: Double) { self.name = name; self.sum = sum; self.count = count }
+}
+
+/// The eval batches rank `part` of `parts` evaluates: k ≡ part (mod parts). With `evenly` (ZeRO-3, where
+/// every forward gathers collectively) every rank runs as many forwards: a rank short of one repeats
+/// its last batch (or the first overall) and drops the result (nil).
+func evaluationBatches(_ total: Int, part: Int, parts: Int, evenly: Bool) -> [Int?] {
+    let mine = stride(from: part, to: total, by: parts).map { Optional($0) }
+    guard evenly else { return mine }
+    let rounds = (total + parts - 1) / parts
+    return mine + Array(repeating: nil, count: rounds - mine.count)
 }
 
 /// nanoGPT's character-level Shakespeare: random windows from the train split, eval on both splits.
@@ -70,17 +91,22 @@ public final class GPTTask: TrainingTask {
     }
 
     /// Mean loss over eval_iters random batches per split, as nanoGPT's estimate_loss; the batches come
-    /// from a generator derived from the seed and iteration, so evaluation never shifts the training stream.
-    public func evaluate(iteration: Int) throws -> [(name: String, value: Double)] {
-        var results: [(String, Double)] = []
+    /// from a generator derived from the seed and iteration, so evaluation never shifts the training
+    /// stream. Every rank draws all of them and runs forward on its share.
+    public func evaluate(iteration: Int, part: Int, parts: Int) throws -> [EvaluationShare] {
+        var results: [EvaluationShare] = []
         for (name, split) in [("train", text.train), ("val", text.validation)] {
             var evalRng = SeededRandom(seed: config.seed).derived(0xE7A1 &+ UInt64(iteration) &* 2 &+ (name == "val" ? 1 : 0))
-            var total = 0.0
-            for _ in 0..<config.evalIters {
-                let (x, y) = CharText.sampleBatch(from: split, batchSize: config.batchSize, time: config.blockSize, using: &evalRng)
-                total += Double(try model.forward(TokenBatch(tokens: x, targets: y, batchSize: config.batchSize, time: config.blockSize)))
+            let batches = (0..<config.evalIters).map { _ in
+                CharText.sampleBatch(from: split, batchSize: config.batchSize, time: config.blockSize, using: &evalRng)
             }
-            results.append(("\(name) loss", total / Double(config.evalIters)))
+            var total = 0.0, count = 0.0
+            for k in evaluationBatches(batches.count, part: part, parts: parts, evenly: model.unitHooks != nil) {
+                let (x, y) = batches[k ?? min(part, batches.count - 1)]
+                let loss = Double(try model.forward(TokenBatch(tokens: x, targets: y, batchSize: config.batchSize, time: config.blockSize)))
+                if k != nil { total += loss; count += 1 }
+            }
+            results.append(EvaluationShare("\(name) loss", sum: total, count: count))
         }
         return results
     }
@@ -137,9 +163,14 @@ public final class MLPTask: TrainingTask {
         try model.backward(lossScale: lossScale, gradientsReady: gradientsReady)
     }
 
-    public func evaluate(iteration: Int) throws -> [(name: String, value: Double)] {
-        let batch = heldOutBatch
-        let labels = batch.labels
+    /// Rank `part` takes a contiguous 1/parts of the held-out images: one forward each.
+    public func evaluate(iteration: Int, part: Int, parts: Int) throws -> [EvaluationShare] {
+        let all = heldOutBatch.labels.count, rows = segmentRange(count: all, parts: parts, index: part)
+        let features = heldOutBatch.features.count / max(all, 1)
+        let labels = Array(heldOutBatch.labels[rows])
+        let batch = rows.count == all ? heldOutBatch
+            : ClassificationBatch(features: Array(heldOutBatch.features[(rows.lowerBound * features)..<(rows.upperBound * features)]), labels: labels)
+        guard !labels.isEmpty else { return [EvaluationShare("held-out loss", sum: 0, count: 0), EvaluationShare("held-out accuracy %", sum: 0, count: 0)] }
         let loss = try model.forward(batch)
         let logits = model.lastLogits
         var correct = 0
@@ -148,7 +179,8 @@ public final class MLPTask: TrainingTask {
             for c in 1..<10 where logits[r * 10 + c] > logits[r * 10 + best] { best = c }
             if best == Int(labels[r]) { correct += 1 }
         }
-        return [("held-out loss", Double(loss)), ("held-out accuracy %", 100 * Double(correct) / Double(labels.count))]
+        let n = Double(labels.count)
+        return [EvaluationShare("held-out loss", sum: Double(loss) * n, count: n), EvaluationShare("held-out accuracy %", sum: 100 * Double(correct), count: n)]
     }
 }
 

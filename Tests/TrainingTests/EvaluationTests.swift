@@ -1,0 +1,49 @@
+import Foundation
+import NN
+import TestSupport
+import Training
+import XCTest
+
+/// Evaluation is split across the data-parallel ranks (each evaluates its share, the sums are added):
+/// at iteration 0 every layout holds the same model, so every layout must print one rank's figures.
+final class EvaluationTests: XCTestCase {
+    static var buildDirectory: String { URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path }
+
+    func evaluation(_ n: Int, _ config: String, _ settings: [String]) throws -> [String: Double] {
+        let dir = temporaryDirectory("eval-\(n)")
+        let run = try runToEnd(Self.buildDirectory + "/ddp-launch", ["--nproc-per-node", String(n), "--timeout", "30", "--",
+                                                                     configsDirectory + "/" + config, "--data-dir", dataDirectory,
+                                                                     "--set", "max_iters=0", "--out-dir", dir] + settings)
+        XCTAssertEqual(run.status, 0, run.output)
+        let lines = try String(contentsOfFile: dir + "/metrics.jsonl", encoding: .utf8).split(separator: "\n")
+        for line in lines {
+            if let object = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any], let eval = object["eval"] as? [String: Double] {
+                return eval
+            }
+        }
+        XCTFail("no evaluation in \(dir)/metrics.jsonl")
+        return [:]
+    }
+
+    /// The GPT's eval_iters batches (5: uneven over 2 and 3 ranks) dealt out round robin; ZeRO-3 pads the
+    /// short ranks with forwards it drops (its gathers are collective); dp 2 x pp 2 and dp 2 x tp 2 split
+    /// over the replicas. The MLP's 2,000 held-out images in contiguous parts. Only the float32 order of
+    /// the sums differs: 1e-6 relative.
+    func testEverySplitPrintsOneRanksFigures() throws {
+        let gpt = ["--set", "eval_iters=5", "--set", "n_layer=2"]
+        let reference = try evaluation(1, "tiny-gpt.json", gpt)
+        XCTAssertEqual(Set(reference.keys), ["train loss", "val loss"])
+        for (n, extra) in [(2, [String]()), (3, []), (3, ["--set", "zero_stage=3"]), (4, ["--set", "pipeline_parallel=2"]),
+                           (4, ["--set", "tensor_parallel=2"])] {
+            let got = try evaluation(n, "tiny-gpt.json", gpt + extra)
+            for (name, value) in reference {
+                XCTAssertEqual(got[name] ?? .nan, value, accuracy: 1e-6 * abs(value), "\(n) ranks \(extra): \(name)")
+            }
+        }
+        let mlp = ["--set", "epochs=null"]
+        let one = try evaluation(1, "mnist-mlp.json", mlp)
+        let three = try evaluation(3, "mnist-mlp.json", mlp)
+        XCTAssertEqual(three["held-out accuracy %"], one["held-out accuracy %"])
+        XCTAssertEqual(three["held-out loss"] ?? .nan, one["held-out loss"] ?? 0, accuracy: 1e-6 * (one["held-out loss"] ?? 1))
+    }
+}
