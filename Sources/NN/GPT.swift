@@ -195,10 +195,12 @@ public final class GPT: Model, ParameterUnits {
             residual[0].data.update(from: try parallel.reduceRows(partialRows.data, rows: rows, width: c), count: local * c)
             if parallel.sequenceParallel { firstRow = parallel.rank * local }
         } else {
-            embeddingForward(tokenEmbedding.value.data, ids: tokens, count: rows, dim: c,
-                             vocabulary: configuration.vocabularySize, into: residual[0].data)
+            OperationProfile.measure("embedding forward") {
+                embeddingForward(tokenEmbedding.value.data, ids: tokens, count: rows, dim: c,
+                                 vocabulary: configuration.vocabularySize, into: residual[0].data)
+            }
         }
-        addPositions(into: residual[0].data, firstRow: firstRow, time: T)
+        OperationProfile.measure("embedding forward") { addPositions(into: residual[0].data, firstRow: firstRow, time: T) }
         for (l, block) in blocks.enumerated() {
             try unitHooks?.willUse(unit: l + 1, backward: false)
             try block.forward(residual[l].data, batch: B, time: T, into: residual[l + 1].data)
@@ -207,7 +209,9 @@ public final class GPT: Model, ParameterUnits {
         try unitHooks?.willUse(unit: configuration.layers + 1, backward: false)
         finalNorm.forward(residual[configuration.layers].data, rows: residual[0].shape[0], into: normOut.data)
         let headInput = try parallel?.gatherRows(normOut.data, rows: rows, width: c, full: normGathered.data) ?? UnsafePointer(normOut.data)
-        gemm(.none, .transposed, m: rows, n: ownedTokens, k: c, a: headInput, b: tokenEmbedding.value.data, c: logits.data)
+        OperationProfile.measure("lm head forward", flops: 2 * Double(rows * ownedTokens * c)) {
+            gemm(.none, .transposed, m: rows, n: ownedTokens, k: c, a: headInput, b: tokenEmbedding.value.data, c: logits.data)
+        }
         unitHooks?.doneUsing(unit: configuration.layers + 1, backward: false)
         unitHooks?.doneUsing(unit: 0, backward: false)
         return logits
@@ -229,7 +233,9 @@ public final class GPT: Model, ParameterUnits {
             return try parallelHead.forward(logits: out.data, targets: batch.targets, first: firstToken, classes: ownedTokens,
                                             communicator: parallel.communicator)
         }
-        return head.forward(logits: out.data, targets: batch.targets, classes: configuration.vocabularySize)
+        return OperationProfile.measure("cross-entropy forward") {
+            head.forward(logits: out.data, targets: batch.targets, classes: configuration.vocabularySize)
+        }
     }
 
     public func backward(lossScale: Float, gradientsReady: (Int) -> Void) throws {
@@ -239,16 +245,20 @@ public final class GPT: Model, ParameterUnits {
         try unitHooks?.willUse(unit: 0, backward: true)
         dLogits.fill(0)
         if parallel != nil { parallelHead.backward(lossScale: lossScale, into: dLogits.data) }
-        else { head.backward(lossScale: lossScale, into: dLogits.data) }
+        else { OperationProfile.measure("cross-entropy backward") { head.backward(lossScale: lossScale, into: dLogits.data) } }
         let headInput = parallel?.sequenceParallel == true ? normGathered : normOut
         // Tied head: logits = normOut wte^T, so dwte += dlogits^T normOut and dNormOut = dlogits wte.
-        gemm(.transposed, .none, m: v, n: c, k: rows, a: dLogits.data, b: headInput.data, beta: 1,
-             c: tokenEmbedding.gradient.data)
+        OperationProfile.measure("lm head backward dW", flops: 2 * Double(rows * v * c)) {
+            gemm(.transposed, .none, m: v, n: c, k: rows, a: dLogits.data, b: headInput.data, beta: 1,
+                 c: tokenEmbedding.gradient.data)
+        }
         if let parallel {
             gemm(.none, .none, m: rows, n: c, k: v, a: dLogits.data, b: tokenEmbedding.value.data, beta: 0, c: partialRows.data)
             dNormOut.data.update(from: try parallel.reduceRows(partialRows.data, rows: rows, width: c), count: local * c)
         } else {
-            gemm(.none, .none, m: rows, n: c, k: v, a: dLogits.data, b: tokenEmbedding.value.data, beta: 0, c: dNormOut.data)
+            OperationProfile.measure("lm head backward dx", flops: 2 * Double(rows * v * c)) {
+                gemm(.none, .none, m: rows, n: c, k: v, a: dLogits.data, b: tokenEmbedding.value.data, beta: 0, c: dNormOut.data)
+            }
         }
         var current = 0
         dResidual[current].fill(0)
@@ -273,7 +283,9 @@ public final class GPT: Model, ParameterUnits {
                                            accumulatingInto: tokenEmbedding.gradient.data)
             if parallel.sequenceParallel { firstRow = parallel.rank * local }
         } else {
-            embeddingBackward(dEmbedded, ids: tokens, count: rows, dim: c, accumulatingInto: tokenEmbedding.gradient.data)
+            OperationProfile.measure("embedding backward") {
+                embeddingBackward(dEmbedded, ids: tokens, count: rows, dim: c, accumulatingInto: tokenEmbedding.gradient.data)
+            }
         }
         for i in 0..<local {
             let position = positionEmbedding.gradient.data + ((firstRow + i) % T) * c

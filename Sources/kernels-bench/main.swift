@@ -18,6 +18,10 @@ struct KernelsBench: ParsableCommand {
     @Option(help: "Micro-kernel: native, avx2 or avx512.")
     var kernel: String = "native"
 
+    /// The measured peak, GFLOP/s (set at the start of run).
+    nonisolated(unsafe) static var peak = 1.0
+    var peak: Double { Self.peak }
+
     func validate() throws {
         guard ["native", "avx2", "avx512"].contains(kernel) else {
             throw ValidationError("--kernel must be native, avx2 or avx512, not '\(kernel)'")
@@ -29,8 +33,14 @@ struct KernelsBench: ParsableCommand {
         let numpy = try reference.map(parseReference) ?? [:]
         let cpu = CPUFeatures.current
         print("# cpu: \(cpu.modelName)  avx2=\(cpu.avx2) fma=\(cpu.fma) avx512f=\(cpu.avx512f)  micro-kernel: \(micro)")
+        // The core's float32 peak, measured: independent FMA chains (12 x SIMD16) and our GEMM on a
+        // cache-resident 192^3; the larger is the denominator of every "% peak" below.
+        let chains = (0..<5).map { _ in fmaChainGFLOPS(seconds: 0.05) }.max()!
+        let cached = (0..<5).map { _ in cachedGemmGFLOPS(seconds: 0.05) }.max()!
+        Self.peak = max(chains, cached)
+        print(String(format: "# measured peak: FMA chains %.1f GFLOP/s, cache-resident GEMM 192^3 %.1f GFLOP/s; peak = %.1f", chains, cached, peak))
         print("# C[M,N] = A[M,K] B[K,N]; GFLOP/s = 2MNK/t; best and median of 5 trials of ~0.3 s")
-        print("#     M     K     N  trans | swift best median | checked" + (numpy.isEmpty ? "" : " | numpy best median | ratio (median)"))
+        print("#     M     K     N  trans | swift best median %peak | checked" + (numpy.isEmpty ? "" : " | numpy best median | ratio (median)"))
         let shapes: [(Int, Int, Int)] = [(256, 256, 256), (512, 512, 512), (1024, 1024, 1024),
                                          (768, 128, 512), (768, 512, 128), (768, 128, 384), (768, 384, 128),
                                          (768, 512, 2048), (768, 2048, 512), (64, 784, 256), (64, 256, 10)]
@@ -50,8 +60,8 @@ struct KernelsBench: ParsableCommand {
                 // The timed C, checked: 64 sampled entries against a Double dot product of the same inputs.
                 let bad = sampledErrors(ta, tb, m: m, n: n, k: k, a: a, b: b, c: c)
                 wrong += bad
-                var line = String(format: "  %5d %5d %5d  %5@ | %10.1f %6.1f | %7@", m, k, n, trans, flops / best / 1e9, flops / median / 1e9,
-                                  bad == 0 ? "ok" : "\(bad) bad")
+                var line = String(format: "  %5d %5d %5d  %5@ | %10.1f %6.1f %4.0f%% | %7@", m, k, n, trans, flops / best / 1e9, flops / median / 1e9,
+                                  100 * flops / median / 1e9 / peak, bad == 0 ? "ok" : "\(bad) bad")
                 if let ref = numpy["\(m) \(k) \(n) \(trans)"] {
                     let ratio = (flops / median / 1e9) / ref.median
                     ratios.append(ratio)
@@ -101,8 +111,32 @@ struct KernelsBench: ParsableCommand {
             try? gpt.backward(lossScale: 1)
         }
         let flops = gpt.configuration.trainingFLOPs(batch: B, time: T)
-        print(String(format: "# GPT recipe forward+backward (B=12 T=64 C=128 L=4): %.1f ms best, %.1f ms median, %.1f GFLOP/s (%.2f GFLOP/step)",
-                     best * 1000, median * 1000, flops / median / 1e9, flops / 1e9))
+        print(String(format: "# GPT recipe forward+backward (B=12 T=64 C=128 L=4): %.1f ms best, %.1f ms median, %.1f GFLOP/s (%.2f GFLOP/step), %.0f%% of peak",
+                     best * 1000, median * 1000, flops / median / 1e9, flops / 1e9, 100 * flops / median / 1e9 / peak))
+        // Where the step goes: 20 profiled steps, per operation (the rest: buffer zeroing, residual adds).
+        let optimizer = AdamW(gpt.parameters, .init(weightDecay: 0.1))
+        let steps = 20
+        var wall = 0.0
+        OperationProfile.start()
+        for _ in 0..<steps {
+            let start = DispatchTime.now().uptimeNanoseconds
+            gpt.parameters.zeroGradients()
+            _ = try? gpt.forward(batch)
+            try? gpt.backward(lossScale: 1)
+            OperationProfile.measure("adamw step", flops: 0) { optimizer.step(learningRate: 1e-4) }
+            wall += Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+        }
+        let rows = OperationProfile.stop()
+        print("# per-operation profile of one step (mean of \(steps), AdamW included):")
+        print("#   " + "operation".padding(toLength: 38, withPad: " ", startingAt: 0) + "ms/step  % of step  GFLOP/s  % peak")
+        for r in rows {
+            let ms = r.seconds / Double(steps) * 1000
+            let rate = r.flops > 0 ? String(format: "%8.1f  %5.0f%%", r.flops / r.seconds / 1e9, 100 * r.flops / r.seconds / 1e9 / peak) : "       -       -"
+            print("#   " + r.name.padding(toLength: 38, withPad: " ", startingAt: 0) + String(format: "%7.3f  %8.1f%%  %@", ms, 100 * r.seconds / wall, rate))
+        }
+        let rest = wall - rows.reduce(0) { $0 + $1.seconds }
+        print("#   " + "rest (zeroing, residual adds, copies)".padding(toLength: 38, withPad: " ", startingAt: 0)
+              + String(format: "%7.3f  %8.1f%%", rest / Double(steps) * 1000, 100 * rest / wall))
     }
 
     /// Lines of sgemm_numpy.py: "M K N TRANS best median".

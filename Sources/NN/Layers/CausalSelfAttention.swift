@@ -41,8 +41,11 @@ public final class CausalSelfAttention {
                         addingOutputBias: Bool = true) {
         prepare(batch: B, time: T)
         qkvProjection.forward(x, rows: B * T, into: qkv.data)
-        attentionForward(qkv: qkv.data, out: headsOut.data, att: probabilities.data, batch: B, time: T,
-                         channels: channels, heads: heads)
+        // QK^T and PV: 2 · 2·B·T·T·C (the causal half is computed too).
+        OperationProfile.measure("attention core forward", flops: 4 * Double(B * T * T * channels)) {
+            attentionForward(qkv: qkv.data, out: headsOut.data, att: probabilities.data, batch: B, time: T,
+                             channels: channels, heads: heads)
+        }
         outputProjection.forward(headsOut.data, rows: B * T, into: y, addingBias: addingOutputBias)
     }
 
@@ -57,8 +60,10 @@ public final class CausalSelfAttention {
         dHeadsOut.update(repeating: 0, count: rows * channels)
         dqkv.update(repeating: 0, count: rows * 3 * channels)
         outputProjection.backward(headsOut.data, dy: dy, rows: rows, dx: dHeadsOut, weights: saved == nil)
-        attentionBackward(dout: dHeadsOut, qkv: qkv.data, att: probabilities.data, dqkv: dqkv,
-                          scratch: workspace.floats(.attentionScores, T * T), batch: B, time: T, channels: channels, heads: heads)
+        OperationProfile.measure("attention core backward", flops: 8 * Double(B * T * T * channels)) {
+            attentionBackward(dout: dHeadsOut, qkv: qkv.data, att: probabilities.data, dqkv: dqkv,
+                              scratch: workspace.floats(.attentionScores, T * T), batch: B, time: T, channels: channels, heads: heads)
+        }
         qkvProjection.backward(x, dy: dqkv, rows: rows, dx: dx, weights: saved == nil)
     }
 }

@@ -30,16 +30,20 @@ public final class LayerNormLayer {
 
     public func forward(_ x: UnsafePointer<Float>, rows: Int, into y: UnsafeMutablePointer<Float>) {
         if mean.count != rows { mean = Tensor(zeros: [rows]); rstd = Tensor(zeros: [rows]) }
-        layerNormForward(x, weight: weight.value.data, bias: bias?.value.data, into: y,
-                         mean: mean.data, rstd: rstd.data, rows: rows, cols: features)
+        OperationProfile.measure("layernorm forward") {
+            layerNormForward(x, weight: weight.value.data, bias: bias?.value.data, into: y,
+                             mean: mean.data, rstd: rstd.data, rows: rows, cols: features)
+        }
     }
 
     /// Accumulates into dx, and into the weight and bias gradients unless `weights` is false (a split
     /// backward's input pass; `weightBackward` does them later).
     public func backward(_ x: UnsafePointer<Float>, dy: UnsafePointer<Float>, rows: Int, dx: UnsafeMutablePointer<Float>,
                          weights: Bool = true) {
-        layerNormBackward(x, weight: weight.value.data, mean: mean.data, rstd: rstd.data, dy: dy, dx: dx,
-                          dweight: weights ? weight.gradient.data : nil, dbias: weights ? bias?.gradient.data : nil, rows: rows, cols: features)
+        OperationProfile.measure("layernorm backward") {
+            layerNormBackward(x, weight: weight.value.data, mean: mean.data, rstd: rstd.data, dy: dy, dx: dx,
+                              dweight: weights ? weight.gradient.data : nil, dbias: weights ? bias?.gradient.data : nil, rows: rows, cols: features)
+        }
     }
 
     public func weightBackward(_ x: UnsafePointer<Float>, dy: UnsafePointer<Float>, rows: Int) {

@@ -5,12 +5,15 @@ import Tensors
 public struct Linear: Sendable {
     public let weight: Parameter
     public let bias: Parameter?
+    /// What the operation profile calls this layer ("mlp.c_fc linear", ...).
+    let profileName: String
     public var inFeatures: Int { weight.shape[1] }
     public var outFeatures: Int { weight.shape[0] }
 
     public init(_ parameters: ParameterSet, _ name: String, hasBias: Bool) {
         weight = parameters[name + ".weight"]
         bias = hasBias ? parameters[name + ".bias"] : nil
+        profileName = name.split(separator: ".").suffix(2).joined(separator: ".") + " linear"
     }
 
     public static func register(_ layout: inout ParameterSet.Layout, _ name: String, in inFeatures: Int, out: Int, bias: Bool) {
@@ -20,8 +23,10 @@ public struct Linear: Sendable {
 
     /// A row-parallel layer adds its bias only after its partial outputs are summed (`addingBias: false`).
     public func forward(_ x: UnsafePointer<Float>, rows: Int, into y: UnsafeMutablePointer<Float>, addingBias: Bool = true) {
-        gemm(.none, .transposed, m: rows, n: outFeatures, k: inFeatures, a: x, b: weight.value.data, c: y)
-        if addingBias, let bias { addBias(bias.value.data, to: y, rows: rows, cols: outFeatures) }
+        OperationProfile.measure(profileName + " forward", flops: 2 * Double(rows * inFeatures * outFeatures)) {
+            gemm(.none, .transposed, m: rows, n: outFeatures, k: inFeatures, a: x, b: weight.value.data, c: y)
+            if addingBias, let bias { addBias(bias.value.data, to: y, rows: rows, cols: outFeatures) }
+        }
     }
 
     /// dx may be nil when the input needs no gradient (first layer). `weights: false` leaves dW and db
@@ -34,11 +39,15 @@ public struct Linear: Sendable {
 
     /// dx += dy W alone (needs no input: a split backward's input pass).
     public func inputBackward(dy: UnsafePointer<Float>, rows: Int, dx: UnsafeMutablePointer<Float>) {
-        gemm(.none, .none, m: rows, n: inFeatures, k: outFeatures, a: dy, b: weight.value.data, beta: 1, c: dx)
+        OperationProfile.measure(profileName + " backward dx", flops: 2 * Double(rows * inFeatures * outFeatures)) {
+            gemm(.none, .none, m: rows, n: inFeatures, k: outFeatures, a: dy, b: weight.value.data, beta: 1, c: dx)
+        }
     }
 
     public func weightBackward(_ x: UnsafePointer<Float>, dy: UnsafePointer<Float>, rows: Int) {
-        gemm(.transposed, .none, m: outFeatures, n: inFeatures, k: rows, a: dy, b: x, beta: 1, c: weight.gradient.data)
-        if let bias { addColumnSums(of: dy, rows: rows, cols: outFeatures, into: bias.gradient.data) }
+        OperationProfile.measure(profileName + " backward dW", flops: 2 * Double(rows * inFeatures * outFeatures)) {
+            gemm(.transposed, .none, m: outFeatures, n: inFeatures, k: rows, a: dy, b: x, beta: 1, c: weight.gradient.data)
+            if let bias { addColumnSums(of: dy, rows: rows, cols: outFeatures, into: bias.gradient.data) }
+        }
     }
 }

@@ -71,7 +71,7 @@ public final class TransformerBlock {
         ln2.forward(x1.data, rows: rows, into: ln2Out.data)
         fc.forward(ln2Out.data, rows: rows, into: fcOut.data)
         let geluOut = workspace.floats(.blockActivation, rows * 4 * channels)
-        geluForward(fcOut.data, into: geluOut, count: rows * 4 * channels)
+        OperationProfile.measure("gelu forward") { geluForward(fcOut.data, into: geluOut, count: rows * 4 * channels) }
         projection.forward(geluOut, rows: rows, into: y)
         add(y, x1.data, into: y, count: n)
     }
@@ -105,10 +105,10 @@ public final class TransformerBlock {
             projection.inputBackward(dy: dy, rows: rows, dx: dGelu)
         } else {
             let geluOut = workspace.floats(.blockActivation, hidden)
-            geluForward(fcOut.data, into: geluOut, count: hidden)
+            OperationProfile.measure("gelu forward (recomputed)") { geluForward(fcOut.data, into: geluOut, count: hidden) }
             projection.backward(geluOut, dy: dy, rows: rows, dx: dGelu)
         }
-        geluBackward(fcOut.data, dGelu, accumulatingInto: dFc, count: hidden)
+        OperationProfile.measure("gelu backward") { geluBackward(fcOut.data, dGelu, accumulatingInto: dFc, count: hidden) }
         fc.backward(ln2Out.data, dy: dFc, rows: rows, dx: dMlpNorm, weights: weights)
         ln2.backward(x1.data, dy: dMlpNorm, rows: rows, dx: dx1, weights: weights)
         // dx = dx1 + d(attn branch)/dx.

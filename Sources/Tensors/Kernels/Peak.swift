@@ -11,7 +11,7 @@ public func measuredPeakGFLOPS(seconds: Double = 0.02) -> Double {
     max(fmaChainGFLOPS(seconds: seconds / 2), cachedGemmGFLOPS(seconds: seconds / 2))
 }
 
-func cachedGemmGFLOPS(seconds: Double) -> Double {
+public func cachedGemmGFLOPS(seconds: Double) -> Double {
     let n = 192
     let a = UnsafeMutablePointer<Float>.allocate(capacity: n * n), b = UnsafeMutablePointer<Float>.allocate(capacity: n * n)
     let c = UnsafeMutablePointer<Float>.allocate(capacity: n * n)
@@ -28,7 +28,7 @@ func cachedGemmGFLOPS(seconds: Double) -> Double {
     return best
 }
 
-func fmaChainGFLOPS(seconds: Double) -> Double {
+public func fmaChainGFLOPS(seconds: Double) -> Double {
     var accumulators = (0..<12).map { SIMD16<Float>(repeating: Float($0) * 1e-3) }
     let a = SIMD16<Float>(repeating: 0.999_999), b = SIMD16<Float>(repeating: 1e-7)
     var best = 0.0
