@@ -42,14 +42,17 @@ public func exponentials(_ x: UnsafePointer<Float>, minus shift: Float, into y: 
         sums += e
         j += 16
     }
-    var sum = sums.sum()
-    while j < n {
-        let e = expScalar(x[j] - shift)
-        y[j] = e
-        sum += e
-        j += 1
+    if j < n {
+        // The tail in one vector, padded with -infinity (exp gives 0): one vector exp instead of one
+        // per element (attention's causal rows are mostly tails: lengths 1...T).
+        var tail = SIMD16<Float>(repeating: -.infinity)
+        for lane in 0..<(n - j) { tail[lane] = x[j + lane] }
+        let e = vectorExp(tail - m)
+        var sum = sums.sum()
+        for lane in 0..<(n - j) { y[j + lane] = e[lane]; sum += e[lane] }
+        return sum
     }
-    return sum
+    return sums.sum()
 }
 
 /// dx += y * (dy - <dy, y>) per row.
@@ -61,5 +64,3 @@ public func softmaxBackward(_ y: UnsafePointer<Float>, _ dy: UnsafePointer<Float
         for j in 0..<cols { dxr[j] += yr[j] * (dyr[j] - dot) }
     }
 }
-
-@inline(__always) func expScalar(_ x: Float) -> Float { vectorExp(SIMD16(repeating: x))[0] }
