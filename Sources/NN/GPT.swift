@@ -7,9 +7,11 @@ public struct GPTConfiguration: Codable, Sendable, Equatable {
     public var heads: Int
     public var embedding: Int
     public var bias: Bool
-    public init(vocabularySize: Int, blockSize: Int, layers: Int, heads: Int, embedding: Int, bias: Bool = false) {
+    /// The MLP's GELU: the tanh approximation by default; exact is nanoGPT's nn.GELU().
+    public var gelu: GELUForm
+    public init(vocabularySize: Int, blockSize: Int, layers: Int, heads: Int, embedding: Int, bias: Bool = false, gelu: GELUForm = .tanh) {
         self.vocabularySize = vocabularySize; self.blockSize = blockSize; self.layers = layers
-        self.heads = heads; self.embedding = embedding; self.bias = bias
+        self.heads = heads; self.embedding = embedding; self.bias = bias; self.gelu = gelu
     }
 }
 
@@ -93,7 +95,7 @@ public final class GPT: Model, ParameterUnits {
         let workspace = Workspace()
         blocks = (0..<configuration.layers).map {
             TransformerBlock(parameters, "transformer.h.\($0)", heads: configuration.heads, hasBias: configuration.bias,
-                             workspace: workspace, parallel: parts > 1 ? parallel : nil)
+                             workspace: workspace, parallel: parts > 1 ? parallel : nil, gelu: configuration.gelu)
         }
         finalNorm = LayerNormLayer(parameters, "transformer.ln_f", hasBias: configuration.bias)
     }

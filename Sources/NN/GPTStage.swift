@@ -51,7 +51,7 @@ public final class GPTStage {
         let workspace = self.workspace
         self.slots = (0..<slots).map { _ in
             Slot(blocks: layers.map { TransformerBlock(parameters, "transformer.h.\($0)", heads: configuration.heads, hasBias: configuration.bias,
-                                                       workspace: workspace) },
+                                                       workspace: workspace, gelu: configuration.gelu) },
                  finalNorm: isLast ? LayerNormLayer(parameters, "transformer.ln_f", hasBias: configuration.bias) : nil)
         }
     }

@@ -64,7 +64,7 @@ public final class MLP: Model, ParameterUnits {
         unitHooks?.doneUsing(unit: 0, backward: false)
         switch activation {
         case .relu: reluForward(preActivation.data, into: activated.data, count: rows * hidden)
-        case .gelu: geluForward(preActivation.data, into: activated.data, count: rows * hidden)
+        case .gelu: geluForward(preActivation.data, into: activated.data, count: rows * hidden, form: .tanh)
         }
         try unitHooks?.willUse(unit: 1, backward: false)
         fc2.forward(activated.data, rows: rows, into: logits.data)
@@ -88,7 +88,7 @@ public final class MLP: Model, ParameterUnits {
         gradientsReady(fc2.weight.offset)
         switch activation {
         case .relu: reluBackward(preActivation.data, dActivated.data, accumulatingInto: dPre.data, count: rows * hidden)
-        case .gelu: geluBackward(preActivation.data, dActivated.data, accumulatingInto: dPre.data, count: rows * hidden)
+        case .gelu: geluBackward(preActivation.data, dActivated.data, accumulatingInto: dPre.data, count: rows * hidden, form: .tanh)
         }
         // fc1's input needs no gradient, so its weights are not needed here: no gather.
         fc1.backward(input, dy: dPre.data, rows: rows, dx: nil)

@@ -24,7 +24,8 @@ public final class PipelineGPTTask: TrainingTask {
         self.text = text
         self.rank = rank
         let configuration = GPTConfiguration(vocabularySize: text.vocabulary.count, blockSize: config.blockSize,
-                                             layers: config.nLayer, heads: config.nHead, embedding: config.nEmbd, bias: config.bias)
+                                             layers: config.nLayer, heads: config.nHead, embedding: config.nEmbd, bias: config.bias,
+                                     gelu: config.gelu)
         let schedule = try PipelineSchedule(config.pipelineSchedule, pipelineParallel: config.pipelineParallel,
                                             microbatches: config.microbatches, virtualStages: config.virtualStages)
         runner = try PipelineRunner(schedule: schedule, group: pipeline, configuration: configuration)

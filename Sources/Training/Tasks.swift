@@ -63,7 +63,8 @@ public final class GPTTask: TrainingTask {
         self.text = text
         self.rank = rank
         model = GPT(GPTConfiguration(vocabularySize: text.vocabulary.count, blockSize: config.blockSize,
-                                     layers: config.nLayer, heads: config.nHead, embedding: config.nEmbd, bias: config.bias),
+                                     layers: config.nLayer, heads: config.nHead, embedding: config.nEmbd, bias: config.bias,
+                                     gelu: config.gelu),
                     parallel: parallel)
     }
 

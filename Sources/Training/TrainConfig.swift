@@ -1,5 +1,6 @@
 import Collectives
 import Foundation
+import Tensors
 import Parallel
 
 /// A bad configuration, naming the key (and the file when there is one).
@@ -37,6 +38,9 @@ public struct TrainConfig: Codable, Sendable, Equatable {
     public var bias = false
     // MLP
     public var hidden = 256
+    /// The GPT MLP's GELU: GPT-2's tanh approximation, or exact (nanoGPT's nn.GELU()); tanh stays the
+    /// default until the exact kernel is as fast (it measures ~10x slower now).
+    public var gelu = GELUForm.tanh
     public var activation: Activation = .relu
     // Batches and length
     public var batchSize = 12
@@ -96,7 +100,7 @@ public struct TrainConfig: Codable, Sendable, Equatable {
     enum CodingKeys: String, CodingKey, CaseIterable {
         case model, dataset, dataDir = "data_dir", dataPath = "data_path", outDir = "out_dir", seed
         case nLayer = "n_layer", nHead = "n_head", nEmbd = "n_embd", blockSize = "block_size", dropout, bias
-        case hidden, activation
+        case hidden, activation, gelu
         case batchSize = "batch_size", gradAccum = "grad_accum", maxIters = "max_iters", epochs
         case optimizer, learningRate = "learning_rate", minLr = "min_lr", warmupIters = "warmup_iters"
         case lrDecayIters = "lr_decay_iters", decayLr = "decay_lr", beta1, beta2, weightDecay = "weight_decay"
@@ -123,7 +127,7 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         try take(.model, &model); try take(.dataset, &dataset); try take(.dataDir, &dataDir); try take(.dataPath, &dataPath); try take(.outDir, &outDir)
         try take(.seed, &seed); try take(.nLayer, &nLayer); try take(.nHead, &nHead); try take(.nEmbd, &nEmbd)
         try take(.blockSize, &blockSize); try take(.dropout, &dropout); try take(.bias, &bias)
-        try take(.hidden, &hidden); try take(.activation, &activation)
+        try take(.hidden, &hidden); try take(.activation, &activation); try take(.gelu, &gelu)
         try take(.batchSize, &batchSize); try take(.gradAccum, &gradAccum); try take(.maxIters, &maxIters)
         if c.contains(.epochs), !(try c.decodeNil(forKey: .epochs)) { var e = 0; try take(.epochs, &e); epochs = e }
         try take(.optimizer, &optimizer); try take(.learningRate, &learningRate); try take(.minLr, &minLr)
@@ -150,6 +154,7 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         case is Activation.Type: return "one of \(["relu", "gelu"])"
         case is NonFinitePolicy.Type: return "one of \(["stop", "skip"])"
         case is CheckpointFormat.Type: return "one of \(["single", "sharded"])"
+        case is GELUForm.Type: return "one of \(["exact", "tanh"])"
         case is AllreduceAlgorithm.Type: return "one of \(AllreduceAlgorithm.allCases.map(\.rawValue))"
         case is WireFormat.Type: return "one of \(WireFormat.allCases.map(\.rawValue))"
         case is PipelineScheduleKind.Type: return "one of \(PipelineScheduleKind.allCases.map(\.rawValue))"
@@ -293,7 +298,8 @@ public struct TrainConfig: Codable, Sendable, Equatable {
 
     /// Settings that must agree between a checkpoint and the run resuming it (the model's shape).
     public var architecture: String {
-        model == .gpt ? "gpt n_layer=\(nLayer) n_head=\(nHead) n_embd=\(nEmbd) block_size=\(blockSize) bias=\(bias)"
+        // The GELU form is named only when it is not the default, so older checkpoints still match.
+        model == .gpt ? "gpt n_layer=\(nLayer) n_head=\(nHead) n_embd=\(nEmbd) block_size=\(blockSize) bias=\(bias)" + (gelu == .tanh ? "" : " gelu=\(gelu.rawValue)")
                       : "mlp hidden=\(hidden) activation=\(activation.rawValue)"
     }
 

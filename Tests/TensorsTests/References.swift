@@ -71,6 +71,11 @@ enum Reference {
         0.5 * x * (1 + tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)))
     }
 
+    /// PyTorch's nn.GELU(): 0.5 x (1 + erf(x / sqrt 2)), with the C library's double erf.
+    static func geluExact(_ x: Double) -> Double {
+        0.5 * x * (1 + Foundation.erf(x / 2.0.squareRoot()))
+    }
+
     static func geluDerivative(_ x: Double) -> Double {
         let s = 0.7978845608028654, u = s * (x + 0.044715 * x * x * x), t = tanh(u)
         return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * s * (1 + 3 * 0.044715 * x * x)

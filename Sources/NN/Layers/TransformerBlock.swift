@@ -18,14 +18,17 @@ public final class TransformerBlock {
     /// This rank's MLP hidden units (4C / tensor-parallel size).
     let hidden: Int
     let parallel: TensorParallelism?
+    /// The tanh approximation or exact (nanoGPT's nn.GELU()).
+    let gelu: GELUForm
     var ln1Out = Tensor(zeros: [0]), x1 = Tensor(zeros: [0]), ln2Out = Tensor(zeros: [0])
     var fcOut = Tensor(zeros: [0])
     let workspace: Workspace
 
     /// `heads`: the model's heads (a tensor-parallel rank keeps heads / size of them).
     public init(_ parameters: ParameterSet, _ name: String, heads: Int, hasBias: Bool, workspace: Workspace = Workspace(),
-                parallel: TensorParallelism? = nil) {
+                parallel: TensorParallelism? = nil, gelu: GELUForm = .tanh) {
         self.workspace = workspace
+        self.gelu = gelu
         self.parallel = parallel
         ln1 = LayerNormLayer(parameters, name + ".ln_1", hasBias: hasBias)
         attention = CausalSelfAttention(parameters, name + ".attn", heads: heads / (parallel?.size ?? 1), hasBias: hasBias,
@@ -71,7 +74,7 @@ public final class TransformerBlock {
         ln2.forward(x1.data, rows: rows, into: ln2Out.data)
         fc.forward(ln2Out.data, rows: rows, into: fcOut.data)
         let geluOut = workspace.floats(.blockActivation, rows * 4 * channels)
-        OperationProfile.measure("gelu forward") { geluForward(fcOut.data, into: geluOut, count: rows * 4 * channels) }
+        OperationProfile.measure("gelu forward") { geluForward(fcOut.data, into: geluOut, count: rows * 4 * channels, form: gelu) }
         projection.forward(geluOut, rows: rows, into: y)
         add(y, x1.data, into: y, count: n)
     }
@@ -105,10 +108,10 @@ public final class TransformerBlock {
             projection.inputBackward(dy: dy, rows: rows, dx: dGelu)
         } else {
             let geluOut = workspace.floats(.blockActivation, hidden)
-            OperationProfile.measure("gelu forward (recomputed)") { geluForward(fcOut.data, into: geluOut, count: hidden) }
+            OperationProfile.measure("gelu forward (recomputed)") { geluForward(fcOut.data, into: geluOut, count: hidden, form: gelu) }
             projection.backward(geluOut, dy: dy, rows: rows, dx: dGelu)
         }
-        OperationProfile.measure("gelu backward") { geluBackward(fcOut.data, dGelu, accumulatingInto: dFc, count: hidden) }
+        OperationProfile.measure("gelu backward") { geluBackward(fcOut.data, dGelu, accumulatingInto: dFc, count: hidden, form: gelu) }
         fc.backward(ln2Out.data, dy: dFc, rows: rows, dx: dMlpNorm, weights: weights)
         ln2.backward(x1.data, dy: dMlpNorm, rows: rows, dx: dx1, weights: weights)
         // dx = dx1 + d(attn branch)/dx.
@@ -123,7 +126,7 @@ public final class TransformerBlock {
     public func weightBackward(_ x: UnsafePointer<Float>, saved: BlockWeightInputs, batch B: Int, time T: Int) {
         let rows = B * T, hidden = rows * 4 * channels
         let geluOut = workspace.floats(.blockActivation, hidden)
-        geluForward(fcOut.data, into: geluOut, count: hidden)
+        geluForward(fcOut.data, into: geluOut, count: hidden, form: gelu)
         projection.weightBackward(geluOut, dy: saved.projection.data, rows: rows)
         fc.weightBackward(ln2Out.data, dy: saved.fc.data, rows: rows)
         ln2.weightBackward(x1.data, dy: saved.ln2.data, rows: rows)
@@ -146,7 +149,7 @@ public final class TransformerBlock {
         ln2.forward(x1.data, rows: local, into: ln2Out.data)
         fc.forward(try parallel.gatherRows(ln2Out.data, rows: rows, width: c, full: gathered), rows: rows, into: fcOut.data)
         let geluOut = workspace.floats(.blockActivation, rows * hidden)
-        geluForward(fcOut.data, into: geluOut, count: rows * hidden)
+        geluForward(fcOut.data, into: geluOut, count: rows * hidden, form: gelu)
         projection.forward(geluOut, rows: rows, into: partial, addingBias: false)
         let mlpOut = try parallel.reduceRows(partial, rows: rows, width: c)
         if let bias = projection.bias { addBias(bias.value.data, to: mlpOut, rows: local, cols: c) }
@@ -166,9 +169,9 @@ public final class TransformerBlock {
         dx1.update(from: dy, count: n)
         dGelu.update(repeating: 0, count: hiddenCount); dFc.update(repeating: 0, count: hiddenCount)
         let geluOut = workspace.floats(.blockActivation, hiddenCount)
-        geluForward(fcOut.data, into: geluOut, count: hiddenCount)
+        geluForward(fcOut.data, into: geluOut, count: hiddenCount, form: gelu)
         projection.backward(geluOut, dy: try parallel.gatherRows(dy, rows: rows, width: c, full: gatheredGradient), rows: rows, dx: dGelu)
-        geluBackward(fcOut.data, dGelu, accumulatingInto: dFc, count: hiddenCount)
+        geluBackward(fcOut.data, dGelu, accumulatingInto: dFc, count: hiddenCount, form: gelu)
         partial.update(repeating: 0, count: rows * c)
         fc.backward(try parallel.gatherRows(ln2Out.data, rows: rows, width: c, full: gathered), dy: dFc, rows: rows, dx: partial)
         ln2.backward(x1.data, dy: try parallel.reduceRows(partial, rows: rows, width: c), rows: local, dx: dx1)

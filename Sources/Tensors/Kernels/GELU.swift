@@ -1,7 +1,84 @@
-// GELU, tanh form (as GPT-2 and nanoGPT's nn.GELU(approximate='tanh')):
+// GELU in two forms. Exact (PyTorch's nn.GELU(), which nanoGPT's MLP uses; `gelu: "exact"`; for now
+// ~10x slower than the tanh form, so not yet the default):
+//   y = 0.5 x (1 + erf(x / sqrt 2)),  dy/dx = 0.5 (1 + erf(x / sqrt 2)) + x exp(-x^2 / 2) / sqrt(2 pi)
+// with erf from Abramowitz & Stegun 7.1.26 (absolute error <= 1.5e-7, below float32's step near 1).
+// Tanh (GPT-2's original, nn.GELU(approximate='tanh'); the default):
 //   y = 0.5 x (1 + tanh(s (x + 0.044715 x^3))),  s = sqrt(2/pi)
-// Forward caches nothing beyond its input x; backward recomputes tanh from x:
 //   dy/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) s (1 + 3 * 0.044715 x^2)
+// Forward caches nothing beyond its input x; backward recomputes from x.
+
+/// Which GELU a model uses.
+public enum GELUForm: String, Codable, Sendable, CaseIterable {
+    case exact, tanh
+}
+
+/// y = f(x) for `form`.
+public func geluForward(_ x: UnsafePointer<Float>, into out: UnsafeMutablePointer<Float>, count n: Int, form: GELUForm) {
+    switch form {
+    case .tanh: geluForward(x, into: out, count: n)
+    case .exact: geluExactForward(x, into: out, count: n)
+    }
+}
+
+/// dx += dout * f'(x) for `form`.
+public func geluBackward(_ x: UnsafePointer<Float>, _ dout: UnsafePointer<Float>, accumulatingInto dx: UnsafeMutablePointer<Float>,
+                         count n: Int, form: GELUForm) {
+    switch form {
+    case .tanh: geluBackward(x, dout, accumulatingInto: dx, count: n)
+    case .exact: geluExactBackward(x, dout, accumulatingInto: dx, count: n)
+    }
+}
+
+/// erf(x / sqrt 2) and exp(-x^2 / 2), which the exact GELU's value and slope share.
+@inline(__always) func erfHalfAndGaussian(_ v: SIMD16<Float>) -> (erf: SIMD16<Float>, gaussian: SIMD16<Float>) {
+    typealias V = SIMD16<Float>
+    let z = v * V(repeating: 0.7071067811865476)
+    let minusOne = V(repeating: -1) // prefix minus on SIMD is scalarized by the compiler
+    let a = pointwiseMax(z, z * minusOne)
+    let t = 1 / V(repeating: 1).addingProduct(a, V(repeating: 0.3275911))
+    var poly = V(repeating: 1.061405429)
+    poly = poly * t + V(repeating: -1.453152027)
+    poly = poly * t + V(repeating: 1.421413741)
+    poly = poly * t + V(repeating: -0.284496736)
+    poly = poly * t + V(repeating: 0.254829592)
+    poly = poly * t
+    let gaussian = vectorExp(z * z * minusOne)
+    let magnitude = 1 - poly * gaussian
+    // erf is odd: the magnitude takes v's sign bit (a mask select would be scalarized).
+    let sign = unsafeBitCast(v, to: SIMD16<UInt32>.self) & SIMD16<UInt32>(repeating: 0x8000_0000)
+    return (unsafeBitCast(unsafeBitCast(magnitude, to: SIMD16<UInt32>.self) | sign, to: SIMD16<Float>.self), gaussian)
+}
+
+func geluExactForward(_ x: UnsafePointer<Float>, into out: UnsafeMutablePointer<Float>, count n: Int) {
+    var i = 0
+    while i + 16 <= n {
+        let v = load16(x + i)
+        store16(out + i, 0.5 * v * (1 + erfHalfAndGaussian(v).erf))
+        i += 16
+    }
+    guard i < n else { return }
+    var v = SIMD16<Float>()
+    for l in 0..<(n - i) { v[l] = x[i + l] }
+    let y = 0.5 * v * (1 + erfHalfAndGaussian(v).erf)
+    for l in 0..<(n - i) { out[i + l] = y[l] }
+}
+
+func geluExactBackward(_ x: UnsafePointer<Float>, _ dout: UnsafePointer<Float>, accumulatingInto dx: UnsafeMutablePointer<Float>, count n: Int) {
+    @inline(__always) func slope(_ v: SIMD16<Float>) -> SIMD16<Float> {
+        let (e, gaussian) = erfHalfAndGaussian(v)
+        return 0.5 * (1 + e) + v * gaussian * SIMD16<Float>(repeating: 0.3989422804014327)
+    }
+    var i = 0
+    while i + 16 <= n {
+        store16(dx + i, load16(dx + i).addingProduct(slope(load16(x + i)), load16(dout + i)))
+        i += 16
+    }
+    guard i < n else { return }
+    var v = SIMD16<Float>()
+    for l in 0..<(n - i) { v[l] = x[i + l] }
+    let local = slope(v)
+    for l in 0..<(n - i) { dx[i + l] += local[l] * dout[i + l] }
+}
 
 private let geluScale: Float = 0.7978845608028654 // sqrt(2/pi)
 private let geluCubic: Float = 0.044715
