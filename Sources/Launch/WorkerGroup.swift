@@ -105,13 +105,23 @@ public final class WorkerGroup: @unchecked Sendable {
             // Fresh copies (map allocates): a shared array buffer would be read here while the termination
             // handler appends to it on another thread (ThreadSanitizer reported exactly that).
             lock.lock(); let order = exitOrder.map { $0 }; let all = processes.map { $0 }; lock.unlock()
+            func exit(_ slot: Int) -> WorkerExit {
+                let p = all[slot]
+                lock.lock(); let tail = tails[slot]; lock.unlock()
+                return WorkerExit(rank: spec.nodeRank * spec.localWorkers + slot, pid: p.processIdentifier, host: host,
+                                  status: p.terminationStatus, signaled: p.terminationReason == .uncaughtSignal, lastLines: tail)
+            }
             for slot in order where failure == nil {
                 let p = all[slot]
-                if p.terminationStatus != 0 || p.terminationReason == .uncaughtSignal {
-                    lock.lock(); let tail = tails[slot]; lock.unlock()
-                    failure = WorkerExit(rank: spec.nodeRank * spec.localWorkers + slot, pid: p.processIdentifier, host: host,
-                                         status: p.terminationStatus, signaled: p.terminationReason == .uncaughtSignal, lastLines: tail)
-                }
+                if p.terminationStatus != 0 || p.terminationReason == .uncaughtSignal { failure = exit(slot) }
+            }
+            if let first = failure, !first.signaled {
+                // A rank killed by a signal is the likelier cause than one that exited on the error the
+                // kill caused (its peers see the connection reset at once, and their exits may be
+                // reported first): wait a moment for a signal death and name it instead.
+                usleep(150_000)
+                lock.lock(); let later = exitOrder.map { $0 }; lock.unlock()
+                if let slot = later.first(where: { all[$0].terminationReason == .uncaughtSignal }) { failure = exit(slot) }
             }
             if failure != nil || order.count == all.count { break }
             usleep(20_000)
