@@ -218,26 +218,8 @@ final class DataParallelTests: XCTestCase {
                       "--set", "eval_interval=100000", "--set", "log_interval=1"]
         let reference = temporaryDirectory("restart-reference")
         XCTAssertEqual(try launch(2, config, common + ["--out-dir", reference]).status, 0)
-        let dir = temporaryDirectory("restart")
-        let (process, handle, head) = try startLauncher(["--nproc-per-node", "2", "--timeout", "20", "--max-restarts", "1", "--", config]
-                                                        + common + ["--out-dir", dir], until: "iter 50/")
-        let pids = launcherRankPIDs(head)
-        XCTAssertEqual(pids.count, 2, head)
-        if pids.count == 2 { kill(pids[1], SIGKILL) }
-        let output = head + String(decoding: handle.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        XCTAssertEqual(process.terminationStatus, 0, output)
-        XCTAssertTrue(output.contains("FAILED: rank 1"), output)
-        XCTAssertTrue(output.contains("restarting the group (1 of 1)"), output)
-        XCTAssertTrue(output.contains("restart 1: resuming from the last checkpoint"), output)
-        XCTAssertTrue(output.contains("all 2 rank(s) finished after 1 restart(s)"), output)
-        let expected = try LoadedCheckpoint(path: reference + "/ckpt.safetensors").tensors
-        let got = try LoadedCheckpoint(path: dir + "/ckpt.safetensors").tensors
-        XCTAssertEqual(Set(expected.keys), Set(got.keys))
-        for (name, tensor) in expected {
-            XCTAssertEqual(tensor.values.map(\.bitPattern), got[name]!.values.map(\.bitPattern), "\(name) differs from the uninterrupted run")
-        }
-        XCTAssertEqual(survivors(ofLauncher: process.processIdentifier), [])
+        try assertRestartEndsBitwiseEqual(launcher: Self.buildDirectory + "/ddp-launch", [config] + common,
+                                          dir: temporaryDirectory("restart"), reference: reference, until: "iter 50/")
     }
 
     /// Every way a job can end badly leaves no process behind: restarts exhausted, the launcher

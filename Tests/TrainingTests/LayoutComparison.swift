@@ -1,5 +1,6 @@
 import Foundation
 import NN
+import TestSupport
 import XCTest
 
 /// Per-step losses from a run's metrics.jsonl (full precision; the log prints 4 decimals).
@@ -26,4 +27,32 @@ func assertSameTraining(_ reference: String, _ dir: String, _ name: String, step
         for (x, y) in zip(tensor.values, b[key]?.values ?? []) { difference = max(difference, abs(x - y)) }
     }
     XCTAssertLessThan(difference, parameterBound, "\(name): final parameters differ by \(difference)", file: file, line: line)
+}
+
+/// `--max-restarts 1` on 2 ranks of `command` (config and settings, writing `dir`), rank 1 SIGKILLed once
+/// `until` is printed: the launcher names it and restarts the group, rank 0 resumes from the last
+/// checkpoint, the job ends with exactly the tensors of `reference`'s uninterrupted run (bitwise), and
+/// nothing is left running.
+func assertRestartEndsBitwiseEqual(launcher: String, _ command: [String], dir: String, reference: String, until: String,
+                                   file: StaticString = #filePath, line: UInt = #line) throws {
+    let (process, handle, head) = try startLauncher(launcher, ["--nproc-per-node", "2", "--timeout", "20", "--max-restarts", "1", "--"]
+                                                    + command + ["--out-dir", dir], until: until)
+    let pids = launcherRankPIDs(head)
+    XCTAssertEqual(pids.count, 2, head, file: file, line: line)
+    if pids.count == 2 { kill(pids[1], SIGKILL) }
+    let output = head + String(decoding: handle.readDataToEndOfFile(), as: UTF8.self)
+    process.waitUntilExit()
+    XCTAssertEqual(process.terminationStatus, 0, output, file: file, line: line)
+    for expected in ["FAILED: rank 1", "restarting the group (1 of 1)", "restart 1: resuming from the last checkpoint",
+                     "all 2 rank(s) finished after 1 restart(s)"] {
+        XCTAssertTrue(output.contains(expected), "missing '\(expected)':\n\(output)", file: file, line: line)
+    }
+    let expected = try LoadedCheckpoint(path: reference + "/ckpt.safetensors").tensors
+    let got = try LoadedCheckpoint(path: dir + "/ckpt.safetensors").tensors
+    XCTAssertEqual(Set(expected.keys), Set(got.keys), file: file, line: line)
+    for (name, tensor) in expected {
+        XCTAssertEqual(tensor.values.map(\.bitPattern), got[name]?.values.map(\.bitPattern), "\(name) differs from the uninterrupted run",
+                       file: file, line: line)
+    }
+    XCTAssertEqual(survivors(ofLauncher: process.processIdentifier), [], file: file, line: line)
 }

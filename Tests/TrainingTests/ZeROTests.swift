@@ -184,24 +184,8 @@ final class ZeROTests: XCTestCase {
         let reference = temporaryDirectory("zero3-restart-reference")
         let undisturbed = try runToEnd(Self.buildDirectory + "/ddp-launch", ["--nproc-per-node", "2", "--timeout", "20", "--", config] + common + ["--out-dir", reference])
         XCTAssertEqual(undisturbed.status, 0, undisturbed.output)
-        let dir = temporaryDirectory("zero3-restart")
-        let (process, handle, head) = try TestSupport.startLauncher(Self.buildDirectory + "/ddp-launch",
-            ["--nproc-per-node", "2", "--timeout", "20", "--max-restarts", "1", "--", config] + common + ["--out-dir", dir], until: "iter 50/")
-        let pids = launcherRankPIDs(head)
-        XCTAssertEqual(pids.count, 2, head)
-        if pids.count == 2 { kill(pids[1], SIGKILL) }
-        let output = head + String(decoding: handle.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        XCTAssertEqual(process.terminationStatus, 0, output)
-        XCTAssertTrue(output.contains("FAILED: rank 1"), output)
-        XCTAssertTrue(output.contains("restart 1: resuming from the last checkpoint"), output)
-        let expected = try LoadedCheckpoint(path: reference + "/ckpt.safetensors").tensors
-        let got = try LoadedCheckpoint(path: dir + "/ckpt.safetensors").tensors
-        XCTAssertEqual(Set(expected.keys), Set(got.keys))
-        for (name, tensor) in expected {
-            XCTAssertEqual(tensor.values.map(\.bitPattern), got[name]!.values.map(\.bitPattern), "\(name) differs from the uninterrupted run")
-        }
-        XCTAssertEqual(survivors(ofLauncher: process.processIdentifier), [])
+        try assertRestartEndsBitwiseEqual(launcher: Self.buildDirectory + "/ddp-launch", [config] + common,
+                                          dir: temporaryDirectory("zero3-restart"), reference: reference, until: "iter 50/")
     }
 
     /// A sharded checkpoint written by 3 ranks at stage 3 holds exactly the gathered single file of the
