@@ -353,7 +353,7 @@ public final class Trainer {
         guard rank == 0 else { return }
         let schedule = pipeline.runner.schedule
         let span = (intervals.flatMap { $0.map(\.end) }.max() ?? 0) - (intervals.flatMap { $0.map(\.start) }.min() ?? 0)
-        let busy = intervals.flatMap { $0 }.filter { $0.action.kind.isCompute && $0.action.kind != .step }.reduce(0) { $0 + $1.end - $1.start }
+        let busy = intervals.reduce(0) { $0 + $1.busySeconds }
         let bubble = span > 0 ? 1 - busy / (Double(intervals.count) * span) : 0
         let title = String(format: "%@, p %d, m %d, v %d: last pass of step %d, measured (bubble %.3f, formula %.3f)",
                            schedule.kind.rawValue, schedule.pipelineParallel, schedule.microbatches, schedule.virtualStages,

@@ -9,6 +9,13 @@ import Rendezvous
 // schedule says and a step that would need more is a bug caught by a precondition. The measured
 // intervals of each step feed the timeline and the bubble figures.
 
+extension Array where Element == PipelineInterval {
+    /// Seconds of compute passes among these intervals (waits and the step's flush left out).
+    public var busySeconds: Double {
+        filter { $0.action.kind.isCompute && $0.action.kind != .step }.reduce(0) { $0 + $1.end - $1.start }
+    }
+}
+
 public final class PipelineRunner {
     public let schedule: PipelineSchedule
     public let group: ProcessGroup
@@ -34,9 +41,7 @@ public final class PipelineRunner {
         public var startNanoseconds: UInt64 = 0
 
         /// Seconds of compute passes (waits and the step's flush left out).
-        public var busySeconds: Double {
-            intervals.filter { $0.action.kind.isCompute && $0.action.kind != .step }.reduce(0) { $0 + $1.end - $1.start }
-        }
+        public var busySeconds: Double { intervals.busySeconds }
     }
 
     /// `group` is the pipeline group: its rank r runs the schedule's list r.
