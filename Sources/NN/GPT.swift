@@ -9,9 +9,17 @@ public struct GPTConfiguration: Codable, Sendable, Equatable {
     public var bias: Bool
     /// The MLP's GELU: the tanh approximation by default; exact is nanoGPT's nn.GELU().
     public var gelu: GELUForm
-    public init(vocabularySize: Int, blockSize: Int, layers: Int, heads: Int, embedding: Int, bias: Bool = false, gelu: GELUForm = .tanh) {
+    /// Mixture-of-experts MLPs in some blocks (nil: all dense).
+    public var experts: MoEConfiguration?
+    public init(vocabularySize: Int, blockSize: Int, layers: Int, heads: Int, embedding: Int, bias: Bool = false, gelu: GELUForm = .tanh,
+                experts: MoEConfiguration? = nil) {
         self.vocabularySize = vocabularySize; self.blockSize = blockSize; self.layers = layers
-        self.heads = heads; self.embedding = embedding; self.bias = bias; self.gelu = gelu
+        self.heads = heads; self.embedding = embedding; self.bias = bias; self.gelu = gelu; self.experts = experts
+    }
+
+    /// The mixture for block `layer`, when it has one.
+    public func experts(inLayer layer: Int) -> MoEConfiguration? {
+        experts.flatMap { $0.isExpertLayer(layer) ? $0 : nil }
     }
 }
 
@@ -19,9 +27,14 @@ extension GPTConfiguration {
     /// Model FLOPs of one forward and backward over `batch` sequences of `time` tokens: 6 x (matmul
     /// parameters) x tokens for the linear layers and the tied head, plus the attention's scores and
     /// mixing, 4 B T^2 C per layer forward and twice that backward (the causal half computed whole).
+    /// A mixture-of-experts MLP counts top_k experts per token (its active parameters) and its router.
     public func trainingFLOPs(batch: Int, time: Int) -> Double {
         let c = Double(embedding), t = Double(time), b = Double(batch), l = Double(layers)
-        return 6 * (l * 12 * c * c + Double(vocabularySize) * c) * b * t + l * 3 * 4 * b * t * t * c
+        var mlp = 0.0
+        for layer in 0..<layers {
+            if let moe = experts(inLayer: layer) { mlp += Double(moe.topK) * 8 * c * c + Double(moe.experts) * c } else { mlp += 8 * c * c }
+        }
+        return 6 * (l * 4 * c * c + mlp + Double(vocabularySize) * c) * b * t + l * 3 * 4 * b * t * t * c
     }
 }
 
@@ -73,31 +86,70 @@ public final class GPT: Model, ParameterUnits {
     /// and the partial sums of the embedding lookup and of the head's input gradient.
     var normGathered = Tensor(zeros: [0]), partialRows = Tensor(zeros: [0])
 
-    public init(_ configuration: GPTConfiguration, parallel: TensorParallelism? = nil) {
+    /// `exchange` splits the experts of mixture-of-experts blocks over an expert group (not together
+    /// with tensor parallelism).
+    public init(_ configuration: GPTConfiguration, parallel: TensorParallelism? = nil, exchange: ExpertExchange? = nil) {
         self.configuration = configuration
-        let c = configuration.embedding, parts = parallel?.size ?? 1
+        let c = configuration.embedding, parts = parallel?.size ?? 1, expertParts = exchange?.size ?? 1
         precondition(c % configuration.heads == 0, "n_embd \(c) not divisible by n_head \(configuration.heads)")
         precondition(configuration.heads % parts == 0, "n_head \(configuration.heads) not divisible by the tensor-parallel size \(parts)")
+        precondition(configuration.experts == nil || parts == 1, "mixture of experts with tensor parallelism")
         self.parallel = parts > 1 ? parallel : nil
         localVocabulary = (configuration.vocabularySize + parts - 1) / parts
         var layout = ParameterSet.Layout()
+        // Experts first: backward finishes the buffer from its end, and the experts' gradients are the
+        // last a mixture-of-experts model completes (gradientsReady(0)); under expert parallelism they
+        // are also the part averaged over another group.
+        for l in 0..<configuration.layers {
+            if let moe = configuration.experts(inLayer: l) {
+                MixtureOfExperts.registerExperts(&layout, "transformer.h.\(l).mlp", channels: c, configuration: moe, bias: configuration.bias,
+                                                 parts: expertParts)
+            }
+        }
+        expertCount = layout.count
         layout.add("transformer.wte.weight", [localVocabulary, c])
         layout.add("transformer.wpe.weight", [configuration.blockSize, c])
         for l in 0..<configuration.layers {
-            TransformerBlock.register(&layout, "transformer.h.\(l)", channels: c, bias: configuration.bias, parts: parts)
+            TransformerBlock.register(&layout, "transformer.h.\(l)", channels: c, bias: configuration.bias, parts: parts,
+                                      experts: configuration.experts(inLayer: l))
         }
         LayerNormLayer.register(&layout, "transformer.ln_f", features: c, bias: configuration.bias)
         let parameters = ParameterSet(layout: layout)
         self.parameters = parameters
-        sharding = GPT.sharding(parameters, configuration: configuration, rank: parallel?.rank ?? 0, size: parts)
+        sharding = expertParts > 1
+            ? GPT.expertSharding(parameters, configuration: configuration, rank: exchange!.rank, size: expertParts)
+            : GPT.sharding(parameters, configuration: configuration, rank: parallel?.rank ?? 0, size: parts)
         tokenEmbedding = parameters["transformer.wte.weight"]
         positionEmbedding = parameters["transformer.wpe.weight"]
         let workspace = Workspace()
         blocks = (0..<configuration.layers).map {
             TransformerBlock(parameters, "transformer.h.\($0)", heads: configuration.heads, hasBias: configuration.bias,
-                             workspace: workspace, parallel: parts > 1 ? parallel : nil, gelu: configuration.gelu)
+                             workspace: workspace, parallel: parts > 1 ? parallel : nil, gelu: configuration.gelu,
+                             experts: configuration.experts(inLayer: $0), exchange: exchange)
         }
         finalNorm = LayerNormLayer(parameters, "transformer.ln_f", hasBias: configuration.bias)
+    }
+
+    /// Floats at the start of the buffer that are expert tensors (0 for a dense model).
+    public let expertCount: Int
+    /// The model's mixtures, in block order.
+    public var mixtures: [MixtureOfExperts] { blocks.compactMap(\.experts) }
+    /// The sum of the mixtures' auxiliary losses in the last forward.
+    public var auxiliaryLoss: Float { mixtures.reduce(0) { $0 + $1.auxiliaryLoss } }
+
+    /// Expert parallelism: the stacked expert tensors are split by expert (rows of dim 0) across the
+    /// expert group; everything else is replicated.
+    static func expertSharding(_ parameters: ParameterSet, configuration: GPTConfiguration, rank: Int, size: Int) -> ParameterSharding {
+        var fullOffset = 0
+        let shards = parameters.parameters.map { p -> ParameterShard in
+            let stacked = p.name.contains(".mlp.experts.")
+            var full = p.shape
+            if stacked { full[0] *= size }
+            defer { fullOffset += full.reduce(1, *) }
+            return ParameterShard(local: p, fullShape: full, kind: stacked ? .rows(blocks: 1) : .replicated, fullOffset: fullOffset,
+                                  partialUnderSequenceParallel: false)
+        }
+        return ParameterSharding(rank: rank, size: size, shards: shards)
     }
 
     /// Embeddings (wte, wpe), each block, the final LayerNorm: the layout's order.
@@ -134,7 +186,7 @@ public final class GPT: Model, ParameterUnits {
     /// Tensor parallelism draws the full model and keeps this rank's shard (Megatron's CPU
     /// initialization), so every tensor-parallel size starts from the same model as one rank.
     public func initialize(seed: UInt64) {
-        guard parallel != nil else { return GPT.initialize(parameters, layers: configuration.layers, seed: seed) }
+        guard sharding.size > 1 else { return GPT.initialize(parameters, layers: configuration.layers, seed: seed) }
         var layout = ParameterSet.Layout()
         for (name, shape, _) in sharding.fullParameters { layout.add(name, shape) }
         let full = ParameterSet(layout: layout)
@@ -271,7 +323,8 @@ public final class GPT: Model, ParameterUnits {
             let next = 1 - current
             dResidual[next].fill(0)
             try unitHooks?.willUse(unit: l + 1, backward: true)
-            try blocks[l].backward(residual[l].data, dy: dResidual[current].data, batch: B, time: T, dx: dResidual[next].data)
+            try blocks[l].backward(residual[l].data, dy: dResidual[current].data, batch: B, time: T, dx: dResidual[next].data,
+                                   lossScale: lossScale)
             unitHooks?.doneUsing(unit: l + 1, backward: true)
             gradientsReady(blocks[l].ln1.weight.offset)
             current = next

@@ -11,6 +11,9 @@ public final class Workspace {
         case blockActivation
         /// Tensor parallelism: all-gathered rows (sequence parallelism) and partial sums before reduction.
         case sequenceGathered, sequenceGatheredGradient, tensorParallelPartial
+        /// Mixture of experts: rows in send order, the experts' outputs, rows as received, input gradients
+        /// of the experts' rows, and the router's gradients.
+        case expertSend, expertOutput, expertStaging, expertInputGradient, routerGradient, routerLogitsGradient
     }
 
     var buffers: [FloatBuffer?] = Array(repeating: nil, count: Slot.allCases.count)

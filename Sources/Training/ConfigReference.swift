@@ -56,6 +56,12 @@ extension TrainConfig {
         ("microbatches", "with pipeline_parallel: micro-batches of batch_size sequences per pipeline pass"),
         ("virtual_stages", "with the interleaved schedule: chunks of layers per rank (Megatron's virtual pipeline size)"),
         ("pipeline_timeline", "with pipeline_parallel: an SVG file of the last step's measured per-rank timeline (written by rank 0)"),
+        ("n_experts", "GPT: experts per mixture-of-experts MLP (0: dense model)"),
+        ("moe_top_k", "experts per token: 1 (Switch) or 2 (GShard, gates renormalised)"),
+        ("capacity_factor", "places per expert = ceil(top_k x tokens / n_experts x factor) over one rank's micro-batch; over it a choice is dropped (the token keeps its residual); 0: dropless"),
+        ("moe_aux_loss_coef", "Switch load-balancing loss α·E·Σ f_i·P_i added to the training loss (0: off)"),
+        ("moe_every", "every moe_every-th block's MLP is a mixture of experts (2: every other block)"),
+        ("expert_parallel", "split each mixture's experts across this many data-parallel ranks (all-to-all dispatch and combine; divides n_experts and the data-parallel size)"),
     ]
 
     /// All known keys.

@@ -22,6 +22,11 @@ import Transport
 /// (the other ranks' segments) is zeroed and its whole pages go back to the kernel (the gradient
 /// buffer is paged), so between steps a rank holds only its own pieces of the gradient; the full
 /// buffer is resident only while backward fills the buckets not yet sent.
+///
+/// Expert parallelism (`experts`): the expert tensors at the start of the buffer differ between the
+/// ranks of an expert group, so their buckets are averaged over the expert-data-parallel group (the
+/// ranks holding the same experts) instead, after a division by the expert-parallel size: each rank's
+/// expert gradient already sums the tokens of that many data-parallel ranks (DeepSpeed-MoE's scaling).
 public final class DataParallel: @unchecked Sendable {
     public let group: ProcessGroup
     let parameters: ParameterSet
@@ -60,15 +65,27 @@ public final class DataParallel: @unchecked Sendable {
     /// Buckets before this index (in communication order) are queued this step.
     var nextBucket = 0
     public private(set) var bucketsPerStep = 0
+    /// Expert parallelism: the expert tensors' range, the group averaging them and the expert-parallel size.
+    public let experts: ExpertGradients?
+    public struct ExpertGradients {
+        public let range: Range<Int>
+        public let group: ProcessGroup
+        public let expertParallel: Int
+        public init(range: Range<Int>, group: ProcessGroup, expertParallel: Int) {
+            self.range = range; self.group = group; self.expertParallel = expertParallel
+        }
+    }
 
     /// `units` (ZeRO-3) shards the parameters too: its units become the buckets, each gathered before
     /// use and released after (`reshardAfterForward`: also between forward and backward), with
     /// `prefetchDepth` units gathered ahead on the communication thread.
     public init(group: ProcessGroup, parameters: ParameterSet, bucketBytes: Int, options: CollectiveOptions,
                 shardOptimizer: Bool = false, shardGradients: Bool = false, units: ParameterUnits? = nil,
-                reshardAfterForward: Bool = true, prefetchDepth: Int = 1) {
+                reshardAfterForward: Bool = true, prefetchDepth: Int = 1, experts: ExpertGradients? = nil) {
         precondition(!shardGradients || shardOptimizer, "ZeRO-2 shards the optimizer state too")
         precondition(units == nil || shardGradients, "ZeRO-3 shards gradients and optimizer state too")
+        precondition(experts == nil || (!shardGradients && experts!.range.lowerBound == 0), "expert parallelism with ZeRO-1 at most, experts first")
+        self.experts = experts
         self.group = group
         self.parameters = parameters
         bucketElements = max(1, bucketBytes / 4)
@@ -82,7 +99,13 @@ public final class DataParallel: @unchecked Sendable {
         self.reshardAfterForward = reshardAfterForward
         self.prefetchDepth = max(0, prefetchDepth)
         // ZeRO-3 reduce-scatters each unit's gradient as one bucket once backward is through it.
-        buckets = units.map { $0.parameterUnits.reversed() } ?? bucketRanges(count: parameters.count, bucketElements: bucketElements)
+        if let experts {
+            let expertEnd = experts.range.upperBound
+            buckets = bucketRanges(count: parameters.count - expertEnd, bucketElements: bucketElements).map { ($0.lowerBound + expertEnd)..<($0.upperBound + expertEnd) }
+                + bucketRanges(count: expertEnd, bucketElements: bucketElements)
+        } else {
+            buckets = units.map { $0.parameterUnits.reversed() } ?? bucketRanges(count: parameters.count, bucketElements: bucketElements)
+        }
         unitState = Array(repeating: .gathered, count: self.units.count)
         let thread = Thread { [self] in communicationLoop() }
         thread.name = "ddp-communication"
@@ -148,6 +171,11 @@ public final class DataParallel: @unchecked Sendable {
                 switch job {
                 case .reduce(let bucket):
                     let slice = UnsafeMutableBufferPointer(rebasing: parameters.gradients.buffer[bucket])
+                    let group = self.group(of: bucket)
+                    if let experts, isExpertBucket(bucket) {
+                        scale(slice.baseAddress!, by: 1 / Float(experts.expertParallel), count: slice.count)
+                    }
+                    if group.worldSize == 1 { break }
                     if shardOptimizer {
                         try reduceScatter(slice, op: .average, wire: options.wire, group: group)
                         if shardGradients { releaseOthersPieces(of: bucket, in: parameters.gradients) }
@@ -169,13 +197,24 @@ public final class DataParallel: @unchecked Sendable {
         }
     }
 
+    /// Expert parallelism: whether `bucket` holds expert tensors.
+    func isExpertBucket(_ bucket: Range<Int>) -> Bool { experts.map { bucket.upperBound <= $0.range.upperBound } ?? false }
+
+    /// The group that averages `bucket`: the data-parallel group, or the expert-data-parallel group.
+    func group(of bucket: Range<Int>) -> ProcessGroup {
+        if let experts, isExpertBucket(bucket) { return experts.group }
+        return group
+    }
+
     // MARK: ZeRO-1
 
-    /// The pieces of the parameter buffer `rank` owns: all of it without sharding.
+    /// The pieces of the parameter buffer data-parallel rank `rank` owns: all of it without sharding.
+    /// Expert buckets are split over the expert-data-parallel group (rank / expert-parallel size there).
     public func ownedRanges(of rank: Int) -> [Range<Int>] {
         guard shardOptimizer else { return [0..<parameters.count] }
         return buckets.map { bucket in
-            let piece = segmentRange(count: bucket.count, parts: group.worldSize, index: rank)
+            let expert = isExpertBucket(bucket), parts = expert ? experts!.group.worldSize : group.worldSize
+            let piece = segmentRange(count: bucket.count, parts: parts, index: expert ? rank / experts!.expertParallel : rank)
             return (bucket.lowerBound + piece.lowerBound)..<(bucket.lowerBound + piece.upperBound)
         }
     }
@@ -201,7 +240,16 @@ public final class DataParallel: @unchecked Sendable {
 
     /// Segment r of each bucket of `full` comes from rank r.
     func gatherPieces(_ full: UnsafeMutableBufferPointer<Float>) throws {
-        for bucket in buckets { try allgather(UnsafeMutableBufferPointer(rebasing: full[bucket]), group: group) }
+        for bucket in buckets { try allgather(UnsafeMutableBufferPointer(rebasing: full[bucket]), group: group(of: bucket)) }
+    }
+
+    /// Rank 0's parameters to every replica (the expert tensors from the expert-data-parallel group's
+    /// rank 0, which holds the same experts).
+    public func broadcastParameters() throws {
+        let values = parameters.values.buffer
+        guard let experts else { return try broadcast(values, root: 0, group: group) }
+        try broadcast(UnsafeMutableBufferPointer(rebasing: values[experts.range.upperBound...]), root: 0, group: group)
+        if experts.group.worldSize > 1 { try broadcast(UnsafeMutableBufferPointer(rebasing: values[experts.range]), root: 0, group: experts.group) }
     }
 
     /// A full-length copy of a state buffer packed over `ownedRanges(of: rank)` (collective: every rank calls it).
@@ -230,8 +278,18 @@ public final class DataParallel: @unchecked Sendable {
 
     /// Fails unless every rank holds bitwise-identical parameters (CRC-32C allgathered).
     public func verifyReplicas(iteration: Int) throws {
-        if let r = try firstRankDiffering(checksum(of: parameters.values.buffer), group: group) {
-            throw TrainingError("after iteration \(iteration) rank \(r)'s parameters differ bitwise from rank 0's")
+        let values = parameters.values.buffer
+        guard let experts else {
+            if let r = try firstRankDiffering(checksum(of: values), group: group) {
+                throw TrainingError("after iteration \(iteration) rank \(r)'s parameters differ bitwise from rank 0's")
+            }
+            return
+        }
+        if let r = try firstRankDiffering(checksum(of: UnsafeMutableBufferPointer(rebasing: values[experts.range.upperBound...])), group: group) {
+            throw TrainingError("after iteration \(iteration) data-parallel rank \(r)'s dense parameters differ bitwise from rank 0's")
+        }
+        if let r = try firstRankDiffering(checksum(of: UnsafeMutableBufferPointer(rebasing: values[experts.range])), group: experts.group) {
+            throw TrainingError("after iteration \(iteration) expert-data-parallel rank \(r) (world rank \(experts.group.members[r]))'s experts differ bitwise from its group's rank 0")
         }
     }
 }
@@ -281,3 +339,4 @@ public struct TrainingError: Error, CustomStringConvertible {
     public init(_ message: String) { self.message = message }
     public var description: String { message }
 }
+

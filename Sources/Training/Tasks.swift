@@ -58,14 +58,14 @@ public final class GPTTask: TrainingTask {
     /// The data-parallel rank: the ranks of one tensor-parallel group draw the same batches.
     let rank: Int
 
-    public init(config: TrainConfig, text: CharText, rank: Int = 0, parallel: TensorParallelism? = nil) {
+    public init(config: TrainConfig, text: CharText, rank: Int = 0, parallel: TensorParallelism? = nil, exchange: ExpertExchange? = nil) {
         self.config = config
         self.text = text
         self.rank = rank
         model = GPT(GPTConfiguration(vocabularySize: text.vocabulary.count, blockSize: config.blockSize,
                                      layers: config.nLayer, heads: config.nHead, embedding: config.nEmbd, bias: config.bias,
-                                     gelu: config.gelu),
-                    parallel: parallel)
+                                     gelu: config.gelu, experts: config.experts),
+                    parallel: parallel, exchange: exchange)
     }
 
     public var parameters: ParameterSet { model.parameters }
@@ -73,10 +73,10 @@ public final class GPTTask: TrainingTask {
     public var unitsPerMicroBatch: Int { config.batchSize * config.blockSize }
     /// This rank's share: tensor parallelism splits the matmuls (not the small LayerNorm/softmax work).
     public var flopsPerMicroBatch: Double {
-        model.configuration.trainingFLOPs(batch: config.batchSize, time: config.blockSize) / Double(model.sharding.size)
+        model.configuration.trainingFLOPs(batch: config.batchSize, time: config.blockSize) / Double(model.parallel?.size ?? 1)
     }
     public var unitName: String { "tokens" }
-    public var units: ParameterUnits? { model.parallel == nil ? model : nil }
+    public var units: ParameterUnits? { model.parallel == nil && model.expertCount == 0 ? model : nil }
     public func initialize(seed: UInt64) { model.initialize(seed: seed) }
 
     /// Each rank draws its own independent batch stream, a pure function of (seed, rank, iteration,
@@ -84,7 +84,8 @@ public final class GPTTask: TrainingTask {
     public func trainingLoss(iteration: Int, microStep: Int) throws -> Float {
         var rng = SeededRandom(seed: config.seed ^ 0xBA7C4).derived(UInt64(rank) << 48 | UInt64(iteration) << 8 | UInt64(microStep & 0xFF))
         let (x, y) = CharText.sampleBatch(from: text.train, batchSize: config.batchSize, time: config.blockSize, using: &rng)
-        return try model.forward(TokenBatch(tokens: x, targets: y, batchSize: config.batchSize, time: config.blockSize))
+        // The objective: cross-entropy plus the mixtures' load-balancing losses (backward adds their gradients).
+        return try model.forward(TokenBatch(tokens: x, targets: y, batchSize: config.batchSize, time: config.blockSize)) + model.auxiliaryLoss
     }
 
     public func backward(lossScale: Float, gradientsReady: (Int) -> Void) throws {
@@ -96,6 +97,9 @@ public final class GPTTask: TrainingTask {
     /// stream. Every rank draws all of them and runs forward on its share.
     public func evaluate(iteration: Int, part: Int, parts: Int) throws -> [EvaluationShare] {
         var results: [EvaluationShare] = []
+        // Routing figures are the training's: evaluation forwards leave them as they were.
+        let statistics = model.mixtures.map(\.statistics)
+        defer { for (mixture, kept) in zip(model.mixtures, statistics) { mixture.statistics = kept } }
         for (name, split) in [("train", text.train), ("val", text.validation)] {
             var evalRng = SeededRandom(seed: config.seed).derived(0xE7A1 &+ UInt64(iteration) &* 2 &+ (name == "val" ? 1 : 0))
             let batches = (0..<config.evalIters).map { _ in
@@ -188,7 +192,7 @@ public final class MLPTask: TrainingTask {
 /// Builds the task a config names, loading its data from `config.dataDir`. `rank` and `worldSize` are
 /// the data-parallel ones; `parallel` splits the GPT across a tensor-parallel group.
 public func makeTask(_ config: TrainConfig, rank: Int = 0, worldSize: Int = 1, parallel: TensorParallelism? = nil,
-                     pipeline: ProcessGroup? = nil) throws -> TrainingTask {
+                     pipeline: ProcessGroup? = nil, exchange: ExpertExchange? = nil) throws -> TrainingTask {
     let dir = config.dataDir
     switch config.model {
     case .gpt:
@@ -201,7 +205,7 @@ public func makeTask(_ config: TrainConfig, rank: Int = 0, worldSize: Int = 1, p
         if let pipeline, config.pipelineParallel > 1 {
             return try PipelineGPTTask(config: config, text: text, rank: rank, pipeline: pipeline)
         }
-        return GPTTask(config: config, text: text, rank: rank, parallel: parallel)
+        return GPTTask(config: config, text: text, rank: rank, parallel: parallel, exchange: exchange)
     case .mlp:
         let all = try MNIST(imagesPath: dir + "/mnist-t10k-images-idx3-ubyte.gz", labelsPath: dir + "/mnist-t10k-labels-idx1-ubyte.gz")
         guard all.count > 2000 else { throw DatasetError(dir, "MNIST has \(all.count) images; need more than the 2,000 held out") }

@@ -1,6 +1,7 @@
 import Collectives
 import Foundation
 import Tensors
+import NN
 import Parallel
 
 /// A bad configuration, naming the key (and the file when there is one).
@@ -94,6 +95,18 @@ public struct TrainConfig: Codable, Sendable, Equatable {
     public var virtualStages = 1
     /// An SVG of the last step's measured pipeline timeline, written by rank 0 (empty: none).
     public var pipelineTimeline = ""
+    // Mixture of experts
+    /// Experts per mixture-of-experts MLP (0: a dense model).
+    public var nExperts = 0
+    public var moeTopK = 1
+    /// Places per expert = ceil(top_k x tokens / n_experts x factor), tokens of one rank's micro-batch; 0: dropless.
+    public var capacityFactor: Double = 0
+    /// Switch Transformer's load-balancing loss coefficient α.
+    public var moeAuxLossCoef: Double = 0.01
+    /// Every moe_every-th block's MLP is a mixture of experts.
+    public var moeEvery = 1
+    /// Experts split across this many data-parallel ranks (divides n_experts and the data-parallel size).
+    public var expertParallel = 1
 
     public init() {}
 
@@ -113,6 +126,8 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         case tensorParallel = "tensor_parallel", sequenceParallel = "sequence_parallel"
         case pipelineParallel = "pipeline_parallel", pipelineSchedule = "pipeline_schedule", microbatches, virtualStages = "virtual_stages"
         case pipelineTimeline = "pipeline_timeline"
+        case nExperts = "n_experts", moeTopK = "moe_top_k", capacityFactor = "capacity_factor", moeAuxLossCoef = "moe_aux_loss_coef"
+        case moeEvery = "moe_every", expertParallel = "expert_parallel"
     }
 
     public init(from decoder: Decoder) throws {
@@ -144,6 +159,8 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         try take(.pipelineParallel, &pipelineParallel); try take(.pipelineSchedule, &pipelineSchedule)
         try take(.microbatches, &microbatches); try take(.virtualStages, &virtualStages)
         try take(.pipelineTimeline, &pipelineTimeline)
+        try take(.nExperts, &nExperts); try take(.moeTopK, &moeTopK); try take(.capacityFactor, &capacityFactor)
+        try take(.moeAuxLossCoef, &moeAuxLossCoef); try take(.moeEvery, &moeEvery); try take(.expertParallel, &expertParallel)
     }
 
     static func typeName<T>(_ type: T.Type) -> String {
@@ -277,6 +294,7 @@ public struct TrainConfig: Codable, Sendable, Equatable {
                 throw ConfigError(key: error.key, error.reason)
             }
         }
+        try validateExperts()
         try require(dropout == 0, .dropout, "only 0 is supported (the recipe trains without dropout)")
         try requireMemory()
         // After the memory check, which bounds batch_size and block_size.
@@ -296,10 +314,41 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         }
     }
 
+    /// The mixture-of-experts keys and the combinations they do not support yet.
+    func validateExperts() throws {
+        func require(_ ok: Bool, _ key: CodingKeys, _ problem: @autoclosure () -> String) throws {
+            if !ok { throw ConfigError(key: key.rawValue, problem()) }
+        }
+        try require(nExperts == 0 || nExperts >= 2, .nExperts, "must be 0 (dense) or at least 2, got \(nExperts)")
+        try require(expertParallel >= 1, .expertParallel, "must be at least 1, got \(expertParallel)")
+        guard nExperts > 0 else {
+            return try require(expertParallel == 1, .expertParallel, "needs a mixture of experts (n_experts > 0)")
+        }
+        try require(model == .gpt, .nExperts, "applies to the gpt model only")
+        try require(nExperts <= 1024, .nExperts, "at most 1024, got \(nExperts)")
+        try require([1, 2].contains(moeTopK), .moeTopK, "must be 1 (Switch) or 2 (GShard), got \(moeTopK)")
+        try require(capacityFactor >= 0 && capacityFactor.isFinite, .capacityFactor, "must be a non-negative number (0: dropless), got \(capacityFactor)")
+        try require(moeAuxLossCoef >= 0 && moeAuxLossCoef.isFinite, .moeAuxLossCoef, "must be a non-negative number, got \(moeAuxLossCoef)")
+        try require(moeEvery >= 1 && moeEvery <= nLayer, .moeEvery, "must be in 1...n_layer (\(nLayer)), got \(moeEvery)")
+        try require(nExperts % expertParallel == 0, .expertParallel, "\(expertParallel) does not divide n_experts \(nExperts)")
+        try require(tensorParallel == 1, .nExperts, "a mixture of experts does not combine with tensor_parallel yet")
+        try require(pipelineParallel == 1, .nExperts, "a mixture of experts does not combine with pipeline_parallel yet")
+        try require(zeroStage <= 1, .zeroStage, "ZeRO-\(zeroStage) does not combine with a mixture of experts yet (ZeRO-1 does)")
+        try require(checkpointFormat == .single || expertParallel == 1, .checkpointFormat,
+                    "sharded checkpoints do not combine with expert_parallel yet")
+    }
+
+    /// The mixture-of-experts part of the GPT's configuration (nil: dense).
+    public var experts: MoEConfiguration? {
+        nExperts > 0 ? MoEConfiguration(experts: nExperts, topK: moeTopK, capacityFactor: capacityFactor,
+                                        auxiliaryLossCoefficient: moeAuxLossCoef, every: moeEvery) : nil
+    }
+
     /// Settings that must agree between a checkpoint and the run resuming it (the model's shape).
     public var architecture: String {
-        // The GELU form is named only when it is not the default, so older checkpoints still match.
+        // The GELU form and experts are named only when not the default, so older checkpoints still match.
         model == .gpt ? "gpt n_layer=\(nLayer) n_head=\(nHead) n_embd=\(nEmbd) block_size=\(blockSize) bias=\(bias)" + (gelu == .tanh ? "" : " gelu=\(gelu.rawValue)")
+                          + (nExperts == 0 ? "" : " n_experts=\(nExperts) moe_top_k=\(moeTopK) moe_every=\(moeEvery)")
                       : "mlp hidden=\(hidden) activation=\(activation.rawValue)"
     }
 

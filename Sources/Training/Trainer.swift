@@ -78,7 +78,11 @@ public final class Trainer {
             ? DataParallel(group: groups.data, parameters: task.parameters, bucketBytes: Int(config.bucketMb * 1048576),
                            options: CollectiveOptions(algorithm: config.allreduceAlgorithm, wire: config.gradientCompression),
                            shardOptimizer: config.zeroStage >= 1, shardGradients: config.zeroStage >= 2,
-                           units: config.zeroStage >= 3 ? task.units : nil, reshardAfterForward: config.reshardAfterForward)
+                           units: config.zeroStage >= 3 ? task.units : nil, reshardAfterForward: config.reshardAfterForward,
+                           experts: groups.expertData.map { group in
+                               DataParallel.ExpertGradients(range: 0..<((task as? GPTTask)?.model.expertCount ?? 0), group: group,
+                                                            expertParallel: config.expertParallel)
+                           })
             : nil
         if let dataParallel, dataParallel.shardParameters { task.units?.unitHooks = dataParallel }
         let parameters = task.parameters
@@ -114,6 +118,7 @@ public final class Trainer {
         log("model: \(config.architecture), \(task.parameters.count) parameters")
         logOptimizerMemory()
         logTensorParallelism()
+        logExperts()
         if let pipeline = task as? PipelineGPTTask {
             let runner = pipeline.runner, schedule = runner.schedule
             log("pipeline parallel: \(schedule.pipelineParallel) stages x \(schedule.virtualStages) chunk(s) per rank, schedule \(schedule.kind.rawValue), \(schedule.microbatches) micro-batches of \(config.batchSize) sequences per pass; bubble \(String(format: "%.3f", schedule.formulaBubble)) of the step by the formula (ddp-train schedule simulates it); rank 0 holds layers \(runner.stages.values.map { "\($0.layers.lowerBound)..<\($0.layers.upperBound)" }.sorted().joined(separator: ", "))")
@@ -139,7 +144,7 @@ public final class Trainer {
         var evaluations: [(Int, [(String, Double)])] = []
         let start = monotonicSeconds()
         var trainingSeconds = 0.0, windowSeconds = 0.0, windowIterations = 0, windowExposed = 0.0, totalExposed = 0.0
-        var windowTensor = (seconds: 0.0, floats: 0, calls: 0)
+        var windowTensor = (seconds: 0.0, floats: 0, calls: 0), windowExperts = (seconds: 0.0, floats: 0, calls: 0)
         while true {
             if iteration % config.evalInterval == 0 || iteration == maxIterations {
                 // Every data-parallel rank (with its tensor-parallel group or pipeline) evaluates its
@@ -164,7 +169,9 @@ public final class Trainer {
             let lr = schedule.learningRate(at: iteration)
             let stepStart = monotonicSeconds()
             tensor?.resetCounters()
+            groups.expert?.resetCounters()
             let (localLoss, exposed) = try trainStep(learningRate: lr)
+            if let expert = groups.expert { windowExperts = (windowExperts.seconds + expert.seconds, windowExperts.floats + expert.floats, windowExperts.calls + expert.calls) }
             let stepSeconds = monotonicSeconds() - stepStart
             if let tensor { windowTensor = (windowTensor.seconds + tensor.seconds, windowTensor.floats + tensor.floats, windowTensor.calls + tensor.calls) }
             let loss = try dataParallel.map { Float(try $0.average([Double(localLoss)])[0]) } ?? localLoss
@@ -210,14 +217,21 @@ public final class Trainer {
                     line += String(format: " | tensor-parallel comm %.1f ms/iter (%d collectives, %.2f MB)", windowTensor.seconds / n * 1000,
                                    Int((Double(windowTensor.calls) / n).rounded()), Double(windowTensor.floats) * 4 / n / 1e6)
                 }
+                if groups.expert != nil {
+                    let n = Double(windowIterations)
+                    line += String(format: " | all-to-all %.1f ms/iter (%d calls, %.2f MB sent per rank)", windowExperts.seconds / n * 1000,
+                                   Int((Double(windowExperts.calls) / n).rounded()), Double(windowExperts.floats) * 4 / n / 1e6)
+                }
                 if let pipeline = task as? PipelineGPTTask { line += try pipelineBubbleText(pipeline) }
                 log(line)
+                try logRouting()
                 record?.step(iteration: iteration, elapsed: elapsed, loss: Double(loss), learningRate: Double(lr),
                              unitsPerSecond: Double(units) / perIteration, unitName: task.unitName, millisecondsPerIteration: perIteration * 1000,
                              exposedMilliseconds: dataParallel == nil ? nil : exposedPerIteration * 1000, mfu: mfu)
                 windowSeconds = 0
                 windowIterations = 0
                 windowTensor = (0, 0, 0)
+                windowExperts = (0, 0, 0)
                 windowExposed = 0
             }
             if config.checkpointInterval > 0 && iteration % config.checkpointInterval == 0 && iteration < maxIterations {
@@ -265,7 +279,10 @@ public final class Trainer {
             total += try task.trainingLoss(iteration: iteration, microStep: micro)
             if let dataParallel, micro == config.gradAccum - 1 {
                 dataParallel.beginStep()
-                try task.backward(lossScale: 1 / Float(config.gradAccum), gradientsReady: { dataParallel.gradientsReady(from: $0) })
+                // Expert parallelism: the all-to-alls of backward share connections with the data-parallel
+                // group, so buckets wait for the end of backward instead of overlapping it.
+                let overlap = groups.expert == nil
+                try task.backward(lossScale: 1 / Float(config.gradAccum), gradientsReady: { if overlap { dataParallel.gradientsReady(from: $0) } })
             } else {
                 try task.backward(lossScale: 1 / Float(config.gradAccum), gradientsReady: { _ in })
             }
@@ -375,6 +392,13 @@ public final class Trainer {
     func globalGradientNorm() throws -> Float {
         let parameters = task.parameters
         let sharded = dataParallel?.shardOptimizer ?? false
+        if let expert = groups.expert, !sharded, let experts = dataParallel?.experts {
+            // The dense gradients are the same on every rank; the experts' differ across the expert group.
+            var squares = [Float(sumOfSquares(parameters.gradients.base, count: experts.range.count))]
+            try squares.withUnsafeMutableBufferPointer { try allreduce($0, op: .sum, algorithm: .halvingDoubling, group: expert.group) }
+            let dense = sumOfSquares(parameters.gradients.base + experts.range.upperBound, count: parameters.count - experts.range.upperBound)
+            return Float(Double(squares[0]) + dense).squareRoot()
+        }
         guard tensor != nil || sharded else { return parameters.gradientNorm() }
         let counted = (tensor?.rank ?? 0) == 0 ? [0..<parameters.count] : task.sharding.shardedRanges
         var sum = 0.0
@@ -481,7 +505,7 @@ public final class Trainer {
                 }
                 return
             }
-            try broadcast(task.parameters.values.buffer, root: 0, group: dataParallel.group)
+            try dataParallel.broadcastParameters()
             dataParallel.shardParametersNow()
         }
     }
@@ -545,6 +569,41 @@ public final class Trainer {
                    100 * Double(local) / Double(max(full, 1)), tensor.size, 100 / Double(tensor.size)))
     }
 
+    /// The mixtures, and under expert parallelism the layout and what each rank holds.
+    func logExperts() {
+        guard let moe = config.experts, let gpt = task as? GPTTask else { return }
+        let layers = (0..<config.nLayer).filter { moe.isExpertLayer($0) }
+        log("mixture of experts: \(moe.experts) experts, top-\(moe.topK)\(moe.topK == 2 ? " (gates renormalised)" : ""), capacity "
+            + (moe.capacityFactor > 0 ? "factor \(moe.capacityFactor) (ceil(\(moe.topK) x \(task.unitsPerMicroBatch) tokens / \(moe.experts) x \(moe.capacityFactor)) = \(gpt.model.mixtures.first?.capacity(rows: task.unitsPerMicroBatch) ?? 0) places per expert per micro-batch)" : "unlimited (dropless)")
+            + ", load-balancing loss coefficient \(moe.auxiliaryLossCoefficient), in blocks \(layers)")
+        guard let expert = groups.expert, let layout = groups.layout else { return }
+        log("expert parallel: \(layout); each rank holds \(moe.experts / expert.size) of \(moe.experts) experts per mixture; per mixture 2 all-to-all-v forward (dispatch, combine) and 2 backward on the expert group, plus one of counts; expert gradients averaged over the expert-data-parallel group (\(layout.expertDataParallel) ranks), dense ones over all \(dataSize)")
+        for line in layout.table() { log("layout: " + line) }
+        let local = gpt.model.expertCount, full = task.sharding.fullCount - (task.parameters.count - local)
+        log(String(format: "parameter memory: %d of the model's %d parameters on each rank; experts %.2f MiB of %.2f MiB (1/%d)",
+                   task.parameters.count, task.sharding.fullCount, Double(local * 4) / 1048576, Double(full * 4) / 1048576, expert.size))
+    }
+
+    /// One line per mixture since the last progress line: choices per expert over the whole global batch
+    /// (min / mean / max, and max over mean), dropped choices and the mean auxiliary loss. Collective
+    /// over the data-parallel group.
+    func logRouting() throws {
+        guard let gpt = task as? GPTTask, !gpt.model.mixtures.isEmpty else { return }
+        for (index, mixture) in gpt.model.mixtures.enumerated() {
+            let local = mixture.statistics
+            mixture.statistics = MoEStatistics(experts: local.routed.count)
+            var figures = local.routed + [local.dropped, local.auxiliaryLoss, Double(local.forwards)]
+            if let dataParallel { figures = try dataParallel.sum(figures) }
+            let routed = Array(figures[0..<local.routed.count])
+            let dropped = figures[routed.count], aux = figures[routed.count + 1] / max(figures[routed.count + 2], 1)
+            let mean = routed.reduce(0, +) / Double(max(routed.count, 1)), total = routed.reduce(0, +)
+            let layer = (0..<config.nLayer).filter { config.experts!.isExpertLayer($0) }[index]
+            log(String(format: "moe block %d: tokens per expert min %.0f / mean %.1f / max %.0f (max/mean %.3f), dropped %.0f of %.0f choices (%.2f%%), aux loss %.5f",
+                       layer, routed.min() ?? 0, mean, routed.max() ?? 0, mean > 0 ? (routed.max() ?? 0) / mean : 0, dropped, total,
+                       total > 0 ? 100 * dropped / total : 0, aux))
+        }
+    }
+
     /// Measured after the first step (buffers are sized by the first forward), beside the paper's count.
     func logActivationMemory(_ gpt: GPTTask) {
         let formula = gpt.model.configuration.korthikantiActivationBytes(batch: config.batchSize, time: config.blockSize,
@@ -581,8 +640,8 @@ public final class Trainer {
         if let dataParallel, dataParallel.shardOptimizer {
             state = try state.map { ($0.name, try dataParallel.gatherState($0.buffer)) }
         }
-        // Only rank 0's tensor-parallel group assembles: the other data-parallel replicas hold the same.
-        guard groups.data.rank == 0 else { return }
+        // Only rank 0's tensor-parallel (or expert) group assembles: the other replicas hold the same.
+        guard (groups.expertData?.rank ?? groups.data.rank) == 0 else { return }
         let parameters = try fullModel(task.parameters.values)
         state = try state.map { ($0.name, try fullModel($0.buffer)) }
         guard rank == 0 else { return }
@@ -662,13 +721,13 @@ public final class Trainer {
         if let pipeline = task as? PipelineGPTTask { return try pipeline.fullModel(local) }
         let sharding = task.sharding
         let full = FloatBuffer(count: sharding.fullCount)
-        guard let tensor else {
+        guard let group = tensor?.group ?? groups.expert?.group else {
             full.base.update(from: local.base, count: sharding.localCount)
             return full
         }
-        let gathered = FloatBuffer(count: sharding.localCount * tensor.size)
-        (gathered.base + tensor.rank * sharding.localCount).update(from: local.base, count: sharding.localCount)
-        try allgather(gathered.buffer, group: tensor.group)
+        let gathered = FloatBuffer(count: sharding.localCount * group.worldSize)
+        (gathered.base + group.rank * sharding.localCount).update(from: local.base, count: sharding.localCount)
+        try allgather(gathered.buffer, group: group)
         sharding.assemble(gathered: gathered.base, into: full.base)
         return full
     }
@@ -787,3 +846,4 @@ public func peakResidentMiB() -> Double {
     getrusage(RUSAGE_SELF.rawValue, &usage)
     return Double(usage.ru_maxrss) / 1024
 }
+

@@ -14,6 +14,10 @@ public struct TrainingGroups {
     public private(set) var pipeline: ProcessGroup?
     public let layout: ParallelLayout?
     public let sequenceParallel: Bool
+    /// Under expert parallelism: the ranks that split each mixture's experts (they exchange tokens) and
+    /// the ranks holding the same experts (they average those experts' gradients).
+    public private(set) var expert: ExpertParallelGroup?
+    public private(set) var expertData: ProcessGroup?
 
     /// Data parallelism only: the data-parallel group is the world.
     public init(world: ProcessGroup) {
@@ -37,6 +41,19 @@ public struct TrainingGroups {
             let groups = try ParallelGroups(layout: layout, world: world)
             self.init(world: world, data: groups.data, tensor: nil, layout: layout, sequenceParallel: false)
             pipeline = groups.pipeline
+            return
+        }
+        if config.expertParallel > 1 {
+            let layout: ParallelLayout
+            do {
+                layout = try ParallelLayout(worldSize: world.worldSize, expertParallel: config.expertParallel, experts: config.nExperts)
+            } catch let error as LayoutError {
+                throw ConfigError(key: error.key, error.reason)
+            }
+            let groups = try ParallelGroups(layout: layout, world: world)
+            self.init(world: world, data: groups.data, tensor: nil, layout: layout, sequenceParallel: false)
+            expert = ExpertParallelGroup(group: groups.expert)
+            expertData = groups.expertData
             return
         }
         guard config.tensorParallel > 1 else { self.init(world: world); return }

@@ -114,7 +114,7 @@ struct Train: ParsableCommand {
             var extra = overrides
             if let dataDir { extra.append("data_dir=\"\(dataDir)\"") }
             if let outDir { extra.append("out_dir=\"\(outDir)\"") }
-                        var settings = try TrainConfig.load(path: config, overrides: extra)
+            var settings = try TrainConfig.load(path: config, overrides: extra)
             // SWIFT_DDP_TUNING gives auto a tuning table when the config names none (as for every program).
             let env = try WorkerEnvironment.fromProcess()
             if settings.allreduceTuning.isEmpty, let path = env.tuningPath { settings.allreduceTuning = path }
@@ -126,7 +126,7 @@ struct Train: ParsableCommand {
             let group = try ProcessGroup.join(env, spinMicroseconds: 0, log: { emitLine($0, to: STDERR_FILENO) })
             let groups = try TrainingGroups(world: group, config: settings)
             let task = try makeTask(settings, rank: groups.data.rank, worldSize: groups.data.worldSize, parallel: groups.tensorParallelism,
-                                    pipeline: groups.pipeline)
+                                    pipeline: groups.pipeline, exchange: groups.expert)
             let trainer = Trainer(config: settings, task: task, groups: groups, log: { emitLine($0) })
             trainer.jobID = env.jobID
             // Rank 0 reads the checkpoint; the trainer hands its state to the other ranks.

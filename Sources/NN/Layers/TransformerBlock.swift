@@ -11,9 +11,17 @@ import Tensors
 /// (f backward). With sequence parallelism the LayerNorm/residual region holds rows/size rows: g is a
 /// reduce-scatter, f an all-gather (and the gathered LayerNorm outputs are gathered again in backward
 /// instead of being kept, which is where the activation memory goes down).
+///
+/// With a MixtureOfExperts the MLP is a mixture of expert MLPs (MixtureOfExperts.swift); such a block
+/// runs without tensor parallelism and without a split backward.
 public final class TransformerBlock {
     public let ln1: LayerNormLayer, attention: CausalSelfAttention
-    public let ln2: LayerNormLayer, fc: Linear, projection: Linear
+    public let ln2: LayerNormLayer
+    /// The dense MLP (nil in a mixture-of-experts block) or the mixture.
+    let dense: (fc: Linear, projection: Linear)?
+    public let experts: MixtureOfExperts?
+    public var fc: Linear { dense!.fc }
+    public var projection: Linear { dense!.projection }
     let channels: Int
     /// This rank's MLP hidden units (4C / tensor-parallel size).
     let hidden: Int
@@ -26,7 +34,9 @@ public final class TransformerBlock {
 
     /// `heads`: the model's heads (a tensor-parallel rank keeps heads / size of them).
     public init(_ parameters: ParameterSet, _ name: String, heads: Int, hasBias: Bool, workspace: Workspace = Workspace(),
-                parallel: TensorParallelism? = nil, gelu: GELUForm = .tanh) {
+                parallel: TensorParallelism? = nil, gelu: GELUForm = .tanh, experts moe: MoEConfiguration? = nil,
+                exchange: ExpertExchange? = nil) {
+        precondition(moe == nil || parallel == nil, "a mixture-of-experts block runs without tensor parallelism")
         self.workspace = workspace
         self.gelu = gelu
         self.parallel = parallel
@@ -34,17 +44,30 @@ public final class TransformerBlock {
         attention = CausalSelfAttention(parameters, name + ".attn", heads: heads / (parallel?.size ?? 1), hasBias: hasBias,
                                         workspace: workspace)
         ln2 = LayerNormLayer(parameters, name + ".ln_2", hasBias: hasBias)
-        fc = Linear(parameters, name + ".mlp.c_fc", hasBias: hasBias)
-        projection = Linear(parameters, name + ".mlp.c_proj", hasBias: hasBias)
+        if let moe {
+            dense = nil
+            experts = MixtureOfExperts(parameters, name + ".mlp", configuration: moe, hasBias: hasBias, exchange: exchange,
+                                       gelu: gelu, workspace: workspace)
+        } else {
+            dense = (Linear(parameters, name + ".mlp.c_fc", hasBias: hasBias), Linear(parameters, name + ".mlp.c_proj", hasBias: hasBias))
+            experts = nil
+        }
         channels = ln1.features
-        hidden = fc.outFeatures
+        hidden = dense?.fc.outFeatures ?? 0
     }
 
     /// `parts`: the tensor-parallel size (1: the whole block).
-    public static func register(_ layout: inout ParameterSet.Layout, _ name: String, channels: Int, bias: Bool, parts: Int = 1) {
+    /// A mixture-of-experts block registers its router here and its experts with
+    /// `MixtureOfExperts.register` (the GPT keeps all experts together at the start of its buffer).
+    public static func register(_ layout: inout ParameterSet.Layout, _ name: String, channels: Int, bias: Bool, parts: Int = 1,
+                                experts: MoEConfiguration? = nil) {
         LayerNormLayer.register(&layout, name + ".ln_1", features: channels, bias: bias)
         CausalSelfAttention.register(&layout, name + ".attn", channels: channels, bias: bias, parts: parts)
         LayerNormLayer.register(&layout, name + ".ln_2", features: channels, bias: bias)
+        if let experts {
+            layout.add(name + ".mlp.router.weight", [experts.experts, channels])
+            return
+        }
         Linear.register(&layout, name + ".mlp.c_fc", in: channels, out: 4 * channels / parts, bias: bias)
         Linear.register(&layout, name + ".mlp.c_proj", in: 4 * channels / parts, out: channels, bias: bias)
     }
@@ -60,7 +83,7 @@ public final class TransformerBlock {
     /// Bytes of the tensors this block keeps from forward to backward (its attention's included).
     public var activationBytes: Int {
         4 * (ln1Out.count + x1.count + ln2Out.count + fcOut.count + ln1.cachedCount + ln2.cachedCount
-             + attention.qkv.count + attention.probabilities.count + attention.headsOut.count)
+             + attention.qkv.count + attention.probabilities.count + attention.headsOut.count) + (experts?.activationBytes ?? 0)
     }
 
     /// x and y hold this rank's rows of the residual stream (all B*T rows, or B*T/size with sequence parallelism).
@@ -72,6 +95,10 @@ public final class TransformerBlock {
         attention.forward(ln1Out.data, batch: B, time: T, into: x1.data)
         add(x1.data, x, into: x1.data, count: n)
         ln2.forward(x1.data, rows: rows, into: ln2Out.data)
+        if let experts {
+            try experts.forward(ln2Out.data, rows: rows, into: y)
+            return add(y, x1.data, into: y, count: n)
+        }
         fc.forward(ln2Out.data, rows: rows, into: fcOut.data)
         let geluOut = workspace.floats(.blockActivation, rows * 4 * channels)
         OperationProfile.measure("gelu forward") { geluForward(fcOut.data, into: geluOut, count: rows * 4 * channels, form: gelu) }
@@ -83,7 +110,11 @@ public final class TransformerBlock {
     /// input pass) the weight gradients are left out and the output gradients they need are kept in
     /// `saved` for `weightBackward`.
     public func backward(_ x: UnsafePointer<Float>, dy: UnsafePointer<Float>, batch B: Int, time T: Int,
-                         dx: UnsafeMutablePointer<Float>, deferring saved: BlockWeightInputs? = nil) throws {
+                         dx: UnsafeMutablePointer<Float>, deferring saved: BlockWeightInputs? = nil, lossScale: Float = 1) throws {
+        if let experts {
+            precondition(saved == nil, "a split backward is not available in a mixture-of-experts block")
+            return try expertBackward(experts, x, dy: dy, batch: B, time: T, dx: dx, lossScale: lossScale)
+        }
         if let parallel {
             precondition(saved == nil, "a split backward is not available with tensor parallelism")
             return try parallelBackward(x, dy: dy, batch: B, time: T, dx: dx, parallel)
@@ -119,6 +150,21 @@ public final class TransformerBlock {
         dAttentionNorm.update(repeating: 0, count: n)
         attention.backward(ln1Out.data, dy: dx1, batch: B, time: T, dx: dAttentionNorm, deferring: saved)
         ln1.backward(x, dy: dAttentionNorm, rows: rows, dx: dx, weights: weights)
+    }
+
+    /// The dense backward with the mixture in place of the MLP; `lossScale` reaches its auxiliary loss.
+    func expertBackward(_ experts: MixtureOfExperts, _ x: UnsafePointer<Float>, dy: UnsafePointer<Float>, batch B: Int, time T: Int,
+                        dx: UnsafeMutablePointer<Float>, lossScale: Float) throws {
+        let rows = B * T, n = rows * channels
+        let dx1 = workspace.floats(.blockResidualGradient, n), dNorm = workspace.floats(.blockNormGradient, n)
+        dx1.update(from: dy, count: n)
+        dNorm.update(repeating: 0, count: n)
+        try experts.backward(dy: dy, lossScale: lossScale, dx: dNorm)
+        ln2.backward(x1.data, dy: dNorm, rows: rows, dx: dx1)
+        add(dx, dx1, into: dx, count: n)
+        dNorm.update(repeating: 0, count: n)
+        attention.backward(ln1Out.data, dy: dx1, batch: B, time: T, dx: dNorm)
+        ln1.backward(x, dy: dNorm, rows: rows, dx: dx)
     }
 
     /// The weight pass of a split backward: the weight gradients from the output gradients the input
