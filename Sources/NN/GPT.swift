@@ -134,6 +134,9 @@ public final class GPT: Model, ParameterUnits {
     public let expertCount: Int
     /// The model's mixtures, in block order.
     public var mixtures: [MixtureOfExperts] { blocks.compactMap(\.experts) }
+    /// Whether every rank of a group must run each forward with the others (ZeRO-3 gathers, expert
+    /// parallelism's all-to-alls): evaluation then gives every rank as many forwards.
+    public var forwardIsCollective: Bool { unitHooks != nil || mixtures.contains { $0.exchange != nil } }
     /// The sum of the mixtures' auxiliary losses in the last forward.
     public var auxiliaryLoss: Float { mixtures.reduce(0) { $0 + $1.auxiliaryLoss } }
 

@@ -40,8 +40,8 @@ public struct EvaluationShare: Sendable, Equatable {
     public init(_ name: String, sum: Double, count: Double) { self.name = name; self.sum = sum; self.count = count }
 }
 
-/// The eval batches rank `part` of `parts` evaluates: k ≡ part (mod parts). With `evenly` (ZeRO-3, where
-/// every forward gathers collectively) every rank runs as many forwards: a rank short of one repeats
+/// The eval batches rank `part` of `parts` evaluates: k ≡ part (mod parts). With `evenly` (ZeRO-3 and
+/// expert parallelism, where every forward is collective) every rank runs as many forwards: a rank short of one repeats
 /// its last batch (or the first overall) and drops the result (nil).
 func evaluationBatches(_ total: Int, part: Int, parts: Int, evenly: Bool) -> [Int?] {
     let mine = stride(from: part, to: total, by: parts).map { Optional($0) }
@@ -106,7 +106,7 @@ public final class GPTTask: TrainingTask {
                 CharText.sampleBatch(from: split, batchSize: config.batchSize, time: config.blockSize, using: &evalRng)
             }
             var total = 0.0, count = 0.0
-            for k in evaluationBatches(batches.count, part: part, parts: parts, evenly: model.unitHooks != nil) {
+            for k in evaluationBatches(batches.count, part: part, parts: parts, evenly: model.forwardIsCollective) {
                 let (x, y) = batches[k ?? min(part, batches.count - 1)]
                 let loss = Double(try model.forward(TokenBatch(tokens: x, targets: y, batchSize: config.batchSize, time: config.blockSize)))
                 if k != nil { total += loss; count += 1 }

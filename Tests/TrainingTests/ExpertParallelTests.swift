@@ -86,6 +86,16 @@ final class ExpertParallelTests: XCTestCase {
         XCTAssertEqual(sample.status, 0, sample.output)
     }
 
+    /// Evaluation under expert parallelism: every forward exchanges tokens, so ranks short of an eval
+    /// batch run a dropped forward (one eval batch over 2 ranks here); the figures equal ep 1's.
+    func testEvaluationWithUnevenBatchesMatchesEpOne() throws {
+        let settings = ["--set", "eval_iters=1", "--set", "eval_interval=5", "--set", "max_iters=5"]
+        let one = try run("eval-ep1", 2, settings).output, two = try run("eval-ep2", 2, settings + ["--set", "expert_parallel=2"]).output
+        func evals(_ output: String) -> [String] { output.split(separator: "\n").filter { $0.contains("] eval ") }.map { String($0) } }
+        XCTAssertEqual(evals(one).count, 2, one)
+        XCTAssertEqual(evals(one), evals(two))
+    }
+
     /// Switch's load-balancing loss evens the load: one rank, 200 steps, top-1, 4 experts; the busiest
     /// expert's share over the last 50 steps against the mean, with α = 0.01 and without. Measured:
     /// without, max/mean 3.8 and 3.5 in the two blocks (the router collapses onto one or two experts);

@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# Mixture of experts measured side by side in one run, on the recipe (configs/shakespeare-char.json):
+#   quality: the dense recipe and its MoE version (4 experts, top-2, every other block, capacity factor
+#     1.25, load-balancing loss 0.01), one rank each, QUALITY_ITERS steps (default 2000): validation loss
+#     at every evaluation side by side and both loss curves in one SVG (runs/bench-moe/loss-curves.svg);
+#   speed: the MoE recipe on 2 ranks (6 sequences each) at expert_parallel 1 and 2, ITERS steps (default
+#     200), ROUNDS rounds in turn (default 2), each layout's best: tokens/s, exposed data-parallel
+#     communication, all-to-all time and volume per step;
+#   balance: one rank, BALANCE_ITERS steps (default 500), with the load-balancing loss and without: the
+#     busiest expert's tokens over the mean, per MoE block, over the last 50 steps.
+# usage: scripts/bench-moe.sh
+case "${1:-}" in -h|--help) sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;; esac
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+"$root/scripts/setup.sh" >&2
+"$root/scripts/get-data.sh" >&2
+iters=${ITERS:-200}; rounds=${ROUNDS:-2}; quality_iters=${QUALITY_ITERS:-2000}; balance_iters=${BALANCE_ITERS:-500}
+work="$root/runs/bench-moe"; rm -rf "$work"; mkdir -p "$work"
+launch() { # name ranks settings...
+  local name=$1 n=$2; shift 2
+  "$root/.build/release/ddp-launch" --nproc-per-node "$n" --timeout 120 -- "$root/configs/shakespeare-char.json" \
+    --out-dir "$work/$name" --set checkpoint_interval=0 "$@" > "$work/$name.log" 2>&1 \
+    || { echo "$name failed:" >&2; tail -5 "$work/$name.log" >&2; exit 1; }
+}
+moe=(--set n_experts=4 --set moe_top_k=2 --set moe_every=2 --set capacity_factor=1.25)
+
+echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores"
+echo
+echo "## Quality: dense recipe vs MoE recipe (4 experts, top-2, every other block), one rank, $quality_iters steps"
+echo
+launch dense 1 --set max_iters="$quality_iters" --set lr_decay_iters="$quality_iters"
+launch moe 1 "${moe[@]}" --set max_iters="$quality_iters" --set lr_decay_iters="$quality_iters"
+python3 - "$work" <<'PY'
+import json, re, sys
+work = sys.argv[1]
+def evals(name):
+    out = {}
+    for line in open(f"{work}/{name}.log"):
+        m = re.search(r"eval (\d+): train loss ([\d.]+), val loss ([\d.]+)", line)
+        if m: out[int(m.group(1))] = (float(m.group(2)), float(m.group(3)))
+    return out
+def params(name):
+    return int(re.search(r"model: .*?, (\d+) parameters", open(f"{work}/{name}.log").read()).group(1))
+def done(name):
+    m = re.search(r"\(([\d.]+) ms/iter training.*?([\d]+) tokens/s", open(f"{work}/{name}.log").read())
+    return float(m.group(1)), int(m.group(2))
+def steps(name):
+    return [json.loads(l) for l in open(f"{work}/{name}/metrics.jsonl") if '"loss"' in l]
+dense, moe = evals("dense"), evals("moe")
+print(f"Parameters: dense {params('dense'):,}, MoE {params('moe'):,} (each token uses 2 of 4 experts in blocks 1 and 3).")
+print(f"Step time: dense {done('dense')[0]:.1f} ms/iter ({done('dense')[1]} tokens/s), MoE {done('moe')[0]:.1f} ms/iter ({done('moe')[1]} tokens/s).")
+print()
+print("| iteration | dense train | dense val | MoE train | MoE val |")
+print("|---:|---:|---:|---:|---:|")
+for it in sorted(dense):
+    d, m = dense[it], moe.get(it, (float('nan'),) * 2)
+    print(f"| {it} | {d[0]:.4f} | {d[1]:.4f} | {m[0]:.4f} | {m[1]:.4f} |")
+drops = re.findall(r"moe block (\d+):.*?dropped (\d+) of (\d+) choices", open(f"{work}/moe.log").read())
+total = sum(int(d) for _, d, _ in drops); choices = sum(int(c) for _, _, c in drops)
+print()
+print(f"MoE choices dropped for capacity over the run: {total} of {choices} ({100 * total / max(choices, 1):.2f} %).")
+# Both training-loss curves (per logged step) in one SVG.
+curves = {"dense": steps("dense"), "MoE": steps("moe")}
+w, h, pad = 640, 360, 50
+xs = [s["iteration"] for c in curves.values() for s in c]; ys = [s["loss"] for c in curves.values() for s in c]
+x0, x1, y0, y1 = 0, max(xs), min(ys), max(ys)
+def px(x): return pad + (x - x0) / (x1 - x0) * (w - 2 * pad)
+def py(y): return h - pad - (y - y0) / (y1 - y0) * (h - 2 * pad)
+svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',
+       f'<rect width="{w}" height="{h}" fill="white"/>',
+       f'<text x="{w/2}" y="20" text-anchor="middle">training loss: dense recipe vs 4 experts top-2 every other block</text>',
+       f'<line x1="{pad}" y1="{h-pad}" x2="{w-pad}" y2="{h-pad}" stroke="black"/><line x1="{pad}" y1="{pad}" x2="{pad}" y2="{h-pad}" stroke="black"/>',
+       f'<text x="{w/2}" y="{h-15}" text-anchor="middle">iteration (0 to {x1})</text>',
+       f'<text x="10" y="{pad}">{y1:.2f}</text><text x="10" y="{h-pad}">{y0:.2f}</text>']
+for (name, points), color, row in zip(curves.items(), ["#1f77b4", "#d62728"], [0, 1]):
+    svg.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="' + " ".join(f"{px(s['iteration']):.1f},{py(s['loss']):.1f}" for s in points) + '"/>')
+    svg.append(f'<text x="{w-pad-120}" y="{pad+18*row}" fill="{color}">{name}</text>')
+svg.append("</svg>")
+open(f"{work}/loss-curves.svg", "w").write("\n".join(svg))
+print(f"Loss curves: {work}/loss-curves.svg")
+PY
+
+echo
+echo "## Speed: MoE recipe, 2 ranks x 6 sequences, $iters steps, best of $rounds rounds"
+echo
+declare -A best=() line=()
+for round in $(seq "$rounds"); do
+  for ep in 1 2; do
+    launch "speed-ep$ep-$round" 2 "${moe[@]}" --set batch_size=6 --set max_iters="$iters" --set eval_interval=1000000 \
+      --set eval_iters=1 --set log_interval="$iters" --set expert_parallel="$ep"
+    tps=$(grep -oE "training \(mean over ranks\), [0-9]+ tokens/s" "$work/speed-ep$ep-$round.log" | grep -oE "[0-9]+ tokens" | grep -oE "[0-9]+")
+    if [[ -z "${best[$ep]:-}" || "$tps" -gt "${best[$ep]}" ]]; then
+      best[$ep]=$tps; line[$ep]=$(grep "iter $iters/$iters" "$work/speed-ep$ep-$round.log" | tail -1)
+    fi
+  done
+done
+echo "| expert_parallel | tokens/s | vs ep 1 | exposed DP comm | all-to-all per step |"
+echo "|---:|---:|---:|---|---|"
+for ep in 1 2; do
+  exposed=$(grep -oE "exposed comm [0-9.]+ ms \([0-9.]+%\)" <<<"${line[$ep]}" | sed 's/exposed comm //')
+  a2a=$(grep -oE "all-to-all [0-9.]+ ms/iter \([0-9]+ calls, [0-9.]+ MB sent per rank\)" <<<"${line[$ep]}" | sed 's/all-to-all //' || true)
+  ratio=$(python3 -c "print(f'{${best[$ep]} / ${best[1]}:.3f}x')")
+  echo "| $ep | ${best[$ep]} | $ratio | $exposed | ${a2a:-none (every rank holds every expert)} |"
+done
+
+echo
+echo "## Load balance: MoE recipe, one rank, $balance_iters steps, max/mean tokens per expert over the last 50 steps"
+echo
+echo "| moe_aux_loss_coef | block 1 max/mean | block 3 max/mean | dropped (last 50 steps) |"
+echo "|---:|---:|---:|---:|"
+for coef in 0.01 0; do
+  launch "balance-$coef" 1 "${moe[@]}" --set max_iters="$balance_iters" --set eval_interval=1000000 --set eval_iters=1 \
+    --set log_interval=50 --set moe_aux_loss_coef="$coef"
+  python3 - "$work/balance-$coef.log" "$coef" <<'PY'
+import re, sys
+lines = [l for l in open(sys.argv[1]) if "moe block" in l][-2:]
+ratios = [re.search(r"max/mean ([\d.]+)", l).group(1) for l in lines]
+drops = [re.search(r"dropped (\d+ of \d+ choices \([\d.]+%\))", l).group(1) for l in lines]
+print(f"| {sys.argv[2]} | {ratios[0]} | {ratios[1]} | {drops[0]}; {drops[1]} |")
+PY
+done
