@@ -6,15 +6,18 @@
 #   speed: the MoE recipe on 2 ranks (6 sequences each) at expert_parallel 1 and 2, ITERS steps (default
 #     200), ROUNDS rounds in turn (default 2), each layout's best: tokens/s, exposed data-parallel
 #     communication, all-to-all time and volume per step;
-#   balance: one rank, BALANCE_ITERS steps (default 500), with the load-balancing loss and without: the
-#     busiest expert's tokens over the mean, per MoE block, over the last 50 steps.
+#   balance: one rank, BALANCE_ITERS steps (default 1000), with the load-balancing loss and without: the
+#     busiest expert's tokens over the mean, per MoE block, averaged over 50-step windows and over the
+#     last window.
+# PARTS (default "quality speed balance") picks the parts to run.
 # usage: scripts/bench-moe.sh
 case "${1:-}" in -h|--help) sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;; esac
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 "$root/scripts/setup.sh" >&2
 "$root/scripts/get-data.sh" >&2
-iters=${ITERS:-200}; rounds=${ROUNDS:-2}; quality_iters=${QUALITY_ITERS:-2000}; balance_iters=${BALANCE_ITERS:-500}
+iters=${ITERS:-200}; rounds=${ROUNDS:-2}; quality_iters=${QUALITY_ITERS:-2000}; balance_iters=${BALANCE_ITERS:-1000}
+parts=${PARTS:-quality speed balance}
 work="$root/runs/bench-moe"; rm -rf "$work"; mkdir -p "$work"
 launch() { # name ranks settings...
   local name=$1 n=$2; shift 2
@@ -25,6 +28,7 @@ launch() { # name ranks settings...
 moe=(--set n_experts=4 --set moe_top_k=2 --set moe_every=2 --set capacity_factor=1.25)
 
 echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores"
+if [[ " $parts " == *" quality "* ]]; then
 echo
 echo "## Quality: dense recipe vs MoE recipe (4 experts, top-2, every other block), one rank, $quality_iters steps"
 echo
@@ -79,7 +83,9 @@ svg.append("</svg>")
 open(f"{work}/loss-curves.svg", "w").write("\n".join(svg))
 print(f"Loss curves: {work}/loss-curves.svg")
 PY
+fi
 
+if [[ " $parts " == *" speed "* ]]; then
 echo
 echo "## Speed: MoE recipe, 2 ranks x 6 sequences, $iters steps, best of $rounds rounds"
 echo
@@ -102,20 +108,29 @@ for ep in 1 2; do
   ratio=$(python3 -c "print(f'{${best[$ep]} / ${best[1]}:.3f}x')")
   echo "| $ep | ${best[$ep]} | $ratio | $exposed | ${a2a:-none (every rank holds every expert)} |"
 done
+fi
 
+if [[ " $parts " == *" balance "* ]]; then
 echo
-echo "## Load balance: MoE recipe, one rank, $balance_iters steps, max/mean tokens per expert over the last 50 steps"
+echo "## Load balance: MoE recipe, one rank, $balance_iters steps, max/mean tokens per expert in 50-step windows"
 echo
-echo "| moe_aux_loss_coef | block 1 max/mean | block 3 max/mean | dropped (last 50 steps) |"
+echo "| moe_aux_loss_coef | block 1 max/mean: mean of windows (last) | block 3 max/mean: mean of windows (last) | dropped over the run |"
 echo "|---:|---:|---:|---:|"
 for coef in 0.01 0; do
   launch "balance-$coef" 1 "${moe[@]}" --set max_iters="$balance_iters" --set eval_interval=1000000 --set eval_iters=1 \
     --set log_interval=50 --set moe_aux_loss_coef="$coef"
   python3 - "$work/balance-$coef.log" "$coef" <<'PY'
 import re, sys
-lines = [l for l in open(sys.argv[1]) if "moe block" in l][-2:]
-ratios = [re.search(r"max/mean ([\d.]+)", l).group(1) for l in lines]
-drops = [re.search(r"dropped (\d+ of \d+ choices \([\d.]+%\))", l).group(1) for l in lines]
-print(f"| {sys.argv[2]} | {ratios[0]} | {ratios[1]} | {drops[0]}; {drops[1]} |")
+lines = [l for l in open(sys.argv[1]) if "moe block" in l]
+cells, dropped, choices = [], 0, 0
+for block in sorted({int(re.search(r"moe block (\d+)", l).group(1)) for l in lines}):
+    mine = [l for l in lines if f"moe block {block}:" in l]
+    ratios = [float(re.search(r"max/mean ([\d.]+)", l).group(1)) for l in mine]
+    cells.append(f"{sum(ratios) / len(ratios):.3f} ({ratios[-1]:.3f})")
+    for l in mine:
+        m = re.search(r"dropped (\d+) of (\d+) choices", l)
+        dropped += int(m.group(1)); choices += int(m.group(2))
+print(f"| {sys.argv[2]} | {cells[0]} | {cells[1]} | {100 * dropped / choices:.2f} % |")
 PY
 done
+fi
