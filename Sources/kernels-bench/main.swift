@@ -75,6 +75,7 @@ struct KernelsBench: ParsableCommand {
                          Foundation.exp(ratios.map { Foundation.log($0) }.reduce(0, +) / Double(ratios.count))))
         }
         gptStep()
+        geluForms()
         print("# checked results: \(wrong == 0 ? "all correct" : "\(wrong) wrong entries")")
         if wrong > 0 { throw ExitCode(1) }
     }
@@ -137,6 +138,25 @@ struct KernelsBench: ParsableCommand {
         let rest = wall - rows.reduce(0) { $0 + $1.seconds }
         print("#   " + "rest (zeroing, residual adds, copies)".padding(toLength: 38, withPad: " ", startingAt: 0)
               + String(format: "%7.3f  %8.1f%%", rest / Double(steps) * 1000, 100 * rest / wall))
+    }
+
+    /// The two GELU forms side by side on one recipe block's MLP activations (12 x 64 rows x 512): the
+    /// exact one (erf) costs an exp and a division more than the tanh one per element.
+    func geluForms() {
+        let n = 12 * 64 * 512
+        let x = Tensor(zeros: [n]), y = Tensor(zeros: [n]), dx = Tensor(zeros: [n])
+        var rng = SeededRandom(seed: 3)
+        x.fillNormal(std: 1, using: &rng)
+        var medians: [GELUForm: Double] = [:]
+        for form in [GELUForm.tanh, .exact] {
+            let (_, median) = measure(target: 0.3) {
+                geluForward(x.data, into: y.data, count: n, form: form)
+                geluBackward(x.data, y.data, accumulatingInto: dx.data, count: n, form: form)
+            }
+            medians[form] = median
+        }
+        print(String(format: "# GELU forward+backward over 12x64x512 floats: tanh %.3f ms, exact %.3f ms (exact / tanh %.2fx)",
+                     medians[.tanh]! * 1000, medians[.exact]! * 1000, medians[.exact]! / medians[.tanh]!))
     }
 
     /// Lines of sgemm_numpy.py: "M K N TRANS best median".

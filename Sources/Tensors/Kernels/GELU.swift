@@ -34,7 +34,8 @@ public func geluBackward(_ x: UnsafePointer<Float>, _ dout: UnsafePointer<Float>
     typealias V = SIMD16<Float>
     let z = v * V(repeating: 0.7071067811865476)
     let minusOne = V(repeating: -1) // prefix minus on SIMD is scalarized by the compiler
-    let a = pointwiseMax(z, z * minusOne)
+    // |z| by clearing the sign bit (pointwiseMax is scalarized: it was most of this kernel's time).
+    let a = unsafeBitCast(unsafeBitCast(z, to: SIMD16<UInt32>.self) & SIMD16<UInt32>(repeating: 0x7FFF_FFFF), to: V.self)
     let t = 1 / V(repeating: 1).addingProduct(a, V(repeating: 0.3275911))
     var poly = V(repeating: 1.061405429)
     poly = poly * t + V(repeating: -1.453152027)
