@@ -21,7 +21,8 @@ public enum ReduceOp: String, Sendable, CaseIterable, Codable {
             while i + 16 <= n {
                 let a = UnsafeRawPointer(dst + i).loadUnaligned(as: SIMD16<Float>.self)
                 let b = UnsafeRawPointer(src + i).loadUnaligned(as: SIMD16<Float>.self)
-                UnsafeMutableRawPointer(dst + i).storeBytes(of: pointwiseMax(a, b), as: SIMD16<Float>.self)
+                // A compare and blend: pointwiseMax of two computed vectors is compiled to a lane loop.
+                UnsafeMutableRawPointer(dst + i).storeBytes(of: a.replacing(with: b, where: a .< b), as: SIMD16<Float>.self)
                 i += 16
             }
             while i < n { dst[i] = Swift.max(dst[i], src[i]); i += 1 }

@@ -7,11 +7,11 @@ public struct GPTConfiguration: Codable, Sendable, Equatable {
     public var heads: Int
     public var embedding: Int
     public var bias: Bool
-    /// The MLP's GELU: the tanh approximation by default; exact is nanoGPT's nn.GELU().
+    /// The MLP's GELU: exact (nanoGPT's nn.GELU()) by default, or GPT-2's tanh approximation.
     public var gelu: GELUForm
     /// Mixture-of-experts MLPs in some blocks (nil: all dense).
     public var experts: MoEConfiguration?
-    public init(vocabularySize: Int, blockSize: Int, layers: Int, heads: Int, embedding: Int, bias: Bool = false, gelu: GELUForm = .tanh,
+    public init(vocabularySize: Int, blockSize: Int, layers: Int, heads: Int, embedding: Int, bias: Bool = false, gelu: GELUForm = .exact,
                 experts: MoEConfiguration? = nil) {
         self.vocabularySize = vocabularySize; self.blockSize = blockSize; self.layers = layers
         self.heads = heads; self.embedding = embedding; self.bias = bias; self.gelu = gelu; self.experts = experts

@@ -39,7 +39,7 @@ extension TrainConfig {
         ("eval_interval", "evaluate every this many steps (and at the end)"),
         ("eval_iters", "batches per evaluation"),
         ("log_interval", "print a progress line every this many steps"),
-        ("gelu", "the GPT MLP's GELU: tanh (GPT-2's approximation, the default) or exact (erf, nanoGPT's nn.GELU(); slower for now)"),
+        ("gelu", "the GPT MLP's GELU: exact (erf, nanoGPT's nn.GELU(), the default) or tanh (GPT-2's approximation)"),
         ("checkpoint_format", "single: one safetensors file gathered by rank 0; sharded: a directory where every rank writes its own pieces (ddp-train consolidate makes the single file)"),
         ("checkpoint_interval", "write a checkpoint every this many steps (0: only at the end)"),
         ("allreduce_algorithm", "ring, tree, halving-doubling or auto (by message size)"),

@@ -39,9 +39,8 @@ public struct TrainConfig: Codable, Sendable, Equatable {
     public var bias = false
     // MLP
     public var hidden = 256
-    /// The GPT MLP's GELU: GPT-2's tanh approximation, or exact (nanoGPT's nn.GELU()); tanh stays the
-    /// default until the exact kernel is as fast (it measures ~10x slower now).
-    public var gelu = GELUForm.tanh
+    /// The GPT MLP's GELU: exact (nanoGPT's nn.GELU(), the default) or GPT-2's tanh approximation.
+    public var gelu = GELUForm.exact
     public var activation: Activation = .relu
     // Batches and length
     public var batchSize = 12
@@ -346,10 +345,27 @@ public struct TrainConfig: Codable, Sendable, Equatable {
 
     /// Settings that must agree between a checkpoint and the run resuming it (the model's shape).
     public var architecture: String {
-        // The GELU form and experts are named only when not the default, so older checkpoints still match.
-        model == .gpt ? "gpt n_layer=\(nLayer) n_head=\(nHead) n_embd=\(nEmbd) block_size=\(blockSize) bias=\(bias)" + (gelu == .tanh ? "" : " gelu=\(gelu.rawValue)")
+        // Experts are named only in a mixture-of-experts model, so older checkpoints still match; the
+        // GELU form always (older checkpoints, written when tanh was the only or default form, name none:
+        // `Self.architecture(of:)` reads them as tanh).
+        model == .gpt ? "gpt n_layer=\(nLayer) n_head=\(nHead) n_embd=\(nEmbd) block_size=\(blockSize) bias=\(bias) gelu=\(gelu.rawValue)"
                           + (nExperts == 0 ? "" : " n_experts=\(nExperts) moe_top_k=\(moeTopK) moe_every=\(moeEvery)")
                       : "mlp hidden=\(hidden) activation=\(activation.rawValue)"
+    }
+
+    /// A checkpoint's architecture in today's form: before exact GELU became the default, a GPT named
+    /// its GELU only when it was not tanh.
+    public static func architecture(of stored: String) -> String {
+        guard stored.hasPrefix("gpt "), !stored.contains(" gelu=") else { return stored }
+        guard let bias = stored.range(of: #"bias=(true|false)"#, options: .regularExpression) else { return stored }
+        return String(stored[..<bias.upperBound]) + " gelu=tanh" + String(stored[bias.upperBound...])
+    }
+
+    /// A checkpoint's config in today's form: one written before the gelu key existed trained with tanh.
+    public static func config(of stored: String, file: String? = nil) throws -> TrainConfig {
+        var config = try load(json: Data(stored.utf8), file: file)
+        if config.model == .gpt, !stored.contains("\"gelu\"") { config.gelu = .tanh }
+        return config
     }
 
     public func jsonString() -> String {

@@ -767,7 +767,7 @@ public final class Trainer {
         guard try checkpoint.require("format") == "swift-ddp-checkpoint" else {
             throw CheckpointError(path, "not a swift-ddp checkpoint")
         }
-        let architecture = try checkpoint.require("architecture")
+        let architecture = TrainConfig.architecture(of: try checkpoint.require("architecture"))
         guard architecture == config.architecture else {
             throw CheckpointError(path, "was written for '\(architecture)' but this run is '\(config.architecture)'")
         }

@@ -260,7 +260,7 @@ struct Sample: ParsableCommand {
     func run() throws {
         try runReportingErrors {
             let loaded = try LoadedCheckpoint(path: checkpoint)
-            let settings = try TrainConfig.load(json: Data(try loaded.require("config").utf8), file: checkpoint + " (config)")
+            let settings = try TrainConfig.config(of: try loaded.require("config"), file: checkpoint + " (config)")
             guard settings.model == .gpt else { throw ValidationError("\(checkpoint) holds an \(settings.model) model; sampling needs a GPT") }
             // The vocabulary stored in the checkpoint (older checkpoints: read from the training data).
             let task: GPTTask

@@ -47,6 +47,20 @@ final class EvaluationTests: XCTestCase {
         XCTAssertEqual(three["held-out loss"] ?? .nan, one["held-out loss"] ?? 0, accuracy: 1e-6 * (one["held-out loss"] ?? 1))
     }
 
+    /// Exact GELU is the default (nanoGPT's); checkpoints written before it was, which name no GELU in
+    /// their architecture and config, are read as the tanh form they trained with.
+    func testExactIsTheDefaultAndOlderCheckpointsReadAsTanh() throws {
+        XCTAssertEqual(TrainConfig().gelu, .exact)
+        XCTAssertTrue(TrainConfig().architecture.hasSuffix("bias=false gelu=exact"), TrainConfig().architecture)
+        XCTAssertEqual(TrainConfig.architecture(of: "gpt n_layer=2 n_head=2 n_embd=32 block_size=32 bias=false"),
+                       "gpt n_layer=2 n_head=2 n_embd=32 block_size=32 bias=false gelu=tanh")
+        XCTAssertEqual(TrainConfig.architecture(of: "gpt n_layer=2 n_head=2 n_embd=32 block_size=32 bias=true gelu=exact"),
+                       "gpt n_layer=2 n_head=2 n_embd=32 block_size=32 bias=true gelu=exact")
+        XCTAssertEqual(TrainConfig.architecture(of: "mlp hidden=256 activation=relu"), "mlp hidden=256 activation=relu")
+        XCTAssertEqual(try TrainConfig.config(of: #"{"model": "gpt", "n_layer": 2}"#).gelu, .tanh)
+        XCTAssertEqual(try TrainConfig.config(of: #"{"model": "gpt", "gelu": "exact"}"#).gelu, .exact)
+    }
+
     /// `gelu: exact` reaches the model: 10 steps end with other parameters than tanh (at initialization
     /// the activations are too small for the forms to differ in float32), close ones; an unknown form
     /// is refused naming the key.

@@ -34,7 +34,7 @@ public final class TransformerBlock {
 
     /// `heads`: the model's heads (a tensor-parallel rank keeps heads / size of them).
     public init(_ parameters: ParameterSet, _ name: String, heads: Int, hasBias: Bool, workspace: Workspace = Workspace(),
-                parallel: TensorParallelism? = nil, gelu: GELUForm = .tanh, experts moe: MoEConfiguration? = nil,
+                parallel: TensorParallelism? = nil, gelu: GELUForm = .exact, experts moe: MoEConfiguration? = nil,
                 exchange: ExpertExchange? = nil) {
         precondition(moe == nil || parallel == nil, "a mixture-of-experts block runs without tensor parallelism")
         self.workspace = workspace

@@ -22,7 +22,7 @@ public func softmaxRow(_ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<F
 public func maximum(_ x: UnsafePointer<Float>, count n: Int) -> Float {
     var maxima = SIMD16<Float>(repeating: -.infinity)
     var k = 0
-    while k + 16 <= n { maxima = pointwiseMax(maxima, load16(x + k)); k += 16 }
+    while k + 16 <= n { maxima = vectorMax(maxima, load16(x + k)); k += 16 }
     var result = -Float.infinity
     for lane in 0..<16 { result = max(result, maxima[lane]) }
     while k < n { result = max(result, x[k]); k += 1 }
