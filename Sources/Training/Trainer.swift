@@ -280,7 +280,9 @@ public final class Trainer {
             if let dataParallel, micro == config.gradAccum - 1 {
                 dataParallel.beginStep()
                 // Expert parallelism: the all-to-alls of backward share connections with the data-parallel
-                // group, so buckets wait for the end of backward instead of overlapping it.
+                // group, so buckets wait for the end of backward instead of overlapping it. (Running the
+                // all-to-alls in turn with the buckets on the communication thread measured 0.93x: each
+                // then waits for the buckets queued before it.)
                 let overlap = groups.expert == nil
                 try task.backward(lossScale: 1 / Float(config.gradAccum), gradientsReady: { if overlap { dataParallel.gradientsReady(from: $0) } })
             } else {

@@ -44,7 +44,9 @@ final class ExpertParallelTests: XCTestCase {
     /// after every step that dense tensors are bitwise equal over the data-parallel group and experts
     /// over their expert-data-parallel group.
     func testExpertParallelMatchesOneExpertGroup() throws {
-        let topTwo = ["--set", "moe_top_k=2", "--set", "capacity_factor=1.0"]
+        // Small buckets: several per step, all sent after backward (its all-to-alls share the
+        // data-parallel group's connections).
+        let topTwo = ["--set", "moe_top_k=2", "--set", "capacity_factor=1.0", "--set", "bucket_mb=0.01"]
         let reference = try run("ep1-top2", 4, topTwo)
         XCTAssertGreaterThan(droppedChoices(reference.output), 0, "capacity 1.0 should drop choices:\n\(reference.output)")
         for ep in [2, 4] {
