@@ -101,6 +101,17 @@ final class GradientCheckTests: XCTestCase {
                    backward: { _, x, dy, dx in layer.backward(x, dy: dy, batch: B, time: T, dx: dx) })
     }
 
+    /// Head size 16 runs the fused kernels (FusedAttention.swift); 17 rows cross a 4-row block.
+    func testCausalSelfAttentionFused() {
+        var layer: CausalSelfAttention!
+        let (B, T, C) = (1, 17, 32)
+        layerCheck(layout: { CausalSelfAttention.register(&$0, "attn", channels: C, bias: false) },
+                   inputShape: [B * T, C], outputCount: B * T * C, seed: 4,
+                   prepare: { layer = CausalSelfAttention($0, "attn", heads: 2, hasBias: false) },
+                   forward: { _, x, y in layer.forward(x, batch: B, time: T, into: y) },
+                   backward: { _, x, dy, dx in layer.backward(x, dy: dy, batch: B, time: T, dx: dx) })
+    }
+
     func testAttentionIsCausal() {
         // Changing the last token's input must not change any earlier position's output.
         var layout = ParameterSet.Layout()

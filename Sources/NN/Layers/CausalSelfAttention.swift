@@ -43,8 +43,9 @@ public final class CausalSelfAttention {
         qkvProjection.forward(x, rows: B * T, into: qkv.data)
         // QK^T and PV: 2 · 2·B·T·T·C (the causal half is computed too).
         OperationProfile.measure("attention core forward", flops: 4 * Double(B * T * T * channels)) {
-            attentionForward(qkv: qkv.data, out: headsOut.data, att: probabilities.data, batch: B, time: T,
-                             channels: channels, heads: heads)
+            attentionForward(qkv: qkv.data, out: headsOut.data, att: probabilities.data,
+                             scratch: workspace.floats(.attentionScores, attentionScratchCount(time: T, channels: channels, heads: heads)),
+                             batch: B, time: T, channels: channels, heads: heads)
         }
         outputProjection.forward(headsOut.data, rows: B * T, into: y, addingBias: addingOutputBias)
     }
@@ -62,7 +63,8 @@ public final class CausalSelfAttention {
         outputProjection.backward(headsOut.data, dy: dy, rows: rows, dx: dHeadsOut, weights: saved == nil)
         OperationProfile.measure("attention core backward", flops: 8 * Double(B * T * T * channels)) {
             attentionBackward(dout: dHeadsOut, qkv: qkv.data, att: probabilities.data, dqkv: dqkv,
-                              scratch: workspace.floats(.attentionScores, T * T), batch: B, time: T, channels: channels, heads: heads)
+                              scratch: workspace.floats(.attentionScores, attentionScratchCount(time: T, channels: channels, heads: heads)),
+                              batch: B, time: T, channels: channels, heads: heads)
         }
         qkvProjection.backward(x, dy: dqkv, rows: rows, dx: dx, weights: saved == nil)
     }

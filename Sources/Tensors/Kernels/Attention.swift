@@ -6,9 +6,37 @@
 // never copied out. Backward, with P = att and dS the gradient of the pre-softmax scores:
 //   dV = P^T dOut,  dP = dOut V^T,  dS = P * (dP - rowsum(dP * P)) / sqrt(hs),  dQ = dS K,  dK = dS^T Q
 
-public func attentionForward(qkv: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>,
-                             att: UnsafeMutablePointer<Float>, batch B: Int, time T: Int, channels C: Int, heads NH: Int) {
+//
+// Head sizes that are multiples of 16 run the fused kernels (FusedAttention.swift); these GEMM forms
+// serve the others and are the reference the fused ones are tested against.
+
+/// Scratch floats `attentionForward` and `attentionBackward` need.
+public func attentionScratchCount(time T: Int, channels C: Int, heads NH: Int) -> Int {
+    max(T * T, fusedAttentionScratchCount(time: T, headSize: C / NH))
+}
+
+public func attentionForward(qkv: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, att: UnsafeMutablePointer<Float>,
+                             scratch: UnsafeMutablePointer<Float>, batch B: Int, time T: Int, channels C: Int, heads NH: Int) {
     precondition(C % NH == 0, "channels \(C) not divisible by heads \(NH)")
+    if fusedAttentionApplies(headSize: C / NH) {
+        return fusedAttentionForward(qkv: qkv, out: out, att: att, scratch: scratch, batch: B, time: T, channels: C, heads: NH)
+    }
+    attentionForwardUnfused(qkv: qkv, out: out, att: att, batch: B, time: T, channels: C, heads: NH)
+}
+
+/// Accumulates into dqkv; `scratch` holds attentionScratchCount floats.
+public func attentionBackward(dout: UnsafePointer<Float>, qkv: UnsafePointer<Float>, att: UnsafePointer<Float>,
+                              dqkv: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<Float>,
+                              batch B: Int, time T: Int, channels C: Int, heads NH: Int) {
+    if fusedAttentionApplies(headSize: C / NH) {
+        return fusedAttentionBackward(dout: dout, qkv: qkv, att: att, dqkv: dqkv, scratch: scratch, batch: B, time: T, channels: C, heads: NH)
+    }
+    attentionBackwardUnfused(dout: dout, qkv: qkv, att: att, dqkv: dqkv, scratch: scratch, batch: B, time: T, channels: C, heads: NH)
+}
+
+/// Three GEMMs per (batch, head) over the whole T×T square.
+public func attentionForwardUnfused(qkv: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>,
+                                    att: UnsafeMutablePointer<Float>, batch B: Int, time T: Int, channels C: Int, heads NH: Int) {
     let hs = C / NH, ld = 3 * C
     let scale = 1 / Float(hs).squareRoot()
     for b in 0..<B {
@@ -29,9 +57,9 @@ public func attentionForward(qkv: UnsafePointer<Float>, out: UnsafeMutablePointe
 }
 
 /// Accumulates into dqkv; `scratch` holds T*T floats (dP, then dS).
-public func attentionBackward(dout: UnsafePointer<Float>, qkv: UnsafePointer<Float>, att: UnsafePointer<Float>,
-                              dqkv: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<Float>,
-                              batch B: Int, time T: Int, channels C: Int, heads NH: Int) {
+public func attentionBackwardUnfused(dout: UnsafePointer<Float>, qkv: UnsafePointer<Float>, att: UnsafePointer<Float>,
+                                     dqkv: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<Float>,
+                                     batch B: Int, time T: Int, channels C: Int, heads NH: Int) {
     let hs = C / NH, ld = 3 * C
     let scale = 1 / Float(hs).squareRoot()
     for b in 0..<B {

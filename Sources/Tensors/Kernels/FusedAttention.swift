@@ -1,0 +1,170 @@
+// Causal attention fused per head, for head sizes that are multiples of 16 (the GPTs here: 16, 32, 64).
+// Instead of three GEMMs per (batch, head) over the whole T×T square, query rows go in blocks of 4:
+//   forward:  scores of the block's rows against the keys up to its last row (K packed transposed once
+//             per head, 4 rows × 64 keys of accumulators in registers), the causal softmax written once
+//             into the cached probabilities, then out = P V over the same keys;
+//   backward: dP = dO Vᵀ for the block, dS = P (dP − rowsum(dP P)) / √hs in a 4-row scratch, then
+//             dQ += dS K, dK += dSᵀ Q and dV += Pᵀ dO accumulated row block by row block, so nothing
+//             T×T is written in backward and nothing is transposed.
+// The causal half above the diagonal is skipped (whole 16-key chunks), and no operand is packed except
+// Kᵀ / Vᵀ (hs × T floats per head).
+
+/// Whether the fused kernels take a head size (else the GEMM formulation runs).
+public func fusedAttentionApplies(headSize: Int) -> Bool { headSize > 0 && headSize % 16 == 0 }
+
+/// Keys padded to whole groups of 64 (4 vectors): the score block always computes a whole group.
+@inline(__always) func paddedKeys(_ T: Int) -> Int { (T + 63) / 64 * 64 }
+
+/// Scratch floats the fused kernels need for sequences of T and heads of hs.
+public func fusedAttentionScratchCount(time T: Int, headSize hs: Int) -> Int { (hs + 4) * paddedKeys(T) }
+
+/// s[r][k] = Σ_d a[r][d] bt[d][k] for rows r < R (≤ 4) and keys k < `keys` rounded up to 64; `bt` is
+/// [hs][ldb], zero past the real keys. Rows past R repeat row 0 and are not stored.
+@inline(__always)
+func scoreBlock(_ a: UnsafePointer<Float>, lda: Int, rows R: Int, _ bt: UnsafePointer<Float>, ldb: Int, depth hs: Int, keys: Int,
+                into s: UnsafeMutablePointer<Float>, lds: Int) {
+    typealias V = SIMD16<Float>
+    let a0 = a, a1 = a + (R > 1 ? lda : 0), a2 = a + (R > 2 ? 2 * lda : 0), a3 = a + (R > 3 ? 3 * lda : 0)
+    var g = 0
+    while g < keys {
+        var s00 = V(), s01 = V(), s02 = V(), s03 = V(), s10 = V(), s11 = V(), s12 = V(), s13 = V()
+        var s20 = V(), s21 = V(), s22 = V(), s23 = V(), s30 = V(), s31 = V(), s32 = V(), s33 = V()
+        var b = bt + g
+        for d in 0..<hs {
+            let k0 = load16(b), k1 = load16(b + 16), k2 = load16(b + 32), k3 = load16(b + 48)
+            let q0 = V(repeating: a0[d]), q1 = V(repeating: a1[d]), q2 = V(repeating: a2[d]), q3 = V(repeating: a3[d])
+            s00 = s00.addingProduct(q0, k0); s01 = s01.addingProduct(q0, k1); s02 = s02.addingProduct(q0, k2); s03 = s03.addingProduct(q0, k3)
+            s10 = s10.addingProduct(q1, k0); s11 = s11.addingProduct(q1, k1); s12 = s12.addingProduct(q1, k2); s13 = s13.addingProduct(q1, k3)
+            s20 = s20.addingProduct(q2, k0); s21 = s21.addingProduct(q2, k1); s22 = s22.addingProduct(q2, k2); s23 = s23.addingProduct(q2, k3)
+            s30 = s30.addingProduct(q3, k0); s31 = s31.addingProduct(q3, k1); s32 = s32.addingProduct(q3, k2); s33 = s33.addingProduct(q3, k3)
+            b += ldb
+        }
+        let out = s + g
+        store16(out, s00); store16(out + 16, s01); store16(out + 32, s02); store16(out + 48, s03)
+        if R > 1 { store16(out + lds, s10); store16(out + lds + 16, s11); store16(out + lds + 32, s12); store16(out + lds + 48, s13) }
+        if R > 2 { let o = out + 2 * lds; store16(o, s20); store16(o + 16, s21); store16(o + 32, s22); store16(o + 48, s23) }
+        if R > 3 { let o = out + 3 * lds; store16(o, s30); store16(o + 16, s31); store16(o + 32, s32); store16(o + 48, s33) }
+        g += 64
+    }
+}
+
+/// out[r] (+)= Σ_{k < keys} p[r][k] v[k] for rows r < R (≤ 4), hs in chunks of 16.
+@inline(__always)
+func mixBlock(_ p: UnsafePointer<Float>, ldp: Int, rows R: Int, _ v: UnsafePointer<Float>, ldv: Int, depth hs: Int, keys: Int,
+              into out: UnsafeMutablePointer<Float>, ldo: Int, accumulate: Bool) {
+    typealias V = SIMD16<Float>
+    let p0 = p, p1 = p + (R > 1 ? ldp : 0), p2 = p + (R > 2 ? 2 * ldp : 0), p3 = p + (R > 3 ? 3 * ldp : 0)
+    var h = 0
+    while h < hs {
+        var o0 = V(), o1 = V(), o2 = V(), o3 = V()
+        var row = v + h
+        for k in 0..<keys {
+            let x = load16(row)
+            o0 = o0.addingProduct(V(repeating: p0[k]), x); o1 = o1.addingProduct(V(repeating: p1[k]), x)
+            o2 = o2.addingProduct(V(repeating: p2[k]), x); o3 = o3.addingProduct(V(repeating: p3[k]), x)
+            row += ldv
+        }
+        let target = out + h
+        store16(target, accumulate ? load16(target) + o0 : o0)
+        if R > 1 { store16(target + ldo, accumulate ? load16(target + ldo) + o1 : o1) }
+        if R > 2 { store16(target + 2 * ldo, accumulate ? load16(target + 2 * ldo) + o2 : o2) }
+        if R > 3 { store16(target + 3 * ldo, accumulate ? load16(target + 3 * ldo) + o3 : o3) }
+        h += 16
+    }
+}
+
+/// y[k] += Σ_{r < R} p[r][k] x[r] for keys k < `keys`, hs in chunks of 16 (the transposed product,
+/// accumulated without transposing p).
+@inline(__always)
+func scatterBlock(_ p: UnsafePointer<Float>, ldp: Int, rows R: Int, _ x: UnsafePointer<Float>, ldx: Int, depth hs: Int, keys: Int,
+                  into y: UnsafeMutablePointer<Float>, ldy: Int) {
+    typealias V = SIMD16<Float>
+    // Rows past R count with weight zero: their p is never read (the weights below are 0 for them).
+    let p0 = p, p1 = p + (R > 1 ? ldp : 0), p2 = p + (R > 2 ? 2 * ldp : 0), p3 = p + (R > 3 ? 3 * ldp : 0)
+    let w1: Float = R > 1 ? 1 : 0, w2: Float = R > 2 ? 1 : 0, w3: Float = R > 3 ? 1 : 0
+    var h = 0
+    while h < hs {
+        let x0 = load16(x + h), x1 = load16(x + (R > 1 ? ldx : 0) + h) * w1
+        let x2 = load16(x + (R > 2 ? 2 * ldx : 0) + h) * w2, x3 = load16(x + (R > 3 ? 3 * ldx : 0) + h) * w3
+        var row = y + h
+        for k in 0..<keys {
+            var acc = load16(row)
+            acc = acc.addingProduct(V(repeating: p0[k]), x0); acc = acc.addingProduct(V(repeating: p1[k]), x1)
+            acc = acc.addingProduct(V(repeating: p2[k]), x2); acc = acc.addingProduct(V(repeating: p3[k]), x3)
+            store16(row, acc)
+            row += ldy
+        }
+        h += 16
+    }
+}
+
+/// Packs columns [0, hs) of T rows (stride ld) transposed into [hs][paddedKeys(T)], zero past T.
+func packTransposed(_ x: UnsafePointer<Float>, ld: Int, rows T: Int, depth hs: Int, into t: UnsafeMutablePointer<Float>) {
+    let ldt = paddedKeys(T)
+    for d in 0..<hs {
+        let column = t + d * ldt
+        for s in 0..<T { column[s] = x[s * ld + d] }
+        (column + T).update(repeating: 0, count: ldt - T)
+    }
+}
+
+func fusedAttentionForward(qkv: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, att: UnsafeMutablePointer<Float>,
+                           scratch: UnsafeMutablePointer<Float>, batch B: Int, time T: Int, channels C: Int, heads NH: Int) {
+    let hs = C / NH, ld = 3 * C, ldk = paddedKeys(T)
+    let scale = 1 / Float(hs).squareRoot()
+    let kt = scratch, scores = scratch + hs * ldk
+    for b in 0..<B {
+        for h in 0..<NH {
+            let q = qkv + b * T * ld + h * hs, k = q + C, v = q + 2 * C
+            let p = att + (b * NH + h) * T * T
+            packTransposed(k, ld: ld, rows: T, depth: hs, into: kt)
+            var r0 = 0
+            while r0 < T {
+                let rows = min(4, T - r0), keys = r0 + rows
+                scoreBlock(q + r0 * ld, lda: ld, rows: rows, kt, ldb: ldk, depth: hs, keys: keys, into: scores, lds: ldk)
+                for r in 0..<rows {
+                    let t = r0 + r, row = scores + r * ldk, probabilities = p + t * T
+                    Tensors.scale(row, by: scale, count: t + 1)
+                    softmaxRow(row, into: probabilities, count: t + 1)
+                    (probabilities + t + 1).update(repeating: 0, count: T - t - 1)
+                }
+                mixBlock(p + r0 * T, ldp: T, rows: rows, v, ldv: ld, depth: hs, keys: keys, into: out + (b * T + r0) * C + h * hs,
+                         ldo: C, accumulate: false)
+                r0 += 4
+            }
+        }
+    }
+}
+
+func fusedAttentionBackward(dout: UnsafePointer<Float>, qkv: UnsafePointer<Float>, att: UnsafePointer<Float>,
+                            dqkv: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<Float>,
+                            batch B: Int, time T: Int, channels C: Int, heads NH: Int) {
+    let hs = C / NH, ld = 3 * C, ldk = paddedKeys(T)
+    let scale = 1 / Float(hs).squareRoot()
+    let vt = scratch, gradients = scratch + hs * ldk
+    for b in 0..<B {
+        for h in 0..<NH {
+            let q = qkv + b * T * ld + h * hs, k = q + C, v = q + 2 * C
+            let dq = dqkv + b * T * ld + h * hs, dk = dq + C, dv = dq + 2 * C
+            let p = att + (b * NH + h) * T * T
+            let dO = dout + b * T * C + h * hs
+            packTransposed(v, ld: ld, rows: T, depth: hs, into: vt)
+            var r0 = 0
+            while r0 < T {
+                let rows = min(4, T - r0), keys = r0 + rows
+                // dP = dO Vᵀ, then dS in place (zero past each row's diagonal).
+                scoreBlock(dO + r0 * C, lda: C, rows: rows, vt, ldb: ldk, depth: hs, keys: keys, into: gradients, lds: ldk)
+                for r in 0..<rows {
+                    let t = r0 + r, pr = p + t * T, dr = gradients + r * ldk
+                    let dot = dotProduct(pr, dr, count: t + 1)
+                    for s in 0...t { dr[s] = pr[s] * (dr[s] - dot) * scale }
+                    (dr + t + 1).update(repeating: 0, count: keys - t - 1)
+                }
+                mixBlock(gradients, ldp: ldk, rows: rows, k, ldv: ld, depth: hs, keys: keys, into: dq + r0 * ld, ldo: ld, accumulate: true)
+                scatterBlock(gradients, ldp: ldk, rows: rows, q + r0 * ld, ldx: ld, depth: hs, keys: keys, into: dk, ldy: ld)
+                scatterBlock(p + r0 * T, ldp: T, rows: rows, dO + r0 * C, ldx: C, depth: hs, keys: keys, into: dv, ldy: ld)
+                r0 += 4
+            }
+        }
+    }
+}

@@ -1,0 +1,41 @@
+import Tensors
+import XCTest
+
+/// The fused causal attention against the GEMM formulation it replaces, on head sizes 16, 32 and 64 and
+/// sequence lengths around the 4-row and 64-key blocks: probabilities, output and all three input
+/// gradients. Both compute the same sums in another order, so they agree to float32 rounding (1e-5
+/// relative to each tensor's largest entry); a wrong index or mask is off by O(1).
+final class FusedAttentionTests: XCTestCase {
+    func testFusedEqualsGEMMAttention() {
+        for (C, NH) in [(32, 2), (64, 2), (128, 2), (128, 4)] {
+            XCTAssertTrue(fusedAttentionApplies(headSize: C / NH))
+            for T in [1, 3, 4, 5, 16, 17, 63, 64, 65, 70] {
+                let B = 2
+                var rng = SeededRandom(seed: UInt64(C * 1000 + T))
+                let qkv = Tensor(zeros: [B * T * 3 * C]), dout = Tensor(zeros: [B * T * C])
+                for i in 0..<qkv.count { qkv[i] = rng.nextNormal() }
+                for i in 0..<dout.count { dout[i] = rng.nextNormal() }
+                let scratch = Tensor(zeros: [attentionScratchCount(time: T, channels: C, heads: NH)])
+                let out = Tensor(zeros: [B * T * C]), att = Tensor(zeros: [B * NH * T * T])
+                let refOut = Tensor(zeros: [B * T * C]), refAtt = Tensor(zeros: [B * NH * T * T])
+                attentionForward(qkv: qkv.data, out: out.data, att: att.data, scratch: scratch.data, batch: B, time: T, channels: C, heads: NH)
+                attentionForwardUnfused(qkv: qkv.data, out: refOut.data, att: refAtt.data, batch: B, time: T, channels: C, heads: NH)
+                let dqkv = Tensor(zeros: [B * T * 3 * C]), refDqkv = Tensor(zeros: [B * T * 3 * C])
+                // Both accumulate: start from the same non-zero gradient.
+                for i in 0..<dqkv.count { dqkv[i] = Float(i % 5) * 0.1; refDqkv[i] = dqkv[i] }
+                attentionBackward(dout: dout.data, qkv: qkv.data, att: att.data, dqkv: dqkv.data, scratch: scratch.data,
+                                  batch: B, time: T, channels: C, heads: NH)
+                let refScratch = Tensor(zeros: [T * T])
+                attentionBackwardUnfused(dout: dout.data, qkv: qkv.data, att: refAtt.data, dqkv: refDqkv.data, scratch: refScratch.data,
+                                         batch: B, time: T, channels: C, heads: NH)
+                for (name, a, b) in [("probabilities", att, refAtt), ("output", out, refOut), ("dqkv", dqkv, refDqkv)] {
+                    let scale = (0..<b.count).reduce(Float(0)) { max($0, abs(b[$1])) }
+                    let worst = (0..<b.count).reduce(Float(0)) { max($0, abs(a[$1] - b[$1])) }
+                    XCTAssertLessThanOrEqual(worst, 1e-5 * max(scale, 1), "\(name) C \(C) NH \(NH) T \(T)")
+                }
+                // Causal: exact zeros above the diagonal.
+                for h in 0..<(B * NH) { for t in 0..<T { for s in (t + 1)..<max(T, t + 1) { XCTAssertEqual(att[h * T * T + t * T + s], 0) } } }
+            }
+        }
+    }
+}
