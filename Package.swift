@@ -35,7 +35,7 @@ let package = Package(
         .target(name: "Topology", dependencies: ["CNuma", "CShims"]),
         .target(name: "Launch", dependencies: ["Rendezvous", "Transport", "CShims", "Topology"]),
         .executableTarget(name: "ddp-launch", dependencies: [
-            "Launch", "Transport", "Topology",
+            "Launch", "Transport", "Topology", "Training", "Parallel",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .target(name: "Bench", dependencies: ["Collectives", "Rendezvous", "Transport"]),

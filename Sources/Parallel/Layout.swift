@@ -120,14 +120,20 @@ public struct ParallelLayout: Sendable, Equatable, CustomStringConvertible {
             + (expertParallel > 1 ? " (expert \(expertParallel) × expert-data \(expertDataParallel) within data)" : "")
     }
 
+    /// The columns of `rank`'s row in a start-up table (after the rank): coordinates and group members,
+    /// with the header for them.
+    public var tableHeader: String {
+        "tensor | data | pipeline | expert | TP group | DP group | PP group" + (expertParallel > 1 ? " | EP group" : "")
+    }
+    public func tableCells(of r: Int) -> String {
+        let c = coordinates(of: r)
+        func list(_ a: Axis) -> String { members(a, of: r).map(String.init).joined(separator: ",") }
+        return "\(c.tensor) | \(c.data) | \(c.pipeline) | \(c.expert) | \(list(.tensor)) | \(list(.data)) | \(list(.pipeline))"
+            + (expertParallel > 1 ? " | \(list(.expert))" : "")
+    }
+
     /// One line per rank for a start-up table: coordinates and group members.
     public func table() -> [String] {
-        ["rank | tensor | data | pipeline | expert | TP group | DP group | PP group" + (expertParallel > 1 ? " | EP group" : "")]
-            + (0..<worldSize).map { r in
-                let c = coordinates(of: r)
-                func list(_ a: Axis) -> String { members(a, of: r).map(String.init).joined(separator: ",") }
-                return "\(r) | \(c.tensor) | \(c.data) | \(c.pipeline) | \(c.expert) | \(list(.tensor)) | \(list(.data)) | \(list(.pipeline))"
-                    + (expertParallel > 1 ? " | \(list(.expert))" : "")
-            }
+        ["rank | " + tableHeader] + (0..<worldSize).map { "\($0) | " + tableCells(of: $0) }
     }
 }

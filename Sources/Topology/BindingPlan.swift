@@ -66,12 +66,16 @@ public func planBinding(_ topology: NumaTopology, localRanks: Int, policy: Bindi
 }
 
 /// The table the launcher prints at start.
-public func placementTable(_ placements: [RankPlacement], rankOffset: Int, numaAvailable: Bool) -> [String] {
-    var lines = ["placement: rank | NUMA node | CPUs | memory"]
+/// `columns`: more columns after the placement (a header and a cell per global rank), such as the
+/// rank's coordinates in the job's parallel layout.
+public func placementTable(_ placements: [RankPlacement], rankOffset: Int, numaAvailable: Bool,
+                           columns: (header: String, cell: (Int) -> String)? = nil) -> [String] {
+    var lines = ["placement: rank | NUMA node | CPUs | memory" + (columns.map { " | " + $0.header } ?? "")]
     for p in placements {
         let cpus = p.cpus.isEmpty ? "any" : compactList(p.cpus)
         let memory = p.bindMemory ? "bound to node \(p.node ?? 0)" : (p.node == nil ? "any" : "not bound (NUMA unavailable)")
-        lines.append("placement: \(p.localRank + rankOffset) | \(p.node.map(String.init) ?? "-") | \(cpus) | \(memory)")
+        let rank = p.localRank + rankOffset
+        lines.append("placement: \(rank) | \(p.node.map(String.init) ?? "-") | \(cpus) | \(memory)" + (columns.map { " | " + $0.cell(rank) } ?? ""))
     }
     if !numaAvailable { lines.append("placement: warning: libnuma reports NUMA unavailable; using CPU affinity only") }
     return lines

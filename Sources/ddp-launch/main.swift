@@ -1,7 +1,9 @@
 import ArgumentParser
 import Foundation
 import Launch
+import Parallel
 import Topology
+import Training
 import Transport
 
 /// torchrun-like launcher: starts N local ranks with RANK/LOCAL_RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT
@@ -84,6 +86,22 @@ struct DDPLaunch: ParsableCommand {
         }
     }
 
+    /// The parallel layout of a ddp-train command (its config with the --set overrides), for the start-up
+    /// table; nil for other programs, a model-parallel-free layout, or a config the trainer will refuse
+    /// (it says why).
+    func trainingLayout(_ command: [String], worldSize: Int) -> ParallelLayout? {
+        guard command.count >= 3, command[0].hasSuffix("/ddp-train"), command[1] == "train", command[2].hasSuffix(".json") else { return nil }
+        var overrides: [String] = []
+        var i = 3
+        while i + 1 < command.count {
+            if command[i] == "--set" { overrides.append(command[i + 1]); i += 2 } else { i += 1 }
+        }
+        guard let config = try? TrainConfig.load(path: command[2], overrides: overrides),
+              config.tensorParallel > 1 || config.pipelineParallel > 1 || config.expertParallel > 1 else { return nil }
+        return try? ParallelLayout(worldSize: worldSize, tensorParallel: config.tensorParallel, pipelineParallel: config.pipelineParallel,
+                                   expertParallel: config.expertParallel)
+    }
+
     func resolvedCommand() throws -> [String] {
         let args = command.first == "--" ? Array(command.dropFirst()) : command
         let here = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent().path
@@ -139,7 +157,9 @@ struct DDPLaunch: ParsableCommand {
             agent = LaunchAgent(spec: spec, log: say)
             try agent.checkStorePort()
             if numaBind != "none" {
-                for line in placementTable(spec.placements, rankOffset: nodeRank * workers, numaAvailable: topology.numaAvailable) {
+                let layout = trainingLayout(spec.command, worldSize: nnodes * workers)
+                for line in placementTable(spec.placements, rankOffset: nodeRank * workers, numaAvailable: topology.numaAvailable,
+                                           columns: layout.map { layout in (layout.tableHeader, { layout.tableCells(of: $0) }) }) {
                     say("[launcher] \(line)")
                 }
             }
