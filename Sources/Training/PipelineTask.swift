@@ -103,13 +103,18 @@ public final class PipelineGPTTask: TrainingTask {
         return out
     }
 
-    /// Sum of squares of this rank's gradients, the tied embedding counted on the first stage's rank
-    /// only (its two copies hold the same summed gradient).
-    func gradientSquares() -> Double {
+    /// Sum of squares of this rank's gradients inside `ranges` (ZeRO-1: the pieces it owns), the tied
+    /// embedding counted on the first stage's rank only (its two copies hold the same summed gradient).
+    func gradientSquares(in ranges: [Range<Int>]) -> Double {
         let holdsFirst = runner.stages[0] != nil
-        return runner.parameters.parameters.reduce(0.0) { sum, p in
-            p.name == "transformer.wte.weight" && !holdsFirst ? sum : sum + sumOfSquares(p.gradient.data, count: p.gradient.count)
+        var sum = 0.0
+        for p in runner.parameters.parameters where p.name != "transformer.wte.weight" || holdsFirst {
+            for range in ranges {
+                let r = range.clamped(to: p.offset..<(p.offset + p.value.count))
+                if !r.isEmpty { sum += sumOfSquares(runner.parameters.gradients.base + r.lowerBound, count: r.count) }
+            }
         }
+        return sum
     }
 
     /// This rank's tensors out of a full-model buffer (resume).

@@ -285,7 +285,10 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         if pipelineParallel > 1 || virtualStages > 1 {
             try require(model == .gpt, .pipelineParallel, "applies to the gpt model only (the mlp trains data-parallel)")
             try require(tensorParallel == 1, .pipelineParallel, "does not combine with tensor_parallel yet")
-            try require(zeroStage == 0, .zeroStage, "ZeRO-\(zeroStage) does not combine with pipeline_parallel yet")
+            // As DeepSpeed: every micro-batch's backward accumulates into the whole gradient, so only
+            // the optimizer state can be sharded across the data-parallel replicas.
+            try require(zeroStage <= 1, .zeroStage,
+                        "ZeRO-\(zeroStage) does not combine with pipeline_parallel (each micro-batch's backward adds to every gradient, so gradients and parameters cannot be sharded; ZeRO-1 can)")
             do {
                 _ = try PipelineSchedule(pipelineSchedule, pipelineParallel: pipelineParallel, microbatches: microbatches, virtualStages: virtualStages)
                     .layerRanges(layers: nLayer)

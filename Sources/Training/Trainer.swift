@@ -332,14 +332,25 @@ public final class Trainer {
             dataParallel.gradientsReady(from: 0)
             _ = try dataParallel.finishStep()
         }
-        var squares = [Float(pipeline.gradientSquares())]
-        try squares.withUnsafeMutableBufferPointer { try allreduce($0, options: CollectiveOptions(), group: pipeline.runner.group) }
+        // ZeRO-1: each replica holds the averaged gradient of its own pieces only; their squares add up
+        // over the data-parallel group, then over the stages.
+        let sharded = dataParallel?.shardOptimizer ?? false
+        var squares = [Float(pipeline.gradientSquares(in: optimizer.ranges))]
+        try squares.withUnsafeMutableBufferPointer { buffer in
+            if sharded, let dataParallel { try allreduce(buffer, op: .sum, algorithm: .halvingDoubling, group: dataParallel.group) }
+            try allreduce(buffer, options: CollectiveOptions(), group: pipeline.runner.group)
+        }
         let norm = squares[0].squareRoot()
-        let exposed = monotonicSeconds() - start
+        var exposed = monotonicSeconds() - start
         let loss = total / Float(config.gradAccum)
         guard try acceptStep(gradientNorm: norm, learningRate: learningRate) else { return (loss, exposed) }
         if config.gradClip > 0 { parameters.clipGradients(in: optimizer.ranges, norm: norm, maxNorm: Float(config.gradClip)) }
         optimizer.step(learningRate: learningRate)
+        if sharded, let dataParallel {
+            let gatherStart = monotonicSeconds()
+            try dataParallel.gatherParameters()
+            exposed += monotonicSeconds() - gatherStart
+        }
         return (loss, exposed)
     }
 
@@ -482,7 +493,12 @@ public final class Trainer {
                 pipeline.localize(full, into: local)
             }
             try share(resumedParameters, into: task.parameters.values)
-            for (name, buffer) in optimizer.state { try share(resumedState?[name], into: buffer) }
+            for (name, packed) in optimizer.state {
+                // ZeRO-1 keeps only its pieces of the stage's state.
+                let local = FloatBuffer(count: task.parameters.count)
+                try share(resumedState?[name], into: local)
+                pack(local, into: packed, ranges: optimizer.ranges)
+            }
             resumedParameters = nil; resumedState = nil
         } else if resumed {
             let sharding = task.sharding

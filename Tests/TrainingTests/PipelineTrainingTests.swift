@@ -58,6 +58,9 @@ final class PipelineTrainingTests: XCTestCase {
                                                                                  "--set", "grad_accum=2"]), "pp 2, m 2, grad_accum 2")
         let dp2 = try run("dp2", 2, ["--set", "grad_accum=2"])
         try compare(dp2, try run("dp2-pp2", 4, ["--set", "pipeline_parallel=2", "--set", "microbatches=2", "--set", "verify_replicas=true"]), "dp 2 x pp 2")
+        // ZeRO-1 across the replicas of each stage (DeepSpeed's pipeline + ZeRO-1): the same model.
+        try compare(dp2, try run("dp2-pp2-zero1", 4, ["--set", "pipeline_parallel=2", "--set", "microbatches=2", "--set", "zero_stage=1",
+                                                      "--set", "verify_replicas=true"]), "dp 2 x pp 2 with ZeRO-1")
     }
 
     /// A pp 2 checkpoint holds the full model: it resumes at pp 1 and at pp 2 with another schedule to
@@ -138,7 +141,8 @@ final class PipelineTrainingTests: XCTestCase {
         for (extra, text) in [(["--set", "pipeline_parallel=2", "--set", "n_layer=3"], "n_layer"),
                               (["--set", "pipeline_parallel=2", "--set", "microbatches=1"], "microbatches"),
                               (["--set", "pipeline_parallel=2", "--set", "virtual_stages=2"], "virtual_stages"),
-                              (["--set", "pipeline_parallel=2", "--set", "zero_stage=1"], "zero_stage")] {
+                              (["--set", "pipeline_parallel=2", "--set", "zero_stage=2"], "zero_stage"),
+                              (["--set", "pipeline_parallel=2", "--set", "zero_stage=3"], "zero_stage")] {
             let result = try launch(2, extra + ["--set", "max_iters=1", "--out-dir", temporaryDirectory("pp-bad")])
             XCTAssertNotEqual(result.status, 0, "\(extra)")
             XCTAssertTrue(result.output.contains(text), "\(extra):\n\(result.output)")

@@ -30,8 +30,8 @@ final class UniversalCheckpointTests: XCTestCase {
         XCTAssertEqual(x.metadata["iteration"], "6", name, file: file, line: line)
     }
 
-    /// A chain through seven layouts of the dense GPT, each loading the previous one's checkpoint at
-    /// iteration 6 and writing its own: dp 2 → tp 2 → pp 2 (1F1B) → dp 2 ZeRO-1 → dp 4 ZeRO-3 →
+    /// A chain through eight layouts of the dense GPT, each loading the previous one's checkpoint at
+    /// iteration 6 and writing its own: dp 2 → tp 2 → pp 2 (1F1B) → dp 2 × pp 2 ZeRO-1 → dp 2 ZeRO-1 → dp 4 ZeRO-3 →
     /// dp 2 × tp 2 with sequence parallelism → one rank; then a MoE chain ep 2 → ep 1 with ZeRO-1 → ep 4.
     func testCheckpointsMoveBetweenLayoutsByteIdentical() throws {
         func chain(_ steps: [(name: String, ranks: Int, settings: [String])], extra: [String] = []) throws {
@@ -55,6 +55,7 @@ final class UniversalCheckpointTests: XCTestCase {
         try chain([("dp2", 2, []),
                    ("tp2", 2, ["--set", "tensor_parallel=2"]),
                    ("pp2", 2, ["--set", "pipeline_parallel=2", "--set", "microbatches=2"]),
+                   ("dp2-pp2-zero1", 4, ["--set", "pipeline_parallel=2", "--set", "microbatches=2", "--set", "zero_stage=1"]),
                    ("dp2-zero1", 2, ["--set", "zero_stage=1"]),
                    ("dp4-zero3", 4, ["--set", "zero_stage=3"]),
                    ("dp2-tp2-sp", 4, ["--set", "tensor_parallel=2", "--set", "sequence_parallel=true"]),
