@@ -31,41 +31,22 @@ public struct TrainingGroups {
     /// Forms the config's layout over `world` (collective: every rank calls it). A layout the world
     /// cannot hold is a ConfigError naming the key.
     public init(world: ProcessGroup, config: TrainConfig) throws {
-        if config.pipelineParallel > 1 {
-            let layout: ParallelLayout
-            do {
-                layout = try ParallelLayout(worldSize: world.worldSize, pipelineParallel: config.pipelineParallel)
-            } catch let error as LayoutError {
-                throw ConfigError(key: error.key, error.reason)
-            }
-            let groups = try ParallelGroups(layout: layout, world: world)
-            self.init(world: world, data: groups.data, tensor: nil, layout: layout, sequenceParallel: false)
-            pipeline = groups.pipeline
-            return
-        }
-        if config.expertParallel > 1 {
-            let layout: ParallelLayout
-            do {
-                layout = try ParallelLayout(worldSize: world.worldSize, expertParallel: config.expertParallel, experts: config.nExperts)
-            } catch let error as LayoutError {
-                throw ConfigError(key: error.key, error.reason)
-            }
-            let groups = try ParallelGroups(layout: layout, world: world)
-            self.init(world: world, data: groups.data, tensor: nil, layout: layout, sequenceParallel: false)
-            expert = ExpertParallelGroup(group: groups.expert)
-            expertData = groups.expertData
-            return
-        }
-        guard config.tensorParallel > 1 else { self.init(world: world); return }
+        guard config.tensorParallel > 1 || config.pipelineParallel > 1 || config.expertParallel > 1 else { self.init(world: world); return }
         let layout: ParallelLayout
         do {
-            layout = try ParallelLayout(worldSize: world.worldSize, tensorParallel: config.tensorParallel, heads: config.nHead)
+            layout = try ParallelLayout(worldSize: world.worldSize, tensorParallel: config.tensorParallel, pipelineParallel: config.pipelineParallel,
+                                        expertParallel: config.expertParallel, heads: config.nHead, experts: config.nExperts > 0 ? config.nExperts : nil)
         } catch let error as LayoutError {
             throw ConfigError(key: error.key, error.reason)
         }
         let groups = try ParallelGroups(layout: layout, world: world)
-        self.init(world: world, data: groups.data, tensor: GroupCommunicator(group: groups.tensor), layout: layout,
-                  sequenceParallel: config.sequenceParallel)
+        let tensor = config.tensorParallel > 1 ? GroupCommunicator(group: groups.tensor) : nil
+        self.init(world: world, data: groups.data, tensor: tensor, layout: layout, sequenceParallel: tensor != nil && config.sequenceParallel)
+        if config.pipelineParallel > 1 { pipeline = groups.pipeline }
+        if config.expertParallel > 1 {
+            expert = ExpertParallelGroup(group: groups.expert)
+            expertData = groups.expertData
+        }
     }
 
     public var tensorParallelism: TensorParallelism? {

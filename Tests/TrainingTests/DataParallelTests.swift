@@ -187,21 +187,8 @@ final class DataParallelTests: XCTestCase {
 
     func testKilledRankStopsTheJobWithAClearMessageAndNoOrphans() throws {
         // Every rank's pid is printed before any rank can train, so "iter 5/" means all three are known.
-        let (process, handle, head) = try startLauncher(["--nproc-per-node", "3", "--timeout", "10", "--", configsDirectory + "/tiny-gpt.json",
-                                                         "--data-dir", dataDirectory, "--out-dir", temporaryDirectory("ddp-kill"),
-                                                         "--set", "max_iters=100000", "--set", "log_interval=1", "--set", "eval_interval=100000"],
-                                                        until: "iter 5/")
-        let pids = launcherRankPIDs(head)
-        guard pids.count == 3 else { return XCTFail("no pids in launcher output:\n\(head)") }
-        let victim = pids[1]
-        kill(victim, SIGKILL)
-        let output = head + String(decoding: handle.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        XCTAssertNotEqual(process.terminationStatus, 0)
-        XCTAssertTrue(output.contains("FAILED: rank 1 (pid \(victim)"), output)
-        XCTAssertTrue(output.contains("SIGKILL"), output)
-        for pid in pids { XCTAssertNotEqual(kill(pid, 0), 0, "rank pid \(pid) still alive after the launcher exited") }
-        XCTAssertEqual(survivors(ofLauncher: process.processIdentifier), [])
+        try assertKilledRankStopsTheJob(launcher: Self.buildDirectory + "/ddp-launch", ranks: 3, victim: 1, settings: [],
+                                        outDir: temporaryDirectory("ddp-kill"))
     }
 
     func startLauncher(_ arguments: [String], until marker: String) throws -> (Process, FileHandle, String) {

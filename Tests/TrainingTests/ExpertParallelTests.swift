@@ -129,20 +129,8 @@ final class ExpertParallelTests: XCTestCase {
     /// kill -9 of a rank while ep 4 trains (10 all-to-alls per step on the expert group, plus the
     /// data-parallel averages): every rank stops, the killed one is named, nothing is left running.
     func testKilledRankInsideAnAllToAllStopsTheJob() throws {
-        let (process, handle, head) = try startLauncher(Self.buildDirectory + "/ddp-launch", [
-            "--nproc-per-node", "4", "--timeout", "10", "--", configsDirectory + "/tiny-gpt.json", "--data-dir", dataDirectory,
-            "--out-dir", temporaryDirectory("moe-kill"), "--set", "n_experts=4", "--set", "expert_parallel=4", "--set", "max_iters=100000",
-            "--set", "log_interval=1", "--set", "eval_interval=100000"], until: "iter 5/")
-        let pids = launcherRankPIDs(head)
-        guard pids.count == 4 else { process.terminate(); return XCTFail("no pids in launcher output:\n\(head)") }
-        kill(pids[2], SIGKILL)
-        let output = head + String(decoding: handle.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        XCTAssertNotEqual(process.terminationStatus, 0)
-        XCTAssertTrue(output.contains("FAILED: rank 2 (pid \(pids[2])"), output)
-        XCTAssertTrue(output.contains("SIGKILL"), output)
-        for pid in pids { XCTAssertNotEqual(kill(pid, 0), 0, "rank pid \(pid) still alive after the launcher exited") }
-        XCTAssertEqual(survivors(ofLauncher: process.processIdentifier), [])
+        try assertKilledRankStopsTheJob(launcher: Self.buildDirectory + "/ddp-launch", ranks: 4, victim: 2,
+                                        settings: ["--set", "n_experts=4", "--set", "expert_parallel=4"], outDir: temporaryDirectory("moe-kill"))
     }
 
     /// What the mixture does not combine with yet is refused at the start, naming the key.

@@ -56,3 +56,23 @@ func assertRestartEndsBitwiseEqual(launcher: String, _ command: [String], dir: S
     }
     XCTAssertEqual(survivors(ofLauncher: process.processIdentifier), [], file: file, line: line)
 }
+
+/// `ranks` ranks of the tiny GPT with `settings` under the launcher at `launcher`; once "iter 5/" is
+/// printed, rank `victim` is SIGKILLed mid-training: the launcher exits non-zero naming that rank, its
+/// pid and the signal, every rank is gone and nothing the launcher started is left running.
+func assertKilledRankStopsTheJob(launcher: String, ranks: Int, victim: Int, settings: [String], outDir: String,
+                                 file: StaticString = #filePath, line: UInt = #line) throws {
+    let (process, handle, head) = try startLauncher(launcher, [
+        "--nproc-per-node", String(ranks), "--timeout", "10", "--", configsDirectory + "/tiny-gpt.json", "--data-dir", dataDirectory,
+        "--out-dir", outDir, "--set", "max_iters=100000", "--set", "log_interval=1", "--set", "eval_interval=100000"] + settings, until: "iter 5/")
+    let pids = launcherRankPIDs(head)
+    guard pids.count == ranks else { process.terminate(); return XCTFail("no pids in launcher output:\n\(head)", file: file, line: line) }
+    kill(pids[victim], SIGKILL)
+    let output = head + String(decoding: handle.readDataToEndOfFile(), as: UTF8.self)
+    process.waitUntilExit()
+    XCTAssertNotEqual(process.terminationStatus, 0, file: file, line: line)
+    XCTAssertTrue(output.contains("FAILED: rank \(victim) (pid \(pids[victim])"), output, file: file, line: line)
+    XCTAssertTrue(output.contains("SIGKILL"), output, file: file, line: line)
+    for pid in pids { XCTAssertNotEqual(kill(pid, 0), 0, "rank pid \(pid) still alive after the launcher exited", file: file, line: line) }
+    XCTAssertEqual(survivors(ofLauncher: process.processIdentifier), [], file: file, line: line)
+}

@@ -88,20 +88,8 @@ final class TensorParallelTests: XCTestCase {
     /// kill -9 of a rank while its tensor-parallel group is in the middle of a step (13 collectives per
     /// step: a rank spends most of it inside one): every rank stops, the killed one is named, no orphans.
     func testKilledRankInATensorParallelGroupStopsTheJob() throws {
-        let (process, handle, head) = try TestSupport.startLauncher(Self.buildDirectory + "/ddp-launch", [
-            "--nproc-per-node", "2", "--timeout", "10", "--", configsDirectory + "/tiny-gpt.json", "--data-dir", dataDirectory,
-            "--out-dir", temporaryDirectory("tp-kill"), "--set", "tensor_parallel=2", "--set", "max_iters=100000",
-            "--set", "log_interval=1", "--set", "eval_interval=100000"], until: "iter 5/")
-        let pids = launcherRankPIDs(head)
-        guard pids.count == 2 else { process.terminate(); return XCTFail("no pids in launcher output:\n\(head)") }
-        kill(pids[1], SIGKILL)
-        let output = head + String(decoding: handle.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        XCTAssertNotEqual(process.terminationStatus, 0)
-        XCTAssertTrue(output.contains("FAILED: rank 1 (pid \(pids[1])"), output)
-        XCTAssertTrue(output.contains("SIGKILL"), output)
-        for pid in pids { XCTAssertNotEqual(kill(pid, 0), 0, "rank pid \(pid) still alive after the launcher exited") }
-        XCTAssertEqual(survivors(ofLauncher: process.processIdentifier), [])
+        try assertKilledRankStopsTheJob(launcher: Self.buildDirectory + "/ddp-launch", ranks: 2, victim: 1,
+                                        settings: ["--set", "tensor_parallel=2"], outDir: temporaryDirectory("tp-kill"))
     }
 
     /// A world the layout cannot hold is refused at the start, naming the key.

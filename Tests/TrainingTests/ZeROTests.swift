@@ -160,19 +160,8 @@ final class ZeROTests: XCTestCase {
     /// A rank killed while stage 3 trains (forward and backward are most of a step, each unit's gather
     /// waits on every rank): every rank stops, the launcher names the rank, nothing is left behind.
     func testKilledRankUnderStageThreeIsNamedWithNoOrphans() throws {
-        let (process, handle, head) = try TestSupport.startLauncher(Self.buildDirectory + "/ddp-launch",
-            ["--nproc-per-node", "3", "--timeout", "10", "--", configsDirectory + "/tiny-gpt.json", "--data-dir", dataDirectory,
-             "--out-dir", temporaryDirectory("zero3-kill"), "--set", "zero_stage=3", "--set", "max_iters=100000", "--set", "log_interval=1",
-             "--set", "eval_interval=100000"], until: "iter 5/")
-        let pids = launcherRankPIDs(head)
-        guard pids.count == 3 else { return XCTFail("no pids in launcher output:\n\(head)") }
-        kill(pids[1], SIGKILL)
-        let output = head + String(decoding: handle.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        XCTAssertNotEqual(process.terminationStatus, 0)
-        XCTAssertTrue(output.contains("FAILED: rank 1 (pid \(pids[1])"), output)
-        for pid in pids { XCTAssertNotEqual(kill(pid, 0), 0, "rank pid \(pid) still alive after the launcher exited") }
-        XCTAssertEqual(survivors(ofLauncher: process.processIdentifier), [])
+        try assertKilledRankStopsTheJob(launcher: Self.buildDirectory + "/ddp-launch", ranks: 3, victim: 1,
+                                        settings: ["--set", "zero_stage=3"], outDir: temporaryDirectory("zero3-kill"))
     }
 
     /// --max-restarts 1 under stage 3: the checkpoint gathers the whole model and optimizer state, the

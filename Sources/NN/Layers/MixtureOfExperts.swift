@@ -143,11 +143,7 @@ public final class MixtureOfExperts {
         // The experts, one GEMM pair each over the rows they received (expert-major).
         let output = workspace.floats(.expertOutput, max(received * c, 1))
         let activation = workspace.floats(.blockActivation, max(received * hidden, 1))
-        var row = 0
-        for local in 0..<localExperts {
-            let count = rowsFor(local)
-            defer { row += count }
-            guard count > 0 else { continue }
+        forEachExpert { local, row, count in
             let xe = expertInput.data + row * c, he = expertHidden.data + row * hidden
             OperationProfile.measure("moe experts forward", flops: 4 * Double(count * c * hidden)) {
                 gemm(.none, .transposed, m: count, n: hidden, k: c, a: xe, b: fcWeight.value.data + local * hidden * c, c: he)
@@ -230,34 +226,45 @@ public final class MixtureOfExperts {
         receiveCounts = (0..<n).map { source in (0..<local).map { Int(receive[source * local + $0]) } }
     }
 
+    /// Each local expert with rows this pass: its index, its first row (expert-major) and its row count.
+    func forEachExpert(_ body: (_ local: Int, _ row: Int, _ count: Int) -> Void) {
+        var row = 0
+        for local in 0..<localExperts {
+            let count = rowsFor(local)
+            if count > 0 { body(local, row, count) }
+            row += count
+        }
+    }
+
     /// Rows from all sources for local expert `local`.
     func rowsFor(_ local: Int) -> Int { receiveCounts.reduce(0) { $0 + $1[local] } }
 
     /// Send-order rows -> the experts' rows (expert-major: expert, then source, then token), across the group.
     func toExperts(_ send: UnsafeMutablePointer<Float>, into expertRows: UnsafeMutablePointer<Float>) throws {
-        let c = channels
-        guard let exchange else { return expertRows.update(from: send, count: sendToken.count * c) }
-        let n = exchange.size, local = localExperts
-        let received = receiveCounts.reduce(0) { $0 + $1.reduce(0, +) }
-        let staging = workspace.floats(.expertStaging, max(received * c, 1))
-        let perDestination = (0..<n).map { d in (0..<local).reduce(0) { $0 + sendCounts[d * local + $1] } * c }
-        try exchange.allToAll(UnsafeMutableBufferPointer(start: send, count: sendToken.count * c), sendCounts: perDestination,
-                              into: UnsafeMutableBufferPointer(start: staging, count: received * c),
-                              receiveCounts: receiveCounts.map { $0.reduce(0, +) * c })
-        permute(staging, into: expertRows, sourceMajorToExpertMajor: true)
+        guard let exchange else { return expertRows.update(from: send, count: sendToken.count * channels) }
+        let blocks = exchangeBlocks(exchange)
+        try exchange.allToAll(UnsafeMutableBufferPointer(start: send, count: sendToken.count * channels), sendCounts: blocks.sent,
+                              into: UnsafeMutableBufferPointer(start: blocks.staging, count: blocks.receivedCount), receiveCounts: blocks.received)
+        permute(blocks.staging, into: expertRows, sourceMajorToExpertMajor: true)
     }
 
     /// The experts' rows back to the ranks that sent them, in their send order.
     func fromExperts(_ expertRows: UnsafeMutablePointer<Float>, into sendOrder: UnsafeMutablePointer<Float>) throws {
-        let c = channels
-        guard let exchange else { return sendOrder.update(from: expertRows, count: sendToken.count * c) }
-        let n = exchange.size, local = localExperts
-        let received = receiveCounts.reduce(0) { $0 + $1.reduce(0, +) }
-        let staging = workspace.floats(.expertStaging, max(received * c, 1))
-        permute(expertRows, into: staging, sourceMajorToExpertMajor: false)
-        let perDestination = (0..<n).map { d in (0..<local).reduce(0) { $0 + sendCounts[d * local + $1] } * c }
-        try exchange.allToAll(UnsafeMutableBufferPointer(start: staging, count: received * c), sendCounts: receiveCounts.map { $0.reduce(0, +) * c },
-                              into: UnsafeMutableBufferPointer(start: sendOrder, count: sendToken.count * c), receiveCounts: perDestination)
+        guard let exchange else { return sendOrder.update(from: expertRows, count: sendToken.count * channels) }
+        let blocks = exchangeBlocks(exchange)
+        permute(expertRows, into: blocks.staging, sourceMajorToExpertMajor: false)
+        try exchange.allToAll(UnsafeMutableBufferPointer(start: blocks.staging, count: blocks.receivedCount), sendCounts: blocks.received,
+                              into: UnsafeMutableBufferPointer(start: sendOrder, count: sendToken.count * channels), receiveCounts: blocks.sent)
+    }
+
+    /// Floats this rank sends each rank (its kept rows for that rank's experts) and receives from each
+    /// (their rows for this rank's experts), and the staging buffer for the received rows in source order.
+    func exchangeBlocks(_ exchange: ExpertExchange) -> (sent: [Int], received: [Int], receivedCount: Int, staging: UnsafeMutablePointer<Float>) {
+        let c = channels, local = localExperts
+        let sent = (0..<exchange.size).map { d in (0..<local).reduce(0) { $0 + sendCounts[d * local + $1] } * c }
+        let received = receiveCounts.map { $0.reduce(0, +) * c }
+        let count = received.reduce(0, +)
+        return (sent, received, count, workspace.floats(.expertStaging, max(count, 1)))
     }
 
     /// Received rows are grouped by source, then expert; the experts want them by expert, then source.
@@ -310,11 +317,7 @@ public final class MixtureOfExperts {
         let dInput = workspace.floats(.expertInputGradient, max(received * c, 1))
         let activation = workspace.floats(.blockActivation, max(received * hidden, 1))
         let dHidden = workspace.floats(.blockHiddenGradient, max(received * hidden, 1))
-        var row = 0
-        for local in 0..<localExperts {
-            let count = rowsFor(local)
-            defer { row += count }
-            guard count > 0 else { continue }
+        forEachExpert { local, row, count in
             let xe = expertInput.data + row * c, he = expertHidden.data + row * hidden, dye = dOutput + row * c
             OperationProfile.measure("moe experts backward", flops: 8 * Double(count * c * hidden)) {
                 geluForward(he, into: activation, count: count * hidden, form: gelu)

@@ -34,6 +34,15 @@ public func attentionBackward(dout: UnsafePointer<Float>, qkv: UnsafePointer<Flo
     attentionBackwardUnfused(dout: dout, qkv: qkv, att: att, dqkv: dqkv, scratch: scratch, batch: B, time: T, channels: C, heads: NH)
 }
 
+/// Row t of dS from row t of P and of dP (in place in d): P (dP − ⟨dP, P⟩) / √hs over s ≤ t, zero
+/// from t + 1 to `width`.
+@inline(__always)
+func causalScoreGradient(_ p: UnsafePointer<Float>, _ d: UnsafeMutablePointer<Float>, row t: Int, scale: Float, width: Int) {
+    let dot = dotProduct(p, d, count: t + 1)
+    for s in 0...t { d[s] = p[s] * (d[s] - dot) * scale }
+    (d + t + 1).update(repeating: 0, count: width - t - 1)
+}
+
 /// Three GEMMs per (batch, head) over the whole T×T square.
 public func attentionForwardUnfused(qkv: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>,
                                     att: UnsafeMutablePointer<Float>, batch B: Int, time T: Int, channels C: Int, heads NH: Int) {
@@ -70,12 +79,7 @@ public func attentionBackwardUnfused(dout: UnsafePointer<Float>, qkv: UnsafePoin
             let dO = dout + b * T * C + h * hs
             gemm(.transposed, .none, m: T, n: hs, k: T, a: p, lda: T, b: dO, ldb: C, beta: 1, c: dv, ldc: ld)
             gemm(.none, .transposed, m: T, n: T, k: hs, a: dO, lda: C, b: v, ldb: ld, beta: 0, c: scratch, ldc: T)
-            for t in 0..<T {
-                let pr = p + t * T, dr = scratch + t * T
-                let dot = dotProduct(pr, dr, count: t + 1)
-                for s in 0...t { dr[s] = pr[s] * (dr[s] - dot) * scale }
-                (dr + t + 1).update(repeating: 0, count: T - t - 1)
-            }
+            for t in 0..<T { causalScoreGradient(p + t * T, scratch + t * T, row: t, scale: scale, width: T) }
             gemm(.none, .none, m: T, n: hs, k: T, a: scratch, lda: T, b: k, ldb: ld, beta: 1, c: dq, ldc: ld)
             gemm(.transposed, .none, m: T, n: hs, k: T, a: scratch, lda: T, b: q, ldb: ld, beta: 1, c: dk, ldc: ld)
         }

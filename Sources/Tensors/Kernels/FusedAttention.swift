@@ -154,12 +154,7 @@ func fusedAttentionBackward(dout: UnsafePointer<Float>, qkv: UnsafePointer<Float
                 let rows = min(4, T - r0), keys = r0 + rows
                 // dP = dO Vᵀ, then dS in place (zero past each row's diagonal).
                 scoreBlock(dO + r0 * C, lda: C, rows: rows, vt, ldb: ldk, depth: hs, keys: keys, into: gradients, lds: ldk)
-                for r in 0..<rows {
-                    let t = r0 + r, pr = p + t * T, dr = gradients + r * ldk
-                    let dot = dotProduct(pr, dr, count: t + 1)
-                    for s in 0...t { dr[s] = pr[s] * (dr[s] - dot) * scale }
-                    (dr + t + 1).update(repeating: 0, count: keys - t - 1)
-                }
+                for r in 0..<rows { causalScoreGradient(p + (r0 + r) * T, gradients + r * ldk, row: r0 + r, scale: scale, width: keys) }
                 mixBlock(gradients, ldp: ldk, rows: rows, k, ldv: ld, depth: hs, keys: keys, into: dq + r0 * ld, ldo: ld, accumulate: true)
                 scatterBlock(gradients, ldp: ldk, rows: rows, q + r0 * ld, ldx: ld, depth: hs, keys: keys, into: dk, ldy: ld)
                 scatterBlock(p + r0 * T, ldp: T, rows: rows, dO + r0 * C, ldx: C, depth: hs, keys: keys, into: dv, ldy: ld)
