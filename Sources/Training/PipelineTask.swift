@@ -14,18 +14,19 @@ public final class PipelineGPTTask: TrainingTask {
     public let runner: PipelineRunner
     public let text: CharText
     let config: TrainConfig
-    /// The data-parallel rank: the stages of one replica draw the same batches.
-    let rank: Int
+    /// The data-parallel rank and size: the stages of one replica draw the same batches.
+    let rank: Int, ranks: Int
     /// The full model's names and shapes, for checkpoints (which always hold the whole model).
     let full: GPT
 
-    public init(config: TrainConfig, text: CharText, rank: Int, pipeline: ProcessGroup) throws {
+    public init(config: TrainConfig, text: CharText, rank: Int, ranks: Int = 1, pipeline: ProcessGroup) throws {
         self.config = config
         self.text = text
         self.rank = rank
+        self.ranks = ranks
         let configuration = GPTConfiguration(vocabularySize: text.vocabulary.count, blockSize: config.blockSize,
                                              layers: config.nLayer, heads: config.nHead, embedding: config.nEmbd, bias: config.bias,
-                                     gelu: config.gelu)
+                                             gelu: config.gelu)
         let schedule = try PipelineSchedule(config.pipelineSchedule, pipelineParallel: config.pipelineParallel,
                                             microbatches: config.microbatches, virtualStages: config.virtualStages)
         runner = try PipelineRunner(schedule: schedule, group: pipeline, configuration: configuration)
@@ -49,10 +50,7 @@ public final class PipelineGPTTask: TrainingTask {
     /// The micro-batches of pass `pass` at `iteration`: micro-step pass·m + k, as GPTTask draws them.
     func batches(iteration: Int, pass: Int) -> [TokenBatch] {
         (0..<config.microbatches).map { k in
-            let microStep = pass * config.microbatches + k
-            var rng = SeededRandom(seed: config.seed ^ 0xBA7C4).derived(UInt64(rank) << 48 | UInt64(iteration) << 8 | UInt64(microStep & 0xFF))
-            let (x, y) = CharText.sampleBatch(from: text.train, batchSize: config.batchSize, time: config.blockSize, using: &rng)
-            return TokenBatch(tokens: x, targets: y, batchSize: config.batchSize, time: config.blockSize)
+            trainingWindows(text, config, rank: rank, ranks: ranks, iteration: iteration, microStep: pass * config.microbatches + k)
         }
     }
 

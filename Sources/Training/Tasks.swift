@@ -50,18 +50,32 @@ func evaluationBatches(_ total: Int, part: Int, parts: Int, evenly: Bool) -> [In
     return mine + Array(repeating: nil, count: rounds - mine.count)
 }
 
+/// Micro-batch `microStep` of `iteration` for data-parallel rank `rank` of `ranks`: the rank's slice of
+/// one global batch of ranks × batch_size windows drawn from (seed, iteration, micro-step) alone. Any
+/// data-parallel size thus trains on exactly the batches one rank with ranks × batch_size sequences
+/// would (the mean of the ranks' mean losses is the global mean: the slices are equal), and a resumed
+/// run draws what the original would have, with nothing to save.
+func trainingWindows(_ text: CharText, _ config: TrainConfig, rank: Int, ranks: Int, iteration: Int, microStep: Int) -> TokenBatch {
+    var rng = SeededRandom(seed: config.seed ^ 0xBA7C4).derived(UInt64(iteration) << 8 | UInt64(microStep & 0xFF))
+    let (x, y) = CharText.sampleBatch(from: text.train, batchSize: config.batchSize * ranks, time: config.blockSize, using: &rng)
+    let slice = (rank * config.batchSize * config.blockSize)..<((rank + 1) * config.batchSize * config.blockSize)
+    return TokenBatch(tokens: Array(x[slice]), targets: Array(y[slice]), batchSize: config.batchSize, time: config.blockSize)
+}
+
 /// nanoGPT's character-level Shakespeare: random windows from the train split, eval on both splits.
 public final class GPTTask: TrainingTask {
     public let model: GPT
     public let text: CharText
     let config: TrainConfig
-    /// The data-parallel rank: the ranks of one tensor-parallel group draw the same batches.
-    let rank: Int
+    /// The data-parallel rank and size: the ranks of one tensor-parallel group draw the same batches.
+    let rank: Int, ranks: Int
 
-    public init(config: TrainConfig, text: CharText, rank: Int = 0, parallel: TensorParallelism? = nil, exchange: ExpertExchange? = nil) {
+    public init(config: TrainConfig, text: CharText, rank: Int = 0, ranks: Int = 1, parallel: TensorParallelism? = nil,
+                exchange: ExpertExchange? = nil) {
         self.config = config
         self.text = text
         self.rank = rank
+        self.ranks = ranks
         model = GPT(GPTConfiguration(vocabularySize: text.vocabulary.count, blockSize: config.blockSize,
                                      layers: config.nLayer, heads: config.nHead, embedding: config.nEmbd, bias: config.bias,
                                      gelu: config.gelu, experts: config.experts),
@@ -79,13 +93,11 @@ public final class GPTTask: TrainingTask {
     public var units: ParameterUnits? { model.parallel == nil && model.expertCount == 0 ? model : nil }
     public func initialize(seed: UInt64) { model.initialize(seed: seed) }
 
-    /// Each rank draws its own independent batch stream, a pure function of (seed, rank, iteration,
-    /// micro-step): nothing to save in checkpoints, and a resumed run draws what the original would have.
+    /// This rank's slice of the global batch (`trainingWindows`).
     public func trainingLoss(iteration: Int, microStep: Int) throws -> Float {
-        var rng = SeededRandom(seed: config.seed ^ 0xBA7C4).derived(UInt64(rank) << 48 | UInt64(iteration) << 8 | UInt64(microStep & 0xFF))
-        let (x, y) = CharText.sampleBatch(from: text.train, batchSize: config.batchSize, time: config.blockSize, using: &rng)
+        let batch = trainingWindows(text, config, rank: rank, ranks: ranks, iteration: iteration, microStep: microStep)
         // The objective: cross-entropy plus the mixtures' load-balancing losses (backward adds their gradients).
-        return try model.forward(TokenBatch(tokens: x, targets: y, batchSize: config.batchSize, time: config.blockSize)) + model.auxiliaryLoss
+        return try model.forward(batch) + model.auxiliaryLoss
     }
 
     public func backward(lossScale: Float, gradientsReady: (Int) -> Void) throws {
@@ -203,9 +215,9 @@ public func makeTask(_ config: TrainConfig, rank: Int = 0, worldSize: Int = 1, p
             throw ConfigError(key: "block_size", "\(config.blockSize) is not shorter than the smallest data split (\(shortest) characters)")
         }
         if let pipeline, config.pipelineParallel > 1 {
-            return try PipelineGPTTask(config: config, text: text, rank: rank, pipeline: pipeline)
+            return try PipelineGPTTask(config: config, text: text, rank: rank, ranks: worldSize, pipeline: pipeline)
         }
-        return GPTTask(config: config, text: text, rank: rank, parallel: parallel, exchange: exchange)
+        return GPTTask(config: config, text: text, rank: rank, ranks: worldSize, parallel: parallel, exchange: exchange)
     case .mlp:
         let all = try MNIST(imagesPath: dir + "/mnist-t10k-images-idx3-ubyte.gz", labelsPath: dir + "/mnist-t10k-labels-idx1-ubyte.gz")
         guard all.count > 2000 else { throw DatasetError(dir, "MNIST has \(all.count) images; need more than the 2,000 held out") }
