@@ -99,13 +99,8 @@ public final class DataParallel: @unchecked Sendable {
         self.reshardAfterForward = reshardAfterForward
         self.prefetchDepth = max(0, prefetchDepth)
         // ZeRO-3 reduce-scatters each unit's gradient as one bucket once backward is through it.
-        if let experts {
-            let expertEnd = experts.range.upperBound
-            buckets = bucketRanges(count: parameters.count - expertEnd, bucketElements: bucketElements).map { ($0.lowerBound + expertEnd)..<($0.upperBound + expertEnd) }
-                + bucketRanges(count: expertEnd, bucketElements: bucketElements)
-        } else {
-            buckets = units.map { $0.parameterUnits.reversed() } ?? bucketRanges(count: parameters.count, bucketElements: bucketElements)
-        }
+        buckets = Self.buckets(count: parameters.count, bucketElements: bucketElements, units: units?.parameterUnits,
+                               expertEnd: experts?.range.upperBound ?? 0)
         unitState = Array(repeating: .gathered, count: self.units.count)
         let thread = Thread { [self] in communicationLoop() }
         thread.name = "ddp-communication"
@@ -209,12 +204,30 @@ public final class DataParallel: @unchecked Sendable {
     // MARK: ZeRO-1
 
     /// The pieces of the parameter buffer data-parallel rank `rank` owns: all of it without sharding.
-    /// Expert buckets are split over the expert-data-parallel group (rank / expert-parallel size there).
     public func ownedRanges(of rank: Int) -> [Range<Int>] {
         guard shardOptimizer else { return [0..<parameters.count] }
-        return buckets.map { bucket in
-            let expert = isExpertBucket(bucket), parts = expert ? experts!.group.worldSize : group.worldSize
-            let piece = segmentRange(count: bucket.count, parts: parts, index: expert ? rank / experts!.expertParallel : rank)
+        return Self.ownedRanges(buckets: buckets, rank: rank, groupSize: group.worldSize, expertEnd: experts?.range.upperBound ?? 0,
+                                expertParallel: experts?.expertParallel ?? 1)
+    }
+
+    /// The buckets of a `count`-float buffer in communication order: ZeRO-3's units (last first), or
+    /// fixed slices from the end, the expert tensors [0, expertEnd) cut separately (they are averaged
+    /// over another group). A pure function: the planner counts with it too.
+    public static func buckets(count: Int, bucketElements: Int, units: [Range<Int>]?, expertEnd: Int) -> [Range<Int>] {
+        if let units { return units.reversed() }
+        guard expertEnd > 0 else { return bucketRanges(count: count, bucketElements: bucketElements) }
+        return bucketRanges(count: count - expertEnd, bucketElements: bucketElements).map { ($0.lowerBound + expertEnd)..<($0.upperBound + expertEnd) }
+            + bucketRanges(count: expertEnd, bucketElements: bucketElements)
+    }
+
+    /// ZeRO's pieces of data-parallel rank `rank` in a group of `groupSize`: segment `rank` of every
+    /// bucket; expert buckets (below `expertEnd`) are split over the expert-data-parallel group
+    /// (groupSize / expertParallel ranks, this rank's index there rank / expertParallel).
+    public static func ownedRanges(buckets: [Range<Int>], rank: Int, groupSize: Int, expertEnd: Int, expertParallel: Int) -> [Range<Int>] {
+        buckets.map { bucket in
+            let expert = bucket.upperBound <= expertEnd
+            let piece = segmentRange(count: bucket.count, parts: expert ? groupSize / expertParallel : groupSize,
+                                     index: expert ? rank / expertParallel : rank)
             return (bucket.lowerBound + piece.lowerBound)..<(bucket.lowerBound + piece.upperBound)
         }
     }

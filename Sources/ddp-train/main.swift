@@ -15,7 +15,7 @@ struct DDPTrain: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ddp-train",
         abstract: "Train a model from a JSON config, or sample text from a GPT checkpoint.",
-        subcommands: [Train.self, Sample.self, Consolidate.self, ConfigKeys.self, ShowEnvironment.self, ShowSchedule.self], defaultSubcommand: Train.self)
+        subcommands: [Train.self, Sample.self, Consolidate.self, Plan.self, ConfigKeys.self, ShowEnvironment.self, ShowSchedule.self], defaultSubcommand: Train.self)
 
     /// nanoGPT's habit, `--max_iters=10` (or `--max-iters 10`), is read as `--set max_iters=10`.
     static func main() {
@@ -206,6 +206,58 @@ struct ShowSchedule: ParsableCommand {
                 try pipelineTimelineSVG(sim.intervals, title: title + ": simulated").write(toFile: svg, atomically: true, encoding: .utf8)
                 print("timeline: \(svg)")
             }
+        }
+    }
+}
+
+struct Plan: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Rank every layout of a world size by predicted step time, with its per-rank memory.",
+        discussion: "Every data x tensor x pipeline (x expert) x ZeRO layout the trainer accepts at the config's global batch (batch_size x grad_accum, read as one rank's run), each with its training state per rank counted as the trainer allocates it, activations by Korthikanti et al.'s count, and a step time predicted from this machine's measured step, the collectives' alpha-beta costs (--tuning: a table from allreduce-bench) and the pipeline bubble. Refused layouts are listed with the reason. The time model is a first version, not yet checked against measured layouts.")
+
+    @Argument(help: "The training config (JSON).")
+    var config: String
+
+    @Option(help: "The world size to plan for.")
+    var world: Int
+
+    @Option(help: "Memory per rank, bytes or with K, M, G (binary): layouts predicted above it are marked and ranked last.")
+    var memoryPerRank: String?
+
+    @Option(help: "A tuning table from allreduce-bench --tuning (its alpha-beta models replace the default ring model at its world size).")
+    var tuning: String?
+
+    @Option(name: .customLong("set"), help: "Override a config key: key=value (repeatable).")
+    var overrides: [String] = []
+
+    @Option(help: "Directory with the data files (the GPT's vocabulary is read from it).")
+    var dataDir: String?
+
+    func validate() throws {
+        guard world >= 1 else { throw ValidationError("--world must be at least 1") }
+        if let memoryPerRank, Self.bytes(memoryPerRank) == nil { throw ValidationError("--memory-per-rank: '\(memoryPerRank)' is not a size such as 2G, 512M or 1048576") }
+    }
+
+    static func bytes(_ text: String) -> Double? {
+        let units: [Character: Double] = ["K": 1024, "M": 1048576, "G": 1073741824]
+        if let last = text.uppercased().last, let unit = units[last] { return Double(text.dropLast()).map { $0 * unit } }
+        return Double(text)
+    }
+
+    func run() throws {
+        try runReportingErrors {
+            let settings = try TrainConfig.load(path: config, overrides: overrides + (dataDir.map { ["data_dir=\"\($0)\""] } ?? []))
+            guard settings.model == .gpt else { throw ValidationError("plan: the planner lays out the gpt model (the mlp trains data-parallel)") }
+            let text = try CharText(path: settings.dataset == .text ? settings.dataPath : settings.dataDir + "/tinyshakespeare.txt")
+            var planner = LayoutPlanner(config: settings, worldSize: world, vocabularySize: text.vocabulary.count)
+            if let tuning { planner.communication = CommunicationModel(tuning: try TuningTable.load(path: tuning)) }
+            let step = planner.measureStep()
+            let budget = memoryPerRank.flatMap(Self.bytes)
+            let plans = try planner.plan(stepSeconds: step, memoryPerRank: budget)
+            print(String(format: "plan: %@ on %d ranks, global batch %d sequences of %d; one rank's step on %d sequences measured here: %.2f ms",
+                         settings.architecture, world, planner.globalBatch, settings.blockSize, settings.batchSize, step * 1000))
+            for line in LayoutPlanner.table(plans, refused: planner.candidates().refused, memoryPerRank: budget) { print(line) }
+            if let best = plans.first { print("plan: fastest predicted: \(best.name)" + (best.fits ? "" : " (but nothing fits the memory budget)")) }
         }
     }
 }

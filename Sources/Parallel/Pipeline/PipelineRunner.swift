@@ -44,6 +44,16 @@ public final class PipelineRunner {
         public var busySeconds: Double { intervals.busySeconds }
     }
 
+    /// One parameter set for all of pipeline rank `rank`'s stages (one optimizer, one gradient buffer).
+    public static func layout(schedule: PipelineSchedule, configuration: GPTConfiguration, rank: Int) throws -> ParameterSet.Layout {
+        let ranges = try schedule.layerRanges(layers: configuration.layers)
+        var layout = ParameterSet.Layout()
+        for s in schedule.stages(ofRank: rank) {
+            GPTStage.register(&layout, configuration, layers: ranges[s], isFirst: s == 0, isLast: s == schedule.stageCount - 1)
+        }
+        return layout
+    }
+
     /// `group` is the pipeline group: its rank r runs the schedule's list r.
     public init(schedule: PipelineSchedule, group: ProcessGroup, configuration: GPTConfiguration) throws {
         guard group.worldSize == schedule.pipelineParallel else {
@@ -54,13 +64,8 @@ public final class PipelineRunner {
         }
         let ranges = try schedule.layerRanges(layers: configuration.layers)
         self.schedule = schedule; self.group = group; self.configuration = configuration
-        // One parameter set for all of this rank's stages: one optimizer and one gradient buffer.
-        var layout = ParameterSet.Layout()
         let last = schedule.stageCount - 1
-        for s in schedule.stages(ofRank: group.rank) {
-            GPTStage.register(&layout, configuration, layers: ranges[s], isFirst: s == 0, isLast: s == last)
-        }
-        let parameters = ParameterSet(layout: layout)
+        let parameters = ParameterSet(layout: try Self.layout(schedule: schedule, configuration: configuration, rank: group.rank))
         self.parameters = parameters
         var stages: [Int: GPTStage] = [:]
         for s in schedule.stages(ofRank: group.rank) {

@@ -1,0 +1,276 @@
+import Collectives
+import Foundation
+import NN
+import Parallel
+import Tensors
+
+// The layout planner (`ddp-train plan`): every layout of a world size the trainer accepts, each with
+// its per-rank training state counted exactly as the trainer allocates it, its activations by the
+// formula the trainer prints, and a predicted step time from this machine's measured step, the
+// alpha-beta cost of each collective and the pipeline bubble. First version: the memory counts are
+// exact (tested against the trainer's own count); the time model is not yet checked against measured
+// layouts (scripts/bench-layouts.sh is still to come), so its ranking is a prediction, not a promise.
+
+/// One candidate layout and what the planner predicts for it.
+public struct PlannedLayout: Sendable {
+    public var config: TrainConfig
+    public var dataParallel: Int
+    /// Parameters, gradients and optimizer state on world rank 0 (the trainer's "memory:" line), bytes.
+    public var stateBytes: Int
+    /// The largest of that over the ranks (pipeline stages differ), bytes.
+    public var largestStateBytes: Int
+    /// Activations kept from forward to backward on the busiest rank (fp32, Korthikanti et al.'s count).
+    public var activationBytes: Double
+    public var computeSeconds: Double, communicationSeconds: Double, bubble: Double
+    public var predictedSeconds: Double { (computeSeconds / (1 - bubble)) + communicationSeconds }
+    public var predictedBytes: Double { Double(largestStateBytes) + activationBytes + LayoutPlanner.processBytes }
+    public var fits: Bool = true
+
+    public var name: String {
+        var parts: [String] = []
+        if config.tensorParallel > 1 { parts.append("tp\(config.tensorParallel)" + (config.sequenceParallel ? "+sp" : "")) }
+        if config.pipelineParallel > 1 { parts.append("pp\(config.pipelineParallel) \(config.pipelineSchedule.rawValue) m\(config.microbatches)") }
+        if config.expertParallel > 1 { parts.append("ep\(config.expertParallel)") }
+        parts.append("dp\(dataParallel)")
+        if config.zeroStage > 0 { parts.append("ZeRO-\(config.zeroStage)") }
+        return parts.joined(separator: " x ")
+    }
+}
+
+/// Collective costs for the time model: a fitted tuning table when one matches the group size, else a
+/// ring with per-message latency `alpha` and link bandwidth `bandwidth` (loopback on these machines:
+/// ~20 us and ~1.5 GB/s, DESIGN.md).
+public struct CommunicationModel: Sendable {
+    public var alpha = 20e-6
+    public var bandwidth = 1.5e9
+    public var tuning: TuningTable?
+    public init(tuning: TuningTable? = nil) { self.tuning = tuning }
+
+    public func allreduce(bytes: Int, ranks n: Int) -> Double {
+        guard n > 1, bytes > 0 else { return 0 }
+        if let tuning, tuning.worldSize == n, let best = tuning.candidates.map({ $0.cost.seconds(bytes: bytes) }).min() { return best }
+        return 2 * Double(n - 1) * alpha + 2 * Double(n - 1) / Double(n) * Double(bytes) / bandwidth
+    }
+
+    /// A reduce-scatter or an allgather: half an allreduce.
+    public func half(bytes: Int, ranks n: Int) -> Double { allreduce(bytes: bytes, ranks: n) / 2 }
+
+    public func pointToPoint(bytes: Int) -> Double { alpha + Double(bytes) / bandwidth }
+
+    /// Each rank sends (n-1)/n of `bytes` in n-1 steps.
+    public func allToAll(bytes: Int, ranks n: Int) -> Double {
+        guard n > 1 else { return 0 }
+        return Double(n - 1) * alpha + Double(n - 1) / Double(n) * Double(bytes) / bandwidth
+    }
+}
+
+/// Planning never communicates: a model shard is built only to count its tensors.
+private final class CountingOnly: TensorParallelCommunicator, ExpertExchange {
+    let rank: Int, size: Int
+    init(rank: Int, size: Int) { self.rank = rank; self.size = size }
+    func allreduceSum(_ buffer: UnsafeMutableBufferPointer<Float>) throws { throw TrainingError("the planner does not communicate") }
+    func allreduceMax(_ buffer: UnsafeMutableBufferPointer<Float>) throws { throw TrainingError("the planner does not communicate") }
+    func reduceScatter(_ full: UnsafeMutableBufferPointer<Float>) throws { throw TrainingError("the planner does not communicate") }
+    func allgather(_ full: UnsafeMutableBufferPointer<Float>) throws { throw TrainingError("the planner does not communicate") }
+    func allToAll(_ send: UnsafeMutableBufferPointer<Float>, sendCounts: [Int], into receive: UnsafeMutableBufferPointer<Float>,
+                  receiveCounts: [Int]) throws { throw TrainingError("the planner does not communicate") }
+}
+
+public struct LayoutPlanner {
+    public let config: TrainConfig
+    public let worldSize: Int
+    public let vocabularySize: Int
+    public var communication = CommunicationModel()
+    /// The process without a model (runtime, data, buffers), measured: a 1-layer 16-wide GPT's peak RSS.
+    public static let processBytes = 33.0 * 1048576
+
+    public init(config: TrainConfig, worldSize: Int, vocabularySize: Int) {
+        self.config = config; self.worldSize = worldSize; self.vocabularySize = vocabularySize
+    }
+
+    var configuration: GPTConfiguration {
+        GPTConfiguration(vocabularySize: vocabularySize, blockSize: config.blockSize, layers: config.nLayer, heads: config.nHead,
+                         embedding: config.nEmbd, bias: config.bias, gelu: config.gelu, experts: config.experts)
+    }
+
+    static func divisors(_ n: Int) -> [Int] { (1...max(n, 1)).filter { n % $0 == 0 } }
+
+    /// The global batch every layout trains: the config's batch_size x grad_accum, read as one rank's run.
+    public var globalBatch: Int { config.batchSize * config.gradAccum }
+
+    /// Every layout of the world the trainer would accept at the same global batch (batch_size = global
+    /// batch / data-parallel size; a pipeline splits that into its smallest micro-batch count of at
+    /// least p that divides it), and the refused ones with the trainer's reason.
+    public func candidates() -> (accepted: [TrainConfig], refused: [(name: String, reason: String)]) {
+        var accepted: [TrainConfig] = [], refused: [(String, String)] = []
+        for tp in Self.divisors(worldSize) {
+            for pp in Self.divisors(worldSize / tp) {
+                let dp = worldSize / (tp * pp)
+                for ep in Self.divisors(dp) where config.nExperts > 0 || ep == 1 {
+                    // ZeRO shards over data-parallel replicas: with one, every stage is the same layout.
+                    for zero in 0...(dp > 1 ? 3 : 0) {
+                        for sp in tp > 1 ? [false, true] : [false] {
+                            var c = config
+                            c.tensorParallel = tp; c.pipelineParallel = pp; c.expertParallel = ep; c.zeroStage = zero; c.sequenceParallel = sp
+                            let name = "tp\(tp)\(sp ? "+sp" : "") pp\(pp) ep\(ep) dp\(dp) ZeRO-\(zero)"
+                            guard globalBatch % dp == 0 else {
+                                refused.append((name, "the global batch of \(globalBatch) sequences does not split over \(dp) data-parallel ranks")); continue
+                            }
+                            let sequences = globalBatch / dp
+                            c.gradAccum = 1; c.batchSize = sequences
+                            if pp > 1 {
+                                guard let m = (pp...max(pp, sequences)).first(where: { sequences % $0 == 0 }) else {
+                                    refused.append((name, "\(sequences) sequences per replica cannot fill \(pp) micro-batches")); continue
+                                }
+                                c.microbatches = m; c.batchSize = sequences / m; c.virtualStages = 1
+                                if config.pipelineParallel <= 1 { c.pipelineSchedule = .oneFOneB }
+                            }
+                            do {
+                                try c.validate()
+                                _ = try ParallelLayout(worldSize: worldSize, tensorParallel: tp, pipelineParallel: pp, expertParallel: ep,
+                                                       heads: c.nHead, experts: c.nExperts > 0 ? c.nExperts : nil)
+                                accepted.append(c)
+                            } catch let error as ConfigError {
+                                refused.append((name, error.description))
+                            } catch let error as LayoutError {
+                                refused.append((name, error.description))
+                            } catch {
+                                refused.append((name, "\(error)"))
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        return (accepted, refused)
+    }
+
+    /// Parameters on world rank `rank`'s model shard (pipeline: its stages).
+    func localParameters(_ c: TrainConfig, pipelineRank: Int) throws -> (count: Int, units: [Range<Int>]?, expertEnd: Int) {
+        if c.pipelineParallel > 1 {
+            let schedule = try PipelineSchedule(c.pipelineSchedule, pipelineParallel: c.pipelineParallel, microbatches: c.microbatches,
+                                                virtualStages: c.virtualStages)
+            return (try PipelineRunner.layout(schedule: schedule, configuration: configuration, rank: pipelineRank).count, nil, 0)
+        }
+        let gpt = GPT(configuration,
+                      parallel: c.tensorParallel > 1 ? TensorParallelism(communicator: CountingOnly(rank: 0, size: c.tensorParallel),
+                                                                         sequenceParallel: c.sequenceParallel) : nil,
+                      exchange: c.expertParallel > 1 ? CountingOnly(rank: 0, size: c.expertParallel) : nil)
+        return (gpt.parameters.count, c.zeroStage >= 3 ? gpt.parameterUnits : nil, c.expertParallel > 1 ? gpt.expertCount : 0)
+    }
+
+    /// What data-parallel rank 0 of a replica holds, as Trainer.memoryHeld counts it.
+    func stateBytes(_ c: TrainConfig, parameters psi: Int, units: [Range<Int>]?, expertEnd: Int, dataParallel n: Int) -> Int {
+        let stateBuffers = c.optimizer == .adamw ? 2 : (c.momentum > 0 ? 1 : 0)
+        var owned = psi
+        if n > 1 && c.zeroStage >= 1 {
+            let buckets = DataParallel.buckets(count: psi, bucketElements: max(1, Int(c.bucketMb * 1048576) / 4), units: units, expertEnd: expertEnd)
+            owned = DataParallel.ownedRanges(buckets: buckets, rank: 0, groupSize: n, expertEnd: expertEnd, expertParallel: c.expertParallel)
+                .reduce(0) { $0 + $1.count }
+        }
+        let parameters = c.zeroStage >= 3 && n > 1 ? owned : psi, gradients = c.zeroStage >= 2 && n > 1 ? owned : psi
+        return 4 * (parameters + gradients + stateBuffers * owned)
+    }
+
+    /// Plans every accepted layout; `stepSeconds` is one forward + backward + update of the whole model
+    /// on batch_size sequences on one rank, measured (`measureStep`).
+    public func plan(stepSeconds: Double, memoryPerRank: Double?) throws -> [PlannedLayout] {
+        let gpt = configuration
+        let rows = config.batchSize * config.blockSize, c = Double(config.nEmbd)
+        let fullFLOPs = gpt.trainingFLOPs(batch: config.batchSize, time: config.blockSize)
+        let perLayerFLOPs = (fullFLOPs - 6 * Double(vocabularySize) * c * Double(rows)) / Double(config.nLayer)
+        var out: [PlannedLayout] = []
+        for layout in candidates().accepted {
+            let tp = layout.tensorParallel, pp = layout.pipelineParallel, ep = layout.expertParallel
+            let dp = worldSize / (tp * pp)
+            var largest = 0, first = 0
+            for stage in 0..<pp {
+                let local = try localParameters(layout, pipelineRank: stage)
+                let bytes = stateBytes(layout, parameters: local.count, units: local.units, expertEnd: local.expertEnd, dataParallel: dp)
+                if stage == 0 { first = bytes }
+                largest = max(largest, bytes)
+            }
+            // Compute: the step's micro-batches times the measured micro-batch, scaled by the share of the
+            // model's FLOPs on the busiest rank (a pipeline's last stage adds the head).
+            let microbatches = Double(layout.gradAccum * (pp > 1 ? layout.microbatches : 1))
+            var share = 1.0 / Double(tp)
+            if pp > 1 {
+                let ranges = try PipelineSchedule(layout.pipelineSchedule, pipelineParallel: pp, microbatches: layout.microbatches,
+                                                  virtualStages: layout.virtualStages).layerRanges(layers: config.nLayer)
+                let busiest = ranges.indices.map { s -> Double in
+                    Double(ranges[s].count) * perLayerFLOPs + (s == ranges.count - 1 ? fullFLOPs - perLayerFLOPs * Double(config.nLayer) : 0)
+                }.max() ?? fullFLOPs
+                share = busiest / fullFLOPs
+            }
+            // stepSeconds is one micro-batch of the config's batch_size; compute scales with the sequences.
+            let compute = microbatches * stepSeconds * Double(layout.batchSize) / Double(config.batchSize) * share
+            // Communication on the critical path.
+            let activationBytes = 4 * layout.batchSize * layout.blockSize * config.nEmbd
+            var comm = 0.0
+            if tp > 1 {
+                let perLayer = 4 * (layout.sequenceParallel ? 2 * communication.half(bytes: activationBytes, ranks: tp)
+                                                            : communication.allreduce(bytes: activationBytes, ranks: tp))
+                comm += microbatches * Double(config.nLayer / pp) * perLayer
+            }
+            if pp > 1 { comm += microbatches * 2 * communication.pointToPoint(bytes: activationBytes) }
+            if ep > 1, let moe = config.experts {
+                let mixtures = (0..<config.nLayer).filter { moe.isExpertLayer($0) }.count
+                comm += microbatches * Double(mixtures) * 4 * communication.allToAll(bytes: moe.topK * activationBytes, ranks: ep)
+            }
+            if dp > 1 {
+                // Buckets overlap the rest of backward (about 2/3 of the compute) except the last one.
+                let gradientBytes = 4 * (try localParameters(layout, pipelineRank: 0)).count
+                let reduce = communication.allreduce(bytes: gradientBytes, ranks: dp) * (layout.zeroStage == 3 ? 1.5 : 1)
+                let bucket = communication.allreduce(bytes: min(gradientBytes, Int(layout.bucketMb * 1048576)), ranks: dp)
+                comm += max(reduce - compute * 2 / 3, bucket)
+            }
+            let schedule = pp > 1 ? try PipelineSchedule(layout.pipelineSchedule, pipelineParallel: pp, microbatches: layout.microbatches,
+                                                          virtualStages: layout.virtualStages) : nil
+            let live = schedule.map { $0.kind == .gpipe ? layout.microbatches : min(layout.microbatches, pp) } ?? 1
+            let activations = 2 * gpt.korthikantiActivationBytes(batch: layout.batchSize, time: layout.blockSize, tensorParallel: tp,
+                                                                 sequenceParallel: layout.sequenceParallel)
+                * Double(config.nLayer / pp) * Double(live)
+            var planned = PlannedLayout(config: layout, dataParallel: dp, stateBytes: first, largestStateBytes: largest, activationBytes: activations,
+                                        computeSeconds: compute, communicationSeconds: comm, bubble: schedule?.formulaBubble ?? 0)
+            if let memoryPerRank { planned.fits = planned.predictedBytes <= memoryPerRank }
+            out.append(planned)
+        }
+        return out.sorted { ($0.fits ? 0 : 1, $0.predictedSeconds) < ($1.fits ? 0 : 1, $1.predictedSeconds) }
+    }
+
+    /// One forward + backward + AdamW step of the whole model on batch_size sequences, this machine,
+    /// median of a few (seconds).
+    public func measureStep() -> Double {
+        let gpt = GPT(configuration)
+        gpt.initialize(seed: 1)
+        let optimizer = AdamW(gpt.parameters, .init(weightDecay: 0.1))
+        var rng = SeededRandom(seed: 2)
+        let rows = config.batchSize * config.blockSize
+        let tokens = (0..<rows).map { _ in Int32(rng.nextInt(below: vocabularySize)) }
+        let batch = TokenBatch(tokens: tokens, targets: tokens.reversed(), batchSize: config.batchSize, time: config.blockSize)
+        return measure(trials: 5, target: 0.2) {
+            gpt.parameters.zeroGradients()
+            _ = try? gpt.forward(batch)
+            try? gpt.backward(lossScale: 1)
+            optimizer.step(learningRate: 1e-4)
+        }.median
+    }
+
+    /// The ranked table `ddp-train plan` prints.
+    public static func table(_ plans: [PlannedLayout], refused: [(name: String, reason: String)], memoryPerRank: Double?) -> [String] {
+        var lines = ["| # | layout | predicted ms/step | compute ms | comm ms | bubble | state MiB (rank 0 / largest) | activations MiB | predicted MiB/rank | fits |",
+                     "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+        for (i, p) in plans.enumerated() {
+            lines.append(String(format: "| %d | %@ | %.2f | %.2f | %.2f | %.3f | %.2f / %.2f | %.2f | %.1f | %@ |", i + 1, p.name, p.predictedSeconds * 1000,
+                                p.computeSeconds * 1000, p.communicationSeconds * 1000, p.bubble, Double(p.stateBytes) / 1048576,
+                                Double(p.largestStateBytes) / 1048576, p.activationBytes / 1048576, p.predictedBytes / 1048576,
+                                memoryPerRank == nil ? "-" : (p.fits ? "yes" : "no")))
+        }
+        if !refused.isEmpty {
+            lines.append("")
+            lines.append("Refused (\(refused.count)):")
+            for r in refused { lines.append("- \(r.name): \(r.reason)") }
+        }
+        return lines
+    }
+}
