@@ -233,6 +233,9 @@ struct Plan: ParsableCommand {
     @Option(help: "Directory with the data files (the GPT's vocabulary is read from it).")
     var dataDir: String?
 
+    @Option(help: "Also write the ranked layouts as JSON (settings to train each, predictions) to this file.")
+    var json: String?
+
     func validate() throws {
         guard world >= 1 else { throw ValidationError("--world must be at least 1") }
         if let memoryPerRank, Self.bytes(memoryPerRank) == nil { throw ValidationError("--memory-per-rank: '\(memoryPerRank)' is not a size such as 2G, 512M or 1048576") }
@@ -258,6 +261,19 @@ struct Plan: ParsableCommand {
                          settings.architecture, world, planner.globalBatch, settings.blockSize, settings.batchSize, step * 1000))
             for line in LayoutPlanner.table(plans, refused: planner.candidates().refused, memoryPerRank: budget) { print(line) }
             if let best = plans.first { print("plan: fastest predicted: \(best.name)" + (best.fits ? "" : " (but nothing fits the memory budget)")) }
+            if let json {
+                let rows: [[String: Any]] = plans.map { p in
+                    let c = p.config
+                    return ["name": p.name, "predicted_ms": p.predictedSeconds * 1000, "predicted_mib": p.predictedBytes / 1048576,
+                            "state_bytes": p.stateBytes, "fits": p.fits,
+                            "settings": ["tensor_parallel=\(c.tensorParallel)", "sequence_parallel=\(c.sequenceParallel)",
+                                         "pipeline_parallel=\(c.pipelineParallel)", "pipeline_schedule=\"\(c.pipelineSchedule.rawValue)\"",
+                                         "microbatches=\(c.microbatches)", "virtual_stages=\(c.virtualStages)", "expert_parallel=\(c.expertParallel)",
+                                         "zero_stage=\(c.zeroStage)", "batch_size=\(c.batchSize)", "grad_accum=\(c.gradAccum)"]]
+                }
+                try JSONSerialization.data(withJSONObject: rows, options: [.prettyPrinted, .sortedKeys]).write(to: URL(fileURLWithPath: json))
+                print("plan: wrote \(json)")
+            }
         }
     }
 }

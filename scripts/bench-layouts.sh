@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Every layout `ddp-train plan` accepts for a world size, trained for real side by side: each layout runs
+# ITERS steps (default 100) on the same global batch, ROUNDS rounds in turn (default 1, best kept), and
+# the table puts the planner's predicted ms/step and MiB per rank beside the measured ones (mean step
+# time over ranks; the largest peak RSS of any rank), with the Spearman rank correlation of predicted
+# and measured step times, and the planner's pick against the measured fastest.
+# usage: scripts/bench-layouts.sh WORLD [CONFIG] [--set key=value ...]
+#   CONFIG defaults to configs/shakespeare-char.json (the recipe); --set changes the model, e.g.
+#   --set n_layer=8 --set n_embd=512 --set n_head=8 for the wide model.
+case "${1:-}" in -h|--help|"") sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;; esac
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+world=$1; shift
+config="$root/configs/shakespeare-char.json"
+if [[ $# -gt 0 && "$1" == *.json ]]; then config=$1; shift; fi
+"$root/scripts/setup.sh" >&2
+"$root/scripts/get-data.sh" >&2
+iters=${ITERS:-100}; rounds=${ROUNDS:-1}
+work="$root/runs/bench-layouts-$world"; rm -rf "$work"; mkdir -p "$work"
+echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores; world $world; $iters steps per layout, best of $rounds"
+"$root/.build/release/ddp-train" plan "$config" --world "$world" --data-dir "$root/data" --json "$work/plan.json" "$@" | head -1
+count=$(python3 -c "import json,sys; print(len(json.load(open(sys.argv[1]))))" "$work/plan.json")
+for round in $(seq "$rounds"); do
+  for i in $(seq 0 $((count - 1))); do
+    mapfile -t settings < <(python3 -c "import json,sys; [print(s) for s in json.load(open(sys.argv[1]))[int(sys.argv[2])]['settings']]" "$work/plan.json" "$i")
+    args=(); for s in "${settings[@]}"; do args+=(--set "$s"); done
+    for s in "$@"; do args+=("$s"); done
+    "$root/.build/release/ddp-launch" --nproc-per-node "$world" --timeout 120 -- "$config" --data-dir "$root/data" \
+      --out-dir "$work/layout-$i-$round" --set max_iters="$iters" --set eval_interval=1000000 --set eval_iters=1 \
+      --set log_interval="$iters" --set checkpoint_interval=0 --set warmup_iters=10 --set lr_decay_iters="$iters" "${args[@]}" \
+      > "$work/layout-$i-$round.log" 2>&1 || { echo "layout $i failed:" >&2; tail -3 "$work/layout-$i-$round.log" >&2; }
+  done
+done
+python3 - "$work" "$count" "$rounds" <<'PY'
+import json, re, sys
+work, count, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+plan = json.load(open(f"{work}/plan.json"))
+rows = []
+for i, p in enumerate(plan):
+    best = None
+    for r in range(1, rounds + 1):
+        try: text = open(f"{work}/layout-{i}-{r}.log").read()
+        except OSError: continue
+        m = re.search(r"done: .*?\(([\d.]+) ms/iter training", text)
+        peaks = re.search(r"peak RSS per rank, MiB: (\[[\d, ]*\])", text)
+        single = re.search(r"peak RSS (\d+) MiB", text)
+        if not m: continue
+        rss = max(eval(peaks.group(1))) if peaks else float(single.group(1))
+        if best is None or float(m.group(1)) < best[0]: best = (float(m.group(1)), rss)
+    rows.append((p, best))
+ok = [(p, b) for p, b in rows if b]
+def ranks(values):
+    order = sorted(range(len(values)), key=lambda k: values[k])
+    out = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]: j += 1
+        for k in range(i, j + 1): out[order[k]] = (i + j) / 2
+        i = j + 1
+    return out
+print()
+print("| layout | predicted ms/step | measured ms/step | predicted MiB/rank | measured peak RSS MiB | memory predicted/measured |")
+print("|---|---:|---:|---:|---:|---:|")
+for p, b in rows:
+    if b: print(f"| {p['name']} | {p['predicted_ms']:.2f} | {b[0]:.2f} | {p['predicted_mib']:.1f} | {b[1]:.0f} | {p['predicted_mib'] / b[1]:.2f} |")
+    else: print(f"| {p['name']} | {p['predicted_ms']:.2f} | failed | {p['predicted_mib']:.1f} | - | - |")
+if len(ok) >= 2:
+    a, b = ranks([p['predicted_ms'] for p, _ in ok]), ranks([m[0] for _, m in ok])
+    n = len(ok); ma, mb = sum(a) / n, sum(b) / n
+    cov = sum((x - ma) * (y - mb) for x, y in zip(a, b)); va = sum((x - ma) ** 2 for x in a); vb = sum((y - mb) ** 2 for y in b)
+    rho = cov / (va * vb) ** 0.5 if va > 0 and vb > 0 else float('nan')
+    fastest = min(ok, key=lambda r: r[1][0])
+    pick = ok[0]  # the plan is ranked: its first layout is the pick
+    print()
+    print(f"Spearman rank correlation, predicted vs measured step time, {n} layouts: {rho:.2f}")
+    print(f"Planner's pick {pick[0]['name']}: measured {pick[1][0]:.2f} ms/step; measured fastest {fastest[0]['name']}: {fastest[1][0]:.2f} ms/step "
+          f"(pick / fastest {pick[1][0] / fastest[1][0]:.3f})")
+    worst = max(abs(p['predicted_mib'] / m[1] - 1) for p, m in ok)
+    print(f"Memory: predicted / measured peak RSS within {100 * worst:.0f} % over all layouts")
+PY
