@@ -106,7 +106,7 @@ public final class GPT: Model, ParameterUnits {
                                                  parts: expertParts)
             }
         }
-        expertCount = layout.count
+        expertCount = layout.totalCount
         layout.add("transformer.wte.weight", [localVocabulary, c])
         layout.add("transformer.wpe.weight", [configuration.blockSize, c])
         for l in 0..<configuration.layers {

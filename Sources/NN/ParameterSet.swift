@@ -24,8 +24,7 @@ public final class ParameterSet: @unchecked Sendable {
         public init() {}
         public mutating func add(_ name: String, _ shape: [Int]) { entries.append((name, shape)) }
         /// Floats so far.
-        public var count: Int { entries.reduce(0) { $0 + $1.shape.reduce(1, *) } }
-        var totalCount: Int { entries.reduce(0) { $0 + $1.shape.reduce(1, *) } }
+        public var totalCount: Int { entries.reduce(0) { $0 + $1.shape.reduce(1, *) } }
     }
 
     public init(layout: Layout) {

@@ -19,7 +19,8 @@ public struct PlannedLayout: Sendable {
     public var stateBytes: Int
     /// The largest of that over the ranks (pipeline stages differ), bytes.
     public var largestStateBytes: Int
-    /// Activations kept from forward to backward on the busiest rank (fp32, Korthikanti et al.'s count).
+    /// Activations kept from forward to backward on the busiest rank (fp32, Korthikanti et al.'s count)
+    /// and the other buffers training allocates (logits, residual streams, workspace, bucket scratch).
     public var activationBytes: Double
     public var computeSeconds: Double, communicationSeconds: Double, bubble: Double
     public var predictedSeconds: Double { (computeSeconds / (1 - bubble)) + communicationSeconds }
@@ -38,11 +39,12 @@ public struct PlannedLayout: Sendable {
 }
 
 /// Collective costs for the time model: a fitted tuning table when one matches the group size, else a
-/// ring with per-message latency `alpha` and link bandwidth `bandwidth` (loopback on these machines:
-/// ~20 us and ~1.5 GB/s, DESIGN.md).
+/// ring with per-message latency `alpha` and link bandwidth `bandwidth`. The defaults are loopback on
+/// these machines for the sub-MiB messages a step sends: tp 2 on the recipe measured 21 collectives of
+/// 7.09 MB in 2.7 ms per step (~20 us + 3 GB/s); 64 MiB allreduces reach only ~1.5 GB/s.
 public struct CommunicationModel: Sendable {
     public var alpha = 20e-6
-    public var bandwidth = 1.5e9
+    public var bandwidth = 3e9
     public var tuning: TuningTable?
     public init(tuning: TuningTable? = nil) { self.tuning = tuning }
 
@@ -81,6 +83,9 @@ public struct LayoutPlanner {
     public let worldSize: Int
     public let vocabularySize: Int
     public var communication = CommunicationModel()
+    /// Seconds per byte to hand pages back and fault them in again (ZeRO-2 releases the gradient pages
+    /// other ranks own every step, ZeRO-3 the parameter pages too), measured by `measureRefault`.
+    public var refaultSecondsPerByte = 0.0
     /// The process without a model (runtime, data, buffers), measured: a 1-layer 16-wide GPT's peak RSS.
     public static let processBytes = 33.0 * 1048576
 
@@ -150,7 +155,7 @@ public struct LayoutPlanner {
         if c.pipelineParallel > 1 {
             let schedule = try PipelineSchedule(c.pipelineSchedule, pipelineParallel: c.pipelineParallel, microbatches: c.microbatches,
                                                 virtualStages: c.virtualStages)
-            return (try PipelineRunner.layout(schedule: schedule, configuration: configuration, rank: pipelineRank).count, nil, 0)
+            return (try PipelineRunner.layout(schedule: schedule, configuration: configuration, rank: pipelineRank).totalCount, nil, 0)
         }
         let gpt = GPT(configuration,
                       parallel: c.tensorParallel > 1 ? TensorParallelism(communicator: CountingOnly(rank: 0, size: c.tensorParallel),
@@ -175,6 +180,7 @@ public struct LayoutPlanner {
     /// Plans every accepted layout; `stepSeconds` is one forward + backward + update of the whole model
     /// on batch_size sequences on one rank, measured (`measureStep`).
     public func plan(stepSeconds: Double, memoryPerRank: Double?) throws -> [PlannedLayout] {
+        let v = Double(vocabularySize), cc = Double(config.nEmbd), layers = Double(config.nLayer)
         let gpt = configuration
         let rows = config.batchSize * config.blockSize, c = Double(config.nEmbd)
         let fullFLOPs = gpt.trainingFLOPs(batch: config.batchSize, time: config.blockSize)
@@ -203,7 +209,14 @@ public struct LayoutPlanner {
                 share = busiest / fullFLOPs
             }
             // stepSeconds is one micro-batch of the config's batch_size; compute scales with the sequences.
-            let compute = microbatches * stepSeconds * Double(layout.batchSize) / Double(config.batchSize) * share
+            var compute = microbatches * stepSeconds * Double(layout.batchSize) / Double(config.batchSize) * share
+            let localParameters = try localParameters(layout, pipelineRank: 0).count
+            if dp > 1 && layout.zeroStage >= 2 {
+                // Pages of the pieces other ranks own go back to the kernel and fault in again: the
+                // gradients every step, and at stage 3 the parameters for forward and again for backward.
+                let released = Double(4 * localParameters) * Double(dp - 1) / Double(dp)
+                compute += refaultSecondsPerByte * released * (layout.zeroStage == 3 ? 3 : 1)
+            }
             // Communication on the critical path.
             let activationBytes = 4 * layout.batchSize * layout.blockSize * config.nEmbd
             var comm = 0.0
@@ -219,7 +232,8 @@ public struct LayoutPlanner {
             }
             if dp > 1 {
                 // Buckets overlap the rest of backward (about 2/3 of the compute) except the last one.
-                let gradientBytes = 4 * (try localParameters(layout, pipelineRank: 0)).count
+                let gradientBytes = 4 * localParameters
+                // ZeRO-3 gathers the parameters for forward and for backward besides reduce-scattering.
                 let reduce = communication.allreduce(bytes: gradientBytes, ranks: dp) * (layout.zeroStage == 3 ? 1.5 : 1)
                 let bucket = communication.allreduce(bytes: min(gradientBytes, Int(layout.bucketMb * 1048576)), ranks: dp)
                 comm += max(reduce - compute * 2 / 3, bucket)
@@ -230,12 +244,33 @@ public struct LayoutPlanner {
             let activations = 2 * gpt.korthikantiActivationBytes(batch: layout.batchSize, time: layout.blockSize, tensorParallel: tp,
                                                                  sequenceParallel: layout.sequenceParallel)
                 * Double(config.nLayer / pp) * Double(live)
-            var planned = PlannedLayout(config: layout, dataParallel: dp, stateBytes: first, largestStateBytes: largest, activationBytes: activations,
+            // Buffers besides the state and the kept activations, fp32: the logits and their gradient, the
+            // residual streams, the shared backward workspace (GELU output and gradients, QKV and heads
+            // gradients) and, with data parallelism, the communication scratch of one bucket.
+            let rows = Double(layout.batchSize * layout.blockSize), t = Double(tp)
+            var buffers = 4 * rows * (2 * v / t + (layers / Double(pp) + 3) * cc + 3 * 4 * cc / t + 4 * cc / t + 2 * cc)
+            if dp > 1 { buffers += 1.5 * layout.bucketMb * 1048576 }
+            var planned = PlannedLayout(config: layout, dataParallel: dp, stateBytes: first, largestStateBytes: largest, activationBytes: activations + buffers,
                                         computeSeconds: compute, communicationSeconds: comm, bubble: schedule?.formulaBubble ?? 0)
             if let memoryPerRank { planned.fits = planned.predictedBytes <= memoryPerRank }
             out.append(planned)
         }
         return out.sorted { ($0.fits ? 0 : 1, $0.predictedSeconds) < ($1.fits ? 0 : 1, $1.predictedSeconds) }
+    }
+
+    /// Seconds per byte to release pages (madvise) and touch them again, over 16 MiB, best of 3.
+    public static func measureRefault() -> Double {
+        let count = 4 << 20
+        let buffer = FloatBuffer(pagedCount: count)
+        buffer.buffer.update(repeating: 1)
+        var best = Double.infinity
+        for _ in 0..<3 {
+            let start = monotonicSeconds()
+            buffer.zero(0..<count)
+            buffer.buffer.update(repeating: 1)
+            best = min(best, monotonicSeconds() - start)
+        }
+        return best / Double(4 * count)
     }
 
     /// One forward + backward + AdamW step of the whole model on batch_size sequences, this machine,
@@ -258,7 +293,7 @@ public struct LayoutPlanner {
 
     /// The ranked table `ddp-train plan` prints.
     public static func table(_ plans: [PlannedLayout], refused: [(name: String, reason: String)], memoryPerRank: Double?) -> [String] {
-        var lines = ["| # | layout | predicted ms/step | compute ms | comm ms | bubble | state MiB (rank 0 / largest) | activations MiB | predicted MiB/rank | fits |",
+        var lines = ["| # | layout | predicted ms/step | compute ms | comm ms | bubble | state MiB (rank 0 / largest) | activations + buffers MiB | predicted MiB/rank | fits |",
                      "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
         for (i, p) in plans.enumerated() {
             lines.append(String(format: "| %d | %@ | %.2f | %.2f | %.2f | %.3f | %.2f / %.2f | %.2f | %.1f | %@ |", i + 1, p.name, p.predictedSeconds * 1000,

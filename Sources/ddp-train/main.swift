@@ -254,6 +254,7 @@ struct Plan: ParsableCommand {
             let text = try CharText(path: settings.dataset == .text ? settings.dataPath : settings.dataDir + "/tinyshakespeare.txt")
             var planner = LayoutPlanner(config: settings, worldSize: world, vocabularySize: text.vocabulary.count)
             if let tuning { planner.communication = CommunicationModel(tuning: try TuningTable.load(path: tuning)) }
+            planner.refaultSecondsPerByte = LayoutPlanner.measureRefault()
             let step = planner.measureStep()
             let budget = memoryPerRank.flatMap(Self.bytes)
             let plans = try planner.plan(stepSeconds: step, memoryPerRank: budget)
