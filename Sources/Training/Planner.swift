@@ -7,9 +7,9 @@ import Tensors
 // The layout planner (`ddp-train plan`): every layout of a world size the trainer accepts, each with
 // its per-rank training state counted exactly as the trainer allocates it, its activations by the
 // formula the trainer prints, and a predicted step time from this machine's measured step, the
-// alpha-beta cost of each collective and the pipeline bubble. First version: the memory counts are
-// exact (tested against the trainer's own count); the time model is not yet checked against measured
-// layouts (scripts/bench-layouts.sh is still to come), so its ranking is a prediction, not a promise.
+// alpha-beta cost of each collective and the pipeline bubble. First version: the training state is
+// counted exactly (tested against the trainer's own count); scripts/bench-layouts.sh trains every
+// layout and compares, and the time model does not reach its goals yet (docs/benchmarks.md).
 
 /// One candidate layout and what the planner predicts for it.
 public struct PlannedLayout: Sendable {

@@ -213,7 +213,7 @@ struct ShowSchedule: ParsableCommand {
 struct Plan: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Rank every layout of a world size by predicted step time, with its per-rank memory.",
-        discussion: "Every data x tensor x pipeline (x expert) x ZeRO layout the trainer accepts at the config's global batch (batch_size x grad_accum, read as one rank's run), each with its training state per rank counted as the trainer allocates it, activations by Korthikanti et al.'s count, and a step time predicted from this machine's measured step, the collectives' alpha-beta costs (--tuning: a table from allreduce-bench) and the pipeline bubble. Refused layouts are listed with the reason. The time model is a first version, not yet checked against measured layouts.")
+        discussion: "Every data x tensor x pipeline (x expert) x ZeRO layout the trainer accepts at the config's global batch (batch_size x grad_accum, read as one rank's run), each with its training state per rank counted as the trainer allocates it, activations by Korthikanti et al.'s count, and a step time predicted from this machine's measured step, the collectives' alpha-beta costs (--tuning: a table from allreduce-bench) and the pipeline bubble. Refused layouts are listed with the reason. A first version: scripts/bench-layouts.sh trains every layout and compares (docs/benchmarks.md).")
 
     @Argument(help: "The training config (JSON).")
     var config: String
