@@ -23,7 +23,11 @@ public struct PlannedLayout: Sendable {
     /// and the other buffers training allocates (logits, residual streams, workspace, bucket scratch).
     public var activationBytes: Double
     public var computeSeconds: Double, communicationSeconds: Double, bubble: Double
-    public var predictedSeconds: Double { (computeSeconds / (1 - bubble)) + communicationSeconds }
+    /// With more ranks than cores the job cannot go faster than all ranks' work over the cores.
+    public var coresFloorSeconds = 0.0
+    /// Work besides the model's FLOPs on every rank (ZeRO-2/3's page releases and refaults).
+    public var overheadSeconds = 0.0
+    public var predictedSeconds: Double { max(computeSeconds / (1 - bubble), coresFloorSeconds) + overheadSeconds + communicationSeconds }
     public var predictedBytes: Double { Double(largestStateBytes) + activationBytes + LayoutPlanner.processBytes }
     public var fits: Bool = true
 
@@ -83,6 +87,8 @@ public struct LayoutPlanner {
     public let worldSize: Int
     public let vocabularySize: Int
     public var communication = CommunicationModel()
+    /// Cores the ranks run on (all on this host): with more ranks, their work shares them.
+    public var cores = max(1, ProcessInfo.processInfo.activeProcessorCount)
     /// Seconds per byte to hand pages back and fault them in again (ZeRO-2 releases the gradient pages
     /// other ranks own every step, ZeRO-3 the parameter pages too), measured by `measureRefault`.
     public var refaultSecondsPerByte = 0.0
@@ -209,13 +215,16 @@ public struct LayoutPlanner {
                 share = busiest / fullFLOPs
             }
             // stepSeconds is one micro-batch of the config's batch_size; compute scales with the sequences.
-            var compute = microbatches * stepSeconds * Double(layout.batchSize) / Double(config.batchSize) * share
+            let compute = microbatches * stepSeconds * Double(layout.batchSize) / Double(config.batchSize) * share
             let localParameters = try localParameters(layout, pipelineRank: 0).count
+            var overhead = 0.0
             if dp > 1 && layout.zeroStage >= 2 {
                 // Pages of the pieces other ranks own go back to the kernel and fault in again: the
                 // gradients every step, and at stage 3 the parameters for forward and again for backward.
                 let released = Double(4 * localParameters) * Double(dp - 1) / Double(dp)
-                compute += refaultSecondsPerByte * released * (layout.zeroStage == 3 ? 3 : 1)
+                overhead = refaultSecondsPerByte * released * (layout.zeroStage == 3 ? 3 : 1)
+                // Oversubscribed, every rank's refaults take turns on the cores.
+                if worldSize > cores { overhead *= Double(worldSize) / Double(cores) }
             }
             // Communication on the critical path.
             let activationBytes = 4 * layout.batchSize * layout.blockSize * config.nEmbd
@@ -252,6 +261,12 @@ public struct LayoutPlanner {
             if dp > 1 { buffers += 1.5 * layout.bucketMb * 1048576 }
             var planned = PlannedLayout(config: layout, dataParallel: dp, stateBytes: first, largestStateBytes: largest, activationBytes: activations + buffers,
                                         computeSeconds: compute, communicationSeconds: comm, bubble: schedule?.formulaBubble ?? 0)
+            // Oversubscribed: the whole global batch's work (one rank doing it all, as measured) over the
+            // cores bounds the step from below; a pipeline's idle ranks leave their core to the others.
+            planned.overheadSeconds = overhead
+            if worldSize > cores {
+                planned.coresFloorSeconds = stepSeconds * Double(globalBatch) / Double(config.batchSize) / Double(cores)
+            }
             if let memoryPerRank { planned.fits = planned.predictedBytes <= memoryPerRank }
             out.append(planned)
         }

@@ -258,8 +258,8 @@ struct Plan: ParsableCommand {
             let step = planner.measureStep()
             let budget = memoryPerRank.flatMap(Self.bytes)
             let plans = try planner.plan(stepSeconds: step, memoryPerRank: budget)
-            print(String(format: "plan: %@ on %d ranks, global batch %d sequences of %d; one rank's step on %d sequences measured here: %.2f ms",
-                         settings.architecture, world, planner.globalBatch, settings.blockSize, settings.batchSize, step * 1000))
+            print(String(format: "plan: %@ on %d ranks (%d cores here), global batch %d sequences of %d; one rank's step on %d sequences measured here: %.2f ms",
+                         settings.architecture, world, planner.cores, planner.globalBatch, settings.blockSize, settings.batchSize, step * 1000))
             for line in LayoutPlanner.table(plans, refused: planner.candidates().refused, memoryPerRank: budget) { print(line) }
             if let best = plans.first { print("plan: fastest predicted: \(best.name)" + (best.fits ? "" : " (but nothing fits the memory budget)")) }
             if let json {
