@@ -156,11 +156,10 @@ public struct LayoutPlanner {
         return (accepted, refused)
     }
 
-    /// Parameters on world rank `rank`'s model shard (pipeline: its stages).
-    func localParameters(_ c: TrainConfig, pipelineRank: Int) throws -> (count: Int, units: [Range<Int>]?, expertEnd: Int) {
-        if c.pipelineParallel > 1 {
-            let schedule = try PipelineSchedule(c.pipelineSchedule, pipelineParallel: c.pipelineParallel, microbatches: c.microbatches,
-                                                virtualStages: c.virtualStages)
+    /// Parameters on the model shard of pipeline rank `pipelineRank` (its stages, when there is a
+    /// `schedule`), tensor-parallel rank 0 and expert-parallel rank 0.
+    func localParameters(_ c: TrainConfig, schedule: PipelineSchedule?, pipelineRank: Int) throws -> (count: Int, units: [Range<Int>]?, expertEnd: Int) {
+        if let schedule {
             return (try PipelineRunner.layout(schedule: schedule, configuration: configuration, rank: pipelineRank).totalCount, nil, 0)
         }
         let gpt = GPT(configuration,
@@ -186,29 +185,29 @@ public struct LayoutPlanner {
     /// Plans every accepted layout; `stepSeconds` is one forward + backward + update of the whole model
     /// on batch_size sequences on one rank, measured (`measureStep`).
     public func plan(stepSeconds: Double, memoryPerRank: Double?) throws -> [PlannedLayout] {
-        let v = Double(vocabularySize), cc = Double(config.nEmbd), layers = Double(config.nLayer)
+        let v = Double(vocabularySize), width = Double(config.nEmbd), layers = Double(config.nLayer)
         let gpt = configuration
-        let rows = config.batchSize * config.blockSize, c = Double(config.nEmbd)
         let fullFLOPs = gpt.trainingFLOPs(batch: config.batchSize, time: config.blockSize)
-        let perLayerFLOPs = (fullFLOPs - 6 * Double(vocabularySize) * c * Double(rows)) / Double(config.nLayer)
+        let perLayerFLOPs = (fullFLOPs - 6 * v * width * Double(config.batchSize * config.blockSize)) / layers
         var out: [PlannedLayout] = []
         for layout in candidates().accepted {
             let tp = layout.tensorParallel, pp = layout.pipelineParallel, ep = layout.expertParallel
             let dp = worldSize / (tp * pp)
-            var largest = 0, first = 0
+            let schedule = pp > 1 ? try PipelineSchedule(layout.pipelineSchedule, pipelineParallel: pp, microbatches: layout.microbatches,
+                                                          virtualStages: layout.virtualStages) : nil
+            var largest = 0, first = 0, localParameters = 0
             for stage in 0..<pp {
-                let local = try localParameters(layout, pipelineRank: stage)
+                let local = try self.localParameters(layout, schedule: schedule, pipelineRank: stage)
                 let bytes = stateBytes(layout, parameters: local.count, units: local.units, expertEnd: local.expertEnd, dataParallel: dp)
-                if stage == 0 { first = bytes }
+                if stage == 0 { first = bytes; localParameters = local.count }
                 largest = max(largest, bytes)
             }
             // Compute: the step's micro-batches times the measured micro-batch, scaled by the share of the
             // model's FLOPs on the busiest rank (a pipeline's last stage adds the head).
             let microbatches = Double(layout.gradAccum * (pp > 1 ? layout.microbatches : 1))
             var share = 1.0 / Double(tp)
-            if pp > 1 {
-                let ranges = try PipelineSchedule(layout.pipelineSchedule, pipelineParallel: pp, microbatches: layout.microbatches,
-                                                  virtualStages: layout.virtualStages).layerRanges(layers: config.nLayer)
+            if let schedule {
+                let ranges = try schedule.layerRanges(layers: config.nLayer)
                 let busiest = ranges.indices.map { s -> Double in
                     Double(ranges[s].count) * perLayerFLOPs + (s == ranges.count - 1 ? fullFLOPs - perLayerFLOPs * Double(config.nLayer) : 0)
                 }.max() ?? fullFLOPs
@@ -216,7 +215,6 @@ public struct LayoutPlanner {
             }
             // stepSeconds is one micro-batch of the config's batch_size; compute scales with the sequences.
             let compute = microbatches * stepSeconds * Double(layout.batchSize) / Double(config.batchSize) * share
-            let localParameters = try localParameters(layout, pipelineRank: 0).count
             var overhead = 0.0
             if dp > 1 && layout.zeroStage >= 2 {
                 // Pages of the pieces other ranks own go back to the kernel and fault in again: the
@@ -236,7 +234,7 @@ public struct LayoutPlanner {
             }
             if pp > 1 { comm += microbatches * 2 * communication.pointToPoint(bytes: activationBytes) }
             if ep > 1, let moe = config.experts {
-                let mixtures = (0..<config.nLayer).filter { moe.isExpertLayer($0) }.count
+                let mixtures = moe.expertLayers(of: config.nLayer).count
                 comm += microbatches * Double(mixtures) * 4 * communication.allToAll(bytes: moe.topK * activationBytes, ranks: ep)
             }
             if dp > 1 {
@@ -247,8 +245,6 @@ public struct LayoutPlanner {
                 let bucket = communication.allreduce(bytes: min(gradientBytes, Int(layout.bucketMb * 1048576)), ranks: dp)
                 comm += max(reduce - compute * 2 / 3, bucket)
             }
-            let schedule = pp > 1 ? try PipelineSchedule(layout.pipelineSchedule, pipelineParallel: pp, microbatches: layout.microbatches,
-                                                          virtualStages: layout.virtualStages) : nil
             let live = schedule.map { $0.kind == .gpipe ? layout.microbatches : min(layout.microbatches, pp) } ?? 1
             let activations = 2 * gpt.korthikantiActivationBytes(batch: layout.batchSize, time: layout.blockSize, tensorParallel: tp,
                                                                  sequenceParallel: layout.sequenceParallel)
@@ -257,7 +253,7 @@ public struct LayoutPlanner {
             // residual streams, the shared backward workspace (GELU output and gradients, QKV and heads
             // gradients) and, with data parallelism, the communication scratch of one bucket.
             let rows = Double(layout.batchSize * layout.blockSize), t = Double(tp)
-            var buffers = 4 * rows * (2 * v / t + (layers / Double(pp) + 3) * cc + 3 * 4 * cc / t + 4 * cc / t + 2 * cc)
+            var buffers = 4 * rows * (2 * v / t + (layers / Double(pp) + 3) * width + 3 * 4 * width / t + 4 * width / t + 2 * width)
             if dp > 1 { buffers += 1.5 * layout.bucketMb * 1048576 }
             var planned = PlannedLayout(config: layout, dataParallel: dp, stateBytes: first, largestStateBytes: largest, activationBytes: activations + buffers,
                                         computeSeconds: compute, communicationSeconds: comm, bubble: schedule?.formulaBubble ?? 0)

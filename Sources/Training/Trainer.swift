@@ -590,7 +590,7 @@ public final class Trainer {
     /// The mixtures, and under expert parallelism the layout and what each rank holds.
     func logExperts() {
         guard let moe = config.experts, let gpt = task as? GPTTask else { return }
-        let layers = (0..<config.nLayer).filter { moe.isExpertLayer($0) }
+        let layers = moe.expertLayers(of: config.nLayer)
         log("mixture of experts: \(moe.experts) experts, top-\(moe.topK)\(moe.topK == 2 ? " (gates renormalised)" : ""), capacity "
             + (moe.capacityFactor > 0 ? "factor \(moe.capacityFactor) (ceil(\(moe.topK) x \(task.unitsPerMicroBatch) tokens / \(moe.experts) x \(moe.capacityFactor)) = \(gpt.model.mixtures.first?.capacity(rows: task.unitsPerMicroBatch) ?? 0) places per expert per micro-batch)" : "unlimited (dropless)")
             + ", load-balancing loss coefficient \(moe.auxiliaryLossCoefficient), in blocks \(layers)")
@@ -606,8 +606,8 @@ public final class Trainer {
     /// (min / mean / max, and max over mean), dropped choices and the mean auxiliary loss. Collective
     /// over the data-parallel group.
     func logRouting() throws {
-        guard let gpt = task as? GPTTask, !gpt.model.mixtures.isEmpty else { return }
-        for (index, mixture) in gpt.model.mixtures.enumerated() {
+        guard let gpt = task as? GPTTask, let moe = config.experts else { return }
+        for (layer, mixture) in zip(moe.expertLayers(of: config.nLayer), gpt.model.mixtures) {
             let local = mixture.statistics
             mixture.statistics = MoEStatistics(experts: local.routed.count)
             var figures = local.routed + [local.dropped, local.auxiliaryLoss, Double(local.forwards)]
@@ -615,7 +615,6 @@ public final class Trainer {
             let routed = Array(figures[0..<local.routed.count])
             let dropped = figures[routed.count], aux = figures[routed.count + 1] / max(figures[routed.count + 2], 1)
             let mean = routed.reduce(0, +) / Double(max(routed.count, 1)), total = routed.reduce(0, +)
-            let layer = (0..<config.nLayer).filter { config.experts!.isExpertLayer($0) }[index]
             log(String(format: "moe block %d: tokens per expert min %.0f / mean %.1f / max %.0f (max/mean %.3f), dropped %.0f of %.0f choices (%.2f%%), aux loss %.5f",
                        layer, routed.min() ?? 0, mean, routed.max() ?? 0, mean > 0 ? (routed.max() ?? 0) / mean : 0, dropped, total,
                        total > 0 ? 100 * dropped / total : 0, aux))

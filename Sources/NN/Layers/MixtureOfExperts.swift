@@ -41,6 +41,8 @@ public struct MoEConfiguration: Codable, Sendable, Equatable {
         self.auxiliaryLossCoefficient = auxiliaryLossCoefficient; self.every = every
     }
     public func isExpertLayer(_ layer: Int) -> Bool { layer % every == every - 1 }
+    /// The blocks of a `layers`-block model that have a mixture.
+    public func expertLayers(of layers: Int) -> [Int] { (0..<layers).filter(isExpertLayer) }
 }
 
 /// Routing figures summed over forwards since the last reset.
@@ -52,7 +54,6 @@ public struct MoEStatistics: Sendable, Equatable {
     public var auxiliaryLoss: Double = 0
     public var forwards = 0
     public init(experts: Int) { routed = Array(repeating: 0, count: experts) }
-    public var choices: Double { routed.reduce(0, +) }
 }
 
 public final class MixtureOfExperts {
@@ -72,8 +73,8 @@ public final class MixtureOfExperts {
     var rows = 0
     var input: UnsafePointer<Float>?
     var probabilities = Tensor(zeros: [0])
-    /// Per token and slot: the expert chosen, its gate, and its place in the send order (-1: dropped).
-    var choice: [Int] = [], gate: [Float] = [], sendPosition: [Int] = []
+    /// Per token and slot: the expert chosen and its gate.
+    var choice: [Int] = [], gate: [Float] = []
     /// Tokens whose first choice is each expert (for the auxiliary loss's f).
     var firstChoices: [Int] = []
     /// Kept rows per expert from this rank, and the rows each source sent each local expert.
@@ -112,8 +113,6 @@ public final class MixtureOfExperts {
 
     var experts: Int { configuration.experts }
     var topK: Int { configuration.topK }
-    var groupSize: Int { exchange?.size ?? 1 }
-    var firstLocalExpert: Int { (exchange?.rank ?? 0) * localExperts }
 
     /// Places per expert for `rows` tokens (Int.max: dropless).
     public func capacity(rows: Int) -> Int {
@@ -136,7 +135,7 @@ public final class MixtureOfExperts {
         let send = workspace.floats(.expertSend, max(sent * c, 1))
         for s in 0..<sent { (send + s * c).update(from: x + sendToken[s] * c, count: c) }
         try exchangeCounts()
-        let received = receiveCounts.reduce(0) { $0 + $1.reduce(0, +) }
+        let received = receivedRows
         if expertInput.count < received * c { expertInput = Tensor(zeros: [received, c]) }
         if expertHidden.count < received * hidden { expertHidden = Tensor(zeros: [received, hidden]) }
         try toExperts(send, into: expertInput.data)
@@ -171,7 +170,6 @@ public final class MixtureOfExperts {
     func route(rows n: Int) {
         let e = experts, k = topK
         choice = Array(repeating: 0, count: n * k); gate = Array(repeating: 0, count: n * k)
-        sendPosition = Array(repeating: -1, count: n * k)
         firstChoices = Array(repeating: 0, count: e)
         for t in 0..<n {
             let p = probabilities.data + t * e
@@ -210,7 +208,7 @@ public final class MixtureOfExperts {
                 let expert = choice[t * k + slot]
                 let s = next[expert]
                 next[expert] += 1
-                sendPosition[t * k + slot] = s; sendToken[s] = t; sendSlot[s] = slot
+                sendToken[s] = t; sendSlot[s] = slot
             }
         }
     }
@@ -235,6 +233,9 @@ public final class MixtureOfExperts {
             row += count
         }
     }
+
+    /// Rows this rank's experts received from all sources this pass.
+    var receivedRows: Int { receiveCounts.reduce(0) { $0 + $1.reduce(0, +) } }
 
     /// Rows from all sources for local expert `local`.
     func rowsFor(_ local: Int) -> Int { receiveCounts.reduce(0) { $0 + $1[local] } }
@@ -311,7 +312,7 @@ public final class MixtureOfExperts {
             scale(send + s * c, by: gate[t * k + slot], count: c)
             dGate[t * k + slot] = dotProduct(row, returned.data + s * c, count: c)
         }
-        let received = receiveCounts.reduce(0) { $0 + $1.reduce(0, +) }
+        let received = receivedRows
         let dOutput = workspace.floats(.expertOutput, max(received * c, 1))
         try toExperts(send, into: dOutput)
         let dInput = workspace.floats(.expertInputGradient, max(received * c, 1))
