@@ -143,16 +143,12 @@ public final class GPT: Model, ParameterUnits {
     /// Expert parallelism: the stacked expert tensors are split by expert (rows of dim 0) across the
     /// expert group; everything else is replicated.
     static func expertSharding(_ parameters: ParameterSet, configuration: GPTConfiguration, rank: Int, size: Int) -> ParameterSharding {
-        var fullOffset = 0
-        let shards = parameters.parameters.map { p -> ParameterShard in
+        ParameterSharding(rank: rank, size: size, parameters: parameters) { p in
             let stacked = p.name.contains(".mlp.experts.")
             var full = p.shape
             if stacked { full[0] *= size }
-            defer { fullOffset += full.reduce(1, *) }
-            return ParameterShard(local: p, fullShape: full, kind: stacked ? .rows(blocks: 1) : .replicated, fullOffset: fullOffset,
-                                  partialUnderSequenceParallel: false)
+            return (stacked ? .rows(blocks: 1) : .replicated, full, false)
         }
-        return ParameterSharding(rank: rank, size: size, shards: shards)
     }
 
     /// Embeddings (wte, wpe), each block, the final LayerNorm: the layout's order.
@@ -167,8 +163,7 @@ public final class GPT: Model, ParameterUnits {
     /// Which tensors are split and how (see ShardKind); with one rank everything is "replicated".
     static func sharding(_ parameters: ParameterSet, configuration: GPTConfiguration, rank: Int, size: Int) -> ParameterSharding {
         guard size > 1 else { return .unsharded(parameters) }
-        var fullOffset = 0
-        let shards = parameters.parameters.map { p -> ParameterShard in
+        return ParameterSharding(rank: rank, size: size, parameters: parameters) { p in
             var kind = ShardKind.replicated
             if p.name == "transformer.wte.weight" || p.name.contains(".mlp.c_fc.") { kind = .rows(blocks: 1) }
             else if p.name.contains(".attn.c_attn.") { kind = .rows(blocks: 3) }
@@ -179,11 +174,8 @@ public final class GPT: Model, ParameterUnits {
             case .rows: full[0] = p.name == "transformer.wte.weight" ? configuration.vocabularySize : full[0] * size
             case .columns: full[1] *= size
             }
-            defer { fullOffset += full.reduce(1, *) }
-            return ParameterShard(local: p, fullShape: full, kind: kind, fullOffset: fullOffset,
-                                  partialUnderSequenceParallel: p.name.contains(".ln_") || p.name == "transformer.wpe.weight")
+            return (kind, full, p.name.contains(".ln_") || p.name == "transformer.wpe.weight")
         }
-        return ParameterSharding(rank: rank, size: size, shards: shards)
     }
 
     /// Tensor parallelism draws the full model and keeps this rank's shard (Megatron's CPU

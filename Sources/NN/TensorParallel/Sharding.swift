@@ -39,6 +39,20 @@ public struct ParameterSharding: Sendable {
         localCount = shards.reduce(0) { $0 + $1.local.value.count }
     }
 
+    /// Shards of `parameters` described tensor by tensor (kind, full shape, partial under sequence
+    /// parallelism), placed in the full model in the same order.
+    public init(rank: Int, size: Int, parameters: ParameterSet,
+                describe: (Parameter) -> (kind: ShardKind, fullShape: [Int], partialUnderSequenceParallel: Bool)) {
+        var fullOffset = 0
+        let shards = parameters.parameters.map { p -> ParameterShard in
+            let d = describe(p)
+            defer { fullOffset += d.fullShape.reduce(1, *) }
+            return ParameterShard(local: p, fullShape: d.fullShape, kind: d.kind, fullOffset: fullOffset,
+                                  partialUnderSequenceParallel: d.partialUnderSequenceParallel)
+        }
+        self.init(rank: rank, size: size, shards: shards)
+    }
+
     /// One rank holding the whole model: scatter and assemble copy.
     public static func unsharded(_ parameters: ParameterSet) -> ParameterSharding {
         ParameterSharding(rank: 0, size: 1, shards: parameters.parameters.map {
