@@ -249,9 +249,6 @@ public struct TrainConfig: Codable, Sendable, Equatable {
     }
 
     public func validate() throws {
-        func require(_ ok: Bool, _ key: CodingKeys, _ problem: @autoclosure () -> String) throws {
-            if !ok { throw ConfigError(key: key.rawValue, problem()) }
-        }
         try require(batchSize >= 1, .batchSize, "must be at least 1, got \(batchSize)")
         try require(gradAccum >= 1, .gradAccum, "must be at least 1, got \(gradAccum)")
         try require(maxIters >= 0, .maxIters, "must not be negative, got \(maxIters)")
@@ -316,11 +313,13 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         }
     }
 
+    /// A ConfigError naming `key` unless `ok`.
+    func require(_ ok: Bool, _ key: CodingKeys, _ problem: @autoclosure () -> String) throws {
+        if !ok { throw ConfigError(key: key.rawValue, problem()) }
+    }
+
     /// The mixture-of-experts keys and the combinations they do not support yet.
     func validateExperts() throws {
-        func require(_ ok: Bool, _ key: CodingKeys, _ problem: @autoclosure () -> String) throws {
-            if !ok { throw ConfigError(key: key.rawValue, problem()) }
-        }
         try require(nExperts == 0 || nExperts >= 2, .nExperts, "must be 0 (dense) or at least 2, got \(nExperts)")
         try require(expertParallel >= 1, .expertParallel, "must be at least 1, got \(expertParallel)")
         guard nExperts > 0 else {
