@@ -11,8 +11,7 @@ final class ExpertParallelTests: XCTestCase {
     static var buildDirectory: String { URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path }
 
     func launch(_ n: Int, _ args: [String]) throws -> (status: Int32, output: String, pid: Int32) {
-        try runToEnd(Self.buildDirectory + "/ddp-launch", ["--nproc-per-node", String(n), "--timeout", "30", "--",
-                                                            configsDirectory + "/tiny-gpt.json", "--data-dir", dataDirectory] + args)
+        try launchTinyGPT(n, args)
     }
 
     /// The tiny GPT with 4 experts in both blocks, at learning rate 1e-3 (as the tensor-parallel

@@ -11,8 +11,7 @@ final class PipelineTrainingTests: XCTestCase {
                   "--set", "eval_interval=10", "--set", "learning_rate=1e-3", "--set", "min_lr=1e-4", "--set", "checkpoint_interval=0"]
 
     func launch(_ n: Int, _ args: [String]) throws -> (status: Int32, output: String, pid: Int32) {
-        try runToEnd(Self.buildDirectory + "/ddp-launch", ["--nproc-per-node", String(n), "--timeout", "30", "--",
-                                                            configsDirectory + "/tiny-gpt.json", "--data-dir", dataDirectory] + args)
+        try launchTinyGPT(n, args)
     }
 
     func run(_ name: String, _ n: Int, _ extra: [String]) throws -> String {

@@ -9,8 +9,7 @@ final class TensorParallelTests: XCTestCase {
     static var buildDirectory: String { URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path }
 
     func launch(_ n: Int, _ args: [String]) throws -> (status: Int32, output: String, pid: Int32) {
-        try runToEnd(Self.buildDirectory + "/ddp-launch", ["--nproc-per-node", String(n), "--timeout", "30", "--",
-                                                            configsDirectory + "/tiny-gpt.json", "--data-dir", dataDirectory] + args)
+        try launchTinyGPT(n, args)
     }
 
     /// Column/row-parallel layers, f and g, the vocabulary-parallel embedding and cross-entropy, with and

@@ -8,13 +8,10 @@ import XCTest
 /// holds byte-identical parameters and optimizer state: every layout scatters the full tensors into its
 /// shards and pieces and gathers them back exactly.
 final class UniversalCheckpointTests: XCTestCase {
-    static var buildDirectory: String { URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path }
-
     let common = ["--set", "log_interval=1", "--set", "eval_interval=1000", "--set", "checkpoint_interval=0", "--set", "max_iters=6"]
 
     func launch(_ n: Int, _ args: [String]) throws -> (status: Int32, output: String, pid: Int32) {
-        try runToEnd(Self.buildDirectory + "/ddp-launch", ["--nproc-per-node", String(n), "--timeout", "30", "--",
-                                                            configsDirectory + "/tiny-gpt.json", "--data-dir", dataDirectory] + common + args)
+        try launchTinyGPT(n, common + args)
     }
 
     /// Every tensor of two checkpoints, bit for bit, and the same optimizer step count.
