@@ -55,7 +55,7 @@ extension GPTConfiguration {
 /// projections (c_proj) N(0, 0.02 / sqrt(2 * layers)), LayerNorm weight 1.
 ///
 /// With `parallel` (Megatron-LM tensor parallelism) this rank holds a shard of every block (see
-/// TransformerBlock) and the vocabulary rows [first, first + localVocabulary) of the tied embedding/head
+/// TransformerBlock) and the vocabulary rows [first, first + vocabulary.rows) of the tied embedding/head
 /// (the vocabulary padded to a multiple of the group size); the logits stay split by vocabulary
 /// (vocabulary-parallel cross-entropy). `sharding` maps the shard to the full model.
 public final class GPT: Model, ParameterUnits {
@@ -72,10 +72,10 @@ public final class GPT: Model, ParameterUnits {
     let head = CrossEntropyHead()
     let parallelHead = VocabParallelCrossEntropy()
     /// Token rows of the embedding on this rank (the whole vocabulary without tensor parallelism).
-    public let localVocabulary: Int
-    var firstToken: Int { (parallel?.rank ?? 0) * localVocabulary }
+    public let vocabulary: VocabularyShard
+    var firstToken: Int { vocabulary.first }
     /// Rows of this rank's embedding that are real tokens (the rest is padding).
-    var ownedTokens: Int { max(0, min(localVocabulary, configuration.vocabularySize - firstToken)) }
+    var ownedTokens: Int { vocabulary.owned }
     var batchSize = 0, time = 0
     var tokens: [Int32] = []
     /// residual[l] is the input of block l; residual[layers] feeds the final LayerNorm (this rank's rows).
@@ -95,7 +95,7 @@ public final class GPT: Model, ParameterUnits {
         precondition(configuration.heads % parts == 0, "n_head \(configuration.heads) not divisible by the tensor-parallel size \(parts)")
         precondition(configuration.experts == nil || parts == 1, "mixture of experts with tensor parallelism")
         self.parallel = parts > 1 ? parallel : nil
-        localVocabulary = (configuration.vocabularySize + parts - 1) / parts
+        vocabulary = VocabularyShard(vocabulary: configuration.vocabularySize, rank: parts > 1 ? parallel!.rank : 0, size: parts)
         var layout = ParameterSet.Layout()
         // Experts first: backward finishes the buffer from its end, and the experts' gradients are the
         // last a mixture-of-experts model completes (gradientsReady(0)); under expert parallelism they
@@ -107,7 +107,7 @@ public final class GPT: Model, ParameterUnits {
             }
         }
         expertCount = layout.totalCount
-        layout.add("transformer.wte.weight", [localVocabulary, c])
+        layout.add("transformer.wte.weight", [vocabulary.rows, c])
         layout.add("transformer.wpe.weight", [configuration.blockSize, c])
         for l in 0..<configuration.layers {
             TransformerBlock.register(&layout, "transformer.h.\(l)", channels: c, bias: configuration.bias, parts: parts,
@@ -161,7 +161,7 @@ public final class GPT: Model, ParameterUnits {
     public var rootUnits: Set<Int> { [0, configuration.layers + 1] }
 
     /// Which tensors are split and how (see ShardKind); with one rank everything is "replicated".
-    static func sharding(_ parameters: ParameterSet, configuration: GPTConfiguration, rank: Int, size: Int) -> ParameterSharding {
+    public static func sharding(_ parameters: ParameterSet, configuration: GPTConfiguration, rank: Int, size: Int) -> ParameterSharding {
         guard size > 1 else { return .unsharded(parameters) }
         return ParameterSharding(rank: rank, size: size, parameters: parameters) { p in
             var kind = ShardKind.replicated

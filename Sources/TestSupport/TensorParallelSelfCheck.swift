@@ -48,7 +48,7 @@ public func runTensorParallelCheck(world: ProcessGroup, sequenceParallel: Bool, 
     let expectedLoss = try reference.forward(data)
     let loss = try model.forward(data)
     try require(abs(loss - expectedLoss) <= 1e-5 * abs(expectedLoss), "loss \(loss), one rank \(expectedLoss)")
-    let first = world.rank * model.localVocabulary, owned = max(0, min(model.localVocabulary, configuration.vocabularySize - first))
+    let first = model.vocabulary.first, owned = model.vocabulary.owned
     let logits = try model.logits(tokens: tokens, batch: batch, time: time)
     let expectedLogits = try reference.logits(tokens: tokens, batch: batch, time: time)
     var worstLogit: Float = 0
@@ -80,7 +80,7 @@ public func runTensorParallelCheck(world: ProcessGroup, sequenceParallel: Bool, 
                     "\(name): assembled gradient differs from one rank's by \(difference.squareRoot()) (norm \(norm.squareRoot()))")
     }
     let wte = model.parameters["transformer.wte.weight"]
-    for row in owned..<model.localVocabulary {
+    for row in owned..<model.vocabulary.rows {
         for j in 0..<configuration.embedding {
             try require(wte.gradient[row * configuration.embedding + j] == 0, "padding row \(row) of the embedding has a gradient")
         }

@@ -9,7 +9,9 @@ import Tensors
 /// The GPT on Shakespeare split into pipeline stages: this rank holds its stages' tensors (one
 /// parameter set) and runs its list of the schedule. A step's pipeline pass takes `microbatches`
 /// micro-batches of batch_size sequences, drawn exactly as one rank with
-/// grad_accum = microbatches × grad_accum would draw them, so the two train the same model.
+/// grad_accum = microbatches × grad_accum would draw them, so the two train the same model. With
+/// `parallel` each stage is split over a tensor-parallel group (Megatron's tensor × pipeline layout):
+/// this rank holds its tensor rank's shard of its stages.
 public final class PipelineGPTTask: TrainingTask {
     public let runner: PipelineRunner
     public let text: CharText
@@ -19,7 +21,7 @@ public final class PipelineGPTTask: TrainingTask {
     /// The full model's names and shapes, for checkpoints (which always hold the whole model).
     let full: GPT
 
-    public init(config: TrainConfig, text: CharText, rank: Int, ranks: Int = 1, pipeline: ProcessGroup) throws {
+    public init(config: TrainConfig, text: CharText, rank: Int, ranks: Int = 1, pipeline: ProcessGroup, parallel: TensorParallelism? = nil) throws {
         self.config = config
         self.text = text
         self.rank = rank
@@ -29,12 +31,18 @@ public final class PipelineGPTTask: TrainingTask {
                                              gelu: config.gelu)
         let schedule = try PipelineSchedule(config.pipelineSchedule, pipelineParallel: config.pipelineParallel,
                                             microbatches: config.microbatches, virtualStages: config.virtualStages)
-        runner = try PipelineRunner(schedule: schedule, group: pipeline, configuration: configuration)
+        do {
+            runner = try PipelineRunner(schedule: schedule, group: pipeline, configuration: configuration, parallel: parallel)
+        } catch let error as LayoutError {
+            throw ConfigError(key: error.key, error.reason)
+        }
         full = GPT(configuration)
     }
 
     public var parameters: ParameterSet { runner.parameters }
+    /// The whole model's tensors (checkpoints hold them all); `runner.sharding` relates this rank's to them.
     public var sharding: ParameterSharding { full.sharding }
+    var tensorParallel: Int { runner.parallel?.size ?? 1 }
     /// One pipeline pass: microbatches × batch_size sequences.
     public var unitsPerMicroBatch: Int { config.batchSize * config.blockSize * config.microbatches }
     public var unitName: String { "tokens" }
@@ -42,7 +50,7 @@ public final class PipelineGPTTask: TrainingTask {
     /// counted with the first and last stage's ranks only in the model total).
     public var flopsPerMicroBatch: Double {
         runner.configuration.trainingFLOPs(batch: config.batchSize * config.microbatches, time: config.blockSize)
-            / Double(config.pipelineParallel)
+            / Double(config.pipelineParallel * tensorParallel)
     }
 
     public func initialize(seed: UInt64) { runner.initialize(seed: seed) }
@@ -88,25 +96,30 @@ public final class PipelineGPTTask: TrainingTask {
         return results
     }
 
-    /// A full-model buffer (the checkpoint layout) from a buffer in this rank's layout: every rank of
-    /// the pipeline places its tensors (the tied embedding from the first stage's rank only) and the
-    /// pipeline group sums. Collective over the pipeline group.
+    /// A full-model buffer (the checkpoint layout) from a buffer in this rank's layout: the tensor-parallel
+    /// group gathers its shards, every rank of the pipeline places its whole tensors (the tied embedding
+    /// from the first stage's rank only) and the pipeline group sums. Collective over both groups.
     func fullModel(_ local: FloatBuffer) throws -> FloatBuffer {
         let out = FloatBuffer(count: full.parameters.count)
-        let holdsFirst = runner.stages[0] != nil
-        for p in runner.parameters.parameters where p.name != "transformer.wte.weight" || holdsFirst {
-            (out.base + full.parameters[p.name].offset).update(from: local.base + p.offset, count: p.value.count)
-        }
+        let sharding = runner.sharding
+        let gathered = FloatBuffer(count: sharding.localCount * sharding.size)
+        (gathered.base + sharding.rank * sharding.localCount).update(from: local.base, count: sharding.localCount)
+        if let parallel = runner.parallel { try parallel.communicator.allgather(gathered.buffer) }
+        sharding.assemble(gathered: gathered.base, layout: full.parameters, into: out.base,
+                          skipping: runner.stages[0] != nil ? [] : ["transformer.wte.weight"])
         try allreduce(out.buffer, options: CollectiveOptions(), group: runner.group)
         return out
     }
 
     /// Sum of squares of this rank's gradients inside `ranges` (ZeRO-1: the pieces it owns), the tied
-    /// embedding counted on the first stage's rank only (its two copies hold the same summed gradient).
+    /// embedding counted on the first stage's rank only (its two copies hold the same summed gradient),
+    /// replicated tensors on tensor rank 0 only.
     func gradientSquares(in ranges: [Range<Int>]) -> Double {
-        let holdsFirst = runner.stages[0] != nil
+        let holdsFirst = runner.stages[0] != nil, tensorRankZero = runner.sharding.rank == 0
         var sum = 0.0
-        for p in runner.parameters.parameters where p.name != "transformer.wte.weight" || holdsFirst {
+        for shard in runner.sharding.shards where (shard.local.name != "transformer.wte.weight" || holdsFirst)
+                                                  && (shard.kind != .replicated || tensorRankZero) {
+            let p = shard.local
             for range in ranges {
                 let r = range.clamped(to: p.offset..<(p.offset + p.value.count))
                 if !r.isEmpty { sum += sumOfSquares(runner.parameters.gradients.base + r.lowerBound, count: r.count) }
@@ -117,8 +130,6 @@ public final class PipelineGPTTask: TrainingTask {
 
     /// This rank's tensors out of a full-model buffer (resume).
     func localize(_ fullBuffer: FloatBuffer, into local: FloatBuffer) {
-        for p in runner.parameters.parameters {
-            (local.base + p.offset).update(from: fullBuffer.base + full.parameters[p.name].offset, count: p.value.count)
-        }
+        runner.sharding.scatter(whole: fullBuffer.base, layout: full.parameters, into: local.base)
     }
 }

@@ -281,7 +281,8 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         try require(pipelineTimeline.isEmpty || pipelineParallel > 1, .pipelineTimeline, "draws a pipeline: needs pipeline_parallel > 1")
         if pipelineParallel > 1 || virtualStages > 1 {
             try require(model == .gpt, .pipelineParallel, "applies to the gpt model only (the mlp trains data-parallel)")
-            try require(tensorParallel == 1, .pipelineParallel, "does not combine with tensor_parallel yet")
+            try require(tensorParallel == 1 || pipelineSchedule != .zeroBubbleH1, .pipelineSchedule,
+                        PipelineRunner.splitBackwardRefusal)
             // As DeepSpeed: every micro-batch's backward accumulates into the whole gradient, so only
             // the optimizer state can be sharded across the data-parallel replicas.
             try require(zeroStage <= 1, .zeroStage,

@@ -38,6 +38,9 @@ public final class Trainer {
     /// World rank and size; `dataSize` ranks see different batches.
     let rank: Int, worldSize: Int, dataSize: Int
     var tensor: GroupCommunicator? { groups.tensor }
+    /// How this rank's parameter buffer relates to whole tensors across its tensor-parallel group (a
+    /// pipeline rank's: its stages' tensors only; `task.sharding` names the whole model's).
+    var localSharding: ParameterSharding { (task as? PipelineGPTTask)?.runner.sharding ?? task.sharding }
     let log: (String) -> Void
 
     public var checkpointPath: String { config.outDir + (config.checkpointFormat == .sharded ? "/ckpt.sharded" : "/ckpt.safetensors") }
@@ -296,7 +299,7 @@ public final class Trainer {
         let start = monotonicSeconds()
         if let tensor, groups.sequenceParallel {
             // LayerNorm and position-embedding gradients were computed over this rank's rows only.
-            try sumOverTensorGroup(task.sharding.sequenceParallelPartialRanges, of: parameters.gradients, tensor)
+            try sumOverTensorGroup(localSharding.sequenceParallelPartialRanges, of: parameters.gradients, tensor)
         }
         let norm = try globalGradientNorm()
         exposed += monotonicSeconds() - start
@@ -332,12 +335,16 @@ public final class Trainer {
             dataParallel.gradientsReady(from: 0)
             _ = try dataParallel.finishStep()
         }
+        if let tensor, groups.sequenceParallel {
+            try sumOverTensorGroup(localSharding.sequenceParallelPartialRanges, of: parameters.gradients, tensor)
+        }
         // ZeRO-1: each replica holds the averaged gradient of its own pieces only; their squares add up
-        // over the data-parallel group, then over the stages.
+        // over the data-parallel group, then over the tensor-parallel shards and the stages.
         let sharded = dataParallel?.shardOptimizer ?? false
         var squares = [Float(pipeline.gradientSquares(in: optimizer.ranges))]
         try squares.withUnsafeMutableBufferPointer { buffer in
             if sharded, let dataParallel { try allreduce(buffer, op: .sum, algorithm: .halvingDoubling, group: dataParallel.group) }
+            if let tensor { try tensor.allreduceSum(buffer) }
             try allreduce(buffer, options: CollectiveOptions(), group: pipeline.runner.group)
         }
         let norm = squares[0].squareRoot()
@@ -413,7 +420,7 @@ public final class Trainer {
             return Float(Double(squares[0]) + dense).squareRoot()
         }
         guard tensor != nil || sharded else { return parameters.gradientNorm() }
-        let counted = (tensor?.rank ?? 0) == 0 ? [0..<parameters.count] : task.sharding.shardedRanges
+        let counted = (tensor?.rank ?? 0) == 0 ? [0..<parameters.count] : localSharding.shardedRanges
         var sum = 0.0
         for owned in optimizer.ranges {
             for range in counted {
@@ -445,7 +452,7 @@ public final class Trainer {
         defer { dataParallel?.unpinParameters() }
         try dataParallel?.verifyReplicas(iteration: iteration)
         guard let tensor else { return }
-        let replicated = task.sharding.replicatedRanges
+        let replicated = localSharding.replicatedRanges
         let copy = FloatBuffer(count: replicated.reduce(0) { $0 + $1.count })
         pack(task.parameters.values, into: copy, ranges: replicated)
         if let r = try firstRankDiffering(checksum(of: copy.buffer), group: tensor.group) {
@@ -580,7 +587,7 @@ public final class Trainer {
         guard let tensor, let layout = groups.layout else { return }
         log("tensor parallel: \(layout), sequence parallel \(groups.sequenceParallel ? "on" : "off"); per block 2 summed outputs forward, 2 summed input gradients backward on the tensor-parallel group")
         for line in layout.table() { log("layout: " + line) }
-        let blocks = task.sharding.shards.filter { $0.local.name.hasPrefix("transformer.h.") }
+        let blocks = localSharding.shards.filter { $0.local.name.hasPrefix("transformer.h.") }
         let local = blocks.reduce(0) { $0 + $1.local.value.count }, full = blocks.reduce(0) { $0 + $1.fullShape.reduce(1, *) }
         log(String(format: "parameter memory: %d of the model's %d parameters on each rank; block weights %.2f MiB of %.2f MiB (%.1f%%, 1/%d = %.1f%%)",
                    task.parameters.count, task.sharding.fullCount, Double(local * 4) / 1048576, Double(full * 4) / 1048576,

@@ -28,7 +28,7 @@ public struct TensorParallelism {
     public var size: Int { communicator.size }
 
     /// Rows this rank holds in the LayerNorm/residual regions.
-    func localRows(_ rows: Int) -> Int { sequenceParallel ? rows / size : rows }
+    public func localRows(_ rows: Int) -> Int { sequenceParallel ? rows / size : rows }
 
     /// Megatron's f forward (identity) or, with sequence parallelism, the all-gather of the local rows
     /// into `full` [rows, width]; returns the full-rows input of the column-parallel layer.

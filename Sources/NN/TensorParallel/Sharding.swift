@@ -23,7 +23,7 @@ public struct ParameterShard: Sendable {
     /// Replicated, but each rank computes only its rows' share of the gradient under sequence
     /// parallelism (LayerNorms, position embedding): summed over the group after backward.
     public let partialUnderSequenceParallel: Bool
-    var fullCount: Int { fullShape.reduce(1, *) }
+    public var fullCount: Int { fullShape.reduce(1, *) }
 }
 
 public struct ParameterSharding: Sendable {
@@ -82,10 +82,13 @@ public struct ParameterSharding: Sendable {
     /// `gathered` holds every rank's local buffer, rank after rank (an allgather of localCount floats
     /// each); writes the full-layout buffer. Replicated tensors come from rank 0.
     public func assemble(gathered: UnsafePointer<Float>, into full: UnsafeMutablePointer<Float>) {
-        for shard in shards {
+        assemble(gathered: gathered, skipping: []) { full + $0.fullOffset }
+    }
+
+    func assemble(gathered: UnsafePointer<Float>, skipping: Set<String>, at place: (ParameterShard) -> UnsafeMutablePointer<Float>) {
+        for shard in shards where !skipping.contains(shard.local.name) {
             for q in 0..<(shard.kind == .replicated ? 1 : size) {
-                let local = UnsafeMutablePointer(mutating: gathered + q * localCount + shard.local.offset)
-                copy(shard, rank: q, full: UnsafeMutablePointer(mutating: full + shard.fullOffset), local: local, toFull: true)
+                copy(shard, rank: q, full: place(shard), local: UnsafeMutablePointer(mutating: gathered + q * localCount + shard.local.offset), toFull: true)
             }
         }
     }
@@ -118,5 +121,23 @@ public struct ParameterSharding: Sendable {
             let rows = localShape[0], localColumns = localShape[1], fullColumns = shard.fullShape[1]
             for r in 0..<rows { move(fullAt: r * fullColumns + q * localColumns, localAt: r * localColumns, count: localColumns) }
         }
+    }
+}
+
+extension ParameterSharding {
+    /// This rank's shard of a buffer laid out as `whole` (a model holding at least these tensors, whole):
+    /// each tensor is found by name. A pipeline stage takes its tensors out of the one-rank model so.
+    public func scatter(whole buffer: UnsafePointer<Float>, layout whole: ParameterSet, into local: UnsafeMutablePointer<Float>) {
+        for shard in shards {
+            copy(shard, rank: rank, full: buffer + whole[shard.local.name].offset, local: local + shard.local.offset, toFull: false)
+        }
+    }
+
+    /// The reverse of `scatter(whole:)` for all ranks at once: `gathered` as for `assemble`; writes this
+    /// set's tensors, whole, at their places in a buffer laid out as `whole`, leaving the rest alone.
+    /// `skipping` names tensors not to write.
+    public func assemble(gathered: UnsafePointer<Float>, layout whole: ParameterSet, into buffer: UnsafeMutablePointer<Float>,
+                         skipping: Set<String> = []) {
+        assemble(gathered: gathered, skipping: skipping) { buffer + whole[$0.local.name].offset }
     }
 }

@@ -6,6 +6,20 @@ import Tensors
 // the ranks and are never gathered. The loss needs three per-row reductions over the group: the max
 // (for a stable exp), the sum of exponentials and the target's logit (only its owner has it).
 
+/// The token rows of the tied embedding/head one tensor-parallel rank holds: the vocabulary is padded to
+/// a multiple of the group size and cut into equal blocks; `owned` of this rank's rows are real tokens.
+public struct VocabularyShard: Sendable {
+    /// Rows of the local embedding (padding included).
+    public let rows: Int
+    public let first: Int
+    public let owned: Int
+    public init(vocabulary: Int, rank: Int, size: Int) {
+        rows = (vocabulary + size - 1) / size
+        first = rank * rows
+        owned = max(0, min(rows, vocabulary - first))
+    }
+}
+
 /// out[i] = table[ids[i] - first] when this rank owns the token, else zeros (the group's sum is the lookup).
 func vocabParallelEmbeddingForward(_ table: UnsafePointer<Float>, ids: [Int32], dim: Int, first: Int, localRows: Int,
                                    into out: UnsafeMutablePointer<Float>) {

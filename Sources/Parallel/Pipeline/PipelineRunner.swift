@@ -22,8 +22,11 @@ public final class PipelineRunner {
     public let configuration: GPTConfiguration
     /// This rank's stages, by stage index.
     public let stages: [Int: GPTStage]
-    /// The tensors of all of them.
+    /// The tensors of all of them (this tensor rank's shards under tensor parallelism).
     public let parameters: ParameterSet
+    /// How `parameters` relate to the whole tensors across the tensor-parallel group (unsharded without one).
+    public let sharding: ParameterSharding
+    public let parallel: TensorParallelism?
     let sender: PipelineSender
     /// The ranks of the first and the last stage, which both hold the tied embedding (nil elsewhere,
     /// and when one rank holds both).
@@ -45,17 +48,19 @@ public final class PipelineRunner {
     }
 
     /// One parameter set for all of pipeline rank `rank`'s stages (one optimizer, one gradient buffer).
-    public static func layout(schedule: PipelineSchedule, configuration: GPTConfiguration, rank: Int) throws -> ParameterSet.Layout {
+    /// `parts`: the tensor-parallel size.
+    public static func layout(schedule: PipelineSchedule, configuration: GPTConfiguration, rank: Int, parts: Int = 1) throws -> ParameterSet.Layout {
         let ranges = try schedule.layerRanges(layers: configuration.layers)
         var layout = ParameterSet.Layout()
         for s in schedule.stages(ofRank: rank) {
-            GPTStage.register(&layout, configuration, layers: ranges[s], isFirst: s == 0, isLast: s == schedule.stageCount - 1)
+            GPTStage.register(&layout, configuration, layers: ranges[s], isFirst: s == 0, isLast: s == schedule.stageCount - 1, parts: parts)
         }
         return layout
     }
 
-    /// `group` is the pipeline group: its rank r runs the schedule's list r.
-    public init(schedule: PipelineSchedule, group: ProcessGroup, configuration: GPTConfiguration) throws {
+    /// `group` is the pipeline group: its rank r runs the schedule's list r. `parallel` splits every
+    /// stage over a tensor-parallel group (whose ranks run the same list on their pipeline groups).
+    public init(schedule: PipelineSchedule, group: ProcessGroup, configuration: GPTConfiguration, parallel: TensorParallelism? = nil) throws {
         guard group.worldSize == schedule.pipelineParallel else {
             throw PipelineError(message: "pipeline_parallel \(schedule.pipelineParallel) needs a pipeline group of that size, not \(group.worldSize)")
         }
@@ -65,18 +70,27 @@ public final class PipelineRunner {
         let ranges = try schedule.layerRanges(layers: configuration.layers)
         self.schedule = schedule; self.group = group; self.configuration = configuration
         let last = schedule.stageCount - 1
-        let parameters = ParameterSet(layout: try Self.layout(schedule: schedule, configuration: configuration, rank: group.rank))
+        let parallel = (parallel?.size ?? 1) > 1 ? parallel : nil
+        guard parallel == nil || schedule.kind != .zeroBubbleH1 else {
+            throw LayoutError(key: "pipeline_schedule", Self.splitBackwardRefusal)
+        }
+        self.parallel = parallel
+        let parameters = ParameterSet(layout: try Self.layout(schedule: schedule, configuration: configuration, rank: group.rank, parts: parallel?.size ?? 1))
         self.parameters = parameters
+        sharding = GPTStage.sharding(parameters, configuration, parallel: parallel)
         var stages: [Int: GPTStage] = [:]
         for s in schedule.stages(ofRank: group.rank) {
             stages[s] = GPTStage(configuration, layers: ranges[s], isFirst: s == 0, isLast: s == last,
-                                 slots: Self.liveBound(schedule.actions[group.rank], stage: s), parameters: parameters)
+                                 slots: Self.liveBound(schedule.actions[group.rank], stage: s), parameters: parameters, parallel: parallel)
         }
         self.stages = stages
         let firstRank = schedule.rank(ofStage: 0), lastRank = schedule.rank(ofStage: last)
         tiedPair = firstRank == lastRank ? nil : try group.subgroup(ranks: [firstRank, lastRank])
         sender = PipelineSender(group: group)
     }
+
+    public static let splitBackwardRefusal =
+        "zb-h1 splits each backward into input and weight passes, which tensor-parallel blocks do not: use 1f1b, gpipe or interleaved with tensor_parallel"
 
     deinit { sender.stop() }
 
@@ -91,10 +105,12 @@ public final class PipelineRunner {
     }
 
     /// Draws the whole model from `seed` as one rank would and keeps this rank's tensors.
-    public func initialize(seed: UInt64) {
-        let full = GPT(configuration)
-        full.initialize(seed: seed)
-        for p in parameters.parameters { p.value.data.update(from: full.parameters[p.name].value.data, count: p.value.count) }
+    public func initialize(seed: UInt64) { GPTStage.initialize(parameters, configuration, parallel: parallel, seed: seed) }
+
+    /// Floats of one micro-batch's activation (or gradient) between stages: this rank's rows of the
+    /// residual stream (1/tensor_parallel of them with sequence parallelism).
+    func messageCount(_ batch: TokenBatch) -> Int {
+        (parallel?.localRows(batch.batchSize * batch.time) ?? batch.batchSize * batch.time) * configuration.embedding
     }
 
     public func zeroGradients() { parameters.zeroGradients() }
@@ -111,7 +127,7 @@ public final class PipelineRunner {
         guard microbatches.count == schedule.microbatches else {
             throw LayoutError(key: "microbatches", "the schedule takes \(schedule.microbatches) micro-batches, the step got \(microbatches.count)")
         }
-        let p = schedule.pipelineParallel, c = configuration.embedding
+        let p = schedule.pipelineParallel
         let start = DispatchTime.now().uptimeNanoseconds
         func now() -> Double { Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 }
         var intervals: [PipelineInterval] = []
@@ -123,12 +139,12 @@ public final class PipelineRunner {
         var lossSum: Float = 0, live = 0, peak = 0
         for a in schedule.actions[group.rank] {
             let s = a.stage, k = a.microbatch
-            let rows = a.kind == .step ? 0 : microbatches[k].batchSize * microbatches[k].time
+            let count = a.kind == .step ? 0 : messageCount(microbatches[k])
             switch a.kind {
             case .receiveActivation, .receiveGradient:
                 let activation = a.kind == .receiveActivation
                 let from = activation ? s - 1 : s + 1
-                var buffer = [Float](repeating: 0, count: rows * c)
+                var buffer = [Float](repeating: 0, count: count)
                 let t0 = now()
                 do {
                     try buffer.withUnsafeMutableBytes {
@@ -158,12 +174,12 @@ public final class PipelineRunner {
                 if let out {
                     output[a] = out
                     if schedule.rank(ofStage: s + 1) == group.rank {
-                        local[PipelineAction(s + 1, .forward, k)] = Array(UnsafeBufferPointer(start: out, count: rows * c))
+                        local[PipelineAction(s + 1, .forward, k)] = Array(UnsafeBufferPointer(start: out, count: count))
                     }
                 }
             case .sendActivation:
                 let out = output.removeValue(forKey: PipelineAction(s, .forward, k))!
-                try sender.send(out, count: rows * c, to: (s + 1) % p, tag: Self.tag(a.kind, stage: s, microbatch: k),
+                try sender.send(out, count: count, to: (s + 1) % p, tag: Self.tag(a.kind, stage: s, microbatch: k),
                                 what: "stage \(s)'s activation of micro-batch \(k)")
             case .backward, .backwardInput:
                 // Received and local gradients are keyed by the whole backward, which I stands for here.
@@ -184,7 +200,7 @@ public final class PipelineRunner {
                 output.removeValue(forKey: forward)
                 if let dInput {
                     if schedule.rank(ofStage: s - 1) == group.rank {
-                        local[PipelineAction(s - 1, .backward, k)] = Array(UnsafeBufferPointer(start: dInput, count: rows * c))
+                        local[PipelineAction(s - 1, .backward, k)] = Array(UnsafeBufferPointer(start: dInput, count: count))
                     } else {
                         // Sent right away (the next action): the pointer is valid until this slot's next backward.
                         output[key] = dInput
@@ -192,12 +208,12 @@ public final class PipelineRunner {
                 }
             case .sendGradient:
                 let dInput = output.removeValue(forKey: PipelineAction(s, .backward, k))!
-                try sender.send(dInput, count: rows * c, to: (s - 1) % p, tag: Self.tag(a.kind, stage: s, microbatch: k),
+                try sender.send(dInput, count: count, to: (s - 1) % p, tag: Self.tag(a.kind, stage: s, microbatch: k),
                                 what: "stage \(s)'s input gradient of micro-batch \(k)")
             case .backwardWeight:
                 let slot = slotOf.removeValue(forKey: PipelineAction(s, .forward, k))!
                 let t0 = now()
-                stages[s]!.backwardWeight(slot: slot)
+                try stages[s]!.backwardWeight(slot: slot)
                 intervals.append(PipelineInterval(action: a, start: t0, end: now()))
                 freeSlots[s]!.append(slot)
                 live -= 1
@@ -239,15 +255,15 @@ public final class PipelineRunner {
     /// Each batch goes through the stages in order; sends are asynchronous, so a rank holding two
     /// chunks waits for its second only after passing on its first.
     public func evaluate(_ batches: [TokenBatch]) throws -> Float {
-        let p = schedule.pipelineParallel, c = configuration.embedding, last = schedule.stageCount - 1
+        let p = schedule.pipelineParallel, last = schedule.stageCount - 1
         var total: Float = 0
         for (k, batch) in batches.enumerated() {
-            let rows = batch.batchSize * batch.time
+            let count = messageCount(batch)
             var carried: [Float] = []
             for s in schedule.stages(ofRank: group.rank) {
                 let stage = stages[s]!
                 if s > 0 && schedule.rank(ofStage: s - 1) != group.rank {
-                    carried = [Float](repeating: 0, count: rows * c)
+                    carried = [Float](repeating: 0, count: count)
                     try carried.withUnsafeMutableBytes {
                         try Collectives.receive($0, from: (s - 1) % p, tag: Self.tag(.receiveActivation, stage: s - 1, microbatch: k % 1024), group: group)
                     }
@@ -260,9 +276,9 @@ public final class PipelineRunner {
                 if s == last { total += loss }
                 if let out {
                     if schedule.rank(ofStage: s + 1) == group.rank {
-                        carried = Array(UnsafeBufferPointer(start: out, count: rows * c))
+                        carried = Array(UnsafeBufferPointer(start: out, count: count))
                     } else {
-                        try sender.send(out, count: rows * c, to: (s + 1) % p, tag: Self.tag(.sendActivation, stage: s, microbatch: k % 1024),
+                        try sender.send(out, count: count, to: (s + 1) % p, tag: Self.tag(.sendActivation, stage: s, microbatch: k % 1024),
                                         what: "stage \(s)'s evaluation activation \(k)")
                     }
                 }
