@@ -55,7 +55,7 @@ final class GPTStageTests: XCTestCase {
                     for k in 0..<m { try backward(k) }
                     if order == "split" {
                         XCTAssertEqual(stages.map(\.liveSlots), Array(repeating: m, count: stages.count), "slots stay taken until W")
-                        for k in (0..<m).reversed() { for stage in stages { stage.backwardWeight(slot: k) } }
+                        for k in (0..<m).reversed() { for stage in stages { try stage.backwardWeight(slot: k) } }
                     }
                 } else {
                     for k in 0..<m { try forward(k); try backward(k) }

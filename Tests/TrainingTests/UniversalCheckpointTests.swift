@@ -29,7 +29,7 @@ final class UniversalCheckpointTests: XCTestCase {
 
     /// A chain through eight layouts of the dense GPT, each loading the previous one's checkpoint at
     /// iteration 6 and writing its own: dp 2 → tp 2 → pp 2 (1F1B) → dp 2 × pp 2 ZeRO-1 → dp 2 ZeRO-1 → dp 4 ZeRO-3 →
-    /// dp 2 × tp 2 with sequence parallelism → one rank; then a MoE chain ep 2 → ep 1 with ZeRO-1 → ep 4.
+    /// dp 2 × tp 2 with sequence parallelism → tp 2 × pp 2 → the same with sequence parallelism → one rank; then a MoE chain ep 2 → ep 1 with ZeRO-1 → ep 4.
     func testCheckpointsMoveBetweenLayoutsByteIdentical() throws {
         func chain(_ steps: [(name: String, ranks: Int, settings: [String])], extra: [String] = []) throws {
             var previous: String?
@@ -56,6 +56,9 @@ final class UniversalCheckpointTests: XCTestCase {
                    ("dp2-zero1", 2, ["--set", "zero_stage=1"]),
                    ("dp4-zero3", 4, ["--set", "zero_stage=3"]),
                    ("dp2-tp2-sp", 4, ["--set", "tensor_parallel=2", "--set", "sequence_parallel=true"]),
+                   ("tp2-pp2", 4, ["--set", "tensor_parallel=2", "--set", "pipeline_parallel=2", "--set", "microbatches=2"]),
+                   ("tp2-pp2-sp", 4, ["--set", "tensor_parallel=2", "--set", "pipeline_parallel=2", "--set", "microbatches=2",
+                                      "--set", "sequence_parallel=true"]),
                    ("one", 1, [])])
         try chain([("moe-ep2", 2, ["--set", "expert_parallel=2"]),
                    ("moe-ep1-zero1", 2, ["--set", "zero_stage=1"]),
