@@ -155,8 +155,8 @@ public final class GPTStage {
         precondition(!slot.holdsActivations, "stage slot \(index) still holds a micro-batch")
         prepare(slot, batch: B, time: T)
         let rows = B * T, c = configuration.embedding, local = slot.residual[0].shape[0]
-        let wte = parameters[GPTStage.tiedEmbedding]
         if isFirst {
+            let wte = parameters[GPTStage.tiedEmbedding]
             guard let tokens, tokens.count == rows else { preconditionFailure("the first stage needs \(rows) tokens") }
             slot.tokens = tokens
             if let parallel {
@@ -177,6 +177,7 @@ public final class GPTStage {
         slot.holdsActivations = true
         guard isLast else { return UnsafePointer(slot.residual[layers.count].data) }
         guard let targets, targets.count == rows else { preconditionFailure("the last stage needs \(rows) targets") }
+        let wte = parameters[GPTStage.tiedEmbedding]
         slot.finalNorm!.forward(slot.residual[layers.count].data, rows: local, into: slot.normOut.data)
         let headInput = try parallel?.gatherRows(slot.normOut.data, rows: rows, width: c, full: slot.normGathered.data) ?? UnsafePointer(slot.normOut.data)
         gemm(.none, .transposed, m: rows, n: vocabulary.owned, k: c, a: headInput, b: wte.value.data, c: slot.logits.data)

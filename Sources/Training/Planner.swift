@@ -160,7 +160,8 @@ public struct LayoutPlanner {
     /// `schedule`), tensor-parallel rank 0 and expert-parallel rank 0.
     func localParameters(_ c: TrainConfig, schedule: PipelineSchedule?, pipelineRank: Int) throws -> (count: Int, units: [Range<Int>]?, expertEnd: Int) {
         if let schedule {
-            return (try PipelineRunner.layout(schedule: schedule, configuration: configuration, rank: pipelineRank).totalCount, nil, 0)
+            return (try PipelineRunner.layout(schedule: schedule, configuration: configuration, rank: pipelineRank, parts: c.tensorParallel).totalCount,
+                    nil, 0)
         }
         let gpt = GPT(configuration,
                       parallel: c.tensorParallel > 1 ? TensorParallelism(communicator: CountingOnly(rank: 0, size: c.tensorParallel),
@@ -211,7 +212,7 @@ public struct LayoutPlanner {
                 let busiest = ranges.indices.map { s -> Double in
                     Double(ranges[s].count) * perLayerFLOPs + (s == ranges.count - 1 ? fullFLOPs - perLayerFLOPs * Double(config.nLayer) : 0)
                 }.max() ?? fullFLOPs
-                share = busiest / fullFLOPs
+                share = busiest / fullFLOPs / Double(tp)
             }
             // stepSeconds is one micro-batch of the config's batch_size; compute scales with the sequences.
             let compute = microbatches * stepSeconds * Double(layout.batchSize) / Double(config.batchSize) * share

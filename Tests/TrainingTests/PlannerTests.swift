@@ -22,6 +22,7 @@ final class PlannerTests: XCTestCase {
         XCTAssertTrue(refused.contains { $0.name.contains("pp2") && $0.name.hasSuffix("ZeRO-2") && $0.reason.contains("zero_stage") })
         XCTAssertTrue(accepted.contains { $0.tensorParallel == 2 && $0.sequenceParallel && $0.zeroStage == 1 })
         XCTAssertTrue(accepted.contains { $0.pipelineParallel == 2 && $0.zeroStage == 1 })
+        XCTAssertTrue(accepted.contains { $0.pipelineParallel == 2 && $0.tensorParallel == 2 && $0.sequenceParallel })
         // Every layout trains the config's global batch (8 sequences): batch x micro-batches x replicas.
         for c in accepted {
             let dp = 4 / (c.tensorParallel * c.pipelineParallel)
@@ -45,6 +46,7 @@ final class PlannerTests: XCTestCase {
             ([], []), (["zero_stage=1"], []), (["zero_stage=2"], []), (["zero_stage=3"], []),
             (["tensor_parallel=2", "zero_stage=1"], []), (["tensor_parallel=2", "sequence_parallel=true"], []),
             (["pipeline_parallel=2", "zero_stage=1"], []), (["pipeline_parallel=4"], ["n_layer=4"]),
+            (["tensor_parallel=2", "pipeline_parallel=2", "sequence_parallel=true"], []),
             (["expert_parallel=2", "zero_stage=1"], ["n_experts=4"]), (["expert_parallel=4"], ["n_experts=4", "moe_every=2"]),
         ]
         for (settings, overrides) in cases {
