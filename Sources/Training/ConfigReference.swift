@@ -49,6 +49,8 @@ extension TrainConfig {
         ("reshard_after_forward", "with zero_stage 3: release a unit's gathered parameters after its forward and gather them again for backward (false: keep them)"),
         ("gradient_compression", "bf16: gradients travel as bfloat16; none: float32"),
         ("allreduce_tuning", "an alpha-beta table from allreduce-bench --tuning for auto (SWIFT_DDP_TUNING also sets it)"),
+        ("parallel", "manual (the layout keys below) or auto: the planner (ddp-train plan) picks the fastest layout that fits memory_per_rank_mb and logs why; batch_size x grad_accum is then the global batch"),
+        ("memory_per_rank_mb", "with parallel auto: memory budget per rank in MiB (0: physical memory / ranks on this host)"),
         ("tensor_parallel", "split each transformer block across this many ranks (Megatron; divides n_head and the world size)"),
         ("sequence_parallel", "with tensor_parallel: LayerNorms and residuals on 1/tensor_parallel of the rows"),
         ("pipeline_parallel", "split the GPT's blocks into this many pipeline stages, one per rank (divides the world size)"),

@@ -122,6 +122,7 @@ public struct LayoutPlanner {
                     for zero in 0...(dp > 1 ? 3 : 0) {
                         for sp in tp > 1 ? [false, true] : [false] {
                             var c = config
+                            c.parallel = .manual
                             c.tensorParallel = tp; c.pipelineParallel = pp; c.expertParallel = ep; c.zeroStage = zero; c.sequenceParallel = sp
                             let name = "tp\(tp)\(sp ? "+sp" : "") pp\(pp) ep\(ep) dp\(dp) ZeRO-\(zero)"
                             guard globalBatch % dp == 0 else {

@@ -25,6 +25,8 @@ public struct TrainConfig: Codable, Sendable, Equatable {
     /// What a step with a non-finite gradient norm does: stop with an error (default) or skip the update.
     public enum NonFinitePolicy: String, Codable, Sendable { case stop, skip }
     public enum CheckpointFormat: String, Codable, Sendable { case single, sharded }
+    /// manual: the layout keys say how to split the world; auto: the planner picks them.
+    public enum ParallelMode: String, Codable, Sendable { case manual, auto }
 
     public var model: ModelKind = .gpt
     public var dataset: DatasetKind = .shakespeare
@@ -79,6 +81,11 @@ public struct TrainConfig: Codable, Sendable, Equatable {
     /// A tuning table from allreduce-bench --tuning: `auto` then picks by its fitted alpha-beta model.
     public var allreduceTuning = ""
     // Model parallelism
+    /// auto: rank 0 plans every layout of the world (LayoutPlanner) and all train its pick; batch_size x
+    /// grad_accum is then the global batch, as one rank would train it.
+    public var parallel = ParallelMode.manual
+    /// With parallel auto: the memory budget per rank in MiB (0: physical memory / ranks on the host).
+    public var memoryPerRankMb: Double = 0
     /// Megatron tensor parallelism: each block split across this many ranks (divides n_head); data
     /// parallelism is world / tensor_parallel.
     public var tensorParallel = 1
@@ -122,6 +129,7 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         case allreduceAlgorithm = "allreduce_algorithm", bucketMb = "bucket_mb", verifyReplicas = "verify_replicas"
         case reshardAfterForward = "reshard_after_forward"
         case zeroStage = "zero_stage", gradientCompression = "gradient_compression", allreduceTuning = "allreduce_tuning"
+        case parallel, memoryPerRankMb = "memory_per_rank_mb"
         case tensorParallel = "tensor_parallel", sequenceParallel = "sequence_parallel"
         case pipelineParallel = "pipeline_parallel", pipelineSchedule = "pipeline_schedule", microbatches, virtualStages = "virtual_stages"
         case pipelineTimeline = "pipeline_timeline"
@@ -154,6 +162,7 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         try take(.reshardAfterForward, &reshardAfterForward)
         try take(.zeroStage, &zeroStage); try take(.gradientCompression, &gradientCompression)
         try take(.allreduceTuning, &allreduceTuning)
+        try take(.parallel, &parallel); try take(.memoryPerRankMb, &memoryPerRankMb)
         try take(.tensorParallel, &tensorParallel); try take(.sequenceParallel, &sequenceParallel)
         try take(.pipelineParallel, &pipelineParallel); try take(.pipelineSchedule, &pipelineSchedule)
         try take(.microbatches, &microbatches); try take(.virtualStages, &virtualStages)
@@ -170,6 +179,7 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         case is Activation.Type: return "one of \(["relu", "gelu"])"
         case is NonFinitePolicy.Type: return "one of \(["stop", "skip"])"
         case is CheckpointFormat.Type: return "one of \(["single", "sharded"])"
+        case is ParallelMode.Type: return "one of \(["manual", "auto"])"
         case is GELUForm.Type: return "one of \(["exact", "tanh"])"
         case is AllreduceAlgorithm.Type: return "one of \(AllreduceAlgorithm.allCases.map(\.rawValue))"
         case is WireFormat.Type: return "one of \(WireFormat.allCases.map(\.rawValue))"
@@ -295,6 +305,15 @@ public struct TrainConfig: Codable, Sendable, Equatable {
             }
         }
         try validateExperts()
+        try require(memoryPerRankMb >= 0 && memoryPerRankMb.isFinite, .memoryPerRankMb, "must be a non-negative number of MiB (0: physical memory / ranks on the host)")
+        if parallel == .auto {
+            try require(model == .gpt, .parallel, "auto lays out the gpt model (the mlp trains data-parallel)")
+            let chosen: [(CodingKeys, Bool)] = [(.tensorParallel, tensorParallel != 1), (.pipelineParallel, pipelineParallel != 1),
+                                                (.expertParallel, expertParallel != 1), (.zeroStage, zeroStage != 0), (.sequenceParallel, sequenceParallel)]
+            for (key, set) in chosen {
+                try require(!set, .parallel, "auto chooses \(key.rawValue) itself: leave \(key.rawValue) out, or set parallel to manual")
+            }
+        }
         try require(dropout == 0, .dropout, "only 0 is supported (the recipe trains without dropout)")
         try requireMemory()
         // After the memory check, which bounds batch_size and block_size.

@@ -124,6 +124,7 @@ struct Train: ParsableCommand {
             // a busy machine: 15.6k tokens/s mean blocking vs 14.0k spinning 50 us; blocking won 5 of 6).
             // SWIFT_DDP_SPIN_US overrides.
             let group = try ProcessGroup.join(env, spinMicroseconds: 0, log: { emitLine($0, to: STDERR_FILENO) })
+            settings = try chooseLayout(settings, world: group, localRanks: env.localWorldSize, log: { emitLine($0) })
             let groups = try TrainingGroups(world: group, config: settings)
             let task = try makeTask(settings, rank: groups.data.rank, worldSize: groups.data.worldSize, parallel: groups.tensorParallelism,
                                     pipeline: groups.pipeline, exchange: groups.expert)

@@ -81,4 +81,40 @@ final class PlannerTests: XCTestCase {
         XCTAssertNotEqual(bad.status, 0)
         XCTAssertTrue(bad.output.contains("--memory-per-rank"), bad.output)
     }
+
+    /// `parallel: auto` on 4 real ranks: rank 0 logs the ranking and why, every rank trains the named
+    /// pick (the config line shows its keys, laid out by hand), and it trains the global batch exactly as
+    /// the same layout set by hand does. Layout keys beside auto and a budget nothing fits are refused.
+    func testParallelAutoTrainsThePlannersPick() throws {
+        let common = ["--set", "n_layer=4", "--set", "batch_size=16", "--set", "max_iters=6", "--set", "log_interval=1",
+                      "--set", "eval_interval=1000", "--set", "checkpoint_interval=0"]
+        let dir = temporaryDirectory("auto")
+        let auto = try launchTinyGPT(4, common + ["--set", "parallel=auto", "--out-dir", dir])
+        XCTAssertEqual(auto.status, 0, auto.output)
+        guard let line = auto.output.split(separator: "\n").first(where: { $0.contains("parallel auto: training ") }),
+              let configLine = auto.output.split(separator: "\n").first(where: { $0.contains("] config: {") }) else {
+            return XCTFail("no pick or config logged:\n\(auto.output)")
+        }
+        XCTAssertTrue(line.contains("predicted") && line.contains("MiB per rank"), String(line))
+        XCTAssertTrue(auto.output.contains("parallel auto: | 1 | "), "the ranking is logged:\n\(auto.output)")
+        let trained = try TrainConfig.load(json: Data(configLine[configLine.range(of: "{")!.lowerBound...].utf8))
+        XCTAssertEqual(trained.parallel, .manual)
+        let name = line.components(separatedBy: "parallel auto: training ")[1].components(separatedBy: ":")[0]
+        XCTAssertEqual(name.contains("tp2"), trained.tensorParallel == 2, name)
+        XCTAssertEqual(name.contains("pp"), trained.pipelineParallel > 1, name)
+        XCTAssertEqual(name.contains("ZeRO"), trained.zeroStage > 0, name)
+        // The same layout by hand trains the same losses.
+        let keys = ["tensor_parallel=\(trained.tensorParallel)", "pipeline_parallel=\(trained.pipelineParallel)", "zero_stage=\(trained.zeroStage)",
+                    "sequence_parallel=\(trained.sequenceParallel)", "batch_size=\(trained.batchSize)", "grad_accum=\(trained.gradAccum)",
+                    "microbatches=\(trained.microbatches)", "pipeline_schedule=\(trained.pipelineSchedule.rawValue)"]
+        let byHand = temporaryDirectory("auto-by-hand")
+        let manual = try launchTinyGPT(4, common + keys.flatMap { ["--set", $0] } + ["--out-dir", byHand])
+        XCTAssertEqual(manual.status, 0, manual.output)
+        XCTAssertEqual(try metricsLosses(dir), try metricsLosses(byHand))
+        for (extra, key) in [(["--set", "tensor_parallel=2"], "parallel"), (["--set", "memory_per_rank_mb=1"], "memory_per_rank_mb")] {
+            let refused = try launchTinyGPT(2, common + ["--set", "parallel=auto"] + extra + ["--out-dir", temporaryDirectory("auto-bad")])
+            XCTAssertNotEqual(refused.status, 0)
+            XCTAssertTrue(refused.output.contains(key), refused.output)
+        }
+    }
 }
