@@ -107,6 +107,38 @@ final class MultiHostTests: XCTestCase {
         }
     }
 
+    /// Hybrid layouts across hosts, 2 ranks per host: tensor parallelism within a host (ranks 2h, 2h+1),
+    /// pipeline (tp 2 × pp 2, with sequence parallelism) or data parallelism (tp 2 × dp 2) across the
+    /// bridge; each ends with exactly the tensors of the same layout on 4 local ranks.
+    func testHybridLayoutsAcrossTwoHostsTrainLikeFourLocalRanks() throws {
+        try cluster(2)
+        let common = [Self.root + "/configs/tiny-gpt.json", "--data-dir", Self.data, "--set", "n_layer=4", "--set", "max_iters=6",
+                      "--set", "eval_interval=1000", "--set", "log_interval=1000", "--set", "verify_replicas=true"]
+        let layouts = [("tp2-pp2-sp", ["--set", "tensor_parallel=2", "--set", "pipeline_parallel=2", "--set", "microbatches=2",
+                                       "--set", "sequence_parallel=true"]),
+                       ("tp2-dp2", ["--set", "tensor_parallel=2"])]
+        for (index, (name, settings)) in layouts.enumerated() {
+            let local = NSTemporaryDirectory() + "\(prefix)-\(name)-local4"
+            let reference = try sh([Self.build + "/ddp-launch", "--nproc-per-node", "4", "--"] + common + settings + ["--out-dir", local])
+            XCTAssertEqual(reference.status, 0, reference.output)
+            let remote = NSTemporaryDirectory() + "\(prefix)-\(name)-hosts2x2"
+            let launchers = try [1, 0].map { host in
+                try Launcher(self, host: host, nodes: 2, perNode: 2, port: port(10 + index), secret: secret,
+                             command: common + settings + ["--out-dir", remote])
+            }
+            for launcher in launchers {
+                let (status, _) = launcher.wait()
+                XCTAssertEqual(status, 0, "\(name): \(launcher.output)")
+            }
+            let expected = try LoadedCheckpoint(path: local + "/ckpt.safetensors").tensors
+            let got = try LoadedCheckpoint(path: remote + "/ckpt.safetensors").tensors
+            XCTAssertEqual(Set(expected.keys), Set(got.keys), name)
+            for (tensor, values) in expected {
+                XCTAssertEqual(values.values.map(\.bitPattern), got[tensor]?.values.map(\.bitPattern), "\(name) \(tensor): 2 hosts differ from 4 local ranks")
+            }
+        }
+    }
+
     /// Every algorithm and collective across 3 hosts (world size 3: not a power of two), checked exactly
     /// and for bitwise-identical results on every rank.
     func testCollectivesAcrossThreeHosts() throws {
