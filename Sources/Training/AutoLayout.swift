@@ -55,11 +55,11 @@ func planLayout(_ config: TrainConfig, worldSize: Int, localRanks: Int, log: (St
     let budgetSource = config.memoryPerRankMb > 0 ? "memory_per_rank_mb" : "physical memory / \(localRanks) rank(s) on this host"
     let budget = config.memoryPerRankMb > 0 ? config.memoryPerRankMb * 1048576 : Double(ProcessInfo.processInfo.physicalMemory) / Double(max(localRanks, 1))
     planner.refaultSecondsPerByte = LayoutPlanner.measureRefault()
-    let step = planner.measureStep()
-    let plans = try planner.plan(stepSeconds: step, memoryPerRank: budget)
+    let copies = min(worldSize, localRanks, planner.cores)
+    let plans = try planner.plan(compute: .measured(copies: copies), memoryPerRank: budget)
     let refused = planner.candidates().refused
-    log(String(format: "parallel auto: %d layouts of %d ranks planned (%d refused) for a global batch of %d sequences; one rank's step on %d sequences measured here: %.2f ms; budget %.0f MiB per rank (%@)",
-               plans.count, worldSize, refused.count, planner.globalBatch, config.batchSize, step * 1000, budget / 1048576, budgetSource))
+    log(String(format: "parallel auto: %d layouts of %d ranks planned (%d refused) for a global batch of %d sequences, each layout's shards timed here (%d at once); budget %.0f MiB per rank (%@)",
+               plans.count, worldSize, refused.count, planner.globalBatch, copies, budget / 1048576, budgetSource))
     for line in LayoutPlanner.table(Array(plans.prefix(5)), refused: [], memoryPerRank: budget) { log("parallel auto: " + line) }
     guard let best = plans.first, best.fits else {
         let smallest = plans.map(\.predictedBytes).min() ?? 0

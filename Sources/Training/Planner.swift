@@ -6,10 +6,10 @@ import Tensors
 
 // The layout planner (`ddp-train plan`): every layout of a world size the trainer accepts, each with
 // its per-rank training state counted exactly as the trainer allocates it, its activations by the
-// formula the trainer prints, and a predicted step time from this machine's measured step, the
-// alpha-beta cost of each collective and the pipeline bubble. First version: the training state is
-// counted exactly (tested against the trainer's own count); scripts/bench-layouts.sh trains every
-// layout and compares, and the time model does not reach its goals yet (docs/benchmarks.md).
+// formula the trainer prints, and a predicted step time from its model shards timed on this machine
+// (ShardTiming.swift), the alpha-beta cost of each collective and the pipeline bubble. The training
+// state is counted exactly (tested against the trainer's own count); scripts/bench-layouts.sh trains
+// every layout and compares (docs/benchmarks.md).
 
 /// One candidate layout and what the planner predicts for it.
 public struct PlannedLayout: Sendable {
@@ -68,18 +68,6 @@ public struct CommunicationModel: Sendable {
         guard n > 1 else { return 0 }
         return Double(n - 1) * alpha + Double(n - 1) / Double(n) * Double(bytes) / bandwidth
     }
-}
-
-/// Planning never communicates: a model shard is built only to count its tensors.
-private final class CountingOnly: TensorParallelCommunicator, ExpertExchange {
-    let rank: Int, size: Int
-    init(rank: Int, size: Int) { self.rank = rank; self.size = size }
-    func allreduceSum(_ buffer: UnsafeMutableBufferPointer<Float>) throws { throw TrainingError("the planner does not communicate") }
-    func allreduceMax(_ buffer: UnsafeMutableBufferPointer<Float>) throws { throw TrainingError("the planner does not communicate") }
-    func reduceScatter(_ full: UnsafeMutableBufferPointer<Float>) throws { throw TrainingError("the planner does not communicate") }
-    func allgather(_ full: UnsafeMutableBufferPointer<Float>) throws { throw TrainingError("the planner does not communicate") }
-    func allToAll(_ send: UnsafeMutableBufferPointer<Float>, sendCounts: [Int], into receive: UnsafeMutableBufferPointer<Float>,
-                  receiveCounts: [Int]) throws { throw TrainingError("the planner does not communicate") }
 }
 
 public struct LayoutPlanner {
@@ -165,9 +153,9 @@ public struct LayoutPlanner {
                     nil, 0)
         }
         let gpt = GPT(configuration,
-                      parallel: c.tensorParallel > 1 ? TensorParallelism(communicator: CountingOnly(rank: 0, size: c.tensorParallel),
+                      parallel: c.tensorParallel > 1 ? TensorParallelism(communicator: LocalOnly(rank: 0, size: c.tensorParallel),
                                                                          sequenceParallel: c.sequenceParallel) : nil,
-                      exchange: c.expertParallel > 1 ? CountingOnly(rank: 0, size: c.expertParallel) : nil)
+                      exchange: c.expertParallel > 1 ? LocalOnly(rank: 0, size: c.expertParallel) : nil)
         return (gpt.parameters.count, c.zeroStage >= 3 ? gpt.parameterUnits : nil, c.expertParallel > 1 ? gpt.expertCount : 0)
     }
 
@@ -184,14 +172,29 @@ public struct LayoutPlanner {
         return 4 * (parameters + gradients + stateBuffers * owned)
     }
 
-    /// Plans every accepted layout; `stepSeconds` is one forward + backward + update of the whole model
-    /// on batch_size sequences on one rank, measured (`measureStep`).
+    /// Where a layout's compute time comes from.
+    public enum ComputeSource: Sendable {
+        /// One forward + backward + update of the whole model on batch_size sequences on one rank,
+        /// given, scaled by the busiest rank's share of the model's FLOPs (quick, and what tests use).
+        case scaled(stepSeconds: Double)
+        /// Each layout's shards built and timed on this machine (`timeShards`), `copies` at once.
+        case measured(copies: Int)
+    }
+
+    /// Plans every accepted layout with compute scaled from the whole model's step.
     public func plan(stepSeconds: Double, memoryPerRank: Double?) throws -> [PlannedLayout] {
+        try plan(compute: .scaled(stepSeconds: stepSeconds), memoryPerRank: memoryPerRank)
+    }
+
+    /// Plans every accepted layout, ranked: those that fit `memoryPerRank` first, each group by
+    /// predicted step time.
+    public func plan(compute source: ComputeSource, memoryPerRank: Double?) throws -> [PlannedLayout] {
         let v = Double(vocabularySize), width = Double(config.nEmbd), layers = Double(config.nLayer)
         let gpt = configuration
         let fullFLOPs = gpt.trainingFLOPs(batch: config.batchSize, time: config.blockSize)
         let perLayerFLOPs = (fullFLOPs - 6 * v * width * Double(config.batchSize * config.blockSize)) / layers
         var out: [PlannedLayout] = []
+        var timed: [String: [ShardTime]] = [:]
         for layout in candidates().accepted {
             let tp = layout.tensorParallel, pp = layout.pipelineParallel, ep = layout.expertParallel
             let dp = worldSize / (tp * pp)
@@ -204,19 +207,35 @@ public struct LayoutPlanner {
                 if stage == 0 { first = bytes; localParameters = local.count }
                 largest = max(largest, bytes)
             }
-            // Compute: the step's micro-batches times the measured micro-batch, scaled by the share of the
-            // model's FLOPs on the busiest rank (a pipeline's last stage adds the head).
             let microbatches = Double(layout.gradAccum * (pp > 1 ? layout.microbatches : 1))
-            var share = 1.0 / Double(tp)
-            if let schedule {
-                let ranges = try schedule.layerRanges(layers: config.nLayer)
-                let busiest = ranges.indices.map { s -> Double in
-                    Double(ranges[s].count) * perLayerFLOPs + (s == ranges.count - 1 ? fullFLOPs - perLayerFLOPs * Double(config.nLayer) : 0)
-                }.max() ?? fullFLOPs
-                share = busiest / fullFLOPs / Double(tp)
+            // ZeRO updates only the pieces a rank owns.
+            let updateShare = layout.zeroStage >= 1 ? 1 / Double(dp) : 1
+            let compute: Double, coresFloor: Double
+            switch source {
+            case .scaled(let stepSeconds):
+                // The step's micro-batches times the measured micro-batch, scaled by the share of the
+                // model's FLOPs on the busiest rank (a pipeline's last stage adds the head).
+                var share = 1.0 / Double(tp)
+                if let schedule {
+                    let ranges = try schedule.layerRanges(layers: config.nLayer)
+                    let busiest = ranges.indices.map { s -> Double in
+                        Double(ranges[s].count) * perLayerFLOPs + (s == ranges.count - 1 ? fullFLOPs - perLayerFLOPs * Double(config.nLayer) : 0)
+                    }.max() ?? fullFLOPs
+                    share = busiest / fullFLOPs / Double(tp)
+                }
+                // stepSeconds is one micro-batch of the config's batch_size; compute scales with the sequences.
+                compute = microbatches * stepSeconds * Double(layout.batchSize) / Double(config.batchSize) * share
+                // The whole global batch's work (one rank doing it all, as measured) over the cores.
+                coresFloor = stepSeconds * Double(globalBatch) / Double(config.batchSize) / Double(cores)
+            case .measured(let copies):
+                let key = "\(tp) \(layout.sequenceParallel) \(pp) \(layout.pipelineSchedule) \(layout.microbatches) \(layout.virtualStages) \(layout.batchSize)"
+                let times = try timed[key] ?? timeShards(layout, copies: copies)
+                timed[key] = times
+                let perRank = times.map { Double(microbatches) * $0.forwardBackward + updateShare * $0.update }
+                compute = perRank.max() ?? 0
+                // Every rank's work over the cores (a pipeline's idle ranks leave theirs to the others).
+                coresFloor = perRank.reduce(0, +) * Double(dp * tp) / Double(cores)
             }
-            // stepSeconds is one micro-batch of the config's batch_size; compute scales with the sequences.
-            let compute = microbatches * stepSeconds * Double(layout.batchSize) / Double(config.batchSize) * share
             var overhead = 0.0
             if dp > 1 && layout.zeroStage >= 2 {
                 // Pages of the pieces other ranks own go back to the kernel and fault in again: the
@@ -246,6 +265,8 @@ public struct LayoutPlanner {
                 let reduce = communication.allreduce(bytes: gradientBytes, ranks: dp) * (layout.zeroStage == 3 ? 1.5 : 1)
                 let bucket = communication.allreduce(bytes: min(gradientBytes, Int(layout.bucketMb * 1048576)), ranks: dp)
                 comm += max(reduce - compute * 2 / 3, bucket)
+                // ZeRO-1/2 gather the updated pieces after the step, with nothing left to overlap.
+                if layout.zeroStage == 1 || layout.zeroStage == 2 { comm += communication.half(bytes: gradientBytes, ranks: dp) }
             }
             let live = schedule.map { $0.kind == .gpipe ? layout.microbatches : min(layout.microbatches, pp) } ?? 1
             let activations = 2 * gpt.korthikantiActivationBytes(batch: layout.batchSize, time: layout.blockSize, tensorParallel: tp,
@@ -259,12 +280,9 @@ public struct LayoutPlanner {
             if dp > 1 { buffers += 1.5 * layout.bucketMb * 1048576 }
             var planned = PlannedLayout(config: layout, dataParallel: dp, stateBytes: first, largestStateBytes: largest, activationBytes: activations + buffers,
                                         computeSeconds: compute, communicationSeconds: comm, bubble: schedule?.formulaBubble ?? 0)
-            // Oversubscribed: the whole global batch's work (one rank doing it all, as measured) over the
-            // cores bounds the step from below; a pipeline's idle ranks leave their core to the others.
+            // Oversubscribed: all ranks' work over the cores bounds the step from below.
             planned.overheadSeconds = overhead
-            if worldSize > cores {
-                planned.coresFloorSeconds = stepSeconds * Double(globalBatch) / Double(config.batchSize) / Double(cores)
-            }
+            if worldSize > cores { planned.coresFloorSeconds = coresFloor }
             if let memoryPerRank { planned.fits = planned.predictedBytes <= memoryPerRank }
             out.append(planned)
         }
@@ -284,24 +302,6 @@ public struct LayoutPlanner {
             best = min(best, monotonicSeconds() - start)
         }
         return best / Double(4 * count)
-    }
-
-    /// One forward + backward + AdamW step of the whole model on batch_size sequences, this machine,
-    /// median of a few (seconds).
-    public func measureStep() -> Double {
-        let gpt = GPT(configuration)
-        gpt.initialize(seed: 1)
-        let optimizer = AdamW(gpt.parameters, .init(weightDecay: 0.1))
-        var rng = SeededRandom(seed: 2)
-        let rows = config.batchSize * config.blockSize
-        let tokens = (0..<rows).map { _ in Int32(rng.nextInt(below: vocabularySize)) }
-        let batch = TokenBatch(tokens: tokens, targets: tokens.reversed(), batchSize: config.batchSize, time: config.blockSize)
-        return measure(trials: 5, target: 0.2) {
-            gpt.parameters.zeroGradients()
-            _ = try? gpt.forward(batch)
-            try? gpt.backward(lossScale: 1)
-            optimizer.step(learningRate: 1e-4)
-        }.median
     }
 
     /// The ranked table `ddp-train plan` prints.

@@ -214,7 +214,7 @@ struct ShowSchedule: ParsableCommand {
 struct Plan: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Rank every layout of a world size by predicted step time, with its per-rank memory.",
-        discussion: "Every data x tensor x pipeline (x expert) x ZeRO layout the trainer accepts at the config's global batch (batch_size x grad_accum, read as one rank's run), each with its training state per rank counted as the trainer allocates it, activations by Korthikanti et al.'s count, and a step time predicted from this machine's measured step, the collectives' alpha-beta costs (--tuning: a table from allreduce-bench) and the pipeline bubble. Refused layouts are listed with the reason. A first version: scripts/bench-layouts.sh trains every layout and compares (docs/benchmarks.md).")
+        discussion: "Every data x tensor x pipeline (x expert) x ZeRO layout the trainer accepts at the config's global batch (batch_size x grad_accum, read as one rank's run), each with its training state per rank counted as the trainer allocates it, activations by Korthikanti et al.'s count, and a step time predicted from each layout's model shards timed on this machine (as many at once as ranks share its cores), the collectives' alpha-beta costs (--tuning: a table from allreduce-bench) and the pipeline bubble. Refused layouts are listed with the reason. scripts/bench-layouts.sh trains every layout and compares (docs/benchmarks.md).")
 
     @Argument(help: "The training config (JSON).")
     var config: String
@@ -256,11 +256,11 @@ struct Plan: ParsableCommand {
             var planner = LayoutPlanner(config: settings, worldSize: world, vocabularySize: text.vocabulary.count)
             if let tuning { planner.communication = CommunicationModel(tuning: try TuningTable.load(path: tuning)) }
             planner.refaultSecondsPerByte = LayoutPlanner.measureRefault()
-            let step = planner.measureStep()
             let budget = memoryPerRank.flatMap(Self.bytes)
-            let plans = try planner.plan(stepSeconds: step, memoryPerRank: budget)
-            print(String(format: "plan: %@ on %d ranks (%d cores here), global batch %d sequences of %d; one rank's step on %d sequences measured here: %.2f ms",
-                         settings.architecture, world, planner.cores, planner.globalBatch, settings.blockSize, settings.batchSize, step * 1000))
+            let copies = min(world, planner.cores)
+            let plans = try planner.plan(compute: .measured(copies: copies), memoryPerRank: budget)
+            print(String(format: "plan: %@ on %d ranks (%d cores here), global batch %d sequences of %d; each layout's shards timed here, %d at once",
+                         settings.architecture, world, planner.cores, planner.globalBatch, settings.blockSize, copies))
             for line in LayoutPlanner.table(plans, refused: planner.candidates().refused, memoryPerRank: budget) { print(line) }
             if let best = plans.first { print("plan: fastest predicted: \(best.name)" + (best.fits ? "" : " (but nothing fits the memory budget)")) }
             if let json {

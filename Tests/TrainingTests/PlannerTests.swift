@@ -39,6 +39,20 @@ final class PlannerTests: XCTestCase {
         XCTAssertEqual(Set(moe.map(\.expertParallel)), [1, 2, 4])
     }
 
+    /// Timed compute: every layout of 4 ranks (tp, tp + sp, pp, tp × pp, ZeRO) gets its shards built
+    /// and run here, each rank's time finite and positive; a pipeline is as busy as its busiest rank.
+    func testEveryLayoutsShardsAreTimed() throws {
+        let plan = try planner(["n_layer=4"], world: 4)
+        let planned = try plan.plan(compute: .measured(copies: 1), memoryPerRank: nil)
+        XCTAssertEqual(planned.count, plan.candidates().accepted.count)
+        XCTAssertTrue(planned.contains { $0.config.tensorParallel == 2 && $0.config.pipelineParallel == 2 })
+        for p in planned { XCTAssertTrue(p.computeSeconds.isFinite && p.computeSeconds > 0, "\(p.name): \(p.computeSeconds)") }
+        let pp4 = try XCTUnwrap(plan.candidates().accepted.first { $0.pipelineParallel == 4 })
+        let stages = try plan.timeShards(pp4, copies: 1)
+        XCTAssertEqual(stages.count, 4)
+        XCTAssertTrue(stages.allSatisfy { $0.forwardBackward > 0 && $0.update > 0 })
+    }
+
     /// For layouts of every kind, the planner's bytes for world rank 0 equal the trainer's "memory:" line
     /// for it (4 real ranks each, no step taken).
     func testStateBytesEqualTheTrainersCount() throws {
