@@ -50,6 +50,21 @@ extension GPTConfiguration {
     }
 }
 
+extension GPTConfiguration {
+    /// Bytes block `layer` keeps from forward to backward in this implementation (fp32), the tensors
+    /// TransformerBlock.activationBytes counts after a forward: LayerNorm inputs and outputs, the
+    /// residual x1, the GELU input (its output is recomputed), QKV, the heads' output, the attention
+    /// probabilities and each LayerNorm's mean and 1/std; a mixture keeps its router probabilities and
+    /// its experts' rows, hidden units and outputs for top_k choices per token (dropless).
+    public func keptActivationBytes(layer: Int, batch: Int, time: Int, tensorParallel t: Int = 1, sequenceParallel: Bool = false) -> Int {
+        let n = batch * time, c = embedding, local = sequenceParallel ? n / t : n
+        var floats = 3 * local * c + 4 * local + n * 3 * c / t + n * c / t + batch * (heads / t) * time * time
+        if let moe = experts(inLayer: layer) { floats += n * moe.experts + moe.topK * n * 6 * c }
+        else { floats += n * 4 * c / t }
+        return 4 * floats
+    }
+}
+
 /// GPT as in nanoGPT: token + position embeddings, `layers` pre-LN blocks, final LayerNorm, and an LM head
 /// tied to the token embedding. Parameter names follow nanoGPT's state_dict. Weights N(0, 0.02), residual
 /// projections (c_proj) N(0, 0.02 / sqrt(2 * layers)), LayerNorm weight 1.

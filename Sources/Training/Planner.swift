@@ -28,7 +28,9 @@ public struct PlannedLayout: Sendable {
     /// Work besides the model's FLOPs on every rank (ZeRO-2/3's page releases and refaults).
     public var overheadSeconds = 0.0
     public var predictedSeconds: Double { max(computeSeconds / (1 - bubble), coresFloorSeconds) + overheadSeconds + communicationSeconds }
-    public var predictedBytes: Double { Double(largestStateBytes) + activationBytes + LayoutPlanner.processBytes }
+    /// What world rank 0 assembles beside its training state to write the single-file checkpoint.
+    public var checkpointBytes = 0.0
+    public var predictedBytes: Double { Double(largestStateBytes) + activationBytes + checkpointBytes + LayoutPlanner.processBytes }
     public var fits: Bool = true
 
     public var name: String {
@@ -172,6 +174,23 @@ public struct LayoutPlanner {
         return 4 * (parameters + gradients + stateBuffers * owned)
     }
 
+    /// Rank 0's assembly for a single-file checkpoint (Trainer.saveCheckpoint): under ZeRO the optimizer
+    /// state's pieces gathered into full buffers (and, at stage 3, the parameters pinned whole); under
+    /// tensor, pipeline or expert parallelism the whole model and each state buffer assembled, plus one
+    /// allgather of the shards at a time.
+    func checkpointBytes(_ c: TrainConfig, localParameters: Int, dataParallel dp: Int, wholeModelBytes: Double) -> Double {
+        let stateBuffers = Double(c.optimizer == .adamw ? 2 : (c.momentum > 0 ? 1 : 0))
+        let local = 4 * Double(localParameters)
+        var bytes = 0.0
+        if dp > 1 && c.zeroStage >= 1 { bytes += stateBuffers * local }
+        if dp > 1 && c.zeroStage == 3 { bytes += local * Double(dp - 1) / Double(dp) }
+        let assembling = max(c.tensorParallel, c.expertParallel)
+        if assembling > 1 || c.pipelineParallel > 1 {
+            bytes += (stateBuffers + 1) * wholeModelBytes + (assembling > 1 ? local * Double(assembling) : 0)
+        }
+        return bytes
+    }
+
     /// Where a layout's compute time comes from.
     public enum ComputeSource: Sendable {
         /// One forward + backward + update of the whole model on batch_size sequences on one rank,
@@ -195,6 +214,9 @@ public struct LayoutPlanner {
         let perLayerFLOPs = (fullFLOPs - 6 * v * width * Double(config.batchSize * config.blockSize)) / layers
         var out: [PlannedLayout] = []
         var timed: [String: [ShardTime]] = [:]
+        var whole = config
+        whole.tensorParallel = 1; whole.expertParallel = 1
+        let wholeModelBytes = 4 * Double(try localParameters(whole, schedule: nil, pipelineRank: 0).count)
         for layout in candidates().accepted {
             let tp = layout.tensorParallel, pp = layout.pipelineParallel, ep = layout.expertParallel
             let dp = worldSize / (tp * pp)
@@ -269,9 +291,16 @@ public struct LayoutPlanner {
                 if layout.zeroStage == 1 || layout.zeroStage == 2 { comm += communication.half(bytes: gradientBytes, ranks: dp) }
             }
             let live = schedule.map { $0.kind == .gpipe ? layout.microbatches : min(layout.microbatches, pp) } ?? 1
-            let activations = 2 * gpt.korthikantiActivationBytes(batch: layout.batchSize, time: layout.blockSize, tensorParallel: tp,
-                                                                 sequenceParallel: layout.sequenceParallel)
-                * Double(config.nLayer / pp) * Double(live)
+            // This implementation's kept tensors of the busiest rank's layers, for each micro-batch alive.
+            var keptLayers = Array(0..<config.nLayer)
+            if let schedule {
+                let ranges = try schedule.layerRanges(layers: config.nLayer)
+                keptLayers = (0..<pp).map { r in schedule.stages(ofRank: r).flatMap { Array(ranges[$0]) } }.max { $0.count < $1.count } ?? []
+            }
+            let activations = Double(keptLayers.reduce(0) {
+                $0 + gpt.keptActivationBytes(layer: $1, batch: layout.batchSize, time: layout.blockSize, tensorParallel: tp,
+                                             sequenceParallel: layout.sequenceParallel)
+            } * live)
             // Buffers besides the state and the kept activations, fp32: the logits and their gradient, the
             // residual streams, the shared backward workspace (GELU output and gradients, QKV and heads
             // gradients) and, with data parallelism, the communication scratch of one bucket.
@@ -283,6 +312,7 @@ public struct LayoutPlanner {
             // Oversubscribed: all ranks' work over the cores bounds the step from below.
             planned.overheadSeconds = overhead
             if worldSize > cores { planned.coresFloorSeconds = coresFloor }
+            planned.checkpointBytes = checkpointBytes(layout, localParameters: localParameters, dataParallel: dp, wholeModelBytes: wholeModelBytes)
             if let memoryPerRank { planned.fits = planned.predictedBytes <= memoryPerRank }
             out.append(planned)
         }

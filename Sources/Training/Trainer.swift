@@ -666,9 +666,15 @@ public final class Trainer {
         }
         // Only rank 0's tensor-parallel (or expert) group assembles: the other replicas hold the same.
         guard (groups.expertData?.rank ?? groups.data.rank) == 0 else { return }
+        guard rank == 0 else {
+            // The other ranks take part in assembling each buffer and keep none of them (a pipeline
+            // rank's assembly is the whole model: one at a time, not all at once).
+            _ = try fullModel(task.parameters.values)
+            for (_, buffer) in state { _ = try fullModel(buffer) }
+            return
+        }
         let parameters = try fullModel(task.parameters.values)
         state = try state.map { ($0.name, try fullModel($0.buffer)) }
-        guard rank == 0 else { return }
         guard allFinite(parameters.base, count: parameters.count) else {
             throw TrainingError("iteration \(iteration): the parameters hold NaN or infinite values; \(path) was not overwritten")
         }
@@ -739,16 +745,14 @@ public final class Trainer {
         log("checkpoint: wrote \(path) at iteration \(iteration) (\(reason)), \(n) shard(s)")
     }
 
-    /// A full-layout copy of a local-layout buffer (parameters or unpacked optimizer state): the shards
-    /// of the tensor-parallel group gathered and assembled (collective on that group); a copy without.
+    /// A full-layout buffer from a local-layout one (parameters or unpacked optimizer state): the shards
+    /// of the tensor-parallel group gathered and assembled (collective on that group); `local` itself
+    /// when it already is the full layout (no copy: a checkpoint would hold a second model for nothing).
     func fullModel(_ local: FloatBuffer) throws -> FloatBuffer {
         if let pipeline = task as? PipelineGPTTask { return try pipeline.fullModel(local) }
         let sharding = task.sharding
+        guard let group = tensor?.group ?? groups.expert?.group else { return local }
         let full = FloatBuffer(count: sharding.fullCount)
-        guard let group = tensor?.group ?? groups.expert?.group else {
-            full.base.update(from: local.base, count: sharding.localCount)
-            return full
-        }
         let gathered = FloatBuffer(count: sharding.localCount * group.worldSize)
         (gathered.base + group.rank * sharding.localCount).update(from: local.base, count: sharding.localCount)
         try allgather(gathered.buffer, group: group)
