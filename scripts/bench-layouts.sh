@@ -7,6 +7,9 @@
 # usage: scripts/bench-layouts.sh WORLD [CONFIG] [--set key=value ...]
 #   CONFIG defaults to configs/shakespeare-char.json (the recipe); --set changes the model, e.g.
 #   --set n_layer=8 --set n_embd=512 --set n_head=8 for the wide model.
+#   HOSTS=4 runs across that many network-namespace hosts (scripts/netns-cluster.sh; root), WORLD/HOSTS
+#   ranks each, links limited to RATE (default 1gbit); the planner is told the link's bandwidth and
+#   LATENCY_US (default 60).
 case "${1:-}" in -h|--help|"") sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;; esac
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -15,20 +18,54 @@ config="$root/configs/shakespeare-char.json"
 if [[ $# -gt 0 && "$1" == *.json ]]; then config=$1; shift; fi
 "$root/scripts/setup.sh" >&2
 "$root/scripts/get-data.sh" >&2
-iters=${ITERS:-100}; rounds=${ROUNDS:-1}
-work="$root/runs/bench-layouts-$world"; rm -rf "$work"; mkdir -p "$work"
-echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores; world $world; $iters steps per layout, best of $rounds"
-"$root/.build/release/ddp-train" plan "$config" --world "$world" --data-dir "$root/data" --json "$work/plan.json" "$@" | head -1
+iters=${ITERS:-100}; rounds=${ROUNDS:-1}; hosts=${HOSTS:-1}
+(( world % hosts == 0 )) || { echo "bench-layouts: HOSTS=$hosts does not divide WORLD=$world" >&2; exit 2; }
+work="$root/runs/bench-layouts-$world${HOSTS:+-hosts$hosts}"; rm -rf "$work"; mkdir -p "$work"
+link=()
+if (( hosts > 1 )); then
+  rate=${RATE:-1gbit}
+  case "$rate" in
+    *gbit) gbps=$(awk -v r="${rate%gbit}" 'BEGIN { print r / 8 }') ;;
+    *mbit) gbps=$(awk -v r="${rate%mbit}" 'BEGIN { print r / 8000 }') ;;
+    *) echo "RATE must end in gbit or mbit" >&2; exit 2 ;;
+  esac
+  export NETNS_PREFIX=${NETNS_PREFIX:-ddplayout} NETNS_SUBNET=${NETNS_SUBNET:-10.77.0}
+  cluster="$root/scripts/netns-cluster.sh"
+  trap 'bash "$cluster" down >/dev/null' EXIT
+  bash "$cluster" up "$hosts" --rate "$rate" >&2
+  secret=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')
+  link=(--link-bandwidth "$gbps" --link-latency "${LATENCY_US:-60}")
+fi
+echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores; world $world on $hosts host(s)${rate:+, links $rate}; $iters steps per layout, best of $rounds"
+"$root/.build/release/ddp-train" plan "$config" --world "$world" --data-dir "$root/data" --json "$work/plan.json" "${link[@]}" "$@" | head -1
 count=$(python3 -c "import json,sys; print(len(json.load(open(sys.argv[1]))))" "$work/plan.json")
+# One layout: on this host, or one launcher per namespace host (host 0's log holds rank 0's lines).
+run_layout() {
+  local log=$1; shift
+  local train=("$config" --data-dir "$root/data" "$@")
+  if (( hosts == 1 )); then
+    "$root/.build/release/ddp-launch" --nproc-per-node "$world" --timeout 120 -- "${train[@]}" > "$log" 2>&1
+    return
+  fi
+  local port=$((29700 + RANDOM % 200)) pids=() h status=0
+  for ((h = hosts - 1; h >= 0; h--)); do
+    ip netns exec "$NETNS_PREFIX-h$h" "$root/.build/release/ddp-launch" --nnodes "$hosts" --node-rank "$h" \
+      --nproc-per-node $((world / hosts)) --master-addr "$NETNS_SUBNET.10" --master-port "$port" --secret "$secret" \
+      --timeout 120 --numa-bind none -- "${train[@]}" > "$log.host$h" 2>&1 &
+    pids[$h]=$!
+  done
+  for ((h = 0; h < hosts; h++)); do wait "${pids[$h]}" || status=1; done
+  cp "$log.host0" "$log"
+  return $status
+}
 for round in $(seq "$rounds"); do
   for i in $(seq 0 $((count - 1))); do
     mapfile -t settings < <(python3 -c "import json,sys; [print(s) for s in json.load(open(sys.argv[1]))[int(sys.argv[2])]['settings']]" "$work/plan.json" "$i")
     args=(); for s in "${settings[@]}"; do args+=(--set "$s"); done
     for s in "$@"; do args+=("$s"); done
-    "$root/.build/release/ddp-launch" --nproc-per-node "$world" --timeout 120 -- "$config" --data-dir "$root/data" \
-      --out-dir "$work/layout-$i-$round" --set max_iters="$iters" --set eval_interval=1000000 --set eval_iters=1 \
-      --set log_interval="$iters" --set checkpoint_interval=0 --set warmup_iters=10 --set lr_decay_iters="$iters" "${args[@]}" \
-      > "$work/layout-$i-$round.log" 2>&1 || { echo "layout $i failed:" >&2; tail -3 "$work/layout-$i-$round.log" >&2; }
+    run_layout "$work/layout-$i-$round.log" --out-dir "$work/layout-$i-$round" --set max_iters="$iters" --set eval_interval=1000000 \
+      --set eval_iters=1 --set log_interval="$iters" --set checkpoint_interval=0 --set warmup_iters=10 --set lr_decay_iters="$iters" "${args[@]}" \
+      || { echo "layout $i failed:" >&2; tail -3 "$work/layout-$i-$round.log" >&2; }
   done
 done
 python3 - "$work" "$count" "$rounds" <<'PY'

@@ -228,6 +228,12 @@ struct Plan: ParsableCommand {
     @Option(help: "A tuning table from allreduce-bench --tuning (its alpha-beta models replace the default ring model at its world size).")
     var tuning: String?
 
+    @Option(help: "Link bandwidth between ranks in GB/s for the collectives' cost (default 3: loopback here; 0.125 for 1 gbit links).")
+    var linkBandwidth: Double?
+
+    @Option(help: "Per-message latency between ranks in microseconds (default 20: loopback here).")
+    var linkLatency: Double?
+
     @Option(name: .customLong("set"), help: "Override a config key: key=value (repeatable).")
     var overrides: [String] = []
 
@@ -240,6 +246,8 @@ struct Plan: ParsableCommand {
     func validate() throws {
         guard world >= 1 else { throw ValidationError("--world must be at least 1") }
         if let memoryPerRank, Self.bytes(memoryPerRank) == nil { throw ValidationError("--memory-per-rank: '\(memoryPerRank)' is not a size such as 2G, 512M or 1048576") }
+        if let linkBandwidth, !(linkBandwidth > 0) { throw ValidationError("--link-bandwidth must be a positive number of GB/s") }
+        if let linkLatency, !(linkLatency >= 0) { throw ValidationError("--link-latency must be a non-negative number of microseconds") }
     }
 
     static func bytes(_ text: String) -> Double? {
@@ -255,6 +263,8 @@ struct Plan: ParsableCommand {
             let text = try CharText(path: settings.dataset == .text ? settings.dataPath : settings.dataDir + "/tinyshakespeare.txt")
             var planner = LayoutPlanner(config: settings, worldSize: world, vocabularySize: text.vocabulary.count)
             if let tuning { planner.communication = CommunicationModel(tuning: try TuningTable.load(path: tuning)) }
+            if let linkBandwidth { planner.communication.bandwidth = linkBandwidth * 1e9 }
+            if let linkLatency { planner.communication.alpha = linkLatency * 1e-6 }
             planner.refaultSecondsPerByte = LayoutPlanner.measureRefault()
             let budget = memoryPerRank.flatMap(Self.bytes)
             let copies = min(world, planner.cores)
