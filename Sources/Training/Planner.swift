@@ -27,7 +27,12 @@ public struct PlannedLayout: Sendable {
     public var coresFloorSeconds = 0.0
     /// Work besides the model's FLOPs on every rank (ZeRO-2/3's page releases and refaults).
     public var overheadSeconds = 0.0
-    public var predictedSeconds: Double { max(computeSeconds / (1 - bubble), coresFloorSeconds) + overheadSeconds + communicationSeconds }
+    /// More ranks than cores: what the step's blocking synchronizations wait for peers the scheduler has
+    /// not run yet (SyncProbe, measured).
+    public var waitSeconds = 0.0
+    public var predictedSeconds: Double {
+        max(computeSeconds / (1 - bubble), coresFloorSeconds) + overheadSeconds + communicationSeconds + waitSeconds
+    }
     /// What world rank 0 assembles beside its training state to write the single-file checkpoint.
     public var checkpointBytes = 0.0
     public var predictedBytes: Double { Double(largestStateBytes) + activationBytes + checkpointBytes + LayoutPlanner.processBytes }
@@ -174,6 +179,35 @@ public struct LayoutPlanner {
         return 4 * (parameters + gradients + stateBuffers * owned)
     }
 
+    /// The busiest rank's blocking synchronizations per step, each priced by `penalty(group, ring steps,
+    /// compute between two of them)`: tensor-parallel collectives (per block 4 allreduces, or with sequence
+    /// parallelism 4 forward and 6 backward reduce-scatters and all-gathers; the embedding and the
+    /// vocabulary-parallel head 4 more), pipeline hand-offs (an activation and a gradient per micro-batch
+    /// and neighbour), ZeRO-3's gathers (two per unit and micro-batch) and the gradient buckets.
+    func oversubscribedWaits(_ c: TrainConfig, dataParallel dp: Int, microbatches: Double, compute: Double, layers: Int,
+                             gradientBytes: Int, penalty: (Int, Int, Double) -> Double) -> Double {
+        let tp = c.tensorParallel, pp = c.pipelineParallel
+        var waits = 0.0
+        if tp > 1 {
+            let perMicro = Double(layers * (c.sequenceParallel ? 10 : 4) + 4)
+            let steps = c.sequenceParallel ? tp - 1 : 2 * (tp - 1)
+            waits += microbatches * perMicro * penalty(tp, steps, compute / (microbatches * perMicro))
+        }
+        if pp > 1 {
+            let perMicro = Double(pp > 2 ? 4 : 2)
+            waits += microbatches * perMicro * penalty(2, 1, compute / (microbatches * perMicro))
+        }
+        if dp > 1 && c.zeroStage == 3 {
+            let perMicro = Double(2 * (config.nLayer + 2))
+            waits += microbatches * perMicro * penalty(dp, dp - 1, compute / (microbatches * perMicro))
+        }
+        if dp > 1 {
+            let buckets = max(1.0, Double(gradientBytes) / (c.bucketMb * 1048576)).rounded(.up)
+            waits += buckets * penalty(dp, 2 * (dp - 1), compute / buckets)
+        }
+        return waits
+    }
+
     /// Rank 0's assembly for a single-file checkpoint (Trainer.saveCheckpoint): under ZeRO the optimizer
     /// state's pieces gathered into full buffers (and, at stage 3, the parameters pinned whole); under
     /// tensor, pipeline or expert parallelism the whole model and each state buffer assembled, plus one
@@ -214,6 +248,15 @@ public struct LayoutPlanner {
         let perLayerFLOPs = (fullFLOPs - 6 * v * width * Double(config.batchSize * config.blockSize)) / layers
         var out: [PlannedLayout] = []
         var timed: [String: [ShardTime]] = [:]
+        var probed: [String: Double] = [:]
+        /// SyncProbe's penalty, cached by its arguments (work rounded to 10 µs).
+        func syncPenalty(group: Int, steps: Int, work: Double) -> Double {
+            let key = "\(group) \(steps) \(Int(work * 1e5))"
+            if let known = probed[key] { return known }
+            let measured = SyncProbe.penalty(world: worldSize, group: group, steps: steps, work: work, cores: cores)
+            probed[key] = measured
+            return measured
+        }
         var whole = config
         whole.tensorParallel = 1; whole.expertParallel = 1
         let wholeModelBytes = 4 * Double(try localParameters(whole, schedule: nil, pipelineRank: 0).count)
@@ -283,12 +326,18 @@ public struct LayoutPlanner {
             if dp > 1 {
                 // Buckets overlap the rest of backward (about 2/3 of the compute) except the last one.
                 let gradientBytes = 4 * localParameters
-                // ZeRO-3 gathers the parameters for forward and for backward besides reduce-scattering.
-                let reduce = communication.allreduce(bytes: gradientBytes, ranks: dp) * (layout.zeroStage == 3 ? 1.5 : 1)
                 let bucket = communication.allreduce(bytes: min(gradientBytes, Int(layout.bucketMb * 1048576)), ranks: dp)
-                comm += max(reduce - compute * 2 / 3, bucket)
-                // ZeRO-1/2 gather the updated pieces after the step, with nothing left to overlap.
-                if layout.zeroStage == 1 || layout.zeroStage == 2 { comm += communication.half(bytes: gradientBytes, ranks: dp) }
+                switch layout.zeroStage {
+                case 0: comm += max(communication.allreduce(bytes: gradientBytes, ranks: dp) - compute * 2 / 3, bucket)
+                case 1, 2:
+                    // Reduce-scatter while backward runs; the updated pieces are gathered after the step,
+                    // with nothing left to overlap.
+                    let half = communication.half(bytes: gradientBytes, ranks: dp)
+                    comm += max(half - compute * 2 / 3, bucket / 2) + half
+                default:
+                    // ZeRO-3 gathers the parameters for forward and for backward besides reduce-scattering.
+                    comm += max(1.5 * communication.allreduce(bytes: gradientBytes, ranks: dp) - compute * 2 / 3, bucket)
+                }
             }
             let live = schedule.map { $0.kind == .gpipe ? layout.microbatches : min(layout.microbatches, pp) } ?? 1
             // This implementation's kept tensors of the busiest rank's layers, for each micro-batch alive.
@@ -311,7 +360,13 @@ public struct LayoutPlanner {
                                         computeSeconds: compute, communicationSeconds: comm, bubble: schedule?.formulaBubble ?? 0)
             // Oversubscribed: all ranks' work over the cores bounds the step from below.
             planned.overheadSeconds = overhead
-            if worldSize > cores { planned.coresFloorSeconds = coresFloor }
+            if worldSize > cores {
+                planned.coresFloorSeconds = coresFloor
+                if case .measured = source {
+                    planned.waitSeconds = oversubscribedWaits(layout, dataParallel: dp, microbatches: microbatches, compute: compute,
+                                                              layers: keptLayers.count, gradientBytes: 4 * localParameters, penalty: syncPenalty)
+                }
+            }
             planned.checkpointBytes = checkpointBytes(layout, localParameters: localParameters, dataParallel: dp, wholeModelBytes: wholeModelBytes)
             if let memoryPerRank { planned.fits = planned.predictedBytes <= memoryPerRank }
             out.append(planned)
@@ -336,11 +391,11 @@ public struct LayoutPlanner {
 
     /// The ranked table `ddp-train plan` prints.
     public static func table(_ plans: [PlannedLayout], refused: [(name: String, reason: String)], memoryPerRank: Double?) -> [String] {
-        var lines = ["| # | layout | predicted ms/step | compute ms | comm ms | bubble | state MiB (rank 0 / largest) | activations + buffers MiB | predicted MiB/rank | fits |",
-                     "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+        var lines = ["| # | layout | predicted ms/step | compute ms | comm ms | waits ms | bubble | state MiB (rank 0 / largest) | activations + buffers MiB | predicted MiB/rank | fits |",
+                     "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
         for (i, p) in plans.enumerated() {
-            lines.append(String(format: "| %d | %@ | %.2f | %.2f | %.2f | %.3f | %.2f / %.2f | %.2f | %.1f | %@ |", i + 1, p.name, p.predictedSeconds * 1000,
-                                p.computeSeconds * 1000, p.communicationSeconds * 1000, p.bubble, Double(p.stateBytes) / 1048576,
+            lines.append(String(format: "| %d | %@ | %.2f | %.2f | %.2f | %.2f | %.3f | %.2f / %.2f | %.2f | %.1f | %@ |", i + 1, p.name, p.predictedSeconds * 1000,
+                                p.computeSeconds * 1000, p.communicationSeconds * 1000, p.waitSeconds * 1000, p.bubble, Double(p.stateBytes) / 1048576,
                                 Double(p.largestStateBytes) / 1048576, p.activationBytes / 1048576, p.predictedBytes / 1048576,
                                 memoryPerRank == nil ? "-" : (p.fits ? "yes" : "no")))
         }
