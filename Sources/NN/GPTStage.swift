@@ -147,7 +147,7 @@ public final class GPTStage {
     }
 
     /// Forward of one micro-batch in `slot`: from `tokens` on the first stage, else from the previous
-    /// stage's activation `input` [B·T, C]. Returns the activation for the next stage, or nil on the last
+    /// stage's activation `input` (this rank's rows, [B·T, C] or 1/tp of them with sequence parallelism). Returns the activation for the next stage, or nil on the last
     /// stage, whose mean loss over `targets` goes to `loss`.
     public func forward(slot index: Int, tokens: [Int32]? = nil, input: UnsafePointer<Float>? = nil, targets: [Int32]? = nil,
                         batch B: Int, time T: Int, loss: inout Float) throws -> UnsafePointer<Float>? {

@@ -102,9 +102,12 @@ public final class PipelineGPTTask: TrainingTask {
     func fullModel(_ local: FloatBuffer) throws -> FloatBuffer {
         let out = FloatBuffer(count: full.parameters.count)
         let sharding = runner.sharding
-        let gathered = FloatBuffer(count: sharding.localCount * sharding.size)
-        (gathered.base + sharding.rank * sharding.localCount).update(from: local.base, count: sharding.localCount)
-        if let parallel = runner.parallel { try parallel.communicator.allgather(gathered.buffer) }
+        var gathered = local
+        if let parallel = runner.parallel {
+            gathered = FloatBuffer(count: sharding.localCount * sharding.size)
+            (gathered.base + sharding.rank * sharding.localCount).update(from: local.base, count: sharding.localCount)
+            try parallel.communicator.allgather(gathered.buffer)
+        }
         sharding.assemble(gathered: gathered.base, layout: full.parameters, into: out.base,
                           skipping: runner.stages[0] != nil ? [] : ["transformer.wte.weight"])
         try allreduce(out.buffer, options: CollectiveOptions(), group: runner.group)
