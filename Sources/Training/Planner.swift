@@ -275,7 +275,8 @@ public struct LayoutPlanner {
             let microbatches = Double(layout.gradAccum * (pp > 1 ? layout.microbatches : 1))
             // ZeRO updates only the pieces a rank owns.
             let updateShare = layout.zeroStage >= 1 ? 1 / Double(dp) : 1
-            let compute: Double, coresFloor: Double
+            let compute: Double
+            var coresFloor: Double
             switch source {
             case .scaled(let stepSeconds):
                 // The step's micro-batches times the measured micro-batch, scaled by the share of the
@@ -300,6 +301,19 @@ public struct LayoutPlanner {
                 compute = perRank.max() ?? 0
                 // Every rank's work over the cores (a pipeline's idle ranks leave theirs to the others).
                 coresFloor = perRank.reduce(0, +) * Double(dp * tp) / Double(cores)
+                if let schedule, worldSize > cores {
+                    // The pipeline's own step on its share of the cores (each of its ranks stands for tp
+                    // processes, and dp pipelines share the host): dependencies leave cores idle that
+                    // the bound above counts as busy. Backward is taken as twice the forward.
+                    let v = Double(layout.virtualStages)
+                    let perStage = (0..<schedule.stageCount).map { times[$0 % pp].forwardBackward / v }
+                    let costs = PipelineCosts(forward: perStage.map { $0 / 3 }, backward: perStage.map { 2 * $0 / 3 },
+                                              backwardInput: perStage.map { $0 / 3 }, backwardWeight: perStage.map { $0 / 3 },
+                                              transfer: communication.pointToPoint(bytes: 4 * layout.batchSize * layout.blockSize * config.nEmbd),
+                                              step: updateShare * (times.map(\.update).max() ?? 0))
+                    let pass = SharedCoreSimulator.stepTime(schedule, costs: costs, cores: Double(cores) / Double(dp * tp))
+                    coresFloor = max(coresFloor, pass * Double(layout.gradAccum))
+                }
             }
             var overhead = 0.0
             if dp > 1 && layout.zeroStage >= 2 {
