@@ -69,7 +69,8 @@ public final class GPTStage {
         let workspace = self.workspace
         self.slots = (0..<slots).map { _ in
             Slot(blocks: layers.map { TransformerBlock(parameters, "transformer.h.\($0)", heads: configuration.heads, hasBias: configuration.bias,
-                                                       workspace: workspace, parallel: parallel, gelu: configuration.gelu) },
+                                                       workspace: workspace, parallel: parallel, gelu: configuration.gelu,
+                                                       experts: configuration.experts(inLayer: $0)) },
                  finalNorm: isLast ? LayerNormLayer(parameters, "transformer.ln_f", hasBias: configuration.bias) : nil)
         }
     }
@@ -82,10 +83,19 @@ public final class GPTStage {
     public static func register(_ layout: inout ParameterSet.Layout, _ configuration: GPTConfiguration, layers: Range<Int>,
                                 isFirst: Bool, isLast: Bool, parts: Int = 1) {
         let c = configuration.embedding
+        // Experts first among the stage's tensors, as GPT orders them.
+        for l in layers {
+            if let moe = configuration.experts(inLayer: l) {
+                MixtureOfExperts.registerExperts(&layout, "transformer.h.\(l).mlp", channels: c, configuration: moe, bias: configuration.bias, parts: 1)
+            }
+        }
         let vocabularyRows = VocabularyShard(vocabulary: configuration.vocabularySize, rank: 0, size: parts).rows
         if isFirst || isLast { layout.add("transformer.wte.weight", [vocabularyRows, c]) }
         if isFirst { layout.add("transformer.wpe.weight", [configuration.blockSize, c]) }
-        for l in layers { TransformerBlock.register(&layout, "transformer.h.\(l)", channels: c, bias: configuration.bias, parts: parts) }
+        for l in layers {
+            TransformerBlock.register(&layout, "transformer.h.\(l)", channels: c, bias: configuration.bias, parts: parts,
+                                      experts: configuration.experts(inLayer: l))
+        }
         if isLast { LayerNormLayer.register(&layout, "transformer.ln_f", features: c, bias: configuration.bias) }
     }
 
@@ -113,6 +123,16 @@ public final class GPTStage {
     public static func sharding(_ parameters: ParameterSet, _ configuration: GPTConfiguration, parallel: TensorParallelism?) -> ParameterSharding {
         GPT.sharding(parameters, configuration: configuration, rank: parallel?.rank ?? 0, size: parallel?.size ?? 1)
     }
+
+    /// The mixture of block `layer` in every slot (its statistics are per slot); empty for a dense block
+    /// or one on another stage.
+    public func mixtures(ofLayer layer: Int) -> [MixtureOfExperts] {
+        guard layers.contains(layer) else { return [] }
+        return slots.compactMap { $0.blocks[layer - layers.lowerBound].experts }
+    }
+
+    /// The auxiliary losses of the mixtures in `slot`'s last forward (already times α).
+    public func auxiliaryLoss(slot index: Int) -> Float { slots[index].blocks.reduce(0) { $0 + ($1.experts?.auxiliaryLoss ?? 0) } }
 
     /// Slots holding a micro-batch's activations right now.
     public var liveSlots: Int { slots.filter(\.holdsActivations).count }
@@ -255,7 +275,7 @@ public final class GPTStage {
             let next = 1 - current
             slot.dResidual[next].fill(0)
             try slot.blocks[l].backward(slot.residual[l].data, dy: slot.dResidual[current].data, batch: B, time: T, dx: slot.dResidual[next].data,
-                                        deferring: split ? slot.saved[l] : nil)
+                                        deferring: split ? slot.saved[l] : nil, lossScale: lossScale)
             current = next
         }
         let dInput = slot.dResidual[current].data

@@ -28,7 +28,7 @@ public final class PipelineGPTTask: TrainingTask {
         self.ranks = ranks
         let configuration = GPTConfiguration(vocabularySize: text.vocabulary.count, blockSize: config.blockSize,
                                              layers: config.nLayer, heads: config.nHead, embedding: config.nEmbd, bias: config.bias,
-                                             gelu: config.gelu)
+                                             gelu: config.gelu, experts: config.experts)
         let schedule = try PipelineSchedule(config.pipelineSchedule, pipelineParallel: config.pipelineParallel,
                                             microbatches: config.microbatches, virtualStages: config.virtualStages)
         do {
@@ -38,6 +38,9 @@ public final class PipelineGPTTask: TrainingTask {
         }
         full = GPT(configuration)
     }
+
+    /// This rank's mixtures of block `layer`, one per activation slot of its stage (none elsewhere).
+    public func mixtures(ofLayer layer: Int) -> [MixtureOfExperts] { runner.stages.values.flatMap { $0.mixtures(ofLayer: layer) } }
 
     public var parameters: ParameterSet { runner.parameters }
     /// The whole model's tensors (checkpoints hold them all); `runner.sharding` relates this rank's to them.
@@ -63,10 +66,11 @@ public final class PipelineGPTTask: TrainingTask {
     }
 
     /// One pipeline pass; returns its mean loss on every rank of the pipeline (gradients scaled by
-    /// `lossScale`, accumulated).
+    /// `lossScale`, accumulated): the last stage's cross-entropy plus every stage's mixtures' auxiliary
+    /// losses, the training objective as one rank computes it.
     func runPass(iteration: Int, pass: Int, lossScale: Float) throws -> (loss: Float, report: PipelineRunner.StepReport) {
         let report = try runner.run(batches(iteration: iteration, pass: pass), lossScale: lossScale)
-        var loss = [report.loss ?? 0]
+        var loss = [(report.loss ?? 0) + report.auxiliaryLoss]
         try loss.withUnsafeMutableBufferPointer { try allreduce($0, options: CollectiveOptions(), group: runner.group) }
         return (loss[0], report)
     }

@@ -594,14 +594,22 @@ public final class Trainer {
                    100 * Double(local) / Double(max(full, 1)), tensor.size, 100 / Double(tensor.size)))
     }
 
+    /// This rank's mixture objects of block `layer`.
+    func mixtures(ofLayer layer: Int) -> [MixtureOfExperts] {
+        if let pipeline = task as? PipelineGPTTask { return pipeline.mixtures(ofLayer: layer) }
+        guard let gpt = task as? GPTTask, let moe = config.experts,
+              let index = moe.expertLayers(of: config.nLayer).firstIndex(of: layer) else { return [] }
+        return [gpt.model.mixtures[index]]
+    }
+
     /// The mixtures, and under expert parallelism the layout and what each rank holds.
     func logExperts() {
-        guard let moe = config.experts, let gpt = task as? GPTTask else { return }
-        let layers = moe.expertLayers(of: config.nLayer)
+        guard let moe = config.experts else { return }
+        let layers = moe.expertLayers(of: config.nLayer), tokens = config.batchSize * config.blockSize
         log("mixture of experts: \(moe.experts) experts, top-\(moe.topK)\(moe.topK == 2 ? " (gates renormalised)" : ""), capacity "
-            + (moe.capacityFactor > 0 ? "factor \(moe.capacityFactor) (ceil(\(moe.topK) x \(task.unitsPerMicroBatch) tokens / \(moe.experts) x \(moe.capacityFactor)) = \(gpt.model.mixtures.first?.capacity(rows: task.unitsPerMicroBatch) ?? 0) places per expert per micro-batch)" : "unlimited (dropless)")
+            + (moe.capacityFactor > 0 ? "factor \(moe.capacityFactor) (ceil(\(moe.topK) x \(tokens) tokens / \(moe.experts) x \(moe.capacityFactor)) = \(moe.capacity(rows: tokens)) places per expert per micro-batch)" : "unlimited (dropless)")
             + ", load-balancing loss coefficient \(moe.auxiliaryLossCoefficient), in blocks \(layers)")
-        guard let expert = groups.expert, let layout = groups.layout else { return }
+        guard let gpt = task as? GPTTask, let expert = groups.expert, let layout = groups.layout else { return }
         log("expert parallel: \(layout); each rank holds \(moe.experts / expert.size) of \(moe.experts) experts per mixture; per mixture 2 all-to-all-v forward (dispatch, combine) and 2 backward on the expert group, plus one of counts; expert gradients averaged over the expert-data-parallel group (\(layout.expertDataParallel) ranks), dense ones over all \(dataSize)")
         for line in layout.table() { log("layout: " + line) }
         let local = gpt.model.expertCount, full = task.sharding.fullCount - (task.parameters.count - local)
@@ -613,13 +621,23 @@ public final class Trainer {
     /// (min / mean / max, and max over mean), dropped choices and the mean auxiliary loss. Collective
     /// over the data-parallel group.
     func logRouting() throws {
-        guard let gpt = task as? GPTTask, let moe = config.experts else { return }
-        for (layer, mixture) in zip(moe.expertLayers(of: config.nLayer), gpt.model.mixtures) {
-            let local = mixture.statistics
-            mixture.statistics = MoEStatistics(experts: local.routed.count)
-            var figures = local.routed + [local.dropped, local.auxiliaryLoss, Double(local.forwards)]
+        guard let moe = config.experts else { return }
+        let e = moe.experts
+        for layer in moe.expertLayers(of: config.nLayer) {
+            // One mixture object per pipeline activation slot, none for a layer on another stage.
+            var figures = [Double](repeating: 0, count: e + 3)
+            for mixture in mixtures(ofLayer: layer) {
+                let local = mixture.statistics
+                mixture.statistics = MoEStatistics(experts: e)
+                for (i, v) in (local.routed + [local.dropped, local.auxiliaryLoss, Double(local.forwards)]).enumerated() { figures[i] += v }
+            }
             if let dataParallel { figures = try dataParallel.sum(figures) }
-            let routed = Array(figures[0..<local.routed.count])
+            if let pipeline = task as? PipelineGPTTask {
+                var buffer = figures.map { Float($0) }
+                try buffer.withUnsafeMutableBufferPointer { try allreduce($0, options: CollectiveOptions(), group: pipeline.runner.group) }
+                figures = buffer.map { Double($0) }
+            }
+            let routed = Array(figures[0..<e])
             let dropped = figures[routed.count], aux = figures[routed.count + 1] / max(figures[routed.count + 2], 1)
             let mean = routed.reduce(0, +) / Double(max(routed.count, 1)), total = routed.reduce(0, +)
             log(String(format: "moe block %d: tokens per expert min %.0f / mean %.1f / max %.0f (max/mean %.3f), dropped %.0f of %.0f choices (%.2f%%), aux loss %.5f",

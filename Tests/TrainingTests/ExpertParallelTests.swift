@@ -136,7 +136,8 @@ final class ExpertParallelTests: XCTestCase {
     func testUnsupportedCombinationsAreRefused() throws {
         for (settings, key) in [(["n_experts=4", "expert_parallel=3"], "expert_parallel"),
                                 (["n_experts=4", "tensor_parallel=2"], "n_experts"),
-                                (["n_experts=4", "pipeline_parallel=2"], "n_experts"),
+                                (["n_experts=4", "pipeline_parallel=2", "expert_parallel=2"], "expert_parallel"),
+                                (["n_experts=4", "pipeline_parallel=2", "pipeline_schedule=zb-h1"], "pipeline_schedule"),
                                 (["n_experts=4", "zero_stage=2"], "zero_stage"),
                                 (["n_experts=4", "moe_top_k=3"], "moe_top_k"),
                                 (["n_experts=1"], "n_experts"),

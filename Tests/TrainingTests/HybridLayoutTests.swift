@@ -6,7 +6,8 @@ import XCTest
 /// Every parallel layout of 4 ranks (oversubscribed on 2 cores: correctness only) trains a 4-layer GPT
 /// exactly as one rank with the same global batch: 16 windows per micro-step, 2 micro-steps per step.
 /// Data-parallel ranks take their slice of each micro-step's windows, pipelines take the micro-steps
-/// as micro-batches, tensor-parallel ranks see their group's windows.
+/// as micro-batches, tensor-parallel ranks see their group's windows. Mixture-of-experts models train
+/// under expert parallelism and on pipeline stages.
 final class HybridLayoutTests: XCTestCase {
     static var buildDirectory: String { URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path }
     let common = ["--set", "n_layer=4", "--set", "max_iters=10", "--set", "log_interval=1", "--set", "eval_interval=5",
@@ -48,6 +49,15 @@ final class HybridLayoutTests: XCTestCase {
         let moeOne = try run("moe-one", 1, moe + ["--set", "batch_size=16", "--set", "grad_accum=2"])
         try assertSameTraining(moeOne, try run("ep2-dp2", 4, moe + ["--set", "batch_size=4", "--set", "grad_accum=2", "--set", "expert_parallel=2"]),
                                "ep2-dp2", steps: 10)
+        try assertSameTraining(moeOne, try run("moe-pp2-dp2", 4, moe + ["--set", "batch_size=8", "--set", "pipeline_parallel=2", "--set", "microbatches=2"]),
+                               "moe pp2-dp2", steps: 10)
+        // A pipeline's micro-batch is one rank's micro-step, so with one replica the load-balancing loss
+        // and capacity drops see the same tokens: pp 2 (interleaved) equals one rank with both on.
+        let routed = ["--set", "n_experts=4", "--set", "moe_top_k=2", "--set", "capacity_factor=1.0", "--set", "moe_every=2"]
+        try assertSameTraining(try run("moe-routed-one", 1, routed + ["--set", "batch_size=16", "--set", "grad_accum=2"]),
+                               try run("moe-routed-pp2", 2, routed + ["--set", "batch_size=16", "--set", "pipeline_parallel=2", "--set", "microbatches=2",
+                                                                      "--set", "pipeline_schedule=interleaved", "--set", "virtual_stages=2"]),
+                               "moe pp2 interleaved with aux loss and drops", steps: 10)
     }
 
     /// Tensor × pipeline: the start-up table shows each rank's coordinates and groups, a stage's

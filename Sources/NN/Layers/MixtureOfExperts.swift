@@ -36,6 +36,13 @@ public struct MoEConfiguration: Codable, Sendable, Equatable {
     public var auxiliaryLossCoefficient: Double
     /// Every `every`-th block (blocks every-1, 2·every-1, ...) has a MoE MLP.
     public var every: Int
+    /// Places per expert for `rows` tokens of one micro-batch: ceil(top_k · rows / experts · factor)
+    /// (Int.max: dropless).
+    public func capacity(rows: Int) -> Int {
+        guard capacityFactor > 0 else { return Int.max }
+        return Int((Double(topK * rows) / Double(experts) * capacityFactor).rounded(.up))
+    }
+
     public init(experts: Int, topK: Int = 1, capacityFactor: Double = 0, auxiliaryLossCoefficient: Double = 0.01, every: Int = 1) {
         self.experts = experts; self.topK = topK; self.capacityFactor = capacityFactor
         self.auxiliaryLossCoefficient = auxiliaryLossCoefficient; self.every = every
@@ -115,10 +122,7 @@ public final class MixtureOfExperts {
     var topK: Int { configuration.topK }
 
     /// Places per expert for `rows` tokens (Int.max: dropless).
-    public func capacity(rows: Int) -> Int {
-        guard configuration.capacityFactor > 0 else { return Int.max }
-        return Int((Double(topK * rows) / Double(experts) * configuration.capacityFactor).rounded(.up))
-    }
+    public func capacity(rows: Int) -> Int { configuration.capacity(rows: rows) }
 
     /// y [rows, C] = the mixture's output for x [rows, C] (x is kept until backward).
     public func forward(_ x: UnsafePointer<Float>, rows n: Int, into y: UnsafeMutablePointer<Float>) throws {

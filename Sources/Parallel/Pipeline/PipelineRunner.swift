@@ -35,6 +35,8 @@ public final class PipelineRunner {
     public struct StepReport: Sendable {
         /// Mean loss over the micro-batches, on the rank holding the last stage.
         public var loss: Float?
+        /// Mean over the micro-batches of this rank's mixtures' auxiliary losses (0 for a dense model).
+        public var auxiliaryLoss: Float = 0
         /// Compute passes and blocked receives of this step, in seconds from its start.
         public var intervals: [PipelineInterval]
         /// Most micro-batches alive at once on this rank.
@@ -136,7 +138,7 @@ public final class PipelineRunner {
         var slotOf: [PipelineAction: Int] = [:]         // (stage, micro-batch) forward → its slot
         var freeSlots = stages.mapValues { Array(0..<$0.slotCount) }
         var output: [PipelineAction: UnsafePointer<Float>] = [:]
-        var lossSum: Float = 0, live = 0, peak = 0
+        var lossSum: Float = 0, auxiliarySum: Float = 0, live = 0, peak = 0
         for a in schedule.actions[group.rank] {
             let s = a.stage, k = a.microbatch
             let count = a.kind == .step ? 0 : messageCount(microbatches[k])
@@ -171,6 +173,7 @@ public final class PipelineRunner {
                 intervals.append(PipelineInterval(action: a, start: t0, end: now()))
                 live += 1; peak = max(peak, live)
                 if stage.isLast { lossSum += loss }
+                auxiliarySum += stage.auxiliaryLoss(slot: slot)
                 if let out {
                     output[a] = out
                     if schedule.rank(ofStage: s + 1) == group.rank {
@@ -224,8 +227,8 @@ public final class PipelineRunner {
             }
         }
         let holdsLast = stages[schedule.stageCount - 1] != nil
-        return StepReport(loss: holdsLast ? lossSum / Float(schedule.microbatches) : nil, intervals: intervals, peakLive: peak, seconds: now(),
-                          startNanoseconds: start)
+        return StepReport(loss: holdsLast ? lossSum / Float(schedule.microbatches) : nil, auxiliaryLoss: auxiliarySum / Float(schedule.microbatches),
+                          intervals: intervals, peakLive: peak, seconds: now(), startNanoseconds: start)
     }
 
     /// Every pipeline rank's intervals of one step (each rank passes its own report of the same step),
