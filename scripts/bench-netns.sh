@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Allreduce across test hosts: N network namespaces (scripts/netns-cluster.sh) whose links are limited
-# to RATE by tc tbf, one rank per host, one launcher per host, ring / tree / halving-doubling sizes 1 MiB
+# to RATE by tc tbf, one rank per host, one launcher per host, ring / tree / double tree / halving-doubling sizes 1 MiB
 # to 64 MiB. Prints rank 0's table per host count and the link rate in GB/s to compare busbw with.
 # usage: scripts/bench-netns.sh [HOSTS...]   (default: 2 4; RATE=1gbit, ITERS=10). Needs root.
 case "${1:-}" in -h|--help) sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;; esac
@@ -25,7 +25,7 @@ for n in "${hosts[@]}"; do
   for ((h = n - 1; h >= 0; h--)); do
     ip netns exec "$NETNS_PREFIX-h$h" "$root/.build/release/ddp-launch" --nnodes "$n" --node-rank "$h" --nproc-per-node 1 \
       --master-addr "$NETNS_SUBNET.10" --master-port "$port" --secret "$secret" --timeout 120 --numa-bind none -- \
-      allreduce-bench -b 1M -e 64M -f 4 -n "$iters" -w 2 --algorithms ring,tree,halving-doubling \
+      allreduce-bench -b 1M -e 64M -f 4 -n "$iters" -w 2 --algorithms ring,tree,double-tree,halving-doubling \
       --json "$root/runs/bench-netns-$n.json" > "/tmp/bench-netns-$n-$h.log" 2>&1 &
     pids[$h]=$!
   done

@@ -2,7 +2,7 @@ import Rendezvous
 import Transport
 
 public enum AllreduceAlgorithm: String, Sendable, CaseIterable, Codable {
-    case ring, tree, halvingDoubling = "halving-doubling", auto
+    case ring, tree, doubleTree = "double-tree", halvingDoubling = "halving-doubling", auto
 }
 
 /// The same choice from an explicit table (pure; tests and the benchmark's report).
@@ -61,6 +61,7 @@ public func allreduce(_ buffer: UnsafeMutableBufferPointer<Float>, op: ReduceOp 
         switch chosen {
         case .ring, .auto: try ringAllreduce(buffer, op: op, group: group)
         case .tree: try treeAllreduce(buffer, op: op, group: group)
+        case .doubleTree: try doubleTreeAllreduce(buffer, op: op, group: group)
         case .halvingDoubling: try halvingDoublingAllreduce(buffer, op: op, group: group)
         }
     }

@@ -13,35 +13,74 @@ import Transport
 public let treeChunkElements = 32 << 10
 
 public func treeAllreduce(_ buffer: UnsafeMutableBufferPointer<Float>, op: ReduceOp, group: ProcessGroup) throws {
-    let n = group.worldSize, rank = group.rank
+    let n = group.worldSize
     guard n > 1 else { return }
-    let tag = group.nextTag()
-    let parent = TreeSchedule.parent(of: rank), children = TreeSchedule.children(of: rank, worldSize: n)
-    let depth = TreeSchedule.depth(of: rank), maxDepth = TreeSchedule.depth(of: n - 1)
+    let tree = BinaryTree(worldSize: n, mirrored: false), tag = group.nextTag()
+    let chunks = (buffer.count + treeChunkElements - 1) / treeChunkElements
+    for step in 0..<(chunks + tree.maxDepth + 1) {
+        try treeStep(step, tree: tree, buffer, op: op, tag: tag, group: group, name: "tree allreduce")
+    }
+}
+
+/// Double binary tree allreduce (NCCL's): the vector's first half goes through the heap tree rooted at
+/// rank 0, its second half through the mirrored tree (rank r at position n-1-r), where the first
+/// tree's leaves are the interior nodes. Each rank is interior in at most one tree, so it forwards half
+/// the data a single tree's interior ranks do, and no link idles while the other half's tree works.
+/// The trees take turns step by step; each is the pipelined tree above, so results are bitwise equal
+/// on every rank.
+public func doubleTreeAllreduce(_ buffer: UnsafeMutableBufferPointer<Float>, op: ReduceOp, group: ProcessGroup) throws {
+    let n = group.worldSize
+    guard n > 1 else { return }
+    let trees = [BinaryTree(worldSize: n, mirrored: false), BinaryTree(worldSize: n, mirrored: true)]
+    let tags = trees.map { _ in group.nextTag() }
+    let middle = buffer.count / 2
+    let halves = [UnsafeMutableBufferPointer(rebasing: buffer[..<middle]), UnsafeMutableBufferPointer(rebasing: buffer[middle...])]
+    let chunks = (buffer.count - middle + treeChunkElements - 1) / treeChunkElements
+    for step in 0..<(chunks + trees[0].maxDepth + 1) {
+        for t in 0..<2 {
+            try treeStep(step, tree: trees[t], halves[t], op: op, tag: tags[t], group: group, name: "double-tree allreduce (tree \(t))")
+        }
+    }
+}
+
+/// A binary tree over the ranks in heap order of positions: rank r at position r, or n-1-r mirrored.
+struct BinaryTree {
+    let worldSize: Int, mirrored: Bool
+    func position(_ rank: Int) -> Int { mirrored ? worldSize - 1 - rank : rank }
+    func rank(_ position: Int) -> Int { mirrored ? worldSize - 1 - position : position }
+    func parent(of r: Int) -> Int? { TreeSchedule.parent(of: position(r)).map(rank) }
+    func children(of r: Int) -> [Int] { TreeSchedule.children(of: position(r), worldSize: worldSize).map(rank) }
+    func depth(of r: Int) -> Int { TreeSchedule.depth(of: position(r)) }
+    var maxDepth: Int { TreeSchedule.depth(of: worldSize - 1) }
+}
+
+/// Step `step` of the pipelined tree allreduce of `buffer` on `tree` (see the top of this file).
+func treeStep(_ step: Int, tree: BinaryTree, _ buffer: UnsafeMutableBufferPointer<Float>, op: ReduceOp, tag: UInt32,
+              group: ProcessGroup, name: String) throws {
+    let rank = group.rank, n = group.worldSize
+    let parent = tree.parent(of: rank), children = tree.children(of: rank), depth = tree.depth(of: rank)
     let scratch = group.scratchFloats(treeChunkElements)
     let chunks = (buffer.count + treeChunkElements - 1) / treeChunkElements
     func chunk(_ k: Int) -> Range<Int>? {
         k >= 0 && k < chunks ? (k * treeChunkElements)..<min((k + 1) * treeChunkElements, buffer.count) : nil
     }
     let nothing = UnsafeRawBufferPointer(start: nil, count: 0), nowhere = UnsafeMutableRawBufferPointer(start: nil, count: 0)
-    for step in 0..<(chunks + maxDepth + 1) {
-        let up = chunk(step), down = chunk(step - depth - 1)
-        for child in children where up != nil || down != nil {
-            try exchange(group, tag: tag, sendTo: down == nil ? nil : child, sendBytes: down.map { bytesOf(buffer, $0) } ?? nothing,
-                         receiveFrom: up == nil ? nil : child, receiveBuffer: up.map { mutableBytesOf(scratch, 0..<$0.count) } ?? nowhere,
-                         operation: "tree allreduce on \(group.name) (with child \(child))")
-            if let up { op.combine(buffer.baseAddress! + up.lowerBound, scratch.baseAddress!, count: up.count) }
-        }
-        if let parent {
-            let fromParent = chunk(step - depth)
-            guard up != nil || fromParent != nil else { continue }
-            try exchange(group, tag: tag, sendTo: up == nil ? nil : parent, sendBytes: up.map { bytesOf(buffer, $0) } ?? nothing,
-                         receiveFrom: fromParent == nil ? nil : parent,
-                         receiveBuffer: fromParent.map { mutableBytesOf(buffer, $0) } ?? nowhere,
-                         operation: "tree allreduce on \(group.name) (with parent \(parent))")
-        } else if let up {
-            op.finish(UnsafeMutableBufferPointer(rebasing: buffer[up]), worldSize: n)
-        }
+    let up = chunk(step), down = chunk(step - depth - 1)
+    for child in children where up != nil || down != nil {
+        try exchange(group, tag: tag, sendTo: down == nil ? nil : child, sendBytes: down.map { bytesOf(buffer, $0) } ?? nothing,
+                     receiveFrom: up == nil ? nil : child, receiveBuffer: up.map { mutableBytesOf(scratch, 0..<$0.count) } ?? nowhere,
+                     operation: "\(name) on \(group.name) (with child \(child))")
+        if let up { op.combine(buffer.baseAddress! + up.lowerBound, scratch.baseAddress!, count: up.count) }
+    }
+    if let parent {
+        let fromParent = chunk(step - depth)
+        guard up != nil || fromParent != nil else { return }
+        try exchange(group, tag: tag, sendTo: up == nil ? nil : parent, sendBytes: up.map { bytesOf(buffer, $0) } ?? nothing,
+                     receiveFrom: fromParent == nil ? nil : parent,
+                     receiveBuffer: fromParent.map { mutableBytesOf(buffer, $0) } ?? nowhere,
+                     operation: "\(name) on \(group.name) (with parent \(parent))")
+    } else if let up {
+        op.finish(UnsafeMutableBufferPointer(rebasing: buffer[up]), worldSize: n)
     }
 }
 

@@ -25,8 +25,8 @@ struct AllreduceBench: ParsableCommand {
     @Option(name: .customShort("o"), help: "Reduction: sum, max or avg.") var op = "sum"
     @Flag(help: "Also time out of place (input copied into the result buffer, then reduced), as nccl-tests' first columns.") var outOfPlace = false
     @Option(name: .customShort("a"), help: "Time over ranks, as nccl-tests: 0 rank 0, 1 mean, 2 fastest, 3 slowest (default).") var aggregation = 3
-    @Option(help: "Comma-separated: ring,tree,halving-doubling,auto (auto runs last, with the model fitted to the others).")
-    var algorithms = "ring,tree,halving-doubling,auto"
+    @Option(help: "Comma-separated: ring,tree,double-tree,halving-doubling,auto (auto runs last, with the model fitted to the others).")
+    var algorithms = "ring,tree,double-tree,halving-doubling,auto"
     @Option(help: "Write results as JSON to this file (rank 0).") var json: String?
     @Option(help: "Draw busbw and time against size, per algorithm, into this SVG file (rank 0).") var plot: String?
     @Option(help: "What to time: allreduce, or sendrecv (ring shift), pingpong (ranks 0 and 1; one-way time) or alltoall.")

@@ -13,8 +13,8 @@ import Transport
 /// result; 3: a transport or rendezvous error (printed with the peer it names).
 @main
 struct CollectiveCheck: ParsableCommand {
-    @Option(help: "Comma-separated algorithms: ring,tree,halving-doubling,auto.")
-    var algorithms = "ring,tree,halving-doubling"
+    @Option(help: "Comma-separated algorithms: ring,tree,double-tree,halving-doubling,auto.")
+    var algorithms = "ring,tree,double-tree,halving-doubling"
 
     @Option(help: "Comma-separated element counts.")
     var counts = "0,1,7,1000,1048579"
