@@ -25,21 +25,57 @@ public func treeAllreduce(_ buffer: UnsafeMutableBufferPointer<Float>, op: Reduc
 /// Double binary tree allreduce (NCCL's): the vector's first half goes through the heap tree rooted at
 /// rank 0, its second half through the mirrored tree (rank r at position n-1-r), where the first
 /// tree's leaves are the interior nodes. Each rank is interior in at most one tree, so it forwards half
-/// the data a single tree's interior ranks do, and no link idles while the other half's tree works.
-/// The trees take turns step by step; each is the pipelined tree above, so results are bitwise equal
-/// on every rank.
+/// the data a single tree's interior ranks do, and both trees move at once: every step is one exchange
+/// of all of a rank's messages in both trees (its links busy in both directions). To make that possible
+/// a chunk waits one step between being reduced and going up: a rank at depth d of H receives chunk k
+/// from its children at step k+H-d and sends it to its parent at k+H-d+1; the root finishes it at k+H;
+/// it comes down to depth d at step k+H+d. No message of a step then depends on another of the same
+/// step. Messages between two ranks are listed tree by tree on both sides, so a connection carrying
+/// both trees' messages matches them in order. Each element is reduced in a fixed order at its tree's
+/// root and copied down: bitwise equal on every rank.
 public func doubleTreeAllreduce(_ buffer: UnsafeMutableBufferPointer<Float>, op: ReduceOp, group: ProcessGroup) throws {
-    let n = group.worldSize
+    let n = group.worldSize, rank = group.rank
     guard n > 1 else { return }
     let trees = [BinaryTree(worldSize: n, mirrored: false), BinaryTree(worldSize: n, mirrored: true)]
-    let tags = trees.map { _ in group.nextTag() }
+    let tag = group.nextTag(), h = trees[0].maxDepth
     let middle = buffer.count / 2
     let halves = [UnsafeMutableBufferPointer(rebasing: buffer[..<middle]), UnsafeMutableBufferPointer(rebasing: buffer[middle...])]
     let chunks = (buffer.count - middle + treeChunkElements - 1) / treeChunkElements
-    for step in 0..<(chunks + trees[0].maxDepth + 1) {
-        for t in 0..<2 {
-            try treeStep(step, tree: trees[t], halves[t], op: op, tag: tags[t], group: group, name: "double-tree allreduce (tree \(t))")
+    // A landing place per (tree, child): both children of both trees may arrive in one step.
+    let scratch = group.scratchFloats(4 * treeChunkElements)
+    for step in 0..<(chunks + 2 * h) {
+        var sending: [OutgoingMessage] = [], receiving: [IncomingMessage] = []
+        var combine: [(half: Int, range: Range<Int>, slot: Int)] = []
+        var finish: (half: Int, range: Range<Int>)?
+        for (t, tree) in trees.enumerated() {
+            let half = halves[t], d = tree.depth(of: rank)
+            let count = (half.count + treeChunkElements - 1) / treeChunkElements
+            func chunk(_ k: Int) -> Range<Int>? {
+                k >= 0 && k < count ? (k * treeChunkElements)..<min((k + 1) * treeChunkElements, half.count) : nil
+            }
+            for (c, child) in tree.children(of: rank).enumerated() {
+                let connection = group.connection(to: child)
+                if let up = chunk(step - h + d) {
+                    let slot = (2 * t + c) * treeChunkElements
+                    receiving.append(IncomingMessage(connection, tag: tag, buffer: mutableBytesOf(scratch, slot..<(slot + up.count))))
+                    combine.append((t, up, slot))
+                }
+                if let down = chunk(step - h - d - 1) { sending.append(OutgoingMessage(connection, tag: tag, bytes: bytesOf(half, down))) }
+            }
+            if let parent = tree.parent(of: rank) {
+                let connection = group.connection(to: parent)
+                if let up = chunk(step - h + d - 1) { sending.append(OutgoingMessage(connection, tag: tag, bytes: bytesOf(half, up))) }
+                if let down = chunk(step - h - d) { receiving.append(IncomingMessage(connection, tag: tag, buffer: mutableBytesOf(half, down))) }
+            } else if let up = chunk(step - h) {
+                finish = (t, up)
+            }
         }
+        if !sending.isEmpty || !receiving.isEmpty {
+            try exchangeMessages(sending: sending, receiving: receiving, settings: group.exchangeSettings,
+                                 operation: "double-tree allreduce on \(group.name) (step \(step))")
+        }
+        for c in combine { op.combine(halves[c.half].baseAddress! + c.range.lowerBound, scratch.baseAddress! + c.slot, count: c.range.count) }
+        if let finish { op.finish(UnsafeMutableBufferPointer(rebasing: halves[finish.half][finish.range]), worldSize: n) }
     }
 }
 
