@@ -4,8 +4,8 @@ import Foundation
 import Parallel
 import Rendezvous
 
-// `parallel: auto`: rank 0 measures this machine's step, plans every layout of the world (the same
-// planner as `ddp-train plan`) and every rank trains its pick. Only rank 0 measures, so the ranks cannot
+// `parallel: auto`: rank 0 times every layout's shards on this machine, plans every layout of the world
+// (the same planner as `ddp-train plan`) and every rank trains its pick. Only rank 0 measures, so the ranks cannot
 // pick differently from noisy timings; the pick travels as numbers over the world group before any
 // other group is formed.
 
@@ -38,7 +38,7 @@ public func chooseLayout(_ config: TrainConfig, world: ProcessGroup, localRanks:
         let pick = try planLayout(config, worldSize: world.worldSize, localRanks: localRanks, log: log)
         numbers = pick.layoutNumbers
     }
-    if world.worldSize > 1 { numbers = try broadcast(world.rank == 0 ? numbers : Array(repeating: 0, count: 10), root: 0, group: world) }
+    if world.worldSize > 1 { numbers = try broadcast(world.rank == 0 ? numbers : Array(repeating: 0, count: config.layoutNumbers.count), root: 0, group: world) }
     return config.withLayout(numbers)
 }
 
@@ -66,8 +66,8 @@ func planLayout(_ config: TrainConfig, worldSize: Int, localRanks: Int, log: (St
         throw ConfigError(key: "memory_per_rank_mb", String(format: "no layout of %d ranks fits %.0f MiB per rank (%@); the smallest needs %.0f MiB",
                                                             worldSize, budget / 1048576, budgetSource, smallest / 1048576))
     }
-    var why = String(format: "predicted %.2f ms/step (compute %.2f, communication %.2f, bubble %.3f), %.0f MiB per rank",
-                     best.predictedSeconds * 1000, best.computeSeconds * 1000, best.communicationSeconds * 1000, best.bubble,
+    var why = String(format: "predicted %.2f ms/step (compute %.2f, communication %.2f, waits %.2f, bubble %.3f), %.0f MiB per rank",
+                     best.predictedSeconds * 1000, best.computeSeconds * 1000, best.communicationSeconds * 1000, best.waitSeconds * 1000, best.bubble,
                      best.predictedBytes / 1048576)
     if let next = plans.dropFirst().first {
         why += String(format: "; next %@ predicted %.2f ms (%.0f%% slower)%@", next.name, next.predictedSeconds * 1000,

@@ -305,8 +305,8 @@ public struct LayoutPlanner {
                     // The pipeline's own step on its share of the cores (each of its ranks stands for tp
                     // processes, and dp pipelines share the host): dependencies leave cores idle that
                     // the bound above counts as busy. Backward is taken as twice the forward.
-                    let v = Double(layout.virtualStages)
-                    let perStage = (0..<schedule.stageCount).map { times[$0 % pp].forwardBackward / v }
+                    let chunksPerRank = Double(layout.virtualStages)
+                    let perStage = (0..<schedule.stageCount).map { times[$0 % pp].forwardBackward / chunksPerRank }
                     let costs = PipelineCosts(forward: perStage.map { $0 / 3 }, backward: perStage.map { 2 * $0 / 3 },
                                               backwardInput: perStage.map { $0 / 3 }, backwardWeight: perStage.map { $0 / 3 },
                                               transfer: communication.pointToPoint(bytes: 4 * layout.batchSize * layout.blockSize * config.nEmbd),
