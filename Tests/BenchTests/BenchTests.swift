@@ -83,7 +83,7 @@ final class BenchTests: XCTestCase {
             "--json", dir + "/r.json", "--plot", dir + "/r.svg", "--tuning", dir + "/t.json"])
         XCTAssertEqual(status, 0, output)
         let sizes = [4096, 16384, 65536, 262144]
-        let algorithms = ["ring", "tree", "halving-doubling", "auto"]
+        let algorithms = ["ring", "tree", "double-tree", "halving-doubling", "auto"]
         let run = try JSONDecoder().decode(BenchRun.self, from: Data(contentsOf: URL(fileURLWithPath: dir + "/r.json")))
         let results = run.results
         XCTAssertEqual(run.metadata["ranks"], "2")
@@ -109,7 +109,7 @@ final class BenchTests: XCTestCase {
         XCTAssertTrue(svg.contains("bus bandwidth (GB/s)") && svg.contains("time per allreduce"))
         let table = try TuningTable.load(path: dir + "/t.json")
         XCTAssertEqual(table.worldSize, 2)
-        XCTAssertEqual(Set(table.models.keys), ["ring", "tree", "halving-doubling"])
+        XCTAssertEqual(Set(table.models.keys), ["ring", "tree", "double-tree", "halving-doubling"])
     }
 
     /// nccl-tests' -d, -o, -a on real ranks: max and avg reductions and bf16 on the wire give exact (or
