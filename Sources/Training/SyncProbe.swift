@@ -28,7 +28,7 @@ private final class ProbeMember: @unchecked Sendable {
         for _ in 0..<iterations {
             work(count)
             for _ in 0..<steps {
-                _ = write(writeFD, &byte, 1)
+                while write(writeFD, &byte, 1) < 0 && errno == EINTR {}
                 while read(readFD, &byte, 1) < 0 && errno == EINTR {}
             }
         }
