@@ -90,7 +90,7 @@ public final class GPTStage {
             }
         }
         let vocabularyRows = VocabularyShard(vocabulary: configuration.vocabularySize, rank: 0, size: parts).rows
-        if isFirst || isLast { layout.add("transformer.wte.weight", [vocabularyRows, c]) }
+        if isFirst || isLast { layout.add(tiedEmbedding, [vocabularyRows, c]) }
         if isFirst { layout.add("transformer.wpe.weight", [configuration.blockSize, c]) }
         for l in layers {
             TransformerBlock.register(&layout, "transformer.h.\(l)", channels: c, bias: configuration.bias, parts: parts,
@@ -232,7 +232,7 @@ public final class GPTStage {
         let B = slot.batch, T = slot.time, rows = B * T, c = configuration.embedding, n = layers.count
         if isLast {
             gemm(.transposed, .none, m: configuration.vocabularySize, n: c, k: rows, a: slot.dLogits.data, b: slot.normOut.data, beta: 1,
-                 c: parameters["transformer.wte.weight"].gradient.data)
+                 c: parameters[GPTStage.tiedEmbedding].gradient.data)
             slot.finalNorm!.weightBackward(slot.residual[n].data, dy: slot.dNormOut.data, rows: rows)
         }
         for l in stride(from: n - 1, through: 0, by: -1) {
@@ -305,5 +305,6 @@ public final class GPTStage {
         for i in 0..<local { add(dwpe + ((first + i) % T) * c, dInput + i * c, into: dwpe + ((first + i) % T) * c, count: c) }
     }
 
-    static let tiedEmbedding = "transformer.wte.weight"
+    /// The token embedding, which the first and the last stage both hold (lookup and tied head).
+    public static let tiedEmbedding = "transformer.wte.weight"
 }

@@ -113,7 +113,7 @@ public final class PipelineGPTTask: TrainingTask {
             try parallel.communicator.allgather(gathered.buffer)
         }
         sharding.assemble(gathered: gathered.base, layout: full.parameters, into: out.base,
-                          skipping: runner.stages[0] != nil ? [] : ["transformer.wte.weight"])
+                          skipping: runner.stages[0] != nil ? [] : [GPTStage.tiedEmbedding])
         try allreduce(out.buffer, options: CollectiveOptions(), group: runner.group)
         return out
     }
@@ -124,7 +124,7 @@ public final class PipelineGPTTask: TrainingTask {
     func gradientSquares(in ranges: [Range<Int>]) -> Double {
         let holdsFirst = runner.stages[0] != nil, tensorRankZero = runner.sharding.rank == 0
         var sum = 0.0
-        for shard in runner.sharding.shards where (shard.local.name != "transformer.wte.weight" || holdsFirst)
+        for shard in runner.sharding.shards where (shard.local.name != GPTStage.tiedEmbedding || holdsFirst)
                                                   && (shard.kind != .replicated || tensorRankZero) {
             let p = shard.local
             for range in ranges {

@@ -299,7 +299,7 @@ public final class PipelineRunner {
     /// and stay equal); other ranks have nothing to do.
     public func sumTiedEmbeddingGradients() throws {
         guard let tiedPair else { return }
-        let wte = (stages[0] ?? stages[schedule.stageCount - 1]!).parameters["transformer.wte.weight"].gradient
+        let wte = (stages[0] ?? stages[schedule.stageCount - 1]!).parameters[GPTStage.tiedEmbedding].gradient
         try allreduce(UnsafeMutableBufferPointer(start: wte.data, count: wte.count), options: CollectiveOptions(), group: tiedPair)
     }
 }
