@@ -43,6 +43,17 @@ func causalScoreGradient(_ p: UnsafePointer<Float>, _ d: UnsafeMutablePointer<Fl
     (d + t + 1).update(repeating: 0, count: width - t - 1)
 }
 
+/// Where head h of sequence b lives, in elements: its query columns in qkv [B·T, 3C] (keys and values
+/// follow at +C and +2C, rows 3C apart), its T×T probabilities in att [B, NH, T, T], its output (or
+/// output gradient) columns in [B·T, C]. The fused and the GEMM kernels share this layout.
+struct AttentionHead {
+    let qkv: Int, att: Int, out: Int
+    init(sequence b: Int, head h: Int, time T: Int, channels C: Int, heads NH: Int) {
+        let hs = C / NH
+        qkv = b * T * 3 * C + h * hs; att = (b * NH + h) * T * T; out = b * T * C + h * hs
+    }
+}
+
 /// Three GEMMs per (batch, head) over the whole T×T square.
 public func attentionForwardUnfused(qkv: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>,
                                     att: UnsafeMutablePointer<Float>, batch B: Int, time T: Int, channels C: Int, heads NH: Int) {
@@ -50,8 +61,8 @@ public func attentionForwardUnfused(qkv: UnsafePointer<Float>, out: UnsafeMutabl
     let scale = 1 / Float(hs).squareRoot()
     for b in 0..<B {
         for h in 0..<NH {
-            let q = qkv + b * T * ld + h * hs, k = q + C, v = q + 2 * C
-            let p = att + (b * NH + h) * T * T
+            let head = AttentionHead(sequence: b, head: h, time: T, channels: C, heads: NH)
+            let q = qkv + head.qkv, k = q + C, v = q + 2 * C, p = att + head.att
             gemm(.none, .transposed, m: T, n: T, k: hs, alpha: scale, a: q, lda: ld, b: k, ldb: ld,
                  beta: 0, c: p, ldc: T)
             for t in 0..<T {
@@ -60,7 +71,7 @@ public func attentionForwardUnfused(qkv: UnsafePointer<Float>, out: UnsafeMutabl
                 (row + t + 1).update(repeating: 0, count: T - t - 1)
             }
             gemm(.none, .none, m: T, n: hs, k: T, a: p, lda: T, b: v, ldb: ld,
-                 beta: 0, c: out + b * T * C + h * hs, ldc: C)
+                 beta: 0, c: out + head.out, ldc: C)
         }
     }
 }
@@ -73,10 +84,10 @@ public func attentionBackwardUnfused(dout: UnsafePointer<Float>, qkv: UnsafePoin
     let scale = 1 / Float(hs).squareRoot()
     for b in 0..<B {
         for h in 0..<NH {
-            let q = qkv + b * T * ld + h * hs, k = q + C, v = q + 2 * C
-            let dq = dqkv + b * T * ld + h * hs, dk = dq + C, dv = dq + 2 * C
-            let p = att + (b * NH + h) * T * T
-            let dO = dout + b * T * C + h * hs
+            let head = AttentionHead(sequence: b, head: h, time: T, channels: C, heads: NH)
+            let q = qkv + head.qkv, k = q + C, v = q + 2 * C
+            let dq = dqkv + head.qkv, dk = dq + C, dv = dq + 2 * C
+            let p = att + head.att, dO = dout + head.out
             gemm(.transposed, .none, m: T, n: hs, k: T, a: p, lda: T, b: dO, ldb: C, beta: 1, c: dv, ldc: ld)
             gemm(.none, .transposed, m: T, n: T, k: hs, a: dO, lda: C, b: v, ldb: ld, beta: 0, c: scratch, ldc: T)
             for t in 0..<T { causalScoreGradient(p + t * T, scratch + t * T, row: t, scale: scale, width: T) }

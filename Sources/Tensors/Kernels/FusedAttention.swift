@@ -115,8 +115,8 @@ func fusedAttentionForward(qkv: UnsafePointer<Float>, out: UnsafeMutablePointer<
     let kt = scratch, scores = scratch + hs * ldk
     for b in 0..<B {
         for h in 0..<NH {
-            let q = qkv + b * T * ld + h * hs, k = q + C, v = q + 2 * C
-            let p = att + (b * NH + h) * T * T
+            let head = AttentionHead(sequence: b, head: h, time: T, channels: C, heads: NH)
+            let q = qkv + head.qkv, k = q + C, v = q + 2 * C, p = att + head.att
             packTransposed(k, ld: ld, rows: T, depth: hs, into: kt)
             var r0 = 0
             while r0 < T {
@@ -128,7 +128,7 @@ func fusedAttentionForward(qkv: UnsafePointer<Float>, out: UnsafeMutablePointer<
                     softmaxRow(row, into: probabilities, count: t + 1)
                     (probabilities + t + 1).update(repeating: 0, count: T - t - 1)
                 }
-                mixBlock(p + r0 * T, ldp: T, rows: rows, v, ldv: ld, depth: hs, keys: keys, into: out + (b * T + r0) * C + h * hs,
+                mixBlock(p + r0 * T, ldp: T, rows: rows, v, ldv: ld, depth: hs, keys: keys, into: out + head.out + r0 * C,
                          ldo: C, accumulate: false)
                 r0 += 4
             }
@@ -144,10 +144,10 @@ func fusedAttentionBackward(dout: UnsafePointer<Float>, qkv: UnsafePointer<Float
     let vt = scratch, gradients = scratch + hs * ldk
     for b in 0..<B {
         for h in 0..<NH {
-            let q = qkv + b * T * ld + h * hs, k = q + C, v = q + 2 * C
-            let dq = dqkv + b * T * ld + h * hs, dk = dq + C, dv = dq + 2 * C
-            let p = att + (b * NH + h) * T * T
-            let dO = dout + b * T * C + h * hs
+            let head = AttentionHead(sequence: b, head: h, time: T, channels: C, heads: NH)
+            let q = qkv + head.qkv, k = q + C, v = q + 2 * C
+            let dq = dqkv + head.qkv, dk = dq + C, dv = dq + 2 * C
+            let p = att + head.att, dO = dout + head.out
             packTransposed(v, ld: ld, rows: T, depth: hs, into: vt)
             var r0 = 0
             while r0 < T {
