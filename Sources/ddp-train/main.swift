@@ -214,7 +214,7 @@ struct ShowSchedule: ParsableCommand {
 struct Plan: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Rank every layout of a world size by predicted step time, with its per-rank memory.",
-        discussion: "Every data x tensor x pipeline (x expert) x ZeRO layout the trainer accepts at the config's global batch (batch_size x grad_accum, read as one rank's run), each with its training state per rank counted as the trainer allocates it, activations by Korthikanti et al.'s count, and a step time predicted from each layout's model shards timed on this machine (as many at once as ranks share its cores), the collectives' alpha-beta costs (--tuning: a table from allreduce-bench) and the pipeline bubble. Refused layouts are listed with the reason. scripts/bench-layouts.sh trains every layout and compares (docs/benchmarks.md).")
+        discussion: "Every data x tensor x pipeline (x expert) x ZeRO layout the trainer accepts at the config's global batch (batch_size x grad_accum, read as one rank's run), each with its training state per rank counted as the trainer allocates it, the activations this implementation keeps, rank 0's checkpoint assembly, and a step time predicted from each layout's model shards timed on this machine (as many at once as ranks share its cores), the collectives' alpha-beta costs (--tuning: a table from allreduce-bench; --link-bandwidth, --link-latency), the pipeline bubble and, with more ranks than cores, the measured waits of blocking synchronizations. Refused layouts are listed with the reason. scripts/bench-layouts.sh trains every layout and compares (docs/benchmarks.md).")
 
     @Argument(help: "The training config (JSON).")
     var config: String
