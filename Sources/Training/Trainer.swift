@@ -297,10 +297,7 @@ public final class Trainer {
         // The global gradient norm is the same number on every rank (gradients are averaged first, and
         // sharded pieces are summed over the groups that split them), so every rank takes the same decision.
         let start = monotonicSeconds()
-        if let tensor, groups.sequenceParallel {
-            // LayerNorm and position-embedding gradients were computed over this rank's rows only.
-            try sumOverTensorGroup(localSharding.sequenceParallelPartialRanges, of: parameters.gradients, tensor)
-        }
+        try sumSequenceParallelPartials()
         let norm = try globalGradientNorm()
         exposed += monotonicSeconds() - start
         guard try acceptStep(gradientNorm: norm, learningRate: learningRate) else { return (total / Float(config.gradAccum), exposed) }
@@ -335,9 +332,7 @@ public final class Trainer {
             dataParallel.gradientsReady(from: 0)
             _ = try dataParallel.finishStep()
         }
-        if let tensor, groups.sequenceParallel {
-            try sumOverTensorGroup(localSharding.sequenceParallelPartialRanges, of: parameters.gradients, tensor)
-        }
+        try sumSequenceParallelPartials()
         // ZeRO-1: each replica holds the averaged gradient of its own pieces only; their squares add up
         // over the data-parallel group, then over the tensor-parallel shards and the stages.
         let sharded = dataParallel?.shardOptimizer ?? false
@@ -434,6 +429,13 @@ public final class Trainer {
         if sharded { try allreduce(buffer, op: .sum, algorithm: .halvingDoubling, group: groups.data) }
         if let tensor { try tensor.allreduceSum(buffer) }
         return buffer[0].squareRoot()
+    }
+
+    /// Sequence parallelism: the LayerNorm and position-embedding gradients were computed over this
+    /// rank's rows only; the tensor-parallel group adds them up.
+    func sumSequenceParallelPartials() throws {
+        guard let tensor, groups.sequenceParallel else { return }
+        try sumOverTensorGroup(localSharding.sequenceParallelPartialRanges, of: task.parameters.gradients, tensor)
     }
 
     /// Sums `ranges` of `buffer` over the tensor-parallel group in one collective.
