@@ -51,6 +51,9 @@ public struct WorkerEnvironment: Sendable, Equatable {
     public var spinMicroseconds: Double?
     /// SWIFT_DDP_CHUNK_KB: bytes per data frame (a whole number of KiB).
     public var chunkBytes: Int?
+    /// SWIFT_DDP_SHM_KB: bytes of each shared-memory ring between two ranks on one host (a whole number of
+    /// KiB, multiple of 4; 0 keeps them on loopback TCP). Default SharedMemorySetup.defaultRingBytes.
+    public var sharedMemoryRingBytes: Int?
     /// SWIFT_DDP_AUTH_FRAMES=1: every frame after the handshake carries a MAC tag (AES-GCM) (the launcher's
     /// --authenticate-frames sets it for every rank and for its store).
     public var authenticateFrames = false
@@ -106,6 +109,8 @@ public struct WorkerEnvironment: Sendable, Equatable {
         e.authenticateFrames = try flag("SWIFT_DDP_AUTH_FRAMES")
         e.chunkBytes = try number("SWIFT_DDP_CHUNK_KB", { Int($0) }, { $0 >= 1 && $0 <= FrameHeader.maxLength >> 10 },
                                   "a whole number of KiB in 1...\(FrameHeader.maxLength >> 10)").map { $0 << 10 }
+        e.sharedMemoryRingBytes = try number("SWIFT_DDP_SHM_KB", { Int($0) }, { $0 >= 0 && $0 % 4 == 0 && $0 <= 1 << 20 },
+                                             "0 or a whole number of KiB, a multiple of 4, up to 1048576").map { $0 << 10 }
         e.bindCPUs = text("SWIFT_DDP_BIND_CPUS")
         e.bindNode = try number("SWIFT_DDP_BIND_NODE", { Int($0) }, { $0 >= 0 }, "a NUMA node number")
         e.bindMemory = try flag("SWIFT_DDP_BIND_MEMORY")
@@ -130,6 +135,7 @@ public struct WorkerEnvironment: Sendable, Equatable {
         set("SWIFT_DDP_IFACE", interface)
         set("SWIFT_DDP_SPIN_US", spinMicroseconds.map { String($0) })
         set("SWIFT_DDP_CHUNK_KB", chunkBytes.map { String($0 >> 10) })
+        set("SWIFT_DDP_SHM_KB", sharedMemoryRingBytes.map { String($0 >> 10) })
         if let bindCPUs {
             v["SWIFT_DDP_BIND_CPUS"] = bindCPUs
             v["SWIFT_DDP_BIND_NODE"] = bindNode.map { String($0) } ?? ""

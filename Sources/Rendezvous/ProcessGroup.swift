@@ -31,6 +31,8 @@ public final class ProcessGroup: @unchecked Sendable {
     public let policy: WaitPolicy
     /// connections[r] talks to group rank r; nil at our own rank.
     public let connections: [Connection?]
+    /// Group ranks this rank reaches through shared memory (same host); the others over TCP.
+    public internal(set) var sharedMemoryPeers: [Int] = []
     /// The world's connections by global rank (sub-groups are carved from these).
     let worldConnections: [Connection?]
     let registry: GroupRegistry
@@ -136,6 +138,7 @@ public final class ProcessGroup: @unchecked Sendable {
     /// logged and ignored; missing ranks are named when the timeout expires.
     public static func rendezvous(store: StoreClient, rank: Int, identity: JobIdentity, listenHost: String,
                                   advertisedHost: String? = nil, policy: WaitPolicy, timeoutSeconds: Double,
+                                  sharedMemoryRingBytes: Int = SharedMemorySetup.defaultRingBytes,
                                   log: @escaping (String) -> Void = { _ in }) throws -> ProcessGroup {
         let world = identity.worldSize
         if world == 1 { return single() }
@@ -173,7 +176,15 @@ public final class ProcessGroup: @unchecked Sendable {
             throw error
         }
         for (peer, connection) in try acceptor.finish(worldSize: world, deadline: deadline) { connections[peer] = connection }
+        let lanes = try SharedMemorySetup.run(connections: connections, rank: rank, ringBytes: sharedMemoryRingBytes)
+        // Another host is the expected reason; anything else (a full /dev/shm, lanes off on one side) is
+        // worth a line, since that pair then runs at loopback TCP's speed.
+        let unexpected = lanes.declined.filter { $0.reason != "another host" }
+        if !unexpected.isEmpty {
+            log("rank \(rank): TCP instead of shared memory with \(unexpected.map { "rank \($0.rank) (\($0.reason))" }.joined(separator: ", "))")
+        }
         let group = ProcessGroup(rank: rank, worldSize: world, connections: connections, policy: policy)
+        group.sharedMemoryPeers = lanes.attached
         group.store = store
         return group
     }
@@ -210,8 +221,8 @@ public final class ProcessGroup: @unchecked Sendable {
         let spin = env.spinMicroseconds ?? spinMicroseconds ?? 50
         let policy = WaitPolicy(timeoutSeconds: env.timeoutSeconds, spinMicroseconds: spin, yieldWhileSpinning: env.localWorldSize > cores)
         let group = try rendezvous(store: store, rank: env.rank, identity: env.identity, listenHost: env.listenAddress ?? env.masterAddress,
-                                   policy: policy,
-                                   timeoutSeconds: env.timeoutSeconds, log: log)
+                                   policy: policy, timeoutSeconds: env.timeoutSeconds,
+                                   sharedMemoryRingBytes: env.sharedMemoryRingBytes ?? SharedMemorySetup.defaultRingBytes, log: log)
         if let chunk = env.chunkBytes { group.chunkBytes = chunk }
         group.hostedStore = hosted
         return group

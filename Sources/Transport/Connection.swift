@@ -39,6 +39,13 @@ public final class Connection: @unchecked Sendable {
     /// frames. The directions are separate, so one thread may send while another receives.
     private let sendingInUse = Atomic<Bool>(false), receivingInUse = Atomic<Bool>(false)
 
+    /// Set once both ends mapped a shared-memory lane (same host, SharedMemoryLane.swift): every byte
+    /// then travels through it, and the socket carries only doorbells and, when the peer dies, its EOF.
+    public private(set) var lane: SharedMemoryLane?
+
+    /// Moves the byte stream onto `lane`; both ends do it at the same point of the stream.
+    public func attach(_ lane: SharedMemoryLane) { self.lane = lane }
+
     public init(fd: Int32, peer: PeerDescription, policy: WaitPolicy) {
         self.fd = fd; self.peer = peer; self.policy = policy
     }
@@ -76,6 +83,7 @@ public final class Connection: @unchecked Sendable {
     /// Sends what the socket takes now; returns the byte count (0 when it would block).
     public func trySend(_ p: UnsafeRawPointer, _ count: Int, operation: @autoclosure () -> String) throws -> Int {
         precondition(fd >= 0, "send on a closed connection")
+        if lane != nil { return laneSend(UnsafeRawBufferPointer(start: p, count: count), UnsafeRawBufferPointer(start: nil, count: 0)) }
         return try systemCall("send", operation(), peer: peer) { Glibc.send(fd, p, count, Int32(MSG_NOSIGNAL)) } ?? 0
     }
 
@@ -84,6 +92,7 @@ public final class Connection: @unchecked Sendable {
     public func trySend(_ first: UnsafeRawBufferPointer, _ second: UnsafeRawBufferPointer,
                         operation: @autoclosure () -> String) throws -> Int {
         precondition(fd >= 0, "send on a closed connection")
+        if lane != nil { return laneSend(first, second) }
         var vectors = [iovec(iov_base: UnsafeMutableRawPointer(mutating: first.baseAddress), iov_len: first.count),
                        iovec(iov_base: UnsafeMutableRawPointer(mutating: second.baseAddress), iov_len: second.count)]
         return try vectors.withUnsafeMutableBufferPointer { v in
@@ -98,6 +107,11 @@ public final class Connection: @unchecked Sendable {
     public func tryReceive(_ p: UnsafeMutableRawPointer, _ count: Int, expected: Int, received: Int,
                            operation: @autoclosure () -> String) throws -> Int {
         precondition(fd >= 0, "receive on a closed connection")
+        if let lane {
+            let n = lane.read(into: p, count: count)
+            if n > 0 && lane.peerAwaitsRoom() { ringDoorbell() }
+            return n
+        }
         guard let n = try systemCall("recv", operation(), peer: peer, { Glibc.recv(fd, p, count, 0) }) else { return 0 }
         if n == 0 && count > 0 {
             throw TransportError(.peerClosed(expected: expected, received: received), operation: operation(), peer: peer)
@@ -105,14 +119,69 @@ public final class Connection: @unchecked Sendable {
         return n
     }
 
-    /// Waits until the socket is readable or writable, spinning first; throws on the deadline.
+    private func laneSend(_ first: UnsafeRawBufferPointer, _ second: UnsafeRawBufferPointer) -> Int {
+        let n = lane!.write(first, second)
+        if n > 0 && lane!.peerAwaitsData() { ringDoorbell() }
+        return n
+    }
+
+    /// Wakes the peer sleeping on this lane. Best effort: a full socket already holds a doorbell, and a
+    /// gone peer shows up as EOF at the next wait.
+    private func ringDoorbell() {
+        guard fd >= 0 else { return }
+        var byte: UInt8 = 1
+        _ = Glibc.send(fd, &byte, 1, Int32(MSG_NOSIGNAL | MSG_DONTWAIT))
+    }
+
+    // MARK: waiting (the socket, or the lane's doorbells)
+
+    /// What to poll for while waiting to send or receive: on a lane every wake-up is a doorbell byte
+    /// (readable), whichever direction waits.
+    public func pollEvents(sending: Bool, receiving: Bool) -> Int16 {
+        lane != nil ? Int16(POLLIN) : (sending ? Int16(POLLOUT) : 0) | (receiving ? Int16(POLLIN) : 0)
+    }
+
+    /// Called just before blocking: a lane announces the sleep to its peer (who then rings); false when
+    /// the lane became ready meanwhile, so the caller must try again instead of blocking.
+    public func prepareToBlock(sending: Bool, receiving: Bool) -> Bool {
+        lane?.prepareToSleep(sending: sending, receiving: receiving) ?? true
+    }
+
+    /// Called after a wait that polled this connection with `revents`: a lane withdraws its announcement
+    /// and drains the doorbells; EOF there is the peer gone (peerClosed, as on a socket).
+    public func finishWait(sending: Bool, receiving: Bool, revents: Int16, expected: Int, received: Int,
+                           operation: @autoclosure () -> String) throws {
+        guard let lane else { return }
+        lane.endSleep(sending: sending, receiving: receiving)
+        guard revents != 0, fd >= 0 else { return }
+        var bytes = (UInt64(0), UInt64(0), UInt64(0), UInt64(0))
+        while true {
+            let n = try withUnsafeMutableBytes(of: &bytes) { b in
+                try systemCall("recv", operation(), peer: peer) { Glibc.recv(fd, b.baseAddress, b.count, Int32(MSG_DONTWAIT)) }
+            }
+            guard let n else { return }
+            if n == 0 { throw TransportError(.peerClosed(expected: expected, received: received), operation: operation(), peer: peer) }
+        }
+    }
+
+    /// Waits until the socket is readable or writable (or the lane has bytes or room), spinning first;
+    /// throws on the deadline.
     public func wait(for events: Int16, deadline: Deadline, operation: @autoclosure () -> String) throws {
-        var fds = [pollfd(fd: fd, events: events, revents: 0)]
+        let sending = events & Int16(POLLOUT) != 0, receiving = events & Int16(POLLIN) != 0
+        var fds = [pollfd(fd: fd, events: pollEvents(sending: sending, receiving: receiving), revents: 0)]
         let spinUntil = Deadline.now() + policy.spinMicroseconds * 1e-6
         repeat {
             fds[0].revents = 0
+            let blocking = Deadline.now() >= spinUntil
+            if blocking && !prepareToBlock(sending: sending, receiving: receiving) { return }
             try waitForSockets(&fds, spinUntil: spinUntil, yielding: policy.yieldWhileSpinning, deadline: deadline,
+                               sliceMilliseconds: lane == nil ? 1000 : SharedMemoryLane.sleepSliceMilliseconds,
                                operation: operation(), peer: peer)
+            if lane != nil {
+                try finishWait(sending: sending, receiving: receiving, revents: fds[0].revents, expected: 0, received: 0,
+                               operation: operation())
+                return // the caller retries its send or receive
+            }
         } while fds[0].revents == 0
     }
 

@@ -241,6 +241,7 @@ public func exchangeMessages(sending outgoing: [OutgoingMessage], receiving inco
     var deadline = Deadline(seconds: settings.policy.timeoutSeconds)
     var spinUntil = Deadline.now() + settings.policy.spinMicroseconds * 1e-6
     var fds: [pollfd] = []
+    var waiting: [(connection: Connection, sending: Bool, receiving: Bool, expected: Int, received: Int)] = []
     while true {
         var progressed = false, pending = false
         for i in sends.indices where sendReady(i) {
@@ -259,15 +260,46 @@ public func exchangeMessages(sending outgoing: [OutgoingMessage], receiving inco
         }
         // Nothing moved: wait for any pending direction. Blame a peer we still expect bytes from first.
         fds.removeAll(keepingCapacity: true)
+        waiting.removeAll(keepingCapacity: true)
         var owed: PeerDescription?
-        func watch(_ connection: Connection, _ events: Int16) {
-            if let k = fds.firstIndex(where: { $0.fd == connection.fd }) { fds[k].events |= events }
-            else { fds.append(pollfd(fd: connection.fd, events: events, revents: 0)) }
+        func watch(_ connection: Connection, sending: Bool, receiving: Bool, expected: Int = 0, received: Int = 0) {
+            let events = connection.pollEvents(sending: sending, receiving: receiving)
+            if let k = waiting.firstIndex(where: { $0.connection === connection }) {
+                fds[k].events |= events
+                waiting[k].sending = waiting[k].sending || sending; waiting[k].receiving = waiting[k].receiving || receiving
+            } else {
+                fds.append(pollfd(fd: connection.fd, events: events, revents: 0))
+                waiting.append((connection, sending, receiving, expected, received))
+            }
         }
-        for i in receives.indices where receiveReady(i) { watch(incoming[i].connection, Int16(POLLIN)); owed = owed ?? incoming[i].connection.peer }
-        for i in sends.indices where sendReady(i) { watch(outgoing[i].connection, Int16(POLLOUT)); owed = owed ?? outgoing[i].connection.peer }
+        for i in receives.indices where receiveReady(i) {
+            watch(incoming[i].connection, sending: false, receiving: true, expected: incoming[i].buffer.count,
+                  received: receives[i].frame * chunk + (receives[i].inPayload ? receives[i].offset : 0))
+            owed = owed ?? incoming[i].connection.peer
+        }
+        for i in sends.indices where sendReady(i) { watch(outgoing[i].connection, sending: true, receiving: false); owed = owed ?? outgoing[i].connection.peer }
+        let lanes = waiting.contains { $0.connection.lane != nil }
+        if lanes && Deadline.now() >= spinUntil {
+            // About to block: every lane announces the sleep, or turned ready meanwhile (then go again).
+            var announced = 0
+            for w in waiting where w.connection.lane != nil {
+                guard w.connection.prepareToBlock(sending: w.sending, receiving: w.receiving) else { break }
+                announced += 1
+            }
+            if announced < waiting.lazy.filter({ $0.connection.lane != nil }).count {
+                for w in waiting where w.connection.lane != nil {
+                    try w.connection.finishWait(sending: w.sending, receiving: w.receiving, revents: 0, expected: 0, received: 0,
+                                                operation: operation())
+                }
+                continue
+            }
+        }
         try waitForSockets(&fds, spinUntil: spinUntil, yielding: settings.policy.yieldWhileSpinning, deadline: deadline,
-                           operation: operation(), peer: owed)
+                           sliceMilliseconds: lanes ? SharedMemoryLane.sleepSliceMilliseconds : 1000, operation: operation(), peer: owed)
+        for (k, w) in waiting.enumerated() where w.connection.lane != nil {
+            try w.connection.finishWait(sending: w.sending, receiving: w.receiving, revents: fds[k].revents, expected: w.expected,
+                                        received: w.received, operation: operation())
+        }
     }
 }
 

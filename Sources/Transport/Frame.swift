@@ -19,6 +19,9 @@ public struct FrameHeader: Sendable, Equatable {
         case data = 8
         /// Point-to-point payload (tagged by the caller), kept apart from collective data.
         case message = 9
+        /// Shared-memory set-up between two ranks of one host: the offer (host identity, segment name)
+        /// and the answer (attached or not, and why).
+        case laneOffer = 10, laneAnswer = 11
     }
 
     public var type: MessageType

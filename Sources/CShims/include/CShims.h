@@ -20,3 +20,15 @@ int ddp_set_affinity(const int *cpus, int count);
 // sched_getaffinity(0, ...): writes up to `capacity` CPU numbers, returns how many (or -1).
 int ddp_get_affinity(int *cpus, int capacity);
 #endif
+
+#ifndef SWIFT_DDP_CSHIMS_SHARED
+#define SWIFT_DDP_CSHIMS_SHARED
+// Atomics on words in memory shared between processes (Swift's Atomic lives only inside a Swift value).
+static inline uint64_t ddp_load_acquire_u64(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static inline void ddp_store_release_u64(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+static inline void ddp_store_seq_cst_u64(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_SEQ_CST); }
+static inline uint64_t ddp_load_seq_cst_u64(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
+static inline uint32_t ddp_load_seq_cst_u32(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
+static inline void ddp_store_seq_cst_u32(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_SEQ_CST); }
+static inline uint32_t ddp_exchange_seq_cst_u32(uint32_t *p, uint32_t v) { return __atomic_exchange_n(p, v, __ATOMIC_SEQ_CST); }
+#endif

@@ -1,0 +1,98 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Transport
+
+/// Moves the connections between ranks of one host onto shared-memory lanes (SharedMemoryLane.swift),
+/// right after the rendezvous built the mesh. Three phases, so that no rank ever waits on one that
+/// waits on it: every rank offers a segment to each lower rank (sends only), answers each higher rank's
+/// offer (its offers were all sent in phase one), then reads the answers to its own offers. A pair
+/// whose host identities differ (other hosts, or network namespaces standing in for them), or where
+/// either side turned lanes off, or where /dev/shm is short, stays on TCP: the answer says why.
+public enum SharedMemorySetup {
+    /// 1 MiB per direction: four 256 KiB frames in flight, as the socket buffers allow; 2 MiB of
+    /// /dev/shm per pair of local ranks.
+    public static let defaultRingBytes = 1 << 20
+
+    /// What happened with each peer: attached, or the reason it stays on TCP (nil for our own rank).
+    public struct Outcome: Sendable {
+        public var attached: [Int] = []
+        public var declined: [(rank: Int, reason: String)] = []
+    }
+
+    public static func run(connections: [Connection?], rank: Int, ringBytes: Int) throws -> Outcome {
+        let identity = HostIdentity.current
+        let operation = "shared-memory set-up (rank \(rank))"
+        var outcome = Outcome()
+        var created: [Int: (lane: SharedMemoryLane, name: String)] = [:]
+        defer { for (_, c) in created { shm_unlink(c.name) } }
+        // Phase 1: offers to lower ranks (an empty name offers nothing, and still keeps the pair in step).
+        for peer in 0..<rank {
+            guard let connection = connections[peer] else { continue }
+            var offer = ByteWriter()
+            var reason = ""
+            if ringBytes > 0, identity != nil {
+                do {
+                    created[peer] = try SharedMemoryLane.create(ringBytes: ringBytes)
+                } catch { reason = "\(error)" }
+            } else {
+                reason = ringBytes == 0 ? "turned off (SWIFT_DDP_SHM_KB=0)" : "host identity unreadable (/proc)"
+            }
+            offer.string(identity ?? "")
+            offer.string(created[peer]?.name ?? ""); offer.i64(Int64(ringBytes)); offer.string(reason)
+            try connection.sendFrame(.laneOffer, tag: 0, bytes: offer.data, operation: operation)
+        }
+        // Phase 2: answers to higher ranks.
+        for peer in (rank + 1)..<connections.count {
+            guard let connection = connections[peer] else { continue }
+            var reader = ByteReader(try connection.receiveFrame(expecting: .laneOffer, tag: 0, maxLength: 4096, operation: operation))
+            guard let theirs = reader.string(), let name = reader.string(), let bytes = reader.i64(), let theirReason = reader.string(),
+                  reader.atEnd else {
+                connection.close()
+                throw TransportError(.badFrame("malformed shared-memory offer"), operation: operation, peer: connection.peer)
+            }
+            var lane: SharedMemoryLane?
+            var reason = ""
+            if identity != nil && !theirs.isEmpty && theirs != identity { reason = "another host" }
+            else if name.isEmpty { reason = "rank \(peer): \(theirReason)" }
+            else if ringBytes == 0 { reason = "turned off here (SWIFT_DDP_SHM_KB=0)" }
+            else if identity == nil || theirs != identity { reason = "host identity unreadable (/proc)" }
+            else if bytes != Int64(ringBytes) { reason = "ring sizes differ (SWIFT_DDP_SHM_KB: \(bytes >> 10) there, \(ringBytes >> 10) here)" }
+            else {
+                do { lane = try SharedMemoryLane.open(name: name, ringBytes: ringBytes) } catch { reason = "\(error)" }
+            }
+            var answer = ByteWriter()
+            answer.bytes([lane == nil ? 0 : 1]); answer.string(reason)
+            try connection.sendFrame(.laneAnswer, tag: 0, bytes: answer.data, operation: operation)
+            if let lane {
+                connection.attach(lane)
+                outcome.attached.append(peer)
+            } else {
+                outcome.declined.append((peer, reason))
+            }
+        }
+        // Phase 3: the answers to our offers.
+        for peer in 0..<rank {
+            guard let connection = connections[peer] else { continue }
+            var reader = ByteReader(try connection.receiveFrame(expecting: .laneAnswer, tag: 0, maxLength: 4096, operation: operation))
+            guard let flag = reader.bytes(1), flag[0] <= 1, let reason = reader.string(), reader.atEnd else {
+                connection.close()
+                throw TransportError(.badFrame("malformed shared-memory answer"), operation: operation, peer: connection.peer)
+            }
+            if flag[0] == 1 {
+                guard let lane = created[peer]?.lane else {
+                    connection.close()
+                    throw TransportError(.badFrame("the peer attached to a shared-memory segment never offered"), operation: operation,
+                                         peer: connection.peer)
+                }
+                connection.attach(lane)
+                outcome.attached.append(peer)
+            } else {
+                outcome.declined.append((peer, reason.isEmpty ? "declined" : reason))
+            }
+        }
+        outcome.attached.sort()
+        outcome.declined.sort { $0.rank < $1.rank }
+        return outcome
+    }
+}

@@ -1,0 +1,202 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CShims
+
+// Ranks on one host exchange their bytes through shared memory instead of loopback TCP: a byte pushed
+// into a loopback socket is copied into the kernel, then out again, with a system call each way; here
+// it is copied once into a ring that the peer reads. The lane carries exactly the byte stream the
+// socket would (the same frames, checksums and MAC tags), so everything above the connection's
+// non-blocking primitives is unchanged. The TCP connection stays open beside it for two jobs: a peer
+// that sleeps is woken by one doorbell byte on it, and a peer that dies closes it, so a wait still ends
+// with the dead rank's name instead of hanging.
+//
+// Segment layout (one per pair of ranks, created by the higher rank, unlinked as soon as both mapped it):
+//   page 0: magic u64 | ring bytes u64 | ring 0 control at 1024 | ring 1 control at 2048
+//   then ring 0's bytes (creator -> opener), then ring 1's (opener -> creator).
+// A ring's control block: tail u64 (bytes ever written, producer's) at 0, head u64 (bytes ever read,
+// consumer's) at 128, consumer-sleeping u32 at 256, producer-sleeping u32 at 384 (own cache lines).
+
+/// Which host and namespaces this process runs in: two ranks share memory only when these match (the
+/// same boot, network namespace and mount namespace, so /dev/shm is the same and "another host" made
+/// of a network namespace stays another host).
+public enum HostIdentity {
+    public static let current: String? = {
+        func read(_ path: String) -> String? {
+            guard let f = fopen(path, "r") else { return nil }
+            defer { fclose(f) }
+            var buffer = [CChar](repeating: 0, count: 128)
+            guard fgets(&buffer, Int32(buffer.count), f) != nil else { return nil }
+            return String(decoding: buffer.prefix { $0 != 0 && $0 != 10 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        }
+        func link(_ path: String) -> String? {
+            var buffer = [CChar](repeating: 0, count: 128)
+            let n = readlink(path, &buffer, buffer.count - 1)
+            guard n > 0 else { return nil }
+            return String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        }
+        guard let boot = read("/proc/sys/kernel/random/boot_id"), let net = link("/proc/self/ns/net"),
+              let mount = link("/proc/self/ns/mnt") else { return nil }
+        return "\(boot) \(net) \(mount) uid \(getuid())"
+    }()
+}
+
+/// Two single-producer single-consumer byte rings in a shared mapping, one per direction.
+public final class SharedMemoryLane: @unchecked Sendable {
+    static let magic: UInt64 = 0x314D_4853_5044_4453 // "SDDPSHM1"
+    static let headerBytes = 4096
+    /// Longest single sleep of a waiter on a lane. A doorbell is a byte on the socket, and two threads
+    /// (one sending, one receiving on the same connection) may drain each other's: the slice bounds
+    /// what such a stolen wake-up costs.
+    public static let sleepSliceMilliseconds: Int32 = 2
+    public let ringBytes: Int
+    let base: UnsafeMutableRawPointer
+    let mappedBytes: Int
+    /// Ring this side writes and ring it reads (0: creator -> opener).
+    let outgoing: Ring, incoming: Ring
+
+    struct Ring {
+        let control: UnsafeMutableRawPointer, data: UnsafeMutableRawPointer, size: Int
+        var tail: UnsafeMutablePointer<UInt64> { control.assumingMemoryBound(to: UInt64.self) }
+        var head: UnsafeMutablePointer<UInt64> { (control + 128).assumingMemoryBound(to: UInt64.self) }
+        var consumerSleeping: UnsafeMutablePointer<UInt32> { (control + 256).assumingMemoryBound(to: UInt32.self) }
+        var producerSleeping: UnsafeMutablePointer<UInt32> { (control + 384).assumingMemoryBound(to: UInt32.self) }
+    }
+
+    static func segmentBytes(ringBytes: Int) -> Int { headerBytes + 2 * ringBytes }
+
+    private init(base: UnsafeMutableRawPointer, ringBytes: Int, creator: Bool) {
+        self.base = base; self.ringBytes = ringBytes; mappedBytes = Self.segmentBytes(ringBytes: ringBytes)
+        let rings = [Ring(control: base + 1024, data: base + Self.headerBytes, size: ringBytes),
+                     Ring(control: base + 2048, data: base + Self.headerBytes + ringBytes, size: ringBytes)]
+        outgoing = rings[creator ? 0 : 1]; incoming = rings[creator ? 1 : 0]
+    }
+
+    deinit { munmap(base, mappedBytes) }
+
+    /// Why a lane could not be set up (the connection then stays on TCP).
+    public struct Unavailable: Error, CustomStringConvertible {
+        public let description: String
+    }
+
+    /// Creates a segment under a fresh random name (the name goes to the peer, which opens it; the
+    /// creator unlinks it once the peer answered). Pages are reserved up front: a full /dev/shm then
+    /// fails here, with a reason, instead of killing the process with SIGBUS at the first write.
+    public static func create(ringBytes: Int) throws -> (lane: SharedMemoryLane, name: String) {
+        precondition(ringBytes > 0 && ringBytes % 4096 == 0, "ring of \(ringBytes) bytes")
+        let name = "/swift-ddp-" + randomBytes(12).map { String($0, radix: 16) }.joined()
+        let fd = shm_open(name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw Unavailable(description: "shm_open \(name): \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        let bytes = segmentBytes(ringBytes: ringBytes)
+        let reserved = posix_fallocate(fd, 0, off_t(bytes))
+        guard reserved == 0 else {
+            shm_unlink(name)
+            throw Unavailable(description: "reserving \(bytes >> 10) KiB in /dev/shm: \(String(cString: strerror(reserved)))")
+        }
+        guard let base = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), base != MAP_FAILED else {
+            shm_unlink(name)
+            throw Unavailable(description: "mmap of \(bytes >> 10) KiB: \(String(cString: strerror(errno)))")
+        }
+        base.storeBytes(of: UInt64(ringBytes), toByteOffset: 8, as: UInt64.self)
+        ddp_store_release_u64(base.assumingMemoryBound(to: UInt64.self), magic)
+        return (SharedMemoryLane(base: base, ringBytes: ringBytes, creator: true), name)
+    }
+
+    /// Opens the peer's segment by name and checks its header.
+    public static func open(name: String, ringBytes: Int) throws -> SharedMemoryLane {
+        guard name.hasPrefix("/swift-ddp-"), name.utf8.count < 64, !name.dropFirst().contains("/") else {
+            throw Unavailable(description: "malformed segment name")
+        }
+        let fd = shm_open(name, O_RDWR | O_CLOEXEC, 0)
+        guard fd >= 0 else { throw Unavailable(description: "shm_open \(name): \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        var status = stat()
+        let bytes = segmentBytes(ringBytes: ringBytes)
+        guard fstat(fd, &status) == 0, Int(status.st_size) == bytes else {
+            throw Unavailable(description: "segment \(name) is not \(bytes) bytes")
+        }
+        guard let base = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), base != MAP_FAILED else {
+            throw Unavailable(description: "mmap of \(bytes >> 10) KiB: \(String(cString: strerror(errno)))")
+        }
+        guard ddp_load_acquire_u64(base.assumingMemoryBound(to: UInt64.self)) == magic,
+              base.load(fromByteOffset: 8, as: UInt64.self) == UInt64(ringBytes) else {
+            munmap(base, bytes)
+            throw Unavailable(description: "segment \(name) has another header")
+        }
+        return SharedMemoryLane(base: base, ringBytes: ringBytes, creator: false)
+    }
+
+    /// Copies as much of `first` then `second` as the outgoing ring has room for; returns the bytes taken.
+    func write(_ first: UnsafeRawBufferPointer, _ second: UnsafeRawBufferPointer) -> Int {
+        let ring = outgoing
+        let tail = ring.tail.pointee // only this side writes it
+        let room = ring.size - Int(tail &- ddp_load_acquire_u64(ring.head))
+        var taken = 0
+        func take(_ piece: UnsafeRawBufferPointer) {
+            let n = min(piece.count, room - taken)
+            guard n > 0 else { return }
+            copy(into: ring, at: Int((tail &+ UInt64(taken)) % UInt64(ring.size)), from: piece.baseAddress!, count: n)
+            taken += n
+        }
+        take(first)
+        take(second)
+        if taken > 0 { ddp_store_seq_cst_u64(ring.tail, tail &+ UInt64(taken)) }
+        return taken
+    }
+
+    /// Copies up to `count` bytes out of the incoming ring; returns how many.
+    func read(into p: UnsafeMutableRawPointer, count: Int) -> Int {
+        let ring = incoming
+        let head = ring.head.pointee // only this side writes it
+        let n = min(count, Int(ddp_load_acquire_u64(ring.tail) &- head))
+        guard n > 0 else { return 0 }
+        let start = Int(head % UInt64(ring.size)), first = min(n, ring.size - start)
+        p.copyMemory(from: ring.data + start, byteCount: first)
+        if n > first { (p + first).copyMemory(from: ring.data, byteCount: n - first) }
+        ddp_store_seq_cst_u64(ring.head, head &+ UInt64(n))
+        return n
+    }
+
+    private func copy(into ring: Ring, at start: Int, from p: UnsafeRawPointer, count: Int) {
+        let first = min(count, ring.size - start)
+        (ring.data + start).copyMemory(from: p, byteCount: first)
+        if count > first { ring.data.copyMemory(from: p + first, byteCount: count - first) }
+    }
+
+    /// After writing: whether the peer sleeps waiting for these bytes (and must be woken; the flag is
+    /// cleared, so one doorbell per sleep). seq_cst against `prepareToSleep`'s flag-then-check, so
+    /// either the sleeper sees the bytes or the writer sees the flag.
+    func peerAwaitsData() -> Bool {
+        ddp_load_seq_cst_u32(outgoing.consumerSleeping) != 0 && ddp_exchange_seq_cst_u32(outgoing.consumerSleeping, 0) != 0
+    }
+
+    /// After reading: whether the peer sleeps waiting for room.
+    func peerAwaitsRoom() -> Bool {
+        ddp_load_seq_cst_u32(incoming.producerSleeping) != 0 && ddp_exchange_seq_cst_u32(incoming.producerSleeping, 0) != 0
+    }
+
+    /// Announces that this side will sleep until bytes arrive (`receiving`) or room frees up (`sending`);
+    /// false when that already happened (then nothing is announced and the caller must not sleep).
+    func prepareToSleep(sending: Bool, receiving: Bool) -> Bool {
+        if receiving {
+            ddp_store_seq_cst_u32(incoming.consumerSleeping, 1)
+            if ddp_load_seq_cst_u64(incoming.tail) != incoming.head.pointee { endSleep(sending: false, receiving: true); return false }
+        }
+        if sending {
+            ddp_store_seq_cst_u32(outgoing.producerSleeping, 1)
+            if Int(outgoing.tail.pointee &- ddp_load_seq_cst_u64(outgoing.head)) < outgoing.size {
+                endSleep(sending: true, receiving: receiving)
+                return false
+            }
+        }
+        return true
+    }
+
+    /// Withdraws the announcements (woken, for whatever reason). Per direction: one thread may wait to
+    /// send while another waits to receive.
+    func endSleep(sending: Bool, receiving: Bool) {
+        if receiving { ddp_store_seq_cst_u32(incoming.consumerSleeping, 0) }
+        if sending { ddp_store_seq_cst_u32(outgoing.producerSleeping, 0) }
+    }
+}
