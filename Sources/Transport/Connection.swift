@@ -45,6 +45,9 @@ public final class Connection: @unchecked Sendable {
 
     /// Moves the byte stream onto `lane`; both ends do it at the same point of the stream.
     public func attach(_ lane: SharedMemoryLane) { self.lane = lane }
+    /// A lane's peer closed its socket (exited or died). What it wrote before is still in the ring and
+    /// is read first; only an empty (or full) ring then fails, as EOF does on a socket.
+    private let lanePeerGone = Atomic<Bool>(false)
 
     public init(fd: Int32, peer: PeerDescription, policy: WaitPolicy) {
         self.fd = fd; self.peer = peer; self.policy = policy
@@ -83,7 +86,7 @@ public final class Connection: @unchecked Sendable {
     /// Sends what the socket takes now; returns the byte count (0 when it would block).
     public func trySend(_ p: UnsafeRawPointer, _ count: Int, operation: @autoclosure () -> String) throws -> Int {
         precondition(fd >= 0, "send on a closed connection")
-        if lane != nil { return laneSend(UnsafeRawBufferPointer(start: p, count: count), UnsafeRawBufferPointer(start: nil, count: 0)) }
+        if lane != nil { return try laneSend(UnsafeRawBufferPointer(start: p, count: count), UnsafeRawBufferPointer(start: nil, count: 0), operation: operation()) }
         return try systemCall("send", operation(), peer: peer) { Glibc.send(fd, p, count, Int32(MSG_NOSIGNAL)) } ?? 0
     }
 
@@ -92,7 +95,7 @@ public final class Connection: @unchecked Sendable {
     public func trySend(_ first: UnsafeRawBufferPointer, _ second: UnsafeRawBufferPointer,
                         operation: @autoclosure () -> String) throws -> Int {
         precondition(fd >= 0, "send on a closed connection")
-        if lane != nil { return laneSend(first, second) }
+        if lane != nil { return try laneSend(first, second, operation: operation()) }
         var vectors = [iovec(iov_base: UnsafeMutableRawPointer(mutating: first.baseAddress), iov_len: first.count),
                        iovec(iov_base: UnsafeMutableRawPointer(mutating: second.baseAddress), iov_len: second.count)]
         return try vectors.withUnsafeMutableBufferPointer { v in
@@ -110,6 +113,9 @@ public final class Connection: @unchecked Sendable {
         if let lane {
             let n = lane.read(into: p, count: count)
             if n > 0 && lane.peerAwaitsRoom() { ringDoorbell() }
+            if n == 0 && count > 0 && lanePeerGone.load(ordering: .acquiring) {
+                throw TransportError(.peerClosed(expected: expected, received: received), operation: operation(), peer: peer)
+            }
             return n
         }
         guard let n = try systemCall("recv", operation(), peer: peer, { Glibc.recv(fd, p, count, 0) }) else { return 0 }
@@ -119,9 +125,13 @@ public final class Connection: @unchecked Sendable {
         return n
     }
 
-    private func laneSend(_ first: UnsafeRawBufferPointer, _ second: UnsafeRawBufferPointer) -> Int {
+    private func laneSend(_ first: UnsafeRawBufferPointer, _ second: UnsafeRawBufferPointer,
+                          operation: @autoclosure () -> String) throws -> Int {
         let n = lane!.write(first, second)
         if n > 0 && lane!.peerAwaitsData() { ringDoorbell() }
+        if n == 0 && first.count + second.count > 0 && lanePeerGone.load(ordering: .acquiring) {
+            throw TransportError(.peerClosed(expected: first.count + second.count, received: 0), operation: operation(), peer: peer)
+        }
         return n
     }
 
@@ -144,23 +154,31 @@ public final class Connection: @unchecked Sendable {
     /// Called just before blocking: a lane announces the sleep to its peer (who then rings); false when
     /// the lane became ready meanwhile, so the caller must try again instead of blocking.
     public func prepareToBlock(sending: Bool, receiving: Bool) -> Bool {
-        lane?.prepareToSleep(sending: sending, receiving: receiving) ?? true
+        guard let lane else { return true }
+        return !lanePeerGone.load(ordering: .acquiring) && lane.prepareToSleep(sending: sending, receiving: receiving)
     }
 
     /// Called after a wait that polled this connection with `revents`: a lane withdraws its announcement
-    /// and drains the doorbells; EOF there is the peer gone (peerClosed, as on a socket).
-    public func finishWait(sending: Bool, receiving: Bool, revents: Int16, expected: Int, received: Int,
-                           operation: @autoclosure () -> String) throws {
+    /// and drains the doorbells; EOF there marks the peer gone (the next send or receive that finds
+    /// nothing to move fails with peerClosed, as on a socket).
+    public func finishWait(sending: Bool, receiving: Bool, revents: Int16, operation: @autoclosure () -> String) throws {
         guard let lane else { return }
         lane.endSleep(sending: sending, receiving: receiving)
         guard revents != 0, fd >= 0 else { return }
         var bytes = (UInt64(0), UInt64(0), UInt64(0), UInt64(0))
         while true {
-            let n = try withUnsafeMutableBytes(of: &bytes) { b in
-                try systemCall("recv", operation(), peer: peer) { Glibc.recv(fd, b.baseAddress, b.count, Int32(MSG_DONTWAIT)) }
+            let n: Int?
+            do {
+                n = try withUnsafeMutableBytes(of: &bytes) { b in
+                    try systemCall("recv", operation(), peer: peer) { Glibc.recv(fd, b.baseAddress, b.count, Int32(MSG_DONTWAIT)) }
+                }
+            } catch let error as TransportError {
+                // A reset socket is the peer gone too; its bytes already in the ring still count.
+                guard case .system(_, ECONNRESET) = error.kind else { throw error }
+                n = 0
             }
             guard let n else { return }
-            if n == 0 { throw TransportError(.peerClosed(expected: expected, received: received), operation: operation(), peer: peer) }
+            if n == 0 { lanePeerGone.store(true, ordering: .releasing); return }
         }
     }
 
@@ -178,8 +196,7 @@ public final class Connection: @unchecked Sendable {
                                sliceMilliseconds: lane == nil ? 1000 : SharedMemoryLane.sleepSliceMilliseconds,
                                operation: operation(), peer: peer)
             if lane != nil {
-                try finishWait(sending: sending, receiving: receiving, revents: fds[0].revents, expected: 0, received: 0,
-                               operation: operation())
+                try finishWait(sending: sending, receiving: receiving, revents: fds[0].revents, operation: operation())
                 return // the caller retries its send or receive
             }
         } while fds[0].revents == 0

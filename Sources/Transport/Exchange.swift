@@ -241,7 +241,7 @@ public func exchangeMessages(sending outgoing: [OutgoingMessage], receiving inco
     var deadline = Deadline(seconds: settings.policy.timeoutSeconds)
     var spinUntil = Deadline.now() + settings.policy.spinMicroseconds * 1e-6
     var fds: [pollfd] = []
-    var waiting: [(connection: Connection, sending: Bool, receiving: Bool, expected: Int, received: Int)] = []
+    var waiting: [(connection: Connection, sending: Bool, receiving: Bool)] = []
     while true {
         var progressed = false, pending = false
         for i in sends.indices where sendReady(i) {
@@ -262,19 +262,18 @@ public func exchangeMessages(sending outgoing: [OutgoingMessage], receiving inco
         fds.removeAll(keepingCapacity: true)
         waiting.removeAll(keepingCapacity: true)
         var owed: PeerDescription?
-        func watch(_ connection: Connection, sending: Bool, receiving: Bool, expected: Int = 0, received: Int = 0) {
+        func watch(_ connection: Connection, sending: Bool, receiving: Bool) {
             let events = connection.pollEvents(sending: sending, receiving: receiving)
             if let k = waiting.firstIndex(where: { $0.connection === connection }) {
                 fds[k].events |= events
                 waiting[k].sending = waiting[k].sending || sending; waiting[k].receiving = waiting[k].receiving || receiving
             } else {
                 fds.append(pollfd(fd: connection.fd, events: events, revents: 0))
-                waiting.append((connection, sending, receiving, expected, received))
+                waiting.append((connection, sending, receiving))
             }
         }
         for i in receives.indices where receiveReady(i) {
-            watch(incoming[i].connection, sending: false, receiving: true, expected: incoming[i].buffer.count,
-                  received: receives[i].frame * chunk + (receives[i].inPayload ? receives[i].offset : 0))
+            watch(incoming[i].connection, sending: false, receiving: true)
             owed = owed ?? incoming[i].connection.peer
         }
         for i in sends.indices where sendReady(i) { watch(outgoing[i].connection, sending: true, receiving: false); owed = owed ?? outgoing[i].connection.peer }
@@ -288,8 +287,7 @@ public func exchangeMessages(sending outgoing: [OutgoingMessage], receiving inco
             }
             if announced < waiting.lazy.filter({ $0.connection.lane != nil }).count {
                 for w in waiting where w.connection.lane != nil {
-                    try w.connection.finishWait(sending: w.sending, receiving: w.receiving, revents: 0, expected: 0, received: 0,
-                                                operation: operation())
+                    try w.connection.finishWait(sending: w.sending, receiving: w.receiving, revents: 0, operation: operation())
                 }
                 continue
             }
@@ -297,8 +295,7 @@ public func exchangeMessages(sending outgoing: [OutgoingMessage], receiving inco
         try waitForSockets(&fds, spinUntil: spinUntil, yielding: settings.policy.yieldWhileSpinning, deadline: deadline,
                            sliceMilliseconds: lanes ? SharedMemoryLane.sleepSliceMilliseconds : 1000, operation: operation(), peer: owed)
         for (k, w) in waiting.enumerated() where w.connection.lane != nil {
-            try w.connection.finishWait(sending: w.sending, receiving: w.receiving, revents: fds[k].revents, expected: w.expected,
-                                        received: w.received, operation: operation())
+            try w.connection.finishWait(sending: w.sending, receiving: w.receiving, revents: fds[k].revents, operation: operation())
         }
     }
 }
