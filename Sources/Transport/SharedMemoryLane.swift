@@ -128,7 +128,7 @@ public final class SharedMemoryLane: @unchecked Sendable {
     }
 
     /// Copies as much of `first` then `second` as the outgoing ring has room for; returns the bytes taken.
-    func write(_ first: UnsafeRawBufferPointer, _ second: UnsafeRawBufferPointer) -> Int {
+    public func write(_ first: UnsafeRawBufferPointer, _ second: UnsafeRawBufferPointer) -> Int {
         let ring = outgoing
         let tail = ring.tail.pointee // only this side writes it
         let room = ring.size - Int(tail &- ddp_load_acquire_u64(ring.head))
@@ -146,7 +146,7 @@ public final class SharedMemoryLane: @unchecked Sendable {
     }
 
     /// Copies up to `count` bytes out of the incoming ring; returns how many.
-    func read(into p: UnsafeMutableRawPointer, count: Int) -> Int {
+    public func read(into p: UnsafeMutableRawPointer, count: Int) -> Int {
         let ring = incoming
         let head = ring.head.pointee // only this side writes it
         let n = min(count, Int(ddp_load_acquire_u64(ring.tail) &- head))
@@ -167,18 +167,18 @@ public final class SharedMemoryLane: @unchecked Sendable {
     /// After writing: whether the peer sleeps waiting for these bytes (and must be woken; the flag is
     /// cleared, so one doorbell per sleep). seq_cst against `prepareToSleep`'s flag-then-check, so
     /// either the sleeper sees the bytes or the writer sees the flag.
-    func peerAwaitsData() -> Bool {
+    public func peerAwaitsData() -> Bool {
         ddp_load_seq_cst_u32(outgoing.consumerSleeping) != 0 && ddp_exchange_seq_cst_u32(outgoing.consumerSleeping, 0) != 0
     }
 
     /// After reading: whether the peer sleeps waiting for room.
-    func peerAwaitsRoom() -> Bool {
+    public func peerAwaitsRoom() -> Bool {
         ddp_load_seq_cst_u32(incoming.producerSleeping) != 0 && ddp_exchange_seq_cst_u32(incoming.producerSleeping, 0) != 0
     }
 
     /// Announces that this side will sleep until bytes arrive (`receiving`) or room frees up (`sending`);
     /// false when that already happened (then nothing is announced and the caller must not sleep).
-    func prepareToSleep(sending: Bool, receiving: Bool) -> Bool {
+    public func prepareToSleep(sending: Bool, receiving: Bool) -> Bool {
         if receiving {
             ddp_store_seq_cst_u32(incoming.consumerSleeping, 1)
             if ddp_load_seq_cst_u64(incoming.tail) != incoming.head.pointee { endSleep(sending: false, receiving: true); return false }
@@ -195,7 +195,7 @@ public final class SharedMemoryLane: @unchecked Sendable {
 
     /// Withdraws the announcements (woken, for whatever reason). Per direction: one thread may wait to
     /// send while another waits to receive.
-    func endSleep(sending: Bool, receiving: Bool) {
+    public func endSleep(sending: Bool, receiving: Bool) {
         if receiving { ddp_store_seq_cst_u32(incoming.consumerSleeping, 0) }
         if sending { ddp_store_seq_cst_u32(outgoing.producerSleeping, 0) }
     }

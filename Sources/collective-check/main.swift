@@ -57,6 +57,8 @@ struct CollectiveCheck: ParsableCommand {
 
     @Flag(help: "Print this rank's CPU affinity and memory policy, as seen from inside (sched_getaffinity, get_mempolicy).")
     var reportBinding = false
+    @Flag(help: "Print which peers this rank reaches through shared memory and which over TCP.")
+    var reportTransport = false
 
     func run() throws {
         var plan = CollectiveCheckPlan()
@@ -81,6 +83,10 @@ struct CollectiveCheck: ParsableCommand {
                 say("binding: rank \(env.rank) cpus \(compactList(currentAffinity())) mempolicy \(policy.mode) nodes \(compactList(policy.nodes))")
             }
             let group = try ProcessGroup.join(env, log: say)
+            if reportTransport {
+                let tcp = (0..<group.worldSize).filter { $0 != group.rank && !group.sharedMemoryPeers.contains($0) }
+                say("transport: rank \(env.rank) shared memory [\(compactList(group.sharedMemoryPeers))] tcp [\(compactList(tcp))]")
+            }
             if ready {
                 try barrier(group: group)
                 if env.rank == 0 { say("ready") }

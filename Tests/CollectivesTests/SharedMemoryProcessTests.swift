@@ -1,0 +1,39 @@
+import Foundation
+import Rendezvous
+import TestSupport
+import XCTest
+
+/// Ranks of one host reach each other through shared-memory lanes; a pair that cannot (lanes off on
+/// one side) stays on TCP, says why, and every result is still exact. A rank killed while its peers
+/// wait on a lane is covered by GroupProcessTests.testKilledRankInASubgroupStopsTheWholeJob (its ranks
+/// are local, so on lanes).
+final class SharedMemoryProcessTests: XCTestCase {
+    func testLocalRanksReachEachOtherThroughSharedMemory() throws {
+        try runCollectiveCheck(worldSize: 3, arguments: ["--report-transport", "--counts", "0,1,7,1000,300001"],
+                               expect: [0: "transport: rank 0 shared memory [1-2] tcp []", 1: "transport: rank 1 shared memory [0,2] tcp []",
+                                        2: "transport: rank 2 shared memory [0-1] tcp []"])
+    }
+
+    func testARankWithLanesOffStaysOnTCPWithItsPeersAndSaysWhy() throws {
+        let cluster = try LocalCluster(worldSize: 3)
+        let arguments = ["--report-transport", "--counts", "0,7,300001"]
+        let lanes = try cluster.start("collective-check", arguments, ranks: [0, 1])
+        let tcp = try cluster.start("collective-check", arguments, ranks: [2], extra: ["SWIFT_DDP_SHM_KB": "0"])
+        let outcomes = lanes.wait(timeout: 120).outcomes + tcp.wait(timeout: 30).outcomes
+        for (rank, outcome) in outcomes.enumerated() {
+            XCTAssertEqual(outcome.status, 0, "rank \(rank):\n\(outcome.output)")
+            XCTAssertTrue(outcome.output.contains("rank \(rank): OK"), "rank \(rank):\n\(outcome.output)")
+        }
+        XCTAssertTrue(outcomes[0].output.contains("transport: rank 0 shared memory [1] tcp [2]"), outcomes[0].output)
+        XCTAssertTrue(outcomes[1].output.contains("transport: rank 1 shared memory [0] tcp [2]"), outcomes[1].output)
+        XCTAssertTrue(outcomes[2].output.contains("transport: rank 2 shared memory [] tcp [0-1]"), outcomes[2].output)
+        // Rank 2 offered nothing to its lower ranks: they say which rank and why.
+        XCTAssertTrue(outcomes[0].output.contains("TCP instead of shared memory with rank 2 (rank 2: turned off (SWIFT_DDP_SHM_KB=0))"),
+                      outcomes[0].output)
+        XCTAssertThrowsError(try WorkerEnvironment.read(cluster.environment(rank: 0, extra: ["SWIFT_DDP_SHM_KB": "3"]))) { error in
+            XCTAssertTrue("\(error)".contains("SWIFT_DDP_SHM_KB"), "\(error)")
+        }
+        XCTAssertEqual(try WorkerEnvironment.read(cluster.environment(rank: 0, extra: ["SWIFT_DDP_SHM_KB": "256"])).sharedMemoryRingBytes,
+                       256 << 10)
+    }
+}
