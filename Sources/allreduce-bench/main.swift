@@ -81,7 +81,7 @@ struct AllreduceBench: ParsableCommand {
                 let title = ["sendrecv": "sendrecv (ring shift, batched), float32", "pingpong": "pingpong (ranks 0 and 1; one-way time = round trip / 2), float32",
                              "alltoall": "alltoall (pairwise exchange), float32"][collective]!
                 print(formatTable(results, ranks: group.worldSize, title: title, redop: "none"))
-                if let json { try writeJSON(results, metadata: runMetadata(ranks: group.worldSize), to: json) }
+                if let json { try writeJSON(results, metadata: runMetadata(group: group), to: json) }
                 let wrong = results.reduce(0) { $0 + $1.wrong }
                 print("# out of bounds values: \(wrong) \(wrong == 0 ? "OK" : "FAILED")")
                 if wrong > 0 { throw ExitCode(1) }
@@ -129,7 +129,7 @@ struct AllreduceBench: ParsableCommand {
             }
             if !measured.isEmpty { describeModel(table).forEach { print($0) } }
             if !checks.isEmpty { describeAutoChecks(checks).forEach { print($0) } }
-            if let json { try writeJSON(results, metadata: runMetadata(ranks: group.worldSize), to: json) }
+            if let json { try writeJSON(results, metadata: runMetadata(group: group), to: json) }
             if let plot {
                 try plotSVG(results, title: "allreduce, \(group.worldSize) ranks, float32 sum").write(toFile: plot, atomically: true, encoding: .utf8)
             }
@@ -143,8 +143,10 @@ struct AllreduceBench: ParsableCommand {
     }
 
     /// What a reader of the JSON needs to place the figures: machine, ranks, date, commit, parameters.
-    func runMetadata(ranks: Int) -> [String: String] {
-        var metadata = ["cpu": cpuModel(), "ranks": String(ranks), "host": ProcessInfo.processInfo.hostName,
+    func runMetadata(group: ProcessGroup) -> [String: String] {
+        let lanes = group.sharedMemoryPeers.count, peers = group.worldSize - 1
+        var metadata = ["cpu": cpuModel(), "ranks": String(group.worldSize), "host": ProcessInfo.processInfo.hostName,
+                        "transport": peers == 0 ? "none" : lanes == peers ? "shared memory" : lanes == 0 ? "tcp" : "shared memory to \(lanes) of \(peers) peers, tcp to the rest",
                         "date": ISO8601DateFormatter().string(from: Date()), "collective": collective,
                         "arguments": CommandLine.arguments.dropFirst().joined(separator: " ")]
         // The commit of the checkout this binary was built in (.build/<triple>/release/ is three levels down).

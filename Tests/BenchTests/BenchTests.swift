@@ -87,6 +87,7 @@ final class BenchTests: XCTestCase {
         let run = try JSONDecoder().decode(BenchRun.self, from: Data(contentsOf: URL(fileURLWithPath: dir + "/r.json")))
         let results = run.results
         XCTAssertEqual(run.metadata["ranks"], "2")
+        XCTAssertEqual(run.metadata["transport"], "shared memory")
         XCTAssertNotNil(run.metadata["cpu"]); XCTAssertNotNil(run.metadata["date"]); XCTAssertNotNil(run.metadata["commit"])
         XCTAssertTrue(output.contains("# allreduce-bench: minBytes 4096 maxBytes 262144") && output.contains("# Avg bus bandwidth"), output)
         XCTAssertEqual(Set(results.map { "\($0.algorithm)@\($0.bytes)" }), Set(algorithms.flatMap { a in sizes.map { "\(a)@\($0)" } }))
