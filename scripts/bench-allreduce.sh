@@ -18,7 +18,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 [ -x "$root/.build/release/allreduce-bench" ] || "$root/scripts/setup.sh" >&2
 "$root/scripts/bench-references.sh"
 venv=${REF_VENV:-/tmp/swift-ddp-ref-venv}; build=${REF_BUILD:-$root/runs/references}
-mpi=(mpirun --allow-run-as-root --oversubscribe --mca pml ob1 --mca btl tcp,self --mca btl_tcp_if_include lo)
+mpi=(mpirun --allow-run-as-root --oversubscribe --mca pml ob1)
 max=${SIZES_MAX:-64M}; iters=${ITERS:-100}
 update_docs=0
 if [ "${1:-}" = "--update-docs" ]; then update_docs=1; shift; fi
@@ -39,7 +39,8 @@ for n in "${ranks[@]}"; do
     for btl in tcp vader; do
       for algo in default 4 3 6; do
         forced=(); [ "$algo" = default ] || forced=(--mca coll_tuned_use_dynamic_rules 1 --mca coll_tuned_allreduce_algorithm "$algo")
-        suffix=""; transport=(); [ "$btl" = tcp ] || { suffix="-shm"; transport=(--mca btl vader,self); }
+        suffix=""; transport=(--mca btl tcp,self --mca btl_tcp_if_include lo)
+        [ "$btl" = tcp ] || { suffix="-shm"; transport=(--mca btl vader,self); }
         "${mpi[@]}" "${transport[@]}" "${forced[@]}" -np "$n" "$build/mpi_messages" allreduce $sizes 2>/dev/null | grep -vE '^#' > "$work/mpi$suffix-$algo-$n.txt" || true
       done
     done

@@ -89,13 +89,15 @@ public func exchangeMessages(sending outgoing: [OutgoingMessage], receiving inco
     // Claim each direction of each connection once for the whole call: what we send on, what we receive on.
     var claimed: [(connection: Connection, sending: Bool, receiving: Bool)] = []
     claimed.reserveCapacity(outgoing.count + incoming.count)
-    for (connection, sending) in outgoing.map({ ($0.connection, true) }) + incoming.map({ ($0.connection, false) }) {
+    func note(_ connection: Connection, sending: Bool) {
         if let i = claimed.firstIndex(where: { $0.connection === connection }) {
             if sending { claimed[i].sending = true } else { claimed[i].receiving = true }
         } else {
             claimed.append((connection, sending, !sending))
         }
     }
+    for message in outgoing { note(message.connection, sending: true) }
+    for message in incoming { note(message.connection, sending: false) }
     for c in claimed { c.connection.claim(for: operation(), sending: c.sending, receiving: c.receiving) }
     defer { for c in claimed { c.connection.release(sending: c.sending, receiving: c.receiving) } }
     var sends = [SendProgress](repeating: SendProgress(), count: outgoing.count)
@@ -278,7 +280,14 @@ public func exchangeMessages(sending outgoing: [OutgoingMessage], receiving inco
         }
         for i in sends.indices where sendReady(i) { watch(outgoing[i].connection, sending: true, receiving: false); owed = owed ?? outgoing[i].connection.peer }
         let lanes = waiting.contains { $0.connection.lane != nil }
-        if lanes && Deadline.now() >= spinUntil {
+        let spinning = Deadline.now() < spinUntil
+        if spinning && waiting.allSatisfy({ $0.connection.lane != nil }) {
+            // Spinning on lanes alone needs no system call: the next pass looks at the rings again
+            // (a dead peer is noticed once the spin ends and the wait blocks on its socket).
+            if settings.policy.yieldWhileSpinning { sched_yield() }
+            continue
+        }
+        if lanes && !spinning {
             // About to block: every lane announces the sleep, or turned ready meanwhile (then go again).
             var announced = 0
             for w in waiting where w.connection.lane != nil {
