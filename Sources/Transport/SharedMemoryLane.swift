@@ -94,7 +94,7 @@ public final class SharedMemoryLane: @unchecked Sendable {
             shm_unlink(name)
             throw Unavailable(description: "reserving \(bytes >> 10) KiB in /dev/shm: \(String(cString: strerror(reserved)))")
         }
-        guard let base = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), base != MAP_FAILED else {
+        guard let base = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0), base != MAP_FAILED else {
             shm_unlink(name)
             throw Unavailable(description: "mmap of \(bytes >> 10) KiB: \(String(cString: strerror(errno)))")
         }
@@ -116,7 +116,7 @@ public final class SharedMemoryLane: @unchecked Sendable {
         guard fstat(fd, &status) == 0, Int(status.st_size) == bytes else {
             throw Unavailable(description: "segment \(name) is not \(bytes) bytes")
         }
-        guard let base = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), base != MAP_FAILED else {
+        guard let base = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0), base != MAP_FAILED else {
             throw Unavailable(description: "mmap of \(bytes >> 10) KiB: \(String(cString: strerror(errno)))")
         }
         guard ddp_load_acquire_u64(base.assumingMemoryBound(to: UInt64.self)) == magic,
