@@ -37,7 +37,7 @@ if (( hosts > 1 )); then
   link=(--link-bandwidth "$gbps" --link-latency "${LATENCY_US:-60}")
 fi
 echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores; world $world on $hosts host(s)${rate:+, links $rate}; $iters steps per layout, best of $rounds"
-"$root/.build/release/ddp-train" plan "$config" --world "$world" --data-dir "$root/data" --json "$work/plan.json" "${link[@]}" "$@" | head -1
+"$root/.build/release/ddp-train" plan "$config" --world "$world" --ranks-per-host $((world / hosts)) --data-dir "$root/data" --json "$work/plan.json" "${link[@]}" "$@" | head -1
 count=$(python3 -c "import json,sys; print(len(json.load(open(sys.argv[1]))))" "$work/plan.json")
 # One layout: on this host, or one launcher per namespace host (host 0's log holds rank 0's lines).
 run_layout() {

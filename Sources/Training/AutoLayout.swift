@@ -35,7 +35,8 @@ public func chooseLayout(_ config: TrainConfig, world: ProcessGroup, localRanks:
     guard config.parallel == .auto else { return config }
     var numbers: [Int64] = []
     if world.rank == 0 {
-        let pick = try planLayout(config, worldSize: world.worldSize, localRanks: localRanks, log: log)
+        let ring = world.connections.lazy.compactMap { $0?.lane?.ringBytes }.first ?? 0
+        let pick = try planLayout(config, worldSize: world.worldSize, localRanks: localRanks, laneRingBytes: ring, log: log)
         numbers = pick.layoutNumbers
     }
     if world.worldSize > 1 { numbers = try broadcast(world.rank == 0 ? numbers : Array(repeating: 0, count: config.layoutNumbers.count), root: 0, group: world) }
@@ -44,7 +45,8 @@ public func chooseLayout(_ config: TrainConfig, world: ProcessGroup, localRanks:
 
 /// Rank 0's half of `chooseLayout`: plan, log the ranking and the reason, return the pick. A budget
 /// nothing fits is a ConfigError naming memory_per_rank_mb and the smallest layout's need.
-func planLayout(_ config: TrainConfig, worldSize: Int, localRanks: Int, log: (String) -> Void) throws -> TrainConfig {
+func planLayout(_ config: TrainConfig, worldSize: Int, localRanks: Int, laneRingBytes: Int = SharedMemorySetup.defaultRingBytes,
+                log: (String) -> Void) throws -> TrainConfig {
     let text = try CharText(path: config.dataset == .text ? config.dataPath : config.dataDir + "/tinyshakespeare.txt")
     var planner = LayoutPlanner(config: config, worldSize: worldSize, vocabularySize: text.vocabulary.count)
     if !config.allreduceTuning.isEmpty {
@@ -55,6 +57,8 @@ func planLayout(_ config: TrainConfig, worldSize: Int, localRanks: Int, log: (St
     let budgetSource = config.memoryPerRankMb > 0 ? "memory_per_rank_mb" : "physical memory / \(localRanks) rank(s) on this host"
     let budget = config.memoryPerRankMb > 0 ? config.memoryPerRankMb * 1048576 : Double(ProcessInfo.processInfo.physicalMemory) / Double(max(localRanks, 1))
     planner.refaultSecondsPerByte = LayoutPlanner.measureRefault()
+    planner.ranksPerHost = localRanks
+    planner.laneRingBytes = laneRingBytes
     let copies = min(worldSize, localRanks, planner.cores)
     let plans = try planner.plan(compute: .measured(copies: copies), memoryPerRank: budget)
     let refused = planner.candidates().refused

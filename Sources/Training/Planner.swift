@@ -2,6 +2,8 @@ import Collectives
 import Foundation
 import NN
 import Parallel
+import Rendezvous
+import Transport
 import Tensors
 
 // The layout planner (`ddp-train plan`): every layout of a world size the trainer accepts, each with
@@ -35,7 +37,11 @@ public struct PlannedLayout: Sendable {
     }
     /// What world rank 0 assembles beside its training state to write the single-file checkpoint.
     public var checkpointBytes = 0.0
-    public var predictedBytes: Double { Double(largestStateBytes) + activationBytes + checkpointBytes + LayoutPlanner.processBytes }
+    /// The shared-memory lanes to the other ranks of this host (mapped populated, so all resident).
+    public var laneBytes = 0.0
+    public var predictedBytes: Double {
+        Double(largestStateBytes) + activationBytes + checkpointBytes + laneBytes + LayoutPlanner.processBytes
+    }
     public var fits: Bool = true
 
     public var name: String {
@@ -50,12 +56,13 @@ public struct PlannedLayout: Sendable {
 }
 
 /// Collective costs for the time model: a fitted tuning table when one matches the group size, else a
-/// ring with per-message latency `alpha` and link bandwidth `bandwidth`. The defaults are loopback on
-/// these machines for the sub-MiB messages a step sends: tp 2 on the recipe measured 21 collectives of
-/// 7.09 MB in 2.7 ms per step (~20 us + 3 GB/s); 64 MiB allreduces reach only ~1.5 GB/s.
+/// ring with per-message latency `alpha` and link bandwidth `bandwidth`. The defaults are ranks of one
+/// host on their shared-memory lanes, for the sub-MiB messages a step sends: 2 ranks measured 10 us at
+/// 64 KiB, 25 us at 256 KiB, 78 us at 1 MiB (~4 us + 15 GB/s), taken with a margin for the caches a
+/// training step shares (5 us + 10 GB/s). Loopback TCP was ~20 us + 3 GB/s.
 public struct CommunicationModel: Sendable {
-    public var alpha = 20e-6
-    public var bandwidth = 3e9
+    public var alpha = 5e-6
+    public var bandwidth = 10e9
     public var tuning: TuningTable?
     public init(tuning: TuningTable? = nil) { self.tuning = tuning }
 
@@ -87,6 +94,14 @@ public struct LayoutPlanner {
     /// Seconds per byte to hand pages back and fault them in again (ZeRO-2 releases the gradient pages
     /// other ranks own every step, ZeRO-3 the parameter pages too), measured by `measureRefault`.
     public var refaultSecondsPerByte = 0.0
+    /// Ranks per host (nil: all on this one) and each lane's ring (SWIFT_DDP_SHM_KB; 0: no lanes): every
+    /// rank maps a lane to each other rank of its host.
+    public var ranksPerHost: Int?
+    public var laneRingBytes = SharedMemorySetup.defaultRingBytes
+    public var laneBytesPerRank: Double {
+        guard laneRingBytes > 0 else { return 0 }
+        return Double(max((ranksPerHost ?? worldSize) - 1, 0) * SharedMemoryLane.segmentBytes(ringBytes: laneRingBytes))
+    }
     /// The process without a model (runtime, data, buffers), measured: a 1-layer 16-wide GPT's peak RSS.
     public static let processBytes = 33.0 * 1048576
 
@@ -382,6 +397,7 @@ public struct LayoutPlanner {
                 }
             }
             planned.checkpointBytes = checkpointBytes(layout, localParameters: localParameters, dataParallel: dp, wholeModelBytes: wholeModelBytes)
+            planned.laneBytes = laneBytesPerRank
             if let memoryPerRank { planned.fits = planned.predictedBytes <= memoryPerRank }
             out.append(planned)
         }

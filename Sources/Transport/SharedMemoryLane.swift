@@ -63,7 +63,8 @@ public final class SharedMemoryLane: @unchecked Sendable {
         var producerSleeping: UnsafeMutablePointer<UInt32> { (control + 384).assumingMemoryBound(to: UInt32.self) }
     }
 
-    static func segmentBytes(ringBytes: Int) -> Int { headerBytes + 2 * ringBytes }
+    /// What one lane maps (and, mapped populated, keeps resident) in each of its two processes.
+    public static func segmentBytes(ringBytes: Int) -> Int { headerBytes + 2 * ringBytes }
 
     private init(base: UnsafeMutableRawPointer, ringBytes: Int, creator: Bool) {
         self.base = base; self.ringBytes = ringBytes; mappedBytes = Self.segmentBytes(ringBytes: ringBytes)

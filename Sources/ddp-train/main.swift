@@ -228,11 +228,14 @@ struct Plan: ParsableCommand {
     @Option(help: "A tuning table from allreduce-bench --tuning (its alpha-beta models replace the default ring model at its world size).")
     var tuning: String?
 
-    @Option(help: "Link bandwidth between ranks in GB/s for the collectives' cost (default 3: loopback here; 0.125 for 1 gbit links).")
+    @Option(help: "Link bandwidth between ranks in GB/s for the collectives' cost (default 10: ranks of one host on shared memory; 0.125 for 1 gbit links).")
     var linkBandwidth: Double?
 
-    @Option(help: "Per-message latency between ranks in microseconds (default 20: loopback here).")
+    @Option(help: "Per-message latency between ranks in microseconds (default 5: ranks of one host on shared memory).")
     var linkLatency: Double?
+
+    @Option(help: "Ranks on each host (default: all on one): each maps a shared-memory lane to the others of its host (SWIFT_DDP_SHM_KB sets the ring, 0 none), counted in its memory.")
+    var ranksPerHost: Int?
 
     @Option(name: .customLong("set"), help: "Override a config key: key=value (repeatable).")
     var overrides: [String] = []
@@ -248,6 +251,7 @@ struct Plan: ParsableCommand {
         if let memoryPerRank, Self.bytes(memoryPerRank) == nil { throw ValidationError("--memory-per-rank: '\(memoryPerRank)' is not a size such as 2G, 512M or 1048576") }
         if let linkBandwidth, !(linkBandwidth > 0) { throw ValidationError("--link-bandwidth must be a positive number of GB/s") }
         if let linkLatency, !(linkLatency >= 0) { throw ValidationError("--link-latency must be a non-negative number of microseconds") }
+        if let ranksPerHost, !(ranksPerHost >= 1 && world % ranksPerHost == 0) { throw ValidationError("--ranks-per-host must divide --world (\(world))") }
     }
 
     static func bytes(_ text: String) -> Double? {
@@ -266,6 +270,8 @@ struct Plan: ParsableCommand {
             if let linkBandwidth { planner.communication.bandwidth = linkBandwidth * 1e9 }
             if let linkLatency { planner.communication.alpha = linkLatency * 1e-6 }
             planner.refaultSecondsPerByte = LayoutPlanner.measureRefault()
+            planner.ranksPerHost = ranksPerHost
+            if let kb = ProcessInfo.processInfo.environment["SWIFT_DDP_SHM_KB"].flatMap({ Int($0) }) { planner.laneRingBytes = kb << 10 }
             let budget = memoryPerRank.flatMap(Self.bytes)
             let copies = min(world, planner.cores)
             let plans = try planner.plan(compute: .measured(copies: copies), memoryPerRank: budget)

@@ -2,6 +2,7 @@ import Foundation
 import NN
 import TestSupport
 import Training
+import Transport
 import XCTest
 
 /// The layout planner: it lists what the trainer accepts and refuses the rest with the trainer's
@@ -37,6 +38,22 @@ final class PlannerTests: XCTestCase {
         // The MoE model adds expert layouts: ep 2 and ep 4 over the 4 data-parallel ranks.
         let moe = try planner(["n_experts=4", "moe_top_k=2"], world: 4).candidates().accepted
         XCTAssertEqual(Set(moe.map(\.expertParallel)), [1, 2, 4])
+    }
+
+    /// Each rank maps a lane to every other rank of its host, and the planner counts them in its memory:
+    /// 4 ranks on one host, 3 lanes each; 2 per host, 1; lanes off (SWIFT_DDP_SHM_KB=0), none.
+    func testMemoryCountsTheSharedMemoryLanesOfTheHost() throws {
+        var plan = try planner(world: 4)
+        let segment = Double(SharedMemoryLane.segmentBytes(ringBytes: plan.laneRingBytes))
+        let allLocal = try plan.plan(stepSeconds: 0.01, memoryPerRank: nil)
+        XCTAssertTrue(allLocal.allSatisfy { $0.laneBytes == 3 * segment }, "\(allLocal.map(\.laneBytes))")
+        plan.ranksPerHost = 2
+        let twoPerHost = try plan.plan(stepSeconds: 0.01, memoryPerRank: nil)
+        XCTAssertTrue(twoPerHost.allSatisfy { $0.laneBytes == segment })
+        plan.laneRingBytes = 0
+        let off = try plan.plan(stepSeconds: 0.01, memoryPerRank: nil)
+        XCTAssertTrue(off.allSatisfy { $0.laneBytes == 0 })
+        XCTAssertEqual(allLocal.first!.predictedBytes - off.first { $0.name == allLocal.first!.name }!.predictedBytes, 3 * segment, accuracy: 1)
     }
 
     /// Timed compute: every layout of 4 ranks (tp, tp + sp, pp, tp × pp, ZeRO) gets its shards built

@@ -74,6 +74,27 @@ final class SharedMemoryLaneTests: XCTestCase {
         XCTAssertFalse(a.prepareToSleep(sending: true, receiving: false), "room again: no sleep")
     }
 
+    /// What the planner counts per lane (SharedMemoryLane.segmentBytes) is what mapping one costs a
+    /// process: the mapping is populated, so all of it is resident at once.
+    func testALaneCostsItsSegmentInResidentMemory() throws {
+        func residentKiB() -> Int {
+            let status = (try? String(contentsOfFile: "/proc/self/status", encoding: .utf8)) ?? ""
+            let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
+            return Int(line.split(separator: " ").dropFirst().first ?? "") ?? -1
+        }
+        // A first, small lane pays for what creating any lane loads once (code pages), not per lane.
+        let (first, firstName) = try SharedMemoryLane.create(ringBytes: 4096)
+        shm_unlink(firstName)
+        let ring = 4 << 20, before = residentKiB()
+        let (lane, name) = try SharedMemoryLane.create(ringBytes: ring)
+        shm_unlink(name)
+        _ = first
+        let grown = (residentKiB() - before) * 1024, segment = SharedMemoryLane.segmentBytes(ringBytes: ring)
+        XCTAssertGreaterThanOrEqual(grown, segment - (64 << 10), "resident growth \(grown) for a \(segment)-byte segment")
+        XCTAssertLessThanOrEqual(grown, segment + (512 << 10), "resident growth \(grown) for a \(segment)-byte segment")
+        _ = lane
+    }
+
     /// Only our own segments are opened: a foreign name, a wrong size or a missing segment is refused
     /// with a reason (and the pair then stays on TCP).
     func testForeignOrMismatchedSegmentsAreRefused() throws {
