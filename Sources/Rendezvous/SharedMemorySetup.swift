@@ -59,7 +59,12 @@ public enum SharedMemorySetup {
             else if identity == nil || theirs != identity { reason = "host identity unreadable (/proc)" }
             else if bytes != Int64(ringBytes) { reason = "ring sizes differ (SWIFT_DDP_SHM_KB: \(bytes >> 10) there, \(ringBytes >> 10) here)" }
             else {
-                do { lane = try SharedMemoryLane.open(name: name, ringBytes: ringBytes) } catch { reason = "\(error)" }
+                do {
+                    lane = try SharedMemoryLane.open(name: name, ringBytes: ringBytes)
+                    // Mapped: the name is no longer needed, and unlinking here too leaves nothing behind
+                    // even if the creator dies before reading our answer.
+                    shm_unlink(name)
+                } catch { reason = "\(error)" }
             }
             var answer = ByteWriter()
             answer.bytes([lane == nil ? 0 : 1]); answer.string(reason)

@@ -57,11 +57,11 @@ public struct PlannedLayout: Sendable {
 
 /// Collective costs for the time model: a fitted tuning table when one matches the group size, else a
 /// ring with per-message latency `alpha` and link bandwidth `bandwidth`. The defaults are ranks of one
-/// host on their shared-memory lanes, for the sub-MiB messages a step sends: 2 ranks measured 10 us at
-/// 64 KiB, 25 us at 256 KiB, 78 us at 1 MiB (~4 us + 15 GB/s), taken with a margin for the caches a
-/// training step shares (5 us + 10 GB/s). Loopback TCP was ~20 us + 3 GB/s.
+/// host on their shared-memory lanes, for the sub-MiB messages a step sends: 2 ranks measured 25 us at
+/// 256 KiB and 78 us at 1 MiB when spinning (~15 GB/s, taken as 10 for the caches a step shares), but
+/// the trainer does not spin, so each message waits a blocking wake-up (~20 us here, as on TCP).
 public struct CommunicationModel: Sendable {
-    public var alpha = 5e-6
+    public var alpha = 20e-6
     public var bandwidth = 10e9
     public var tuning: TuningTable?
     public init(tuning: TuningTable? = nil) { self.tuning = tuning }

@@ -231,7 +231,7 @@ struct Plan: ParsableCommand {
     @Option(help: "Link bandwidth between ranks in GB/s for the collectives' cost (default 10: ranks of one host on shared memory; 0.125 for 1 gbit links).")
     var linkBandwidth: Double?
 
-    @Option(help: "Per-message latency between ranks in microseconds (default 5: ranks of one host on shared memory).")
+    @Option(help: "Per-message latency between ranks in microseconds (default 20: a blocking wake-up here).")
     var linkLatency: Double?
 
     @Option(help: "Ranks on each host (default: all on one): each maps a shared-memory lane to the others of its host (SWIFT_DDP_SHM_KB sets the ring, 0 none), counted in its memory.")
