@@ -153,6 +153,24 @@ final class MultiHostTests: XCTestCase {
         for (i, rank) in [2, 1, 0].enumerated() { XCTAssertTrue(launchers[i].output.contains("rank \(rank): OK"), launchers[i].output) }
     }
 
+    /// Ranks of one host reach each other through shared memory, ranks of another host (another network
+    /// namespace, same kernel and /dev/shm) over TCP: a lane there would bypass the link being measured.
+    func testRanksShareMemoryWithinAHostAndUseTCPAcrossHosts() throws {
+        try cluster(2)
+        let launchers = try [1, 0].map { host in
+            try Launcher(self, host: host, nodes: 2, perNode: 2, port: port(7), secret: secret,
+                         command: ["collective-check", "--report-transport", "--counts", "0,7,70001"])
+        }
+        for launcher in launchers { XCTAssertEqual(launcher.wait().status, 0, launcher.output) }
+        let (host1, host0) = (launchers[0].output, launchers[1].output)
+        XCTAssertTrue(host0.contains("transport: rank 0 shared memory [1] tcp [2-3]"), host0)
+        XCTAssertTrue(host0.contains("transport: rank 1 shared memory [0] tcp [2-3]"), host0)
+        XCTAssertTrue(host1.contains("transport: rank 2 shared memory [3] tcp [0-1]"), host1)
+        XCTAssertTrue(host1.contains("transport: rank 3 shared memory [2] tcp [0-1]"), host1)
+        XCTAssertFalse((host0 + host1).contains("TCP instead of shared memory"), "another host is no reason to log")
+        for rank in 0..<4 { XCTAssertTrue((host0 + host1).contains("rank \(rank): OK"), host0 + host1) }
+    }
+
     /// A host whose link goes down mid-allreduce: the other host's rank fails within the timeout with
     /// an error naming the lost rank and its address, its launcher reports it, and nothing is left.
     func testHostTakenDownStopsTheOtherHost() throws {
