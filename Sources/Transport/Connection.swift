@@ -71,14 +71,22 @@ public final class Connection: @unchecked Sendable {
         if receiving { receivingInUse.store(false, ordering: .releasing) }
     }
 
+    /// Serializes close and shutdown: a thread stopping a connection (shutdown) while its owner closes it
+    /// must not shut down whatever socket reuses the number next (ThreadSanitizer found the race).
+    private let descriptorLock = Mutex(())
+
     public func close() {
-        if fd >= 0 { Glibc.close(fd); fd = -1 }
+        descriptorLock.withLock { _ in
+            if fd >= 0 { Glibc.close(fd); fd = -1 }
+        }
     }
 
     /// Ends both directions without releasing the descriptor: safe while another thread waits on it
     /// (its poll wakes and its next receive sees EOF), unlike close, whose number could be reused.
     public func shutdown() {
-        if fd >= 0 { _ = Glibc.shutdown(fd, Int32(SHUT_RDWR)) }
+        descriptorLock.withLock { _ in
+            if fd >= 0 { _ = Glibc.shutdown(fd, Int32(SHUT_RDWR)) }
+        }
     }
 
     // MARK: non-blocking primitives (used by collectives that drive several connections at once)
