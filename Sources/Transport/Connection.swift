@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Foundation
 import Synchronization
 
 /// How long to wait and how to wait. A blocking poll wake-up costs ~30 us more than spinning in these
@@ -72,11 +73,12 @@ public final class Connection: @unchecked Sendable {
     }
 
     /// Serializes close and shutdown: a thread stopping a connection (shutdown) while its owner closes it
-    /// must not shut down whatever socket reuses the number next (ThreadSanitizer found the race).
-    private let descriptorLock = Mutex(())
+    /// must not shut down whatever socket reuses the number next (ThreadSanitizer found the race). An
+    /// NSLock (pthread) rather than Synchronization's Mutex, whose futex ThreadSanitizer cannot see.
+    private let descriptorLock = NSLock()
 
     public func close() {
-        descriptorLock.withLock { _ in
+        descriptorLock.withLock {
             if fd >= 0 { Glibc.close(fd); fd = -1 }
         }
     }
@@ -84,7 +86,7 @@ public final class Connection: @unchecked Sendable {
     /// Ends both directions without releasing the descriptor: safe while another thread waits on it
     /// (its poll wakes and its next receive sees EOF), unlike close, whose number could be reused.
     public func shutdown() {
-        descriptorLock.withLock { _ in
+        descriptorLock.withLock {
             if fd >= 0 { _ = Glibc.shutdown(fd, Int32(SHUT_RDWR)) }
         }
     }
