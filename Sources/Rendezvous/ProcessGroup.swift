@@ -179,7 +179,7 @@ public final class ProcessGroup: @unchecked Sendable {
         let lanes = try SharedMemorySetup.run(connections: connections, rank: rank, ringBytes: sharedMemoryRingBytes)
         // Another host is the expected reason; anything else (a full /dev/shm, lanes off on one side) is
         // worth a line, since that pair then runs at loopback TCP's speed.
-        let unexpected = lanes.declined.filter { $0.reason != "another host" }
+        let unexpected = lanes.declined.filter { $0.reason != SharedMemorySetup.anotherHost }
         if !unexpected.isEmpty {
             log("rank \(rank): TCP instead of shared memory with \(unexpected.map { "rank \($0.rank) (\($0.reason))" }.joined(separator: ", "))")
         }

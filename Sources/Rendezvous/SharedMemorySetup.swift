@@ -13,6 +13,8 @@ public enum SharedMemorySetup {
     /// 1 MiB per direction: four 256 KiB frames in flight, as the socket buffers allow; 2 MiB of
     /// /dev/shm per pair of local ranks.
     public static let defaultRingBytes = 1 << 20
+    /// The reason a pair on two hosts stays on TCP: expected, so not worth a log line.
+    public static let anotherHost = "another host"
 
     /// What happened with each peer: attached, or the reason it stays on TCP (nil for our own rank).
     public struct Outcome: Sendable {
@@ -53,18 +55,18 @@ public enum SharedMemorySetup {
             }
             var lane: SharedMemoryLane?
             var reason = ""
-            if identity != nil && !theirs.isEmpty && theirs != identity { reason = "another host" }
+            if identity != nil && !theirs.isEmpty && theirs != identity { reason = anotherHost }
             else if name.isEmpty { reason = "rank \(peer): \(theirReason)" }
-            else if ringBytes == 0 { reason = "turned off here (SWIFT_DDP_SHM_KB=0)" }
+            else if ringBytes == 0 { reason = "rank \(rank): turned off (SWIFT_DDP_SHM_KB=0)" }
             else if identity == nil || theirs != identity { reason = "host identity unreadable (/proc)" }
-            else if bytes != Int64(ringBytes) { reason = "ring sizes differ (SWIFT_DDP_SHM_KB: \(bytes >> 10) there, \(ringBytes >> 10) here)" }
+            else if bytes != Int64(ringBytes) { reason = "ring sizes differ (SWIFT_DDP_SHM_KB: \(bytes >> 10) at rank \(peer), \(ringBytes >> 10) at rank \(rank))" }
             else {
                 do {
                     lane = try SharedMemoryLane.open(name: name, ringBytes: ringBytes)
                     // Mapped: the name is no longer needed, and unlinking here too leaves nothing behind
                     // even if the creator dies before reading our answer.
                     shm_unlink(name)
-                } catch { reason = "\(error)" }
+                } catch { reason = "rank \(rank): \(error)" }
             }
             var answer = ByteWriter()
             answer.bytes([lane == nil ? 0 : 1]); answer.string(reason)
