@@ -13,13 +13,38 @@ import Transport
 public let treeChunkElements = 32 << 10
 
 public func treeAllreduce(_ buffer: UnsafeMutableBufferPointer<Float>, op: ReduceOp, group: ProcessGroup) throws {
-    let n = group.worldSize
+    let n = group.worldSize, rank = group.rank
     guard n > 1 else { return }
     let tree = BinaryTree(worldSize: n, mirrored: false), tag = group.nextTag()
+    let parent = tree.parent(of: rank), children = tree.children(of: rank), depth = tree.depth(of: rank)
+    let scratch = group.scratchFloats(treeChunkElements)
     let chunks = (buffer.count + treeChunkElements - 1) / treeChunkElements
+    let nothing = UnsafeRawBufferPointer(start: nil, count: 0), nowhere = UnsafeMutableRawBufferPointer(start: nil, count: 0)
     for step in 0..<(chunks + tree.maxDepth + 1) {
-        try treeStep(step, tree: tree, buffer, op: op, tag: tag, group: group, name: "tree allreduce")
+        let up = treeChunk(step, of: buffer.count), down = treeChunk(step - depth - 1, of: buffer.count)
+        for child in children where up != nil || down != nil {
+            try exchange(group, tag: tag, sendTo: down == nil ? nil : child, sendBytes: down.map { bytesOf(buffer, $0) } ?? nothing,
+                         receiveFrom: up == nil ? nil : child, receiveBuffer: up.map { mutableBytesOf(scratch, 0..<$0.count) } ?? nowhere,
+                         operation: "tree allreduce on \(group.name) (with child \(child))")
+            if let up { op.combine(buffer.baseAddress! + up.lowerBound, scratch.baseAddress!, count: up.count) }
+        }
+        if let parent {
+            let fromParent = treeChunk(step - depth, of: buffer.count)
+            guard up != nil || fromParent != nil else { continue }
+            try exchange(group, tag: tag, sendTo: up == nil ? nil : parent, sendBytes: up.map { bytesOf(buffer, $0) } ?? nothing,
+                         receiveFrom: fromParent == nil ? nil : parent,
+                         receiveBuffer: fromParent.map { mutableBytesOf(buffer, $0) } ?? nowhere,
+                         operation: "tree allreduce on \(group.name) (with parent \(parent))")
+        } else if let up {
+            op.finish(UnsafeMutableBufferPointer(rebasing: buffer[up]), worldSize: n)
+        }
     }
+}
+
+/// Chunk `k` of a vector of `count` elements cut into treeChunkElements (nil outside it).
+func treeChunk(_ k: Int, of count: Int) -> Range<Int>? {
+    let chunks = (count + treeChunkElements - 1) / treeChunkElements
+    return k >= 0 && k < chunks ? (k * treeChunkElements)..<min((k + 1) * treeChunkElements, count) : nil
 }
 
 /// Double binary tree allreduce (NCCL's): the vector's first half goes through the heap tree rooted at
@@ -49,10 +74,7 @@ public func doubleTreeAllreduce(_ buffer: UnsafeMutableBufferPointer<Float>, op:
         var finish: (half: Int, range: Range<Int>)?
         for (t, tree) in trees.enumerated() {
             let half = halves[t], d = tree.depth(of: rank)
-            let count = (half.count + treeChunkElements - 1) / treeChunkElements
-            func chunk(_ k: Int) -> Range<Int>? {
-                k >= 0 && k < count ? (k * treeChunkElements)..<min((k + 1) * treeChunkElements, half.count) : nil
-            }
+            func chunk(_ k: Int) -> Range<Int>? { treeChunk(k, of: half.count) }
             for (c, child) in tree.children(of: rank).enumerated() {
                 let connection = group.connection(to: child)
                 if let up = chunk(step - h + d) {
@@ -88,36 +110,6 @@ struct BinaryTree {
     func children(of r: Int) -> [Int] { TreeSchedule.children(of: position(r), worldSize: worldSize).map(rank) }
     func depth(of r: Int) -> Int { TreeSchedule.depth(of: position(r)) }
     var maxDepth: Int { TreeSchedule.depth(of: worldSize - 1) }
-}
-
-/// Step `step` of the pipelined tree allreduce of `buffer` on `tree` (see the top of this file).
-func treeStep(_ step: Int, tree: BinaryTree, _ buffer: UnsafeMutableBufferPointer<Float>, op: ReduceOp, tag: UInt32,
-              group: ProcessGroup, name: String) throws {
-    let rank = group.rank, n = group.worldSize
-    let parent = tree.parent(of: rank), children = tree.children(of: rank), depth = tree.depth(of: rank)
-    let scratch = group.scratchFloats(treeChunkElements)
-    let chunks = (buffer.count + treeChunkElements - 1) / treeChunkElements
-    func chunk(_ k: Int) -> Range<Int>? {
-        k >= 0 && k < chunks ? (k * treeChunkElements)..<min((k + 1) * treeChunkElements, buffer.count) : nil
-    }
-    let nothing = UnsafeRawBufferPointer(start: nil, count: 0), nowhere = UnsafeMutableRawBufferPointer(start: nil, count: 0)
-    let up = chunk(step), down = chunk(step - depth - 1)
-    for child in children where up != nil || down != nil {
-        try exchange(group, tag: tag, sendTo: down == nil ? nil : child, sendBytes: down.map { bytesOf(buffer, $0) } ?? nothing,
-                     receiveFrom: up == nil ? nil : child, receiveBuffer: up.map { mutableBytesOf(scratch, 0..<$0.count) } ?? nowhere,
-                     operation: "\(name) on \(group.name) (with child \(child))")
-        if let up { op.combine(buffer.baseAddress! + up.lowerBound, scratch.baseAddress!, count: up.count) }
-    }
-    if let parent {
-        let fromParent = chunk(step - depth)
-        guard up != nil || fromParent != nil else { return }
-        try exchange(group, tag: tag, sendTo: up == nil ? nil : parent, sendBytes: up.map { bytesOf(buffer, $0) } ?? nothing,
-                     receiveFrom: fromParent == nil ? nil : parent,
-                     receiveBuffer: fromParent.map { mutableBytesOf(buffer, $0) } ?? nowhere,
-                     operation: "\(name) on \(group.name) (with parent \(parent))")
-    } else if let up {
-        op.finish(UnsafeMutableBufferPointer(rebasing: buffer[up]), worldSize: n)
-    }
 }
 
 /// Chunked broadcast of raw bytes from `root` down a binary tree over ranks relative to the root.
