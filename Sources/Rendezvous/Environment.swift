@@ -79,6 +79,15 @@ public struct WorkerEnvironment: Sendable, Equatable {
         try read(env)
     }
 
+    /// SWIFT_DDP_SHM_KB alone (`ddp-train plan` reads it outside a job), validated as a rank reads it.
+    public static func sharedMemoryRingBytes(_ env: [String: String]) throws -> Int? {
+        guard let text = env["SWIFT_DDP_SHM_KB"], !text.isEmpty else { return nil }
+        guard let kb = Int(text), kb >= 0 && kb % 4 == 0 && kb <= 1 << 20 else {
+            throw EnvironmentError(variable: "SWIFT_DDP_SHM_KB", problem: "'\(text)' is not 0 or a whole number of KiB, a multiple of 4, up to 1048576")
+        }
+        return kb << 10
+    }
+
     public static func read(_ env: [String: String]) throws -> WorkerEnvironment {
         var e = WorkerEnvironment()
         func text(_ name: String) -> String? { env[name].flatMap { $0.isEmpty ? nil : $0 } }
@@ -109,8 +118,7 @@ public struct WorkerEnvironment: Sendable, Equatable {
         e.authenticateFrames = try flag("SWIFT_DDP_AUTH_FRAMES")
         e.chunkBytes = try number("SWIFT_DDP_CHUNK_KB", { Int($0) }, { $0 >= 1 && $0 <= FrameHeader.maxLength >> 10 },
                                   "a whole number of KiB in 1...\(FrameHeader.maxLength >> 10)").map { $0 << 10 }
-        e.sharedMemoryRingBytes = try number("SWIFT_DDP_SHM_KB", { Int($0) }, { $0 >= 0 && $0 % 4 == 0 && $0 <= 1 << 20 },
-                                             "0 or a whole number of KiB, a multiple of 4, up to 1048576").map { $0 << 10 }
+        e.sharedMemoryRingBytes = try sharedMemoryRingBytes(env)
         e.bindCPUs = text("SWIFT_DDP_BIND_CPUS")
         e.bindNode = try number("SWIFT_DDP_BIND_NODE", { Int($0) }, { $0 >= 0 }, "a NUMA node number")
         e.bindMemory = try flag("SWIFT_DDP_BIND_MEMORY")

@@ -45,7 +45,7 @@ public func chooseLayout(_ config: TrainConfig, world: ProcessGroup, localRanks:
 
 /// Rank 0's half of `chooseLayout`: plan, log the ranking and the reason, return the pick. A budget
 /// nothing fits is a ConfigError naming memory_per_rank_mb and the smallest layout's need.
-func planLayout(_ config: TrainConfig, worldSize: Int, localRanks: Int, laneRingBytes: Int = SharedMemorySetup.defaultRingBytes,
+func planLayout(_ config: TrainConfig, worldSize: Int, localRanks: Int, laneRingBytes: Int,
                 log: (String) -> Void) throws -> TrainConfig {
     let text = try CharText(path: config.dataset == .text ? config.dataPath : config.dataDir + "/tinyshakespeare.txt")
     var planner = LayoutPlanner(config: config, worldSize: worldSize, vocabularySize: text.vocabulary.count)

@@ -271,7 +271,7 @@ struct Plan: ParsableCommand {
             if let linkLatency { planner.communication.alpha = linkLatency * 1e-6 }
             planner.refaultSecondsPerByte = LayoutPlanner.measureRefault()
             planner.ranksPerHost = ranksPerHost
-            if let kb = ProcessInfo.processInfo.environment["SWIFT_DDP_SHM_KB"].flatMap({ Int($0) }) { planner.laneRingBytes = kb << 10 }
+            if let ring = try WorkerEnvironment.sharedMemoryRingBytes(ProcessInfo.processInfo.environment) { planner.laneRingBytes = ring }
             let budget = memoryPerRank.flatMap(Self.bytes)
             let copies = min(world, planner.cores)
             let plans = try planner.plan(compute: .measured(copies: copies), memoryPerRank: budget)
