@@ -39,7 +39,7 @@ public func addBias(_ bias: UnsafePointer<Float>, to x: UnsafeMutablePointer<Flo
 public func reluForward(_ x: UnsafePointer<Float>, into out: UnsafeMutablePointer<Float>, count n: Int) {
     var i = 0
     let zero = SIMD16<Float>()
-    while i + 16 <= n { store16(out + i, pointwiseMax(load16(x + i), zero)); i += 16 }
+    while i + 16 <= n { store16(out + i, vectorMax(load16(x + i), zero)); i += 16 }
     while i < n { out[i] = max(x[i], 0); i += 1 }
 }
 

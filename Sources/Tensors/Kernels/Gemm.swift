@@ -7,7 +7,10 @@
 // mr x nr tile of C in registers across the whole slab. Packing absorbs the transposes, so one
 // micro-kernel serves all four transpose combinations; zero padding in the panels absorbs the edges,
 // and edge tiles go through a small scratch tile so that C is never written out of bounds.
-// beta is applied to C once up front; each slab then accumulates into C.
+// beta is applied by the first K slab's micro-kernel as it stores its tile (beta 0 never reads C, so no
+// separate pass zeroes or scales C); later slabs accumulate. Slabs and blocks are cut evenly (K = 784 is
+// 4 slabs of 196, not 3 of 256 and one of 16, whose tile stores would cost as much as its multiply).
+// Pack buffers are kept per thread (GemmScratch.swift), not allocated per call.
 
 public enum Transpose: Sendable {
     case none, transposed
@@ -53,32 +56,33 @@ public func gemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: In
     precondition(lda >= (transA == .none ? k : m) && ldb >= (transB == .none ? n : k) && ldc >= n,
                  "gemm: leading dimension too small")
     if m == 0 || n == 0 { return }
-    scaleMatrix(c, rows: m, cols: n, ld: ldc, by: beta)
-    if k == 0 || alpha == 0 { return }
+    if k == 0 || alpha == 0 { return scaleMatrix(c, rows: m, cols: n, ld: ldc, by: beta) }
 
+    // A B one panel wide or less runs on 16-wide panels: the 32-wide AVX-512 tile would multiply
+    // mostly padding (64x256x10: 10 of 32 columns), and two ymm FMAs issue where one zmm FMA does.
+    let kernel = kernel == .simd16x6x32 && n <= 16 ? .simd8x6x16 : kernel
     let mr = kernel.mr, nr = kernel.nr
     let blocking = kernel.blocking
-    let ncMax = min(blocking.nc, roundUp(n, nr))
-    let mcMax = min(blocking.mc, roundUp(m, mr))
-    let kcMax = min(blocking.kc, k)
-    let packA = alignedFloats(mcMax * kcMax)
-    let packB = alignedFloats(ncMax * kcMax)
-    let edgeTile = alignedFloats(mr * nr)
-    defer { packA.deallocate(); packB.deallocate(); edgeTile.deallocate() }
+    let ncMax = evenBlock(n, max: blocking.nc, multiple: nr)
+    let mcMax = evenBlock(m, max: blocking.mc, multiple: mr)
+    let kcMax = evenBlock(k, max: blocking.kc, multiple: 1)
+    let scratch = GemmScratch.forThisThread(floats: mcMax * kcMax + ncMax * kcMax + mr * nr)
+    let packA = scratch, packB = scratch + mcMax * kcMax, edgeTile = packB + ncMax * kcMax
 
     // With op(B) only a few panels wide, each A panel feeds few micro-kernel calls and packing A
     // (O(MK)) costs as much as the multiply (O(MNK)): then whole A panels are read in place.
     let packsA = n > 4 * nr
     var jc = 0
     while jc < n {
-        let nc = min(blocking.nc, n - jc)
+        let nc = min(ncMax, n - jc)
         var pc = 0
         while pc < k {
-            let kc = min(blocking.kc, k - pc)
+            let kc = min(kcMax, k - pc)
+            let slabBeta = pc == 0 ? beta : 1
             packPanelsOfB(transB, b, ldb, rowStart: pc, kc: kc, colStart: jc, nc: nc, nr: nr, into: packB)
             var ic = 0
             while ic < m {
-                let mc = min(blocking.mc, m - ic)
+                let mc = min(mcMax, m - ic)
                 if packsA {
                     packPanelsOfA(transA, a, lda, rowStart: ic, mc: mc, colStart: pc, kc: kc, mr: mr, into: packA)
                 }
@@ -102,12 +106,12 @@ public func gemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: In
                         }
                         let cTile = c + (ic + ir) * ldc + jc + jr
                         if rows == mr && cols == nr {
-                            runMicroKernel(kernel, kc: kc, a: panel, b: bPanel, c: cTile, ldc: ldc, alpha: alpha)
+                            runMicroKernel(kernel, kc: kc, a: panel, b: bPanel, c: cTile, ldc: ldc, alpha: alpha, beta: slabBeta)
                         } else {
-                            edgeTile.initialize(repeating: 0, count: mr * nr)
-                            runMicroKernel(kernel, kc: kc, a: panel, b: bPanel, c: edgeTile, ldc: nr, alpha: alpha)
+                            runMicroKernel(kernel, kc: kc, a: panel, b: bPanel, c: edgeTile, ldc: nr, alpha: alpha, beta: 0)
                             for r in 0..<rows {
-                                for j in 0..<cols { cTile[r * ldc + j] += edgeTile[r * nr + j] }
+                                let row = cTile + r * ldc, tile = edgeTile + r * nr
+                                for j in 0..<cols { row[j] = combine(row[j], tile[j], beta: slabBeta) }
                             }
                         }
                         ir += mr
@@ -138,23 +142,34 @@ public func gemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: In
          beta: beta, c: c, ldc: n, kernel: kernel)
 }
 
+/// Cuts `size` into the fewest blocks of at most `max`, evenly, rounded up to `multiple`.
+@inline(__always) func evenBlock(_ size: Int, max: Int, multiple: Int) -> Int {
+    let blocks = (size + max - 1) / max
+    return Swift.min(max, roundUp((size + blocks - 1) / blocks, multiple))
+}
+
+/// What a tile stores into C: beta 0 never reads C (NaNs there do not leak), 1 accumulates.
+@inline(__always) func combine(_ old: Float, _ value: Float, beta: Float) -> Float {
+    beta == 0 ? value : beta == 1 ? old + value : old * beta + value
+}
+
 @inline(__always)
 private func runMicroKernel(_ kernel: GemmMicroKernel, kc: Int, a: PanelOfA, b: UnsafePointer<Float>,
-                            c: UnsafeMutablePointer<Float>, ldc: Int, alpha: Float) {
+                            c: UnsafeMutablePointer<Float>, ldc: Int, alpha: Float, beta: Float) {
     // Literal strides for the packed layout let the inlined kernel fold its address arithmetic.
     let packed = a.rowStride == 1 && a.colStride == kernel.mr
     switch kernel {
     case .simd8x6x16:
         if packed {
-            microKernel6x16(kc: kc, a: a.base, rowStride: 1, colStride: 6, b: b, c: c, ldc: ldc, alpha: alpha)
+            microKernel6x16(kc: kc, a: a.base, rowStride: 1, colStride: 6, b: b, c: c, ldc: ldc, alpha: alpha, beta: beta)
         } else {
-            microKernel6x16(kc: kc, a: a.base, rowStride: a.rowStride, colStride: a.colStride, b: b, c: c, ldc: ldc, alpha: alpha)
+            microKernel6x16(kc: kc, a: a.base, rowStride: a.rowStride, colStride: a.colStride, b: b, c: c, ldc: ldc, alpha: alpha, beta: beta)
         }
     case .simd16x6x32:
         if packed {
-            microKernel6x32(kc: kc, a: a.base, rowStride: 1, colStride: 6, b: b, c: c, ldc: ldc, alpha: alpha)
+            microKernel6x32(kc: kc, a: a.base, rowStride: 1, colStride: 6, b: b, c: c, ldc: ldc, alpha: alpha, beta: beta)
         } else {
-            microKernel6x32(kc: kc, a: a.base, rowStride: a.rowStride, colStride: a.colStride, b: b, c: c, ldc: ldc, alpha: alpha)
+            microKernel6x32(kc: kc, a: a.base, rowStride: a.rowStride, colStride: a.colStride, b: b, c: c, ldc: ldc, alpha: alpha, beta: beta)
         }
     }
 }
@@ -233,8 +248,3 @@ private func scaleMatrix(_ c: UnsafeMutablePointer<Float>, rows: Int, cols: Int,
 }
 
 @inline(__always) func roundUp(_ x: Int, _ multiple: Int) -> Int { (x + multiple - 1) / multiple * multiple }
-
-func alignedFloats(_ count: Int) -> UnsafeMutablePointer<Float> {
-    UnsafeMutableRawPointer.allocate(byteCount: max(count, 1) * 4, alignment: 64)
-        .bindMemory(to: Float.self, capacity: max(count, 1))
-}

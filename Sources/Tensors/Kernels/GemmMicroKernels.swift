@@ -1,4 +1,4 @@
-// GEMM micro-kernels: C[mr x nr] += alpha * Apanel[mr x kc] * Bpanel[kc x nr].
+// GEMM micro-kernels: C[mr x nr] = alpha * Apanel[mr x kc] * Bpanel[kc x nr] + beta * C.
 // Element (r, k) of the A panel is at a[r * rowStride + k * colStride] (packed: 1 and mr; read in place
 // when B is narrow); Bpanel holds nr floats per k, 64-byte aligned (see Gemm.swift).
 // Each k step broadcasts the mr values of A and does mr x (nr / width) fused multiply-adds on
@@ -11,17 +11,18 @@ private func loadVector<V: SIMD>(_ p: UnsafePointer<Float>, as: V.Type) -> V whe
 }
 
 @inline(__always)
-private func accumulate<V: SIMD>(_ c: UnsafeMutablePointer<Float>, _ value: V, alpha: Float) where V.Scalar == Float {
+private func accumulate<V: SIMD>(_ c: UnsafeMutablePointer<Float>, _ value: V, alpha: Float, beta: Float) where V.Scalar == Float {
     let raw = UnsafeMutableRawPointer(c)
+    if beta == 0 { return raw.storeBytes(of: value * alpha, as: V.self) }
     let old = raw.loadUnaligned(as: V.self)
-    raw.storeBytes(of: old.addingProduct(alpha, value), as: V.self)
+    raw.storeBytes(of: (beta == 1 ? old : old * beta).addingProduct(alpha, value), as: V.self)
 }
 
 /// 6 x (2 vectors) tile: 12 accumulators + 2 B vectors + 1 broadcast. Specialized for each vector type
 /// at its call site (always inlined), so the accumulators stay in registers.
 @inline(__always)
 private func microKernel6xTwoVectors<V: SIMD>(_: V.Type, kc: Int, a: UnsafePointer<Float>, rowStride rs: Int, colStride cs: Int,
-                                              b: UnsafePointer<Float>, c: UnsafeMutablePointer<Float>, ldc: Int, alpha: Float)
+                                              b: UnsafePointer<Float>, c: UnsafeMutablePointer<Float>, ldc: Int, alpha: Float, beta: Float)
     where V.Scalar == Float {
     let w = V.scalarCount
     var c00 = V(), c01 = V(), c10 = V(), c11 = V(), c20 = V(), c21 = V()
@@ -37,24 +38,24 @@ private func microKernel6xTwoVectors<V: SIMD>(_: V.Type, kc: Int, a: UnsafePoint
         av = V(repeating: pa[5 * rs]); c50 = c50.addingProduct(av, b0); c51 = c51.addingProduct(av, b1)
         pa += cs; pb += 2 * w
     }
-    accumulate(c, c00, alpha: alpha); accumulate(c + w, c01, alpha: alpha)
-    accumulate(c + ldc, c10, alpha: alpha); accumulate(c + ldc + w, c11, alpha: alpha)
-    accumulate(c + 2 * ldc, c20, alpha: alpha); accumulate(c + 2 * ldc + w, c21, alpha: alpha)
-    accumulate(c + 3 * ldc, c30, alpha: alpha); accumulate(c + 3 * ldc + w, c31, alpha: alpha)
-    accumulate(c + 4 * ldc, c40, alpha: alpha); accumulate(c + 4 * ldc + w, c41, alpha: alpha)
-    accumulate(c + 5 * ldc, c50, alpha: alpha); accumulate(c + 5 * ldc + w, c51, alpha: alpha)
+    accumulate(c, c00, alpha: alpha, beta: beta); accumulate(c + w, c01, alpha: alpha, beta: beta)
+    accumulate(c + ldc, c10, alpha: alpha, beta: beta); accumulate(c + ldc + w, c11, alpha: alpha, beta: beta)
+    accumulate(c + 2 * ldc, c20, alpha: alpha, beta: beta); accumulate(c + 2 * ldc + w, c21, alpha: alpha, beta: beta)
+    accumulate(c + 3 * ldc, c30, alpha: alpha, beta: beta); accumulate(c + 3 * ldc + w, c31, alpha: alpha, beta: beta)
+    accumulate(c + 4 * ldc, c40, alpha: alpha, beta: beta); accumulate(c + 4 * ldc + w, c41, alpha: alpha, beta: beta)
+    accumulate(c + 5 * ldc, c50, alpha: alpha, beta: beta); accumulate(c + 5 * ldc + w, c51, alpha: alpha, beta: beta)
 }
 
 /// 6 x 16 tile in SIMD8 accumulators: 15 of AVX2's 16 ymm registers.
 @inline(__always)
 func microKernel6x16(kc: Int, a: UnsafePointer<Float>, rowStride rs: Int, colStride cs: Int, b: UnsafePointer<Float>,
-                     c: UnsafeMutablePointer<Float>, ldc: Int, alpha: Float) {
-    microKernel6xTwoVectors(SIMD8<Float>.self, kc: kc, a: a, rowStride: rs, colStride: cs, b: b, c: c, ldc: ldc, alpha: alpha)
+                     c: UnsafeMutablePointer<Float>, ldc: Int, alpha: Float, beta: Float) {
+    microKernel6xTwoVectors(SIMD8<Float>.self, kc: kc, a: a, rowStride: rs, colStride: cs, b: b, c: c, ldc: ldc, alpha: alpha, beta: beta)
 }
 
 /// 6 x 32 tile in SIMD16 accumulators: fits AVX-512's 32 zmm registers (spills on AVX2, still correct).
 @inline(__always)
 func microKernel6x32(kc: Int, a: UnsafePointer<Float>, rowStride rs: Int, colStride cs: Int, b: UnsafePointer<Float>,
-                     c: UnsafeMutablePointer<Float>, ldc: Int, alpha: Float) {
-    microKernel6xTwoVectors(SIMD16<Float>.self, kc: kc, a: a, rowStride: rs, colStride: cs, b: b, c: c, ldc: ldc, alpha: alpha)
+                     c: UnsafeMutablePointer<Float>, ldc: Int, alpha: Float, beta: Float) {
+    microKernel6xTwoVectors(SIMD16<Float>.self, kc: kc, a: a, rowStride: rs, colStride: cs, b: b, c: c, ldc: ldc, alpha: alpha, beta: beta)
 }
