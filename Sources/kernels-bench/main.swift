@@ -41,14 +41,19 @@ struct KernelsBench: ParsableCommand {
         print(String(format: "# measured peak: FMA chains %.1f GFLOP/s, cache-resident GEMM 192^3 %.1f GFLOP/s; peak = %.1f", chains, cached, peak))
         print("# C[M,N] = A[M,K] B[K,N]; GFLOP/s = 2MNK/t; best and median of 5 trials of ~0.3 s")
         print("#     M     K     N  trans | swift best median %peak | checked" + (numpy.isEmpty ? "" : " | numpy best median | ratio (median)"))
-        let shapes: [(Int, Int, Int)] = [(256, 256, 256), (512, 512, 512), (1024, 1024, 1024),
-                                         (768, 128, 512), (768, 512, 128), (768, 128, 384), (768, 384, 128),
-                                         (768, 512, 2048), (768, 2048, 512), (64, 784, 256), (64, 256, 10)]
+        // Squares in NN; the GPT's layer shapes in all three uses (forward NT, backward NN and TN, the
+        // same M K N as the recipe's shapes are symmetric); the MLP's layers as the trainer calls them:
+        // forward NT, dW TN, dx NN (fc1 needs no dx), plus the NN rows measured since the start.
+        let all = "NN NT TN"
+        let shapes: [(Int, Int, Int, String)] = [(256, 256, 256, "NN"), (512, 512, 512, "NN"), (1024, 1024, 1024, "NN"),
+                                                 (768, 128, 512, all), (768, 512, 128, all), (768, 128, 384, all), (768, 384, 128, all),
+                                                 (768, 512, 2048, all), (768, 2048, 512, all),
+                                                 (64, 784, 256, "NN NT"), (256, 64, 784, "TN"),
+                                                 (64, 256, 10, "NN NT"), (10, 64, 256, "TN"), (64, 10, 256, "NN")]
         var ratios: [Double] = [], wrong = 0
-        for (m, k, n) in shapes {
-            for (ta, tb) in [(Transpose.none, Transpose.none), (.none, .transposed), (.transposed, .none)] {
-                // Backward's transposes matter only for the GPT shapes; square shapes show NN.
-                if (ta != .none || tb != .none) && m != 768 { continue }
+        for (m, k, n, uses) in shapes {
+            for use in uses.split(separator: " ") {
+                let ta: Transpose = use.first == "T" ? .transposed : .none, tb: Transpose = use.last == "T" ? .transposed : .none
                 let a = Tensor(zeros: [m * k]), b = Tensor(zeros: [k * n]), c = Tensor(zeros: [m * n])
                 for i in 0..<a.count { a[i] = Float(i % 13) * 0.01 }
                 for i in 0..<b.count { b[i] = Float(i % 7) * 0.01 }

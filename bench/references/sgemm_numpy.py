@@ -8,8 +8,11 @@ import time
 
 import numpy as np
 
-SHAPES = [(256, 256, 256), (512, 512, 512), (1024, 1024, 1024), (768, 128, 512), (768, 512, 128), (768, 128, 384),
-          (768, 384, 128), (768, 512, 2048), (768, 2048, 512), (64, 784, 256), (64, 256, 10)]
+ALL = "NN NT TN"
+SHAPES = [(256, 256, 256, "NN"), (512, 512, 512, "NN"), (1024, 1024, 1024, "NN"),
+          (768, 128, 512, ALL), (768, 512, 128, ALL), (768, 128, 384, ALL), (768, 384, 128, ALL),
+          (768, 512, 2048, ALL), (768, 2048, 512, ALL),
+          (64, 784, 256, "NN NT"), (256, 64, 784, "TN"), (64, 256, 10, "NN NT"), (10, 64, 256, "TN"), (64, 10, 256, "NN")]
 
 
 def bench(f):
@@ -26,8 +29,8 @@ def bench(f):
 
 
 print(f"# numpy {np.__version__}: M K N trans | GFLOP/s best median")
-for m, k, n in SHAPES:
-    for trans in (["NN", "NT", "TN"] if m == 768 else ["NN"]):
+for m, k, n, uses in SHAPES:
+    for trans in uses.split():
         # Stored as the kernel reads them: A is [K,M] when transposed, B is [N,K] when transposed.
         a = np.random.rand(*((k, m) if trans[0] == "T" else (m, k))).astype(np.float32)
         b = np.random.rand(*((n, k) if trans[1] == "T" else (k, n))).astype(np.float32)

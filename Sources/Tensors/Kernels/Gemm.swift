@@ -52,11 +52,29 @@ public func gemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: In
                  b: UnsafePointer<Float>, ldb: Int,
                  beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int,
                  kernel: GemmMicroKernel = .native) {
+    gemm(transA, transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc,
+         kernel: kernel, mayTranspose: true)
+}
+
+private func gemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: Int,
+                  alpha: Float, a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+                  beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int, kernel: GemmMicroKernel, mayTranspose: Bool) {
     precondition(m >= 0 && n >= 0 && k >= 0, "gemm: negative size m=\(m) n=\(n) k=\(k)")
     precondition(lda >= (transA == .none ? k : m) && ldb >= (transB == .none ? n : k) && ldc >= n,
                  "gemm: leading dimension too small")
     if m == 0 || n == 0 { return }
     if k == 0 || alpha == 0 { return scaleMatrix(c, rows: m, cols: n, ld: ldc, by: beta) }
+    if mayTranspose && packsLessTransposed(transA, transB, m: m, n: n, k: k, nr: kernel.nr) {
+        // C^T = op(B)^T op(A)^T into scratch, then added into C transposed.
+        let t = GemmScratch.forThisThread(floats: m * n, slot: 1)
+        gemm(transB == .none ? .transposed : .none, transA == .none ? .transposed : .none, m: n, n: m, k: k, alpha: alpha,
+             a: b, lda: ldb, b: a, ldb: lda, beta: 0, c: t, ldc: m, kernel: kernel, mayTranspose: false)
+        for i in 0..<m {
+            let row = c + i * ldc
+            for j in 0..<n { row[j] = combine(row[j], t[j &* m &+ i], beta: beta) }
+        }
+        return
+    }
 
     // A B one panel wide or less runs on 16-wide panels: the 32-wide AVX-512 tile would multiply
     // mostly padding (64x256x10: 10 of 32 columns), and two ymm FMAs issue where one zmm FMA does.
@@ -142,6 +160,21 @@ public func gemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: In
          beta: beta, c: c, ldc: n, kernel: kernel)
 }
 
+/// Whether computing C^T = op(B)^T op(A)^T moves fewer floats through packing than C = op(A) op(B).
+/// Packing op(B) costs N·K, a scatter when B is transposed (a row copy otherwise, counted a quarter);
+/// op(A) is packed only when B is wider than 4 panels (M·K, a scatter unless A is transposed); the
+/// transposed way adds M·N to add C^T into C. A layer's forward with few rows, x[64, 784] W^T with W
+/// [256, 784], packs 250k floats one way and 66k the other (W is then read in place).
+func packsLessTransposed(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: Int, nr: Int) -> Bool {
+    func cost(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int) -> Double {
+        let packB = Double(n * k) * (transB == .transposed ? 1 : 0.25)
+        let packA = n > 4 * nr ? Double(m * k) * (transA == .none ? 1 : 0.5) : 0
+        return packB + packA
+    }
+    let flipA: Transpose = transA == .none ? .transposed : .none, flipB: Transpose = transB == .none ? .transposed : .none
+    return cost(flipB, flipA, m: n, n: m) + Double(m * n) < cost(transA, transB, m: m, n: n)
+}
+
 /// Cuts `size` into the fewest blocks of at most `max`, evenly, rounded up to `multiple`.
 @inline(__always) func evenBlock(_ size: Int, max: Int, multiple: Int) -> Int {
     let blocks = (size + max - 1) / max
@@ -194,10 +227,11 @@ private func packPanelsOfA(_ trans: Transpose, _ a: UnsafePointer<Float>, _ lda:
             }
         } else {
             // Read each row of A sequentially and scatter with stride mr (the panel stays in L1).
+            // Pointers step by wrapping adds: overflow-checked index products doubled the loop.
             if rows < mr { out.initialize(repeating: 0, count: kc * mr) }
             for r in 0..<rows {
-                let src = a + (i0 + r) * lda + colStart
-                for p in 0..<kc { out[p * mr + r] = src[p] }
+                var src = a + (i0 + r) * lda + colStart, target = out + r
+                for _ in 0..<kc { target.pointee = src.pointee; src += 1; target += mr }
             }
             out += kc * mr
         }
@@ -219,8 +253,8 @@ private func packPanelsOfB(_ trans: Transpose, _ b: UnsafePointer<Float>, _ ldb:
             // op(B)[p][j] = b[j * ldb + p]: walk each stored row once, scattering with stride nr.
             if cols < nr { out.initialize(repeating: 0, count: kc * nr) }
             for j in 0..<cols {
-                let src = b + (j0 + j) * ldb + rowStart
-                for p in 0..<kc { out[p * nr + j] = src[p] }
+                var src = b + (j0 + j) * ldb + rowStart, target = out + j
+                for _ in 0..<kc { target.pointee = src.pointee; src += 1; target += nr }
             }
             out += kc * nr
         } else {

@@ -2,19 +2,14 @@
 import Glibc
 #endif
 
-/// GEMM's pack buffers, one growing block per thread: a call used to allocate and free up to 2 MiB
+/// GEMM's pack buffers, growing blocks per thread (slot 0 packs, slot 1 holds a transposed C while
+/// the inner call packs into slot 0): a call used to allocate and free up to 2 MiB
 /// (B's slab), which glibc may serve by mmap, i.e. page faults on every call. Threads never share one
 /// (ranks time layouts on several threads at once); the block is freed when its thread exits.
 final class GemmScratch {
-    private var floats: UnsafeMutablePointer<Float>
-    private var capacity: Int
+    private var blocks: [(floats: UnsafeMutableRawPointer, capacity: Int)] = []
 
-    private init() {
-        capacity = 0
-        floats = UnsafeMutablePointer<Float>.allocate(capacity: 1)
-    }
-
-    deinit { floats.deallocate() }
+    deinit { for block in blocks { block.floats.deallocate() } }
 
     private static let key: pthread_key_t = {
         var key = pthread_key_t()
@@ -25,8 +20,8 @@ final class GemmScratch {
         return key
     }()
 
-    /// At least `count` floats, 64-byte aligned, valid until this thread's next call.
-    static func forThisThread(floats count: Int) -> UnsafeMutablePointer<Float> {
+    /// At least `count` floats, 64-byte aligned, valid until this thread asks for the same slot again.
+    static func forThisThread(floats count: Int, slot: Int = 0) -> UnsafeMutablePointer<Float> {
         let scratch: GemmScratch
         if let block = pthread_getspecific(key) {
             scratch = Unmanaged<GemmScratch>.fromOpaque(block).takeUnretainedValue()
@@ -34,12 +29,11 @@ final class GemmScratch {
             scratch = GemmScratch()
             pthread_setspecific(key, Unmanaged.passRetained(scratch).toOpaque())
         }
-        if scratch.capacity < count {
-            scratch.floats.deallocate()
-            scratch.floats = UnsafeMutableRawPointer.allocate(byteCount: count * 4, alignment: 64)
-                .bindMemory(to: Float.self, capacity: count)
-            scratch.capacity = count
+        while scratch.blocks.count <= slot { scratch.blocks.append((UnsafeMutableRawPointer.allocate(byteCount: 64, alignment: 64), 0)) }
+        if scratch.blocks[slot].capacity < count {
+            scratch.blocks[slot].floats.deallocate()
+            scratch.blocks[slot] = (UnsafeMutableRawPointer.allocate(byteCount: count * 4, alignment: 64), count)
         }
-        return scratch.floats
+        return scratch.blocks[slot].floats.assumingMemoryBound(to: Float.self)
     }
 }
