@@ -32,20 +32,22 @@ public struct MNIST: Sendable {
                 MNIST(images: Array(images[cut...]), labels: Array(labels[count...]), pixelsPerImage: pixelsPerImage))
     }
 
-    /// Examples at `indices`, as a flat feature matrix and labels.
-    public func gather(_ indices: ArraySlice<Int>) -> (features: [Float], labels: [Int32]) {
-        var features = [Float](repeating: 0, count: indices.count * pixelsPerImage)
-        var out = [Int32](repeating: 0, count: indices.count)
-        features.withUnsafeMutableBufferPointer { dest in
-            images.withUnsafeBufferPointer { src in
-                for (row, i) in indices.enumerated() {
-                    (dest.baseAddress! + row * pixelsPerImage)
-                        .update(from: src.baseAddress! + i * pixelsPerImage, count: pixelsPerImage)
-                    out[row] = labels[i]
-                }
+    /// Writes the images at `indices` as rows of `features` (indices.count x pixelsPerImage floats).
+    public func writeImages(_ indices: ArraySlice<Int>, into features: UnsafeMutablePointer<Float>) {
+        images.withUnsafeBufferPointer { src in
+            for (row, i) in indices.enumerated() {
+                (features + row * pixelsPerImage).update(from: src.baseAddress! + i * pixelsPerImage, count: pixelsPerImage)
             }
         }
-        return (features, out)
+    }
+
+    /// Examples at `indices`, as a flat feature matrix and labels.
+    public func gather(_ indices: ArraySlice<Int>) -> (features: [Float], labels: [Int32]) {
+        let features = [Float](unsafeUninitializedCapacity: indices.count * pixelsPerImage) { buffer, count in
+            writeImages(indices, into: buffer.baseAddress!)
+            count = indices.count * pixelsPerImage
+        }
+        return (features, indices.map { labels[$0] })
     }
 
     static func bigEndian32(_ bytes: [UInt8], _ at: Int) -> Int {

@@ -12,7 +12,8 @@ public final class MLP: Model, ParameterUnits {
     public let activation: Activation
     let fc1: Linear, fc2: Linear
     let head = CrossEntropyHead()
-    var input: [Float] = []
+    /// The batch's features [rows, inputs], kept from forward to backward (fc1's weight gradient).
+    var input = Tensor(zeros: [0])
     var preActivation = Tensor(zeros: [0]), activated = Tensor(zeros: [0]), logits = Tensor(zeros: [0])
     var dActivated = Tensor(zeros: [0]), dPre = Tensor(zeros: [0]), dLogits = Tensor(zeros: [0])
 
@@ -52,15 +53,22 @@ public final class MLP: Model, ParameterUnits {
     public func logits(_ batch: ClassificationBatch) throws -> Tensor {
         let rows = batch.rows
         precondition(batch.features.count == rows * inputs, "batch has \(batch.features.count) features, expected \(rows * inputs)")
+        return try logits(rows: rows) { input in input.update(from: batch.features, count: batch.features.count) }
+    }
+
+    /// Logits for `rows` samples that `fill` writes into the model's kept input ([rows, inputs]): a
+    /// training step gathers its batch there directly instead of into a fresh array.
+    public func logits(rows: Int, fill: (UnsafeMutablePointer<Float>) -> Void) throws -> Tensor {
         if logits.count != rows * classes {
+            input = Tensor(zeros: [rows, inputs])
             preActivation = Tensor(zeros: [rows, hidden]); activated = Tensor(zeros: [rows, hidden])
             logits = Tensor(zeros: [rows, classes])
             dActivated = Tensor(zeros: [rows, hidden]); dPre = Tensor(zeros: [rows, hidden])
             dLogits = Tensor(zeros: [rows, classes])
         }
-        input = batch.features
+        fill(input.data)
         try unitHooks?.willUse(unit: 0, backward: false)
-        fc1.forward(input, rows: rows, into: preActivation.data)
+        fc1.forward(input.data, rows: rows, into: preActivation.data)
         unitHooks?.doneUsing(unit: 0, backward: false)
         switch activation {
         case .relu: reluForward(preActivation.data, into: activated.data, count: rows * hidden)
@@ -77,13 +85,19 @@ public final class MLP: Model, ParameterUnits {
         return head.forward(logits: out.data, targets: batch.labels, classes: classes)
     }
 
+    /// The mean loss of `labels.count` samples whose features `fill` writes (see logits(rows:fill:)).
+    public func forward(labels: [Int32], fill: (UnsafeMutablePointer<Float>) -> Void) throws -> Float {
+        let out = try logits(rows: labels.count, fill: fill)
+        return head.forward(logits: out.data, targets: labels, classes: classes)
+    }
+
     public func backward(lossScale: Float, gradientsReady: (Int) -> Void) throws {
         let rows = head.targets.count
         try unitHooks?.willUse(unit: 1, backward: true)
         dLogits.fill(0)
         head.backward(lossScale: lossScale, into: dLogits.data)
-        dActivated.fill(0); dPre.fill(0)
-        fc2.backward(activated.data, dy: dLogits.data, rows: rows, dx: dActivated.data)
+        dPre.fill(0)
+        fc2.backward(activated.data, dy: dLogits.data, rows: rows, dx: dActivated.data, accumulate: false)
         unitHooks?.doneUsing(unit: 1, backward: true)
         gradientsReady(fc2.weight.offset)
         switch activation {
@@ -91,7 +105,7 @@ public final class MLP: Model, ParameterUnits {
         case .gelu: geluBackward(preActivation.data, dActivated.data, accumulatingInto: dPre.data, count: rows * hidden, form: .tanh)
         }
         // fc1's input needs no gradient, so its weights are not needed here: no gather.
-        fc1.backward(input, dy: dPre.data, rows: rows, dx: nil)
+        fc1.backward(input.data, dy: dPre.data, rows: rows, dx: nil)
         gradientsReady(0)
     }
 }

@@ -172,8 +172,9 @@ public final class MLPTask: TrainingTask {
             shardEpoch = epoch
         }
         let start = position * config.batchSize
-        let (features, labels) = train.gather(shard[start..<min(start + config.batchSize, shard.count)])
-        return try model.forward(ClassificationBatch(features: features, labels: labels))
+        let indices = shard[start..<min(start + config.batchSize, shard.count)]
+        let labels = indices.map { train.labels[$0] }
+        return try model.forward(labels: labels) { features in train.writeImages(indices, into: features) }
     }
 
     public func backward(lossScale: Float, gradientsReady: (Int) -> Void) throws {

@@ -30,17 +30,17 @@ public struct Linear: Sendable {
     }
 
     /// dx may be nil when the input needs no gradient (first layer). `weights: false` leaves dW and db
-    /// to `weightBackward` (a split backward's input pass).
+    /// to `weightBackward` (a split backward's input pass). `accumulate: false` overwrites dx.
     public func backward(_ x: UnsafePointer<Float>, dy: UnsafePointer<Float>, rows: Int, dx: UnsafeMutablePointer<Float>?,
-                         weights: Bool = true) {
+                         weights: Bool = true, accumulate: Bool = true) {
         if weights { weightBackward(x, dy: dy, rows: rows) }
-        if let dx { inputBackward(dy: dy, rows: rows, dx: dx) }
+        if let dx { inputBackward(dy: dy, rows: rows, dx: dx, accumulate: accumulate) }
     }
 
-    /// dx += dy W alone (needs no input: a split backward's input pass).
-    public func inputBackward(dy: UnsafePointer<Float>, rows: Int, dx: UnsafeMutablePointer<Float>) {
+    /// dx += dy W alone (needs no input: a split backward's input pass); dx = dy W with `accumulate: false`.
+    public func inputBackward(dy: UnsafePointer<Float>, rows: Int, dx: UnsafeMutablePointer<Float>, accumulate: Bool = true) {
         OperationProfile.measure(profileName + " backward dx", flops: 2 * Double(rows * inFeatures * outFeatures)) {
-            gemm(.none, .none, m: rows, n: inFeatures, k: outFeatures, a: dy, b: weight.value.data, beta: 1, c: dx)
+            gemm(.none, .none, m: rows, n: inFeatures, k: outFeatures, a: dy, b: weight.value.data, beta: accumulate ? 1 : 0, c: dx)
         }
     }
 
