@@ -50,22 +50,21 @@ public final class CausalSelfAttention {
         outputProjection.forward(headsOut.data, rows: B * T, into: y, addingBias: addingOutputBias)
     }
 
-    /// Accumulates into dx.
+    /// Accumulates into dx (overwrites it with `accumulate: false`).
     public func backward(_ x: UnsafePointer<Float>, dy: UnsafePointer<Float>, batch B: Int, time T: Int,
-                         dx: UnsafeMutablePointer<Float>, deferring saved: BlockWeightInputs? = nil) {
+                         dx: UnsafeMutablePointer<Float>, deferring saved: BlockWeightInputs? = nil, accumulate: Bool = true) {
         let rows = B * T
         let dHeadsOut = workspace.floats(.attentionHeadsGradient, rows * channels)
         // A split backward keeps dqkv for its weight pass: written there directly. dy (the output
         // projection's output gradient) is the caller's, already in `saved`.
         let dqkv = saved?.qkv.data ?? workspace.floats(.attentionQKVGradient, rows * 3 * channels)
-        dHeadsOut.update(repeating: 0, count: rows * channels)
         dqkv.update(repeating: 0, count: rows * 3 * channels)
-        outputProjection.backward(headsOut.data, dy: dy, rows: rows, dx: dHeadsOut, weights: saved == nil)
+        outputProjection.backward(headsOut.data, dy: dy, rows: rows, dx: dHeadsOut, weights: saved == nil, accumulate: false)
         OperationProfile.measure("attention core backward", flops: 8 * Double(B * T * T * channels)) {
             attentionBackward(dout: dHeadsOut, qkv: qkv.data, att: probabilities.data, dqkv: dqkv,
                               scratch: workspace.floats(.attentionScores, attentionScratchCount(time: T, channels: channels, heads: heads)),
                               batch: B, time: T, channels: channels, heads: heads)
         }
-        qkvProjection.backward(x, dy: dqkv, rows: rows, dx: dx, weights: saved == nil)
+        qkvProjection.backward(x, dy: dqkv, rows: rows, dx: dx, weights: saved == nil, accumulate: accumulate)
     }
 }

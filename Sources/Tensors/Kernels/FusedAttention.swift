@@ -18,15 +18,18 @@ public func fusedAttentionApplies(headSize: Int) -> Bool { headSize > 0 && headS
 /// Scratch floats the fused kernels need for sequences of T and heads of hs.
 public func fusedAttentionScratchCount(time T: Int, headSize hs: Int) -> Int { (hs + 4) * paddedKeys(T) }
 
-/// s[r][k] = Σ_d a[r][d] bt[d][k] for rows r < R (≤ 4) and keys k < `keys` rounded up to 64; `bt` is
-/// [hs][ldb], zero past the real keys. Rows past R repeat row 0 and are not stored.
+/// s[r][k] = Σ_d a[r][d] bt[d][k] for rows r < R (≤ 4) and keys k < `keys` rounded up to 16; `bt` is
+/// [hs][ldb], zero past the real keys. Rows past R repeat row 0 and are not stored. Keys go 64 at a time
+/// (16 accumulators), the rest 16 at a time: the causal block of rows r0..<r0+4 needs r0 + 4 keys, so
+/// rounding to 64 computed the whole square for T = 64 (1.6x the scores a 16-key rounding needs).
 @inline(__always)
 func scoreBlock(_ a: UnsafePointer<Float>, lda: Int, rows R: Int, _ bt: UnsafePointer<Float>, ldb: Int, depth hs: Int, keys: Int,
                 into s: UnsafeMutablePointer<Float>, lds: Int) {
     typealias V = SIMD16<Float>
     let a0 = a, a1 = a + (R > 1 ? lda : 0), a2 = a + (R > 2 ? 2 * lda : 0), a3 = a + (R > 3 ? 3 * lda : 0)
+    let needed = (keys + 15) / 16 * 16
     var g = 0
-    while g < keys {
+    while g + 64 <= needed {
         var s00 = V(), s01 = V(), s02 = V(), s03 = V(), s10 = V(), s11 = V(), s12 = V(), s13 = V()
         var s20 = V(), s21 = V(), s22 = V(), s23 = V(), s30 = V(), s31 = V(), s32 = V(), s33 = V()
         var b = bt + g
@@ -45,6 +48,22 @@ func scoreBlock(_ a: UnsafePointer<Float>, lda: Int, rows R: Int, _ bt: UnsafePo
         if R > 2 { let o = out + 2 * lds; store16(o, s20); store16(o + 16, s21); store16(o + 32, s22); store16(o + 48, s23) }
         if R > 3 { let o = out + 3 * lds; store16(o, s30); store16(o + 16, s31); store16(o + 32, s32); store16(o + 48, s33) }
         g += 64
+    }
+    while g < needed {
+        var s0 = V(), s1 = V(), s2 = V(), s3 = V()
+        var b = bt + g
+        for d in 0..<hs {
+            let k0 = load16(b)
+            s0 = s0.addingProduct(V(repeating: a0[d]), k0); s1 = s1.addingProduct(V(repeating: a1[d]), k0)
+            s2 = s2.addingProduct(V(repeating: a2[d]), k0); s3 = s3.addingProduct(V(repeating: a3[d]), k0)
+            b += ldb
+        }
+        let out = s + g
+        store16(out, s0)
+        if R > 1 { store16(out + lds, s1) }
+        if R > 2 { store16(out + 2 * lds, s2) }
+        if R > 3 { store16(out + 3 * lds, s3) }
+        g += 16
     }
 }
 
@@ -98,13 +117,65 @@ func scatterBlock(_ p: UnsafePointer<Float>, ldp: Int, rows R: Int, _ x: UnsafeP
     }
 }
 
+/// Lanes of a row's last vector that lie at or before the diagonal (column t of row t).
+@inline(__always) func lanesUpTo(_ count: Int) -> SIMDMask<SIMD16<Int32>> {
+    SIMD16<Int32>(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15) .< SIMD16<Int32>(repeating: Int32(count))
+}
+
+/// Row t of P from its raw scores: softmax over s ≤ t of scores·scale, zeros from t + 1 to `width`.
+/// In whole vectors, the lanes past t masked (−∞ before exp, 0 after): a row of 1–64 keys costs 1–4
+/// vectors, where a lane-by-lane tail (most of a causal row) cost as much again as the exponentials.
+/// `scores` holds at least t + 1 rounded up to 16 floats.
+@inline(__always)
+func causalSoftmaxRow(_ scores: UnsafePointer<Float>, scale: Float, row t: Int, into p: UnsafeMutablePointer<Float>, width T: Int) {
+    typealias V = SIMD16<Float>
+    let vectors = (t + 16) / 16, last = 16 * (vectors - 1)
+    guard 16 * vectors <= T else {
+        // The last rows of a T that is not a multiple of 16: p has no room for a whole last vector.
+        for s in 0...t { p[s] = scores[s] * scale }
+        softmaxRow(p, into: p, count: t + 1)
+        return (p + t + 1).update(repeating: 0, count: T - t - 1)
+    }
+    let factor = V(repeating: scale), valid = lanesUpTo(t + 1 - last)
+    let tail = (load16(scores + last) * factor).replacing(with: -.infinity, where: .!valid)
+    var top = tail
+    for v in stride(from: 0, to: last, by: 16) { top = vectorMax(top, load16(scores + v) * factor) }
+    let shift = V(repeating: top.max())
+    var sums = vectorExp(tail - shift).replacing(with: 0, where: .!valid)
+    store16(p + last, sums)
+    for v in stride(from: 0, to: last, by: 16) {
+        let e = vectorExp(load16(scores + v) * factor - shift)
+        store16(p + v, e); sums += e
+    }
+    let inverse = V(repeating: 1 / sums.sum())
+    for v in stride(from: 0, through: last, by: 16) { store16(p + v, load16(p + v) * inverse) }
+    (p + last + 16).update(repeating: 0, count: T - last - 16)
+}
+
+/// Row t of dS in place in d (dP on entry, finite): P (dP − ⟨dP, P⟩) / √hs over s ≤ t, zero up to
+/// `width`. In whole vectors where P's row (`time` long) and d (`capacity`) have room: P is zero past
+/// t, so those lanes give zero.
+@inline(__always)
+func causalScoreGradientRow(_ p: UnsafePointer<Float>, _ d: UnsafeMutablePointer<Float>, row t: Int, scale: Float, width: Int,
+                            capacity: Int, time T: Int) {
+    typealias V = SIMD16<Float>
+    let span = (t + 16) / 16 * 16
+    guard span <= T && span <= capacity else { return causalScoreGradient(p, d, row: t, scale: scale, width: width) }
+    var dots = V()
+    for v in stride(from: 0, to: span, by: 16) { dots = dots.addingProduct(load16(p + v), load16(d + v)) }
+    let dot = V(repeating: dots.sum()), factor = V(repeating: scale)
+    for v in stride(from: 0, to: span, by: 16) { store16(d + v, load16(p + v) * (load16(d + v) - dot) * factor) }
+    if width > span { (d + span).update(repeating: 0, count: width - span) }
+}
+
 /// Packs columns [0, hs) of T rows (stride ld) transposed into [hs][paddedKeys(T)], zero past T.
 func packTransposed(_ x: UnsafePointer<Float>, ld: Int, rows T: Int, depth hs: Int, into t: UnsafeMutablePointer<Float>) {
     let ldt = paddedKeys(T)
     for d in 0..<hs {
-        let column = t + d * ldt
-        for s in 0..<T { column[s] = x[s * ld + d] }
-        (column + T).update(repeating: 0, count: ldt - T)
+        // Pointer steps: an overflow-checked s * ld per element made this a fifth of the forward.
+        var source = x + d, column = t + d * ldt
+        for _ in 0..<T { column.pointee = source.pointee; column += 1; source += ld }
+        column.update(repeating: 0, count: ldt - T)
     }
 }
 
@@ -122,12 +193,7 @@ func fusedAttentionForward(qkv: UnsafePointer<Float>, out: UnsafeMutablePointer<
             while r0 < T {
                 let rows = min(4, T - r0), keys = r0 + rows
                 scoreBlock(q + r0 * ld, lda: ld, rows: rows, kt, ldb: ldk, depth: hs, keys: keys, into: scores, lds: ldk)
-                for r in 0..<rows {
-                    let t = r0 + r, row = scores + r * ldk, probabilities = p + t * T
-                    Tensors.scale(row, by: scale, count: t + 1)
-                    softmaxRow(row, into: probabilities, count: t + 1)
-                    (probabilities + t + 1).update(repeating: 0, count: T - t - 1)
-                }
+                for r in 0..<rows { causalSoftmaxRow(scores + r * ldk, scale: scale, row: r0 + r, into: p + (r0 + r) * T, width: T) }
                 mixBlock(p + r0 * T, ldp: T, rows: rows, v, ldv: ld, depth: hs, keys: keys, into: out + head.out + r0 * C,
                          ldo: C, accumulate: false)
                 r0 += 4
@@ -154,7 +220,7 @@ func fusedAttentionBackward(dout: UnsafePointer<Float>, qkv: UnsafePointer<Float
                 let rows = min(4, T - r0), keys = r0 + rows
                 // dP = dO Vᵀ, then dS in place (zero past each row's diagonal).
                 scoreBlock(dO + r0 * C, lda: C, rows: rows, vt, ldb: ldk, depth: hs, keys: keys, into: gradients, lds: ldk)
-                for r in 0..<rows { causalScoreGradient(p + (r0 + r) * T, gradients + r * ldk, row: r0 + r, scale: scale, width: keys) }
+                for r in 0..<rows { causalScoreGradientRow(p + (r0 + r) * T, gradients + r * ldk, row: r0 + r, scale: scale, width: keys, capacity: ldk, time: T) }
                 mixBlock(gradients, ldp: ldk, rows: rows, k, ldv: ld, depth: hs, keys: keys, into: dq + r0 * ld, ldo: ld, accumulate: true)
                 scatterBlock(gradients, ldp: ldk, rows: rows, q + r0 * ld, ldx: ld, depth: hs, keys: keys, into: dk, ldy: ld)
                 scatterBlock(p + r0 * T, ldp: T, rows: rows, dO + r0 * C, ldx: C, depth: hs, keys: keys, into: dv, ldy: ld)

@@ -20,12 +20,12 @@ public func geluForward(_ x: UnsafePointer<Float>, into out: UnsafeMutablePointe
     }
 }
 
-/// dx += dout * f'(x) for `form`.
+/// dx += dout * f'(x) for `form`; dx = dout * f'(x) with `accumulate: false` (no zeroing pass first).
 public func geluBackward(_ x: UnsafePointer<Float>, _ dout: UnsafePointer<Float>, accumulatingInto dx: UnsafeMutablePointer<Float>,
-                         count n: Int, form: GELUForm) {
+                         count n: Int, form: GELUForm, accumulate: Bool = true) {
     switch form {
-    case .tanh: geluBackward(x, dout, accumulatingInto: dx, count: n)
-    case .exact: geluExactBackward(x, dout, accumulatingInto: dx, count: n)
+    case .tanh: geluBackward(x, dout, accumulatingInto: dx, count: n, accumulate: accumulate)
+    case .exact: geluExactBackward(x, dout, accumulatingInto: dx, count: n, accumulate: accumulate)
     }
 }
 
@@ -65,21 +65,22 @@ func geluExactForward(_ x: UnsafePointer<Float>, into out: UnsafeMutablePointer<
     for l in 0..<(n - i) { out[i + l] = y[l] }
 }
 
-func geluExactBackward(_ x: UnsafePointer<Float>, _ dout: UnsafePointer<Float>, accumulatingInto dx: UnsafeMutablePointer<Float>, count n: Int) {
+func geluExactBackward(_ x: UnsafePointer<Float>, _ dout: UnsafePointer<Float>, accumulatingInto dx: UnsafeMutablePointer<Float>, count n: Int,
+                       accumulate: Bool = true) {
     @inline(__always) func slope(_ v: SIMD16<Float>) -> SIMD16<Float> {
         let (e, gaussian) = erfHalfAndGaussian(v)
         return 0.5 * (1 + e) + v * gaussian * SIMD16<Float>(repeating: 0.3989422804014327)
     }
     var i = 0
     while i + 16 <= n {
-        store16(dx + i, load16(dx + i).addingProduct(slope(load16(x + i)), load16(dout + i)))
+        store16(dx + i, (accumulate ? load16(dx + i) : SIMD16<Float>()).addingProduct(slope(load16(x + i)), load16(dout + i)))
         i += 16
     }
     guard i < n else { return }
     var v = SIMD16<Float>()
     for l in 0..<(n - i) { v[l] = x[i + l] }
     let local = slope(v)
-    for l in 0..<(n - i) { dx[i + l] += local[l] * dout[i + l] }
+    for l in 0..<(n - i) { dx[i + l] = (accumulate ? dx[i + l] : 0) + local[l] * dout[i + l] }
 }
 
 private let geluScale: Float = 0.7978845608028654 // sqrt(2/pi)
@@ -103,7 +104,7 @@ public func geluForward(_ x: UnsafePointer<Float>, into out: UnsafeMutablePointe
 
 /// dx += dout * gelu'(x)
 public func geluBackward(_ x: UnsafePointer<Float>, _ dout: UnsafePointer<Float>,
-                         accumulatingInto dx: UnsafeMutablePointer<Float>, count n: Int) {
+                         accumulatingInto dx: UnsafeMutablePointer<Float>, count n: Int, accumulate: Bool = true) {
     var i = 0
     while i + 16 <= n {
         let v = load16(x + i)
@@ -112,14 +113,14 @@ public func geluBackward(_ x: UnsafePointer<Float>, _ dout: UnsafePointer<Float>
         let half = SIMD16<Float>(repeating: 0.5)
         let slope: SIMD16<Float> = (1 - t * t) * (geluScale * (3 * geluCubic * v2 + 1))
         let local: SIMD16<Float> = half * (1 + t) + half * v * slope
-        store16(dx + i, load16(dx + i).addingProduct(local, load16(dout + i)))
+        store16(dx + i, (accumulate ? load16(dx + i) : SIMD16<Float>()).addingProduct(local, load16(dout + i)))
         i += 16
     }
     while i < n {
         let v = x[i]
         let t = tanhScalar(geluScale * (v + geluCubic * v * v * v))
         let local = 0.5 * (1 + t) + 0.5 * v * (1 - t * t) * geluScale * (1 + 3 * geluCubic * v * v)
-        dx[i] += local * dout[i]
+        dx[i] = (accumulate ? dx[i] : 0) + local * dout[i]
         i += 1
     }
 }
