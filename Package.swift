@@ -24,7 +24,7 @@ let package = Package(
         .systemLibrary(name: "CZlib", path: "Sources/CZlib",
                        providers: [.apt(["zlib1g-dev"])]),
         .target(name: "CShims", cSettings: [.unsafeFlags(["-march=native"])]),
-        .target(name: "Tensors", swiftSettings: nativeCPU),
+        .target(name: "Tensors", dependencies: ["CShims"], swiftSettings: nativeCPU),
         .target(name: "Transport", dependencies: ["CShims", .product(name: "Crypto", package: "swift-crypto")]),
         .target(name: "Rendezvous", dependencies: ["Transport", "Topology"]),
         .target(name: "Collectives", dependencies: ["Rendezvous", "Transport", "CShims"], swiftSettings: nativeCPU),

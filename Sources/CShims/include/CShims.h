@@ -32,3 +32,12 @@ static inline uint32_t ddp_load_seq_cst_u32(const uint32_t *p) { return __atomic
 static inline void ddp_store_seq_cst_u32(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_SEQ_CST); }
 static inline uint32_t ddp_exchange_seq_cst_u32(uint32_t *p, uint32_t v) { return __atomic_exchange_n(p, v, __ATOMIC_SEQ_CST); }
 #endif
+
+#ifndef SWIFT_DDP_CSHIMS_VECTOR
+#define SWIFT_DDP_CSHIMS_VECTOR
+// Imported by Swift as SIMD16<Float>. Swift's SIMD squareRoot() is 16 scalar square roots, each with
+// a call to sqrtf on the NaN path (errno); clang's elementwise builtin is one vsqrtps (correctly
+// rounded, so the same bits).
+typedef float ddp_float16 __attribute__((ext_vector_type(16)));
+static inline ddp_float16 ddp_sqrt16(ddp_float16 x) { return __builtin_elementwise_sqrt(x); }
+#endif

@@ -66,7 +66,7 @@ public final class AdamW: Optimizer {
             let vi = b2 * load16(v + i) + c2 * gi * gi
             store16(m + i, mi)
             store16(v + i, vi)
-            let denominator = vi.squareRoot() * correctionV + epsV
+            let denominator = vectorSquareRoot(vi) * correctionV + epsV
             store16(p + i, load16(p + i) * shrinkV - stepV * mi / denominator)
             i += 16
         }

@@ -1,8 +1,14 @@
-// Vector exp and tanh on SIMD16<Float>, plus unaligned load/store helpers used by every kernel.
+// Vector exp, tanh and square root on SIMD16<Float>, plus unaligned load/store helpers used by every kernel.
 // The stdlib has no vector transcendental functions and scalar expf/tanhf cost ~10-20 ns each, which
 // would dominate GELU and softmax. exp uses the Cephes range reduction x = n ln2 + r with a degree-6
 // polynomial for e^r (about 2 ulp), builds 2^n from the exponent bits, and rounds with the
 // 1.5 * 2^23 trick so no float-to-int conversion instruction is needed.
+
+import CShims
+
+/// Lane-wise square root, one vsqrtps: SIMD.squareRoot() compiles to 16 scalar square roots, each with
+/// a call to sqrtf on its NaN path (AdamW's update took 3.5x the time of streaming its bytes).
+@inline(__always) public func vectorSquareRoot(_ v: SIMD16<Float>) -> SIMD16<Float> { ddp_sqrt16(v) }
 
 @inline(__always) public func load16(_ p: UnsafePointer<Float>) -> SIMD16<Float> {
     UnsafeRawPointer(p).loadUnaligned(as: SIMD16<Float>.self)
