@@ -1,3 +1,4 @@
+import Dispatch
 import Tensors
 import XCTest
 
@@ -78,6 +79,41 @@ final class GemmTests: XCTestCase {
                     check(ta, tb, m: 64, n: 10, k: 300, alpha: 1, beta: beta, padA: 2, kernel: kernel, seed: seed + 300)
                 }
             }
+        }
+    }
+
+    /// Pack buffers are kept per thread: threads multiplying at once (a rank timing layout shards on
+    /// several threads does) must each get the result one thread alone gets, bit for bit, including a
+    /// transposed-C product whose scratch is held while the inner call packs.
+    func testThreadsMultiplyingAtOnceGetTheSameBitsAsOneThread() {
+        /// The shared inputs and one result slot per job; each job writes only its own slot.
+        final class Jobs: @unchecked Sendable {
+            let shapes: [(Transpose, Transpose, Int, Int, Int)] = [(.none, .transposed, 64, 256, 784), (.transposed, .none, 256, 784, 64),
+                                                                   (.none, .none, 97, 49, 300), (.none, .transposed, 17, 257, 65)]
+            var inputs: [(Tensor, Tensor)] = []
+            var results: [[UInt32]]
+            init() {
+                var rng = TestRandom(seed: 77)
+                results = Array(repeating: [], count: 4 * shapes.count)
+                inputs = shapes.map { (_, _, m, n, k) in (rng.tensor([m * k]), rng.tensor([k * n])) }
+            }
+            func multiply(_ i: Int) -> [UInt32] {
+                let (ta, tb, m, n, k) = shapes[i]
+                let c = Tensor(zeros: [m * n])
+                gemm(ta, tb, m: m, n: n, k: k, a: inputs[i].0.data, b: inputs[i].1.data, c: c.data)
+                return c.toArray().map(\.bitPattern)
+            }
+        }
+        let jobs = Jobs()
+        let alone = jobs.shapes.indices.map(jobs.multiply)
+        jobs.results.withUnsafeMutableBufferPointer { slots in
+            nonisolated(unsafe) let slots = slots
+            DispatchQueue.concurrentPerform(iterations: slots.count) { j in
+                for _ in 0..<3 { slots[j] = jobs.multiply(j % jobs.shapes.count) }
+            }
+        }
+        for (j, result) in jobs.results.enumerated() {
+            XCTAssertEqual(result, alone[j % jobs.shapes.count], "shape \(jobs.shapes[j % jobs.shapes.count]) in job \(j)")
         }
     }
 
