@@ -18,6 +18,9 @@ struct KernelsBench: ParsableCommand {
     @Option(help: "Micro-kernel: native, avx2 or avx512.")
     var kernel: String = "native"
 
+    @Option(name: .customLong("only"), help: "Measure only this GEMM, as \"M K N TRANS\" (e.g. \"10 64 256 TN\"); repeatable. Skips the GPT step profile, so a profiler sees that GEMM alone.")
+    var only: [String] = []
+
     /// The measured peak, GFLOP/s (set at the start of run).
     nonisolated(unsafe) static var peak = 1.0
     var peak: Double { Self.peak }
@@ -25,6 +28,12 @@ struct KernelsBench: ParsableCommand {
     func validate() throws {
         guard ["native", "avx2", "avx512"].contains(kernel) else {
             throw ValidationError("--kernel must be native, avx2 or avx512, not '\(kernel)'")
+        }
+        for shape in only {
+            let parts = shape.split(separator: " ")
+            guard parts.count == 4, parts[..<3].allSatisfy({ (Int($0) ?? 0) > 0 }), ["NN", "NT", "TN", "TT"].contains(String(parts[3])) else {
+                throw ValidationError("--only takes \"M K N TRANS\" with positive sizes and TRANS one of NN NT TN TT, not '\(shape)'")
+            }
         }
     }
 
@@ -50,8 +59,12 @@ struct KernelsBench: ParsableCommand {
                                                  (768, 512, 2048, all), (768, 2048, 512, all),
                                                  (64, 784, 256, "NN NT"), (256, 64, 784, "TN"),
                                                  (64, 256, 10, "NN NT"), (10, 64, 256, "TN"), (64, 10, 256, "NN")]
+        let selected = only.isEmpty ? shapes : only.map { shape -> (Int, Int, Int, String) in
+            let parts = shape.split(separator: " ")
+            return (Int(parts[0])!, Int(parts[1])!, Int(parts[2])!, String(parts[3]))
+        }
         var ratios: [Double] = [], wrong = 0
-        for (m, k, n, uses) in shapes {
+        for (m, k, n, uses) in selected {
             for use in uses.split(separator: " ") {
                 let ta: Transpose = use.first == "T" ? .transposed : .none, tb: Transpose = use.last == "T" ? .transposed : .none
                 let a = Tensor(zeros: [m * k]), b = Tensor(zeros: [k * n]), c = Tensor(zeros: [m * n])
@@ -79,8 +92,10 @@ struct KernelsBench: ParsableCommand {
             print(String(format: "# ratio to numpy, same shapes and transposes (median): min %.2fx, geometric mean %.2fx", ratios.min()!,
                          Foundation.exp(ratios.map { Foundation.log($0) }.reduce(0, +) / Double(ratios.count))))
         }
-        gptStep()
-        geluForms()
+        if only.isEmpty {
+            gptStep()
+            geluForms()
+        }
         print("# checked results: \(wrong == 0 ? "all correct" : "\(wrong) wrong entries")")
         if wrong > 0 { throw ExitCode(1) }
     }

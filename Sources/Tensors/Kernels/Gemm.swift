@@ -64,14 +64,20 @@ private func gemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: I
                  "gemm: leading dimension too small")
     if m == 0 || n == 0 { return }
     if k == 0 || alpha == 0 { return scaleMatrix(c, rows: m, cols: n, ld: ldc, by: beta) }
-    if mayTranspose && packsLessTransposed(transA, transB, m: m, n: n, k: k, nr: kernel.nr) {
+    if mayTranspose && cheaperTransposed(transA, transB, m: m, n: n, k: k, kernel: kernel) {
         // C^T = op(B)^T op(A)^T into scratch, then added into C transposed.
         let t = GemmScratch.forThisThread(floats: m * n, slot: 1)
         gemm(transB == .none ? .transposed : .none, transA == .none ? .transposed : .none, m: n, n: m, k: k, alpha: alpha,
              a: b, lda: ldb, b: a, ldb: lda, beta: 0, c: t, ldc: m, kernel: kernel, mayTranspose: false)
+        // beta 0 copies without testing beta per element.
         for i in 0..<m {
             let row = c + i * ldc
-            for j in 0..<n { row[j] = combine(row[j], t[j &* m &+ i], beta: beta) }
+            var column = t + i
+            if beta == 0 {
+                for j in 0..<n { row[j] = column.pointee; column += m }
+            } else {
+                for j in 0..<n { row[j] = combine(row[j], column.pointee, beta: beta); column += m }
+            }
         }
         return
     }
@@ -129,6 +135,7 @@ private func gemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: I
                             runMicroKernel(kernel, kc: kc, a: panel, b: bPanel, c: edgeTile, ldc: nr, alpha: alpha, beta: 0)
                             for r in 0..<rows {
                                 let row = cTile + r * ldc, tile = edgeTile + r * nr
+                                if slabBeta == 0 { row.update(from: tile, count: cols); continue }
                                 for j in 0..<cols { row[j] = combine(row[j], tile[j], beta: slabBeta) }
                             }
                         }
@@ -160,19 +167,22 @@ public func gemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: In
          beta: beta, c: c, ldc: n, kernel: kernel)
 }
 
-/// Whether computing C^T = op(B)^T op(A)^T moves fewer floats through packing than C = op(A) op(B).
-/// Packing op(B) costs N·K, a scatter when B is transposed (a row copy otherwise, counted a quarter);
-/// op(A) is packed only when B is wider than 4 panels (M·K, a scatter unless A is transposed); the
-/// transposed way adds M·N to add C^T into C. A layer's forward with few rows, x[64, 784] W^T with W
-/// [256, 784], packs 250k floats one way and 66k the other (W is then read in place).
-func packsLessTransposed(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: Int, nr: Int) -> Bool {
+/// Whether computing C^T = op(B)^T op(A)^T costs less than C = op(A) op(B), in cycles roughly: the
+/// micro-kernel's FMAs over whole tiles (mr rows, nr columns; 16 lanes a cycle either kernel) plus
+/// packing, a scatter when B is transposed or A is not (1 a float; a row copy 1/4), op(A) packed only
+/// when B is wider than 4 panels; the transposed way adds 2 a float to add C^T into C. A layer's
+/// forward with few rows, x[64, 784] W^T with W [256, 784], then reads W in place instead of packing it
+/// transposed (1.08M against 0.89M); a 10-row product keeps its orientation, whose tiles are fuller.
+func cheaperTransposed(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: Int, kernel: GemmMicroKernel) -> Bool {
     func cost(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int) -> Double {
+        let kernel = kernel == .simd16x6x32 && n <= 16 ? .simd8x6x16 : kernel
+        let fma = Double(roundUp(m, kernel.mr) * roundUp(n, kernel.nr) * k) / 16
         let packB = Double(n * k) * (transB == .transposed ? 1 : 0.25)
-        let packA = n > 4 * nr ? Double(m * k) * (transA == .none ? 1 : 0.5) : 0
-        return packB + packA
+        let packA = n > 4 * kernel.nr ? Double(m * k) * (transA == .none ? 1 : 0.5) : 0
+        return fma + packB + packA
     }
     let flipA: Transpose = transA == .none ? .transposed : .none, flipB: Transpose = transB == .none ? .transposed : .none
-    return cost(flipB, flipA, m: n, n: m) + Double(m * n) < cost(transA, transB, m: m, n: n)
+    return cost(flipB, flipA, m: n, n: m) + 2 * Double(m * n) < cost(transA, transB, m: m, n: n)
 }
 
 /// Cuts `size` into the fewest blocks of at most `max`, evenly, rounded up to `multiple`.
