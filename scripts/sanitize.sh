@@ -11,7 +11,7 @@ cd "$root"
 scripts/setup.sh >/dev/null 2>&1 || SKIP_BUILD=1 scripts/setup.sh
 scripts/get-data.sh >/dev/null
 sanitizers=("$@"); [ ${#sanitizers[@]} -gt 0 ] || sanitizers=(thread address)
-filter='TransportTests|CollectivesTests|CompressedCollectiveTests|FaultTests|ScheduleTests'
+filter='TransportTests|CollectivesTests|CompressedCollectiveTests|FaultTests|ScheduleTests|GemmTests/testThreads'
 status=0
 for s in "${sanitizers[@]}"; do
   echo "## -sanitize=$s"

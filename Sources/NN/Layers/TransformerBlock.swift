@@ -130,9 +130,9 @@ public final class TransformerBlock {
         let dAttentionNorm = saved?.ln1.data ?? dMlpNorm
         let dGelu = workspace.floats(.blockActivationGradient, hidden)
         let dFc = saved?.fc.data ?? workspace.floats(.blockHiddenGradient, hidden)
-        // Residual: dx1 = dy + d(mlp branch)/dx1.
         // dGelu, dFc, dMlpNorm and dAttentionNorm are overwritten by their producers (no zeroing passes:
         // 3.4 MB per recipe block).
+        // Residual: dx1 = dy + d(mlp branch)/dx1.
         dx1.update(from: dy, count: n)
         if let saved {
             // The input pass needs no GELU output (only c_proj's weight gradient does): W recomputes it.

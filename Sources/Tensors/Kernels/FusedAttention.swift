@@ -49,21 +49,9 @@ func scoreBlock(_ a: UnsafePointer<Float>, lda: Int, rows R: Int, _ bt: UnsafePo
         if R > 3 { let o = out + 3 * lds; store16(o, s30); store16(o + 16, s31); store16(o + 32, s32); store16(o + 48, s33) }
         g += 64
     }
-    while g < needed {
-        var s0 = V(), s1 = V(), s2 = V(), s3 = V()
-        var b = bt + g
-        for d in 0..<hs {
-            let k0 = load16(b)
-            s0 = s0.addingProduct(V(repeating: a0[d]), k0); s1 = s1.addingProduct(V(repeating: a1[d]), k0)
-            s2 = s2.addingProduct(V(repeating: a2[d]), k0); s3 = s3.addingProduct(V(repeating: a3[d]), k0)
-            b += ldb
-        }
-        let out = s + g
-        store16(out, s0)
-        if R > 1 { store16(out + lds, s1) }
-        if R > 2 { store16(out + 2 * lds, s2) }
-        if R > 3 { store16(out + 3 * lds, s3) }
-        g += 16
+    // The rest, 16 keys at a time: the same product as mixBlock's, with the depth as its sum.
+    if g < needed {
+        mixBlock(a, ldp: lda, rows: R, bt + g, ldv: ldb, depth: needed - g, keys: hs, into: s + g, ldo: lds, accumulate: false)
     }
 }
 

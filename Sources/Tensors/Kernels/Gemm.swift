@@ -237,7 +237,7 @@ private func packPanelsOfA(_ trans: Transpose, _ a: UnsafePointer<Float>, _ lda:
             }
         } else {
             // Read each row of A sequentially and scatter with stride mr (the panel stays in L1).
-            // Pointers step by wrapping adds: overflow-checked index products doubled the loop.
+            // Pointer steps: overflow-checked index products had doubled the loop.
             if rows < mr { out.initialize(repeating: 0, count: kc * mr) }
             for r in 0..<rows {
                 var src = a + (i0 + r) * lda + colStart, target = out + r
