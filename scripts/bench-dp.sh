@@ -22,9 +22,12 @@ overrides=(--set max_iters="$iters" --set lr_decay_iters="$iters" --set warmup_i
 
 ours() { # ranks log
   if [ "$1" = 1 ]; then
-    "$root/.build/release/ddp-train" train "$root/configs/shakespeare-char.json" --out-dir "$work/ours-$1" "${overrides[@]}" >"$2" 2>&1
+    "$root/.build/release/ddp-train" train "$root/configs/shakespeare-char.json" --out-dir "$work/ours-$1" "${overrides[@]}" >"$2" 2>&1 || true
   else
-    "$root/scripts/launch.sh" --nproc-per-node "$1" -- "$root/configs/shakespeare-char.json" --out-dir "$work/ours-$1" "${overrides[@]}" >"$2" 2>&1
+    "$root/scripts/launch.sh" --nproc-per-node "$1" -- "$root/configs/shakespeare-char.json" --out-dir "$work/ours-$1" "${overrides[@]}" >"$2" 2>&1 || true
+  fi
+  if ! grep -q "done:" "$2"; then
+    echo "bench-dp: swift-ddp on $1 rank(s) did not finish; the end of $2:" >&2; tail -5 "$2" >&2; exit 1
   fi
   grep -h "done:" "$2" | head -1 | sed -E 's/.* ([0-9]+) tokens\/s(, exposed comm ([0-9.]+)%)?.*/\1 \3/'
 }
