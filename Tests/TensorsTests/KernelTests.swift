@@ -70,6 +70,28 @@ final class KernelTests: XCTestCase {
         XCTAssertTrue(vectorExp(SIMD16(repeating: 1e4))[0].isFinite)
     }
 
+    /// vectorSquareRoot (one vsqrtps through CShims) gives the scalar square root's bits in every lane,
+    /// special values included; vectorMin/vectorMax keep NaN from the first operand, as exp's clamp needs.
+    func testVectorSquareRootAndMinMaxAgreeWithScalars() {
+        var rng = SeededRandom(seed: 9)
+        var values: [Float] = [0, -0.0, 1, 2, .infinity, -1, -.infinity, .nan, .leastNonzeroMagnitude, .leastNormalMagnitude,
+                               .greatestFiniteMagnitude, 1e-30, 3e38, 0.25, 1e-8, 4]
+        values += (0..<48).map { _ in abs(rng.nextNormal()) * 1e3 }
+        for start in stride(from: 0, to: values.count, by: 16) {
+            var v = SIMD16<Float>()
+            for lane in 0..<16 { v[lane] = values[start + lane] }
+            let root = vectorSquareRoot(v)
+            for lane in 0..<16 {
+                let expected = values[start + lane].squareRoot()
+                XCTAssertTrue(root[lane].bitPattern == expected.bitPattern || (root[lane].isNaN && expected.isNaN),
+                              "sqrt(\(values[start + lane])): \(root[lane]) against \(expected)")
+            }
+        }
+        let a = SIMD16<Float>(repeating: .nan), b = SIMD16<Float>(repeating: 2)
+        XCTAssertTrue(vectorMax(a, b)[0].isNaN && vectorMin(a, b)[0].isNaN)
+        XCTAssertEqual(vectorMax(b, SIMD16(repeating: 3))[5], 3); XCTAssertEqual(vectorMin(b, SIMD16(repeating: 3))[5], 2)
+    }
+
     /// Both forms against double references (the exact one against libm's erf; A&S 7.1.26 is within
     /// 1.5e-7 absolute of erf, so 1e-6 absolute holds), every length (vector body and tails), and
     /// backward against central differences of the same reference.
