@@ -25,15 +25,20 @@ struct KernelsBench: ParsableCommand {
     nonisolated(unsafe) static var peak = 1.0
     var peak: Double { Self.peak }
 
+    /// "M K N TRANS" as (M, K, N, TRANS), nil unless the sizes are positive and TRANS is NN, NT, TN or TT.
+    static func shape(_ text: String) -> (Int, Int, Int, String)? {
+        let parts = text.split(separator: " ")
+        guard parts.count == 4, let m = Int(parts[0]), let k = Int(parts[1]), let n = Int(parts[2]), m > 0, k > 0, n > 0,
+              ["NN", "NT", "TN", "TT"].contains(String(parts[3])) else { return nil }
+        return (m, k, n, String(parts[3]))
+    }
+
     func validate() throws {
         guard ["native", "avx2", "avx512"].contains(kernel) else {
             throw ValidationError("--kernel must be native, avx2 or avx512, not '\(kernel)'")
         }
-        for shape in only {
-            let parts = shape.split(separator: " ")
-            guard parts.count == 4, parts[..<3].allSatisfy({ (Int($0) ?? 0) > 0 }), ["NN", "NT", "TN", "TT"].contains(String(parts[3])) else {
-                throw ValidationError("--only takes \"M K N TRANS\" with positive sizes and TRANS one of NN NT TN TT, not '\(shape)'")
-            }
+        for shape in only where Self.shape(shape) == nil {
+            throw ValidationError("--only takes \"M K N TRANS\" with positive sizes and TRANS one of NN NT TN TT, not '\(shape)'")
         }
     }
 
@@ -59,10 +64,7 @@ struct KernelsBench: ParsableCommand {
                                                  (768, 512, 2048, all), (768, 2048, 512, all),
                                                  (64, 784, 256, "NN NT"), (256, 64, 784, "TN"),
                                                  (64, 256, 10, "NN NT"), (10, 64, 256, "TN"), (64, 10, 256, "NN")]
-        let selected = only.isEmpty ? shapes : only.map { shape -> (Int, Int, Int, String) in
-            let parts = shape.split(separator: " ")
-            return (Int(parts[0])!, Int(parts[1])!, Int(parts[2])!, String(parts[3]))
-        }
+        let selected = only.isEmpty ? shapes : only.compactMap(Self.shape)
         var ratios: [Double] = [], wrong = 0
         for (m, k, n, uses) in selected {
             for use in uses.split(separator: " ") {

@@ -44,6 +44,16 @@ public enum GemmMicroKernel: Sendable, CaseIterable, CustomStringConvertible {
     }
 
     public var description: String { self == .simd8x6x16 ? "avx2 6x16" : "avx512 6x32" }
+
+    /// The kernel for a B `columns` wide: one panel or less runs on 16-wide panels, where the 32-wide
+    /// AVX-512 tile would multiply mostly padding (64x256x10: 10 of 32 columns) and two ymm FMAs issue
+    /// where one zmm FMA does.
+    func forColumns(_ columns: Int) -> GemmMicroKernel { self == .simd16x6x32 && columns <= 16 ? .simd8x6x16 : self }
+
+    /// Whether A is packed for a B `columns` wide: with B only a few panels wide, each A panel feeds few
+    /// micro-kernel calls and packing A (O(MK)) costs as much as the multiply (O(MNK)), so whole A
+    /// panels are read in place.
+    func packsA(columns: Int) -> Bool { columns > 4 * nr }
 }
 
 /// C = alpha * op(A) * op(B) + beta * C. With beta == 0, C is overwritten (NaNs in it do not leak).
@@ -82,9 +92,7 @@ private func gemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: I
         return
     }
 
-    // A B one panel wide or less runs on 16-wide panels: the 32-wide AVX-512 tile would multiply
-    // mostly padding (64x256x10: 10 of 32 columns), and two ymm FMAs issue where one zmm FMA does.
-    let kernel = kernel == .simd16x6x32 && n <= 16 ? .simd8x6x16 : kernel
+    let kernel = kernel.forColumns(n)
     let mr = kernel.mr, nr = kernel.nr
     let blocking = kernel.blocking
     let ncMax = evenBlock(n, max: blocking.nc, multiple: nr)
@@ -93,9 +101,7 @@ private func gemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: I
     let scratch = GemmScratch.forThisThread(floats: mcMax * kcMax + ncMax * kcMax + mr * nr)
     let packA = scratch, packB = scratch + mcMax * kcMax, edgeTile = packB + ncMax * kcMax
 
-    // With op(B) only a few panels wide, each A panel feeds few micro-kernel calls and packing A
-    // (O(MK)) costs as much as the multiply (O(MNK)): then whole A panels are read in place.
-    let packsA = n > 4 * nr
+    let packsA = kernel.packsA(columns: n)
     var jc = 0
     while jc < n {
         let nc = min(ncMax, n - jc)
@@ -175,10 +181,10 @@ public func gemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: In
 /// transposed (1.08M against 0.89M); a 10-row product keeps its orientation, whose tiles are fuller.
 func cheaperTransposed(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: Int, kernel: GemmMicroKernel) -> Bool {
     func cost(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int) -> Double {
-        let kernel = kernel == .simd16x6x32 && n <= 16 ? .simd8x6x16 : kernel
+        let kernel = kernel.forColumns(n)
         let fma = Double(roundUp(m, kernel.mr) * roundUp(n, kernel.nr) * k) / 16
         let packB = Double(n * k) * (transB == .transposed ? 1 : 0.25)
-        let packA = n > 4 * kernel.nr ? Double(m * k) * (transA == .none ? 1 : 0.5) : 0
+        let packA = kernel.packsA(columns: n) ? Double(m * k) * (transA == .none ? 1 : 0.5) : 0
         return fma + packB + packA
     }
     let flipA: Transpose = transA == .none ? .transposed : .none, flipB: Transpose = transB == .none ? .transposed : .none
