@@ -52,14 +52,14 @@ extension GPTConfiguration {
 
 extension GPTConfiguration {
     /// Bytes block `layer` keeps from forward to backward in this implementation (fp32), the tensors
-    /// TransformerBlock.activationBytes counts after a forward: LayerNorm inputs and outputs, the
-    /// residual x1, the GELU input (its output is recomputed), QKV, the heads' output, the attention
-    /// probabilities and each LayerNorm's mean and 1/std; a mixture keeps its router probabilities and
-    /// its experts' rows, hidden units and outputs for top_k choices per token (dropless).
+    /// TransformerBlock.activationBytes counts after a forward: the residual x1, the GELU input (its
+    /// output and the LayerNorm outputs are recomputed), QKV, the heads' output, the attention
+    /// probabilities and each LayerNorm's mean and 1/std; a mixture keeps its LayerNorm output, its router
+    /// probabilities and its experts' rows, hidden units and outputs for top_k choices per token (dropless).
     public func keptActivationBytes(layer: Int, batch: Int, time: Int, tensorParallel t: Int = 1, sequenceParallel: Bool = false) -> Int {
         let n = batch * time, c = embedding, local = sequenceParallel ? n / t : n
-        var floats = 3 * local * c + 4 * local + n * 3 * c / t + n * c / t + batch * (heads / t) * time * time
-        if let moe = experts(inLayer: layer) { floats += n * moe.experts + moe.topK * n * 6 * c }
+        var floats = local * c + 4 * local + n * 3 * c / t + n * c / t + batch * (heads / t) * time * time
+        if let moe = experts(inLayer: layer) { floats += local * c + n * moe.experts + moe.topK * n * 6 * c }
         else { floats += n * 4 * c / t }
         return 4 * floats
     }
@@ -361,5 +361,8 @@ public final class GPT: Model, ParameterUnits {
     }
 
     /// Bytes kept from forward to backward per block on this rank (after a forward).
-    public var activationBytesPerLayer: Int { blocks.first?.activationBytes ?? 0 }
+    public var activationBytesPerLayer: Int { blocks.isEmpty ? 0 : keptActivationBytes(layer: 0) }
+
+    /// Bytes block `layer` keeps from forward to backward (after a forward).
+    public func keptActivationBytes(layer: Int) -> Int { blocks[layer].activationBytes }
 }

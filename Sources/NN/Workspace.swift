@@ -9,6 +9,8 @@ public final class Workspace {
         case attentionQKVGradient, attentionHeadsGradient, attentionScores
         /// GELU output: recomputed from the cached GELU input in backward rather than kept per block.
         case blockActivation
+        /// A LayerNorm's output: written in forward, recomputed in backward.
+        case normalized
         /// Tensor parallelism: all-gathered rows (sequence parallelism) and partial sums before reduction.
         case sequenceGathered, sequenceGatheredGradient, tensorParallelPartial
         /// Mixture of experts: rows in send order, the experts' outputs, rows as received, input gradients

@@ -380,10 +380,15 @@ public struct LayoutPlanner {
                                              sequenceParallel: layout.sequenceParallel)
             } * live)
             // Buffers besides the state and the kept activations, fp32: the logits and their gradient, the
-            // residual streams, the shared backward workspace (GELU output and gradients, QKV and heads
-            // gradients) and, with data parallelism, the communication scratch of one bucket.
+            // residual streams, the shared backward workspace (the MLP's hidden buffer, one for the GELU
+            // output and both gradients in a dense block, three under tensor parallelism or beside a mixture's
+            // own, a LayerNorm output,
+            // QKV and heads gradients) and, with data parallelism, the communication scratch of one bucket.
             let rows = Double(layout.batchSize * layout.blockSize), t = Double(tp)
-            var buffers = 4 * rows * (2 * v / t + (layers / Double(pp) + 3) * width + 3 * 4 * width / t + 4 * width / t + 2 * width)
+            let mixed = (0..<config.nLayer).contains { gpt.experts(inLayer: $0) != nil }
+            let hiddenBuffers = tp > 1 || mixed ? 3.0 : 1.0, localWidth = layout.sequenceParallel ? width / t : width
+            var buffers = 4 * rows * (2 * v / t + (layers / Double(pp) + 3) * width + hiddenBuffers * 4 * width / t + 4 * width / t
+                                      + 2 * width + localWidth)
             if dp > 1 { buffers += 1.5 * layout.bucketMb * 1048576 }
             var planned = PlannedLayout(config: layout, dataParallel: dp, stateBytes: first, largestStateBytes: largest, activationBytes: activations + buffers,
                                         computeSeconds: compute, communicationSeconds: comm, bubble: schedule?.formulaBubble ?? 0)

@@ -149,6 +149,10 @@ final class GradientCheckTests: XCTestCase {
         let targets = (0..<12).map { _ in Int32(rng.nextInt(below: 11)) }
         let batch = TokenBatch(tokens: tokens, targets: targets, batchSize: 2, time: 6)
         try checkGradients(gpt.parameters, loss: { Double(try gpt.forward(batch)) }, backward: { try gpt.backward(lossScale: 1) })
+        // What the planner counts per block is what the blocks keep (LayerNorm outputs recomputed).
+        for layer in 0..<2 {
+            XCTAssertEqual(gpt.keptActivationBytes(layer: layer), gpt.configuration.keptActivationBytes(layer: layer, batch: 2, time: 6))
+        }
     }
 
     func testWholeMLPBothActivations() throws {

@@ -124,5 +124,9 @@ final class MixtureOfExpertsTests: XCTestCase {
         // float32 noise in the loss (~1e-7 · 2.4 / h) dominates at h = 1e-3; h = 5e-3 keeps it 5x smaller.
         try checkGradients(gpt.parameters, step: 5e-3, loss: { Double(try gpt.forward(batch)) + Double(gpt.auxiliaryLoss) },
                            backward: { try gpt.backward(lossScale: 1) })
+        // The planner's count of what a dense block and a mixture block keep is theirs.
+        for layer in 0..<2 {
+            XCTAssertEqual(gpt.keptActivationBytes(layer: layer), configuration.keptActivationBytes(layer: layer, batch: 2, time: 6))
+        }
     }
 }

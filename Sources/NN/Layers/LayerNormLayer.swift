@@ -36,6 +36,15 @@ public final class LayerNormLayer {
         }
     }
 
+    /// The output `forward` gave for the same x, recomputed in backward instead of kept (mean and 1/std
+    /// are recomputed too, to the same bits).
+    public func recompute(_ x: UnsafePointer<Float>, rows: Int, into y: UnsafeMutablePointer<Float>) {
+        OperationProfile.measure("layernorm forward (recomputed)") {
+            layerNormForward(x, weight: weight.value.data, bias: bias?.value.data, into: y,
+                             mean: mean.data, rstd: rstd.data, rows: rows, cols: features)
+        }
+    }
+
     /// Accumulates into dx, and into the weight and bias gradients unless `weights` is false (a split
     /// backward's input pass; `weightBackward` does them later).
     public func backward(_ x: UnsafePointer<Float>, dy: UnsafePointer<Float>, rows: Int, dx: UnsafeMutablePointer<Float>,

@@ -2,8 +2,11 @@ import Tensors
 
 /// Pre-LN transformer block (GPT-2 / nanoGPT):
 ///   x1 = x + attn(ln1(x));  y = x1 + mlp(ln2(x1)),  mlp = c_proj(gelu(c_fc(.)))  with 4x expansion.
-/// Caches ln1 out, x1, ln2 out and fc out (GELU input), [N, C] or [N, 4C]; the GELU output is recomputed
-/// in backward (one cheap vector pass instead of 4NC floats kept per block), as llm.c's recompute option.
+/// Caches x1 and fc out (GELU input), [N, C] and [N, 4C]. Backward recomputes what one cheap vector pass
+/// gives back: the GELU output (4NC floats, as llm.c's recompute option) and both LayerNorm outputs from
+/// the block's inputs and the cached mean and 1/std (2NC; a mixture's experts keep pointing at theirs, so
+/// a mixture block keeps ln2 out). The MLP's backward runs in one [N, 4C] buffer: the GELU output, then
+/// its gradient over it, then the GELU input's gradient over that.
 ///
 /// Tensor parallelism (Megatron-LM): attention is split by heads and the MLP's hidden units across the
 /// group: QKV and c_fc are column-parallel, the two c_proj row-parallel. Per block: forward sums the
@@ -28,7 +31,8 @@ public final class TransformerBlock {
     let parallel: TensorParallelism?
     /// The tanh approximation or exact (nanoGPT's nn.GELU()).
     let gelu: GELUForm
-    var ln1Out = Tensor(zeros: [0]), x1 = Tensor(zeros: [0]), ln2Out = Tensor(zeros: [0])
+    /// ln2Out: kept in a mixture-of-experts block only (empty otherwise).
+    var x1 = Tensor(zeros: [0]), ln2Out = Tensor(zeros: [0])
     var fcOut = Tensor(zeros: [0])
     let workspace: Workspace
 
@@ -76,13 +80,14 @@ public final class TransformerBlock {
     func prepare(rows: Int, localRows: Int) {
         if x1.count == localRows * channels && fcOut.count == rows * hidden { return }
         let c = channels
-        ln1Out = Tensor(zeros: [localRows, c]); x1 = Tensor(zeros: [localRows, c]); ln2Out = Tensor(zeros: [localRows, c])
+        x1 = Tensor(zeros: [localRows, c])
+        if experts != nil { ln2Out = Tensor(zeros: [localRows, c]) }
         fcOut = Tensor(zeros: [rows, hidden])
     }
 
     /// Bytes of the tensors this block keeps from forward to backward (its attention's included).
     public var activationBytes: Int {
-        4 * (ln1Out.count + x1.count + ln2Out.count + fcOut.count + ln1.cachedCount + ln2.cachedCount
+        4 * (x1.count + ln2Out.count + fcOut.count + ln1.cachedCount + ln2.cachedCount
              + attention.qkv.count + attention.probabilities.count + attention.headsOut.count) + (experts?.activationBytes ?? 0)
     }
 
@@ -91,15 +96,17 @@ public final class TransformerBlock {
         if let parallel { return try parallelForward(x, batch: B, time: T, into: y, parallel) }
         let rows = B * T, n = rows * channels
         prepare(rows: rows, localRows: rows)
-        ln1.forward(x, rows: rows, into: ln1Out.data)
-        attention.forward(ln1Out.data, batch: B, time: T, into: x1.data)
+        let normalized = workspace.floats(.normalized, n)
+        ln1.forward(x, rows: rows, into: normalized)
+        attention.forward(normalized, batch: B, time: T, into: x1.data)
         add(x1.data, x, into: x1.data, count: n)
-        ln2.forward(x1.data, rows: rows, into: ln2Out.data)
         if let experts {
+            ln2.forward(x1.data, rows: rows, into: ln2Out.data)
             try experts.forward(ln2Out.data, rows: rows, into: y)
             return add(y, x1.data, into: y, count: n)
         }
-        fc.forward(ln2Out.data, rows: rows, into: fcOut.data)
+        ln2.forward(x1.data, rows: rows, into: normalized)
+        fc.forward(normalized, rows: rows, into: fcOut.data)
         let geluOut = workspace.floats(.blockActivation, rows * 4 * channels)
         OperationProfile.measure("gelu forward") { geluForward(fcOut.data, into: geluOut, count: rows * 4 * channels, form: gelu) }
         projection.forward(geluOut, rows: rows, into: y)
@@ -128,29 +135,31 @@ public final class TransformerBlock {
         let dx1 = saved?.attentionProjection.data ?? workspace.floats(.blockResidualGradient, n)
         let dMlpNorm = saved?.ln2.data ?? workspace.floats(.blockNormGradient, n)
         let dAttentionNorm = saved?.ln1.data ?? dMlpNorm
-        let dGelu = workspace.floats(.blockActivationGradient, hidden)
-        let dFc = saved?.fc.data ?? workspace.floats(.blockHiddenGradient, hidden)
-        // dGelu, dFc, dMlpNorm and dAttentionNorm are overwritten by their producers (no zeroing passes:
-        // 3.4 MB per recipe block).
+        // The GELU output, then its gradient, then (without `saved`) the GELU input's gradient: each
+        // overwrites the one before once it is used (no zeroing passes either).
+        let mlpHidden = workspace.floats(.blockActivation, hidden)
+        let dFc = saved?.fc.data ?? mlpHidden
+        let normalized = workspace.floats(.normalized, n)
         // Residual: dx1 = dy + d(mlp branch)/dx1.
         dx1.update(from: dy, count: n)
         if let saved {
             // The input pass needs no GELU output (only c_proj's weight gradient does): W recomputes it.
             saved.projection.data.update(from: dy, count: n)
-            projection.inputBackward(dy: dy, rows: rows, dx: dGelu, accumulate: false)
         } else {
-            let geluOut = workspace.floats(.blockActivation, hidden)
-            OperationProfile.measure("gelu forward (recomputed)") { geluForward(fcOut.data, into: geluOut, count: hidden, form: gelu) }
-            projection.backward(geluOut, dy: dy, rows: rows, dx: dGelu, accumulate: false)
+            OperationProfile.measure("gelu forward (recomputed)") { geluForward(fcOut.data, into: mlpHidden, count: hidden, form: gelu) }
+            projection.weightBackward(mlpHidden, dy: dy, rows: rows)
         }
+        projection.inputBackward(dy: dy, rows: rows, dx: mlpHidden, accumulate: false)
         OperationProfile.measure("gelu backward") {
-            geluBackward(fcOut.data, dGelu, accumulatingInto: dFc, count: hidden, form: gelu, accumulate: false)
+            geluBackward(fcOut.data, mlpHidden, accumulatingInto: dFc, count: hidden, form: gelu, accumulate: false)
         }
-        fc.backward(ln2Out.data, dy: dFc, rows: rows, dx: dMlpNorm, weights: weights, accumulate: false)
+        if weights { ln2.recompute(x1.data, rows: rows, into: normalized) }
+        fc.backward(normalized, dy: dFc, rows: rows, dx: dMlpNorm, weights: weights, accumulate: false)
         ln2.backward(x1.data, dy: dMlpNorm, rows: rows, dx: dx1, weights: weights)
         // dx = dx1 + d(attn branch)/dx.
         add(dx, dx1, into: dx, count: n)
-        attention.backward(ln1Out.data, dy: dx1, batch: B, time: T, dx: dAttentionNorm, deferring: saved, accumulate: false)
+        if weights { ln1.recompute(x, rows: rows, into: normalized) }
+        attention.backward(normalized, dy: dx1, batch: B, time: T, dx: dAttentionNorm, deferring: saved, accumulate: false)
         ln1.backward(x, dy: dAttentionNorm, rows: rows, dx: dx, weights: weights)
     }
 
@@ -165,7 +174,9 @@ public final class TransformerBlock {
         ln2.backward(x1.data, dy: dNorm, rows: rows, dx: dx1)
         add(dx, dx1, into: dx, count: n)
         dNorm.update(repeating: 0, count: n)
-        attention.backward(ln1Out.data, dy: dx1, batch: B, time: T, dx: dNorm)
+        let normalized = workspace.floats(.normalized, n)
+        ln1.recompute(x, rows: rows, into: normalized)
+        attention.backward(normalized, dy: dx1, batch: B, time: T, dx: dNorm)
         ln1.backward(x, dy: dNorm, rows: rows, dx: dx)
     }
 
@@ -173,13 +184,15 @@ public final class TransformerBlock {
     /// pass kept in `saved` and the activations this block cached in forward (x is the block input).
     public func weightBackward(_ x: UnsafePointer<Float>, saved: BlockWeightInputs, batch B: Int, time T: Int) {
         let rows = B * T, hidden = rows * 4 * channels
-        let geluOut = workspace.floats(.blockActivation, hidden)
+        let geluOut = workspace.floats(.blockActivation, hidden), normalized = workspace.floats(.normalized, rows * channels)
         geluForward(fcOut.data, into: geluOut, count: hidden, form: gelu)
         projection.weightBackward(geluOut, dy: saved.projection.data, rows: rows)
-        fc.weightBackward(ln2Out.data, dy: saved.fc.data, rows: rows)
+        ln2.recompute(x1.data, rows: rows, into: normalized)
+        fc.weightBackward(normalized, dy: saved.fc.data, rows: rows)
         ln2.weightBackward(x1.data, dy: saved.ln2.data, rows: rows)
         attention.outputProjection.weightBackward(attention.headsOut.data, dy: saved.attentionProjection.data, rows: rows)
-        attention.qkvProjection.weightBackward(ln1Out.data, dy: saved.qkv.data, rows: rows)
+        ln1.recompute(x, rows: rows, into: normalized)
+        attention.qkvProjection.weightBackward(normalized, dy: saved.qkv.data, rows: rows)
         ln1.weightBackward(x, dy: saved.ln1.data, rows: rows)
     }
 
@@ -188,14 +201,15 @@ public final class TransformerBlock {
         let rows = B * T, local = parallel.localRows(rows), c = channels, n = local * c
         prepare(rows: rows, localRows: local)
         let gathered = workspace.floats(.sequenceGathered, rows * c), partial = workspace.floats(.tensorParallelPartial, rows * c)
-        ln1.forward(x, rows: local, into: ln1Out.data)
-        attention.forward(try parallel.gatherRows(ln1Out.data, rows: rows, width: c, full: gathered), batch: B, time: T,
+        let normalized = workspace.floats(.normalized, n)
+        ln1.forward(x, rows: local, into: normalized)
+        attention.forward(try parallel.gatherRows(normalized, rows: rows, width: c, full: gathered), batch: B, time: T,
                           into: partial, addingOutputBias: false)
         let attentionOut = try parallel.reduceRows(partial, rows: rows, width: c)
         if let bias = attention.outputProjection.bias { addBias(bias.value.data, to: attentionOut, rows: local, cols: c) }
         add(attentionOut, x, into: x1.data, count: n)
-        ln2.forward(x1.data, rows: local, into: ln2Out.data)
-        fc.forward(try parallel.gatherRows(ln2Out.data, rows: rows, width: c, full: gathered), rows: rows, into: fcOut.data)
+        ln2.forward(x1.data, rows: local, into: normalized)
+        fc.forward(try parallel.gatherRows(normalized, rows: rows, width: c, full: gathered), rows: rows, into: fcOut.data)
         let geluOut = workspace.floats(.blockActivation, rows * hidden)
         geluForward(fcOut.data, into: geluOut, count: rows * hidden, form: gelu)
         projection.forward(geluOut, rows: rows, into: partial, addingBias: false)
@@ -221,11 +235,14 @@ public final class TransformerBlock {
         projection.backward(geluOut, dy: try parallel.gatherRows(dy, rows: rows, width: c, full: gatheredGradient), rows: rows, dx: dGelu)
         geluBackward(fcOut.data, dGelu, accumulatingInto: dFc, count: hiddenCount, form: gelu)
         partial.update(repeating: 0, count: rows * c)
-        fc.backward(try parallel.gatherRows(ln2Out.data, rows: rows, width: c, full: gathered), dy: dFc, rows: rows, dx: partial)
+        let normalized = workspace.floats(.normalized, n)
+        ln2.recompute(x1.data, rows: local, into: normalized)
+        fc.backward(try parallel.gatherRows(normalized, rows: rows, width: c, full: gathered), dy: dFc, rows: rows, dx: partial)
         ln2.backward(x1.data, dy: try parallel.reduceRows(partial, rows: rows, width: c), rows: local, dx: dx1)
         add(dx, dx1, into: dx, count: n)
         partial.update(repeating: 0, count: rows * c)
-        attention.backward(try parallel.gatherRows(ln1Out.data, rows: rows, width: c, full: gathered),
+        ln1.recompute(x, rows: local, into: normalized)
+        attention.backward(try parallel.gatherRows(normalized, rows: rows, width: c, full: gathered),
                            dy: try parallel.gatherRows(dx1, rows: rows, width: c, full: gatheredGradient), batch: B, time: T, dx: partial)
         ln1.backward(x, dy: try parallel.reduceRows(partial, rows: rows, width: c), rows: local, dx: dx)
     }
