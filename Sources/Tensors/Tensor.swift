@@ -44,14 +44,15 @@ public final class FloatBuffer: @unchecked Sendable {
     }
 
     /// Sets `range` to zero; in a paged buffer its whole pages go back to the kernel (they read as zero
-    /// and cost no memory until written again), the partial pages at its ends are cleared.
-    public func zero(_ range: Range<Int>) {
+    /// and cost no memory until written again) unless `releasing` is false, the partial pages at its
+    /// ends are cleared.
+    public func zero(_ range: Range<Int>, releasing: Bool = true) {
         guard !range.isEmpty else { return }
         precondition(range.lowerBound >= 0 && range.upperBound <= count, "range \(range) outside 0..<\(count)")
         let floatsPerPage = Self.pageBytes / MemoryLayout<Float>.stride
         let first = (range.lowerBound + floatsPerPage - 1) / floatsPerPage * floatsPerPage
         let last = range.upperBound / floatsPerPage * floatsPerPage
-        guard isPaged, first < last else { return (base + range.lowerBound).update(repeating: 0, count: range.count) }
+        guard isPaged, releasing, first < last else { return (base + range.lowerBound).update(repeating: 0, count: range.count) }
         (base + range.lowerBound).update(repeating: 0, count: first - range.lowerBound)
         (base + last).update(repeating: 0, count: range.upperBound - last)
         // MADV_DONTNEED on private anonymous memory: the pages read back as zeros.

@@ -239,10 +239,21 @@ public final class DataParallel: @unchecked Sendable {
         buffer.zero((bucket.lowerBound + piece.upperBound)..<bucket.upperBound)
     }
 
-    /// Zeroes the gradients before a step. ZeRO-2 hands the pages back too (they read as zero), so the
-    /// buffer costs memory only where backward writes before its bucket is sent.
+    /// Zeroes the gradients before a step. ZeRO-2 hands the pages of other ranks' pieces back too (they
+    /// read as zero), so the buffer costs memory only where backward writes before its bucket is sent.
+    /// This rank's pieces are cleared in place: the update reads them every step, and a page handed back
+    /// costs two faults when backward's accumulation reads, then writes it (the recipe, 2 ranks, 100
+    /// steps: 343k minor faults when every page went back, 186k now, ZeRO-1 31k).
     public func zeroGradients() {
-        if shardGradients { parameters.gradients.zero(0..<parameters.count) } else { parameters.zeroGradients() }
+        guard shardGradients else { return parameters.zeroGradients() }
+        let gradients = parameters.gradients
+        var next = 0
+        for piece in ownedRanges(of: group.rank).sorted(by: { $0.lowerBound < $1.lowerBound }) {
+            gradients.zero(next..<piece.lowerBound)
+            gradients.zero(piece, releasing: false)
+            next = piece.upperBound
+        }
+        gradients.zero(next..<parameters.count)
     }
 
     /// After the owners updated their pieces: every rank gets every piece (float32: parameters are exact).

@@ -409,16 +409,18 @@ public struct LayoutPlanner {
         return out.sorted { ($0.fits ? 0 : 1, $0.predictedSeconds) < ($1.fits ? 0 : 1, $1.predictedSeconds) }
     }
 
-    /// Seconds per byte to release pages (madvise) and touch them again, over 16 MiB, best of 3.
+    /// Seconds per byte to release pages (madvise) and touch them again as backward's accumulation
+    /// does (a read maps the zero page, the write then faults again), over 16 MiB, best of 3.
     public static func measureRefault() -> Double {
-        let count = 4 << 20
+        let count = 4 << 20, floatsPerPage = 1024
         let buffer = FloatBuffer(pagedCount: count)
         buffer.buffer.update(repeating: 1)
-        var best = Double.infinity
+        var best = Double.infinity, sum: Float = 0
         for _ in 0..<3 {
             let start = monotonicSeconds()
             buffer.zero(0..<count)
-            buffer.buffer.update(repeating: 1)
+            for page in stride(from: 0, to: count, by: floatsPerPage) { sum += buffer.base[page] }
+            buffer.buffer.update(repeating: 1 + sum)
             best = min(best, monotonicSeconds() - start)
         }
         return best / Double(4 * count)

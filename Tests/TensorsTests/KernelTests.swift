@@ -8,6 +8,21 @@ import XCTest
 final class KernelTests: XCTestCase {
     let lengths = [1, 3, 7, 17, 33, 65, 257]
 
+    /// A paged buffer hands whole pages of a zeroed range back to the kernel unless told to keep them
+    /// (ZeRO-2 keeps a rank's own pieces resident); either way the range reads as zero and the rest is kept.
+    func testPagedBufferZeroReleasesOrKeepsPages() {
+        let page = Int(sysconf(Int32(_SC_PAGESIZE))) / 4, buffer = FloatBuffer(pagedCount: 8 * page + 10)
+        buffer.buffer.update(repeating: 3)
+        let all = buffer.residentBytes
+        XCTAssertEqual(all, 9 * 4 * page)
+        buffer.zero(page / 2..<(3 * page + 5), releasing: false)
+        XCTAssertEqual(buffer.residentBytes, all)
+        buffer.zero(page / 2..<(3 * page + 5))
+        XCTAssertEqual(buffer.residentBytes, all - 2 * 4 * page, "pages 1 and 2 lie wholly inside the range")
+        XCTAssertTrue(buffer.buffer[(page / 2)..<(3 * page + 5)].allSatisfy { $0 == 0 })
+        XCTAssertEqual(buffer.buffer[page / 2 - 1], 3); XCTAssertEqual(buffer.buffer[3 * page + 5], 3)
+    }
+
     func testElementwiseKernels() {
         var rng = TestRandom(seed: 11)
         for n in lengths {
