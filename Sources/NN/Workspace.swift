@@ -6,8 +6,10 @@ import Tensors
 public final class Workspace {
     public enum Slot: Int, CaseIterable {
         case blockNormGradient, blockResidualGradient, blockHiddenGradient, blockActivationGradient
-        case attentionQKVGradient, attentionHeadsGradient, attentionScores
-        /// GELU output: recomputed from the cached GELU input in backward rather than kept per block.
+        case attentionScores
+        /// The MLP's hidden units: the GELU output (recomputed from the cached GELU input in backward
+        /// rather than kept per block) and its gradients; then, the MLP's backward being over, the
+        /// attention's heads and QKV gradients.
         case blockActivation
         /// A LayerNorm's output: written in forward, recomputed in backward.
         case normalized

@@ -103,7 +103,7 @@ public struct LayoutPlanner {
         return Double(max((ranksPerHost ?? worldSize) - 1, 0) * SharedMemoryLane.segmentBytes(ringBytes: laneRingBytes))
     }
     /// The process without a model (runtime, data, buffers), measured: a 1-layer 16-wide GPT's peak RSS.
-    public static let processBytes = 33.0 * 1048576
+    public static let processBytes = 31.0 * 1048576
 
     public init(config: TrainConfig, worldSize: Int, vocabularySize: Int) {
         self.config = config; self.worldSize = worldSize; self.vocabularySize = vocabularySize
@@ -382,12 +382,12 @@ public struct LayoutPlanner {
             // Buffers besides the state and the kept activations, fp32: the logits and their gradient, the
             // residual streams, the shared backward workspace (the MLP's hidden buffer, one for the GELU
             // output and both gradients in a dense block, three under tensor parallelism or beside a mixture's
-            // own, a LayerNorm output,
-            // QKV and heads gradients) and, with data parallelism, the communication scratch of one bucket.
+            // own, the first of them holding attention's QKV and heads gradients after, a LayerNorm
+            // output) and, with data parallelism, the communication scratch of one bucket.
             let rows = Double(layout.batchSize * layout.blockSize), t = Double(tp)
             let mixed = (0..<config.nLayer).contains { gpt.experts(inLayer: $0) != nil }
             let hiddenBuffers = tp > 1 || mixed ? 3.0 : 1.0, localWidth = layout.sequenceParallel ? width / t : width
-            var buffers = 4 * rows * (2 * v / t + (layers / Double(pp) + 3) * width + hiddenBuffers * 4 * width / t + 4 * width / t
+            var buffers = 4 * rows * (2 * v / t + (layers / Double(pp) + 3) * width + hiddenBuffers * 4 * width / t
                                       + 2 * width + localWidth)
             if dp > 1 { buffers += 1.5 * layout.bucketMb * 1048576 }
             var planned = PlannedLayout(config: layout, dataParallel: dp, stateBytes: first, largestStateBytes: largest, activationBytes: activations + buffers,

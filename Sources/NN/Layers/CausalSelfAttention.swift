@@ -54,10 +54,11 @@ public final class CausalSelfAttention {
     public func backward(_ x: UnsafePointer<Float>, dy: UnsafePointer<Float>, batch B: Int, time T: Int,
                          dx: UnsafeMutablePointer<Float>, deferring saved: BlockWeightInputs? = nil, accumulate: Bool = true) {
         let rows = B * T
-        let dHeadsOut = workspace.floats(.attentionHeadsGradient, rows * channels)
-        // A split backward keeps dqkv for its weight pass: written there directly. dy (the output
-        // projection's output gradient) is the caller's, already in `saved`.
-        let dqkv = saved?.qkv.data ?? workspace.floats(.attentionQKVGradient, rows * 3 * channels)
+        // The heads' and QKV gradients, [N, C] and [N, 3C], in the block's MLP buffer, whose backward
+        // is over by now. A split backward keeps dqkv for its weight pass: written there directly. dy
+        // (the output projection's output gradient) is the caller's, already in `saved`.
+        let gradients = workspace.floats(.blockActivation, rows * 4 * channels)
+        let dHeadsOut = gradients, dqkv = saved?.qkv.data ?? gradients + rows * channels
         dqkv.update(repeating: 0, count: rows * 3 * channels)
         outputProjection.backward(headsOut.data, dy: dy, rows: rows, dx: dHeadsOut, weights: saved == nil, accumulate: false)
         OperationProfile.measure("attention core backward", flops: 8 * Double(B * T * T * channels)) {
