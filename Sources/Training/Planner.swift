@@ -94,6 +94,11 @@ public struct LayoutPlanner {
     /// Seconds per byte to hand pages back and fault them in again (ZeRO-2 releases the gradient pages
     /// other ranks own every step, ZeRO-3 the parameter pages too), measured by `measureRefault`.
     public var refaultSecondsPerByte = 0.0
+    /// Rounds of timing: every layout's shards (and every synchronization probe) are measured this
+    /// many times, the shards in turn, and the fastest kept, so that a slow moment of a shared machine
+    /// lands on one round, not on one layout (one round left the pipelines' compute 13 or 22 ms
+    /// between two plans a minute apart).
+    public var timingRounds = 3
     /// Ranks per host (nil: all on this one) and each lane's ring (SWIFT_DDP_SHM_KB; 0: no lanes): every
     /// rank maps a lane to each other rank of its host.
     public var ranksPerHost: Int?
@@ -268,14 +273,30 @@ public struct LayoutPlanner {
         func syncPenalty(group: Int, steps: Int, work: Double) -> Double {
             let key = "\(group) \(steps) \(Int(work * 1e5))"
             if let known = probed[key] { return known }
-            let measured = SyncProbe.penalty(world: worldSize, group: group, steps: steps, work: work, cores: cores)
+            let measured = (0..<max(timingRounds, 1)).map { _ in
+                SyncProbe.penalty(world: worldSize, group: group, steps: steps, work: work, cores: cores)
+            }.min()!
             probed[key] = measured
             return measured
         }
         var whole = config
         whole.tensorParallel = 1; whole.expertParallel = 1
         let wholeModelBytes = 4 * Double(try localParameters(whole, schedule: nil, pipelineRank: 0).count)
-        for layout in candidates().accepted {
+        let accepted = candidates().accepted
+        if case .measured(let copies) = source {
+            // Distinct shards, timed in turn, each round keeping the faster time per rank.
+            var distinct: [(key: String, layout: TrainConfig)] = []
+            for layout in accepted where !distinct.contains(where: { $0.key == shardKey(layout) }) { distinct.append((shardKey(layout), layout)) }
+            for _ in 0..<max(timingRounds, 1) {
+                for (key, layout) in distinct {
+                    let times = try timeShards(layout, copies: copies)
+                    timed[key] = timed[key].map {
+                        zip($0, times).map { ShardTime(forwardBackward: min($0.forwardBackward, $1.forwardBackward), update: min($0.update, $1.update)) }
+                    } ?? times
+                }
+            }
+        }
+        for layout in accepted {
             let tp = layout.tensorParallel, pp = layout.pipelineParallel, ep = layout.expertParallel
             let dp = worldSize / (tp * pp)
             let schedule = pp > 1 ? try PipelineSchedule(layout.pipelineSchedule, pipelineParallel: pp, microbatches: layout.microbatches,
@@ -309,9 +330,7 @@ public struct LayoutPlanner {
                 // The whole global batch's work (one rank doing it all, as measured) over the cores.
                 coresFloor = stepSeconds * Double(globalBatch) / Double(config.batchSize) / Double(cores)
             case .measured(let copies):
-                let key = "\(tp) \(layout.sequenceParallel) \(pp) \(layout.pipelineSchedule) \(layout.microbatches) \(layout.virtualStages) \(layout.batchSize)"
-                let times = try timed[key] ?? timeShards(layout, copies: copies)
-                timed[key] = times
+                let times = try timed[shardKey(layout)] ?? timeShards(layout, copies: copies)
                 let perRank = times.map { Double(microbatches) * $0.forwardBackward + updateShare * $0.update }
                 compute = perRank.max() ?? 0
                 // Every rank's work over the cores (a pipeline's idle ranks leave theirs to the others).
@@ -407,6 +426,11 @@ public struct LayoutPlanner {
             out.append(planned)
         }
         return out.sorted { ($0.fits ? 0 : 1, $0.predictedSeconds) < ($1.fits ? 0 : 1, $1.predictedSeconds) }
+    }
+
+    /// Layouts whose ranks hold the same shards and run the same micro-batches time the same.
+    func shardKey(_ layout: TrainConfig) -> String {
+        "\(layout.tensorParallel) \(layout.sequenceParallel) \(layout.pipelineParallel) \(layout.pipelineSchedule) \(layout.microbatches) \(layout.virtualStages) \(layout.batchSize)"
     }
 
     /// Seconds per byte to release pages (madvise) and touch them again as backward's accumulation

@@ -105,7 +105,8 @@ private final class TimedShard: @unchecked Sendable {
     init(optimizer: AdamW, pass: @escaping () throws -> Void) { self.optimizer = optimizer; self.pass = pass }
 
     func time() {
-        measured.forwardBackward = measure(trials: 3, target: 0.1) { do { try pass() } catch { self.error = error } }.median
-        measured.update = measure(trials: 3, target: 0.03) { optimizer.step(learningRate: 1e-4) }.median
+        // Short: the planner times every shard in several rounds (LayoutPlanner.timingRounds).
+        measured.forwardBackward = measure(trials: 3, target: 0.05) { do { try pass() } catch { self.error = error } }.median
+        measured.update = measure(trials: 3, target: 0.02) { optimizer.step(learningRate: 1e-4) }.median
     }
 }
