@@ -94,10 +94,10 @@ public struct LayoutPlanner {
     /// Seconds per byte to hand pages back and fault them in again (ZeRO-2 releases the gradient pages
     /// other ranks own every step, ZeRO-3 the parameter pages too), measured by `measureRefault`.
     public var refaultSecondsPerByte = 0.0
-    /// Rounds of timing: every layout's shards (and every synchronization probe) are measured this
-    /// many times, the shards in turn, and the fastest kept, so that a slow moment of a shared machine
-    /// lands on one round, not on one layout (one round left the pipelines' compute 13 or 22 ms
-    /// between two plans a minute apart).
+    /// Rounds of timing: every layout's shards are measured this many times, in turn, and the fastest
+    /// kept, so that a slow moment of a shared machine lands on one round, not on one layout (one round
+    /// left the pipelines' compute 13 or 22 ms between two plans a minute apart); every
+    /// synchronization probe this many times too, its median kept.
     public var timingRounds = 3
     /// Ranks per host (nil: all on this one) and each lane's ring (SWIFT_DDP_SHM_KB; 0: no lanes): every
     /// rank maps a lane to each other rank of its host.
@@ -273,9 +273,11 @@ public struct LayoutPlanner {
         func syncPenalty(group: Int, steps: Int, work: Double) -> Double {
             let key = "\(group) \(steps) \(Int(work * 1e5))"
             if let known = probed[key] { return known }
+            // The median: a wait is the scheduler's luck, whose typical value is the cost (the fastest
+            // of several is the luckiest, where for compute it is the one least disturbed).
             let measured = (0..<max(timingRounds, 1)).map { _ in
                 SyncProbe.penalty(world: worldSize, group: group, steps: steps, work: work, cores: cores)
-            }.min()!
+            }.sorted()[max(timingRounds, 1) / 2]
             probed[key] = measured
             return measured
         }
