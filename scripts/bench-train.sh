@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Training throughput and quality next to the references, measured in the same run:
 #   the GPT recipe (configs/shakespeare-char.json, one process) against nanoGPT's CPU recipe
-#   (same model and hyper-parameters, PyTorch, one thread), ms/iter and validation loss;
+#   (same model and hyper-parameters, PyTorch, one thread), ms/iter, validation loss and peak RSS (nanoGPT's with GNU time);
 #   the MNIST MLP (configs/mnist-mlp.json) against bench/references/mlp_mnist.py, samples/s and accuracy.
 # nanoGPT comes from NANOGPT_DIR (a checkout of karpathy/nanoGPT), else is cloned into runs/references/
 # (needs the network); PyTorch from scripts/bench-references.sh. ITERS (default 2000) shortens the GPT runs.
@@ -32,7 +32,10 @@ if [ -f "$nanogpt/train.py" ] && "$venv/bin/python" -c "import torch, numpy" 2>/
       cp "$root/data/tinyshakespeare.txt" data/shakespeare_char/input.txt
       "$venv/bin/python" data/shakespeare_char/prepare.py >/dev/null
     fi
-    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 "$venv/bin/python" train.py config/train_shakespeare_char.py --device=cpu --compile=False \
+    # GNU time, when the machine has it, gives nanoGPT's peak RSS beside ours.
+    timed=(); rm -f "$work/nanogpt.rss"
+    if [ -x /usr/bin/time ]; then timed=(/usr/bin/time -f "nanoGPT peak RSS %M KiB" -o "$work/nanogpt.rss"); fi
+    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 "${timed[@]}" "$venv/bin/python" train.py config/train_shakespeare_char.py --device=cpu --compile=False \
       --eval_iters=20 --log_interval=10 --block_size=64 --batch_size=12 --n_layer=4 --n_head=4 --n_embd=128 \
       --max_iters="$iters" --lr_decay_iters="$iters" --warmup_iters="$warmup" --eval_interval=$(( iters < 250 ? iters : 250 )) --dropout=0.0 --out_dir="$work/nanogpt-out" > "$work/nanogpt.log" 2>&1
   ) || echo "nanoGPT: failed; see $work/nanogpt.log"
@@ -44,6 +47,7 @@ times = [float(t) for t in re.findall(r"iter \d+: loss [\d.]+, time ([\d.]+)ms",
 val = re.findall(r"val loss ([\d.]+)", text)
 print(f"nanoGPT: {statistics.median(times) if times else float('nan'):.1f} ms/iter (median of logged iterations), val loss {val[-1] if val else '?'}")
 PY
+  if [ -s "$work/nanogpt.rss" ]; then awk '/peak RSS/ { printf "nanoGPT: peak RSS %.0f MiB\n", $4 / 1024 }' "$work/nanogpt.rss"; fi
 else
   echo "nanoGPT: missing (set NANOGPT_DIR to a checkout of karpathy/nanoGPT, or allow the clone)"
 fi
