@@ -79,8 +79,6 @@ public struct TokenIDs: Sendable {
         TokenIDs(bytes: bytes.isEmpty ? [] : Array(bytes[i...]), wide: wide.isEmpty ? [] : Array(wide[i...]))
     }
 
-    public subscript(i: Int) -> Int32 { wide.isEmpty ? Int32(bytes[i]) : wide[i] }
-
     /// Appends the ids in `range`.
     public func append(_ range: Range<Int>, to out: inout [Int32]) {
         if wide.isEmpty { out.append(contentsOf: bytes[range].lazy.map { Int32($0) }) }

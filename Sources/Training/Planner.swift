@@ -97,8 +97,10 @@ public struct LayoutPlanner {
     /// Rounds of timing: every layout's shards are measured this many times, in turn, and the fastest
     /// kept, so that a slow moment of a shared machine lands on one round, not on one layout (one round
     /// left the pipelines' compute 13 or 22 ms between two plans a minute apart); every
-    /// synchronization probe this many times too, its median kept.
+    /// synchronization probe this many times too, its median kept. Rounds after the first are skipped
+    /// once timing has taken `timingBudgetSeconds` (a wide model's one round already takes minutes).
     public var timingRounds = 3
+    public var timingBudgetSeconds = 30.0
     /// Ranks per host (nil: all on this one) and each lane's ring (SWIFT_DDP_SHM_KB; 0: no lanes): every
     /// rank maps a lane to each other rank of its host.
     public var ranksPerHost: Int?
@@ -289,7 +291,8 @@ public struct LayoutPlanner {
             // Distinct shards, timed in turn, each round keeping the faster time per rank.
             var distinct: [(key: String, layout: TrainConfig)] = []
             for layout in accepted where !distinct.contains(where: { $0.key == shardKey(layout) }) { distinct.append((shardKey(layout), layout)) }
-            for _ in 0..<max(timingRounds, 1) {
+            let start = monotonicSeconds()
+            for round in 0..<max(timingRounds, 1) where round == 0 || monotonicSeconds() - start < timingBudgetSeconds {
                 for (key, layout) in distinct {
                     let times = try timeShards(layout, copies: copies)
                     timed[key] = timed[key].map {
