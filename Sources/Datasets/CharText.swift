@@ -59,7 +59,6 @@ public struct CharText: Sendable {
     }
 }
 
-
 /// A split's token ids, one byte each when the vocabulary has at most 256 symbols (Shakespeare's 65:
 /// 1 MB instead of 4.4 MB resident for the run's whole life), else four.
 public struct TokenIDs: Sendable {

@@ -441,7 +441,7 @@ public struct LayoutPlanner {
     /// Seconds per byte to release pages (madvise) and touch them again as backward's accumulation
     /// does (a read maps the zero page, the write then faults again), over 16 MiB, best of 3.
     public static func measureRefault() -> Double {
-        let count = 4 << 20, floatsPerPage = 1024
+        let count = 4 << 20, floatsPerPage = max(1, sysconf(Int32(_SC_PAGESIZE)) / 4)
         let buffer = FloatBuffer(pagedCount: count)
         buffer.buffer.update(repeating: 1)
         var best = Double.infinity, sum: Float = 0
