@@ -405,12 +405,12 @@ public struct LayoutPlanner {
             } * live)
             // Buffers besides the state and the kept activations, fp32: the logits and their gradient, the
             // residual streams, the shared backward workspace (the MLP's hidden buffer, one for the GELU
-            // output and both gradients in a dense block, three under tensor parallelism or beside a mixture's
-            // own, the first of them holding attention's QKV and heads gradients after, a LayerNorm
-            // output) and, with data parallelism, the communication scratch of one bucket.
+            // output and both gradients, three beside a mixture's own, the first of them holding
+            // attention's QKV and heads gradients after, a LayerNorm output) and, with data parallelism,
+            // the communication scratch of one bucket.
             let rows = Double(layout.batchSize * layout.blockSize), t = Double(tp)
             let mixed = (0..<config.nLayer).contains { gpt.experts(inLayer: $0) != nil }
-            let hiddenBuffers = tp > 1 || mixed ? 3.0 : 1.0, localWidth = layout.sequenceParallel ? width / t : width
+            let hiddenBuffers = mixed ? 3.0 : 1.0, localWidth = layout.sequenceParallel ? width / t : width
             var buffers = 4 * rows * (2 * v / t + (layers / Double(pp) + 3) * width + hiddenBuffers * 4 * width / t
                                       + 2 * width + localWidth)
             if dp > 1 { buffers += 1.5 * layout.bucketMb * 1048576 }

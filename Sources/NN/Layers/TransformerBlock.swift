@@ -225,25 +225,27 @@ public final class TransformerBlock {
                           dx: UnsafeMutablePointer<Float>, _ parallel: TensorParallelism) throws {
         let rows = B * T, local = parallel.localRows(rows), c = channels, n = local * c, hiddenCount = rows * hidden
         let dx1 = workspace.floats(.blockResidualGradient, n)
-        let dGelu = workspace.floats(.blockActivationGradient, hiddenCount), dFc = workspace.floats(.blockHiddenGradient, hiddenCount)
         let gathered = workspace.floats(.sequenceGathered, rows * c), gatheredGradient = workspace.floats(.sequenceGatheredGradient, rows * c)
         let partial = workspace.floats(.tensorParallelPartial, rows * c)
         dx1.update(from: dy, count: n)
-        dGelu.update(repeating: 0, count: hiddenCount); dFc.update(repeating: 0, count: hiddenCount)
-        let geluOut = workspace.floats(.blockActivation, hiddenCount)
-        geluForward(fcOut.data, into: geluOut, count: hiddenCount, form: gelu)
-        projection.backward(geluOut, dy: try parallel.gatherRows(dy, rows: rows, width: c, full: gatheredGradient), rows: rows, dx: dGelu)
-        geluBackward(fcOut.data, dGelu, accumulatingInto: dFc, count: hiddenCount, form: gelu)
-        partial.update(repeating: 0, count: rows * c)
+        // As the dense backward: one [N, 4C/size] buffer for the GELU output and both gradients, and
+        // producers that overwrite (no zeroing passes).
+        let mlpHidden = workspace.floats(.blockActivation, hiddenCount)
+        geluForward(fcOut.data, into: mlpHidden, count: hiddenCount, form: gelu)
+        let dOut = try parallel.gatherRows(dy, rows: rows, width: c, full: gatheredGradient)
+        projection.weightBackward(mlpHidden, dy: dOut, rows: rows)
+        projection.inputBackward(dy: dOut, rows: rows, dx: mlpHidden, accumulate: false)
+        geluBackward(fcOut.data, mlpHidden, accumulatingInto: mlpHidden, count: hiddenCount, form: gelu, accumulate: false)
         let normalized = workspace.floats(.normalized, n)
         ln2.recompute(x1.data, rows: local, into: normalized)
-        fc.backward(try parallel.gatherRows(normalized, rows: rows, width: c, full: gathered), dy: dFc, rows: rows, dx: partial)
+        fc.backward(try parallel.gatherRows(normalized, rows: rows, width: c, full: gathered), dy: mlpHidden, rows: rows, dx: partial,
+                    accumulate: false)
         ln2.backward(x1.data, dy: try parallel.reduceRows(partial, rows: rows, width: c), rows: local, dx: dx1)
         add(dx, dx1, into: dx, count: n)
-        partial.update(repeating: 0, count: rows * c)
         ln1.recompute(x, rows: local, into: normalized)
         attention.backward(try parallel.gatherRows(normalized, rows: rows, width: c, full: gathered),
-                           dy: try parallel.gatherRows(dx1, rows: rows, width: c, full: gatheredGradient), batch: B, time: T, dx: partial)
+                           dy: try parallel.gatherRows(dx1, rows: rows, width: c, full: gatheredGradient), batch: B, time: T, dx: partial,
+                           accumulate: false)
         ln1.backward(x, dy: try parallel.reduceRows(partial, rows: rows, width: c), rows: local, dx: dx)
     }
 }
