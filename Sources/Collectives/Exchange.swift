@@ -17,8 +17,18 @@ import Transport
 func exchange(_ group: ProcessGroup, tag: UInt32, sendTo: Int?, sendBytes: UnsafeRawBufferPointer,
               receiveFrom: Int?, receiveBuffer: UnsafeMutableRawBufferPointer,
               operation: @autoclosure () -> String, onChunk: (Range<Int>) -> Void = { _ in }) throws {
-    let sending = sendTo.map { [OutgoingMessage(group.connection(to: $0), tag: tag, bytes: sendBytes)] } ?? []
-    let receiving = receiveFrom.map { [IncomingMessage(group.connection(to: $0), tag: tag, buffer: receiveBuffer)] } ?? []
-    try exchangeMessages(sending: sending, receiving: receiving, settings: group.exchangeSettings,
-                         operation: operation(), onChunk: { _, range in onChunk(range) })
+    // The two messages live on the stack: a small step is a microsecond, where allocations show.
+    try withUnsafeTemporaryAllocation(of: OutgoingMessage.self, capacity: 1) { sending in
+        try withUnsafeTemporaryAllocation(of: IncomingMessage.self, capacity: 1) { receiving in
+            if let sendTo { sending.initializeElement(at: 0, to: OutgoingMessage(group.connection(to: sendTo), tag: tag, bytes: sendBytes)) }
+            if let receiveFrom {
+                receiving.initializeElement(at: 0, to: IncomingMessage(group.connection(to: receiveFrom), tag: tag, buffer: receiveBuffer))
+            }
+            let sends = UnsafeMutableBufferPointer(rebasing: sending[..<(sendTo == nil ? 0 : 1)])
+            let receives = UnsafeMutableBufferPointer(rebasing: receiving[..<(receiveFrom == nil ? 0 : 1)])
+            defer { sends.deinitialize(); receives.deinitialize() }
+            try exchangeMessages(sending: UnsafeBufferPointer(sends), receiving: UnsafeBufferPointer(receives), settings: group.exchangeSettings,
+                                 operation: operation(), onChunk: { _, range in onChunk(range) })
+        }
+    }
 }

@@ -12,6 +12,12 @@ public struct Deadline: Sendable {
         at = Deadline.now() + seconds
     }
 
+    /// `seconds` after `start` (a time read earlier with `now()`).
+    public init(seconds: Double, from start: Double) {
+        self.seconds = seconds
+        at = start + seconds
+    }
+
     public static func now() -> Double {
         var ts = timespec()
         clock_gettime(CLOCK_MONOTONIC, &ts)

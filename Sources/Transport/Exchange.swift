@@ -85,23 +85,61 @@ private struct ReceiveProgress {
 public func exchangeMessages(sending outgoing: [OutgoingMessage], receiving incoming: [IncomingMessage],
                              settings: ExchangeSettings, operation: @autoclosure () -> String,
                              onChunk: (Int, Range<Int>) -> Void = { _, _ in }) throws {
+    try outgoing.withUnsafeBufferPointer { sending in
+        try incoming.withUnsafeBufferPointer { receiving in
+            try exchangeMessages(sending: sending, receiving: receiving, settings: settings, operation: operation(), onChunk: onChunk)
+        }
+    }
+}
+
+/// The same over caller-owned message lists (a collective's step keeps them on its stack: a 4 KiB
+/// exchange between two ranks on a lane takes about a microsecond, so allocations and clock reads count).
+public func exchangeMessages(sending outgoing: UnsafeBufferPointer<OutgoingMessage>, receiving incoming: UnsafeBufferPointer<IncomingMessage>,
+                             settings: ExchangeSettings, operation: @autoclosure () -> String,
+                             onChunk: (Int, Range<Int>) -> Void = { _, _ in }) throws {
+    try withUnsafeTemporaryAllocation(of: ClaimedConnection.self, capacity: outgoing.count + incoming.count) { claimedSpace in
+        try withUnsafeTemporaryAllocation(of: SendProgress.self, capacity: outgoing.count) { sends in
+            try withUnsafeTemporaryAllocation(of: ReceiveProgress.self, capacity: incoming.count) { receives in
+                sends.initialize(repeating: SendProgress())
+                receives.initialize(repeating: ReceiveProgress())
+                defer { sends.deinitialize(); receives.deinitialize() }
+                try exchangeMessages(outgoing, incoming, settings, operation(), onChunk, claimedSpace, sends, receives)
+            }
+        }
+    }
+}
+
+/// A connection an exchange drives, and in which directions.
+private struct ClaimedConnection {
+    var connection: Connection
+    var sending: Bool, receiving: Bool
+}
+
+private func exchangeMessages(_ outgoing: UnsafeBufferPointer<OutgoingMessage>, _ incoming: UnsafeBufferPointer<IncomingMessage>,
+                              _ settings: ExchangeSettings, _ operation: @autoclosure () -> String,
+                              _ onChunk: (Int, Range<Int>) -> Void, _ claimedSpace: UnsafeMutableBufferPointer<ClaimedConnection>,
+                              _ sends: UnsafeMutableBufferPointer<SendProgress>, _ receives: UnsafeMutableBufferPointer<ReceiveProgress>) throws {
     let chunk = settings.chunkBytes
     // Claim each direction of each connection once for the whole call: what we send on, what we receive on.
-    var claimed: [(connection: Connection, sending: Bool, receiving: Bool)] = []
-    claimed.reserveCapacity(outgoing.count + incoming.count)
+    var claimedCount = 0
     func note(_ connection: Connection, sending: Bool) {
-        if let i = claimed.firstIndex(where: { $0.connection === connection }) {
-            if sending { claimed[i].sending = true } else { claimed[i].receiving = true }
+        if let i = claimedSpace[..<claimedCount].firstIndex(where: { $0.connection === connection }) {
+            if sending { claimedSpace[i].sending = true } else { claimedSpace[i].receiving = true }
         } else {
-            claimed.append((connection, sending, !sending))
+            (claimedSpace.baseAddress! + claimedCount).initialize(to: ClaimedConnection(connection: connection, sending: sending, receiving: !sending))
+            claimedCount += 1
         }
     }
     for message in outgoing { note(message.connection, sending: true) }
     for message in incoming { note(message.connection, sending: false) }
+    let claimed = UnsafeMutableBufferPointer(rebasing: claimedSpace[..<claimedCount])
     for c in claimed { c.connection.claim(for: operation(), sending: c.sending, receiving: c.receiving) }
-    defer { for c in claimed { c.connection.release(sending: c.sending, receiving: c.receiving) } }
-    var sends = [SendProgress](repeating: SendProgress(), count: outgoing.count)
-    var receives = [ReceiveProgress](repeating: ReceiveProgress(), count: incoming.count)
+    defer {
+        for c in claimed { c.connection.release(sending: c.sending, receiving: c.receiving) }
+        claimed.deinitialize()
+    }
+    // Whether every connection is on a shared-memory lane: then a spinning wait makes no system call.
+    let allOnLanes = claimed.allSatisfy { $0.connection.lane != nil }
     for i in outgoing.indices {
         sends[i].frames = frameCount(outgoing[i].bytes.count, chunk)
         sends[i].after = outgoing[..<i].lastIndex { $0.connection === outgoing[i].connection }
@@ -240,10 +278,10 @@ public func exchangeMessages(sending outgoing: [OutgoingMessage], receiving inco
     func sendReady(_ i: Int) -> Bool { !sends[i].done && (sends[i].after.map { sends[$0].done } ?? true) }
     func receiveReady(_ i: Int) -> Bool { !receives[i].done && (receives[i].after.map { receives[$0].done } ?? true) }
 
-    var deadline = Deadline(seconds: settings.policy.timeoutSeconds)
-    var spinUntil = Deadline.now() + settings.policy.spinMicroseconds * 1e-6
+    // The clock is read only once nothing moves: the inactivity timeout and the spin both count from there.
+    var idleSince: Double?
     var fds: [pollfd] = []
-    var waiting: [(connection: Connection, sending: Bool, receiving: Bool)] = []
+    var waiting: [ClaimedConnection] = []
     while true {
         var progressed = false, pending = false
         for i in sends.indices where sendReady(i) {
@@ -255,11 +293,17 @@ public func exchangeMessages(sending outgoing: [OutgoingMessage], receiving inco
             if !receives[i].done { pending = true }
         }
         if !pending { return } // a message waiting on an earlier one keeps that one pending
-        if progressed {
-            deadline = Deadline(seconds: settings.policy.timeoutSeconds)
-            spinUntil = Deadline.now() + settings.policy.spinMicroseconds * 1e-6
+        if progressed { idleSince = nil; continue }
+        let now = Deadline.now(), idle = idleSince ?? now
+        idleSince = idle
+        let spinUntil = idle + settings.policy.spinMicroseconds * 1e-6
+        if allOnLanes && now < spinUntil {
+            // Spinning on lanes alone needs no system call: the next pass looks at the rings again
+            // (a dead peer is noticed once the spin ends and the wait blocks on its socket).
+            if settings.policy.yieldWhileSpinning { sched_yield() }
             continue
         }
+        let deadline = Deadline(seconds: settings.policy.timeoutSeconds, from: idle)
         // Nothing moved: wait for any pending direction. Blame a peer we still expect bytes from first.
         fds.removeAll(keepingCapacity: true)
         waiting.removeAll(keepingCapacity: true)
@@ -271,7 +315,7 @@ public func exchangeMessages(sending outgoing: [OutgoingMessage], receiving inco
                 waiting[k].sending = waiting[k].sending || sending; waiting[k].receiving = waiting[k].receiving || receiving
             } else {
                 fds.append(pollfd(fd: connection.fd, events: events, revents: 0))
-                waiting.append((connection, sending, receiving))
+                waiting.append(ClaimedConnection(connection: connection, sending: sending, receiving: receiving))
             }
         }
         for i in receives.indices where receiveReady(i) {
@@ -280,10 +324,9 @@ public func exchangeMessages(sending outgoing: [OutgoingMessage], receiving inco
         }
         for i in sends.indices where sendReady(i) { watch(outgoing[i].connection, sending: true, receiving: false); owed = owed ?? outgoing[i].connection.peer }
         let lanes = waiting.contains { $0.connection.lane != nil }
-        let spinning = Deadline.now() < spinUntil
+        let spinning = now < spinUntil
         if spinning && waiting.allSatisfy({ $0.connection.lane != nil }) {
-            // Spinning on lanes alone needs no system call: the next pass looks at the rings again
-            // (a dead peer is noticed once the spin ends and the wait blocks on its socket).
+            // The same when only the pending connections are all lanes.
             if settings.policy.yieldWhileSpinning { sched_yield() }
             continue
         }
