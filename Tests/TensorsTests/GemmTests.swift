@@ -50,8 +50,8 @@ final class GemmTests: XCTestCase {
     }
 
     func testLargerAndNonSquareShapesCrossingBlockBoundaries() {
-        // 257 crosses kc = 256 and mc = 96; 2050 crosses nc = 2048; K = 1 and long thin shapes.
-        let shapes: [(Int, Int, Int)] = [(65, 65, 65), (257, 33, 257), (17, 257, 65), (1, 257, 1),
+        // 515 crosses kc = 512, 257 mc = 96, 2050 nc = 1024 (twice); K = 1 and long thin shapes.
+        let shapes: [(Int, Int, Int)] = [(65, 65, 65), (257, 33, 515), (17, 257, 65), (1, 257, 1),
                                          (257, 1, 33), (100, 70, 1), (7, 2050, 3), (97, 49, 300)]
         var seed: UInt64 = 1000
         for kernel in GemmMicroKernel.allCases {
@@ -72,7 +72,7 @@ final class GemmTests: XCTestCase {
                 check(ta, tb, m: 19, n: 37, k: 23, alpha: -0.5, beta: 1, kernel: kernel, seed: seed)
                 check(ta, tb, m: 19, n: 37, k: 23, alpha: 2, beta: 0.25, padA: 3, padB: 5, padC: 2,
                       kernel: kernel, seed: seed + 100)
-                // beta is applied by the first of several K slabs only (600 = 3 slabs), on full and edge
+                // beta is applied by the first of several K slabs only (600 = 2 slabs), on full and edge
                 // tiles; n <= 16 takes the narrow path; beta 0 over NaNs must not read C.
                 for beta: Float in [0, 0.25, 1] {
                     check(ta, tb, m: 13, n: 70, k: 600, alpha: 1.5, beta: beta, padC: 1, kernel: kernel, seed: seed + 200)
