@@ -3,7 +3,9 @@
 # ITERS steps (default 100) on the same global batch, ROUNDS rounds in turn (default 1, best kept), and
 # the table puts the planner's predicted ms/step and MiB per rank beside the measured ones (mean step
 # time over ranks; the largest peak RSS of any rank), with the Spearman rank correlation of predicted
-# and measured step times, and the planner's pick against the measured fastest.
+# and measured step times, and the planner's pick against the measured fastest. With ROUNDS >= 2 it also
+# prints the Spearman correlation of one round's measured times with the next's: the measurement's own
+# repeatability, which bounds what any prediction can score.
 # usage: scripts/bench-layouts.sh WORLD [CONFIG] [--set key=value ...]
 #   CONFIG defaults to configs/shakespeare-char.json (the recipe); --set changes the model, e.g.
 #   --set n_layer=8 --set n_embd=512 --set n_head=8 for the wide model.
@@ -73,6 +75,7 @@ import json, re, sys
 work, count, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 plan = json.load(open(f"{work}/plan.json"))
 rows = []
+by_round = {}  # round -> {layout index: ms/step}, for the measurement's own repeatability
 for i, p in enumerate(plan):
     best = None
     for r in range(1, rounds + 1):
@@ -83,6 +86,7 @@ for i, p in enumerate(plan):
         single = re.search(r"peak RSS (\d+) MiB", text)
         if not m: continue
         rss = max(eval(peaks.group(1))) if peaks else float(single.group(1))
+        by_round.setdefault(r, {})[i] = float(m.group(1))
         if best is None or float(m.group(1)) < best[0]: best = (float(m.group(1)), rss)
     rows.append((p, best))
 ok = [(p, b) for p, b in rows if b]
@@ -102,15 +106,24 @@ print("|---|---:|---:|---:|---:|---:|")
 for p, b in rows:
     if b: print(f"| {p['name']} | {p['predicted_ms']:.2f} | {b[0]:.2f} | {p['predicted_mib']:.1f} | {b[1]:.0f} | {p['predicted_mib'] / b[1]:.2f} |")
     else: print(f"| {p['name']} | {p['predicted_ms']:.2f} | failed | {p['predicted_mib']:.1f} | - | - |")
-if len(ok) >= 2:
-    a, b = ranks([p['predicted_ms'] for p, _ in ok]), ranks([m[0] for _, m in ok])
-    n = len(ok); ma, mb = sum(a) / n, sum(b) / n
+def spearman(xs, ys):
+    a, b = ranks(xs), ranks(ys)
+    n = len(a); ma, mb = sum(a) / n, sum(b) / n
     cov = sum((x - ma) * (y - mb) for x, y in zip(a, b)); va = sum((x - ma) ** 2 for x in a); vb = sum((y - mb) ** 2 for y in b)
-    rho = cov / (va * vb) ** 0.5 if va > 0 and vb > 0 else float('nan')
+    return cov / (va * vb) ** 0.5 if va > 0 and vb > 0 else float('nan')
+if len(ok) >= 2:
+    rho = spearman([p['predicted_ms'] for p, _ in ok], [m[0] for _, m in ok])
     fastest = min(ok, key=lambda r: r[1][0])
     pick = ok[0]  # the plan is ranked: its first layout is the pick
     print()
-    print(f"Spearman rank correlation, predicted vs measured step time, {n} layouts: {rho:.2f}")
+    print(f"Spearman rank correlation, predicted vs measured step time, {len(ok)} layouts: {rho:.2f}")
+    # How well the measurement agrees with itself: no prediction can rank the layouts more reliably
+    # than two rounds of the same runs rank them.
+    for r in range(1, rounds):
+        common = sorted(set(by_round.get(r, {})) & set(by_round.get(r + 1, {})))
+        if len(common) >= 2:
+            again = spearman([by_round[r][i] for i in common], [by_round[r + 1][i] for i in common])
+            print(f"Spearman rank correlation, measured round {r} vs round {r + 1}, {len(common)} layouts: {again:.2f}")
     print(f"Planner's pick {pick[0]['name']}: measured {pick[1][0]:.2f} ms/step; measured fastest {fastest[0]['name']}: {fastest[1][0]:.2f} ms/step "
           f"(pick / fastest {pick[1][0] / fastest[1][0]:.3f})")
     worst = max(abs(p['predicted_mib'] / m[1] - 1) for p, m in ok)
