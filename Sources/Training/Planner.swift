@@ -205,9 +205,9 @@ public struct LayoutPlanner {
     /// compute between two of them)`: tensor-parallel collectives (per block 4 allreduces, or with sequence
     /// parallelism 4 forward and 6 backward reduce-scatters and all-gathers; the embedding and the
     /// vocabulary-parallel head 4 more), pipeline hand-offs (an activation and a gradient per micro-batch
-    /// and neighbour), ZeRO-3's gathers (two per unit and micro-batch) and the gradient buckets.
-    func oversubscribedWaits(_ c: TrainConfig, dataParallel dp: Int, microbatches: Double, compute: Double, layers: Int,
-                             gradientBytes: Int, penalty: (Int, Int, Double) -> Double) -> Double {
+    /// and neighbour), ZeRO-3's gathers (two per unit and micro-batch) and the wait for the last bucket.
+    public func oversubscribedWaits(_ c: TrainConfig, dataParallel dp: Int, microbatches: Double, compute: Double, layers: Int,
+                                    penalty: (Int, Int, Double) -> Double) -> Double {
         let tp = c.tensorParallel, pp = c.pipelineParallel
         var waits = 0.0
         if tp > 1 {
@@ -224,8 +224,10 @@ public struct LayoutPlanner {
             waits += microbatches * perMicro * penalty(dp, dp - 1, compute / (microbatches * perMicro))
         }
         if dp > 1 {
-            let buckets = max(1.0, Double(gradientBytes) / (c.bucketMb * 1048576)).rounded(.up)
-            waits += buckets * penalty(dp, 2 * (dp - 1), compute / buckets)
+            // Buckets are averaged on each rank's communication thread while backward goes on; the
+            // compute thread blocks once, for the last of them (4 ranks on 2 cores: dp 4 measured at the
+            // cores' floor, where a wait per bucket predicted 3-8 ms more).
+            waits += penalty(dp, 2 * (dp - 1), compute)
         }
         return waits
     }
@@ -392,6 +394,11 @@ public struct LayoutPlanner {
                     comm += max(1.5 * communication.allreduce(bytes: gradientBytes, ranks: dp) - compute * 2 / 3, bucket)
                 }
             }
+            // More ranks on a host than cores: lanes move bytes with the CPU, and every rank copies at the
+            // same phase of the step, so communication stretches over the cores as compute does (a table
+            // measured at this world size already includes it).
+            let ranksOnHost = ranksPerHost ?? worldSize
+            if ranksOnHost > cores && communication.tuning == nil { comm *= Double(ranksOnHost) / Double(cores) }
             let live = schedule.map { $0.kind == .gpipe ? layout.microbatches : min(layout.microbatches, pp) } ?? 1
             // This implementation's kept tensors of the busiest rank's layers, for each micro-batch alive.
             var keptLayers = Array(0..<config.nLayer)
@@ -422,7 +429,7 @@ public struct LayoutPlanner {
                 planned.coresFloorSeconds = coresFloor
                 if case .measured = source {
                     planned.waitSeconds = oversubscribedWaits(layout, dataParallel: dp, microbatches: microbatches, compute: compute,
-                                                              layers: keptLayers.count, gradientBytes: 4 * localParameters, penalty: syncPenalty)
+                                                              layers: keptLayers.count, penalty: syncPenalty)
                 }
             }
             planned.checkpointBytes = checkpointBytes(layout, localParameters: localParameters, dataParallel: dp, wholeModelBytes: wholeModelBytes)

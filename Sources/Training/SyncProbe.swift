@@ -7,20 +7,31 @@ import Tensors
 // shared VM, so the planner measures it: `world` threads on this machine's cores, in groups of
 // `group`, each doing `work` seconds of arithmetic and then `steps` ring steps over pipes (write to the
 // next member, block reading from the previous: a ring collective's pattern with its bytes left out,
-// which the alpha-beta model prices). The penalty per synchronization is the iteration's time beyond
-// the arithmetic's own time shared over the cores.
+// which the alpha-beta model prices). The work streams through a private L2's worth of memory, as a
+// rank's layer streams its weights and activations: a member that ran in between evicted it, which a
+// rank pays after every switch. The penalty per synchronization is the iteration's time beyond the
+// work's own time (measured alone, caches warm) shared over the cores.
 
 /// One member of the probe's ring: its pipes and its arithmetic.
 private final class ProbeMember: @unchecked Sendable {
     let readFD: Int32, writeFD: Int32
     var sink: Float = 0
-    init(readFD: Int32, writeFD: Int32) { self.readFD = readFD; self.writeFD = writeFD }
+    /// What `work` streams through (a float per cache line is read and written).
+    let memory: UnsafeMutableBufferPointer<Float>
+    init(readFD: Int32, writeFD: Int32, memoryBytes: Int) {
+        self.readFD = readFD; self.writeFD = writeFD
+        memory = .allocate(capacity: max(memoryBytes / 4, 16))
+        memory.initialize(repeating: 0)
+    }
+    deinit { memory.deallocate() }
 
-    /// Arithmetic the compiler cannot drop: `count` dependent multiply-adds.
+    /// Arithmetic the compiler cannot drop, `count` dependent multiply-adds, then a pass over `memory`.
     func work(_ count: Int) {
         var x = sink + 1
         for _ in 0..<count { x = x * 0.999_999 + 1e-7 }
-        sink = x
+        var line = 0
+        while line < memory.count { memory[line] += x; line += 16 }
+        sink = x + memory[0]
     }
 
     func run(iterations: Int, work count: Int, steps: Int) {
@@ -38,17 +49,29 @@ private final class ProbeMember: @unchecked Sendable {
 public enum SyncProbe {
     /// Dependent multiply-adds per second on one core (measured once).
     static let workRate: Double = {
-        let member = ProbeMember(readFD: -1, writeFD: -1)
+        let member = ProbeMember(readFD: -1, writeFD: -1, memoryBytes: 0)
         let count = 2_000_000
         let t = measure(trials: 3, target: 0.02) { member.work(count) }.best
         return Double(count) / t
+    }()
+
+    /// What each member streams through between synchronizations: this core's L2 (1 MiB when the
+    /// system does not say).
+    public static let memoryBytes: Int = {
+        let l2 = sysconf(Int32(_SC_LEVEL2_CACHE_SIZE))
+        return l2 > 0 ? l2 : 1 << 20
     }()
 
     /// Seconds one synchronization costs beyond its bytes: `world` threads in groups of `group`, each
     /// synchronizing every `work` seconds of its own compute with `steps` ring steps, on `cores` cores.
     public static func penalty(world: Int, group: Int, steps: Int, work: Double, cores: Int) -> Double {
         guard world > cores, group > 1, steps > 0 else { return 0 }
-        let count = max(1, Int(work * workRate))
+        // The arithmetic makes up what the pass over memory leaves of `work`; `alone` is the whole
+        // segment on a core of its own, caches warm.
+        let solo = ProbeMember(readFD: -1, writeFD: -1, memoryBytes: memoryBytes)
+        let pass = measure(trials: 3, target: 0.01) { solo.work(0) }.median
+        let count = max(1, Int((work - pass) * workRate))
+        let alone = measure(trials: 3, target: 0.01) { solo.work(count) }.median
         let iterations = max(8, min(200, Int(0.15 / max(work * Double(world) / Double(cores), 1e-5))))
         var members: [ProbeMember] = []
         var fds: [Int32] = []
@@ -62,7 +85,9 @@ public enum SyncProbe {
                 fds += p
                 pipes.append((p[0], p[1]))
             }
-            for i in 0..<group { members.append(ProbeMember(readFD: pipes[(i + group - 1) % group].read, writeFD: pipes[i].write)) }
+            for i in 0..<group {
+                members.append(ProbeMember(readFD: pipes[(i + group - 1) % group].read, writeFD: pipes[i].write, memoryBytes: memoryBytes))
+            }
         }
         // One thread each (a thread pool the size of the cores would leave members unstarted and the
         // ring blocked), as each rank is its own process.
@@ -76,7 +101,7 @@ public enum SyncProbe {
         }
         for _ in members { done.wait() }
         let perIteration = (monotonicSeconds() - start) / Double(iterations)
-        let shared = work * Double(members.count) / Double(min(cores, members.count))
+        let shared = alone * Double(members.count) / Double(min(cores, members.count))
         return max(0, perIteration - shared)
     }
 }

@@ -56,6 +56,55 @@ final class PlannerTests: XCTestCase {
         XCTAssertEqual(allLocal.first!.predictedBytes - off.first { $0.name == allLocal.first!.name }!.predictedBytes, 3 * segment, accuracy: 1)
     }
 
+    /// More ranks on a host than cores: the lanes' copies share the cores, so every layout's
+    /// communication takes ranks / cores times as long; ranks on hosts of their own (one per host) keep it.
+    func testOversubscribedCommunicationStretchesOverTheCores() throws {
+        var plan = try planner(world: 4)
+        plan.cores = 4
+        let ownCores = try plan.plan(stepSeconds: 0.01, memoryPerRank: nil)
+        plan.cores = 2
+        let shared = try plan.plan(stepSeconds: 0.01, memoryPerRank: nil)
+        plan.ranksPerHost = 1
+        let hosts = try plan.plan(stepSeconds: 0.01, memoryPerRank: nil)
+        XCTAssertTrue(ownCores.contains { $0.communicationSeconds > 0 })
+        for p in ownCores {
+            let s = try XCTUnwrap(shared.first { $0.name == p.name }), h = try XCTUnwrap(hosts.first { $0.name == p.name })
+            XCTAssertEqual(s.communicationSeconds, 2 * p.communicationSeconds, accuracy: 1e-12, p.name)
+            XCTAssertEqual(h.communicationSeconds, p.communicationSeconds, accuracy: 1e-12, p.name)
+        }
+    }
+
+    /// The synchronizations an oversubscribed step blocks on: data parallelism's buckets are averaged on
+    /// the communication thread, so its compute thread waits once per step (for the last bucket), with
+    /// all its compute before it; a tensor-parallel block waits at each of its collectives.
+    func testOversubscribedWaitsCountTheComputeThreadsBlockingSynchronizations() throws {
+        let plan = try planner(world: 4)
+        var calls: [(group: Int, steps: Int, work: Double)] = []
+        let record: (Int, Int, Double) -> Double = { calls.append(($0, $1, $2)); return 0.001 }
+        let dp4 = try XCTUnwrap(plan.candidates().accepted.first { $0.tensorParallel == 1 && $0.pipelineParallel == 1 && $0.zeroStage == 0 })
+        let dpWaits = plan.oversubscribedWaits(dp4, dataParallel: 4, microbatches: 1, compute: 0.012, layers: 2, penalty: record)
+        XCTAssertEqual(calls.count, 1)
+        XCTAssertEqual(calls.first?.group, 4); XCTAssertEqual(calls.first?.steps, 6); XCTAssertEqual(calls.first?.work, 0.012)
+        XCTAssertEqual(dpWaits, 0.001, accuracy: 1e-12)
+        calls.removeAll()
+        let tp2 = try XCTUnwrap(plan.candidates().accepted.first { $0.tensorParallel == 2 && !$0.sequenceParallel && $0.pipelineParallel == 1 && $0.zeroStage == 0 })
+        let tpWaits = plan.oversubscribedWaits(tp2, dataParallel: 2, microbatches: 1, compute: 0.012, layers: 2, penalty: record)
+        // 2 layers x 4 collectives + 4 for the embedding and head, each after 1/12 of the compute; then the last bucket.
+        XCTAssertEqual(calls.count, 2)
+        XCTAssertEqual(calls[0].group, 2); XCTAssertEqual(calls[0].steps, 2); XCTAssertEqual(calls[0].work, 0.001, accuracy: 1e-12)
+        XCTAssertEqual(calls[1].group, 2); XCTAssertEqual(calls[1].steps, 2)
+        XCTAssertEqual(tpWaits, 12 * 0.001 + 0.001, accuracy: 1e-12)
+    }
+
+    /// The probe prices a synchronization only when ranks outnumber cores; then it runs its members (each
+    /// streaming an L2's worth of memory between ring steps) and returns a finite, non-negative wait.
+    func testSyncProbeMeasuresOnlyOversubscribedSynchronizations() {
+        XCTAssertEqual(SyncProbe.penalty(world: 2, group: 2, steps: 1, work: 0.0005, cores: 2), 0)
+        XCTAssertGreaterThan(SyncProbe.memoryBytes, 0)
+        let wait = SyncProbe.penalty(world: 4, group: 2, steps: 1, work: 0.0005, cores: 2)
+        XCTAssertTrue(wait.isFinite && wait >= 0, "\(wait)")
+    }
+
     /// Timed compute: every layout of 4 ranks (tp, tp + sp, pp, tp × pp, ZeRO) gets its shards built
     /// and run here, each rank's time finite and positive; a pipeline is as busy as its busiest rank.
     func testEveryLayoutsShardsAreTimed() throws {
