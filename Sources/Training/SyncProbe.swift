@@ -55,6 +55,9 @@ public enum SyncProbe {
         return Double(count) / t
     }()
 
+    /// The longest segment of work the probe runs between two synchronizations.
+    public static let longestSegment = 0.03
+
     /// What each member streams through between synchronizations: this core's L2 (1 MiB when the
     /// system does not say).
     public static let memoryBytes: Int = {
@@ -66,6 +69,10 @@ public enum SyncProbe {
     /// synchronizing every `work` seconds of its own compute with `steps` ring steps, on `cores` cores.
     public static func penalty(world: Int, group: Int, steps: Int, work: Double, cores: Int) -> Double {
         guard world > cores, group > 1, steps > 0 else { return 0 }
+        // Past a few scheduler slices the wait stops growing with the work before it (4 members, one
+        // ring of 6 steps, 2 cores: 0.9, 2.0, 2.8, 2.6 ms after 3, 10, 30, 100 ms of work), and a wide
+        // model's whole backward before data parallelism's one wait would keep the probe busy for minutes.
+        let work = min(work, longestSegment)
         // The arithmetic makes up what the pass over memory leaves of `work`; `alone` is the whole
         // segment on a core of its own, caches warm.
         let solo = ProbeMember(readFD: -1, writeFD: -1, memoryBytes: memoryBytes)
