@@ -5,14 +5,14 @@ import Tensors
 // collective and each pipeline hand-off makes a rank wait for a peer; with every core busy, that peer
 // may not be running, and the wait lasts until the scheduler gets to it. No formula gives this on a
 // shared VM, so the planner measures it: `world` threads on this machine's cores, in groups of
-// `group`, each doing `work` seconds of arithmetic and then `steps` ring steps over pipes (write to the
+// `group`, each computing for `work` seconds and then making `steps` ring steps over pipes (write to the
 // next member, block reading from the previous: a ring collective's pattern with its bytes left out,
 // which the alpha-beta model prices). The work streams through a private L2's worth of memory, as a
 // rank's layer streams its weights and activations: a member that ran in between evicted it, which a
 // rank pays after every switch. The penalty per synchronization is the iteration's time beyond the
 // work's own time (measured alone, caches warm) shared over the cores.
 
-/// One member of the probe's ring: its pipes and its arithmetic.
+/// One member of the probe's ring: its pipes, its arithmetic and the memory it streams.
 private final class ProbeMember: @unchecked Sendable {
     let readFD: Int32, writeFD: Int32
     var sink: Float = 0
