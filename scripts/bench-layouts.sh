@@ -5,7 +5,7 @@
 # time over ranks; the largest peak RSS of any rank), with the Spearman rank correlation of predicted
 # and measured step times, and the planner's pick against the measured fastest. With ROUNDS >= 2 it also
 # prints the Spearman correlation of one round's measured times with the next's: the measurement's own
-# repeatability, which bounds what any prediction can score.
+# repeatability, a practical ceiling for what a prediction can score against it.
 # usage: scripts/bench-layouts.sh WORLD [CONFIG] [--set key=value ...]
 #   CONFIG defaults to configs/shakespeare-char.json (the recipe); --set changes the model, e.g.
 #   --set n_layer=8 --set n_embd=512 --set n_head=8 for the wide model.
@@ -117,8 +117,8 @@ if len(ok) >= 2:
     pick = ok[0]  # the plan is ranked: its first layout is the pick
     print()
     print(f"Spearman rank correlation, predicted vs measured step time, {len(ok)} layouts: {rho:.2f}")
-    # How well the measurement agrees with itself: no prediction can rank the layouts more reliably
-    # than two rounds of the same runs rank them.
+    # How well the measurement agrees with itself: a prediction can hardly rank the layouts more
+    # reliably than two rounds of the same runs rank each other.
     for r in range(1, rounds):
         common = sorted(set(by_round.get(r, {})) & set(by_round.get(r + 1, {})))
         if len(common) >= 2:
