@@ -2,7 +2,9 @@
 # SGEMM benchmark: swift-ddp's kernels next to numpy (OpenBLAS) single-thread, measured in the same run
 # with the same shapes and transposes (bench/references/sgemm_numpy.py). numpy comes from the reference
 # venv that scripts/bench-references.sh makes (REF_VENV), or the system's python3; without numpy only our
-# figures are printed, and the script says so. Every timed result is checked against a Double reference.
+# figures are printed, and the script says so. numpy measures each shape right before ours does
+# (kernels-bench --reference-command), so a slow minute of a shared machine lands on both sides of a ratio.
+# Every timed result is checked against a Double reference.
 case "${1:-}" in -h|--help) sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;; esac
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -10,12 +12,10 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 venv=${REF_VENV:-/tmp/swift-ddp-ref-venv}
 python=python3
 [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "import numpy" 2>/dev/null && python="$venv/bin/python"
-ref=$(mktemp)
-trap 'rm -f "$ref"' EXIT
 if "$python" -c "import numpy" 2>/dev/null; then
-  OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 "$python" "$root/bench/references/sgemm_numpy.py" >"$ref"
-  head -1 "$ref"
-  "$root/.build/release/kernels-bench" --reference "$ref" "$@"
+  export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1
+  echo "# numpy $("$python" -c 'import numpy; print(numpy.__version__)'), measured per shape right before ours"
+  "$root/.build/release/kernels-bench" --reference-command "'$python' '$root/bench/references/sgemm_numpy.py'" "$@"
 else
   echo "# reference missing: no numpy (bash scripts/bench-references.sh installs it)" >&2
   "$root/.build/release/kernels-bench" "$@"

@@ -15,6 +15,9 @@ struct KernelsBench: ParsableCommand {
     @Option(help: "Output of bench/references/sgemm_numpy.py measured in the same run; adds numpy columns and the ratio.")
     var reference: String?
 
+    @Option(help: "A command that prints sgemm_numpy.py's row for the shape given as its last four arguments (\"M K N TRANS\"), run right before each of ours, so both sides of a ratio are measured within a second of each other (e.g. \"python3 bench/references/sgemm_numpy.py\").")
+    var referenceCommand: String?
+
     @Option(help: "Micro-kernel: native, avx2 or avx512.")
     var kernel: String = "native"
 
@@ -44,7 +47,7 @@ struct KernelsBench: ParsableCommand {
 
     func run() throws {
         let micro: GemmMicroKernel = kernel == "avx2" ? .simd8x6x16 : kernel == "avx512" ? .simd16x6x32 : .native
-        let numpy = try reference.map(parseReference) ?? [:]
+        var numpy = try reference.map(parseReference) ?? [:]
         let cpu = CPUFeatures.current
         print("# cpu: \(cpu.modelName)  avx2=\(cpu.avx2) fma=\(cpu.fma) avx512f=\(cpu.avx512f)  micro-kernel: \(micro)")
         // The core's float32 peak, measured: independent FMA chains (12 x SIMD16) and our GEMM on a
@@ -54,7 +57,8 @@ struct KernelsBench: ParsableCommand {
         Self.peak = max(chains, cached)
         print(String(format: "# measured peak: FMA chains %.1f GFLOP/s, cache-resident GEMM 192^3 %.1f GFLOP/s; peak = %.1f", chains, cached, peak))
         print("# C[M,N] = A[M,K] B[K,N]; GFLOP/s = 2MNK/t; best and median of 5 trials of ~0.3 s")
-        print("#     M     K     N  trans | swift best median %peak | checked" + (numpy.isEmpty ? "" : " | numpy best median | ratio (median)"))
+        let compared = !numpy.isEmpty || referenceCommand != nil
+        print("#     M     K     N  trans | swift best median %peak | checked" + (compared ? " | numpy best median | ratio (median)" : ""))
         // Squares in NN; the GPT's layer shapes in all three uses (forward NT, backward NN and TN, the
         // same M K N as the recipe's shapes are symmetric); the MLP's layers as the trainer calls them:
         // forward NT, dW TN, dx NN (fc1 needs no dx), plus the NN rows measured since the start.
@@ -68,6 +72,10 @@ struct KernelsBench: ParsableCommand {
         var ratios: [Double] = [], wrong = 0
         for (m, k, n, uses) in selected {
             for use in uses.split(separator: " ") {
+                if let referenceCommand {
+                    let row = try runReference(referenceCommand, "\(m) \(k) \(n) \(use)")
+                    numpy.merge(row) { _, new in new }
+                }
                 let ta: Transpose = use.first == "T" ? .transposed : .none, tb: Transpose = use.last == "T" ? .transposed : .none
                 let a = Tensor(zeros: [m * k]), b = Tensor(zeros: [k * n]), c = Tensor(zeros: [m * n])
                 for i in 0..<a.count { a[i] = Float(i % 13) * 0.01 }
@@ -184,13 +192,41 @@ struct KernelsBench: ParsableCommand {
     /// Lines of sgemm_numpy.py: "M K N TRANS best median".
     func parseReference(_ path: String) throws -> [String: (best: Double, median: Double)] {
         let text = try String(contentsOfFile: path, encoding: .utf8)
-        var table: [String: (Double, Double)] = [:]
+        let table = parseReferenceRows(text)
+        guard !table.isEmpty else { throw ValidationError("no sgemm_numpy.py rows in \(path)") }
+        return table
+    }
+
+    /// Runs `command shape` through the shell and reads its row for that shape.
+    func runReference(_ command: String, _ shape: String) throws -> [String: (best: Double, median: Double)] {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/bin/sh")
+        process.arguments = ["-c", "\(command) \(shape)"]
+        let output = Pipe()
+        process.standardOutput = output
+        try process.run()
+        let data = output.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        let table = parseReferenceRows(String(decoding: data, as: UTF8.self))
+        guard process.terminationStatus == 0, table[shape] != nil else {
+            throw ReferenceFailed(description: "--reference-command '\(command) \(shape)' exited \(process.terminationStatus) without a row for \(shape)")
+        }
+        return table
+    }
+
+    /// sgemm_numpy.py's rows, "M K N TRANS best median", keyed by "M K N TRANS" (comments skipped).
+    func parseReferenceRows(_ text: String) -> [String: (best: Double, median: Double)] {
+        var table: [String: (best: Double, median: Double)] = [:]
         for line in text.split(separator: "\n") where !line.hasPrefix("#") {
             let fields = line.split(separator: " ")
             guard fields.count == 6, let best = Double(fields[4]), let median = Double(fields[5]) else { continue }
             table["\(fields[0]) \(fields[1]) \(fields[2]) \(fields[3])"] = (best, median)
         }
-        guard !table.isEmpty else { throw ValidationError("no sgemm_numpy.py rows in \(path)") }
         return table
     }
+}
+
+/// The reference command did not give its row (the run stops: a ratio without its reference is no result).
+struct ReferenceFailed: Error, CustomStringConvertible {
+    let description: String
 }

@@ -2,8 +2,10 @@
 C[M,N] = op(A) op(B), op = transpose where the row says T (a transposed view, so BLAS runs the
 transposed kernel, as ours does). One thread (set OPENBLAS_NUM_THREADS=1). Rows: "M K N TRANS best median"
 in GFLOP/s = 2MNK/t; warm-up, ~0.3 s per trial, 5 trials.
-usage: python sgemm_numpy.py"""
+usage: python sgemm_numpy.py [M K N TRANS]   (one shape only: kernels-bench --reference-command measures
+each shape right before its own, so a slow minute of a shared machine lands on both sides)"""
 import statistics
+import sys
 import time
 
 import numpy as np
@@ -28,6 +30,8 @@ def bench(f):
     return min(times), statistics.median(times)
 
 
+if len(sys.argv) == 5:
+    SHAPES = [(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])]
 print(f"# numpy {np.__version__}: M K N trans | GFLOP/s best median")
 for m, k, n, uses in SHAPES:
     for trans in uses.split():
