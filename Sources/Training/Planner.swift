@@ -107,8 +107,10 @@ public struct LayoutPlanner {
     public var laneRingBytes = SharedMemorySetup.defaultRingBytes
     public var laneBytesPerRank: Double {
         guard laneRingBytes > 0 else { return 0 }
-        return Double(max((ranksPerHost ?? worldSize) - 1, 0) * SharedMemoryLane.segmentBytes(ringBytes: laneRingBytes))
+        return Double(max(ranksOnHost - 1, 0) * SharedMemoryLane.segmentBytes(ringBytes: laneRingBytes))
     }
+    /// The ranks that share this host (and its cores).
+    public var ranksOnHost: Int { ranksPerHost ?? worldSize }
     /// The process without a model (runtime, data, buffers), measured: a 1-layer 16-wide GPT's peak RSS.
     public static let processBytes = 31.0 * 1048576
 
@@ -397,7 +399,6 @@ public struct LayoutPlanner {
             // More ranks on a host than cores: lanes move bytes with the CPU, and every rank copies at the
             // same phase of the step, so communication stretches over the cores as compute does (a table
             // measured at this world size already includes it).
-            let ranksOnHost = ranksPerHost ?? worldSize
             if ranksOnHost > cores && communication.tuning == nil { comm *= Double(ranksOnHost) / Double(cores) }
             let live = schedule.map { $0.kind == .gpipe ? layout.microbatches : min(layout.microbatches, pp) } ?? 1
             // This implementation's kept tensors of the busiest rank's layers, for each micro-batch alive.

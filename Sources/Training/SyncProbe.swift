@@ -55,6 +55,12 @@ public enum SyncProbe {
         return Double(count) / t
     }()
 
+    /// One pass over a member's memory with warm caches (measured once: the same for every probe).
+    static let passSeconds: Double = {
+        let member = ProbeMember(readFD: -1, writeFD: -1, memoryBytes: memoryBytes)
+        return measure(trials: 3, target: 0.01) { member.work(0) }.median
+    }()
+
     /// The longest segment of work the probe runs between two synchronizations.
     public static let longestSegment = 0.03
 
@@ -76,8 +82,7 @@ public enum SyncProbe {
         // The arithmetic makes up what the pass over memory leaves of `work`; `alone` is the whole
         // segment on a core of its own, caches warm.
         let solo = ProbeMember(readFD: -1, writeFD: -1, memoryBytes: memoryBytes)
-        let pass = measure(trials: 3, target: 0.01) { solo.work(0) }.median
-        let count = max(1, Int((work - pass) * workRate))
+        let count = max(1, Int((work - passSeconds) * workRate))
         let alone = measure(trials: 3, target: 0.01) { solo.work(count) }.median
         let iterations = max(8, min(200, Int(0.15 / max(work * Double(world) / Double(cores), 1e-5))))
         var members: [ProbeMember] = []
