@@ -75,6 +75,9 @@ private func gemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: I
                  "gemm: leading dimension too small")
     if m == 0 || n == 0 { return }
     if k == 0 || alpha == 0 { return scaleMatrix(c, rows: m, cols: n, ld: ldc, by: beta) }
+    if takesNarrowPath(transA, n: n, k: k) {
+        return gemmNarrow(transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
+    }
     if mayTranspose && cheaperTransposed(transA, transB, m: m, n: n, k: k, kernel: kernel) {
         // C^T = op(B)^T op(A)^T into scratch, then added into C transposed.
         let t = GemmScratch.forThisThread(floats: m * n, slot: 1)
@@ -274,6 +277,19 @@ private func packPanelsOfB(_ trans: Transpose, _ b: UnsafePointer<Float>, _ ldb:
                 for _ in 0..<kc { target.pointee = src.pointee; src += 1; target += nr }
             }
             out += kc * nr
+        } else if cols == nr {
+            // Whole panels copy 16 floats a move: a memmove call per k row had cost as much as a short
+            // slab's multiply (10x64x256 TN: 512 calls of 128 bytes).
+            var src = b + rowStart * ldb + j0
+            for _ in 0..<kc {
+                var offset = 0
+                while offset < nr {
+                    UnsafeMutableRawPointer(out + offset).storeBytes(
+                        of: UnsafeRawPointer(src + offset).loadUnaligned(as: SIMD16<Float>.self), as: SIMD16<Float>.self)
+                    offset += 16
+                }
+                src += ldb; out += nr
+            }
         } else {
             for p in 0..<kc {
                 let src = b + (rowStart + p) * ldb + j0
