@@ -6,7 +6,8 @@
 // the slab of op(A) is packed into row panels `mr` tall, also k-major. The micro-kernel then keeps an
 // mr x nr tile of C in registers across the whole slab. Packing absorbs the transposes, so one
 // micro-kernel serves all four transpose combinations; zero padding in the panels absorbs the edges,
-// and edge tiles go through a small scratch tile so that C is never written out of bounds.
+// tiles short of rows multiply and store only the rows they have, and tiles short of columns go through
+// a small scratch tile so that C is never written out of bounds.
 // beta is applied by the first K slab's micro-kernel as it stores its tile (beta 0 never reads C, so no
 // separate pass zeroes or scales C); later slabs accumulate. Slabs and blocks are cut evenly (K = 784 is
 // 4 slabs of 196, not 3 of 256 and one of 16, whose tile stores would cost as much as its multiply).
@@ -130,7 +131,7 @@ private func gemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: I
                         let panel: PanelOfA
                         if packsA {
                             panel = PanelOfA(base: packA + ir * kc, rowStride: 1, colStride: mr)
-                        } else if rows == mr {
+                        } else if rows == mr || cols == nr {
                             let i0 = ic + ir
                             panel = transA == .none ? PanelOfA(base: a + i0 * lda + pc, rowStride: lda, colStride: 1)
                                                     : PanelOfA(base: a + pc * lda + i0, rowStride: 1, colStride: lda)
@@ -141,6 +142,8 @@ private func gemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: I
                         let cTile = c + (ic + ir) * ldc + jc + jr
                         if rows == mr && cols == nr {
                             runMicroKernel(kernel, kc: kc, a: panel, b: bPanel, c: cTile, ldc: ldc, alpha: alpha, beta: slabBeta)
+                        } else if cols == nr {
+                            runMicroKernel(kernel, rows: rows, kc: kc, a: panel, b: bPanel, c: cTile, ldc: ldc, alpha: alpha, beta: slabBeta)
                         } else {
                             runMicroKernel(kernel, kc: kc, a: panel, b: bPanel, c: edgeTile, ldc: nr, alpha: alpha, beta: 0)
                             for r in 0..<rows {
@@ -224,6 +227,25 @@ private func runMicroKernel(_ kernel: GemmMicroKernel, kc: Int, a: PanelOfA, b: 
         } else {
             microKernel6x32(kc: kc, a: a.base, rowStride: a.rowStride, colStride: a.colStride, b: b, c: c, ldc: ldc, alpha: alpha, beta: beta)
         }
+    }
+}
+
+/// A tile of fewer than mr rows (1...mr-1), stored straight into C: a literal row count per call lets the
+/// inlined kernel drop the missing rows' FMAs (10 x 64 x 256 TN is a 6-row and a 4-row tile).
+private func runMicroKernel(_ kernel: GemmMicroKernel, rows: Int, kc: Int, a: PanelOfA, b: UnsafePointer<Float>,
+                            c: UnsafeMutablePointer<Float>, ldc: Int, alpha: Float, beta: Float) {
+    let (rs, cs) = (a.rowStride, a.colStride)
+    switch (kernel, rows) {
+    case (.simd8x6x16, 1): microKernel6x16(rows: 1, kc: kc, a: a.base, rowStride: rs, colStride: cs, b: b, c: c, ldc: ldc, alpha: alpha, beta: beta)
+    case (.simd8x6x16, 2): microKernel6x16(rows: 2, kc: kc, a: a.base, rowStride: rs, colStride: cs, b: b, c: c, ldc: ldc, alpha: alpha, beta: beta)
+    case (.simd8x6x16, 3): microKernel6x16(rows: 3, kc: kc, a: a.base, rowStride: rs, colStride: cs, b: b, c: c, ldc: ldc, alpha: alpha, beta: beta)
+    case (.simd8x6x16, 4): microKernel6x16(rows: 4, kc: kc, a: a.base, rowStride: rs, colStride: cs, b: b, c: c, ldc: ldc, alpha: alpha, beta: beta)
+    case (.simd8x6x16, _): microKernel6x16(rows: 5, kc: kc, a: a.base, rowStride: rs, colStride: cs, b: b, c: c, ldc: ldc, alpha: alpha, beta: beta)
+    case (.simd16x6x32, 1): microKernel6x32(rows: 1, kc: kc, a: a.base, rowStride: rs, colStride: cs, b: b, c: c, ldc: ldc, alpha: alpha, beta: beta)
+    case (.simd16x6x32, 2): microKernel6x32(rows: 2, kc: kc, a: a.base, rowStride: rs, colStride: cs, b: b, c: c, ldc: ldc, alpha: alpha, beta: beta)
+    case (.simd16x6x32, 3): microKernel6x32(rows: 3, kc: kc, a: a.base, rowStride: rs, colStride: cs, b: b, c: c, ldc: ldc, alpha: alpha, beta: beta)
+    case (.simd16x6x32, 4): microKernel6x32(rows: 4, kc: kc, a: a.base, rowStride: rs, colStride: cs, b: b, c: c, ldc: ldc, alpha: alpha, beta: beta)
+    case (.simd16x6x32, _): microKernel6x32(rows: 5, kc: kc, a: a.base, rowStride: rs, colStride: cs, b: b, c: c, ldc: ldc, alpha: alpha, beta: beta)
     }
 }
 

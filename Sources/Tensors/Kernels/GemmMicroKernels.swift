@@ -19,9 +19,11 @@ private func accumulate<V: SIMD>(_ c: UnsafeMutablePointer<Float>, _ value: V, a
 }
 
 /// 6 x (2 vectors) tile: 12 accumulators + 2 B vectors + 1 broadcast. Specialized for each vector type
-/// at its call site (always inlined), so the accumulators stay in registers.
+/// at its call site (always inlined), so the accumulators stay in registers. Only the first `rows` rows
+/// are multiplied and stored: a literal count at the call site drops the other rows' FMAs, so an edge
+/// of fewer rows writes C directly instead of computing 6 rows into a scratch tile.
 @inline(__always)
-private func microKernel6xTwoVectors<V: SIMD>(_: V.Type, kc: Int, a: UnsafePointer<Float>, rowStride rs: Int, colStride cs: Int,
+private func microKernel6xTwoVectors<V: SIMD>(_: V.Type, rows: Int, kc: Int, a: UnsafePointer<Float>, rowStride rs: Int, colStride cs: Int,
                                               b: UnsafePointer<Float>, c: UnsafeMutablePointer<Float>, ldc: Int, alpha: Float, beta: Float)
     where V.Scalar == Float {
     let w = V.scalarCount
@@ -31,31 +33,31 @@ private func microKernel6xTwoVectors<V: SIMD>(_: V.Type, kc: Int, a: UnsafePoint
     for _ in 0..<kc {
         let b0 = loadVector(pb, as: V.self), b1 = loadVector(pb + w, as: V.self)
         var av = V(repeating: pa[0 * rs]); c00 = c00.addingProduct(av, b0); c01 = c01.addingProduct(av, b1)
-        av = V(repeating: pa[1 * rs]); c10 = c10.addingProduct(av, b0); c11 = c11.addingProduct(av, b1)
-        av = V(repeating: pa[2 * rs]); c20 = c20.addingProduct(av, b0); c21 = c21.addingProduct(av, b1)
-        av = V(repeating: pa[3 * rs]); c30 = c30.addingProduct(av, b0); c31 = c31.addingProduct(av, b1)
-        av = V(repeating: pa[4 * rs]); c40 = c40.addingProduct(av, b0); c41 = c41.addingProduct(av, b1)
-        av = V(repeating: pa[5 * rs]); c50 = c50.addingProduct(av, b0); c51 = c51.addingProduct(av, b1)
+        if rows > 1 { av = V(repeating: pa[1 * rs]); c10 = c10.addingProduct(av, b0); c11 = c11.addingProduct(av, b1) }
+        if rows > 2 { av = V(repeating: pa[2 * rs]); c20 = c20.addingProduct(av, b0); c21 = c21.addingProduct(av, b1) }
+        if rows > 3 { av = V(repeating: pa[3 * rs]); c30 = c30.addingProduct(av, b0); c31 = c31.addingProduct(av, b1) }
+        if rows > 4 { av = V(repeating: pa[4 * rs]); c40 = c40.addingProduct(av, b0); c41 = c41.addingProduct(av, b1) }
+        if rows > 5 { av = V(repeating: pa[5 * rs]); c50 = c50.addingProduct(av, b0); c51 = c51.addingProduct(av, b1) }
         pa += cs; pb += 2 * w
     }
     accumulate(c, c00, alpha: alpha, beta: beta); accumulate(c + w, c01, alpha: alpha, beta: beta)
-    accumulate(c + ldc, c10, alpha: alpha, beta: beta); accumulate(c + ldc + w, c11, alpha: alpha, beta: beta)
-    accumulate(c + 2 * ldc, c20, alpha: alpha, beta: beta); accumulate(c + 2 * ldc + w, c21, alpha: alpha, beta: beta)
-    accumulate(c + 3 * ldc, c30, alpha: alpha, beta: beta); accumulate(c + 3 * ldc + w, c31, alpha: alpha, beta: beta)
-    accumulate(c + 4 * ldc, c40, alpha: alpha, beta: beta); accumulate(c + 4 * ldc + w, c41, alpha: alpha, beta: beta)
-    accumulate(c + 5 * ldc, c50, alpha: alpha, beta: beta); accumulate(c + 5 * ldc + w, c51, alpha: alpha, beta: beta)
+    if rows > 1 { accumulate(c + ldc, c10, alpha: alpha, beta: beta); accumulate(c + ldc + w, c11, alpha: alpha, beta: beta) }
+    if rows > 2 { accumulate(c + 2 * ldc, c20, alpha: alpha, beta: beta); accumulate(c + 2 * ldc + w, c21, alpha: alpha, beta: beta) }
+    if rows > 3 { accumulate(c + 3 * ldc, c30, alpha: alpha, beta: beta); accumulate(c + 3 * ldc + w, c31, alpha: alpha, beta: beta) }
+    if rows > 4 { accumulate(c + 4 * ldc, c40, alpha: alpha, beta: beta); accumulate(c + 4 * ldc + w, c41, alpha: alpha, beta: beta) }
+    if rows > 5 { accumulate(c + 5 * ldc, c50, alpha: alpha, beta: beta); accumulate(c + 5 * ldc + w, c51, alpha: alpha, beta: beta) }
 }
 
 /// 6 x 16 tile in SIMD8 accumulators: 15 of AVX2's 16 ymm registers.
 @inline(__always)
-func microKernel6x16(kc: Int, a: UnsafePointer<Float>, rowStride rs: Int, colStride cs: Int, b: UnsafePointer<Float>,
+func microKernel6x16(rows: Int = 6, kc: Int, a: UnsafePointer<Float>, rowStride rs: Int, colStride cs: Int, b: UnsafePointer<Float>,
                      c: UnsafeMutablePointer<Float>, ldc: Int, alpha: Float, beta: Float) {
-    microKernel6xTwoVectors(SIMD8<Float>.self, kc: kc, a: a, rowStride: rs, colStride: cs, b: b, c: c, ldc: ldc, alpha: alpha, beta: beta)
+    microKernel6xTwoVectors(SIMD8<Float>.self, rows: rows, kc: kc, a: a, rowStride: rs, colStride: cs, b: b, c: c, ldc: ldc, alpha: alpha, beta: beta)
 }
 
 /// 6 x 32 tile in SIMD16 accumulators: fits AVX-512's 32 zmm registers (spills on AVX2, still correct).
 @inline(__always)
-func microKernel6x32(kc: Int, a: UnsafePointer<Float>, rowStride rs: Int, colStride cs: Int, b: UnsafePointer<Float>,
+func microKernel6x32(rows: Int = 6, kc: Int, a: UnsafePointer<Float>, rowStride rs: Int, colStride cs: Int, b: UnsafePointer<Float>,
                      c: UnsafeMutablePointer<Float>, ldc: Int, alpha: Float, beta: Float) {
-    microKernel6xTwoVectors(SIMD16<Float>.self, kc: kc, a: a, rowStride: rs, colStride: cs, b: b, c: c, ldc: ldc, alpha: alpha, beta: beta)
+    microKernel6xTwoVectors(SIMD16<Float>.self, rows: rows, kc: kc, a: a, rowStride: rs, colStride: cs, b: b, c: c, ldc: ldc, alpha: alpha, beta: beta)
 }
