@@ -56,6 +56,11 @@ public enum GemmMicroKernel: Sendable, CaseIterable, CustomStringConvertible {
     /// micro-kernel calls and packing A (O(MK)) costs as much as the multiply (O(MNK)), so whole A
     /// panels are read in place.
     func packsA(columns: Int) -> Bool { columns > 4 * nr }
+
+    /// Whether op(B) is read in place for an A `rows` tall: with A at most two tiles tall, each B panel
+    /// feeds one or two micro-kernel calls and packing it costs a third of the multiply
+    /// (10x64x256 TN); B untransposed already holds each k's nr floats side by side, one row apart.
+    func readsBInPlace(_ transB: Transpose, rows: Int) -> Bool { transB == .none && rows <= 2 * mr }
 }
 
 /// C = alpha * op(A) * op(B) + beta * C. With beta == 0, C is overwritten (NaNs in it do not leak).
@@ -107,6 +112,7 @@ private func gemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: I
     let packA = scratch, packB = scratch + mcMax * kcMax, edgeTile = packB + ncMax * kcMax
 
     let packsA = kernel.packsA(columns: n)
+    let readsBInPlace = kernel.readsBInPlace(transB, rows: m)
     var jc = 0
     while jc < n {
         let nc = min(ncMax, n - jc)
@@ -114,7 +120,9 @@ private func gemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: I
         while pc < k {
             let kc = min(kcMax, k - pc)
             let slabBeta = pc == 0 ? beta : 1
-            packPanelsOfB(transB, b, ldb, rowStart: pc, kc: kc, colStart: jc, nc: nc, nr: nr, into: packB)
+            if !readsBInPlace {
+                packPanelsOfB(transB, b, ldb, rowStart: pc, kc: kc, colStart: jc, nc: nc, nr: nr, into: packB)
+            }
             var ic = 0
             while ic < m {
                 let mc = min(mcMax, m - ic)
@@ -124,7 +132,16 @@ private func gemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: I
                 var jr = 0
                 while jr < nc {
                     let cols = min(nr, nc - jr)
-                    let bPanel = packB + jr * kc
+                    var bPanel = UnsafePointer(packB + jr * kc), bStride = nr
+                    if readsBInPlace {
+                        if cols == nr {
+                            (bPanel, bStride) = (b + pc * ldb + jc + jr, ldb)
+                        } else {
+                            // The last, partial panel is packed so that its zero padding fills the tile.
+                            packPanelsOfB(transB, b, ldb, rowStart: pc, kc: kc, colStart: jc + jr, nc: cols, nr: nr, into: packB)
+                            bPanel = UnsafePointer(packB)
+                        }
+                    }
                     var ir = 0
                     while ir < mc {
                         let rows = min(mr, mc - ir)
@@ -141,11 +158,11 @@ private func gemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: I
                         }
                         let cTile = c + (ic + ir) * ldc + jc + jr
                         if rows == mr && cols == nr {
-                            runMicroKernel(kernel, kc: kc, a: panel, b: bPanel, c: cTile, ldc: ldc, alpha: alpha, beta: slabBeta)
+                            runMicroKernel(kernel, kc: kc, a: panel, b: bPanel, bStride: bStride, c: cTile, ldc: ldc, alpha: alpha, beta: slabBeta)
                         } else if cols == nr {
-                            runMicroKernel(kernel, rows: rows, kc: kc, a: panel, b: bPanel, c: cTile, ldc: ldc, alpha: alpha, beta: slabBeta)
+                            runMicroKernel(kernel, rows: rows, kc: kc, a: panel, b: bPanel, bStride: bStride, c: cTile, ldc: ldc, alpha: alpha, beta: slabBeta)
                         } else {
-                            runMicroKernel(kernel, kc: kc, a: panel, b: bPanel, c: edgeTile, ldc: nr, alpha: alpha, beta: 0)
+                            runMicroKernel(kernel, kc: kc, a: panel, b: bPanel, bStride: bStride, c: edgeTile, ldc: nr, alpha: alpha, beta: 0)
                             for r in 0..<rows {
                                 let row = cTile + r * ldc, tile = edgeTile + r * nr
                                 if slabBeta == 0 { row.update(from: tile, count: cols); continue }
@@ -210,22 +227,22 @@ func cheaperTransposed(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int,
 }
 
 @inline(__always)
-private func runMicroKernel(_ kernel: GemmMicroKernel, kc: Int, a: PanelOfA, b: UnsafePointer<Float>,
+private func runMicroKernel(_ kernel: GemmMicroKernel, kc: Int, a: PanelOfA, b: UnsafePointer<Float>, bStride: Int,
                             c: UnsafeMutablePointer<Float>, ldc: Int, alpha: Float, beta: Float) {
     // Literal strides for the packed layout let the inlined kernel fold its address arithmetic.
     let packed = a.rowStride == 1 && a.colStride == kernel.mr
     switch kernel {
     case .simd8x6x16:
         if packed {
-            microKernel6x16(kc: kc, a: a.base, rowStride: 1, colStride: 6, b: b, c: c, ldc: ldc, alpha: alpha, beta: beta)
+            microKernel6x16(kc: kc, a: a.base, rowStride: 1, colStride: 6, b: b, bStride: bStride, c: c, ldc: ldc, alpha: alpha, beta: beta)
         } else {
-            microKernel6x16(kc: kc, a: a.base, rowStride: a.rowStride, colStride: a.colStride, b: b, c: c, ldc: ldc, alpha: alpha, beta: beta)
+            microKernel6x16(kc: kc, a: a.base, rowStride: a.rowStride, colStride: a.colStride, b: b, bStride: bStride, c: c, ldc: ldc, alpha: alpha, beta: beta)
         }
     case .simd16x6x32:
         if packed {
-            microKernel6x32(kc: kc, a: a.base, rowStride: 1, colStride: 6, b: b, c: c, ldc: ldc, alpha: alpha, beta: beta)
+            microKernel6x32(kc: kc, a: a.base, rowStride: 1, colStride: 6, b: b, bStride: bStride, c: c, ldc: ldc, alpha: alpha, beta: beta)
         } else {
-            microKernel6x32(kc: kc, a: a.base, rowStride: a.rowStride, colStride: a.colStride, b: b, c: c, ldc: ldc, alpha: alpha, beta: beta)
+            microKernel6x32(kc: kc, a: a.base, rowStride: a.rowStride, colStride: a.colStride, b: b, bStride: bStride, c: c, ldc: ldc, alpha: alpha, beta: beta)
         }
     }
 }
@@ -233,19 +250,19 @@ private func runMicroKernel(_ kernel: GemmMicroKernel, kc: Int, a: PanelOfA, b: 
 /// A tile of fewer than mr rows (1...mr-1), stored straight into C: a literal row count per call lets the
 /// inlined kernel drop the missing rows' FMAs (10 x 64 x 256 TN is a 6-row and a 4-row tile).
 private func runMicroKernel(_ kernel: GemmMicroKernel, rows: Int, kc: Int, a: PanelOfA, b: UnsafePointer<Float>,
-                            c: UnsafeMutablePointer<Float>, ldc: Int, alpha: Float, beta: Float) {
+                            bStride: Int, c: UnsafeMutablePointer<Float>, ldc: Int, alpha: Float, beta: Float) {
     let (rs, cs) = (a.rowStride, a.colStride)
     switch (kernel, rows) {
-    case (.simd8x6x16, 1): microKernel6x16(rows: 1, kc: kc, a: a.base, rowStride: rs, colStride: cs, b: b, c: c, ldc: ldc, alpha: alpha, beta: beta)
-    case (.simd8x6x16, 2): microKernel6x16(rows: 2, kc: kc, a: a.base, rowStride: rs, colStride: cs, b: b, c: c, ldc: ldc, alpha: alpha, beta: beta)
-    case (.simd8x6x16, 3): microKernel6x16(rows: 3, kc: kc, a: a.base, rowStride: rs, colStride: cs, b: b, c: c, ldc: ldc, alpha: alpha, beta: beta)
-    case (.simd8x6x16, 4): microKernel6x16(rows: 4, kc: kc, a: a.base, rowStride: rs, colStride: cs, b: b, c: c, ldc: ldc, alpha: alpha, beta: beta)
-    case (.simd8x6x16, _): microKernel6x16(rows: 5, kc: kc, a: a.base, rowStride: rs, colStride: cs, b: b, c: c, ldc: ldc, alpha: alpha, beta: beta)
-    case (.simd16x6x32, 1): microKernel6x32(rows: 1, kc: kc, a: a.base, rowStride: rs, colStride: cs, b: b, c: c, ldc: ldc, alpha: alpha, beta: beta)
-    case (.simd16x6x32, 2): microKernel6x32(rows: 2, kc: kc, a: a.base, rowStride: rs, colStride: cs, b: b, c: c, ldc: ldc, alpha: alpha, beta: beta)
-    case (.simd16x6x32, 3): microKernel6x32(rows: 3, kc: kc, a: a.base, rowStride: rs, colStride: cs, b: b, c: c, ldc: ldc, alpha: alpha, beta: beta)
-    case (.simd16x6x32, 4): microKernel6x32(rows: 4, kc: kc, a: a.base, rowStride: rs, colStride: cs, b: b, c: c, ldc: ldc, alpha: alpha, beta: beta)
-    case (.simd16x6x32, _): microKernel6x32(rows: 5, kc: kc, a: a.base, rowStride: rs, colStride: cs, b: b, c: c, ldc: ldc, alpha: alpha, beta: beta)
+    case (.simd8x6x16, 1): microKernel6x16(rows: 1, kc: kc, a: a.base, rowStride: rs, colStride: cs, b: b, bStride: bStride, c: c, ldc: ldc, alpha: alpha, beta: beta)
+    case (.simd8x6x16, 2): microKernel6x16(rows: 2, kc: kc, a: a.base, rowStride: rs, colStride: cs, b: b, bStride: bStride, c: c, ldc: ldc, alpha: alpha, beta: beta)
+    case (.simd8x6x16, 3): microKernel6x16(rows: 3, kc: kc, a: a.base, rowStride: rs, colStride: cs, b: b, bStride: bStride, c: c, ldc: ldc, alpha: alpha, beta: beta)
+    case (.simd8x6x16, 4): microKernel6x16(rows: 4, kc: kc, a: a.base, rowStride: rs, colStride: cs, b: b, bStride: bStride, c: c, ldc: ldc, alpha: alpha, beta: beta)
+    case (.simd8x6x16, _): microKernel6x16(rows: 5, kc: kc, a: a.base, rowStride: rs, colStride: cs, b: b, bStride: bStride, c: c, ldc: ldc, alpha: alpha, beta: beta)
+    case (.simd16x6x32, 1): microKernel6x32(rows: 1, kc: kc, a: a.base, rowStride: rs, colStride: cs, b: b, bStride: bStride, c: c, ldc: ldc, alpha: alpha, beta: beta)
+    case (.simd16x6x32, 2): microKernel6x32(rows: 2, kc: kc, a: a.base, rowStride: rs, colStride: cs, b: b, bStride: bStride, c: c, ldc: ldc, alpha: alpha, beta: beta)
+    case (.simd16x6x32, 3): microKernel6x32(rows: 3, kc: kc, a: a.base, rowStride: rs, colStride: cs, b: b, bStride: bStride, c: c, ldc: ldc, alpha: alpha, beta: beta)
+    case (.simd16x6x32, 4): microKernel6x32(rows: 4, kc: kc, a: a.base, rowStride: rs, colStride: cs, b: b, bStride: bStride, c: c, ldc: ldc, alpha: alpha, beta: beta)
+    case (.simd16x6x32, _): microKernel6x32(rows: 5, kc: kc, a: a.base, rowStride: rs, colStride: cs, b: b, bStride: bStride, c: c, ldc: ldc, alpha: alpha, beta: beta)
     }
 }
 

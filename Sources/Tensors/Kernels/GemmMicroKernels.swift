@@ -1,6 +1,7 @@
 // GEMM micro-kernels: C[mr x nr] = alpha * Apanel[mr x kc] * Bpanel[kc x nr] + beta * C.
 // Element (r, k) of the A panel is at a[r * rowStride + k * colStride] (packed: 1 and mr; read in place
-// when B is narrow); Bpanel holds nr floats per k, 64-byte aligned (see Gemm.swift).
+// when B is narrow); the B panel's nr floats of step k start at b[k * bStride] (packed: nr, 64-byte
+// aligned; read in place when A is short, see Gemm.swift).
 // Each k step broadcasts the mr values of A and does mr x (nr / width) fused multiply-adds on
 // accumulators that live in registers for the whole slab. The accumulators are spelled out one by
 // one because an array would live in memory; with -target-cpu native, addingProduct lowers to vfmadd.
@@ -24,7 +25,8 @@ private func accumulate<V: SIMD>(_ c: UnsafeMutablePointer<Float>, _ value: V, a
 /// of fewer rows writes C directly instead of computing 6 rows into a scratch tile.
 @inline(__always)
 private func microKernel6xTwoVectors<V: SIMD>(_: V.Type, rows: Int, kc: Int, a: UnsafePointer<Float>, rowStride rs: Int, colStride cs: Int,
-                                              b: UnsafePointer<Float>, c: UnsafeMutablePointer<Float>, ldc: Int, alpha: Float, beta: Float)
+                                              b: UnsafePointer<Float>, bStride: Int, c: UnsafeMutablePointer<Float>, ldc: Int,
+                                              alpha: Float, beta: Float)
     where V.Scalar == Float {
     let w = V.scalarCount
     var c00 = V(), c01 = V(), c10 = V(), c11 = V(), c20 = V(), c21 = V()
@@ -38,7 +40,7 @@ private func microKernel6xTwoVectors<V: SIMD>(_: V.Type, rows: Int, kc: Int, a: 
         if rows > 3 { av = V(repeating: pa[3 * rs]); c30 = c30.addingProduct(av, b0); c31 = c31.addingProduct(av, b1) }
         if rows > 4 { av = V(repeating: pa[4 * rs]); c40 = c40.addingProduct(av, b0); c41 = c41.addingProduct(av, b1) }
         if rows > 5 { av = V(repeating: pa[5 * rs]); c50 = c50.addingProduct(av, b0); c51 = c51.addingProduct(av, b1) }
-        pa += cs; pb += 2 * w
+        pa += cs; pb += bStride
     }
     accumulate(c, c00, alpha: alpha, beta: beta); accumulate(c + w, c01, alpha: alpha, beta: beta)
     if rows > 1 { accumulate(c + ldc, c10, alpha: alpha, beta: beta); accumulate(c + ldc + w, c11, alpha: alpha, beta: beta) }
@@ -51,13 +53,13 @@ private func microKernel6xTwoVectors<V: SIMD>(_: V.Type, rows: Int, kc: Int, a: 
 /// 6 x 16 tile in SIMD8 accumulators: 15 of AVX2's 16 ymm registers.
 @inline(__always)
 func microKernel6x16(rows: Int = 6, kc: Int, a: UnsafePointer<Float>, rowStride rs: Int, colStride cs: Int, b: UnsafePointer<Float>,
-                     c: UnsafeMutablePointer<Float>, ldc: Int, alpha: Float, beta: Float) {
-    microKernel6xTwoVectors(SIMD8<Float>.self, rows: rows, kc: kc, a: a, rowStride: rs, colStride: cs, b: b, c: c, ldc: ldc, alpha: alpha, beta: beta)
+                     bStride: Int, c: UnsafeMutablePointer<Float>, ldc: Int, alpha: Float, beta: Float) {
+    microKernel6xTwoVectors(SIMD8<Float>.self, rows: rows, kc: kc, a: a, rowStride: rs, colStride: cs, b: b, bStride: bStride, c: c, ldc: ldc, alpha: alpha, beta: beta)
 }
 
 /// 6 x 32 tile in SIMD16 accumulators: fits AVX-512's 32 zmm registers (spills on AVX2, still correct).
 @inline(__always)
 func microKernel6x32(rows: Int = 6, kc: Int, a: UnsafePointer<Float>, rowStride rs: Int, colStride cs: Int, b: UnsafePointer<Float>,
-                     c: UnsafeMutablePointer<Float>, ldc: Int, alpha: Float, beta: Float) {
-    microKernel6xTwoVectors(SIMD16<Float>.self, rows: rows, kc: kc, a: a, rowStride: rs, colStride: cs, b: b, c: c, ldc: ldc, alpha: alpha, beta: beta)
+                     bStride: Int, c: UnsafeMutablePointer<Float>, ldc: Int, alpha: Float, beta: Float) {
+    microKernel6xTwoVectors(SIMD16<Float>.self, rows: rows, kc: kc, a: a, rowStride: rs, colStride: cs, b: b, bStride: bStride, c: c, ldc: ldc, alpha: alpha, beta: beta)
 }
