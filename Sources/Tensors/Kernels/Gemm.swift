@@ -314,11 +314,29 @@ private func packPanelsOfB(_ trans: Transpose, _ b: UnsafePointer<Float>, _ ldb:
         let cols = min(nr, nc - panelCol)
         let j0 = colStart + panelCol
         if trans == .transposed {
-            // op(B)[p][j] = b[j * ldb + p]: walk each stored row once, scattering with stride nr.
+            // op(B)[p][j] = b[j * ldb + p]: 8 x 8 blocks transposed in registers, 8 stored rows read side
+            // by side. Walking each stored row scattered with stride nr across the whole slab (1 MiB at
+            // 512 x 512); walking k across all nr rows at once read nr lines of one L1 set when ldb is a
+            // multiple of 1024 floats (768x2048x512 NT spent a tenth of its time packing either way).
             if cols < nr { out.initialize(repeating: 0, count: kc * nr) }
-            for j in 0..<cols {
-                var src = b + (j0 + j) * ldb + rowStart, target = out + j
-                for _ in 0..<kc { target.pointee = src.pointee; src += 1; target += nr }
+            let first = b + j0 * ldb + rowStart
+            var j = 0
+            while j + 8 <= cols {
+                let rows = first + j * ldb
+                var p = 0
+                while p + 8 <= kc {
+                    transpose8x8(from: rows + p, stride: ldb, to: out + p * nr + j, stride: nr)
+                    p += 8
+                }
+                while p < kc {
+                    for q in 0..<8 { out[p * nr + j + q] = rows[q * ldb + p] }
+                    p += 1
+                }
+                j += 8
+            }
+            while j < cols {
+                for p in 0..<kc { out[p * nr + j] = first[j * ldb + p] }
+                j += 1
             }
             out += kc * nr
         } else if cols == nr {
@@ -344,6 +362,23 @@ private func packPanelsOfB(_ trans: Transpose, _ b: UnsafePointer<Float>, _ ldb:
         }
         panelCol += nr
     }
+}
+
+/// dest row q = column q of the 8 x 8 block at src: three perfect unshuffles of its 64 floats (each
+/// moves element 8i + j's index one bit to the right, rotating (i, j) to (j, i) after three).
+@inline(__always)
+private func transpose8x8(from src: UnsafePointer<Float>, stride ls: Int, to dest: UnsafeMutablePointer<Float>, stride ld: Int) {
+    typealias V = SIMD8<Float>
+    @inline(__always) func load(_ r: Int) -> V { UnsafeRawPointer(src + r * ls).loadUnaligned(as: V.self) }
+    @inline(__always) func unshuffle(_ x: (V, V, V, V, V, V, V, V)) -> (V, V, V, V, V, V, V, V) {
+        (V(lowHalf: x.0.evenHalf, highHalf: x.1.evenHalf), V(lowHalf: x.2.evenHalf, highHalf: x.3.evenHalf),
+         V(lowHalf: x.4.evenHalf, highHalf: x.5.evenHalf), V(lowHalf: x.6.evenHalf, highHalf: x.7.evenHalf),
+         V(lowHalf: x.0.oddHalf, highHalf: x.1.oddHalf), V(lowHalf: x.2.oddHalf, highHalf: x.3.oddHalf),
+         V(lowHalf: x.4.oddHalf, highHalf: x.5.oddHalf), V(lowHalf: x.6.oddHalf, highHalf: x.7.oddHalf))
+    }
+    let t = unshuffle(unshuffle(unshuffle((load(0), load(1), load(2), load(3), load(4), load(5), load(6), load(7)))))
+    @inline(__always) func store(_ r: Int, _ v: V) { UnsafeMutableRawPointer(dest + r * ld).storeBytes(of: v, as: V.self) }
+    store(0, t.0); store(1, t.1); store(2, t.2); store(3, t.3); store(4, t.4); store(5, t.5); store(6, t.6); store(7, t.7)
 }
 
 private func scaleMatrix(_ c: UnsafeMutablePointer<Float>, rows: Int, cols: Int, ld: Int, by beta: Float) {
