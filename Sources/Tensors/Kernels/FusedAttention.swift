@@ -128,14 +128,14 @@ func causalSoftmaxRow(_ scores: UnsafePointer<Float>, scale: Float, row t: Int, 
     let tail = (load16(scores + last) * factor).replacing(with: -.infinity, where: .!valid)
     var top = tail
     for v in stride(from: 0, to: last, by: 16) { top = vectorMax(top, load16(scores + v) * factor) }
-    let shift = V(repeating: top.max())
+    let shift = V(repeating: horizontalMax(top))
     var sums = vectorExp(tail - shift).replacing(with: 0, where: .!valid)
     store16(p + last, sums)
     for v in stride(from: 0, to: last, by: 16) {
         let e = vectorExp(load16(scores + v) * factor - shift)
         store16(p + v, e); sums += e
     }
-    let inverse = V(repeating: 1 / sums.sum())
+    let inverse = V(repeating: 1 / horizontalSum(sums))
     for v in stride(from: 0, through: last, by: 16) { store16(p + v, load16(p + v) * inverse) }
     (p + last + 16).update(repeating: 0, count: T - last - 16)
 }
@@ -151,7 +151,7 @@ func causalScoreGradientRow(_ p: UnsafePointer<Float>, _ d: UnsafeMutablePointer
     guard span <= T && span <= capacity else { return causalScoreGradient(p, d, row: t, scale: scale, width: width) }
     var dots = V()
     for v in stride(from: 0, to: span, by: 16) { dots = dots.addingProduct(load16(p + v), load16(d + v)) }
-    let dot = V(repeating: dots.sum()), factor = V(repeating: scale)
+    let dot = V(repeating: horizontalSum(dots)), factor = V(repeating: scale)
     for v in stride(from: 0, to: span, by: 16) { store16(d + v, load16(p + v) * (load16(d + v) - dot) * factor) }
     if width > span { (d + span).update(repeating: 0, count: width - span) }
 }

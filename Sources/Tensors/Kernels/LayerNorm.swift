@@ -14,7 +14,7 @@ public func layerNormForward(_ x: UnsafePointer<Float>, weight: UnsafePointer<Fl
         var sums = SIMD16<Float>()
         var j = 0
         while j + 16 <= cols { sums += load16(xr + j); j += 16 }
-        var s = sums.sum()
+        var s = horizontalSum(sums)
         while j < cols { s += xr[j]; j += 1 }
         let m = s * invCols
         // Second pass on centred values: no cancellation when the mean is large.
@@ -22,7 +22,7 @@ public func layerNormForward(_ x: UnsafePointer<Float>, weight: UnsafePointer<Fl
         var sq = SIMD16<Float>()
         j = 0
         while j + 16 <= cols { let d = load16(xr + j) - mv; sq = sq.addingProduct(d, d); j += 16 }
-        var v = sq.sum()
+        var v = horizontalSum(sq)
         while j < cols { let d = xr[j] - m; v += d * d; j += 1 }
         let rs = 1 / (v * invCols + layerNormEpsilon).squareRoot()
         mean[r] = m
@@ -60,7 +60,7 @@ public func layerNormBackward(_ x: UnsafePointer<Float>, weight: UnsafePointer<F
             sumWdyXhat = sumWdyXhat.addingProduct(wdy, xhat)
             j += 16
         }
-        var meanWdy = sumWdy.sum(), meanWdyXhat = sumWdyXhat.sum()
+        var meanWdy = horizontalSum(sumWdy), meanWdyXhat = horizontalSum(sumWdyXhat)
         while j < cols {
             let xhat = (xr[j] - m) * rs
             let wdy = weight[j] * dyr[j]

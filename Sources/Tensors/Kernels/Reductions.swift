@@ -6,7 +6,7 @@ public func dotProduct(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, cou
     var acc = SIMD16<Float>()
     var i = 0
     while i + 16 <= n { acc = acc.addingProduct(load16(a + i), load16(b + i)); i += 16 }
-    var s = acc.sum()
+    var s = horizontalSum(acc)
     while i < n { s += a[i] * b[i]; i += 1 }
     return s
 }

@@ -48,11 +48,11 @@ public func exponentials(_ x: UnsafePointer<Float>, minus shift: Float, into y: 
         var tail = SIMD16<Float>(repeating: -.infinity)
         for lane in 0..<(n - j) { tail[lane] = x[j + lane] }
         let e = vectorExp(tail - m)
-        var sum = sums.sum()
+        var sum = horizontalSum(sums)
         for lane in 0..<(n - j) { y[j + lane] = e[lane]; sum += e[lane] }
         return sum
     }
-    return sums.sum()
+    return horizontalSum(sums)
 }
 
 /// dx += y * (dy - <dy, y>) per row.

@@ -30,6 +30,21 @@ import CShims
     a.replacing(with: b, where: b .< a)
 }
 
+/// The sum of v's lanes by halving (16 -> 8 -> 4 -> 2 -> 1): SIMD.sum() is an out-of-line call that
+/// adds the 16 lanes one after another (16 dependent adds), once per softmax and LayerNorm row.
+@inline(__always) public func horizontalSum(_ v: SIMD16<Float>) -> Float {
+    let eight = v.lowHalf + v.highHalf, four = eight.lowHalf + eight.highHalf, two = four.lowHalf + four.highHalf
+    return two[0] + two[1]
+}
+
+/// The largest of v's lanes by halving, as horizontalSum (SIMD.max() walks the lanes one by one).
+@inline(__always) public func horizontalMax(_ v: SIMD16<Float>) -> Float {
+    let eight = v.lowHalf.replacing(with: v.highHalf, where: v.lowHalf .< v.highHalf)
+    let four = eight.lowHalf.replacing(with: eight.highHalf, where: eight.lowHalf .< eight.highHalf)
+    let two = four.lowHalf.replacing(with: four.highHalf, where: four.lowHalf .< four.highHalf)
+    return two[0] < two[1] ? two[1] : two[0]
+}
+
 @inline(__always) public func vectorExp(_ input: SIMD16<Float>) -> SIMD16<Float> {
     typealias V = SIMD16<Float>
     // Compare and blend: SIMD.clamped, and pointwiseMin/Max where not inlined into a caller that folds
