@@ -126,6 +126,28 @@ final class KernelTests: XCTestCase {
                 assertClose(dx.data, numeric, relative: 1e-4, absolute: 1e-5, "gelu \(form) backward n=\(n)")
             }
         }
+        // The fused recompute (value out, slope in place) gives geluForward's bits and, times dout,
+        // geluBackward's (accumulate: false) for the exact form, bodies and tails; the tanh form's
+        // backward rounds its cubic term in another order (and its tails are scalar): within 1e-6.
+        for form in GELUForm.allCases {
+            for n in lengths {
+                let x = rng.tensor([n], scale: 4), dy = rng.tensor([n])
+                let y = Tensor(zeros: [n]), dx = Tensor(zeros: [n]), fusedY = Tensor(zeros: [n]), slope = Tensor(zeros: [n])
+                geluForward(x.data, into: y.data, count: n, form: form)
+                geluBackward(x.data, dy.data, accumulatingInto: dx.data, count: n, form: form, accumulate: false)
+                slope.data.update(from: x.data, count: n)
+                geluForwardAndSlope(slope.data, into: fusedY.data, count: n, form: form)
+                multiply(dy.data, slope.data, into: slope.data, count: n)
+                for i in 0..<n {
+                    XCTAssertEqual(fusedY[i].bitPattern, y[i].bitPattern, "gelu \(form) fused value n=\(n) i=\(i)")
+                    if form == .exact {
+                        XCTAssertEqual(slope[i].bitPattern, dx[i].bitPattern, "gelu exact fused slope n=\(n) i=\(i)")
+                    } else {
+                        XCTAssertEqual(slope[i], dx[i], accuracy: 1e-6 * max(1, abs(dx[i])), "gelu tanh fused slope n=\(n) i=\(i)")
+                    }
+                }
+            }
+        }
         // The two forms differ (by up to ~1e-3 around |x| ~ 2): the option must change the model.
         let x = Tensor(zeros: [16]), a = Tensor(zeros: [16]), b = Tensor(zeros: [16])
         for i in 0..<16 { x[i] = Float(i) / 4 - 2 }

@@ -145,13 +145,18 @@ public final class TransformerBlock {
         if let saved {
             // The input pass needs no GELU output (only c_proj's weight gradient does): W recomputes it.
             saved.projection.data.update(from: dy, count: n)
+            projection.inputBackward(dy: dy, rows: rows, dx: mlpHidden, accumulate: false)
+            OperationProfile.measure("gelu backward") {
+                geluBackward(fcOut.data, mlpHidden, accumulatingInto: dFc, count: hidden, form: gelu, accumulate: false)
+            }
         } else {
-            OperationProfile.measure("gelu forward (recomputed)") { geluForward(fcOut.data, into: mlpHidden, count: hidden, form: gelu) }
+            // The GELU input is not needed past this block's backward: it becomes the GELU's slope.
+            OperationProfile.measure("gelu forward + slope (recomputed)") {
+                geluForwardAndSlope(fcOut.data, into: mlpHidden, count: hidden, form: gelu)
+            }
             projection.weightBackward(mlpHidden, dy: dy, rows: rows)
-        }
-        projection.inputBackward(dy: dy, rows: rows, dx: mlpHidden, accumulate: false)
-        OperationProfile.measure("gelu backward") {
-            geluBackward(fcOut.data, mlpHidden, accumulatingInto: dFc, count: hidden, form: gelu, accumulate: false)
+            projection.inputBackward(dy: dy, rows: rows, dx: mlpHidden, accumulate: false)
+            OperationProfile.measure("gelu backward (times the slope)") { multiply(mlpHidden, fcOut.data, into: dFc, count: hidden) }
         }
         if weights { ln2.recompute(x1.data, rows: rows, into: normalized) }
         fc.backward(normalized, dy: dFc, rows: rows, dx: dMlpNorm, weights: weights, accumulate: false)
@@ -231,11 +236,11 @@ public final class TransformerBlock {
         // As the dense backward: one [N, 4C/size] buffer for the GELU output and both gradients, and
         // producers that overwrite (no zeroing passes).
         let mlpHidden = workspace.floats(.blockActivation, hiddenCount)
-        geluForward(fcOut.data, into: mlpHidden, count: hiddenCount, form: gelu)
+        geluForwardAndSlope(fcOut.data, into: mlpHidden, count: hiddenCount, form: gelu)
         let dOut = try parallel.gatherRows(dy, rows: rows, width: c, full: gatheredGradient)
         projection.weightBackward(mlpHidden, dy: dOut, rows: rows)
         projection.inputBackward(dy: dOut, rows: rows, dx: mlpHidden, accumulate: false)
-        geluBackward(fcOut.data, mlpHidden, accumulatingInto: mlpHidden, count: hiddenCount, form: gelu, accumulate: false)
+        multiply(mlpHidden, fcOut.data, into: mlpHidden, count: hiddenCount)
         let normalized = workspace.floats(.normalized, n)
         ln2.recompute(x1.data, rows: local, into: normalized)
         fc.backward(try parallel.gatherRows(normalized, rows: rows, width: c, full: gathered), dy: mlpHidden, rows: rows, dx: partial,
