@@ -40,4 +40,7 @@ static inline uint32_t ddp_exchange_seq_cst_u32(uint32_t *p, uint32_t v) { retur
 // rounded, so the same bits).
 typedef float ddp_float16 __attribute__((ext_vector_type(16)));
 static inline ddp_float16 ddp_sqrt16(ddp_float16 x) { return __builtin_elementwise_sqrt(x); }
+// Swift has no prefetch: a hint to bring the line holding p into L2 (prefetcht1), for data read after
+// a long computation that would push it out of L1 again.
+static inline void ddp_prefetch_l2(const void *p) { __builtin_prefetch(p, 0, 2); }
 #endif

@@ -6,6 +6,8 @@
 // accumulators that live in registers for the whole slab. The accumulators are spelled out one by
 // one because an array would live in memory; with -target-cpu native, addingProduct lowers to vfmadd.
 
+import CShims
+
 @inline(__always)
 private func loadVector<V: SIMD>(_ p: UnsafePointer<Float>, as: V.Type) -> V where V.Scalar == Float {
     UnsafeRawPointer(p).loadUnaligned(as: V.self)
@@ -29,6 +31,15 @@ private func microKernel6xTwoVectors<V: SIMD>(_: V.Type, rows: Int, kc: Int, a: 
                                               alpha: Float, beta: Float)
     where V.Scalar == Float {
     let w = V.scalarCount
+    if beta != 0 {
+        // A later K slab reads the tile the slab before stored long ago (768x2048x512's C is 1.5 MiB, past
+        // L2): without a hint, each call's 12 loads missed to L3 at its very end, after its FMAs.
+        var row = UnsafeRawPointer(c)
+        for _ in 0..<rows {
+            ddp_prefetch_l2(row); ddp_prefetch_l2(row + 4 * w); ddp_prefetch_l2(row + 4 * (2 * w - 1))
+            row += 4 * ldc
+        }
+    }
     var c00 = V(), c01 = V(), c10 = V(), c11 = V(), c20 = V(), c21 = V()
     var c30 = V(), c31 = V(), c40 = V(), c41 = V(), c50 = V(), c51 = V()
     var pa = a, pb = b
