@@ -248,23 +248,12 @@ private func runMicroKernel(_ kernel: GemmMicroKernel, kc: Int, a: PanelOfA, b: 
     }
 }
 
-/// A tile of fewer than mr rows (1...mr-1), stored straight into C: a literal row count per call lets the
-/// inlined kernel drop the missing rows' FMAs (10 x 64 x 256 TN is a 6-row and a 4-row tile).
+/// A tile of fewer than mr rows (1...mr-1), stored straight into C: only its rows' FMAs run
+/// (10 x 64 x 256 TN is a 6-row and a 4-row tile).
 private func runMicroKernel(_ kernel: GemmMicroKernel, rows: Int, kc: Int, a: PanelOfA, b: UnsafePointer<Float>,
                             bStride: Int, c: UnsafeMutablePointer<Float>, ldc: Int, alpha: Float, beta: Float) {
-    let (rs, cs) = (a.rowStride, a.colStride)
-    switch (kernel, rows) {
-    case (.simd8x6x16, 1): microKernel6x16(rows: 1, kc: kc, a: a.base, rowStride: rs, colStride: cs, b: b, bStride: bStride, c: c, ldc: ldc, alpha: alpha, beta: beta)
-    case (.simd8x6x16, 2): microKernel6x16(rows: 2, kc: kc, a: a.base, rowStride: rs, colStride: cs, b: b, bStride: bStride, c: c, ldc: ldc, alpha: alpha, beta: beta)
-    case (.simd8x6x16, 3): microKernel6x16(rows: 3, kc: kc, a: a.base, rowStride: rs, colStride: cs, b: b, bStride: bStride, c: c, ldc: ldc, alpha: alpha, beta: beta)
-    case (.simd8x6x16, 4): microKernel6x16(rows: 4, kc: kc, a: a.base, rowStride: rs, colStride: cs, b: b, bStride: bStride, c: c, ldc: ldc, alpha: alpha, beta: beta)
-    case (.simd8x6x16, _): microKernel6x16(rows: 5, kc: kc, a: a.base, rowStride: rs, colStride: cs, b: b, bStride: bStride, c: c, ldc: ldc, alpha: alpha, beta: beta)
-    case (.simd16x6x32, 1): microKernel6x32(rows: 1, kc: kc, a: a.base, rowStride: rs, colStride: cs, b: b, bStride: bStride, c: c, ldc: ldc, alpha: alpha, beta: beta)
-    case (.simd16x6x32, 2): microKernel6x32(rows: 2, kc: kc, a: a.base, rowStride: rs, colStride: cs, b: b, bStride: bStride, c: c, ldc: ldc, alpha: alpha, beta: beta)
-    case (.simd16x6x32, 3): microKernel6x32(rows: 3, kc: kc, a: a.base, rowStride: rs, colStride: cs, b: b, bStride: bStride, c: c, ldc: ldc, alpha: alpha, beta: beta)
-    case (.simd16x6x32, 4): microKernel6x32(rows: 4, kc: kc, a: a.base, rowStride: rs, colStride: cs, b: b, bStride: bStride, c: c, ldc: ldc, alpha: alpha, beta: beta)
-    case (.simd16x6x32, _): microKernel6x32(rows: 5, kc: kc, a: a.base, rowStride: rs, colStride: cs, b: b, bStride: bStride, c: c, ldc: ldc, alpha: alpha, beta: beta)
-    }
+    microKernelRows(kernel, rows: rows, kc: kc, a: a.base, rowStride: a.rowStride, colStride: a.colStride, b: b, bStride: bStride,
+                    c: c, ldc: ldc, alpha: alpha, beta: beta)
 }
 
 /// Where packPanelsOfA put a panel's element (r, k): an untransposed A's panel keeps its rows (kc floats

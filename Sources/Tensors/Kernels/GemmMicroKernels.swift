@@ -63,14 +63,38 @@ private func microKernel6xTwoVectors<V: SIMD>(_: V.Type, rows: Int, kc: Int, a: 
 
 /// 6 x 16 tile in SIMD8 accumulators: 15 of AVX2's 16 ymm registers.
 @inline(__always)
-func microKernel6x16(rows: Int = 6, kc: Int, a: UnsafePointer<Float>, rowStride rs: Int, colStride cs: Int, b: UnsafePointer<Float>,
+func microKernel6x16(kc: Int, a: UnsafePointer<Float>, rowStride rs: Int, colStride cs: Int, b: UnsafePointer<Float>,
                      bStride: Int, c: UnsafeMutablePointer<Float>, ldc: Int, alpha: Float, beta: Float) {
-    microKernel6xTwoVectors(SIMD8<Float>.self, rows: rows, kc: kc, a: a, rowStride: rs, colStride: cs, b: b, bStride: bStride, c: c, ldc: ldc, alpha: alpha, beta: beta)
+    microKernel6xTwoVectors(SIMD8<Float>.self, rows: 6, kc: kc, a: a, rowStride: rs, colStride: cs, b: b, bStride: bStride, c: c, ldc: ldc, alpha: alpha, beta: beta)
 }
 
 /// 6 x 32 tile in SIMD16 accumulators: fits AVX-512's 32 zmm registers (spills on AVX2, still correct).
 @inline(__always)
-func microKernel6x32(rows: Int = 6, kc: Int, a: UnsafePointer<Float>, rowStride rs: Int, colStride cs: Int, b: UnsafePointer<Float>,
+func microKernel6x32(kc: Int, a: UnsafePointer<Float>, rowStride rs: Int, colStride cs: Int, b: UnsafePointer<Float>,
                      bStride: Int, c: UnsafeMutablePointer<Float>, ldc: Int, alpha: Float, beta: Float) {
-    microKernel6xTwoVectors(SIMD16<Float>.self, rows: rows, kc: kc, a: a, rowStride: rs, colStride: cs, b: b, bStride: bStride, c: c, ldc: ldc, alpha: alpha, beta: beta)
+    microKernel6xTwoVectors(SIMD16<Float>.self, rows: 6, kc: kc, a: a, rowStride: rs, colStride: cs, b: b, bStride: bStride, c: c, ldc: ldc, alpha: alpha, beta: beta)
+}
+
+/// A tile of `rows` (1...5) rows of either width. Each case passes its row count as a literal, so each
+/// is compiled without the other rows' FMAs; the full tiles above pass 6 the same way (a row count
+/// passed through as a variable had left five compares in the hot loop wherever the compiler outlined
+/// the kernel, as it did for row-major A panels).
+func microKernelRows(_ kernel: GemmMicroKernel, rows: Int, kc: Int, a: UnsafePointer<Float>, rowStride rs: Int, colStride cs: Int,
+                     b: UnsafePointer<Float>, bStride: Int, c: UnsafeMutablePointer<Float>, ldc: Int, alpha: Float, beta: Float) {
+    @inline(__always) func run<V: SIMD>(_ type: V.Type, _ rows: Int) where V.Scalar == Float {
+        microKernel6xTwoVectors(type, rows: rows, kc: kc, a: a, rowStride: rs, colStride: cs, b: b, bStride: bStride, c: c, ldc: ldc,
+                                alpha: alpha, beta: beta)
+    }
+    switch (kernel, rows) {
+    case (.simd8x6x16, 1): run(SIMD8<Float>.self, 1)
+    case (.simd8x6x16, 2): run(SIMD8<Float>.self, 2)
+    case (.simd8x6x16, 3): run(SIMD8<Float>.self, 3)
+    case (.simd8x6x16, 4): run(SIMD8<Float>.self, 4)
+    case (.simd8x6x16, _): run(SIMD8<Float>.self, 5)
+    case (.simd16x6x32, 1): run(SIMD16<Float>.self, 1)
+    case (.simd16x6x32, 2): run(SIMD16<Float>.self, 2)
+    case (.simd16x6x32, 3): run(SIMD16<Float>.self, 3)
+    case (.simd16x6x32, 4): run(SIMD16<Float>.self, 4)
+    case (.simd16x6x32, _): run(SIMD16<Float>.self, 5)
+    }
 }
