@@ -200,10 +200,10 @@ public func gemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: In
 /// Whether computing C^T = op(B)^T op(A)^T costs less than C = op(A) op(B), in cycles roughly: the
 /// micro-kernel's FMAs over whole tiles (mr rows, nr columns; 16 lanes a cycle either kernel) plus
 /// packing (a row copy 1/4 a float, B's 8x8 register transposes 1/2, A's k-major runs of mr 1/2),
-/// op(A) packed only when B is wider than 4 panels, op(B) read in place when A is short; the transposed way adds 2 a float to add C^T into
-/// C. A layer's forward with few rows, x[64, 784] W^T with W [256, 784], then reads W in place instead
-/// of packing it transposed (0.94M against 0.87M); a 10-row product keeps its orientation, whose tiles
-/// are fuller.
+/// op(A) packed only when B is wider than 4 panels, op(B) read in place when A is short; the
+/// transposed way adds 2 a float to add C^T into C. A layer's forward with few rows, x[64, 784] W^T
+/// with W [256, 784], then reads W in place instead of packing it transposed (0.94M against 0.87M); a
+/// 10-row product keeps its orientation, whose tiles are fuller.
 func cheaperTransposed(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: Int, kernel: GemmMicroKernel) -> Bool {
     func cost(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int) -> Double {
         let kernel = kernel.forColumns(n)
@@ -276,7 +276,7 @@ private func packPanelsOfA(_ trans: Transpose, _ a: UnsafePointer<Float>, _ lda:
         let i0 = rowStart + panelRow
         if trans == .transposed {
             // op(A)[i][p] = a[p * lda + i]: the mr values of one k are contiguous, moved as 4 + 2 floats
-            // for a whole panel (a loop of 6 scalar copies per k was 3 % of 768x2048x512 TN).
+            // for a whole panel (instead of 6 scalar copies: 768x2048x512 TN +1-3 %).
             var src = a + colStart * lda + i0
             if rows == 6 && mr == 6 {
                 for _ in 0..<kc {
