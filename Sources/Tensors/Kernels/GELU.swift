@@ -39,14 +39,12 @@ public func geluForwardAndSlope(_ x: UnsafeMutablePointer<Float>, into out: Unsa
     case .exact:
         valueAndSlopeInPlace(x, into: out, count: n) { v in
             let (e, gaussian) = erfHalfAndGaussian(v)
-            return (0.5 * v * (1 + e), 0.5 * (1 + e) + v * gaussian * SIMD16<Float>(repeating: 0.3989422804014327))
+            return (0.5 * v * (1 + e), exactSlope(v, erf: e, gaussian: gaussian))
         }
     case .tanh:
         valueAndSlopeInPlace(x, into: out, count: n) { v in
             let t = vectorTanh(geluScale * v.addingProduct(geluCubic * v * v, v))
-            let half = SIMD16<Float>(repeating: 0.5)
-            let slope: SIMD16<Float> = (1 - t * t) * (geluScale * (3 * geluCubic * (v * v) + 1))
-            return (0.5 * v * (1 + t), half * (1 + t) + half * v * slope)
+            return (0.5 * v * (1 + t), tanhSlope(v, tanh: t))
         }
     }
 }
@@ -65,6 +63,18 @@ private func valueAndSlopeInPlace(_ x: UnsafeMutablePointer<Float>, into out: Un
     for l in 0..<(n - i) { v[l] = x[i + l] }
     let (value, slope) = f(v)
     for l in 0..<(n - i) { out[i + l] = value[l]; x[i + l] = slope[l] }
+}
+
+/// The exact GELU's slope from erfHalfAndGaussian's pair: 0.5 (1 + erf(x / sqrt 2)) + x exp(-x^2 / 2) / sqrt(2 pi).
+@inline(__always) func exactSlope(_ v: SIMD16<Float>, erf e: SIMD16<Float>, gaussian: SIMD16<Float>) -> SIMD16<Float> {
+    0.5 * (1 + e) + v * gaussian * SIMD16<Float>(repeating: 0.3989422804014327)
+}
+
+/// The tanh GELU's slope from t = tanh(s (x + 0.044715 x^3)).
+@inline(__always) func tanhSlope(_ v: SIMD16<Float>, tanh t: SIMD16<Float>) -> SIMD16<Float> {
+    let half = SIMD16<Float>(repeating: 0.5)
+    let slope: SIMD16<Float> = (1 - t * t) * (geluScale * (3 * geluCubic * (v * v) + 1))
+    return half * (1 + t) + half * v * slope
 }
 
 /// erf(x / sqrt 2) and exp(-x^2 / 2), which the exact GELU's value and slope share.
@@ -107,7 +117,7 @@ func geluExactBackward(_ x: UnsafePointer<Float>, _ dout: UnsafePointer<Float>, 
                        accumulate: Bool = true) {
     @inline(__always) func slope(_ v: SIMD16<Float>) -> SIMD16<Float> {
         let (e, gaussian) = erfHalfAndGaussian(v)
-        return 0.5 * (1 + e) + v * gaussian * SIMD16<Float>(repeating: 0.3989422804014327)
+        return exactSlope(v, erf: e, gaussian: gaussian)
     }
     var i = 0
     while i + 16 <= n {
@@ -146,12 +156,8 @@ public func geluBackward(_ x: UnsafePointer<Float>, _ dout: UnsafePointer<Float>
     var i = 0
     while i + 16 <= n {
         let v = load16(x + i)
-        let v2 = v * v
-        let t = vectorTanh(geluScale * v.addingProduct(geluCubic * v2, v))
-        let half = SIMD16<Float>(repeating: 0.5)
-        let slope: SIMD16<Float> = (1 - t * t) * (geluScale * (3 * geluCubic * v2 + 1))
-        let local: SIMD16<Float> = half * (1 + t) + half * v * slope
-        store16(dx + i, (accumulate ? load16(dx + i) : SIMD16<Float>()).addingProduct(local, load16(dout + i)))
+        let t = vectorTanh(geluScale * v.addingProduct(geluCubic * (v * v), v))
+        store16(dx + i, (accumulate ? load16(dx + i) : SIMD16<Float>()).addingProduct(tanhSlope(v, tanh: t), load16(dout + i)))
         i += 16
     }
     while i < n {
