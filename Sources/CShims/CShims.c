@@ -34,6 +34,10 @@ int ddp_set_parent_death_signal(int signal) {
     return prctl(PR_SET_PDEATHSIG, (unsigned long)signal, 0, 0, 0);
 }
 
+int ddp_set_thread_name(const char *name) {
+    return prctl(PR_SET_NAME, (unsigned long)name, 0, 0, 0);
+}
+
 #include <sched.h>
 
 int ddp_set_affinity(const int *cpus, int count) {

@@ -1,5 +1,7 @@
 import CZlib
-import Foundation
+import FoundationEssentials
+import Glibc
+import Support
 import Tensors
 
 /// A checkpoint file that cannot be trusted or used, with the path and the reason.
@@ -33,10 +35,10 @@ public struct Checkpoint {
 
     public func write(to path: String) throws {
         var offset = 0
-        var header: [String: Any] = [:]
+        var header: [String: JSONValue] = [:]
         for t in tensors {
             precondition(t.shape.reduce(1, *) == t.values.count, "checkpoint tensor \(t.name) shape/count mismatch")
-            header[t.name] = ["dtype": "F32", "shape": t.shape, "data_offsets": [offset, offset + 4 * t.values.count]]
+            header[t.name] = ["dtype": "F32", "shape": JSONValue(t.shape), "data_offsets": [JSONValue(offset), JSONValue(offset + 4 * t.values.count)]]
             offset += 4 * t.values.count
         }
         var crc = crc32(0, nil, 0)
@@ -53,8 +55,8 @@ public struct Checkpoint {
             whole = crc32(whole, UnsafeRawPointer(t.values.baseAddress!).assumingMemoryBound(to: UInt8.self), UInt32(4 * t.values.count))
         }
         meta["checksum"] = String(whole, radix: 16)
-        header["__metadata__"] = meta
-        var json = try JSONSerialization.data(withJSONObject: header, options: [.sortedKeys])
+        header["__metadata__"] = .object(meta.mapValues { .string($0) })
+        var json = Array(JSONValue.object(header).serialized().utf8)
         while json.count % 8 != 0 { json.append(0x20) } // pad with spaces: data stays 8-byte aligned
         // A fresh name each time, created exclusively and never through a symlink: a link planted in a
         // shared out_dir cannot redirect the write, and a stale temp file from a crash is not reused.
@@ -77,7 +79,8 @@ public struct Checkpoint {
             unlink(temp)
             throw CheckpointError(path, "cannot rename \(temp) into place: \(reason)")
         }
-        let dir = open((path as NSString).deletingLastPathComponent.isEmpty ? "." : (path as NSString).deletingLastPathComponent, O_RDONLY)
+        let parent = parentDirectory(path)
+        let dir = open(parent.isEmpty ? "." : parent, O_RDONLY)
         if dir >= 0 { fsync(dir); close(dir) }
     }
 
@@ -116,15 +119,15 @@ public struct LoadedCheckpoint {
     public init(data: Data, path: String) throws {
         self.path = path
         let (headerLength, header) = try parseCheckpointHeader(data.prefix(8 + Checkpoint.maxHeaderBytes), fileSize: data.count, path: path)
-        guard let metadata = header["__metadata__"] as? [String: String] else {
+        guard let metadata = header["__metadata__"]?.stringMap else {
             throw CheckpointError(path, "header has no __metadata__ string map")
         }
         let body = data.subdata(in: (8 + headerLength)..<data.count)
         var entries: [(name: String, shape: [Int], start: Int, end: Int)] = []
         for (name, value) in header where name != "__metadata__" {
-            guard let entry = value as? [String: Any], entry["dtype"] as? String == "F32",
-                  let shape = entry["shape"] as? [Int], shape.allSatisfy({ $0 >= 0 }),
-                  let offsets = entry["data_offsets"] as? [Int], offsets.count == 2 else {
+            guard value["dtype"]?.stringValue == "F32",
+                  let shape = value["shape"]?.integers, shape.allSatisfy({ $0 >= 0 }),
+                  let offsets = value["data_offsets"]?.integers, offsets.count == 2 else {
                 throw CheckpointError(path, "tensor \(name): malformed header entry (need dtype F32, shape, data_offsets)")
             }
             // Checked: a shape like [2^62] or [2^32, 2^32] must be refused, not overflow.
@@ -208,7 +211,7 @@ func checkpointHeaderChecksum(entries: [(String, [Int], Int, Int)], metadata: [S
 }
 
 /// Length and JSON object of a checkpoint header, from the file's first bytes; `fileSize` bounds it.
-func parseCheckpointHeader(_ head: Data, fileSize: Int, path: String) throws -> (Int, [String: Any]) {
+func parseCheckpointHeader(_ head: Data, fileSize: Int, path: String) throws -> (Int, [String: JSONValue]) {
     guard head.count >= 8 else { throw CheckpointError(path, "truncated: \(fileSize) bytes, no header") }
     // Compared as UInt64 first: a length of 2^63 or more must be refused, not converted (found by fuzzing).
     let declared = head.withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self)) }
@@ -218,9 +221,11 @@ func parseCheckpointHeader(_ head: Data, fileSize: Int, path: String) throws -> 
     }
     let length = Int(declared)
     let start = head.startIndex + 8
-    guard let header = try? JSONSerialization.jsonObject(with: head.subdata(in: start..<(start + length))) as? [String: Any] else {
-        throw CheckpointError(path, "header is not a JSON object")
+    let parsed: JSONValue
+    do { parsed = try JSONValue.parse(head[start..<(start + length)]) } catch {
+        throw CheckpointError(path, "header is not JSON: \(error)")
     }
+    guard let header = parsed.objectValue else { throw CheckpointError(path, "header is not a JSON object") }
     return (length, header)
 }
 
@@ -255,7 +260,7 @@ func readCheckpointFile(_ path: String) throws -> Data {
     // The data the header declares must be what the file holds, before any of it is read.
     var declared = 0
     for (name, value) in header where name != "__metadata__" {
-        if let offsets = (value as? [String: Any])?["data_offsets"] as? [Int], offsets.count == 2 { declared = max(declared, offsets[1]) }
+        if let offsets = value["data_offsets"]?.integers, offsets.count == 2 { declared = max(declared, offsets[1]) }
     }
     guard declared == size - 8 - headerLength else {
         throw CheckpointError(path, "the header accounts for \(declared) data bytes but the file holds \(size - 8 - headerLength)")

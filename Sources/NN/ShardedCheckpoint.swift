@@ -1,4 +1,6 @@
-import Foundation
+import FoundationEssentials
+import Glibc
+import Support
 import Tensors
 
 /// Sharded checkpoints, PyTorch DCP's idea in our file format: a directory holding `index.safetensors`
@@ -15,12 +17,12 @@ public enum ShardedCheckpoint {
 
     /// Whether `path` is a sharded checkpoint's directory.
     public static func isSharded(_ path: String) -> Bool {
-        var isDirectory: ObjCBool = false
-        return FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) && isDirectory.boolValue
+        var info = stat()
+        return stat(path, &info) == 0 && (info.st_mode & S_IFMT) == S_IFDIR
     }
 
     static func shardName(rank: Int, world: Int) -> String {
-        String(format: "shard-%05d-of-%05d.safetensors", rank, world)
+        format("shard-%05d-of-%05d.safetensors", rank, world)
     }
 
     /// Rank `rank`'s file: `pieces` are (flat buffer name, start, values), the buffer names "values" and
@@ -29,7 +31,7 @@ public enum ShardedCheckpoint {
                                   pieces: [(buffer: String, start: Int, values: UnsafeBufferPointer<Float>)]) throws {
         let directory = path + "/" + save
         do { try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true) } catch {
-            throw CheckpointError(directory, "cannot create the shard directory: \(error.localizedDescription)")
+            throw CheckpointError(directory, "cannot create the shard directory: \(error)")
         }
         let tensors = pieces.map { (name: "\($0.buffer)@\($0.start)", shape: [$0.values.count], values: $0.values) }
         try Checkpoint(tensors: tensors, metadata: ["format": "swift-ddp-shard", "save": save, "rank": String(rank), "world": String(world)])
@@ -40,11 +42,11 @@ public enum ShardedCheckpoint {
     public static func writeIndex(to path: String, save: String, world: Int, metadata: [String: String],
                                   parameters: [(name: String, shape: [Int], offset: Int)], flatCount: Int, state: [String]) throws {
         var meta = metadata
-        let layout: [String: Any] = [
-            "save": save, "world": world, "flat_count": flatCount, "state": state,
-            "parameters": parameters.map { ["name": $0.name, "shape": $0.shape, "offset": $0.offset] as [String: Any] },
+        let layout: JSONValue = [
+            "save": .string(save), "world": JSONValue(world), "flat_count": JSONValue(flatCount), "state": JSONValue(state),
+            "parameters": .array(parameters.map { ["name": .string($0.name), "shape": JSONValue($0.shape), "offset": JSONValue($0.offset)] }),
         ]
-        meta["sharded_layout"] = String(decoding: try JSONSerialization.data(withJSONObject: layout, options: [.sortedKeys]), as: UTF8.self)
+        meta["sharded_layout"] = layout.serialized()
         try Checkpoint(tensors: [], metadata: meta).write(to: path + "/" + indexName)
         let entries = (try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []
         for entry in entries where entry != save && entry != indexName && !entry.hasPrefix(indexName) {
@@ -81,10 +83,10 @@ public enum ShardedCheckpoint {
         let index = try LoadedCheckpoint(data: try readCheckpointFile(path + "/" + indexName), path: path + "/" + indexName)
         var metadata = index.metadata
         guard let text = metadata.removeValue(forKey: "sharded_layout"),
-              let layout = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any],
-              let save = layout["save"] as? String, let world = layout["world"] as? Int, world >= 1,
-              let flat = layout["flat_count"] as? Int, flat >= 0, let state = layout["state"] as? [String],
-              let entries = layout["parameters"] as? [[String: Any]] else {
+              let layout = try? JSONValue.parse(text),
+              let save = layout["save"]?.stringValue, let world = layout["world"]?.intValue, world >= 1,
+              let flat = layout["flat_count"]?.intValue, flat >= 0, let state = layout["state"]?.strings,
+              let entries = layout["parameters"]?.arrayValue else {
             throw CheckpointError(path, "the index has no readable sharded_layout")
         }
         metadata.removeValue(forKey: "checksum"); metadata.removeValue(forKey: "crc32")
@@ -125,7 +127,7 @@ public enum ShardedCheckpoint {
         var order: [String] = []
         let values = flats["values"]!
         for entry in entries {
-            guard let name = entry["name"] as? String, let shape = entry["shape"] as? [Int], let offset = entry["offset"] as? Int,
+            guard let name = entry["name"]?.stringValue, let shape = entry["shape"]?.integers, let offset = entry["offset"]?.intValue,
                   shape.allSatisfy({ $0 >= 0 }), offset >= 0, offset + shape.reduce(1, *) <= flat else {
                 throw CheckpointError(path, "the index's parameter table has a malformed entry")
             }

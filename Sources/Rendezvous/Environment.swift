@@ -1,4 +1,6 @@
-import Foundation
+import FoundationEssentials
+import Glibc
+import Support
 import Topology
 import Transport
 
@@ -206,7 +208,7 @@ public func readSecretFile(_ path: String) throws -> [UInt8] {
     guard info.st_size <= 4096, let text = try? String(contentsOfFile: path, encoding: .utf8) else {
         throw SecretFileError(message: "'\(path)' cannot be read as a short text file")
     }
-    let trimmed = text.trimmingCharacters(in: .whitespacesAndNewlines)
+    let trimmed = text.trimmed
     guard trimmed.count >= 32, let bytes = hexBytes(trimmed) else {
         throw SecretFileError(message: "'\(path)': the secret must be at least 16 bytes as hex (e.g. od -An -tx1 -N16 /dev/urandom | tr -d ' \\n')")
     }
@@ -234,7 +236,7 @@ private func hexValue(_ c: UInt8) -> UInt8? {
     }
 }
 
-public func hexString(_ bytes: [UInt8]) -> String { bytes.map { String(format: "%02x", $0) }.joined() }
+public func hexString(_ bytes: [UInt8]) -> String { bytes.map { format("%02x", $0) }.joined() }
 
 /// The job id one attempt of a job authenticates with.
 public func attemptJobID(_ jobID: String, restart: Int) -> String { restart == 0 ? jobID : "\(jobID)#restart\(restart)" }

@@ -1,4 +1,6 @@
-import Foundation
+import FoundationEssentials
+import Glibc
+import Support
 import Transport
 
 /// Accepts the higher ranks' connections during rendezvous. Every accepted connection is handshaken on
@@ -6,7 +8,7 @@ import Transport
 /// that says nothing (an intruder, a port scanner) delays no peer; it is refused and logged by its
 /// address, never blamed on a rank.
 final class PeerAcceptor: @unchecked Sendable {
-    private let lock = NSCondition()
+    private let lock = Condition()
     private var pending: Set<Int>
     private var accepted: [Int: Connection] = [:]
     private var refused: [String] = []
@@ -22,7 +24,7 @@ final class PeerAcceptor: @unchecked Sendable {
         self.rank = rank
         pending = expected
         let log = UncheckedLog(log)
-        let thread = Thread { [self] in
+        startThread(name: "rendezvous-accept") { [self] in
             var backoff: useconds_t = 1_000
             while !shouldStop {
                 guard let (fd, host, port) = listener.acceptOrBackOff(slice: 0.5, backoff: &backoff, maxBackoff: 200_000,
@@ -30,7 +32,7 @@ final class PeerAcceptor: @unchecked Sendable {
                                                                       stopping: { self.shouldStop }, log: { log.call("rank \(rank): \($0)") })
                 else { continue }
                 let connection = Connection(fd: fd, peer: PeerDescription(host: host, port: port), policy: policy)
-                Thread.detachNewThread { [self] in
+                startThread(name: "rendezvous-handshake") { [self] in
                     guard let peer = try? Handshake.accept(connection, identity: identity,
                                                            onRefusal: { log.call("rank \(rank): \($0)"); self.noteRefusal("\(host):\(port)") }) else { return }
                     guard claim(peer, connection) else {
@@ -42,8 +44,6 @@ final class PeerAcceptor: @unchecked Sendable {
             }
             lock.lock(); loopEnded = true; lock.broadcast(); lock.unlock()
         }
-        thread.name = "rendezvous-accept"
-        thread.start()
     }
 
     private var shouldStop: Bool { lock.lock(); defer { lock.unlock() }; return stopping || pending.isEmpty }
@@ -69,7 +69,7 @@ final class PeerAcceptor: @unchecked Sendable {
     /// naming the ranks still missing (and the addresses refused meanwhile, which are not ranks).
     func finish(worldSize: Int, deadline: Deadline) throws -> [Int: Connection] {
         lock.lock()
-        while !pending.isEmpty && !loopEnded && !deadline.hasPassed { _ = lock.wait(until: Date().addingTimeInterval(0.2)) }
+        while !pending.isEmpty && !loopEnded && !deadline.hasPassed { lock.wait(seconds: 0.2) }
         let missing = pending.sorted(), refusedAddresses = refused, result = accepted
         lock.unlock()
         stop()

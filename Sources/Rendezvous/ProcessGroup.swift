@@ -1,4 +1,6 @@
-import Foundation
+import FoundationEssentials
+import Glibc
+import Support
 import Transport
 
 /// A set of ranks that run collectives together, over the job's one authenticated full mesh (at the
@@ -274,7 +276,7 @@ public final class ProcessGroup: @unchecked Sendable {
 
 /// Group ids this process has seen, shared by a world group and every group carved from it.
 final class GroupRegistry: @unchecked Sendable {
-    private let lock = NSLock()
+    private let lock = Lock()
     private var highest: UInt32 = 0
     var last: UInt32 { lock.lock(); defer { lock.unlock() }; return highest }
     func note(_ id: UInt32) { lock.lock(); highest = max(highest, id); lock.unlock() }

@@ -1,4 +1,7 @@
-import Foundation
+import FoundationEssentials
+import Dispatch
+import Glibc
+import Support
 import Transport
 
 /// The rendezvous key/value store protocol (one request frame, one reply frame):
@@ -19,7 +22,7 @@ public enum StoreLimits {
 public final class StoreServer: @unchecked Sendable {
     public let listener: Listener
     let identity: JobIdentity
-    let lock = NSLock()
+    let lock = Lock()
     var values: [String: [UInt8]] = [:]
     var stopped = false
     let log: @Sendable (String) -> Void
@@ -47,9 +50,7 @@ public final class StoreServer: @unchecked Sendable {
         self.identity = identity
         self.handshakeSeconds = handshakeSeconds
         self.log = log
-        let thread = Thread { [self] in acceptLoop(); acceptLoopEnded.signal() }
-        thread.name = "store-accept"
-        thread.start()
+        startThread(name: "store-accept") { [self] in acceptLoop(); acceptLoopEnded.signal() }
     }
 
     /// Stops serving and releases the port before returning, so that the next attempt of a job can bind
@@ -99,12 +100,10 @@ public final class StoreServer: @unchecked Sendable {
             nextClient += 1
             clients[id] = connection
             lock.unlock()
-            let thread = Thread { [self] in
+            startThread(name: "store-client") { [self] in
                 serve(connection)
                 lock.lock(); clients[id] = nil; lock.unlock()
             }
-            thread.name = "store-client"
-            thread.start()
         }
     }
 
@@ -170,7 +169,7 @@ public final class StoreServer: @unchecked Sendable {
 /// A store client: one authenticated connection; every call bounded by the policy's timeout.
 public final class StoreClient: @unchecked Sendable {
     let connection: Connection
-    let lock = NSLock()
+    let lock = Lock()
     public let address: PeerDescription
 
     public init(host: String, port: Int, identity: JobIdentity, rank: Int, timeoutSeconds: Double) throws {

@@ -1,5 +1,7 @@
 import CShims
-import Foundation
+import FoundationEssentials
+import Glibc
+import Support
 
 /// What a rank does first, under any launcher: under ours (`launcherPID`), die with the launcher
 /// (PR_SET_PDEATHSIG, and at once if it is already gone) and take the CPU and memory placement it

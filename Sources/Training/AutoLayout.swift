@@ -1,6 +1,8 @@
 import Collectives
 import Datasets
-import Foundation
+import FoundationEssentials
+import Glibc
+import Support
 import Parallel
 import Rendezvous
 
@@ -62,23 +64,23 @@ func planLayout(_ config: TrainConfig, worldSize: Int, localRanks: Int, laneRing
     let copies = min(worldSize, localRanks, planner.cores)
     let plans = try planner.plan(compute: .measured(copies: copies), memoryPerRank: budget)
     let refused = planner.candidates().refused
-    log(String(format: "parallel auto: %d layouts of %d ranks planned (%d refused) for a global batch of %d sequences, each layout's shards timed here (%d at once); budget %.0f MiB per rank (%@)",
+    log(format("parallel auto: %d layouts of %d ranks planned (%d refused) for a global batch of %d sequences, each layout's shards timed here (%d at once); budget %.0f MiB per rank (%@)",
                plans.count, worldSize, refused.count, planner.globalBatch, copies, budget / 1048576, budgetSource))
     for line in LayoutPlanner.table(Array(plans.prefix(5)), refused: [], memoryPerRank: budget) { log("parallel auto: " + line) }
     guard let best = plans.first, best.fits else {
         let smallest = plans.map(\.predictedBytes).min() ?? 0
-        throw ConfigError(key: "memory_per_rank_mb", String(format: "no layout of %d ranks fits %.0f MiB per rank (%@); the smallest needs %.0f MiB",
+        throw ConfigError(key: "memory_per_rank_mb", format("no layout of %d ranks fits %.0f MiB per rank (%@); the smallest needs %.0f MiB",
                                                             worldSize, budget / 1048576, budgetSource, smallest / 1048576))
     }
-    var why = String(format: "predicted %.2f ms/step (compute %.2f, communication %.2f, waits %.2f, bubble %.3f), %.0f MiB per rank",
+    var why = format("predicted %.2f ms/step (compute %.2f, communication %.2f, waits %.2f, bubble %.3f), %.0f MiB per rank",
                      best.predictedSeconds * 1000, best.computeSeconds * 1000, best.communicationSeconds * 1000, best.waitSeconds * 1000, best.bubble,
                      best.predictedBytes / 1048576)
     if let next = plans.dropFirst().first {
-        why += String(format: "; next %@ predicted %.2f ms (%.0f%% slower)%@", next.name, next.predictedSeconds * 1000,
+        why += format("; next %@ predicted %.2f ms (%.0f%% slower)%@", next.name, next.predictedSeconds * 1000,
                       100 * (next.predictedSeconds / best.predictedSeconds - 1), next.fits ? "" : ", over the budget")
     }
     if let faster = plans.filter({ !$0.fits }).min(by: { $0.predictedSeconds < $1.predictedSeconds }), faster.predictedSeconds < best.predictedSeconds {
-        why += String(format: "; %@ would be faster (%.2f ms) but needs %.0f MiB", faster.name, faster.predictedSeconds * 1000, faster.predictedBytes / 1048576)
+        why += format("; %@ would be faster (%.2f ms) but needs %.0f MiB", faster.name, faster.predictedSeconds * 1000, faster.predictedBytes / 1048576)
     }
     log("parallel auto: training \(best.name): \(why)")
     return best.config

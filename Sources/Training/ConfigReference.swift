@@ -1,4 +1,6 @@
-import Foundation
+import FoundationEssentials
+import Glibc
+import Support
 
 // The config keys a user can set, with their meaning: `ddp-train config` prints them with defaults, an
 // unknown key is answered with the nearest known one, and a test requires every key to be described.
@@ -71,15 +73,11 @@ extension TrainConfig {
 
     /// "key = default  meaning" lines for `ddp-train config`.
     public static func reference() -> [String] {
-        let defaults = (try? JSONSerialization.jsonObject(with: Data(TrainConfig().jsonString().utf8)) as? [String: Any]) ?? [:]
+        let defaults = (try? JSONValue.parse(TrainConfig().jsonString()))?.objectValue ?? [:]
         let width = keyDescriptions.map(\.key.count).max() ?? 0
         return keyDescriptions.map { entry in
-            let value = defaults[entry.key].map { v -> String in
-                if let s = v as? String { return "\"\(s)\"" }
-                if let b = v as? Bool { return b ? "true" : "false" }
-                return "\(v)"
-            } ?? "null"
-            return entry.key.padding(toLength: width, withPad: " ", startingAt: 0) + " = " + value.padding(toLength: 14, withPad: " ", startingAt: 0)
+            let value = defaults[entry.key]?.serialized() ?? "null"
+            return entry.key.padded(to: width) + " = " + value.padded(to: 14)
                 + "  " + entry.meaning
         }
     }

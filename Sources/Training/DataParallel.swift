@@ -1,6 +1,8 @@
 import Collectives
 import CShims
-import Foundation
+import FoundationEssentials
+import Glibc
+import Support
 import NN
 import Rendezvous
 import Tensors
@@ -57,7 +59,7 @@ public final class DataParallel: @unchecked Sendable {
     enum Job { case reduce(Range<Int>), gather(Int) }
     /// Bucket ranges in the order they are communicated (from the end of the buffer).
     public let buckets: [Range<Int>]
-    let condition = NSCondition()
+    let condition = Condition()
     var queue: [Job] = []
     var inFlight = 0
     var failure: Error?
@@ -102,9 +104,7 @@ public final class DataParallel: @unchecked Sendable {
         buckets = Self.buckets(count: parameters.count, bucketElements: bucketElements, units: units?.parameterUnits,
                                expertEnd: experts?.range.upperBound ?? 0)
         unitState = Array(repeating: .gathered, count: self.units.count)
-        let thread = Thread { [self] in communicationLoop() }
-        thread.name = "ddp-communication"
-        thread.start()
+        startThread(name: "ddp-communication") { [self] in communicationLoop() }
     }
 
     deinit { stop() }

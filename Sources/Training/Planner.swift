@@ -1,5 +1,7 @@
 import Collectives
-import Foundation
+import FoundationEssentials
+import Glibc
+import Support
 import NN
 import Parallel
 import Rendezvous
@@ -468,7 +470,7 @@ public struct LayoutPlanner {
         var lines = ["| # | layout | predicted ms/step | compute ms | comm ms | waits ms | bubble | state MiB (rank 0 / largest) | activations + buffers MiB | predicted MiB/rank | fits |",
                      "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
         for (i, p) in plans.enumerated() {
-            lines.append(String(format: "| %d | %@ | %.2f | %.2f | %.2f | %.2f | %.3f | %.2f / %.2f | %.2f | %.1f | %@ |", i + 1, p.name, p.predictedSeconds * 1000,
+            lines.append(format("| %d | %@ | %.2f | %.2f | %.2f | %.2f | %.3f | %.2f / %.2f | %.2f | %.1f | %@ |", i + 1, p.name, p.predictedSeconds * 1000,
                                 p.computeSeconds * 1000, p.communicationSeconds * 1000, p.waitSeconds * 1000, p.bubble, Double(p.stateBytes) / 1048576,
                                 Double(p.largestStateBytes) / 1048576, p.activationBytes / 1048576, p.predictedBytes / 1048576,
                                 memoryPerRank == nil ? "-" : (p.fits ? "yes" : "no")))

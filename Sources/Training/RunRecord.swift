@@ -1,40 +1,51 @@
-import Foundation
+import FoundationEssentials
+import Glibc
+import Support
 
 /// What a run leaves in out_dir beside its checkpoints (rank 0): metrics.jsonl, one JSON object per
 /// logged step or evaluation, and at the end loss-curve.svg. A run that starts at iteration 0 begins
 /// a fresh file; a resumed run appends to it.
 final class RunRecord {
     let directory: String
-    private var handle: FileHandle?
+    private var fd: Int32 = -1
     private var steps: [(Int, Double)] = []
     private var evaluations: [(Int, [(String, Double)])] = []
 
     init(directory: String, fresh: Bool) {
         self.directory = directory
         let path = directory + "/metrics.jsonl"
-        if fresh || !FileManager.default.fileExists(atPath: path) { _ = FileManager.default.createFile(atPath: path, contents: nil) }
-        handle = FileHandle(forWritingAtPath: path)
-        handle?.seekToEndOfFile()
+        fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | (fresh ? O_TRUNC : 0), 0o644)
     }
 
-    deinit { try? handle?.close() }
+    deinit { if fd >= 0 { close(fd) } }
 
-    private func write(_ object: [String: Any]) {
-        guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]) else { return }
-        handle?.write(data + Data("\n".utf8))
+    /// One line per record; a record that cannot be written (the disk is full) is lost, not the run.
+    private func write(_ object: [String: JSONValue]) {
+        guard fd >= 0 else { return }
+        let line = Array((JSONValue.object(object).serialized() + "\n").utf8)
+        var done = 0
+        while done < line.count {
+            let n = line.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + done, line.count - done) }
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { return }
+            done += n
+        }
     }
 
     func step(iteration: Int, elapsed: Double, loss: Double, learningRate: Double, unitsPerSecond: Double, unitName: String,
               millisecondsPerIteration: Double, exposedMilliseconds: Double?, mfu: Double) {
-        var record: [String: Any] = ["iteration": iteration, "elapsed_s": elapsed, "loss": loss, "lr": learningRate,
-                                     "\(unitName)_per_s": unitsPerSecond, "ms_per_iter": millisecondsPerIteration, "mfu": mfu]
-        if let exposedMilliseconds { record["exposed_comm_ms"] = exposedMilliseconds }
+        // A non-finite loss is written as null (JSON has no NaN).
+        var record: [String: JSONValue] = ["iteration": JSONValue(iteration), "elapsed_s": JSONValue(elapsed), "loss": JSONValue(loss),
+                                           "lr": JSONValue(learningRate), "\(unitName)_per_s": JSONValue(unitsPerSecond),
+                                           "ms_per_iter": JSONValue(millisecondsPerIteration), "mfu": JSONValue(mfu)]
+        if let exposedMilliseconds { record["exposed_comm_ms"] = JSONValue(exposedMilliseconds) }
         write(record)
         if loss.isFinite { steps.append((iteration, loss)) }
     }
 
     func evaluation(iteration: Int, elapsed: Double, figures: [(name: String, value: Double)]) {
-        write(["iteration": iteration, "elapsed_s": elapsed, "eval": Dictionary(figures.map { ($0.name, $0.value) }, uniquingKeysWith: { a, _ in a })])
+        write(["iteration": JSONValue(iteration), "elapsed_s": JSONValue(elapsed),
+               "eval": .object(Dictionary(figures.map { ($0.name, JSONValue($0.value)) }, uniquingKeysWith: { a, _ in a }))])
         evaluations.append((iteration, figures.map { ($0.name, $0.value) }))
     }
 
@@ -52,12 +63,12 @@ final class RunRecord {
         svg += "<line x1=\"\(left)\" y1=\"\(top + plotHeight)\" x2=\"\(left + plotWidth)\" y2=\"\(top + plotHeight)\" stroke=\"black\"/>\n"
         svg += "<line x1=\"\(left)\" y1=\"\(top)\" x2=\"\(left)\" y2=\"\(top + plotHeight)\" stroke=\"black\"/>\n"
         for (value, y) in [(yMax, top), (yMin, top + plotHeight)] {
-            svg += "<text x=\"5\" y=\"\(y + 4)\">\(String(format: "%.3f", value))</text>\n"
+            svg += "<text x=\"5\" y=\"\(y + 4)\">\(format("%.3f", value))</text>\n"
         }
         svg += "<text x=\"\(left + plotWidth - 20)\" y=\"\(top + plotHeight + 18)\">\(xMax)</text>\n"
         func polyline(_ points: [(Int, Double)], _ color: String, _ name: String, _ row: Int) {
             guard !points.isEmpty else { return }
-            let coordinates = points.map { String(format: "%.1f,%.1f", px($0.0), py($0.1)) }.joined(separator: " ")
+            let coordinates = points.map { format("%.1f,%.1f", px($0.0), py($0.1)) }.joined(separator: " ")
             svg += "<polyline data-series=\"\(name)\" fill=\"none\" stroke=\"\(color)\" stroke-width=\"1.5\" points=\"\(coordinates)\"/>\n"
             svg += "<text x=\"\(left + 10)\" y=\"\(top + plotHeight + 36 + Double(row) * 16)\" fill=\"\(color)\">\(name)</text>\n"
         }

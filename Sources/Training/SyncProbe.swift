@@ -1,4 +1,7 @@
-import Foundation
+import FoundationEssentials
+import Dispatch
+import Glibc
+import Support
 import Tensors
 
 // What a blocking synchronization costs when more ranks than cores share a host. Each tensor-parallel
@@ -106,7 +109,7 @@ public enum SyncProbe {
         let done = DispatchSemaphore(value: 0)
         let start = monotonicSeconds()
         for member in members {
-            Thread.detachNewThread {
+            startThread(name: "sync-probe") {
                 member.run(iterations: iterations, work: count, steps: steps)
                 done.signal()
             }

@@ -1,6 +1,8 @@
 import Collectives
 import Datasets
-import Foundation
+import FoundationEssentials
+import Glibc
+import Support
 import NN
 import Rendezvous
 import Tensors

@@ -1,5 +1,7 @@
 import Collectives
-import Foundation
+import FoundationEssentials
+import Glibc
+import Support
 import Tensors
 import NN
 import Parallel
@@ -195,23 +197,24 @@ public struct TrainConfig: Codable, Sendable, Equatable {
     /// Rejects unknown keys and invalid values with the key's name.
     public static func load(json: Data, overrides: [String] = [], file: String? = nil) throws -> TrainConfig {
         do {
-            guard var object = try JSONSerialization.jsonObject(with: json) as? [String: Any] else {
-                throw ConfigError(key: "(top level)", "expected a JSON object")
+            let parsed: JSONValue
+            do { parsed = try JSONValue.parse(json) } catch let error as JSONError {
+                // A config that says a thing twice is a mistake to show, not to guess.
+                if let duplicate = error.duplicateKey { throw ConfigError(key: duplicate, "appears more than once") }
+                throw ConfigError(key: "(file)", "not valid JSON: \(error)")
             }
-            // JSONSerialization keeps one of two equal keys silently; a config that says a thing twice
-            // is a mistake to show, not to guess.
-            if let duplicate = duplicateTopLevelKey(in: json) { throw ConfigError(key: duplicate, "appears more than once") }
+            guard var object = parsed.objectValue else { throw ConfigError(key: "(top level)", "expected a JSON object") }
             var overridden: [String: String] = [:]
             for override in overrides {
                 guard let eq = override.firstIndex(of: "="), eq != override.startIndex else {
                     throw ConfigError(key: override, "override must look like key=value")
                 }
                 let key = String(override[..<eq]), text = String(override[override.index(after: eq)...])
-                object[key] = (try? JSONSerialization.jsonObject(with: Data(text.utf8), options: .fragmentsAllowed)) ?? text
+                object[key] = (try? JSONValue.parse(text)) ?? .string(text)
                 overridden[key] = override
             }
             // null would silently mean the default; only epochs has "none" as a meaning.
-            if let key = object.keys.sorted().first(where: { object[$0] is NSNull && $0 != CodingKeys.epochs.rawValue }) {
+            if let key = object.keys.sorted().first(where: { object[$0] == .null && $0 != CodingKeys.epochs.rawValue }) {
                 throw ConfigError(key: key, "null is not a value (leave the key out for its default)")
             }
             let known = Set(CodingKeys.allCases.map(\.rawValue))
@@ -219,7 +222,7 @@ public struct TrainConfig: Codable, Sendable, Equatable {
                 let hint = suggestion(for: unknown).map { "did you mean '\($0)'? " } ?? ""
                 throw ConfigError(key: unknown, "unknown key (\(hint)`ddp-train config` lists every key)")
             }
-            let data = try JSONSerialization.data(withJSONObject: object)
+            let data = Data(JSONValue.object(object).serialized().utf8)
             do {
                 let config = try JSONDecoder().decode(TrainConfig.self, from: data)
                 try config.validate()
@@ -233,7 +236,7 @@ public struct TrainConfig: Codable, Sendable, Equatable {
             if error.file == nil || !(error.file!.hasPrefix("--set ")) { error.file = file }
             throw error
         } catch {
-            throw ConfigError(key: "(file)", "not valid JSON: \(error.localizedDescription)", file: file)
+            throw ConfigError(key: "(file)", "not valid JSON: \(error)", file: file)
         }
     }
 
@@ -381,8 +384,8 @@ public struct TrainConfig: Codable, Sendable, Equatable {
     /// its GELU only when it was not tanh.
     public static func architecture(of stored: String) -> String {
         guard stored.hasPrefix("gpt "), !stored.contains(" gelu=") else { return stored }
-        guard let bias = stored.range(of: #"bias=(true|false)"#, options: .regularExpression) else { return stored }
-        return String(stored[..<bias.upperBound]) + " gelu=tanh" + String(stored[bias.upperBound...])
+        guard let bias = stored.firstMatch(of: /bias=(true|false)/) else { return stored }
+        return String(stored[..<bias.range.upperBound]) + " gelu=tanh" + String(stored[bias.range.upperBound...])
     }
 
     /// A checkpoint's config in today's form: one written before the gelu key existed trained with tanh.
@@ -424,48 +427,9 @@ extension TrainConfig {
     func requireMemory(physicalBytes: Double = Double(sysconf(Int32(_SC_PHYS_PAGES))) * Double(sysconf(Int32(_SC_PAGESIZE)))) throws {
         let (parameters, activations) = estimatedBytes()
         guard parameters + activations > physicalBytes else { return }
-        func gib(_ x: Double) -> String { String(format: x < 1e6 * 1024 * 1024 * 1024 ? "%.1f GiB" : "%.2e GiB", x / 1073741824) }
+        func gib(_ x: Double) -> String { format(x < 1e6 * 1024 * 1024 * 1024 ? "%.1f GiB" : "%.2e GiB", x / 1073741824) }
         let key = parameters >= activations ? (model == .gpt ? CodingKeys.nEmbd : .hidden) : .batchSize
         let what = parameters >= activations ? "parameters, gradients and optimizer state" : "activations of one micro-batch"
         throw ConfigError(key: key.rawValue, "needs an estimated \(gib(parameters + activations)) (\(what) \(gib(max(parameters, activations)))), more than this machine's \(gib(physicalBytes))")
     }
-}
-
-/// The first key that appears twice in the top-level object of a JSON text, if any (strings are
-/// scanned with their escapes; nested objects and arrays are skipped).
-func duplicateTopLevelKey(in json: Data) -> String? {
-    let bytes = [UInt8](json)
-    var i = 0, depth = 0, seen = Set<String>(), expectKey = false
-    func readString() -> String? {
-        var out: [UInt8] = []
-        i += 1
-        while i < bytes.count {
-            let c = bytes[i]
-            if c == UInt8(ascii: "\\") { if i + 1 < bytes.count { out.append(c); out.append(bytes[i + 1]) }; i += 2; continue }
-            if c == UInt8(ascii: "\"") { i += 1; return String(decoding: out, as: UTF8.self) }
-            out.append(c); i += 1
-        }
-        return nil
-    }
-    while i < bytes.count {
-        let c = bytes[i]
-        switch c {
-        case UInt8(ascii: "{"), UInt8(ascii: "["):
-            depth += 1; expectKey = depth == 1 && c == UInt8(ascii: "{"); i += 1
-        case UInt8(ascii: "}"), UInt8(ascii: "]"):
-            depth -= 1; i += 1
-        case UInt8(ascii: ","):
-            expectKey = depth == 1; i += 1
-        case UInt8(ascii: "\""):
-            let wasKey = expectKey && depth == 1
-            guard let text = readString() else { return nil }
-            if wasKey {
-                if !seen.insert(text).inserted { return text }
-                expectKey = false
-            }
-        default:
-            i += 1
-        }
-    }
-    return nil
 }

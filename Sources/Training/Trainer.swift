@@ -1,5 +1,7 @@
 import Collectives
-import Foundation
+import FoundationEssentials
+import Glibc
+import Support
 import NN
 import Parallel
 import Rendezvous
@@ -124,7 +126,7 @@ public final class Trainer {
         logExperts()
         if let pipeline = task as? PipelineGPTTask {
             let runner = pipeline.runner, schedule = runner.schedule
-            log("pipeline parallel: \(schedule.pipelineParallel) stages x \(schedule.virtualStages) chunk(s) per rank, schedule \(schedule.kind.rawValue), \(schedule.microbatches) micro-batches of \(config.batchSize) sequences per pass; bubble \(String(format: "%.3f", schedule.formulaBubble)) of the step by the formula (ddp-train schedule simulates it); rank 0 holds layers \(runner.stages.values.map { "\($0.layers.lowerBound)..<\($0.layers.upperBound)" }.sorted().joined(separator: ", "))")
+            log("pipeline parallel: \(schedule.pipelineParallel) stages x \(schedule.virtualStages) chunk(s) per rank, schedule \(schedule.kind.rawValue), \(schedule.microbatches) micro-batches of \(config.batchSize) sequences per pass; bubble \(format("%.3f", schedule.formulaBubble)) of the step by the formula (ddp-train schedule simulates it); rank 0 holds layers \(runner.stages.values.map { "\($0.layers.lowerBound)..<\($0.layers.upperBound)" }.sorted().joined(separator: ", "))")
         }
         log("batch: \(task.unitsPerMicroBatch) \(task.unitName) per micro-batch x \(config.gradAccum) accumulation steps x \(dataSize) \(tensor == nil ? "rank(s)" : "data-parallel rank(s)") = \(units) \(task.unitName) per step (global batch)")
         if let dataParallel {
@@ -140,7 +142,7 @@ public final class Trainer {
         // logs and records, so only rank 0 spends the ~20 ms measuring.
         let peak = rank == 0 ? measuredPeakGFLOPS() : .nan
         let stepFlops = task.flopsPerMicroBatch * Double(config.gradAccum)
-        log(String(format: "model FLOPs: %.3f GFLOP per step per rank; core peak measured %.1f GFLOP/s", stepFlops / 1e9, peak))
+        log(format("model FLOPs: %.3f GFLOP per step per rank; core peak measured %.1f GFLOP/s", stepFlops / 1e9, peak))
         let record = rank == 0 ? RunRecord(directory: config.outDir, fresh: iteration == 0) : nil
         let firstIteration = iteration
         var losses: [Float] = []
@@ -157,7 +159,7 @@ public final class Trainer {
                 let figures = try evaluate()
                 if rank == 0 {
                     evaluations.append((iteration, figures))
-                    log("eval \(iteration): " + figures.map { "\($0.name) \(String(format: "%.4f", $0.value))" }.joined(separator: ", "))
+                    log("eval \(iteration): " + figures.map { "\($0.name) \(format("%.4f", $0.value))" }.joined(separator: ", "))
                     record?.evaluation(iteration: iteration, elapsed: monotonicSeconds() - start, figures: figures)
                     if let validation = figures.first(where: { $0.name.hasPrefix("val") || $0.name.hasPrefix("held-out loss") })?.value,
                        validation < bestValidation {
@@ -166,7 +168,7 @@ public final class Trainer {
                     }
                 }
                 if worldSize > 1 { improved = try broadcast([improved], root: 0, group: groups.world)[0] }
-                if improved == 1 { try saveCheckpoint(to: bestCheckpointPath, reason: String(format: "best validation so far, %.4f", bestValidation)) }
+                if improved == 1 { try saveCheckpoint(to: bestCheckpointPath, reason: format("best validation so far, %.4f", bestValidation)) }
             }
             if iteration >= maxIterations { break }
             let lr = schedule.learningRate(at: iteration)
@@ -208,21 +210,21 @@ public final class Trainer {
                 let mfu = stepFlops / perIteration / (peak * 1e9)
                 // ETA from the steps so far (evaluations and checkpoints included, as a user waits for them).
                 let eta = elapsed / Double(iteration - firstIteration) * Double(maxIterations - iteration)
-                var line = String(format: "iter %d/%d | loss %.4f | lr %.3e | %.1f ms/iter | %.0f %@/s | MFU %.1f%% | elapsed %@, ETA %@",
+                var line = format("iter %d/%d | loss %.4f | lr %.3e | %.1f ms/iter | %.0f %@/s | MFU %.1f%% | elapsed %@, ETA %@",
                                   iteration, maxIterations, loss, lr, perIteration * 1000, Double(units) / perIteration, task.unitName,
                                   100 * mfu, formatDuration(elapsed), formatDuration(eta))
                 if dataParallel != nil {
-                    line += String(format: " | compute %.1f ms, exposed comm %.2f ms (%.1f%%)", (perIteration - exposedPerIteration) * 1000,
+                    line += format(" | compute %.1f ms, exposed comm %.2f ms (%.1f%%)", (perIteration - exposedPerIteration) * 1000,
                                    exposedPerIteration * 1000, 100 * exposedPerIteration / perIteration)
                 }
                 if tensor != nil {
                     let n = Double(windowIterations)
-                    line += String(format: " | tensor-parallel comm %.1f ms/iter (%d collectives, %.2f MB)", windowTensor.seconds / n * 1000,
+                    line += format(" | tensor-parallel comm %.1f ms/iter (%d collectives, %.2f MB)", windowTensor.seconds / n * 1000,
                                    Int((Double(windowTensor.calls) / n).rounded()), Double(windowTensor.floats) * 4 / n / 1e6)
                 }
                 if groups.expert != nil {
                     let n = Double(windowIterations)
-                    line += String(format: " | all-to-all %.1f ms/iter (%d calls, %.2f MB sent per rank)", windowExperts.seconds / n * 1000,
+                    line += format(" | all-to-all %.1f ms/iter (%d calls, %.2f MB sent per rank)", windowExperts.seconds / n * 1000,
                                    Int((Double(windowExperts.calls) / n).rounded()), Double(windowExperts.floats) * 4 / n / 1e6)
                 }
                 if let pipeline = task as? PipelineGPTTask { line += try pipelineBubbleText(pipeline) }
@@ -258,11 +260,11 @@ public final class Trainer {
         let summary = TrainSummary(iterations: losses.count, seconds: seconds, losses: losses,
                                    evaluations: evaluations.map { ($0.0, $0.1.map { (name: $0.0, value: $0.1) }) },
                                    peakRSSMiB: peakResidentMiB())
-        let last = evaluations.last.map { $0.1.map { "\($0.0) \(String(format: "%.4f", $0.1))" }.joined(separator: ", ") } ?? ""
+        let last = evaluations.last.map { $0.1.map { "\($0.0) \(format("%.4f", $0.1))" }.joined(separator: ", ") } ?? ""
         let perIteration = losses.isEmpty ? 0 : trainingSeconds / Double(losses.count)
-        log(String(format: "done: %d iterations in %.1f s wall (%.2f ms/iter training%@, %.0f %@/s%@); %@; peak RSS %.0f MiB; checkpoint %@",
+        log(format("done: %d iterations in %.1f s wall (%.2f ms/iter training%@, %.0f %@/s%@); %@; peak RSS %.0f MiB; checkpoint %@",
                    losses.count, seconds, perIteration * 1000, dataParallel == nil ? "" : " (mean over ranks)", perIteration > 0 ? Double(units) / perIteration : 0, task.unitName,
-                   dataParallel == nil || losses.isEmpty ? "" : String(format: ", exposed comm %.1f%% of step time", 100 * totalExposed / trainingSeconds),
+                   dataParallel == nil || losses.isEmpty ? "" : format(", exposed comm %.1f%% of step time", 100 * totalExposed / trainingSeconds),
                    last, summary.peakRSSMiB, checkpointPath))
         return summary
     }
@@ -375,7 +377,7 @@ public final class Trainer {
         pipelineWindow = (0, 0)
         let slowest = Double(all.map { $0[1] }.max() ?? 0)
         let bubble = slowest > 0 ? 1 - Double(all.map { $0[0] }.reduce(0, +)) / (Double(group.worldSize) * slowest) : 0
-        return String(format: " | pipeline bubble measured %.3f (formula %.3f)", bubble, pipeline.runner.schedule.formulaBubble)
+        return format(" | pipeline bubble measured %.3f (formula %.3f)", bubble, pipeline.runner.schedule.formulaBubble)
     }
 
     /// pipeline_timeline: the last pass's measured intervals of every stage, drawn by rank 0 (the ranks
@@ -387,17 +389,17 @@ public final class Trainer {
         let span = (intervals.flatMap { $0.map(\.end) }.max() ?? 0) - (intervals.flatMap { $0.map(\.start) }.min() ?? 0)
         let busy = intervals.reduce(0) { $0 + $1.busySeconds }
         let bubble = span > 0 ? 1 - busy / (Double(intervals.count) * span) : 0
-        let title = String(format: "%@, p %d, m %d, v %d: last pass of step %d, measured (bubble %.3f, formula %.3f)",
+        let title = format("%@, p %d, m %d, v %d: last pass of step %d, measured (bubble %.3f, formula %.3f)",
                            schedule.kind.rawValue, schedule.pipelineParallel, schedule.microbatches, schedule.virtualStages,
                            iteration, bubble, schedule.formulaBubble)
         do {
-            let parent = (config.pipelineTimeline as NSString).deletingLastPathComponent
+            let parent = parentDirectory(config.pipelineTimeline)
             if !parent.isEmpty { try FileManager.default.createDirectory(atPath: parent, withIntermediateDirectories: true) }
             try pipelineTimelineSVG(intervals, title: title).write(toFile: config.pipelineTimeline, atomically: true, encoding: .utf8)
         } catch {
-            throw ConfigError(key: "pipeline_timeline", "cannot write \(config.pipelineTimeline): \(error.localizedDescription)")
+            throw ConfigError(key: "pipeline_timeline", "cannot write \(config.pipelineTimeline): \(error)")
         }
-        log(String(format: "pipeline timeline: %@ (%.2f ms pass, bubble measured %.3f, formula %.3f)", config.pipelineTimeline, span * 1000,
+        log(format("pipeline timeline: %@ (%.2f ms pass, bubble measured %.3f, formula %.3f)", config.pipelineTimeline, span * 1000,
                    bubble, schedule.formulaBubble))
     }
 
@@ -544,7 +546,7 @@ public final class Trainer {
         let full = Double(buffers * task.sharding.fullCount * 4) / 1048576
         for r in 0..<dataSize {
             let owned = dataParallel?.ownedRanges(of: r).reduce(0) { $0 + $1.count } ?? task.parameters.count
-            log(String(format: "optimizer memory: %@ %d holds %d x %d floats = %.2f MiB of state (%.0f%% of the unsharded %.2f MiB)",
+            log(format("optimizer memory: %@ %d holds %d x %d floats = %.2f MiB of state (%.0f%% of the unsharded %.2f MiB)",
                        tensor == nil ? "rank" : "data-parallel rank", r, buffers, owned, Double(buffers * owned * 4) / 1048576,
                        100 * Double(owned) / Double(max(task.sharding.fullCount, 1)), full))
         }
@@ -581,7 +583,7 @@ public final class Trainer {
         default: formula = (8 + k) * p / nn; text = "\(8 + Int(k))Ψ/N"
         }
         return (parameters, gradients, state, parameters + gradients + state, formula,
-                String(format: "%@ with Ψ = %d, N = %d: %.1f bytes", text, psi, n, formula))
+                format("%@ with Ψ = %d, N = %d: %.1f bytes", text, psi, n, formula))
     }
 
     /// The layout, and what one rank holds of the block weights (about 1/tensor_parallel of them).
@@ -591,7 +593,7 @@ public final class Trainer {
         for line in layout.table() { log("layout: " + line) }
         let blocks = localSharding.shards.filter { $0.local.name.hasPrefix("transformer.h.") }
         let local = blocks.reduce(0) { $0 + $1.local.value.count }, full = blocks.reduce(0) { $0 + $1.fullShape.reduce(1, *) }
-        log(String(format: "parameter memory: %d of the model's %d parameters on each rank; block weights %.2f MiB of %.2f MiB (%.1f%%, 1/%d = %.1f%%)",
+        log(format("parameter memory: %d of the model's %d parameters on each rank; block weights %.2f MiB of %.2f MiB (%.1f%%, 1/%d = %.1f%%)",
                    task.parameters.count, task.sharding.fullCount, Double(local * 4) / 1048576, Double(full * 4) / 1048576,
                    100 * Double(local) / Double(max(full, 1)), tensor.size, 100 / Double(tensor.size)))
     }
@@ -615,7 +617,7 @@ public final class Trainer {
         log("expert parallel: \(layout); each rank holds \(moe.experts / expert.size) of \(moe.experts) experts per mixture; per mixture 2 all-to-all-v forward (dispatch, combine) and 2 backward on the expert group, plus one of counts; expert gradients averaged over the expert-data-parallel group (\(layout.expertDataParallel) ranks), dense ones over all \(dataSize)")
         for line in layout.table() { log("layout: " + line) }
         let local = gpt.model.expertCount, full = task.sharding.fullCount - (task.parameters.count - local)
-        log(String(format: "parameter memory: %d of the model's %d parameters on each rank; experts %.2f MiB of %.2f MiB (1/%d)",
+        log(format("parameter memory: %d of the model's %d parameters on each rank; experts %.2f MiB of %.2f MiB (1/%d)",
                    task.parameters.count, task.sharding.fullCount, Double(local * 4) / 1048576, Double(full * 4) / 1048576, expert.size))
     }
 
@@ -642,7 +644,7 @@ public final class Trainer {
             let routed = Array(figures[0..<e])
             let dropped = figures[routed.count], aux = figures[routed.count + 1] / max(figures[routed.count + 2], 1)
             let mean = routed.reduce(0, +) / Double(max(routed.count, 1)), total = routed.reduce(0, +)
-            log(String(format: "moe block %d: tokens per expert min %.0f / mean %.1f / max %.0f (max/mean %.3f), dropped %.0f of %.0f choices (%.2f%%), aux loss %.5f",
+            log(format("moe block %d: tokens per expert min %.0f / mean %.1f / max %.0f (max/mean %.3f), dropped %.0f of %.0f choices (%.2f%%), aux loss %.5f",
                        layer, routed.min() ?? 0, mean, routed.max() ?? 0, mean > 0 ? (routed.max() ?? 0) / mean : 0, dropped, total,
                        total > 0 ? 100 * dropped / total : 0, aux))
         }
@@ -652,7 +654,7 @@ public final class Trainer {
     func logActivationMemory(_ gpt: GPTTask) {
         let formula = gpt.model.configuration.korthikantiActivationBytes(batch: config.batchSize, time: config.blockSize,
                                                                          tensorParallel: config.tensorParallel, sequenceParallel: config.sequenceParallel)
-        log(String(format: "activation memory: %d bytes per layer on this rank kept from forward to backward (fp32); Korthikanti et al. for this layout %.0f bytes at 16 bits, %.0f as fp32 (theirs counts dropout masks and the GELU output; this model has no dropout and recomputes the GELU and LayerNorm outputs)",
+        log(format("activation memory: %d bytes per layer on this rank kept from forward to backward (fp32); Korthikanti et al. for this layout %.0f bytes at 16 bits, %.0f as fp32 (theirs counts dropout masks and the GELU output; this model has no dropout and recomputes the GELU and LayerNorm outputs)",
                    gpt.model.activationBytesPerLayer, formula, 2 * formula))
     }
 
@@ -755,7 +757,7 @@ public final class Trainer {
             throw TrainingError("iteration \(iteration): the parameters hold NaN or infinite values; \(path) was not overwritten")
         }
         shardedSaves += 1
-        let save = String(format: "step-%08d-%@-%d", iteration, (jobID ?? "job").filter { $0.isLetter || $0.isNumber }, shardedSaves)
+        let save = format("step-%08d-%@-%d", iteration, (jobID ?? "job").filter { $0.isLetter || $0.isNumber }, shardedSaves)
         try ShardedCheckpoint.writeShard(to: path, save: save, rank: r, world: n, pieces: pieces)
         if let dataParallel { try barrier(group: dataParallel.group) }
         guard r == 0 else { return }
@@ -794,7 +796,7 @@ public final class Trainer {
             var holder = [UInt8](repeating: 0, count: 32)
             let n = read(fd, &holder, holder.count)
             close(fd)
-            let pid = n > 0 ? String(decoding: holder[0..<n], as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines) : "?"
+            let pid = n > 0 ? String(decoding: holder[0..<n], as: UTF8.self).trimmed : "?"
             throw ConfigError(key: "out_dir", "'\(dir)' is in use by another run (pid \(pid)): wait for it, stop it, or choose another out_dir")
         }
         _ = ftruncate(fd, 0)
@@ -871,19 +873,19 @@ func formatDuration(_ seconds: Double) -> String {
     guard seconds.isFinite, seconds >= 0 else { return "?" }
     let s = Int(seconds.rounded())
     if s < 60 { return "\(s) s" }
-    if s < 3600 { return String(format: "%d min %02d s", s / 60, s % 60) }
-    return String(format: "%d h %02d min", s / 3600, (s % 3600) / 60)
+    if s < 3600 { return format("%d min %02d s", s / 60, s % 60) }
+    return format("%d h %02d min", s / 3600, (s % 3600) / 60)
 }
 
 /// Why a directory cannot be made, in words: the nearest existing ancestor is a file, or not writable.
 func whyNotCreatable(_ path: String) -> String {
-    var ancestor = (path as NSString).deletingLastPathComponent
-    var isDirectory: ObjCBool = false
-    while !ancestor.isEmpty && !FileManager.default.fileExists(atPath: ancestor, isDirectory: &isDirectory) {
-        ancestor = (ancestor as NSString).deletingLastPathComponent
+    var ancestor = parentDirectory(path)
+    var info = stat()
+    while !ancestor.isEmpty && stat(ancestor, &info) != 0 {
+        ancestor = parentDirectory(ancestor)
     }
     if ancestor.isEmpty { return "no existing parent directory" }
-    if !isDirectory.boolValue { return "'\(ancestor)' is a file, not a directory" }
+    if (info.st_mode & S_IFMT) != S_IFDIR { return "'\(ancestor)' is a file, not a directory" }
     if access(ancestor, W_OK) != 0 { return "'\(ancestor)' is not writable (\(String(cString: strerror(errno))))" }
     return "mkdir failed"
 }

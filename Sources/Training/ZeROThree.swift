@@ -1,6 +1,8 @@
 import Collectives
 import CShims
-import Foundation
+import FoundationEssentials
+import Glibc
+import Support
 import NN
 import Tensors
 import Transport

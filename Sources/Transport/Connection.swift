@@ -1,7 +1,8 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import Foundation
+import FoundationEssentials
+import Support
 import Synchronization
 
 /// How long to wait and how to wait. A blocking poll wake-up costs ~30 us more than spinning in these
@@ -73,9 +74,9 @@ public final class Connection: @unchecked Sendable {
     }
 
     /// Serializes close and shutdown: a thread stopping a connection (shutdown) while its owner closes it
-    /// must not shut down whatever socket reuses the number next (ThreadSanitizer found the race). An
-    /// NSLock (pthread) rather than Synchronization's Mutex, whose futex ThreadSanitizer cannot see.
-    private let descriptorLock = NSLock()
+    /// must not shut down whatever socket reuses the number next (ThreadSanitizer found the race). A
+    /// pthread lock (Support.Lock) rather than Synchronization's Mutex, whose futex ThreadSanitizer cannot see.
+    private let descriptorLock = Lock()
 
     public func close() {
         descriptorLock.withLock {

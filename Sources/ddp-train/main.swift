@@ -1,7 +1,9 @@
 import ArgumentParser
 import Collectives
 import Datasets
-import Foundation
+import FoundationEssentials
+import Glibc
+import Support
 import Topology
 import NN
 import Parallel
@@ -40,7 +42,7 @@ func configKeyFlagsAsOverrides(_ arguments: [String]) -> [String] {
         let argument = arguments[i]
         guard argument.hasPrefix("--"), argument != "--" else { out.append(argument); i += 1; continue }
         let body = argument.dropFirst(2)
-        let name = String(body.prefix { $0 != "=" }).replacingOccurrences(of: "-", with: "_")
+        let name = String(body.prefix { $0 != "=" }.map { $0 == "-" ? "_" : $0 })
         guard known.contains(name), !own.contains(name) else { out.append(argument); i += 1; continue }
         if let eq = body.firstIndex(of: "=") {
             out += ["--set", "\(name)=\(body[body.index(after: eq)...])"]
@@ -202,7 +204,7 @@ struct ShowSchedule: ParsableCommand {
             let sim = try PipelineSimulator.run(plan, costs: costs)
             if !quiet { print(plan.table) }
             let title = "\(kind.rawValue), p \(pipelineParallel), m \(microbatches)" + (virtualStages > 1 ? ", v \(virtualStages)" : "")
-            print("\(title): step \(sim.stepTime), bubble \(String(format: "%.3f", sim.bubble)) (formula \(String(format: "%.3f", plan.formulaBubble)) at free communication\(kind == .zeroBubbleH1 ? " and F = I = W" : "")), peak live activations per rank \(sim.peakLiveActivations)")
+            print("\(title): step \(sim.stepTime), bubble \(format("%.3f", sim.bubble)) (formula \(format("%.3f", plan.formulaBubble)) at free communication\(kind == .zeroBubbleH1 ? " and F = I = W" : "")), peak live activations per rank \(sim.peakLiveActivations)")
             if let svg {
                 try pipelineTimelineSVG(sim.intervals, title: title + ": simulated").write(toFile: svg, atomically: true, encoding: .utf8)
                 print("timeline: \(svg)")
@@ -275,21 +277,21 @@ struct Plan: ParsableCommand {
             let budget = memoryPerRank.flatMap(Self.bytes)
             let copies = min(world, planner.cores)
             let plans = try planner.plan(compute: .measured(copies: copies), memoryPerRank: budget)
-            print(String(format: "plan: %@ on %d ranks (%d cores here), global batch %d sequences of %d; each layout's shards timed here, %d at once",
+            print(format("plan: %@ on %d ranks (%d cores here), global batch %d sequences of %d; each layout's shards timed here, %d at once",
                          settings.architecture, world, planner.cores, planner.globalBatch, settings.blockSize, copies))
             for line in LayoutPlanner.table(plans, refused: planner.candidates().refused, memoryPerRank: budget) { print(line) }
             if let best = plans.first { print("plan: fastest predicted: \(best.name)" + (best.fits ? "" : " (but nothing fits the memory budget)")) }
             if let json {
-                let rows: [[String: Any]] = plans.map { p in
+                let rows: [JSONValue] = plans.map { p in
                     let c = p.config
-                    return ["name": p.name, "predicted_ms": p.predictedSeconds * 1000, "predicted_mib": p.predictedBytes / 1048576,
-                            "state_bytes": p.stateBytes, "fits": p.fits,
-                            "settings": ["tensor_parallel=\(c.tensorParallel)", "sequence_parallel=\(c.sequenceParallel)",
+                    return ["name": .string(p.name), "predicted_ms": JSONValue(p.predictedSeconds * 1000), "predicted_mib": JSONValue(p.predictedBytes / 1048576),
+                            "state_bytes": JSONValue(p.stateBytes), "fits": .bool(p.fits),
+                            "settings": JSONValue(["tensor_parallel=\(c.tensorParallel)", "sequence_parallel=\(c.sequenceParallel)",
                                          "pipeline_parallel=\(c.pipelineParallel)", "pipeline_schedule=\"\(c.pipelineSchedule.rawValue)\"",
                                          "microbatches=\(c.microbatches)", "virtual_stages=\(c.virtualStages)", "expert_parallel=\(c.expertParallel)",
-                                         "zero_stage=\(c.zeroStage)", "batch_size=\(c.batchSize)", "grad_accum=\(c.gradAccum)"]]
+                                         "zero_stage=\(c.zeroStage)", "batch_size=\(c.batchSize)", "grad_accum=\(c.gradAccum)"])]
                 }
-                try JSONSerialization.data(withJSONObject: rows, options: [.prettyPrinted, .sortedKeys]).write(to: URL(fileURLWithPath: json))
+                try Data(JSONValue.array(rows).serialized(pretty: true).utf8).write(to: URL(fileURLWithPath: json))
                 print("plan: wrote \(json)")
             }
         }

@@ -11,6 +11,9 @@ uint32_t ddp_crc32c(uint32_t crc, const void *data, size_t length);
 // prctl(PR_SET_PDEATHSIG, signal): the kernel sends `signal` to this process when its parent dies.
 int ddp_set_parent_death_signal(int signal);
 
+// prctl(PR_SET_NAME, name): names the calling thread (15 bytes kept) for top -H, gdb and perf.
+int ddp_set_thread_name(const char *name);
+
 #endif
 
 #ifndef SWIFT_DDP_CSHIMS_AFFINITY

@@ -1,4 +1,6 @@
-import Foundation
+import FoundationEssentials
+import Glibc
+import Support
 
 /// Learning rate for step `iteration` (0-based), nanoGPT's get_lr: linear warmup to `peak` over
 /// `warmup` steps, cosine decay to `minimum` at `decaySteps`, then constant.

@@ -1,4 +1,6 @@
-import Foundation
+import FoundationEssentials
+import Glibc
+import Support
 import Tensors
 
 // Vocabulary-parallel embedding and cross-entropy (Megatron-LM): rank r holds the token rows

@@ -1,5 +1,8 @@
 import Collectives
-import Foundation
+import FoundationEssentials
+import Dispatch
+import Glibc
+import Support
 import NN
 import Rendezvous
 

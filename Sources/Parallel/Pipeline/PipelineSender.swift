@@ -1,5 +1,7 @@
 import Collectives
-import Foundation
+import FoundationEssentials
+import Glibc
+import Support
 import Rendezvous
 
 // A pipeline stage's sends, on their own thread: a send never stops the stage (the schedules and the
@@ -12,19 +14,15 @@ final class PipelineSender: @unchecked Sendable {
     struct Message { var values: [Float]; var peer: Int; var tag: Int; var what: String }
 
     let group: ProcessGroup
-    private let lock = NSCondition()
+    private let lock = Condition()
     private var queue: [Message] = []
     private var sending = false
     private var failure: Error?
     private var stopped = false
-    private var thread: Thread?
 
     init(group: ProcessGroup) {
         self.group = group
-        let thread = Thread { [unowned self] in self.loop() }
-        thread.name = "pipeline-send"
-        self.thread = thread
-        thread.start()
+        startThread(name: "pipeline-send") { [unowned self] in self.loop() }
     }
 
     /// Queues a copy of `values` for `peer`; throws a failure an earlier send met.
