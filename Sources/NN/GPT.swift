@@ -54,11 +54,13 @@ extension GPTConfiguration {
     /// Bytes block `layer` keeps from forward to backward in this implementation (fp32), the tensors
     /// TransformerBlock.activationBytes counts after a forward: the residual x1, the GELU input (its
     /// output and the LayerNorm outputs are recomputed), QKV, the heads' output, the attention
-    /// probabilities and each LayerNorm's mean and 1/std; a mixture keeps its LayerNorm output, its router
-    /// probabilities and its experts' rows, hidden units and outputs for top_k choices per token (dropless).
+    /// probabilities where the fused kernels do not recompute them, and each LayerNorm's mean and 1/std; a
+    /// mixture keeps its LayerNorm output, its router probabilities and its experts' rows, hidden units and
+    /// outputs for top_k choices per token (dropless).
     public func keptActivationBytes(layer: Int, batch: Int, time: Int, tensorParallel t: Int = 1, sequenceParallel: Bool = false) -> Int {
         let n = batch * time, c = embedding, local = sequenceParallel ? n / t : n
-        var floats = local * c + 4 * local + n * 3 * c / t + n * c / t + batch * (heads / t) * time * time
+        var floats = local * c + 4 * local + n * 3 * c / t + n * c / t
+            + attentionProbabilityCount(batch: batch, time: time, channels: c / t, heads: heads / t)
         if let moe = experts(inLayer: layer) { floats += local * c + n * moe.experts + moe.topK * n * 6 * c }
         else { floats += n * 4 * c / t }
         return 4 * floats

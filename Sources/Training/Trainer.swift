@@ -654,7 +654,7 @@ public final class Trainer {
     func logActivationMemory(_ gpt: GPTTask) {
         let formula = gpt.model.configuration.korthikantiActivationBytes(batch: config.batchSize, time: config.blockSize,
                                                                          tensorParallel: config.tensorParallel, sequenceParallel: config.sequenceParallel)
-        log(format("activation memory: %d bytes per layer on this rank kept from forward to backward (fp32); Korthikanti et al. for this layout %.0f bytes at 16 bits, %.0f as fp32 (theirs counts dropout masks and the GELU output; this model has no dropout and recomputes the GELU and LayerNorm outputs)",
+        log(format("activation memory: %d bytes per layer on this rank kept from forward to backward (fp32); Korthikanti et al. for this layout %.0f bytes at 16 bits, %.0f as fp32 (theirs counts dropout masks, the GELU output and the attention probabilities; this model has no dropout and recomputes the GELU and LayerNorm outputs and, for head sizes that are multiples of 16, the attention probabilities)",
                    gpt.model.activationBytesPerLayer, formula, 2 * formula))
     }
 

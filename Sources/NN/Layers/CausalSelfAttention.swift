@@ -1,8 +1,8 @@
 import Tensors
 
 /// Multi-head causal self-attention: fused QKV projection, scaled dot-product with a causal mask,
-/// output projection. Caches qkv [N, 3C], the attention probabilities [B, NH, T, T] and the heads'
-/// output [N, C]; backward's temporaries come from the model's shared Workspace. Under tensor
+/// output projection. Caches qkv [N, 3C] and the heads' output [N, C] (and the attention probabilities
+/// [B, NH, T, T] for head sizes the fused kernels do not take: they recompute them); backward's temporaries come from the model's shared Workspace. Under tensor
 /// parallelism a rank holds `heads` of the model's heads: QKV is column-parallel (its heads' rows of q, k
 /// and v), the output projection row-parallel (its partial sum is reduced by the caller, then the bias added).
 public final class CausalSelfAttention {
@@ -31,9 +31,10 @@ public final class CausalSelfAttention {
 
     func prepare(batch B: Int, time T: Int) {
         let rows = B * T
-        if qkv.count == rows * 3 * channels && probabilities.count == B * heads * T * T { return }
+        let kept = attentionProbabilityCount(batch: B, time: T, channels: channels, heads: heads)
+        if qkv.count == rows * 3 * channels && probabilities.count == kept { return }
         qkv = Tensor(zeros: [rows, 3 * channels])
-        probabilities = Tensor(zeros: [B, heads, T, T])
+        probabilities = Tensor(zeros: [kept])
         headsOut = Tensor(zeros: [rows, channels])
     }
 

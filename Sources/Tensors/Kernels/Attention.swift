@@ -15,21 +15,28 @@ public func attentionScratchCount(time T: Int, channels C: Int, heads NH: Int) -
     max(T * T, fusedAttentionScratchCount(time: T, headSize: C / NH))
 }
 
+/// Floats of `att`, the probabilities kept from forward to backward: B·NH·T·T for the GEMM forms, none
+/// for the fused kernels, which recompute them.
+public func attentionProbabilityCount(batch B: Int, time T: Int, channels C: Int, heads NH: Int) -> Int {
+    fusedAttentionApplies(headSize: C / NH) ? 0 : B * NH * T * T
+}
+
+/// `att` holds attentionProbabilityCount floats (the fused kernels neither read nor write it).
 public func attentionForward(qkv: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, att: UnsafeMutablePointer<Float>,
                              scratch: UnsafeMutablePointer<Float>, batch B: Int, time T: Int, channels C: Int, heads NH: Int) {
     precondition(C % NH == 0, "channels \(C) not divisible by heads \(NH)")
     if fusedAttentionApplies(headSize: C / NH) {
-        return fusedAttentionForward(qkv: qkv, out: out, att: att, scratch: scratch, batch: B, time: T, channels: C, heads: NH)
+        return fusedAttentionForward(qkv: qkv, out: out, scratch: scratch, batch: B, time: T, channels: C, heads: NH)
     }
     attentionForwardUnfused(qkv: qkv, out: out, att: att, batch: B, time: T, channels: C, heads: NH)
 }
 
-/// Accumulates into dqkv; `scratch` holds attentionScratchCount floats.
+/// Accumulates into dqkv; `scratch` holds attentionScratchCount floats, `att` what forward left there.
 public func attentionBackward(dout: UnsafePointer<Float>, qkv: UnsafePointer<Float>, att: UnsafePointer<Float>,
                               dqkv: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<Float>,
                               batch B: Int, time T: Int, channels C: Int, heads NH: Int) {
     if fusedAttentionApplies(headSize: C / NH) {
-        return fusedAttentionBackward(dout: dout, qkv: qkv, att: att, dqkv: dqkv, scratch: scratch, batch: B, time: T, channels: C, heads: NH)
+        return fusedAttentionBackward(dout: dout, qkv: qkv, dqkv: dqkv, scratch: scratch, batch: B, time: T, channels: C, heads: NH)
     }
     attentionBackwardUnfused(dout: dout, qkv: qkv, att: att, dqkv: dqkv, scratch: scratch, batch: B, time: T, channels: C, heads: NH)
 }

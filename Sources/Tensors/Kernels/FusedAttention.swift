@@ -1,11 +1,13 @@
 // Causal attention fused per head, for head sizes that are multiples of 16 (the GPTs here: 16, 32, 64).
 // Instead of three GEMMs per (batch, head) over the whole T×T square, query rows go in blocks of 4:
 //   forward:  scores of the block's rows against the keys up to its last row (K packed transposed once
-//             per head, 4 rows × 64 keys of accumulators in registers), the causal softmax written once
-//             into the cached probabilities, then out = P V over the same keys;
-//   backward: dP = dO Vᵀ for the block, dS = P (dP − rowsum(dP P)) / √hs in a 4-row scratch, then
-//             dQ += dS K, dK += dSᵀ Q and dV += Pᵀ dO accumulated row block by row block, so nothing
-//             T×T is written in backward and nothing is transposed.
+//             per head, 4 rows × 64 keys of accumulators in registers), the causal softmax in place in
+//             a 4-row scratch, then out = P V over the same keys;
+//   backward: the block's rows of P again, by the same instructions on the same inputs (so the same
+//             bits as forward's), dP = dO Vᵀ, dS = P (dP − rowsum(dP P)) / √hs in a 4-row scratch,
+//             then dQ += dS K, dK += dSᵀ Q and dV += Pᵀ dO accumulated row block by row block.
+// Nothing T×T is kept from forward to backward (the recipe's 4 layers kept 3.1 MB of probabilities,
+// 1/18 of the trainer's peak RSS) for a third more score work in backward, and nothing is transposed.
 // The causal half above the diagonal is skipped (whole 16-key chunks), and no operand is packed except
 // Kᵀ / Vᵀ (hs × T floats per head).
 
@@ -15,8 +17,9 @@ public func fusedAttentionApplies(headSize: Int) -> Bool { headSize > 0 && headS
 /// Keys padded to whole groups of 64 (4 vectors): the score block always computes a whole group.
 @inline(__always) func paddedKeys(_ T: Int) -> Int { (T + 63) / 64 * 64 }
 
-/// Scratch floats the fused kernels need for sequences of T and heads of hs.
-public func fusedAttentionScratchCount(time T: Int, headSize hs: Int) -> Int { (hs + 4) * paddedKeys(T) }
+/// Scratch floats the fused kernels need for sequences of T and heads of hs: Kᵀ and Vᵀ, then 4 rows of
+/// probabilities and 4 of their gradients.
+public func fusedAttentionScratchCount(time T: Int, headSize hs: Int) -> Int { (2 * hs + 8) * paddedKeys(T) }
 
 /// s[r][k] = Σ_d a[r][d] bt[d][k] for rows r < R (≤ 4) and keys k < `keys` rounded up to 16; `bt` is
 /// [hs][ldb], zero past the real keys. Rows past R repeat row 0 and are not stored. Keys go 64 at a time
@@ -167,22 +170,30 @@ func packTransposed(_ x: UnsafePointer<Float>, ld: Int, rows T: Int, depth hs: I
     }
 }
 
-func fusedAttentionForward(qkv: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, att: UnsafeMutablePointer<Float>,
+/// Rows r0..<r0 + rows of one head's P, in place in `p` ([4][ldk], zero past each row's diagonal), from
+/// its queries (stride ld) and its packed Kᵀ. Forward and backward both call this: the same bits.
+@inline(__always)
+func probabilityBlock(_ q: UnsafePointer<Float>, ld: Int, rows: Int, from r0: Int, _ kt: UnsafePointer<Float>, ldk: Int,
+                      depth hs: Int, scale: Float, into p: UnsafeMutablePointer<Float>) {
+    scoreBlock(q + r0 * ld, lda: ld, rows: rows, kt, ldb: ldk, depth: hs, keys: r0 + rows, into: p, lds: ldk)
+    for r in 0..<rows { causalSoftmaxRow(p + r * ldk, scale: scale, row: r0 + r, into: p + r * ldk, width: ldk) }
+}
+
+func fusedAttentionForward(qkv: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>,
                            scratch: UnsafeMutablePointer<Float>, batch B: Int, time T: Int, channels C: Int, heads NH: Int) {
     let hs = C / NH, ld = 3 * C, ldk = paddedKeys(T)
     let scale = 1 / Float(hs).squareRoot()
-    let kt = scratch, scores = scratch + hs * ldk
+    let kt = scratch, p = scratch + hs * ldk
     for b in 0..<B {
         for h in 0..<NH {
             let head = AttentionHead(sequence: b, head: h, time: T, channels: C, heads: NH)
-            let q = qkv + head.qkv, k = q + C, v = q + 2 * C, p = att + head.att
+            let q = qkv + head.qkv, k = q + C, v = q + 2 * C
             packTransposed(k, ld: ld, rows: T, depth: hs, into: kt)
             var r0 = 0
             while r0 < T {
                 let rows = min(4, T - r0), keys = r0 + rows
-                scoreBlock(q + r0 * ld, lda: ld, rows: rows, kt, ldb: ldk, depth: hs, keys: keys, into: scores, lds: ldk)
-                for r in 0..<rows { causalSoftmaxRow(scores + r * ldk, scale: scale, row: r0 + r, into: p + (r0 + r) * T, width: T) }
-                mixBlock(p + r0 * T, ldp: T, rows: rows, v, ldv: ld, depth: hs, keys: keys, into: out + head.out + r0 * C,
+                probabilityBlock(q, ld: ld, rows: rows, from: r0, kt, ldk: ldk, depth: hs, scale: scale, into: p)
+                mixBlock(p, ldp: ldk, rows: rows, v, ldv: ld, depth: hs, keys: keys, into: out + head.out + r0 * C,
                          ldo: C, accumulate: false)
                 r0 += 4
             }
@@ -190,28 +201,30 @@ func fusedAttentionForward(qkv: UnsafePointer<Float>, out: UnsafeMutablePointer<
     }
 }
 
-func fusedAttentionBackward(dout: UnsafePointer<Float>, qkv: UnsafePointer<Float>, att: UnsafePointer<Float>,
+func fusedAttentionBackward(dout: UnsafePointer<Float>, qkv: UnsafePointer<Float>,
                             dqkv: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<Float>,
                             batch B: Int, time T: Int, channels C: Int, heads NH: Int) {
     let hs = C / NH, ld = 3 * C, ldk = paddedKeys(T)
     let scale = 1 / Float(hs).squareRoot()
-    let vt = scratch, gradients = scratch + hs * ldk
+    let kt = scratch, vt = kt + hs * ldk, p = vt + hs * ldk, gradients = p + 4 * ldk
     for b in 0..<B {
         for h in 0..<NH {
             let head = AttentionHead(sequence: b, head: h, time: T, channels: C, heads: NH)
             let q = qkv + head.qkv, k = q + C, v = q + 2 * C
             let dq = dqkv + head.qkv, dk = dq + C, dv = dq + 2 * C
-            let p = att + head.att, dO = dout + head.out
+            let dO = dout + head.out
+            packTransposed(k, ld: ld, rows: T, depth: hs, into: kt)
             packTransposed(v, ld: ld, rows: T, depth: hs, into: vt)
             var r0 = 0
             while r0 < T {
                 let rows = min(4, T - r0), keys = r0 + rows
+                probabilityBlock(q, ld: ld, rows: rows, from: r0, kt, ldk: ldk, depth: hs, scale: scale, into: p)
                 // dP = dO Vᵀ, then dS in place (zero past each row's diagonal).
                 scoreBlock(dO + r0 * C, lda: C, rows: rows, vt, ldb: ldk, depth: hs, keys: keys, into: gradients, lds: ldk)
-                for r in 0..<rows { causalScoreGradientRow(p + (r0 + r) * T, gradients + r * ldk, row: r0 + r, scale: scale, width: keys, capacity: ldk, time: T) }
+                for r in 0..<rows { causalScoreGradientRow(p + r * ldk, gradients + r * ldk, row: r0 + r, scale: scale, width: keys, capacity: ldk, time: ldk) }
                 mixBlock(gradients, ldp: ldk, rows: rows, k, ldv: ld, depth: hs, keys: keys, into: dq + r0 * ld, ldo: ld, accumulate: true)
                 scatterBlock(gradients, ldp: ldk, rows: rows, q + r0 * ld, ldx: ld, depth: hs, keys: keys, into: dk, ldy: ld)
-                scatterBlock(p + r0 * T, ldp: T, rows: rows, dO + r0 * C, ldx: C, depth: hs, keys: keys, into: dv, ldy: ld)
+                scatterBlock(p, ldp: ldk, rows: rows, dO + r0 * C, ldx: C, depth: hs, keys: keys, into: dv, ldy: ld)
                 r0 += 4
             }
         }
