@@ -44,6 +44,9 @@ final class BadInputTests: XCTestCase {
         XCTAssertEqual(configError(#"{"batch_size": 4, "seed": 1, "batch_size": 8}"#)?.key, "batch_size")
         XCTAssertEqual(configError(#"{"out_dir": "a\"b", "seed": 2, "seed": 3}"#)?.key, "seed")
         XCTAssertNil(configError(#"{"epochs": null, "seed": 3}"#), "epochs: null means no epoch limit")
+        // Numbers pass through exactly: a 64-bit seed past 2^53 is not rounded through a double.
+        XCTAssertEqual(try TrainConfig.load(json: Data(#"{"seed": 18446744073709551615}"#.utf8)).seed, UInt64.max)
+        XCTAssertEqual(try TrainConfig.load(json: Data("{}".utf8), overrides: ["seed=9007199254740993"]).seed, 9007199254740993)
         // Tensor parallelism: divides n_head, GPT only, sequence parallelism needs it and divisible rows.
         XCTAssertEqual(configError(#"{"n_head": 6, "n_embd": 48, "tensor_parallel": 4}"#)?.key, "tensor_parallel")
         XCTAssertEqual(configError(#"{"tensor_parallel": 0}"#)?.key, "tensor_parallel")
@@ -88,6 +91,19 @@ final class BadInputTests: XCTestCase {
         let (listed, list, _) = try runToEnd(train, ["config"])
         XCTAssertEqual(listed, 0, list)
         XCTAssertTrue(list.contains("zero_stage") && list.contains("= 0"), list)
+    }
+
+    /// The trainer's process maps FoundationEssentials and not Foundation, FoundationInternationalization or
+    /// ICU (~10 MiB of its peak RSS): the dynamic loader lists what it would load
+    /// (LD_TRACE_LOADED_OBJECTS, what ldd runs), so a new `import Foundation` in a trainer module fails here.
+    func testTheTrainerLoadsNoFoundationBeyondEssentials() throws {
+        let (status, output, _) = try runToEnd(DataParallelTests.buildDirectory + "/ddp-train", ["--help"],
+                                               environment: ["LD_TRACE_LOADED_OBJECTS": "1"])
+        XCTAssertEqual(status, 0, output)
+        XCTAssertTrue(output.contains("libFoundationEssentials.so"), output)
+        for library in ["libFoundation.so", "libFoundationInternationalization.so", "lib_FoundationICU.so"] {
+            XCTAssertFalse(output.contains(library), "ddp-train loads \(library):\n\(output)")
+        }
     }
 
     /// A symlinked config is followed (what it points to must still be a small regular file); a
