@@ -26,7 +26,11 @@ public func format(_ spec: String, _ args: Any...) -> String {
         case UInt8(ascii: "%"): out += "%"
         case UInt8(ascii: "@"): out += argument().map { "\($0)" } ?? "(missing)"
         default:
-            if let value = argument() as? CVarArg { out += printf(piece, value) } else { out += "(missing)" }
+            guard let value = argument() as? CVarArg else { out += "(missing)"; break }
+            // Swift's Int passes 64 bits where C's %d reads an int: widened to %ld, so counts past 2^31 print whole.
+            let wide = (value is Int || value is UInt || value is Int64 || value is UInt64)
+                && "diouxX".utf8.contains(bytes[end]) && !"hljztqL".utf8.contains(bytes[end - 1])
+            out += printf(wide ? String(decoding: bytes[i..<end] + [UInt8(ascii: "l"), bytes[end]], as: UTF8.self) : piece, value)
         }
         i = end + 1
     }

@@ -69,6 +69,8 @@ final class TextTests: XCTestCase {
         XCTAssertEqual(format("%.2f ms, %d%%, %05d, %.3e, %02x", 1.005, 42, 7, 12345.678, 10), "1.00 ms, 42%, 00007, 1.235e+04, 0a")
         XCTAssertEqual(format("%@ x %d = %.1f%@ (%@)", "two", 3, 6.0, "!", 1.5), "two x 3 = 6.0! (1.5)")
         XCTAssertEqual(format("%d %d", 1), "1 (missing)")
+        XCTAssertEqual(format("%d %5d %x %u", Int.max, -3, UInt64(1) << 40, UInt.max), "9223372036854775807    -3 10000000000 18446744073709551615")
+        XCTAssertEqual(format("%ld %d", 5_000_000_000, Int32(-7)), "5000000000 -7")
         let long = format("%0300d", 1)
         XCTAssertEqual(long.count, 300)
         XCTAssertTrue(long.hasSuffix("01") && long.hasPrefix("000"))
