@@ -38,7 +38,7 @@ let package = Package(
         .target(name: "Datasets", dependencies: ["Tensors", "CZlib"]),
         .target(name: "Parallel", dependencies: ["Support", "Collectives", "Rendezvous", "NN", "Tensors"]),
         .target(name: "Training", dependencies: ["Support", "NN", "Datasets", "Tensors", "Collectives", "Parallel", "Rendezvous", "Transport", "CShims"]),
-        .target(name: "Topology", dependencies: ["CNuma", "CShims", "Support"]),
+        .target(name: "Topology", dependencies: ["CNuma", "CShims"]),
         .target(name: "Launch", dependencies: ["Rendezvous", "Transport", "CShims", "Topology"]),
         .executableTarget(name: "ddp-launch", dependencies: [
             "Launch", "Transport", "Topology", "Training", "Parallel",

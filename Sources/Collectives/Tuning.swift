@@ -1,6 +1,5 @@
 import FoundationEssentials
 import Glibc
-import Support
 
 // The alpha-beta cost model `auto` chooses by: per algorithm, time(bytes) = alpha + beta * bytes, fitted
 // by allreduce-bench from measurements at one world size (beta folds in the reduction cost; the bench

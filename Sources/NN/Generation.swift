@@ -1,6 +1,5 @@
 import FoundationEssentials
 import Glibc
-import Support
 import Tensors
 
 public extension GPT {

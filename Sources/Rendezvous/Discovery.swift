@@ -1,6 +1,5 @@
 import FoundationEssentials
 import Glibc
-import Support
 
 // Who started this rank, read from the environment in a fixed order (the first launcher whose variables
 // are present wins; a partial set is an error naming what is missing):

@@ -1,7 +1,6 @@
 import CShims
 import FoundationEssentials
 import Glibc
-import Support
 
 /// What a rank does first, under any launcher: under ours (`launcherPID`), die with the launcher
 /// (PR_SET_PDEATHSIG, and at once if it is already gone) and take the CPU and memory placement it

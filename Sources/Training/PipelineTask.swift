@@ -2,7 +2,6 @@ import Collectives
 import Datasets
 import FoundationEssentials
 import Glibc
-import Support
 import NN
 import Parallel
 import Rendezvous

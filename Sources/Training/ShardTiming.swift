@@ -1,7 +1,6 @@
 import FoundationEssentials
 import Dispatch
 import Glibc
-import Support
 import NN
 import Parallel
 import Tensors

@@ -2,7 +2,6 @@ import Collectives
 import CShims
 import FoundationEssentials
 import Glibc
-import Support
 import NN
 import Tensors
 import Transport

@@ -1,7 +1,6 @@
 @preconcurrency import Crypto
 import FoundationEssentials
 import Glibc
-import Support
 
 // Authenticated frames, for hosts that do not trust the network between them. The handshake proves
 // both ends know the job secret but, alone, leaves the frames after it covered only by CRCs, which a

@@ -1,6 +1,5 @@
 import FoundationEssentials
 import Glibc
-import Support
 
 /// Learning rate for step `iteration` (0-based), nanoGPT's get_lr: linear warmup to `peak` over
 /// `warmup` steps, cosine decay to `minimum` at `decaySteps`, then constant.

@@ -1,6 +1,5 @@
 import FoundationEssentials
 import Glibc
-import Support
 import Tensors
 
 // Vocabulary-parallel embedding and cross-entropy (Megatron-LM): rank r holds the token rows

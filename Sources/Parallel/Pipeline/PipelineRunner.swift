@@ -2,7 +2,6 @@ import Collectives
 import FoundationEssentials
 import Dispatch
 import Glibc
-import Support
 import NN
 import Rendezvous
 
