@@ -309,6 +309,31 @@ private func packPanelsOfB(_ trans: Transpose, _ b: UnsafePointer<Float>, _ ldb:
                            into dest: UnsafeMutablePointer<Float>) {
     var panelCol = 0
     var out = dest
+    if trans == .none && nc >= nr {
+        // Whole panels, 8 k rows at a time across all of them: each stored row is read front to back
+        // (8 streams), each panel gets 8 rows of nr floats in a row. Panel by panel, every k row began a
+        // new 4 KiB page when ldb is 1024 floats, which the prefetchers do not follow.
+        let panels = nc / nr
+        var p = 0
+        while p < kc {
+            let rows = min(8, kc - p)
+            for q in 0..<panels {
+                var src = b + (rowStart + p) * ldb + colStart + q * nr, o = dest + q * kc * nr + p * nr
+                for _ in 0..<rows {
+                    var offset = 0
+                    while offset < nr {
+                        UnsafeMutableRawPointer(o + offset).storeBytes(
+                            of: UnsafeRawPointer(src + offset).loadUnaligned(as: SIMD16<Float>.self), as: SIMD16<Float>.self)
+                        offset += 16
+                    }
+                    src += ldb; o += nr
+                }
+            }
+            p += rows
+        }
+        panelCol = panels * nr
+        out = dest + panels * kc * nr
+    }
     while panelCol < nc {
         let cols = min(nr, nc - panelCol)
         let j0 = colStart + panelCol
@@ -338,19 +363,6 @@ private func packPanelsOfB(_ trans: Transpose, _ b: UnsafePointer<Float>, _ ldb:
                 j += 1
             }
             out += kc * nr
-        } else if cols == nr {
-            // Whole panels copy 16 floats a move: a memmove call per k row had cost as much as a short
-            // slab's multiply (10x64x256 TN: 512 calls of 128 bytes).
-            var src = b + rowStart * ldb + j0
-            for _ in 0..<kc {
-                var offset = 0
-                while offset < nr {
-                    UnsafeMutableRawPointer(out + offset).storeBytes(
-                        of: UnsafeRawPointer(src + offset).loadUnaligned(as: SIMD16<Float>.self), as: SIMD16<Float>.self)
-                    offset += 16
-                }
-                src += ldb; out += nr
-            }
         } else {
             for p in 0..<kc {
                 let src = b + (rowStart + p) * ldb + j0
