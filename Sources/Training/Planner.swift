@@ -114,10 +114,10 @@ public struct LayoutPlanner {
     /// The ranks that share this host (and its cores).
     public var ranksOnHost: Int { ranksPerHost ?? worldSize }
     /// The process without a model (runtime, data, buffers), measured: a 1-layer 16-wide GPT's peak RSS
-    /// was 31 MiB with all of Foundation and ICU mapped. Without them, the ranks of 4-rank runs measure
-    /// 7 MiB less (dp 4: 51 -> 44 MiB, tp 4: 54 -> 47, the same runs before and after), though that GPT
-    /// alone measures 10 less (21.1 MiB): a rank touches more of the runtime than a lone process.
-    public static let processBytes = 24.0 * 1048576
+    /// (21.1 MiB since the trainer maps FoundationEssentials only; 31 with all of Foundation and ICU). A
+    /// dp 4 rank of the recipe adds up to it: 44 MiB = 21 + state 12.3 + activations and buffers 6.3 +
+    /// lanes 6, measured in smaps.
+    public static let processBytes = 21.0 * 1048576
 
     public init(config: TrainConfig, worldSize: Int, vocabularySize: Int) {
         self.config = config; self.worldSize = worldSize; self.vocabularySize = vocabularySize
@@ -242,7 +242,7 @@ public struct LayoutPlanner {
     /// Rank 0's assembly for a single-file checkpoint (Trainer.saveCheckpoint): under ZeRO the optimizer
     /// state's pieces gathered into full buffers (and, at stage 3, the parameters pinned whole); under
     /// tensor, pipeline or expert parallelism the whole model and each state buffer assembled, plus one
-    /// allgather of the shards at a time.
+    /// received shard at a time.
     func checkpointBytes(_ c: TrainConfig, localParameters: Int, dataParallel dp: Int, wholeModelBytes: Double) -> Double {
         let stateBuffers = Double(c.optimizer == .adamw ? 2 : (c.momentum > 0 ? 1 : 0))
         let local = 4 * Double(localParameters)
@@ -251,7 +251,8 @@ public struct LayoutPlanner {
         if dp > 1 && c.zeroStage == 3 { bytes += local * Double(dp - 1) / Double(dp) }
         let assembling = max(c.tensorParallel, c.expertParallel)
         if assembling > 1 || c.pipelineParallel > 1 {
-            bytes += (stateBuffers + 1) * wholeModelBytes + (assembling > 1 ? local * Double(assembling) : 0)
+            // The whole model and each state buffer, plus one received shard (Trainer.fullModel).
+            bytes += (stateBuffers + 1) * wholeModelBytes + (assembling > 1 ? local : 0)
         }
         return bytes
     }

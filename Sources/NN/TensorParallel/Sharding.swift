@@ -86,10 +86,19 @@ public struct ParameterSharding: Sendable {
     }
 
     func assemble(gathered: UnsafePointer<Float>, skipping: Set<String>, at place: (ParameterShard) -> UnsafeMutablePointer<Float>) {
-        for shard in shards where !skipping.contains(shard.local.name) {
-            for q in 0..<(shard.kind == .replicated ? 1 : size) {
-                copy(shard, rank: q, full: place(shard), local: UnsafeMutablePointer(mutating: gathered + q * localCount + shard.local.offset), toFull: true)
-            }
+        for q in 0..<size { assemble(piece: gathered + q * localCount, rank: q, skipping: skipping, at: place) }
+    }
+
+    /// Rank `q`'s local buffer (localCount floats) into its places in the full layout: one rank's shard
+    /// at a time, so an assembler needs one local buffer of room, not the whole group's. Replicated
+    /// tensors are taken from rank 0 only.
+    public func assemble(piece: UnsafePointer<Float>, rank q: Int, into full: UnsafeMutablePointer<Float>) {
+        assemble(piece: piece, rank: q, skipping: []) { full + $0.fullOffset }
+    }
+
+    func assemble(piece: UnsafePointer<Float>, rank q: Int, skipping: Set<String>, at place: (ParameterShard) -> UnsafeMutablePointer<Float>) {
+        for shard in shards where !skipping.contains(shard.local.name) && (shard.kind != .replicated || q == 0) {
+            copy(shard, rank: q, full: place(shard), local: UnsafeMutablePointer(mutating: piece + shard.local.offset), toFull: true)
         }
     }
 
