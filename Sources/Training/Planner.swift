@@ -241,8 +241,8 @@ public struct LayoutPlanner {
 
     /// Rank 0's assembly for a single-file checkpoint (Trainer.saveCheckpoint): under ZeRO the optimizer
     /// state's pieces gathered into full buffers (and, at stage 3, the parameters pinned whole); under
-    /// tensor, pipeline or expert parallelism the whole model and each state buffer assembled, plus one
-    /// received shard at a time.
+    /// tensor, pipeline or expert parallelism the whole model and each state buffer assembled, plus what
+    /// assembling takes on the way (below).
     func checkpointBytes(_ c: TrainConfig, localParameters: Int, dataParallel dp: Int, wholeModelBytes: Double) -> Double {
         let stateBuffers = Double(c.optimizer == .adamw ? 2 : (c.momentum > 0 ? 1 : 0))
         let local = 4 * Double(localParameters)
@@ -250,9 +250,14 @@ public struct LayoutPlanner {
         if dp > 1 && c.zeroStage >= 1 { bytes += stateBuffers * local }
         if dp > 1 && c.zeroStage == 3 { bytes += local * Double(dp - 1) / Double(dp) }
         let assembling = max(c.tensorParallel, c.expertParallel)
-        if assembling > 1 || c.pipelineParallel > 1 {
-            // The whole model and each state buffer, plus one received shard (Trainer.fullModel).
-            bytes += (stateBuffers + 1) * wholeModelBytes + (assembling > 1 ? local : 0)
+        if c.pipelineParallel > 1 {
+            // PipelineTask.fullModel: the whole model and each state buffer, the tensor-parallel group's
+            // allgather of its shards, and the pipeline group's allreduce of each whole buffer, whose
+            // scratch stays (up to the whole buffer, halving-doubling's).
+            bytes += (stateBuffers + 2) * wholeModelBytes + (assembling > 1 ? local * Double(assembling) : 0)
+        } else if assembling > 1 {
+            // Trainer.fullModel: the whole model and each state buffer, plus one received shard.
+            bytes += (stateBuffers + 1) * wholeModelBytes + local
         }
         return bytes
     }
