@@ -21,15 +21,7 @@ final class RunRecord {
 
     /// One line per record; a record that cannot be written (the disk is full) is lost, not the run.
     private func write(_ object: [String: JSONValue]) {
-        guard fd >= 0 else { return }
-        let line = Array((JSONValue.object(object).serialized() + "\n").utf8)
-        var done = 0
-        while done < line.count {
-            let n = line.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + done, line.count - done) }
-            if n < 0 && errno == EINTR { continue }
-            guard n > 0 else { return }
-            done += n
-        }
+        if fd >= 0 { emitLine(JSONValue.object(object).serialized(), to: fd) }
     }
 
     func step(iteration: Int, elapsed: Double, loss: Double, learningRate: Double, unitsPerSecond: Double, unitName: String,

@@ -2,9 +2,10 @@ import Tensors
 
 /// Multi-head causal self-attention: fused QKV projection, scaled dot-product with a causal mask,
 /// output projection. Caches qkv [N, 3C] and the heads' output [N, C] (and the attention probabilities
-/// [B, NH, T, T] for head sizes the fused kernels do not take: they recompute them); backward's temporaries come from the model's shared Workspace. Under tensor
-/// parallelism a rank holds `heads` of the model's heads: QKV is column-parallel (its heads' rows of q, k
-/// and v), the output projection row-parallel (its partial sum is reduced by the caller, then the bias added).
+/// [B, NH, T, T] for head sizes the fused kernels do not take: they recompute them); backward's
+/// temporaries come from the model's shared Workspace. Under tensor parallelism a rank holds `heads` of
+/// the model's heads: QKV is column-parallel (its heads' rows of q, k and v), the output projection
+/// row-parallel (its partial sum is reduced by the caller, then the bias added).
 public final class CausalSelfAttention {
     public let qkvProjection: Linear
     public let outputProjection: Linear

@@ -113,45 +113,38 @@ func scatterBlock(_ p: UnsafePointer<Float>, ldp: Int, rows R: Int, _ x: UnsafeP
     SIMD16<Int32>(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15) .< SIMD16<Int32>(repeating: Int32(count))
 }
 
-/// Row t of P from its raw scores: softmax over s ≤ t of scores·scale, zeros from t + 1 to `width`.
-/// In whole vectors, the lanes past t masked (−∞ before exp, 0 after): a row of 1–64 keys costs 1–4
-/// vectors, where a lane-by-lane tail (most of a causal row) cost as much again as the exponentials.
-/// `scores` holds at least t + 1 rounded up to 16 floats.
+/// Row t of P in place over its raw scores: softmax over s ≤ t of scores·scale, zeros from t + 1 to
+/// `width` (a multiple of 16: the rows live in the [4][paddedKeys] scratch). In whole vectors, the
+/// lanes past t masked (−∞ before exp, 0 after): a row of 1–64 keys costs 1–4 vectors, where a
+/// lane-by-lane tail (most of a causal row) cost as much again as the exponentials.
 @inline(__always)
-func causalSoftmaxRow(_ scores: UnsafePointer<Float>, scale: Float, row t: Int, into p: UnsafeMutablePointer<Float>, width T: Int) {
+func causalSoftmaxRow(_ p: UnsafeMutablePointer<Float>, scale: Float, row t: Int, width: Int) {
     typealias V = SIMD16<Float>
     let vectors = (t + 16) / 16, last = 16 * (vectors - 1)
-    guard 16 * vectors <= T else {
-        // The last rows of a T that is not a multiple of 16: p has no room for a whole last vector.
-        for s in 0...t { p[s] = scores[s] * scale }
-        softmaxRow(p, into: p, count: t + 1)
-        return (p + t + 1).update(repeating: 0, count: T - t - 1)
-    }
+    assert(16 * vectors <= width, "row \(t) does not fit a width of \(width)")
     let factor = V(repeating: scale), valid = lanesUpTo(t + 1 - last)
-    let tail = (load16(scores + last) * factor).replacing(with: -.infinity, where: .!valid)
+    let tail = (load16(p + last) * factor).replacing(with: -.infinity, where: .!valid)
     var top = tail
-    for v in stride(from: 0, to: last, by: 16) { top = vectorMax(top, load16(scores + v) * factor) }
+    for v in stride(from: 0, to: last, by: 16) { top = vectorMax(top, load16(p + v) * factor) }
     let shift = V(repeating: horizontalMax(top))
     var sums = vectorExp(tail - shift).replacing(with: 0, where: .!valid)
     store16(p + last, sums)
     for v in stride(from: 0, to: last, by: 16) {
-        let e = vectorExp(load16(scores + v) * factor - shift)
+        let e = vectorExp(load16(p + v) * factor - shift)
         store16(p + v, e); sums += e
     }
     let inverse = V(repeating: 1 / horizontalSum(sums))
     for v in stride(from: 0, through: last, by: 16) { store16(p + v, load16(p + v) * inverse) }
-    (p + last + 16).update(repeating: 0, count: T - last - 16)
+    (p + last + 16).update(repeating: 0, count: width - last - 16)
 }
 
 /// Row t of dS in place in d (dP on entry, finite): P (dP − ⟨dP, P⟩) / √hs over s ≤ t, zero up to
-/// `width`. In whole vectors where P's row (`time` long) and d (`capacity`) have room: P is zero past
-/// t, so those lanes give zero.
+/// `width`. In whole vectors: p and d are rows of the [4][paddedKeys] scratch, and P is zero past t,
+/// so those lanes give zero.
 @inline(__always)
-func causalScoreGradientRow(_ p: UnsafePointer<Float>, _ d: UnsafeMutablePointer<Float>, row t: Int, scale: Float, width: Int,
-                            capacity: Int, time T: Int) {
+func causalScoreGradientRow(_ p: UnsafePointer<Float>, _ d: UnsafeMutablePointer<Float>, row t: Int, scale: Float, width: Int) {
     typealias V = SIMD16<Float>
     let span = (t + 16) / 16 * 16
-    guard span <= T && span <= capacity else { return causalScoreGradient(p, d, row: t, scale: scale, width: width) }
     var dots = V()
     for v in stride(from: 0, to: span, by: 16) { dots = dots.addingProduct(load16(p + v), load16(d + v)) }
     let dot = V(repeating: horizontalSum(dots)), factor = V(repeating: scale)
@@ -176,7 +169,7 @@ func packTransposed(_ x: UnsafePointer<Float>, ld: Int, rows T: Int, depth hs: I
 func probabilityBlock(_ q: UnsafePointer<Float>, ld: Int, rows: Int, from r0: Int, _ kt: UnsafePointer<Float>, ldk: Int,
                       depth hs: Int, scale: Float, into p: UnsafeMutablePointer<Float>) {
     scoreBlock(q + r0 * ld, lda: ld, rows: rows, kt, ldb: ldk, depth: hs, keys: r0 + rows, into: p, lds: ldk)
-    for r in 0..<rows { causalSoftmaxRow(p + r * ldk, scale: scale, row: r0 + r, into: p + r * ldk, width: ldk) }
+    for r in 0..<rows { causalSoftmaxRow(p + r * ldk, scale: scale, row: r0 + r, width: ldk) }
 }
 
 func fusedAttentionForward(qkv: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>,
@@ -221,7 +214,7 @@ func fusedAttentionBackward(dout: UnsafePointer<Float>, qkv: UnsafePointer<Float
                 probabilityBlock(q, ld: ld, rows: rows, from: r0, kt, ldk: ldk, depth: hs, scale: scale, into: p)
                 // dP = dO Vᵀ, then dS in place (zero past each row's diagonal).
                 scoreBlock(dO + r0 * C, lda: C, rows: rows, vt, ldb: ldk, depth: hs, keys: keys, into: gradients, lds: ldk)
-                for r in 0..<rows { causalScoreGradientRow(p + r * ldk, gradients + r * ldk, row: r0 + r, scale: scale, width: keys, capacity: ldk, time: ldk) }
+                for r in 0..<rows { causalScoreGradientRow(p + r * ldk, gradients + r * ldk, row: r0 + r, scale: scale, width: keys) }
                 mixBlock(gradients, ldp: ldk, rows: rows, k, ldv: ld, depth: hs, keys: keys, into: dq + r0 * ld, ldo: ld, accumulate: true)
                 scatterBlock(gradients, ldp: ldk, rows: rows, q + r0 * ld, ldx: ld, depth: hs, keys: keys, into: dk, ldy: ld)
                 scatterBlock(p, ldp: ldk, rows: rows, dO + r0 * C, ldx: C, depth: hs, keys: keys, into: dv, ldy: ld)
