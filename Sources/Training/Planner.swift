@@ -211,20 +211,17 @@ public struct LayoutPlanner {
     /// The busiest rank's blocking synchronizations per step, each priced by `penalty(group, ring steps,
     /// compute between two of them)`: tensor-parallel collectives (per block 4 allreduces, or with sequence
     /// parallelism 4 forward and 6 backward reduce-scatters and all-gathers; the embedding and the
-    /// vocabulary-parallel head 4 more), pipeline hand-offs (an activation and a gradient per micro-batch
-    /// and neighbour), ZeRO-3's gathers (two per unit and micro-batch) and the wait for the last bucket.
+    /// vocabulary-parallel head 4 more), ZeRO-3's gathers (two per unit and micro-batch) and the wait for
+    /// the last bucket. A pipeline's hand-offs and its stages' tensor-parallel collectives are not here:
+    /// PipelineProbe runs them with its passes.
     public func oversubscribedWaits(_ c: TrainConfig, dataParallel dp: Int, microbatches: Double, compute: Double, layers: Int,
                                     penalty: (Int, Int, Double) -> Double) -> Double {
-        let tp = c.tensorParallel, pp = c.pipelineParallel
+        let tp = c.tensorParallel
         var waits = 0.0
-        if tp > 1 {
+        if tp > 1 && c.pipelineParallel == 1 {
             let perMicro = Double(layers * (c.sequenceParallel ? 10 : 4) + 4)
             let steps = c.sequenceParallel ? tp - 1 : 2 * (tp - 1)
             waits += microbatches * perMicro * penalty(tp, steps, compute / (microbatches * perMicro))
-        }
-        if pp > 1 {
-            let perMicro = Double(pp > 2 ? 4 : 2)
-            waits += microbatches * perMicro * penalty(2, 1, compute / (microbatches * perMicro))
         }
         if dp > 1 && c.zeroStage == 3 {
             let perMicro = Double(2 * (config.nLayer + 2))
@@ -356,16 +353,30 @@ public struct LayoutPlanner {
                 // Every rank's work over the cores (a pipeline's idle ranks leave theirs to the others).
                 coresFloor = perRank.reduce(0, +) * Double(dp * tp) / Double(cores)
                 if let schedule, worldSize > cores {
-                    // The pipeline's own step on its share of the cores (each of its ranks stands for tp
-                    // processes, and dp pipelines share the host): dependencies leave cores idle that
-                    // the bound above counts as busy. Backward is taken as twice the forward.
+                    // The pipeline's own step with its dp x tp copies sharing the host's cores, run by
+                    // PipelineProbe (its median over the timing rounds): dependencies and wake-ups leave
+                    // cores idle that the bound above counts as busy. Backward is taken as twice the forward.
                     let chunksPerRank = Double(layout.virtualStages)
                     let perStage = (0..<schedule.stageCount).map { times[$0 % pp].forwardBackward / chunksPerRank }
                     let costs = PipelineCosts(forward: perStage.map { $0 / 3 }, backward: perStage.map { 2 * $0 / 3 },
                                               backwardInput: perStage.map { $0 / 3 }, backwardWeight: perStage.map { $0 / 3 },
                                               transfer: communication.pointToPoint(bytes: 4 * layout.batchSize * layout.blockSize * config.nEmbd),
                                               step: updateShare * (times.map(\.update).max() ?? 0))
-                    let pass = SharedCoreSimulator.stepTime(schedule, costs: costs, cores: Double(cores) / Double(dp * tp))
+                    // A stage's tensor-parallel collectives per micro-batch (as oversubscribedWaits counts them).
+                    let ranges = try schedule.layerRanges(layers: config.nLayer), sp = layout.sequenceParallel
+                    let collectives: (PipelineAction) -> Int = { a in
+                        let ends = (a.stage == 0 ? 1 : 0) + (a.stage == ranges.count - 1 ? 1 : 0)
+                        switch a.kind {
+                        case .forward: return ranges[a.stage].count * (sp ? 4 : 2) + ends
+                        case .backward, .backwardInput: return ranges[a.stage].count * (sp ? 6 : 2) + ends
+                        default: return 0
+                        }
+                    }
+                    let rounds = max(timingRounds, 1)
+                    let pass = (0..<rounds).map { _ in
+                        PipelineProbe.stepTime(schedule, costs: costs, copies: dp * tp, tensorParallel: tp, collectives: collectives,
+                                               ringSteps: sp ? tp - 1 : 2 * (tp - 1))
+                    }.sorted()[rounds / 2]
                     coresFloor = max(coresFloor, pass * Double(layout.gradAccum))
                 }
             }

@@ -16,7 +16,7 @@ import Tensors
 // work's own time (measured alone, caches warm) shared over the cores.
 
 /// One member of the probe's ring: its pipes, its arithmetic and the memory it streams.
-private final class ProbeMember: @unchecked Sendable {
+final class ProbeMember: @unchecked Sendable {
     let readFD: Int32, writeFD: Int32
     var sink: Float = 0
     /// What `work` streams through (a float per cache line is read and written).

@@ -25,7 +25,7 @@ public struct PipelineCosts: Sendable, Equatable {
                              transfer: transfer)
     }
 
-    func cost(_ a: PipelineAction) -> Double {
+    public func cost(_ a: PipelineAction) -> Double {
         switch a.kind {
         case .forward: forward[a.stage]
         case .backward: backward[a.stage]
@@ -169,7 +169,7 @@ public enum PipelineSimulator {
     }
 
     /// The action on the other rank that a send or receive pairs with.
-    static func partner(of a: PipelineAction) -> PipelineAction {
+    public static func partner(of a: PipelineAction) -> PipelineAction {
         switch a.kind {
         case .sendActivation: PipelineAction(a.stage + 1, .receiveActivation, a.microbatch)
         case .receiveActivation: PipelineAction(a.stage - 1, .sendActivation, a.microbatch)

@@ -1,0 +1,154 @@
+import Dispatch
+import Glibc
+import Parallel
+import Support
+import Tensors
+
+// A pipeline step when more ranks than cores share a host, run rather than simulated. With 4 ranks on
+// 2 cores the list schedule (SharedCoreSimulator) predicted pp 4 at 25 ms where it ran 30-35: a stage
+// that sends wakes its send thread, which wakes the receiver, and each wake-up lands on cores that other
+// stages hold, so passes stretch and cores idle in ways no scheduling formula here reproduced (docs/
+// benchmarks.md, "Where an oversubscribed pipeline's step goes"). The probe runs the schedule's action
+// lists on this machine's cores with the same threads a rank has: per rank a compute thread, whose
+// passes are arithmetic and a pass over an L2's worth of memory (ProbeMember) as long as the timed
+// shards' passes, and a send thread that the compute thread wakes through a pipe, which copies for the
+// transfer's time and then wakes the receiver through another. `copies` pipelines run at once, as dp x tp
+// pipelines share the host; with tensor parallelism the same stage of `tensorParallel` neighbouring
+// copies is one group, whose passes stop at each of the layers' collectives for a ring of byte-sized
+// steps over pipes (SyncProbe's pattern), so the group's members wait for each other as they do.
+
+public enum PipelineProbe {
+    /// One rank of one probe pipeline.
+    private final class Rank: @unchecked Sendable {
+        let compute: ProbeMember, sender: ProbeMember
+        /// The compute thread writes a destination rank here; the send thread reads it.
+        let queue: (read: Int32, write: Int32)
+        /// Write ends to each other rank (by rank), read ends from each (by rank); -1 where unused.
+        var to: [Int32], from: [Int32]
+        /// The tensor-parallel ring: written to the next member, read from the previous one.
+        var ringOut: Int32 = -1, ringIn: Int32 = -1
+        init(ranks: Int, queue: (Int32, Int32)) {
+            compute = ProbeMember(readFD: -1, writeFD: -1, memoryBytes: SyncProbe.memoryBytes)
+            sender = ProbeMember(readFD: -1, writeFD: -1, memoryBytes: 0)
+            self.queue = queue
+            to = Array(repeating: -1, count: ranks); from = Array(repeating: -1, count: ranks)
+        }
+    }
+
+    private final class StartClock: @unchecked Sendable {
+        private let lock = Lock()
+        private(set) var start = 0.0
+        func startOnce() { lock.withLock { if start == 0 { start = monotonicSeconds() } } }
+    }
+
+    private static func put(_ fd: Int32, _ value: UInt8) {
+        var byte = value
+        while write(fd, &byte, 1) < 0 && errno == EINTR {}
+    }
+
+    private static func take(_ fd: Int32) -> UInt8 {
+        var byte: UInt8 = 0
+        while read(fd, &byte, 1) < 0 && errno == EINTR {}
+        return byte
+    }
+
+    /// Dependent multiply-adds that, with one pass over a member's memory, last `seconds` on a core alone.
+    static func workCount(_ seconds: Double) -> Int {
+        seconds <= 0 ? 0 : max(0, Int((seconds - SyncProbe.passSeconds) * SyncProbe.workRate))
+    }
+
+    /// Seconds per step of `copies` pipelines running `schedule` (which must have passed
+    /// PipelineSimulator.run) at `costs`, on this machine's cores: the mean of `iterations` steps after
+    /// one unmeasured. With `tensorParallel` > 1 (dividing `copies`) each compute action stops
+    /// `collectives(action)` times, evenly spread, for `ringSteps` ring steps of its group. 0 when pipes
+    /// cannot be made.
+    public static func stepTime(_ schedule: PipelineSchedule, costs: PipelineCosts, copies: Int, tensorParallel: Int = 1,
+                                collectives: (PipelineAction) -> Int = { _ in 0 }, ringSteps: Int = 0, iterations: Int = 6) -> Double {
+        let p = schedule.pipelineParallel, stop = UInt8(255), tp = max(tensorParallel, 1)
+        guard copies % tp == 0 else { return 0 }
+        var fds: [Int32] = []
+        defer { fds.forEach { close($0) } }
+        func makePipe() -> (Int32, Int32)? {
+            var ends: [Int32] = [0, 0]
+            guard pipe(&ends) == 0 else { return nil }
+            fds += ends
+            return (ends[0], ends[1])
+        }
+        var pipelines: [[Rank]] = []
+        for _ in 0..<max(copies, 1) {
+            var ranks: [Rank] = []
+            for _ in 0..<p {
+                guard let queue = makePipe() else { return 0 }
+                ranks.append(Rank(ranks: p, queue: queue))
+            }
+            for r in 0..<p {
+                for a in schedule.actions[r] where a.kind.isSend {
+                    let peer = schedule.rank(ofStage: PipelineSimulator.partner(of: a).stage)
+                    if ranks[r].to[peer] >= 0 { continue }
+                    guard let channel = makePipe() else { return 0 }
+                    ranks[r].to[peer] = channel.1; ranks[peer].from[r] = channel.0
+                }
+            }
+            pipelines.append(ranks)
+        }
+        for group in stride(from: 0, to: pipelines.count, by: tp) where tp > 1 {
+            for r in 0..<p {
+                for member in 0..<tp {
+                    guard let ring = makePipe() else { return 0 }
+                    pipelines[group + member][r].ringOut = ring.1
+                    pipelines[group + (member + 1) % tp][r].ringIn = ring.0
+                }
+            }
+        }
+        let transfer = workCount(costs.transfer), step = workCount(costs.step)
+        // Per action: its collectives and the work before each of them (and after the last).
+        let plans = schedule.actions.map { list in
+            list.map { a -> (stops: Int, count: Int) in
+                guard a.kind.isCompute && a.kind != .step else { return (0, 0) }
+                let stops = tp > 1 ? collectives(a) : 0
+                return (stops, workCount(costs.cost(a) / Double(stops + 1)))
+            }
+        }
+        let done = DispatchSemaphore(value: 0)
+        let clock = StartClock()
+        for ranks in pipelines {
+            for (r, rank) in ranks.enumerated() {
+                startThread(name: "pipe-probe-send") {
+                    while true {
+                        let peer = take(rank.queue.read)
+                        if peer == stop { break }
+                        rank.sender.work(transfer)
+                        put(rank.to[Int(peer)], 1)
+                    }
+                    done.signal()
+                }
+                startThread(name: "pipe-probe") {
+                    for iteration in 0...iterations {
+                        // Timing starts when the first rank finishes the unmeasured step.
+                        if iteration == 1 { clock.startOnce() }
+                        for (i, a) in schedule.actions[r].enumerated() {
+                            if a.kind.isSend {
+                                put(rank.queue.write, UInt8(schedule.rank(ofStage: PipelineSimulator.partner(of: a).stage)))
+                            } else if a.kind.isReceive {
+                                _ = take(rank.from[schedule.rank(ofStage: PipelineSimulator.partner(of: a).stage)])
+                            } else if a.kind == .step {
+                                rank.compute.work(step)
+                            } else {
+                                let plan = plans[r][i]
+                                rank.compute.work(plan.count)
+                                for _ in 0..<plan.stops {
+                                    for _ in 0..<ringSteps { put(rank.ringOut, 1); _ = take(rank.ringIn) }
+                                    rank.compute.work(plan.count)
+                                }
+                            }
+                        }
+                    }
+                    put(rank.queue.write, stop)
+                    done.signal()
+                }
+            }
+        }
+        for _ in 0..<(2 * p * pipelines.count) { done.wait() }
+        return (monotonicSeconds() - clock.start) / Double(iterations)
+    }
+}
