@@ -5,7 +5,7 @@ import Support
 import Tensors
 
 // A pipeline step when more ranks than cores share a host, run rather than simulated. With 4 ranks on
-// 2 cores the list schedule (SharedCoreSimulator) predicted pp 4 at 25 ms where it ran 30-35: a stage
+// 2 cores a list schedule of the same actions (the planner's model until 2026-12-05) predicted pp 4 at 25 ms where it ran 30-35: a stage
 // that sends wakes its send thread, which wakes the receiver, and each wake-up lands on cores that other
 // stages hold, so passes stretch and cores idle in ways no scheduling formula here reproduced (docs/
 // benchmarks.md, "Where an oversubscribed pipeline's step goes"). The probe runs the schedule's action
@@ -42,11 +42,13 @@ public enum PipelineProbe {
     }
 
     private static func put(_ fd: Int32, _ value: UInt8) {
+        precondition(fd >= 0, "a probe pipe left unwired")
         var byte = value
         while write(fd, &byte, 1) < 0 && errno == EINTR {}
     }
 
     private static func take(_ fd: Int32) -> UInt8 {
+        precondition(fd >= 0, "a probe pipe left unwired")
         var byte: UInt8 = 0
         while read(fd, &byte, 1) < 0 && errno == EINTR {}
         return byte

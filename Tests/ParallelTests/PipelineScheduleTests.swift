@@ -169,22 +169,4 @@ final class PipelineScheduleTests: XCTestCase {
         XCTAssertTrue(sim.intervals.flatMap { $0 }.contains { $0.action.kind.isReceive }, "waits are drawn when transfers cost time")
         for rank in 0..<4 { XCTAssertTrue(svg.contains(">rank \(rank)<")) }
     }
-
-    /// Ranks sharing cores: with a core per rank the step is PipelineSimulator's, with one core it is
-    /// every pass end to end, and fewer cores never make it shorter; 1F1B at p 4, m 4 on 2 cores
-    /// (hand-computed bounds: at least half the work, at least the critical path).
-    func testSharedCoresStretchTheStepBetweenItsBounds() throws {
-        for (kind, v) in [(PipelineScheduleKind.gpipe, 1), (.oneFOneB, 1), (.interleaved, 2), (.zeroBubbleH1, 1)] {
-            let schedule = try PipelineSchedule(kind, pipelineParallel: 4, microbatches: 4, virtualStages: v)
-            let costs = PipelineCosts.uniform(stages: schedule.stageCount, forward: 1, backwardInput: 1, backwardWeight: 1)
-            let alone = try PipelineSimulator.run(schedule, costs: costs).stepTime
-            XCTAssertEqual(SharedCoreSimulator.stepTime(schedule, costs: costs, cores: 4), alone, accuracy: 1e-9, "\(kind)")
-            let work = Double(schedule.stageCount * 4 * 3)
-            XCTAssertEqual(SharedCoreSimulator.stepTime(schedule, costs: costs, cores: 1), work, accuracy: 1e-9, "\(kind)")
-            let two = SharedCoreSimulator.stepTime(schedule, costs: costs, cores: 2)
-            XCTAssertGreaterThanOrEqual(two, max(alone, work / 2) - 1e-9, "\(kind)")
-            XCTAssertLessThanOrEqual(two, SharedCoreSimulator.stepTime(schedule, costs: costs, cores: 1) + 1e-9, "\(kind)")
-            XCTAssertGreaterThanOrEqual(two, SharedCoreSimulator.stepTime(schedule, costs: costs, cores: 3) - 1e-9, "\(kind)")
-        }
-    }
 }

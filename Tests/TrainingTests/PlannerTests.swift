@@ -1,5 +1,6 @@
 import Foundation
 import NN
+import Parallel
 import TestSupport
 import Training
 import Transport
@@ -103,6 +104,29 @@ final class PlannerTests: XCTestCase {
         XCTAssertGreaterThan(SyncProbe.memoryBytes, 0)
         let wait = SyncProbe.penalty(world: 4, group: 2, steps: 1, work: 0.0005, cores: 2)
         XCTAssertTrue(wait.isFinite && wait >= 0, "\(wait)")
+    }
+
+    /// The pipeline probe runs each schedule's action lists with threads and pipes, one pipeline alone and
+    /// two as a tensor-parallel pair whose passes stop for ring steps: it returns (a hand-off or ring step
+    /// left unmatched would block it), and a step is never shorter than half of what the busiest rank
+    /// computes (its arithmetic is calibrated to the costs on an idle core; half allows for a core that
+    /// runs faster at test time). Copies the tensor-parallel size does not divide are refused with 0.
+    func testPipelineProbeRunsEveryScheduleToItsEnd() throws {
+        for (kind, v) in [(PipelineScheduleKind.gpipe, 1), (.oneFOneB, 1), (.interleaved, 2), (.zeroBubbleH1, 1)] {
+            let schedule = try PipelineSchedule(kind, pipelineParallel: 2, microbatches: 4, virtualStages: v)
+            let costs = PipelineCosts.uniform(stages: schedule.stageCount, forward: 2e-4, backwardInput: 2e-4, backwardWeight: 2e-4,
+                                              transfer: 2e-5)
+            let busiest = schedule.actions.map { list in
+                list.reduce(0.0) { $0 + ($1.kind.isCompute && $1.kind != .step ? costs.cost($1) : 0) }
+            }.max() ?? 0
+            for (copies, tp) in [(1, 1), (2, 2)] {
+                let step = PipelineProbe.stepTime(schedule, costs: costs, copies: copies, tensorParallel: tp, collectives: { _ in 2 },
+                                                  ringSteps: 2, iterations: 2)
+                XCTAssertTrue(step.isFinite && step >= busiest / 2, "\(kind) copies \(copies) tp \(tp): \(step) s against \(busiest) s of work")
+            }
+        }
+        let schedule = try PipelineSchedule(.oneFOneB, pipelineParallel: 2, microbatches: 2)
+        XCTAssertEqual(PipelineProbe.stepTime(schedule, costs: .uniform(stages: 2), copies: 3, tensorParallel: 2), 0)
     }
 
     /// Timed compute: every layout of 4 ranks (tp, tp + sp, pp, tp × pp, ZeRO) gets its shards built
