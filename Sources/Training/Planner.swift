@@ -250,8 +250,11 @@ public struct LayoutPlanner {
         if c.pipelineParallel > 1 {
             // PipelineTask.fullModel: the whole model and each state buffer, the tensor-parallel group's
             // allgather of its shards, and the pipeline group's allreduce of each whole buffer, whose
-            // scratch stays (up to the whole buffer, halving-doubling's).
-            bytes += (stateBuffers + 2) * wholeModelBytes + (assembling > 1 ? local * Double(assembling) : 0)
+            // scratch stays: a ring's segment (whole / pp), or halving-doubling's whole buffer when small.
+            let pp = c.pipelineParallel
+            let ring = chooseAlgorithm(bytes: Int(wholeModelBytes), worldSize: pp, table: nil) == .ring
+            let scratch = ring ? (wholeModelBytes / Double(pp)).rounded(.up) : wholeModelBytes
+            bytes += (stateBuffers + 1) * wholeModelBytes + scratch + (assembling > 1 ? local * Double(assembling) : 0)
         } else if assembling > 1 {
             // Trainer.fullModel: the whole model and each state buffer, plus one received shard.
             bytes += (stateBuffers + 1) * wholeModelBytes + local
