@@ -11,8 +11,10 @@ import Tensors
 // benchmarks.md, "Where an oversubscribed pipeline's step goes"). The probe runs the schedule's action
 // lists on this machine's cores with the same threads a rank has: per rank a compute thread, whose
 // passes are arithmetic and a pass over an L2's worth of memory (ProbeMember) as long as the timed
-// shards' passes, and a send thread that the compute thread wakes through a pipe, which copies for the
-// transfer's time and then wakes the receiver through another. `copies` pipelines run at once, as dp x tp
+// shards' passes, and a send thread that the compute thread wakes through a pipe, which waits out the
+// transfer's time asleep (a link's wire time and a blocking wake-up take no core; the copy into a
+// shared-memory lane, which does, is a few microseconds at these sizes) and then wakes the receiver
+// through another. `copies` pipelines run at once, as dp x tp
 // pipelines share the host; with tensor parallelism the same stage of `tensorParallel` neighbouring
 // copies is one group, whose passes stop at each of the layers' collectives for a ring of byte-sized
 // steps over pipes (SyncProbe's pattern), so the group's members wait for each other as they do.
@@ -20,7 +22,7 @@ import Tensors
 public enum PipelineProbe {
     /// One rank of one probe pipeline.
     private final class Rank: @unchecked Sendable {
-        let compute: ProbeMember, sender: ProbeMember
+        let compute: ProbeMember
         /// The compute thread writes a destination rank here; the send thread reads it.
         let queue: (read: Int32, write: Int32)
         /// Write ends to each other rank (by rank), read ends from each (by rank); -1 where unused.
@@ -29,7 +31,6 @@ public enum PipelineProbe {
         var ringOut: Int32 = -1, ringIn: Int32 = -1
         init(ranks: Int, queue: (Int32, Int32)) {
             compute = ProbeMember(readFD: -1, writeFD: -1, memoryBytes: SyncProbe.memoryBytes)
-            sender = ProbeMember(readFD: -1, writeFD: -1, memoryBytes: 0)
             self.queue = queue
             to = Array(repeating: -1, count: ranks); from = Array(repeating: -1, count: ranks)
         }
@@ -52,6 +53,12 @@ public enum PipelineProbe {
         var byte: UInt8 = 0
         while read(fd, &byte, 1) < 0 && errno == EINTR {}
         return byte
+    }
+
+    private static func sleep(seconds: Double) {
+        guard seconds > 0 else { return }
+        var wait = timespec(tv_sec: Int(seconds), tv_nsec: Int((seconds - seconds.rounded(.down)) * 1e9)), left = timespec()
+        while nanosleep(&wait, &left) != 0 && errno == EINTR { wait = left }
     }
 
     /// Dependent multiply-adds that, with one pass over a member's memory, last `seconds` on a core alone.
@@ -102,7 +109,7 @@ public enum PipelineProbe {
                 }
             }
         }
-        let transfer = workCount(costs.transfer), step = workCount(costs.step)
+        let step = workCount(costs.step)
         // Per action: its collectives and the work before each of them (and after the last).
         let plans = schedule.actions.map { list in
             list.map { a -> (stops: Int, count: Int) in
@@ -119,7 +126,7 @@ public enum PipelineProbe {
                     while true {
                         let peer = take(rank.queue.read)
                         if peer == stop { break }
-                        rank.sender.work(transfer)
+                        sleep(seconds: costs.transfer)
                         put(rank.to[Int(peer)], 1)
                     }
                     done.signal()
