@@ -333,6 +333,8 @@ public struct LayoutPlanner {
             let updateShare = layout.zeroStage >= 1 ? 1 / Double(dp) : 1
             let compute: Double
             var coresFloor: Double
+            // Whether PipelineProbe ran this pipeline's step, hand-offs included.
+            var pipelineProbed = false
             switch source {
             case .scaled(let stepSeconds):
                 // The step's micro-batches times the measured micro-batch, scaled by the share of the
@@ -381,6 +383,7 @@ public struct LayoutPlanner {
                                                ringSteps: sp ? tp - 1 : 2 * (tp - 1))
                     }.sorted()[rounds / 2]
                     coresFloor = max(coresFloor, pass * Double(layout.gradAccum))
+                    pipelineProbed = true
                 }
             }
             var overhead = 0.0
@@ -400,7 +403,8 @@ public struct LayoutPlanner {
                                                             : communication.allreduce(bytes: activationBytes, ranks: tp))
                 comm += microbatches * Double(config.nLayer / pp) * perLayer
             }
-            if pp > 1 { comm += microbatches * 2 * communication.pointToPoint(bytes: activationBytes) }
+            // A probed pipeline's hand-offs are in its step already (each waited out on the send thread).
+            if pp > 1 && !pipelineProbed { comm += microbatches * 2 * communication.pointToPoint(bytes: activationBytes) }
             if ep > 1, let moe = config.experts {
                 let mixtures = moe.expertLayers(of: config.nLayer).count
                 comm += microbatches * Double(mixtures) * 4 * communication.allToAll(bytes: moe.topK * activationBytes, ranks: ep)
