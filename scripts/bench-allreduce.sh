@@ -10,6 +10,8 @@
 # References are this repository's harnesses (bench/references/, set up by scripts/bench-references.sh);
 # without them only ours is shown.
 # usage: scripts/bench-allreduce.sh [--update-docs] [RANKS...]   (default: 2 4); SIZES_MAX=64M, ITERS=100
+# (calls per size, capped at 100 MiB of traffic, for ours and the references alike: OSU's micro-benchmarks
+# time 10,000 calls at small sizes, e.g. ITERS=20000 SIZES_MAX=64K for the small-message cells)
 # Results go to runs/bench-allreduce/ (page, JSON, plots); the tracked copies in docs/ are rewritten
 # only with --update-docs.
 case "${1:-}" in -h|--help) sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;; esac
@@ -41,12 +43,12 @@ for n in "${ranks[@]}"; do
         forced=(); [ "$algo" = default ] || forced=(--mca coll_tuned_use_dynamic_rules 1 --mca coll_tuned_allreduce_algorithm "$algo")
         suffix=""; transport=(--mca btl tcp,self --mca btl_tcp_if_include lo)
         [ "$btl" = tcp ] || { suffix="-shm"; transport=(--mca btl vader,self); }
-        "${mpi[@]}" "${transport[@]}" "${forced[@]}" -np "$n" "$build/mpi_messages" allreduce $sizes 2>/dev/null | grep -vE '^#' > "$work/mpi$suffix-$algo-$n.txt" || true
+        ITERS=$iters "${mpi[@]}" -x ITERS "${transport[@]}" "${forced[@]}" -np "$n" "$build/mpi_messages" allreduce $sizes 2>/dev/null | grep -vE '^#' > "$work/mpi$suffix-$algo-$n.txt" || true
       done
     done
   fi
   if [ -x "$venv/bin/python" ]; then
-    OMP_NUM_THREADS=1 "$venv/bin/python" "$root/bench/references/gloo_messages.py" "$n" allreduce $sizes 2>/dev/null | grep -vE '^#' > "$work/gloo-$n.txt" || true
+    ITERS=$iters OMP_NUM_THREADS=1 "$venv/bin/python" "$root/bench/references/gloo_messages.py" "$n" allreduce $sizes 2>/dev/null | grep -vE '^#' > "$work/gloo-$n.txt" || true
   fi
 done
 python3 - "$root" "$work" "${ranks[@]}" <<'PY'

@@ -5,8 +5,9 @@
  *   alltoall: MPI_Alltoall, `bytes` = each rank's send buffer; busbw = algbw (n-1)/n.
  *   allreduce: MPI_Allreduce SUM float, in place; busbw = algbw 2(n-1)/n (OpenMPI's algorithm is
  *   chosen by the caller through coll_tuned MCA parameters).
- * Timing (as ours): 5 warm-up calls; 5 trials of max(3, min(100, 100 MiB / bytes) / 5) calls each,
- * after a barrier; a trial's time is the slowest rank's mean; the median trial is reported.
+ * Timing (as ours): 5 warm-up calls; 5 trials of max(3, min(ITERS, 100 MiB / bytes) / 5) calls each
+ * (ITERS from the environment, default 100: allreduce-bench's -n), after a barrier; a trial's time is
+ * the slowest rank's mean; the median trial is reported.
  * usage: mpi_messages PATTERN SIZE...   (run under mpirun) */
 #include <mpi.h>
 #include <stdio.h>
@@ -25,6 +26,9 @@ int main(int argc, char **argv) {
     int mode = !strcmp(pattern, "pingpong") ? 0 : !strcmp(pattern, "sendrecv") ? 1 : !strcmp(pattern, "alltoall") ? 2
              : !strcmp(pattern, "allreduce") ? 3 : -1;
     if (mode < 0) { if (rank == 0) fprintf(stderr, "unknown pattern %s\n", pattern); MPI_Abort(MPI_COMM_WORLD, 2); }
+    const char *itersText = getenv("ITERS");
+    long iters = itersText ? strtol(itersText, 0, 10) : 100;
+    if (iters < 1) iters = 100;
     size_t largest = 4;
     for (int i = 2; i < argc; i++) { size_t s = strtoull(argv[i], 0, 10); if (s > largest) largest = s; }
     float *out = malloc(largest), *in = malloc(largest);
@@ -37,7 +41,7 @@ int main(int argc, char **argv) {
         if (mode == 2) count = count / n * n;
         if (count == 0) continue;
         long scaled = (long)(100.0 * (1 << 20) / (double)bytes);
-        int per = (int)((scaled < 100 ? scaled : 100) / 5);
+        int per = (int)((scaled < iters ? scaled : iters) / 5);
         if (per < 3) per = 3;
         double trials[5];
         for (int t = -1; t < 5; t++) {
