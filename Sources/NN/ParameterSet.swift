@@ -25,6 +25,8 @@ public final class ParameterSet: @unchecked Sendable {
         public mutating func add(_ name: String, _ shape: [Int]) { entries.append((name, shape)) }
         /// Floats so far.
         public var totalCount: Int { entries.reduce(0) { $0 + $1.shape.reduce(1, *) } }
+        /// The tensors' names, in order.
+        public var names: [String] { entries.map(\.name) }
     }
 
     public init(layout: Layout) {

@@ -101,22 +101,56 @@ public final class PipelineGPTTask: TrainingTask {
         return results
     }
 
-    /// A full-model buffer (the checkpoint layout) from a buffer in this rank's layout: the tensor-parallel
-    /// group gathers its shards, every rank of the pipeline places its whole tensors (the tied embedding
-    /// from the first stage's rank only) and the pipeline group sums. Collective over both groups.
-    func fullModel(_ local: FloatBuffer) throws -> FloatBuffer {
-        let out = FloatBuffer(count: full.parameters.count)
-        let sharding = runner.sharding
-        var gathered = local
-        if let parallel = runner.parallel {
-            gathered = FloatBuffer(count: sharding.localCount * sharding.size)
-            (gathered.base + sharding.rank * sharding.localCount).update(from: local.base, count: sharding.localCount)
-            try parallel.communicator.allgather(gathered.buffer)
+    /// A full-model buffer (the checkpoint layout) from a buffer in this rank's layout, on the pipeline's
+    /// rank 0 (tensor rank 0): the tensor-parallel group's rank 0 receives its group's shards one at a
+    /// time and places them whole, then the pipeline's rank 0 receives each other stage's tensors straight
+    /// into their places (the tied embedding from the first stage only). Only world rank 0 ends with more
+    /// than one whole buffer; an allgather and an allreduce used to leave every rank a whole buffer, the
+    /// group's shards and a ring segment of scratch. The others get a buffer back to discard.
+    /// Collective over the tensor-parallel group `tensor` and, on its rank 0, the pipeline group.
+    func fullModel(_ local: FloatBuffer, tensor: ProcessGroup?) throws -> FloatBuffer {
+        let sharding = runner.sharding, whole = full.parameters
+        let skipping: Set<String> = runner.stages[0] != nil ? [] : [GPTStage.tiedEmbedding]
+        let tag = Trainer.assemblyTag
+        if let tensor, tensor.worldSize > 1, tensor.rank != 0 {
+            try send(UnsafeRawBufferPointer(start: local.base, count: 4 * sharding.localCount), to: 0, tag: tag, group: tensor)
+            return local
         }
-        sharding.assemble(gathered: gathered.base, layout: full.parameters, into: out.base,
-                          skipping: runner.stages[0] != nil ? [] : [GPTStage.tiedEmbedding])
-        try allreduce(out.buffer, options: CollectiveOptions(), group: runner.group)
+        let out = FloatBuffer(count: whole.count)
+        sharding.assemble(piece: local.base, rank: 0, layout: whole, into: out.base, skipping: skipping)
+        if let tensor, tensor.worldSize > 1 {
+            let piece = FloatBuffer(count: sharding.localCount)
+            for q in 1..<tensor.worldSize {
+                try receive(UnsafeMutableRawBufferPointer(start: piece.base, count: 4 * sharding.localCount), from: q, tag: tag, group: tensor)
+                sharding.assemble(piece: piece.base, rank: q, layout: whole, into: out.base, skipping: skipping)
+            }
+        }
+        let group = runner.group
+        func bytes(_ range: Range<Int>) -> UnsafeMutableRawBufferPointer {
+            UnsafeMutableRawBufferPointer(start: out.base + range.lowerBound, count: 4 * range.count)
+        }
+        guard group.rank == 0 else {
+            for range in try wholeRanges(ofPipelineRank: group.rank) { try send(UnsafeRawBufferPointer(bytes(range)), to: 0, tag: tag, group: group) }
+            return out
+        }
+        for q in 1..<group.worldSize {
+            for range in try wholeRanges(ofPipelineRank: q) { try receive(bytes(range), from: q, tag: tag, group: group) }
+        }
         return out
+    }
+
+    /// Where pipeline rank `q`'s tensors lie in the whole model's buffer, adjacent ones merged (both ends
+    /// of the assembly compute the same list). The tied embedding is the first stage's (pipeline rank 0).
+    func wholeRanges(ofPipelineRank q: Int) throws -> [Range<Int>] {
+        let names = try PipelineRunner.layout(schedule: runner.schedule, configuration: runner.configuration, rank: q).names
+        var ranges: [Range<Int>] = []
+        for name in names where q == 0 || name != GPTStage.tiedEmbedding {
+            let p = full.parameters[name]
+            let range = p.offset..<(p.offset + p.value.count)
+            if let last = ranges.last, last.upperBound == range.lowerBound { ranges[ranges.count - 1] = last.lowerBound..<range.upperBound }
+            else { ranges.append(range) }
+        }
+        return ranges.sorted { $0.lowerBound < $1.lowerBound }
     }
 
     /// Sum of squares of this rank's gradients inside `ranges` (ZeRO-1: the pieces it owns), the tied

@@ -247,17 +247,11 @@ public struct LayoutPlanner {
         if dp > 1 && c.zeroStage >= 1 { bytes += stateBuffers * local }
         if dp > 1 && c.zeroStage == 3 { bytes += local * Double(dp - 1) / Double(dp) }
         let assembling = max(c.tensorParallel, c.expertParallel)
-        if c.pipelineParallel > 1 {
-            // PipelineTask.fullModel: the whole model and each state buffer, the tensor-parallel group's
-            // allgather of its shards, and the pipeline group's allreduce of each whole buffer, whose
-            // scratch stays: a ring's segment (whole / pp), or halving-doubling's whole buffer when small.
-            let pp = c.pipelineParallel
-            let ring = chooseAlgorithm(bytes: Int(wholeModelBytes), worldSize: pp, table: nil) == .ring
-            let scratch = ring ? (wholeModelBytes / Double(pp)).rounded(.up) : wholeModelBytes
-            bytes += (stateBuffers + 1) * wholeModelBytes + scratch + (assembling > 1 ? local * Double(assembling) : 0)
-        } else if assembling > 1 {
-            // Trainer.fullModel: the whole model and each state buffer, plus one received shard.
-            bytes += (stateBuffers + 1) * wholeModelBytes + local
+        if c.pipelineParallel > 1 || assembling > 1 {
+            // Trainer.fullModel and PipelineTask.fullModel: the whole model and each state buffer, plus
+            // one received shard under tensor or expert parallelism (a pipeline's stages arrive straight
+            // into their places).
+            bytes += (stateBuffers + 1) * wholeModelBytes + (assembling > 1 ? local : 0)
         }
         return bytes
     }

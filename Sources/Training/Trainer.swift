@@ -775,7 +775,7 @@ public final class Trainer {
     /// `local` itself when it already is the full layout (no copy: a checkpoint would hold a second
     /// model for nothing). Collective on that group.
     func fullModel(_ local: FloatBuffer) throws -> FloatBuffer {
-        if let pipeline = task as? PipelineGPTTask { return try pipeline.fullModel(local) }
+        if let pipeline = task as? PipelineGPTTask { return try pipeline.fullModel(local, tensor: tensor?.group) }
         let sharding = task.sharding
         guard let group = tensor?.group ?? groups.expert?.group else { return local }
         let bytes = 4 * sharding.localCount

@@ -149,4 +149,10 @@ extension ParameterSharding {
                          skipping: Set<String> = []) {
         assemble(gathered: gathered, skipping: skipping) { buffer + whole[$0.local.name].offset }
     }
+
+    /// The same for rank `q`'s local buffer alone (one shard of room, as `assemble(piece:rank:into:)`).
+    public func assemble(piece: UnsafePointer<Float>, rank q: Int, layout whole: ParameterSet, into buffer: UnsafeMutablePointer<Float>,
+                         skipping: Set<String> = []) {
+        assemble(piece: piece, rank: q, skipping: skipping) { buffer + whole[$0.local.name].offset }
+    }
 }
