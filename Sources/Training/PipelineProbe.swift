@@ -5,19 +5,19 @@ import Support
 import Tensors
 
 // A pipeline step when more ranks than cores share a host, run rather than simulated. With 4 ranks on
-// 2 cores a list schedule of the same actions (the planner's model until 2026-12-05) predicted pp 4 at 25 ms where it ran 30-35: a stage
-// that sends wakes its send thread, which wakes the receiver, and each wake-up lands on cores that other
-// stages hold, so passes stretch and cores idle in ways no scheduling formula here reproduced (docs/
-// benchmarks.md, "Where an oversubscribed pipeline's step goes"). The probe runs the schedule's action
-// lists on this machine's cores with the same threads a rank has: per rank a compute thread, whose
-// passes are arithmetic and a pass over an L2's worth of memory (ProbeMember) as long as the timed
-// shards' passes, and a send thread that the compute thread wakes through a pipe, which waits out the
-// transfer's time asleep (a link's wire time and a blocking wake-up take no core; the copy into a
+// 2 cores a list schedule of the same actions (the planner's model until 2026-12-05) predicted pp 4 at
+// 25 ms where it ran 30-35: a stage that sends wakes its send thread, which wakes the receiver, and each
+// wake-up lands on cores that other stages hold, so passes stretch and cores idle in ways no scheduling
+// formula here reproduced (docs/benchmarks.md, "Where an oversubscribed pipeline's step goes"). The probe
+// runs the schedule's action lists on this machine's cores with the threads a rank has: a compute
+// thread, whose passes are arithmetic and a pass over an L2's worth of memory (ProbeMember) as long as
+// the timed shards' passes, and a send thread that the compute thread wakes through a pipe, which waits
+// out the transfer asleep (a link's wire time and a blocking wake-up take no core; the copy into a
 // shared-memory lane, which does, is a few microseconds at these sizes) and then wakes the receiver
-// through another. `copies` pipelines run at once, as dp x tp
-// pipelines share the host; with tensor parallelism the same stage of `tensorParallel` neighbouring
-// copies is one group, whose passes stop at each of the layers' collectives for a ring of byte-sized
-// steps over pipes (SyncProbe's pattern), so the group's members wait for each other as they do.
+// through another. `copies` pipelines run at once, as dp x tp pipelines share the host; with tensor
+// parallelism the same stage of `tensorParallel` neighbouring copies is one group, whose passes stop at
+// each of the layers' collectives for a ring of byte-sized steps over pipes (SyncProbe's pattern), so
+// the group's members wait for each other as they do.
 
 public enum PipelineProbe {
     /// One rank of one probe pipeline.

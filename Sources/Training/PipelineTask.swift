@@ -144,13 +144,14 @@ public final class PipelineGPTTask: TrainingTask {
     func wholeRanges(ofPipelineRank q: Int) throws -> [Range<Int>] {
         let names = try PipelineRunner.layout(schedule: runner.schedule, configuration: runner.configuration, rank: q).names
         var ranges: [Range<Int>] = []
-        for name in names where q == 0 || name != GPTStage.tiedEmbedding {
+        for range in names.filter({ q == 0 || $0 != GPTStage.tiedEmbedding }).map({ name -> Range<Int> in
             let p = full.parameters[name]
-            let range = p.offset..<(p.offset + p.value.count)
+            return p.offset..<(p.offset + p.value.count)
+        }).sorted(by: { $0.lowerBound < $1.lowerBound }) {
             if let last = ranges.last, last.upperBound == range.lowerBound { ranges[ranges.count - 1] = last.lowerBound..<range.upperBound }
             else { ranges.append(range) }
         }
-        return ranges.sorted { $0.lowerBound < $1.lowerBound }
+        return ranges
     }
 
     /// Sum of squares of this rank's gradients inside `ranges` (ZeRO-1: the pieces it owns), the tied

@@ -377,7 +377,7 @@ public struct LayoutPlanner {
                                                ringSteps: sp ? tp - 1 : 2 * (tp - 1))
                     }.sorted()[rounds / 2]
                     coresFloor = max(coresFloor, pass * Double(layout.gradAccum))
-                    pipelineProbed = true
+                    pipelineProbed = pass > 0
                 }
             }
             var overhead = 0.0
