@@ -393,8 +393,11 @@ public struct LayoutPlanner {
             let activationBytes = 4 * layout.batchSize * layout.blockSize * config.nEmbd
             var comm = 0.0
             if tp > 1 {
-                let perLayer = 4 * (layout.sequenceParallel ? 2 * communication.half(bytes: activationBytes, ranks: tp)
-                                                            : communication.allreduce(bytes: activationBytes, ranks: tp))
+                // Per block 2 allreduces forward and 2 backward; with sequence parallelism 4 all-gathers and
+                // reduce-scatters forward and 6 backward (the LayerNorm outputs gathered again for the
+                // weight gradients), each half an allreduce.
+                let perLayer = layout.sequenceParallel ? 10 * communication.half(bytes: activationBytes, ranks: tp)
+                                                       : 4 * communication.allreduce(bytes: activationBytes, ranks: tp)
                 comm += microbatches * Double(config.nLayer / pp) * perLayer
             }
             // A probed pipeline's hand-offs are in its step already (each waited out on the send thread).
