@@ -407,19 +407,21 @@ public struct LayoutPlanner {
                 comm += microbatches * Double(mixtures) * 4 * communication.allToAll(bytes: moe.topK * activationBytes, ranks: ep)
             }
             if dp > 1 {
-                // Buckets overlap the rest of backward (about 2/3 of the compute) except the last one.
+                // Buckets overlap the rest of backward (about 2/3 of the compute) except the last one. A
+                // pipeline averages its gradients after its passes (Trainer.pipelineStep): nothing overlaps.
                 let gradientBytes = 4 * localParameters
                 let bucket = communication.allreduce(bytes: min(gradientBytes, Int(layout.bucketMb * 1048576)), ranks: dp)
+                let overlap = pp > 1 ? 0 : compute * 2 / 3
                 switch layout.zeroStage {
-                case 0: comm += max(communication.allreduce(bytes: gradientBytes, ranks: dp) - compute * 2 / 3, bucket)
+                case 0: comm += max(communication.allreduce(bytes: gradientBytes, ranks: dp) - overlap, bucket)
                 case 1, 2:
                     // Reduce-scatter while backward runs; the updated pieces are gathered after the step,
                     // with nothing left to overlap.
                     let half = communication.half(bytes: gradientBytes, ranks: dp)
-                    comm += max(half - compute * 2 / 3, bucket / 2) + half
+                    comm += max(half - overlap, bucket / 2) + half
                 default:
                     // ZeRO-3 gathers the parameters for forward and for backward besides reduce-scattering.
-                    comm += max(1.5 * communication.allreduce(bytes: gradientBytes, ranks: dp) - compute * 2 / 3, bucket)
+                    comm += max(1.5 * communication.allreduce(bytes: gradientBytes, ranks: dp) - overlap, bucket)
                 }
             }
             // More ranks on a host than cores: lanes move bytes with the CPU, and every rank copies at the
