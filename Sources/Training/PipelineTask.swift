@@ -112,19 +112,9 @@ public final class PipelineGPTTask: TrainingTask {
         let sharding = runner.sharding, whole = full.parameters
         let skipping: Set<String> = runner.stages[0] != nil ? [] : [GPTStage.tiedEmbedding]
         let tag = Trainer.assemblyTag
-        if let tensor, tensor.worldSize > 1, tensor.rank != 0 {
-            try send(UnsafeRawBufferPointer(start: local.base, count: 4 * sharding.localCount), to: 0, tag: tag, group: tensor)
-            return local
-        }
-        let out = FloatBuffer(count: whole.count)
-        sharding.assemble(piece: local.base, rank: 0, layout: whole, into: out.base, skipping: skipping)
-        if let tensor, tensor.worldSize > 1 {
-            let piece = FloatBuffer(count: sharding.localCount)
-            for q in 1..<tensor.worldSize {
-                try receive(UnsafeMutableRawBufferPointer(start: piece.base, count: 4 * sharding.localCount), from: q, tag: tag, group: tensor)
-                sharding.assemble(piece: piece.base, rank: q, layout: whole, into: out.base, skipping: skipping)
-            }
-        }
+        guard let out = try Trainer.assembleOnRankZero(local, localCount: sharding.localCount, fullCount: whole.count, group: tensor, place: {
+            sharding.assemble(piece: $0, rank: $1, layout: whole, into: $2, skipping: skipping)
+        }) else { return local }
         let group = runner.group
         func bytes(_ range: Range<Int>) -> UnsafeMutableRawBufferPointer {
             UnsafeMutableRawBufferPointer(start: out.base + range.lowerBound, count: 4 * range.count)

@@ -768,9 +768,8 @@ public final class Trainer {
     }
 
     /// A full-layout buffer from a local-layout one (parameters or unpacked optimizer state), on rank 0
-    /// of the tensor-parallel (or expert) group: it receives the other ranks' shards one at a time and
-    /// assembles each, so it holds the full buffer and one shard of room, and the others send theirs and
-    /// hold nothing more (an allgather gave every rank the whole group's shards and a full buffer it
+    /// of the tensor-parallel (or expert) group (`assembleOnRankZero`: the others send their shards and
+    /// hold nothing more; an allgather gave every rank the whole group's shards and a full buffer it
     /// threw away: 6.5 MB per call on the recipe at tp 4). The others get `local` back, to discard.
     /// `local` itself when it already is the full layout (no copy: a checkpoint would hold a second
     /// model for nothing). Collective on that group.
@@ -778,16 +777,31 @@ public final class Trainer {
         if let pipeline = task as? PipelineGPTTask { return try pipeline.fullModel(local, tensor: tensor?.group) }
         let sharding = task.sharding
         guard let group = tensor?.group ?? groups.expert?.group else { return local }
-        let bytes = 4 * sharding.localCount
-        guard group.rank == 0 else {
-            try send(UnsafeRawBufferPointer(start: local.base, count: bytes), to: 0, tag: Self.assemblyTag, group: group)
-            return local
+        return try Self.assembleOnRankZero(local, localCount: sharding.localCount, fullCount: sharding.fullCount, group: group) {
+            sharding.assemble(piece: $0, rank: $1, into: $2)
+        } ?? local
+    }
+
+    /// A group's shards assembled on its rank 0, one at a time, so it holds the full buffer and one
+    /// shard of room: it places its own `local` (`localCount` floats) and then each other rank's, as
+    /// received, with `place(piece, rank, full)` into a new buffer of `fullCount` floats, which it
+    /// returns. The other ranks send `local` and get nil. No group (or a group of one): rank 0's part
+    /// alone. Collective on `group`.
+    static func assembleOnRankZero(_ local: FloatBuffer, localCount: Int, fullCount: Int, group: ProcessGroup?,
+                                   place: (UnsafePointer<Float>, Int, UnsafeMutablePointer<Float>) -> Void) throws -> FloatBuffer? {
+        let bytes = 4 * localCount, others = (group?.worldSize ?? 1) - 1
+        if let group, others > 0, group.rank != 0 {
+            try send(UnsafeRawBufferPointer(start: local.base, count: bytes), to: 0, tag: assemblyTag, group: group)
+            return nil
         }
-        let full = FloatBuffer(count: sharding.fullCount), piece = FloatBuffer(count: sharding.localCount)
-        sharding.assemble(piece: local.base, rank: 0, into: full.base)
-        for q in 1..<group.worldSize {
-            try receive(UnsafeMutableRawBufferPointer(start: piece.base, count: bytes), from: q, tag: Self.assemblyTag, group: group)
-            sharding.assemble(piece: piece.base, rank: q, into: full.base)
+        let full = FloatBuffer(count: fullCount)
+        place(local.base, 0, full.base)
+        if let group, others > 0 {
+            let piece = FloatBuffer(count: localCount)
+            for q in 1...others {
+                try receive(UnsafeMutableRawBufferPointer(start: piece.base, count: bytes), from: q, tag: assemblyTag, group: group)
+                place(piece.base, q, full.base)
+            }
         }
         return full
     }

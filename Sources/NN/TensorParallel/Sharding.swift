@@ -82,11 +82,7 @@ public struct ParameterSharding: Sendable {
     /// `gathered` holds every rank's local buffer, rank after rank (an allgather of localCount floats
     /// each); writes the full-layout buffer. Replicated tensors come from rank 0.
     public func assemble(gathered: UnsafePointer<Float>, into full: UnsafeMutablePointer<Float>) {
-        assemble(gathered: gathered, skipping: []) { full + $0.fullOffset }
-    }
-
-    func assemble(gathered: UnsafePointer<Float>, skipping: Set<String>, at place: (ParameterShard) -> UnsafeMutablePointer<Float>) {
-        for q in 0..<size { assemble(piece: gathered + q * localCount, rank: q, skipping: skipping, at: place) }
+        for q in 0..<size { assemble(piece: gathered + q * localCount, rank: q, into: full) }
     }
 
     /// Rank `q`'s local buffer (localCount floats) into its places in the full layout: one rank's shard
@@ -142,15 +138,9 @@ extension ParameterSharding {
         }
     }
 
-    /// The reverse of `scatter(whole:)` for all ranks at once: `gathered` as for `assemble`; writes this
-    /// set's tensors, whole, at their places in a buffer laid out as `whole`, leaving the rest alone.
-    /// `skipping` names tensors not to write.
-    public func assemble(gathered: UnsafePointer<Float>, layout whole: ParameterSet, into buffer: UnsafeMutablePointer<Float>,
-                         skipping: Set<String> = []) {
-        assemble(gathered: gathered, skipping: skipping) { buffer + whole[$0.local.name].offset }
-    }
-
-    /// The same for rank `q`'s local buffer alone (one shard of room, as `assemble(piece:rank:into:)`).
+    /// The reverse of `scatter(whole:)` for rank `q`'s local buffer (one shard of room, as
+    /// `assemble(piece:rank:into:)`): writes this set's tensors, whole, at their places in a buffer laid
+    /// out as `whole`, leaving the rest alone. `skipping` names tensors not to write.
     public func assemble(piece: UnsafePointer<Float>, rank q: Int, layout whole: ParameterSet, into buffer: UnsafeMutablePointer<Float>,
                          skipping: Set<String> = []) {
         assemble(piece: piece, rank: q, skipping: skipping) { buffer + whole[$0.local.name].offset }
