@@ -219,7 +219,8 @@ public struct LayoutPlanner {
         let tp = c.tensorParallel
         var waits = 0.0
         if tp > 1 && c.pipelineParallel == 1 {
-            let perMicro = Double(layers * (c.sequenceParallel ? 10 : 4) + 4)
+            let block = Self.blockCollectives(sequenceParallel: c.sequenceParallel)
+            let perMicro = Double(layers * (block.forward + block.backward) + 4)
             let steps = c.sequenceParallel ? tp - 1 : 2 * (tp - 1)
             waits += microbatches * perMicro * penalty(tp, steps, compute / (microbatches * perMicro))
         }
@@ -235,6 +236,11 @@ public struct LayoutPlanner {
         }
         return waits
     }
+
+    /// A transformer block's tensor-parallel collectives per micro-batch (TransformerBlock): 2 allreduces
+    /// forward and 2 backward; with sequence parallelism 4 all-gathers and reduce-scatters forward and 6
+    /// backward (the LayerNorm outputs gathered again for the weight gradients).
+    static func blockCollectives(sequenceParallel: Bool) -> (forward: Int, backward: Int) { sequenceParallel ? (4, 6) : (2, 2) }
 
     /// Rank 0's assembly for a single-file checkpoint (Trainer.saveCheckpoint): under ZeRO the optimizer
     /// state's pieces gathered into full buffers (and, at stage 3, the parameters pinned whole); under
@@ -363,11 +369,12 @@ public struct LayoutPlanner {
                                               step: updateShare * (times.map(\.update).max() ?? 0))
                     // A stage's tensor-parallel collectives per micro-batch (as oversubscribedWaits counts them).
                     let ranges = try schedule.layerRanges(layers: config.nLayer), sp = layout.sequenceParallel
+                    let block = Self.blockCollectives(sequenceParallel: sp)
                     let collectives: (PipelineAction) -> Int = { a in
                         let ends = (a.stage == 0 ? 1 : 0) + (a.stage == ranges.count - 1 ? 1 : 0)
                         switch a.kind {
-                        case .forward: return ranges[a.stage].count * (sp ? 4 : 2) + ends
-                        case .backward, .backwardInput: return ranges[a.stage].count * (sp ? 6 : 2) + ends
+                        case .forward: return ranges[a.stage].count * block.forward + ends
+                        case .backward, .backwardInput: return ranges[a.stage].count * block.backward + ends
                         default: return 0
                         }
                     }
@@ -393,11 +400,10 @@ public struct LayoutPlanner {
             let activationBytes = 4 * layout.batchSize * layout.blockSize * config.nEmbd
             var comm = 0.0
             if tp > 1 {
-                // Per block 2 allreduces forward and 2 backward; with sequence parallelism 4 all-gathers and
-                // reduce-scatters forward and 6 backward (the LayerNorm outputs gathered again for the
-                // weight gradients), each half an allreduce.
-                let perLayer = layout.sequenceParallel ? 10 * communication.half(bytes: activationBytes, ranks: tp)
-                                                       : 4 * communication.allreduce(bytes: activationBytes, ranks: tp)
+                // With sequence parallelism each of a block's collectives is half an allreduce.
+                let block = Self.blockCollectives(sequenceParallel: layout.sequenceParallel)
+                let perLayer = Double(block.forward + block.backward) * (layout.sequenceParallel ? communication.half(bytes: activationBytes, ranks: tp)
+                                                                                                  : communication.allreduce(bytes: activationBytes, ranks: tp))
                 comm += microbatches * Double(config.nLayer / pp) * perLayer
             }
             // A probed pipeline's hand-offs are in its step already (each waited out on the send thread).
