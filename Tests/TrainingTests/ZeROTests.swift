@@ -260,10 +260,12 @@ final class ZeROTests: XCTestCase {
         let file = dir + "/consolidated.safetensors"
         XCTAssertEqual(try runToEnd(Self.buildDirectory + "/ddp-train", ["consolidate", dir + "/ckpt.sharded", file]).status, 0)
         let ours = try LoadedCheckpoint(path: file).tensors
-        let script = "import sys\nfrom safetensors.torch import load_file\nt = load_file(sys.argv[1])\nfor k in sorted(t): print(k, list(t[k].shape), repr(float(t[k].double().sum())))"
+        // Each tensor's line starts with "tensor ": PyTorch may warn on the same output (without numpy:
+        // "Failed to initialize NumPy"), and a warning is not a tensor.
+        let script = "import sys\nfrom safetensors.torch import load_file\nt = load_file(sys.argv[1])\nfor k in sorted(t): print('tensor', k, list(t[k].shape), repr(float(t[k].double().sum())))"
         let read = try runToEnd(python, ["-c", script, file])
         XCTAssertEqual(read.status, 0, read.output)
-        let lines = read.output.split(separator: "\n").filter { !$0.isEmpty }
+        let lines = read.output.split(separator: "\n").filter { $0.hasPrefix("tensor ") }.map { $0.dropFirst("tensor ".count) }
         XCTAssertEqual(lines.count, ours.count, read.output)
         for line in lines {
             let parts = line.split(separator: " ", maxSplits: 1)
