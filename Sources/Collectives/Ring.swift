@@ -23,8 +23,7 @@ public func ringReduceScatter(_ buffer: UnsafeMutableBufferPointer<Float>, op: R
         let right = (rank + 1) % n, left = (rank + n - 1) % n
         let maxSegment = segmentRange(count: buffer.count, parts: n, index: 0).count
         // A step travels in pieces of at most ringPieceElements through one cache-sized scratch: a
-        // segment-sized scratch (8 MiB at 16 MiB on 2 ranks) was written and read back from memory,
-        // which made the ring 1.2-2x slower than the double tree above a few MiB.
+        // segment-sized scratch (8 MiB at 16 MiB on 2 ranks) was written and read back from memory.
         let piece = min(max(maxSegment, 1), ringPieceElements)
         let scratch = group.scratchFloats(piece)
         for step in 0..<(n - 1) {
