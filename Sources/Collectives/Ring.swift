@@ -31,8 +31,11 @@ public func ringReduceScatter(_ buffer: UnsafeMutableBufferPointer<Float>, op: R
             let send = segmentRange(count: buffer.count, parts: n, index: sendIndex)
             let receive = segmentRange(count: buffer.count, parts: n, index: receiveIndex)
             for offset in stride(from: 0, to: max(send.count, receive.count, 1), by: piece) {
-                let sending = (send.lowerBound + min(offset, send.count))..<(send.lowerBound + min(offset + piece, send.count))
-                let receiving = (receive.lowerBound + min(offset, receive.count))..<(receive.lowerBound + min(offset + piece, receive.count))
+                // This piece of a segment (empty once the shorter segment has run out).
+                func part(_ segment: Range<Int>) -> Range<Int> {
+                    (segment.lowerBound + min(offset, segment.count))..<(segment.lowerBound + min(offset + piece, segment.count))
+                }
+                let sending = part(send), receiving = part(receive)
                 let destination = buffer.baseAddress! + receiving.lowerBound
                 try exchange(group, tag: tag, sendTo: sending.isEmpty ? nil : right, sendBytes: bytesOf(buffer, sending),
                              receiveFrom: receiving.isEmpty ? nil : left, receiveBuffer: mutableBytesOf(scratch, 0..<receiving.count),

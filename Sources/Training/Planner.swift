@@ -221,7 +221,7 @@ public struct LayoutPlanner {
         if tp > 1 && c.pipelineParallel == 1 {
             let block = Self.blockCollectives(sequenceParallel: c.sequenceParallel)
             let perMicro = Double(layers * (block.forward + block.backward) + 4)
-            let steps = c.sequenceParallel ? tp - 1 : 2 * (tp - 1)
+            let steps = Self.collectiveRingSteps(sequenceParallel: c.sequenceParallel, tensorParallel: tp)
             waits += microbatches * perMicro * penalty(tp, steps, compute / (microbatches * perMicro))
         }
         if dp > 1 && c.zeroStage == 3 {
@@ -241,6 +241,10 @@ public struct LayoutPlanner {
     /// forward and 2 backward; with sequence parallelism 4 all-gathers and reduce-scatters forward and 6
     /// backward (the LayerNorm outputs gathered again for the weight gradients).
     static func blockCollectives(sequenceParallel: Bool) -> (forward: Int, backward: Int) { sequenceParallel ? (4, 6) : (2, 2) }
+
+    /// Ring steps of one of those collectives over `tensorParallel` ranks: an allreduce 2 (tp - 1), an
+    /// all-gather or reduce-scatter (sequence parallelism) tp - 1.
+    static func collectiveRingSteps(sequenceParallel: Bool, tensorParallel tp: Int) -> Int { sequenceParallel ? tp - 1 : 2 * (tp - 1) }
 
     /// Rank 0's assembly for a single-file checkpoint (Trainer.saveCheckpoint): under ZeRO the optimizer
     /// state's pieces gathered into full buffers (and, at stage 3, the parameters pinned whole); under
@@ -381,7 +385,7 @@ public struct LayoutPlanner {
                     let rounds = max(timingRounds, 1)
                     let pass = (0..<rounds).map { _ in
                         PipelineProbe.stepTime(schedule, costs: costs, copies: dp * tp, tensorParallel: tp, collectives: collectives,
-                                               ringSteps: sp ? tp - 1 : 2 * (tp - 1))
+                                               ringSteps: Self.collectiveRingSteps(sequenceParallel: sp, tensorParallel: tp))
                     }.sorted()[rounds / 2]
                     coresFloor = max(coresFloor, pass * Double(layout.gradAccum))
                     pipelineProbed = pass > 0
