@@ -21,6 +21,10 @@ public struct SweepPlan: Sendable {
     /// Also time the allreduce out of place (nccl-tests' other column): the input copied into the
     /// result buffer, then reduced there, the input left untouched.
     public var outOfPlace = false
+    /// Busy work before every timed call, not timed (0: back to back): a step's collectives follow
+    /// compute, after which a link's queue is empty and TCP's stream starts again, and on shared cores
+    /// the other ranks' work competes with the kernel's packet handling.
+    public var gapSeconds = 0.0
     public init(sizes: [Int], algorithms: [AllreduceAlgorithm], iterations: Int, warmup: Int, check: Bool, trials: Int = 5,
                 tuning: TuningTable? = nil) {
         self.sizes = sizes; self.algorithms = algorithms; self.iterations = iterations; self.warmup = warmup; self.check = check
@@ -71,9 +75,19 @@ public func runSweep(_ plan: SweepPlan, group: ProcessGroup) throws -> [BenchRes
         for _ in 0..<plan.trials {
             for (a, option) in options.enumerated() {
                 try barrier(group: group)
-                let start = Deadline.now()
-                for _ in 0..<iterations { try allreduce(data, op: plan.op, options: option, group: group) }
-                let mine = (Deadline.now() - start) / Double(iterations)
+                var mine = 0.0
+                if plan.gapSeconds > 0 {
+                    for _ in 0..<iterations {
+                        spin(seconds: plan.gapSeconds)
+                        let start = Deadline.now()
+                        try allreduce(data, op: plan.op, options: option, group: group)
+                        mine += (Deadline.now() - start) / Double(iterations)
+                    }
+                } else {
+                    let start = Deadline.now()
+                    for _ in 0..<iterations { try allreduce(data, op: plan.op, options: option, group: group) }
+                    mine = (Deadline.now() - start) / Double(iterations)
+                }
                 stray[a] += data.reduce(0) { $0 + ($1 == 0 ? 0 : 1) }
                 trialTimes[a].append(try aggregate(mine, plan.aggregation, group: group, scalar: scalar))
                 if plan.outOfPlace {
@@ -124,6 +138,16 @@ public func runSweep(_ plan: SweepPlan, group: ProcessGroup) throws -> [BenchRes
     // Table order: by algorithm, then size.
     let order = Dictionary(uniqueKeysWithValues: plan.algorithms.enumerated().map { ($1.rawValue, $0) })
     return results.sorted { (order[$0.algorithm]!, $0.bytes) < (order[$1.algorithm]!, $1.bytes) }
+}
+
+/// Keeps the core busy for `seconds`, as a step's compute does between its collectives.
+func spin(seconds: Double) {
+    let end = Deadline.now() + seconds
+    var x: Float = 1
+    while Deadline.now() < end {
+        for _ in 0..<1000 { x = x * 1.0000001 + 1e-7 }
+    }
+    if x == 0 { print("") }  // keeps the work from being optimized away
 }
 
 /// Timed calls per trial: `iterations` in all, fewer for messages over 1 MiB (so a sweep stays short),

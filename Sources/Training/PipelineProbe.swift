@@ -16,8 +16,8 @@ import Tensors
 // shared-memory lane, which does, is a few microseconds at these sizes) and then wakes the receiver
 // through another. `copies` pipelines run at once, as dp x tp pipelines share the host; with tensor
 // parallelism the same stage of `tensorParallel` neighbouring copies is one group, whose passes stop at
-// each of the layers' collectives for a ring of byte-sized steps over pipes (SyncProbe's pattern), so
-// the group's members wait for each other as they do.
+// each of the layers' collectives for a ring of steps over pipes (SyncProbe's pattern, wire time
+// included across hosts), so the group's members wait for each other as they do.
 
 public enum PipelineProbe {
     /// One rank of one probe pipeline.
@@ -55,12 +55,6 @@ public enum PipelineProbe {
         return byte
     }
 
-    private static func sleep(seconds: Double) {
-        guard seconds > 0 else { return }
-        var wait = timespec(tv_sec: Int(seconds), tv_nsec: Int((seconds - seconds.rounded(.down)) * 1e9)), left = timespec()
-        while nanosleep(&wait, &left) != 0 && errno == EINTR { wait = left }
-    }
-
     /// Dependent multiply-adds that, with one pass over a member's memory, last `seconds` on a core alone.
     static func workCount(_ seconds: Double) -> Int {
         seconds <= 0 ? 0 : max(0, Int((seconds - SyncProbe.passSeconds) * SyncProbe.workRate))
@@ -69,10 +63,11 @@ public enum PipelineProbe {
     /// Seconds per step of `copies` pipelines running `schedule` (which must have passed
     /// PipelineSimulator.run) at `costs`, on this machine's cores: the mean of `iterations` steps after
     /// one unmeasured. With `tensorParallel` > 1 (dividing `copies`) each compute action stops
-    /// `collectives(action)` times, evenly spread, for `ringSteps` ring steps of its group. 0 when pipes
-    /// cannot be made.
+    /// `collectives(action)` times, evenly spread, for `ringSteps` ring steps of its group, each
+    /// `ringTransfer` seconds on a link (0: shared memory). 0 when pipes cannot be made.
     public static func stepTime(_ schedule: PipelineSchedule, costs: PipelineCosts, copies: Int, tensorParallel: Int = 1,
-                                collectives: (PipelineAction) -> Int = { _ in 0 }, ringSteps: Int = 0, iterations: Int = 6) -> Double {
+                                collectives: (PipelineAction) -> Int = { _ in 0 }, ringSteps: Int = 0, ringTransfer: Double = 0,
+                                iterations: Int = 6) -> Double {
         let p = schedule.pipelineParallel, stop = UInt8(255), tp = max(tensorParallel, 1)
         guard copies % tp == 0 else { return 0 }
         var fds: [Int32] = []
@@ -126,7 +121,7 @@ public enum PipelineProbe {
                     while true {
                         let peer = take(rank.queue.read)
                         if peer == stop { break }
-                        sleep(seconds: costs.transfer)
+                        sleepSeconds(costs.transfer)
                         put(rank.to[Int(peer)], 1)
                     }
                     done.signal()
@@ -146,7 +141,7 @@ public enum PipelineProbe {
                                 let plan = plans[r][i]
                                 rank.compute.work(plan.count)
                                 for _ in 0..<plan.stops {
-                                    for _ in 0..<ringSteps { put(rank.ringOut, 1); _ = take(rank.ringIn) }
+                                    for _ in 0..<ringSteps { ProbeMember.ringStep(out: rank.ringOut, in: rank.ringIn, transfer: ringTransfer) }
                                     rank.compute.work(plan.count)
                                 }
                             }

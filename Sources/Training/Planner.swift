@@ -209,32 +209,50 @@ public struct LayoutPlanner {
     }
 
     /// The busiest rank's blocking synchronizations per step, each priced by `penalty(group, ring steps,
-    /// compute between two of them)`: tensor-parallel collectives (per block 4 allreduces, or with sequence
-    /// parallelism 4 forward and 6 backward reduce-scatters and all-gathers; the embedding and the
-    /// vocabulary-parallel head 4 more), ZeRO-3's gathers (two per unit and micro-batch) and the wait for
-    /// the last bucket. A pipeline's hand-offs and its stages' tensor-parallel collectives are not here:
-    /// PipelineProbe runs them with its passes.
+    /// compute between two of them, each step's wire time)`: tensor-parallel collectives (per block 4
+    /// allreduces, or with sequence parallelism 4 forward and 6 backward reduce-scatters and all-gathers;
+    /// the embedding and the vocabulary-parallel head 4 more), ZeRO-3's gathers (two per unit and
+    /// micro-batch) and the wait for the last bucket. A pipeline's hand-offs and its stages'
+    /// tensor-parallel collectives are not here: PipelineProbe runs them with its passes.
     public func oversubscribedWaits(_ c: TrainConfig, dataParallel dp: Int, microbatches: Double, compute: Double, layers: Int,
-                                    penalty: (Int, Int, Double) -> Double) -> Double {
+                                    gradientBytes: Int, penalty: (Int, Int, Double, Double) -> Double) -> Double {
         let tp = c.tensorParallel
         var waits = 0.0
         if tp > 1 && c.pipelineParallel == 1 {
             let block = Self.blockCollectives(sequenceParallel: c.sequenceParallel)
             let perMicro = Double(layers * (block.forward + block.backward) + 4)
             let steps = Self.collectiveRingSteps(sequenceParallel: c.sequenceParallel, tensorParallel: tp)
-            waits += microbatches * perMicro * penalty(tp, steps, compute / (microbatches * perMicro))
+            let wire = wireTime(ofStep: tensorParallelCollective(c), steps: steps)
+            waits += microbatches * perMicro * penalty(tp, steps, compute / (microbatches * perMicro), wire)
         }
         if dp > 1 && c.zeroStage == 3 {
             let perMicro = Double(2 * (config.nLayer + 2))
-            waits += microbatches * perMicro * penalty(dp, dp - 1, compute / (microbatches * perMicro))
+            let gather = communication.half(bytes: gradientBytes / (config.nLayer + 2), ranks: dp)
+            waits += microbatches * perMicro * penalty(dp, dp - 1, compute / (microbatches * perMicro), wireTime(ofStep: gather, steps: dp - 1))
         }
         if dp > 1 {
             // Buckets are averaged on each rank's communication thread while backward goes on; the
             // compute thread blocks once, for the last of them (4 ranks on 2 cores: dp 4 measured at the
             // cores' floor, where a wait per bucket predicted 3-8 ms more).
-            waits += penalty(dp, 2 * (dp - 1), compute)
+            let bucket = communication.allreduce(bytes: min(gradientBytes, Int(c.bucketMb * 1048576)), ranks: dp)
+            waits += penalty(dp, 2 * (dp - 1), compute, wireTime(ofStep: bucket, steps: 2 * (dp - 1)))
         }
         return waits
+    }
+
+    /// Ranks on more than one host talk over links, whose wire time takes no core (each receive sleeps,
+    /// then needs a core again); ranks of one host copy through shared memory, which is CPU work.
+    public var crossesLinks: Bool { ranksOnHost < worldSize }
+
+    /// One ring step's share of a collective's `seconds` when that is wire time, else 0 (the probes then
+    /// run the steps back to back).
+    func wireTime(ofStep seconds: Double, steps: Int) -> Double { crossesLinks && steps > 0 ? seconds / Double(steps) : 0 }
+
+    /// One of a block's tensor-parallel collectives: an allreduce of the activations, or with sequence
+    /// parallelism a reduce-scatter or all-gather (half of one).
+    func tensorParallelCollective(_ c: TrainConfig) -> Double {
+        let bytes = 4 * c.batchSize * c.blockSize * config.nEmbd
+        return c.sequenceParallel ? communication.half(bytes: bytes, ranks: c.tensorParallel) : communication.allreduce(bytes: bytes, ranks: c.tensorParallel)
     }
 
     /// A transformer block's tensor-parallel collectives per micro-batch (TransformerBlock): 2 allreduces
@@ -290,14 +308,14 @@ public struct LayoutPlanner {
         var out: [PlannedLayout] = []
         var timed: [String: [ShardTime]] = [:]
         var probed: [String: Double] = [:]
-        /// SyncProbe's penalty, cached by its arguments (work rounded to 10 µs).
-        func syncPenalty(group: Int, steps: Int, work: Double) -> Double {
-            let key = "\(group) \(steps) \(Int(work * 1e5))"
+        /// SyncProbe's penalty, cached by its arguments (work and wire time rounded to 10 µs).
+        func syncPenalty(group: Int, steps: Int, work: Double, transfer: Double) -> Double {
+            let key = "\(group) \(steps) \(Int(work * 1e5)) \(Int(transfer * 1e5))"
             if let known = probed[key] { return known }
             // The median: a wait is the scheduler's luck, whose typical value is the cost (the fastest
             // of several is the luckiest, where for compute it is the one least disturbed).
             let measured = (0..<max(timingRounds, 1)).map { _ in
-                SyncProbe.penalty(world: worldSize, group: group, steps: steps, work: work, cores: cores)
+                SyncProbe.penalty(world: worldSize, group: group, steps: steps, work: work, transfer: transfer, cores: cores)
             }.sorted()[max(timingRounds, 1) / 2]
             probed[key] = measured
             return measured
@@ -382,10 +400,11 @@ public struct LayoutPlanner {
                         default: return 0
                         }
                     }
-                    let rounds = max(timingRounds, 1)
+                    let rounds = max(timingRounds, 1), ringSteps = Self.collectiveRingSteps(sequenceParallel: sp, tensorParallel: tp)
+                    let ringTransfer = tp > 1 ? wireTime(ofStep: tensorParallelCollective(layout), steps: ringSteps) : 0
                     let pass = (0..<rounds).map { _ in
                         PipelineProbe.stepTime(schedule, costs: costs, copies: dp * tp, tensorParallel: tp, collectives: collectives,
-                                               ringSteps: Self.collectiveRingSteps(sequenceParallel: sp, tensorParallel: tp))
+                                               ringSteps: ringSteps, ringTransfer: ringTransfer)
                     }.sorted()[rounds / 2]
                     coresFloor = max(coresFloor, pass * Double(layout.gradAccum))
                     pipelineProbed = pass > 0
@@ -403,12 +422,10 @@ public struct LayoutPlanner {
             // Communication on the critical path.
             let activationBytes = 4 * layout.batchSize * layout.blockSize * config.nEmbd
             var comm = 0.0
-            if tp > 1 {
-                // With sequence parallelism each of a block's collectives is half an allreduce.
+            // A probed pipeline's stages ran their tensor-parallel collectives' wire time in the probe.
+            if tp > 1 && !(pipelineProbed && crossesLinks) {
                 let block = Self.blockCollectives(sequenceParallel: layout.sequenceParallel)
-                let perLayer = Double(block.forward + block.backward) * (layout.sequenceParallel ? communication.half(bytes: activationBytes, ranks: tp)
-                                                                                                  : communication.allreduce(bytes: activationBytes, ranks: tp))
-                comm += microbatches * Double(config.nLayer / pp) * perLayer
+                comm += microbatches * Double(config.nLayer / pp) * Double(block.forward + block.backward) * tensorParallelCollective(layout)
             }
             // A probed pipeline's hand-offs are in its step already (each waited out on the send thread).
             if pp > 1 && !pipelineProbed { comm += microbatches * 2 * communication.pointToPoint(bytes: activationBytes) }
@@ -471,7 +488,7 @@ public struct LayoutPlanner {
                 planned.coresFloorSeconds = coresFloor
                 if case .measured = source {
                     planned.waitSeconds = oversubscribedWaits(layout, dataParallel: dp, microbatches: microbatches, compute: compute,
-                                                              layers: keptLayers.count, penalty: syncPenalty)
+                                                              layers: keptLayers.count, gradientBytes: 4 * localParameters, penalty: syncPenalty)
                 }
             }
             planned.checkpointBytes = checkpointBytes(layout, localParameters: localParameters, dataParallel: dp, wholeModelBytes: wholeModelBytes)

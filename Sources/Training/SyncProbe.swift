@@ -10,7 +10,8 @@ import Tensors
 // shared VM, so the planner measures it: `world` threads on this machine's cores, in groups of
 // `group`, each computing for `work` seconds and then making `steps` ring steps over pipes (write to the
 // next member, block reading from the previous: a ring collective's pattern with its bytes left out,
-// which the alpha-beta model prices). The work streams through a private L2's worth of memory, as a
+// which the alpha-beta model prices; across hosts each step also sleeps out its wire time, after which
+// the receiver waits for a core again). The work streams through a private L2's worth of memory, as a
 // rank's layer streams its weights and activations: a member that ran in between evicted it, which a
 // rank pays after every switch. The penalty per synchronization is the iteration's time beyond the
 // work's own time (measured alone, caches warm) shared over the cores.
@@ -37,16 +38,30 @@ final class ProbeMember: @unchecked Sendable {
         sink = x + memory[0]
     }
 
-    func run(iterations: Int, work count: Int, steps: Int) {
-        var byte: UInt8 = 1
+    func run(iterations: Int, work count: Int, steps: Int, transfer: Double) {
         for _ in 0..<iterations {
             work(count)
-            for _ in 0..<steps {
-                while write(writeFD, &byte, 1) < 0 && errno == EINTR {}
-                while read(readFD, &byte, 1) < 0 && errno == EINTR {}
-            }
+            for _ in 0..<steps { Self.ringStep(out: writeFD, in: readFD, transfer: transfer) }
         }
     }
+
+    /// One ring step: tell the next member, then wait for the previous one and, when the step's bytes
+    /// cross a link, for `transfer` seconds after it sent, asleep (wire time takes no core, but the
+    /// receiver then needs one again: on shared cores, the wait a real receive has).
+    static func ringStep(out: Int32, in source: Int32, transfer: Double) {
+        var sent = monotonicSeconds()
+        while write(out, &sent, 8) < 0 && errno == EINTR {}
+        var theirs = 0.0
+        while read(source, &theirs, 8) < 0 && errno == EINTR {}
+        sleepSeconds(theirs + transfer - monotonicSeconds())
+    }
+}
+
+/// Sleeps `seconds` (nothing when not positive), through interruptions.
+func sleepSeconds(_ seconds: Double) {
+    guard seconds > 0 else { return }
+    var wait = timespec(tv_sec: Int(seconds), tv_nsec: Int((seconds - seconds.rounded(.down)) * 1e9)), left = timespec()
+    while nanosleep(&wait, &left) != 0 && errno == EINTR { wait = left }
 }
 
 public enum SyncProbe {
@@ -75,8 +90,9 @@ public enum SyncProbe {
     }()
 
     /// Seconds one synchronization costs beyond its bytes: `world` threads in groups of `group`, each
-    /// synchronizing every `work` seconds of its own compute with `steps` ring steps, on `cores` cores.
-    public static func penalty(world: Int, group: Int, steps: Int, work: Double, cores: Int) -> Double {
+    /// synchronizing every `work` seconds of its own compute with `steps` ring steps, each step's bytes
+    /// `transfer` seconds on a link (0: shared memory, whose copy the alpha-beta model prices), on `cores` cores.
+    public static func penalty(world: Int, group: Int, steps: Int, work: Double, transfer: Double = 0, cores: Int) -> Double {
         guard world > cores, group > 1, steps > 0 else { return 0 }
         // Past a few scheduler slices the wait stops growing with the work before it (4 members, one
         // ring of 6 steps, 2 cores: 0.9, 2.0, 2.8, 2.6 ms after 3, 10, 30, 100 ms of work), and a wide
@@ -110,13 +126,14 @@ public enum SyncProbe {
         let start = monotonicSeconds()
         for member in members {
             startThread(name: "sync-probe") {
-                member.run(iterations: iterations, work: count, steps: steps)
+                member.run(iterations: iterations, work: count, steps: steps, transfer: transfer)
                 done.signal()
             }
         }
         for _ in members { done.wait() }
         let perIteration = (monotonicSeconds() - start) / Double(iterations)
         let shared = alone * Double(members.count) / Double(min(cores, members.count))
-        return max(0, perIteration - shared)
+        // The wire time is the alpha-beta model's; what is left is the waiting for cores.
+        return max(0, perIteration - shared - Double(steps) * transfer)
     }
 }

@@ -89,24 +89,53 @@ final class PlannerTests: XCTestCase {
 
     /// The synchronizations an oversubscribed step blocks on: data parallelism's buckets are averaged on
     /// the communication thread, so its compute thread waits once per step (for the last bucket), with
-    /// all its compute before it; a tensor-parallel block waits at each of its collectives.
+    /// all its compute before it; a tensor-parallel block waits at each of its collectives. On one host
+    /// the steps have no wire time (shared memory); across hosts each step carries its share of the
+    /// collective's alpha-beta time, which the probe sleeps out.
     func testOversubscribedWaitsCountTheComputeThreadsBlockingSynchronizations() throws {
-        let plan = try planner(world: 4)
-        var calls: [(group: Int, steps: Int, work: Double)] = []
-        let record: (Int, Int, Double) -> Double = { calls.append(($0, $1, $2)); return 0.001 }
+        var plan = try planner(world: 4)
+        var calls: [(group: Int, steps: Int, work: Double, wire: Double)] = []
+        let record: (Int, Int, Double, Double) -> Double = { calls.append(($0, $1, $2, $3)); return 0.001 }
         let dp4 = try XCTUnwrap(plan.candidates().accepted.first { $0.tensorParallel == 1 && $0.pipelineParallel == 1 && $0.zeroStage == 0 })
-        let dpWaits = plan.oversubscribedWaits(dp4, dataParallel: 4, microbatches: 1, compute: 0.012, layers: 2, penalty: record)
+        let dpWaits = plan.oversubscribedWaits(dp4, dataParallel: 4, microbatches: 1, compute: 0.012, layers: 2, gradientBytes: 4096,
+                                               penalty: record)
         XCTAssertEqual(calls.count, 1)
         XCTAssertEqual(calls.first?.group, 4); XCTAssertEqual(calls.first?.steps, 6); XCTAssertEqual(calls.first?.work, 0.012)
+        XCTAssertEqual(calls.first?.wire, 0)
         XCTAssertEqual(dpWaits, 0.001, accuracy: 1e-12)
         calls.removeAll()
         let tp2 = try XCTUnwrap(plan.candidates().accepted.first { $0.tensorParallel == 2 && !$0.sequenceParallel && $0.pipelineParallel == 1 && $0.zeroStage == 0 })
-        let tpWaits = plan.oversubscribedWaits(tp2, dataParallel: 2, microbatches: 1, compute: 0.012, layers: 2, penalty: record)
+        let tpWaits = plan.oversubscribedWaits(tp2, dataParallel: 2, microbatches: 1, compute: 0.012, layers: 2, gradientBytes: 4096,
+                                               penalty: record)
         // 2 layers x 4 collectives + 4 for the embedding and head, each after 1/12 of the compute; then the last bucket.
         XCTAssertEqual(calls.count, 2)
         XCTAssertEqual(calls[0].group, 2); XCTAssertEqual(calls[0].steps, 2); XCTAssertEqual(calls[0].work, 0.001, accuracy: 1e-12)
         XCTAssertEqual(calls[1].group, 2); XCTAssertEqual(calls[1].steps, 2)
+        XCTAssertEqual(calls[0].wire, 0); XCTAssertEqual(calls[1].wire, 0)
         XCTAssertEqual(tpWaits, 12 * 0.001 + 0.001, accuracy: 1e-12)
+        // 4 hosts of one rank on 1 gbit links: a tp 2 allreduce of the activations is two steps of half its time.
+        plan.ranksPerHost = 1
+        plan.communication.alpha = 60e-6; plan.communication.bandwidth = 0.125e9
+        calls.removeAll()
+        _ = plan.oversubscribedWaits(tp2, dataParallel: 2, microbatches: 1, compute: 0.012, layers: 2, gradientBytes: 4096, penalty: record)
+        let activations = 4 * tp2.batchSize * tp2.blockSize * plan.config.nEmbd
+        XCTAssertEqual(calls[0].wire, plan.communication.allreduce(bytes: activations, ranks: 2) / 2, accuracy: 1e-12)
+        XCTAssertEqual(calls[1].wire, plan.communication.allreduce(bytes: 4096, ranks: 2) / 2, accuracy: 1e-12)
+        XCTAssertGreaterThan(calls[0].wire, 60e-6)
+    }
+
+    /// A ring step's wire time is slept out after its peer sent: a tp 2 pair of 1F1B pipelines (2
+    /// stages, 2 micro-batches) whose every pass stops twice for 2 ring steps of 5 ms each spends at least
+    /// 4 passes x 2 x 2 x 5 ms = 80 ms per step in them, whatever the cores; and the sync probe's penalty
+    /// (what is left beyond the compute and the wire time) stays finite and non-negative.
+    func testProbesSleepOutEachRingStepsWireTime() throws {
+        let schedule = try PipelineSchedule(.oneFOneB, pipelineParallel: 2, microbatches: 2)
+        let costs = PipelineCosts.uniform(stages: 2, forward: 1e-4, backwardInput: 1e-4, backwardWeight: 1e-4, transfer: 0)
+        let step = PipelineProbe.stepTime(schedule, costs: costs, copies: 2, tensorParallel: 2, collectives: { _ in 2 }, ringSteps: 2,
+                                          ringTransfer: 0.005, iterations: 2)
+        XCTAssertGreaterThanOrEqual(step, 0.08)
+        let wait = SyncProbe.penalty(world: 4, group: 2, steps: 1, work: 0.0005, transfer: 0.002, cores: 2)
+        XCTAssertTrue(wait.isFinite && wait >= 0, "\(wait)")
     }
 
     /// The probe prices a synchronization only when ranks outnumber cores; then it runs its members (each
