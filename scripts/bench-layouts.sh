@@ -66,7 +66,7 @@ for round in $(seq "$rounds"); do
     args=(); for s in "${settings[@]}"; do args+=(--set "$s"); done
     for s in "$@"; do args+=("$s"); done
     run_layout "$work/layout-$i-$round.log" --out-dir "$work/layout-$i-$round" --set max_iters="$iters" --set eval_interval=1000000 \
-      --set eval_iters=1 --set log_interval="$iters" --set checkpoint_interval=0 --set warmup_iters=10 --set lr_decay_iters="$iters" "${args[@]}" \
+      --set eval_iters=1 --set log_interval="$iters" --set checkpoint_interval=0 --set warmup_iters=$(( iters < 10 ? iters : 10 )) --set lr_decay_iters="$iters" "${args[@]}" \
       || { echo "layout $i failed:" >&2; tail -3 "$work/layout-$i-$round.log" >&2; }
   done
 done
