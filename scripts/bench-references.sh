@@ -8,14 +8,16 @@ set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 venv=${REF_VENV:-/tmp/swift-ddp-ref-venv}; build=${REF_BUILD:-$root/runs/references}
 mkdir -p "$build"
-if ! command -v mpicc >/dev/null; then
+# A machine can have mpicc (openmpi-bin) without mpi.h (libopenmpi-dev): check that a compile works.
+mpi_ready() { command -v mpicc >/dev/null && echo '#include <mpi.h>' | mpicc -x c -E - >/dev/null 2>&1; }
+if ! mpi_ready; then
   if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
     apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openmpi-bin libopenmpi-dev >/dev/null
   else
-    echo "bench-references: no mpicc; install openmpi-bin and libopenmpi-dev for the OpenMPI columns" >&2
+    echo "bench-references: no working mpicc; install openmpi-bin and libopenmpi-dev for the OpenMPI columns" >&2
   fi
 fi
-command -v mpicc >/dev/null && mpicc -O2 -o "$build/mpi_messages" "$root/bench/references/mpi_messages.c"
+mpi_ready && mpicc -O2 -o "$build/mpi_messages" "$root/bench/references/mpi_messages.c"
 if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
   # The CPU wheel: the default torch wheel pulls CUDA libraries (gigabytes).
   python3 -m venv "$venv" && "$venv/bin/pip" install -q numpy "torch==2.13.0+cpu" \

@@ -22,8 +22,8 @@ public struct SweepPlan: Sendable {
     /// result buffer, then reduced there, the input left untouched.
     public var outOfPlace = false
     /// Busy work before every timed call, not timed (0: back to back): a step's collectives follow
-    /// compute, after which a link's queue is empty and TCP's stream starts again, and on shared cores
-    /// the other ranks' work competes with the kernel's packet handling.
+    /// compute, and on shared cores a receive that slept through its bytes' wire time then waits for a
+    /// core (two 2-host allreduces at once on 4 namespace hosts, 2 cores: 1.6-1.7 ms more per call).
     public var gapSeconds = 0.0
     public init(sizes: [Int], algorithms: [AllreduceAlgorithm], iterations: Int, warmup: Int, check: Bool, trials: Int = 5,
                 tuning: TuningTable? = nil) {
