@@ -10,8 +10,9 @@ import Tensors
 // one micro-batch, forward + backward, and the step's update over its parameters (norm, clip, AdamW,
 // zeroing). Collectives return at once (LocalOnly), so the time is the rank's own work: what a FLOP
 // share cannot see (LayerNorms and residuals every tensor-parallel rank repeats without sequence
-// parallelism, the head on the last stage, small GEMMs running below peak) is in it. As many shards as the ranks that share this host's cores run
-// at the same time, so memory bandwidth and clocks are shared as in training.
+// parallelism, the head on the last stage, small GEMMs running below peak) is in it. As many shards as
+// the ranks that share this host's cores run at the same time, so memory bandwidth and clocks are
+// shared as in training.
 
 /// A group of one for timing and counting: tensor-parallel collectives leave the buffers as they are.
 final class LocalOnly: TensorParallelCommunicator, ExpertExchange {
@@ -113,8 +114,9 @@ private final class TimedShard: @unchecked Sendable {
         // Short: the planner times every shard in several rounds (LayoutPlanner.timingRounds).
         measured.forwardBackward = measure(trials: 3, target: 0.05) { do { try pass() } catch { self.error = error } }.median
         // The step's passes over the gradients besides AdamW's, as Trainer.trainStep makes them: the
-        // global norm, the clipping scale (early steps clip) and the zeroing for the next step. AdamW
-        // alone left dp 4 of the wide model 47 ms per step faster than its ZeRO-1 twin, which measured 119.
+        // global norm, the clipping scale (early steps clip) and the zeroing for the next step. With
+        // AdamW alone the planner put dp 4 of the wide model 47 ms per step from its ZeRO-1 twin, which
+        // ran 119-164 ms apart (4 ranks on 2 cores).
         measured.update = measure(trials: 3, target: 0.02) {
             _ = parameters.gradientNorm()
             parameters.clipGradients(in: [0..<parameters.count], norm: 2, maxNorm: 1)

@@ -91,7 +91,8 @@ public enum SyncProbe {
 
     /// Seconds one synchronization costs beyond its bytes: `world` threads in groups of `group`, each
     /// synchronizing every `work` seconds of its own compute with `steps` ring steps, each step's bytes
-    /// `transfer` seconds on a link (0: shared memory, whose copy the alpha-beta model prices), on `cores` cores.
+    /// `transfer` seconds on a link (0: shared memory, whose copy the alpha-beta model prices), on
+    /// `cores` cores.
     public static func penalty(world: Int, group: Int, steps: Int, work: Double, transfer: Double = 0, cores: Int) -> Double {
         guard world > cores, group > 1, steps > 0 else { return 0 }
         // Past a few scheduler slices the wait stops growing with the work before it (4 members, one

@@ -33,7 +33,7 @@ struct AllreduceBench: ParsableCommand {
     var collective = "allreduce"
     @Option(help: "Run on a sub-group of the first K ranks (the others leave at once): what a sub-group costs next to a world of K.")
     var subgroup: Int?
-    @Option(help: "Busy work before every timed call, in microseconds, not timed (0: back to back): collectives as a training step meets them, after compute.") var gapUs = 0.0
+    @Option(help: "Busy work before every timed allreduce, in microseconds, not timed (0: back to back): collectives as a training step meets them, after compute.") var gapUs = 0.0
     @Option(help: "Write the fitted alpha-beta table here (rank 0); SWIFT_DDP_TUNING or allreduce_tuning loads it.") var tuning: String?
 
     func validate() throws {
@@ -42,6 +42,7 @@ struct AllreduceBench: ParsableCommand {
         guard factor >= 2 else { throw ValidationError("-f must be at least 2") }
         guard iterations >= 1, warmup >= 0, trials >= 1 else { throw ValidationError("-n and --trials must be >= 1 and -w >= 0") }
         guard gapUs >= 0, gapUs.isFinite else { throw ValidationError("--gap-us must be a non-negative number of microseconds") }
+        guard gapUs == 0 || collective == "allreduce" else { throw ValidationError("--gap-us times the allreduce sweep only, not --collective \(collective)") }
         guard threads == 1 else { throw ValidationError("-t \(threads): one thread per rank here; start more ranks instead (ddp-launch --nproc-per-node N), and --trials sets the trials") }
         guard wireFormat != nil else { throw ValidationError("-d must be float or bfloat16, not '\(datatype)'") }
         guard reduction != nil else { throw ValidationError("-o must be sum, max or avg, not '\(op)'") }
