@@ -234,7 +234,7 @@ public struct LayoutPlanner {
             // Buckets are averaged on each rank's communication thread while backward goes on; the
             // compute thread blocks once, for the last of them (4 ranks on 2 cores: dp 4 measured at the
             // cores' floor, where a wait per bucket predicted 3-8 ms more).
-            let bucket = communication.allreduce(bytes: min(gradientBytes, Int(c.bucketMb * 1048576)), ranks: dp)
+            let bucket = bucketAllreduce(c, gradientBytes: gradientBytes, ranks: dp)
             waits += penalty(dp, 2 * (dp - 1), compute, wireTime(ofStep: bucket, steps: 2 * (dp - 1)))
         }
         return waits
@@ -251,8 +251,16 @@ public struct LayoutPlanner {
     /// One of a block's tensor-parallel collectives: an allreduce of the activations, or with sequence
     /// parallelism a reduce-scatter or all-gather (half of one).
     func tensorParallelCollective(_ c: TrainConfig) -> Double {
-        let bytes = 4 * c.batchSize * c.blockSize * config.nEmbd
+        let bytes = activationBytes(c)
         return c.sequenceParallel ? communication.half(bytes: bytes, ranks: c.tensorParallel) : communication.allreduce(bytes: bytes, ranks: c.tensorParallel)
+    }
+
+    /// One micro-batch's activations, fp32: a tensor-parallel collective's message and a pipeline hand-off's.
+    func activationBytes(_ c: TrainConfig) -> Int { 4 * c.batchSize * c.blockSize * config.nEmbd }
+
+    /// The allreduce of one gradient bucket (of the whole gradient when that is smaller).
+    func bucketAllreduce(_ c: TrainConfig, gradientBytes: Int, ranks: Int) -> Double {
+        communication.allreduce(bytes: min(gradientBytes, Int(c.bucketMb * 1048576)), ranks: ranks)
     }
 
     /// A transformer block's tensor-parallel collectives per micro-batch (TransformerBlock): 2 allreduces
@@ -387,7 +395,7 @@ public struct LayoutPlanner {
                     let perStage = (0..<schedule.stageCount).map { times[$0 % pp].forwardBackward / chunksPerRank }
                     let costs = PipelineCosts(forward: perStage.map { $0 / 3 }, backward: perStage.map { 2 * $0 / 3 },
                                               backwardInput: perStage.map { $0 / 3 }, backwardWeight: perStage.map { $0 / 3 },
-                                              transfer: communication.pointToPoint(bytes: 4 * layout.batchSize * layout.blockSize * config.nEmbd),
+                                              transfer: communication.pointToPoint(bytes: activationBytes(layout)),
                                               step: updateShare * (times.map(\.update).max() ?? 0))
                     // A stage's tensor-parallel collectives per micro-batch (as oversubscribedWaits counts them).
                     let ranges = try schedule.layerRanges(layers: config.nLayer), sp = layout.sequenceParallel
@@ -420,7 +428,7 @@ public struct LayoutPlanner {
                 if worldSize > cores { overhead *= Double(worldSize) / Double(cores) }
             }
             // Communication on the critical path.
-            let activationBytes = 4 * layout.batchSize * layout.blockSize * config.nEmbd
+            let activationBytes = self.activationBytes(layout)
             var comm = 0.0
             // A probed pipeline's stages ran their tensor-parallel collectives' wire time in the probe.
             if tp > 1 && !(pipelineProbed && crossesLinks) {
@@ -437,7 +445,7 @@ public struct LayoutPlanner {
                 // Buckets overlap the rest of backward (about 2/3 of the compute) except the last one. A
                 // pipeline averages its gradients after its passes (Trainer.pipelineStep): nothing overlaps.
                 let gradientBytes = 4 * localParameters
-                let bucket = communication.allreduce(bytes: min(gradientBytes, Int(layout.bucketMb * 1048576)), ranks: dp)
+                let bucket = bucketAllreduce(layout, gradientBytes: gradientBytes, ranks: dp)
                 // Ranks outnumbering a host's cores leave no core idle during backward, and on the lanes
                 // moving bytes is CPU work: the buckets hide under nothing (dp 4 on 2 cores, wide model:
                 // 31-85 ms exposed where overlapping them predicted 4.5).
