@@ -12,6 +12,8 @@
 #   HOSTS=4 runs across that many network-namespace hosts (scripts/netns-cluster.sh; root), WORLD/HOSTS
 #   ranks each, links limited to RATE (default 1gbit); the planner is told the link's bandwidth and
 #   LATENCY_US (default 60).
+#   On one host the planner first gets the lanes' fitted allreduce models for every group size a layout
+#   uses (allreduce-bench --tuning at 2, 4, ... ranks, measured here in this run, about 20 s each).
 case "${1:-}" in -h|--help|"") sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;; esac
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -23,7 +25,7 @@ if [[ $# -gt 0 && "$1" == *.json ]]; then config=$1; shift; fi
 iters=${ITERS:-100}; rounds=${ROUNDS:-1}; hosts=${HOSTS:-1}
 (( world % hosts == 0 )) || { echo "bench-layouts: HOSTS=$hosts does not divide WORLD=$world" >&2; exit 2; }
 work="$root/runs/bench-layouts-$world${HOSTS:+-hosts$hosts}"; rm -rf "$work"; mkdir -p "$work"
-link=()
+plan_args=()
 if (( hosts > 1 )); then
   rate=${RATE:-1gbit}
   case "$rate" in
@@ -36,10 +38,19 @@ if (( hosts > 1 )); then
   trap 'bash "$cluster" down >/dev/null' EXIT
   bash "$cluster" up "$hosts" --rate "$rate" >&2
   secret=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')
-  link=(--link-bandwidth "$gbps" --link-latency "${LATENCY_US:-60}")
+  plan_args=(--link-bandwidth "$gbps" --link-latency "${LATENCY_US:-60}")
+fi
+if (( hosts == 1 )); then
+  for ((n = 2; n <= world; n++)); do
+    (( world % n == 0 )) || continue
+    "$root/.build/release/ddp-launch" --nproc-per-node "$n" -- allreduce-bench -b 4K -e 64M -f 4 -n 20 --trials 3 \
+      --algorithms ring,tree,double-tree,halving-doubling --tuning "$work/tuning-$n.json" > "$work/tuning-$n.log" 2>&1 \
+      || { echo "bench-layouts: the $n-rank allreduce sweep failed:" >&2; tail -3 "$work/tuning-$n.log" >&2; exit 1; }
+    plan_args+=(--tuning "$work/tuning-$n.json")
+  done
 fi
 echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores; world $world on $hosts host(s)${rate:+, links $rate}; $iters steps per layout, best of $rounds"
-"$root/.build/release/ddp-train" plan "$config" --world "$world" --ranks-per-host $((world / hosts)) --data-dir "$root/data" --json "$work/plan.json" "${link[@]}" "$@" | head -1
+"$root/.build/release/ddp-train" plan "$config" --world "$world" --ranks-per-host $((world / hosts)) --data-dir "$root/data" --json "$work/plan.json" "${plan_args[@]}" "$@" | head -1
 count=$(python3 -c "import json,sys; print(len(json.load(open(sys.argv[1]))))" "$work/plan.json")
 # One layout: on this host, or one launcher per namespace host (host 0's log holds rank 0's lines).
 run_layout() {

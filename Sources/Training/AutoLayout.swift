@@ -51,11 +51,7 @@ func planLayout(_ config: TrainConfig, worldSize: Int, localRanks: Int, laneRing
                 log: (String) -> Void) throws -> TrainConfig {
     let text = try CharText(path: config.dataset == .text ? config.dataPath : config.dataDir + "/tinyshakespeare.txt")
     var planner = LayoutPlanner(config: config, worldSize: worldSize, vocabularySize: text.vocabulary.count)
-    if !config.allreduceTuning.isEmpty {
-        do { planner.communication = CommunicationModel(tuning: try TuningTable.load(path: config.allreduceTuning)) } catch {
-            throw ConfigError(key: "allreduce_tuning", "\(error)")
-        }
-    }
+    try planner.useTuning(tables: [])
     let budgetSource = config.memoryPerRankMb > 0 ? "memory_per_rank_mb" : "physical memory / \(localRanks) rank(s) on this host"
     let budget = config.memoryPerRankMb > 0 ? config.memoryPerRankMb * 1048576 : Double(ProcessInfo.processInfo.physicalMemory) / Double(max(localRanks, 1))
     planner.refaultSecondsPerByte = LayoutPlanner.measureRefault()

@@ -57,25 +57,33 @@ public struct PlannedLayout: Sendable {
     }
 }
 
-/// Collective costs for the time model: a fitted tuning table when one matches the group size, else a
-/// ring with per-message latency `alpha` and link bandwidth `bandwidth`. The defaults are ranks of one
-/// host on their shared-memory lanes, for the sub-MiB messages a step sends: 2 ranks measured 25 us at
-/// 256 KiB and 78 us at 1 MiB when spinning (~15 GB/s, taken as 10 for the caches a step shares), but
-/// the trainer does not spin, so each message waits a blocking wake-up (~20 us here, as on TCP).
+/// Collective costs for the time model. A group whose size has a fitted tuning table (allreduce-bench
+/// --tuning, measured with that many ranks on this host) is priced by the table's model of the algorithm
+/// the trainer runs there; any other by a ring with per-message latency `alpha` and link bandwidth
+/// `bandwidth`. The defaults are ranks of one host on their shared-memory lanes, for the sub-MiB
+/// messages a step sends: 2 ranks measured 25 us at 256 KiB and 78 us at 1 MiB when spinning (~15
+/// GB/s, taken as 10 for the caches a step shares), but the trainer does not spin, so each message
+/// waits a blocking wake-up (~20 us here, as on TCP). Large messages fall well below that (4 ranks on 2
+/// cores: 1.0-1.4 GB/s at 64 MiB), which only a table knows.
 public struct CommunicationModel: Sendable {
     public var alpha = 20e-6
     public var bandwidth = 10e9
-    public var tuning: TuningTable?
-    public init(tuning: TuningTable? = nil) { self.tuning = tuning }
+    /// Fitted tables by the group size they were measured at.
+    public var tables: [Int: TuningTable] = [:]
+    public init(tables: [TuningTable] = []) {
+        for table in tables { self.tables[table.worldSize] = table }
+    }
 
-    public func allreduce(bytes: Int, ranks n: Int) -> Double {
+    /// An allreduce of `bytes` over `n` ranks running the algorithm `options` picks (the trainer's
+    /// data-parallel options, or the defaults its other groups run).
+    public func allreduce(bytes: Int, ranks n: Int, options: CollectiveOptions = CollectiveOptions()) -> Double {
         guard n > 1, bytes > 0 else { return 0 }
-        if let tuning, tuning.worldSize == n, let best = tuning.candidates.map({ $0.cost.seconds(bytes: bytes) }).min() { return best }
+        if let cost = tables[n]?.models[options.algorithm(bytes: bytes, worldSize: n).rawValue] { return cost.seconds(bytes: bytes) }
         return 2 * Double(n - 1) * alpha + 2 * Double(n - 1) / Double(n) * Double(bytes) / bandwidth
     }
 
-    /// A reduce-scatter or an allgather: half an allreduce.
-    public func half(bytes: Int, ranks n: Int) -> Double { allreduce(bytes: bytes, ranks: n) / 2 }
+    /// A reduce-scatter or an allgather: half a ring allreduce (both run the ring).
+    public func half(bytes: Int, ranks n: Int) -> Double { allreduce(bytes: bytes, ranks: n, options: CollectiveOptions(algorithm: .ring)) / 2 }
 
     public func pointToPoint(bytes: Int) -> Double { alpha + Double(bytes) / bandwidth }
 
@@ -91,6 +99,9 @@ public struct LayoutPlanner {
     public let worldSize: Int
     public let vocabularySize: Int
     public var communication = CommunicationModel()
+    /// What the trainer's data-parallel group runs (allreduce_algorithm, and auto's table when the
+    /// config names allreduce_tuning: set `tuning`); its other groups run the defaults.
+    public var dataParallelOptions: CollectiveOptions
     /// Cores the ranks run on (all on this host): with more ranks, their work shares them.
     public var cores = max(1, ProcessInfo.processInfo.activeProcessorCount)
     /// Seconds per byte to hand pages back and fault them in again (ZeRO-2 releases the gradient pages
@@ -121,6 +132,32 @@ public struct LayoutPlanner {
 
     public init(config: TrainConfig, worldSize: Int, vocabularySize: Int) {
         self.config = config; self.worldSize = worldSize; self.vocabularySize = vocabularySize
+        dataParallelOptions = CollectiveOptions(algorithm: config.allreduceAlgorithm, wire: config.gradientCompression)
+    }
+
+    /// Prices collectives by the tables at `paths` (allreduce-bench --tuning, one per group size) and the
+    /// config's allreduce_tuning, which the trainer's data-parallel auto also chooses by.
+    public mutating func useTuning(tables paths: [String]) throws {
+        var tables = try paths.map { try TuningTable.load(path: $0) }
+        if !config.allreduceTuning.isEmpty {
+            let table: TuningTable
+            do { table = try TuningTable.load(path: config.allreduceTuning) } catch { throw ConfigError(key: "allreduce_tuning", "\(error)") }
+            dataParallelOptions.tuning = table
+            if !tables.contains(where: { $0.worldSize == table.worldSize }) { tables.append(table) }
+        }
+        let links = (communication.alpha, communication.bandwidth)
+        communication = CommunicationModel(tables: tables)
+        (communication.alpha, communication.bandwidth) = links
+    }
+
+    /// How much longer a collective over `n` ranks of this host takes in training than `communication`
+    /// prices it: with more ranks than cores, lanes move bytes with the CPU and every rank copies at the
+    /// same phase of the step, so communication stretches over the cores as compute does. A table
+    /// measured with n ranks here already holds n's share of that (nil: priced without a table).
+    func sharedCores(ranks n: Int? = nil) -> Double {
+        let sharing = max(1, Double(ranksOnHost) / Double(cores))
+        guard let n, communication.tables[n] != nil else { return sharing }
+        return sharing / max(1, Double(n) / Double(cores))
     }
 
     var configuration: GPTConfiguration {
@@ -260,7 +297,7 @@ public struct LayoutPlanner {
 
     /// The allreduce of one gradient bucket (of the whole gradient when that is smaller).
     func bucketAllreduce(_ c: TrainConfig, gradientBytes: Int, ranks: Int) -> Double {
-        communication.allreduce(bytes: min(gradientBytes, Int(c.bucketMb * 1048576)), ranks: ranks)
+        communication.allreduce(bytes: min(gradientBytes, Int(c.bucketMb * 1048576)), ranks: ranks, options: dataParallelOptions)
     }
 
     /// A transformer block's tensor-parallel collectives per micro-batch (TransformerBlock): 2 allreduces
@@ -434,12 +471,13 @@ public struct LayoutPlanner {
             if tp > 1 && !(pipelineProbed && crossesLinks) {
                 let block = Self.blockCollectives(sequenceParallel: layout.sequenceParallel)
                 comm += microbatches * Double(config.nLayer / pp) * Double(block.forward + block.backward) * tensorParallelCollective(layout)
+                    * sharedCores(ranks: tp)
             }
             // A probed pipeline's hand-offs are in its step already (each waited out on the send thread).
-            if pp > 1 && !pipelineProbed { comm += microbatches * 2 * communication.pointToPoint(bytes: activationBytes) }
+            if pp > 1 && !pipelineProbed { comm += microbatches * 2 * communication.pointToPoint(bytes: activationBytes) * sharedCores() }
             if ep > 1, let moe = config.experts {
                 let mixtures = moe.expertLayers(of: config.nLayer).count
-                comm += microbatches * Double(mixtures) * 4 * communication.allToAll(bytes: moe.topK * activationBytes, ranks: ep)
+                comm += microbatches * Double(mixtures) * 4 * communication.allToAll(bytes: moe.topK * activationBytes, ranks: ep) * sharedCores()
             }
             if dp > 1 {
                 // Buckets overlap the rest of backward (about 2/3 of the compute) except the last one. A
@@ -450,22 +488,20 @@ public struct LayoutPlanner {
                 // moving bytes is CPU work: the buckets hide under nothing (dp 4 on 2 cores, wide model:
                 // 31-85 ms exposed where overlapping them predicted 4.5).
                 let overlap = pp > 1 || ranksOnHost > cores ? 0 : compute * 2 / 3
+                let gradients: Double
                 switch layout.zeroStage {
-                case 0: comm += max(communication.allreduce(bytes: gradientBytes, ranks: dp) - overlap, bucket)
+                case 0: gradients = max(communication.allreduce(bytes: gradientBytes, ranks: dp, options: dataParallelOptions) - overlap, bucket)
                 case 1, 2:
                     // Reduce-scatter while backward runs; the updated pieces are gathered after the step,
                     // with nothing left to overlap.
                     let half = communication.half(bytes: gradientBytes, ranks: dp)
-                    comm += max(half - overlap, bucket / 2) + half
+                    gradients = max(half - overlap, bucket / 2) + half
                 default:
                     // ZeRO-3 gathers the parameters for forward and for backward besides reduce-scattering.
-                    comm += max(1.5 * communication.allreduce(bytes: gradientBytes, ranks: dp) - overlap, bucket)
+                    gradients = max(3 * communication.half(bytes: gradientBytes, ranks: dp) - overlap, bucket)
                 }
+                comm += gradients * sharedCores(ranks: dp)
             }
-            // More ranks on a host than cores: lanes move bytes with the CPU, and every rank copies at the
-            // same phase of the step, so communication stretches over the cores as compute does (a table
-            // measured at this world size already includes it).
-            if ranksOnHost > cores && communication.tuning == nil { comm *= Double(ranksOnHost) / Double(cores) }
             let live = schedule.map { $0.kind == .gpipe ? layout.microbatches : min(layout.microbatches, pp) } ?? 1
             // This implementation's kept tensors of the busiest rank's layers, for each micro-batch alive.
             var keptLayers = Array(0..<config.nLayer)

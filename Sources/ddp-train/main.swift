@@ -216,7 +216,7 @@ struct ShowSchedule: ParsableCommand {
 struct Plan: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Rank every layout of a world size by predicted step time, with its per-rank memory.",
-        discussion: "Every data x tensor x pipeline (x expert) x ZeRO layout the trainer accepts at the config's global batch (batch_size x grad_accum, read as one rank's run), each with its training state per rank counted as the trainer allocates it, the activations this implementation keeps, rank 0's checkpoint assembly, and a step time predicted from each layout's model shards timed on this machine (as many at once as ranks share its cores), the collectives' alpha-beta costs (--tuning: a table from allreduce-bench; --link-bandwidth, --link-latency), the pipeline bubble and, with more ranks than cores, the measured waits of blocking synchronizations and the lanes' communication stretched over the cores. Refused layouts are listed with the reason. scripts/bench-layouts.sh trains every layout and compares (docs/benchmarks.md).")
+        discussion: "Every data x tensor x pipeline (x expert) x ZeRO layout the trainer accepts at the config's global batch (batch_size x grad_accum, read as one rank's run), each with its training state per rank counted as the trainer allocates it, the activations this implementation keeps, rank 0's checkpoint assembly, and a step time predicted from each layout's model shards timed on this machine (as many at once as ranks share its cores), the collectives' alpha-beta costs (--tuning: tables from allreduce-bench, one per group size; --link-bandwidth, --link-latency), the pipeline bubble and, with more ranks than cores, the measured waits of blocking synchronizations and the lanes' communication stretched over the cores. Refused layouts are listed with the reason. scripts/bench-layouts.sh trains every layout and compares (docs/benchmarks.md).")
 
     @Argument(help: "The training config (JSON).")
     var config: String
@@ -227,8 +227,8 @@ struct Plan: ParsableCommand {
     @Option(help: "Memory per rank, bytes or with K, M, G (binary): layouts predicted above it are marked and ranked last.")
     var memoryPerRank: String?
 
-    @Option(help: "A tuning table from allreduce-bench --tuning (its alpha-beta models replace the default ring model at its world size).")
-    var tuning: String?
+    @Option(help: "A tuning table from allreduce-bench --tuning, repeatable (one per group size): its alpha-beta models price the collectives of groups of its world size, in place of the default ring model.")
+    var tuning: [String] = []
 
     @Option(help: "Link bandwidth between ranks in GB/s for the collectives' cost (default 10: ranks of one host on shared memory; 0.125 for 1 gbit links).")
     var linkBandwidth: Double?
@@ -268,7 +268,7 @@ struct Plan: ParsableCommand {
             guard settings.model == .gpt else { throw ValidationError("plan: the planner lays out the gpt model (the mlp trains data-parallel)") }
             let text = try CharText(path: settings.dataset == .text ? settings.dataPath : settings.dataDir + "/tinyshakespeare.txt")
             var planner = LayoutPlanner(config: settings, worldSize: world, vocabularySize: text.vocabulary.count)
-            if let tuning { planner.communication = CommunicationModel(tuning: try TuningTable.load(path: tuning)) }
+            try planner.useTuning(tables: tuning)
             if let linkBandwidth { planner.communication.bandwidth = linkBandwidth * 1e9 }
             if let linkLatency { planner.communication.alpha = linkLatency * 1e-6 }
             planner.refaultSecondsPerByte = LayoutPlanner.measureRefault()

@@ -1,3 +1,4 @@
+import Collectives
 import Foundation
 import NN
 import Parallel
@@ -85,6 +86,46 @@ final class PlannerTests: XCTestCase {
         let stateBuffers = dp4.config.optimizer == .adamw ? 2 : (dp4.config.momentum > 0 ? 1 : 0)
         let gradientBytes = dp4.stateBytes / (2 + stateBuffers)
         XCTAssertEqual(dp4.communicationSeconds, 2 * plan.communication.allreduce(bytes: gradientBytes, ranks: 4), accuracy: 1e-12)
+    }
+
+    /// Tuning tables price the collectives of groups of their size with the model of the algorithm the
+    /// trainer runs there: 4 ranks on 2 cores, dp 4 by the 4-rank table as measured (its 4 ranks already
+    /// shared the 2 cores), tp 2 x dp 2 by the 2-rank table stretched twice (two groups copy on the 2
+    /// cores at once). The data-parallel group runs allreduce_algorithm, and with auto the config's own
+    /// allreduce_tuning's choice; the other groups auto's fixed rule (ring here).
+    func testTuningTablesPriceEachGroupSizesCollectives() throws {
+        func table(_ n: Int, ring: Double, tree: Double) -> TuningTable {
+            TuningTable(worldSize: n, models: ["ring": LinearCost(alpha: 0, beta: ring), "tree": LinearCost(alpha: 0, beta: tree),
+                                               "halving-doubling": LinearCost(alpha: 0, beta: ring), "double-tree": LinearCost(alpha: 0, beta: ring)])
+        }
+        let dir = temporaryDirectory("tables")
+        try table(2, ring: 2e-9, tree: 3e-9).write(to: dir + "/t2.json")
+        try table(4, ring: 4e-9, tree: 1e-9).write(to: dir + "/t4.json")
+        func communication(_ overrides: [String], tables: [String]) throws -> [String: (seconds: Double, gradientBytes: Double, activationBytes: Double)] {
+            var plan = try planner(overrides, world: 4)
+            plan.cores = 2
+            try plan.useTuning(tables: tables.map { dir + "/" + $0 })
+            return Dictionary(uniqueKeysWithValues: try plan.plan(stepSeconds: 1, memoryPerRank: nil).map { p in
+                let stateBuffers = p.config.optimizer == .adamw ? 2 : (p.config.momentum > 0 ? 1 : 0)
+                return (p.name, (p.communicationSeconds, Double(p.stateBytes / (2 + stateBuffers)),
+                                 Double(4 * p.config.batchSize * p.config.blockSize * plan.config.nEmbd)))
+            })
+        }
+        let layers = Double(try planner(world: 4).config.nLayer)
+        let ring = try communication([], tables: ["t2.json", "t4.json"])
+        let dp4 = try XCTUnwrap(ring["dp4"]), zero1 = try XCTUnwrap(ring["dp4 x ZeRO-1"]), tp2 = try XCTUnwrap(ring["tp2 x dp2"])
+        XCTAssertEqual(dp4.seconds, 4e-9 * dp4.gradientBytes, accuracy: 1e-15)
+        XCTAssertEqual(zero1.seconds, 4e-9 * dp4.gradientBytes, accuracy: 1e-15, "a reduce-scatter and an allgather: half a ring each")
+        XCTAssertEqual(tp2.seconds, 2 * (layers * 4 * 2e-9 * tp2.activationBytes + 2e-9 * tp2.gradientBytes), accuracy: 1e-15)
+        let tree = try communication(["allreduce_algorithm=\"tree\""], tables: ["t2.json", "t4.json"])
+        XCTAssertEqual(try XCTUnwrap(tree["dp4"]).seconds, 1e-9 * dp4.gradientBytes, accuracy: 1e-15)
+        XCTAssertEqual(try XCTUnwrap(tree["tp2 x dp2"]).seconds, 2 * (layers * 4 * 2e-9 * tp2.activationBytes + 3e-9 * tp2.gradientBytes),
+                       accuracy: 1e-15, "tensor-parallel groups keep auto's fixed rule")
+        let trainersTable = try communication(["allreduce_tuning=\"\(dir)/t4.json\""], tables: ["t2.json"])
+        XCTAssertEqual(try XCTUnwrap(trainersTable["dp4"]).seconds, 1e-9 * dp4.gradientBytes, accuracy: 1e-15, "auto picks tree by the 4-rank table")
+        XCTAssertEqual(try XCTUnwrap(trainersTable["tp2 x dp2"]).seconds, tp2.seconds, accuracy: 1e-15, "its 2-rank group keeps the fixed rule")
+        let none = try communication([], tables: [])
+        XCTAssertEqual(try XCTUnwrap(none["dp4"]).seconds, 2 * CommunicationModel().allreduce(bytes: Int(dp4.gradientBytes), ranks: 4), accuracy: 1e-15)
     }
 
     /// The synchronizations an oversubscribed step blocks on: data parallelism's buckets are averaged on
