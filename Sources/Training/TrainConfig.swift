@@ -395,9 +395,10 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         return config
     }
 
+    /// One line of JSON, keys sorted (ranks compare it), paths as written ("data/x", not "data\/x").
     public func jsonString() -> String {
         let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         return String(decoding: (try? encoder.encode(self)) ?? Data(), as: UTF8.self)
     }
 }

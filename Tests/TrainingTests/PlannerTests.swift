@@ -285,6 +285,7 @@ final class PlannerTests: XCTestCase {
         XCTAssertTrue(auto.output.contains("parallel auto: | 1 | "), "the ranking is logged:\n\(auto.output)")
         let trained = try TrainConfig.load(json: Data(configLine[configLine.range(of: "{")!.lowerBound...].utf8))
         XCTAssertEqual(trained.parallel, .manual)
+        XCTAssertTrue(configLine.contains("\"out_dir\":\"\(dir)\""), "paths logged as written, slashes unescaped: \(configLine)")
         let name = line.components(separatedBy: "parallel auto: training ")[1].components(separatedBy: ":")[0]
         XCTAssertEqual(name.contains("tp2"), trained.tensorParallel == 2, name)
         XCTAssertEqual(name.contains("pp"), trained.pipelineParallel > 1, name)
