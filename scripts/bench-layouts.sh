@@ -12,8 +12,9 @@
 #   HOSTS=4 runs across that many network-namespace hosts (scripts/netns-cluster.sh; root), WORLD/HOSTS
 #   ranks each, links limited to RATE (default 1gbit); the planner is told the link's bandwidth and
 #   LATENCY_US (default 60).
-#   On one host the planner first gets the lanes' fitted allreduce models for every group size a layout
-#   uses (allreduce-bench --tuning at 2, 4, ... ranks, measured here in this run, about 20 s each).
+#   TUNING=1 (one host) first measures the lanes' fitted allreduce models for every group size a layout
+#   uses (allreduce-bench --tuning at 2, 4, ... ranks, about 20 s each) and prices collectives by them
+#   instead of the default 20 us + 10 GB/s (docs/benchmarks.md, "One tuning table per group size").
 case "${1:-}" in -h|--help|"") sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;; esac
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -40,7 +41,7 @@ if (( hosts > 1 )); then
   secret=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')
   plan_args=(--link-bandwidth "$gbps" --link-latency "${LATENCY_US:-60}")
 fi
-if (( hosts == 1 )); then
+if (( hosts == 1 )) && [ "${TUNING:-0}" = 1 ]; then
   for ((n = 2; n <= world; n++)); do
     (( world % n == 0 )) || continue
     "$root/.build/release/ddp-launch" --nproc-per-node "$n" -- allreduce-bench -b 4K -e 64M -f 4 -n 20 --trials 3 \
