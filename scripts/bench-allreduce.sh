@@ -12,6 +12,9 @@
 # usage: scripts/bench-allreduce.sh [--update-docs] [RANKS...]   (default: 2 4); SIZES_MAX=64M, ITERS=100
 # (calls per size, capped at 100 MiB of traffic, for ours and the references alike: OSU's micro-benchmarks
 # time 10,000 calls at small sizes, e.g. ITERS=20000 SIZES_MAX=64K for the small-message cells)
+# ROUNDS=R (default 1) runs ours and every reference R times in turn and shows each cell's median
+# over the rounds: this machine runs whole minutes at one speed and then another (docs/benchmarks.md,
+# "Two speeds of one machine"), and a sweep times ours and the references minutes apart.
 # Results go to runs/bench-allreduce/ (page, JSON, plots); the tracked copies in docs/ are rewritten
 # only with --update-docs.
 case "${1:-}" in -h|--help) sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;; esac
@@ -21,20 +24,24 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 "$root/scripts/bench-references.sh"
 venv=${REF_VENV:-/tmp/swift-ddp-ref-venv}; build=${REF_BUILD:-$root/runs/references}
 mpi=(mpirun --allow-run-as-root --oversubscribe --mca pml ob1)
-max=${SIZES_MAX:-64M}; iters=${ITERS:-100}
+max=${SIZES_MAX:-64M}; iters=${ITERS:-100}; rounds=${ROUNDS:-1}
 update_docs=0
 if [ "${1:-}" = "--update-docs" ]; then update_docs=1; shift; fi
 work="$root/runs/bench-allreduce"; docs="$work/allreduce"; page="$work/allreduce-results.md"
 mkdir -p "$docs" "$work" "$root/runs"
 ranks=("$@"); [ ${#ranks[@]} -gt 0 ] || ranks=(2 4)
+rm -f "$work"/*-r[0-9]*.json "$work"/*-r[0-9]*.txt "$docs"/*-r[0-9]*.json
+for round in $(seq "$rounds"); do
 for n in "${ranks[@]}"; do
-  echo "## $n ranks" >&2
+  echo "## $n ranks (round $round of $rounds)" >&2
+  r="-r$round"
   "$root/.build/release/ddp-launch" --nproc-per-node "$n" -- allreduce-bench -b 4K -e "$max" -f 4 -n "$iters" \
-      --json "$docs/$n-ranks.json" --plot "$docs/$n-ranks.svg" --tuning "$root/runs/allreduce-tuning-$n.json" \
+      --json "$docs/$n-ranks$r.json" --plot "$docs/$n-ranks.svg" --tuning "$root/runs/allreduce-tuning-$n.json" \
     | grep -E '^\[rank 0\] ' | sed 's/^\[rank 0\] //' > "$work/ours-$n.txt"
+  cp "$docs/$n-ranks$r.json" "$docs/$n-ranks.json"
   sizes=$(python3 -c "import json,sys; print(' '.join(str(s) for s in sorted({r['bytes'] for r in json.load(open(sys.argv[1]))['results']})))" "$docs/$n-ranks.json")
   SWIFT_DDP_SHM_KB=0 "$root/.build/release/ddp-launch" --nproc-per-node "$n" -- allreduce-bench -b 4K -e "$max" -f 4 -n "$iters" \
-      --algorithms ring,halving-doubling --json "$work/tcp-$n.json" >/dev/null
+      --algorithms ring,halving-doubling --json "$work/tcp-$n$r.json" >/dev/null
   if [ -x "$build/mpi_messages" ]; then
     # OpenMPI's own choice, then ring (4), recursive doubling (3) and Rabenseifner (6) forced; over TCP,
     # then over its shared memory.
@@ -43,25 +50,41 @@ for n in "${ranks[@]}"; do
         forced=(); [ "$algo" = default ] || forced=(--mca coll_tuned_use_dynamic_rules 1 --mca coll_tuned_allreduce_algorithm "$algo")
         suffix=""; transport=(--mca btl tcp,self --mca btl_tcp_if_include lo)
         [ "$btl" = tcp ] || { suffix="-shm"; transport=(--mca btl vader,self); }
-        ITERS=$iters "${mpi[@]}" -x ITERS "${transport[@]}" "${forced[@]}" -np "$n" "$build/mpi_messages" allreduce $sizes 2>/dev/null | grep -vE '^#' > "$work/mpi$suffix-$algo-$n.txt" || true
+        ITERS=$iters "${mpi[@]}" -x ITERS "${transport[@]}" "${forced[@]}" -np "$n" "$build/mpi_messages" allreduce $sizes 2>/dev/null | grep -vE '^#' > "$work/mpi$suffix-$algo-$n$r.txt" || true
       done
     done
   fi
   if [ -x "$venv/bin/python" ]; then
-    ITERS=$iters OMP_NUM_THREADS=1 "$venv/bin/python" "$root/bench/references/gloo_messages.py" "$n" allreduce $sizes 2>/dev/null | grep -vE '^#' > "$work/gloo-$n.txt" || true
+    ITERS=$iters OMP_NUM_THREADS=1 "$venv/bin/python" "$root/bench/references/gloo_messages.py" "$n" allreduce $sizes 2>/dev/null | grep -vE '^#' > "$work/gloo-$n$r.txt" || true
   fi
 done
-python3 - "$root" "$work" "${ranks[@]}" <<'PY'
+done
+python3 - "$root" "$work" "$rounds" "${ranks[@]}" <<'PY'
 import json, os, sys, datetime, platform
-root, work, ranks = sys.argv[1], sys.argv[2], sys.argv[3:]
+root, work, rounds, ranks = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:]
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.machine())
+def median_round(cells):
+    """The round whose time is the median, per key (an even count takes the faster middle one)."""
+    return {k: sorted(v)[(len(v) - 1) // 2] for k, v in cells.items()}
 def peer(path):
-    out = {}
-    if os.path.exists(path):
-        for line in open(path):
+    """A reference's (time us, busbw) per size, each the median over the rounds' files `path`-rK.txt."""
+    cells = {}
+    for k in range(1, rounds + 1):
+        p = path.replace(".txt", f"-r{k}.txt")
+        if not os.path.exists(p): continue
+        for line in open(p):
             f = line.split()
-            if len(f) >= 5 and f[0].isdigit(): out[int(f[0])] = (float(f[-3]), float(f[-1]))  # time us, busbw
-    return out
+            if len(f) >= 5 and f[0].isdigit(): cells.setdefault(int(f[0]), []).append((float(f[-3]), float(f[-1])))
+    return median_round(cells)
+def ours_rounds(path):
+    """Our JSON results, each (bytes, algorithm) at its median round."""
+    cells, first = {}, None
+    for k in range(1, rounds + 1):
+        p = path.replace(".json", f"-r{k}.json")
+        if not os.path.exists(p): continue
+        for r in json.load(open(p))["results"]:
+            cells.setdefault((r["bytes"], r["algorithm"]), []).append((r["microseconds"], r["busbwGBps"]))
+    return [{"bytes": b, "algorithm": a, "microseconds": t, "busbwGBps": bw} for (b, a), (t, bw) in median_round(cells).items()]
 def plot(path, title, series):
     """busbw against size (log2 x), one polyline per series: ours and the references on one set of axes."""
     import math
@@ -91,9 +114,10 @@ lines = ["# Allreduce results", "",
          f"{os.cpu_count()} CPUs. Ours on its shared-memory lanes, \"ours TCP\" with them off (loopback TCP, best of ring and "
          "halving-doubling); OpenMPI on TCP loopback and on its shared memory (vader; \"best forced\" is the fastest of ring, "
          "recursive doubling and Rabenseifner at each size); gloo on TCP loopback. Our times are the median of 5 interleaved trials (slowest rank); "
-         "OpenMPI's and gloo's the median of 5 trials by the harnesses in `bench/references/`. busbw = algbw x 2(n-1)/n.", ""]
+         "OpenMPI's and gloo's the median of 5 trials by the harnesses in `bench/references/`. busbw = algbw x 2(n-1)/n."
+         + (f" Every cell is the median of {rounds} rounds that ran ours and each reference in turn." if rounds > 1 else ""), ""]
 for n in ranks:
-    ours = json.load(open(f"{work}/allreduce/{n}-ranks.json"))["results"]
+    ours = ours_rounds(f"{work}/allreduce/{n}-ranks.json")
     # auto's rows come from paired re-runs beside the best algorithm: they go in the model section, not this sweep.
     algos = []
     for r in ours:
@@ -102,7 +126,7 @@ for n in ranks:
     refs = [("OpenMPI default", peer(f"{work}/mpi-default-{n}.txt")), ("OpenMPI ring", peer(f"{work}/mpi-4-{n}.txt")),
             ("OpenMPI rec. doubling", peer(f"{work}/mpi-3-{n}.txt")), ("OpenMPI Rabenseifner", peer(f"{work}/mpi-6-{n}.txt")),
             ("gloo", peer(f"{work}/gloo-{n}.txt"))]
-    tcp = json.load(open(f"{work}/tcp-{n}.json"))["results"] if os.path.exists(f"{work}/tcp-{n}.json") else []
+    tcp = ours_rounds(f"{work}/tcp-{n}.json")
     ours_tcp = {}
     for r in tcp:
         if r["bytes"] not in ours_tcp or r["microseconds"] < ours_tcp[r["bytes"]][0]: ours_tcp[r["bytes"]] = (r["microseconds"], r["busbwGBps"])
