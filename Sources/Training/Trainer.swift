@@ -28,6 +28,17 @@ public final class Trainer {
     public private(set) var iteration = 0
     /// Written into checkpoints; a restarted rank resumes only from a checkpoint of its own job.
     public var jobID: String?
+    /// Whether this host's ranks outnumber its cores (ddp-train sets it from LOCAL_WORLD_SIZE). Then,
+    /// without ZeRO-2/3 (which free each bucket's other pieces as it goes, so their memory needs the
+    /// buckets during backward), the gradient buckets are averaged after backward instead of during it:
+    /// the communication thread's copies would compete with the other ranks' compute for the same cores
+    /// and caches. On 2 cores, dp 4 of the wide model (ZeRO 0 and 1) ran 2.0-3.8 % faster after backward
+    /// in 4 of 4 alternating pairs, tp 2 x dp 2 0.5 % faster on average over 10 (-3.7 to +4.4 %), the
+    /// recipe's dp 4 within 1.5 % (docs/benchmarks.md).
+    public var hostOversubscribed = false
+    /// Buckets go to the communication thread while backward runs (see `hostOversubscribed`); expert
+    /// parallelism's all-to-alls share the data-parallel group's connections, so its buckets wait too.
+    var overlapsBuckets: Bool { groups.expert == nil && !(hostOversubscribed && config.zeroStage <= 1) }
     /// Steps skipped for a non-finite gradient norm (on_nonfinite: skip).
     public private(set) var skippedSteps = 0
     /// Full-model parameters and optimizer state read by `resume` on rank 0, handed out to every rank
@@ -135,6 +146,7 @@ public final class Trainer {
                     : dataParallel.shardOptimizer ? "ZeRO-1 (reduce-scatter gradients, update own shard, allgather parameters)"
                                                   : "allreduce \(config.allreduceAlgorithm.rawValue)"
             log("data parallel: \(dataSize) ranks, \(how), \(dataParallel.buckets.count) \(dataParallel.shardParameters ? "buckets (one per unit)" : "buckets of \(config.bucketMb) MiB"), gradients averaged"
+                + (overlapsBuckets ? " while backward runs" : groups.expert == nil ? " after backward (more ranks on this host than cores)" : " after backward (expert parallelism)")
                 + (config.gradientCompression == .bfloat16 ? ", bf16 on the wire" : "") + "; step times logged are means over ranks")
         }
         log("training \(maxIterations) iterations from iteration \(iteration), optimizer \(config.optimizer.rawValue)")
@@ -284,11 +296,9 @@ public final class Trainer {
             total += try task.trainingLoss(iteration: iteration, microStep: micro)
             if let dataParallel, micro == config.gradAccum - 1 {
                 dataParallel.beginStep()
-                // Expert parallelism: the all-to-alls of backward share connections with the data-parallel
-                // group, so buckets wait for the end of backward instead of overlapping it. (Running the
-                // all-to-alls in turn with the buckets on the communication thread measured 0.93x: each
-                // then waits for the buckets queued before it.)
-                let overlap = groups.expert == nil
+                // Expert parallelism: running the all-to-alls in turn with the buckets on the
+                // communication thread measured 0.93x (each then waits for the buckets queued before it).
+                let overlap = overlapsBuckets
                 try task.backward(lossScale: 1 / Float(config.gradAccum), gradientsReady: { if overlap { dataParallel.gradientsReady(from: $0) } })
             } else {
                 try task.backward(lossScale: 1 / Float(config.gradAccum), gradientsReady: { _ in })
