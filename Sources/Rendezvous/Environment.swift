@@ -29,6 +29,9 @@ public struct WorkerEnvironment: Sendable, Equatable {
     public var localRank = 0
     public var worldSize = 1
     public var localWorldSize = 1
+    /// This host's ranks outnumber its cores: waits yield the core while they spin, and the trainer
+    /// averages its gradient buckets after backward.
+    public var oversubscribesHost: Bool { localWorldSize > ProcessInfo.processInfo.activeProcessorCount }
     public var groupRank = 0
     public var masterAddress = "127.0.0.1"
     /// Our rendezvous store's port.

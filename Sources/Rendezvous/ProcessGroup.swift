@@ -219,9 +219,8 @@ public final class ProcessGroup: @unchecked Sendable {
         // ring 4 KiB 28 us spinning vs 38 us blocking). When ranks outnumber cores a plain spin starves
         // the peer we wait for (8 ranks: 1.8 ms vs 1.3 ms blocking), but a spin that yields the core
         // between polls beats blocking (4 ranks, 4 KiB ring: 145 us vs 191-196; 8 ranks 551-650 vs 687-718).
-        let cores = ProcessInfo.processInfo.activeProcessorCount
         let spin = env.spinMicroseconds ?? spinMicroseconds ?? 50
-        let policy = WaitPolicy(timeoutSeconds: env.timeoutSeconds, spinMicroseconds: spin, yieldWhileSpinning: env.localWorldSize > cores)
+        let policy = WaitPolicy(timeoutSeconds: env.timeoutSeconds, spinMicroseconds: spin, yieldWhileSpinning: env.oversubscribesHost)
         let group = try rendezvous(store: store, rank: env.rank, identity: env.identity, listenHost: env.listenAddress ?? env.masterAddress,
                                    policy: policy, timeoutSeconds: env.timeoutSeconds,
                                    sharedMemoryRingBytes: env.sharedMemoryRingBytes ?? SharedMemorySetup.defaultRingBytes, log: log)

@@ -70,9 +70,7 @@ public struct CommunicationModel: Sendable {
     public var bandwidth = 10e9
     /// Fitted tables by the group size they were measured at.
     public var tables: [Int: TuningTable] = [:]
-    public init(tables: [TuningTable] = []) {
-        for table in tables { self.tables[table.worldSize] = table }
-    }
+    public init() {}
 
     /// An allreduce of `bytes` over `n` ranks running the algorithm `options` picks (the trainer's
     /// data-parallel options, or the defaults its other groups run).
@@ -138,16 +136,14 @@ public struct LayoutPlanner {
     /// Prices collectives by the tables at `paths` (allreduce-bench --tuning, one per group size) and the
     /// config's allreduce_tuning, which the trainer's data-parallel auto also chooses by.
     public mutating func useTuning(tables paths: [String]) throws {
-        var tables = try paths.map { try TuningTable.load(path: $0) }
+        communication.tables = [:]
+        for table in try paths.map({ try TuningTable.load(path: $0) }) { communication.tables[table.worldSize] = table }
         if !config.allreduceTuning.isEmpty {
             let table: TuningTable
             do { table = try TuningTable.load(path: config.allreduceTuning) } catch { throw ConfigError(key: "allreduce_tuning", "\(error)") }
             dataParallelOptions.tuning = table
-            if !tables.contains(where: { $0.worldSize == table.worldSize }) { tables.append(table) }
+            if communication.tables[table.worldSize] == nil { communication.tables[table.worldSize] = table }
         }
-        let links = (communication.alpha, communication.bandwidth)
-        communication = CommunicationModel(tables: tables)
-        (communication.alpha, communication.bandwidth) = links
     }
 
     /// How much longer a collective over `n` ranks of this host takes in training than `communication`

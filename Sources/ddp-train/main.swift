@@ -132,7 +132,7 @@ struct Train: ParsableCommand {
                                     pipeline: groups.pipeline, exchange: groups.expert)
             let trainer = Trainer(config: settings, task: task, groups: groups, log: { emitLine($0) })
             trainer.jobID = env.jobID
-            trainer.hostOversubscribed = env.localWorldSize > ProcessInfo.processInfo.activeProcessorCount
+            trainer.hostOversubscribed = env.oversubscribesHost
             // Rank 0 reads the checkpoint; the trainer hands its state to the other ranks.
             if resume && env.rank == 0 { try trainer.resume(from: trainer.checkpointPath) }
             if !resume { try trainer.resumeAfterRestart(restartCount: env.restartCount) }
