@@ -24,6 +24,9 @@ struct KernelsBench: ParsableCommand {
     @Option(name: .customLong("only"), help: "Measure only this GEMM, as \"M K N TRANS\" (e.g. \"10 64 256 TN\"); repeatable. Skips the GPT step profile, so a profiler sees that GEMM alone.")
     var only: [String] = []
 
+    @Flag(name: .customLong("step-only"), help: "Measure only the GPT step and its per-operation profile (no GEMM table): seconds instead of a minute, for comparing two builds in alternating runs.")
+    var stepOnly = false
+
     /// The measured peak, GFLOP/s (set at the start of run).
     nonisolated(unsafe) static var peak = 1.0
     var peak: Double { Self.peak }
@@ -40,6 +43,7 @@ struct KernelsBench: ParsableCommand {
         guard ["native", "avx2", "avx512"].contains(kernel) else {
             throw ValidationError("--kernel must be native, avx2 or avx512, not '\(kernel)'")
         }
+        if stepOnly && !only.isEmpty { throw ValidationError("--step-only and --only select different measurements; give one") }
         for shape in only where Self.shape(shape) == nil {
             throw ValidationError("--only takes \"M K N TRANS\" with positive sizes and TRANS one of NN NT TN TT, not '\(shape)'")
         }
@@ -68,6 +72,10 @@ struct KernelsBench: ParsableCommand {
                                                  (768, 512, 2048, all), (768, 2048, 512, all),
                                                  (64, 784, 256, "NN NT"), (256, 64, 784, "TN"),
                                                  (64, 256, 10, "NN NT"), (10, 64, 256, "TN"), (64, 10, 256, "NN")]
+        if stepOnly {
+            gptStep()
+            return
+        }
         let selected = only.isEmpty ? shapes : only.compactMap(Self.shape)
         var ratios: [Double] = [], wrong = 0
         for (m, k, n, uses) in selected {

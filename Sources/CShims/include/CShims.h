@@ -46,4 +46,6 @@ static inline ddp_float16 ddp_sqrt16(ddp_float16 x) { return __builtin_elementwi
 // Swift has no prefetch: a hint to bring the line holding p into L2 (prefetcht1), for data read after
 // a long computation that would push it out of L1 again.
 static inline void ddp_prefetch_l2(const void *p) { __builtin_prefetch(p, 0, 2); }
+// A hint to bring the line holding p in for writing (prefetchw): a tile about to be stored.
+static inline void ddp_prefetch_write(const void *p) { __builtin_prefetch(p, 1, 3); }
 #endif

@@ -1,3 +1,5 @@
+import CShims
+
 // SGEMM: C[M,N] = alpha * op(A)[M,K] * op(B)[K,N] + beta * C, all row-major with leading dimensions.
 //
 // Shape of the algorithm (Goto/BLIS): the K dimension is cut into slabs of `kc`, N into blocks of
@@ -157,6 +159,11 @@ private func gemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: I
                             panel = packedPanel(transA, packA, kc: kc, mr: mr)
                         }
                         let cTile = c + (ic + ir) * ldc + jc + jr
+                        if ir + mr < mc {
+                            prefetchTile(cTile + mr * ldc, rows: min(mr, mc - ir - mr), cols: cols, ldc: ldc)
+                        } else if jr + nr < nc {
+                            prefetchTile(c + ic * ldc + jc + jr + nr, rows: min(mr, mc), cols: min(nr, nc - jr - nr), ldc: ldc)
+                        }
                         if rows == mr && cols == nr {
                             runMicroKernel(kernel, kc: kc, a: panel, b: bPanel, bStride: bStride, c: cTile, ldc: ldc, alpha: alpha, beta: slabBeta)
                         } else if cols == nr {
@@ -178,6 +185,18 @@ private func gemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: I
             pc += kc
         }
         jc += nc
+    }
+}
+
+/// The next tile's lines of C, asked for while this tile's FMAs run: the micro-kernel stores its tile
+/// at the end, and a tile of a C that is not in cache (a layer's fresh activations) otherwise waits
+/// there for each of its lines in turn.
+@inline(__always)
+private func prefetchTile(_ tile: UnsafeMutablePointer<Float>, rows: Int, cols: Int, ldc: Int) {
+    var row = UnsafeRawPointer(tile)
+    for _ in 0..<rows {
+        ddp_prefetch_write(row); ddp_prefetch_write(row + 4 * (cols - 1))
+        row += 4 * ldc
     }
 }
 
