@@ -21,6 +21,9 @@ public func fusedAttentionApplies(headSize: Int) -> Bool { headSize > 0 && headS
 /// probabilities and 4 of their gradients.
 public func fusedAttentionScratchCount(time T: Int, headSize hs: Int) -> Int { (2 * hs + 8) * paddedKeys(T) }
 
+/// Whether scoreBlock goes 64 keys at a time (AVX-512's register file holds that block).
+let wideScoreGroups = CPUFeatures.current.avx512f
+
 /// s[r][k] = Σ_d a[r][d] bt[d][k] for rows r < R (≤ 4) and keys k < `keys` rounded up to 16; `bt` is
 /// [hs][ldb], zero past the real keys. Rows past R repeat row 0 and are not stored. Keys go 64 at a time
 /// (16 accumulators), the rest 16 at a time: the causal block of rows r0..<r0+4 needs r0 + 4 keys, so
@@ -32,7 +35,9 @@ func scoreBlock(_ a: UnsafePointer<Float>, lda: Int, rows R: Int, _ bt: UnsafePo
     let a0 = a, a1 = a + (R > 1 ? lda : 0), a2 = a + (R > 2 ? 2 * lda : 0), a3 = a + (R > 3 ? 3 * lda : 0)
     let needed = (keys + 15) / 16 * 16
     var g = 0
-    while g + 64 <= needed {
+    // 64 keys hold 16 SIMD16 accumulators: 16 zmm on AVX-512, but 32 ymm on AVX2, which has 16, so
+    // there they spilled to the stack at every step; 16 keys at a time need 8.
+    while wideScoreGroups && g + 64 <= needed {
         var s00 = V(), s01 = V(), s02 = V(), s03 = V(), s10 = V(), s11 = V(), s12 = V(), s13 = V()
         var s20 = V(), s21 = V(), s22 = V(), s23 = V(), s30 = V(), s31 = V(), s32 = V(), s33 = V()
         var b = bt + g
