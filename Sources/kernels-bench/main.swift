@@ -60,6 +60,10 @@ struct KernelsBench: ParsableCommand {
         let cached = (0..<5).map { _ in cachedGemmGFLOPS(seconds: 0.05) }.max()!
         Self.peak = max(chains, cached)
         print(String(format: "# measured peak: FMA chains %.1f GFLOP/s, cache-resident GEMM 192^3 %.1f GFLOP/s; peak = %.1f", chains, cached, peak))
+        if stepOnly {
+            gptStep()
+            return
+        }
         print("# C[M,N] = A[M,K] B[K,N]; GFLOP/s = 2MNK/t; best and median of 5 trials of ~0.3 s")
         let compared = !numpy.isEmpty || referenceCommand != nil
         print("#     M     K     N  trans | swift best median %peak | checked" + (compared ? " | numpy best median | ratio (median)" : ""))
@@ -72,10 +76,6 @@ struct KernelsBench: ParsableCommand {
                                                  (768, 512, 2048, all), (768, 2048, 512, all),
                                                  (64, 784, 256, "NN NT"), (256, 64, 784, "TN"),
                                                  (64, 256, 10, "NN NT"), (10, 64, 256, "TN"), (64, 10, 256, "NN")]
-        if stepOnly {
-            gptStep()
-            return
-        }
         let selected = only.isEmpty ? shapes : only.compactMap(Self.shape)
         var ratios: [Double] = [], wrong = 0
         for (m, k, n, uses) in selected {
