@@ -59,3 +59,34 @@ int ddp_get_affinity(int *cpus, int capacity) {
     }
     return n;
 }
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+void ddp_copy_streaming(void *dst, const void *src, size_t n) {
+#if defined(__x86_64__) && defined(__AVX__)
+    unsigned char *d = (unsigned char *)dst;
+    const unsigned char *s = (const unsigned char *)src;
+    size_t head = (32 - ((uintptr_t)d & 31)) & 31;
+    if (head > n) head = n;
+    memcpy(d, s, head);
+    d += head; s += head; n -= head;
+    while (n >= 128) {
+        __m256i a = _mm256_loadu_si256((const __m256i *)s), b = _mm256_loadu_si256((const __m256i *)(s + 32));
+        __m256i c = _mm256_loadu_si256((const __m256i *)(s + 64)), e = _mm256_loadu_si256((const __m256i *)(s + 96));
+        _mm256_stream_si256((__m256i *)d, a); _mm256_stream_si256((__m256i *)(d + 32), b);
+        _mm256_stream_si256((__m256i *)(d + 64), c); _mm256_stream_si256((__m256i *)(d + 96), e);
+        d += 128; s += 128; n -= 128;
+    }
+    while (n >= 32) {
+        _mm256_stream_si256((__m256i *)d, _mm256_loadu_si256((const __m256i *)s));
+        d += 32; s += 32; n -= 32;
+    }
+    memcpy(d, s, n);
+    _mm_sfence();
+#else
+    memcpy(dst, src, n);
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+#endif
+}

@@ -19,7 +19,7 @@ public struct EnvironmentError: Error, CustomStringConvertible, Equatable {
 ///   ours          SWIFT_DDP_STORE_PORT (our store's port, from our launcher), SWIFT_DDP_SECRET (hex; or
 ///                 SWIFT_DDP_SECRET_FILE), SWIFT_DDP_JOB_ID, SWIFT_DDP_TIMEOUT (s), SWIFT_DDP_RESTART_COUNT,
 ///                 SWIFT_DDP_LAUNCHER_PID, SWIFT_DDP_LISTEN_ADDR, SWIFT_DDP_IFACE, SWIFT_DDP_SPIN_US,
-///                 SWIFT_DDP_CHUNK_KB, SWIFT_DDP_AUTH_FRAMES (0/1), SWIFT_DDP_BIND_CPUS / _NODE / _MEMORY
+///                 SWIFT_DDP_CHUNK_KB, SWIFT_DDP_LANE_STORES, SWIFT_DDP_AUTH_FRAMES (0/1), SWIFT_DDP_BIND_CPUS / _NODE / _MEMORY
 ///                 (the launcher's placement), SWIFT_DDP_NUMA_BIND (policy under other launchers),
 ///                 SWIFT_DDP_TUNING (alpha-beta table), SWIFT_DDP_INSECURE (0/1)
 /// Under Slurm, mpirun or Kubernetes the rank, sizes and master come from their variables instead
@@ -59,6 +59,9 @@ public struct WorkerEnvironment: Sendable, Equatable {
     /// SWIFT_DDP_SHM_KB: bytes of each shared-memory ring between two ranks on one host (a whole number of
     /// KiB, multiple of 4; 0 keeps them on loopback TCP). Default SharedMemorySetup.defaultRingBytes.
     public var sharedMemoryRingBytes: Int?
+    /// SWIFT_DDP_LANE_STORES: auto (default), cached or streaming, how a lane's writer stores its bytes
+    /// (LaneStores).
+    public var laneStores: LaneStores?
     /// SWIFT_DDP_AUTH_FRAMES=1: every frame after the handshake carries a MAC tag (AES-GCM) (the launcher's
     /// --authenticate-frames sets it for every rank and for its store).
     public var authenticateFrames = false
@@ -124,6 +127,13 @@ public struct WorkerEnvironment: Sendable, Equatable {
         e.chunkBytes = try number("SWIFT_DDP_CHUNK_KB", { Int($0) }, { $0 >= 1 && $0 <= FrameHeader.maxLength >> 10 },
                                   "a whole number of KiB in 1...\(FrameHeader.maxLength >> 10)").map { $0 << 10 }
         e.sharedMemoryRingBytes = try sharedMemoryRingBytes(env)
+        if let stores = text("SWIFT_DDP_LANE_STORES") {
+            guard let parsed = LaneStores(rawValue: stores) else {
+                throw EnvironmentError(variable: "SWIFT_DDP_LANE_STORES",
+                                       problem: "'\(stores)' is not one of \(LaneStores.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            e.laneStores = parsed
+        }
         e.bindCPUs = text("SWIFT_DDP_BIND_CPUS")
         e.bindNode = try number("SWIFT_DDP_BIND_NODE", { Int($0) }, { $0 >= 0 }, "a NUMA node number")
         e.bindMemory = try flag("SWIFT_DDP_BIND_MEMORY")
@@ -149,6 +159,7 @@ public struct WorkerEnvironment: Sendable, Equatable {
         set("SWIFT_DDP_SPIN_US", spinMicroseconds.map { String($0) })
         set("SWIFT_DDP_CHUNK_KB", chunkBytes.map { String($0 >> 10) })
         set("SWIFT_DDP_SHM_KB", sharedMemoryRingBytes.map { String($0 >> 10) })
+        set("SWIFT_DDP_LANE_STORES", laneStores?.rawValue)
         if let bindCPUs {
             v["SWIFT_DDP_BIND_CPUS"] = bindCPUs
             v["SWIFT_DDP_BIND_NODE"] = bindNode.map { String($0) } ?? ""

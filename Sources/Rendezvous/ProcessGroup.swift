@@ -140,7 +140,7 @@ public final class ProcessGroup: @unchecked Sendable {
     /// logged and ignored; missing ranks are named when the timeout expires.
     public static func rendezvous(store: StoreClient, rank: Int, identity: JobIdentity, listenHost: String,
                                   advertisedHost: String? = nil, policy: WaitPolicy, timeoutSeconds: Double,
-                                  sharedMemoryRingBytes: Int = SharedMemorySetup.defaultRingBytes,
+                                  sharedMemoryRingBytes: Int = SharedMemorySetup.defaultRingBytes, laneStores: LaneStores = .adaptive,
                                   log: @escaping (String) -> Void = { _ in }) throws -> ProcessGroup {
         let world = identity.worldSize
         if world == 1 { return single() }
@@ -178,7 +178,7 @@ public final class ProcessGroup: @unchecked Sendable {
             throw error
         }
         for (peer, connection) in try acceptor.finish(worldSize: world, deadline: deadline) { connections[peer] = connection }
-        let lanes = try SharedMemorySetup.run(connections: connections, rank: rank, ringBytes: sharedMemoryRingBytes)
+        let lanes = try SharedMemorySetup.run(connections: connections, rank: rank, ringBytes: sharedMemoryRingBytes, stores: laneStores)
         // Another host is the expected reason; anything else (a full /dev/shm, lanes off on one side) is
         // worth a line, since that pair then runs at loopback TCP's speed.
         let unexpected = lanes.declined.filter { $0.reason != SharedMemorySetup.anotherHost }
@@ -223,7 +223,8 @@ public final class ProcessGroup: @unchecked Sendable {
         let policy = WaitPolicy(timeoutSeconds: env.timeoutSeconds, spinMicroseconds: spin, yieldWhileSpinning: env.oversubscribesHost)
         let group = try rendezvous(store: store, rank: env.rank, identity: env.identity, listenHost: env.listenAddress ?? env.masterAddress,
                                    policy: policy, timeoutSeconds: env.timeoutSeconds,
-                                   sharedMemoryRingBytes: env.sharedMemoryRingBytes ?? SharedMemorySetup.defaultRingBytes, log: log)
+                                   sharedMemoryRingBytes: env.sharedMemoryRingBytes ?? SharedMemorySetup.defaultRingBytes,
+                                   laneStores: env.laneStores ?? .adaptive, log: log)
         if let chunk = env.chunkBytes { group.chunkBytes = chunk }
         group.hostedStore = hosted
         return group

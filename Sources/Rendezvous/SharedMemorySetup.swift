@@ -22,7 +22,7 @@ public enum SharedMemorySetup {
         public var declined: [(rank: Int, reason: String)] = []
     }
 
-    public static func run(connections: [Connection?], rank: Int, ringBytes: Int) throws -> Outcome {
+    public static func run(connections: [Connection?], rank: Int, ringBytes: Int, stores: LaneStores = .adaptive) throws -> Outcome {
         let identity = HostIdentity.current
         let operation = "shared-memory set-up (rank \(rank))"
         var outcome = Outcome()
@@ -72,6 +72,7 @@ public enum SharedMemorySetup {
             answer.bytes([lane == nil ? 0 : 1]); answer.string(reason)
             try connection.sendFrame(.laneAnswer, tag: 0, bytes: answer.data, operation: operation)
             if let lane {
+                lane.stores = stores
                 connection.attach(lane)
                 outcome.attached.append(peer)
             } else {
@@ -92,6 +93,7 @@ public enum SharedMemorySetup {
                     throw TransportError(.badFrame("the peer attached to a shared-memory segment never offered"), operation: operation,
                                          peer: connection.peer)
                 }
+                lane.stores = stores
                 connection.attach(lane)
                 outcome.attached.append(peer)
             } else {

@@ -15,7 +15,9 @@ import CShims
 //   page 0: magic u64 | ring bytes u64 | ring 0 control at 1024 | ring 1 control at 2048
 //   then ring 0's bytes (creator -> opener), then ring 1's (opener -> creator).
 // A ring's control block: tail u64 (bytes ever written, producer's) at 0, head u64 (bytes ever read,
-// consumer's) at 128, consumer-sleeping u32 at 256, producer-sleeping u32 at 384 (own cache lines).
+// consumer's) at 128, consumer-sleeping u32 at 256, producer-sleeping u32 at 384, whether the latest
+// long write used non-temporal stores u32 at 512 (producer's), the consumer's measured read costs of
+// cached and non-temporal bytes (ns per byte, f64 bits) at 640 and 648 (own cache lines).
 
 /// Which host and namespaces this process runs in: two ranks share memory only when these match (the
 /// same boot, network namespace and mount namespace, so /dev/shm is the same and "another host" made
@@ -41,6 +43,17 @@ public enum HostIdentity {
     }()
 }
 
+/// How a lane's writer stores bytes into its ring (SWIFT_DDP_LANE_STORES).
+public enum LaneStores: String, Sendable, CaseIterable {
+    /// Measured per lane: cached or non-temporal, whichever wrote its recent long writes faster.
+    case adaptive = "auto"
+    /// Ordinary stores: the bytes stay in this core's cache, where the reader fetches them.
+    case cached
+    /// Non-temporal stores: the bytes go to memory, and the reader's copies of the lines are dropped
+    /// without a round trip per line.
+    case streaming
+}
+
 /// Two single-producer single-consumer byte rings in a shared mapping, one per direction.
 public final class SharedMemoryLane: @unchecked Sendable {
     static let magic: UInt64 = 0x314D_4853_5044_4453 // "SDDPSHM1"
@@ -54,6 +67,15 @@ public final class SharedMemoryLane: @unchecked Sendable {
     let mappedBytes: Int
     /// Ring this side writes and ring it reads (0: creator -> opener).
     let outgoing: Ring, incoming: Ring
+    /// How writes store their bytes (set before first use).
+    public var stores = LaneStores.adaptive
+    /// Writes this long or longer are timed under `adaptive` (shorter ones use cached stores).
+    public static let measuredWriteBytes = 16 << 10
+    /// Nanoseconds per byte of recent long writes with each kind of store, [0] cached and [1] non-temporal
+    /// (0: not measured yet), and how many long writes there were: touched only by the thread that writes
+    /// (one at a time per lane). The same for this side's long reads, by the kind the peer stored them with.
+    private var writeCosts = [0.0, 0.0], longWrites = 0
+    private var readCosts = [0.0, 0.0]
 
     struct Ring {
         let control: UnsafeMutableRawPointer, data: UnsafeMutableRawPointer, size: Int
@@ -61,6 +83,9 @@ public final class SharedMemoryLane: @unchecked Sendable {
         var head: UnsafeMutablePointer<UInt64> { (control + 128).assumingMemoryBound(to: UInt64.self) }
         var consumerSleeping: UnsafeMutablePointer<UInt32> { (control + 256).assumingMemoryBound(to: UInt32.self) }
         var producerSleeping: UnsafeMutablePointer<UInt32> { (control + 384).assumingMemoryBound(to: UInt32.self) }
+        var latestWriteStreamed: UnsafeMutablePointer<UInt32> { (control + 512).assumingMemoryBound(to: UInt32.self) }
+        /// [0]: reading bytes stored cached, [1]: stored non-temporal.
+        var readCosts: UnsafeMutablePointer<UInt64> { (control + 640).assumingMemoryBound(to: UInt64.self) }
     }
 
     /// What one lane maps (and, mapped populated, keeps resident) in each of its two processes.
@@ -133,17 +158,74 @@ public final class SharedMemoryLane: @unchecked Sendable {
         let ring = outgoing
         let tail = ring.tail.pointee // only this side writes it
         let room = ring.size - Int(tail &- ddp_load_acquire_u64(ring.head))
+        let wanted = min(first.count + second.count, room)
+        let streaming = usesStreamingStores(forBytes: wanted)
+        let timed = stores == .adaptive && wanted >= Self.measuredWriteBytes
+        if timed { ddp_store_seq_cst_u32(ring.latestWriteStreamed, streaming ? 1 : 0) }
+        let start = timed ? Self.nanoseconds() : 0
         var taken = 0
         func take(_ piece: UnsafeRawBufferPointer) {
             let n = min(piece.count, room - taken)
             guard n > 0 else { return }
-            copy(into: ring, at: Int((tail &+ UInt64(taken)) % UInt64(ring.size)), from: piece.baseAddress!, count: n)
+            copy(into: ring, at: Int((tail &+ UInt64(taken)) % UInt64(ring.size)), from: piece.baseAddress!, count: n, streaming: streaming)
             taken += n
         }
         take(first)
         take(second)
+        if timed {
+            Self.fold(&writeCosts[streaming ? 1 : 0], nanoseconds: Self.nanoseconds() - start, bytes: taken)
+        }
         if taken > 0 { ddp_store_seq_cst_u64(ring.tail, tail &+ UInt64(taken)) }
         return taken
+    }
+
+    /// Whether a write of `bytes` uses non-temporal stores. Which is cheaper depends on where the two
+    /// processes' cores are, which a VM's host may change within a minute: on this project's 2-vCPU
+    /// machines the 2-rank 1 MiB ring ran 118-139 us cached and 204-227 us non-temporal with the cores
+    /// sharing a cache, and 286-308 us cached and 143-156 us non-temporal without (a cached store to a
+    /// line the reader still holds waits for the reader's copy to be dropped; non-temporal bytes come
+    /// from memory, not from the writer's cache, which costs the reader where that cache was near).
+    /// Under `adaptive` a long write takes the kind whose recent writes here plus reads there cost less
+    /// per byte, and one in 32 takes the other, so a change of place is noticed.
+    private func usesStreamingStores(forBytes bytes: Int) -> Bool {
+        switch stores {
+        case .cached: return false
+        case .streaming: return bytes >= 4096
+        case .adaptive:
+            guard bytes >= Self.measuredWriteBytes else { return false }
+            longWrites += 1
+            let peer = peerReadCosts
+            if writeCosts[0] == 0 || peer[0] == 0 { return false }
+            if writeCosts[1] == 0 || peer[1] == 0 { return true }
+            let cheaper = writeCosts[1] + peer[1] < writeCosts[0] + peer[0]
+            return longWrites % 32 == 0 ? !cheaper : cheaper
+        }
+    }
+
+    /// The peer's published costs of reading what this side wrote, [cached, non-temporal].
+    private var peerReadCosts: [Double] {
+        [Double(bitPattern: ddp_load_acquire_u64(outgoing.readCosts)), Double(bitPattern: ddp_load_acquire_u64(outgoing.readCosts + 1))]
+    }
+
+    /// Folds one timed copy into a running cost (a quarter weight per copy, so a few copies after a change
+    /// of place outweigh the past; a copy slowed by preemption counts at most 4x the mean).
+    private static func fold(_ mean: inout Double, nanoseconds: UInt64, bytes: Int) {
+        guard bytes > 0 else { return }
+        let cost = Double(nanoseconds) / Double(bytes)
+        mean = mean == 0 ? cost : 0.75 * mean + 0.25 * min(cost, 4 * mean)
+    }
+
+    /// What the adaptive choice has measured so far, ns per byte (0: not yet): this side's writes and the
+    /// peer's reads of them, each with cached and with non-temporal stores. For tests and diagnostics.
+    public var measuredCosts: (write: (cached: Double, streaming: Double), peerRead: (cached: Double, streaming: Double)) {
+        let peer = peerReadCosts
+        return ((writeCosts[0], writeCosts[1]), (peer[0], peer[1]))
+    }
+
+    private static func nanoseconds() -> UInt64 {
+        var clock = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &clock)
+        return UInt64(clock.tv_sec) * 1_000_000_000 + UInt64(clock.tv_nsec)
     }
 
     /// Copies up to `count` bytes out of the incoming ring; returns how many.
@@ -152,17 +234,30 @@ public final class SharedMemoryLane: @unchecked Sendable {
         let head = ring.head.pointee // only this side writes it
         let n = min(count, Int(ddp_load_acquire_u64(ring.tail) &- head))
         guard n > 0 else { return 0 }
+        // A long read is timed for the writer's choice of stores (usesStreamingStores), under the kind
+        // of the writer's latest long write (a read spanning two writes of different kinds is rare).
+        let timed = stores == .adaptive && n >= Self.measuredWriteBytes
+        let kind = timed ? Int(ddp_load_seq_cst_u32(ring.latestWriteStreamed) & 1) : 0
+        let started = timed ? Self.nanoseconds() : 0
         let start = Int(head % UInt64(ring.size)), first = min(n, ring.size - start)
         p.copyMemory(from: ring.data + start, byteCount: first)
         if n > first { (p + first).copyMemory(from: ring.data, byteCount: n - first) }
+        if timed {
+            Self.fold(&readCosts[kind], nanoseconds: Self.nanoseconds() - started, bytes: n)
+            ddp_store_release_u64(ring.readCosts + kind, readCosts[kind].bitPattern)
+        }
         ddp_store_seq_cst_u64(ring.head, head &+ UInt64(n))
         return n
     }
 
-    private func copy(into ring: Ring, at start: Int, from p: UnsafeRawPointer, count: Int) {
+    private func copy(into ring: Ring, at start: Int, from p: UnsafeRawPointer, count: Int, streaming: Bool) {
         let first = min(count, ring.size - start)
-        (ring.data + start).copyMemory(from: p, byteCount: first)
-        if count > first { ring.data.copyMemory(from: p + first, byteCount: count - first) }
+        // ddp_copy_streaming ends with sfence: the tail published after it covers bytes already in memory.
+        func move(_ destination: UnsafeMutableRawPointer, _ source: UnsafeRawPointer, _ bytes: Int) {
+            if streaming { ddp_copy_streaming(destination, source, bytes) } else { destination.copyMemory(from: source, byteCount: bytes) }
+        }
+        move(ring.data + start, p, first)
+        if count > first { move(ring.data, p + first, count - first) }
     }
 
     /// After writing: whether the peer sleeps waiting for these bytes (and must be woken; the flag is

@@ -14,6 +14,26 @@ final class SharedMemoryProcessTests: XCTestCase {
                                         2: "transport: rank 2 shared memory [0-1] tcp []"])
     }
 
+    /// SWIFT_DDP_LANE_STORES forces cached or non-temporal stores on every lane (auto, the default, is
+    /// the test above): results stay exact with long messages; an unknown value names the variable.
+    func testEitherKindOfLaneStoreGivesExactResults() throws {
+        for stores in ["cached", "streaming"] {
+            let cluster = try LocalCluster(worldSize: 2)
+            let outcomes = try cluster.start("collective-check", ["--report-transport", "--counts", "7,4099,300001"], ranks: [0, 1],
+                                             extra: ["SWIFT_DDP_LANE_STORES": stores]).wait(timeout: 120).outcomes
+            for (rank, outcome) in outcomes.enumerated() {
+                XCTAssertEqual(outcome.status, 0, "\(stores) rank \(rank):\n\(outcome.output)")
+                XCTAssertTrue(outcome.output.contains("rank \(rank): OK"), "\(stores) rank \(rank):\n\(outcome.output)")
+                XCTAssertTrue(outcome.output.contains("shared memory [\(1 - rank)]"), "\(stores) rank \(rank):\n\(outcome.output)")
+            }
+            XCTAssertEqual(try WorkerEnvironment.read(cluster.environment(rank: 0, extra: ["SWIFT_DDP_LANE_STORES": stores])).laneStores?.rawValue,
+                           stores)
+            XCTAssertThrowsError(try WorkerEnvironment.read(cluster.environment(rank: 0, extra: ["SWIFT_DDP_LANE_STORES": "fast"]))) { error in
+                XCTAssertTrue("\(error)".contains("SWIFT_DDP_LANE_STORES") && "\(error)".contains("auto, cached, streaming"), "\(error)")
+            }
+        }
+    }
+
     func testARankWithLanesOffStaysOnTCPWithItsPeersAndSaysWhy() throws {
         let cluster = try LocalCluster(worldSize: 3)
         let arguments = ["--report-transport", "--counts", "0,7,300001"]

@@ -52,6 +52,54 @@ final class SharedMemoryLaneTests: XCTestCase {
         XCTAssertEqual(buffer.withUnsafeMutableBytes { b.read(into: $0.baseAddress!, count: 3001) }, 0)
     }
 
+    /// Cached and non-temporal stores (and the adaptive choice between them) carry the same bytes: long
+    /// writes at every alignment of the ring, wrapping, read back in pieces of other sizes.
+    func testEveryKindOfStoreCarriesTheSameBytes() throws {
+        let message = (0..<700_003).map { UInt8(truncatingIfNeeded: $0 &* 131 &+ $0 >> 11) }
+        for stores in LaneStores.allCases {
+            let (a, b) = try makePair(ringBytes: 64 << 10)
+            a.stores = stores; b.stores = stores
+            var sent = 0, got = [UInt8](), step = 0
+            var buffer = [UInt8](repeating: 0, count: 70_000)
+            while got.count < message.count {
+                step += 1
+                message.withUnsafeBytes { m in
+                    let piece = [5, 17_000, 40_001, 4097, 65_536, 33][step % 6], header = min(24, message.count - sent)
+                    sent += a.write(UnsafeRawBufferPointer(rebasing: m[sent..<(sent + header)]),
+                                    UnsafeRawBufferPointer(rebasing: m[(sent + header)..<min(message.count, sent + header + piece)]))
+                }
+                buffer.withUnsafeMutableBytes { p in got += p[0..<b.read(into: p.baseAddress!, count: [30_000, 7, 70_000][step % 3])] }
+                if step > 100_000 { return XCTFail("\(stores): no progress") }
+            }
+            XCTAssertEqual(got, message, "\(stores)")
+        }
+    }
+
+    /// Under `adaptive` the writer times its long writes with each kind of store and the reader times
+    /// reading them back and publishes that in the ring's control block, so the writer's choice sees both.
+    func testAdaptiveStoresMeasureBothKindsOnBothSides() throws {
+        let (a, b) = try makePair(ringBytes: 1 << 20)
+        let block = [UInt8](repeating: 3, count: 64 << 10)
+        var sink = [UInt8](repeating: 0, count: 64 << 10)
+        for _ in 0..<8 {
+            XCTAssertEqual(block.withUnsafeBytes { a.write($0, UnsafeRawBufferPointer(start: nil, count: 0)) }, block.count)
+            XCTAssertEqual(sink.withUnsafeMutableBytes { b.read(into: $0.baseAddress!, count: $0.count) }, block.count)
+        }
+        let costs = a.measuredCosts
+        for (what, cost) in [("write cached", costs.write.cached), ("write streaming", costs.write.streaming),
+                             ("peer read cached", costs.peerRead.cached), ("peer read streaming", costs.peerRead.streaming)] {
+            XCTAssertGreaterThan(cost, 0, "\(what): \(costs)")
+        }
+        XCTAssertEqual(sink, block)
+        // Short writes are not timed, and a side told which stores to use measures nothing.
+        let (c, d) = try makePair(ringBytes: 1 << 20)
+        c.stores = .cached; d.stores = .cached
+        _ = block.withUnsafeBytes { c.write($0, UnsafeRawBufferPointer(start: nil, count: 0)) }
+        _ = sink.withUnsafeMutableBytes { d.read(into: $0.baseAddress!, count: $0.count) }
+        XCTAssertEqual(c.measuredCosts.write.cached, 0)
+        XCTAssertEqual(c.measuredCosts.peerRead.cached, 0)
+    }
+
     /// The sleep protocol: a side may sleep only when its ring is really empty (or full); the writer
     /// (reader) that makes it ready sees the announcement exactly once, so it rings exactly one doorbell.
     func testASleeperIsSeenOnceAndNeverSleepsOnReadyBytes() throws {

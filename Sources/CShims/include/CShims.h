@@ -34,6 +34,9 @@ static inline uint64_t ddp_load_seq_cst_u64(const uint64_t *p) { return __atomic
 static inline uint32_t ddp_load_seq_cst_u32(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
 static inline void ddp_store_seq_cst_u32(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_SEQ_CST); }
 static inline uint32_t ddp_exchange_seq_cst_u32(uint32_t *p, uint32_t v) { return __atomic_exchange_n(p, v, __ATOMIC_SEQ_CST); }
+// memcpy whose 32-byte-aligned middle is written with non-temporal stores (to memory, not this core's
+// cache), then sfence, so a store after it cannot be seen before the bytes. Plain stores without AVX.
+void ddp_copy_streaming(void *dst, const void *src, size_t n);
 #endif
 
 #ifndef SWIFT_DDP_CSHIMS_VECTOR
