@@ -195,16 +195,16 @@ public final class SharedMemoryLane: @unchecked Sendable {
             guard bytes >= Self.measuredWriteBytes else { return false }
             longWrites += 1
             let peer = peerReadCosts
-            if writeCosts[0] == 0 || peer[0] == 0 { return false }
-            if writeCosts[1] == 0 || peer[1] == 0 { return true }
-            let cheaper = writeCosts[1] + peer[1] < writeCosts[0] + peer[0]
+            if writeCosts[0] == 0 || peer.cached == 0 { return false }
+            if writeCosts[1] == 0 || peer.streaming == 0 { return true }
+            let cheaper = writeCosts[1] + peer.streaming < writeCosts[0] + peer.cached
             return longWrites % 32 == 0 ? !cheaper : cheaper
         }
     }
 
-    /// The peer's published costs of reading what this side wrote, [cached, non-temporal].
-    private var peerReadCosts: [Double] {
-        [Double(bitPattern: ddp_load_acquire_u64(outgoing.readCosts)), Double(bitPattern: ddp_load_acquire_u64(outgoing.readCosts + 1))]
+    /// The peer's published costs of reading what this side wrote.
+    private var peerReadCosts: (cached: Double, streaming: Double) {
+        (Double(bitPattern: ddp_load_acquire_u64(outgoing.readCosts)), Double(bitPattern: ddp_load_acquire_u64(outgoing.readCosts + 1)))
     }
 
     /// Folds one timed copy into a running cost (a quarter weight per copy, so a few copies after a change
@@ -218,8 +218,7 @@ public final class SharedMemoryLane: @unchecked Sendable {
     /// What the adaptive choice has measured so far, ns per byte (0: not yet): this side's writes and the
     /// peer's reads of them, each with cached and with non-temporal stores. For tests and diagnostics.
     public var measuredCosts: (write: (cached: Double, streaming: Double), peerRead: (cached: Double, streaming: Double)) {
-        let peer = peerReadCosts
-        return ((writeCosts[0], writeCosts[1]), (peer[0], peer[1]))
+        ((writeCosts[0], writeCosts[1]), peerReadCosts)
     }
 
     private static func nanoseconds() -> UInt64 {
