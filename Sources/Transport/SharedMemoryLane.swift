@@ -45,12 +45,13 @@ public enum HostIdentity {
 
 /// How a lane's writer stores bytes into its ring (SWIFT_DDP_LANE_STORES).
 public enum LaneStores: String, Sendable, CaseIterable {
-    /// Measured per lane: cached or non-temporal, whichever wrote its recent long writes faster.
+    /// Measured per lane: for writes of 16 KiB or more, cached or non-temporal, whichever cost less per
+    /// byte in recent writes here plus the peer's reads of them; shorter writes cached.
     case adaptive = "auto"
     /// Ordinary stores: the bytes stay in this core's cache, where the reader fetches them.
     case cached
-    /// Non-temporal stores: the bytes go to memory, and the reader's copies of the lines are dropped
-    /// without a round trip per line.
+    /// Non-temporal stores for writes of 4 KiB or more: the bytes go to memory, and the reader's copies
+    /// of the lines are dropped without a round trip per line.
     case streaming
 }
 
@@ -180,7 +181,7 @@ public final class SharedMemoryLane: @unchecked Sendable {
     }
 
     /// Whether a write of `bytes` uses non-temporal stores. Which is cheaper depends on where the two
-    /// processes' cores are, which a VM's host may change within a minute: on this project's 2-vCPU
+    /// processes' cores are, which a VM's host may change from one second to the next: on this project's 2-vCPU
     /// machines the 2-rank 1 MiB ring ran 118-139 us cached and 204-227 us non-temporal with the cores
     /// sharing a cache, and 286-308 us cached and 143-156 us non-temporal without (a cached store to a
     /// line the reader still holds waits for the reader's copy to be dropped; non-temporal bytes come
