@@ -204,6 +204,19 @@ final class StoreAndHandshakeTests: XCTestCase {
         // The store is up once a connection gets through (Socket.connect retries until then).
         Glibc.close(try Socket.connect(host: "127.0.0.1", port: port, deadline: Deadline(seconds: 10),
                                        peer: PeerDescription(host: "127.0.0.1", port: port), operation: "store up"))
+        // And its rank is running: a limit lowered while the launcher was still spawning it failed the
+        // spawn itself ("Bad file descriptor"), which is not what this test is about.
+        func hasChild(_ pid: Int32) -> Bool {
+            let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+            return entries.contains { entry in
+                guard Int32(entry) != nil, let stat = try? String(contentsOfFile: "/proc/\(entry)/stat", encoding: .utf8),
+                      let close = stat.lastIndex(of: ")") else { return false }
+                return stat[stat.index(after: close)...].split(separator: " ").dropFirst().first == Substring(String(pid))
+            }
+        }
+        let spawnDeadline = Deadline(seconds: 10)
+        while !hasChild(process.processIdentifier) && !spawnDeadline.hasPassed { usleep(10_000) }
+        XCTAssertTrue(hasChild(process.processIdentifier), "the launcher started no rank within 10 s")
         // Leave the running launcher 20 descriptors more than it holds now: fewer than the 64 connections
         // the store lets sit in their handshake, so a flood runs it out of descriptors.
         let open = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(process.processIdentifier)/fd").count) ?? 0
