@@ -163,7 +163,7 @@ public final class SharedMemoryLane: @unchecked Sendable {
         let streaming = usesStreamingStores(forBytes: wanted)
         let timed = stores == .adaptive && wanted >= Self.measuredWriteBytes
         if timed { ddp_store_seq_cst_u32(ring.latestWriteStreamed, streaming ? 1 : 0) }
-        let start = timed ? Self.nanoseconds() : 0
+        let start = timed ? Deadline.now() : 0
         var taken = 0
         func take(_ piece: UnsafeRawBufferPointer) {
             let n = min(piece.count, room - taken)
@@ -174,7 +174,7 @@ public final class SharedMemoryLane: @unchecked Sendable {
         take(first)
         take(second)
         if timed {
-            Self.fold(&writeCosts[streaming ? 1 : 0], nanoseconds: Self.nanoseconds() - start, bytes: taken)
+            Self.fold(&writeCosts[streaming ? 1 : 0], seconds: Deadline.now() - start, bytes: taken)
         }
         if taken > 0 { ddp_store_seq_cst_u64(ring.tail, tail &+ UInt64(taken)) }
         return taken
@@ -210,9 +210,9 @@ public final class SharedMemoryLane: @unchecked Sendable {
 
     /// Folds one timed copy into a running cost (a quarter weight per copy, so a few copies after a change
     /// of place outweigh the past; a copy slowed by preemption counts at most 4x the mean).
-    private static func fold(_ mean: inout Double, nanoseconds: UInt64, bytes: Int) {
+    private static func fold(_ mean: inout Double, seconds: Double, bytes: Int) {
         guard bytes > 0 else { return }
-        let cost = Double(nanoseconds) / Double(bytes)
+        let cost = seconds * 1e9 / Double(bytes)
         mean = mean == 0 ? cost : 0.75 * mean + 0.25 * min(cost, 4 * mean)
     }
 
@@ -220,12 +220,6 @@ public final class SharedMemoryLane: @unchecked Sendable {
     /// peer's reads of them, each with cached and with non-temporal stores. For tests and diagnostics.
     public var measuredCosts: (write: (cached: Double, streaming: Double), peerRead: (cached: Double, streaming: Double)) {
         ((writeCosts[0], writeCosts[1]), peerReadCosts)
-    }
-
-    private static func nanoseconds() -> UInt64 {
-        var clock = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &clock)
-        return UInt64(clock.tv_sec) * 1_000_000_000 + UInt64(clock.tv_nsec)
     }
 
     /// Copies up to `count` bytes out of the incoming ring; returns how many.
@@ -238,12 +232,12 @@ public final class SharedMemoryLane: @unchecked Sendable {
         // of the writer's latest long write (a read spanning two writes of different kinds is rare).
         let timed = stores == .adaptive && n >= Self.measuredWriteBytes
         let kind = timed ? Int(ddp_load_seq_cst_u32(ring.latestWriteStreamed) & 1) : 0
-        let started = timed ? Self.nanoseconds() : 0
+        let started = timed ? Deadline.now() : 0
         let start = Int(head % UInt64(ring.size)), first = min(n, ring.size - start)
         p.copyMemory(from: ring.data + start, byteCount: first)
         if n > first { (p + first).copyMemory(from: ring.data, byteCount: n - first) }
         if timed {
-            Self.fold(&readCosts[kind], nanoseconds: Self.nanoseconds() - started, bytes: n)
+            Self.fold(&readCosts[kind], seconds: Deadline.now() - started, bytes: n)
             ddp_store_release_u64(ring.readCosts + kind, readCosts[kind].bitPattern)
         }
         ddp_store_seq_cst_u64(ring.head, head &+ UInt64(n))
