@@ -13,8 +13,9 @@
 # (calls per size, capped at 100 MiB of traffic, for ours and the references alike: OSU's micro-benchmarks
 # time 10,000 calls at small sizes, e.g. ITERS=20000 SIZES_MAX=64K for the small-message cells)
 # ROUNDS=R (default 1) runs ours and every reference R times in turn and shows each cell's median
-# over the rounds: this machine runs whole minutes at one speed and then another (docs/benchmarks.md,
-# "Two speeds of one machine"), and a sweep times ours and the references minutes apart. The page's
+# over the rounds: this machine changes speed from one run to the next, as its two vCPUs do or do not
+# share a cache (docs/benchmarks.md, "The two speeds explained"), and a sweep times ours and the
+# references minutes apart. The page's
 # tables and the plot against the references show the medians; allreduce-bench's own per-algorithm
 # plot, JSON, model text and tuning table are the last round's.
 # Results go to runs/bench-allreduce/ (page, JSON, plots); the tracked copies in docs/ are rewritten

@@ -127,13 +127,8 @@ public struct WorkerEnvironment: Sendable, Equatable {
         e.chunkBytes = try number("SWIFT_DDP_CHUNK_KB", { Int($0) }, { $0 >= 1 && $0 <= FrameHeader.maxLength >> 10 },
                                   "a whole number of KiB in 1...\(FrameHeader.maxLength >> 10)").map { $0 << 10 }
         e.sharedMemoryRingBytes = try sharedMemoryRingBytes(env)
-        if let stores = text("SWIFT_DDP_LANE_STORES") {
-            guard let parsed = LaneStores(rawValue: stores) else {
-                throw EnvironmentError(variable: "SWIFT_DDP_LANE_STORES",
-                                       problem: "'\(stores)' is not one of \(LaneStores.allCases.map(\.rawValue).joined(separator: ", "))")
-            }
-            e.laneStores = parsed
-        }
+        e.laneStores = try number("SWIFT_DDP_LANE_STORES", { LaneStores(rawValue: $0) }, { _ in true },
+                                  "one of \(LaneStores.allCases.map(\.rawValue).joined(separator: ", "))")
         e.bindCPUs = text("SWIFT_DDP_BIND_CPUS")
         e.bindNode = try number("SWIFT_DDP_BIND_NODE", { Int($0) }, { $0 >= 0 }, "a NUMA node number")
         e.bindMemory = try flag("SWIFT_DDP_BIND_MEMORY")
