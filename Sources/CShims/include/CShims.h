@@ -14,6 +14,10 @@ int ddp_set_parent_death_signal(int signal);
 // prctl(PR_SET_NAME, name): names the calling thread (15 bytes kept) for top -H, gdb and perf.
 int ddp_set_thread_name(const char *name);
 
+// mallopt(M_MMAP_THRESHOLD, bytes) (malloc.h is not in Swift's Glibc module): a fixed threshold, which
+// glibc then stops adjusting. Returns 1 on success.
+int ddp_set_mmap_threshold(int bytes);
+
 #endif
 
 #ifndef SWIFT_DDP_CSHIMS_AFFINITY
