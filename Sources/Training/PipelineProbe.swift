@@ -17,7 +17,28 @@ import Tensors
 // through another. `copies` pipelines run at once, as dp x tp pipelines share the host; with tensor
 // parallelism the same stage of `tensorParallel` neighbouring copies is one group, whose passes stop at
 // each of the layers' collectives for a ring of steps over pipes (SyncProbe's pattern, wire time
-// included across hosts), so the group's members wait for each other as they do.
+// included across hosts), so the group's members wait for each other as they do. Between its last pass
+// and its update each rank then waits as Trainer.pipelineStep does (`StepEnd`): for the tied embedding's
+// sum and the gradient norm on a ring of the pipeline's stages, for the gradients' allreduce on a ring of
+// the data-parallel copies of its stage (each step copying on the core, or on a link its wire time), and
+// under ZeRO-1 for the parameters' gather after the update. These keep the copies in step with each
+// other, which a probe without them let drift so that one copy's idle stages hid another's work: pp 2 x
+// dp 2 on 4 ranks and 2 cores ran 1.23-1.28x the step predicted from the probe without them.
+
+/// What each rank of a probed pipeline step does between its last pass and its update, and after it.
+public struct PipelineStepEnd: Sendable, Equatable {
+    /// Ring steps over the stages of one pipeline before the update (tied embedding, gradient norm).
+    public var pipelineSteps = 0
+    /// Ring steps over the data-parallel copies of a stage before the update (the gradients' allreduce
+    /// or reduce-scatter), and after it (ZeRO-1's gather of the updated parameters).
+    public var dataSteps = 0, gatherSteps = 0
+    /// Each data-parallel ring step's copying on the core (shared memory) and wire time (links).
+    public var dataWork = 0.0, dataTransfer = 0.0
+    public init(pipelineSteps: Int = 0, dataSteps: Int = 0, gatherSteps: Int = 0, dataWork: Double = 0, dataTransfer: Double = 0) {
+        self.pipelineSteps = pipelineSteps; self.dataSteps = dataSteps; self.gatherSteps = gatherSteps
+        self.dataWork = dataWork; self.dataTransfer = dataTransfer
+    }
+}
 
 public enum PipelineProbe {
     /// One rank of one probe pipeline.
@@ -29,6 +50,8 @@ public enum PipelineProbe {
         var to: [Int32], from: [Int32]
         /// The tensor-parallel ring: written to the next member, read from the previous one.
         var ringOut: Int32 = -1, ringIn: Int32 = -1
+        /// The step end's rings: over the pipeline's stages and over the stage's data-parallel copies.
+        var pipelineOut: Int32 = -1, pipelineIn: Int32 = -1, dataOut: Int32 = -1, dataIn: Int32 = -1
         init(ranks: Int, queue: (Int32, Int32)) {
             compute = ProbeMember(readFD: -1, writeFD: -1, memoryBytes: SyncProbe.memoryBytes)
             self.queue = queue
@@ -64,10 +87,11 @@ public enum PipelineProbe {
     /// PipelineSimulator.run) at `costs`, on this machine's cores: the mean of `iterations` steps after
     /// one unmeasured. With `tensorParallel` > 1 (dividing `copies`) each compute action stops
     /// `collectives(action)` times, evenly spread, for `ringSteps` ring steps of its group, each
-    /// `ringTransfer` seconds on a link (0: shared memory). 0 when pipes cannot be made.
+    /// `ringTransfer` seconds on a link (0: shared memory). Each rank's update waits for `stepEnd`. 0 when
+    /// pipes cannot be made.
     public static func stepTime(_ schedule: PipelineSchedule, costs: PipelineCosts, copies: Int, tensorParallel: Int = 1,
                                 collectives: (PipelineAction) -> Int = { _ in 0 }, ringSteps: Int = 0, ringTransfer: Double = 0,
-                                iterations: Int = 6) -> Double {
+                                stepEnd: PipelineStepEnd = PipelineStepEnd(), iterations: Int = 6) -> Double {
         let p = schedule.pipelineParallel, stop = UInt8(255), tp = max(tensorParallel, 1)
         guard copies % tp == 0 else { return 0 }
         var fds: [Int32] = []
@@ -104,7 +128,31 @@ public enum PipelineProbe {
                 }
             }
         }
-        let step = workCount(costs.step)
+        for ranks in pipelines where stepEnd.pipelineSteps > 0 && p > 1 {
+            for r in 0..<p {
+                guard let ring = makePipe() else { return 0 }
+                ranks[r].pipelineOut = ring.1; ranks[(r + 1) % p].pipelineIn = ring.0
+            }
+        }
+        // A data-parallel group: the copies holding the same tensor-parallel shard of a stage.
+        let dp = pipelines.count / tp
+        for member in 0..<tp where dp > 1 && stepEnd.dataSteps + stepEnd.gatherSteps > 0 {
+            for r in 0..<p {
+                for d in 0..<dp {
+                    guard let ring = makePipe() else { return 0 }
+                    pipelines[member + d * tp][r].dataOut = ring.1
+                    pipelines[member + (d + 1) % dp * tp][r].dataIn = ring.0
+                }
+            }
+        }
+        let step = workCount(costs.step), dataWork = workCount(stepEnd.dataWork)
+        @Sendable func dataRing(_ rank: Rank, steps: Int) {
+            guard dp > 1 else { return }
+            for _ in 0..<steps {
+                if dataWork > 0 { rank.compute.work(dataWork) }
+                ProbeMember.ringStep(out: rank.dataOut, in: rank.dataIn, transfer: stepEnd.dataTransfer)
+            }
+        }
         // Per action: its collectives and the work before each of them (and after the last).
         let plans = schedule.actions.map { list in
             list.map { a -> (stops: Int, count: Int) in
@@ -136,7 +184,13 @@ public enum PipelineProbe {
                             } else if a.kind.isReceive {
                                 _ = take(rank.from[schedule.rank(ofStage: PipelineSimulator.partner(of: a).stage)])
                             } else if a.kind == .step {
+                                if p > 1 && stepEnd.pipelineSteps > 0 { ProbeMember.ringStep(out: rank.pipelineOut, in: rank.pipelineIn, transfer: 0) }
+                                dataRing(rank, steps: stepEnd.dataSteps)
+                                for _ in 1..<max(stepEnd.pipelineSteps, 1) where p > 1 {
+                                    ProbeMember.ringStep(out: rank.pipelineOut, in: rank.pipelineIn, transfer: 0)
+                                }
                                 rank.compute.work(step)
+                                dataRing(rank, steps: stepEnd.gatherSteps)
                             } else {
                                 let plan = plans[r][i]
                                 rank.compute.work(plan.count)

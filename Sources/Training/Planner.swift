@@ -443,9 +443,10 @@ public struct LayoutPlanner {
                     }
                     let rounds = max(timingRounds, 1), ringSteps = Self.collectiveRingSteps(sequenceParallel: sp, tensorParallel: tp)
                     let ringTransfer = tp > 1 ? wireTime(ofStep: tensorParallelCollective(layout), steps: ringSteps) : 0
+                    let stepEnd = pipelineStepEnd(layout, dataParallel: dp, gradientBytes: 4 * localParameters)
                     let pass = (0..<rounds).map { _ in
                         PipelineProbe.stepTime(schedule, costs: costs, copies: dp * tp, tensorParallel: tp, collectives: collectives,
-                                               ringSteps: ringSteps, ringTransfer: ringTransfer)
+                                               ringSteps: ringSteps, ringTransfer: ringTransfer, stepEnd: stepEnd)
                     }.sorted()[rounds / 2]
                     coresFloor = max(coresFloor, pass * Double(layout.gradAccum))
                     pipelineProbed = pass > 0
@@ -475,7 +476,8 @@ public struct LayoutPlanner {
                 let mixtures = moe.expertLayers(of: config.nLayer).count
                 comm += microbatches * Double(mixtures) * 4 * communication.allToAll(bytes: moe.topK * activationBytes, ranks: ep) * sharedCores()
             }
-            if dp > 1 {
+            // A probed pipeline's gradients were averaged in its step (PipelineStepEnd).
+            if dp > 1 && !pipelineProbed {
                 // Buckets overlap the rest of backward (about 2/3 of the compute) except the last one. A
                 // pipeline averages its gradients after its passes (Trainer.pipelineStep): nothing overlaps.
                 let gradientBytes = 4 * localParameters
@@ -526,7 +528,7 @@ public struct LayoutPlanner {
             planned.overheadSeconds = overhead
             if worldSize > cores {
                 planned.coresFloorSeconds = coresFloor
-                if case .measured = source {
+                if case .measured = source, !pipelineProbed {
                     planned.waitSeconds = oversubscribedWaits(layout, dataParallel: dp, microbatches: microbatches, compute: compute,
                                                               layers: keptLayers.count, gradientBytes: 4 * localParameters, penalty: syncPenalty)
                 }
@@ -537,6 +539,27 @@ public struct LayoutPlanner {
             out.append(planned)
         }
         return out.sorted { ($0.fits ? 0 : 1, $0.predictedSeconds) < ($1.fits ? 0 : 1, $1.predictedSeconds) }
+    }
+
+    /// What Trainer.pipelineStep synchronizes between a pipeline's last pass and its update, for the
+    /// probe: the tied embedding's sum and the gradient norm's allreduce over the stages (one ring step
+    /// and an allreduce's 2 (p - 1)); the gradients' allreduce over the data-parallel group, 2 (dp - 1)
+    /// ring steps, or under ZeRO-1 a reduce-scatter's dp - 1 before the update and an all-gather's after
+    /// it, each step a share of the collective's priced time (copying on the core on one host, wire time
+    /// across links).
+    public func pipelineStepEnd(_ c: TrainConfig, dataParallel dp: Int, gradientBytes: Int) -> PipelineStepEnd {
+        let p = c.pipelineParallel
+        var end = PipelineStepEnd(pipelineSteps: p > 1 ? 1 + 2 * (p - 1) : 0)
+        guard dp > 1 else { return end }
+        let sharded = c.zeroStage >= 1
+        let seconds = sharded ? communication.half(bytes: gradientBytes, ranks: dp)
+            : communication.allreduce(bytes: gradientBytes, ranks: dp, options: dataParallelOptions)
+        let steps = sharded ? dp - 1 : 2 * (dp - 1)
+        end.dataSteps = steps
+        end.gatherSteps = sharded ? dp - 1 : 0
+        end.dataTransfer = wireTime(ofStep: seconds, steps: steps)
+        end.dataWork = crossesLinks ? 0 : seconds / Double(steps)
+        return end
     }
 
     /// Layouts whose ranks hold the same shards and run the same micro-batches time the same.

@@ -179,6 +179,35 @@ final class PlannerTests: XCTestCase {
         XCTAssertTrue(wait.isFinite && wait >= 0, "\(wait)")
     }
 
+    /// A probed step's end waits as the trainer's does: two pipelines of 2 stages as a data-parallel pair,
+    /// whose gradients' ring takes 2 steps and ZeRO-1's gather 1 more, each sleeping out 5 ms of wire
+    /// time, spend at least 3 x 5 ms per step in them beyond the passes; the pipeline ring alone (tied
+    /// embedding, norm) needs no wire and returns; the planner's step end for pp 2 x dp 2 is an
+    /// allreduce's ring steps (or ZeRO-1's reduce-scatter and all-gather) with the tied sum and the norm.
+    func testPipelineProbeWaitsForTheStepsEndSynchronizations() throws {
+        let schedule = try PipelineSchedule(.oneFOneB, pipelineParallel: 2, microbatches: 2)
+        let costs = PipelineCosts.uniform(stages: 2, forward: 1e-4, backwardInput: 1e-4, backwardWeight: 1e-4, transfer: 0)
+        let quiet = PipelineProbe.stepTime(schedule, costs: costs, copies: 2, iterations: 2)
+        let end = PipelineStepEnd(pipelineSteps: 3, dataSteps: 2, gatherSteps: 1, dataWork: 0, dataTransfer: 0.005)
+        let waited = PipelineProbe.stepTime(schedule, costs: costs, copies: 2, stepEnd: end, iterations: 2)
+        XCTAssertGreaterThan(quiet, 0)
+        XCTAssertGreaterThanOrEqual(waited, quiet + 0.015 * 0.9, "3 ring steps of 5 ms each")
+        let alone = PipelineProbe.stepTime(schedule, costs: costs, copies: 1, stepEnd: PipelineStepEnd(pipelineSteps: 3), iterations: 2)
+        XCTAssertGreaterThan(alone, 0)
+
+        let plan = try planner(world: 4)
+        var config = plan.config
+        config.pipelineParallel = 2; config.microbatches = 2
+        let plain = plan.pipelineStepEnd(config, dataParallel: 2, gradientBytes: 1 << 20)
+        XCTAssertEqual([plain.pipelineSteps, plain.dataSteps, plain.gatherSteps], [3, 2, 0])
+        XCTAssertGreaterThan(plain.dataWork, 0, "on one host the lanes' copying is work on the core")
+        XCTAssertEqual(plain.dataTransfer, 0)
+        config.zeroStage = 1
+        let sharded = plan.pipelineStepEnd(config, dataParallel: 2, gradientBytes: 1 << 20)
+        XCTAssertEqual([sharded.dataSteps, sharded.gatherSteps], [1, 1])
+        XCTAssertEqual(plan.pipelineStepEnd(config, dataParallel: 1, gradientBytes: 1 << 20), PipelineStepEnd(pipelineSteps: 3))
+    }
+
     /// The probe prices a synchronization only when ranks outnumber cores; then it runs its members (each
     /// streaming an L2's worth of memory between ring steps) and returns a finite, non-negative wait.
     func testSyncProbeMeasuresOnlyOversubscribedSynchronizations() {
