@@ -543,10 +543,12 @@ public struct LayoutPlanner {
 
     /// What Trainer.pipelineStep synchronizes between a pipeline's last pass and its update, for the
     /// probe: the tied embedding's sum and the gradient norm's allreduce over the stages (one ring step
-    /// and an allreduce's 2 (p - 1)); the gradients' allreduce over the data-parallel group, 2 (dp - 1)
-    /// ring steps, or under ZeRO-1 a reduce-scatter's dp - 1 before the update and an all-gather's after
-    /// it, each step a share of the collective's priced time (copying on the core on one host, wire time
-    /// across links).
+    /// and an allreduce's 2 (p - 1)); the gradients' allreduce over the data-parallel group, bucket by
+    /// bucket, each 2 (dp - 1) ring steps (under ZeRO-1 a reduce-scatter's dp - 1 before the update and an
+    /// all-gather's after it) of as many hand-offs as the ring's pieces cut a segment into, each a share
+    /// of the collective's priced time (copying on the core on one host, wire time across links). Each
+    /// hand-off is a wait on shared cores: counted as one step, pp 2 x dp 2 ran half the context switches
+    /// in the probe that it ran in training.
     public func pipelineStepEnd(_ c: TrainConfig, dataParallel dp: Int, gradientBytes: Int) -> PipelineStepEnd {
         let p = c.pipelineParallel
         var end = PipelineStepEnd(pipelineSteps: p > 1 ? 1 + 2 * (p - 1) : 0)
@@ -554,9 +556,16 @@ public struct LayoutPlanner {
         let sharded = c.zeroStage >= 1
         let seconds = sharded ? communication.half(bytes: gradientBytes, ranks: dp)
             : communication.allreduce(bytes: gradientBytes, ranks: dp, options: dataParallelOptions)
-        let steps = sharded ? dp - 1 : 2 * (dp - 1)
-        end.dataSteps = steps
-        end.gatherSteps = sharded ? dp - 1 : 0
+        let floats = gradientBytes / 4, bucket = max(1, Int(c.bucketMb * 1048576) / 4)
+        var handOffs = 0
+        for start in stride(from: 0, to: floats, by: bucket) {
+            let segment = (min(bucket, floats - start) + dp - 1) / dp
+            handOffs += (segment + ringPieceElements - 1) / ringPieceElements * (dp - 1)
+        }
+        handOffs = max(handOffs, dp - 1)
+        end.dataSteps = sharded ? handOffs : 2 * handOffs
+        end.gatherSteps = sharded ? handOffs : 0
+        let steps = end.dataSteps
         end.dataTransfer = wireTime(ofStep: seconds, steps: steps)
         end.dataWork = crossesLinks ? 0 : seconds / Double(steps)
         return end

@@ -183,7 +183,8 @@ final class PlannerTests: XCTestCase {
     /// whose gradients' ring takes 2 steps and ZeRO-1's gather 1 more, each sleeping out 5 ms of wire
     /// time, spend at least 3 x 5 ms per step in them beyond the passes; the pipeline ring alone (tied
     /// embedding, norm) needs no wire and returns; the planner's step end for pp 2 x dp 2 is an
-    /// allreduce's ring steps (or ZeRO-1's reduce-scatter and all-gather) with the tied sum and the norm.
+    /// allreduce's ring steps (or ZeRO-1's reduce-scatter and all-gather), a hand-off per piece of the
+    /// ring's segments, with the tied sum and the norm.
     func testPipelineProbeWaitsForTheStepsEndSynchronizations() throws {
         let schedule = try PipelineSchedule(.oneFOneB, pipelineParallel: 2, microbatches: 2)
         let costs = PipelineCosts.uniform(stages: 2, forward: 1e-4, backwardInput: 1e-4, backwardWeight: 1e-4, transfer: 0)
@@ -198,13 +199,18 @@ final class PlannerTests: XCTestCase {
         let plan = try planner(world: 4)
         var config = plan.config
         config.pipelineParallel = 2; config.microbatches = 2
+        config.bucketMb = 1
+        // 1 MiB of gradients, one bucket: each rank's segment of 128 Ki floats is 2 of the ring's pieces.
+        XCTAssertEqual(ringPieceElements, 64 << 10)
         let plain = plan.pipelineStepEnd(config, dataParallel: 2, gradientBytes: 1 << 20)
-        XCTAssertEqual([plain.pipelineSteps, plain.dataSteps, plain.gatherSteps], [3, 2, 0])
+        XCTAssertEqual([plain.pipelineSteps, plain.dataSteps, plain.gatherSteps], [3, 4, 0])
         XCTAssertGreaterThan(plain.dataWork, 0, "on one host the lanes' copying is work on the core")
         XCTAssertEqual(plain.dataTransfer, 0)
         config.zeroStage = 1
         let sharded = plan.pipelineStepEnd(config, dataParallel: 2, gradientBytes: 1 << 20)
-        XCTAssertEqual([sharded.dataSteps, sharded.gatherSteps], [1, 1])
+        XCTAssertEqual([sharded.dataSteps, sharded.gatherSteps], [2, 2])
+        // Two buckets (1 MiB and 0.5 MiB) over 4 ranks: 1 + 1 pieces per segment, 3 ring steps each.
+        XCTAssertEqual(plan.pipelineStepEnd(config, dataParallel: 4, gradientBytes: 3 << 19).dataSteps, 6)
         XCTAssertEqual(plan.pipelineStepEnd(config, dataParallel: 1, gradientBytes: 1 << 20), PipelineStepEnd(pipelineSteps: 3))
     }
 
