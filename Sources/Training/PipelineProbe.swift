@@ -20,11 +20,11 @@ import Tensors
 // included across hosts), so the group's members wait for each other as they do. Between its last pass
 // and its update each rank then waits as Trainer.pipelineStep does (`PipelineStepEnd`): for the tied
 // embedding's sum and the gradient norm on a ring of the pipeline's stages, for the gradients' allreduce
-// on a ring of the data-parallel copies of its stage (each step copying on the core, or on a link its wire time), and
-// under ZeRO-1 for the parameters' gather after the update. Before, the planner priced these flat beside
-// the probe's step; each hand-off is a wait on shared cores, and with one per ring piece (as the trainer's
-// ring makes them) pp 2 x dp 2 x ZeRO-1 on 4 ranks and 2 cores went from 29.6 to 31-33 ms predicted
-// (35.6-36.4 measured; docs/benchmarks.md, "A hand-off per ring piece").
+// on a ring of the data-parallel copies of its stage (each step copying on the core, or on a link its
+// wire time), and under ZeRO-1 for the parameters' gather after the update. Before, the planner priced
+// these flat beside the probe's step; each hand-off is a wait on shared cores, and with one per ring
+// piece (as the trainer's ring makes them) pp 2 x dp 2 x ZeRO-1 on 4 ranks and 2 cores went from 29.6 to
+// 31-33 ms predicted (35.6-36.4 measured; docs/benchmarks.md, "A hand-off per ring piece").
 
 /// What each rank of a probed pipeline step does between its last pass and its update, and after it.
 public struct PipelineStepEnd: Sendable, Equatable {
