@@ -397,7 +397,7 @@ private func packPanelsOfB(_ trans: Transpose, _ b: UnsafePointer<Float>, _ ldb:
 /// dest row q = column q of the 8 x 8 block at src: three perfect unshuffles of its 64 floats (each
 /// moves element 8i + j's index one bit to the right, rotating (i, j) to (j, i) after three).
 @inline(__always)
-private func transpose8x8(from src: UnsafePointer<Float>, stride ls: Int, to dest: UnsafeMutablePointer<Float>, stride ld: Int) {
+func transpose8x8(from src: UnsafePointer<Float>, stride ls: Int, to dest: UnsafeMutablePointer<Float>, stride ld: Int) {
     typealias V = SIMD8<Float>
     @inline(__always) func load(_ r: Int) -> V { UnsafeRawPointer(src + r * ls).loadUnaligned(as: V.self) }
     @inline(__always) func unshuffle(_ x: (V, V, V, V, V, V, V, V)) -> (V, V, V, V, V, V, V, V) {
