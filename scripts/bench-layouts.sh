@@ -5,7 +5,10 @@
 # time over ranks; the largest peak RSS of any rank), with the Spearman rank correlation of predicted
 # and measured step times, and the planner's pick against the measured fastest. With ROUNDS >= 2 it also
 # prints the Spearman correlation of one round's measured times with the next's: the measurement's own
-# repeatability, a practical ceiling for what a prediction can score against it.
+# repeatability, a practical ceiling for what a prediction can score against it. The table, those lines
+# and a plot of predicted against measured step time (SVG) go to runs/bench-layouts-WORLD*/ and to
+# docs/layouts/ (one page per cell: world, hosts, model settings). Checkpoints are deleted after each
+# layout (its peak RSS is measured with the final checkpoint written; the wide model's are 300 MB each).
 # usage: scripts/bench-layouts.sh WORLD [CONFIG] [--set key=value ...]
 #   CONFIG defaults to configs/shakespeare-char.json (the recipe); --set changes the model, e.g.
 #   --set n_layer=8 --set n_embd=512 --set n_head=8 for the wide model.
@@ -80,11 +83,21 @@ for round in $(seq "$rounds"); do
     run_layout "$work/layout-$i-$round.log" --out-dir "$work/layout-$i-$round" --set max_iters="$iters" --set eval_interval=1000000 \
       --set eval_iters=1 --set log_interval="$iters" --set checkpoint_interval=0 --set warmup_iters=$(( iters < 10 ? iters : 10 )) --set lr_decay_iters="$iters" "${args[@]}" \
       || { echo "layout $i failed:" >&2; tail -3 "$work/layout-$i-$round.log" >&2; }
+    rm -f "$work/layout-$i-$round"/*.safetensors "$work/layout-$i-$round"/*.safetensors.tmp.*
   done
 done
-python3 - "$work" "$count" "$rounds" <<'PY'
+# The cell's page in docs/layouts/: world, hosts and the model settings given.
+cell="$world-ranks"; (( hosts > 1 )) && cell+="-hosts$hosts"
+for s in "$@"; do case "$s" in --set) ;; *=*) cell+="-${s%%=*}${s#*=}" ;; esac; done
+mkdir -p "$root/docs/layouts"
+command="ROUNDS=$rounds ITERS=$iters${HOSTS:+ HOSTS=$hosts} bash scripts/bench-layouts.sh $world${*:+ $*}"
+header="# Layouts on $world ranks${HOSTS:+ over $hosts namespace hosts, ${rate:-1gbit} links}${*:+ ($*)} — \`$command\`
+
+CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores; $(date -u +%Y-%m-%d). Goals (#19): pick within 10 % of the measured fastest, Spearman ≥ 0.8, memory within 10 %."
+python3 - "$work" "$count" "$rounds" "$header" "$root/docs/layouts/$cell" <<'PY'
 import json, re, sys
 work, count, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+header, docs_base = sys.argv[4], sys.argv[5]
 plan = json.load(open(f"{work}/plan.json"))
 rows = []
 by_round = {}  # round -> {layout index: ms/step}, for the measurement's own repeatability
@@ -112,12 +125,12 @@ def ranks(values):
         for k in range(i, j + 1): out[order[k]] = (i + j) / 2
         i = j + 1
     return out
-print()
-print("| layout | predicted ms/step | measured ms/step | predicted MiB/rank | measured peak RSS MiB | memory predicted/measured |")
-print("|---|---:|---:|---:|---:|---:|")
+lines = [header, ""]
+lines.append("| layout | predicted ms/step | measured ms/step | predicted MiB/rank | measured peak RSS MiB | memory predicted/measured |")
+lines.append("|---|---:|---:|---:|---:|---:|")
 for p, b in rows:
-    if b: print(f"| {p['name']} | {p['predicted_ms']:.2f} | {b[0]:.2f} | {p['predicted_mib']:.1f} | {b[1]:.0f} | {p['predicted_mib'] / b[1]:.2f} |")
-    else: print(f"| {p['name']} | {p['predicted_ms']:.2f} | failed | {p['predicted_mib']:.1f} | - | - |")
+    if b: lines.append(f"| {p['name']} | {p['predicted_ms']:.2f} | {b[0]:.2f} | {p['predicted_mib']:.1f} | {b[1]:.0f} | {p['predicted_mib'] / b[1]:.2f} |")
+    else: lines.append(f"| {p['name']} | {p['predicted_ms']:.2f} | failed | {p['predicted_mib']:.1f} | - | - |")
 def spearman(xs, ys):
     a, b = ranks(xs), ranks(ys)
     n = len(a); ma, mb = sum(a) / n, sum(b) / n
@@ -127,17 +140,61 @@ if len(ok) >= 2:
     rho = spearman([p['predicted_ms'] for p, _ in ok], [m[0] for _, m in ok])
     fastest = min(ok, key=lambda r: r[1][0])
     pick = ok[0]  # the plan is ranked: its first layout is the pick
-    print()
-    print(f"Spearman rank correlation, predicted vs measured step time, {len(ok)} layouts: {rho:.2f}")
+    lines.append("")
+    lines.append(f"Spearman rank correlation, predicted vs measured step time, {len(ok)} layouts: {rho:.2f}")
     # How well the measurement agrees with itself: a prediction can hardly rank the layouts more
     # reliably than two rounds of the same runs rank each other.
     for r in range(1, rounds):
         common = sorted(set(by_round.get(r, {})) & set(by_round.get(r + 1, {})))
         if len(common) >= 2:
             again = spearman([by_round[r][i] for i in common], [by_round[r + 1][i] for i in common])
-            print(f"Spearman rank correlation, measured round {r} vs round {r + 1}, {len(common)} layouts: {again:.2f}")
-    print(f"Planner's pick {pick[0]['name']}: measured {pick[1][0]:.2f} ms/step; measured fastest {fastest[0]['name']}: {fastest[1][0]:.2f} ms/step "
-          f"(pick / fastest {pick[1][0] / fastest[1][0]:.3f})")
+            lines.append(f"Spearman rank correlation, measured round {r} vs round {r + 1}, {len(common)} layouts: {again:.2f}")
+    lines.append(f"Planner's pick {pick[0]['name']}: measured {pick[1][0]:.2f} ms/step; measured fastest {fastest[0]['name']}: {fastest[1][0]:.2f} ms/step "
+                 f"(pick / fastest {pick[1][0] / fastest[1][0]:.3f})")
     worst = max(abs(p['predicted_mib'] / m[1] - 1) for p, m in ok)
-    print(f"Memory: predicted / measured peak RSS within {100 * worst:.0f} % over all layouts")
+    lines.append(f"Memory: predicted / measured peak RSS within {100 * worst:.0f} % over all layouts")
+print("\n".join(lines[1:]))
+
+def svg(path, title):
+    # Predicted (x) against measured (y) ms/step, one dot per layout, the diagonal where they agree and
+    # the 10 % band above it; the pick in red, the measured fastest ringed.
+    W, H, L, R, T, B = 720, 520, 70, 230, 40, 50
+    xs = [p['predicted_ms'] for p, _ in ok]; ys = [b[0] for _, b in ok]
+    lo = min(xs + ys) * 0.95; hi = max(xs + ys) * 1.05
+    sx = lambda v: L + (v - lo) / (hi - lo) * (W - L - R)
+    sy = lambda v: H - B - (v - lo) / (hi - lo) * (H - T - B)
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="11">',
+           f'<rect width="{W}" height="{H}" fill="white"/>',
+           f'<text x="{W / 2}" y="20" text-anchor="middle" font-size="13">{title}</text>',
+           f'<line x1="{sx(lo)}" y1="{sy(lo)}" x2="{sx(hi)}" y2="{sy(hi)}" stroke="#888" stroke-dasharray="4 3"/>',
+           f'<line x1="{sx(lo)}" y1="{sy(lo * 1.1)}" x2="{sx(hi / 1.1)}" y2="{sy(hi)}" stroke="#ccc" stroke-dasharray="2 3"/>',
+           f'<line x1="{L}" y1="{H - B}" x2="{W - R}" y2="{H - B}" stroke="black"/>',
+           f'<line x1="{L}" y1="{T}" x2="{L}" y2="{H - B}" stroke="black"/>',
+           f'<text x="{(L + W - R) / 2}" y="{H - 12}" text-anchor="middle">predicted ms/step</text>',
+           f'<text x="16" y="{(T + H - B) / 2}" text-anchor="middle" transform="rotate(-90 16 {(T + H - B) / 2})">measured ms/step</text>']
+    for k in range(6):
+        v = lo + (hi - lo) * k / 5
+        out.append(f'<text x="{sx(v)}" y="{H - B + 14}" text-anchor="middle">{v:.4g}</text>')
+        out.append(f'<text x="{L - 4}" y="{sy(v) + 4}" text-anchor="end">{v:.4g}</text>')
+    fastest = min(ok, key=lambda r: r[1][0])
+    for n, (p, b) in enumerate(ok):
+        colour = "#d62728" if n == 0 else "#1f77b4"
+        out.append(f'<circle cx="{sx(p["predicted_ms"]):.1f}" cy="{sy(b[0]):.1f}" r="4" fill="{colour}"/>')
+        if p is fastest[0]: out.append(f'<circle cx="{sx(p["predicted_ms"]):.1f}" cy="{sy(b[0]):.1f}" r="7" fill="none" stroke="black"/>')
+        out.append(f'<text x="{sx(p["predicted_ms"]) + 6:.1f}" y="{sy(b[0]) - 5:.1f}" font-size="9" fill="#444">{n + 1}</text>')
+    for n, (p, b) in enumerate(ok):
+        out.append(f'<text x="{W - R + 12}" y="{T + 12 * n + 10}" font-size="9">{n + 1}. {p["name"]}</text>')
+    out.append(f'<text x="{W - R + 12}" y="{T + 12 * len(ok) + 24}" font-size="9">red: the pick; ringed: measured fastest;</text>')
+    out.append(f'<text x="{W - R + 12}" y="{T + 12 * len(ok) + 36}" font-size="9">dashed: measured = predicted; dotted: +10 %</text>')
+    out.append('</svg>')
+    open(path, "w").write("\n".join(out) + "\n")
+
+if len(ok) >= 2:
+    name = docs_base.rsplit("/", 1)[-1]
+    svg(f"{work}/predicted-vs-measured.svg", header.lstrip("# ").split(" — ")[0])
+    open(f"{work}/results.md", "w").write("\n".join(lines) + f"\n\n![predicted against measured]({name}.svg)\n")
+    if docs_base:
+        import shutil
+        shutil.copy(f"{work}/predicted-vs-measured.svg", f"{docs_base}.svg")
+        shutil.copy(f"{work}/results.md", f"{docs_base}.md")
 PY
