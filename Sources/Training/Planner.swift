@@ -556,18 +556,16 @@ public struct LayoutPlanner {
         let sharded = c.zeroStage >= 1
         let seconds = sharded ? communication.half(bytes: gradientBytes, ranks: dp)
             : communication.allreduce(bytes: gradientBytes, ranks: dp, options: dataParallelOptions)
-        let floats = gradientBytes / 4, bucket = max(1, Int(c.bucketMb * 1048576) / 4)
-        var handOffs = 0
-        for start in stride(from: 0, to: floats, by: bucket) {
-            let segment = (min(bucket, floats - start) + dp - 1) / dp
-            handOffs += (segment + ringPieceElements - 1) / ringPieceElements * (dp - 1)
-        }
-        handOffs = max(handOffs, dp - 1)
+        // The trainer's buckets, each ring step moving the largest segment (segment 0) in pieces.
+        let buckets = bucketRanges(count: gradientBytes / 4, bucketElements: max(1, Int(c.bucketMb * 1048576) / 4))
+        let handOffs = max(dp - 1, buckets.reduce(0) { total, bucket in
+            let segment = segmentRange(count: bucket.count, parts: dp, index: 0).count
+            return total + (segment + ringPieceElements - 1) / ringPieceElements * (dp - 1)
+        })
         end.dataSteps = sharded ? handOffs : 2 * handOffs
         end.gatherSteps = sharded ? handOffs : 0
-        let steps = end.dataSteps
-        end.dataTransfer = wireTime(ofStep: seconds, steps: steps)
-        end.dataWork = crossesLinks ? 0 : seconds / Double(steps)
+        end.dataTransfer = wireTime(ofStep: seconds, steps: end.dataSteps)
+        end.dataWork = crossesLinks ? 0 : seconds / Double(end.dataSteps)
         return end
     }
 
