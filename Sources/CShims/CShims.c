@@ -36,6 +36,7 @@ int ddp_set_parent_death_signal(int signal) {
 
 #include <malloc.h>
 int ddp_set_mmap_threshold(int bytes) { return mallopt(M_MMAP_THRESHOLD, bytes); }
+size_t ddp_mapped_allocation_bytes(void) { return mallinfo2().hblkhd; }
 
 int ddp_set_thread_name(const char *name) {
     return prctl(PR_SET_NAME, (unsigned long)name, 0, 0, 0);

@@ -15,3 +15,9 @@ public func fixAllocatorThresholds() {
     guard getenv("MALLOC_MMAP_THRESHOLD_") == nil else { return }
     _ = ddp_set_mmap_threshold(128 * 1024)
 }
+
+/// Bytes malloc holds in blocks it mapped one by one (glibc's own count, `mallinfo2().hblkhd`): such a
+/// block goes back to the kernel when freed, where one taken from the heap stays resident.
+public func allocatorMappedBytes() -> Int {
+    Int(ddp_mapped_allocation_bytes())
+}

@@ -17,6 +17,8 @@ int ddp_set_thread_name(const char *name);
 // mallopt(M_MMAP_THRESHOLD, bytes) (malloc.h is not in Swift's Glibc module): a fixed threshold, which
 // glibc then stops adjusting. Returns 1 on success.
 int ddp_set_mmap_threshold(int bytes);
+// mallinfo2().hblkhd: bytes glibc holds in blocks mapped one by one (handed back to the kernel on free).
+size_t ddp_mapped_allocation_bytes(void);
 
 #endif
 
