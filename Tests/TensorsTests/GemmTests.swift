@@ -50,9 +50,10 @@ final class GemmTests: XCTestCase {
     }
 
     func testLargerAndNonSquareShapesCrossingBlockBoundaries() {
-        // 515 crosses kc = 512, 257 mc = 96, 2050 nc = 1024 (twice); K = 1 and long thin shapes.
+        // 515 crosses kc = 512, 257 mc = 96, 2050 nc = 1024 (twice); K = 1 and long thin shapes; 130 x 200 x 77
+        // packs A for either kernel with full and partial panels and K not a multiple of 8.
         let shapes: [(Int, Int, Int)] = [(65, 65, 65), (257, 33, 515), (17, 257, 65), (1, 257, 1),
-                                         (257, 1, 33), (100, 70, 1), (7, 2050, 3), (97, 49, 300)]
+                                         (257, 1, 33), (100, 70, 1), (7, 2050, 3), (97, 49, 300), (130, 200, 77)]
         var seed: UInt64 = 1000
         for kernel in GemmMicroKernel.allCases {
             for (ta, tb) in transposes {

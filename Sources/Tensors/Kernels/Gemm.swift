@@ -149,14 +149,14 @@ private func gemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: I
                         let rows = min(mr, mc - ir)
                         let panel: PanelOfA
                         if packsA {
-                            panel = packedPanel(transA, packA + ir * kc, kc: kc, mr: mr)
+                            panel = packedPanel(packA + ir * kc, mr: mr)
                         } else if rows == mr || cols == nr {
                             let i0 = ic + ir
                             panel = transA == .none ? PanelOfA(base: a + i0 * lda + pc, rowStride: lda, colStride: 1)
                                                     : PanelOfA(base: a + pc * lda + i0, rowStride: 1, colStride: lda)
                         } else {
                             packPanelsOfA(transA, a, lda, rowStart: ic + ir, mc: rows, colStart: pc, kc: kc, mr: mr, into: packA)
-                            panel = packedPanel(transA, packA, kc: kc, mr: mr)
+                            panel = packedPanel(packA, mr: mr)
                         }
                         let cTile = c + (ic + ir) * ldc + jc + jr
                         if ir + mr < mc {
@@ -275,12 +275,11 @@ private func runMicroKernel(_ kernel: GemmMicroKernel, rows: Int, kc: Int, a: Pa
                     c: c, ldc: ldc, alpha: alpha, beta: beta)
 }
 
-/// Where packPanelsOfA put a panel's element (r, k): an untransposed A's panel keeps its rows (kc floats
-/// each, one after another), a transposed A's is k-major (mr consecutive floats per k); either way
-/// the broadcasts of one k step read mr floats, from mr rows or from one run.
+/// Where packPanelsOfA put a panel's element (r, k): k-major, mr consecutive floats per k, so the
+/// broadcasts of one k step read one run and the micro-kernel's addresses fold into constants.
 @inline(__always)
-private func packedPanel(_ trans: Transpose, _ base: UnsafePointer<Float>, kc: Int, mr: Int) -> PanelOfA {
-    trans == .none ? PanelOfA(base: base, rowStride: kc, colStride: 1) : PanelOfA(base: base, rowStride: 1, colStride: mr)
+private func packedPanel(_ base: UnsafePointer<Float>, mr: Int) -> PanelOfA {
+    PanelOfA(base: base, rowStride: 1, colStride: mr)
 }
 
 /// Packs rows [rowStart, rowStart+mc) x cols [colStart, colStart+kc) of op(A) into mr-tall panels of
@@ -311,10 +310,22 @@ private func packPanelsOfA(_ trans: Transpose, _ a: UnsafePointer<Float>, _ lda:
                 }
             }
         } else {
-            // Row by row (see packedPanel): whole rows move as vectors. Scattering each row with stride mr
-            // into the k-major layout compiled to vscatterdps, a tenth of 768x2048x512's time on Zen 4.
-            for r in 0..<rows { (out + r * kc).update(from: a + (i0 + r) * lda + colStart, count: kc) }
-            if rows < mr { (out + rows * kc).initialize(repeating: 0, count: (mr - rows) * kc) }
+            // op(A)[i][p] = a[i * lda + p]: the panel's rows, 8 k at a time, transposed in registers (a
+            // scalar scatter with stride mr had compiled to vscatterdps, a tenth of 768x2048x512's time on
+            // Zen 4; rows kept as they are left the micro-kernel five address adds per k, 3 % slower).
+            let first = a + i0 * lda + colStart
+            var p = 0
+            if rows == 6 && mr == 6 {
+                while p + 8 <= kc {
+                    transposeSixRows(from: first + p, stride: lda, to: out + p * 6)
+                    p += 8
+                }
+            }
+            while p < kc {
+                for r in 0..<rows { out[p * mr + r] = first[r * lda + p] }
+                for r in rows..<mr { out[p * mr + r] = 0 }
+                p += 1
+            }
             out += kc * mr
         }
         panelRow += mr
@@ -394,21 +405,47 @@ private func packPanelsOfB(_ trans: Transpose, _ b: UnsafePointer<Float>, _ ldb:
     }
 }
 
-/// dest row q = column q of the 8 x 8 block at src: three perfect unshuffles of its 64 floats (each
+typealias EightVectors = (SIMD8<Float>, SIMD8<Float>, SIMD8<Float>, SIMD8<Float>,
+                           SIMD8<Float>, SIMD8<Float>, SIMD8<Float>, SIMD8<Float>)
+
+/// Vector q of the result = lane q of every input: three perfect unshuffles of the 64 floats (each
 /// moves element 8i + j's index one bit to the right, rotating (i, j) to (j, i) after three).
 @inline(__always)
-func transpose8x8(from src: UnsafePointer<Float>, stride ls: Int, to dest: UnsafeMutablePointer<Float>, stride ld: Int) {
+func transposed(_ rows: EightVectors) -> EightVectors {
     typealias V = SIMD8<Float>
-    @inline(__always) func load(_ r: Int) -> V { UnsafeRawPointer(src + r * ls).loadUnaligned(as: V.self) }
-    @inline(__always) func unshuffle(_ x: (V, V, V, V, V, V, V, V)) -> (V, V, V, V, V, V, V, V) {
+    @inline(__always) func unshuffle(_ x: EightVectors) -> EightVectors {
         (V(lowHalf: x.0.evenHalf, highHalf: x.1.evenHalf), V(lowHalf: x.2.evenHalf, highHalf: x.3.evenHalf),
          V(lowHalf: x.4.evenHalf, highHalf: x.5.evenHalf), V(lowHalf: x.6.evenHalf, highHalf: x.7.evenHalf),
          V(lowHalf: x.0.oddHalf, highHalf: x.1.oddHalf), V(lowHalf: x.2.oddHalf, highHalf: x.3.oddHalf),
          V(lowHalf: x.4.oddHalf, highHalf: x.5.oddHalf), V(lowHalf: x.6.oddHalf, highHalf: x.7.oddHalf))
     }
-    let t = unshuffle(unshuffle(unshuffle((load(0), load(1), load(2), load(3), load(4), load(5), load(6), load(7)))))
+    return unshuffle(unshuffle(unshuffle(rows)))
+}
+
+/// dest row q = column q of the 8 x 8 block at src.
+@inline(__always)
+func transpose8x8(from src: UnsafePointer<Float>, stride ls: Int, to dest: UnsafeMutablePointer<Float>, stride ld: Int) {
+    typealias V = SIMD8<Float>
+    @inline(__always) func load(_ r: Int) -> V { UnsafeRawPointer(src + r * ls).loadUnaligned(as: V.self) }
+    let t = transposed((load(0), load(1), load(2), load(3), load(4), load(5), load(6), load(7)))
     @inline(__always) func store(_ r: Int, _ v: V) { UnsafeMutableRawPointer(dest + r * ld).storeBytes(of: v, as: V.self) }
     store(0, t.0); store(1, t.1); store(2, t.2); store(3, t.3); store(4, t.4); store(5, t.5); store(6, t.6); store(7, t.7)
+}
+
+/// 8 k of a 6-row panel made k-major: dest[6q + r] = src[r * stride + q] for q < 8, r < 6, nothing
+/// written past dest[47]. Each k's 8-lane vector is stored whole at dest + 6q, its two spare lanes
+/// then overwritten by the next k's (the last k goes as 4 + 2 floats); the spare lanes come from row 5
+/// read again, so no row past the panel is touched.
+@inline(__always)
+func transposeSixRows(from src: UnsafePointer<Float>, stride ls: Int, to dest: UnsafeMutablePointer<Float>) {
+    typealias V = SIMD8<Float>
+    @inline(__always) func load(_ r: Int) -> V { UnsafeRawPointer(src + r * ls).loadUnaligned(as: V.self) }
+    let five = load(5)
+    let t = transposed((load(0), load(1), load(2), load(3), load(4), five, five, five))
+    @inline(__always) func store(_ q: Int, _ v: V) { UnsafeMutableRawPointer(dest + 6 * q).storeBytes(of: v, as: V.self) }
+    store(0, t.0); store(1, t.1); store(2, t.2); store(3, t.3); store(4, t.4); store(5, t.5); store(6, t.6)
+    UnsafeMutableRawPointer(dest + 42).storeBytes(of: t.7.lowHalf, as: SIMD4<Float>.self)
+    UnsafeMutableRawPointer(dest + 46).storeBytes(of: SIMD2(t.7[4], t.7[5]), as: SIMD2<Float>.self)
 }
 
 private func scaleMatrix(_ c: UnsafeMutablePointer<Float>, rows: Int, cols: Int, ld: Int, by beta: Float) {
