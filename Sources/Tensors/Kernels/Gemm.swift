@@ -289,25 +289,39 @@ private func packPanelsOfA(_ trans: Transpose, _ a: UnsafePointer<Float>, _ lda:
                            into dest: UnsafeMutablePointer<Float>) {
     var panelRow = 0
     var out = dest
+    if trans == .transposed && mr == 6 {
+        // op(A)[i][p] = a[p * lda + i]: the mr values of one k are contiguous, moved as 4 + 2 floats (not
+        // 6 scalar copies: 768x2048x512 TN +1-3 %). A chunk of k rows goes to every whole panel before
+        // the next chunk is read: panel by panel, each panel's walk down kc rows of A pushed the lines
+        // the next panel reads out of L1 (a tenth of 768x512x128 TN's time went to packing). Chunks of
+        // 32 k (12 KiB of A at mc 96), alternating runs: 768x512x128 TN 81-82 -> 87-88 % of the peak,
+        // 768x2048x512 TN unchanged (85-87 %); 16 and 64 gained less.
+        let panels = mc / 6
+        var p = 0
+        while p < kc {
+            let chunk = min(32, kc - p)
+            for q in 0..<panels {
+                var src = a + (colStart + p) * lda + rowStart + 6 * q, o = dest + q * kc * 6 + p * 6
+                for _ in 0..<chunk {
+                    UnsafeMutableRawPointer(o).storeBytes(of: UnsafeRawPointer(src).loadUnaligned(as: SIMD4<Float>.self), as: SIMD4<Float>.self)
+                    UnsafeMutableRawPointer(o + 4).storeBytes(of: UnsafeRawPointer(src + 4).loadUnaligned(as: SIMD2<Float>.self), as: SIMD2<Float>.self)
+                    src += lda; o += 6
+                }
+            }
+            p += chunk
+        }
+        panelRow = panels * 6
+        out = dest + panels * kc * 6
+    }
     while panelRow < mc {
         let rows = min(mr, mc - panelRow)
         let i0 = rowStart + panelRow
         if trans == .transposed {
-            // op(A)[i][p] = a[p * lda + i]: the mr values of one k are contiguous, moved as 4 + 2 floats
-            // for a whole panel (instead of 6 scalar copies: 768x2048x512 TN +1-3 %).
             var src = a + colStart * lda + i0
-            if rows == 6 && mr == 6 {
-                for _ in 0..<kc {
-                    UnsafeMutableRawPointer(out).storeBytes(of: UnsafeRawPointer(src).loadUnaligned(as: SIMD4<Float>.self), as: SIMD4<Float>.self)
-                    UnsafeMutableRawPointer(out + 4).storeBytes(of: UnsafeRawPointer(src + 4).loadUnaligned(as: SIMD2<Float>.self), as: SIMD2<Float>.self)
-                    src += lda; out += 6
-                }
-            } else {
-                for _ in 0..<kc {
-                    for r in 0..<rows { out[r] = src[r] }
-                    for r in rows..<mr { out[r] = 0 }
-                    src += lda; out += mr
-                }
+            for _ in 0..<kc {
+                for r in 0..<rows { out[r] = src[r] }
+                for r in rows..<mr { out[r] = 0 }
+                src += lda; out += mr
             }
         } else {
             // op(A)[i][p] = a[i * lda + p]: the panel's rows, 8 k at a time, transposed in registers (a
