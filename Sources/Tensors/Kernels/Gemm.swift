@@ -144,7 +144,16 @@ private func gemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: I
                             bPanel = UnsafePointer(packB)
                         }
                     }
+                    // The tile whose C the last tile of this column prefetches.
+                    let nextColumn = jr + nr < nc ? TileAhead(c: c + ic * ldc + jc + jr + nr, rows: min(mr, mc), cols: min(nr, nc - jr - nr)) : nil
                     var ir = 0
+                    if packsA && cols == nr && mc >= mr {
+                        let tiles = mc / mr
+                        ir = tiles * mr
+                        let after = ir < mc ? TileAhead(c: c + (ic + ir) * ldc + jc + jr, rows: mc - ir, cols: cols) : nextColumn
+                        microKernelColumn(kernel, tiles: tiles, kc: kc, a: packA, b: bPanel, bStride: bStride, c: c + ic * ldc + jc + jr,
+                                          ldc: ldc, alpha: alpha, beta: slabBeta, after: after)
+                    }
                     while ir < mc {
                         let rows = min(mr, mc - ir)
                         let panel: PanelOfA
@@ -160,9 +169,9 @@ private func gemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: I
                         }
                         let cTile = c + (ic + ir) * ldc + jc + jr
                         if ir + mr < mc {
-                            prefetchTile(cTile + mr * ldc, rows: min(mr, mc - ir - mr), cols: cols, ldc: ldc)
-                        } else if jr + nr < nc {
-                            prefetchTile(c + ic * ldc + jc + jr + nr, rows: min(mr, mc), cols: min(nr, nc - jr - nr), ldc: ldc)
+                            TileAhead(c: cTile + mr * ldc, rows: min(mr, mc - ir - mr), cols: cols).prefetch(ldc: ldc)
+                        } else {
+                            nextColumn?.prefetch(ldc: ldc)
                         }
                         if rows == mr && cols == nr {
                             runMicroKernel(kernel, kc: kc, a: panel, b: bPanel, bStride: bStride, c: cTile, ldc: ldc, alpha: alpha, beta: slabBeta)
@@ -185,18 +194,6 @@ private func gemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: I
             pc += kc
         }
         jc += nc
-    }
-}
-
-/// The next tile's lines of C, asked for while this tile's FMAs run: the micro-kernel stores its tile
-/// at the end, and a tile of a C that is not in cache (a layer's fresh activations) otherwise waits
-/// there for each of its lines in turn.
-@inline(__always)
-private func prefetchTile(_ tile: UnsafeMutablePointer<Float>, rows: Int, cols: Int, ldc: Int) {
-    var row = UnsafeRawPointer(tile)
-    for _ in 0..<rows {
-        ddp_prefetch_write(row); ddp_prefetch_write(row + 4 * (cols - 1))
-        row += 4 * ldc
     }
 }
 
