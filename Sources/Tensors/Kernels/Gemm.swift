@@ -56,8 +56,10 @@ public enum GemmMicroKernel: Sendable, CaseIterable, CustomStringConvertible {
 
     /// Whether A is packed for a B `columns` wide: with B only a few panels wide, each A panel feeds few
     /// micro-kernel calls and packing A (O(MK)) costs as much as the multiply (O(MNK)), so whole A
-    /// panels are read in place.
-    func packsA(columns: Int) -> Bool { columns > 4 * nr }
+    /// panels are read in place, unless A is transposed: in place, each k of a panel is then 24 bytes
+    /// of its own line, kc lines that no longer fit L1 beside the B panel (64x784x256 NN, which runs as
+    /// C^T = B^T A^T, 79-80 -> 86 GFLOP/s packed).
+    func packsA(_ transA: Transpose, columns: Int) -> Bool { transA == .transposed || columns > 4 * nr }
 
     /// Whether op(B) is read in place for an A `rows` tall: with A at most two tiles tall, each B panel
     /// feeds one or two micro-kernel calls and packing it costs a third of the multiply
@@ -113,7 +115,7 @@ private func gemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: I
     let scratch = GemmScratch.forThisThread(floats: mcMax * kcMax + ncMax * kcMax + mr * nr)
     let packA = scratch, packB = scratch + mcMax * kcMax, edgeTile = packB + ncMax * kcMax
 
-    let packsA = kernel.packsA(columns: n)
+    let packsA = kernel.packsA(transA, columns: n)
     let readsBInPlace = kernel.readsBInPlace(transB, rows: m)
     var jc = 0
     while jc < n {
@@ -147,12 +149,10 @@ private func gemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: I
                     // The tile whose C the last tile of this column prefetches.
                     let nextColumn = jr + nr < nc ? TileAhead(c: c + ic * ldc + jc + jr + nr, rows: min(mr, mc), cols: min(nr, nc - jr - nr)) : nil
                     var ir = 0
-                    if packsA && cols == nr && mc >= mr {
-                        let tiles = mc / mr
-                        ir = tiles * mr
-                        let after = ir < mc ? TileAhead(c: c + (ic + ir) * ldc + jc + jr, rows: mc - ir, cols: cols) : nextColumn
-                        microKernelColumn(kernel, tiles: tiles, kc: kc, a: packA, b: bPanel, bStride: bStride, c: c + ic * ldc + jc + jr,
-                                          ldc: ldc, alpha: alpha, beta: slabBeta, after: after)
+                    if packsA && cols == nr {
+                        microKernelColumn(kernel, rows: mc, kc: kc, a: packA, b: bPanel, bStride: bStride, c: c + ic * ldc + jc + jr,
+                                          ldc: ldc, alpha: alpha, beta: slabBeta, after: nextColumn)
+                        ir = mc
                     }
                     while ir < mc {
                         let rows = min(mr, mc - ir)
@@ -225,7 +225,7 @@ func cheaperTransposed(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int,
         let kernel = kernel.forColumns(n)
         let fma = Double(roundUp(m, kernel.mr) * roundUp(n, kernel.nr) * k) / 16
         let packB = kernel.readsBInPlace(transB, rows: m) ? 0 : Double(n * k) * (transB == .transposed ? 0.5 : 0.25)
-        let packA = kernel.packsA(columns: n) ? Double(m * k) * (transA == .none ? 0.25 : 0.5) : 0
+        let packA = kernel.packsA(transA, columns: n) ? Double(m * k) * (transA == .none ? 0.25 : 0.5) : 0
         return fma + packB + packA
     }
     let flipA: Transpose = transA == .none ? .transposed : .none, flipB: Transpose = transB == .none ? .transposed : .none

@@ -117,33 +117,45 @@ struct TileAhead {
     }
 }
 
-/// `tiles` whole tiles down a block of packed A panels (k-major, panel t at a + t * 6 * kc) against one
-/// B panel, the micro-kernel inlined into the loop: a tile costs no call and no stride arithmetic
-/// (768x128x512 NN spent 5 % of its time between calls). Each tile prefetches the next one's C; the
-/// last prefetches `after` (the tile below the whole ones, or the next column's first).
+/// A column of tiles down a block of `rows` rows of packed A panels (k-major, panel t at a + t * 6 * kc)
+/// against one B panel, the micro-kernel inlined into the loop: a tile costs no call and no stride
+/// arithmetic (768x128x512 NN spent 5 % of its time between calls), and a last tile of fewer rows runs
+/// only its rows' FMAs with the same constant strides. Each tile prefetches the next one's C; the last
+/// prefetches `after` (the next column's first tile).
 @inline(__always)
-private func microKernelColumn<V: SIMD>(_ type: V.Type, tiles: Int, kc: Int, a: UnsafePointer<Float>, b: UnsafePointer<Float>,
+private func microKernelColumn<V: SIMD>(_ type: V.Type, rows: Int, kc: Int, a: UnsafePointer<Float>, b: UnsafePointer<Float>,
                                         bStride: Int, c: UnsafeMutablePointer<Float>, ldc: Int, alpha: Float, beta: Float,
                                         after: TileAhead?) where V.Scalar == Float {
-    var panel = a, tile = c
-    for t in 0..<tiles {
-        if t + 1 < tiles {
-            TileAhead(c: tile + 6 * ldc, rows: 6, cols: 2 * V.scalarCount).prefetch(ldc: ldc)
+    @inline(__always) func tile(_ n: Int, _ t: Int) {
+        microKernel6xTwoVectors(type, rows: n, kc: kc, a: a + t * 6 * kc, rowStride: 1, colStride: 6, b: b, bStride: bStride,
+                                c: c + t * 6 * ldc, ldc: ldc, alpha: alpha, beta: beta)
+    }
+    let whole = rows / 6, extra = rows % 6
+    for t in 0..<whole {
+        if t + 1 < whole || extra > 0 {
+            TileAhead(c: c + (t + 1) * 6 * ldc, rows: min(6, rows - (t + 1) * 6), cols: 2 * V.scalarCount).prefetch(ldc: ldc)
         } else {
             after?.prefetch(ldc: ldc)
         }
-        microKernel6xTwoVectors(type, rows: 6, kc: kc, a: panel, rowStride: 1, colStride: 6, b: b, bStride: bStride, c: tile, ldc: ldc,
-                                alpha: alpha, beta: beta)
-        panel += 6 * kc; tile += 6 * ldc
+        tile(6, t)
+    }
+    guard extra > 0 else { return }
+    after?.prefetch(ldc: ldc)
+    switch extra {
+    case 1: tile(1, whole)
+    case 2: tile(2, whole)
+    case 3: tile(3, whole)
+    case 4: tile(4, whole)
+    default: tile(5, whole)
     }
 }
 
-func microKernelColumn(_ kernel: GemmMicroKernel, tiles: Int, kc: Int, a: UnsafePointer<Float>, b: UnsafePointer<Float>, bStride: Int,
+func microKernelColumn(_ kernel: GemmMicroKernel, rows: Int, kc: Int, a: UnsafePointer<Float>, b: UnsafePointer<Float>, bStride: Int,
                        c: UnsafeMutablePointer<Float>, ldc: Int, alpha: Float, beta: Float, after: TileAhead?) {
     switch kernel {
     case .simd8x6x16:
-        microKernelColumn(SIMD8<Float>.self, tiles: tiles, kc: kc, a: a, b: b, bStride: bStride, c: c, ldc: ldc, alpha: alpha, beta: beta, after: after)
+        microKernelColumn(SIMD8<Float>.self, rows: rows, kc: kc, a: a, b: b, bStride: bStride, c: c, ldc: ldc, alpha: alpha, beta: beta, after: after)
     case .simd16x6x32:
-        microKernelColumn(SIMD16<Float>.self, tiles: tiles, kc: kc, a: a, b: b, bStride: bStride, c: c, ldc: ldc, alpha: alpha, beta: beta, after: after)
+        microKernelColumn(SIMD16<Float>.self, rows: rows, kc: kc, a: a, b: b, bStride: bStride, c: c, ldc: ldc, alpha: alpha, beta: beta, after: after)
     }
 }
