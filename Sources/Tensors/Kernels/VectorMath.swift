@@ -18,16 +18,17 @@ import CShims
     UnsafeMutableRawPointer(p).storeBytes(of: v, as: SIMD16<Float>.self)
 }
 
-/// Lane-wise maximum of two computed vectors. pointwiseMax(a, b) is a single vmaxps only when one
-/// operand is a constant; with two computed operands the compiler emits a lane loop (measured ~17x
-/// slower), while a compare and blend stays in vector registers.
-@inline(__always) public func vectorMax(_ a: SIMD16<Float>, _ b: SIMD16<Float>) -> SIMD16<Float> {
-    a.replacing(with: b, where: a .< b)
-}
+/// Lane-wise maximum of two computed vectors, a < b ? b : a: one vmaxps a register (CShims). Swift's
+/// pointwiseMax of two computed operands is a lane loop (measured ~17x slower), and its compare and
+/// blend, out of line, ran 4 lanes at a time.
+@inline(__always) public func vectorMax(_ a: SIMD16<Float>, _ b: SIMD16<Float>) -> SIMD16<Float> { ddp_max16(a, b) }
 
-/// Lane-wise minimum, as vectorMax.
-@inline(__always) public func vectorMin(_ a: SIMD16<Float>, _ b: SIMD16<Float>) -> SIMD16<Float> {
-    a.replacing(with: b, where: b .< a)
+/// Lane-wise minimum, b < a ? b : a, as vectorMax.
+@inline(__always) public func vectorMin(_ a: SIMD16<Float>, _ b: SIMD16<Float>) -> SIMD16<Float> { ddp_min16(a, b) }
+
+/// v's first `count` lanes, the rest `fill`.
+@inline(__always) public func firstLanes(_ v: SIMD16<Float>, _ count: Int, fill: Float) -> SIMD16<Float> {
+    ddp_first_lanes16(v, Int32(count), fill)
 }
 
 /// The sum of v's lanes by halving (16 -> 8 -> 4 -> 2 -> 1): SIMD.sum() is an out-of-line call that
