@@ -58,6 +58,15 @@ static inline ddp_float16 ddp_sqrt16(ddp_float16 x) { return __builtin_elementwi
 // line ran on xmm halves, a fifth of the attention's time.
 static inline ddp_float16 ddp_max16(ddp_float16 a, ddp_float16 b) { return a < b ? b : a; }
 static inline ddp_float16 ddp_min16(ddp_float16 a, ddp_float16 b) { return b < a ? b : a; }
+// The shuffles of an 8 x 8 transpose on 8-float vectors, one instruction each (vunpcklps, vunpckhps,
+// vshufps, vperm2f128): Swift builds a SIMD8 from picked lanes with one insert per lane.
+typedef float ddp_float8 __attribute__((ext_vector_type(8)));
+static inline ddp_float8 ddp_interleave_low8(ddp_float8 a, ddp_float8 b) { return __builtin_shufflevector(a, b, 0, 8, 1, 9, 4, 12, 5, 13); }
+static inline ddp_float8 ddp_interleave_high8(ddp_float8 a, ddp_float8 b) { return __builtin_shufflevector(a, b, 2, 10, 3, 11, 6, 14, 7, 15); }
+static inline ddp_float8 ddp_pairs_front8(ddp_float8 a, ddp_float8 b) { return __builtin_shufflevector(a, b, 0, 1, 8, 9, 4, 5, 12, 13); }
+static inline ddp_float8 ddp_pairs_back8(ddp_float8 a, ddp_float8 b) { return __builtin_shufflevector(a, b, 2, 3, 10, 11, 6, 7, 14, 15); }
+static inline ddp_float8 ddp_low_halves8(ddp_float8 a, ddp_float8 b) { return __builtin_shufflevector(a, b, 0, 1, 2, 3, 8, 9, 10, 11); }
+static inline ddp_float8 ddp_high_halves8(ddp_float8 a, ddp_float8 b) { return __builtin_shufflevector(a, b, 4, 5, 6, 7, 12, 13, 14, 15); }
 // x with its lanes from `count` on replaced by `fill` (the tail of a causal row).
 static inline ddp_float16 ddp_first_lanes16(ddp_float16 x, int count, float fill) {
     typedef int ddp_int16 __attribute__((ext_vector_type(16)));

@@ -419,18 +419,19 @@ private func packPanelsOfB(_ trans: Transpose, _ b: UnsafePointer<Float>, _ ldb:
 typealias EightVectors = (SIMD8<Float>, SIMD8<Float>, SIMD8<Float>, SIMD8<Float>,
                            SIMD8<Float>, SIMD8<Float>, SIMD8<Float>, SIMD8<Float>)
 
-/// Vector q of the result = lane q of every input: three perfect unshuffles of the 64 floats (each
-/// moves element 8i + j's index one bit to the right, rotating (i, j) to (j, i) after three).
+/// Vector q of the result = lane q of every input: 4 x 4 transposes within each 128-bit half
+/// (interleaves, then pair picks), then the halves exchanged: 24 single-instruction shuffles (CShims).
 @inline(__always)
-func transposed(_ rows: EightVectors) -> EightVectors {
-    typealias V = SIMD8<Float>
-    @inline(__always) func unshuffle(_ x: EightVectors) -> EightVectors {
-        (V(lowHalf: x.0.evenHalf, highHalf: x.1.evenHalf), V(lowHalf: x.2.evenHalf, highHalf: x.3.evenHalf),
-         V(lowHalf: x.4.evenHalf, highHalf: x.5.evenHalf), V(lowHalf: x.6.evenHalf, highHalf: x.7.evenHalf),
-         V(lowHalf: x.0.oddHalf, highHalf: x.1.oddHalf), V(lowHalf: x.2.oddHalf, highHalf: x.3.oddHalf),
-         V(lowHalf: x.4.oddHalf, highHalf: x.5.oddHalf), V(lowHalf: x.6.oddHalf, highHalf: x.7.oddHalf))
-    }
-    return unshuffle(unshuffle(unshuffle(rows)))
+func transposed(_ x: EightVectors) -> EightVectors {
+    let t0 = ddp_interleave_low8(x.0, x.1), t1 = ddp_interleave_high8(x.0, x.1)
+    let t2 = ddp_interleave_low8(x.2, x.3), t3 = ddp_interleave_high8(x.2, x.3)
+    let t4 = ddp_interleave_low8(x.4, x.5), t5 = ddp_interleave_high8(x.4, x.5)
+    let t6 = ddp_interleave_low8(x.6, x.7), t7 = ddp_interleave_high8(x.6, x.7)
+    // Rows 0-3 (and 4-7) of columns 0 and 4, 1 and 5, 2 and 6, 3 and 7.
+    let a04 = ddp_pairs_front8(t0, t2), a15 = ddp_pairs_back8(t0, t2), a26 = ddp_pairs_front8(t1, t3), a37 = ddp_pairs_back8(t1, t3)
+    let b04 = ddp_pairs_front8(t4, t6), b15 = ddp_pairs_back8(t4, t6), b26 = ddp_pairs_front8(t5, t7), b37 = ddp_pairs_back8(t5, t7)
+    return (ddp_low_halves8(a04, b04), ddp_low_halves8(a15, b15), ddp_low_halves8(a26, b26), ddp_low_halves8(a37, b37),
+            ddp_high_halves8(a04, b04), ddp_high_halves8(a15, b15), ddp_high_halves8(a26, b26), ddp_high_halves8(a37, b37))
 }
 
 /// dest row q = column q of the 8 x 8 block at src.
@@ -443,20 +444,27 @@ func transpose8x8(from src: UnsafePointer<Float>, stride ls: Int, to dest: Unsaf
     store(0, t.0); store(1, t.1); store(2, t.2); store(3, t.3); store(4, t.4); store(5, t.5); store(6, t.6); store(7, t.7)
 }
 
-/// 8 k of a 6-row panel made k-major: dest[6q + r] = src[r * stride + q] for q < 8, r < 6, nothing
-/// written past dest[47]. Each k's 8-lane vector is stored whole at dest + 6q, its two spare lanes
-/// then overwritten by the next k's (the last k goes as 4 + 2 floats); the spare lanes come from row 5
-/// read again, so no row past the panel is touched.
+/// 8 k of a 6-row panel made k-major: dest[6q + r] = src[r * stride + q] for q < 8, r < 6. Rows 0-3
+/// go through 4 x 4 transposes within each 128-bit half (k 0-3 low, 4-7 high), rows 4-5 through one
+/// interleave each way; each k is stored as 4 + 2 floats. (An 8 x 8 transpose with row 5 standing in
+/// for rows 6 and 7 compiled to a mix of inserts and blends.)
 @inline(__always)
 func transposeSixRows(from src: UnsafePointer<Float>, stride ls: Int, to dest: UnsafeMutablePointer<Float>) {
     typealias V = SIMD8<Float>
     @inline(__always) func load(_ r: Int) -> V { UnsafeRawPointer(src + r * ls).loadUnaligned(as: V.self) }
-    let five = load(5)
-    let t = transposed((load(0), load(1), load(2), load(3), load(4), five, five, five))
-    @inline(__always) func store(_ q: Int, _ v: V) { UnsafeMutableRawPointer(dest + 6 * q).storeBytes(of: v, as: V.self) }
-    store(0, t.0); store(1, t.1); store(2, t.2); store(3, t.3); store(4, t.4); store(5, t.5); store(6, t.6)
-    UnsafeMutableRawPointer(dest + 42).storeBytes(of: t.7.lowHalf, as: SIMD4<Float>.self)
-    UnsafeMutableRawPointer(dest + 46).storeBytes(of: SIMD2(t.7[4], t.7[5]), as: SIMD2<Float>.self)
+    let r0 = load(0), r1 = load(1), r2 = load(2), r3 = load(3), r4 = load(4), r5 = load(5)
+    let t0 = ddp_interleave_low8(r0, r1), t1 = ddp_interleave_high8(r0, r1)
+    let t2 = ddp_interleave_low8(r2, r3), t3 = ddp_interleave_high8(r2, r3)
+    let k04 = ddp_pairs_front8(t0, t2), k15 = ddp_pairs_back8(t0, t2), k26 = ddp_pairs_front8(t1, t3), k37 = ddp_pairs_back8(t1, t3)
+    let pairs01 = ddp_interleave_low8(r4, r5), pairs23 = ddp_interleave_high8(r4, r5)
+    @inline(__always) func store(_ q: Int, _ four: SIMD4<Float>, _ two: SIMD2<Float>) {
+        UnsafeMutableRawPointer(dest + 6 * q).storeBytes(of: four, as: SIMD4<Float>.self)
+        UnsafeMutableRawPointer(dest + 6 * q + 4).storeBytes(of: two, as: SIMD2<Float>.self)
+    }
+    store(0, k04.lowHalf, pairs01.lowHalf.lowHalf); store(1, k15.lowHalf, pairs01.lowHalf.highHalf)
+    store(2, k26.lowHalf, pairs23.lowHalf.lowHalf); store(3, k37.lowHalf, pairs23.lowHalf.highHalf)
+    store(4, k04.highHalf, pairs01.highHalf.lowHalf); store(5, k15.highHalf, pairs01.highHalf.highHalf)
+    store(6, k26.highHalf, pairs23.highHalf.lowHalf); store(7, k37.highHalf, pairs23.highHalf.highHalf)
 }
 
 private func scaleMatrix(_ c: UnsafeMutablePointer<Float>, rows: Int, cols: Int, ld: Int, by beta: Float) {
