@@ -28,8 +28,9 @@ private let blockRows = 6
 
 /// c[r][0..<16] (+)= Σ_{k < kc} A[r][k] · b[k * bStride ..< +16] for r < rows ≤ 6, A's rows in place
 /// (element (r, k) at a[r * lda + k]): one tile of the GEMM's micro-kernel. A function of its own with
-/// the constant stride written in, so the kernel is compiled for it (left to inlining, the compiler
-/// outlined one tile function for every stride, and its kernel ran with five address adds per step).
+/// the constant stride written in, so the kernel is compiled for it (a tile function taking both
+/// strides, meant to be inlined, was outlined once for every call, its kernel computing each address
+/// from two run-time strides).
 @inline(never)
 private func tileOfRows(rows: Int, kc: Int, _ a: UnsafePointer<Float>, lda: Int, _ b: UnsafePointer<Float>, bStride: Int,
                         into c: UnsafeMutablePointer<Float>, ldc: Int, accumulate: Bool) {

@@ -215,17 +215,17 @@ public func gemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: In
 
 /// Whether computing C^T = op(B)^T op(A)^T costs less than C = op(A) op(B), in cycles roughly: the
 /// micro-kernel's FMAs over whole tiles (mr rows, nr columns; 16 lanes a cycle either kernel) plus
-/// packing (a row copy 1/4 a float, B's 8x8 register transposes 1/2, A's k-major runs of mr 1/2),
-/// op(A) packed only when B is wider than 4 panels, op(B) read in place when A is short; the
-/// transposed way adds 2 a float to add C^T into C. A layer's forward with few rows, x[64, 784] W^T
-/// with W [256, 784], then reads W in place instead of packing it transposed (0.94M against 0.87M); a
+/// packing (an untransposed B's row copy 1/4 a float, register transposes and A's k-major runs 1/2),
+/// op(A) packed when transposed or when B is wider than 4 panels, op(B) read in place when A is short;
+/// the transposed way adds 2 a float to add C^T into C. A layer's forward with few rows, x[64, 784] W^T
+/// with W [256, 784], then reads W in place instead of packing it transposed (0.95M against 0.87M); a
 /// 10-row product keeps its orientation, whose tiles are fuller.
 func cheaperTransposed(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: Int, kernel: GemmMicroKernel) -> Bool {
     func cost(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int) -> Double {
         let kernel = kernel.forColumns(n)
         let fma = Double(roundUp(m, kernel.mr) * roundUp(n, kernel.nr) * k) / 16
         let packB = kernel.readsBInPlace(transB, rows: m) ? 0 : Double(n * k) * (transB == .transposed ? 0.5 : 0.25)
-        let packA = kernel.packsA(transA, columns: n) ? Double(m * k) * (transA == .none ? 0.25 : 0.5) : 0
+        let packA = kernel.packsA(transA, columns: n) ? Double(m * k) * 0.5 : 0
         return fma + packB + packA
     }
     let flipA: Transpose = transA == .none ? .transposed : .none, flipB: Transpose = transB == .none ? .transposed : .none
