@@ -8,18 +8,25 @@ final class AllocatorTests: XCTestCase {
     /// glibc's moving threshold would take it from the heap, where it stays resident once freed.
     /// Counted with glibc's own figure for mapped blocks, not the process's resident size: the kernel's
     /// RSS counters are cached per task or CPU and lag (a CI machine read no growth at all while 12 MiB
-    /// were written).
+    /// were written). The figure is the whole process's, so a block another thread maps or unmaps at
+    /// the same moment could blur one attempt: three are allowed (without the fix, none passes: the
+    /// block comes from the heap, 0 bytes mapped).
     func testFreedLargeBuffersAreMappedAndGoBackToTheKernel() throws {
         fixAllocatorThresholds()
         try XCTSkipIf(getenv("MALLOC_MMAP_THRESHOLD_") != nil, "the user's threshold is left as set")
-        do { let first = FloatBuffer(count: 4 << 20); XCTAssertEqual(first.base[first.count - 1], 0) }
-        let before = allocatorMappedBytes()
-        do {
-            let second = FloatBuffer(count: 3 << 20)
-            second.buffer.update(repeating: 1)
-            XCTAssertGreaterThanOrEqual(allocatorMappedBytes() - before, 12 << 20,
-                                        "the 12 MiB buffer is a block of its own, not taken from the heap")
+        var seen: [(mapped: Int, returned: Int)] = []
+        for _ in 0..<3 {
+            do { let first = FloatBuffer(count: 4 << 20); XCTAssertEqual(first.base[first.count - 1], 0) }
+            let before = allocatorMappedBytes()
+            var alive = 0
+            do {
+                let second = FloatBuffer(count: 3 << 20)
+                second.buffer.update(repeating: 1)
+                alive = allocatorMappedBytes()
+            }
+            seen.append((alive - before, alive - allocatorMappedBytes()))
+            if seen.last!.mapped >= 12 << 20 && seen.last!.returned >= 12 << 20 { return }
         }
-        XCTAssertEqual(allocatorMappedBytes(), before, "the freed 12 MiB went back to the kernel")
+        XCTFail("the 12 MiB buffer should be mapped on its own and unmapped when freed; (mapped, returned) per attempt: \(seen)")
     }
 }
