@@ -101,7 +101,7 @@ final class GradientCheckTests: XCTestCase {
                    backward: { _, x, dy, dx in layer.backward(x, dy: dy, batch: B, time: T, dx: dx) })
     }
 
-    /// Head size 16 runs the fused kernels (FusedAttention.swift); 17 rows cross a 4-row block.
+    /// Head size 16 runs the fused kernels (FusedAttention.swift); 17 rows end in a partial 6-row block.
     func testCausalSelfAttentionFused() {
         var layer: CausalSelfAttention!
         let (B, T, C) = (1, 17, 32)
