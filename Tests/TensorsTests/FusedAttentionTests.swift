@@ -3,8 +3,9 @@ import XCTest
 
 /// The fused causal attention against the GEMM formulation it replaces, on head sizes 16, 32 and 64 and
 /// sequence lengths around the 6-row blocks, 16-key tiles and 64-key padding: output and all three input
-/// gradients (the fused backward recomputes the probabilities). Both compute the same sums in another order, so they agree to
-/// float32 rounding (1e-5 relative to each tensor's largest entry); a wrong index or mask is off by O(1).
+/// gradients (the fused backward recomputes the probabilities). Both compute the same sums in another
+/// order, so they agree to float32 rounding (1e-5 relative to each tensor's largest entry); a wrong index
+/// or mask is off by O(1).
 final class FusedAttentionTests: XCTestCase {
     func testFusedEqualsGEMMAttention() {
         for (C, NH) in [(32, 2), (64, 2), (128, 2), (128, 4)] {
