@@ -26,35 +26,37 @@ public func fusedAttentionScratchCount(time T: Int, headSize hs: Int) -> Int { (
 /// Rows of a block of queries (or keys): the micro-kernel's tile height.
 private let blockRows = 6
 
-/// c[r][0..<16] (+)= Σ_{k < kc} A[r][k] · b[k * bStride ..< +16] for r < rows ≤ 6, A's rows in place
-/// (element (r, k) at a[r * lda + k]): one tile of the GEMM's micro-kernel. A function of its own with
-/// the constant stride written in, so the kernel is compiled for it (a tile function taking both
-/// strides, meant to be inlined, was outlined once for every call, its kernel computing each address
-/// from two run-time strides).
-@inline(never)
-private func tileOfRows(rows: Int, kc: Int, _ a: UnsafePointer<Float>, lda: Int, _ b: UnsafePointer<Float>, bStride: Int,
-                        into c: UnsafeMutablePointer<Float>, ldc: Int, accumulate: Bool) {
+/// c[r][0..<16] (+)= Σ_{k < kc} A[r][k] · b[k * bStride ..< +16] for r < rows ≤ 6, A's element (r, k) at
+/// a[r * rowStride + k * colStride]: one tile of the GEMM's micro-kernel. Called only by the two
+/// functions below, each with one stride written in as a constant, so the kernel is compiled for it (a
+/// tile function taking both strides, left to be inlined into the attention, was outlined once for
+/// every call, its kernel computing each address from two run-time strides).
+@inline(__always)
+private func tile(rows: Int, kc: Int, _ a: UnsafePointer<Float>, rowStride: Int, colStride: Int, _ b: UnsafePointer<Float>,
+                  bStride: Int, into c: UnsafeMutablePointer<Float>, ldc: Int, accumulate: Bool) {
     let beta: Float = accumulate ? 1 : 0
     if rows == blockRows {
-        microKernel6x16(kc: kc, a: a, rowStride: lda, colStride: 1, b: b, bStride: bStride, c: c, ldc: ldc, alpha: 1, beta: beta)
-    } else {
-        microKernelRows(.simd8x6x16, rows: rows, kc: kc, a: a, rowStride: lda, colStride: 1, b: b, bStride: bStride, c: c, ldc: ldc,
+        microKernel6x16(kc: kc, a: a, rowStride: rowStride, colStride: colStride, b: b, bStride: bStride, c: c, ldc: ldc,
                         alpha: 1, beta: beta)
+    } else {
+        microKernelRows(.simd8x6x16, rows: rows, kc: kc, a: a, rowStride: rowStride, colStride: colStride, b: b, bStride: bStride,
+                        c: c, ldc: ldc, alpha: 1, beta: beta)
     }
 }
 
-/// tileOfRows with A the transpose of what lies in memory: element (r, k) at a[r + k * lda], 6 floats of
-/// one row per step.
+/// A tile with A's rows in place: element (r, k) at a[r * lda + k].
+@inline(never)
+private func tileOfRows(rows: Int, kc: Int, _ a: UnsafePointer<Float>, lda: Int, _ b: UnsafePointer<Float>, bStride: Int,
+                        into c: UnsafeMutablePointer<Float>, ldc: Int, accumulate: Bool) {
+    tile(rows: rows, kc: kc, a, rowStride: lda, colStride: 1, b, bStride: bStride, into: c, ldc: ldc, accumulate: accumulate)
+}
+
+/// A tile with A the transpose of what lies in memory: element (r, k) at a[r + k * lda], 6 floats of one
+/// row per step.
 @inline(never)
 private func tileOfColumns(rows: Int, kc: Int, _ a: UnsafePointer<Float>, lda: Int, _ b: UnsafePointer<Float>, bStride: Int,
                            into c: UnsafeMutablePointer<Float>, ldc: Int, accumulate: Bool) {
-    let beta: Float = accumulate ? 1 : 0
-    if rows == blockRows {
-        microKernel6x16(kc: kc, a: a, rowStride: 1, colStride: lda, b: b, bStride: bStride, c: c, ldc: ldc, alpha: 1, beta: beta)
-    } else {
-        microKernelRows(.simd8x6x16, rows: rows, kc: kc, a: a, rowStride: 1, colStride: lda, b: b, bStride: bStride, c: c, ldc: ldc,
-                        alpha: 1, beta: beta)
-    }
+    tile(rows: rows, kc: kc, a, rowStride: 1, colStride: lda, b, bStride: bStride, into: c, ldc: ldc, accumulate: accumulate)
 }
 
 /// Keys a block of queries ending before row `end` has scores for: whole 16-key tiles.

@@ -89,10 +89,10 @@ private func valueAndSlopeInPlace(_ x: UnsafeMutablePointer<Float>, into out: Un
     return half * (1 + t) + half * v * slope
 }
 
-/// erf(x / sqrt 2), as the header says.
-@inline(__always) func erfOfHalf(_ v: SIMD16<Float>) -> SIMD16<Float> {
+/// erf(z), as the header says.
+@inline(__always) func rationalErf(_ z: SIMD16<Float>) -> SIMD16<Float> {
     typealias V = SIMD16<Float>
-    let z = vectorMin(vectorMax(v * V(repeating: 0.7071067811865476), V(repeating: -3.92)), V(repeating: 3.92))
+    let z = vectorMin(vectorMax(z, V(repeating: -3.92)), V(repeating: 3.92))
     let t = z * z
     var p = V(repeating: 2.8745105373673141e-04).addingProduct(V(repeating: 2.0344070890132570e-06), t)
     p = V(repeating: 3.8681931328028440e-03).addingProduct(p, t)
@@ -107,11 +107,14 @@ private func valueAndSlopeInPlace(_ x: UnsafeMutablePointer<Float>, into out: Un
     return z * p / q
 }
 
+/// erf(x / sqrt 2), the exact GELU's value's.
+@inline(__always) func erfOfHalf(_ v: SIMD16<Float>) -> SIMD16<Float> { rationalErf(v * SIMD16<Float>(repeating: 0.7071067811865476)) }
+
 /// erf(x / sqrt 2) and exp(-x^2 / 2), which the exact GELU's slope needs.
 @inline(__always) func erfHalfAndGaussian(_ v: SIMD16<Float>) -> (erf: SIMD16<Float>, gaussian: SIMD16<Float>) {
     let z = v * SIMD16<Float>(repeating: 0.7071067811865476)
     let minusOne = SIMD16<Float>(repeating: -1) // prefix minus on SIMD is scalarized by the compiler
-    return (erfOfHalf(v), vectorExp(z * z * minusOne))
+    return (rationalErf(z), vectorExp(z * z * minusOne))
 }
 
 func geluExactForward(_ x: UnsafePointer<Float>, into out: UnsafeMutablePointer<Float>, count n: Int) {

@@ -419,19 +419,24 @@ private func packPanelsOfB(_ trans: Transpose, _ b: UnsafePointer<Float>, _ ldb:
 typealias EightVectors = (SIMD8<Float>, SIMD8<Float>, SIMD8<Float>, SIMD8<Float>,
                            SIMD8<Float>, SIMD8<Float>, SIMD8<Float>, SIMD8<Float>)
 
-/// Vector q of the result = lane q of every input: 4 x 4 transposes within each 128-bit half
-/// (interleaves, then pair picks), then the halves exchanged: 24 single-instruction shuffles (CShims).
+/// Columns q and q + 4 of four rows, as one vector each (lanes 0-3 column q, 4-7 column q + 4), q < 4:
+/// a 4 x 4 transpose within each 128-bit half (interleaves, then pair picks), 8 single-instruction
+/// shuffles (CShims).
+@inline(__always)
+func transposedInHalves(_ r0: SIMD8<Float>, _ r1: SIMD8<Float>, _ r2: SIMD8<Float>, _ r3: SIMD8<Float>)
+    -> (SIMD8<Float>, SIMD8<Float>, SIMD8<Float>, SIMD8<Float>) {
+    let t0 = ddp_interleave_low8(r0, r1), t1 = ddp_interleave_high8(r0, r1)
+    let t2 = ddp_interleave_low8(r2, r3), t3 = ddp_interleave_high8(r2, r3)
+    return (ddp_pairs_front8(t0, t2), ddp_pairs_back8(t0, t2), ddp_pairs_front8(t1, t3), ddp_pairs_back8(t1, t3))
+}
+
+/// Vector q of the result = lane q of every input: rows 0-3 and 4-7 transposed within their halves,
+/// then the halves exchanged: 24 single-instruction shuffles.
 @inline(__always)
 func transposed(_ x: EightVectors) -> EightVectors {
-    let t0 = ddp_interleave_low8(x.0, x.1), t1 = ddp_interleave_high8(x.0, x.1)
-    let t2 = ddp_interleave_low8(x.2, x.3), t3 = ddp_interleave_high8(x.2, x.3)
-    let t4 = ddp_interleave_low8(x.4, x.5), t5 = ddp_interleave_high8(x.4, x.5)
-    let t6 = ddp_interleave_low8(x.6, x.7), t7 = ddp_interleave_high8(x.6, x.7)
-    // Rows 0-3 (and 4-7) of columns 0 and 4, 1 and 5, 2 and 6, 3 and 7.
-    let a04 = ddp_pairs_front8(t0, t2), a15 = ddp_pairs_back8(t0, t2), a26 = ddp_pairs_front8(t1, t3), a37 = ddp_pairs_back8(t1, t3)
-    let b04 = ddp_pairs_front8(t4, t6), b15 = ddp_pairs_back8(t4, t6), b26 = ddp_pairs_front8(t5, t7), b37 = ddp_pairs_back8(t5, t7)
-    return (ddp_low_halves8(a04, b04), ddp_low_halves8(a15, b15), ddp_low_halves8(a26, b26), ddp_low_halves8(a37, b37),
-            ddp_high_halves8(a04, b04), ddp_high_halves8(a15, b15), ddp_high_halves8(a26, b26), ddp_high_halves8(a37, b37))
+    let a = transposedInHalves(x.0, x.1, x.2, x.3), b = transposedInHalves(x.4, x.5, x.6, x.7)
+    return (ddp_low_halves8(a.0, b.0), ddp_low_halves8(a.1, b.1), ddp_low_halves8(a.2, b.2), ddp_low_halves8(a.3, b.3),
+            ddp_high_halves8(a.0, b.0), ddp_high_halves8(a.1, b.1), ddp_high_halves8(a.2, b.2), ddp_high_halves8(a.3, b.3))
 }
 
 /// dest row q = column q of the 8 x 8 block at src.
@@ -452,10 +457,8 @@ func transpose8x8(from src: UnsafePointer<Float>, stride ls: Int, to dest: Unsaf
 func transposeSixRows(from src: UnsafePointer<Float>, stride ls: Int, to dest: UnsafeMutablePointer<Float>) {
     typealias V = SIMD8<Float>
     @inline(__always) func load(_ r: Int) -> V { UnsafeRawPointer(src + r * ls).loadUnaligned(as: V.self) }
-    let r0 = load(0), r1 = load(1), r2 = load(2), r3 = load(3), r4 = load(4), r5 = load(5)
-    let t0 = ddp_interleave_low8(r0, r1), t1 = ddp_interleave_high8(r0, r1)
-    let t2 = ddp_interleave_low8(r2, r3), t3 = ddp_interleave_high8(r2, r3)
-    let k04 = ddp_pairs_front8(t0, t2), k15 = ddp_pairs_back8(t0, t2), k26 = ddp_pairs_front8(t1, t3), k37 = ddp_pairs_back8(t1, t3)
+    let (k04, k15, k26, k37) = transposedInHalves(load(0), load(1), load(2), load(3))
+    let r4 = load(4), r5 = load(5)
     let pairs01 = ddp_interleave_low8(r4, r5), pairs23 = ddp_interleave_high8(r4, r5)
     @inline(__always) func store(_ q: Int, _ four: SIMD4<Float>, _ two: SIMD2<Float>) {
         UnsafeMutableRawPointer(dest + 6 * q).storeBytes(of: four, as: SIMD4<Float>.self)
