@@ -131,6 +131,44 @@ final class GemmTests: XCTestCase {
         XCTAssertEqual(c.toArray(), [2, 4, 6, 8, 10, 12])
     }
 
+    /// An epilogue is handed every element of C once, after its last K slab: what it sees equals what C
+    /// holds at the end. Shapes reach each way through gemm: several K slabs, M and N blocks (257 x 33 x 515,
+    /// 7 x 2050 x 3), the narrow path (40 x 5 x 64), the transposed orientation (64 x 256 x 784 NT), K 0.
+    func testEpilogueSeesEachElementOnceWhenFinal() {
+        let shapes: [(Transpose, Transpose, Int, Int, Int)] = [(.none, .none, 257, 33, 515), (.transposed, .none, 257, 33, 515),
+                                                               (.none, .none, 7, 2050, 3), (.none, .none, 40, 5, 64),
+                                                               (.none, .transposed, 64, 256, 784), (.none, .none, 9, 20, 0)]
+        var seed: UInt64 = 7000
+        for kernel in GemmMicroKernel.allCases {
+            for (ta, tb, m, n, k) in shapes {
+                seed += 1
+                var rng = TestRandom(seed: seed)
+                let pad = 3, ldc = n + pad
+                let a = rng.tensor([max(m * k, 1)]), b = rng.tensor([max(k * n, 1)]), c = rng.tensor([m * ldc])
+                var seen = [Float](repeating: .nan, count: m * n), visits = [Int](repeating: 0, count: m * n)
+                gemm(ta, tb, m: m, n: n, k: k, a: a.data, lda: ta == .none ? k : m, b: b.data, ldb: tb == .none ? n : k,
+                     beta: 0.5, c: c.data, ldc: ldc, kernel: kernel) { block in
+                    XCTAssertTrue(block.rows.lowerBound >= 0 && block.rows.upperBound <= m, "rows \(block.rows)")
+                    XCTAssertTrue(block.columns.lowerBound >= 0 && block.columns.upperBound <= n, "columns \(block.columns)")
+                    for i in block.rows { for j in block.columns { seen[i * n + j] = c[i * ldc + j]; visits[i * n + j] += 1 } }
+                }
+                let label = "\(ta) \(tb) \(m) x \(n) x \(k) \(kernel)"
+                XCTAssertEqual(visits, [Int](repeating: 1, count: m * n), label)
+                XCTAssertTrue((0..<m * n).allSatisfy { seen[$0].bitPattern == c[$0 / n * ldc + $0 % n].bitPattern }, label)
+            }
+        }
+    }
+
+    /// GemmBlock.forEachRun: one run for whole rows, one run per row otherwise.
+    func testBlockRunsCoverTheBlock() {
+        var runs: [[Int]] = []
+        GemmBlock(rows: 2..<4, columns: 0..<5).forEachRun(ld: 5) { runs.append([$0, $1]) }
+        XCTAssertEqual(runs, [[10, 10]])
+        runs = []
+        GemmBlock(rows: 2..<4, columns: 1..<3).forEachRun(ld: 5) { runs.append([$0, $1]) }
+        XCTAssertEqual(runs, [[11, 2], [16, 2]])
+    }
+
     /// The run-time choice follows the CPU, read here from /proc/cpuinfo's flags on our own (not through
     /// the CPUFeatures parser under test): AVX-512F gets the 6x32 block of SIMD16, anything else 6x16.
     func testNativeKernelMatchesCPU() throws {

@@ -38,9 +38,13 @@ public struct Linear: Sendable {
     }
 
     /// dx += dy W alone (needs no input: a split backward's input pass); dx = dy W with `accumulate: false`.
-    public func inputBackward(dy: UnsafePointer<Float>, rows: Int, dx: UnsafeMutablePointer<Float>, accumulate: Bool = true) {
-        OperationProfile.measure(profileName + " backward dx", flops: 2 * Double(rows * inFeatures * outFeatures)) {
-            gemm(.none, .none, m: rows, n: inFeatures, k: outFeatures, a: dy, b: weight.value.data, beta: accumulate ? 1 : 0, c: dx)
+    /// `then` runs on each finished block of dx while the GEMM still has it in cache.
+    public func inputBackward(dy: UnsafePointer<Float>, rows: Int, dx: UnsafeMutablePointer<Float>, accumulate: Bool = true,
+                              then fused: (name: String, epilogue: GemmEpilogue)? = nil) {
+        OperationProfile.measure(profileName + " backward dx" + (fused.map { " + " + $0.name } ?? ""),
+                                 flops: 2 * Double(rows * inFeatures * outFeatures)) {
+            gemm(.none, .none, m: rows, n: inFeatures, k: outFeatures, a: dy, b: weight.value.data, beta: accumulate ? 1 : 0, c: dx,
+                 epilogue: fused?.epilogue)
         }
     }
 

@@ -155,8 +155,12 @@ public final class TransformerBlock {
                 geluForwardAndSlope(fcOut.data, into: mlpHidden, count: hidden, form: gelu)
             }
             projection.weightBackward(mlpHidden, dy: dy, rows: rows)
-            projection.inputBackward(dy: dy, rows: rows, dx: mlpHidden, accumulate: false)
-            OperationProfile.measure("gelu backward (times the slope)") { multiply(mlpHidden, fcOut.data, into: dFc, count: hidden) }
+            // The GELU's gradient: each block of the GELU output's gradient times the slope as the GEMM
+            // finishes it, in cache (a pass of its own read both back from memory: 0.14 ms a step more).
+            let slope = fcOut.data, ld = 4 * channels
+            projection.inputBackward(dy: dy, rows: rows, dx: mlpHidden, accumulate: false, then: ("gelu backward", { block in
+                block.forEachRun(ld: ld) { offset, count in multiply(mlpHidden + offset, slope + offset, into: dFc + offset, count: count) }
+            }))
         }
         if weights { ln2.recompute(x1.data, rows: rows, into: normalized) }
         fc.backward(normalized, dy: dFc, rows: rows, dx: dMlpNorm, weights: weights, accumulate: false)

@@ -72,27 +72,55 @@ public func gemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: In
                  alpha: Float = 1, a: UnsafePointer<Float>, lda: Int,
                  b: UnsafePointer<Float>, ldb: Int,
                  beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int,
-                 kernel: GemmMicroKernel = .native) {
+                 kernel: GemmMicroKernel = .native, epilogue: GemmEpilogue? = nil) {
     gemm(transA, transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc,
-         kernel: kernel, mayTranspose: true)
+         kernel: kernel, mayTranspose: true, epilogue: epilogue)
+}
+
+/// What a caller does to each block of C once it is final (all of K summed), while the block is still in
+/// cache: the MLP's backward multiplies c_proj's input gradient by the GELU's slope there instead of
+/// reading the gradient back from memory.
+public typealias GemmEpilogue = (GemmBlock) -> Void
+
+/// Rows and columns of C.
+public struct GemmBlock: Sendable, Equatable {
+    public let rows: Range<Int>
+    public let columns: Range<Int>
+    public init(rows: Range<Int>, columns: Range<Int>) { self.rows = rows; self.columns = columns }
+
+    /// body(offset, count) over the block's elements in a matrix whose rows are `ld` apart: one run per
+    /// row, or a single run when the block spans whole rows.
+    @inline(__always)
+    public func forEachRun(ld: Int, _ body: (_ offset: Int, _ count: Int) -> Void) {
+        if columns.count == ld { return body(rows.lowerBound * ld, rows.count * ld) }
+        for r in rows { body(r * ld + columns.lowerBound, columns.count) }
+    }
 }
 
 private func gemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: Int,
                   alpha: Float, a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
-                  beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int, kernel: GemmMicroKernel, mayTranspose: Bool) {
+                  beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int, kernel: GemmMicroKernel, mayTranspose: Bool,
+                  epilogue: GemmEpilogue?) {
     precondition(m >= 0 && n >= 0 && k >= 0, "gemm: negative size m=\(m) n=\(n) k=\(k)")
     precondition(lda >= (transA == .none ? k : m) && ldb >= (transB == .none ? n : k) && ldc >= n,
                  "gemm: leading dimension too small")
     if m == 0 || n == 0 { return }
-    if k == 0 || alpha == 0 { return scaleMatrix(c, rows: m, cols: n, ld: ldc, by: beta) }
+    let whole = GemmBlock(rows: 0..<m, columns: 0..<n)
+    if k == 0 || alpha == 0 {
+        scaleMatrix(c, rows: m, cols: n, ld: ldc, by: beta)
+        epilogue?(whole)
+        return
+    }
     if takesNarrowPath(transA, n: n, k: k) {
-        return gemmNarrow(transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
+        gemmNarrow(transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
+        epilogue?(whole)
+        return
     }
     if mayTranspose && cheaperTransposed(transA, transB, m: m, n: n, k: k, kernel: kernel) {
         // C^T = op(B)^T op(A)^T into scratch, then added into C transposed.
         let t = GemmScratch.forThisThread(floats: m * n, slot: 1)
         gemm(transB == .none ? .transposed : .none, transA == .none ? .transposed : .none, m: n, n: m, k: k, alpha: alpha,
-             a: b, lda: ldb, b: a, ldb: lda, beta: 0, c: t, ldc: m, kernel: kernel, mayTranspose: false)
+             a: b, lda: ldb, b: a, ldb: lda, beta: 0, c: t, ldc: m, kernel: kernel, mayTranspose: false, epilogue: nil)
         // beta 0 copies without testing beta per element.
         for i in 0..<m {
             let row = c + i * ldc
@@ -103,6 +131,8 @@ private func gemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: I
                 for j in 0..<n { row[j] = combine(row[j], column.pointee, beta: beta); column += m }
             }
         }
+        // C was written row by row above, not block by block: the epilogue sees it whole.
+        epilogue?(whole)
         return
     }
 
@@ -189,6 +219,7 @@ private func gemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: I
                     }
                     jr += nr
                 }
+                if pc + kc == k { epilogue?(GemmBlock(rows: ic..<ic + mc, columns: jc..<jc + nc)) }
                 ic += mc
             }
             pc += kc
@@ -207,10 +238,11 @@ struct PanelOfA {
 /// Convenience for contiguous matrices: lda/ldb/ldc are the row lengths of op's stored layout.
 public func gemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: Int,
                  alpha: Float = 1, a: UnsafePointer<Float>, b: UnsafePointer<Float>,
-                 beta: Float = 0, c: UnsafeMutablePointer<Float>, kernel: GemmMicroKernel = .native) {
+                 beta: Float = 0, c: UnsafeMutablePointer<Float>, kernel: GemmMicroKernel = .native,
+                 epilogue: GemmEpilogue? = nil) {
     gemm(transA, transB, m: m, n: n, k: k, alpha: alpha,
          a: a, lda: transA == .none ? k : m, b: b, ldb: transB == .none ? n : k,
-         beta: beta, c: c, ldc: n, kernel: kernel)
+         beta: beta, c: c, ldc: n, kernel: kernel, epilogue: epilogue)
 }
 
 /// Whether computing C^T = op(B)^T op(A)^T costs less than C = op(A) op(B), in cycles roughly: the
