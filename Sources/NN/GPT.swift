@@ -54,7 +54,7 @@ extension GPTConfiguration {
     /// Bytes block `layer` keeps from forward to backward in this implementation (fp32), the tensors
     /// TransformerBlock.activationBytes counts after a forward: the residual x1, the GELU input (its
     /// output and the LayerNorm outputs are recomputed), QKV, the heads' output, the attention
-    /// probabilities where the fused kernels do not recompute them, and each LayerNorm's mean and 1/std; a
+    /// probabilities (or, where the fused kernels recompute them, their rows' softmax statistics), and each LayerNorm's mean and 1/std; a
     /// mixture keeps its LayerNorm output, its router probabilities and its experts' rows, hidden units and
     /// outputs for top_k choices per token (dropless).
     public func keptActivationBytes(layer: Int, batch: Int, time: Int, tensorParallel t: Int = 1, sequenceParallel: Bool = false) -> Int {

@@ -1,8 +1,9 @@
 import Tensors
 
 /// Multi-head causal self-attention: fused QKV projection, scaled dot-product with a causal mask,
-/// output projection. Caches qkv [N, 3C] and the heads' output [N, C] (and the attention probabilities
-/// [B, NH, T, T] for head sizes the fused kernels do not take: they recompute them); backward's
+/// output projection. Caches qkv [N, 3C], the heads' output [N, C] and what attentionForward keeps (the
+/// attention probabilities [B, NH, T, T] for head sizes the fused kernels do not take; for the others,
+/// which recompute them, each row's softmax statistics [B, NH, T, 2]); backward's
 /// temporaries come from the model's shared Workspace. Under tensor parallelism a rank holds `heads` of
 /// the model's heads: QKV is column-parallel (its heads' rows of q, k and v), the output projection
 /// row-parallel (its partial sum is reduced by the caller, then the bias added).
@@ -61,7 +62,6 @@ public final class CausalSelfAttention {
         // (the output projection's output gradient) is the caller's, already in `saved`.
         let gradients = workspace.floats(.blockActivation, rows * 4 * channels)
         let dHeadsOut = gradients, dqkv = saved?.qkv.data ?? gradients + rows * channels
-        dqkv.update(repeating: 0, count: rows * 3 * channels)
         outputProjection.backward(headsOut.data, dy: dy, rows: rows, dx: dHeadsOut, weights: saved == nil, accumulate: false)
         OperationProfile.measure("attention core backward", flops: 8 * Double(B * T * T * channels)) {
             attentionBackward(dout: dHeadsOut, qkv: qkv.data, att: probabilities.data, dqkv: dqkv,

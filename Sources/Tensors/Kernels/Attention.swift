@@ -15,28 +15,29 @@ public func attentionScratchCount(time T: Int, channels C: Int, heads NH: Int) -
     max(T * T, fusedAttentionScratchCount(time: T, headSize: C / NH))
 }
 
-/// Floats of `att`, the probabilities kept from forward to backward: B·NH·T·T for the GEMM forms, none
-/// for the fused kernels, which recompute them.
+/// Floats of `att`, what forward keeps for backward: the probabilities, B·NH·T·T, for the GEMM forms; for
+/// the fused kernels, which recompute them, each row's softmax shift and inverse sum, B·NH·2T.
 public func attentionProbabilityCount(batch B: Int, time T: Int, channels C: Int, heads NH: Int) -> Int {
-    fusedAttentionApplies(headSize: C / NH) ? 0 : B * NH * T * T
+    fusedAttentionApplies(headSize: C / NH) ? B * NH * 2 * T : B * NH * T * T
 }
 
-/// `att` holds attentionProbabilityCount floats (the fused kernels neither read nor write it).
+/// `att` holds attentionProbabilityCount floats.
 public func attentionForward(qkv: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, att: UnsafeMutablePointer<Float>,
                              scratch: UnsafeMutablePointer<Float>, batch B: Int, time T: Int, channels C: Int, heads NH: Int) {
     precondition(C % NH == 0, "channels \(C) not divisible by heads \(NH)")
     if fusedAttentionApplies(headSize: C / NH) {
-        return fusedAttentionForward(qkv: qkv, out: out, scratch: scratch, batch: B, time: T, channels: C, heads: NH)
+        return fusedAttentionForward(qkv: qkv, out: out, statistics: att, scratch: scratch, batch: B, time: T, channels: C, heads: NH)
     }
     attentionForwardUnfused(qkv: qkv, out: out, att: att, batch: B, time: T, channels: C, heads: NH)
 }
 
-/// Accumulates into dqkv; `scratch` holds attentionScratchCount floats, `att` what forward left there.
+/// Overwrites dqkv; `scratch` holds attentionScratchCount floats, `att` what forward left there.
 public func attentionBackward(dout: UnsafePointer<Float>, qkv: UnsafePointer<Float>, att: UnsafePointer<Float>,
                               dqkv: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<Float>,
                               batch B: Int, time T: Int, channels C: Int, heads NH: Int) {
     if fusedAttentionApplies(headSize: C / NH) {
-        return fusedAttentionBackward(dout: dout, qkv: qkv, dqkv: dqkv, scratch: scratch, batch: B, time: T, channels: C, heads: NH)
+        return fusedAttentionBackward(dout: dout, qkv: qkv, statistics: att, dqkv: dqkv, scratch: scratch, batch: B, time: T,
+                                      channels: C, heads: NH)
     }
     attentionBackwardUnfused(dout: dout, qkv: qkv, att: att, dqkv: dqkv, scratch: scratch, batch: B, time: T, channels: C, heads: NH)
 }
@@ -51,13 +52,14 @@ func causalScoreGradient(_ p: UnsafePointer<Float>, _ d: UnsafeMutablePointer<Fl
 }
 
 /// Where head h of sequence b lives, in elements: its query columns in qkv [B·T, 3C] (keys and values
-/// follow at +C and +2C, rows 3C apart), its T×T probabilities in att [B, NH, T, T], its output (or
-/// output gradient) columns in [B·T, C]. The fused and the GEMM kernels share this layout.
+/// follow at +C and +2C, rows 3C apart), its T×T probabilities in att [B, NH, T, T] (the GEMM forms) or
+/// its rows' softmax statistics in [B, NH, T, 2] (the fused kernels), its output (or output gradient)
+/// columns in [B·T, C].
 struct AttentionHead {
-    let qkv: Int, att: Int, out: Int
+    let qkv: Int, att: Int, statistics: Int, out: Int
     init(sequence b: Int, head h: Int, time T: Int, channels C: Int, heads NH: Int) {
         let hs = C / NH
-        qkv = b * T * 3 * C + h * hs; att = (b * NH + h) * T * T; out = b * T * C + h * hs
+        qkv = b * T * 3 * C + h * hs; att = (b * NH + h) * T * T; statistics = (b * NH + h) * 2 * T; out = b * T * C + h * hs
     }
 }
 
@@ -83,7 +85,7 @@ public func attentionForwardUnfused(qkv: UnsafePointer<Float>, out: UnsafeMutabl
     }
 }
 
-/// Accumulates into dqkv; `scratch` holds T*T floats (dP, then dS).
+/// Overwrites dqkv; `scratch` holds T*T floats (dP, then dS).
 public func attentionBackwardUnfused(dout: UnsafePointer<Float>, qkv: UnsafePointer<Float>, att: UnsafePointer<Float>,
                                      dqkv: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<Float>,
                                      batch B: Int, time T: Int, channels C: Int, heads NH: Int) {
@@ -95,11 +97,11 @@ public func attentionBackwardUnfused(dout: UnsafePointer<Float>, qkv: UnsafePoin
             let q = qkv + head.qkv, k = q + C, v = q + 2 * C
             let dq = dqkv + head.qkv, dk = dq + C, dv = dq + 2 * C
             let p = att + head.att, dO = dout + head.out
-            gemm(.transposed, .none, m: T, n: hs, k: T, a: p, lda: T, b: dO, ldb: C, beta: 1, c: dv, ldc: ld)
+            gemm(.transposed, .none, m: T, n: hs, k: T, a: p, lda: T, b: dO, ldb: C, beta: 0, c: dv, ldc: ld)
             gemm(.none, .transposed, m: T, n: T, k: hs, a: dO, lda: C, b: v, ldb: ld, beta: 0, c: scratch, ldc: T)
             for t in 0..<T { causalScoreGradient(p + t * T, scratch + t * T, row: t, scale: scale, width: T) }
-            gemm(.none, .none, m: T, n: hs, k: T, a: scratch, lda: T, b: k, ldb: ld, beta: 1, c: dq, ldc: ld)
-            gemm(.transposed, .none, m: T, n: hs, k: T, a: scratch, lda: T, b: q, ldb: ld, beta: 1, c: dk, ldc: ld)
+            gemm(.none, .none, m: T, n: hs, k: T, a: scratch, lda: T, b: k, ldb: ld, beta: 0, c: dq, ldc: ld)
+            gemm(.transposed, .none, m: T, n: hs, k: T, a: scratch, lda: T, b: q, ldb: ld, beta: 0, c: dk, ldc: ld)
         }
     }
 }

@@ -2,11 +2,14 @@
 // Every product is a tile of the GEMM's 6 x 16 micro-kernel (GemmMicroKernels.swift) on operands read
 // where they lie; only Kᵀ and Vᵀ are packed, once per head (hs × T floats each):
 //   forward:  query rows in blocks of 6: their scores against the keys up to the block's last row,
-//             16 keys a tile, the causal softmax in place in a 6-row scratch, then out = P V;
-//   backward: every row block's P again, by the same instructions on the same inputs (so the same
-//             bits as forward's), dP = dO Vᵀ and dS = P (dP − rowsum(dP P)) / √hs kept for the whole
-//             head (2·T rows: 32 KiB at T 64), dQ += dS K block by block; then dK += dSᵀ Q and
-//             dV += Pᵀ dO key block by key block, each over the queries at or after its first key.
+//             16 keys a tile, the causal softmax in place in a 6-row scratch, then out = P V; each row's
+//             softmax shift and inverse sum are kept (2 floats a row);
+//   backward: every row block's scores again, by the same instructions on the same inputs, and P from
+//             them and the kept statistics in one pass (so the same bits as forward's), dP = dO Vᵀ and
+//             dS = P (dP − rowsum(dP P)) / √hs kept for the whole head (2·T rows: 32 KiB at T 64),
+//             dQ = dS K block by block; then dK = dSᵀ Q and dV = Pᵀ dO key block by key block, each
+//             over the queries at or after its first key. Each block of dQ, dK and dV is one tile's
+//             whole sum, so they are stored, not added (no zeroing pass before).
 // Nothing T×T is kept from forward to backward (the recipe's 4 layers kept 3.1 MB of probabilities,
 // 1/18 of the trainer's peak RSS) for a third more score work in backward, and nothing is transposed.
 // The causal half above the diagonal is skipped (whole 16-key tiles; queries before a key block).
@@ -70,7 +73,8 @@ private func tileOfColumns(rows: Int, kc: Int, _ a: UnsafePointer<Float>, lda: I
 /// time, each row's chain of horizontal maximum, exponentials, horizontal sum and reciprocal ran
 /// alone, and the softmax took half the forward's time.
 @inline(__always)
-func causalSoftmaxBlock(_ p: UnsafeMutablePointer<Float>, ldp: Int, rows: Int, from r0: Int, scale: Float, width: Int) {
+func causalSoftmaxBlock(_ p: UnsafeMutablePointer<Float>, ldp: Int, rows: Int, from r0: Int, scale: Float, width: Int,
+                        keeping statistics: UnsafeMutablePointer<Float>) {
     typealias V = SIMD16<Float>
     @inline(__always) func last(_ r: Int) -> Int { (r0 + r) / 16 * 16 }
     // Lanes of a row's last vector at or before the diagonal (column t of row t).
@@ -94,11 +98,30 @@ func causalSoftmaxBlock(_ p: UnsafeMutablePointer<Float>, ldp: Int, rows: Int, f
             store16(row + v, e); sums += e
         }
         inverses[r] = 1 / horizontalSum(sums)
+        statistics[2 * (r0 + r)] = shifts[r]; statistics[2 * (r0 + r) + 1] = inverses[r]
     }
     for r in 0..<rows {
         let row = p + r * ldp, inverse = V(repeating: inverses[r])
         for v in stride(from: 0, through: last(r), by: 16) { store16(row + v, load16(row + v) * inverse) }
         zeroVectors(row + last(r) + 16, count: width - last(r) - 16)
+    }
+}
+
+/// causalSoftmaxBlock's result from the row statistics it kept (each row's shift, the maximum of its
+/// scaled scores, and the inverse of its sum of exponentials): one pass of the same instructions on the
+/// same scores, so the same bits, without the maxima's pass, the sums and the scaling pass.
+@inline(__always)
+func causalProbabilitiesBlock(_ p: UnsafeMutablePointer<Float>, ldp: Int, rows: Int, from r0: Int, scale: Float, width: Int,
+                              kept statistics: UnsafePointer<Float>) {
+    typealias V = SIMD16<Float>
+    let factor = V(repeating: scale)
+    for r in 0..<rows {
+        let row = p + r * ldp, last = (r0 + r) / 16 * 16, valid = r0 + r + 1 - last
+        let shift = V(repeating: statistics[2 * (r0 + r)]), inverse = V(repeating: statistics[2 * (r0 + r) + 1])
+        let tail = firstLanes(load16(row + last) * factor, valid, fill: -.infinity)
+        store16(row + last, firstLanes(vectorExp(tail - shift), valid, fill: 0) * inverse)
+        for v in stride(from: 0, to: last, by: 16) { store16(row + v, vectorExp(load16(row + v) * factor - shift) * inverse) }
+        zeroVectors(row + last + 16, count: width - last - 16)
     }
 }
 
@@ -145,18 +168,18 @@ func packTransposed(_ x: UnsafePointer<Float>, ld: Int, rows T: Int, depth hs: I
     }
 }
 
-/// Rows r0..<r0 + rows of one head's P, in place in `p` ([rows][ldk], zero past each row's diagonal),
-/// from its queries (stride ld) and its packed Kᵀ. Forward and backward both call this: the same bits.
+/// The raw scores of rows r0..<r0 + rows of one head, in `p` ([rows][ldk]), from its queries (stride ld)
+/// and its packed Kᵀ: whole 16-key tiles up to the block's last row.
 @inline(__always)
-func probabilityBlock(_ q: UnsafePointer<Float>, ld: Int, rows: Int, from r0: Int, _ kt: UnsafePointer<Float>, ldk: Int,
-                      depth hs: Int, scale: Float, into p: UnsafeMutablePointer<Float>) {
+func scoreBlock(_ q: UnsafePointer<Float>, ld: Int, rows: Int, from r0: Int, _ kt: UnsafePointer<Float>, ldk: Int,
+                depth hs: Int, into p: UnsafeMutablePointer<Float>) {
     for g in stride(from: 0, to: keyTiles(upTo: r0 + rows), by: 16) {
         tileOfRows(rows: rows, kc: hs, q + r0 * ld, lda: ld, kt + g, bStride: ldk, into: p + g, ldc: ldk, accumulate: false)
     }
-    causalSoftmaxBlock(p, ldp: ldk, rows: rows, from: r0, scale: scale, width: ldk)
 }
 
-func fusedAttentionForward(qkv: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>,
+/// `statistics` receives each row's softmax shift and inverse sum, 2·T floats per head, for the backward.
+func fusedAttentionForward(qkv: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, statistics: UnsafeMutablePointer<Float>,
                            scratch: UnsafeMutablePointer<Float>, batch B: Int, time T: Int, channels C: Int, heads NH: Int) {
     let hs = C / NH, ld = 3 * C, ldk = paddedKeys(T)
     let scale = 1 / Float(hs).squareRoot()
@@ -168,7 +191,8 @@ func fusedAttentionForward(qkv: UnsafePointer<Float>, out: UnsafeMutablePointer<
             packTransposed(q + C, ld: ld, rows: T, depth: hs, into: kt)
             for r0 in stride(from: 0, to: T, by: blockRows) {
                 let rows = min(blockRows, T - r0)
-                probabilityBlock(q, ld: ld, rows: rows, from: r0, kt, ldk: ldk, depth: hs, scale: scale, into: p)
+                scoreBlock(q, ld: ld, rows: rows, from: r0, kt, ldk: ldk, depth: hs, into: p)
+                causalSoftmaxBlock(p, ldp: ldk, rows: rows, from: r0, scale: scale, width: ldk, keeping: statistics + head.statistics)
                 for d in stride(from: 0, to: hs, by: 16) {
                     tileOfRows(rows: rows, kc: r0 + rows, p, lda: ldk, v + d, bStride: ld,
                          into: out + head.out + r0 * C + d, ldc: C, accumulate: false)
@@ -178,7 +202,8 @@ func fusedAttentionForward(qkv: UnsafePointer<Float>, out: UnsafeMutablePointer<
     }
 }
 
-func fusedAttentionBackward(dout: UnsafePointer<Float>, qkv: UnsafePointer<Float>,
+/// Overwrites dqkv (every element of it is written once).
+func fusedAttentionBackward(dout: UnsafePointer<Float>, qkv: UnsafePointer<Float>, statistics: UnsafePointer<Float>,
                             dqkv: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<Float>,
                             batch B: Int, time T: Int, channels C: Int, heads NH: Int) {
     let hs = C / NH, ld = 3 * C, ldk = paddedKeys(T)
@@ -195,7 +220,8 @@ func fusedAttentionBackward(dout: UnsafePointer<Float>, qkv: UnsafePointer<Float
             for r0 in stride(from: 0, to: T, by: blockRows) {
                 let rows = min(blockRows, T - r0)
                 let p = probabilities + r0 * ldk, ds = gradients + r0 * ldk
-                probabilityBlock(q, ld: ld, rows: rows, from: r0, kt, ldk: ldk, depth: hs, scale: scale, into: p)
+                scoreBlock(q, ld: ld, rows: rows, from: r0, kt, ldk: ldk, depth: hs, into: p)
+                causalProbabilitiesBlock(p, ldp: ldk, rows: rows, from: r0, scale: scale, width: ldk, kept: statistics + head.statistics)
                 // dP = dO Vᵀ, then dS in place (zero past each row's diagonal, to the row's end).
                 for g in stride(from: 0, to: keyTiles(upTo: r0 + rows), by: 16) {
                     tileOfRows(rows: rows, kc: hs, dO + r0 * C, lda: C, vt + g, bStride: ldk, into: ds + g, ldc: ldk,
@@ -204,7 +230,7 @@ func fusedAttentionBackward(dout: UnsafePointer<Float>, qkv: UnsafePointer<Float
                 causalScoreGradientBlock(p, ds, ld: ldk, rows: rows, from: r0, scale: scale, width: ldk)
                 for d in stride(from: 0, to: hs, by: 16) {
                     tileOfRows(rows: rows, kc: r0 + rows, ds, lda: ldk, k + d, bStride: ld, into: dq + r0 * ld + d, ldc: ld,
-                         accumulate: true)
+                         accumulate: false)
                 }
             }
             // Keys j0..<j0 + keys: dSᵀ and Pᵀ read in place (6 floats of a row per query), over the queries
@@ -213,9 +239,9 @@ func fusedAttentionBackward(dout: UnsafePointer<Float>, qkv: UnsafePointer<Float
                 let keys = min(blockRows, T - j0)
                 for d in stride(from: 0, to: hs, by: 16) {
                     tileOfColumns(rows: keys, kc: T - j0, gradients + j0 * ldk + j0, lda: ldk, q + j0 * ld + d, bStride: ld,
-                         into: dk + j0 * ld + d, ldc: ld, accumulate: true)
+                         into: dk + j0 * ld + d, ldc: ld, accumulate: false)
                     tileOfColumns(rows: keys, kc: T - j0, probabilities + j0 * ldk + j0, lda: ldk, dO + j0 * C + d, bStride: C,
-                         into: dv + j0 * ld + d, ldc: ld, accumulate: true)
+                         into: dv + j0 * ld + d, ldc: ld, accumulate: false)
                 }
             }
         }
