@@ -54,9 +54,9 @@ extension GPTConfiguration {
     /// Bytes block `layer` keeps from forward to backward in this implementation (fp32), the tensors
     /// TransformerBlock.activationBytes counts after a forward: the residual x1, the GELU input (its
     /// output and the LayerNorm outputs are recomputed), QKV, the heads' output, the attention
-    /// probabilities (or, where the fused kernels recompute them, their rows' softmax statistics), and each LayerNorm's mean and 1/std; a
-    /// mixture keeps its LayerNorm output, its router probabilities and its experts' rows, hidden units and
-    /// outputs for top_k choices per token (dropless).
+    /// probabilities (or, where the fused kernels recompute them, their rows' softmax statistics), and
+    /// each LayerNorm's mean and 1/std; a mixture keeps its LayerNorm output, its router probabilities and
+    /// its experts' rows, hidden units and outputs for top_k choices per token (dropless).
     public func keptActivationBytes(layer: Int, batch: Int, time: Int, tensorParallel t: Int = 1, sequenceParallel: Bool = false) -> Int {
         let n = batch * time, c = embedding, local = sequenceParallel ? n / t : n
         var floats = local * c + 4 * local + n * 3 * c / t + n * c / t
