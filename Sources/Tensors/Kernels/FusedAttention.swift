@@ -80,16 +80,18 @@ func causalSoftmaxBlock(_ p: UnsafeMutablePointer<Float>, ldp: Int, rows: Int, f
     // Lanes of a row's last vector at or before the diagonal (column t of row t).
     @inline(__always) func valid(_ r: Int) -> Int { r0 + r + 1 - last(r) }
     let factor = V(repeating: scale)
-    var shifts = SIMD8<Float>(), inverses = SIMD8<Float>()
+    // The rows' shifts and inverse sums go straight to `statistics` (row r at 2r, 2r + 1): kept in SIMD8
+    // lanes picked at run time, each was a compare, a blend and a round trip through the stack.
+    let shifts = statistics + 2 * r0, inverses = shifts + 1
     for r in 0..<rows {
         let row = p + r * ldp
         assert(last(r) + 16 <= width, "row \(r0 + r) does not fit a width of \(width)")
         var top = firstLanes(load16(row + last(r)) * factor, valid(r), fill: -.infinity)
         for v in stride(from: 0, to: last(r), by: 16) { top = vectorMax(top, load16(row + v) * factor) }
-        shifts[r] = horizontalMax(top)
+        shifts[2 * r] = horizontalMax(top)
     }
     for r in 0..<rows {
-        let row = p + r * ldp, shift = V(repeating: shifts[r])
+        let row = p + r * ldp, shift = V(repeating: shifts[2 * r])
         let tail = firstLanes(load16(row + last(r)) * factor, valid(r), fill: -.infinity)
         var sums = firstLanes(vectorExp(tail - shift), valid(r), fill: 0)
         store16(row + last(r), sums)
@@ -97,11 +99,10 @@ func causalSoftmaxBlock(_ p: UnsafeMutablePointer<Float>, ldp: Int, rows: Int, f
             let e = vectorExp(load16(row + v) * factor - shift)
             store16(row + v, e); sums += e
         }
-        inverses[r] = 1 / horizontalSum(sums)
-        statistics[2 * (r0 + r)] = shifts[r]; statistics[2 * (r0 + r) + 1] = inverses[r]
+        inverses[2 * r] = 1 / horizontalSum(sums)
     }
     for r in 0..<rows {
-        let row = p + r * ldp, inverse = V(repeating: inverses[r])
+        let row = p + r * ldp, inverse = V(repeating: inverses[2 * r])
         for v in stride(from: 0, through: last(r), by: 16) { store16(row + v, load16(row + v) * inverse) }
         zeroVectors(row + last(r) + 16, count: width - last(r) - 16)
     }
@@ -133,17 +134,19 @@ func causalScoreGradientBlock(_ p: UnsafePointer<Float>, _ d: UnsafeMutablePoint
                               scale: Float, width: Int) {
     typealias V = SIMD16<Float>
     @inline(__always) func span(_ r: Int) -> Int { (r0 + r + 16) / 16 * 16 }
-    var dots = SIMD8<Float>()
-    for r in 0..<rows {
-        var sums = V()
-        for v in stride(from: 0, to: span(r), by: 16) { sums = sums.addingProduct(load16(p + r * ld + v), load16(d + r * ld + v)) }
-        dots[r] = horizontalSum(sums)
-    }
-    let factor = V(repeating: scale)
-    for r in 0..<rows {
-        let pr = p + r * ld, dr = d + r * ld, dot = V(repeating: dots[r])
-        for v in stride(from: 0, to: span(r), by: 16) { store16(dr + v, load16(pr + v) * (load16(dr + v) - dot) * factor) }
-        zeroVectors(dr + span(r), count: width - span(r))
+    // Scalars, not SIMD8 lanes picked at run time (see causalSoftmaxBlock).
+    withUnsafeTemporaryAllocation(of: Float.self, capacity: 8) { dots in
+        for r in 0..<rows {
+            var sums = V()
+            for v in stride(from: 0, to: span(r), by: 16) { sums = sums.addingProduct(load16(p + r * ld + v), load16(d + r * ld + v)) }
+            dots[r] = horizontalSum(sums)
+        }
+        let factor = V(repeating: scale)
+        for r in 0..<rows {
+            let pr = p + r * ld, dr = d + r * ld, dot = V(repeating: dots[r])
+            for v in stride(from: 0, to: span(r), by: 16) { store16(dr + v, load16(pr + v) * (load16(dr + v) - dot) * factor) }
+            zeroVectors(dr + span(r), count: width - span(r))
+        }
     }
 }
 
