@@ -65,8 +65,9 @@ private func tileOfColumns(rows: Int, kc: Int, _ a: UnsafePointer<Float>, lda: I
 /// Keys a block of queries ending before row `end` has scores for: whole 16-key tiles.
 @inline(__always) private func keyTiles(upTo end: Int) -> Int { (end + 15) / 16 * 16 }
 
-/// Rows r0..<r0 + rows (≤ 8) of P in place over their raw scores (row r at p + r * ldp): softmax over
-/// s ≤ t of scores·scale for row t, zeros from t + 1 to `width` (a multiple of 16). In whole vectors, the
+/// Rows r0..<r0 + rows of P in place over their raw scores (row r at p + r * ldp): softmax over s ≤ t of
+/// scores·scale for row t, zeros from t + 1 to `width` (a multiple of 16); row t's shift (its largest
+/// scaled score) and inverse sum go to statistics[2t] and [2t + 1]. In whole vectors, the
 /// lanes past t masked (−∞ before exp, 0 after): a row of 1–64 keys costs 1–4 vectors, where a
 /// lane-by-lane tail (most of a causal row) cost as much again as the exponentials. The block's rows go
 /// through each step together (maxima, then exponentials and sums, then the scaling): one row at a
