@@ -41,7 +41,7 @@ public final class LaunchAgent: @unchecked Sendable {
     /// A busy store port is a bad option: found before anything starts (node 0 with a fixed port).
     public func checkStorePort() throws {
         guard spec.nodeRank == 0 && spec.masterPort != 0 else { return }
-        do { _ = try Listener(host: spec.masterAddress, port: spec.masterPort) } catch let error as TransportError {
+        do { try Listener.checkBindable(host: spec.masterAddress, port: spec.masterPort) } catch let error as TransportError {
             throw LaunchError("--master-port \(spec.masterPort): the store cannot listen on \(spec.masterAddress):\(spec.masterPort) (\(error)); pick another port, or 0 for a free one")
         }
     }

@@ -146,15 +146,7 @@ public final class Listener: @unchecked Sendable {
             let fd = socket(address.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
             guard fd >= 0 else { lastError = TransportError(.system(call: "socket", errno: errno), operation: operation); continue }
             do {
-                try Socket.setOption(fd, SOL_SOCKET, SO_REUSEADDR, 1, operation: operation)
-                // Buffers set on the listener are inherited by accepted sockets before the handshake,
-                // which lets TCP window scaling use them.
-                try Socket.setOption(fd, SOL_SOCKET, SO_RCVBUF, Socket.bufferBytes, operation: operation)
-                var storage = address.storage
-                let bound = withUnsafePointer(to: &storage) {
-                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, address.length) }
-                }
-                guard bound == 0 else { throw TransportError(.system(call: "bind", errno: errno), operation: operation) }
+                try Self.bind(fd, address, operation: operation)
                 guard listen(fd, backlog) == 0 else { throw TransportError(.system(call: "listen", errno: errno), operation: operation) }
                 var actual = sockaddr_storage()
                 var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
@@ -170,6 +162,35 @@ public final class Listener: @unchecked Sendable {
                 Glibc.close(fd)
                 lastError = error
             }
+        }
+        throw lastError ?? TransportError(.rendezvous("no address to listen on for \(host)"), operation: operation)
+    }
+
+    /// Binds fd to address with the listener's options.
+    private static func bind(_ fd: Int32, _ address: (storage: sockaddr_storage, length: socklen_t, family: Int32), operation: String) throws {
+        try Socket.setOption(fd, SOL_SOCKET, SO_REUSEADDR, 1, operation: operation)
+        // Buffers set on the listener are inherited by accepted sockets before the handshake,
+        // which lets TCP window scaling use them.
+        try Socket.setOption(fd, SOL_SOCKET, SO_RCVBUF, Socket.bufferBytes, operation: operation)
+        var storage = address.storage
+        let bound = withUnsafePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.bind(fd, $0, address.length) }
+        }
+        guard bound == 0 else { throw TransportError(.system(call: "bind", errno: errno), operation: operation) }
+    }
+
+    /// Throws what `init` would if host:port cannot be bound now, found by binding without listening: a
+    /// probe that listened took the connection of a peer that started early and reset it on close (a
+    /// rank whose launcher started before the master's failed its handshake with the store: "connection
+    /// reset by peer"); a socket that is only bound refuses it, and the peer retries.
+    public static func checkBindable(host: String, port: Int) throws {
+        let operation = "listen on \(host):\(port)"
+        var lastError: TransportError?
+        for address in try Socket.resolve(host: host, port: port, passive: true, operation: operation) {
+            let fd = socket(address.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+            guard fd >= 0 else { lastError = TransportError(.system(call: "socket", errno: errno), operation: operation); continue }
+            defer { Glibc.close(fd) }
+            do { return try bind(fd, address, operation: operation) } catch let error as TransportError { lastError = error }
         }
         throw lastError ?? TransportError(.rendezvous("no address to listen on for \(host)"), operation: operation)
     }

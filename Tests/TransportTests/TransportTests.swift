@@ -395,6 +395,51 @@ final class StoreAndHandshakeTests: XCTestCase {
         withExtendedLifetime(silent) {}
     }
 
+    /// The launcher's check of a fixed store port binds without listening. A port someone listens on is
+    /// refused with bind's EADDRINUSE; a free one passes and stays free; and a peer that connects while
+    /// the checks run is refused (ECONNREFUSED, which connectors retry), never accepted. The listening
+    /// probe this replaces took a remote rank's early connection and reset it on close (seen once in
+    /// MultiHostTests' three hosts); its window is a few microseconds, which this loop does not reliably
+    /// hit, so the test shows the check's contract rather than reproducing that race.
+    func testStorePortCheckBindsWithoutListening() throws {
+        let busy = try Listener(host: "127.0.0.1", port: 0)
+        XCTAssertThrowsError(try Listener.checkBindable(host: "127.0.0.1", port: busy.port)) { error in
+            guard let error = error as? TransportError, case .system("bind", EADDRINUSE) = error.kind else {
+                return XCTFail("\(error)")
+            }
+        }
+        let port = busy.port
+        busy.close()
+        final class Tally: @unchecked Sendable { var accepted = 0, attempts = 0 } // one writer; read after `done`
+        let tally = Tally(), checking = DispatchSemaphore(value: 0), done = DispatchSemaphore(value: 0)
+        DispatchQueue.global().async {
+            checking.signal()
+            let deadline = Date().addingTimeInterval(0.5)
+            while Date() < deadline { tally.attempts += 1; if Self.connects(port: port) { tally.accepted += 1 } }
+            done.signal()
+        }
+        checking.wait()
+        var checks = 0
+        while done.wait(timeout: .now()) == .timedOut { try Listener.checkBindable(host: "127.0.0.1", port: port); checks += 1 }
+        XCTAssertGreaterThan(checks, 100)
+        XCTAssertGreaterThan(tally.attempts, 100)
+        XCTAssertEqual(tally.accepted, 0, "a connection was accepted while only the check held the port")
+        XCTAssertFalse(Self.connects(port: port), "the check left something listening")
+    }
+
+    /// Whether a TCP connect to 127.0.0.1:port completes.
+    static func connects(port: Int) -> Bool {
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        return withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        } == 0
+    }
+
     func testIPv6Loopback() throws {
         guard (try? Listener(host: "::1")) != nil else { throw XCTSkip("IPv6 loopback is not available here") }
         let server = try StoreServer(host: "::1", port: 0, identity: identity())
