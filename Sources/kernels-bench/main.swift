@@ -167,14 +167,15 @@ struct KernelsBench: ParsableCommand {
         }
         let rows = OperationProfile.stop()
         print("# per-operation profile of one step (mean of \(steps), AdamW included):")
-        print("#   " + "operation".padding(toLength: 45, withPad: " ", startingAt: 0) + "ms/step  % of step  GFLOP/s  % peak")
+        let width = 45 // the longest name, "mlp.c_proj linear backward dx + gelu backward", and a space
+        print("#   " + "operation".padding(toLength: width, withPad: " ", startingAt: 0) + "ms/step  % of step  GFLOP/s  % peak")
         for r in rows {
             let ms = r.seconds / Double(steps) * 1000
             let rate = r.flops > 0 ? String(format: "%8.1f  %5.0f%%", r.flops / r.seconds / 1e9, 100 * r.flops / r.seconds / 1e9 / peak) : "       -       -"
-            print("#   " + r.name.padding(toLength: 45, withPad: " ", startingAt: 0) + String(format: "%7.3f  %8.1f%%  %@", ms, 100 * r.seconds / wall, rate))
+            print("#   " + r.name.padding(toLength: width, withPad: " ", startingAt: 0) + String(format: "%7.3f  %8.1f%%  %@", ms, 100 * r.seconds / wall, rate))
         }
         let rest = wall - rows.reduce(0) { $0 + $1.seconds }
-        print("#   " + "rest (zeroing, residual adds, copies)".padding(toLength: 45, withPad: " ", startingAt: 0)
+        print("#   " + "rest (zeroing, residual adds, copies)".padding(toLength: width, withPad: " ", startingAt: 0)
               + String(format: "%7.3f  %8.1f%%", rest / Double(steps) * 1000, 100 * rest / wall))
     }
 
