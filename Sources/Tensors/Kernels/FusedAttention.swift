@@ -29,41 +29,60 @@ public func fusedAttentionScratchCount(time T: Int, headSize hs: Int) -> Int { (
 /// Rows of a block of queries (or keys): the micro-kernel's tile height.
 private let blockRows = 6
 
-/// c[r][0..<16] (+)= Σ_{k < kc} A[r][k] · b[k * bStride ..< +16] for r < rows ≤ 6, A's element (r, k) at
+/// c[r][0..<16] = Σ_{k < kc} A[r][k] · b[k * bStride ..< +16] for r < rows ≤ 6, A's element (r, k) at
 /// a[r * rowStride + k * colStride]: one tile of the GEMM's micro-kernel. Called only by the two
 /// functions below, each with one stride written in as a constant, so the kernel is compiled for it (a
 /// tile function taking both strides, left to be inlined into the attention, was outlined once for
 /// every call, its kernel computing each address from two run-time strides).
 @inline(__always)
 private func tile(rows: Int, kc: Int, _ a: UnsafePointer<Float>, rowStride: Int, colStride: Int, _ b: UnsafePointer<Float>,
-                  bStride: Int, into c: UnsafeMutablePointer<Float>, ldc: Int, accumulate: Bool) {
-    let beta: Float = accumulate ? 1 : 0
+                  bStride: Int, into c: UnsafeMutablePointer<Float>, ldc: Int) {
     if rows == blockRows {
         microKernel6x16(kc: kc, a: a, rowStride: rowStride, colStride: colStride, b: b, bStride: bStride, c: c, ldc: ldc,
-                        alpha: 1, beta: beta)
+                        alpha: 1, beta: 0)
     } else {
         microKernelRows(.simd8x6x16, rows: rows, kc: kc, a: a, rowStride: rowStride, colStride: colStride, b: b, bStride: bStride,
-                        c: c, ldc: ldc, alpha: 1, beta: beta)
+                        c: c, ldc: ldc, alpha: 1, beta: 0)
     }
 }
 
 /// A tile with A's rows in place: element (r, k) at a[r * lda + k].
 @inline(never)
 private func tileOfRows(rows: Int, kc: Int, _ a: UnsafePointer<Float>, lda: Int, _ b: UnsafePointer<Float>, bStride: Int,
-                        into c: UnsafeMutablePointer<Float>, ldc: Int, accumulate: Bool) {
-    tile(rows: rows, kc: kc, a, rowStride: lda, colStride: 1, b, bStride: bStride, into: c, ldc: ldc, accumulate: accumulate)
+                        into c: UnsafeMutablePointer<Float>, ldc: Int) {
+    tile(rows: rows, kc: kc, a, rowStride: lda, colStride: 1, b, bStride: bStride, into: c, ldc: ldc)
 }
 
 /// A tile with A the transpose of what lies in memory: element (r, k) at a[r + k * lda], 6 floats of one
 /// row per step.
 @inline(never)
 private func tileOfColumns(rows: Int, kc: Int, _ a: UnsafePointer<Float>, lda: Int, _ b: UnsafePointer<Float>, bStride: Int,
-                           into c: UnsafeMutablePointer<Float>, ldc: Int, accumulate: Bool) {
-    tile(rows: rows, kc: kc, a, rowStride: 1, colStride: lda, b, bStride: bStride, into: c, ldc: ldc, accumulate: accumulate)
+                           into c: UnsafeMutablePointer<Float>, ldc: Int) {
+    tile(rows: rows, kc: kc, a, rowStride: 1, colStride: lda, b, bStride: bStride, into: c, ldc: ldc)
 }
 
 /// Keys a block of queries ending before row `end` has scores for: whole 16-key tiles.
 @inline(__always) private func keyTiles(upTo end: Int) -> Int { (end + 15) / 16 * 16 }
+
+/// Row t of a causal block in vectors: its last vector starts at `last`, and its first `valid` lanes are
+/// at or before the diagonal.
+@inline(__always) func causalRowEnd(_ t: Int) -> (last: Int, valid: Int) {
+    let last = t / 16 * 16
+    return (last, t + 1 - last)
+}
+
+/// P's numerators e^(score·scale − shift) for 16 scores of a row. causalSoftmaxBlock and its replay in
+/// backward (causalProbabilitiesBlock) both compute them here and in tailExponentials, so the same bits.
+@inline(__always) func exponentials(_ scores: UnsafePointer<Float>, factor: SIMD16<Float>, shift: SIMD16<Float>) -> SIMD16<Float> {
+    vectorExp(load16(scores) * factor - shift)
+}
+
+/// exponentials for a row's last vector: the lanes past the diagonal (from `valid` on) masked, −∞
+/// before exp and 0 after.
+@inline(__always) func tailExponentials(_ scores: UnsafePointer<Float>, valid: Int, factor: SIMD16<Float>,
+                                        shift: SIMD16<Float>) -> SIMD16<Float> {
+    firstLanes(vectorExp(firstLanes(load16(scores) * factor, valid, fill: -.infinity) - shift), valid, fill: 0)
+}
 
 /// Rows r0..<r0 + rows of P in place over their raw scores (row r at p + r * ldp): softmax over s ≤ t of
 /// scores·scale for row t, zeros from t + 1 to `width` (a multiple of 16); row t's shift (its largest
@@ -77,9 +96,8 @@ private func tileOfColumns(rows: Int, kc: Int, _ a: UnsafePointer<Float>, lda: I
 func causalSoftmaxBlock(_ p: UnsafeMutablePointer<Float>, ldp: Int, rows: Int, from r0: Int, scale: Float, width: Int,
                         keeping statistics: UnsafeMutablePointer<Float>) {
     typealias V = SIMD16<Float>
-    @inline(__always) func last(_ r: Int) -> Int { (r0 + r) / 16 * 16 }
-    // Lanes of a row's last vector at or before the diagonal (column t of row t).
-    @inline(__always) func valid(_ r: Int) -> Int { r0 + r + 1 - last(r) }
+    @inline(__always) func last(_ r: Int) -> Int { causalRowEnd(r0 + r).last }
+    @inline(__always) func valid(_ r: Int) -> Int { causalRowEnd(r0 + r).valid }
     let factor = V(repeating: scale)
     // The rows' shifts and inverse sums go straight to `statistics` (row r at 2r, 2r + 1): kept in SIMD8
     // lanes picked at run time, each was a compare, a blend and a round trip through the stack.
@@ -93,11 +111,10 @@ func causalSoftmaxBlock(_ p: UnsafeMutablePointer<Float>, ldp: Int, rows: Int, f
     }
     for r in 0..<rows {
         let row = p + r * ldp, shift = V(repeating: shifts[2 * r])
-        let tail = firstLanes(load16(row + last(r)) * factor, valid(r), fill: -.infinity)
-        var sums = firstLanes(vectorExp(tail - shift), valid(r), fill: 0)
+        var sums = tailExponentials(row + last(r), valid: valid(r), factor: factor, shift: shift)
         store16(row + last(r), sums)
         for v in stride(from: 0, to: last(r), by: 16) {
-            let e = vectorExp(load16(row + v) * factor - shift)
+            let e = exponentials(row + v, factor: factor, shift: shift)
             store16(row + v, e); sums += e
         }
         inverses[2 * r] = 1 / horizontalSum(sums)
@@ -111,18 +128,18 @@ func causalSoftmaxBlock(_ p: UnsafeMutablePointer<Float>, ldp: Int, rows: Int, f
 
 /// causalSoftmaxBlock's result from the row statistics it kept (each row's shift, the maximum of its
 /// scaled scores, and the inverse of its sum of exponentials): one pass of the same instructions on the
-/// same scores, so the same bits, without the maxima's pass, the sums and the scaling pass.
+/// same scores (exponentials, tailExponentials), so the same bits, without the maxima's pass, the sums
+/// and the scaling pass.
 @inline(__always)
 func causalProbabilitiesBlock(_ p: UnsafeMutablePointer<Float>, ldp: Int, rows: Int, from r0: Int, scale: Float, width: Int,
                               kept statistics: UnsafePointer<Float>) {
     typealias V = SIMD16<Float>
     let factor = V(repeating: scale)
     for r in 0..<rows {
-        let row = p + r * ldp, last = (r0 + r) / 16 * 16, valid = r0 + r + 1 - last
+        let row = p + r * ldp, (last, valid) = causalRowEnd(r0 + r)
         let shift = V(repeating: statistics[2 * (r0 + r)]), inverse = V(repeating: statistics[2 * (r0 + r) + 1])
-        let tail = firstLanes(load16(row + last) * factor, valid, fill: -.infinity)
-        store16(row + last, firstLanes(vectorExp(tail - shift), valid, fill: 0) * inverse)
-        for v in stride(from: 0, to: last, by: 16) { store16(row + v, vectorExp(load16(row + v) * factor - shift) * inverse) }
+        store16(row + last, tailExponentials(row + last, valid: valid, factor: factor, shift: shift) * inverse)
+        for v in stride(from: 0, to: last, by: 16) { store16(row + v, exponentials(row + v, factor: factor, shift: shift) * inverse) }
         zeroVectors(row + last + 16, count: width - last - 16)
     }
 }
@@ -178,7 +195,7 @@ func packTransposed(_ x: UnsafePointer<Float>, ld: Int, rows T: Int, depth hs: I
 func scoreBlock(_ q: UnsafePointer<Float>, ld: Int, rows: Int, from r0: Int, _ kt: UnsafePointer<Float>, ldk: Int,
                 depth hs: Int, into p: UnsafeMutablePointer<Float>) {
     for g in stride(from: 0, to: keyTiles(upTo: r0 + rows), by: 16) {
-        tileOfRows(rows: rows, kc: hs, q + r0 * ld, lda: ld, kt + g, bStride: ldk, into: p + g, ldc: ldk, accumulate: false)
+        tileOfRows(rows: rows, kc: hs, q + r0 * ld, lda: ld, kt + g, bStride: ldk, into: p + g, ldc: ldk)
     }
 }
 
@@ -199,7 +216,7 @@ func fusedAttentionForward(qkv: UnsafePointer<Float>, out: UnsafeMutablePointer<
                 causalSoftmaxBlock(p, ldp: ldk, rows: rows, from: r0, scale: scale, width: ldk, keeping: statistics + head.statistics)
                 for d in stride(from: 0, to: hs, by: 16) {
                     tileOfRows(rows: rows, kc: r0 + rows, p, lda: ldk, v + d, bStride: ld,
-                         into: out + head.out + r0 * C + d, ldc: C, accumulate: false)
+                         into: out + head.out + r0 * C + d, ldc: C)
                 }
             }
         }
@@ -228,13 +245,11 @@ func fusedAttentionBackward(dout: UnsafePointer<Float>, qkv: UnsafePointer<Float
                 causalProbabilitiesBlock(p, ldp: ldk, rows: rows, from: r0, scale: scale, width: ldk, kept: statistics + head.statistics)
                 // dP = dO Vᵀ, then dS in place (zero past each row's diagonal, to the row's end).
                 for g in stride(from: 0, to: keyTiles(upTo: r0 + rows), by: 16) {
-                    tileOfRows(rows: rows, kc: hs, dO + r0 * C, lda: C, vt + g, bStride: ldk, into: ds + g, ldc: ldk,
-                         accumulate: false)
+                    tileOfRows(rows: rows, kc: hs, dO + r0 * C, lda: C, vt + g, bStride: ldk, into: ds + g, ldc: ldk)
                 }
                 causalScoreGradientBlock(p, ds, ld: ldk, rows: rows, from: r0, scale: scale, width: ldk)
                 for d in stride(from: 0, to: hs, by: 16) {
-                    tileOfRows(rows: rows, kc: r0 + rows, ds, lda: ldk, k + d, bStride: ld, into: dq + r0 * ld + d, ldc: ld,
-                         accumulate: false)
+                    tileOfRows(rows: rows, kc: r0 + rows, ds, lda: ldk, k + d, bStride: ld, into: dq + r0 * ld + d, ldc: ld)
                 }
             }
             // Keys j0..<j0 + keys: dSᵀ and Pᵀ read in place (6 floats of a row per query), over the queries
@@ -243,9 +258,9 @@ func fusedAttentionBackward(dout: UnsafePointer<Float>, qkv: UnsafePointer<Float
                 let keys = min(blockRows, T - j0)
                 for d in stride(from: 0, to: hs, by: 16) {
                     tileOfColumns(rows: keys, kc: T - j0, gradients + j0 * ldk + j0, lda: ldk, q + j0 * ld + d, bStride: ld,
-                         into: dk + j0 * ld + d, ldc: ld, accumulate: false)
+                         into: dk + j0 * ld + d, ldc: ld)
                     tileOfColumns(rows: keys, kc: T - j0, probabilities + j0 * ldk + j0, lda: ldk, dO + j0 * C + d, bStride: C,
-                         into: dv + j0 * ld + d, ldc: ld, accumulate: false)
+                         into: dv + j0 * ld + d, ldc: ld)
                 }
             }
         }
