@@ -4,7 +4,8 @@
 #   (same model and hyper-parameters, PyTorch, one thread), ms/iter, validation loss and peak RSS (nanoGPT's with GNU time);
 #   the MNIST MLP (configs/mnist-mlp.json) against bench/references/mlp_mnist.py, samples/s and accuracy.
 # nanoGPT comes from NANOGPT_DIR (a checkout of karpathy/nanoGPT), else is cloned into runs/references/
-# (needs the network); PyTorch from scripts/bench-references.sh. ITERS (default 2000) shortens the GPT runs.
+# (needs the network); PyTorch from scripts/bench-references.sh. ITERS (default 2000) shortens the GPT runs;
+# SEEDS (default 8) is how many seeds each MLP runs (accuracy is compared as the mean over them).
 # usage: scripts/bench-train.sh
 case "${1:-}" in -h|--help) sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;; esac
 set -euo pipefail
@@ -52,10 +53,32 @@ else
   echo "nanoGPT: missing (set NANOGPT_DIR to a checkout of karpathy/nanoGPT, or allow the clone)"
 fi
 
-echo "## MNIST MLP, one process"
-"$root/.build/release/ddp-train" train "$root/configs/mnist-mlp.json" --out-dir "$work/ours-mlp" 2>&1 | grep -E "^done:" | sed 's/^/swift-ddp: /'
+seeds=${SEEDS:-8}
+echo "## MNIST MLP, one process, seeds 0-$(( seeds - 1 )) (held-out accuracy moves ~1 point between seeds: compare means)"
+seed_list=$(seq -s, 0 $(( seeds - 1 )))
+: > "$work/mlp.txt"
+for seed in $(seq 0 $(( seeds - 1 ))); do
+  "$root/.build/release/ddp-train" train "$root/configs/mnist-mlp.json" --out-dir "$work/ours-mlp" --set seed="$seed" 2>&1 \
+    | grep -E "^done:" | sed "s/^/swift-ddp: seed $seed: /" | tee -a "$work/mlp.txt"
+done
 if "$venv/bin/python" -c "import torch, numpy" 2>/dev/null; then
-  "$venv/bin/python" "$root/bench/references/mlp_mnist.py" "$root/data"
+  "$venv/bin/python" "$root/bench/references/mlp_mnist.py" "$root/data" "$seed_list" | tee -a "$work/mlp.txt"
 else
   echo "pytorch mlp: missing (scripts/bench-references.sh installs PyTorch)"
 fi
+python3 - "$work/mlp.txt" <<'PY'
+import re, statistics, sys
+lines = open(sys.argv[1]).read().splitlines()
+def runs(prefix, rate, accuracy):
+    picked = [l for l in lines if l.startswith(prefix)]
+    return ([float(re.search(rate, l).group(1)) for l in picked], [float(re.search(accuracy, l).group(1)) for l in picked])
+ours = runs("swift-ddp", r"([\d.]+) samples/s", r"accuracy % ([\d.]+)")
+ref = runs("pytorch", r"([\d.]+) samples/s", r"accuracy ([\d.]+) %")
+for name, (rates, accuracies) in (("swift-ddp", ours), ("pytorch", ref)):
+    if rates:
+        print(f"{name} mlp over {len(rates)} seeds: median {statistics.median(rates):.0f} samples/s, held-out accuracy "
+              f"mean {statistics.mean(accuracies):.2f} % (min {min(accuracies):.2f}, max {max(accuracies):.2f})")
+if ours[0] and ref[0]:
+    print(f"mlp ratio: {statistics.median(ours[0]) / statistics.median(ref[0]):.2f}x samples/s, "
+          f"accuracy {statistics.mean(ours[1]) - statistics.mean(ref[1]):+.2f} point (means)")
+PY
