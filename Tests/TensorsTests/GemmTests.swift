@@ -73,12 +73,12 @@ final class GemmTests: XCTestCase {
                 check(ta, tb, m: 19, n: 37, k: 23, alpha: -0.5, beta: 1, kernel: kernel, seed: seed)
                 check(ta, tb, m: 19, n: 37, k: 23, alpha: 2, beta: 0.25, padA: 3, padB: 5, padC: 2,
                       kernel: kernel, seed: seed + 100)
-                // beta is applied by the first of several K slabs only (600 = 2 slabs), on full and edge
-                // tiles; n <= 12 takes the narrow path, m <= 12 reads an untransposed B in place (padded
+                // beta is applied by the first of several K slabs only (1100 = 2 slabs for an A of one M
+                // block), on full and edge tiles; n <= 12 takes the narrow path, m <= 12 reads an untransposed B in place (padded
                 // rows here); beta 0 over NaNs must not read C.
                 for beta: Float in [0, 0.25, 1] {
-                    check(ta, tb, m: 13, n: 70, k: 600, alpha: 1.5, beta: beta, padC: 1, kernel: kernel, seed: seed + 200)
-                    check(ta, tb, m: 10, n: 70, k: 600, alpha: 1.5, beta: beta, padA: 1, padB: 3, padC: 1, kernel: kernel, seed: seed + 400)
+                    check(ta, tb, m: 13, n: 70, k: 1100, alpha: 1.5, beta: beta, padC: 1, kernel: kernel, seed: seed + 200)
+                    check(ta, tb, m: 10, n: 70, k: 1100, alpha: 1.5, beta: beta, padA: 1, padB: 3, padC: 1, kernel: kernel, seed: seed + 400)
                     check(ta, tb, m: 64, n: 10, k: 300, alpha: 1, beta: beta, padA: 2, kernel: kernel, seed: seed + 300)
                     // The narrow path's 8 x 8 transposes of B, with columns and k left over and padded rows.
                     check(ta, tb, m: 7, n: 12, k: 45, alpha: 1, beta: beta, padB: 3, kernel: kernel, seed: seed + 500)
