@@ -490,23 +490,26 @@ func transpose8x8(from src: UnsafePointer<Float>, stride ls: Int, to dest: Unsaf
 
 /// 8 k of a 6-row panel made k-major: dest[6q + r] = src[r * stride + q] for q < 8, r < 6. Rows 0-3
 /// go through 4 x 4 transposes within each 128-bit half (k 0-3 low, 4-7 high), rows 4-5 through one
-/// interleave each way; each k is stored as 4 + 2 floats. (An 8 x 8 transpose with row 5 standing in
-/// for rows 6 and 7 compiled to a mix of inserts and blends.)
+/// interleave each way, and pair picks join each k's rows 4-5 to its neighbour's rows 0-1 and 2-3, so
+/// every 4 floats stored are one run of the output: 12 stores of 4 (each k stored as 4 + 2 floats was
+/// 16 stores; an 8 x 8 transpose with row 5 standing in for rows 6 and 7 compiled to a mix of inserts
+/// and blends).
 @inline(__always)
 func transposeSixRows(from src: UnsafePointer<Float>, stride ls: Int, to dest: UnsafeMutablePointer<Float>) {
     typealias V = SIMD8<Float>
     @inline(__always) func load(_ r: Int) -> V { UnsafeRawPointer(src + r * ls).loadUnaligned(as: V.self) }
     let (k04, k15, k26, k37) = transposedInHalves(load(0), load(1), load(2), load(3))
     let r4 = load(4), r5 = load(5)
-    let pairs01 = ddp_interleave_low8(r4, r5), pairs23 = ddp_interleave_high8(r4, r5)
-    @inline(__always) func store(_ q: Int, _ four: SIMD4<Float>, _ two: SIMD2<Float>) {
-        UnsafeMutableRawPointer(dest + 6 * q).storeBytes(of: four, as: SIMD4<Float>.self)
-        UnsafeMutableRawPointer(dest + 6 * q + 4).storeBytes(of: two, as: SIMD2<Float>.self)
+    // Rows 4-5 of k 0, 1 | 4, 5 and of k 2, 3 | 6, 7.
+    let tails01 = ddp_interleave_low8(r4, r5), tails23 = ddp_interleave_high8(r4, r5)
+    // Within each half: k0 rows 4-5 then k1 rows 0-1; k1 rows 2-3 then rows 4-5; the same for k2 and k3.
+    let runs = (k04, ddp_pairs_front8(tails01, k15), ddp_pairs_back8(k15, tails01),
+                k26, ddp_pairs_front8(tails23, k37), ddp_pairs_back8(k37, tails23))
+    @inline(__always) func store(_ i: Int, _ v: V) {
+        UnsafeMutableRawPointer(dest + 4 * i).storeBytes(of: v.lowHalf, as: SIMD4<Float>.self)
+        UnsafeMutableRawPointer(dest + 24 + 4 * i).storeBytes(of: v.highHalf, as: SIMD4<Float>.self)
     }
-    store(0, k04.lowHalf, pairs01.lowHalf.lowHalf); store(1, k15.lowHalf, pairs01.lowHalf.highHalf)
-    store(2, k26.lowHalf, pairs23.lowHalf.lowHalf); store(3, k37.lowHalf, pairs23.lowHalf.highHalf)
-    store(4, k04.highHalf, pairs01.highHalf.lowHalf); store(5, k15.highHalf, pairs01.highHalf.highHalf)
-    store(6, k26.highHalf, pairs23.highHalf.lowHalf); store(7, k37.highHalf, pairs23.highHalf.highHalf)
+    store(0, runs.0); store(1, runs.1); store(2, runs.2); store(3, runs.3); store(4, runs.4); store(5, runs.5)
 }
 
 private func scaleMatrix(_ c: UnsafeMutablePointer<Float>, rows: Int, cols: Int, ld: Int, by beta: Float) {
