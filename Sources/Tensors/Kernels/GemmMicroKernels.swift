@@ -21,6 +21,25 @@ private func accumulate<V: SIMD>(_ c: UnsafeMutablePointer<Float>, _ value: V, a
     raw.storeBytes(of: (beta == 1 ? old : old * beta).addingProduct(alpha, value), as: V.self)
 }
 
+/// The 12 accumulators of a 6 x (2 vectors) tile, spelled out one by one because an array would live in
+/// memory; inlined, they live in registers.
+struct TileAccumulators<V: SIMD> where V.Scalar == Float {
+    var c00 = V(), c01 = V(), c10 = V(), c11 = V(), c20 = V(), c21 = V()
+    var c30 = V(), c31 = V(), c40 = V(), c41 = V(), c50 = V(), c51 = V()
+
+    /// One k: the first `rows` rows' broadcasts of A (element r at a[r * rowStride]) times B's two vectors.
+    @inline(__always)
+    mutating func add(rows: Int, a pa: UnsafePointer<Float>, rowStride rs: Int, b pb: UnsafePointer<Float>) {
+        let b0 = loadVector(pb, as: V.self), b1 = loadVector(pb + V.scalarCount, as: V.self)
+        var av = V(repeating: pa[0 * rs]); c00 = c00.addingProduct(av, b0); c01 = c01.addingProduct(av, b1)
+        if rows > 1 { av = V(repeating: pa[1 * rs]); c10 = c10.addingProduct(av, b0); c11 = c11.addingProduct(av, b1) }
+        if rows > 2 { av = V(repeating: pa[2 * rs]); c20 = c20.addingProduct(av, b0); c21 = c21.addingProduct(av, b1) }
+        if rows > 3 { av = V(repeating: pa[3 * rs]); c30 = c30.addingProduct(av, b0); c31 = c31.addingProduct(av, b1) }
+        if rows > 4 { av = V(repeating: pa[4 * rs]); c40 = c40.addingProduct(av, b0); c41 = c41.addingProduct(av, b1) }
+        if rows > 5 { av = V(repeating: pa[5 * rs]); c50 = c50.addingProduct(av, b0); c51 = c51.addingProduct(av, b1) }
+    }
+}
+
 /// 6 x (2 vectors) tile: 12 accumulators + 2 B vectors + 1 broadcast. Specialized for each vector type
 /// at its call site (always inlined), so the accumulators stay in registers. Only the first `rows` rows
 /// are multiplied and stored: a literal count at the call site drops the other rows' FMAs, so an edge
@@ -40,25 +59,31 @@ private func microKernel6xTwoVectors<V: SIMD>(_: V.Type, rows: Int, kc: Int, a: 
             row += 4 * ldc
         }
     }
-    var c00 = V(), c01 = V(), c10 = V(), c11 = V(), c20 = V(), c21 = V()
-    var c30 = V(), c31 = V(), c40 = V(), c41 = V(), c50 = V(), c51 = V()
-    var pa = a, pb = b
-    for _ in 0..<kc {
-        let b0 = loadVector(pb, as: V.self), b1 = loadVector(pb + w, as: V.self)
-        var av = V(repeating: pa[0 * rs]); c00 = c00.addingProduct(av, b0); c01 = c01.addingProduct(av, b1)
-        if rows > 1 { av = V(repeating: pa[1 * rs]); c10 = c10.addingProduct(av, b0); c11 = c11.addingProduct(av, b1) }
-        if rows > 2 { av = V(repeating: pa[2 * rs]); c20 = c20.addingProduct(av, b0); c21 = c21.addingProduct(av, b1) }
-        if rows > 3 { av = V(repeating: pa[3 * rs]); c30 = c30.addingProduct(av, b0); c31 = c31.addingProduct(av, b1) }
-        if rows > 4 { av = V(repeating: pa[4 * rs]); c40 = c40.addingProduct(av, b0); c41 = c41.addingProduct(av, b1) }
-        if rows > 5 { av = V(repeating: pa[5 * rs]); c50 = c50.addingProduct(av, b0); c51 = c51.addingProduct(av, b1) }
-        pa += cs; pb += bStride
+    var t = TileAccumulators<V>()
+    var pa = a, pb = b, left = kc
+    if rows == 6 && rs == 1 && cs == 6 {
+        // Whole tiles of a packed A take 4 k a trip (a loop's adds and branch per 4 k, not per k): 256^3
+        // NN and 768x128x512 NN +1-2 %. Tiles of fewer rows keep one k a trip (unrolled, they lost up to
+        // a tenth: 64x784x256 NN, whose last tile has 4 rows, 88 -> 79 GFLOP/s), and so does an A read
+        // in place (64x784x256 NT, W's rows 784 floats apart, 92 -> 90.5).
+        while left >= 4 {
+            t.add(rows: 6, a: pa, rowStride: rs, b: pb)
+            t.add(rows: 6, a: pa + cs, rowStride: rs, b: pb + bStride)
+            t.add(rows: 6, a: pa + 2 * cs, rowStride: rs, b: pb + 2 * bStride)
+            t.add(rows: 6, a: pa + 3 * cs, rowStride: rs, b: pb + 3 * bStride)
+            pa += 4 * cs; pb += 4 * bStride; left -= 4
+        }
     }
-    accumulate(c, c00, alpha: alpha, beta: beta); accumulate(c + w, c01, alpha: alpha, beta: beta)
-    if rows > 1 { accumulate(c + ldc, c10, alpha: alpha, beta: beta); accumulate(c + ldc + w, c11, alpha: alpha, beta: beta) }
-    if rows > 2 { accumulate(c + 2 * ldc, c20, alpha: alpha, beta: beta); accumulate(c + 2 * ldc + w, c21, alpha: alpha, beta: beta) }
-    if rows > 3 { accumulate(c + 3 * ldc, c30, alpha: alpha, beta: beta); accumulate(c + 3 * ldc + w, c31, alpha: alpha, beta: beta) }
-    if rows > 4 { accumulate(c + 4 * ldc, c40, alpha: alpha, beta: beta); accumulate(c + 4 * ldc + w, c41, alpha: alpha, beta: beta) }
-    if rows > 5 { accumulate(c + 5 * ldc, c50, alpha: alpha, beta: beta); accumulate(c + 5 * ldc + w, c51, alpha: alpha, beta: beta) }
+    while left > 0 {
+        t.add(rows: rows, a: pa, rowStride: rs, b: pb)
+        pa += cs; pb += bStride; left -= 1
+    }
+    accumulate(c, t.c00, alpha: alpha, beta: beta); accumulate(c + w, t.c01, alpha: alpha, beta: beta)
+    if rows > 1 { accumulate(c + ldc, t.c10, alpha: alpha, beta: beta); accumulate(c + ldc + w, t.c11, alpha: alpha, beta: beta) }
+    if rows > 2 { accumulate(c + 2 * ldc, t.c20, alpha: alpha, beta: beta); accumulate(c + 2 * ldc + w, t.c21, alpha: alpha, beta: beta) }
+    if rows > 3 { accumulate(c + 3 * ldc, t.c30, alpha: alpha, beta: beta); accumulate(c + 3 * ldc + w, t.c31, alpha: alpha, beta: beta) }
+    if rows > 4 { accumulate(c + 4 * ldc, t.c40, alpha: alpha, beta: beta); accumulate(c + 4 * ldc + w, t.c41, alpha: alpha, beta: beta) }
+    if rows > 5 { accumulate(c + 5 * ldc, t.c50, alpha: alpha, beta: beta); accumulate(c + 5 * ldc + w, t.c51, alpha: alpha, beta: beta) }
 }
 
 /// 6 x 16 tile in SIMD8 accumulators: 15 of AVX2's 16 ymm registers.
