@@ -1,11 +1,11 @@
 // Narrow GEMM: op(B) only a few columns wide (the MLP's output layer, x[64, 256] W^T with W [10, 256]).
 // The panel kernels vectorize along N, so 10 columns fill 10 of 16 lanes and every tile is an edge
 // tile. Here each C element is a dot product along K instead, 8 lanes of K at a time, which fills every
-// lane whatever N is: a 4-row x 3-column tile keeps 12 accumulators, and each k step loads 4 vectors
-// of A and 3 of op(B)^T for 12 FMAs. It needs both operands contiguous along K: A untransposed (rows
-// read in place) and op(B)^T, which is B itself when B is stored transposed and otherwise a small
-// packed copy (N x K). Edge tiles repeat the last row and drop its duplicate results; a tile
-// of 1 or 2 columns skips the rest.
+// lane whatever N is: a 2-row x 5-column tile keeps 10 accumulators, and each k step loads 2 vectors
+// of A and 5 of op(B)^T for 10 FMAs (10 columns are two whole tiles). It needs both operands contiguous
+// along K: A untransposed (rows read in place) and op(B)^T, which is B itself when B is stored
+// transposed and otherwise a small packed copy (N x K). A last tile of one row repeats it and drops the
+// duplicate results; a tile of fewer columns skips the rest.
 
 /// Whether C = op(A) op(B) goes through the dot-product kernel: op(B) narrow enough that the panel
 /// kernels would leave a third of their lanes idle, K long enough to amortize the horizontal sums.
@@ -36,63 +36,72 @@ func gemmNarrow(_ transB: Transpose, m: Int, n: Int, k: Int, alpha: Float, a: Un
     }
     var i = 0
     while i < m {
-        let rows = min(4, m - i)
-        let a0 = a + i * lda
-        let a1 = a + (i + min(1, rows - 1)) * lda, a2 = a + (i + min(2, rows - 1)) * lda, a3 = a + (i + min(3, rows - 1)) * lda
+        let rows = min(2, m - i)
+        let a0 = a + i * lda, a1 = a + (i + rows - 1) * lda
         var j = 0
         while j < n {
-            let cols = min(3, n - j)
-            let b0 = bt + j * ldbt, b1 = bt + (j + min(1, cols - 1)) * ldbt, b2 = bt + (j + min(2, cols - 1)) * ldbt
+            let cols = min(5, n - j)
+            let bj = bt + j * ldbt
             // A literal column count per call lets the inlined kernel drop the unused accumulators.
-            let (s0, s1, s2) = cols == 3 ? dotTile(k: k, columns: 3, a0, a1, a2, a3, b0, b1, b2)
-                : cols == 2 ? dotTile(k: k, columns: 2, a0, a1, a2, a3, b0, b1, b2)
-                : dotTile(k: k, columns: 1, a0, a1, a2, a3, b0, b1, b2)
+            let sums: DotSums
+            switch cols {
+            case 5: sums = dotTile(k: k, columns: 5, a0, a1, bj, ldbt)
+            case 4: sums = dotTile(k: k, columns: 4, a0, a1, bj, ldbt)
+            case 3: sums = dotTile(k: k, columns: 3, a0, a1, bj, ldbt)
+            case 2: sums = dotTile(k: k, columns: 2, a0, a1, bj, ldbt)
+            default: sums = dotTile(k: k, columns: 1, a0, a1, bj, ldbt)
+            }
             for r in 0..<rows {
                 let row = c + (i + r) * ldc + j
-                row[0] = combine(row[0], alpha * s0[r], beta: beta)
-                if cols > 1 { row[1] = combine(row[1], alpha * s1[r], beta: beta) }
-                if cols > 2 { row[2] = combine(row[2], alpha * s2[r], beta: beta) }
+                for q in 0..<cols { row[q] = combine(row[q], alpha * sums[r, q], beta: beta) }
             }
-            j += 3
+            j += 5
         }
-        i += 4
+        i += 2
     }
 }
 
-/// Dot products of 4 rows of A with the first `columns` (1...3) rows of op(B)^T over k: one SIMD4 per
-/// column, lane r = row r; the columns past `columns` are left zero.
+/// The 2 x 5 sums of a tile: lanes (row 0, row 1) of column q at 2q, 2q + 1.
+struct DotSums {
+    var columns01: SIMD4<Float>, columns23: SIMD4<Float>, column4: SIMD4<Float>
+    @inline(__always) subscript(row: Int, column: Int) -> Float {
+        let lane = 2 * (column % 2) + row
+        return column < 2 ? columns01[lane] : column < 4 ? columns23[lane] : column4[lane]
+    }
+}
+
+/// Dot products of 2 rows of A with the first `columns` (1...5) rows of op(B)^T (rows ldb apart) over k.
+/// Both rows of A stay in registers and each row of op(B)^T is loaded once and used at once: 10
+/// accumulators, 2 vectors of A and 1 of B, well inside AVX2's 16 registers (a 4 x 3 tile needed 17
+/// live vectors, and the compiler spilled two accumulators to the stack every step).
 @inline(__always)
-private func dotTile(k: Int, columns: Int, _ a0: UnsafePointer<Float>, _ a1: UnsafePointer<Float>, _ a2: UnsafePointer<Float>,
-                        _ a3: UnsafePointer<Float>, _ b0: UnsafePointer<Float>, _ b1: UnsafePointer<Float>,
-                        _ b2: UnsafePointer<Float>) -> (SIMD4<Float>, SIMD4<Float>, SIMD4<Float>) {
+private func dotTile(k: Int, columns: Int, _ a0: UnsafePointer<Float>, _ a1: UnsafePointer<Float>,
+                     _ b: UnsafePointer<Float>, _ ldb: Int) -> DotSums {
     typealias V = SIMD8<Float>
     @inline(__always) func load(_ p: UnsafePointer<Float>) -> V { UnsafeRawPointer(p).loadUnaligned(as: V.self) }
-    var c00 = V(), c01 = V(), c02 = V(), c10 = V(), c11 = V(), c12 = V()
-    var c20 = V(), c21 = V(), c22 = V(), c30 = V(), c31 = V(), c32 = V()
+    var c00 = V(), c10 = V(), c01 = V(), c11 = V(), c02 = V(), c12 = V(), c03 = V(), c13 = V(), c04 = V(), c14 = V()
+    let b0 = b, b1 = b + min(1, columns - 1) * ldb, b2 = b + min(2, columns - 1) * ldb
+    let b3 = b + min(3, columns - 1) * ldb, b4 = b + min(4, columns - 1) * ldb
     var p = 0
     while p + 8 <= k {
-        let x0 = load(a0 + p), x1 = load(a1 + p), x2 = load(a2 + p), x3 = load(a3 + p)
-        let y0 = load(b0 + p)
-        c00 = c00.addingProduct(x0, y0); c10 = c10.addingProduct(x1, y0); c20 = c20.addingProduct(x2, y0); c30 = c30.addingProduct(x3, y0)
-        if columns > 1 {
-            let y1 = load(b1 + p)
-            c01 = c01.addingProduct(x0, y1); c11 = c11.addingProduct(x1, y1); c21 = c21.addingProduct(x2, y1); c31 = c31.addingProduct(x3, y1)
-        }
-        if columns > 2 {
-            let y2 = load(b2 + p)
-            c02 = c02.addingProduct(x0, y2); c12 = c12.addingProduct(x1, y2); c22 = c22.addingProduct(x2, y2); c32 = c32.addingProduct(x3, y2)
-        }
+        let x0 = load(a0 + p), x1 = load(a1 + p)
+        var y = load(b0 + p); c00 = c00.addingProduct(x0, y); c10 = c10.addingProduct(x1, y)
+        if columns > 1 { y = load(b1 + p); c01 = c01.addingProduct(x0, y); c11 = c11.addingProduct(x1, y) }
+        if columns > 2 { y = load(b2 + p); c02 = c02.addingProduct(x0, y); c12 = c12.addingProduct(x1, y) }
+        if columns > 3 { y = load(b3 + p); c03 = c03.addingProduct(x0, y); c13 = c13.addingProduct(x1, y) }
+        if columns > 4 { y = load(b4 + p); c04 = c04.addingProduct(x0, y); c14 = c14.addingProduct(x1, y) }
         p += 8
     }
-    var s0 = laneSums(c00, c10, c20, c30), s1 = laneSums(c01, c11, c21, c31), s2 = laneSums(c02, c12, c22, c32)
+    var sums = DotSums(columns01: laneSums(c00, c10, c01, c11), columns23: laneSums(c02, c12, c03, c13),
+                       column4: laneSums(c04, c14, V(), V()))
     while p < k {
-        let x = SIMD4(a0[p], a1[p], a2[p], a3[p])
-        s0 = s0.addingProduct(x, b0[p])
-        if columns > 1 { s1 = s1.addingProduct(x, b1[p]) }
-        if columns > 2 { s2 = s2.addingProduct(x, b2[p]) }
+        let x = SIMD4(a0[p], a1[p], a0[p], a1[p])
+        sums.columns01 = sums.columns01.addingProduct(x, SIMD4(b0[p], b0[p], b1[p], b1[p]))
+        sums.columns23 = sums.columns23.addingProduct(x, SIMD4(b2[p], b2[p], b3[p], b3[p]))
+        sums.column4 = sums.column4.addingProduct(x, SIMD4(b4[p], b4[p], b4[p], b4[p]))
         p += 1
     }
-    return (s0, s1, s2)
+    return sums
 }
 
 /// [sum of a, sum of b, sum of c, sum of d] in three halving steps shared by the four vectors.
