@@ -97,6 +97,9 @@ final class GemmTests: XCTestCase {
                     check(ta, tb, m: 13, n: 70, k: 1100, alpha: 1.5, beta: beta, padC: 1, kernel: kernel, seed: seed + 200)
                     check(ta, tb, m: 10, n: 70, k: 1100, alpha: 1.5, beta: beta, padA: 1, padB: 3, padC: 1, kernel: kernel, seed: seed + 400)
                     check(ta, tb, m: 64, n: 10, k: 300, alpha: 1, beta: beta, padA: 2, kernel: kernel, seed: seed + 300)
+                    // A short A reads an untransposed B in place in slabs that keep B's rows in L2: rows 256
+                    // floats apart give slabs of 256 (3 here), a last panel of 10 columns packed.
+                    check(ta, tb, m: 40, n: 250, k: 600, alpha: 1, beta: beta, padB: 6, padC: 1, kernel: kernel, seed: seed + 600)
                     // The narrow path's 8 x 8 transposes of B, with columns and k left over and padded rows.
                     check(ta, tb, m: 7, n: 12, k: 45, alpha: 1, beta: beta, padB: 3, kernel: kernel, seed: seed + 500)
                 }

@@ -68,10 +68,29 @@ public enum GemmMicroKernel: Sendable, CaseIterable, CustomStringConvertible {
     /// C^T = B^T A^T, 79-80 -> 86 GFLOP/s packed).
     func packsA(_ transA: Transpose, columns: Int) -> Bool { transA == .transposed || columns > 4 * nr }
 
-    /// Whether op(B) is read in place for an A `rows` tall: with A at most two tiles tall, each B panel
-    /// feeds one or two micro-kernel calls and packing it costs a third of the multiply
-    /// (10x64x256 TN); B untransposed already holds each k's nr floats side by side, one row apart.
-    func readsBInPlace(_ transB: Transpose, rows: Int) -> Bool { transB == .none && rows <= 2 * mr }
+    /// Whether op(B) is read in place for an A `rows` tall, B's rows `ldb` floats apart and K `k` long:
+    /// B untransposed already holds each k's nr floats side by side, one row apart. With A at most two
+    /// tiles tall, each B panel feeds one or two micro-kernel calls and packing it costs a third of the
+    /// multiply (10x64x256 TN). Up to 11 tiles too (the packed copy of a short A's B is read by few
+    /// tiles, and copying it from L3 was a tenth of 64x784x256 NN's time) when a panel's rows stay in L2
+    /// while its tiles re-read them (inPlaceSlab): 64x784x256 NN 81-86 -> 89-91 GFLOP/s, 64x256x784 NN
+    /// 82-87 -> 94-97, 66x2048x128 NN 82-86 -> 89-93, 30x1000x200 NN 72-75 -> 83-87 (alternating runs).
+    func readsBInPlace(_ transB: Transpose, rows: Int, ldb: Int, k: Int) -> Bool {
+        guard transB == .none else { return false }
+        return rows <= 2 * mr || (rows <= 11 * mr && Self.inPlaceSlab(ldb: ldb) >= min(k, 256))
+    }
+
+    /// The most rows of a B panel read in place that put at most 4 lines in any set of a 512 KiB, 8-way
+    /// L2 (ways of 64 KiB), the other half of each set left to A and C: rows s bytes apart come back to
+    /// the same sets every 64 KiB / gcd(64 KiB, s) rows. B's rows 1 KiB apart allow 256 (64x784x256 NN in
+    /// place: slabs of 392 rows 75-78 GFLOP/s, of 256 89-91); 2 and 4 KiB apart, 128 and 64, too short to
+    /// pay (in place with slabs of 256: 48x512x512 NN 74 against 83-86 packed, 64x1024x1024 54-57 against
+    /// 76-85). A larger L2 only has more sets.
+    static func inPlaceSlab(ldb: Int) -> Int {
+        var (a, b) = (65536, 4 * ldb)
+        while b != 0 { (a, b) = (b, a % b) }
+        return 4 * (65536 / a)
+    }
 }
 
 /// C = alpha * op(A) * op(B) + beta * C. With beta == 0, C is overwritten (NaNs in it do not leak).
@@ -123,7 +142,7 @@ private func gemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: I
         epilogue?(whole)
         return
     }
-    if mayTranspose && cheaperTransposed(transA, transB, m: m, n: n, k: k, kernel: kernel) {
+    if mayTranspose && cheaperTransposed(transA, transB, m: m, n: n, k: k, lda: lda, ldb: ldb, kernel: kernel) {
         // C^T = op(B)^T op(A)^T into scratch, then added into C transposed.
         let t = GemmScratch.forThisThread(floats: m * n, slot: 1)
         gemm(transB == .none ? .transposed : .none, transA == .none ? .transposed : .none, m: n, n: m, k: k, alpha: alpha,
@@ -148,12 +167,15 @@ private func gemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: I
     let blocking = kernel.blocking
     let ncMax = evenBlock(n, max: blocking.nc, multiple: nr)
     let mcMax = evenBlock(m, max: blocking.mc, multiple: mr)
-    let kcMax = evenBlock(k, max: kernel.kcLimit(rows: m), multiple: 1)
+    let readsBInPlace = kernel.readsBInPlace(transB, rows: m, ldb: ldb, k: k)
+    // A B read in place by more than two tiles keeps each slab's rows in L2 (inPlaceSlab).
+    let kcLimit = readsBInPlace && m > 2 * mr ? min(kernel.kcLimit(rows: m), GemmMicroKernel.inPlaceSlab(ldb: ldb))
+                                              : kernel.kcLimit(rows: m)
+    let kcMax = evenBlock(k, max: kcLimit, multiple: 1)
     let scratch = GemmScratch.forThisThread(floats: mcMax * kcMax + ncMax * kcMax + mr * nr)
     let packA = scratch, packB = scratch + mcMax * kcMax, edgeTile = packB + ncMax * kcMax
 
     let packsA = kernel.packsA(transA, columns: n)
-    let readsBInPlace = kernel.readsBInPlace(transB, rows: m)
     var jc = 0
     while jc < n {
         let nc = min(ncMax, n - jc)
@@ -259,16 +281,17 @@ public func gemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: In
 /// the transposed way adds 2 a float to add C^T into C. A layer's forward with few rows, x[64, 784] W^T
 /// with W [256, 784], then reads W in place instead of packing it transposed (0.95M against 0.87M); a
 /// 10-row product keeps its orientation, whose tiles are fuller.
-func cheaperTransposed(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: Int, kernel: GemmMicroKernel) -> Bool {
-    func cost(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int) -> Double {
+func cheaperTransposed(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: Int, lda: Int, ldb: Int,
+                       kernel: GemmMicroKernel) -> Bool {
+    func cost(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, ldb: Int) -> Double {
         let kernel = kernel.forColumns(n)
         let fma = Double(roundUp(m, kernel.mr) * roundUp(n, kernel.nr) * k) / 16
-        let packB = kernel.readsBInPlace(transB, rows: m) ? 0 : Double(n * k) * (transB == .transposed ? 0.5 : 0.25)
+        let packB = kernel.readsBInPlace(transB, rows: m, ldb: ldb, k: k) ? 0 : Double(n * k) * (transB == .transposed ? 0.5 : 0.25)
         let packA = kernel.packsA(transA, columns: n) ? Double(m * k) * 0.5 : 0
         return fma + packB + packA
     }
     let flipA: Transpose = transA == .none ? .transposed : .none, flipB: Transpose = transB == .none ? .transposed : .none
-    return cost(flipB, flipA, m: n, n: m) + 2 * Double(m * n) < cost(transA, transB, m: m, n: n)
+    return cost(flipB, flipA, m: n, n: m, ldb: lda) + 2 * Double(m * n) < cost(transA, transB, m: m, n: n, ldb: ldb)
 }
 
 /// Cuts `size` into the fewest blocks of at most `max`, evenly, rounded up to `multiple`.
