@@ -141,23 +141,30 @@ public final class Listener: @unchecked Sendable {
 
     public init(host: String, port: Int = 0, backlog: Int32 = 128) throws {
         let operation = "listen on \(host):\(port)"
+        (fd, self.port) = try Self.onFirstBindable(host: host, port: port, operation: operation) { fd in
+            guard listen(fd, backlog) == 0 else { throw TransportError(.system(call: "listen", errno: errno), operation: operation) }
+            var actual = sockaddr_storage()
+            var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+            withUnsafeMutablePointer(to: &actual) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { _ = getsockname(fd, $0, &length) }
+            }
+            Socket.setNonBlocking(fd)
+            return (fd, Socket.describe(actual, length).port)
+        }
+        self.host = host
+    }
+
+    /// Tries each address host:port resolves to in turn: a socket bound with the listener's options is
+    /// handed to `use`, which owns it once it returns; when binding or `use` throws, the socket is closed
+    /// and the next address tried. Throws the last error when none works.
+    private static func onFirstBindable<T>(host: String, port: Int, operation: String, _ use: (Int32) throws -> T) throws -> T {
         var lastError: TransportError?
         for address in try Socket.resolve(host: host, port: port, passive: true, operation: operation) {
             let fd = socket(address.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
             guard fd >= 0 else { lastError = TransportError(.system(call: "socket", errno: errno), operation: operation); continue }
             do {
-                try Self.bind(fd, address, operation: operation)
-                guard listen(fd, backlog) == 0 else { throw TransportError(.system(call: "listen", errno: errno), operation: operation) }
-                var actual = sockaddr_storage()
-                var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
-                withUnsafeMutablePointer(to: &actual) {
-                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { _ = getsockname(fd, $0, &length) }
-                }
-                Socket.setNonBlocking(fd)
-                self.fd = fd
-                self.host = host
-                self.port = Socket.describe(actual, length).port
-                return
+                try bind(fd, address, operation: operation)
+                return try use(fd)
             } catch let error as TransportError {
                 Glibc.close(fd)
                 lastError = error
@@ -184,15 +191,7 @@ public final class Listener: @unchecked Sendable {
     /// rank whose launcher started before the master's failed its handshake with the store: "connection
     /// reset by peer"); a socket that is only bound refuses it, and the peer retries.
     public static func checkBindable(host: String, port: Int) throws {
-        let operation = "listen on \(host):\(port)"
-        var lastError: TransportError?
-        for address in try Socket.resolve(host: host, port: port, passive: true, operation: operation) {
-            let fd = socket(address.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-            guard fd >= 0 else { lastError = TransportError(.system(call: "socket", errno: errno), operation: operation); continue }
-            defer { Glibc.close(fd) }
-            do { return try bind(fd, address, operation: operation) } catch let error as TransportError { lastError = error }
-        }
-        throw lastError ?? TransportError(.rendezvous("no address to listen on for \(host)"), operation: operation)
+        try onFirstBindable(host: host, port: port, operation: "listen on \(host):\(port)") { fd in Glibc.close(fd) }
     }
 
     deinit { close() }
