@@ -172,13 +172,27 @@ public final class StoreClient: @unchecked Sendable {
     let lock = Lock()
     public let address: PeerDescription
 
+    /// Connects and runs the handshake within `timeoutSeconds`. A connection the other side drops before
+    /// the handshake ends (reset or closed: the listener of a store that is going away, as between two
+    /// attempts of an elastic job) is made again until then; a refusal, a bad frame or a timeout is not.
     public init(host: String, port: Int, identity: JobIdentity, rank: Int, timeoutSeconds: Double) throws {
         address = PeerDescription(host: host, port: port)
         let deadline = Deadline(seconds: timeoutSeconds)
         let operation = "connect to the rendezvous store at \(address)"
-        let fd = try Socket.connect(host: host, port: port, deadline: deadline, peer: address, operation: operation)
-        connection = Connection(fd: fd, peer: address, policy: WaitPolicy(timeoutSeconds: timeoutSeconds, spinMicroseconds: 0))
-        try Handshake.connect(connection, identity: identity, rank: rank)
+        var pause: useconds_t = 1_000
+        while true {
+            let fd = try Socket.connect(host: host, port: port, deadline: deadline, peer: address, operation: operation)
+            let connection = Connection(fd: fd, peer: address, policy: WaitPolicy(timeoutSeconds: timeoutSeconds, spinMicroseconds: 0))
+            do {
+                try Handshake.connect(connection, identity: identity, rank: rank)
+                self.connection = connection
+                return
+            } catch let error as TransportError where error.isDroppedConnection && !deadline.hasPassed {
+                connection.close()
+                usleep(pause)
+                pause = min(pause * 2, 100_000)
+            }
+        }
     }
 
     func request(_ op: StoreOp, _ key: String, _ value: [UInt8]) throws -> (status: UInt8, value: [UInt8]) {

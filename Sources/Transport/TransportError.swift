@@ -38,6 +38,16 @@ public struct TransportError: Error, Sendable, CustomStringConvertible {
         self.kind = kind; self.operation = operation; self.peer = peer
     }
 
+    /// Whether the peer dropped the connection (end of stream, a reset, a write after its close), as a
+    /// peer that exited or a listener going away does; not a refusal, a bad frame or a timeout.
+    public var isDroppedConnection: Bool {
+        switch kind {
+        case .peerClosed: return true
+        case let .system(_, code): return code == ECONNRESET || code == EPIPE
+        default: return false
+        }
+    }
+
     public var description: String {
         let who = peer.map { " with \($0)" } ?? ""
         switch kind {

@@ -427,6 +427,38 @@ final class StoreAndHandshakeTests: XCTestCase {
         XCTAssertFalse(Self.connects(port: port), "the check left something listening")
     }
 
+    /// A store client whose connection is reset during the handshake (the listener of a store that is
+    /// going away, as between two attempts of an elastic job) connects again until its deadline, and
+    /// reaches the store that binds the port next.
+    func testStoreClientRetriesAConnectionResetDuringTheHandshake() throws {
+        let going = try Listener(host: "127.0.0.1", port: 0)
+        let port = going.port
+        final class Next: @unchecked Sendable { var server: StoreServer?; var resets = 0 } // written before `ready`
+        let next = Next(), ready = DispatchSemaphore(value: 0)
+        let identity = identity()
+        DispatchQueue.global().async {
+            defer { ready.signal() }
+            // Take the client's first connection and reset it (linger 0: close sends RST), then give the
+            // port up to a real store.
+            if let (fd, _, _) = try? going.accept(deadline: Deadline(seconds: 10), operation: "test accept") {
+                var linger = Glibc.linger(l_onoff: 1, l_linger: 0)
+                setsockopt(fd, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size))
+                usleep(20_000) // the client's hello is on its way or in
+                close(fd)
+                next.resets += 1
+            }
+            going.close()
+            next.server = try? StoreServer(host: "127.0.0.1", port: port, identity: identity, bindRetrySeconds: 5)
+        }
+        let client = try StoreClient(host: "127.0.0.1", port: port, identity: identity, rank: 0, timeoutSeconds: 10)
+        ready.wait()
+        defer { next.server?.stop() }
+        XCTAssertEqual(next.resets, 1)
+        XCTAssertNotNil(next.server)
+        try client.set("after-reset", "yes")
+        XCTAssertEqual(try client.get("after-reset").map { String(decoding: $0, as: UTF8.self) }, "yes")
+    }
+
     /// Whether a TCP connect to 127.0.0.1:port completes.
     static func connects(port: Int) -> Bool {
         var address = sockaddr_in()
