@@ -100,6 +100,8 @@ final class GemmTests: XCTestCase {
                     // A short A reads an untransposed B in place in slabs that keep B's rows in L2: rows 256
                     // floats apart give slabs of 256 (3 here), a last panel of 10 columns packed.
                     check(ta, tb, m: 40, n: 250, k: 600, alpha: 1, beta: beta, padB: 6, padC: 1, kernel: kernel, seed: seed + 600)
+                    // ... and an A of one tile over rows 512 floats apart in slabs of 128 (3 here).
+                    check(ta, tb, m: 7, n: 40, k: 300, alpha: 1, beta: beta, padB: 472, kernel: kernel, seed: seed + 700)
                     // The narrow path's 8 x 8 transposes of B, with columns and k left over and padded rows.
                     check(ta, tb, m: 7, n: 12, k: 45, alpha: 1, beta: beta, padB: 3, kernel: kernel, seed: seed + 500)
                 }
