@@ -47,12 +47,20 @@ public enum GemmMicroKernel: Sendable, CaseIterable, CustomStringConvertible {
         GemmBlocking(mc: 96, kc: 512, nc: 1024)
     }
 
-    /// The longest K slab for an A `rows` tall. When A is one M block, its packed slab is used once per
-    /// B panel and is never evicted by another block, so it may be twice as long: every slab after the
-    /// first re-reads each C tile, and the tiles' loads, stores and prefetches were a few percent of a
-    /// short-M product (64x784x256 NN, one slab of 784 against two of 392, five alternating pairs on an
-    /// AVX2 EPYC with a 512 KiB L2: 85.5-86.4 -> 87.0-87.8 GFLOP/s; NT 91-92 -> 94).
-    func kcLimit(rows: Int) -> Int { rows <= blocking.mc ? 2 * blocking.kc : blocking.kc }
+    /// The longest K slab for an A `rows` tall, over a B packed (nil) or read in place with its rows
+    /// `bRowsApart` floats apart. When A is one M block, its packed slab is used once per B panel and is
+    /// never evicted by another block, so it may be twice as long: every slab after the first re-reads
+    /// each C tile, and the tiles' loads, stores and prefetches were a few percent of a short-M product
+    /// (64x784x256 NN, one slab of 784 against two of 392, five alternating pairs on an AVX2 EPYC with a
+    /// 512 KiB L2: 85.5-86.4 -> 87.0-87.8 GFLOP/s; NT 91-92 -> 94).
+    /// A B read in place keeps each slab's rows in L2 (inPlaceSlab), in slabs of at least 128 rows, also
+    /// when one or two tiles read it: against slabs up to 1024, 10x1024x256 NN 62-64 -> 70-72 GFLOP/s,
+    /// 12x2048x512 NN 72-74 -> 81-82, 8x1536x768 NN 54-56 -> 61-63, 10x2048x1024 NN 47-50 -> 51-52.
+    func kcLimit(rows: Int, bRowsApart: Int?) -> Int {
+        let limit = rows <= blocking.mc ? 2 * blocking.kc : blocking.kc
+        guard let ldb = bRowsApart else { return limit }
+        return min(limit, max(128, Self.inPlaceSlab(ldb: ldb)))
+    }
 
     public var description: String { self == .simd8x6x16 ? "avx2 6x16" : "avx512 6x32" }
 
@@ -168,12 +176,7 @@ private func gemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: I
     let ncMax = evenBlock(n, max: blocking.nc, multiple: nr)
     let mcMax = evenBlock(m, max: blocking.mc, multiple: mr)
     let readsBInPlace = kernel.readsBInPlace(transB, rows: m, ldb: ldb, k: k)
-    // A B read in place keeps each slab's rows in L2 (inPlaceSlab), in slabs of at least 128 rows. Read by
-    // one or two tiles too: against slabs up to 1024, 10x1024x256 NN 62-64 -> 70-72 GFLOP/s, 12x2048x512
-    // NN 72-74 -> 81-82, 8x1536x768 NN 54-56 -> 61-63, 10x2048x1024 NN 47-50 -> 51-52.
-    let kcLimit = readsBInPlace ? min(kernel.kcLimit(rows: m), max(128, GemmMicroKernel.inPlaceSlab(ldb: ldb)))
-                                : kernel.kcLimit(rows: m)
-    let kcMax = evenBlock(k, max: kcLimit, multiple: 1)
+    let kcMax = evenBlock(k, max: kernel.kcLimit(rows: m, bRowsApart: readsBInPlace ? ldb : nil), multiple: 1)
     let scratch = GemmScratch.forThisThread(floats: mcMax * kcMax + ncMax * kcMax + mr * nr)
     let packA = scratch, packB = scratch + mcMax * kcMax, edgeTile = packB + ncMax * kcMax
 
