@@ -35,7 +35,11 @@ int ddp_set_parent_death_signal(int signal) {
 }
 
 #include <malloc.h>
-int ddp_set_mmap_threshold(int bytes) { return mallopt(M_MMAP_THRESHOLD, bytes); }
+int ddp_fix_allocator_thresholds(int bytes) {
+    int fixed = mallopt(M_MMAP_THRESHOLD, bytes) && mallopt(M_TRIM_THRESHOLD, bytes);
+    malloc_trim(0);
+    return fixed;
+}
 size_t ddp_mapped_allocation_bytes(void) { return mallinfo2().hblkhd; }
 
 int ddp_set_thread_name(const char *name) {

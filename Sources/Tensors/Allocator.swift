@@ -10,10 +10,14 @@ import Glibc
 /// each state buffer) grew its peak RSS by 25-49 MiB past what it holds at once (506 MiB with the
 /// threshold fixed, 531 after one checkpoint and 555 after two without). Large buffers are mapped and
 /// unmapped as they come and go; the one-process recipe ran at the same speed either way (53.9-54.9 ms
-/// against 54.5). A threshold the user set (MALLOC_MMAP_THRESHOLD_) is left as it is.
+/// against 54.5). The trim threshold is fixed at its starting value (128 KiB) too, and the heap trimmed
+/// once: in a process that freed a large mapped block before this call (a test runner, after other
+/// tests), glibc had raised it to twice that block's size, and the heap's free top, that large, served
+/// the next large buffers instead of a mapping (AllocatorTests failed so, three runs in a row, while
+/// passing alone). A threshold the user set (MALLOC_MMAP_THRESHOLD_) is left as it is.
 public func fixAllocatorThresholds() {
     guard getenv("MALLOC_MMAP_THRESHOLD_") == nil else { return }
-    _ = ddp_set_mmap_threshold(128 * 1024)
+    _ = ddp_fix_allocator_thresholds(128 * 1024)
 }
 
 /// Bytes malloc holds in blocks it mapped one by one (glibc's own count, `mallinfo2().hblkhd`): such a

@@ -14,9 +14,10 @@ int ddp_set_parent_death_signal(int signal);
 // prctl(PR_SET_NAME, name): names the calling thread (15 bytes kept) for top -H, gdb and perf.
 int ddp_set_thread_name(const char *name);
 
-// mallopt(M_MMAP_THRESHOLD, bytes) (malloc.h is not in Swift's Glibc module): a fixed threshold, which
-// glibc then stops adjusting. Returns 1 on success.
-int ddp_set_mmap_threshold(int bytes);
+// mallopt(M_MMAP_THRESHOLD, bytes) and mallopt(M_TRIM_THRESHOLD, bytes) (malloc.h is not in Swift's
+// Glibc module): fixed thresholds, which glibc then stops adjusting, then malloc_trim(0) to hand back
+// what the heap's top kept under the old ones. Returns 1 on success.
+int ddp_fix_allocator_thresholds(int bytes);
 // mallinfo2().hblkhd: bytes glibc holds in blocks mapped one by one (handed back to the kernel on free).
 size_t ddp_mapped_allocation_bytes(void);
 
