@@ -109,6 +109,24 @@ final class GemmTests: XCTestCase {
         }
     }
 
+    /// A transposed A is packed by the first column of tiles while it multiplies; the later columns read
+    /// that copy. M 200 is three M blocks whose last ends in a panel of 2 rows (packed ahead), K 700 two
+    /// slabs (the second adds to what the first stored), N 50 three whole columns and one of 2, A's rows
+    /// padded; a panel copied to the wrong place or a k skipped spoils every later column.
+    func testTransposedAPackedByTheFirstColumnOfTiles() {
+        var seed: UInt64 = 9500
+        for kernel in GemmMicroKernel.allCases {
+            for tb in [Transpose.none, .transposed] {
+                for beta: Float in [0, 0.5, 1] {
+                    seed += 1
+                    check(.transposed, tb, m: 200, n: 50, k: 700, alpha: 1.5, beta: beta, padA: 5, padC: 3, kernel: kernel, seed: seed)
+                }
+                // A short A (one M block, 4 whole tiles and 2 rows) over a B read in place.
+                check(.transposed, tb, m: 26, n: 40, k: 90, padA: 2, padB: 1, kernel: kernel, seed: seed + 50)
+            }
+        }
+    }
+
     /// Pack buffers are kept per thread: threads multiplying at once (a rank timing layout shards on
     /// several threads does) must each get the result one thread alone gets, bit for bit, including a
     /// transposed-C product whose scratch is held while the inner call packs.

@@ -79,4 +79,6 @@ static inline ddp_float16 ddp_first_lanes16(ddp_float16 x, int count, float fill
 static inline void ddp_prefetch_l2(const void *p) { __builtin_prefetch(p, 0, 2); }
 // A hint to bring the line holding p in for writing (prefetchw): a tile about to be stored.
 static inline void ddp_prefetch_write(const void *p) { __builtin_prefetch(p, 1, 3); }
+// A hint to bring the line holding p into L1 (prefetcht0): rows of A a few k ahead of the micro-kernel.
+static inline void ddp_prefetch_l1(const void *p) { __builtin_prefetch(p, 0, 3); }
 #endif

@@ -194,7 +194,15 @@ private func gemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: I
             var ic = 0
             while ic < m {
                 let mc = min(mcMax, m - ic)
-                if packsA {
+                // A transposed A is packed by the first column of tiles as it computes (below), all but a last
+                // panel of fewer rows.
+                let packsInFirstColumn = packsA && transA == .transposed && mr == 6 && nc >= nr
+                if packsInFirstColumn {
+                    let whole = mc / 6 * 6
+                    if whole < mc {
+                        packPanelsOfA(transA, a, lda, rowStart: ic + whole, mc: mc - whole, colStart: pc, kc: kc, mr: mr, into: packA + whole * kc)
+                    }
+                } else if packsA {
                     packPanelsOfA(transA, a, lda, rowStart: ic, mc: mc, colStart: pc, kc: kc, mr: mr, into: packA)
                 }
                 var jr = 0
@@ -213,7 +221,12 @@ private func gemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: I
                     // The tile whose C the last tile of this column prefetches.
                     let nextColumn = jr + nr < nc ? TileAhead(c: c + ic * ldc + jc + jr + nr, rows: min(mr, mc), cols: min(nr, nc - jr - nr)) : nil
                     var ir = 0
-                    if packsA && cols == nr {
+                    if packsInFirstColumn && jr == 0 {
+                        microKernelColumnPackingA(kernel, rows: mc, kc: kc, source: TransposedSource(base: a + pc * lda + ic, lda: lda),
+                                                  packed: packA, b: bPanel, bStride: bStride, c: c + ic * ldc + jc + jr, ldc: ldc,
+                                                  alpha: alpha, beta: slabBeta, after: nextColumn)
+                        ir = mc / 6 * 6
+                    } else if packsA && cols == nr {
                         microKernelColumn(kernel, rows: mc, kc: kc, a: packA, b: bPanel, bStride: bStride, c: c + ic * ldc + jc + jr,
                                           ldc: ldc, alpha: alpha, beta: slabBeta, after: nextColumn)
                         ir = mc

@@ -38,6 +38,31 @@ struct TileAccumulators<V: SIMD> where V.Scalar == Float {
         if rows > 4 { av = V(repeating: pa[4 * rs]); c40 = c40.addingProduct(av, b0); c41 = c41.addingProduct(av, b1) }
         if rows > 5 { av = V(repeating: pa[5 * rs]); c50 = c50.addingProduct(av, b0); c51 = c51.addingProduct(av, b1) }
     }
+
+    /// C = alpha * tile + beta * C for the first `rows` rows.
+    @_transparent
+    func store(rows: Int, c: UnsafeMutablePointer<Float>, ldc: Int, alpha: Float, beta: Float) {
+        let w = V.scalarCount
+        accumulate(c, c00, alpha: alpha, beta: beta); accumulate(c + w, c01, alpha: alpha, beta: beta)
+        if rows > 1 { accumulate(c + ldc, c10, alpha: alpha, beta: beta); accumulate(c + ldc + w, c11, alpha: alpha, beta: beta) }
+        if rows > 2 { accumulate(c + 2 * ldc, c20, alpha: alpha, beta: beta); accumulate(c + 2 * ldc + w, c21, alpha: alpha, beta: beta) }
+        if rows > 3 { accumulate(c + 3 * ldc, c30, alpha: alpha, beta: beta); accumulate(c + 3 * ldc + w, c31, alpha: alpha, beta: beta) }
+        if rows > 4 { accumulate(c + 4 * ldc, c40, alpha: alpha, beta: beta); accumulate(c + 4 * ldc + w, c41, alpha: alpha, beta: beta) }
+        if rows > 5 { accumulate(c + 5 * ldc, c50, alpha: alpha, beta: beta); accumulate(c + 5 * ldc + w, c51, alpha: alpha, beta: beta) }
+    }
+
+    /// A later K slab reads the tile the slab before stored long ago (768x2048x512's C is 1.5 MiB, past
+    /// L2): without a hint, each call's 12 loads missed to L3 at its very end, after its FMAs.
+    @inline(__always)
+    static func prefetchOldTile(rows: Int, c: UnsafeMutablePointer<Float>, ldc: Int, beta: Float) {
+        guard beta != 0 else { return }
+        let w = V.scalarCount
+        var row = UnsafeRawPointer(c)
+        for _ in 0..<rows {
+            ddp_prefetch_l2(row); ddp_prefetch_l2(row + 4 * w); ddp_prefetch_l2(row + 4 * (2 * w - 1))
+            row += 4 * ldc
+        }
+    }
 }
 
 /// 6 x (2 vectors) tile: 12 accumulators + 2 B vectors + 1 broadcast. Specialized for each vector type
@@ -49,16 +74,7 @@ private func microKernel6xTwoVectors<V: SIMD>(_: V.Type, rows: Int, kc: Int, a: 
                                               b: UnsafePointer<Float>, bStride: Int, c: UnsafeMutablePointer<Float>, ldc: Int,
                                               alpha: Float, beta: Float)
     where V.Scalar == Float {
-    let w = V.scalarCount
-    if beta != 0 {
-        // A later K slab reads the tile the slab before stored long ago (768x2048x512's C is 1.5 MiB, past
-        // L2): without a hint, each call's 12 loads missed to L3 at its very end, after its FMAs.
-        var row = UnsafeRawPointer(c)
-        for _ in 0..<rows {
-            ddp_prefetch_l2(row); ddp_prefetch_l2(row + 4 * w); ddp_prefetch_l2(row + 4 * (2 * w - 1))
-            row += 4 * ldc
-        }
-    }
+    TileAccumulators<V>.prefetchOldTile(rows: rows, c: c, ldc: ldc, beta: beta)
     var t = TileAccumulators<V>()
     var pa = a, pb = b, left = kc
     if rows == 6 && rs == 1 && cs == 6 {
@@ -78,12 +94,31 @@ private func microKernel6xTwoVectors<V: SIMD>(_: V.Type, rows: Int, kc: Int, a: 
         t.add(rows: rows, a: pa, rowStride: rs, b: pb)
         pa += cs; pb += bStride; left -= 1
     }
-    accumulate(c, t.c00, alpha: alpha, beta: beta); accumulate(c + w, t.c01, alpha: alpha, beta: beta)
-    if rows > 1 { accumulate(c + ldc, t.c10, alpha: alpha, beta: beta); accumulate(c + ldc + w, t.c11, alpha: alpha, beta: beta) }
-    if rows > 2 { accumulate(c + 2 * ldc, t.c20, alpha: alpha, beta: beta); accumulate(c + 2 * ldc + w, t.c21, alpha: alpha, beta: beta) }
-    if rows > 3 { accumulate(c + 3 * ldc, t.c30, alpha: alpha, beta: beta); accumulate(c + 3 * ldc + w, t.c31, alpha: alpha, beta: beta) }
-    if rows > 4 { accumulate(c + 4 * ldc, t.c40, alpha: alpha, beta: beta); accumulate(c + 4 * ldc + w, t.c41, alpha: alpha, beta: beta) }
-    if rows > 5 { accumulate(c + 5 * ldc, t.c50, alpha: alpha, beta: beta); accumulate(c + 5 * ldc + w, t.c51, alpha: alpha, beta: beta) }
+    t.store(rows: rows, c: c, ldc: ldc, alpha: alpha, beta: beta)
+}
+
+/// A whole tile over an A panel read where op(A) is stored transposed (each k's 6 values side by side, k
+/// rows `lda` apart), copying each k's 6 values into the packed panel `packed` as it goes: the first
+/// column of tiles packs A while its FMAs run, instead of a pass of its own before them that waited on
+/// each line of A (a tenth of 512x768x128 TN's time). The line 8 k ahead is asked for: rows 2-3 KiB
+/// apart were not followed by the prefetchers (512x768x128 TN 89 -> 92-95 GFLOP/s with it, 4 or 12 k
+/// ahead a little less, 32 none). One k a trip: four (the pointers of four rows) spilled and lost a tenth.
+@inline(__always)
+private func tilePackingTransposedA<V: SIMD>(_: V.Type, kc: Int, source: UnsafePointer<Float>, lda: Int,
+                                             packed: UnsafeMutablePointer<Float>, b: UnsafePointer<Float>, bStride: Int,
+                                             c: UnsafeMutablePointer<Float>, ldc: Int, alpha: Float, beta: Float)
+    where V.Scalar == Float {
+    TileAccumulators<V>.prefetchOldTile(rows: 6, c: c, ldc: ldc, beta: beta)
+    var t = TileAccumulators<V>()
+    var pa = source, pd = UnsafeMutableRawPointer(packed), pb = b
+    for _ in 0..<kc {
+        ddp_prefetch_l1(pa + 8 * lda)
+        pd.storeBytes(of: UnsafeRawPointer(pa).loadUnaligned(as: SIMD4<Float>.self), as: SIMD4<Float>.self)
+        (pd + 16).storeBytes(of: UnsafeRawPointer(pa + 4).loadUnaligned(as: SIMD2<Float>.self), as: SIMD2<Float>.self)
+        t.add(rows: 6, a: pa, rowStride: 1, b: pb)
+        pa += lda; pd += 24; pb += bStride
+    }
+    t.store(rows: 6, c: c, ldc: ldc, alpha: alpha, beta: beta)
 }
 
 /// 6 x 16 tile in SIMD8 accumulators: 15 of AVX2's 16 ymm registers.
@@ -175,6 +210,13 @@ private func microKernelColumn<V: SIMD>(_ type: V.Type, rows: Int, kc: Int, a: U
     }
 }
 
+/// Where a column of tiles reads its whole A panels while packing them: op(A)'s element (i, k) of the
+/// block at base[k * lda + i].
+struct TransposedSource {
+    var base: UnsafePointer<Float>
+    var lda: Int
+}
+
 func microKernelColumn(_ kernel: GemmMicroKernel, rows: Int, kc: Int, a: UnsafePointer<Float>, b: UnsafePointer<Float>, bStride: Int,
                        c: UnsafeMutablePointer<Float>, ldc: Int, alpha: Float, beta: Float, after: TileAhead?) {
     switch kernel {
@@ -184,3 +226,28 @@ func microKernelColumn(_ kernel: GemmMicroKernel, rows: Int, kc: Int, a: UnsafeP
         microKernelColumn(SIMD16<Float>.self, rows: rows, kc: kc, a: a, b: b, bStride: bStride, c: c, ldc: ldc, alpha: alpha, beta: beta, after: after)
     }
 }
+
+/// The whole tiles of a column (`rows / 6` of them) reading A where op(A) is stored transposed and
+/// writing its packed panels at `packed` as they go (tilePackingTransposedA); the caller runs a last
+/// tile of fewer rows on its packed panel.
+func microKernelColumnPackingA(_ kernel: GemmMicroKernel, rows: Int, kc: Int, source: TransposedSource, packed: UnsafeMutablePointer<Float>,
+                               b: UnsafePointer<Float>, bStride: Int, c: UnsafeMutablePointer<Float>, ldc: Int, alpha: Float, beta: Float,
+                               after: TileAhead?) {
+    @inline(__always) func column<V: SIMD>(_ type: V.Type) where V.Scalar == Float {
+        let whole = rows / 6
+        for t in 0..<whole {
+            if t + 1 < whole || rows % 6 > 0 {
+                TileAhead(c: c + (t + 1) * 6 * ldc, rows: min(6, rows - (t + 1) * 6), cols: 2 * V.scalarCount).prefetch(ldc: ldc)
+            } else {
+                after?.prefetch(ldc: ldc)
+            }
+            tilePackingTransposedA(type, kc: kc, source: source.base + t * 6, lda: source.lda, packed: packed + t * 6 * kc,
+                                   b: b, bStride: bStride, c: c + t * 6 * ldc, ldc: ldc, alpha: alpha, beta: beta)
+        }
+    }
+    switch kernel {
+    case .simd8x6x16: column(SIMD8<Float>.self)
+    case .simd16x6x32: column(SIMD16<Float>.self)
+    }
+}
+
