@@ -181,35 +181,22 @@ private func gemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: I
     let packA = scratch, packB = scratch + mcMax * kcMax, edgeTile = packB + ncMax * kcMax
 
     let packsA = kernel.packsA(transA, columns: n)
-    let fusesB = !readsBInPlace && transB == .none && packsA && mr == 6 && mcMax >= 6
     var jc = 0
     while jc < n {
         let nc = min(ncMax, n - jc)
-        // A transposed A is packed by the first column of tiles as it computes (below), all but a last
-        // panel of fewer rows.
-        let packsInFirstColumn = packsA && transA == .transposed && mr == 6 && nc >= nr
         var pc = 0
         while pc < k {
             let kc = min(kcMax, k - pc)
             let slabBeta = pc == 0 ? beta : 1
-            if fusesB {
-                // The first M block's first tile of each column packs that B panel (below); here only the
-                // panels it cannot: a last one of fewer columns, and the first when A's panels are packed by
-                // that column.
-                let wholePanels = nc / nr
-                if wholePanels * nr < nc {
-                    packPanelsOfB(transB, b, ldb, rowStart: pc, kc: kc, colStart: jc + wholePanels * nr, nc: nc - wholePanels * nr, nr: nr,
-                                  into: packB + wholePanels * nr * kc)
-                }
-                if packsInFirstColumn {
-                    packPanelsOfB(transB, b, ldb, rowStart: pc, kc: kc, colStart: jc, nc: nr, nr: nr, into: packB)
-                }
-            } else if !readsBInPlace {
+            if !readsBInPlace {
                 packPanelsOfB(transB, b, ldb, rowStart: pc, kc: kc, colStart: jc, nc: nc, nr: nr, into: packB)
             }
             var ic = 0
             while ic < m {
                 let mc = min(mcMax, m - ic)
+                // A transposed A is packed by the first column of tiles as it computes (below), all but a last
+                // panel of fewer rows.
+                let packsInFirstColumn = packsA && transA == .transposed && mr == 6 && nc >= nr
                 if packsInFirstColumn {
                     let whole = mc / 6 * 6
                     if whole < mc {
@@ -239,11 +226,6 @@ private func gemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: I
                                                   packed: packA, b: bPanel, bStride: bStride, c: c + ic * ldc + jc + jr, ldc: ldc,
                                                   alpha: alpha, beta: slabBeta, after: nextColumn)
                         ir = mc / 6 * 6
-                    } else if fusesB && ic == 0 && cols == nr {
-                        microKernelColumnPackingB(kernel, rows: mc, kc: kc, a: packA, source: b + pc * ldb + jc + jr, ldb: ldb,
-                                                  packedB: packB + jr * kc, c: c + ic * ldc + jc + jr, ldc: ldc,
-                                                  alpha: alpha, beta: slabBeta, after: nextColumn)
-                        ir = mc
                     } else if packsA && cols == nr {
                         microKernelColumn(kernel, rows: mc, kc: kc, a: packA, b: bPanel, bStride: bStride, c: c + ic * ldc + jc + jr,
                                           ldc: ldc, alpha: alpha, beta: slabBeta, after: nextColumn)

@@ -30,12 +30,7 @@ struct TileAccumulators<V: SIMD> where V.Scalar == Float {
     /// One k: the first `rows` rows' broadcasts of A (element r at a[r * rowStride]) times B's two vectors.
     @inline(__always)
     mutating func add(rows: Int, a pa: UnsafePointer<Float>, rowStride rs: Int, b pb: UnsafePointer<Float>) {
-        add(rows: rows, a: pa, rowStride: rs, b0: loadVector(pb, as: V.self), b1: loadVector(pb + V.scalarCount, as: V.self))
-    }
-
-    /// One k with B's two vectors already loaded.
-    @inline(__always)
-    mutating func add(rows: Int, a pa: UnsafePointer<Float>, rowStride rs: Int, b0: V, b1: V) {
+        let b0 = loadVector(pb, as: V.self), b1 = loadVector(pb + V.scalarCount, as: V.self)
         var av = V(repeating: pa[0 * rs]); c00 = c00.addingProduct(av, b0); c01 = c01.addingProduct(av, b1)
         if rows > 1 { av = V(repeating: pa[1 * rs]); c10 = c10.addingProduct(av, b0); c11 = c11.addingProduct(av, b1) }
         if rows > 2 { av = V(repeating: pa[2 * rs]); c20 = c20.addingProduct(av, b0); c21 = c21.addingProduct(av, b1) }
@@ -256,50 +251,3 @@ func microKernelColumnPackingA(_ kernel: GemmMicroKernel, rows: Int, kc: Int, so
     }
 }
 
-
-/// A whole tile over a packed A panel and a B panel read in place (k rows `ldb` apart), storing each k's
-/// two vectors of B into the packed panel `packed` (nr floats a k) as it goes: the first tile of each
-/// column packs B for the rest of the column and the M blocks after it, instead of a pass of its own
-/// (the vectors are loaded for the FMAs anyway; the row 8 k ahead is asked for, as for A). Four
-/// alternating pairs: 256^3 NN 97.9-98.3 -> 99.6-100.2 GFLOP/s, 768x128x512 NN +0.5 %, the GPT step
-/// 47.0-47.3 -> 46.9-47.1 ms, the rest within noise.
-@inline(__always)
-private func tilePackingB<V: SIMD>(_: V.Type, kc: Int, a: UnsafePointer<Float>, source: UnsafePointer<Float>, ldb: Int,
-                                   packed: UnsafeMutablePointer<Float>, c: UnsafeMutablePointer<Float>, ldc: Int, alpha: Float, beta: Float)
-    where V.Scalar == Float {
-    TileAccumulators<V>.prefetchOldTile(rows: 6, c: c, ldc: ldc, beta: beta)
-    var t = TileAccumulators<V>()
-    var pa = a, pb = source, pd = UnsafeMutableRawPointer(packed)
-    let w = V.scalarCount
-    for _ in 0..<kc {
-        ddp_prefetch_l1(pb + 8 * ldb); ddp_prefetch_l1(pb + 8 * ldb + 2 * w - 1)
-        let b0 = loadVector(pb, as: V.self), b1 = loadVector(pb + w, as: V.self)
-        pd.storeBytes(of: b0, as: V.self); (pd + 4 * w).storeBytes(of: b1, as: V.self)
-        t.add(rows: 6, a: pa, rowStride: 1, b0: b0, b1: b1)
-        pa += 6; pb += ldb; pd += 8 * w
-    }
-    t.store(rows: 6, c: c, ldc: ldc, alpha: alpha, beta: beta)
-}
-
-/// A column of tiles over packed A panels whose first (whole) tile reads the B panel in place and packs
-/// it at `packedB` (tilePackingB); the others read that copy.
-func microKernelColumnPackingB(_ kernel: GemmMicroKernel, rows: Int, kc: Int, a: UnsafePointer<Float>, source: UnsafePointer<Float>, ldb: Int,
-                               packedB: UnsafeMutablePointer<Float>, c: UnsafeMutablePointer<Float>, ldc: Int, alpha: Float, beta: Float,
-                               after: TileAhead?) {
-    @inline(__always) func column<V: SIMD>(_ type: V.Type) where V.Scalar == Float {
-        if rows > 6 {
-            TileAhead(c: c + 6 * ldc, rows: min(6, rows - 6), cols: 2 * V.scalarCount).prefetch(ldc: ldc)
-        } else {
-            after?.prefetch(ldc: ldc)
-        }
-        tilePackingB(type, kc: kc, a: a, source: source, ldb: ldb, packed: packedB, c: c, ldc: ldc, alpha: alpha, beta: beta)
-        if rows > 6 {
-            microKernelColumn(type, rows: rows - 6, kc: kc, a: a + 6 * kc, b: packedB, bStride: 2 * V.scalarCount, c: c + 6 * ldc, ldc: ldc,
-                              alpha: alpha, beta: beta, after: after)
-        }
-    }
-    switch kernel {
-    case .simd8x6x16: column(SIMD8<Float>.self)
-    case .simd16x6x32: column(SIMD16<Float>.self)
-    }
-}
