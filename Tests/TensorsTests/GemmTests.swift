@@ -111,15 +111,16 @@ final class GemmTests: XCTestCase {
 
     /// A transposed A is packed by the first column of tiles while it multiplies; the later columns read
     /// that copy. M 200 is three M blocks whose last ends in a panel of 2 rows (packed ahead), K 700 two
-    /// slabs (the second adds to what the first stored), N 50 three whole columns and one of 2, A's rows
-    /// padded; a panel copied to the wrong place or a k skipped spoils every later column.
+    /// slabs (the second adds to what the first stored), N 110 six whole columns and one of 14, A's rows
+    /// padded; a panel copied to the wrong place or a k skipped spoils every later column (N 110 rather
+    /// than fewer: a narrower product runs as C^T = B^T A).
     func testTransposedAPackedByTheFirstColumnOfTiles() {
         var seed: UInt64 = 9500
         for kernel in GemmMicroKernel.allCases {
             for tb in [Transpose.none, .transposed] {
                 for beta: Float in [0, 0.5, 1] {
                     seed += 1
-                    check(.transposed, tb, m: 200, n: 50, k: 700, alpha: 1.5, beta: beta, padA: 5, padC: 3, kernel: kernel, seed: seed)
+                    check(.transposed, tb, m: 200, n: 110, k: 700, alpha: 1.5, beta: beta, padA: 5, padC: 3, kernel: kernel, seed: seed)
                 }
                 // A short A (one M block, 4 whole tiles and 2 rows) over a B read in place.
                 check(.transposed, tb, m: 26, n: 40, k: 90, padA: 2, padB: 1, kernel: kernel, seed: seed + 50)
