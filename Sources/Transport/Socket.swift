@@ -191,7 +191,7 @@ public final class Listener: @unchecked Sendable {
     /// rank whose launcher started before the master's failed its handshake with the store: "connection
     /// reset by peer"); a socket that is only bound refuses it, and the peer retries.
     public static func checkBindable(host: String, port: Int) throws {
-        try onFirstBindable(host: host, port: port, operation: "listen on \(host):\(port)") { fd in Glibc.close(fd) }
+        try onFirstBindable(host: host, port: port, operation: "listen on \(host):\(port)") { fd in _ = Glibc.close(fd) }
     }
 
     deinit { close() }

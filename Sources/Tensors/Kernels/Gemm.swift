@@ -367,6 +367,8 @@ private func packPanelsOfA(_ trans: Transpose, _ a: UnsafePointer<Float>, _ lda:
     var panelRow = 0
     var out = dest
     if trans == .transposed && mr == 6 {
+        // (Used when op(B) is narrower than one panel; otherwise the first column of tiles packs these
+        // whole panels as it multiplies, tilePackingTransposedA.)
         // op(A)[i][p] = a[p * lda + i]: the mr values of one k are contiguous, moved as 4 + 2 floats (not
         // 6 scalar copies: 768x2048x512 TN +1-3 %). A chunk of k rows goes to every whole panel before
         // the next chunk is read: panel by panel, each panel's walk down kc rows of A pushed the lines
