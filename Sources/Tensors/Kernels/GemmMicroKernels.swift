@@ -39,7 +39,9 @@ struct TileAccumulators<V: SIMD> where V.Scalar == Float {
         if rows > 5 { av = V(repeating: pa[5 * rs]); c50 = c50.addingProduct(av, b0); c51 = c51.addingProduct(av, b1) }
     }
 
-    /// C = alpha * tile + beta * C for the first `rows` rows.
+    /// C = alpha * tile + beta * C for the first `rows` rows. Transparent, not just always-inline: marked
+    /// so, the compiler still called it out of line from the column of tiles, the 12 accumulators passed
+    /// through memory.
     @_transparent
     func store(rows: Int, c: UnsafeMutablePointer<Float>, ldc: Int, alpha: Float, beta: Float) {
         let w = V.scalarCount
@@ -112,7 +114,7 @@ private func tilePackingTransposedA<V: SIMD>(_: V.Type, kc: Int, source: UnsafeP
     var t = TileAccumulators<V>()
     var pa = source, pd = UnsafeMutableRawPointer(packed), pb = b
     for _ in 0..<kc {
-        ddp_prefetch_l1(pa + 8 * lda)
+        ddp_prefetch_l1(pa + 8 * lda) // a hint: past A's last row it does nothing
         pd.storeBytes(of: UnsafeRawPointer(pa).loadUnaligned(as: SIMD4<Float>.self), as: SIMD4<Float>.self)
         (pd + 16).storeBytes(of: UnsafeRawPointer(pa + 4).loadUnaligned(as: SIMD2<Float>.self), as: SIMD2<Float>.self)
         t.add(rows: 6, a: pa, rowStride: 1, b: pb)
@@ -250,4 +252,3 @@ func microKernelColumnPackingA(_ kernel: GemmMicroKernel, rows: Int, kc: Int, so
     case .simd16x6x32: column(SIMD16<Float>.self)
     }
 }
-
