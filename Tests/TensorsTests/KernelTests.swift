@@ -81,7 +81,7 @@ final class KernelTests: XCTestCase {
         for u: Float in [-1e4, -50, -3, -0.1, 0, 1e-3, 0.7, 5, 50, 1e4] {
             XCTAssertEqual(Double(vectorTanh(SIMD16(repeating: u))[0]), tanh(Double(u)), accuracy: 2e-7, "tanh(\(u))")
         }
-        XCTAssertEqual(vectorExp(SIMD16(repeating: -1e4))[0], Float(Foundation.exp(-87.33654)), accuracy: 1e-44)
+        XCTAssertEqual(vectorExp(SIMD16(repeating: -1e4))[0], Float(Foundation.exp(-87.33654)), accuracy: 8 * Float.leastNonzeroMagnitude)
         XCTAssertTrue(vectorExp(SIMD16(repeating: 1e4))[0].isFinite)
     }
 

@@ -102,7 +102,7 @@ final class DiscoveryTests: XCTestCase {
         XCTAssertEqual(variable(["SWIFT_DDP_BIND_MEMORY": "yes"]), "SWIFT_DDP_BIND_MEMORY")
         // A secret file others can read is refused.
         let path = NSTemporaryDirectory() + "swift-ddp-secret-\(getpid())"
-        FileManager.default.createFile(atPath: path, contents: Data(secret.utf8), attributes: [.posixPermissions: 0o644])
+        XCTAssertTrue(FileManager.default.createFile(atPath: path, contents: Data(secret.utf8), attributes: [.posixPermissions: 0o644]))
         defer { try? FileManager.default.removeItem(atPath: path) }
         let mpi = ["OMPI_COMM_WORLD_RANK": "0", "OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_LOCAL_RANK": "0",
                    "OMPI_COMM_WORLD_LOCAL_SIZE": "2", "MASTER_PORT": "29500", "SWIFT_DDP_SECRET_FILE": path]
