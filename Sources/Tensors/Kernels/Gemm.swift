@@ -184,6 +184,9 @@ private func gemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: I
     var jc = 0
     while jc < n {
         let nc = min(ncMax, n - jc)
+        // A transposed A is packed by the first column of tiles as it computes (below), all but a last
+        // panel of fewer rows.
+        let packsInFirstColumn = packsA && transA == .transposed && mr == 6 && nc >= nr
         var pc = 0
         while pc < k {
             let kc = min(kcMax, k - pc)
@@ -194,13 +197,11 @@ private func gemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: I
             var ic = 0
             while ic < m {
                 let mc = min(mcMax, m - ic)
-                // A transposed A is packed by the first column of tiles as it computes (below), all but a last
-                // panel of fewer rows.
-                let packsInFirstColumn = packsA && transA == .transposed && mr == 6 && nc >= nr
+                let wholeTileRows = mc / mr * mr
                 if packsInFirstColumn {
-                    let whole = mc / 6 * 6
-                    if whole < mc {
-                        packPanelsOfA(transA, a, lda, rowStart: ic + whole, mc: mc - whole, colStart: pc, kc: kc, mr: mr, into: packA + whole * kc)
+                    if wholeTileRows < mc {
+                        packPanelsOfA(transA, a, lda, rowStart: ic + wholeTileRows, mc: mc - wholeTileRows, colStart: pc, kc: kc, mr: mr,
+                                      into: packA + wholeTileRows * kc)
                     }
                 } else if packsA {
                     packPanelsOfA(transA, a, lda, rowStart: ic, mc: mc, colStart: pc, kc: kc, mr: mr, into: packA)
@@ -225,7 +226,7 @@ private func gemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: I
                         microKernelColumnPackingA(kernel, rows: mc, kc: kc, source: TransposedSource(base: a + pc * lda + ic, lda: lda),
                                                   packed: packA, b: bPanel, bStride: bStride, c: c + ic * ldc + jc + jr, ldc: ldc,
                                                   alpha: alpha, beta: slabBeta, after: nextColumn)
-                        ir = mc / 6 * 6
+                        ir = wholeTileRows
                     } else if packsA && cols == nr {
                         microKernelColumn(kernel, rows: mc, kc: kc, a: packA, b: bPanel, bStride: bStride, c: c + ic * ldc + jc + jr,
                                           ldc: ldc, alpha: alpha, beta: slabBeta, after: nextColumn)

@@ -231,7 +231,9 @@ func microKernelColumn(_ kernel: GemmMicroKernel, rows: Int, kc: Int, a: UnsafeP
 
 /// The whole tiles of a column (`rows / 6` of them) reading A where op(A) is stored transposed and
 /// writing its packed panels at `packed` as they go (tilePackingTransposedA); the caller runs a last
-/// tile of fewer rows on its packed panel.
+/// tile of fewer rows on its packed panel. A function of its own, not an optional source threaded
+/// through microKernelColumn: so threaded, the common column's loop compiled differently and 256^3 NN
+/// ran 2 % slower.
 func microKernelColumnPackingA(_ kernel: GemmMicroKernel, rows: Int, kc: Int, source: TransposedSource, packed: UnsafeMutablePointer<Float>,
                                b: UnsafePointer<Float>, bStride: Int, c: UnsafeMutablePointer<Float>, ldc: Int, alpha: Float, beta: Float,
                                after: TileAhead?) {
