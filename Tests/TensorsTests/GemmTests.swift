@@ -128,6 +128,24 @@ final class GemmTests: XCTestCase {
         }
     }
 
+    /// The AVX-512 kernel's first column of tiles packs an untransposed A the same way (6 rows lda apart
+    /// read per k): N 170 is five whole 32-wide columns and one of 10 (more than 4 panels, so A is packed
+    /// at all), M 200 three blocks ending in 2 rows, K 700 two slabs, A's rows padded. The 6 x 16 kernel
+    /// keeps its packing pass and is checked on the same shapes.
+    func testUntransposedAPackedByTheFirstColumnOfTiles() {
+        var seed: UInt64 = 9700
+        for kernel in GemmMicroKernel.allCases {
+            for tb in [Transpose.none, .transposed] {
+                for beta: Float in [0, 0.5, 1] {
+                    seed += 1
+                    check(.none, tb, m: 200, n: 170, k: 700, alpha: 1.5, beta: beta, padA: 5, padC: 3, kernel: kernel, seed: seed)
+                }
+                // One M block of 4 whole tiles and 2 rows, over a B read in place when untransposed.
+                check(.none, tb, m: 26, n: 140, k: 90, padA: 3, padB: 1, kernel: kernel, seed: seed + 50)
+            }
+        }
+    }
+
     /// Pack buffers are kept per thread: threads multiplying at once (a rank timing layout shards on
     /// several threads does) must each get the result one thread alone gets, bit for bit, including a
     /// transposed-C product whose scratch is held while the inner call packs.

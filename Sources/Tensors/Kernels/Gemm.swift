@@ -76,6 +76,14 @@ public enum GemmMicroKernel: Sendable, CaseIterable, CustomStringConvertible {
     /// C^T = B^T A^T, 79-80 -> 86 GFLOP/s packed).
     func packsA(_ transA: Transpose, columns: Int) -> Bool { transA == .transposed || columns > 4 * nr }
 
+    /// Whether the first column of tiles packs A as it multiplies (microKernelColumnPackingA) instead of
+    /// a pass of its own before it. Always for a transposed A, whose pass waited on each of its lines.
+    /// For an untransposed A only on the AVX-512 kernel: on a Zen 4, alternating runs against the pass,
+    /// 768x2048x512 NN 103.6-107.6 -> 106.1-109.7 GFLOP/s, 512^3 NN and 768x512x2048 NT +1-2 %, the rest
+    /// within noise; the AVX2 kernel there within ±1 %, and on an AVX2-only Zen 2 (one store port, 12
+    /// FMAs in 6 cycles beside 6 more stores) not measured, so it keeps the pass.
+    func packsAInFirstColumn(_ transA: Transpose) -> Bool { transA == .transposed || self == .simd16x6x32 }
+
     /// Whether op(B) is read in place for an A `rows` tall, B's rows `ldb` floats apart and K `k` long:
     /// B untransposed already holds each k's nr floats side by side, one row apart. With A at most two
     /// tiles tall, each B panel feeds one or two micro-kernel calls and packing it costs a third of the
@@ -184,9 +192,9 @@ private func gemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: I
     var jc = 0
     while jc < n {
         let nc = min(ncMax, n - jc)
-        // A transposed A is packed by the first column of tiles as it computes (below), all but a last
-        // panel of fewer rows.
-        let packsInFirstColumn = packsA && transA == .transposed && mr == 6 && nc >= nr
+        // A is packed by the first column of tiles as it computes (below), all but a last panel of
+        // fewer rows.
+        let packsInFirstColumn = packsA && kernel.packsAInFirstColumn(transA) && mr == 6 && nc >= nr
         var pc = 0
         while pc < k {
             let kc = min(kcMax, k - pc)
@@ -223,7 +231,7 @@ private func gemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: I
                     let nextColumn = jr + nr < nc ? TileAhead(c: c + ic * ldc + jc + jr + nr, rows: min(mr, mc), cols: min(nr, nc - jr - nr)) : nil
                     var ir = 0
                     if packsInFirstColumn && jr == 0 {
-                        microKernelColumnPackingA(kernel, rows: mc, kc: kc, source: TransposedSource(base: a + pc * lda + ic, lda: lda),
+                        microKernelColumnPackingA(kernel, rows: mc, kc: kc, source: PackingSource(a, lda: lda, transA, rowStart: ic, colStart: pc),
                                                   packed: packA, b: bPanel, bStride: bStride, c: c + ic * ldc + jc + jr, ldc: ldc,
                                                   alpha: alpha, beta: slabBeta, after: nextColumn)
                         ir = wholeTileRows

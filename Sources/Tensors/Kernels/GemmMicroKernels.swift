@@ -123,6 +123,30 @@ private func tilePackingTransposedA<V: SIMD>(_: V.Type, kc: Int, source: UnsafeP
     t.store(rows: 6, c: c, ldc: ldc, alpha: alpha, beta: beta)
 }
 
+/// A whole tile over an A panel read where op(A) is stored untransposed (each k's 6 values in 6 rows `lda`
+/// apart, each row's k side by side), copying each k's 6 values into the packed panel `packed` as it
+/// goes: packing such a panel alone transposes 6 rows in registers, a pass before the FMAs that was 3.5 %
+/// of 512^3 NN on a Zen 4. The copies' 6 loads and 6 stores a k go to the load and store ports beside
+/// the AVX-512 kernel's 12 zmm FMAs (12 cycles on Zen 4's 256-bit units). The column still runs ~1.6x
+/// a plain one there (as the transposed one does: A comes from L3 the first time), so the gain is the
+/// pass's transposes, 1-2 % (GemmMicroKernel.packsAInFirstColumn). Prefetching the 6 rows 32 or 64
+/// floats ahead once per 8 k changed nothing.
+@inline(__always)
+private func tilePackingUntransposedA<V: SIMD>(_: V.Type, kc: Int, source: UnsafePointer<Float>, lda: Int,
+                                               packed: UnsafeMutablePointer<Float>, b: UnsafePointer<Float>, bStride: Int,
+                                               c: UnsafeMutablePointer<Float>, ldc: Int, alpha: Float, beta: Float)
+    where V.Scalar == Float {
+    TileAccumulators<V>.prefetchOldTile(rows: 6, c: c, ldc: ldc, beta: beta)
+    var t = TileAccumulators<V>()
+    var pa = source, pd = packed, pb = b
+    for _ in 0..<kc {
+        pd[0] = pa[0]; pd[1] = pa[lda]; pd[2] = pa[2 * lda]; pd[3] = pa[3 * lda]; pd[4] = pa[4 * lda]; pd[5] = pa[5 * lda]
+        t.add(rows: 6, a: pa, rowStride: lda, b: pb)
+        pa += 1; pd += 6; pb += bStride
+    }
+    t.store(rows: 6, c: c, ldc: ldc, alpha: alpha, beta: beta)
+}
+
 /// 6 x 16 tile in SIMD8 accumulators: 15 of AVX2's 16 ymm registers.
 @inline(__always)
 func microKernel6x16(kc: Int, a: UnsafePointer<Float>, rowStride rs: Int, colStride cs: Int, b: UnsafePointer<Float>,
@@ -213,10 +237,18 @@ private func microKernelColumn<V: SIMD>(_ type: V.Type, rows: Int, kc: Int, a: U
 }
 
 /// Where a column of tiles reads its whole A panels while packing them: op(A)'s element (i, k) of the
-/// block at base[k * lda + i].
-struct TransposedSource {
+/// block at base[k * lda + i] when `transposed`, else at base[i * lda + k].
+struct PackingSource {
     var base: UnsafePointer<Float>
     var lda: Int
+    var transposed: Bool
+
+    /// The block of op(A) that starts at row `rowStart`, k `colStart`, of an A stored as `transA` says.
+    init(_ a: UnsafePointer<Float>, lda: Int, _ transA: Transpose, rowStart: Int, colStart: Int) {
+        transposed = transA == .transposed
+        base = transposed ? a + colStart * lda + rowStart : a + rowStart * lda + colStart
+        self.lda = lda
+    }
 }
 
 func microKernelColumn(_ kernel: GemmMicroKernel, rows: Int, kc: Int, a: UnsafePointer<Float>, b: UnsafePointer<Float>, bStride: Int,
@@ -229,12 +261,12 @@ func microKernelColumn(_ kernel: GemmMicroKernel, rows: Int, kc: Int, a: UnsafeP
     }
 }
 
-/// The whole tiles of a column (`rows / 6` of them) reading A where op(A) is stored transposed and
-/// writing its packed panels at `packed` as they go (tilePackingTransposedA); the caller runs a last
+/// The whole tiles of a column (`rows / 6` of them) reading A where it is stored and writing its packed
+/// panels at `packed` as they go (tilePackingTransposedA, tilePackingUntransposedA); the caller runs a last
 /// tile of fewer rows on its packed panel. A function of its own, not an optional source threaded
 /// through microKernelColumn: so threaded, the common column's loop compiled differently and 256^3 NN
 /// ran 2 % slower.
-func microKernelColumnPackingA(_ kernel: GemmMicroKernel, rows: Int, kc: Int, source: TransposedSource, packed: UnsafeMutablePointer<Float>,
+func microKernelColumnPackingA(_ kernel: GemmMicroKernel, rows: Int, kc: Int, source: PackingSource, packed: UnsafeMutablePointer<Float>,
                                b: UnsafePointer<Float>, bStride: Int, c: UnsafeMutablePointer<Float>, ldc: Int, alpha: Float, beta: Float,
                                after: TileAhead?) {
     @inline(__always) func column<V: SIMD>(_ type: V.Type) where V.Scalar == Float {
@@ -245,8 +277,13 @@ func microKernelColumnPackingA(_ kernel: GemmMicroKernel, rows: Int, kc: Int, so
             } else {
                 after?.prefetch(ldc: ldc)
             }
-            tilePackingTransposedA(type, kc: kc, source: source.base + t * 6, lda: source.lda, packed: packed + t * 6 * kc,
-                                   b: b, bStride: bStride, c: c + t * 6 * ldc, ldc: ldc, alpha: alpha, beta: beta)
+            if source.transposed {
+                tilePackingTransposedA(type, kc: kc, source: source.base + t * 6, lda: source.lda, packed: packed + t * 6 * kc,
+                                       b: b, bStride: bStride, c: c + t * 6 * ldc, ldc: ldc, alpha: alpha, beta: beta)
+            } else {
+                tilePackingUntransposedA(type, kc: kc, source: source.base + t * 6 * source.lda, lda: source.lda, packed: packed + t * 6 * kc,
+                                         b: b, bStride: bStride, c: c + t * 6 * ldc, ldc: ldc, alpha: alpha, beta: beta)
+            }
         }
     }
     switch kernel {
