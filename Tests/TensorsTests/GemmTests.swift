@@ -51,13 +51,14 @@ final class GemmTests: XCTestCase {
 
     /// The narrow path (op(B) at most 12 columns, K at least 32, A untransposed) in tiles of 2 rows and
     /// up to 5 columns: every width 1-12 (so every column count of a last tile), an odd M (a last tile
-    /// of one row), K with and without a scalar tail, both layouts of B, beta 0 and 1.
+    /// of one row), K with and without a scalar tail, both layouts of B, beta 0, 1 and 0.5 (each its own
+    /// branch where a row's first 4 results are stored as one vector).
     func testNarrowPathEveryWidth() {
         var seed: UInt64 = 9000
         for tb in [Transpose.none, .transposed] {
             for n in 1...12 {
                 for (m, k) in [(5, 37), (4, 40)] {
-                    for beta: Float in [0, 1] {
+                    for beta: Float in [0, 1, 0.5] {
                         seed += 1
                         check(.none, tb, m: m, n: n, k: k, alpha: 0.5, beta: beta, padB: 1, padC: 2, kernel: .native, seed: seed)
                     }
