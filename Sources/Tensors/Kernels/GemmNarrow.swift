@@ -73,7 +73,7 @@ func gemmNarrow(_ transB: Transpose, m: Int, n: Int, k: Int, alpha: Float, a: Un
 
 /// The 2 x 5 sums of a tile: each row's first 4 columns side by side (stored into C's row as they are;
 /// sums with the two rows interleaved, extracted lane by lane, were a quarter of 64x256x10 NT's time on
-/// a Zen 4: 69-71 -> 81-84 GFLOP/s), column 4's two rows in lanes 0-1.
+/// a Zen 4: 64x256x10 NT 64-70 -> 80-85 GFLOP/s), column 4's two rows in lanes 0-1.
 struct DotSums {
     var row0: SIMD4<Float>, row1: SIMD4<Float>, column4: SIMD4<Float>
 }
