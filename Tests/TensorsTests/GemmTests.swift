@@ -110,39 +110,26 @@ final class GemmTests: XCTestCase {
         }
     }
 
-    /// A transposed A is packed by the first column of tiles while it multiplies; the later columns read
-    /// that copy. M 200 is three M blocks whose last ends in a panel of 2 rows (packed ahead), K 700 two
-    /// slabs (the second adds to what the first stored), N 110 six whole columns and one of 14, A's rows
-    /// padded; a panel copied to the wrong place or a k skipped spoils every later column (N 110 rather
-    /// than fewer: a narrower product runs as C^T = B^T A).
-    func testTransposedAPackedByTheFirstColumnOfTiles() {
-        var seed: UInt64 = 9500
-        for kernel in GemmMicroKernel.allCases {
-            for tb in [Transpose.none, .transposed] {
-                for beta: Float in [0, 0.5, 1] {
-                    seed += 1
-                    check(.transposed, tb, m: 200, n: 110, k: 700, alpha: 1.5, beta: beta, padA: 5, padC: 3, kernel: kernel, seed: seed)
+    /// A is packed by the first column of tiles while it multiplies (a transposed A on either kernel, an
+    /// untransposed one on the AVX-512 kernel; the 6 x 16 kernel packs the latter in a pass, checked on
+    /// the same shapes); the later columns read that copy. M 200 is three M blocks whose last ends in a
+    /// panel of 2 rows (packed ahead), K 700 two slabs (the second adds to what the first stored), A's
+    /// rows padded; a panel copied to the wrong place or a k skipped spoils every later column. N: for a
+    /// transposed A 110, six whole 16-wide columns and one of 14 (a narrower product runs as C^T = B^T A);
+    /// for an untransposed A 170, five whole 32-wide columns and one of 10 (more than 4 panels, so A is
+    /// packed at all). Then a short A (one M block, 4 whole tiles and 2 rows) over a B read in place when
+    /// untransposed.
+    func testAPackedByTheFirstColumnOfTiles() {
+        for (ta, n, shortN, firstSeed) in [(Transpose.transposed, 110, 40, UInt64(9500)), (.none, 170, 140, 9700)] {
+            var seed = firstSeed
+            for kernel in GemmMicroKernel.allCases {
+                for tb in [Transpose.none, .transposed] {
+                    for beta: Float in [0, 0.5, 1] {
+                        seed += 1
+                        check(ta, tb, m: 200, n: n, k: 700, alpha: 1.5, beta: beta, padA: 5, padC: 3, kernel: kernel, seed: seed)
+                    }
+                    check(ta, tb, m: 26, n: shortN, k: 90, padA: 3, padB: 1, kernel: kernel, seed: seed + 50)
                 }
-                // A short A (one M block, 4 whole tiles and 2 rows) over a B read in place.
-                check(.transposed, tb, m: 26, n: 40, k: 90, padA: 2, padB: 1, kernel: kernel, seed: seed + 50)
-            }
-        }
-    }
-
-    /// The AVX-512 kernel's first column of tiles packs an untransposed A the same way (6 rows lda apart
-    /// read per k): N 170 is five whole 32-wide columns and one of 10 (more than 4 panels, so A is packed
-    /// at all), M 200 three blocks ending in 2 rows, K 700 two slabs, A's rows padded. The 6 x 16 kernel
-    /// keeps its packing pass and is checked on the same shapes.
-    func testUntransposedAPackedByTheFirstColumnOfTiles() {
-        var seed: UInt64 = 9700
-        for kernel in GemmMicroKernel.allCases {
-            for tb in [Transpose.none, .transposed] {
-                for beta: Float in [0, 0.5, 1] {
-                    seed += 1
-                    check(.none, tb, m: 200, n: 170, k: 700, alpha: 1.5, beta: beta, padA: 5, padC: 3, kernel: kernel, seed: seed)
-                }
-                // One M block of 4 whole tiles and 2 rows, over a B read in place when untransposed.
-                check(.none, tb, m: 26, n: 140, k: 90, padA: 3, padB: 1, kernel: kernel, seed: seed + 50)
             }
         }
     }

@@ -130,7 +130,9 @@ private func tilePackingTransposedA<V: SIMD>(_: V.Type, kc: Int, source: UnsafeP
 /// the AVX-512 kernel's 12 zmm FMAs (12 cycles on Zen 4's 256-bit units). The column still runs ~1.6x
 /// a plain one there (as the transposed one does: A comes from L3 the first time), so the gain is the
 /// pass's transposes, 1-2 % (GemmMicroKernel.packsAInFirstColumn). Prefetching the 6 rows 32 or 64
-/// floats ahead once per 8 k changed nothing.
+/// floats ahead once per 8 k changed nothing. It repeats tilePackingTransposedA's frame around its own
+/// copy: the k step written as a nested function (the frame's loop calling it) kept the accumulators in
+/// memory, -15 %.
 @inline(__always)
 private func tilePackingUntransposedA<V: SIMD>(_: V.Type, kc: Int, source: UnsafePointer<Float>, lda: Int,
                                                packed: UnsafeMutablePointer<Float>, b: UnsafePointer<Float>, bStride: Int,
