@@ -128,9 +128,9 @@ private func tilePackingTransposedA<V: SIMD>(_: V.Type, kc: Int, source: UnsafeP
 /// goes: packing such a panel alone transposes 6 rows in registers, a pass before the FMAs that was 3.5 %
 /// of 512^3 NN on a Zen 4. The copies' 6 loads and 6 stores a k go to the load and store ports beside
 /// the AVX-512 kernel's 12 zmm FMAs (12 cycles on Zen 4's 256-bit units). The column still runs ~1.6x
-/// a plain one there (as the transposed one does: A comes from L3 the first time), so the gain is the
-/// pass's transposes, 1-2 % (GemmMicroKernel.packsAInFirstColumn). Prefetching the 6 rows 32 or 64
-/// floats ahead once per 8 k changed nothing. It repeats tilePackingTransposedA's frame around its own
+/// a plain one there (as the transposed one does; why is not settled: prefetching the 6 rows 32 or 64
+/// floats ahead once per 8 k changed nothing), so the gain is the pass's transposes, 1-2 %
+/// (GemmMicroKernel.packsAInFirstColumn). It repeats tilePackingTransposedA's frame around its own
 /// copy: the k step written as a nested function (the frame's loop calling it) kept the accumulators in
 /// memory, -15 %.
 @inline(__always)
