@@ -25,9 +25,9 @@ final class PeerAcceptor: @unchecked Sendable {
         pending = expected
         let log = UncheckedLog(log)
         startThread(name: "rendezvous-accept") { [self] in
-            var backoff: useconds_t = 1_000
+            var backoff = Backoff(first: 1_000, growth: 2, cap: 200_000)
             while !shouldStop {
-                guard let (fd, host, port) = listener.acceptOrBackOff(slice: 0.5, backoff: &backoff, maxBackoff: 200_000,
+                guard let (fd, host, port) = listener.acceptOrBackOff(slice: 0.5, backoff: &backoff,
                                                                       operation: "rank \(rank) accepting peers",
                                                                       stopping: { self.shouldStop }, log: { log.call("rank \(rank): \($0)") })
                 else { continue }

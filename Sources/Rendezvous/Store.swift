@@ -82,9 +82,9 @@ public final class StoreServer: @unchecked Sendable {
     }
 
     func acceptLoop() {
-        var backoff: useconds_t = 1_000
+        var backoff = Backoff(first: 1_000, growth: 2, cap: 1_000_000)
         while !isStopped {
-            guard let accepted = listener.acceptOrBackOff(slice: 0.5, backoff: &backoff, maxBackoff: 1_000_000, operation: "store accept",
+            guard let accepted = listener.acceptOrBackOff(slice: 0.5, backoff: &backoff, operation: "store accept",
                                                           stopping: { isStopped }, log: { log("store: \($0)") })
             else { continue }
             let connection = Connection(fd: accepted.fd, peer: PeerDescription(host: accepted.host, port: accepted.port),
@@ -179,7 +179,7 @@ public final class StoreClient: @unchecked Sendable {
         address = PeerDescription(host: host, port: port)
         let deadline = Deadline(seconds: timeoutSeconds)
         let operation = "connect to the rendezvous store at \(address)"
-        var pause: useconds_t = 1_000
+        var backoff = Backoff(first: 1_000, growth: 2, cap: 100_000)
         while true {
             let fd = try Socket.connect(host: host, port: port, deadline: deadline, peer: address, operation: operation)
             let connection = Connection(fd: fd, peer: address, policy: WaitPolicy(timeoutSeconds: timeoutSeconds, spinMicroseconds: 0))
@@ -189,8 +189,7 @@ public final class StoreClient: @unchecked Sendable {
                 return
             } catch let error as TransportError where error.isDroppedConnection && !deadline.hasPassed {
                 connection.close()
-                usleep(pause)
-                pause = min(pause * 2, 100_000)
+                backoff.wait()
             }
         }
     }
@@ -233,7 +232,7 @@ public final class StoreClient: @unchecked Sendable {
                      describeMissing: ([String]) -> String = { "waiting for keys \($0.joined(separator: ", "))" }) throws -> [[UInt8]] {
         let deadline = Deadline(seconds: timeoutSeconds)
         var found: [String: [UInt8]] = [:]
-        var pause: useconds_t = 200
+        var backoff = Backoff(first: 200, growth: 1.5, cap: 50_000)
         while true {
             for key in keys where found[key] == nil {
                 if let v = try get(key) { found[key] = v }
@@ -244,8 +243,7 @@ public final class StoreClient: @unchecked Sendable {
                 throw TransportError(.rendezvous("rendezvous timed out after \(formatted(timeoutSeconds)) s: \(describeMissing(missing))"),
                                      operation: "rendezvous")
             }
-            usleep(pause)
-            pause = min(pause * 3 / 2, 50_000)
+            backoff.wait()
         }
     }
 }

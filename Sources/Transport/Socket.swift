@@ -74,7 +74,7 @@ public enum Socket {
     public static func connect(host: String, port: Int, deadline: Deadline, peer: PeerDescription,
                                operation: String) throws -> Int32 {
         var lastError: TransportError?
-        var backoff: useconds_t = 250
+        var backoff = Backoff(first: 250, growth: 1.5, cap: 100_000)
         while true {
             for address in try resolve(host: host, port: port, passive: false, operation: operation) {
                 let fd = socket(address.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
@@ -112,8 +112,7 @@ public enum Socket {
             }
             // Under srun or mpirun every rank starts at once and rank 0's store listens a few ms
             // later: retry finely at first (a refused loopback connect costs microseconds), then back off.
-            usleep(backoff)
-            backoff = min(backoff * 3 / 2, 100_000)
+            backoff.wait()
         }
     }
 }
@@ -207,21 +206,20 @@ public final class Listener: @unchecked Sendable {
 
     /// One step of an accept loop that must keep going: a connection, or nil when none came within
     /// `slice` seconds or accepting failed. A failure (EMFILE, ENFILE, ENOBUFS: the connection stays in
-    /// the backlog) is logged and waited out with a doubling pause up to `maxBackoff` microseconds, since
-    /// retrying at once would spin a core; `backoff` carries the pause between calls. When `stopping`
-    /// holds, a failure is the caller's own shutdown: nil at once, nothing logged.
-    public func acceptOrBackOff(slice: Double, backoff: inout useconds_t, maxBackoff: useconds_t, operation: String,
+    /// the backlog) is logged and waited out with `backoff`, which carries the pause between calls and
+    /// starts again after a connection. When `stopping` holds, a failure is the caller's own shutdown:
+    /// nil at once, nothing logged.
+    public func acceptOrBackOff(slice: Double, backoff: inout Backoff, operation: String,
                                 stopping: () -> Bool, log: (String) -> Void) -> (fd: Int32, host: String, port: Int)? {
         do {
             let accepted = try accept(deadline: Deadline(seconds: slice), operation: operation)
-            backoff = 1_000
+            backoff.reset()
             return accepted
         } catch let error as TransportError {
             if case .timedOut = error.kind { return nil }
             if stopping() { return nil }
-            log("\(error); retrying in \(backoff / 1000) ms")
-            usleep(backoff)
-            backoff = min(backoff * 2, maxBackoff)
+            log("\(error); retrying in \(backoff.pause / 1000) ms")
+            backoff.wait()
             return nil
         } catch {
             return nil
