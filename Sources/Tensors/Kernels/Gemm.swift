@@ -332,6 +332,11 @@ func cheaperTransposed(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int,
     beta == 0 ? value : beta == 1 ? old + value : old * beta + value
 }
 
+/// The same for a vector of C's results side by side (the narrow path's row of 4).
+@inline(__always) func combine<V: SIMD>(_ old: V, _ value: V, beta: Float) -> V where V.Scalar == Float {
+    beta == 0 ? value : beta == 1 ? old + value : old * beta + value
+}
+
 @inline(__always)
 private func runMicroKernel(_ kernel: GemmMicroKernel, kc: Int, a: PanelOfA, b: UnsafePointer<Float>, bStride: Int,
                             c: UnsafeMutablePointer<Float>, ldc: Int, alpha: Float, beta: Float) {

@@ -56,10 +56,8 @@ func gemmNarrow(_ transB: Transpose, m: Int, n: Int, k: Int, alpha: Float, a: Un
                 let firstFour = r == 0 ? sums.row0 : sums.row1
                 if cols >= 4 {
                     // The row's first 4 results side by side: one vector store, not 4 lane extractions.
-                    let raw = UnsafeMutableRawPointer(row), value = alpha * firstFour
-                    let result = beta == 0 ? value : beta == 1 ? raw.loadUnaligned(as: SIMD4<Float>.self) + value
-                                                               : raw.loadUnaligned(as: SIMD4<Float>.self) * beta + value
-                    raw.storeBytes(of: result, as: SIMD4<Float>.self)
+                    let raw = UnsafeMutableRawPointer(row)
+                    raw.storeBytes(of: combine(raw.loadUnaligned(as: SIMD4<Float>.self), alpha * firstFour, beta: beta), as: SIMD4<Float>.self)
                     if cols == 5 { row[4] = combine(row[4], alpha * sums.column4[r], beta: beta) }
                 } else {
                     for q in 0..<cols { row[q] = combine(row[q], alpha * firstFour[q], beta: beta) }
