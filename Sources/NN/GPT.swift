@@ -304,6 +304,17 @@ public final class GPT: Model, ParameterUnits {
         }
     }
 
+    /// As backward reports them: the final norm, then per block from the last its MLP half (from ln_2
+    /// on) and the whole block (from ln_1 on), then everything (the tied embedding is final last).
+    public var gradientReadyOffsets: [Int] {
+        var offsets = [finalNorm.weight.offset]
+        for block in blocks.reversed() {
+            if block.reportsMLPHalf { offsets.append(block.ln2.weight.offset) }
+            offsets.append(block.ln1.weight.offset)
+        }
+        return offsets + [0]
+    }
+
     public func backward(lossScale: Float, gradientsReady: (Int) -> Void) throws {
         let B = batchSize, T = time, rows = B * T, c = configuration.embedding, v = ownedTokens
         let local = residual[0].shape[0]
@@ -336,7 +347,7 @@ public final class GPT: Model, ParameterUnits {
             dResidual[next].fill(0)
             try unitHooks?.willUse(unit: l + 1, backward: true)
             try blocks[l].backward(residual[l].data, dy: dResidual[current].data, batch: B, time: T, dx: dResidual[next].data,
-                                   lossScale: lossScale)
+                                   lossScale: lossScale, mlpDone: { gradientsReady(blocks[l].ln2.weight.offset) })
             unitHooks?.doneUsing(unit: l + 1, backward: true)
             gradientsReady(blocks[l].ln1.weight.offset)
             current = next

@@ -91,6 +91,9 @@ public final class MLP: Model, ParameterUnits {
         return head.forward(logits: out.data, targets: labels, classes: classes)
     }
 
+    /// As backward reports them: the output layer, then everything.
+    public var gradientReadyOffsets: [Int] { [fc2.weight.offset, 0] }
+
     public func backward(lossScale: Float, gradientsReady: (Int) -> Void) throws {
         let rows = head.targets.count
         try unitHooks?.willUse(unit: 1, backward: true)

@@ -13,6 +13,9 @@ public protocol Model: AnyObject {
     /// to the end of the flat buffer is final (offsets only decrease; the last call passes 0). Data
     /// parallelism uses it to start allreducing buckets while backward continues.
     func backward(lossScale: Float, gradientsReady: (Int) -> Void) throws
+    /// The offsets backward passes to `gradientsReady`, in the order it passes them (data parallelism
+    /// cuts its buckets there, so none waits for a gradient finished later than its own).
+    var gradientReadyOffsets: [Int] { get }
 }
 
 public extension Model {

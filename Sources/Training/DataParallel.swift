@@ -80,10 +80,12 @@ public final class DataParallel: @unchecked Sendable {
 
     /// `units` (ZeRO-3) shards the parameters too: its units become the buckets, each gathered before
     /// use and released after (`reshardAfterForward`: also between forward and backward), with
-    /// `prefetchDepth` units gathered ahead on the communication thread.
+    /// `prefetchDepth` units gathered ahead on the communication thread. `readyOffsets` are where
+    /// backward reports gradients final (Model.gradientReadyOffsets): buckets are cut there.
     public init(group: ProcessGroup, parameters: ParameterSet, bucketBytes: Int, options: CollectiveOptions,
                 shardOptimizer: Bool = false, shardGradients: Bool = false, units: ParameterUnits? = nil,
-                reshardAfterForward: Bool = true, prefetchDepth: Int = 1, experts: ExpertGradients? = nil) {
+                reshardAfterForward: Bool = true, prefetchDepth: Int = 1, experts: ExpertGradients? = nil,
+                readyOffsets: [Int] = [0]) {
         precondition(!shardGradients || shardOptimizer, "ZeRO-2 shards the optimizer state too")
         precondition(units == nil || shardGradients, "ZeRO-3 shards gradients and optimizer state too")
         precondition(experts == nil || (!shardGradients && experts!.range.lowerBound == 0), "expert parallelism with ZeRO-1 at most, experts first")
@@ -102,7 +104,7 @@ public final class DataParallel: @unchecked Sendable {
         self.prefetchDepth = max(0, prefetchDepth)
         // ZeRO-3 reduce-scatters each unit's gradient as one bucket once backward is through it.
         buckets = Self.buckets(count: parameters.count, bucketElements: bucketElements, units: units?.parameterUnits,
-                               expertEnd: experts?.range.upperBound ?? 0)
+                               expertEnd: experts?.range.upperBound ?? 0, readyOffsets: readyOffsets)
         unitState = Array(repeating: .gathered, count: self.units.count)
         startThread(name: "ddp-communication") { [self] in communicationLoop() }
     }
@@ -211,13 +213,46 @@ public final class DataParallel: @unchecked Sendable {
     }
 
     /// The buckets of a `count`-float buffer in communication order: ZeRO-3's units (last first), or
-    /// fixed slices from the end, the expert tensors [0, expertEnd) cut separately (they are averaged
-    /// over another group). A pure function: the planner counts with it too.
-    public static func buckets(count: Int, bucketElements: Int, units: [Range<Int>]?, expertEnd: Int) -> [Range<Int>] {
+    /// slices cut where backward reports gradients final (readyBuckets), the expert tensors [0,
+    /// expertEnd) cut separately in fixed slices (they are averaged over another group). A pure
+    /// function: the planner counts with it too.
+    public static func buckets(count: Int, bucketElements: Int, units: [Range<Int>]?, expertEnd: Int,
+                               readyOffsets: [Int] = [0]) -> [Range<Int>] {
         if let units { return units.reversed() }
-        guard expertEnd > 0 else { return bucketRanges(count: count, bucketElements: bucketElements) }
-        return bucketRanges(count: count - expertEnd, bucketElements: bucketElements).map { ($0.lowerBound + expertEnd)..<($0.upperBound + expertEnd) }
-            + bucketRanges(count: expertEnd, bucketElements: bucketElements)
+        let dense = readyBuckets(expertEnd..<count, bucketElements: bucketElements, readyOffsets: readyOffsets)
+        return expertEnd > 0 ? dense + bucketRanges(count: expertEnd, bucketElements: bucketElements) : dense
+    }
+
+    /// Buckets of `range` (from its end down) cut where backward reports gradients final: the range is
+    /// cut at every reported offset inside it into pieces, in the order backward finishes them; a piece
+    /// under an eighth of a bucket joins the piece finished after it (the last one, the piece before
+    /// it); then pieces are merged in that order while a bucket stays within `bucketElements`, except
+    /// the last piece, which is sent alone, so the step waits only for what backward finished last; a
+    /// piece larger than a bucket is sliced from its end (bucketRanges). Only the whole range reported
+    /// ([0]) gives bucketRanges' fixed slices. The recipe's fixed slices made its last bucket 1 MiB,
+    /// waiting for block 0's attention; here it is that attention and the embeddings (321 KiB).
+    public static func readyBuckets(_ range: Range<Int>, bucketElements: Int, readyOffsets: [Int]) -> [Range<Int>] {
+        let cuts = Set(readyOffsets.filter { $0 > range.lowerBound && $0 < range.upperBound }).sorted(by: >)
+        let points = [range.upperBound] + cuts + [range.lowerBound]
+        var pieces: [Range<Int>] = []
+        var waiting: Range<Int>? // a small piece, joined to the next
+        for i in 0..<(points.count - 1) where points[i + 1] < points[i] {
+            var piece = points[i + 1]..<points[i]
+            if let small = waiting { piece = piece.lowerBound..<small.upperBound; waiting = nil }
+            if piece.count < bucketElements / 8 { waiting = piece } else { pieces.append(piece) }
+        }
+        if let small = waiting { pieces.append(small.lowerBound..<(pieces.popLast()?.upperBound ?? small.upperBound)) }
+        var merged: [Range<Int>] = []
+        for (i, piece) in pieces.enumerated() {
+            if i < pieces.count - 1, let last = merged.last, last.count + piece.count <= bucketElements {
+                merged[merged.count - 1] = piece.lowerBound..<last.upperBound
+            } else {
+                merged.append(piece)
+            }
+        }
+        return merged.flatMap { piece in
+            bucketRanges(count: piece.count, bucketElements: bucketElements).map { ($0.lowerBound + piece.lowerBound)..<($0.upperBound + piece.lowerBound) }
+        }
     }
 
     /// ZeRO's pieces of data-parallel rank `rank` in a group of `groupSize`: segment `rank` of every

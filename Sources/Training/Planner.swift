@@ -216,24 +216,28 @@ public struct LayoutPlanner {
 
     /// Parameters on the model shard of pipeline rank `pipelineRank` (its stages, when there is a
     /// `schedule`), tensor-parallel rank 0 and expert-parallel rank 0.
-    func localParameters(_ c: TrainConfig, schedule: PipelineSchedule?, pipelineRank: Int) throws -> (count: Int, units: [Range<Int>]?, expertEnd: Int) {
+    func localParameters(_ c: TrainConfig, schedule: PipelineSchedule?, pipelineRank: Int) throws
+        -> (count: Int, units: [Range<Int>]?, expertEnd: Int, readyOffsets: [Int]) {
         if let schedule {
             return (try PipelineRunner.layout(schedule: schedule, configuration: configuration, rank: pipelineRank, parts: c.tensorParallel).totalCount,
-                    nil, 0)
+                    nil, 0, [0])
         }
         let gpt = GPT(configuration,
                       parallel: c.tensorParallel > 1 ? TensorParallelism(communicator: LocalOnly(rank: 0, size: c.tensorParallel),
                                                                          sequenceParallel: c.sequenceParallel) : nil,
                       exchange: c.expertParallel > 1 ? LocalOnly(rank: 0, size: c.expertParallel) : nil)
-        return (gpt.parameters.count, c.zeroStage >= 3 ? gpt.parameterUnits : nil, c.expertParallel > 1 ? gpt.expertCount : 0)
+        return (gpt.parameters.count, c.zeroStage >= 3 ? gpt.parameterUnits : nil, c.expertParallel > 1 ? gpt.expertCount : 0,
+                gpt.gradientReadyOffsets)
     }
 
     /// What data-parallel rank 0 of a replica holds, as Trainer.memoryHeld counts it.
-    func stateBytes(_ c: TrainConfig, parameters psi: Int, units: [Range<Int>]?, expertEnd: Int, dataParallel n: Int) -> Int {
+    func stateBytes(_ c: TrainConfig, parameters psi: Int, units: [Range<Int>]?, expertEnd: Int, readyOffsets: [Int],
+                    dataParallel n: Int) -> Int {
         let stateBuffers = c.optimizer == .adamw ? 2 : (c.momentum > 0 ? 1 : 0)
         var owned = psi
         if n > 1 && c.zeroStage >= 1 {
-            let buckets = DataParallel.buckets(count: psi, bucketElements: max(1, Int(c.bucketMb * 1048576) / 4), units: units, expertEnd: expertEnd)
+            let buckets = DataParallel.buckets(count: psi, bucketElements: max(1, Int(c.bucketMb * 1048576) / 4), units: units, expertEnd: expertEnd,
+                                               readyOffsets: readyOffsets)
             owned = DataParallel.ownedRanges(buckets: buckets, rank: 0, groupSize: n, expertEnd: expertEnd, expertParallel: c.expertParallel)
                 .reduce(0) { $0 + $1.count }
         }
@@ -387,7 +391,8 @@ public struct LayoutPlanner {
             var largest = 0, first = 0, localParameters = 0
             for stage in 0..<pp {
                 let local = try self.localParameters(layout, schedule: schedule, pipelineRank: stage)
-                let bytes = stateBytes(layout, parameters: local.count, units: local.units, expertEnd: local.expertEnd, dataParallel: dp)
+                let bytes = stateBytes(layout, parameters: local.count, units: local.units, expertEnd: local.expertEnd,
+                                       readyOffsets: local.readyOffsets, dataParallel: dp)
                 if stage == 0 { first = bytes; localParameters = local.count }
                 largest = max(largest, bytes)
             }

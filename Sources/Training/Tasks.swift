@@ -27,10 +27,14 @@ public protocol TrainingTask: AnyObject {
     func evaluate(iteration: Int, part: Int, parts: Int) throws -> [EvaluationShare]
     /// The model's parameter units, when it can be fully sharded (ZeRO-3).
     var units: ParameterUnits? { get }
+    /// Where backward reports gradients final, in its order (Model.gradientReadyOffsets); [0] when
+    /// it reports only the end.
+    var gradientReadyOffsets: [Int] { get }
 }
 
 extension TrainingTask {
     public var units: ParameterUnits? { nil }
+    public var gradientReadyOffsets: [Int] { [0] }
 }
 
 /// One figure's share of an evaluation: the figure is the sum over ranks of `sum` over that of `count`.
@@ -92,6 +96,7 @@ public final class GPTTask: TrainingTask {
     }
     public var unitName: String { "tokens" }
     public var units: ParameterUnits? { model.parallel == nil && model.expertCount == 0 ? model : nil }
+    public var gradientReadyOffsets: [Int] { model.gradientReadyOffsets }
     public func initialize(seed: UInt64) { model.initialize(seed: seed) }
 
     /// This rank's slice of the global batch (`trainingWindows`).
@@ -160,6 +165,7 @@ public final class MLPTask: TrainingTask {
     public var flopsPerMicroBatch: Double { 6 * Double(parameters.count) * Double(config.batchSize) }
     public var unitName: String { "samples" }
     public var units: ParameterUnits? { model }
+    public var gradientReadyOffsets: [Int] { model.gradientReadyOffsets }
     /// Micro-batches per epoch on this rank (the last one may be short).
     public var batchesPerEpoch: Int { (train.count / worldSize + config.batchSize - 1) / config.batchSize }
 

@@ -155,6 +155,54 @@ final class GradientCheckTests: XCTestCase {
         }
     }
 
+    /// Data parallelism sends a bucket once backward reports every gradient from its start on final
+    /// (`gradientsReady`): each report must keep that promise. Every report's gradients are copied
+    /// when it is made and compared with the finished buffer; the reports must not go back up, must end
+    /// at 0, a dense block reports its MLP half (from ln_2 on) before its attention half runs, and
+    /// they are the offsets the model declares (gradientReadyOffsets).
+    func testGradientsReadyReportsOnlyFinalGradients() throws {
+        func check(_ name: String, _ parameters: ParameterSet, declared: [Int], forward: () throws -> Void,
+                   backward: ((Int) -> Void) throws -> Void) throws -> [Int] {
+            try forward()
+            parameters.zeroGradients()
+            var reports: [(offset: Int, copy: [Float])] = []
+            let g = parameters.gradients.base
+            try backward { offset in reports.append((offset, Array(UnsafeBufferPointer(start: g + offset, count: parameters.count - offset)))) }
+            let offsets = reports.map(\.offset)
+            XCTAssertEqual(offsets.last, 0, name)
+            XCTAssertEqual(offsets, declared, "\(name): gradientReadyOffsets (where data parallelism cuts its buckets) is not what backward reports")
+            XCTAssertEqual(offsets, offsets.sorted(by: >), "\(name): reports go back up")
+            for (offset, copy) in reports {
+                let changed = copy.indices.first { copy[$0].bitPattern != g[offset + $0].bitPattern }.map { offset + $0 }
+                XCTAssertNil(changed, "\(name): gradient \(changed ?? 0) changed after the report that everything from \(offset) on was final")
+            }
+            return offsets
+        }
+        var rng = SeededRandom(seed: 8)
+        let tokens = (0..<12).map { _ in Int32(rng.nextInt(below: 11)) }
+        let targets = (0..<12).map { _ in Int32(rng.nextInt(below: 11)) }
+        let batch = TokenBatch(tokens: tokens, targets: targets, batchSize: 2, time: 6)
+        for bias in [false, true] {
+            let gpt = GPT(GPTConfiguration(vocabularySize: 11, blockSize: 6, layers: 2, heads: 2, embedding: 8, bias: bias))
+            gpt.initialize(seed: 7)
+            let offsets = try check("dense GPT, bias \(bias)", gpt.parameters, declared: gpt.gradientReadyOffsets, forward: { _ = try gpt.forward(batch) },
+                                backward: { try gpt.backward(lossScale: 1, gradientsReady: $0) })
+            for l in 0..<2 {
+                XCTAssertTrue(offsets.contains(gpt.parameters["transformer.h.\(l).ln_2.weight"].offset), "block \(l)'s MLP half is not reported on its own")
+                XCTAssertTrue(offsets.contains(gpt.parameters["transformer.h.\(l).ln_1.weight"].offset), "block \(l) is not reported")
+            }
+        }
+        let moe = GPT(GPTConfiguration(vocabularySize: 11, blockSize: 6, layers: 2, heads: 2, embedding: 8,
+                                       experts: MoEConfiguration(experts: 3, topK: 2, auxiliaryLossCoefficient: 0.1, every: 2)))
+        moe.initialize(seed: 7)
+        _ = try check("mixture-of-experts GPT", moe.parameters, declared: moe.gradientReadyOffsets, forward: { _ = try moe.forward(batch) },
+                  backward: { try moe.backward(lossScale: 1, gradientsReady: $0) })
+        let mlp = MLP(inputs: 12, hidden: 9, classes: 4, activation: .relu)
+        mlp.initialize(seed: 3)
+        let examples = ClassificationBatch(features: (0..<36).map { _ in rng.nextNormal() }, labels: [0, 3, 2])
+        _ = try check("MLP", mlp.parameters, declared: mlp.gradientReadyOffsets, forward: { _ = try mlp.forward(examples) }, backward: { try mlp.backward(lossScale: 1, gradientsReady: $0) })
+    }
+
     func testWholeMLPBothActivations() throws {
         for activation in [MLP.Activation.relu, .gelu] {
             let mlp = MLP(inputs: 12, hidden: 9, classes: 4, activation: activation)

@@ -25,6 +25,39 @@ final class DataParallelTests: XCTestCase {
     /// (lr 0.05, momentum 0.9) parameters agree to ~1e-7 absolute, so 2e-6 catches any real mismatch
     /// (a wrong shard or a missing average is off by 1e-3 or more). Every run also checks, after every
     /// step, that all ranks hold bitwise-identical parameters (verify_replicas).
+    /// Buckets are cut where backward reports gradients final: the recipe's are whole blocks (the final
+    /// norm's 128 floats with the last block), then block 0's MLP half, and last block 0's attention
+    /// half with the embeddings, alone, so the step waits only for what backward finished last. With
+    /// only the end reported they are bucketRanges' fixed slices.
+    func testBucketsAreCutWhereBackwardReportsGradientsFinal() throws {
+        for (count, elements) in [(804_224, 262_144), (1000, 300), (5, 262_144), (1000, 1000)] {
+            XCTAssertEqual(DataParallel.buckets(count: count, bucketElements: elements, units: nil, expertEnd: 0),
+                           bucketRanges(count: count, bucketElements: elements))
+        }
+        let gpt = GPT(GPTConfiguration(vocabularySize: 65, blockSize: 64, layers: 4, heads: 4, embedding: 128))
+        let count = gpt.parameters.count
+        func offset(_ name: String) -> Int { gpt.parameters[name].offset }
+        func ln1(_ l: Int) -> Int { offset("transformer.h.\(l).ln_1.weight") }
+        func ln2(_ l: Int) -> Int { offset("transformer.h.\(l).ln_2.weight") }
+        XCTAssertEqual(gpt.gradientReadyOffsets, [offset("transformer.ln_f.weight"), ln2(3), ln1(3), ln2(2), ln1(2), ln2(1), ln1(1), ln2(0), ln1(0), 0])
+        let buckets = DataParallel.buckets(count: count, bucketElements: 262_144, units: nil, expertEnd: 0, readyOffsets: gpt.gradientReadyOffsets)
+        XCTAssertEqual(buckets, [ln1(3)..<count, ln1(2)..<ln1(3), ln1(1)..<ln1(2), ln2(0)..<ln1(1), 0..<ln2(0)])
+        // A piece larger than a bucket is sliced from its end, the remainder at its start.
+        let sliced = DataParallel.buckets(count: count, bucketElements: 50_000, units: nil, expertEnd: 0, readyOffsets: gpt.gradientReadyOffsets)
+        XCTAssertEqual(Array(sliced.prefix(3)), [(count - 50_000)..<count, (count - 100_000)..<(count - 50_000), ln2(3)..<(count - 100_000)])
+        // Block 0's attention half (65,664 floats) in two slices; the embeddings (16,512) are no longer
+        // under an eighth of a bucket, so they are a bucket of their own.
+        XCTAssertEqual(Array(sliced.suffix(3)), [(ln2(0) - 50_000)..<ln2(0), ln1(0)..<(ln2(0) - 50_000), 0..<ln1(0)])
+        for b in [buckets, sliced] {
+            XCTAssertEqual(b.first?.upperBound, count)
+            XCTAssertTrue(zip(b, b.dropFirst()).allSatisfy { $0.lowerBound == $1.upperBound && !$1.isEmpty }, "buckets must tile the buffer downwards")
+        }
+        // Expert tensors [0, expertEnd) keep their fixed slices below the dense buckets.
+        let withExperts = DataParallel.buckets(count: count, bucketElements: 262_144, units: nil, expertEnd: 10_000, readyOffsets: gpt.gradientReadyOffsets)
+        XCTAssertEqual(withExperts.last, 0..<10_000)
+        XCTAssertEqual(withExperts.dropLast().last, 10_000..<ln2(0))
+    }
+
     func testRanksWithSplitBatchMatchOneRankWithTheWholeBatch() throws {
         let config = configsDirectory + "/mnist-mlp.json"
         let common = ["--set", "epochs=null", "--set", "max_iters=6", "--set", "eval_interval=1000", "--set", "log_interval=1000",

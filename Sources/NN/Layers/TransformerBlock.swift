@@ -116,8 +116,15 @@ public final class TransformerBlock {
     /// dy is the gradient of the block output; accumulates into dx. With `saved` (a split backward's
     /// input pass) the weight gradients are left out and the output gradients they need are kept in
     /// `saved` for `weightBackward`.
+    /// Whether backward calls `mlpDone` (the dense block on one rank; a mixture or a tensor-parallel
+    /// block finishes its halves' gradients together).
+    public var reportsMLPHalf: Bool { experts == nil && parallel == nil }
+
+    /// `mlpDone` runs once the MLP half's gradients (ln2 and the MLP's weights) are final, before the
+    /// attention half's backward, so data parallelism can send them while the attention's run.
     public func backward(_ x: UnsafePointer<Float>, dy: UnsafePointer<Float>, batch B: Int, time T: Int,
-                         dx: UnsafeMutablePointer<Float>, deferring saved: BlockWeightInputs? = nil, lossScale: Float = 1) throws {
+                         dx: UnsafeMutablePointer<Float>, deferring saved: BlockWeightInputs? = nil, lossScale: Float = 1,
+                         mlpDone: () -> Void = {}) throws {
         if let experts {
             precondition(saved == nil, "a split backward is not available in a mixture-of-experts block")
             return try expertBackward(experts, x, dy: dy, batch: B, time: T, dx: dx, lossScale: lossScale)
@@ -165,6 +172,7 @@ public final class TransformerBlock {
         if weights { ln2.recompute(x1.data, rows: rows, into: normalized) }
         fc.backward(normalized, dy: dFc, rows: rows, dx: dMlpNorm, weights: weights, accumulate: false)
         ln2.backward(x1.data, dy: dMlpNorm, rows: rows, dx: dx1, weights: weights)
+        if weights { mlpDone() }
         // dx = dx1 + d(attn branch)/dx.
         add(dx, dx1, into: dx, count: n)
         if weights { ln1.recompute(x, rows: rows, into: normalized) }
