@@ -229,8 +229,9 @@ public final class DataParallel: @unchecked Sendable {
     /// it); then pieces are merged in that order while a bucket stays within `bucketElements`, except
     /// the last piece, which is sent alone, so the step waits only for what backward finished last; a
     /// piece larger than a bucket is sliced from its end (bucketRanges). Only the whole range reported
-    /// ([0]) gives bucketRanges' fixed slices. The recipe's fixed slices made its last bucket 1 MiB,
-    /// waiting for block 0's attention; here it is that attention and the embeddings (321 KiB).
+    /// ([0]) gives bucketRanges' fixed slices. The recipe's fixed slices left 1.07 MB (a 1 MiB slice and
+    /// the remainder) waiting for block 0's attention; here it is that attention and the embeddings
+    /// (321 KiB).
     public static func readyBuckets(_ range: Range<Int>, bucketElements: Int, readyOffsets: [Int]) -> [Range<Int>] {
         let cuts = Set(readyOffsets.filter { $0 > range.lowerBound && $0 < range.upperBound }).sorted(by: >)
         let points = [range.upperBound] + cuts + [range.lowerBound]

@@ -113,15 +113,15 @@ public final class TransformerBlock {
         add(y, x1.data, into: y, count: n)
     }
 
-    /// dy is the gradient of the block output; accumulates into dx. With `saved` (a split backward's
-    /// input pass) the weight gradients are left out and the output gradients they need are kept in
-    /// `saved` for `weightBackward`.
     /// Whether backward calls `mlpDone` (the dense block on one rank; a mixture or a tensor-parallel
     /// block finishes its halves' gradients together).
     public var reportsMLPHalf: Bool { experts == nil && parallel == nil }
 
+    /// dy is the gradient of the block output; accumulates into dx. With `saved` (a split backward's
+    /// input pass) the weight gradients are left out and the output gradients they need are kept in
+    /// `saved` for `weightBackward`.
     /// `mlpDone` runs once the MLP half's gradients (ln2 and the MLP's weights) are final, before the
-    /// attention half's backward, so data parallelism can send them while the attention's run.
+    /// attention half's backward, so data parallelism can send them while that runs.
     public func backward(_ x: UnsafePointer<Float>, dy: UnsafePointer<Float>, batch B: Int, time T: Int,
                          dx: UnsafeMutablePointer<Float>, deferring saved: BlockWeightInputs? = nil, lossScale: Float = 1,
                          mlpDone: () -> Void = {}) throws {
