@@ -47,7 +47,7 @@ private func printf(_ piece: String, _ value: CVarArg) -> String {
         buffer = [CChar](repeating: 0, count: needed + 1)
         _ = withVaList([value]) { vsnprintf(&buffer, buffer.count, piece, $0) }
     }
-    return String(cString: buffer)
+    return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
 }
 
 extension StringProtocol {
