@@ -145,7 +145,10 @@ public final class Trainer {
                     : dataParallel.shardGradients ? "ZeRO-2 (reduce-scatter gradients and keep only own pieces, update own shard, allgather parameters)"
                     : dataParallel.shardOptimizer ? "ZeRO-1 (reduce-scatter gradients, update own shard, allgather parameters)"
                                                   : "allreduce \(config.allreduceAlgorithm.rawValue)"
-            log("data parallel: \(dataSize) ranks, \(how), \(dataParallel.buckets.count) \(dataParallel.shardParameters ? "buckets (one per unit)" : "buckets of \(config.bucketMb) MiB"), gradients averaged"
+            let last = format("%.0f", Double(4 * (dataParallel.buckets.last?.count ?? 0)) / 1024)
+            let buckets = dataParallel.shardParameters ? "buckets (one per unit)"
+                : "buckets of up to \(config.bucketMb) MiB cut where backward finishes gradients (the last \(last) KiB)"
+            log("data parallel: \(dataSize) ranks, \(how), \(dataParallel.buckets.count) \(buckets), gradients averaged"
                 + (overlapsBuckets ? " while backward runs" : groups.expert == nil ? " after backward (more ranks on this host than cores)" : " after backward (expert parallelism)")
                 + (config.gradientCompression == .bfloat16 ? ", bf16 on the wire" : "") + "; step times logged are means over ranks")
         }
