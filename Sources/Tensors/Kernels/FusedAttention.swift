@@ -1,7 +1,7 @@
 // Causal attention fused per head, for head sizes that are multiples of 16 (the GPTs here: 16, 32, 64).
 // Every product is a tile of the GEMM's 6 x 16 micro-kernel (GemmMicroKernels.swift) on operands read
 // where they lie; only Kᵀ and Vᵀ are packed, once per head (hs × T floats each):
-//   forward:  query rows in blocks of 6: their scores against the keys up to the block's last row,
+//   forward:  query rows in blocks of 6 (the T mod 6 left over first): their scores against the keys up to the block's last row,
 //             16 keys a tile, the causal softmax in place in a 6-row scratch, then out = P V; each row's
 //             softmax shift and inverse sum are kept (2 floats a row);
 //   backward: every row block's scores again, by the same instructions on the same inputs, and P from
@@ -59,6 +59,13 @@ private func tileOfRows(rows: Int, kc: Int, _ a: UnsafePointer<Float>, lda: Int,
 private func tileOfColumns(rows: Int, kc: Int, _ a: UnsafePointer<Float>, lda: Int, _ b: UnsafePointer<Float>, bStride: Int,
                            into c: UnsafeMutablePointer<Float>, ldc: Int) {
     tile(rows: rows, kc: kc, a, rowStride: 1, colStride: lda, b, bStride: bStride, into: c, ldc: ldc)
+}
+
+/// Rows of the block of queries starting at row r0: the T mod 6 rows left over come first, where they
+/// see the fewest keys (the short block runs the slower short tile; last, it covered all T keys: at T 64
+/// 32 score tiles a head, 28 with it first).
+@inline(__always) private func queryBlockRows(from r0: Int, time T: Int) -> Int {
+    r0 == 0 && T % blockRows != 0 ? T % blockRows : blockRows
 }
 
 /// Keys a block of queries ending before row `end` has scores for: whole 16-key tiles.
@@ -210,14 +217,16 @@ func fusedAttentionForward(qkv: UnsafePointer<Float>, out: UnsafeMutablePointer<
             let head = AttentionHead(sequence: b, head: h, time: T, channels: C, heads: NH)
             let q = qkv + head.qkv, v = q + 2 * C
             packTransposed(q + C, ld: ld, rows: T, depth: hs, into: kt)
-            for r0 in stride(from: 0, to: T, by: blockRows) {
-                let rows = min(blockRows, T - r0)
+            var r0 = 0
+            while r0 < T {
+                let rows = queryBlockRows(from: r0, time: T)
                 scoreBlock(q, ld: ld, rows: rows, from: r0, kt, ldk: ldk, depth: hs, into: p)
                 causalSoftmaxBlock(p, ldp: ldk, rows: rows, from: r0, scale: scale, width: ldk, keeping: statistics + head.statistics)
                 for d in stride(from: 0, to: hs, by: 16) {
                     tileOfRows(rows: rows, kc: r0 + rows, p, lda: ldk, v + d, bStride: ld,
                          into: out + head.out + r0 * C + d, ldc: C)
                 }
+                r0 += rows
             }
         }
     }
@@ -238,8 +247,9 @@ func fusedAttentionBackward(dout: UnsafePointer<Float>, qkv: UnsafePointer<Float
             let dO = dout + head.out
             packTransposed(k, ld: ld, rows: T, depth: hs, into: kt)
             packTransposed(v, ld: ld, rows: T, depth: hs, into: vt)
-            for r0 in stride(from: 0, to: T, by: blockRows) {
-                let rows = min(blockRows, T - r0)
+            var r0 = 0
+            while r0 < T {
+                let rows = queryBlockRows(from: r0, time: T)
                 let p = probabilities + r0 * ldk, ds = gradients + r0 * ldk
                 scoreBlock(q, ld: ld, rows: rows, from: r0, kt, ldk: ldk, depth: hs, into: p)
                 causalProbabilitiesBlock(p, ldp: ldk, rows: rows, from: r0, scale: scale, width: ldk, kept: statistics + head.statistics)
@@ -251,6 +261,7 @@ func fusedAttentionBackward(dout: UnsafePointer<Float>, qkv: UnsafePointer<Float
                 for d in stride(from: 0, to: hs, by: 16) {
                     tileOfRows(rows: rows, kc: r0 + rows, ds, lda: ldk, k + d, bStride: ld, into: dq + r0 * ld + d, ldc: ld)
                 }
+                r0 += rows
             }
             // Keys j0..<j0 + keys: dSᵀ and Pᵀ read in place (6 floats of a row per query), over the queries
             // from j0 on (the earlier ones are zero there).
