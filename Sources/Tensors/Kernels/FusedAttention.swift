@@ -1,9 +1,9 @@
 // Causal attention fused per head, for head sizes that are multiples of 16 (the GPTs here: 16, 32, 64).
 // Every product is a tile of the GEMM's 6 x 16 micro-kernel (GemmMicroKernels.swift) on operands read
 // where they lie; only Kᵀ and Vᵀ are packed, once per head (hs × T floats each):
-//   forward:  query rows in blocks of 6 (the T mod 6 left over first): their scores against the keys up to the block's last row,
-//             16 keys a tile, the causal softmax in place in a 6-row scratch, then out = P V; each row's
-//             softmax shift and inverse sum are kept (2 floats a row);
+//   forward:  query rows in blocks of 6 (the T mod 6 left over first): their scores against the keys
+//             up to the block's last row, 16 keys a tile, the causal softmax in place in a 6-row
+//             scratch, then out = P V; each row's softmax shift and inverse sum are kept (2 floats a row);
 //   backward: every row block's scores again, by the same instructions on the same inputs, and P from
 //             them and the kept statistics in one pass (so the same bits as forward's), dP = dO Vᵀ and
 //             dS = P (dP − rowsum(dP P)) / √hs kept for the whole head (2·T rows: 32 KiB at T 64),
