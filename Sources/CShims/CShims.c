@@ -98,3 +98,17 @@ void ddp_copy_streaming(void *dst, const void *src, size_t n) {
     __atomic_thread_fence(__ATOMIC_RELEASE);
 #endif
 }
+
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#include <limits.h>
+#include <time.h>
+int ddp_futex_wait(uint32_t *word, uint32_t expected, int milliseconds) {
+    struct timespec timeout = { milliseconds / 1000, (long)(milliseconds % 1000) * 1000000L };
+    return (int)syscall(SYS_futex, word, FUTEX_WAIT, expected, &timeout, NULL, 0);
+}
+
+int ddp_futex_wake(uint32_t *word) {
+    return (int)syscall(SYS_futex, word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+}

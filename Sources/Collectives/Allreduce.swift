@@ -2,7 +2,7 @@ import Rendezvous
 import Transport
 
 public enum AllreduceAlgorithm: String, Sendable, CaseIterable, Codable {
-    case ring, tree, doubleTree = "double-tree", halvingDoubling = "halving-doubling", auto
+    case ring, tree, doubleTree = "double-tree", halvingDoubling = "halving-doubling", twoShot = "two-shot", auto
 }
 
 /// The same choice from an explicit table (pure; tests and the benchmark's report).
@@ -63,6 +63,11 @@ public func allreduce(_ buffer: UnsafeMutableBufferPointer<Float>, op: ReduceOp 
         case .tree: try treeAllreduce(buffer, op: op, group: group)
         case .doubleTree: try doubleTreeAllreduce(buffer, op: op, group: group)
         case .halvingDoubling: try halvingDoublingAllreduce(buffer, op: op, group: group)
+        case .twoShot:
+            // Only a group whose ranks share one host's arena runs it; elsewhere the fixed rule's choice.
+            if let arena = group.arena { try twoShotAllreduce(buffer, op: op, group: group, arena: arena) }
+            else if fixedRule(bytes: buffer.count * 4) == .ring { try ringAllreduce(buffer, op: op, group: group) }
+            else { try halvingDoublingAllreduce(buffer, op: op, group: group) }
         }
     }
 }

@@ -35,6 +35,8 @@ public final class ProcessGroup: @unchecked Sendable {
     public let connections: [Connection?]
     /// Group ranks this rank reaches through shared memory (same host); the others over TCP.
     public internal(set) var sharedMemoryPeers: [Int] = []
+    /// The shared arena of a world whose ranks all run on one host (nil otherwise, and in sub-groups).
+    public internal(set) var arena: SharedArena?
     /// The world's connections by global rank (sub-groups are carved from these).
     let worldConnections: [Connection?]
     let registry: GroupRegistry
@@ -185,8 +187,12 @@ public final class ProcessGroup: @unchecked Sendable {
         if !unexpected.isEmpty {
             log("rank \(rank): TCP instead of shared memory with \(unexpected.map { "rank \($0.rank) (\($0.reason))" }.joined(separator: ", "))")
         }
+        let shared = try SharedMemorySetup.arena(connections: connections, rank: rank, slotBytes: sharedMemoryRingBytes,
+                                                 attachedToAll: lanes.attached.count == world - 1)
+        if let reason = shared.declined, lanes.declined.isEmpty { log("rank \(rank): no shared-memory arena (\(reason))") }
         let group = ProcessGroup(rank: rank, worldSize: world, connections: connections, policy: policy)
         group.sharedMemoryPeers = lanes.attached
+        group.arena = shared.arena
         group.store = store
         return group
     }

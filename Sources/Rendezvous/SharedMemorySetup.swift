@@ -104,4 +104,61 @@ public enum SharedMemorySetup {
         outcome.declined.sort { $0.rank < $1.rank }
         return outcome
     }
+
+    /// Sets up the arena of a job whose ranks all share one host (SharedArena.swift), right after the
+    /// lanes: rank 0 offers a segment to every rank (an empty name when it is not attached to all, or
+    /// lanes are off, or /dev/shm is short), each answers whether it opened it and is itself attached to
+    /// all, and rank 0 tells everyone the verdict, so that every rank has an arena or none does. Slots are
+    /// `slotBytes` (the lanes' ring size). Returns nil for a job across hosts, without a word; the reason
+    /// for anything else.
+    public static func arena(connections: [Connection?], rank: Int, slotBytes: Int,
+                             attachedToAll: Bool) throws -> (arena: SharedArena?, declined: String?) {
+        let operation = "shared-memory arena set-up (rank \(rank))", ranks = connections.count
+        if rank == 0 {
+            var created: (arena: SharedArena, name: String)?
+            var reason: String?
+            if attachedToAll && slotBytes > 0 {
+                do { created = try SharedArena.create(ranks: ranks, slotBytes: slotBytes) } catch { reason = "rank 0: \(error)" }
+            }
+            defer { if let created { shm_unlink(created.name) } }
+            for peer in 1..<ranks {
+                var offer = ByteWriter()
+                offer.string(created?.name ?? "")
+                try connections[peer]!.sendFrame(.laneOffer, tag: 1, bytes: offer.data, operation: operation)
+            }
+            var accepted = created != nil
+            for peer in 1..<ranks {
+                let connection = connections[peer]!
+                var reader = ByteReader(try connection.receiveFrame(expecting: .laneAnswer, tag: 1, maxLength: 4096, operation: operation))
+                guard let flag = reader.bytes(1), flag[0] <= 1, let theirReason = reader.string(), reader.atEnd else {
+                    connection.close()
+                    throw TransportError(.badFrame("malformed shared-memory arena answer"), operation: operation, peer: connection.peer)
+                }
+                if flag[0] == 0 && accepted { accepted = false; reason = theirReason.isEmpty ? nil : "rank \(peer): \(theirReason)" }
+            }
+            for peer in 1..<ranks {
+                try connections[peer]!.sendFrame(.laneAnswer, tag: 2, bytes: [accepted ? 1 : 0], operation: operation)
+            }
+            return (accepted ? created?.arena : nil, accepted ? nil : reason)
+        }
+        let connection = connections[0]!
+        var reader = ByteReader(try connection.receiveFrame(expecting: .laneOffer, tag: 1, maxLength: 4096, operation: operation))
+        guard let name = reader.string(), reader.atEnd else {
+            connection.close()
+            throw TransportError(.badFrame("malformed shared-memory arena offer"), operation: operation, peer: connection.peer)
+        }
+        var opened: SharedArena?, reason = ""
+        if !name.isEmpty && attachedToAll {
+            do { opened = try SharedArena.open(name: name, ranks: ranks, rank: rank, slotBytes: slotBytes) } catch { reason = "\(error)" }
+        }
+        var answer = ByteWriter()
+        answer.bytes([opened == nil ? 0 : 1]); answer.string(reason)
+        try connection.sendFrame(.laneAnswer, tag: 1, bytes: answer.data, operation: operation)
+        let verdict = try connection.receiveFrame(expecting: .laneAnswer, tag: 2, maxLength: 1, operation: operation)
+        guard verdict.count == 1, verdict[0] <= 1 else {
+            connection.close()
+            throw TransportError(.badFrame("malformed shared-memory arena verdict"), operation: operation, peer: connection.peer)
+        }
+        return (verdict[0] == 1 ? opened : nil, nil)
+    }
 }

@@ -8,7 +8,7 @@ import Transport
 /// averages are compared with a tolerance and, like everything else, checked to be bitwise identical
 /// on every rank by allgathering a checksum of the result.
 public struct CollectiveCheckPlan: Sendable {
-    public var algorithms: [AllreduceAlgorithm] = [.ring, .tree, .doubleTree, .halvingDoubling]
+    public var algorithms: [AllreduceAlgorithm] = [.ring, .tree, .doubleTree, .halvingDoubling, .twoShot]
     public var counts: [Int] = [0, 1, 7, 1000, (1 << 20) + 3]
     public var ops: [ReduceOp] = [.sum, .max, .average]
     public var alsoOtherCollectives = true

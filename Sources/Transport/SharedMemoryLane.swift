@@ -101,30 +101,11 @@ public final class SharedMemoryLane: @unchecked Sendable {
 
     deinit { munmap(base, mappedBytes) }
 
-    /// Why a lane could not be set up (the connection then stays on TCP).
-    public struct Unavailable: Error, CustomStringConvertible {
-        public let description: String
-    }
-
     /// Creates a segment under a fresh random name (the name goes to the peer, which opens it; the
-    /// creator unlinks it once the peer answered). Pages are reserved up front: a full /dev/shm then
-    /// fails here, with a reason, instead of killing the process with SIGBUS at the first write.
+    /// creator unlinks it once the peer answered).
     public static func create(ringBytes: Int) throws -> (lane: SharedMemoryLane, name: String) {
         precondition(ringBytes > 0 && ringBytes % 4096 == 0, "ring of \(ringBytes) bytes")
-        let name = "/swift-ddp-" + randomBytes(12).map { String($0, radix: 16) }.joined()
-        let fd = shm_open(name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw Unavailable(description: "shm_open \(name): \(String(cString: strerror(errno)))") }
-        defer { close(fd) }
-        let bytes = segmentBytes(ringBytes: ringBytes)
-        let reserved = posix_fallocate(fd, 0, off_t(bytes))
-        guard reserved == 0 else {
-            shm_unlink(name)
-            throw Unavailable(description: "reserving \(bytes >> 10) KiB in /dev/shm: \(String(cString: strerror(reserved)))")
-        }
-        guard let base = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0), base != MAP_FAILED else {
-            shm_unlink(name)
-            throw Unavailable(description: "mmap of \(bytes >> 10) KiB: \(String(cString: strerror(errno)))")
-        }
+        let (base, name) = try SharedSegment.create(bytes: segmentBytes(ringBytes: ringBytes))
         base.storeBytes(of: UInt64(ringBytes), toByteOffset: 8, as: UInt64.self)
         ddp_store_release_u64(base.assumingMemoryBound(to: UInt64.self), magic)
         return (SharedMemoryLane(base: base, ringBytes: ringBytes, creator: true), name)
@@ -132,24 +113,12 @@ public final class SharedMemoryLane: @unchecked Sendable {
 
     /// Opens the peer's segment by name and checks its header.
     public static func open(name: String, ringBytes: Int) throws -> SharedMemoryLane {
-        guard name.hasPrefix("/swift-ddp-"), name.utf8.count < 64, !name.dropFirst().contains("/") else {
-            throw Unavailable(description: "malformed segment name")
-        }
-        let fd = shm_open(name, O_RDWR | O_CLOEXEC, 0)
-        guard fd >= 0 else { throw Unavailable(description: "shm_open \(name): \(String(cString: strerror(errno)))") }
-        defer { close(fd) }
-        var status = stat()
         let bytes = segmentBytes(ringBytes: ringBytes)
-        guard fstat(fd, &status) == 0, Int(status.st_size) == bytes else {
-            throw Unavailable(description: "segment \(name) is not \(bytes) bytes")
-        }
-        guard let base = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0), base != MAP_FAILED else {
-            throw Unavailable(description: "mmap of \(bytes >> 10) KiB: \(String(cString: strerror(errno)))")
-        }
+        let base = try SharedSegment.open(name: name, bytes: bytes)
         guard ddp_load_acquire_u64(base.assumingMemoryBound(to: UInt64.self)) == magic,
               base.load(fromByteOffset: 8, as: UInt64.self) == UInt64(ringBytes) else {
             munmap(base, bytes)
-            throw Unavailable(description: "segment \(name) has another header")
+            throw SharedSegment.Unavailable(description: "segment \(name) has another header")
         }
         return SharedMemoryLane(base: base, ringBytes: ringBytes, creator: false)
     }

@@ -13,8 +13,8 @@ import Transport
 /// result; 3: a transport or rendezvous error (printed with the peer it names).
 @main
 struct CollectiveCheck: ParsableCommand {
-    @Option(help: "Comma-separated algorithms: ring,tree,double-tree,halving-doubling,auto.")
-    var algorithms = "ring,tree,double-tree,halving-doubling"
+    @Option(help: "Comma-separated algorithms: ring,tree,double-tree,halving-doubling,two-shot,auto.")
+    var algorithms = "ring,tree,double-tree,halving-doubling,two-shot"
 
     @Option(help: "Comma-separated element counts.")
     var counts = "0,1,7,1000,1048579"
@@ -57,7 +57,7 @@ struct CollectiveCheck: ParsableCommand {
 
     @Flag(help: "Print this rank's CPU affinity and memory policy, as seen from inside (sched_getaffinity, get_mempolicy).")
     var reportBinding = false
-    @Flag(help: "Print which peers this rank reaches through shared memory and which over TCP.")
+    @Flag(help: "Print which peers this rank reaches through shared memory and which over TCP, and whether the ranks share an arena.")
     var reportTransport = false
 
     func run() throws {
@@ -85,7 +85,7 @@ struct CollectiveCheck: ParsableCommand {
             let group = try ProcessGroup.join(env, log: say)
             if reportTransport {
                 let tcp = (0..<group.worldSize).filter { $0 != group.rank && !group.sharedMemoryPeers.contains($0) }
-                say("transport: rank \(env.rank) shared memory [\(compactList(group.sharedMemoryPeers))] tcp [\(compactList(tcp))]")
+                say("transport: rank \(env.rank) shared memory [\(compactList(group.sharedMemoryPeers))] tcp [\(compactList(tcp))] arena \(group.arena == nil ? "no" : "yes")")
             }
             if ready {
                 try barrier(group: group)

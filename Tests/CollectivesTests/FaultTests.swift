@@ -7,7 +7,7 @@ import XCTest
 /// Real processes, real failures: no rank may hang, and every survivor names the rank at fault.
 final class FaultTests: XCTestCase {
     func testKilledRankMakesEveryOtherRankFailNamingIt() throws {
-        for algorithm in ["ring", "tree", "halving-doubling"] {
+        for algorithm in ["ring", "tree", "halving-doubling", "two-shot"] {
             let cluster = try LocalCluster(worldSize: 4)
             let running = try cluster.start("collective-check", ["--loop", "--algorithms", algorithm, "--counts", "262144"],
                                             extra: ["SWIFT_DDP_TIMEOUT": "10"])
@@ -25,9 +25,15 @@ final class FaultTests: XCTestCase {
         }
     }
 
+    /// A rank stopped (SIGSTOP) holds its sockets open: the survivors' waits end by the inactivity
+    /// timeout, on lanes and in the two-shot allreduce's meetings alike.
     func testStoppedRankIsDetectedByTimeout() throws {
+        for algorithm in ["ring", "two-shot"] { try stoppedRankIsDetected(algorithm) }
+    }
+
+    func stoppedRankIsDetected(_ algorithm: String) throws {
         let cluster = try LocalCluster(worldSize: 3)
-        let running = try cluster.start("collective-check", ["--loop", "--algorithms", "ring", "--counts", "65536"],
+        let running = try cluster.start("collective-check", ["--loop", "--algorithms", algorithm, "--counts", "65536"],
                                         extra: ["SWIFT_DDP_TIMEOUT": "2"])
         XCTAssertTrue(running.waitForOutput("READY", slots: [0, 1, 2], timeout: 30))
         kill(running.processes[2].processIdentifier, SIGSTOP)
@@ -37,11 +43,11 @@ final class FaultTests: XCTestCase {
         kill(running.processes[2].processIdentifier, SIGKILL)
         let (outcomes, _) = running.wait(timeout: 10)
         for rank in [0, 1] {
-            XCTAssertEqual(outcomes[rank].status, 3, "rank \(rank): \(outcomes[rank].output)")
-            XCTAssertTrue(outcomes[rank].output.contains("rank 2"), "rank \(rank) does not name rank 2:\n\(outcomes[rank].output)")
+            XCTAssertEqual(outcomes[rank].status, 3, "\(algorithm) rank \(rank): \(outcomes[rank].output)")
+            XCTAssertTrue(outcomes[rank].output.contains("rank 2"), "\(algorithm) rank \(rank) does not name rank 2:\n\(outcomes[rank].output)")
         }
         XCTAssertTrue(outcomes[0].output.contains("timed out") || outcomes[1].output.contains("timed out"),
-                      "\(outcomes[0].output)\n\(outcomes[1].output)")
+                      "\(algorithm): \(outcomes[0].output)\n\(outcomes[1].output)")
     }
 
     func testRendezvousTimeoutNamesTheMissingRanks() throws {

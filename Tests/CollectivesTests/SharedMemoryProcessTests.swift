@@ -10,8 +10,26 @@ import XCTest
 final class SharedMemoryProcessTests: XCTestCase {
     func testLocalRanksReachEachOtherThroughSharedMemory() throws {
         try runCollectiveCheck(worldSize: 3, arguments: ["--report-transport", "--counts", "0,1,7,1000,300001"],
-                               expect: [0: "transport: rank 0 shared memory [1-2] tcp []", 1: "transport: rank 1 shared memory [0,2] tcp []",
-                                        2: "transport: rank 2 shared memory [0-1] tcp []"])
+                               expect: [0: "transport: rank 0 shared memory [1-2] tcp [] arena yes",
+                                        1: "transport: rank 1 shared memory [0,2] tcp [] arena yes",
+                                        2: "transport: rank 2 shared memory [0-1] tcp [] arena yes"])
+    }
+
+    /// The two-shot allreduce through the arena, with slots of 4 KiB (SWIFT_DDP_SHM_KB sets them as it
+    /// sets the rings), so that lengths from 0 to many pieces run, pieces alternate the arena's halves
+    /// many times, and ranks meet hundreds of times; exact and bitwise identical on every rank.
+    func testTwoShotAllreduceRunsThroughTheArenaInManyPieces() throws {
+        for world in [2, 3, 4] {
+            let cluster = try LocalCluster(worldSize: world)
+            let outcomes = try cluster.start("collective-check", ["--report-transport", "--algorithms", "two-shot,auto",
+                                                                  "--counts", "0,1,7,1000,1024,70001", "--allreduce-only"],
+                                             extra: ["SWIFT_DDP_SHM_KB": "4"]).wait(timeout: 120).outcomes
+            for (rank, outcome) in outcomes.enumerated() {
+                XCTAssertEqual(outcome.status, 0, "world \(world) rank \(rank):\n\(outcome.output)")
+                XCTAssertTrue(outcome.output.contains("rank \(rank): OK"), "world \(world) rank \(rank):\n\(outcome.output)")
+                XCTAssertTrue(outcome.output.contains("arena yes"), "world \(world) rank \(rank):\n\(outcome.output)")
+            }
+        }
     }
 
     /// SWIFT_DDP_LANE_STORES forces cached or non-temporal stores on every lane (auto, the default, is
@@ -44,9 +62,11 @@ final class SharedMemoryProcessTests: XCTestCase {
             XCTAssertEqual(outcome.status, 0, "rank \(rank):\n\(outcome.output)")
             XCTAssertTrue(outcome.output.contains("rank \(rank): OK"), "rank \(rank):\n\(outcome.output)")
         }
-        XCTAssertTrue(outcomes[0].output.contains("transport: rank 0 shared memory [1] tcp [2]"), outcomes[0].output)
-        XCTAssertTrue(outcomes[1].output.contains("transport: rank 1 shared memory [0] tcp [2]"), outcomes[1].output)
-        XCTAssertTrue(outcomes[2].output.contains("transport: rank 2 shared memory [] tcp [0-1]"), outcomes[2].output)
+        // Not every pair on lanes: no arena, and the two-shot allreduce (in the default plan) ran as the
+        // fixed rule's choice.
+        XCTAssertTrue(outcomes[0].output.contains("transport: rank 0 shared memory [1] tcp [2] arena no"), outcomes[0].output)
+        XCTAssertTrue(outcomes[1].output.contains("transport: rank 1 shared memory [0] tcp [2] arena no"), outcomes[1].output)
+        XCTAssertTrue(outcomes[2].output.contains("transport: rank 2 shared memory [] tcp [0-1] arena no"), outcomes[2].output)
         // Rank 2 offered nothing to its lower ranks: they say which rank and why.
         XCTAssertTrue(outcomes[0].output.contains("TCP instead of shared memory with rank 2 (rank 2: turned off (SWIFT_DDP_SHM_KB=0))"),
                       outcomes[0].output)

@@ -163,10 +163,10 @@ final class MultiHostTests: XCTestCase {
         }
         for launcher in launchers { XCTAssertEqual(launcher.wait().status, 0, launcher.output) }
         let (host1, host0) = (launchers[0].output, launchers[1].output)
-        XCTAssertTrue(host0.contains("transport: rank 0 shared memory [1] tcp [2-3]"), host0)
-        XCTAssertTrue(host0.contains("transport: rank 1 shared memory [0] tcp [2-3]"), host0)
-        XCTAssertTrue(host1.contains("transport: rank 2 shared memory [3] tcp [0-1]"), host1)
-        XCTAssertTrue(host1.contains("transport: rank 3 shared memory [2] tcp [0-1]"), host1)
+        XCTAssertTrue(host0.contains("transport: rank 0 shared memory [1] tcp [2-3] arena no"), host0)
+        XCTAssertTrue(host0.contains("transport: rank 1 shared memory [0] tcp [2-3] arena no"), host0)
+        XCTAssertTrue(host1.contains("transport: rank 2 shared memory [3] tcp [0-1] arena no"), host1)
+        XCTAssertTrue(host1.contains("transport: rank 3 shared memory [2] tcp [0-1] arena no"), host1)
         XCTAssertFalse((host0 + host1).contains("TCP instead of shared memory"), "another host is no reason to log")
         for rank in 0..<4 { XCTAssertTrue((host0 + host1).contains("rank \(rank): OK"), host0 + host1) }
     }

@@ -41,6 +41,12 @@ static inline uint64_t ddp_load_seq_cst_u64(const uint64_t *p) { return __atomic
 static inline uint32_t ddp_load_seq_cst_u32(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
 static inline void ddp_store_seq_cst_u32(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_SEQ_CST); }
 static inline uint32_t ddp_exchange_seq_cst_u32(uint32_t *p, uint32_t v) { return __atomic_exchange_n(p, v, __ATOMIC_SEQ_CST); }
+static inline uint32_t ddp_fetch_add_seq_cst_u32(uint32_t *p, uint32_t v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
+// futex(FUTEX_WAIT) on a word of a shared mapping: sleeps while *word == expected, at most `milliseconds`
+// (returns 0 when woken, -1 with errno EAGAIN, ETIMEDOUT or EINTR otherwise); futex(FUTEX_WAKE) wakes
+// every sleeper on the word. Not the private variants: the sleepers are other processes.
+int ddp_futex_wait(uint32_t *word, uint32_t expected, int milliseconds);
+int ddp_futex_wake(uint32_t *word);
 // memcpy whose 32-byte-aligned middle is written with non-temporal stores (to memory, not this core's
 // cache), then sfence, so a store after it cannot be seen before the bytes. Plain stores without AVX.
 void ddp_copy_streaming(void *dst, const void *src, size_t n);

@@ -1,0 +1,38 @@
+import Rendezvous
+import Transport
+
+// Two-shot allreduce through the shared arena of a job on one host (SharedArena.swift). Per piece of
+// up to one slot: every rank copies its piece into its own slot; once all have, rank r reduces segment
+// r of the piece from every slot into its own; once all have, every rank copies each segment from the
+// slot of the rank that reduced it. Two meetings per piece and one copy in and one out, against
+// 2 log2 P exchanges (each a copy into a ring and one out) for halving-doubling: with more ranks than
+// cores each meeting may cost a context switch, and this cuts them. Each element is reduced on one
+// rank only, so all ranks end bitwise identical.
+
+public func twoShotAllreduce(_ buffer: UnsafeMutableBufferPointer<Float>, op: ReduceOp, group: ProcessGroup,
+                             arena: SharedArena) throws {
+    let n = group.worldSize, rank = group.rank
+    precondition(arena.ranks == n && arena.rank == rank, "the arena of \(arena.ranks) ranks serves another group than \(group.name)")
+    let pieceFloats = arena.slotBytes / 4
+    var start = 0
+    while start < buffer.count {
+        let count = min(pieceFloats, buffer.count - start)
+        let slot = arena.beginPiece()
+        func floats(_ r: Int) -> UnsafeMutablePointer<Float> { slot(r).assumingMemoryBound(to: Float.self) }
+        let piece = buffer.baseAddress! + start
+        floats(rank).update(from: piece, count: count)
+        try arena.meet(connections: group.connections, policy: group.policy,
+                       operation: "two-shot allreduce on \(group.name) (waiting for every rank's copy in)")
+        let mine = segmentRange(count: count, parts: n, index: rank)
+        let reduced = floats(rank) + mine.lowerBound
+        for r in 0..<n where r != rank { op.combine(reduced, floats(r) + mine.lowerBound, count: mine.count) }
+        op.finish(UnsafeMutableBufferPointer(start: reduced, count: mine.count), worldSize: n)
+        try arena.meet(connections: group.connections, policy: group.policy,
+                       operation: "two-shot allreduce on \(group.name) (waiting for every rank's reduction)")
+        for r in 0..<n {
+            let segment = segmentRange(count: count, parts: n, index: r)
+            (piece + segment.lowerBound).update(from: floats(r) + segment.lowerBound, count: segment.count)
+        }
+        start += count
+    }
+}
