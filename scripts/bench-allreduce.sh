@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Allreduce benchmark and the page that shows it: our ring / tree / halving-doubling / auto (nccl-tests
+# Allreduce benchmark and the page that shows it: our ring / tree / double tree / halving-doubling /
+# two-shot (through the host's shared arena) / auto (nccl-tests
 # style sweep, alpha-beta model, auto checked against the best) next to OpenMPI MPI_Allreduce (its
 # default selection, and ring, recursive doubling and Rabenseifner forced through coll_tuned) and
 # PyTorch gloo on TCP loopback, all in the same run. Ours runs on its shared-memory lanes (what local
@@ -144,12 +145,17 @@ for n in ranks:
     lines += [f"## {n} ranks", "", f"![busbw against size, ours and the references, {n} ranks]({'allreduce'}/{n}-ranks-vs-references.svg)", "",
               f"![busbw and time against size, ours, {n} ranks]({'allreduce'}/{n}-ranks.svg)", "",
               "busbw in GB/s (time in µs below it):", "",
-              "| size | " + " | ".join(algos + [name for name, _ in refs]) + " |",
-              "|---" * (1 + len(algos) + len(refs)) + "|"]
+              "| size | " + " | ".join(algos + [name for name, _ in refs]) + " | best peer / our best |",
+              "|---" * (2 + len(algos) + len(refs)) + "|"]
     def fmt(t, b): return f"{b:.2f}<br>{t:.0f}"
+    peers = [d for name, d in refs if name != "ours TCP"]
     for s in sizes:
         row = [next(fmt(r["microseconds"], r["busbwGBps"]) for r in ours if r["bytes"] == s and r["algorithm"] == a) for a in algos]
         row += [fmt(*d[s]) if s in d else "–" for _, d in refs]
+        # Time of the fastest reference over time of our fastest algorithm: above 1, ours leads.
+        best_ours = min(r["microseconds"] for r in ours if r["bytes"] == s and r["algorithm"] != "auto")
+        best_peer = min((d[s][0] for d in peers if s in d), default=None)
+        row.append(f"{best_peer / best_ours:.2f}x" if best_peer else "–")
         label = f"{s // 1048576}M" if s >= 1048576 else f"{s // 1024}K"
         lines.append(f"| {label} | " + " | ".join(row) + " |")
     text = open(f"{work}/ours-{n}.txt").read().splitlines()

@@ -2,9 +2,10 @@ import Rendezvous
 import Transport
 
 // Two-shot allreduce through the shared arena of a job on one host (SharedArena.swift). Per piece of
-// up to one slot: every rank copies its piece into its own slot; once all have, rank r reduces segment
-// r of the piece from every slot into its own; once all have, every rank copies each segment from the
-// slot of the rank that reduced it. Two meetings per piece and one copy in and one out, against
+// up to one slot: every rank copies its piece into its own slot, all but its own segment; once all
+// have, rank r reduces segment r from every other slot into its buffer and copies the result into its
+// slot; once all have, every rank copies each other segment from the slot of the rank that reduced it.
+// Two meetings per piece and about one copy in and one out, against
 // 2 log2 P exchanges (each a copy into a ring and one out) for halving-doubling: with more ranks than
 // cores each meeting may cost a context switch, and this cuts them. Each element is reduced on one
 // rank only, so all ranks end bitwise identical.
@@ -20,16 +21,19 @@ public func twoShotAllreduce(_ buffer: UnsafeMutableBufferPointer<Float>, op: Re
         let slot = arena.beginPiece()
         func floats(_ r: Int) -> UnsafeMutablePointer<Float> { slot(r).assumingMemoryBound(to: Float.self) }
         let piece = buffer.baseAddress! + start
-        floats(rank).update(from: piece, count: count)
+        let mine = segmentRange(count: count, parts: n, index: rank)
+        // Our own segment is read by us alone: it stays in the buffer, the rest goes into the slot.
+        floats(rank).update(from: piece, count: mine.lowerBound)
+        (floats(rank) + mine.upperBound).update(from: piece + mine.upperBound, count: count - mine.upperBound)
         try arena.meet(connections: group.connections, policy: group.policy,
                        operation: "two-shot allreduce on \(group.name) (waiting for every rank's copy in)")
-        let mine = segmentRange(count: count, parts: n, index: rank)
-        let reduced = floats(rank) + mine.lowerBound
+        let reduced = piece + mine.lowerBound
         for r in 0..<n where r != rank { op.combine(reduced, floats(r) + mine.lowerBound, count: mine.count) }
         op.finish(UnsafeMutableBufferPointer(start: reduced, count: mine.count), worldSize: n)
+        (floats(rank) + mine.lowerBound).update(from: reduced, count: mine.count)
         try arena.meet(connections: group.connections, policy: group.policy,
                        operation: "two-shot allreduce on \(group.name) (waiting for every rank's reduction)")
-        for r in 0..<n {
+        for r in 0..<n where r != rank {
             let segment = segmentRange(count: count, parts: n, index: r)
             (piece + segment.lowerBound).update(from: floats(r) + segment.lowerBound, count: segment.count)
         }

@@ -25,8 +25,8 @@ struct AllreduceBench: ParsableCommand {
     @Option(name: .customShort("o"), help: "Reduction: sum, max or avg.") var op = "sum"
     @Flag(help: "Also time out of place (input copied into the result buffer, then reduced), as nccl-tests' first columns.") var outOfPlace = false
     @Option(name: .customShort("a"), help: "Time over ranks, as nccl-tests: 0 rank 0, 1 mean, 2 fastest, 3 slowest (default).") var aggregation = 3
-    @Option(help: "Comma-separated: ring,tree,double-tree,halving-doubling,auto (auto runs last, with the model fitted to the others).")
-    var algorithms = "ring,tree,double-tree,halving-doubling,auto"
+    @Option(help: "Comma-separated: ring,tree,double-tree,halving-doubling,two-shot,auto (auto runs last, with the model fitted to the others; two-shot only where the ranks share a host's arena).")
+    var algorithms = "ring,tree,double-tree,halving-doubling,two-shot,auto"
     @Option(help: "Write results as JSON to this file (rank 0).") var json: String?
     @Option(help: "Draw busbw and time against size, per algorithm, into this SVG file (rank 0).") var plot: String?
     @Option(help: "What to time: allreduce, or sendrecv (ring shift), pingpong (ranks 0 and 1; one-way time) or alltoall.")
@@ -91,7 +91,12 @@ struct AllreduceBench: ParsableCommand {
             }
             return
         }
-        let chosen = algorithms.split(separator: ",").map { AllreduceAlgorithm(rawValue: String($0))! }
+        var chosen = algorithms.split(separator: ",").map { AllreduceAlgorithm(rawValue: String($0))! }
+        if group.arena == nil && chosen.contains(.twoShot) {
+            // Elsewhere two-shot runs another algorithm: timing it under its name would mislead.
+            chosen.removeAll { $0 == .twoShot }
+            if group.rank == 0 { print("# two-shot not measured: these ranks share no arena (ranks on several hosts, lanes off, or a sub-group)") }
+        }
         let measured = chosen.filter { $0 != .auto }
         func plan(_ sizes: [Int], _ algorithms: [AllreduceAlgorithm], tuning: TuningTable? = nil) -> SweepPlan {
             var p = SweepPlan(sizes: sizes, algorithms: algorithms, iterations: iterations, warmup: warmup, check: check != 0,
