@@ -56,8 +56,9 @@ public struct WorkerEnvironment: Sendable, Equatable {
     public var spinMicroseconds: Double?
     /// SWIFT_DDP_CHUNK_KB: bytes per data frame (a whole number of KiB).
     public var chunkBytes: Int?
-    /// SWIFT_DDP_SHM_KB: bytes of each shared-memory ring between two ranks on one host (a whole number of
-    /// KiB, multiple of 4; 0 keeps them on loopback TCP). Default SharedMemorySetup.defaultRingBytes.
+    /// SWIFT_DDP_SHM_KB: bytes of each shared-memory ring between two ranks on one host, and of each
+    /// rank's slot in a one-host job's arena (a whole number of KiB, multiple of 4; 0 keeps them on
+    /// loopback TCP, with no arena). Default SharedMemorySetup.defaultRingBytes.
     public var sharedMemoryRingBytes: Int?
     /// SWIFT_DDP_LANE_STORES: auto (default), cached or streaming, how a lane's writer stores its bytes
     /// (LaneStores).
