@@ -55,7 +55,7 @@ func guarded<T>(_ group: ProcessGroup, _ body: () throws -> T) throws -> T {
 public func allreduce(_ buffer: UnsafeMutableBufferPointer<Float>, op: ReduceOp = .sum, options: CollectiveOptions,
                       group: ProcessGroup) throws {
     guard group.worldSize > 1 else { return }
-    let chosen = options.algorithm(bytes: buffer.count * 4, worldSize: group.worldSize)
+    let chosen = options.algorithm(bytes: buffer.count * 4, worldSize: group.worldSize, sharedArena: group.arena != nil)
     try guarded(group) {
         if options.wire == .bfloat16 { return try compressedRingAllreduce(buffer, op: op, group: group) }
         switch chosen {
@@ -63,11 +63,7 @@ public func allreduce(_ buffer: UnsafeMutableBufferPointer<Float>, op: ReduceOp 
         case .tree: try treeAllreduce(buffer, op: op, group: group)
         case .doubleTree: try doubleTreeAllreduce(buffer, op: op, group: group)
         case .halvingDoubling: try halvingDoublingAllreduce(buffer, op: op, group: group)
-        case .twoShot:
-            // Only a group whose ranks share one host's arena runs it; elsewhere the fixed rule's choice.
-            if let arena = group.arena { try twoShotAllreduce(buffer, op: op, group: group, arena: arena) }
-            else if fixedRule(bytes: buffer.count * 4) == .ring { try ringAllreduce(buffer, op: op, group: group) }
-            else { try halvingDoublingAllreduce(buffer, op: op, group: group) }
+        case .twoShot: try twoShotAllreduce(buffer, op: op, group: group, arena: group.arena!) // chosen only with one
         }
     }
 }

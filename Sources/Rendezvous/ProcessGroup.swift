@@ -35,7 +35,9 @@ public final class ProcessGroup: @unchecked Sendable {
     public let connections: [Connection?]
     /// Group ranks this rank reaches through shared memory (same host); the others over TCP.
     public internal(set) var sharedMemoryPeers: [Int] = []
-    /// The shared arena of a world whose ranks all run on one host (nil otherwise, and in sub-groups).
+    /// The shared arena of a world whose ranks all run on one host (nil otherwise), which a sub-group of
+    /// all the world's ranks in the world's order shares (the layouts' data-parallel group of a pure
+    /// data-parallel job); other sub-groups have none.
     public internal(set) var arena: SharedArena?
     /// The world's connections by global rank (sub-groups are carved from these).
     let worldConnections: [Connection?]
@@ -80,6 +82,7 @@ public final class ProcessGroup: @unchecked Sendable {
         connections = members.map { parent.worldConnections[$0] }
         policy = parent.policy; checksumPayloads = parent.checksumPayloads; chunkBytes = parent.chunkBytes
         store = parent.store; registry = parent.registry
+        if members == Array(0..<globalWorldSize) { arena = parent.arena }
     }
 
     /// A group of one: every collective is a no-op.

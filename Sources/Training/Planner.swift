@@ -73,10 +73,13 @@ public struct CommunicationModel: Sendable {
     public init() {}
 
     /// An allreduce of `bytes` over `n` ranks running the algorithm `options` picks (the trainer's
-    /// data-parallel options, or the defaults its other groups run).
-    public func allreduce(bytes: Int, ranks n: Int, options: CollectiveOptions = CollectiveOptions()) -> Double {
+    /// data-parallel options, or the defaults its other groups run), on a group with or without the
+    /// host's shared arena (which two-shot needs).
+    public func allreduce(bytes: Int, ranks n: Int, options: CollectiveOptions = CollectiveOptions(), sharedArena: Bool = false) -> Double {
         guard n > 1, bytes > 0 else { return 0 }
-        if let cost = tables[n]?.models[options.algorithm(bytes: bytes, worldSize: n).rawValue] { return cost.seconds(bytes: bytes) }
+        if let cost = tables[n]?.models[options.algorithm(bytes: bytes, worldSize: n, sharedArena: sharedArena).rawValue] {
+            return cost.seconds(bytes: bytes)
+        }
         return 2 * Double(n - 1) * alpha + 2 * Double(n - 1) / Double(n) * Double(bytes) / bandwidth
     }
 
@@ -297,7 +300,14 @@ public struct LayoutPlanner {
 
     /// The allreduce of one gradient bucket (of the whole gradient when that is smaller).
     func bucketAllreduce(_ c: TrainConfig, gradientBytes: Int, ranks: Int) -> Double {
-        communication.allreduce(bytes: min(gradientBytes, Int(c.bucketMb * 1048576)), ranks: ranks, options: dataParallelOptions)
+        dataParallelAllreduce(bytes: min(gradientBytes, Int(c.bucketMb * 1048576)), ranks: ranks)
+    }
+
+    /// An allreduce on the data-parallel group: it has the host's arena when it is the whole job, all on
+    /// this host, with lanes on.
+    func dataParallelAllreduce(bytes: Int, ranks dp: Int) -> Double {
+        communication.allreduce(bytes: bytes, ranks: dp, options: dataParallelOptions,
+                                sharedArena: dp == worldSize && ranksOnHost == worldSize && laneRingBytes > 0)
     }
 
     /// A transformer block's tensor-parallel collectives per micro-batch (TransformerBlock): 2 allreduces
@@ -493,7 +503,7 @@ public struct LayoutPlanner {
                 let overlap = pp > 1 || ranksOnHost > cores ? 0 : compute * 2 / 3
                 let gradients: Double
                 switch layout.zeroStage {
-                case 0: gradients = max(communication.allreduce(bytes: gradientBytes, ranks: dp, options: dataParallelOptions) - overlap, bucket)
+                case 0: gradients = max(dataParallelAllreduce(bytes: gradientBytes, ranks: dp) - overlap, bucket)
                 case 1, 2:
                     // Reduce-scatter while backward runs; the updated pieces are gathered after the step,
                     // with nothing left to overlap.
@@ -560,7 +570,7 @@ public struct LayoutPlanner {
         guard dp > 1 else { return end }
         let sharded = c.zeroStage >= 1
         let seconds = sharded ? communication.half(bytes: gradientBytes, ranks: dp)
-            : communication.allreduce(bytes: gradientBytes, ranks: dp, options: dataParallelOptions)
+            : dataParallelAllreduce(bytes: gradientBytes, ranks: dp)
         // The trainer's buckets, each ring step moving the largest segment (segment 0) in pieces.
         let buckets = bucketRanges(count: gradientBytes / 4, bucketElements: max(1, Int(c.bucketMb * 1048576) / 4))
         let handOffs = max(dp - 1, buckets.reduce(0) { total, bucket in

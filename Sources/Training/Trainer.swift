@@ -144,7 +144,9 @@ public final class Trainer {
             let how = dataParallel.shardParameters ? "ZeRO-3 (parameters, gradients and optimizer state sharded by unit: \(dataParallel.buckets.count) units, each gathered before use with the next one prefetched, released after\(config.reshardAfterForward ? " forward and after backward" : " backward"); gradients reduce-scattered per unit)"
                     : dataParallel.shardGradients ? "ZeRO-2 (reduce-scatter gradients and keep only own pieces, update own shard, allgather parameters)"
                     : dataParallel.shardOptimizer ? "ZeRO-1 (reduce-scatter gradients, update own shard, allgather parameters)"
-                                                  : "allreduce \(config.allreduceAlgorithm.rawValue)"
+                                                  : "allreduce \(config.allreduceAlgorithm.rawValue)" + (config.allreduceAlgorithm != .twoShot ? ""
+                                                      : dataParallel.group.arena != nil ? " through the host's shared arena"
+                                                      : " (no shared arena for this group: auto's choice runs)")
             let last = format("%.0f", Double(4 * (dataParallel.buckets.last?.count ?? 0)) / 1024)
             let buckets = dataParallel.shardParameters ? "buckets (one per unit)"
                 : "buckets of up to \(config.bucketMb) MiB cut where backward finishes gradients (the last \(last) KiB)"

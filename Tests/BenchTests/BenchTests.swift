@@ -83,7 +83,7 @@ final class BenchTests: XCTestCase {
             "--json", dir + "/r.json", "--plot", dir + "/r.svg", "--tuning", dir + "/t.json"])
         XCTAssertEqual(status, 0, output)
         let sizes = [4096, 16384, 65536, 262144]
-        let algorithms = ["ring", "tree", "double-tree", "halving-doubling", "auto"]
+        let algorithms = ["ring", "tree", "double-tree", "halving-doubling", "two-shot", "auto"]
         let run = try JSONDecoder().decode(BenchRun.self, from: Data(contentsOf: URL(fileURLWithPath: dir + "/r.json")))
         let results = run.results
         XCTAssertEqual(run.metadata["ranks"], "2")
@@ -110,7 +110,15 @@ final class BenchTests: XCTestCase {
         XCTAssertTrue(svg.contains("bus bandwidth (GB/s)") && svg.contains("time per allreduce"))
         let table = try TuningTable.load(path: dir + "/t.json")
         XCTAssertEqual(table.worldSize, 2)
-        XCTAssertEqual(Set(table.models.keys), ["ring", "tree", "double-tree", "halving-doubling"])
+        XCTAssertEqual(Set(table.models.keys), ["ring", "tree", "double-tree", "halving-doubling", "two-shot"])
+        // Without lanes there is no arena: two-shot would run another algorithm, so it is not measured.
+        let (tcpStatus, tcpOutput, _) = try runToEnd(build + "/ddp-launch", [
+            "--nproc-per-node", "2", "--", "allreduce-bench", "-b", "4K", "-e", "4K", "-n", "10", "--trials", "1",
+            "--json", dir + "/tcp.json"], environment: ["SWIFT_DDP_SHM_KB": "0"])
+        XCTAssertEqual(tcpStatus, 0, tcpOutput)
+        XCTAssertTrue(tcpOutput.contains("# two-shot not measured: these ranks share no arena"), tcpOutput)
+        let tcpRun = try JSONDecoder().decode(BenchRun.self, from: Data(contentsOf: URL(fileURLWithPath: dir + "/tcp.json")))
+        XCTAssertEqual(Set(tcpRun.results.map(\.algorithm)), ["ring", "tree", "double-tree", "halving-doubling", "auto"])
     }
 
     /// nccl-tests' -d, -o, -a on real ranks: max and avg reductions and bf16 on the wire give exact (or

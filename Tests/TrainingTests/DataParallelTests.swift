@@ -68,13 +68,17 @@ final class DataParallelTests: XCTestCase {
         let expected = try parameters(reference)
         for n in [2, 3, 4] {
             for accumulation in [1, 2] {
-                for algorithm in ["ring", "tree"] {
+                for algorithm in ["ring", "tree", "two-shot"] {
                     let dir = temporaryDirectory("ddp-\(n)-\(accumulation)-\(algorithm)")
                     let run = try launch(n, config, common + ["--set", "batch_size=\(48 / n / accumulation)", "--set", "grad_accum=\(accumulation)",
                                                              "--set", "allreduce_algorithm=\(algorithm)", "--set", "verify_replicas=true",
                                                              "--out-dir", dir])
                     XCTAssertEqual(run.status, 0, "n=\(n) accum=\(accumulation) \(algorithm):\n\(run.output)")
                     XCTAssertTrue(run.output.contains("= 48 samples per step (global batch)"), run.output)
+                    if algorithm == "two-shot" {
+                        // The layout's data-parallel group holds every rank, so it shares the world's arena.
+                        XCTAssertTrue(run.output.contains("allreduce two-shot through the host's shared arena"), run.output)
+                    }
                     let got = try parameters(dir)
                     var worst = 0.0
                     for (name, values) in expected {

@@ -2,6 +2,7 @@ import Collectives
 import Foundation
 import NN
 import Parallel
+import Rendezvous
 import TestSupport
 import Training
 import Transport
@@ -126,6 +127,37 @@ final class PlannerTests: XCTestCase {
         XCTAssertEqual(try XCTUnwrap(trainersTable["tp2 x dp2"]).seconds, tp2.seconds, accuracy: 1e-15, "its 2-rank group keeps the fixed rule")
         let none = try communication([], tables: [])
         XCTAssertEqual(try XCTUnwrap(none["dp4"]).seconds, 2 * CommunicationModel().allreduce(bytes: Int(dp4.gradientBytes), ranks: 4), accuracy: 1e-15)
+    }
+
+    /// Two-shot runs only on a group that has the host's arena: the whole job, all on one host, lanes on.
+    /// A 4-rank table in which it is the fastest prices dp 4 with it there; with the ranks on two hosts,
+    /// or lanes off, by the table's best of the others (tree here), as the trainer's auto then picks.
+    func testTwoShotIsPricedOnlyWhereTheArenaExists() throws {
+        let dir = temporaryDirectory("two-shot-tables")
+        let others = ["ring": LinearCost(alpha: 0, beta: 4e-9), "tree": LinearCost(alpha: 0, beta: 3e-9)]
+        try TuningTable(worldSize: 4, models: others.merging(["two-shot": LinearCost(alpha: 0, beta: 1e-9)]) { $1 }).write(to: dir + "/t4.json")
+        try TuningTable(worldSize: 4, models: others).write(to: dir + "/others.json")
+        func dp4(_ table: String, ranksPerHost: Int? = nil, laneRingBytes: Int = SharedMemorySetup.defaultRingBytes) throws -> Double {
+            var plan = try planner(["allreduce_tuning=\"\(dir)/\(table)\""], world: 4)
+            plan.cores = 2; plan.ranksPerHost = ranksPerHost; plan.laneRingBytes = laneRingBytes
+            try plan.useTuning(tables: [])
+            let p = try XCTUnwrap(try plan.plan(stepSeconds: 1, memoryPerRank: nil).first { $0.name == "dp4" })
+            let stateBuffers = p.config.optimizer == .adamw ? 2 : (p.config.momentum > 0 ? 1 : 0)
+            return p.communicationSeconds / Double(p.stateBytes / (2 + stateBuffers)) // seconds per gradient byte
+        }
+        XCTAssertEqual(try dp4("t4.json"), 1e-9, accuracy: 1e-15)
+        XCTAssertEqual(try dp4("others.json"), 3e-9, accuracy: 1e-15)
+        XCTAssertEqual(try dp4("t4.json", ranksPerHost: 2), try dp4("others.json", ranksPerHost: 2), accuracy: 1e-15)
+        XCTAssertEqual(try dp4("t4.json", laneRingBytes: 0), try dp4("others.json", laneRingBytes: 0), accuracy: 1e-15)
+        // The choice itself: auto skips two-shot without an arena, and two-shot by name runs auto's choice.
+        let options = CollectiveOptions(tuning: try TuningTable.load(path: dir + "/t4.json"))
+        XCTAssertEqual(options.algorithm(bytes: 1 << 20, worldSize: 4, sharedArena: true), .twoShot)
+        XCTAssertEqual(options.algorithm(bytes: 1 << 20, worldSize: 4, sharedArena: false), .tree)
+        var named = options
+        named.algorithm = .twoShot
+        XCTAssertEqual(named.algorithm(bytes: 1 << 20, worldSize: 4, sharedArena: true), .twoShot)
+        XCTAssertEqual(named.algorithm(bytes: 1 << 20, worldSize: 4, sharedArena: false), .tree)
+        XCTAssertEqual(named.algorithm(bytes: 1 << 20, worldSize: 2, sharedArena: false), .ring, "no table for 2 ranks: the fixed rule")
     }
 
     /// The synchronizations an oversubscribed step blocks on: data parallelism's buckets are averaged on
