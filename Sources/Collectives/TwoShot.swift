@@ -18,25 +18,26 @@ public func twoShotAllreduce(_ buffer: UnsafeMutableBufferPointer<Float>, op: Re
     var start = 0
     while start < buffer.count {
         let count = min(pieceFloats, buffer.count - start)
-        let slot = arena.beginPiece()
+        let slot = arena.beginPiece(bytes: 4 * count)
         func floats(_ r: Int) -> UnsafeMutablePointer<Float> { slot(r).assumingMemoryBound(to: Float.self) }
         let piece = buffer.baseAddress! + start
         let mine = segmentRange(count: count, parts: n, index: rank)
         // Our own segment is read by us alone: it stays in the buffer, the rest goes into the slot.
-        floats(rank).update(from: piece, count: mine.lowerBound)
-        (floats(rank) + mine.upperBound).update(from: piece + mine.upperBound, count: count - mine.upperBound)
+        arena.write(floats(rank), from: piece, bytes: 4 * mine.lowerBound)
+        arena.write(floats(rank) + mine.upperBound, from: piece + mine.upperBound, bytes: 4 * (count - mine.upperBound))
         try arena.meet(connections: group.connections, policy: group.policy,
                        operation: "two-shot allreduce on \(group.name) (waiting for every rank's copy in)")
         let reduced = piece + mine.lowerBound
         for r in 0..<n where r != rank { op.combine(reduced, floats(r) + mine.lowerBound, count: mine.count) }
         op.finish(UnsafeMutableBufferPointer(start: reduced, count: mine.count), worldSize: n)
-        (floats(rank) + mine.lowerBound).update(from: reduced, count: mine.count)
+        arena.write(floats(rank) + mine.lowerBound, from: reduced, bytes: 4 * mine.count)
         try arena.meet(connections: group.connections, policy: group.policy,
                        operation: "two-shot allreduce on \(group.name) (waiting for every rank's reduction)")
         for r in 0..<n where r != rank {
             let segment = segmentRange(count: count, parts: n, index: r)
             (piece + segment.lowerBound).update(from: floats(r) + segment.lowerBound, count: segment.count)
         }
+        arena.endPiece(bytes: 4 * count)
         start += count
     }
 }

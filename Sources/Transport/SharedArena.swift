@@ -10,6 +10,14 @@ import CShims
 // once, and the ranks meet at phase counters: with more ranks than cores every meeting can cost a
 // context switch, and two meetings per piece replace the steps.
 //
+// Where the ranks' cores share a cache, a slot written with ordinary stores is read from the writer's
+// cache; where they do not (this project's 2-vCPU machines change between the two from one second to
+// the next), each such store first waits for the readers' copies of the line to be dropped, and 4 ranks
+// on 2 cores ran 1 MiB in ~1000 us instead of ~250. So, as the lanes do, the ranks choose between
+// cached and non-temporal stores by measurement: each rank keeps the mean time of a long piece (copy
+// in to copy out, which every rank sees about alike, since they meet twice in it) per byte for each
+// kind, writes with the cheaper and tries the other one piece in 32 (the same pieces on every rank).
+//
 // Layout: page 0: magic u64 | ranks u64 | slot bytes u64; at 1024 + 128 r rank r's control lines (its
 // phase counter u32 at 0, how many ranks sleep on that counter u32 at 64); the header is rounded up to
 // whole pages. Then two halves, each `ranks` slots of `slotBytes`: consecutive pieces alternate halves,
@@ -23,6 +31,14 @@ public final class SharedArena: @unchecked Sendable {
     private var phase: UInt32 = 0
     /// Pieces started (their parity picks the half).
     private var pieces = 0
+    /// Whether this piece's slot writes use non-temporal stores.
+    public private(set) var streaming = false
+    /// When the current long piece started; long pieces so far.
+    private var pieceStart: Double?, longPieces = 0
+    /// Mean nanoseconds per byte of a long piece, [0] with cached stores, [1] non-temporal (0: not yet).
+    private var costs = [0.0, 0.0]
+    /// Pieces at least this long per rank are timed and may store non-temporally (the lanes' threshold).
+    static let measuredPieceBytes = SharedMemoryLane.measuredWriteBytes
     /// Longest single sleep on a counter: between sleeps the waiter checks the deadline and whether the
     /// rank it waits for is still connected.
     static let sleepSliceMilliseconds: Int32 = 2
@@ -64,13 +80,56 @@ public final class SharedArena: @unchecked Sendable {
     private func counter(_ r: Int) -> UnsafeMutablePointer<UInt32> { (base + 1024 + 128 * r).assumingMemoryBound(to: UInt32.self) }
     private func sleepers(_ r: Int) -> UnsafeMutablePointer<UInt32> { (base + 1024 + 128 * r + 64).assumingMemoryBound(to: UInt32.self) }
 
-    /// Starts the next piece: the slots of its half, by rank.
-    public func beginPiece() -> (Int) -> UnsafeMutableRawPointer {
+    /// Starts the next piece of `bytes` per rank: the slots of its half, by rank, and the kind of store
+    /// its writes use.
+    public func beginPiece(bytes: Int) -> (Int) -> UnsafeMutableRawPointer {
+        if pieces == 0 { mapEveryPage() }
+        if bytes >= Self.measuredPieceBytes {
+            longPieces += 1
+            streaming = Self.streams(longPiece: longPieces, costs: costs)
+            pieceStart = longPieces == 1 ? nil : Deadline.now()
+        } else {
+            streaming = false; pieceStart = nil
+        }
         let half = base + headerBytes + (pieces & 1) * ranks * slotBytes
         pieces += 1
         let size = slotBytes
         return { half + $0 * size }
     }
+
+    /// Whether long piece `n` (from 1) stores non-temporally: each kind in turn for the first pieces
+    /// (after one that warms the caches up and is not measured), then the cheaper by `costs` (cached,
+    /// non-temporal), the other one piece in 32.
+    public static func streams(longPiece n: Int, costs: [Double]) -> Bool {
+        if n <= 9 { return n % 2 == 0 }
+        let cheaper = costs[1] < costs[0]
+        return n % 32 == 0 ? !cheaper : cheaper
+    }
+
+    /// Ends the piece begun last (after its copy out): a long one's time goes into its kind's mean.
+    public func endPiece(bytes: Int) {
+        guard let pieceStart else { return }
+        SharedMemoryLane.fold(&costs[streaming ? 1 : 0], seconds: Deadline.now() - pieceStart, bytes: bytes)
+    }
+
+    /// Maps every page of the slots into this process by reading a byte of each (they exist since
+    /// posix_fallocate; the mapping skipped MAP_POPULATE so that jobs which never run two-shot do not
+    /// carry them): otherwise the first pieces pay a page fault per 4 KiB, and would be measured so.
+    private func mapEveryPage() {
+        var sum: UInt8 = 0
+        for offset in stride(from: headerBytes, to: mappedBytes, by: 4096) { sum &+= base.load(fromByteOffset: offset, as: UInt8.self) }
+        withExtendedLifetime(sum) {}
+    }
+
+    /// Copies into this rank's slot with the piece's kind of store.
+    public func write(_ destination: UnsafeMutableRawPointer, from source: UnsafeRawPointer, bytes: Int) {
+        // ddp_copy_streaming ends with sfence: the phase counter published after it covers these bytes.
+        if streaming { ddp_copy_streaming(destination, source, bytes) } else { destination.copyMemory(from: source, byteCount: bytes) }
+    }
+
+    /// What the choice of stores has measured, nanoseconds per byte of a long piece, cached and
+    /// non-temporal (0: not yet). For tests and diagnostics.
+    public var measuredCosts: (cached: Double, streaming: Double) { (costs[0], costs[1]) }
 
     /// Marks this rank's current phase done and waits until every rank has done it. `connections[r]`
     /// reaches rank r (nil at our own): a rank that closed its connection, or a wait in which no rank
@@ -99,12 +158,12 @@ public final class SharedArena: @unchecked Sendable {
         }
     }
 
-    /// Throws when the peer's connection is closed (it exited) or the deadline passed.
+    /// Throws when the deadline passed or the peer's connection is closed (it exited).
     private func check(_ connection: Connection?, deadline: Deadline, operation: @autoclosure () -> String) throws {
-        guard let connection else { return }
         if deadline.hasPassed {
-            throw TransportError(.timedOut(seconds: deadline.seconds), operation: operation(), peer: connection.peer)
+            throw TransportError(.timedOut(seconds: deadline.seconds), operation: operation(), peer: connection?.peer)
         }
+        guard let connection else { return }
         var fds = [pollfd(fd: connection.fd, events: Int16(0x2000) /* POLLRDHUP */, revents: 0)]
         if poll(&fds, 1, 0) > 0 && fds[0].revents & Int16(0x2000 | Int32(POLLHUP) | Int32(POLLERR)) != 0 {
             throw TransportError(.peerClosed(expected: 0, received: 0), operation: operation(), peer: connection.peer)

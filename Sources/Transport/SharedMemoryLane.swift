@@ -179,7 +179,7 @@ public final class SharedMemoryLane: @unchecked Sendable {
 
     /// Folds one timed copy into a running cost (a quarter weight per copy, so a few copies after a change
     /// of place outweigh the past; a copy slowed by preemption counts at most 4x the mean).
-    private static func fold(_ mean: inout Double, seconds: Double, bytes: Int) {
+    static func fold(_ mean: inout Double, seconds: Double, bytes: Int) {
         guard bytes > 0 else { return }
         let cost = seconds * 1e9 / Double(bytes)
         mean = mean == 0 ? cost : 0.75 * mean + 0.25 * min(cost, 4 * mean)
