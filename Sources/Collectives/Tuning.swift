@@ -102,14 +102,14 @@ public struct CollectiveOptions: Sendable {
 
     /// The algorithm an allreduce of `bytes` runs on a group of `worldSize`. Without a shared arena (ranks
     /// on several hosts, lanes off, a sub-group) two-shot cannot run: auto then picks the table's best of
-    /// the others, and two-shot asked for by name runs what auto would.
-    public func algorithm(bytes: Int, worldSize: Int, sharedArena: Bool = true) -> AllreduceAlgorithm {
+    /// the others, or the fixed rule's, and two-shot asked for by name runs what auto would.
+    public func algorithm(bytes: Int, worldSize: Int, sharedArena: Bool = false) -> AllreduceAlgorithm {
         guard algorithm == .auto || (algorithm == .twoShot && !sharedArena) else { return algorithm }
         if tuning?.worldSize == worldSize,
            let best = TuningTable.fastest(sharedArena ? candidates : candidates.filter { $0.algorithm != .twoShot }, bytes: bytes) {
             return best
         }
-        return fixedRule(bytes: bytes)
+        return fixedRule(bytes: bytes, worldSize: worldSize, sharedArena: sharedArena)
     }
 
     /// The table SWIFT_DDP_TUNING names (WorkerEnvironment.tuningPath), for programs that take their

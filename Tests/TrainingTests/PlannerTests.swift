@@ -158,6 +158,14 @@ final class PlannerTests: XCTestCase {
         XCTAssertEqual(named.algorithm(bytes: 1 << 20, worldSize: 4, sharedArena: true), .twoShot)
         XCTAssertEqual(named.algorithm(bytes: 1 << 20, worldSize: 4, sharedArena: false), .tree)
         XCTAssertEqual(named.algorithm(bytes: 1 << 20, worldSize: 2, sharedArena: false), .ring, "no table for 2 ranks: the fixed rule")
+        // The fixed rule: two-shot for three or more ranks that share the arena, else by size.
+        let fixed = CollectiveOptions()
+        XCTAssertEqual(fixed.algorithm(bytes: 4096, worldSize: 3, sharedArena: true), .twoShot)
+        XCTAssertEqual(fixed.algorithm(bytes: 64 << 20, worldSize: 4, sharedArena: true), .twoShot)
+        XCTAssertEqual(fixed.algorithm(bytes: 4096, worldSize: 2, sharedArena: true), .halvingDoubling)
+        XCTAssertEqual(fixed.algorithm(bytes: 1 << 20, worldSize: 2, sharedArena: true), .ring)
+        XCTAssertEqual(fixed.algorithm(bytes: 4096, worldSize: 4, sharedArena: false), .halvingDoubling)
+        XCTAssertEqual(fixed.algorithm(bytes: 1 << 20, worldSize: 4, sharedArena: false), .ring)
     }
 
     /// The synchronizations an oversubscribed step blocks on: data parallelism's buckets are averaged on
