@@ -116,12 +116,14 @@ public struct LayoutPlanner {
     public var timingRounds = 3
     public var timingBudgetSeconds = 30.0
     /// Ranks per host (nil: all on this one) and each lane's ring (SWIFT_DDP_SHM_KB; 0: no lanes): every
-    /// rank maps a lane to each other rank of its host.
+    /// rank maps a lane to each other rank of its host, and a job all on one host an arena of two slots
+    /// of that size per rank (resident once two-shot runs: counted, as an upper bound).
     public var ranksPerHost: Int?
     public var laneRingBytes = SharedMemorySetup.defaultRingBytes
     public var laneBytesPerRank: Double {
         guard laneRingBytes > 0 else { return 0 }
-        return Double(max(ranksOnHost - 1, 0) * SharedMemoryLane.segmentBytes(ringBytes: laneRingBytes))
+        let arena = ranksOnHost == worldSize && worldSize > 1 ? SharedArena.segmentBytes(ranks: worldSize, slotBytes: laneRingBytes) : 0
+        return Double(max(ranksOnHost - 1, 0) * SharedMemoryLane.segmentBytes(ringBytes: laneRingBytes) + arena)
     }
     /// The ranks that share this host (and its cores).
     public var ranksOnHost: Int { ranksPerHost ?? worldSize }

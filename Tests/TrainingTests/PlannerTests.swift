@@ -44,19 +44,22 @@ final class PlannerTests: XCTestCase {
     }
 
     /// Each rank maps a lane to every other rank of its host, and the planner counts them in its memory:
-    /// 4 ranks on one host, 3 lanes each; 2 per host, 1; lanes off (SWIFT_DDP_SHM_KB=0), none.
+    /// 4 ranks on one host, 3 lanes each and the job's arena (two 1 MiB slots per rank); 2 per host, 1
+    /// lane and no arena; lanes off (SWIFT_DDP_SHM_KB=0), none.
     func testMemoryCountsTheSharedMemoryLanesOfTheHost() throws {
         var plan = try planner(world: 4)
         let segment = Double(SharedMemoryLane.segmentBytes(ringBytes: plan.laneRingBytes))
+        let arena = Double(SharedArena.segmentBytes(ranks: 4, slotBytes: plan.laneRingBytes))
+        XCTAssertEqual(arena, 4096 + 8 * 1048576)
         let allLocal = try plan.plan(stepSeconds: 0.01, memoryPerRank: nil)
-        XCTAssertTrue(allLocal.allSatisfy { $0.laneBytes == 3 * segment }, "\(allLocal.map(\.laneBytes))")
+        XCTAssertTrue(allLocal.allSatisfy { $0.laneBytes == 3 * segment + arena }, "\(allLocal.map(\.laneBytes))")
         plan.ranksPerHost = 2
         let twoPerHost = try plan.plan(stepSeconds: 0.01, memoryPerRank: nil)
         XCTAssertTrue(twoPerHost.allSatisfy { $0.laneBytes == segment })
         plan.laneRingBytes = 0
         let off = try plan.plan(stepSeconds: 0.01, memoryPerRank: nil)
         XCTAssertTrue(off.allSatisfy { $0.laneBytes == 0 })
-        XCTAssertEqual(allLocal.first!.predictedBytes - off.first { $0.name == allLocal.first!.name }!.predictedBytes, 3 * segment, accuracy: 1)
+        XCTAssertEqual(allLocal.first!.predictedBytes - off.first { $0.name == allLocal.first!.name }!.predictedBytes, 3 * segment + arena, accuracy: 1)
     }
 
     /// More ranks on a host than cores: the lanes' copies share the cores, so every layout's
@@ -93,11 +96,13 @@ final class PlannerTests: XCTestCase {
     /// trainer runs there: 4 ranks on 2 cores, dp 4 by the 4-rank table as measured (its 4 ranks already
     /// shared the 2 cores), tp 2 x dp 2 by the 2-rank table stretched twice (two groups copy on the 2
     /// cores at once). The data-parallel group runs allreduce_algorithm, and with auto the config's own
-    /// allreduce_tuning's choice; the other groups auto's fixed rule (ring here).
+    /// allreduce_tuning's choice; the other groups auto's fixed rule (ring here; two-shot, priced as the
+    /// ring, for dp 4, the whole job on one host).
     func testTuningTablesPriceEachGroupSizesCollectives() throws {
         func table(_ n: Int, ring: Double, tree: Double) -> TuningTable {
             TuningTable(worldSize: n, models: ["ring": LinearCost(alpha: 0, beta: ring), "tree": LinearCost(alpha: 0, beta: tree),
-                                               "halving-doubling": LinearCost(alpha: 0, beta: ring), "double-tree": LinearCost(alpha: 0, beta: ring)])
+                                               "halving-doubling": LinearCost(alpha: 0, beta: ring), "double-tree": LinearCost(alpha: 0, beta: ring),
+                                               "two-shot": LinearCost(alpha: 0, beta: ring)])
         }
         let dir = temporaryDirectory("tables")
         try table(2, ring: 2e-9, tree: 3e-9).write(to: dir + "/t2.json")
