@@ -166,7 +166,7 @@ public final class SharedArena: @unchecked Sendable {
         guard let connection else { return }
         var fds = [pollfd(fd: connection.fd, events: Int16(0x2000) /* POLLRDHUP */, revents: 0)]
         if poll(&fds, 1, 0) > 0 && fds[0].revents & Int16(0x2000 | Int32(POLLHUP) | Int32(POLLERR)) != 0 {
-            throw TransportError(.peerClosed(expected: 0, received: 0), operation: operation(), peer: connection.peer)
+            throw TransportError(.peerClosed(expected: 0, received: 0), operation: operation(), peer: connection.peer) // no bytes owed
         }
     }
 }

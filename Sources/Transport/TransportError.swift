@@ -54,7 +54,9 @@ public struct TransportError: Error, Sendable, CustomStringConvertible {
         case let .system(call, code):
             return "\(operation)\(who): \(call) failed: \(String(cString: strerror(code))) (errno \(code))"
         case let .peerClosed(expected, received):
-            return "\(operation)\(who): connection closed by peer after \(received) of \(expected) bytes (peer exited or crashed?)"
+            // 0 of 0: closed while no bytes were owed (a wait in shared memory, not a read).
+            let progress = expected == 0 ? "" : " after \(received) of \(expected) bytes"
+            return "\(operation)\(who): connection closed by peer\(progress) (peer exited or crashed?)"
         case let .timedOut(seconds):
             return "\(operation)\(who): timed out after \(formatSeconds(seconds)) (peer stopped responding?)"
         case let .badFrame(reason):
