@@ -60,7 +60,7 @@ public struct PlannedLayout: Sendable {
 /// Collective costs for the time model. A group whose size has a fitted tuning table (allreduce-bench
 /// --tuning, measured with that many ranks on this host) is priced by the table's model of the algorithm
 /// the trainer runs there; any other by a ring with per-message latency `alpha` and link bandwidth
-/// `bandwidth`. The defaults are ranks of one host on their shared-memory lanes, for the sub-MiB
+/// `bandwidth` (two-shot, where the trainer runs it: two meetings instead of the ring's 2(n-1) messages). The defaults are ranks of one host on their shared-memory lanes, for the sub-MiB
 /// messages a step sends: 2 ranks measured 25 us at 256 KiB and 78 us at 1 MiB when spinning (~15
 /// GB/s, taken as 10 for the caches a step shares), but the trainer does not spin, so each message
 /// waits a blocking wake-up (~20 us here, as on TCP). Large messages fall well below that (4 ranks on 2
@@ -77,10 +77,11 @@ public struct CommunicationModel: Sendable {
     /// host's shared arena (which two-shot needs).
     public func allreduce(bytes: Int, ranks n: Int, options: CollectiveOptions = CollectiveOptions(), sharedArena: Bool = false) -> Double {
         guard n > 1, bytes > 0 else { return 0 }
-        if let cost = tables[n]?.models[options.algorithm(bytes: bytes, worldSize: n, sharedArena: sharedArena).rawValue] {
-            return cost.seconds(bytes: bytes)
-        }
-        return 2 * Double(n - 1) * alpha + 2 * Double(n - 1) / Double(n) * Double(bytes) / bandwidth
+        let algorithm = options.algorithm(bytes: bytes, worldSize: n, sharedArena: sharedArena)
+        if let cost = tables[n]?.models[algorithm.rawValue] { return cost.seconds(bytes: bytes) }
+        // The ring: 2(n-1) messages; two-shot: two meetings, about the same bytes per rank.
+        let messages = algorithm == .twoShot ? 2 : 2 * (n - 1)
+        return Double(messages) * alpha + 2 * Double(n - 1) / Double(n) * Double(bytes) / bandwidth
     }
 
     /// A reduce-scatter or an allgather: half a ring allreduce (both run the ring).

@@ -69,6 +69,8 @@ final class PlannerTests: XCTestCase {
     /// last hidden on cores of their own.
     func testOversubscribedCommunicationStretchesOverTheCores() throws {
         var plan = try planner(["bucket_mb=0.01"], world: 4)
+        // Lanes off, so no arena: the same algorithms run on one host and on four.
+        plan.laneRingBytes = 0
         plan.cores = 4
         let ownCores = try plan.plan(stepSeconds: 1, memoryPerRank: nil)
         plan.cores = 2
@@ -131,7 +133,11 @@ final class PlannerTests: XCTestCase {
         XCTAssertEqual(try XCTUnwrap(trainersTable["dp4"]).seconds, 1e-9 * dp4.gradientBytes, accuracy: 1e-15, "auto picks tree by the 4-rank table")
         XCTAssertEqual(try XCTUnwrap(trainersTable["tp2 x dp2"]).seconds, tp2.seconds, accuracy: 1e-15, "its 2-rank group keeps the fixed rule")
         let none = try communication([], tables: [])
-        XCTAssertEqual(try XCTUnwrap(none["dp4"]).seconds, 2 * CommunicationModel().allreduce(bytes: Int(dp4.gradientBytes), ranks: 4), accuracy: 1e-15)
+        // Without tables: dp 4 (the whole job on one host) runs two-shot, two meetings where the ring has 6.
+        let model = CommunicationModel()
+        XCTAssertEqual(try XCTUnwrap(none["dp4"]).seconds, 2 * model.allreduce(bytes: Int(dp4.gradientBytes), ranks: 4, sharedArena: true), accuracy: 1e-15)
+        XCTAssertEqual(model.allreduce(bytes: 1 << 20, ranks: 4, sharedArena: false) - model.allreduce(bytes: 1 << 20, ranks: 4, sharedArena: true),
+                       4 * model.alpha, accuracy: 1e-15)
     }
 
     /// Two-shot runs only on a group that has the host's arena: the whole job, all on one host, lanes on.
