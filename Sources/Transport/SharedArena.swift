@@ -143,30 +143,36 @@ public final class SharedArena: @unchecked Sendable {
             var deadline = Deadline(seconds: policy.timeoutSeconds)
             var seen = ddp_load_seq_cst_u32(counter(r))
             while Int32(bitPattern: seen &- phase) < 0 {
+                var slept = false
                 if Deadline.now() < spinUntil {
                     if policy.yieldWhileSpinning { sched_yield() }
                 } else {
                     _ = ddp_fetch_add_seq_cst_u32(sleepers(r), 1)
-                    let now = ddp_load_seq_cst_u32(counter(r))
-                    if now == seen { _ = ddp_futex_wait(counter(r), seen, Self.sleepSliceMilliseconds) }
+                    if ddp_load_seq_cst_u32(counter(r)) == seen { _ = ddp_futex_wait(counter(r), seen, Self.sleepSliceMilliseconds) }
                     _ = ddp_fetch_add_seq_cst_u32(sleepers(r), UInt32.max) // minus one
-                    try check(connections[r], deadline: deadline, operation: operation())
+                    slept = true
                 }
                 let now = ddp_load_seq_cst_u32(counter(r))
-                if now != seen { seen = now; deadline = Deadline(seconds: policy.timeoutSeconds) }
+                if now != seen { seen = now; deadline = Deadline(seconds: policy.timeoutSeconds); continue }
+                // Still behind after a sleep: gone, or silent too long? A rank that arrived and then exited
+                // (its last collective done) closed its connection after its counter moved: read it again.
+                if slept, try !isAlive(connections[r], deadline: deadline, operation: operation()) {
+                    seen = ddp_load_seq_cst_u32(counter(r))
+                    if Int32(bitPattern: seen &- phase) < 0 {
+                        throw TransportError(.peerClosed(expected: 0, received: 0), operation: operation(), peer: connections[r]?.peer) // no bytes owed
+                    }
+                }
             }
         }
     }
 
-    /// Throws when the deadline passed or the peer's connection is closed (it exited).
-    private func check(_ connection: Connection?, deadline: Deadline, operation: @autoclosure () -> String) throws {
+    /// Throws when the deadline passed; false when the peer's connection is closed (it exited).
+    private func isAlive(_ connection: Connection?, deadline: Deadline, operation: @autoclosure () -> String) throws -> Bool {
         if deadline.hasPassed {
             throw TransportError(.timedOut(seconds: deadline.seconds), operation: operation(), peer: connection?.peer)
         }
-        guard let connection else { return }
+        guard let connection else { return true }
         var fds = [pollfd(fd: connection.fd, events: Int16(0x2000) /* POLLRDHUP */, revents: 0)]
-        if poll(&fds, 1, 0) > 0 && fds[0].revents & Int16(0x2000 | Int32(POLLHUP) | Int32(POLLERR)) != 0 {
-            throw TransportError(.peerClosed(expected: 0, received: 0), operation: operation(), peer: connection.peer) // no bytes owed
-        }
+        return !(poll(&fds, 1, 0) > 0 && fds[0].revents & Int16(0x2000 | Int32(POLLHUP) | Int32(POLLERR)) != 0)
     }
 }
