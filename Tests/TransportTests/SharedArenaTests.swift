@@ -69,6 +69,34 @@ final class SharedArenaTests: XCTestCase {
         XCTAssertFalse(SharedArena.streams(longPiece: 64, costs: [2, 1]), "a trial of the dearer kind")
     }
 
+    /// A rank that arrives and exits at once (its last collective done) while another sleeps in the same
+    /// meeting: the sleeper must see the arrival, not the closed connection (it once saw the latter
+    /// first). Then a rank that closes without arriving: the waiter fails naming it.
+    func testARankThatArrivesAndExitsIsNotTakenForDead() throws {
+        for _ in 0..<20 {
+            let arenas = try makeArena(ranks: 2, slotBytes: 4096)
+            var fds: [Int32] = [0, 0]
+            XCTAssertEqual(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds), 0)
+            let toRank1 = Connection(fd: fds[0], peer: PeerDescription(rank: 1, host: "socketpair", port: 0),
+                                     policy: WaitPolicy(timeoutSeconds: 5, spinMicroseconds: 0))
+            let rank1End = fds[1]
+            let exiting = Thread {
+                usleep(5_000)
+                try? arenas[1].meet(connections: [nil, nil], policy: WaitPolicy(timeoutSeconds: 5, spinMicroseconds: 0), operation: "rank 1")
+                close(rank1End)
+            }
+            exiting.start()
+            XCTAssertNoThrow(try arenas[0].meet(connections: [nil, toRank1], policy: WaitPolicy(timeoutSeconds: 5, spinMicroseconds: 0),
+                                                operation: "rank 0 waiting"))
+            while !exiting.isFinished { usleep(1_000) }
+            // The next meeting: rank 1 is gone for good.
+            XCTAssertThrowsError(try arenas[0].meet(connections: [nil, toRank1], policy: WaitPolicy(timeoutSeconds: 5, spinMicroseconds: 0),
+                                                    operation: "rank 0 waiting again")) { error in
+                XCTAssertTrue("\(error)".contains("rank 1") && "\(error)".contains("connection closed by peer"), "\(error)")
+            }
+        }
+    }
+
     /// A rank that never arrives: the others' meeting ends by the timeout, with an error that says so.
     func testAMeetingWithoutOneRankTimesOut() throws {
         let arenas = try makeArena(ranks: 2, slotBytes: 4096)
