@@ -125,7 +125,16 @@ public func broadcast(_ values: [Int64], root: Int, group: ProcessGroup) throws 
 
 /// Allgather in place: on entry segment r (segmentRange(count, worldSize, r)) holds rank r's part.
 public func allgather(_ buffer: UnsafeMutableBufferPointer<Float>, group: ProcessGroup) throws {
-    try guarded(group) { try ringAllgather(buffer, group: group) }
+    try guarded(group) {
+        if let arena = sharedArena(of: group) { try arenaAllgather(buffer, group: group, arena: arena) } else { try ringAllgather(buffer, group: group) }
+    }
+}
+
+/// The arena a reduce-scatter or an allgather runs through: where auto's fixed rule takes two-shot for
+/// an allreduce (3 or more ranks sharing one), for the same reason.
+func sharedArena(of group: ProcessGroup) -> SharedArena? {
+    guard let arena = group.arena, group.worldSize >= 3, arena.slotBytes / 4 >= group.worldSize else { return nil }
+    return arena
 }
 
 /// Allgather of integers: every rank gives the same number of values and gets everyone's, in rank order.
@@ -144,7 +153,9 @@ public func reduceScatter(_ buffer: UnsafeMutableBufferPointer<Float>, op: Reduc
                           group: ProcessGroup) throws {
     try guarded(group) {
         switch wire {
-        case .float32: try ringReduceScatter(buffer, op: op, group: group)
+        case .float32:
+            if let arena = sharedArena(of: group) { try arenaReduceScatter(buffer, op: op, group: group, arena: arena) }
+            else { try ringReduceScatter(buffer, op: op, group: group) }
         case .bfloat16: try compressedRingReduceScatter(buffer, op: op, group: group)
         }
     }

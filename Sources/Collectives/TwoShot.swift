@@ -41,3 +41,61 @@ public func twoShotAllreduce(_ buffer: UnsafeMutableBufferPointer<Float>, op: Re
         start += count
     }
 }
+
+// Each shot alone, for ZeRO's and sequence parallelism's reduce-scatter and allgather on a group that
+// has the arena. Pieces are strided so that every rank works in every piece: piece k holds the k-th
+// chunk of every segment (segmentRange over the whole buffer), at s x chunk in a slot. One meeting per
+// piece: a rank rewrites a half two pieces later, after the next piece's meeting, which every rank
+// reaches only once done reading this one.
+
+/// Reduce-scatter in place through the arena: on exit segment `group.rank` holds the reduction.
+public func arenaReduceScatter(_ buffer: UnsafeMutableBufferPointer<Float>, op: ReduceOp, group: ProcessGroup,
+                               arena: SharedArena) throws {
+    let n = group.worldSize, rank = group.rank
+    let segments = (0..<n).map { segmentRange(count: buffer.count, parts: n, index: $0) }
+    let chunk = arena.slotBytes / 4 / n, base = buffer.baseAddress
+    var k = 0
+    while k * chunk < segments[0].count { // segment 0 is the longest
+        let slot = arena.beginPiece(bytes: 4 * chunk * n)
+        func piece(_ s: Int) -> Range<Int> {
+            let start = min(segments[s].lowerBound + k * chunk, segments[s].upperBound)
+            return start..<min(segments[s].upperBound, start + chunk)
+        }
+        for s in 0..<n where s != rank {
+            arena.write(slot(rank) + 4 * s * chunk, from: base! + piece(s).lowerBound, bytes: 4 * piece(s).count)
+        }
+        try arena.meet(connections: group.connections, policy: group.policy,
+                       operation: "reduce-scatter through the arena on \(group.name) (waiting for every rank's copy in)")
+        let mine = piece(rank)
+        for r in 0..<n where r != rank {
+            op.combine(base! + mine.lowerBound, (slot(r) + 4 * rank * chunk).assumingMemoryBound(to: Float.self), count: mine.count)
+        }
+        op.finish(UnsafeMutableBufferPointer(start: base! + mine.lowerBound, count: mine.count), worldSize: n)
+        arena.endPiece(bytes: 4 * chunk * n)
+        k += 1
+    }
+}
+
+/// Allgather in place through the arena: on entry segment r holds rank r's part, on exit every rank
+/// holds all of them.
+public func arenaAllgather(_ buffer: UnsafeMutableBufferPointer<Float>, group: ProcessGroup, arena: SharedArena) throws {
+    let n = group.worldSize, rank = group.rank
+    let segments = (0..<n).map { segmentRange(count: buffer.count, parts: n, index: $0) }
+    let chunk = arena.slotBytes / 4, base = buffer.baseAddress
+    var k = 0
+    while k * chunk < segments[0].count {
+        let slot = arena.beginPiece(bytes: 4 * chunk)
+        func piece(_ s: Int) -> Range<Int> {
+            let start = min(segments[s].lowerBound + k * chunk, segments[s].upperBound)
+            return start..<min(segments[s].upperBound, start + chunk)
+        }
+        arena.write(slot(rank), from: base! + piece(rank).lowerBound, bytes: 4 * piece(rank).count)
+        try arena.meet(connections: group.connections, policy: group.policy,
+                       operation: "allgather through the arena on \(group.name) (waiting for every rank's part)")
+        for r in 0..<n where r != rank {
+            (base! + piece(r).lowerBound).update(from: slot(r).assumingMemoryBound(to: Float.self), count: piece(r).count)
+        }
+        arena.endPiece(bytes: 4 * chunk * n)
+        k += 1
+    }
+}
