@@ -16,7 +16,7 @@ public func chooseAlgorithm(bytes: Int, worldSize: Int, table: TuningTable?) -> 
 /// halving-doubling for small messages, the ring above (2 ranks: the three are within noise of each
 /// other at most sizes).
 func fixedRule(bytes: Int, worldSize: Int, sharedArena: Bool) -> AllreduceAlgorithm {
-    if sharedArena && worldSize >= 3 { return .twoShot }
+    if sharedArena && worldSize >= arenaMinimumRanks { return .twoShot }
     return bytes <= 64 << 10 ? .halvingDoubling : .ring
 }
 
@@ -130,10 +130,13 @@ public func allgather(_ buffer: UnsafeMutableBufferPointer<Float>, group: Proces
     }
 }
 
+/// Ranks from which the arena's collectives run by default (2 ranks: the lanes' algorithms are as fast).
+let arenaMinimumRanks = 3
+
 /// The arena a reduce-scatter or an allgather runs through: where auto's fixed rule takes two-shot for
-/// an allreduce (3 or more ranks sharing one), for the same reason.
+/// an allreduce, for the same reason.
 func sharedArena(of group: ProcessGroup) -> SharedArena? {
-    guard let arena = group.arena, group.worldSize >= 3, arena.slotBytes / 4 >= group.worldSize else { return nil }
+    guard let arena = group.arena, group.worldSize >= arenaMinimumRanks, arena.slotBytes / 4 >= group.worldSize else { return nil }
     return arena
 }
 

@@ -48,6 +48,12 @@ public func twoShotAllreduce(_ buffer: UnsafeMutableBufferPointer<Float>, op: Re
 // piece: a rank rewrites a half two pieces later, after the next piece's meeting, which every rank
 // reaches only once done reading this one.
 
+/// Chunk k (of `chunk` elements) of a segment: empty past its end.
+private func stridedChunk(_ segment: Range<Int>, _ k: Int, _ chunk: Int) -> Range<Int> {
+    let start = min(segment.lowerBound + k * chunk, segment.upperBound)
+    return start..<min(segment.upperBound, start + chunk)
+}
+
 /// Reduce-scatter in place through the arena: on exit segment `group.rank` holds the reduction.
 public func arenaReduceScatter(_ buffer: UnsafeMutableBufferPointer<Float>, op: ReduceOp, group: ProcessGroup,
                                arena: SharedArena) throws {
@@ -57,10 +63,7 @@ public func arenaReduceScatter(_ buffer: UnsafeMutableBufferPointer<Float>, op: 
     var k = 0
     while k * chunk < segments[0].count { // segment 0 is the longest
         let slot = arena.beginPiece(bytes: 4 * chunk * n)
-        func piece(_ s: Int) -> Range<Int> {
-            let start = min(segments[s].lowerBound + k * chunk, segments[s].upperBound)
-            return start..<min(segments[s].upperBound, start + chunk)
-        }
+        func piece(_ s: Int) -> Range<Int> { stridedChunk(segments[s], k, chunk) }
         for s in 0..<n where s != rank {
             arena.write(slot(rank) + 4 * s * chunk, from: base! + piece(s).lowerBound, bytes: 4 * piece(s).count)
         }
@@ -85,10 +88,7 @@ public func arenaAllgather(_ buffer: UnsafeMutableBufferPointer<Float>, group: P
     var k = 0
     while k * chunk < segments[0].count {
         let slot = arena.beginPiece(bytes: 4 * chunk)
-        func piece(_ s: Int) -> Range<Int> {
-            let start = min(segments[s].lowerBound + k * chunk, segments[s].upperBound)
-            return start..<min(segments[s].upperBound, start + chunk)
-        }
+        func piece(_ s: Int) -> Range<Int> { stridedChunk(segments[s], k, chunk) }
         arena.write(slot(rank), from: base! + piece(rank).lowerBound, bytes: 4 * piece(rank).count)
         try arena.meet(connections: group.connections, policy: group.policy,
                        operation: "allgather through the arena on \(group.name) (waiting for every rank's part)")

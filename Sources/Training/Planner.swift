@@ -60,8 +60,9 @@ public struct PlannedLayout: Sendable {
 /// Collective costs for the time model. A group whose size has a fitted tuning table (allreduce-bench
 /// --tuning, measured with that many ranks on this host) is priced by the table's model of the algorithm
 /// the trainer runs there; any other by a ring with per-message latency `alpha` and link bandwidth
-/// `bandwidth` (two-shot, where the trainer runs it: two meetings instead of the ring's 2(n-1) messages). The defaults are ranks of one host on their shared-memory lanes, for the sub-MiB
-/// messages a step sends: 2 ranks measured 25 us at 256 KiB and 78 us at 1 MiB when spinning (~15
+/// `bandwidth` (two-shot, where the trainer runs it: two meetings instead of the ring's 2(n-1)
+/// messages). The defaults are ranks of one host on their shared-memory lanes, for the sub-MiB messages
+/// a step sends: 2 ranks measured 25 us at 256 KiB and 78 us at 1 MiB when spinning (~15
 /// GB/s, taken as 10 for the caches a step shares), but the trainer does not spin, so each message
 /// waits a blocking wake-up (~20 us here, as on TCP). Large messages fall well below that (4 ranks on 2
 /// cores: 1.0-1.4 GB/s at 64 MiB), which only a table knows.
@@ -123,9 +124,11 @@ public struct LayoutPlanner {
     public var laneRingBytes = SharedMemorySetup.defaultRingBytes
     public var laneBytesPerRank: Double {
         guard laneRingBytes > 0 else { return 0 }
-        let arena = ranksOnHost == worldSize && worldSize > 1 ? SharedArena.segmentBytes(ranks: worldSize, slotBytes: laneRingBytes) : 0
+        let arena = hasArena ? SharedArena.segmentBytes(ranks: worldSize, slotBytes: laneRingBytes) : 0
         return Double(max(ranksOnHost - 1, 0) * SharedMemoryLane.segmentBytes(ringBytes: laneRingBytes) + arena)
     }
+    /// Whether the job has a shared arena: all of it on this host, with lanes on.
+    public var hasArena: Bool { ranksOnHost == worldSize && worldSize > 1 && laneRingBytes > 0 }
     /// The ranks that share this host (and its cores).
     public var ranksOnHost: Int { ranksPerHost ?? worldSize }
     /// The process without a model (runtime, data, buffers), measured: a 1-layer 16-wide GPT's peak RSS
@@ -306,11 +309,9 @@ public struct LayoutPlanner {
         dataParallelAllreduce(bytes: min(gradientBytes, Int(c.bucketMb * 1048576)), ranks: ranks)
     }
 
-    /// An allreduce on the data-parallel group: it has the host's arena when it is the whole job, all on
-    /// this host, with lanes on.
+    /// An allreduce on the data-parallel group: it shares the job's arena when it is the whole job.
     func dataParallelAllreduce(bytes: Int, ranks dp: Int) -> Double {
-        communication.allreduce(bytes: bytes, ranks: dp, options: dataParallelOptions,
-                                sharedArena: dp == worldSize && ranksOnHost == worldSize && laneRingBytes > 0)
+        communication.allreduce(bytes: bytes, ranks: dp, options: dataParallelOptions, sharedArena: dp == worldSize && hasArena)
     }
 
     /// A transformer block's tensor-parallel collectives per micro-batch (TransformerBlock): 2 allreduces

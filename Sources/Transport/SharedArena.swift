@@ -123,8 +123,7 @@ public final class SharedArena: @unchecked Sendable {
 
     /// Copies into this rank's slot with the piece's kind of store.
     public func write(_ destination: UnsafeMutableRawPointer, from source: UnsafeRawPointer, bytes: Int) {
-        // ddp_copy_streaming ends with sfence: the phase counter published after it covers these bytes.
-        if streaming { ddp_copy_streaming(destination, source, bytes) } else { destination.copyMemory(from: source, byteCount: bytes) }
+        SharedSegment.copy(destination, from: source, bytes: bytes, streaming: streaming)
     }
 
     /// What the choice of stores has measured, nanoseconds per byte of a long piece, cached and

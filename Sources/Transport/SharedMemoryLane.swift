@@ -215,12 +215,8 @@ public final class SharedMemoryLane: @unchecked Sendable {
 
     private func copy(into ring: Ring, at start: Int, from p: UnsafeRawPointer, count: Int, streaming: Bool) {
         let first = min(count, ring.size - start)
-        // ddp_copy_streaming ends with sfence: the tail published after it covers bytes already in memory.
-        func move(_ destination: UnsafeMutableRawPointer, _ source: UnsafeRawPointer, _ bytes: Int) {
-            if streaming { ddp_copy_streaming(destination, source, bytes) } else { destination.copyMemory(from: source, byteCount: bytes) }
-        }
-        move(ring.data + start, p, first)
-        if count > first { move(ring.data, p + first, count - first) }
+        SharedSegment.copy(ring.data + start, from: p, bytes: first, streaming: streaming)
+        if count > first { SharedSegment.copy(ring.data, from: p + first, bytes: count - first, streaming: streaming) }
     }
 
     /// After writing: whether the peer sleeps waiting for these bytes (and must be woken; the flag is

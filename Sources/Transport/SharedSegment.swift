@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CShims
 
 /// A named /dev/shm mapping that ranks of one host share (the lanes between pairs, the arena of a whole
 /// host). The creator passes the name to the others, which open it; both sides unlink it once mapped.
@@ -29,6 +30,12 @@ public enum SharedSegment {
             throw Unavailable(description: "mmap of \(bytes >> 10) KiB: \(String(cString: strerror(errno)))")
         }
         return (base, name)
+    }
+
+    /// Copies `bytes` into a segment with cached or non-temporal stores. ddp_copy_streaming ends with
+    /// sfence: a counter published after it covers bytes already in memory.
+    static func copy(_ destination: UnsafeMutableRawPointer, from source: UnsafeRawPointer, bytes: Int, streaming: Bool) {
+        if streaming { ddp_copy_streaming(destination, source, bytes) } else { destination.copyMemory(from: source, byteCount: bytes) }
     }
 
     /// Maps the segment another rank created, after checking its name's shape and its size.
