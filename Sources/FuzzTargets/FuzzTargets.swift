@@ -72,6 +72,7 @@ func fuzzMNIST(_ input: [UInt8]) {
     let split = 4 + Int(UInt32(input[0]) | UInt32(input[1]) << 8 | UInt32(input[2]) << 16 | UInt32(input[3]) << 24) % (input.count - 3)
     let dir = NSTemporaryDirectory() + "ddp-fuzz-\(getpid())"
     try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(atPath: dir) }
     _ = FileManager.default.createFile(atPath: dir + "/images", contents: Data(input[4..<split]))
     _ = FileManager.default.createFile(atPath: dir + "/labels", contents: Data(input[split...]))
     _ = try? MNIST(imagesPath: dir + "/images", labelsPath: dir + "/labels")

@@ -18,6 +18,7 @@ struct FaultSuite: ParsableCommand {
 
     func run() throws {
         let suite = Suite(root: URL(fileURLWithPath: root).standardizedFileURL.path, seed: seed)
+        defer { try? FileManager.default.removeItem(atPath: suite.workDirectory) }
         var rows: [Row] = []
         rows.append(try suite.repeatScenario("kill -9 of a random rank at a random time (3 ranks, training)", killTrials, suite.killRandomRank))
         rows.append(try suite.repeatScenario("SIGSTOP of a rank (timeout 3 s)", trials, suite.stopRank))
@@ -49,6 +50,8 @@ struct Outcome { var seconds: Double?; var message: String; var problems: [Strin
 final class Suite {
     let root: String
     let build = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent().path
+    /// Every trial's output directory lives here; removed when the suite ends.
+    let workDirectory = NSTemporaryDirectory() + "fault-suite-\(getpid())"
     var state: UInt64
     init(root: String, seed: UInt64) { self.root = root; state = seed | 1 }
     func random() -> Double { state ^= state << 13; state ^= state >> 7; state ^= state << 17; return Double(state % 1_000_000) / 1_000_000 }
@@ -113,7 +116,7 @@ final class Suite {
     }
 
     func freshDirectory(_ name: String) -> String {
-        let path = NSTemporaryDirectory() + "fault-suite-\(getpid())-\(name)"
+        let path = workDirectory + "/" + name
         try? FileManager.default.removeItem(atPath: path)
         try? FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
         return path

@@ -59,7 +59,7 @@ final class BenchTests: XCTestCase {
         XCTAssertEqual(chooseAlgorithm(bytes: 1 << 20, worldSize: 2, table: table), .ring, "other world size: fixed rule")
         // In the options a program passes, it drives auto for that world size; the file round-trips,
         // also through SWIFT_DDP_TUNING; an explicit algorithm ignores it.
-        let path = NSTemporaryDirectory() + "tuning-\(getpid()).json"
+        let path = scratchFile("tuning.json")
         XCTAssertNoThrow(try table.write(to: path))
         XCTAssertEqual(try TuningTable.load(path: path), table)
         var options = CollectiveOptions(tuning: try? CollectiveOptions.tuning(fromEnvironmentPath: path))
@@ -76,8 +76,7 @@ final class BenchTests: XCTestCase {
     /// and the fitted model and the auto comparison are printed.
     func testSweepOutputsHoldEverySizeAndAlgorithm() throws {
         let build = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path
-        let dir = NSTemporaryDirectory() + "bench-\(getpid())"
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let dir = scratchDirectory("bench")
         let (status, output, _) = try runToEnd(build + "/ddp-launch", [
             "--nproc-per-node", "2", "--", "allreduce-bench", "-b", "4K", "-e", "256K", "-f", "4", "-n", "10", "--trials", "3",
             "--json", dir + "/r.json", "--plot", dir + "/r.svg", "--tuning", dir + "/t.json"])

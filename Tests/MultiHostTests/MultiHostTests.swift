@@ -46,7 +46,7 @@ final class MultiHostTests: XCTestCase {
         let logPath: String
         init(_ test: MultiHostTests, host: Int, nodes: Int, perNode: Int, port: Int, secret: String, timeout: Int = 20,
              command: [String]) throws {
-            logPath = NSTemporaryDirectory() + "\(test.prefix)-launcher\(host)-\(port).log"
+            logPath = scratchFile("\(test.prefix)-launcher\(host)-\(port).log")
             _ = FileManager.default.createFile(atPath: logPath, contents: nil)
             process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
             process.arguments = ["ip", "netns", "exec", test.namespace(host), MultiHostTests.build + "/ddp-launch",
@@ -89,10 +89,10 @@ final class MultiHostTests: XCTestCase {
         let common = [Self.root + "/configs/mnist-mlp.json", "--data-dir", Self.data, "--set", "epochs=null", "--set", "max_iters=8",
                       "--set", "batch_size=12", "--set", "eval_interval=1000", "--set", "log_interval=1000", "--set", "verify_replicas=true",
                       "--set", "allreduce_algorithm=ring"]
-        let local = NSTemporaryDirectory() + "\(prefix)-local4"
+        let local = scratchFile("\(prefix)-local4")
         let reference = try sh([Self.build + "/ddp-launch", "--nproc-per-node", "4", "--"] + common + ["--out-dir", local])
         XCTAssertEqual(reference.status, 0, reference.output)
-        let remote = NSTemporaryDirectory() + "\(prefix)-hosts2x2"
+        let remote = scratchFile("\(prefix)-hosts2x2")
         let launchers = try [1, 0].map { host in
             try Launcher(self, host: host, nodes: 2, perNode: 2, port: port(1), secret: secret, command: common + ["--out-dir", remote])
         }
@@ -121,10 +121,10 @@ final class MultiHostTests: XCTestCase {
                                        "--set", "sequence_parallel=true"]),
                        ("tp2-dp2", ["--set", "tensor_parallel=2"])]
         for (index, (name, settings)) in layouts.enumerated() {
-            let local = NSTemporaryDirectory() + "\(prefix)-\(name)-local4"
+            let local = scratchFile("\(prefix)-\(name)-local4")
             let reference = try sh([Self.build + "/ddp-launch", "--nproc-per-node", "4", "--"] + common + settings + ["--out-dir", local])
             XCTAssertEqual(reference.status, 0, reference.output)
-            let remote = NSTemporaryDirectory() + "\(prefix)-\(name)-hosts2x2"
+            let remote = scratchFile("\(prefix)-\(name)-hosts2x2")
             let launchers = try [1, 0].map { host in
                 try Launcher(self, host: host, nodes: 2, perNode: 2, port: port(10 + index), secret: secret,
                              command: common + settings + ["--out-dir", remote])

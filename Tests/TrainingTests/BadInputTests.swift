@@ -61,7 +61,7 @@ final class BadInputTests: XCTestCase {
 
     /// Config paths that are not small regular files are refused before reading, naming the path.
     func testUntrustworthyConfigPathsAreRefused() throws {
-        let dir = temporaryDirectory("config-paths")
+        let dir = scratchDirectory("config-paths")
         let big = dir + "/big.json"
         _ = FileManager.default.createFile(atPath: big, contents: Data(repeating: 0x20, count: TrainConfig.maxConfigBytes + 1))
         for (path, mentions) in [("/dev/zero", "not a regular file"), (dir, "not a regular file"), (big, "at most"),
@@ -85,7 +85,7 @@ final class BadInputTests: XCTestCase {
         XCTAssertTrue(flagged?.description.hasPrefix("--set batch_size=0: config key 'batch_size'") ?? false, flagged?.description ?? "")
         let train = DataParallelTests.buildDirectory + "/ddp-train"
         let (status, output, _) = try runToEnd(train, ["train", configsDirectory + "/tiny-gpt.json", "--data-dir", dataDirectory,
-                                                       "--out-dir", temporaryDirectory("nanogpt-flags"), "--max_iters=2", "--eval-interval", "1000"])
+                                                       "--out-dir", scratchDirectory("nanogpt-flags"), "--max_iters=2", "--eval-interval", "1000"])
         XCTAssertEqual(status, 0, output)
         XCTAssertTrue(output.contains("training 2 iterations") && output.contains("\"eval_interval\":1000"), output)
         let (listed, list, _) = try runToEnd(train, ["config"])
@@ -109,7 +109,7 @@ final class BadInputTests: XCTestCase {
     /// A symlinked config is followed (what it points to must still be a small regular file); a
     /// block_size longer than a data split is refused before training.
     func testSymlinkedConfigsAreFollowedAndBlockSizeIsCheckedAgainstTheData() throws {
-        let dir = temporaryDirectory("config-link")
+        let dir = scratchDirectory("config-link")
         try FileManager.default.createSymbolicLink(atPath: dir + "/linked.json", withDestinationPath: configsDirectory + "/tiny-gpt.json")
         XCTAssertNoThrow(try TrainConfig.load(path: dir + "/linked.json"))
         try FileManager.default.createSymbolicLink(atPath: dir + "/to-device.json", withDestinationPath: "/dev/zero")
@@ -139,7 +139,7 @@ final class BadInputTests: XCTestCase {
     }
 
     func testMNISTReaderRefusesBrokenFiles() throws {
-        let dir = temporaryDirectory("mnist-bad")
+        let dir = scratchDirectory("mnist-bad")
         let images = try readPossiblyGzippedFile(dataDirectory + "/mnist-t10k-images-idx3-ubyte.gz")
         let labels = try readPossiblyGzippedFile(dataDirectory + "/mnist-t10k-labels-idx1-ubyte.gz")
         // Raw (not gzipped) files read the same as the gzipped ones.
@@ -173,7 +173,7 @@ final class BadInputTests: XCTestCase {
     }
 
     func testCheckpointRefusesCorruptTruncatedAndMismatchedFiles() throws {
-        let dir = temporaryDirectory("ckpt-bad")
+        let dir = scratchDirectory("ckpt-bad")
         let config = try tinyGPTConfig(["max_iters=3", "eval_interval=1000"], outDir: dir)
         let trainer = Trainer(config: config, task: try makeTask(config), log: { _ in })
         _ = try trainer.run()
@@ -256,7 +256,7 @@ final class BadInputTests: XCTestCase {
         XCTAssertEqual(mkfifo(fifo, 0o600), 0)
         XCTAssertThrowsError(try LoadedCheckpoint(path: fifo)) { XCTAssertTrue("\($0)".contains("not a regular file"), "\($0)") }
 
-        let other = try tinyGPTConfig(["n_embd=48"], outDir: temporaryDirectory("ckpt-other"))
+        let other = try tinyGPTConfig(["n_embd=48"], outDir: scratchDirectory("ckpt-other"))
         let mismatched = Trainer(config: other, task: try makeTask(other), log: { _ in })
         XCTAssertThrowsError(try mismatched.resume(from: trainer.checkpointPath)) { error in
             XCTAssertTrue("\(error)".contains("was written for"), "\(error)")

@@ -62,14 +62,14 @@ final class DataParallelTests: XCTestCase {
         let config = configsDirectory + "/mnist-mlp.json"
         let common = ["--set", "epochs=null", "--set", "max_iters=6", "--set", "eval_interval=1000", "--set", "log_interval=1000",
                       "--data-dir", dataDirectory]
-        let reference = temporaryDirectory("ddp-reference")
+        let reference = scratchDirectory("ddp-reference")
         let single = try launch(1, config, common + ["--set", "batch_size=48", "--out-dir", reference])
         XCTAssertEqual(single.status, 0, single.output)
         let expected = try parameters(reference)
         for n in [2, 3, 4] {
             for accumulation in [1, 2] {
                 for algorithm in ["ring", "tree", "two-shot"] {
-                    let dir = temporaryDirectory("ddp-\(n)-\(accumulation)-\(algorithm)")
+                    let dir = scratchDirectory("ddp-\(n)-\(accumulation)-\(algorithm)")
                     let run = try launch(n, config, common + ["--set", "batch_size=\(48 / n / accumulation)", "--set", "grad_accum=\(accumulation)",
                                                              "--set", "allreduce_algorithm=\(algorithm)", "--set", "verify_replicas=true",
                                                              "--out-dir", dir])
@@ -91,7 +91,7 @@ final class DataParallelTests: XCTestCase {
         // Several buckets (0.1 MiB: 8 buckets of the 0.78 MiB MLP, the last one shorter): bucket-by-bucket
         // overlap, plain and with ZeRO-1's per-bucket reduce-scatter, must give the same parameters.
         for (n, zero) in [(2, 0), (3, 0), (3, 1), (4, 1)] {
-            let dir = temporaryDirectory("ddp-buckets-\(n)-\(zero)")
+            let dir = scratchDirectory("ddp-buckets-\(n)-\(zero)")
             let run = try launch(n, config, common + ["--set", "batch_size=\(48 / n)", "--set", "bucket_mb=0.1", "--set", "zero_stage=\(zero)",
                                                      "--set", "verify_replicas=true", "--out-dir", dir])
             XCTAssertEqual(run.status, 0, "buckets n=\(n) zero=\(zero):\n\(run.output)")
@@ -114,10 +114,10 @@ final class DataParallelTests: XCTestCase {
         let config = configsDirectory + "/tiny-gpt.json"
         let common = ["--data-dir", dataDirectory, "--set", "max_iters=20", "--set", "log_interval=1", "--set", "eval_interval=1000",
                       "--set", "learning_rate=1e-3", "--set", "min_lr=1e-4", "--set", "checkpoint_interval=0"]
-        let reference = temporaryDirectory("gpt-one-8")
+        let reference = scratchDirectory("gpt-one-8")
         XCTAssertEqual(try launch(1, config, common + ["--set", "batch_size=8", "--out-dir", reference]).status, 0)
         func run(_ n: Int, batch: Int, accumulation: Int, zero: Int) throws -> String {
-            let dir = temporaryDirectory("gpt-\(n)-\(batch)-\(accumulation)-\(zero)")
+            let dir = scratchDirectory("gpt-\(n)-\(batch)-\(accumulation)-\(zero)")
             let run = try launch(n, config, common + ["--set", "batch_size=\(batch)", "--set", "grad_accum=\(accumulation)",
                                                      "--set", "zero_stage=\(zero)", "--set", "verify_replicas=true", "--out-dir", dir])
             XCTAssertEqual(run.status, 0, run.output)
@@ -127,7 +127,7 @@ final class DataParallelTests: XCTestCase {
         try assertSameTraining(reference, try run(4, batch: 2, accumulation: 1, zero: 1), "dp 4 x batch 2, ZeRO-1", steps: 20)
         // Accumulation splits a step into micro-steps, each its own global draw: 2 ranks x 2 micro-steps
         // of 2 sequences equal one rank accumulating 2 micro-steps of 4.
-        let accumulated = temporaryDirectory("gpt-one-4x2")
+        let accumulated = scratchDirectory("gpt-one-4x2")
         XCTAssertEqual(try launch(1, config, common + ["--set", "batch_size=4", "--set", "grad_accum=2", "--out-dir", accumulated]).status, 0)
         try assertSameTraining(accumulated, try run(2, batch: 2, accumulation: 2, zero: 0), "dp 2 x batch 2 x accumulation 2", steps: 20)
     }
@@ -140,7 +140,7 @@ final class DataParallelTests: XCTestCase {
         let config = configsDirectory + "/mnist-mlp.json"
         let common = ["--set", "epochs=null", "--set", "max_iters=6", "--set", "eval_interval=1000", "--set", "log_interval=1000",
                       "--set", "verify_replicas=true", "--data-dir", dataDirectory]
-        let reference = temporaryDirectory("zero-reference")
+        let reference = scratchDirectory("zero-reference")
         XCTAssertEqual(try launch(1, config, common + ["--set", "batch_size=48", "--out-dir", reference]).status, 0)
         let expected = try parameters(reference)
         func worstDifference(_ dir: String) throws -> Double {
@@ -151,7 +151,7 @@ final class DataParallelTests: XCTestCase {
         }
         for n in [2, 3, 4] {
             for accumulation in [1, 2] {
-                let dir = temporaryDirectory("zero-\(n)-\(accumulation)")
+                let dir = scratchDirectory("zero-\(n)-\(accumulation)")
                 let run = try launch(n, config, common + ["--set", "batch_size=\(48 / n / accumulation)", "--set", "grad_accum=\(accumulation)",
                                                          "--set", "zero_stage=1", "--out-dir", dir])
                 XCTAssertEqual(run.status, 0, "ZeRO n=\(n) accum=\(accumulation):\n\(run.output)")
@@ -166,11 +166,11 @@ final class DataParallelTests: XCTestCase {
             }
         }
         // Global-norm clipping with ZeRO-1 (the norm summed over every rank's pieces) equals clipping on one rank.
-        let clipped = temporaryDirectory("zero-clip-reference")
+        let clipped = scratchDirectory("zero-clip-reference")
         XCTAssertEqual(try launch(1, config, common + ["--set", "batch_size=48", "--set", "grad_clip=0.05", "--out-dir", clipped]).status, 0)
         let clippedExpected = try parameters(clipped)
         for n in [2, 3] {
-            let dir = temporaryDirectory("zero-clip-\(n)")
+            let dir = scratchDirectory("zero-clip-\(n)")
             let run = try launch(n, config, common + ["--set", "batch_size=\(48 / n)", "--set", "zero_stage=1", "--set", "grad_clip=0.05",
                                                      "--out-dir", dir])
             XCTAssertEqual(run.status, 0, run.output)
@@ -184,11 +184,11 @@ final class DataParallelTests: XCTestCase {
         // 2^-9 relative per hop, so a parameter's path stays within a few % of how far it moved, plus a floor
         // of 1e-4 for elements whose steps nearly cancel (10x tighter than a flat 1e-3); a wrong average on a
         // segment moves its elements by a multiple of their movement.
-        let initial = temporaryDirectory("bf16-initial")
+        let initial = scratchDirectory("bf16-initial")
         XCTAssertEqual(try launch(1, config, common + ["--set", "batch_size=48", "--set", "max_iters=0", "--out-dir", initial]).status, 0)
         let start = try parameters(initial)
         for (n, zero) in [(2, 0), (4, 1)] {
-            let dir = temporaryDirectory("bf16-\(n)")
+            let dir = scratchDirectory("bf16-\(n)")
             let run = try launch(n, config, common + ["--set", "batch_size=\(48 / n)", "--set", "gradient_compression=bf16",
                                                      "--set", "zero_stage=\(zero)", "--out-dir", dir])
             XCTAssertEqual(run.status, 0, "bf16 n=\(n):\n\(run.output)")
@@ -211,7 +211,7 @@ final class DataParallelTests: XCTestCase {
     /// optimizer state); 1 plain rank resumes it and trains on.
     func testResumeAtAnotherWorldSize() throws {
         let config = configsDirectory + "/tiny-gpt.json"
-        let dir = temporaryDirectory("resume-world")
+        let dir = scratchDirectory("resume-world")
         let common = ["--data-dir", dataDirectory, "--out-dir", dir, "--set", "eval_interval=1000"]
         let first = try launch(2, config, common + ["--set", "max_iters=10", "--set", "zero_stage=1"])
         XCTAssertEqual(first.status, 0, first.output)
@@ -229,7 +229,7 @@ final class DataParallelTests: XCTestCase {
         // (the detour through 3 ranks lost nothing).
         let resumed = try launch(2, config, common + ["--set", "max_iters=14", "--set", "zero_stage=1", "--resume"])
         XCTAssertEqual(resumed.status, 0, resumed.output)
-        let straight = temporaryDirectory("resume-world-straight")
+        let straight = scratchDirectory("resume-world-straight")
         let uninterrupted = try launch(2, config, ["--data-dir", dataDirectory, "--out-dir", straight, "--set", "eval_interval=1000",
                                                    "--set", "max_iters=14", "--set", "zero_stage=1"])
         XCTAssertEqual(uninterrupted.status, 0, uninterrupted.output)
@@ -244,7 +244,7 @@ final class DataParallelTests: XCTestCase {
     /// Ranks started with different configs (here the seed differs per rank) stop at once, naming the rank.
     func testConfigMismatchNamesTheRank() throws {
         let train = Self.buildDirectory + "/ddp-train"
-        let script = "exec '\(train)' train '\(configsDirectory)/tiny-gpt.json' --data-dir '\(dataDirectory)' --out-dir '\(temporaryDirectory("mismatch"))' --set seed=$((7 + RANK / 2))"
+        let script = "exec '\(train)' train '\(configsDirectory)/tiny-gpt.json' --data-dir '\(dataDirectory)' --out-dir '\(scratchDirectory("mismatch"))' --set seed=$((7 + RANK / 2))"
         let (status, output, pid) = try runToEnd(Self.buildDirectory + "/ddp-launch",
                                                  ["--nproc-per-node", "3", "--timeout", "20", "--", "/bin/sh", "-c", script])
         XCTAssertNotEqual(status, 0, output)
@@ -255,7 +255,7 @@ final class DataParallelTests: XCTestCase {
     func testKilledRankStopsTheJobWithAClearMessageAndNoOrphans() throws {
         // Every rank's pid is printed before any rank can train, so "iter 5/" means all three are known.
         try assertKilledRankStopsTheJob(launcher: Self.buildDirectory + "/ddp-launch", ranks: 3, victim: 1, settings: [],
-                                        outDir: temporaryDirectory("ddp-kill"))
+                                        outDir: scratchDirectory("ddp-kill"))
     }
 
     func startLauncher(_ arguments: [String], until marker: String) throws -> (Process, FileHandle, String) {
@@ -270,10 +270,10 @@ final class DataParallelTests: XCTestCase {
         let config = configsDirectory + "/tiny-gpt.json"
         let common = ["--data-dir", dataDirectory, "--set", "max_iters=1500", "--set", "checkpoint_interval=20",
                       "--set", "eval_interval=100000", "--set", "log_interval=1"]
-        let reference = temporaryDirectory("restart-reference")
+        let reference = scratchDirectory("restart-reference")
         XCTAssertEqual(try launch(2, config, common + ["--out-dir", reference]).status, 0)
         try assertRestartEndsBitwiseEqual(launcher: Self.buildDirectory + "/ddp-launch", [config] + common,
-                                          dir: temporaryDirectory("restart"), reference: reference, until: "iter 50/")
+                                          dir: scratchDirectory("restart"), reference: reference, until: "iter 50/")
     }
 
     /// Every way a job can end badly leaves no process behind: restarts exhausted, the launcher
@@ -291,7 +291,7 @@ final class DataParallelTests: XCTestCase {
         XCTAssertEqual(survivors(ofLauncher: failing.processIdentifier), [])
 
         for signal in [SIGTERM, SIGKILL] {
-            let dir = temporaryDirectory("orphans-\(signal)")
+            let dir = scratchDirectory("orphans-\(signal)")
             let (process, handle, head) = try startLauncher(["--nproc-per-node", "3", "--", config] + endless + ["--out-dir", dir], until: "iter 3/")
             let pids = launcherRankPIDs(head)
             XCTAssertEqual(pids.count, 3, head)
@@ -307,16 +307,16 @@ final class DataParallelTests: XCTestCase {
     func testTuningTablesAreCheckedNotIgnored() throws {
         let config = configsDirectory + "/tiny-gpt.json"
         let common = ["--data-dir", dataDirectory, "--set", "max_iters=2", "--set", "eval_interval=1000"]
-        let missing = try launch(2, config, common + ["--out-dir", temporaryDirectory("tuning-missing"), "--set", "allreduce_tuning=\"/nonexistent/t.json\""])
+        let missing = try launch(2, config, common + ["--out-dir", scratchDirectory("tuning-missing"), "--set", "allreduce_tuning=\"/nonexistent/t.json\""])
         XCTAssertNotEqual(missing.status, 0, missing.output)
         XCTAssertTrue(missing.output.contains("allreduce_tuning"), missing.output)
         let fromEnvironment = try runToEnd(Self.buildDirectory + "/ddp-launch", ["--nproc-per-node", "2", "--", config] + common
-                                           + ["--out-dir", temporaryDirectory("tuning-env")], environment: ["SWIFT_DDP_TUNING": "/nonexistent/t.json"])
+                                           + ["--out-dir", scratchDirectory("tuning-env")], environment: ["SWIFT_DDP_TUNING": "/nonexistent/t.json"])
         XCTAssertNotEqual(fromEnvironment.status, 0, fromEnvironment.output)
         XCTAssertTrue(fromEnvironment.output.contains("allreduce_tuning") && fromEnvironment.output.contains("/nonexistent/t.json"), fromEnvironment.output)
-        let table = temporaryDirectory("tuning-table") + "/t4.json"
+        let table = scratchDirectory("tuning-table") + "/t4.json"
         try TuningTable(worldSize: 4, models: ["ring": LinearCost(alpha: 1e-5, beta: 1e-9)]).write(to: table)
-        let mismatch = try launch(2, config, common + ["--out-dir", temporaryDirectory("tuning-mismatch"), "--set", "allreduce_tuning=\"\(table)\""])
+        let mismatch = try launch(2, config, common + ["--out-dir", scratchDirectory("tuning-mismatch"), "--set", "allreduce_tuning=\"\(table)\""])
         XCTAssertEqual(mismatch.status, 0, mismatch.output)
         XCTAssertTrue(mismatch.output.contains("was measured at 4 ranks, this run has 2: auto keeps its fixed rule"), mismatch.output)
     }

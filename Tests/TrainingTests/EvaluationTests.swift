@@ -10,7 +10,7 @@ final class EvaluationTests: XCTestCase {
     static var buildDirectory: String { URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path }
 
     func evaluation(_ n: Int, _ config: String, _ settings: [String]) throws -> [String: Double] {
-        let dir = temporaryDirectory("eval-\(n)")
+        let dir = scratchDirectory("eval-\(n)")
         let run = try runToEnd(Self.buildDirectory + "/ddp-launch", ["--nproc-per-node", String(n), "--timeout", "30", "--",
                                                                      configsDirectory + "/" + config, "--data-dir", dataDirectory,
                                                                      "--set", "max_iters=0", "--out-dir", dir] + settings)
@@ -67,7 +67,7 @@ final class EvaluationTests: XCTestCase {
     func testGELUFormIsAModelSetting() throws {
         var finals: [[Float]] = []
         for form in ["tanh", "exact"] {
-            let dir = temporaryDirectory("gelu-\(form)")
+            let dir = scratchDirectory("gelu-\(form)")
             let run = try runToEnd(Self.buildDirectory + "/ddp-launch", ["--nproc-per-node", "1", "--", configsDirectory + "/tiny-gpt.json",
                                                                          "--data-dir", dataDirectory, "--set", "max_iters=10", "--set", "gelu=\(form)",
                                                                          "--out-dir", dir])
@@ -78,7 +78,7 @@ final class EvaluationTests: XCTestCase {
         XCTAssertGreaterThan(difference, 0, "gelu=exact trained the same model as tanh")
         XCTAssertLessThan(difference, 1e-2)
         let bad = try runToEnd(Self.buildDirectory + "/ddp-launch", ["--nproc-per-node", "1", "--", configsDirectory + "/tiny-gpt.json",
-                                                                     "--data-dir", dataDirectory, "--set", "gelu=erf", "--out-dir", temporaryDirectory("gelu-bad")])
+                                                                     "--data-dir", dataDirectory, "--set", "gelu=erf", "--out-dir", scratchDirectory("gelu-bad")])
         XCTAssertNotEqual(bad.status, 0)
         XCTAssertTrue(bad.output.contains("'gelu'"), bad.output)
     }

@@ -20,7 +20,7 @@ final class ExpertParallelTests: XCTestCase {
                   "--set", "learning_rate=1e-3", "--set", "min_lr=1e-4", "--set", "verify_replicas=true", "--set", "checkpoint_interval=0"]
 
     func run(_ name: String, _ n: Int, _ extra: [String]) throws -> (dir: String, output: String) {
-        let dir = temporaryDirectory("moe-\(name)")
+        let dir = scratchDirectory("moe-\(name)")
         let result = try launch(n, common + extra + ["--out-dir", dir])
         XCTAssertEqual(result.status, 0, "\(name):\n\(result.output)")
         return (dir, result.output)
@@ -77,7 +77,7 @@ final class ExpertParallelTests: XCTestCase {
         XCTAssertEqual(tensors["transformer.h.1.mlp.experts.c_proj.weight"]?.shape, [4, 32, 128])
         var continued: [[Double]] = []
         for (n, ep) in [(2, 2), (2, 1), (4, 4)] {
-            let dir = temporaryDirectory("moe-resume-\(n)-\(ep)")
+            let dir = scratchDirectory("moe-resume-\(n)-\(ep)")
             try FileManager.default.copyItem(atPath: source + "/ckpt.safetensors", toPath: dir + "/ckpt.safetensors")
             let result = try launch(n, common + settings + ["--set", "expert_parallel=\(ep)", "--set", "max_iters=15", "--out-dir", dir, "--resume"])
             XCTAssertEqual(result.status, 0, result.output)
@@ -109,7 +109,7 @@ final class ExpertParallelTests: XCTestCase {
     /// with, 1.7 and 1.3. The test asks for at least a quarter less in each block.
     func testAuxiliaryLossEvensTheLoad() throws {
         func maxOverMean(_ coefficient: String) throws -> [Double] {
-            let dir = temporaryDirectory("moe-aux-\(coefficient)")
+            let dir = scratchDirectory("moe-aux-\(coefficient)")
             let result = try runToEnd(Self.buildDirectory + "/ddp-train", [
                 configsDirectory + "/tiny-gpt.json", "--data-dir", dataDirectory, "--out-dir", dir, "--set", "n_experts=4",
                 "--set", "max_iters=200", "--set", "log_interval=50", "--set", "eval_interval=1000", "--set", "moe_aux_loss_coef=\(coefficient)"])
@@ -129,7 +129,7 @@ final class ExpertParallelTests: XCTestCase {
     /// data-parallel averages): every rank stops, the killed one is named, nothing is left running.
     func testKilledRankInsideAnAllToAllStopsTheJob() throws {
         try assertKilledRankStopsTheJob(launcher: Self.buildDirectory + "/ddp-launch", ranks: 4, victim: 2,
-                                        settings: ["--set", "n_experts=4", "--set", "expert_parallel=4"], outDir: temporaryDirectory("moe-kill"))
+                                        settings: ["--set", "n_experts=4", "--set", "expert_parallel=4"], outDir: scratchDirectory("moe-kill"))
     }
 
     /// What the mixture does not combine with yet is refused at the start, naming the key.
@@ -144,12 +144,12 @@ final class ExpertParallelTests: XCTestCase {
                                 (["expert_parallel=2"], "expert_parallel"),
                                 (["n_experts=4", "moe_every=5"], "moe_every"),
                                 (["n_experts=4", "capacity_factor=-1"], "capacity_factor")] {
-            XCTAssertThrowsError(try tinyGPTConfig(settings, outDir: temporaryDirectory("moe-refused")), "\(settings)") { error in
+            XCTAssertThrowsError(try tinyGPTConfig(settings, outDir: scratchDirectory("moe-refused")), "\(settings)") { error in
                 XCTAssertEqual((error as? ConfigError)?.key, key, "\(settings): \(error)")
             }
         }
         // A world the expert group cannot divide: 3 ranks, ep 2.
-        let bad = try launch(3, ["--set", "n_experts=4", "--set", "expert_parallel=2", "--set", "max_iters=1", "--out-dir", temporaryDirectory("moe-3")])
+        let bad = try launch(3, ["--set", "n_experts=4", "--set", "expert_parallel=2", "--set", "max_iters=1", "--out-dir", scratchDirectory("moe-3")])
         XCTAssertNotEqual(bad.status, 0)
         XCTAssertTrue(bad.output.contains("expert_parallel") && bad.output.contains("does not divide the data-parallel size 3"), bad.output)
     }

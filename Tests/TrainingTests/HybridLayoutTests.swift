@@ -14,7 +14,7 @@ final class HybridLayoutTests: XCTestCase {
                   "--set", "checkpoint_interval=0", "--set", "verify_replicas=true"]
 
     func run(_ name: String, _ n: Int, _ extra: [String]) throws -> String {
-        let dir = temporaryDirectory("hybrid-\(name)")
+        let dir = scratchDirectory("hybrid-\(name)")
         let result = try launchTinyGPT(n, common + extra + ["--out-dir", dir])
         XCTAssertEqual(result.status, 0, "\(name):\n\(result.output)")
         return dir
@@ -65,16 +65,16 @@ final class HybridLayoutTests: XCTestCase {
     /// refused with the key.
     func testTensorTimesPipelineLayoutIsShownAndFailsCleanly() throws {
         let result = try launchTinyGPT(4, common + ["--set", "tensor_parallel=2", "--set", "pipeline_parallel=2", "--set", "max_iters=1",
-                                                    "--out-dir", temporaryDirectory("hybrid-table")])
+                                                    "--out-dir", scratchDirectory("hybrid-table")])
         XCTAssertEqual(result.status, 0, result.output)
         // rank 3 = tensor 1 + 2 · (data 0 + 1 · pipeline 1): TP group 2,3, DP group itself, PP group 1,3.
         XCTAssertTrue(result.output.contains("| 1 | 0 | 1 | 0 | 2,3 | 3 | 1,3"), result.output)
         try assertKilledRankStopsTheJob(launcher: Self.buildDirectory + "/ddp-launch", ranks: 4, victim: 3,
                                         settings: ["--set", "n_layer=4", "--set", "tensor_parallel=2", "--set", "pipeline_parallel=2",
                                                    "--set", "sequence_parallel=true"],
-                                        outDir: temporaryDirectory("hybrid-kill"))
+                                        outDir: scratchDirectory("hybrid-kill"))
         let refused = try launchTinyGPT(4, common + ["--set", "tensor_parallel=2", "--set", "pipeline_parallel=2", "--set", "pipeline_schedule=zb-h1",
-                                                     "--out-dir", temporaryDirectory("hybrid-zb")])
+                                                     "--out-dir", scratchDirectory("hybrid-zb")])
         XCTAssertNotEqual(refused.status, 0)
         XCTAssertTrue(refused.output.contains("pipeline_schedule") && refused.output.contains("zb-h1"), refused.output)
     }

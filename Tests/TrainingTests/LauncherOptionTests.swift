@@ -9,7 +9,7 @@ final class LauncherOptionTests: XCTestCase {
     func testBadOptionsGetOneLineAndExitCode2() throws {
         let config = configsDirectory + "/tiny-gpt.json"
         let busy = try Listener(host: "127.0.0.1", port: 0)
-        let dir = temporaryDirectory("launcher-options")
+        let dir = scratchDirectory("launcher-options")
         let openSecret = dir + "/open.secret", blocker = dir + "/file"
         _ = FileManager.default.createFile(atPath: openSecret, contents: Data(String(repeating: "ab", count: 16).utf8), attributes: [.posixPermissions: 0o644])
         _ = FileManager.default.createFile(atPath: blocker, contents: Data())
@@ -42,7 +42,7 @@ final class LauncherOptionTests: XCTestCase {
     /// The secret need not be in argv (where ps shows it): from a private file or the launcher's
     /// SWIFT_DDP_SECRET, and the ranks get exactly that secret.
     func testSecretFromAFileOrTheEnvironmentReachesTheRanks() throws {
-        let dir = temporaryDirectory("launcher-secret")
+        let dir = scratchDirectory("launcher-secret")
         let secret = String(repeating: "5a", count: 16), file = dir + "/job.secret"
         _ = FileManager.default.createFile(atPath: file, contents: Data((secret + "\n").utf8), attributes: [.posixPermissions: 0o600])
         let show = ["--nproc-per-node", "2", "--", "/bin/sh", "-c", "echo secret=$SWIFT_DDP_SECRET"]
@@ -96,7 +96,7 @@ final class LauncherOptionTests: XCTestCase {
 
     /// --log-dir writes each rank's lines (without the prefix) to DIR/rankN.log as well.
     func testLogDirHoldsEachRanksOutput() throws {
-        let dir = temporaryDirectory("log-dir") + "/logs"
+        let dir = scratchDirectory("log-dir") + "/logs"
         let (status, output, _) = try runToEnd(DataParallelTests.buildDirectory + "/ddp-launch",
                                                ["--nproc-per-node", "2", "--log-dir", dir, "--", "/bin/sh", "-c", "echo hello from $RANK; echo second line"])
         XCTAssertEqual(status, 0, output)
@@ -120,7 +120,7 @@ final class LauncherOptionTests: XCTestCase {
     /// `ddp-train sample` writes text from a checkpoint: the requested length, characters of the
     /// vocabulary only, the same text for the same seed and another for another seed.
     func testSampleWritesSeededTextFromACheckpoint() throws {
-        let dir = temporaryDirectory("sample")
+        let dir = scratchDirectory("sample")
         let train = DataParallelTests.buildDirectory + "/ddp-train"
         let trained = try runToEnd(train, ["train", configsDirectory + "/tiny-gpt.json", "--data-dir", dataDirectory, "--out-dir", dir,
                                           "--set", "max_iters=5", "--set", "eval_interval=1000"])
@@ -158,7 +158,7 @@ final class LauncherOptionTests: XCTestCase {
     /// Users train on their own text (dataset "text", data_path), and the checkpoint carries the
     /// vocabulary: sampling works after the data is gone, from any directory.
     func testOwnTextTrainsAndSamplesWithoutTheData() throws {
-        let dir = temporaryDirectory("own-text")
+        let dir = scratchDirectory("own-text")
         let corpus = dir + "/corpus.txt"
         let text = String(repeating: "the quick brown fox jumps over the lazy dog. ", count: 200) + "ÉÀ€"
         try text.write(toFile: corpus, atomically: true, encoding: .utf8)

@@ -15,7 +15,7 @@ final class PipelineTrainingTests: XCTestCase {
     }
 
     func run(_ name: String, _ n: Int, _ extra: [String]) throws -> String {
-        let dir = temporaryDirectory("pp-\(name)")
+        let dir = scratchDirectory("pp-\(name)")
         let result = try launch(n, common + extra + ["--out-dir", dir])
         XCTAssertEqual(result.status, 0, "\(name):\n\(result.output)")
         return dir
@@ -68,7 +68,7 @@ final class PipelineTrainingTests: XCTestCase {
         let source = try run("ckpt", 2, ["--set", "pipeline_parallel=2", "--set", "microbatches=2", "--set", "max_iters=10"])
         var continued: [[Double]] = []
         for (n, extra) in [(1, ["--set", "grad_accum=2"]), (2, ["--set", "pipeline_parallel=2", "--set", "microbatches=2", "--set", "pipeline_schedule=zb-h1"])] {
-            let dir = temporaryDirectory("pp-resume-\(n)")
+            let dir = scratchDirectory("pp-resume-\(n)")
             try FileManager.default.copyItem(atPath: source + "/ckpt.safetensors", toPath: dir + "/ckpt.safetensors")
             let result = try launch(n, common + extra + ["--set", "max_iters=15", "--out-dir", dir, "--resume"])
             XCTAssertEqual(result.status, 0, result.output)
@@ -86,7 +86,7 @@ final class PipelineTrainingTests: XCTestCase {
     /// micro-batch exactly once, on its own rank's row, passes of a row not overlapping; the progress
     /// lines carry the measured bubble beside the formula.
     func testTimelineDrawsTheMeasuredPass() throws {
-        let dir = temporaryDirectory("pp-timeline")
+        let dir = scratchDirectory("pp-timeline")
         let svg = dir + "/timeline/zb.svg"
         let result = try launch(2, common + ["--set", "max_iters=3", "--set", "pipeline_parallel=2", "--set", "pipeline_schedule=zb-h1",
                                              "--set", "microbatches=4", "--set", "pipeline_timeline=\(svg)", "--out-dir", dir])
@@ -111,7 +111,7 @@ final class PipelineTrainingTests: XCTestCase {
         XCTAssertEqual(Set(passes.keys), Set(expected), text)
         XCTAssertTrue(passes.values.allSatisfy { $0 == 1 }, "\(passes)")
         XCTAssertTrue(expected.allSatisfy { rowOf[$0] == Int(String($0.first!)) }, "\(rowOf)")
-        let configError = try launch(1, common + ["--set", "pipeline_timeline=x.svg", "--out-dir", temporaryDirectory("pp-timeline-bad")])
+        let configError = try launch(1, common + ["--set", "pipeline_timeline=x.svg", "--out-dir", scratchDirectory("pp-timeline-bad")])
         XCTAssertNotEqual(configError.status, 0)
         XCTAssertTrue(configError.output.contains("pipeline_timeline"), configError.output)
     }
@@ -120,7 +120,7 @@ final class PipelineTrainingTests: XCTestCase {
     /// hang), the killed rank is named, no orphans.
     func testKilledStageStopsTheJob() throws {
         try assertKilledRankStopsTheJob(launcher: Self.buildDirectory + "/ddp-launch", ranks: 2, victim: 1,
-                                        settings: ["--set", "n_layer=4", "--set", "pipeline_parallel=2"], outDir: temporaryDirectory("pp-kill"))
+                                        settings: ["--set", "n_layer=4", "--set", "pipeline_parallel=2"], outDir: scratchDirectory("pp-kill"))
     }
 
     /// Combinations that cannot work are refused at the start, naming the key.
@@ -130,11 +130,11 @@ final class PipelineTrainingTests: XCTestCase {
                               (["--set", "pipeline_parallel=2", "--set", "virtual_stages=2"], "virtual_stages"),
                               (["--set", "pipeline_parallel=2", "--set", "zero_stage=2"], "zero_stage"),
                               (["--set", "pipeline_parallel=2", "--set", "zero_stage=3"], "zero_stage")] {
-            let result = try launch(2, extra + ["--set", "max_iters=1", "--out-dir", temporaryDirectory("pp-bad")])
+            let result = try launch(2, extra + ["--set", "max_iters=1", "--out-dir", scratchDirectory("pp-bad")])
             XCTAssertNotEqual(result.status, 0, "\(extra)")
             XCTAssertTrue(result.output.contains(text), "\(extra):\n\(result.output)")
         }
-        let result = try launch(3, ["--set", "n_layer=4", "--set", "pipeline_parallel=2", "--set", "max_iters=1", "--out-dir", temporaryDirectory("pp-3")])
+        let result = try launch(3, ["--set", "n_layer=4", "--set", "pipeline_parallel=2", "--set", "max_iters=1", "--out-dir", scratchDirectory("pp-3")])
         XCTAssertNotEqual(result.status, 0)
         XCTAssertTrue(result.output.contains("pipeline_parallel"), result.output)
     }

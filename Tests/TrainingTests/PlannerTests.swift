@@ -15,7 +15,7 @@ final class PlannerTests: XCTestCase {
     static var buildDirectory: String { URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path }
 
     func planner(_ overrides: [String] = [], world: Int) throws -> LayoutPlanner {
-        LayoutPlanner(config: try tinyGPTConfig(overrides, outDir: temporaryDirectory("plan")), worldSize: world, vocabularySize: 65)
+        LayoutPlanner(config: try tinyGPTConfig(overrides, outDir: scratchDirectory("plan")), worldSize: world, vocabularySize: 65)
     }
 
     func testRefusesWhatTheTrainerRefusesAndMarksTheBudget() throws {
@@ -106,7 +106,7 @@ final class PlannerTests: XCTestCase {
                                                "halving-doubling": LinearCost(alpha: 0, beta: ring), "double-tree": LinearCost(alpha: 0, beta: ring),
                                                "two-shot": LinearCost(alpha: 0, beta: ring)])
         }
-        let dir = temporaryDirectory("tables")
+        let dir = scratchDirectory("tables")
         try table(2, ring: 2e-9, tree: 3e-9).write(to: dir + "/t2.json")
         try table(4, ring: 4e-9, tree: 1e-9).write(to: dir + "/t4.json")
         func communication(_ overrides: [String], tables: [String]) throws -> [String: (seconds: Double, gradientBytes: Double, activationBytes: Double)] {
@@ -144,7 +144,7 @@ final class PlannerTests: XCTestCase {
     /// A 4-rank table in which it is the fastest prices dp 4 with it there; with the ranks on two hosts,
     /// or lanes off, by the table's best of the others (tree here), as the trainer's auto then picks.
     func testTwoShotIsPricedOnlyWhereTheArenaExists() throws {
-        let dir = temporaryDirectory("two-shot-tables")
+        let dir = scratchDirectory("two-shot-tables")
         let others = ["ring": LinearCost(alpha: 0, beta: 4e-9), "tree": LinearCost(alpha: 0, beta: 3e-9)]
         try TuningTable(worldSize: 4, models: others.merging(["two-shot": LinearCost(alpha: 0, beta: 1e-9)]) { $1 }).write(to: dir + "/t4.json")
         try TuningTable(worldSize: 4, models: others).write(to: dir + "/others.json")
@@ -332,7 +332,7 @@ final class PlannerTests: XCTestCase {
                     && c.sequenceParallel == (wanted["sequence_parallel"] == "true")
             }) else { XCTFail("\(settings) not planned"); continue }
             var args = ["--nproc-per-node", "4", "--timeout", "30", "--", configsDirectory + "/tiny-gpt.json", "--data-dir", dataDirectory,
-                        "--out-dir", temporaryDirectory("plan-check"), "--set", "max_iters=0", "--set", "batch_size=\(layout.config.batchSize)",
+                        "--out-dir", scratchDirectory("plan-check"), "--set", "max_iters=0", "--set", "batch_size=\(layout.config.batchSize)",
                         "--set", "microbatches=\(layout.config.microbatches)"]
             for s in overrides + settings { args += ["--set", s] }
             let run = try runToEnd(Self.buildDirectory + "/ddp-launch", args)
@@ -360,7 +360,7 @@ final class PlannerTests: XCTestCase {
     func testParallelAutoTrainsThePlannersPick() throws {
         let common = ["--set", "n_layer=4", "--set", "batch_size=16", "--set", "max_iters=6", "--set", "log_interval=1",
                       "--set", "eval_interval=1000", "--set", "checkpoint_interval=0"]
-        let dir = temporaryDirectory("auto")
+        let dir = scratchDirectory("auto")
         let auto = try launchTinyGPT(4, common + ["--set", "parallel=auto", "--out-dir", dir])
         XCTAssertEqual(auto.status, 0, auto.output)
         guard let line = auto.output.split(separator: "\n").first(where: { $0.contains("parallel auto: training ") }),
@@ -380,12 +380,12 @@ final class PlannerTests: XCTestCase {
         let keys = ["tensor_parallel=\(trained.tensorParallel)", "pipeline_parallel=\(trained.pipelineParallel)", "zero_stage=\(trained.zeroStage)",
                     "sequence_parallel=\(trained.sequenceParallel)", "batch_size=\(trained.batchSize)", "grad_accum=\(trained.gradAccum)",
                     "microbatches=\(trained.microbatches)", "pipeline_schedule=\(trained.pipelineSchedule.rawValue)"]
-        let byHand = temporaryDirectory("auto-by-hand")
+        let byHand = scratchDirectory("auto-by-hand")
         let manual = try launchTinyGPT(4, common + keys.flatMap { ["--set", $0] } + ["--out-dir", byHand])
         XCTAssertEqual(manual.status, 0, manual.output)
         XCTAssertEqual(try metricsLosses(dir), try metricsLosses(byHand))
         for (extra, key) in [(["--set", "tensor_parallel=2"], "parallel"), (["--set", "memory_per_rank_mb=1"], "memory_per_rank_mb")] {
-            let refused = try launchTinyGPT(2, common + ["--set", "parallel=auto"] + extra + ["--out-dir", temporaryDirectory("auto-bad")])
+            let refused = try launchTinyGPT(2, common + ["--set", "parallel=auto"] + extra + ["--out-dir", scratchDirectory("auto-bad")])
             XCTAssertNotEqual(refused.status, 0)
             XCTAssertTrue(refused.output.contains(key), refused.output)
         }

@@ -21,7 +21,7 @@ final class SchedulerTests: XCTestCase {
     nonisolated(unsafe) static var referenceBits: [String: [UInt32]]? // XCTest runs one test at a time
     func reference() throws -> [String: [UInt32]] {
         if let bits = Self.referenceBits { return bits }
-        let dir = temporaryDirectory("sched-reference")
+        let dir = scratchDirectory("sched-reference")
         let run = try runToEnd(Self.buildDirectory + "/ddp-launch", ["--nproc-per-node", "2", "--", config] + common + ["--out-dir", dir])
         XCTAssertEqual(run.status, 0, run.output)
         let bits = try parameterBits(dir)
@@ -46,7 +46,7 @@ final class SchedulerTests: XCTestCase {
 
     func testMpirunStartsTheRanksDirectly() throws {
         guard let mpirun = which("mpirun") else { throw XCTSkip("mpirun not found (apt-get install openmpi-bin; scripts/test.sh installs it as root)") }
-        let dir = temporaryDirectory("sched-mpirun")
+        let dir = scratchDirectory("sched-mpirun")
         let run = try runToEnd(mpirun, ["--oversubscribe", "-np", "2", trainer, "train", config] + common + ["--out-dir", dir],
                                environment: mpiEnvironment)
         XCTAssertEqual(run.status, 0, run.output)
@@ -75,21 +75,21 @@ final class SchedulerTests: XCTestCase {
     func testHydraPMIAndKubeflowEnvironments() throws {
         let port = String(20000 + Int(getpid() % 10000))
         // MPICH / Intel MPI's Hydra: PMI_RANK, PMI_SIZE, MPI_LOCALRANKID, MPI_LOCALNRANKS; no job id, so MASTER_PORT.
-        var dir = temporaryDirectory("sched-pmi")
+        var dir = scratchDirectory("sched-pmi")
         var runs = try startByHand(trainer, ["train", config] + common + ["--out-dir", dir], (0..<2).map {
             ["PMI_RANK": "\($0)", "PMI_SIZE": "2", "MPI_LOCALRANKID": "\($0)", "MPI_LOCALNRANKS": "2", "MASTER_PORT": port]
         })
         for run in runs { XCTAssertEqual(run.status, 0, run.output) }
         try assertBitwiseEqualToTheLauncher(dir, "PMI")
         // A PyTorchJob with one rank per pod: RANK/WORLD_SIZE count pods, KUBERNETES_SERVICE_HOST says where we are.
-        dir = temporaryDirectory("sched-kubeflow")
+        dir = scratchDirectory("sched-kubeflow")
         let secret = String(repeating: "5a", count: 16)
         let pod = ["WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "KUBERNETES_SERVICE_HOST": "10.96.0.1", "SWIFT_DDP_SECRET": secret]
         runs = try startByHand(trainer, ["train", config] + common + ["--out-dir", dir], (0..<2).map { pod.merging(["RANK": "\($0)"]) { $1 } })
         for run in runs { XCTAssertEqual(run.status, 0, run.output) }
         try assertBitwiseEqualToTheLauncher(dir, "Kubeflow, one rank per pod")
         // The same pods, each running ddp-launch --nproc-per-node 1: pods become the launcher's nodes.
-        dir = temporaryDirectory("sched-kubeflow-launch")
+        dir = scratchDirectory("sched-kubeflow-launch")
         runs = try startByHand(Self.buildDirectory + "/ddp-launch", ["--nproc-per-node", "1", "--", config] + common + ["--out-dir", dir],
                                (0..<2).map { pod.merging(["RANK": "\($0)"]) { $1 } })
         for run in runs {
@@ -133,12 +133,12 @@ final class SchedulerTests: XCTestCase {
     func testSrunAndTheSbatchExampleOnALocalSlurm() throws {
         let env = try slurm()
         guard let srun = which("srun"), let sbatch = which("sbatch") else { throw XCTSkip("srun/sbatch not on PATH") }
-        var dir = temporaryDirectory("sched-srun")
+        var dir = scratchDirectory("sched-srun")
         let run = try runToEnd(srun, ["-n", "2", trainer, "train", config] + common + ["--out-dir", dir], environment: env)
         XCTAssertEqual(run.status, 0, run.output)
         try assertBitwiseEqualToTheLauncher(dir, "srun -n 2")
         // The example a user copies, on this one node (options on the command line override its #SBATCH lines).
-        dir = temporaryDirectory("sched-sbatch")
+        dir = scratchDirectory("sched-sbatch")
         let out = dir + "/slurm.out"
         let batch = try runToEnd(sbatch, ["--wait", "--nodes=1", "--ntasks-per-node=2", "--output=\(out)", "--chdir=\(Self.root)",
                                           Self.root + "/scripts/slurm/train.sbatch", config] + common + ["--out-dir", dir],
@@ -160,7 +160,7 @@ final class SchedulerTests: XCTestCase {
         for (program, arguments, env, rankOne) in schedulers {
             let tag = "SWIFT_DDP_TEST_TAG=\(UUID().uuidString)"
             let (process, handle, head) = try startLauncher(program, arguments + [trainer, "train", config, "--data-dir", dataDirectory,
-                "--out-dir", temporaryDirectory("sched-kill"), "--set", "max_iters=100000", "--set", "log_interval=1", "--set", "eval_interval=100000"],
+                "--out-dir", scratchDirectory("sched-kill"), "--set", "max_iters=100000", "--set", "log_interval=1", "--set", "eval_interval=100000"],
                 until: "iter 5/", environment: env.merging([String(tag.split(separator: "=")[0]): String(tag.split(separator: "=")[1])]) { $1 })
             let ranks = processes(withVariable: tag).filter { pid in
                 ((try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8)) ?? "").contains("ddp-train")

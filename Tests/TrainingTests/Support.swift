@@ -12,13 +12,6 @@ let dataDirectory: String = {
 let configsDirectory: String = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
     .deletingLastPathComponent().appendingPathComponent("configs").path
 
-func temporaryDirectory(_ name: String) -> String {
-    let path = NSTemporaryDirectory() + "swift-ddp-tests-\(getpid())-\(name)"
-    try? FileManager.default.removeItem(atPath: path)
-    try? FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-    return path
-}
-
 /// A small GPT config on the real Shakespeare text, quick enough for tests.
 func tinyGPTConfig(_ overrides: [String] = [], outDir: String) throws -> TrainConfig {
     try TrainConfig.load(path: configsDirectory + "/tiny-gpt.json",

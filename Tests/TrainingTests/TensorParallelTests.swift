@@ -39,7 +39,7 @@ final class TensorParallelTests: XCTestCase {
         let common = ["--set", "n_head=4", "--set", "max_iters=50", "--set", "log_interval=1", "--set", "eval_interval=1000",
                       "--set", "learning_rate=1e-3", "--set", "min_lr=1e-4", "--set", "verify_replicas=true", "--set", "checkpoint_interval=0"]
         func run(_ name: String, _ n: Int, _ extra: [String]) throws -> String {
-            let dir = temporaryDirectory("tp-\(name)")
+            let dir = scratchDirectory("tp-\(name)")
             let result = try launch(n, common + extra + ["--out-dir", dir])
             XCTAssertEqual(result.status, 0, "\(name):\n\(result.output)")
             return dir
@@ -65,11 +65,11 @@ final class TensorParallelTests: XCTestCase {
     func testTensorParallelCheckpointResumesAtAnyTensorParallelSize() throws {
         let common = ["--set", "n_head=4", "--set", "log_interval=1", "--set", "eval_interval=1000",
                       "--set", "learning_rate=1e-3", "--set", "min_lr=1e-4", "--set", "checkpoint_interval=0"]
-        let source = temporaryDirectory("tp-ckpt")
+        let source = scratchDirectory("tp-ckpt")
         XCTAssertEqual(try launch(2, common + ["--set", "tensor_parallel=2", "--set", "max_iters=10", "--out-dir", source]).status, 0)
         var continued: [[Double]] = []
         for t in [1, 4] {
-            let dir = temporaryDirectory("tp-resume-\(t)")
+            let dir = scratchDirectory("tp-resume-\(t)")
             try FileManager.default.copyItem(atPath: source + "/ckpt.safetensors", toPath: dir + "/ckpt.safetensors")
             let result = try launch(t, common + ["--set", "tensor_parallel=\(t)", "--set", "max_iters=15", "--out-dir", dir, "--resume"])
             XCTAssertEqual(result.status, 0, result.output)
@@ -88,12 +88,12 @@ final class TensorParallelTests: XCTestCase {
     /// step: a rank spends most of it inside one): every rank stops, the killed one is named, no orphans.
     func testKilledRankInATensorParallelGroupStopsTheJob() throws {
         try assertKilledRankStopsTheJob(launcher: Self.buildDirectory + "/ddp-launch", ranks: 2, victim: 1,
-                                        settings: ["--set", "tensor_parallel=2"], outDir: temporaryDirectory("tp-kill"))
+                                        settings: ["--set", "tensor_parallel=2"], outDir: scratchDirectory("tp-kill"))
     }
 
     /// A world the layout cannot hold is refused at the start, naming the key.
     func testWorldNotDivisibleByTheTensorParallelSizeIsRefused() throws {
-        let result = try launch(3, ["--set", "tensor_parallel=2", "--set", "max_iters=1", "--out-dir", temporaryDirectory("tp-3")])
+        let result = try launch(3, ["--set", "tensor_parallel=2", "--set", "max_iters=1", "--out-dir", scratchDirectory("tp-3")])
         XCTAssertNotEqual(result.status, 0)
         XCTAssertTrue(result.output.contains("tensor_parallel") && result.output.contains("does not divide the world size 3"), result.output)
     }

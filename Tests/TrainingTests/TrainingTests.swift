@@ -2,6 +2,7 @@ import Datasets
 import Foundation
 import NN
 import Tensors
+import TestSupport
 import Training
 import XCTest
 
@@ -13,7 +14,7 @@ final class TrainingTests: XCTestCase {
     }
 
     func testShortRealRunLowersTheLoss() throws {
-        let (_, summary) = try run(try tinyGPTConfig(["max_iters=60"], outDir: temporaryDirectory("short")))
+        let (_, summary) = try run(try tinyGPTConfig(["max_iters=60"], outDir: scratchDirectory("short")))
         let first = summary.evaluations.first!.figures.first { $0.name == "val loss" }!.value
         let last = summary.evaluations.last!.figures.first { $0.name == "val loss" }!.value
         XCTAssertGreaterThan(first, 4.0, "untrained loss should be near ln(65) = 4.17")
@@ -24,7 +25,7 @@ final class TrainingTests: XCTestCase {
     /// iteration, and the good checkpoint already in out_dir is left as it was. With on_nonfinite: skip
     /// such steps are skipped and the parameters stay finite.
     func testNonFiniteStepsStopOrAreSkippedAndNeverReachACheckpoint() throws {
-        let dir = temporaryDirectory("nonfinite")
+        let dir = scratchDirectory("nonfinite")
         _ = try run(try tinyGPTConfig(["max_iters=2"], outDir: dir))
         let good = try Data(contentsOf: URL(fileURLWithPath: dir + "/ckpt.safetensors"))
         let wild = ["max_iters=30", "learning_rate=1e30", "min_lr=1e30", "warmup_iters=0", "grad_clip=0"]
@@ -35,7 +36,7 @@ final class TrainingTests: XCTestCase {
         // A NaN loss from the first step: skip keeps the parameters finite and counts the steps.
         let (trainer, summary) = try run(try tinyGPTConfig(["max_iters=4", "on_nonfinite=\"skip\"", "learning_rate=1e30", "min_lr=1e30",
                                                             "warmup_iters=0", "grad_clip=0", "weight_decay=0"],
-                                                           outDir: temporaryDirectory("nonfinite-skip")))
+                                                           outDir: scratchDirectory("nonfinite-skip")))
         XCTAssertEqual(summary.iterations, 4)
         XCTAssertGreaterThan(trainer.skippedSteps, 0, "no step was skipped")
         XCTAssertTrue(allFinite(trainer.task.parameters.values.base, count: trainer.task.parameters.count))
@@ -44,7 +45,7 @@ final class TrainingTests: XCTestCase {
 
     /// An out_dir that cannot be written is found before training, named, as a config error.
     func testUnwritableOutDirIsFoundAtTheStart() throws {
-        let blocker = temporaryDirectory("outdir") + "/file"
+        let blocker = scratchDirectory("outdir") + "/file"
         _ = FileManager.default.createFile(atPath: blocker, contents: Data())
         var log: [String] = []
         let config = try tinyGPTConfig(["max_iters=1000000"], outDir: blocker + "/runs")
@@ -59,7 +60,7 @@ final class TrainingTests: XCTestCase {
     /// parameters give different losses on ranks 0 and 1 at one iteration, and the same loss when a
     /// rank draws again.
     func testRanksDrawDistinctGPTBatches() throws {
-        let config = try tinyGPTConfig([], outDir: temporaryDirectory("rank-batches"))
+        let config = try tinyGPTConfig([], outDir: scratchDirectory("rank-batches"))
         let tasks = try (0..<2).map { rank -> TrainingTask in
             let task = try makeTask(config, rank: rank, worldSize: 2)
             task.initialize(seed: config.seed)
@@ -74,7 +75,7 @@ final class TrainingTests: XCTestCase {
     /// After a restart, rank 0 resumes only from a checkpoint this job wrote; with none yet, or one
     /// from another job, it starts over, and says which.
     func testRestartResumesOnlyFromThisJobsCheckpoint() throws {
-        let dir = temporaryDirectory("restart-branches")
+        let dir = scratchDirectory("restart-branches")
         func trainer(_ job: String, _ log: @escaping (String) -> Void) throws -> Trainer {
             let config = try tinyGPTConfig(["max_iters=4"], outDir: dir)
             let t = Trainer(config: config, task: try makeTask(config), log: log)
@@ -102,7 +103,7 @@ final class TrainingTests: XCTestCase {
     /// A second run on the same out_dir is refused while the first holds it; the best-validation
     /// checkpoint is kept beside the last one and every save is logged.
     func testOutDirIsLockedAndTheBestCheckpointIsKept() throws {
-        let dir = temporaryDirectory("outdir-lock")
+        let dir = scratchDirectory("outdir-lock")
         let lock = open(dir + "/.lock", O_RDWR | O_CREAT, 0o644)
         XCTAssertEqual(flock(lock, LOCK_EX | LOCK_NB), 0)
         _ = "4242\n".withCString { write(lock, $0, 5) }
@@ -129,7 +130,7 @@ final class TrainingTests: XCTestCase {
     /// A run records itself: metrics.jsonl (a line per logged step and per evaluation, with the logged
     /// figures), loss-curve.svg, and log lines with MFU, elapsed time and ETA.
     func testRunWritesMetricsAndALossCurve() throws {
-        let dir = temporaryDirectory("metrics")
+        let dir = scratchDirectory("metrics")
         var lines: [String] = []
         let config = try tinyGPTConfig(["max_iters=12", "log_interval=4", "eval_interval=6", "eval_iters=2"], outDir: dir)
         let trainer = Trainer(config: config, task: try makeTask(config), log: { lines.append($0) })
@@ -152,16 +153,16 @@ final class TrainingTests: XCTestCase {
     }
 
     func testSameSeedGivesTheSameLossesAndDifferentSeedDoesNot() throws {
-        let a = try run(try tinyGPTConfig(["max_iters=15"], outDir: temporaryDirectory("seed-a"))).1.losses
-        let b = try run(try tinyGPTConfig(["max_iters=15"], outDir: temporaryDirectory("seed-b"))).1.losses
-        let c = try run(try tinyGPTConfig(["max_iters=15", "seed=8"], outDir: temporaryDirectory("seed-c"))).1.losses
+        let a = try run(try tinyGPTConfig(["max_iters=15"], outDir: scratchDirectory("seed-a"))).1.losses
+        let b = try run(try tinyGPTConfig(["max_iters=15"], outDir: scratchDirectory("seed-b"))).1.losses
+        let c = try run(try tinyGPTConfig(["max_iters=15", "seed=8"], outDir: scratchDirectory("seed-c"))).1.losses
         XCTAssertEqual(a, b)
         XCTAssertNotEqual(a, c)
     }
 
     func testResumeEqualsUninterruptedRunBitwise() throws {
         for model in ["gpt", "mlp"] {
-            let full = temporaryDirectory("full-\(model)"), split = temporaryDirectory("split-\(model)")
+            let full = scratchDirectory("full-\(model)"), split = scratchDirectory("split-\(model)")
             func config(_ iters: Int, _ dir: String) throws -> TrainConfig {
                 if model == "gpt" { return try tinyGPTConfig(["max_iters=\(iters)", "eval_interval=7"], outDir: dir) }
                 return try TrainConfig.load(path: configsDirectory + "/mnist-mlp.json",

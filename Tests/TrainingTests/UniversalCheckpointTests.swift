@@ -34,7 +34,7 @@ final class UniversalCheckpointTests: XCTestCase {
         func chain(_ steps: [(name: String, ranks: Int, settings: [String])], extra: [String] = []) throws {
             var previous: String?
             for step in steps {
-                let dir = temporaryDirectory("universal-\(step.name)")
+                let dir = scratchDirectory("universal-\(step.name)")
                 var args = extra + step.settings + ["--out-dir", dir]
                 if let previous {
                     try FileManager.default.copyItem(atPath: previous, toPath: dir + "/ckpt.safetensors")

@@ -29,13 +29,13 @@ final class ZeROTests: XCTestCase {
     func testStagesTwoAndThreeMLPMatchOneRank() throws {
         let common = ["--set", "epochs=null", "--set", "max_iters=6", "--set", "eval_interval=1000", "--set", "log_interval=1000",
                       "--set", "verify_replicas=true", "--set", "bucket_mb=0.1"]
-        let reference = temporaryDirectory("zero2-reference")
+        let reference = scratchDirectory("zero2-reference")
         XCTAssertEqual(try launch(1, "mnist-mlp.json", common + ["--set", "batch_size=48", "--out-dir", reference]).status, 0)
         let expected = try parameters(reference)
         for stage in [2, 3] {
             for n in [2, 3, 4] {
                 for accumulation in [1, 2] {
-                    let dir = temporaryDirectory("zero\(stage)-\(n)-\(accumulation)")
+                    let dir = scratchDirectory("zero\(stage)-\(n)-\(accumulation)")
                     let run = try launch(n, "mnist-mlp.json", common + ["--set", "batch_size=\(48 / n / accumulation)", "--set", "grad_accum=\(accumulation)",
                                                                        "--set", "zero_stage=\(stage)", "--out-dir", dir])
                     XCTAssertEqual(run.status, 0, "stage \(stage) n=\(n) accum=\(accumulation):\n\(run.output)")
@@ -62,7 +62,7 @@ final class ZeROTests: XCTestCase {
             for accumulation in [1, 2] {
                 var dirs: [Int: String] = [:]
                 for stage in [0, 1, 2] {
-                    let dir = temporaryDirectory("zero2-gpt-\(n)-\(accumulation)-\(stage)")
+                    let dir = scratchDirectory("zero2-gpt-\(n)-\(accumulation)-\(stage)")
                     let run = try launch(n, "tiny-gpt.json", common + ["--set", "grad_accum=\(accumulation)", "--set", "zero_stage=\(stage)", "--out-dir", dir])
                     XCTAssertEqual(run.status, 0, "n=\(n) accum=\(accumulation) stage \(stage):\n\(run.output)")
                     dirs[stage] = dir
@@ -87,7 +87,7 @@ final class ZeROTests: XCTestCase {
             for accumulation in [1, 2] {
                 var dirs: [String] = []
                 for stage in [0, 3] {
-                    let dir = temporaryDirectory("zero3-gpt-\(n)-\(accumulation)-\(stage)")
+                    let dir = scratchDirectory("zero3-gpt-\(n)-\(accumulation)-\(stage)")
                     let run = try launch(n, "tiny-gpt.json", common + ["--set", "grad_accum=\(accumulation)", "--set", "zero_stage=\(stage)", "--out-dir", dir])
                     XCTAssertEqual(run.status, 0, "n=\(n) accum=\(accumulation) stage \(stage):\n\(run.output)")
                     if stage == 3 { XCTAssertTrue(run.output.contains("ZeRO-3 (parameters, gradients and optimizer state sharded by unit: 4 units"), run.output) }
@@ -95,7 +95,7 @@ final class ZeROTests: XCTestCase {
                 }
                 try assertSameTraining(dirs[0], dirs[1], "GPT ZeRO-3 n=\(n) accum=\(accumulation)", steps: 20, parameterBound: 2e-5)
                 guard n == 2 && accumulation == 1 else { continue }
-                let kept = temporaryDirectory("zero3-gpt-kept")
+                let kept = scratchDirectory("zero3-gpt-kept")
                 let run = try launch(n, "tiny-gpt.json", common + ["--set", "zero_stage=3", "--set", "reshard_after_forward=false", "--out-dir", kept])
                 XCTAssertEqual(run.status, 0, run.output)
                 let a = try LoadedCheckpoint(path: dirs[1] + "/ckpt.safetensors").tensors, b = try LoadedCheckpoint(path: kept + "/ckpt.safetensors").tensors
@@ -112,7 +112,7 @@ final class ZeROTests: XCTestCase {
         let common = ["--set", "max_iters=1", "--set", "eval_interval=1000", "--set", "log_interval=1000", "--set", "checkpoint_interval=0"]
         for n in [1, 2, 4] {
             for stage in [0, 1, 2, 3] {
-                let run = try launch(n, "tiny-gpt.json", common + ["--set", "zero_stage=\(stage)", "--out-dir", temporaryDirectory("zero-memory-\(n)-\(stage)")])
+                let run = try launch(n, "tiny-gpt.json", common + ["--set", "zero_stage=\(stage)", "--out-dir", scratchDirectory("zero-memory-\(n)-\(stage)")])
                 XCTAssertEqual(run.status, 0, run.output)
                 let lines = run.output.split(separator: "\n").filter { $0.contains("] memory: ") }
                 XCTAssertEqual(lines.count, n, run.output)
@@ -135,7 +135,7 @@ final class ZeROTests: XCTestCase {
         let common = ["--set", "epochs=null", "--set", "max_iters=1", "--set", "eval_interval=1000", "--set", "log_interval=1000", "--set", "batch_size=8"]
         for n in [2, 4] {
             for stage in [2, 3] {
-                let run = try launch(n, "mnist-mlp.json", common + ["--set", "zero_stage=\(stage)", "--out-dir", temporaryDirectory("zero-resident-\(n)-\(stage)")])
+                let run = try launch(n, "mnist-mlp.json", common + ["--set", "zero_stage=\(stage)", "--out-dir", scratchDirectory("zero-resident-\(n)-\(stage)")])
                 XCTAssertEqual(run.status, 0, run.output)
                 let slack = 4096 * (2 * 2 + 1)
                 guard let g = run.output.firstMatch(of: /gradient memory after step 1: (\d+) bytes resident of the (\d+)-byte gradient buffer \(own pieces (\d+) bytes/) else {
@@ -161,7 +161,7 @@ final class ZeROTests: XCTestCase {
     /// waits on every rank): every rank stops, the launcher names the rank, nothing is left behind.
     func testKilledRankUnderStageThreeIsNamedWithNoOrphans() throws {
         try assertKilledRankStopsTheJob(launcher: Self.buildDirectory + "/ddp-launch", ranks: 3, victim: 1,
-                                        settings: ["--set", "zero_stage=3"], outDir: temporaryDirectory("zero3-kill"))
+                                        settings: ["--set", "zero_stage=3"], outDir: scratchDirectory("zero3-kill"))
     }
 
     /// --max-restarts 1 under stage 3: the checkpoint gathers the whole model and optimizer state, the
@@ -170,11 +170,11 @@ final class ZeROTests: XCTestCase {
         let common = ["--data-dir", dataDirectory, "--set", "zero_stage=3", "--set", "max_iters=600", "--set", "checkpoint_interval=20",
                       "--set", "eval_interval=100000", "--set", "log_interval=1"]
         let config = configsDirectory + "/tiny-gpt.json"
-        let reference = temporaryDirectory("zero3-restart-reference")
+        let reference = scratchDirectory("zero3-restart-reference")
         let undisturbed = try runToEnd(Self.buildDirectory + "/ddp-launch", ["--nproc-per-node", "2", "--timeout", "20", "--", config] + common + ["--out-dir", reference])
         XCTAssertEqual(undisturbed.status, 0, undisturbed.output)
         try assertRestartEndsBitwiseEqual(launcher: Self.buildDirectory + "/ddp-launch", [config] + common,
-                                          dir: temporaryDirectory("zero3-restart"), reference: reference, until: "iter 50/")
+                                          dir: scratchDirectory("zero3-restart"), reference: reference, until: "iter 50/")
     }
 
     /// A sharded checkpoint written by 3 ranks at stage 3 holds exactly the gathered single file of the
@@ -193,18 +193,18 @@ final class ZeROTests: XCTestCase {
                                                                    "--out-dir", dir] + (resume ? ["--resume"] : []))
             XCTAssertEqual(result.status, 0, "n \(n) stage \(stage) \(format):\n\(result.output)")
         }
-        let sharded = temporaryDirectory("sharded-3"), single = temporaryDirectory("single-3")
+        let sharded = scratchDirectory("sharded-3"), single = scratchDirectory("single-3")
         try run(3, 3, "sharded", 6, sharded)
         try run(3, 3, "single", 6, single)
         let gathered = try tensors(single + "/ckpt.safetensors")
-        let consolidated = temporaryDirectory("consolidated") + ".safetensors"
+        let consolidated = scratchDirectory("consolidated") + ".safetensors"
         let tool = try runToEnd(Self.buildDirectory + "/ddp-train", ["consolidate", sharded + "/ckpt.sharded", consolidated])
         XCTAssertEqual(tool.status, 0, tool.output)
         XCTAssertEqual(try tensors(consolidated), gathered, "the consolidated sharded checkpoint differs from the gathered one")
         XCTAssertEqual(try LoadedCheckpoint(path: consolidated).metadata["iteration"], "6")
         var continued: [[Double]] = []
         for (n, stage) in [(2, 2), (1, 0)] {
-            let dir = temporaryDirectory("sharded-resume-\(n)")
+            let dir = scratchDirectory("sharded-resume-\(n)")
             try FileManager.default.copyItem(atPath: sharded + "/ckpt.sharded", toPath: dir + "/ckpt.sharded")
             try run(n, stage, "sharded", 6, dir, resume: true)
             XCTAssertEqual(try tensors(dir + "/ckpt.sharded"), gathered, "resaved at N \(n) stage \(stage): not the same bytes")
@@ -227,7 +227,7 @@ final class ZeROTests: XCTestCase {
     /// what does not combine is refused with one line naming the key.
     func testStageThreeWithBF16AndRefusals() throws {
         let common = ["--set", "epochs=null", "--set", "max_iters=6", "--set", "eval_interval=1000", "--set", "log_interval=1000"]
-        let reference = temporaryDirectory("zero3-bf16-reference"), dir = temporaryDirectory("zero3-bf16")
+        let reference = scratchDirectory("zero3-bf16-reference"), dir = scratchDirectory("zero3-bf16")
         XCTAssertEqual(try launch(1, "mnist-mlp.json", common + ["--set", "batch_size=48", "--out-dir", reference]).status, 0)
         let run = try launch(2, "mnist-mlp.json", common + ["--set", "batch_size=24", "--set", "zero_stage=3", "--set", "gradient_compression=bf16",
                                                            "--set", "verify_replicas=true", "--out-dir", dir])
@@ -240,7 +240,7 @@ final class ZeROTests: XCTestCase {
                                    (2, ["--set", "zero_stage=3", "--set", "tensor_parallel=2"], "zero_stage"),
                                    (2, ["--set", "checkpoint_format=sharded", "--set", "pipeline_parallel=2"], "checkpoint_format"),
                                    (1, ["--set", "checkpoint_format=zip"], "checkpoint_format")] {
-            let bad = try launch(n, "tiny-gpt.json", settings + ["--out-dir", temporaryDirectory("zero-refused")])
+            let bad = try launch(n, "tiny-gpt.json", settings + ["--out-dir", scratchDirectory("zero-refused")])
             XCTAssertNotEqual(bad.status, 0)
             XCTAssertTrue(bad.output.contains("error: config key '\(key)'") || bad.output.contains(key), "\(settings): \(bad.output)")
         }
@@ -253,7 +253,7 @@ final class ZeROTests: XCTestCase {
         guard let python = candidates.first(where: { (try? runToEnd($0, ["-c", "import safetensors.torch"]).status) == 0 }) else {
             throw XCTSkip("no Python with safetensors and PyTorch (scripts/test.sh installs them into /tmp/swift-ddp-ref-venv)")
         }
-        let dir = temporaryDirectory("sharded-python")
+        let dir = scratchDirectory("sharded-python")
         let run = try launch(2, "tiny-gpt.json", ["--set", "max_iters=2", "--set", "zero_stage=3", "--set", "checkpoint_format=sharded",
                                                   "--set", "eval_interval=100", "--out-dir", dir])
         XCTAssertEqual(run.status, 0, run.output)

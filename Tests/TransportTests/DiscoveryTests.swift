@@ -1,6 +1,7 @@
 import Foundation
 import Launch
 import Rendezvous
+import TestSupport
 import Topology
 import XCTest
 
@@ -101,7 +102,7 @@ final class DiscoveryTests: XCTestCase {
         XCTAssertEqual(variable(["SWIFT_DDP_SPIN_US": "-1"]), "SWIFT_DDP_SPIN_US")
         XCTAssertEqual(variable(["SWIFT_DDP_BIND_MEMORY": "yes"]), "SWIFT_DDP_BIND_MEMORY")
         // A secret file others can read is refused.
-        let path = NSTemporaryDirectory() + "swift-ddp-secret-\(getpid())"
+        let path = scratchFile("secret")
         XCTAssertTrue(FileManager.default.createFile(atPath: path, contents: Data(secret.utf8), attributes: [.posixPermissions: 0o644]))
         defer { try? FileManager.default.removeItem(atPath: path) }
         let mpi = ["OMPI_COMM_WORLD_RANK": "0", "OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_LOCAL_RANK": "0",
