@@ -131,7 +131,7 @@ public func allgather(_ buffer: UnsafeMutableBufferPointer<Float>, group: Proces
 }
 
 /// Ranks from which the arena's collectives run by default (2 ranks: the lanes' algorithms are as fast).
-let arenaMinimumRanks = 3
+public let arenaMinimumRanks = 3
 
 /// The arena a reduce-scatter or an allgather runs through: where auto's fixed rule takes two-shot for
 /// an allreduce, for the same reason.

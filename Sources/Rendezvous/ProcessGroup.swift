@@ -37,7 +37,7 @@ public final class ProcessGroup: @unchecked Sendable {
     public internal(set) var sharedMemoryPeers: [Int] = []
     /// The shared arena of a world whose ranks all run on one host (nil otherwise), which a sub-group of
     /// all the world's ranks in the world's order shares (the layouts' data-parallel group of a pure
-    /// data-parallel job); other sub-groups have none.
+    /// data-parallel job); other sub-groups have one once `formArena` gave them their own.
     public internal(set) var arena: SharedArena?
     /// The world's connections by global rank (sub-groups are carved from these).
     let worldConnections: [Connection?]
@@ -83,6 +83,20 @@ public final class ProcessGroup: @unchecked Sendable {
         policy = parent.policy; checksumPayloads = parent.checksumPayloads; chunkBytes = parent.chunkBytes
         store = parent.store; registry = parent.registry
         if members == Array(0..<globalWorldSize) { arena = parent.arena }
+    }
+
+    /// Gives this sub-group a shared arena of its own when every pair of its ranks talks through a lane
+    /// (all on one host): collective over the group, like the world's set-up (its rank 0 creates the
+    /// segment, slots the size of the lanes' rings, and gives the verdict, so all members have it or
+    /// none). Returns why not when its ranks share a host and still have none (worth a line).
+    public func formArena() throws -> String? {
+        precondition(arena == nil && id != 0, "the world's arena is set up when it joins")
+        let lanes = connections.compactMap { $0?.lane }
+        let onLanes = lanes.count == worldSize - 1
+        let shared = try SharedMemorySetup.arena(connections: connections, rank: rank, slotBytes: onLanes ? lanes[0].ringBytes : 0,
+                                                 attachedToAll: onLanes, group: id)
+        arena = shared.arena
+        return onLanes ? shared.declined : nil
     }
 
     /// A group of one: every collective is a no-op.

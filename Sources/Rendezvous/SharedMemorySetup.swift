@@ -110,10 +110,12 @@ public enum SharedMemorySetup {
     /// lanes are off, or /dev/shm is short), each answers whether it opened it and is itself attached to
     /// all, and rank 0 tells everyone the verdict, so that every rank has an arena or none does. Slots are
     /// `slotBytes` (the lanes' ring size). Returns nil for a job across hosts, without a word; the reason
-    /// for anything else.
-    public static func arena(connections: [Connection?], rank: Int, slotBytes: Int,
-                             attachedToAll: Bool) throws -> (arena: SharedArena?, declined: String?) {
-        let operation = "shared-memory arena set-up (rank \(rank))", ranks = connections.count
+    /// for anything else. A sub-group sets up its own over its connections with `group` (its id) in the
+    /// frames' tags, so that no frame of one group's set-up is taken for another's.
+    public static func arena(connections: [Connection?], rank: Int, slotBytes: Int, attachedToAll: Bool,
+                             group: UInt32 = 0) throws -> (arena: SharedArena?, declined: String?) {
+        let operation = "shared-memory arena set-up (rank \(rank)\(group == 0 ? "" : " of group \(group)"))", ranks = connections.count
+        let offerTag = group << 20 | 1, verdictTag = group << 20 | 2
         if rank == 0 {
             var created: (arena: SharedArena, name: String)?
             var reason: String?
@@ -124,12 +126,12 @@ public enum SharedMemorySetup {
             for peer in 1..<ranks {
                 var offer = ByteWriter()
                 offer.string(created?.name ?? "")
-                try connections[peer]!.sendFrame(.laneOffer, tag: 1, bytes: offer.data, operation: operation)
+                try connections[peer]!.sendFrame(.laneOffer, tag: offerTag, bytes: offer.data, operation: operation)
             }
             var accepted = created != nil
             for peer in 1..<ranks {
                 let connection = connections[peer]!
-                var reader = ByteReader(try connection.receiveFrame(expecting: .laneAnswer, tag: 1, maxLength: 4096, operation: operation))
+                var reader = ByteReader(try connection.receiveFrame(expecting: .laneAnswer, tag: offerTag, maxLength: 4096, operation: operation))
                 guard let flag = reader.bytes(1), flag[0] <= 1, let theirReason = reader.string(), reader.atEnd else {
                     connection.close()
                     throw TransportError(.badFrame("malformed shared-memory arena answer"), operation: operation, peer: connection.peer)
@@ -137,12 +139,12 @@ public enum SharedMemorySetup {
                 if flag[0] == 0 && accepted { accepted = false; reason = theirReason.isEmpty ? nil : "rank \(peer): \(theirReason)" }
             }
             for peer in 1..<ranks {
-                try connections[peer]!.sendFrame(.laneAnswer, tag: 2, bytes: [accepted ? 1 : 0], operation: operation)
+                try connections[peer]!.sendFrame(.laneAnswer, tag: verdictTag, bytes: [accepted ? 1 : 0], operation: operation)
             }
             return (accepted ? created?.arena : nil, accepted ? nil : reason)
         }
         let connection = connections[0]!
-        var reader = ByteReader(try connection.receiveFrame(expecting: .laneOffer, tag: 1, maxLength: 4096, operation: operation))
+        var reader = ByteReader(try connection.receiveFrame(expecting: .laneOffer, tag: offerTag, maxLength: 4096, operation: operation))
         guard let name = reader.string(), reader.atEnd else {
             connection.close()
             throw TransportError(.badFrame("malformed shared-memory arena offer"), operation: operation, peer: connection.peer)
@@ -153,8 +155,8 @@ public enum SharedMemorySetup {
         }
         var answer = ByteWriter()
         answer.bytes([opened == nil ? 0 : 1]); answer.string(reason)
-        try connection.sendFrame(.laneAnswer, tag: 1, bytes: answer.data, operation: operation)
-        let verdict = try connection.receiveFrame(expecting: .laneAnswer, tag: 2, maxLength: 1, operation: operation)
+        try connection.sendFrame(.laneAnswer, tag: offerTag, bytes: answer.data, operation: operation)
+        let verdict = try connection.receiveFrame(expecting: .laneAnswer, tag: verdictTag, maxLength: 1, operation: operation)
         guard verdict.count == 1, verdict[0] <= 1 else {
             connection.close()
             throw TransportError(.badFrame("malformed shared-memory arena verdict"), operation: operation, peer: connection.peer)

@@ -24,6 +24,9 @@ public func runSubgroupCheck(rows: Int, plan: CollectiveCheckPlan, world: Proces
     guard let reversed = try world.subgroup(ranks: Array((0..<n).reversed())), reversed.rank == n - 1 - rank else {
         throw CheckFailure.wrong("rank \(rank): subgroup(ranks:) of the reversed world")
     }
+    // Groups of 3 or more get their own shared arena (two-shot, reduce-scatter and allgather run
+    // through it); the reversed world is not the world's order, so it gets one of its own too.
+    for group in [row, column, reversed] { try group.attachArena() }
     var checks = 0
     // Disjoint groups run different work at the same time: even rows ring only, odd rows the rest.
     var rowPlan = plan
@@ -51,7 +54,9 @@ public func runSubgroupCheck(rows: Int, plan: CollectiveCheckPlan, world: Proces
         }
     }
     checks += try runCollectiveCheck(plan, group: world, log: log)
-    log("rank \(rank): grid \(rows)x\(cols): row \(row.members) id \(row.id), column \(column.members) id \(column.id)")
+    func arena(_ group: ProcessGroup) -> String { group.arena == nil ? "no" : "yes" }
+    log("rank \(rank): grid \(rows)x\(cols): row \(row.members) id \(row.id), column \(column.members) id \(column.id); "
+        + "arenas: row \(arena(row)), column \(arena(column)), reversed \(arena(reversed))")
     return checks
 }
 

@@ -85,8 +85,12 @@ public struct CommunicationModel: Sendable {
         return Double(messages) * alpha + 2 * Double(n - 1) / Double(n) * Double(bytes) / bandwidth
     }
 
-    /// A reduce-scatter or an allgather: half a ring allreduce (both run the ring).
-    public func half(bytes: Int, ranks n: Int) -> Double { allreduce(bytes: bytes, ranks: n, options: CollectiveOptions(algorithm: .ring)) / 2 }
+    /// A reduce-scatter or an allgather: half a ring allreduce (both run the ring), or on a group of 3 or
+    /// more with a shared arena half a two-shot allreduce (one meeting per piece).
+    public func half(bytes: Int, ranks n: Int, sharedArena: Bool = false) -> Double {
+        let arena = sharedArena && n >= arenaMinimumRanks
+        return allreduce(bytes: bytes, ranks: n, options: CollectiveOptions(algorithm: arena ? .twoShot : .ring), sharedArena: arena) / 2
+    }
 
     public func pointToPoint(bytes: Int) -> Double { alpha + Double(bytes) / bandwidth }
 
@@ -127,6 +131,17 @@ public struct LayoutPlanner {
         let arena = hasArena ? SharedArena.segmentBytes(ranks: worldSize, slotBytes: laneRingBytes) : 0
         return Double(max(ranksOnHost - 1, 0) * SharedMemoryLane.segmentBytes(ringBytes: laneRingBytes) + arena)
     }
+    /// The arenas a layout's own groups add (ParallelGroups gives a tensor or data group of 3 or more
+    /// on one host its own; one holding the whole job shares the job's).
+    func groupArenaBytes(tensorParallel tp: Int, dataParallel dp: Int) -> Double {
+        func bytes(_ n: Int, _ has: Bool) -> Int {
+            has && n >= arenaMinimumRanks && n < worldSize ? SharedArena.segmentBytes(ranks: n, slotBytes: laneRingBytes) : 0
+        }
+        return Double(bytes(tp, tensorArena(tp)) + bytes(dp, hasArena))
+    }
+    /// Whether a tensor-parallel group of `tp` ranks has lanes between all its ranks: tensor ranks are
+    /// the layout's innermost, so a host holding a multiple of `tp` ranks holds whole groups.
+    func tensorArena(_ tp: Int) -> Bool { laneRingBytes > 0 && ranksOnHost % tp == 0 }
     /// Whether the job has a shared arena: all of it on this host, with lanes on.
     public var hasArena: Bool { ranksOnHost == worldSize && worldSize > 1 && laneRingBytes > 0 }
     /// The ranks that share this host (and its cores).
@@ -273,7 +288,7 @@ public struct LayoutPlanner {
         }
         if dp > 1 && c.zeroStage == 3 {
             let perMicro = Double(2 * (config.nLayer + 2))
-            let gather = communication.half(bytes: gradientBytes / (config.nLayer + 2), ranks: dp)
+            let gather = dataParallelHalf(bytes: gradientBytes / (config.nLayer + 2), ranks: dp)
             waits += microbatches * perMicro * penalty(dp, dp - 1, compute / (microbatches * perMicro), wireTime(ofStep: gather, steps: dp - 1))
         }
         if dp > 1 {
@@ -298,7 +313,9 @@ public struct LayoutPlanner {
     /// parallelism a reduce-scatter or all-gather (half of one).
     func tensorParallelCollective(_ c: TrainConfig) -> Double {
         let bytes = activationBytes(c)
-        return c.sequenceParallel ? communication.half(bytes: bytes, ranks: c.tensorParallel) : communication.allreduce(bytes: bytes, ranks: c.tensorParallel)
+        let arena = tensorArena(c.tensorParallel)
+        return c.sequenceParallel ? communication.half(bytes: bytes, ranks: c.tensorParallel, sharedArena: arena)
+            : communication.allreduce(bytes: bytes, ranks: c.tensorParallel, sharedArena: arena)
     }
 
     /// One micro-batch's activations, fp32: a tensor-parallel collective's message and a pipeline hand-off's.
@@ -309,10 +326,14 @@ public struct LayoutPlanner {
         dataParallelAllreduce(bytes: min(gradientBytes, Int(c.bucketMb * 1048576)), ranks: ranks)
     }
 
-    /// An allreduce on the data-parallel group: it shares the job's arena when it is the whole job.
+    /// An allreduce on the data-parallel group: in a job all on one host, a group of 3 or more has a
+    /// shared arena (the job's when it is the whole job, else its own).
     func dataParallelAllreduce(bytes: Int, ranks dp: Int) -> Double {
-        communication.allreduce(bytes: bytes, ranks: dp, options: dataParallelOptions, sharedArena: dp == worldSize && hasArena)
+        communication.allreduce(bytes: bytes, ranks: dp, options: dataParallelOptions, sharedArena: hasArena)
     }
+
+    /// ZeRO's reduce-scatter or allgather on the data-parallel group (through its arena as above).
+    func dataParallelHalf(bytes: Int, ranks dp: Int) -> Double { communication.half(bytes: bytes, ranks: dp, sharedArena: hasArena) }
 
     /// A transformer block's tensor-parallel collectives per micro-batch (TransformerBlock): 2 allreduces
     /// forward and 2 backward; with sequence parallelism 4 all-gathers and reduce-scatters forward and 6
@@ -511,11 +532,11 @@ public struct LayoutPlanner {
                 case 1, 2:
                     // Reduce-scatter while backward runs; the updated pieces are gathered after the step,
                     // with nothing left to overlap.
-                    let half = communication.half(bytes: gradientBytes, ranks: dp)
+                    let half = dataParallelHalf(bytes: gradientBytes, ranks: dp)
                     gradients = max(half - overlap, bucket / 2) + half
                 default:
                     // ZeRO-3 gathers the parameters for forward and for backward besides reduce-scattering.
-                    gradients = max(3 * communication.half(bytes: gradientBytes, ranks: dp) - overlap, bucket)
+                    gradients = max(3 * dataParallelHalf(bytes: gradientBytes, ranks: dp) - overlap, bucket)
                 }
                 comm += gradients * sharedCores(ranks: dp)
             }
@@ -553,7 +574,7 @@ public struct LayoutPlanner {
                 }
             }
             planned.checkpointBytes = checkpointBytes(layout, localParameters: localParameters, dataParallel: dp, wholeModelBytes: wholeModelBytes)
-            planned.laneBytes = laneBytesPerRank
+            planned.laneBytes = laneBytesPerRank + groupArenaBytes(tensorParallel: layout.tensorParallel, dataParallel: dp)
             if let memoryPerRank { planned.fits = planned.predictedBytes <= memoryPerRank }
             out.append(planned)
         }
@@ -573,7 +594,7 @@ public struct LayoutPlanner {
         var end = PipelineStepEnd(pipelineSteps: p > 1 ? 1 + 2 * (p - 1) : 0)
         guard dp > 1 else { return end }
         let sharded = c.zeroStage >= 1
-        let seconds = sharded ? communication.half(bytes: gradientBytes, ranks: dp)
+        let seconds = sharded ? dataParallelHalf(bytes: gradientBytes, ranks: dp)
             : dataParallelAllreduce(bytes: gradientBytes, ranks: dp)
         // The trainer's buckets, each ring step moving the largest segment (segment 0) in pieces.
         let buckets = bucketRanges(count: gradientBytes / 4, bucketElements: max(1, Int(c.bucketMb * 1048576) / 4))

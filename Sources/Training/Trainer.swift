@@ -144,9 +144,11 @@ public final class Trainer {
             let how = dataParallel.shardParameters ? "ZeRO-3 (parameters, gradients and optimizer state sharded by unit: \(dataParallel.buckets.count) units, each gathered before use with the next one prefetched, released after\(config.reshardAfterForward ? " forward and after backward" : " backward"); gradients reduce-scattered per unit)"
                     : dataParallel.shardGradients ? "ZeRO-2 (reduce-scatter gradients and keep only own pieces, update own shard, allgather parameters)"
                     : dataParallel.shardOptimizer ? "ZeRO-1 (reduce-scatter gradients, update own shard, allgather parameters)"
-                                                  : "allreduce \(config.allreduceAlgorithm.rawValue)" + (config.allreduceAlgorithm != .twoShot ? ""
-                                                      : dataParallel.group.arena != nil ? " through the host's shared arena"
-                                                      : " (no shared arena for this group: auto's choice runs)")
+                                                  : "allreduce \(config.allreduceAlgorithm.rawValue)" + (config.allreduceAlgorithm == .twoShot
+                                                      ? (dataParallel.group.arena != nil ? " through the host's shared arena"
+                                                                                         : " (no shared arena for this group: auto's choice runs)")
+                                                      : config.allreduceAlgorithm == .auto && dataParallel.group.arena != nil && dataSize >= 3
+                                                      ? " (the group has a shared arena: two-shot unless a tuning table says otherwise)" : "")
             let last = format("%.0f", Double(4 * (dataParallel.buckets.last?.count ?? 0)) / 1024)
             let buckets = dataParallel.shardParameters ? "buckets (one per unit)"
                 : "buckets of up to \(config.bucketMb) MiB cut where backward finishes gradients (the last \(last) KiB)"
@@ -607,7 +609,9 @@ public final class Trainer {
     /// The layout, and what one rank holds of the block weights (about 1/tensor_parallel of them).
     func logTensorParallelism() {
         guard let tensor, let layout = groups.layout else { return }
-        log("tensor parallel: \(layout), sequence parallel \(groups.sequenceParallel ? "on" : "off"); per block 2 summed outputs forward, 2 summed input gradients backward on the tensor-parallel group")
+        log("tensor parallel: \(layout), sequence parallel \(groups.sequenceParallel ? "on" : "off"); per block 2 summed outputs forward, 2 summed input gradients backward on the tensor-parallel group"
+            + (tensor.group.arena != nil ? ", through its shared arena" : ""))
+        if let reason = groups.arenaDeclined { log("no shared arena for a group of this host's ranks (\(reason)): its collectives run over the lanes") }
         for line in layout.table() { log("layout: " + line) }
         let blocks = localSharding.shards.filter { $0.local.name.hasPrefix("transformer.h.") }
         let local = blocks.reduce(0) { $0 + $1.local.value.count }, full = blocks.reduce(0) { $0 + $1.fullShape.reduce(1, *) }

@@ -18,6 +18,8 @@ public struct TrainingGroups {
     /// the ranks holding the same experts (they average those experts' gradients).
     public private(set) var expert: ExpertParallelGroup?
     public private(set) var expertData: ProcessGroup?
+    /// Why a tensor or data group of 3 or more ranks on one host has no shared arena (ParallelGroups).
+    public private(set) var arenaDeclined: String?
 
     /// Data parallelism only: the data-parallel group is the world.
     public init(world: ProcessGroup) {
@@ -42,6 +44,7 @@ public struct TrainingGroups {
         let groups = try ParallelGroups(layout: layout, world: world)
         let tensor = config.tensorParallel > 1 ? GroupCommunicator(group: groups.tensor) : nil
         self.init(world: world, data: groups.data, tensor: tensor, layout: layout, sequenceParallel: tensor != nil && config.sequenceParallel)
+        arenaDeclined = groups.arenaDeclined
         if config.pipelineParallel > 1 { pipeline = groups.pipeline }
         if config.expertParallel > 1 {
             expert = ExpertParallelGroup(group: groups.expert)

@@ -9,11 +9,15 @@ import XCTest
 final class GroupProcessTests: XCTestCase {
     /// Grids 2x2, 2x4 and 4x2: every collective and algorithm on row, column and reversed-world groups,
     /// rows and columns concurrently on two threads, disjoint rows running different algorithms at once.
+    /// Groups of 3 or more have their own shared arena (two-shot, reduce-scatter and allgather through
+    /// it, in 4 KiB slots so that 70001 floats take many pieces); pairs run over the lanes.
     func testEveryCollectiveOnSubgroupsOfGrids() throws {
         for (world, rows) in [(4, 2), (8, 2), (8, 4)] {
+            let cols = world / rows
             try runCollectiveCheck(worldSize: world, arguments: ["--mode", "groups", "--rows", String(rows), "--counts", "0,1,7,1000,70001",
-                                                   "--algorithms", "ring,tree,halving-doubling,auto"],
-                         expect: [0: "grid \(rows)x\(world / rows): row"])
+                                                   "--algorithms", "ring,tree,halving-doubling,two-shot,auto"],
+                         environment: ["SWIFT_DDP_SHM_KB": "4"],
+                         expect: [0: "grid \(rows)x\(cols): row", 1: "arenas: row \(cols >= 3 ? "yes" : "no"), column \(rows >= 3 ? "yes" : "no"), reversed yes"])
         }
     }
 

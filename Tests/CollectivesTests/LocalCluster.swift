@@ -110,12 +110,12 @@ struct LocalCluster {
 
 /// Runs collective-check on `worldSize` real ranks and requires every rank to exit 0 having said
 /// "rank N: OK"; `expect` adds text a rank's output must hold.
-func runCollectiveCheck(worldSize: Int, arguments: [String], expect: [Int: String] = [:], timeout: Double = 180,
-                        file: StaticString = #filePath, line: UInt = #line) throws {
+func runCollectiveCheck(worldSize: Int, arguments: [String], environment: [String: String] = [:], expect: [Int: String] = [:],
+                        timeout: Double = 180, file: StaticString = #filePath, line: UInt = #line) throws {
     let cluster = try LocalCluster(worldSize: worldSize)
     let started = Deadline.now()
     defer { print("world \(worldSize) \(arguments.joined(separator: " ")): \(String(format: "%.1f", Deadline.now() - started)) s") }
-    let outcomes = try cluster.start("collective-check", arguments).wait(timeout: timeout).outcomes
+    let outcomes = try cluster.start("collective-check", arguments, extra: environment).wait(timeout: timeout).outcomes
     for (rank, outcome) in outcomes.enumerated() {
         XCTAssertEqual(outcome.status, 0, "world \(worldSize) rank \(rank) failed:\n\(outcome.output)", file: file, line: line)
         XCTAssertTrue(outcome.output.contains("rank \(rank): OK"), "rank \(rank) output:\n\(outcome.output)", file: file, line: line)

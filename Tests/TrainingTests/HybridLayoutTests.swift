@@ -60,6 +60,31 @@ final class HybridLayoutTests: XCTestCase {
                                "moe pp2 interleaved with aux loss and drops", steps: 10)
     }
 
+    /// Groups of 3 ranks on one host reduce through shared arenas of their own: tp 2 × dp 3 (the data
+    /// groups' two-shot allreduces; with ZeRO-1 their reduce-scatters and allgathers) and tp 3 × dp 2
+    /// with sequence parallelism (the tensor groups' allreduces, reduce-scatters and all-gathers), each
+    /// as one rank with the same global batch, within the bound above. 6 ranks on 2 cores: few steps.
+    func testGroupsOfThreeTrainThroughTheirOwnArenasLikeOneRank() throws {
+        let short = ["--set", "max_iters=6"]
+        let dense = try run("arena-one", 1, short + ["--set", "batch_size=24", "--set", "grad_accum=2"])
+        for (name, zero) in [("tp2-dp3", "0"), ("tp2-dp3-zero1", "1")] {
+            let dir = scratchDirectory("hybrid-\(name)")
+            let result = try launchTinyGPT(6, common + short + ["--set", "batch_size=8", "--set", "grad_accum=2", "--set", "tensor_parallel=2",
+                                                               "--set", "zero_stage=\(zero)", "--out-dir", dir])
+            XCTAssertEqual(result.status, 0, "\(name):\n\(result.output)")
+            if zero == "0" { XCTAssertTrue(result.output.contains("(the group has a shared arena: two-shot"), result.output) }
+            try assertSameTraining(dense, dir, name, steps: 6)
+        }
+        let heads = ["--set", "n_head=3", "--set", "n_embd=48"]
+        let denseThree = try run("arena-one-heads3", 1, short + heads + ["--set", "batch_size=24", "--set", "grad_accum=2"])
+        let dir = scratchDirectory("hybrid-tp3-dp2-sp")
+        let result = try launchTinyGPT(6, common + short + heads + ["--set", "batch_size=12", "--set", "grad_accum=2", "--set", "tensor_parallel=3",
+                                                                    "--set", "sequence_parallel=true", "--out-dir", dir])
+        XCTAssertEqual(result.status, 0, result.output)
+        XCTAssertTrue(result.output.contains("tensor-parallel group, through its shared arena"), result.output)
+        try assertSameTraining(denseThree, dir, "tp3-dp2-sp", steps: 6)
+    }
+
     /// Tensor × pipeline: the start-up table shows each rank's coordinates and groups, a stage's
     /// tensor-parallel rank SIGKILLed mid-training stops every rank (named, no orphans), and zb-h1 is
     /// refused with the key.

@@ -62,6 +62,31 @@ final class PlannerTests: XCTestCase {
         XCTAssertEqual(allLocal.first!.predictedBytes - off.first { $0.name == allLocal.first!.name }!.predictedBytes, 3 * segment + arena, accuracy: 1)
     }
 
+    /// Groups of 3 or more on one host have arenas of their own (ParallelGroups): 6 ranks, tp 2 x dp 3
+    /// adds a 3-rank arena to the job's and prices ZeRO-1's reduce-scatter and allgather as one meeting
+    /// each (half of two-shot's two); with 2 ranks per host its data groups span hosts: no arena.
+    func testSubGroupArenasAreCountedAndPriced() throws {
+        var plan = try planner(["zero_stage=1", "batch_size=12"], world: 6)
+        let job = Double(SharedArena.segmentBytes(ranks: 6, slotBytes: plan.laneRingBytes))
+        let group = Double(SharedArena.segmentBytes(ranks: 3, slotBytes: plan.laneRingBytes))
+        let lanes = 5 * Double(SharedMemoryLane.segmentBytes(ringBytes: plan.laneRingBytes))
+        let local = try plan.plan(stepSeconds: 0.01, memoryPerRank: nil)
+        let tp2 = try XCTUnwrap(local.first { $0.config.tensorParallel == 2 && $0.dataParallel == 3 && $0.config.pipelineParallel == 1 }, "\(local.map(\.name))")
+        XCTAssertEqual(tp2.laneBytes, lanes + job + group, accuracy: 1)
+        let dp6 = try XCTUnwrap(local.first { $0.name.hasPrefix("dp6") })
+        XCTAssertEqual(dp6.laneBytes, lanes + job, accuracy: 1, "the whole job's group shares the job's arena")
+        let model = plan.communication
+        XCTAssertEqual(model.half(bytes: 1 << 20, ranks: 3, sharedArena: true), model.allreduce(bytes: 1 << 20, ranks: 3, sharedArena: true) / 2,
+                       accuracy: 1e-15)
+        XCTAssertEqual(model.half(bytes: 1 << 20, ranks: 3) - model.half(bytes: 1 << 20, ranks: 3, sharedArena: true), model.alpha, accuracy: 1e-15,
+                       "half a ring of 3 has 2 messages, the arena one meeting")
+        XCTAssertEqual(model.half(bytes: 1 << 20, ranks: 2, sharedArena: true), model.half(bytes: 1 << 20, ranks: 2), "pairs have no arena")
+        plan.ranksPerHost = 2
+        let spread = try plan.plan(stepSeconds: 0.01, memoryPerRank: nil)
+        let tp2Spread = try XCTUnwrap(spread.first { $0.name == tp2.name })
+        XCTAssertEqual(tp2Spread.laneBytes, Double(SharedMemoryLane.segmentBytes(ringBytes: plan.laneRingBytes)), accuracy: 1)
+    }
+
     /// More ranks on a host than cores: the lanes' copies share the cores, so every layout's
     /// communication takes ranks / cores times as long, and data parallelism's buckets no longer hide
     /// under backward (no core is idle to move them); ranks on hosts of their own (one per host) keep it.
