@@ -131,6 +131,8 @@ struct CollectiveCheck: ParsableCommand {
             case "sub-group-loop":
                 let cols = group.worldSize / rows
                 guard let row = try group.split(color: env.rank / cols, key: env.rank % cols) else { return }
+                try row.attachArena()
+                say("rank \(env.rank): row \(row.members), arena \(row.arena == nil ? "no" : "yes")")
                 _ = try runCollectiveCheck(plan, group: row, log: say)
                 return
             default: throw ValidationError("--mode must be collectives, groups, p2p, alltoall, sub-group-loop, tensor-parallel, sequence-parallel or pipeline, not '\(mode)'")

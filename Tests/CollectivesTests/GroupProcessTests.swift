@@ -51,21 +51,30 @@ final class GroupProcessTests: XCTestCase {
 
     /// kill -9 of a rank inside a sub-group collective: under the launcher every rank of the job is
     /// gone within the timeout + 2 s, the killed rank is named, nothing is left running.
+    /// The same with rows of 3 looping two-shot through their own arenas (the victim dies between
+    /// meetings or inside one).
     func testKilledRankInASubgroupStopsTheWholeJob() throws {
+        try killedRankInASubgroupStopsTheWholeJob(ranks: 4, algorithm: "ring")
+        try killedRankInASubgroupStopsTheWholeJob(ranks: 6, algorithm: "two-shot")
+    }
+
+    func killedRankInASubgroupStopsTheWholeJob(ranks: Int, algorithm: String) throws {
         let (process, rest, head) = try startLauncher(LocalCluster.buildDirectory + "/ddp-launch", [
-            "--nproc-per-node", "4", "--timeout", "5", "--", "collective-check", "--mode", "sub-group-loop",
-            "--rows", "2", "--loop", "--algorithms", "ring", "--counts", "262144"], until: "READY", occurrences: 4)
+            "--nproc-per-node", String(ranks), "--timeout", "5", "--", "collective-check", "--mode", "sub-group-loop",
+            "--rows", "2", "--loop", "--algorithms", algorithm, "--counts", "262144"], until: "READY", occurrences: ranks)
         let pids = launcherRankPIDs(head)
-        XCTAssertEqual(pids.count, 4, head)
-        guard pids.count == 4 else { process.terminate(); return }
-        // Rank 3 is in the row group {2, 3}; ranks 0 and 1 run in the other row and never talk to it.
-        kill(pids[3], SIGKILL)
+        XCTAssertEqual(pids.count, ranks, head)
+        guard pids.count == ranks else { process.terminate(); return }
+        let victim = ranks - 1
+        XCTAssertEqual(head.contains("arena yes"), ranks >= 6, head)
+        // The victim is in the second row; the first row's ranks never talk to it.
+        kill(pids[victim], SIGKILL)
         let killed = Deadline.now()
         let text = head + String(decoding: rest.readDataToEndOfFile(), as: UTF8.self)
         process.waitUntilExit()
         let seconds = Deadline.now() - killed
         XCTAssertLessThan(seconds, 5 + 2, "the job took \(seconds) s to stop:\n\(text)")
-        XCTAssertTrue(text.contains("FAILED: rank 3 (pid \(pids[3])"), text)
+        XCTAssertTrue(text.contains("FAILED: rank \(victim) (pid \(pids[victim])"), text)
         XCTAssertTrue(text.contains("SIGKILL"), text)
         XCTAssertEqual(survivors(ofLauncher: process.processIdentifier), [])
     }
