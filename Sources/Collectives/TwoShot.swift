@@ -58,12 +58,11 @@ private func stridedChunk(_ segment: Range<Int>, _ k: Int, _ chunk: Int) -> Rang
 public func arenaReduceScatter(_ buffer: UnsafeMutableBufferPointer<Float>, op: ReduceOp, group: ProcessGroup,
                                arena: SharedArena) throws {
     let n = group.worldSize, rank = group.rank
-    let segments = (0..<n).map { segmentRange(count: buffer.count, parts: n, index: $0) }
     let chunk = arena.slotBytes / 4 / n, base = buffer.baseAddress
     var k = 0
-    while k * chunk < segments[0].count { // segment 0 is the longest
+    while k * chunk < segmentRange(count: buffer.count, parts: n, index: 0).count { // segment 0 is the longest
         let slot = arena.beginPiece(bytes: 4 * chunk * n)
-        func piece(_ s: Int) -> Range<Int> { stridedChunk(segments[s], k, chunk) }
+        func piece(_ s: Int) -> Range<Int> { stridedChunk(segmentRange(count: buffer.count, parts: n, index: s), k, chunk) }
         for s in 0..<n where s != rank {
             arena.write(slot(rank) + 4 * s * chunk, from: base! + piece(s).lowerBound, bytes: 4 * piece(s).count)
         }
@@ -83,12 +82,11 @@ public func arenaReduceScatter(_ buffer: UnsafeMutableBufferPointer<Float>, op: 
 /// holds all of them.
 public func arenaAllgather(_ buffer: UnsafeMutableBufferPointer<Float>, group: ProcessGroup, arena: SharedArena) throws {
     let n = group.worldSize, rank = group.rank
-    let segments = (0..<n).map { segmentRange(count: buffer.count, parts: n, index: $0) }
     let chunk = arena.slotBytes / 4, base = buffer.baseAddress
     var k = 0
-    while k * chunk < segments[0].count {
+    while k * chunk < segmentRange(count: buffer.count, parts: n, index: 0).count {
         let slot = arena.beginPiece(bytes: 4 * chunk)
-        func piece(_ s: Int) -> Range<Int> { stridedChunk(segments[s], k, chunk) }
+        func piece(_ s: Int) -> Range<Int> { stridedChunk(segmentRange(count: buffer.count, parts: n, index: s), k, chunk) }
         arena.write(slot(rank), from: base! + piece(rank).lowerBound, bytes: 4 * piece(rank).count)
         try arena.meet(connections: group.connections, policy: group.policy,
                        operation: "allgather through the arena on \(group.name) (waiting for every rank's part)")

@@ -50,8 +50,7 @@ public enum SharedMemorySetup {
             var reader = ByteReader(try connection.receiveFrame(expecting: .laneOffer, tag: 0, maxLength: 4096, operation: operation))
             guard let theirs = reader.string(), let name = reader.string(), let bytes = reader.i64(), let theirReason = reader.string(),
                   reader.atEnd else {
-                connection.close()
-                throw TransportError(.badFrame("malformed shared-memory offer"), operation: operation, peer: connection.peer)
+                throw malformed("malformed shared-memory offer", from: connection, operation: operation)
             }
             var lane: SharedMemoryLane?
             var reason = ""
@@ -84,14 +83,11 @@ public enum SharedMemorySetup {
             guard let connection = connections[peer] else { continue }
             var reader = ByteReader(try connection.receiveFrame(expecting: .laneAnswer, tag: 0, maxLength: 4096, operation: operation))
             guard let flag = reader.bytes(1), flag[0] <= 1, let reason = reader.string(), reader.atEnd else {
-                connection.close()
-                throw TransportError(.badFrame("malformed shared-memory answer"), operation: operation, peer: connection.peer)
+                throw malformed("malformed shared-memory answer", from: connection, operation: operation)
             }
             if flag[0] == 1 {
                 guard let lane = created[peer]?.lane else {
-                    connection.close()
-                    throw TransportError(.badFrame("the peer attached to a shared-memory segment never offered"), operation: operation,
-                                         peer: connection.peer)
+                    throw malformed("the peer attached to a shared-memory segment never offered", from: connection, operation: operation)
                 }
                 lane.stores = stores
                 connection.attach(lane)
@@ -103,6 +99,13 @@ public enum SharedMemorySetup {
         outcome.attached.sort()
         outcome.declined.sort { $0.rank < $1.rank }
         return outcome
+    }
+
+    /// A set-up frame that does not parse: the connection is closed (nothing after it can be trusted)
+    /// and the error names the peer.
+    static func malformed(_ what: String, from connection: Connection, operation: String) -> TransportError {
+        connection.close()
+        return TransportError(.badFrame(what), operation: operation, peer: connection.peer)
     }
 
     /// Sets up the arena of a job whose ranks all share one host (SharedArena.swift), right after the
@@ -133,8 +136,7 @@ public enum SharedMemorySetup {
                 let connection = connections[peer]!
                 var reader = ByteReader(try connection.receiveFrame(expecting: .laneAnswer, tag: offerTag, maxLength: 4096, operation: operation))
                 guard let flag = reader.bytes(1), flag[0] <= 1, let theirReason = reader.string(), reader.atEnd else {
-                    connection.close()
-                    throw TransportError(.badFrame("malformed shared-memory arena answer"), operation: operation, peer: connection.peer)
+                    throw malformed("malformed shared-memory arena answer", from: connection, operation: operation)
                 }
                 if flag[0] == 0 && accepted { accepted = false; reason = theirReason.isEmpty ? nil : "rank \(peer): \(theirReason)" }
             }
@@ -146,8 +148,7 @@ public enum SharedMemorySetup {
         let connection = connections[0]!
         var reader = ByteReader(try connection.receiveFrame(expecting: .laneOffer, tag: offerTag, maxLength: 4096, operation: operation))
         guard let name = reader.string(), reader.atEnd else {
-            connection.close()
-            throw TransportError(.badFrame("malformed shared-memory arena offer"), operation: operation, peer: connection.peer)
+            throw malformed("malformed shared-memory arena offer", from: connection, operation: operation)
         }
         var opened: SharedArena?, reason = ""
         if !name.isEmpty && attachedToAll {
@@ -158,8 +159,7 @@ public enum SharedMemorySetup {
         try connection.sendFrame(.laneAnswer, tag: offerTag, bytes: answer.data, operation: operation)
         let verdict = try connection.receiveFrame(expecting: .laneAnswer, tag: verdictTag, maxLength: 1, operation: operation)
         guard verdict.count == 1, verdict[0] <= 1 else {
-            connection.close()
-            throw TransportError(.badFrame("malformed shared-memory arena verdict"), operation: operation, peer: connection.peer)
+            throw malformed("malformed shared-memory arena verdict", from: connection, operation: operation)
         }
         return (verdict[0] == 1 ? opened : nil, nil)
     }

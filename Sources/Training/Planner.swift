@@ -39,7 +39,8 @@ public struct PlannedLayout: Sendable {
     }
     /// What world rank 0 assembles beside its training state to write the single-file checkpoint.
     public var checkpointBytes = 0.0
-    /// The shared-memory lanes to the other ranks of this host (mapped populated, so all resident).
+    /// The shared-memory lanes to the other ranks of this host (mapped populated, so all resident) and
+    /// the arenas of the layout's groups.
     public var laneBytes = 0.0
     public var predictedBytes: Double {
         Double(largestStateBytes) + activationBytes + checkpointBytes + laneBytes + LayoutPlanner.processBytes
@@ -122,20 +123,20 @@ public struct LayoutPlanner {
     public var timingRounds = 3
     public var timingBudgetSeconds = 30.0
     /// Ranks per host (nil: all on this one) and each lane's ring (SWIFT_DDP_SHM_KB; 0: no lanes): every
-    /// rank maps a lane to each other rank of its host, and a job all on one host an arena of two slots
-    /// of that size per rank (resident once two-shot runs: counted, as an upper bound).
+    /// rank maps a lane to each other rank of its host.
     public var ranksPerHost: Int?
     public var laneRingBytes = SharedMemorySetup.defaultRingBytes
     public var laneBytesPerRank: Double {
         guard laneRingBytes > 0 else { return 0 }
-        let arena = hasArena ? SharedArena.segmentBytes(ranks: worldSize, slotBytes: laneRingBytes) : 0
-        return Double(max(ranksOnHost - 1, 0) * SharedMemoryLane.segmentBytes(ringBytes: laneRingBytes) + arena)
+        return Double(max(ranksOnHost - 1, 0) * SharedMemoryLane.segmentBytes(ringBytes: laneRingBytes))
     }
-    /// The arenas a layout's own groups add (ParallelGroups gives a tensor or data group of 3 or more
-    /// on one host its own; one holding the whole job shares the job's).
-    func groupArenaBytes(tensorParallel tp: Int, dataParallel dp: Int) -> Double {
+    /// The arenas a layout's reducing groups run through: a tensor or data group of 3 or more ranks on
+    /// one host has one of two slots per rank (the job's when it holds every rank, else its own:
+    /// ParallelGroups), resident once a collective runs through it. A job's arena that no group of the
+    /// layout uses (pipelines, pairs) stays out of memory, so it is not counted.
+    func arenaBytes(tensorParallel tp: Int, dataParallel dp: Int) -> Double {
         func bytes(_ n: Int, _ has: Bool) -> Int {
-            has && n >= arenaMinimumRanks && n < worldSize ? SharedArena.segmentBytes(ranks: n, slotBytes: laneRingBytes) : 0
+            has && n >= arenaMinimumRanks ? SharedArena.segmentBytes(ranks: n, slotBytes: laneRingBytes) : 0
         }
         return Double(bytes(tp, tensorArena(tp)) + bytes(dp, hasArena))
     }
@@ -574,7 +575,7 @@ public struct LayoutPlanner {
                 }
             }
             planned.checkpointBytes = checkpointBytes(layout, localParameters: localParameters, dataParallel: dp, wholeModelBytes: wholeModelBytes)
-            planned.laneBytes = laneBytesPerRank + groupArenaBytes(tensorParallel: layout.tensorParallel, dataParallel: dp)
+            planned.laneBytes = laneBytesPerRank + arenaBytes(tensorParallel: layout.tensorParallel, dataParallel: dp)
             if let memoryPerRank { planned.fits = planned.predictedBytes <= memoryPerRank }
             out.append(planned)
         }
