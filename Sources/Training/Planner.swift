@@ -283,14 +283,15 @@ public struct LayoutPlanner {
         if tp > 1 && c.pipelineParallel == 1 {
             let block = Self.blockCollectives(sequenceParallel: c.sequenceParallel)
             let perMicro = Double(layers * (block.forward + block.backward) + 4)
-            let steps = Self.collectiveRingSteps(sequenceParallel: c.sequenceParallel, tensorParallel: tp)
+            let steps = tensorCollectiveSteps(sequenceParallel: c.sequenceParallel, tensorParallel: tp)
             let wire = wireTime(ofStep: tensorParallelCollective(c), steps: steps)
             waits += microbatches * perMicro * penalty(tp, steps, compute / (microbatches * perMicro), wire)
         }
         if dp > 1 && c.zeroStage == 3 {
             let perMicro = Double(2 * (config.nLayer + 2))
             let gather = dataParallelHalf(bytes: gradientBytes / (config.nLayer + 2), ranks: dp)
-            waits += microbatches * perMicro * penalty(dp, dp - 1, compute / (microbatches * perMicro), wireTime(ofStep: gather, steps: dp - 1))
+            let steps = dataParallelHalfSteps(dp)
+            waits += microbatches * perMicro * penalty(dp, steps, compute / (microbatches * perMicro), wireTime(ofStep: gather, steps: steps))
         }
         if dp > 1 {
             // Buckets are averaged on each rank's communication thread while backward goes on; the
@@ -344,6 +345,16 @@ public struct LayoutPlanner {
     /// Ring steps of one of those collectives over `tensorParallel` ranks: an allreduce 2 (tp - 1), an
     /// all-gather or reduce-scatter (sequence parallelism) tp - 1.
     static func collectiveRingSteps(sequenceParallel: Bool, tensorParallel tp: Int) -> Int { sequenceParallel ? tp - 1 : 2 * (tp - 1) }
+
+    /// The synchronizations of one tensor-parallel collective: its ring steps, or through the group's
+    /// arena (3 or more ranks on one host) two meetings for an allreduce and one for a reduce-scatter or
+    /// an all-gather.
+    func tensorCollectiveSteps(sequenceParallel sp: Bool, tensorParallel tp: Int) -> Int {
+        tp >= arenaMinimumRanks && tensorArena(tp) ? (sp ? 1 : 2) : Self.collectiveRingSteps(sequenceParallel: sp, tensorParallel: tp)
+    }
+
+    /// The same for ZeRO-3's gathers and reduce-scatters on the data-parallel group.
+    func dataParallelHalfSteps(_ dp: Int) -> Int { dp >= arenaMinimumRanks && hasArena ? 1 : dp - 1 }
 
     /// Rank 0's assembly for a single-file checkpoint (Trainer.saveCheckpoint): under ZeRO the optimizer
     /// state's pieces gathered into full buffers (and, at stage 3, the parameters pinned whole); under
@@ -482,7 +493,7 @@ public struct LayoutPlanner {
                         default: return 0
                         }
                     }
-                    let rounds = max(timingRounds, 1), ringSteps = Self.collectiveRingSteps(sequenceParallel: sp, tensorParallel: tp)
+                    let rounds = max(timingRounds, 1), ringSteps = tensorCollectiveSteps(sequenceParallel: sp, tensorParallel: tp)
                     let ringTransfer = tp > 1 ? wireTime(ofStep: tensorParallelCollective(layout), steps: ringSteps) : 0
                     let stepEnd = pipelineStepEnd(layout, dataParallel: dp, gradientBytes: 4 * localParameters)
                     let pass = (0..<rounds).map { _ in
