@@ -41,6 +41,7 @@ int ddp_fix_allocator_thresholds(int bytes) {
     return fixed;
 }
 size_t ddp_mapped_allocation_bytes(void) { return mallinfo2().hblkhd; }
+size_t ddp_free_allocation_bytes(void) { return mallinfo2().fordblks; }
 
 int ddp_set_thread_name(const char *name) {
     return prctl(PR_SET_NAME, (unsigned long)name, 0, 0, 0);

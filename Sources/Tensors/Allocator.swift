@@ -25,3 +25,9 @@ public func fixAllocatorThresholds() {
 public func allocatorMappedBytes() -> Int {
     Int(ddp_mapped_allocation_bytes())
 }
+
+/// Bytes free inside malloc's arenas, their tops included (`mallinfo2().fordblks`): a block larger than
+/// this cannot come from them.
+public func allocatorFreeBytes() -> Int {
+    Int(ddp_free_allocation_bytes())
+}

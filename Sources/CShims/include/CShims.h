@@ -20,6 +20,8 @@ int ddp_set_thread_name(const char *name);
 int ddp_fix_allocator_thresholds(int bytes);
 // mallinfo2().hblkhd: bytes glibc holds in blocks mapped one by one (handed back to the kernel on free).
 size_t ddp_mapped_allocation_bytes(void);
+// Bytes free inside malloc's arenas, their tops included (mallinfo2().fordblks, summed over arenas).
+size_t ddp_free_allocation_bytes(void);
 
 #endif
 
