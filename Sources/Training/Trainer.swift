@@ -135,6 +135,7 @@ public final class Trainer {
         logOptimizerMemory()
         logTensorParallelism()
         logExperts()
+        if let reason = groups.arenaDeclined { log("no shared arena for a group of this host's ranks (\(reason)): its collectives run over the lanes") }
         if let pipeline = task as? PipelineGPTTask {
             let runner = pipeline.runner, schedule = runner.schedule
             log("pipeline parallel: \(schedule.pipelineParallel) stages x \(schedule.virtualStages) chunk(s) per rank, schedule \(schedule.kind.rawValue), \(schedule.microbatches) micro-batches of \(config.batchSize) sequences per pass; bubble \(format("%.3f", schedule.formulaBubble)) of the step by the formula (ddp-train schedule simulates it); rank 0 holds layers \(runner.stages.values.map { "\($0.layers.lowerBound)..<\($0.layers.upperBound)" }.sorted().joined(separator: ", "))")
@@ -611,7 +612,6 @@ public final class Trainer {
         guard let tensor, let layout = groups.layout else { return }
         log("tensor parallel: \(layout), sequence parallel \(groups.sequenceParallel ? "on" : "off"); per block 2 summed outputs forward, 2 summed input gradients backward on the tensor-parallel group"
             + (tensor.group.arena != nil ? ", through its shared arena" : ""))
-        if let reason = groups.arenaDeclined { log("no shared arena for a group of this host's ranks (\(reason)): its collectives run over the lanes") }
         for line in layout.table() { log("layout: " + line) }
         let blocks = localSharding.shards.filter { $0.local.name.hasPrefix("transformer.h.") }
         let local = blocks.reduce(0) { $0 + $1.local.value.count }, full = blocks.reduce(0) { $0 + $1.fullShape.reduce(1, *) }
