@@ -59,12 +59,14 @@ public func arenaReduceScatter(_ buffer: UnsafeMutableBufferPointer<Float>, op: 
                                arena: SharedArena) throws {
     let n = group.worldSize, rank = group.rank
     let chunk = arena.slotBytes / 4 / n, base = buffer.baseAddress
+    let longest = segmentRange(count: buffer.count, parts: n, index: 0).count // segment 0 is the longest
     var k = 0
-    while k * chunk < segmentRange(count: buffer.count, parts: n, index: 0).count { // segment 0 is the longest
+    while k * chunk < longest {
         let slot = arena.beginPiece(bytes: 4 * chunk * n)
         func piece(_ s: Int) -> Range<Int> { stridedChunk(segmentRange(count: buffer.count, parts: n, index: s), k, chunk) }
         for s in 0..<n where s != rank {
-            arena.write(slot(rank) + 4 * s * chunk, from: base! + piece(s).lowerBound, bytes: 4 * piece(s).count)
+            let p = piece(s)
+            arena.write(slot(rank) + 4 * s * chunk, from: base! + p.lowerBound, bytes: 4 * p.count)
         }
         try arena.meet(connections: group.connections, policy: group.policy,
                        operation: "reduce-scatter through the arena on \(group.name) (waiting for every rank's copy in)")
@@ -83,15 +85,17 @@ public func arenaReduceScatter(_ buffer: UnsafeMutableBufferPointer<Float>, op: 
 public func arenaAllgather(_ buffer: UnsafeMutableBufferPointer<Float>, group: ProcessGroup, arena: SharedArena) throws {
     let n = group.worldSize, rank = group.rank
     let chunk = arena.slotBytes / 4, base = buffer.baseAddress
+    let longest = segmentRange(count: buffer.count, parts: n, index: 0).count
     var k = 0
-    while k * chunk < segmentRange(count: buffer.count, parts: n, index: 0).count {
+    while k * chunk < longest {
         let slot = arena.beginPiece(bytes: 4 * chunk)
         func piece(_ s: Int) -> Range<Int> { stridedChunk(segmentRange(count: buffer.count, parts: n, index: s), k, chunk) }
         arena.write(slot(rank), from: base! + piece(rank).lowerBound, bytes: 4 * piece(rank).count)
         try arena.meet(connections: group.connections, policy: group.policy,
                        operation: "allgather through the arena on \(group.name) (waiting for every rank's part)")
         for r in 0..<n where r != rank {
-            (base! + piece(r).lowerBound).update(from: slot(r).assumingMemoryBound(to: Float.self), count: piece(r).count)
+            let p = piece(r)
+            (base! + p.lowerBound).update(from: slot(r).assumingMemoryBound(to: Float.self), count: p.count)
         }
         arena.endPiece(bytes: 4 * chunk * n)
         k += 1

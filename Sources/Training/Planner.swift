@@ -140,17 +140,20 @@ public struct LayoutPlanner {
     /// ranks of the recipe this is 5 MiB of the dp group's 8 (measured 4.8, /proc/PID/smaps).
     func arenaBytes(_ c: TrainConfig, dataParallel dp: Int, gradientBytes: Int) -> Double {
         func resident(_ n: Int, _ has: Bool, largestMessage: Int) -> Int {
-            guard has && n >= arenaMinimumRanks else { return 0 }
+            guard has else { return 0 }
             let m = min(laneRingBytes, largestMessage)
             return SharedArena.segmentBytes(ranks: n, slotBytes: 0) + 2 * (m + (n - 1) * 2 * m / n)
         }
-        let tensor = resident(c.tensorParallel, tensorArena(c.tensorParallel), largestMessage: activationBytes(c))
-        let data = resident(dp, hasArena, largestMessage: min(gradientBytes, Int(c.bucketMb * 1048576)))
+        let tensor = resident(c.tensorParallel, tensorGroupHasArena(c.tensorParallel), largestMessage: activationBytes(c))
+        let data = resident(dp, dataGroupHasArena(dp), largestMessage: min(gradientBytes, Int(c.bucketMb * 1048576)))
         return Double(tensor + data)
     }
-    /// Whether a tensor-parallel group of `tp` ranks has lanes between all its ranks: tensor ranks are
-    /// the layout's innermost, so a host holding a multiple of `tp` ranks holds whole groups.
-    func tensorArena(_ tp: Int) -> Bool { laneRingBytes > 0 && ranksOnHost % tp == 0 }
+    /// Whether a tensor-parallel group of `tp` ranks reduces through an arena: 3 or more ranks with lanes
+    /// between all of them (tensor ranks are the layout's innermost, so a host holding a multiple of `tp`
+    /// ranks holds whole groups).
+    func tensorGroupHasArena(_ tp: Int) -> Bool { tp >= arenaMinimumRanks && laneRingBytes > 0 && ranksOnHost % tp == 0 }
+    /// The same for a data-parallel group of `dp` ranks: 3 or more in a job all on one host.
+    func dataGroupHasArena(_ dp: Int) -> Bool { dp >= arenaMinimumRanks && hasArena }
     /// Whether the job has a shared arena: all of it on this host, with lanes on.
     public var hasArena: Bool { ranksOnHost == worldSize && worldSize > 1 && laneRingBytes > 0 }
     /// The ranks that share this host (and its cores).
@@ -323,7 +326,7 @@ public struct LayoutPlanner {
     /// parallelism a reduce-scatter or all-gather (half of one).
     func tensorParallelCollective(_ c: TrainConfig) -> Double {
         let bytes = activationBytes(c)
-        let arena = tensorArena(c.tensorParallel)
+        let arena = tensorGroupHasArena(c.tensorParallel)
         return c.sequenceParallel ? communication.half(bytes: bytes, ranks: c.tensorParallel, sharedArena: arena)
             : communication.allreduce(bytes: bytes, ranks: c.tensorParallel, sharedArena: arena)
     }
@@ -343,7 +346,7 @@ public struct LayoutPlanner {
     }
 
     /// ZeRO's reduce-scatter or allgather on the data-parallel group (through its arena as above).
-    func dataParallelHalf(bytes: Int, ranks dp: Int) -> Double { communication.half(bytes: bytes, ranks: dp, sharedArena: hasArena) }
+    func dataParallelHalf(bytes: Int, ranks dp: Int) -> Double { communication.half(bytes: bytes, ranks: dp, sharedArena: dataGroupHasArena(dp)) }
 
     /// A transformer block's tensor-parallel collectives per micro-batch (TransformerBlock): 2 allreduces
     /// forward and 2 backward; with sequence parallelism 4 all-gathers and reduce-scatters forward and 6
@@ -358,11 +361,11 @@ public struct LayoutPlanner {
     /// arena (3 or more ranks on one host) two meetings for an allreduce and one for a reduce-scatter or
     /// an all-gather.
     func tensorCollectiveSteps(sequenceParallel sp: Bool, tensorParallel tp: Int) -> Int {
-        tp >= arenaMinimumRanks && tensorArena(tp) ? (sp ? 1 : 2) : Self.collectiveRingSteps(sequenceParallel: sp, tensorParallel: tp)
+        tensorGroupHasArena(tp) ? (sp ? 1 : 2) : Self.collectiveRingSteps(sequenceParallel: sp, tensorParallel: tp)
     }
 
     /// The same for ZeRO-3's gathers and reduce-scatters on the data-parallel group.
-    func dataParallelHalfSteps(_ dp: Int) -> Int { dp >= arenaMinimumRanks && hasArena ? 1 : dp - 1 }
+    func dataParallelHalfSteps(_ dp: Int) -> Int { dataGroupHasArena(dp) ? 1 : dp - 1 }
 
     /// Rank 0's assembly for a single-file checkpoint (Trainer.saveCheckpoint): under ZeRO the optimizer
     /// state's pieces gathered into full buffers (and, at stage 3, the parameters pinned whole); under
