@@ -10,13 +10,14 @@ public func chooseAlgorithm(bytes: Int, worldSize: Int, table: TuningTable?) -> 
     CollectiveOptions(tuning: table).algorithm(bytes: bytes, worldSize: worldSize)
 }
 
-/// Auto without a table for the group's size. Three or more ranks sharing the host's arena: two-shot
-/// (4 ranks on 2 cores, 3-round medians: fastest of ours at every size from 4 KiB to 64 MiB, and a
-/// 4-rank data-parallel step's exposed allreduce 5.3-5.5 ms against the ring's 6.5-6.6). Otherwise
-/// halving-doubling for small messages, the ring above (2 ranks: the three are within noise of each
-/// other at most sizes).
-func fixedRule(bytes: Int, worldSize: Int, sharedArena: Bool) -> AllreduceAlgorithm {
-    if sharedArena && worldSize >= arenaMinimumRanks { return .twoShot }
+/// Auto without a table for the group's size. A group with a shared arena (its ranks on one host):
+/// two-shot. 4 ranks on 2 cores, 3-round medians: fastest of ours at every size from 4 KiB to 64 MiB,
+/// a 4-rank data-parallel step's exposed allreduce 5.3-5.5 ms against the ring's 6.5-6.6. 2 ranks:
+/// as fast as the lanes' algorithms alone, and cheaper beside compute: a 2-rank step of the recipe
+/// spends 0.7 ms of its communication thread's CPU time against the ring's 1.1-1.3 (no doorbells,
+/// two meetings a piece). Otherwise halving-doubling for small messages, the ring above.
+func fixedRule(bytes: Int, sharedArena: Bool) -> AllreduceAlgorithm {
+    if sharedArena { return .twoShot }
     return bytes <= 64 << 10 ? .halvingDoubling : .ring
 }
 
@@ -130,13 +131,11 @@ public func allgather(_ buffer: UnsafeMutableBufferPointer<Float>, group: Proces
     }
 }
 
-/// Ranks from which the arena's collectives run by default (2 ranks: the lanes' algorithms are as fast).
-public let arenaMinimumRanks = 3
-
-/// The arena a reduce-scatter or an allgather runs through: where auto's fixed rule takes two-shot for
-/// an allreduce, for the same reason.
+/// The arena a reduce-scatter or an allgather runs through: the group's, as auto's fixed rule takes
+/// two-shot for an allreduce (ZeRO-1 on 2 ranks of the recipe: the communication thread's CPU time per
+/// step halved, exposed 1.2-1.4 ms against the ring's 1.6-2.1).
 func sharedArena(of group: ProcessGroup) -> SharedArena? {
-    guard let arena = group.arena, group.worldSize >= arenaMinimumRanks, arena.slotBytes / 4 >= group.worldSize else { return nil }
+    guard let arena = group.arena, arena.slotBytes / 4 >= group.worldSize else { return nil }
     return arena
 }
 

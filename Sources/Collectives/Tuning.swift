@@ -109,7 +109,7 @@ public struct CollectiveOptions: Sendable {
            let best = TuningTable.fastest(sharedArena ? candidates : candidates.filter { $0.algorithm != .twoShot }, bytes: bytes) {
             return best
         }
-        return fixedRule(bytes: bytes, worldSize: worldSize, sharedArena: sharedArena)
+        return fixedRule(bytes: bytes, sharedArena: sharedArena)
     }
 
     /// The table SWIFT_DDP_TUNING names (WorkerEnvironment.tuningPath), for programs that take their

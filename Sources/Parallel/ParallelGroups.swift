@@ -27,7 +27,7 @@ public struct ParallelGroups {
         }
         tensor = try form(.tensor); data = try form(.data); pipeline = try form(.pipeline)
         expert = try form(.expert); expertData = try form(.expertData)
-        // The groups that reduce get their own arena when they have 3 or more ranks on one host (every
+        // The groups that reduce get their own arena when their ranks (2 or more) share a host (every
         // rank sets up its tensor group's, then its data group's: no two set-ups wait on each other).
         arenaDeclined = [try tensor.attachArena(), try data.attachArena()].compactMap { $0 }.first
     }

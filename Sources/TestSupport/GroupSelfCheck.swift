@@ -24,7 +24,7 @@ public func runSubgroupCheck(rows: Int, plan: CollectiveCheckPlan, world: Proces
     guard let reversed = try world.subgroup(ranks: Array((0..<n).reversed())), reversed.rank == n - 1 - rank else {
         throw CheckFailure.wrong("rank \(rank): subgroup(ranks:) of the reversed world")
     }
-    // Groups of 3 or more get their own shared arena (two-shot, reduce-scatter and allgather run
+    // Groups of 2 or more get their own shared arena (two-shot, reduce-scatter and allgather run
     // through it); the reversed world is not the world's order, so it gets one of its own too.
     for group in [row, column, reversed] { try group.attachArena() }
     var checks = 0

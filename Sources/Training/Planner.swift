@@ -86,11 +86,10 @@ public struct CommunicationModel: Sendable {
         return Double(messages) * alpha + 2 * Double(n - 1) / Double(n) * Double(bytes) / bandwidth
     }
 
-    /// A reduce-scatter or an allgather: half a ring allreduce (both run the ring), or on a group of 3 or
-    /// more with a shared arena half a two-shot allreduce (one meeting per piece).
+    /// A reduce-scatter or an allgather: half a ring allreduce (both run the ring), or on a group with a
+    /// shared arena half a two-shot allreduce (one meeting per piece).
     public func half(bytes: Int, ranks n: Int, sharedArena: Bool = false) -> Double {
-        let arena = sharedArena && n >= arenaMinimumRanks
-        return allreduce(bytes: bytes, ranks: n, options: CollectiveOptions(algorithm: arena ? .twoShot : .ring), sharedArena: arena) / 2
+        allreduce(bytes: bytes, ranks: n, options: CollectiveOptions(algorithm: sharedArena ? .twoShot : .ring), sharedArena: sharedArena) / 2
     }
 
     public func pointToPoint(bytes: Int) -> Double { alpha + Double(bytes) / bandwidth }
@@ -130,13 +129,13 @@ public struct LayoutPlanner {
         guard laneRingBytes > 0 else { return 0 }
         return Double(max(ranksOnHost - 1, 0) * SharedMemoryLane.segmentBytes(ringBytes: laneRingBytes))
     }
-    /// The arenas a layout's reducing groups run through: a tensor or data group of 3 or more ranks on
+    /// The arenas a layout's reducing groups run through: a tensor or data group of 2 or more ranks on
     /// one host has one of two slots per rank (the job's when it holds every rank, else its own:
     /// ParallelGroups). Only the pages a collective touches are resident: two-shot writes a piece of up
     /// to a slot into the rank's own slot and reads a segment of each other slot twice (its part to
     /// reduce, then the others' results), so of each half the first m bytes of its own slot and 2m/n of
     /// each other, m the group's largest message (a gradient bucket; a block's activations) up to a
-    /// slot. A job's arena no group of the layout uses (pipelines, pairs) is not counted at all. On 4
+    /// slot. A job's arena no group of the layout uses (pipelines) is not counted at all. On 4
     /// ranks of the recipe this is 5 MiB of the dp group's 8 (measured 4.8, /proc/PID/smaps).
     func arenaBytes(_ c: TrainConfig, dataParallel dp: Int, gradientBytes: Int) -> Double {
         func resident(_ n: Int, _ has: Bool, largestMessage: Int) -> Int {
@@ -148,12 +147,12 @@ public struct LayoutPlanner {
         let data = resident(dp, dataGroupHasArena(dp), largestMessage: min(gradientBytes, Int(c.bucketMb * 1048576)))
         return Double(tensor + data)
     }
-    /// Whether a tensor-parallel group of `tp` ranks reduces through an arena: 3 or more ranks with lanes
+    /// Whether a tensor-parallel group of `tp` ranks reduces through an arena: 2 or more ranks with lanes
     /// between all of them (tensor ranks are the layout's innermost, so a host holding a multiple of `tp`
     /// ranks holds whole groups).
-    func tensorGroupHasArena(_ tp: Int) -> Bool { tp >= arenaMinimumRanks && laneRingBytes > 0 && ranksOnHost % tp == 0 }
-    /// The same for a data-parallel group of `dp` ranks: 3 or more in a job all on one host.
-    func dataGroupHasArena(_ dp: Int) -> Bool { dp >= arenaMinimumRanks && hasArena }
+    func tensorGroupHasArena(_ tp: Int) -> Bool { tp > 1 && laneRingBytes > 0 && ranksOnHost % tp == 0 }
+    /// The same for a data-parallel group of `dp` ranks: 2 or more in a job all on one host.
+    func dataGroupHasArena(_ dp: Int) -> Bool { dp > 1 && hasArena }
     /// Whether the job has a shared arena: all of it on this host, with lanes on.
     public var hasArena: Bool { ranksOnHost == worldSize && worldSize > 1 && laneRingBytes > 0 }
     /// The ranks that share this host (and its cores).
@@ -339,10 +338,10 @@ public struct LayoutPlanner {
         dataParallelAllreduce(bytes: min(gradientBytes, Int(c.bucketMb * 1048576)), ranks: ranks)
     }
 
-    /// An allreduce on the data-parallel group: in a job all on one host, a group of 3 or more has a
-    /// shared arena (the job's when it is the whole job, else its own).
+    /// An allreduce on the data-parallel group: in a job all on one host, the group has a shared arena
+    /// (the job's when it is the whole job, else its own).
     func dataParallelAllreduce(bytes: Int, ranks dp: Int) -> Double {
-        communication.allreduce(bytes: bytes, ranks: dp, options: dataParallelOptions, sharedArena: hasArena)
+        communication.allreduce(bytes: bytes, ranks: dp, options: dataParallelOptions, sharedArena: dataGroupHasArena(dp))
     }
 
     /// ZeRO's reduce-scatter or allgather on the data-parallel group (through its arena as above).
@@ -358,7 +357,7 @@ public struct LayoutPlanner {
     static func collectiveRingSteps(sequenceParallel: Bool, tensorParallel tp: Int) -> Int { sequenceParallel ? tp - 1 : 2 * (tp - 1) }
 
     /// The synchronizations of one tensor-parallel collective: its ring steps, or through the group's
-    /// arena (3 or more ranks on one host) two meetings for an allreduce and one for a reduce-scatter or
+    /// arena (its ranks on one host) two meetings for an allreduce and one for a reduce-scatter or
     /// an all-gather.
     func tensorCollectiveSteps(sequenceParallel sp: Bool, tensorParallel tp: Int) -> Int {
         tensorGroupHasArena(tp) ? (sp ? 1 : 2) : Self.collectiveRingSteps(sequenceParallel: sp, tensorParallel: tp)

@@ -44,10 +44,11 @@ final class PlannerTests: XCTestCase {
     }
 
     /// Each rank maps a lane to every other rank of its host, and the planner counts them in its memory:
-    /// 4 ranks on one host, 3 lanes each, and the pages of the job's arena (two 1 MiB slots per rank) a
-    /// group of the layout touches reducing through it (dp 4: its gradient, under a slot, written into
-    /// its own slot and a quarter of each other read twice, in both halves; not the pipelines or groups
-    /// of 2, which never touch it); 2 per host, 1 lane and no arena; lanes off (SWIFT_DDP_SHM_KB=0), none.
+    /// 4 ranks on one host, 3 lanes each, and the pages of the arenas (two 1 MiB slots per rank) the
+    /// layout's reducing groups touch (dp 4: its gradient, under a slot, written into its own slot and a
+    /// quarter of each other read twice, in both halves; a tensor or data group of 2 its own arena's
+    /// pages alike; a pipeline group none); 2 per host, 1 lane and the arenas of tensor pairs, which stay on a
+    /// host; lanes off (SWIFT_DDP_SHM_KB=0), none.
     func testMemoryCountsTheSharedMemoryLanesOfTheHost() throws {
         var plan = try planner(world: 4)
         let segment = Double(SharedMemoryLane.segmentBytes(ringBytes: plan.laneRingBytes))
@@ -57,23 +58,34 @@ final class PlannerTests: XCTestCase {
         let gradient = dp4.stateBytes / (2 + stateBuffers)
         XCTAssertLessThan(gradient, plan.laneRingBytes, "the tiny model's gradient fits a slot")
         let arena = Double(4096 + 2 * (gradient + 3 * 2 * gradient / 4))
-        for p in allLocal where p.config.tensorParallel < 4 {
-            XCTAssertEqual(p.laneBytes, 3 * segment + (p.dataParallel == 4 ? arena : 0), accuracy: 1, p.name)
+        XCTAssertEqual(dp4.laneBytes, 3 * segment + arena, accuracy: 1)
+        // Resident pages of an n-rank arena whose largest message is m bytes.
+        func resident(_ n: Int, _ m: Int) -> Double {
+            let m = min(m, plan.laneRingBytes)
+            return n > 1 ? Double(4096 + 2 * (m + (n - 1) * 2 * m / n)) : 0
         }
-        XCTAssertTrue(allLocal.contains { $0.dataParallel == 4 } && allLocal.contains { $0.dataParallel < 4 })
+        func tensorMessage(_ p: PlannedLayout) -> Int { 4 * p.config.batchSize * p.config.blockSize * p.config.nEmbd }
+        for p in allLocal where p.config.zeroStage == 0 {
+            XCTAssertEqual(p.laneBytes, 3 * segment + resident(p.dataParallel, p.stateBytes / (2 + stateBuffers))
+                           + resident(p.config.tensorParallel, tensorMessage(p)), accuracy: 1, p.name)
+        }
+        XCTAssertTrue(allLocal.contains { $0.dataParallel == 2 && $0.config.tensorParallel == 2 })
+        XCTAssertTrue(allLocal.contains { $0.dataParallel == 1 && $0.config.tensorParallel == 2 }, "a layout whose pipeline group has no arena")
         plan.ranksPerHost = 2
         let twoPerHost = try plan.plan(stepSeconds: 0.01, memoryPerRank: nil)
-        XCTAssertTrue(twoPerHost.allSatisfy { $0.laneBytes == segment })
+        for p in twoPerHost {
+            XCTAssertEqual(p.laneBytes, segment + (p.config.tensorParallel == 2 ? resident(2, tensorMessage(p)) : 0), accuracy: 1, p.name)
+        }
         plan.laneRingBytes = 0
         let off = try plan.plan(stepSeconds: 0.01, memoryPerRank: nil)
         XCTAssertTrue(off.allSatisfy { $0.laneBytes == 0 })
         XCTAssertEqual(dp4.predictedBytes - off.first { $0.name == "dp4" }!.predictedBytes, 3 * segment + arena, accuracy: 1)
     }
 
-    /// Groups of 3 or more on one host have arenas of their own (ParallelGroups): 6 ranks, tp 2 x dp 3
-    /// counts its data groups' 3-rank arena (the job's, unused, not) and prices ZeRO-1's reduce-scatter
+    /// Groups on one host have arenas of their own (ParallelGroups): 6 ranks, tp 2 x dp 3 counts its
+    /// tensor pairs' and data groups' arenas (the job's, unused, not) and prices ZeRO-1's reduce-scatter
     /// and allgather as one meeting each (half of two-shot's two); with 2 ranks per host its data groups
-    /// span hosts: no arena.
+    /// span hosts (no arena) and its tensor pairs keep theirs.
     func testSubGroupArenasAreCountedAndPriced() throws {
         var plan = try planner(["zero_stage=1", "batch_size=12"], world: 6)
         let lanes = 5 * Double(SharedMemoryLane.segmentBytes(ringBytes: plan.laneRingBytes))
@@ -83,18 +95,20 @@ final class PlannerTests: XCTestCase {
         // Resident pages of an n-rank arena carrying messages of m bytes (under a slot here).
         func arena(_ n: Int, _ m: Int) -> Double { Double(4096 + 2 * (m + (n - 1) * 2 * m / n)) }
         func gradient(_ p: PlannedLayout) -> Int { p.stateBytes / 4 } // parameters, gradients and AdamW's two moments
-        XCTAssertEqual(tp2.laneBytes, lanes + arena(3, gradient(tp2)), accuracy: 1, "the data groups' own arenas")
+        let activations = 4 * tp2.config.batchSize * tp2.config.blockSize * tp2.config.nEmbd // a block's output, summed by the pair
+        XCTAssertEqual(tp2.laneBytes, lanes + arena(3, gradient(tp2)) + arena(2, activations), accuracy: 1, "the data groups' and tensor pairs' own arenas")
         XCTAssertEqual(dp6.laneBytes, lanes + arena(6, gradient(dp6)), accuracy: 1, "the whole job's group uses the job's arena")
         let model = plan.communication
         XCTAssertEqual(model.half(bytes: 1 << 20, ranks: 3, sharedArena: true), model.allreduce(bytes: 1 << 20, ranks: 3, sharedArena: true) / 2,
                        accuracy: 1e-15)
         XCTAssertEqual(model.half(bytes: 1 << 20, ranks: 3) - model.half(bytes: 1 << 20, ranks: 3, sharedArena: true), model.alpha, accuracy: 1e-15,
                        "half a ring of 3 has 2 messages, the arena one meeting")
-        XCTAssertEqual(model.half(bytes: 1 << 20, ranks: 2, sharedArena: true), model.half(bytes: 1 << 20, ranks: 2), "pairs have no arena")
+        XCTAssertEqual(model.half(bytes: 1 << 20, ranks: 2, sharedArena: true), model.half(bytes: 1 << 20, ranks: 2), accuracy: 1e-15,
+                       "half a ring of 2 has one message, the arena one meeting")
         plan.ranksPerHost = 2
         let spread = try plan.plan(stepSeconds: 0.01, memoryPerRank: nil)
         let tp2Spread = try XCTUnwrap(spread.first { $0.name == tp2.name })
-        XCTAssertEqual(tp2Spread.laneBytes, Double(SharedMemoryLane.segmentBytes(ringBytes: plan.laneRingBytes)), accuracy: 1)
+        XCTAssertEqual(tp2Spread.laneBytes, Double(SharedMemoryLane.segmentBytes(ringBytes: plan.laneRingBytes)) + arena(2, activations), accuracy: 1)
     }
 
     /// More ranks on a host than cores: the lanes' copies share the cores, so every layout's
@@ -204,12 +218,14 @@ final class PlannerTests: XCTestCase {
         XCTAssertEqual(named.algorithm(bytes: 1 << 20, worldSize: 4, sharedArena: true), .twoShot)
         XCTAssertEqual(named.algorithm(bytes: 1 << 20, worldSize: 4, sharedArena: false), .tree)
         XCTAssertEqual(named.algorithm(bytes: 1 << 20, worldSize: 2, sharedArena: false), .ring, "no table for 2 ranks: the fixed rule")
-        // The fixed rule: two-shot for three or more ranks that share the arena, else by size.
+        // The fixed rule: two-shot for ranks that share an arena, else by size.
         let fixed = CollectiveOptions()
         XCTAssertEqual(fixed.algorithm(bytes: 4096, worldSize: 3, sharedArena: true), .twoShot)
         XCTAssertEqual(fixed.algorithm(bytes: 64 << 20, worldSize: 4, sharedArena: true), .twoShot)
-        XCTAssertEqual(fixed.algorithm(bytes: 4096, worldSize: 2, sharedArena: true), .halvingDoubling)
-        XCTAssertEqual(fixed.algorithm(bytes: 1 << 20, worldSize: 2, sharedArena: true), .ring)
+        XCTAssertEqual(fixed.algorithm(bytes: 4096, worldSize: 2, sharedArena: true), .twoShot)
+        XCTAssertEqual(fixed.algorithm(bytes: 1 << 20, worldSize: 2, sharedArena: true), .twoShot)
+        XCTAssertEqual(fixed.algorithm(bytes: 4096, worldSize: 2, sharedArena: false), .halvingDoubling)
+        XCTAssertEqual(fixed.algorithm(bytes: 1 << 20, worldSize: 2, sharedArena: false), .ring)
         XCTAssertEqual(fixed.algorithm(bytes: 4096, worldSize: 4, sharedArena: false), .halvingDoubling)
         XCTAssertEqual(fixed.algorithm(bytes: 1 << 20, worldSize: 4, sharedArena: false), .ring)
     }
