@@ -144,17 +144,17 @@ public struct LayoutPlanner {
             return SharedArena.segmentBytes(ranks: n, slotBytes: 0) + 2 * (m + (n - 1) * 2 * m / n)
         }
         let tensor = resident(c.tensorParallel, tensorGroupHasArena(c.tensorParallel), largestMessage: activationBytes(c))
-        let data = resident(dp, dataGroupHasArena(dp), largestMessage: min(gradientBytes, Int(c.bucketMb * 1048576)))
+        let data = resident(dp, dataGroupHasArena(dp, tensorParallel: c.tensorParallel), largestMessage: min(gradientBytes, Int(c.bucketMb * 1048576)))
         return Double(tensor + data)
     }
     /// Whether a tensor-parallel group of `tp` ranks reduces through an arena: 2 or more ranks with lanes
     /// between all of them (tensor ranks are the layout's innermost, so a host holding a multiple of `tp`
     /// ranks holds whole groups).
     func tensorGroupHasArena(_ tp: Int) -> Bool { tp > 1 && laneRingBytes > 0 && ranksOnHost % tp == 0 }
-    /// The same for a data-parallel group of `dp` ranks: 2 or more in a job all on one host.
-    func dataGroupHasArena(_ dp: Int) -> Bool { dp > 1 && hasArena }
-    /// Whether the job has a shared arena: all of it on this host, with lanes on.
-    public var hasArena: Bool { ranksOnHost == worldSize && worldSize > 1 && laneRingBytes > 0 }
+    /// The same for a data-parallel group of `dp` ranks: 2 or more on one host. Its ranks are `tp` apart
+    /// in a block of tp x dp consecutive ranks, so a host holding a multiple of that holds whole groups
+    /// (pipeline stages across hosts, data parallelism within one).
+    func dataGroupHasArena(_ dp: Int, tensorParallel tp: Int) -> Bool { dp > 1 && laneRingBytes > 0 && ranksOnHost % (tp * dp) == 0 }
     /// The ranks that share this host (and its cores).
     public var ranksOnHost: Int { ranksPerHost ?? worldSize }
     /// The process without a model (runtime, data, buffers), measured: a 1-layer 16-wide GPT's peak RSS
@@ -299,8 +299,8 @@ public struct LayoutPlanner {
         }
         if dp > 1 && c.zeroStage == 3 {
             let perMicro = Double(2 * (config.nLayer + 2))
-            let gather = dataParallelHalf(bytes: gradientBytes / (config.nLayer + 2), ranks: dp)
-            let steps = dataParallelHalfSteps(dp)
+            let gather = dataParallelHalf(bytes: gradientBytes / (config.nLayer + 2), ranks: dp, tensorParallel: tp)
+            let steps = dataParallelHalfSteps(dp, tensorParallel: tp)
             waits += microbatches * perMicro * penalty(dp, steps, compute / (microbatches * perMicro), wireTime(ofStep: gather, steps: steps))
         }
         if dp > 1 {
@@ -335,17 +335,19 @@ public struct LayoutPlanner {
 
     /// The allreduce of one gradient bucket (of the whole gradient when that is smaller).
     func bucketAllreduce(_ c: TrainConfig, gradientBytes: Int, ranks: Int) -> Double {
-        dataParallelAllreduce(bytes: min(gradientBytes, Int(c.bucketMb * 1048576)), ranks: ranks)
+        dataParallelAllreduce(bytes: min(gradientBytes, Int(c.bucketMb * 1048576)), ranks: ranks, tensorParallel: c.tensorParallel)
     }
 
     /// An allreduce on the data-parallel group: in a job all on one host, the group has a shared arena
     /// (the job's when it is the whole job, else its own).
-    func dataParallelAllreduce(bytes: Int, ranks dp: Int) -> Double {
-        communication.allreduce(bytes: bytes, ranks: dp, options: dataParallelOptions, sharedArena: dataGroupHasArena(dp))
+    func dataParallelAllreduce(bytes: Int, ranks dp: Int, tensorParallel tp: Int) -> Double {
+        communication.allreduce(bytes: bytes, ranks: dp, options: dataParallelOptions, sharedArena: dataGroupHasArena(dp, tensorParallel: tp))
     }
 
     /// ZeRO's reduce-scatter or allgather on the data-parallel group (through its arena as above).
-    func dataParallelHalf(bytes: Int, ranks dp: Int) -> Double { communication.half(bytes: bytes, ranks: dp, sharedArena: dataGroupHasArena(dp)) }
+    func dataParallelHalf(bytes: Int, ranks dp: Int, tensorParallel tp: Int) -> Double {
+        communication.half(bytes: bytes, ranks: dp, sharedArena: dataGroupHasArena(dp, tensorParallel: tp))
+    }
 
     /// A transformer block's tensor-parallel collectives per micro-batch (TransformerBlock): 2 allreduces
     /// forward and 2 backward; with sequence parallelism 4 all-gathers and reduce-scatters forward and 6
@@ -364,7 +366,7 @@ public struct LayoutPlanner {
     }
 
     /// The same for ZeRO-3's gathers and reduce-scatters on the data-parallel group.
-    func dataParallelHalfSteps(_ dp: Int) -> Int { dataGroupHasArena(dp) ? 1 : dp - 1 }
+    func dataParallelHalfSteps(_ dp: Int, tensorParallel tp: Int) -> Int { dataGroupHasArena(dp, tensorParallel: tp) ? 1 : dp - 1 }
 
     /// Rank 0's assembly for a single-file checkpoint (Trainer.saveCheckpoint): under ZeRO the optimizer
     /// state's pieces gathered into full buffers (and, at stage 3, the parameters pinned whole); under
@@ -550,15 +552,15 @@ public struct LayoutPlanner {
                 let overlap = pp > 1 || ranksOnHost > cores ? 0 : compute * 2 / 3
                 let gradients: Double
                 switch layout.zeroStage {
-                case 0: gradients = max(dataParallelAllreduce(bytes: gradientBytes, ranks: dp) - overlap, bucket)
+                case 0: gradients = max(dataParallelAllreduce(bytes: gradientBytes, ranks: dp, tensorParallel: tp) - overlap, bucket)
                 case 1, 2:
                     // Reduce-scatter while backward runs; the updated pieces are gathered after the step,
                     // with nothing left to overlap.
-                    let half = dataParallelHalf(bytes: gradientBytes, ranks: dp)
+                    let half = dataParallelHalf(bytes: gradientBytes, ranks: dp, tensorParallel: tp)
                     gradients = max(half - overlap, bucket / 2) + half
                 default:
                     // ZeRO-3 gathers the parameters for forward and for backward besides reduce-scattering.
-                    gradients = max(3 * dataParallelHalf(bytes: gradientBytes, ranks: dp) - overlap, bucket)
+                    gradients = max(3 * dataParallelHalf(bytes: gradientBytes, ranks: dp, tensorParallel: tp) - overlap, bucket)
                 }
                 comm += gradients * sharedCores(ranks: dp)
             }
@@ -616,8 +618,8 @@ public struct LayoutPlanner {
         var end = PipelineStepEnd(pipelineSteps: p > 1 ? 1 + 2 * (p - 1) : 0)
         guard dp > 1 else { return end }
         let sharded = c.zeroStage >= 1
-        let seconds = sharded ? dataParallelHalf(bytes: gradientBytes, ranks: dp)
-            : dataParallelAllreduce(bytes: gradientBytes, ranks: dp)
+        let seconds = sharded ? dataParallelHalf(bytes: gradientBytes, ranks: dp, tensorParallel: c.tensorParallel)
+            : dataParallelAllreduce(bytes: gradientBytes, ranks: dp, tensorParallel: c.tensorParallel)
         // The trainer's buckets, each ring step moving the largest segment (segment 0) in pieces.
         let buckets = bucketRanges(count: gradientBytes / 4, bucketElements: max(1, Int(c.bucketMb * 1048576) / 4))
         let handOffs = max(dp - 1, buckets.reduce(0) { total, bucket in

@@ -47,7 +47,7 @@ final class PlannerTests: XCTestCase {
     /// 4 ranks on one host, 3 lanes each, and the pages of the arenas (two 1 MiB slots per rank) the
     /// layout's reducing groups touch (dp 4: its gradient, under a slot, written into its own slot and a
     /// quarter of each other read twice, in both halves; a tensor or data group of 2 its own arena's
-    /// pages alike; a pipeline group none); 2 per host, 1 lane and the arenas of tensor pairs, which stay on a
+    /// pages alike; a pipeline group none); 2 per host, 1 lane and the arenas of the pairs that stay on a
     /// host; lanes off (SWIFT_DDP_SHM_KB=0), none.
     func testMemoryCountsTheSharedMemoryLanesOfTheHost() throws {
         var plan = try planner(world: 4)
@@ -73,9 +73,13 @@ final class PlannerTests: XCTestCase {
         XCTAssertTrue(allLocal.contains { $0.dataParallel == 1 && $0.config.tensorParallel == 2 }, "a layout whose pipeline group has no arena")
         plan.ranksPerHost = 2
         let twoPerHost = try plan.plan(stepSeconds: 0.01, memoryPerRank: nil)
-        for p in twoPerHost {
-            XCTAssertEqual(p.laneBytes, segment + (p.config.tensorParallel == 2 ? resident(2, tensorMessage(p)) : 0), accuracy: 1, p.name)
-        }
+        func twoPerHostLayout(_ name: String) throws -> PlannedLayout { try XCTUnwrap(twoPerHost.first { $0.name == name }, name) }
+        let pairs = try twoPerHostLayout("pp2 1f1b m2 x dp2"), tensorPairs = try twoPerHostLayout("tp2 x dp2")
+        XCTAssertEqual(pairs.laneBytes, segment + resident(2, pairs.stateBytes / (2 + stateBuffers)), accuracy: 1,
+                       "stages across the hosts, each data pair within one: its arena")
+        XCTAssertEqual(tensorPairs.laneBytes, segment + resident(2, tensorMessage(tensorPairs)), accuracy: 1,
+                       "the tensor pair within a host, the data pair across")
+        XCTAssertEqual(try twoPerHostLayout("dp4").laneBytes, segment, accuracy: 1, "dp 4 spans the hosts")
         plan.laneRingBytes = 0
         let off = try plan.plan(stepSeconds: 0.01, memoryPerRank: nil)
         XCTAssertTrue(off.allSatisfy { $0.laneBytes == 0 })
