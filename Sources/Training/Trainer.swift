@@ -148,7 +148,7 @@ public final class Trainer {
                                                   : "allreduce \(config.allreduceAlgorithm.rawValue)" + (config.allreduceAlgorithm == .twoShot
                                                       ? (dataParallel.group.arena != nil ? " through the host's shared arena"
                                                                                          : " (no shared arena for this group: auto's choice runs)")
-                                                      : config.allreduceAlgorithm == .auto && dataParallel.group.arena != nil
+                                                      : config.allreduceAlgorithm == .auto && dataParallel.group.arena != nil && config.gradientCompression == .float32
                                                       ? " (the group has a shared arena: two-shot unless a tuning table says otherwise)" : "")
             let last = format("%.0f", Double(4 * (dataParallel.buckets.last?.count ?? 0)) / 1024)
             let buckets = dataParallel.shardParameters ? "buckets (one per unit)"
