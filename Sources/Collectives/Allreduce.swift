@@ -13,9 +13,9 @@ public func chooseAlgorithm(bytes: Int, worldSize: Int, table: TuningTable?) -> 
 /// Auto without a table for the group's size. A group with a shared arena (its ranks on one host):
 /// two-shot. 4 ranks on 2 cores, 3-round medians: fastest of ours at every size from 4 KiB to 64 MiB,
 /// a 4-rank data-parallel step's exposed allreduce 5.3-5.5 ms against the ring's 6.5-6.6. 2 ranks:
-/// as fast as the lanes' algorithms alone, and cheaper beside compute: a 2-rank step of the recipe
-/// spends 0.7 ms of its communication thread's CPU time against the ring's 1.1-1.3 (no doorbells,
-/// two meetings a piece). Otherwise halving-doubling for small messages, the ring above.
+/// within noise of the lanes' algorithms in allreduce-bench, and cheaper beside compute: a 2-rank
+/// step of the recipe spends 0.7 ms of its communication thread's CPU time against the ring's 1.1-1.3
+/// (no doorbells, two meetings a piece). Otherwise halving-doubling for small messages, the ring above.
 func fixedRule(bytes: Int, sharedArena: Bool) -> AllreduceAlgorithm {
     if sharedArena { return .twoShot }
     return bytes <= 64 << 10 ? .halvingDoubling : .ring

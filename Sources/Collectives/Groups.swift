@@ -39,9 +39,9 @@ extension ProcessGroup {
 
     /// Gives this sub-group the shared arena its collectives run through (two-shot allreduce,
     /// reduce-scatter and allgather) when it has 2 or more ranks, all on one host, and does not share
-    /// the world's already: collective over the group. An arena costs 2 slots per rank
-    /// of /dev/shm, so only groups that reduce call it (the layouts' tensor and data groups). Returns
-    /// why not when its ranks share a host and still have none.
+    /// the world's already: collective over the group. An arena costs 2 slots per rank of /dev/shm, so
+    /// only groups that reduce call it (the layouts' tensor and data groups). Returns why not when its
+    /// ranks share a host and still have none.
     @discardableResult
     public func attachArena() throws -> String? {
         guard worldSize > 1, arena == nil, id != 0 else { return nil }

@@ -338,7 +338,7 @@ public struct LayoutPlanner {
         dataParallelAllreduce(bytes: min(gradientBytes, Int(c.bucketMb * 1048576)), ranks: ranks, tensorParallel: c.tensorParallel)
     }
 
-    /// An allreduce on the data-parallel group: in a job all on one host, the group has a shared arena
+    /// An allreduce on the data-parallel group: through its shared arena where its ranks share a host
     /// (the job's when it is the whole job, else its own).
     func dataParallelAllreduce(bytes: Int, ranks dp: Int, tensorParallel tp: Int) -> Double {
         communication.allreduce(bytes: bytes, ranks: dp, options: dataParallelOptions, sharedArena: dataGroupHasArena(dp, tensorParallel: tp))

@@ -70,7 +70,7 @@ final class PlannerTests: XCTestCase {
                            + resident(p.config.tensorParallel, tensorMessage(p)), accuracy: 1, p.name)
         }
         XCTAssertTrue(allLocal.contains { $0.dataParallel == 2 && $0.config.tensorParallel == 2 })
-        XCTAssertTrue(allLocal.contains { $0.dataParallel == 1 && $0.config.tensorParallel == 2 }, "a layout whose pipeline group has no arena")
+        XCTAssertTrue(allLocal.contains { $0.dataParallel == 1 && $0.config.tensorParallel == 2 }, "tp 2 x pp 2: the tensor pair's arena, none for the pipeline")
         plan.ranksPerHost = 2
         let twoPerHost = try plan.plan(stepSeconds: 0.01, memoryPerRank: nil)
         func twoPerHostLayout(_ name: String) throws -> PlannedLayout { try XCTUnwrap(twoPerHost.first { $0.name == name }, name) }
