@@ -28,8 +28,10 @@ public struct ParallelGroups {
         tensor = try form(.tensor); data = try form(.data); pipeline = try form(.pipeline)
         expert = try form(.expert); expertData = try form(.expertData)
         // The groups that reduce get their own arena when their ranks (2 or more) share a host (every
-        // rank sets up its tensor group's, then its data group's: no two set-ups wait on each other).
-        arenaDeclined = [try tensor.attachArena(), try data.attachArena()].compactMap { $0 }.first
+        // rank sets up its tensor group's, then its data group's, then under expert parallelism its
+        // expert-data group's, which averages the experts' gradients: no two set-ups wait on each other).
+        arenaDeclined = [try tensor.attachArena(), try data.attachArena(),
+                         layout.expertParallel > 1 ? try expertData.attachArena() : nil].compactMap { $0 }.first
     }
 
     /// Why a tensor or data group whose ranks share a host has no arena (a full /dev/shm), for a line.

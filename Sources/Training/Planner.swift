@@ -136,16 +136,21 @@ public struct LayoutPlanner {
     /// reduce, then the others' results), so of each half the first m bytes of its own slot and 2m/n of
     /// each other, m the group's largest message (a gradient bucket; a block's activations) up to a
     /// slot. A job's arena no group of the layout uses (pipelines) is not counted at all. On 4
-    /// ranks of the recipe this is 5 MiB of the dp group's 8 (measured 4.8, /proc/PID/smaps).
-    func arenaBytes(_ c: TrainConfig, dataParallel dp: Int, gradientBytes: Int) -> Double {
+    /// ranks of the recipe this is 5 MiB of the dp group's 8 (measured 4.8, /proc/PID/smaps). Under
+    /// expert parallelism the expert-data-parallel group averages the experts' gradients (the first
+    /// `expertGradientBytes` of the buffer) through an arena of its own too, the data group the rest.
+    public func arenaBytes(_ c: TrainConfig, dataParallel dp: Int, gradientBytes: Int, expertGradientBytes: Int = 0) -> Double {
         func resident(_ n: Int, _ has: Bool, largestMessage: Int) -> Int {
             guard has else { return 0 }
             let m = min(laneRingBytes, largestMessage)
             return SharedArena.segmentBytes(ranks: n, slotBytes: 0) + 2 * (m + (n - 1) * 2 * m / n)
         }
+        let bucket = Int(c.bucketMb * 1048576), onHost = dataGroupHasArena(dp, tensorParallel: c.tensorParallel)
         let tensor = resident(c.tensorParallel, tensorGroupHasArena(c.tensorParallel), largestMessage: activationBytes(c))
-        let data = resident(dp, dataGroupHasArena(dp, tensorParallel: c.tensorParallel), largestMessage: min(gradientBytes, Int(c.bucketMb * 1048576)))
-        return Double(tensor + data)
+        let data = resident(dp, onHost, largestMessage: min(gradientBytes - expertGradientBytes, bucket))
+        let expertData = dp / c.expertParallel
+        let experts = c.expertParallel > 1 ? resident(expertData, onHost && expertData > 1, largestMessage: min(expertGradientBytes, bucket)) : 0
+        return Double(tensor + data + experts)
     }
     /// Whether a tensor-parallel group of `tp` ranks reduces through an arena: 2 or more ranks with lanes
     /// between all of them (tensor ranks are the layout's innermost, so a host holding a multiple of `tp`
@@ -447,12 +452,12 @@ public struct LayoutPlanner {
             let dp = worldSize / (tp * pp)
             let schedule = pp > 1 ? try PipelineSchedule(layout.pipelineSchedule, pipelineParallel: pp, microbatches: layout.microbatches,
                                                           virtualStages: layout.virtualStages) : nil
-            var largest = 0, first = 0, localParameters = 0
+            var largest = 0, first = 0, localParameters = 0, expertParameters = 0
             for stage in 0..<pp {
                 let local = try self.localParameters(layout, schedule: schedule, pipelineRank: stage)
                 let bytes = stateBytes(layout, parameters: local.count, units: local.units, expertEnd: local.expertEnd,
                                        readyOffsets: local.readyOffsets, dataParallel: dp)
-                if stage == 0 { first = bytes; localParameters = local.count }
+                if stage == 0 { first = bytes; localParameters = local.count; expertParameters = local.expertEnd }
                 largest = max(largest, bytes)
             }
             let microbatches = Double(layout.gradAccum * (pp > 1 ? layout.microbatches : 1))
@@ -598,7 +603,8 @@ public struct LayoutPlanner {
                 }
             }
             planned.checkpointBytes = checkpointBytes(layout, localParameters: localParameters, dataParallel: dp, wholeModelBytes: wholeModelBytes)
-            planned.laneBytes = laneBytesPerRank + arenaBytes(layout, dataParallel: dp, gradientBytes: 4 * localParameters)
+            planned.laneBytes = laneBytesPerRank + arenaBytes(layout, dataParallel: dp, gradientBytes: 4 * localParameters,
+                                                              expertGradientBytes: 4 * expertParameters)
             if let memoryPerRank { planned.fits = planned.predictedBytes <= memoryPerRank }
             out.append(planned)
         }

@@ -636,7 +636,7 @@ public final class Trainer {
             + (moe.capacityFactor > 0 ? "factor \(moe.capacityFactor) (ceil(\(moe.topK) x \(tokens) tokens / \(moe.experts) x \(moe.capacityFactor)) = \(moe.capacity(rows: tokens)) places per expert per micro-batch)" : "unlimited (dropless)")
             + ", load-balancing loss coefficient \(moe.auxiliaryLossCoefficient), in blocks \(layers)")
         guard let gpt = task as? GPTTask, let expert = groups.expert, let layout = groups.layout else { return }
-        log("expert parallel: \(layout); each rank holds \(moe.experts / expert.size) of \(moe.experts) experts per mixture; per mixture 2 all-to-all-v forward (dispatch, combine) and 2 backward on the expert group, plus one of counts; expert gradients averaged over the expert-data-parallel group (\(layout.expertDataParallel) ranks), dense ones over all \(dataSize)")
+        log("expert parallel: \(layout); each rank holds \(moe.experts / expert.size) of \(moe.experts) experts per mixture; per mixture 2 all-to-all-v forward (dispatch, combine) and 2 backward on the expert group, plus one of counts; expert gradients averaged over the expert-data-parallel group (\(layout.expertDataParallel) ranks\(groups.expertData?.arena != nil ? ", through its shared arena" : "")), dense ones over all \(dataSize)")
         for line in layout.table() { log("layout: " + line) }
         let local = gpt.model.expertCount, full = task.sharding.fullCount - (task.parameters.count - local)
         log(format("parameter memory: %d of the model's %d parameters on each rank; experts %.2f MiB of %.2f MiB (1/%d)",

@@ -52,6 +52,8 @@ final class ExpertParallelTests: XCTestCase {
             let layout = try run("ep\(ep)-top2", 4, topTwo + ["--set", "expert_parallel=\(ep)"])
             XCTAssertEqual(droppedChoices(layout.output), droppedChoices(reference.output), "ep \(ep) dropped other choices")
             XCTAssertTrue(layout.output.contains("each rank holds \(4 / ep) of 4 experts per mixture"), layout.output)
+            // ep 2: the experts' gradients are averaged over pairs, through an arena of their own.
+            XCTAssertEqual(layout.output.contains("expert-data-parallel group (2 ranks, through its shared arena)"), ep == 2, layout.output)
             // The launcher's start-up table: rank 3's placement, then its coordinates and groups.
             let row = layout.output.split(separator: "\n").first { $0.hasPrefix("[launcher] placement: 3 |") }.map(String.init) ?? ""
             XCTAssertTrue(row.hasSuffix(ep == 2 ? "| 0 | 3 | 0 | 1 | 3 | 0,1,2,3 | 3 | 2,3" : "| 0 | 3 | 0 | 3 | 3 | 0,1,2,3 | 3 | 0,1,2,3"),

@@ -115,6 +115,26 @@ final class PlannerTests: XCTestCase {
         XCTAssertEqual(tp2Spread.laneBytes, Double(SharedMemoryLane.segmentBytes(ringBytes: plan.laneRingBytes)) + arena(2, activations), accuracy: 1)
     }
 
+    /// Under expert parallelism the expert-data-parallel group averages the experts' gradients through an
+    /// arena of its own (ParallelGroups): ep 2 on 4 ranks, pairs carrying the experts' buckets beside the
+    /// data group's 4-rank arena carrying the dense ones; ep 4 leaves groups of one (no arena); with the
+    /// data group across hosts, neither.
+    func testExpertDataGroupsArenasAreCounted() throws {
+        var plan = try planner(["n_experts=4", "moe_top_k=2"], world: 4)
+        func resident(_ n: Int, _ m: Int) -> Double { Double(4096 + 2 * (m + (n - 1) * 2 * m / n)) }
+        var ep2 = plan.config
+        ep2.expertParallel = 2
+        let dense = 300_000, experts = 200_000 // bytes, under the 1 MiB slots and buckets
+        XCTAssertEqual(plan.arenaBytes(ep2, dataParallel: 4, gradientBytes: dense + experts, expertGradientBytes: experts),
+                       resident(4, dense) + resident(2, experts), accuracy: 1)
+        var ep4 = ep2
+        ep4.expertParallel = 4
+        XCTAssertEqual(plan.arenaBytes(ep4, dataParallel: 4, gradientBytes: dense + experts, expertGradientBytes: experts),
+                       resident(4, dense), accuracy: 1)
+        plan.ranksPerHost = 2
+        XCTAssertEqual(plan.arenaBytes(ep2, dataParallel: 4, gradientBytes: dense + experts, expertGradientBytes: experts), 0)
+    }
+
     /// More ranks on a host than cores: the lanes' copies share the cores, so every layout's
     /// communication takes ranks / cores times as long, and data parallelism's buckets no longer hide
     /// under backward (no core is idle to move them); ranks on hosts of their own (one per host) keep it.
