@@ -76,10 +76,10 @@ public struct CommunicationModel: Sendable {
 
     /// An allreduce of `bytes` over `n` ranks running the algorithm `options` picks (the trainer's
     /// data-parallel options, or the defaults its other groups run), on a group with or without the
-    /// host's shared arena (which two-shot needs).
+    /// host's shared arena (which two-shot needs); bf16 on the wire always runs the ring, as allreduce does.
     public func allreduce(bytes: Int, ranks n: Int, options: CollectiveOptions = CollectiveOptions(), sharedArena: Bool = false) -> Double {
         guard n > 1, bytes > 0 else { return 0 }
-        let algorithm = options.algorithm(bytes: bytes, worldSize: n, sharedArena: sharedArena)
+        let algorithm = options.wire == .bfloat16 ? .ring : options.algorithm(bytes: bytes, worldSize: n, sharedArena: sharedArena)
         if let cost = tables[n]?.models[algorithm.rawValue] { return cost.seconds(bytes: bytes) }
         // The ring: 2(n-1) messages; two-shot: two meetings, about the same bytes per rank.
         let messages = algorithm == .twoShot ? 2 : 2 * (n - 1)

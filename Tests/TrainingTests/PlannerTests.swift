@@ -252,6 +252,11 @@ final class PlannerTests: XCTestCase {
         XCTAssertEqual(fixed.algorithm(bytes: 1 << 20, worldSize: 2, sharedArena: false), .ring)
         XCTAssertEqual(fixed.algorithm(bytes: 4096, worldSize: 4, sharedArena: false), .halvingDoubling)
         XCTAssertEqual(fixed.algorithm(bytes: 1 << 20, worldSize: 4, sharedArena: false), .ring)
+        // bf16 on the wire runs the compressed ring whatever auto would pick: priced as the ring.
+        var plan = try planner(world: 4)
+        try plan.useTuning(tables: [dir + "/t4.json"])
+        let bf16 = CollectiveOptions(algorithm: .auto, wire: .bfloat16)
+        XCTAssertEqual(plan.communication.allreduce(bytes: 1 << 20, ranks: 4, options: bf16, sharedArena: true), 4e-9 * Double(1 << 20), accuracy: 1e-15)
     }
 
     /// The synchronizations an oversubscribed step blocks on: data parallelism's buckets are averaged on
