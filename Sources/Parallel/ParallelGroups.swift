@@ -34,6 +34,7 @@ public struct ParallelGroups {
                          layout.expertParallel > 1 ? try expertData.attachArena() : nil].compactMap { $0 }.first
     }
 
-    /// Why a tensor or data group whose ranks share a host has no arena (a full /dev/shm), for a line.
+    /// Why a group that reduces (tensor, data, expert-data) whose ranks share a host has no arena (a full
+    /// /dev/shm), for a line.
     public private(set) var arenaDeclined: String?
 }

@@ -18,7 +18,8 @@ public struct TrainingGroups {
     /// the ranks holding the same experts (they average those experts' gradients).
     public private(set) var expert: ExpertParallelGroup?
     public private(set) var expertData: ProcessGroup?
-    /// Why a tensor or data group whose ranks share a host has no shared arena (ParallelGroups).
+    /// Why a group that reduces (tensor, data, expert-data) whose ranks share a host has no shared arena
+    /// (ParallelGroups).
     public private(set) var arenaDeclined: String?
 
     /// Data parallelism only: the data-parallel group is the world.
