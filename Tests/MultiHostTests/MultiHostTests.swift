@@ -112,14 +112,16 @@ final class MultiHostTests: XCTestCase {
 
     /// Hybrid layouts across hosts, 2 ranks per host: tensor parallelism within a host (ranks 2h, 2h+1),
     /// pipeline (tp 2 × pp 2, with sequence parallelism) or data parallelism (tp 2 × dp 2) across the
-    /// bridge; each ends with exactly the tensors of the same layout on 4 local ranks.
+    /// bridge; and pp 2 × dp 2, stages across the bridge, each data pair within a host averaging through
+    /// its own arena. Each ends with exactly the tensors of the same layout on 4 local ranks.
     func testHybridLayoutsAcrossTwoHostsTrainLikeFourLocalRanks() throws {
         try cluster(2)
         let common = [Self.root + "/configs/tiny-gpt.json", "--data-dir", Self.data, "--set", "n_layer=4", "--set", "max_iters=6",
                       "--set", "eval_interval=1000", "--set", "log_interval=1000", "--set", "verify_replicas=true"]
         let layouts = [("tp2-pp2-sp", ["--set", "tensor_parallel=2", "--set", "pipeline_parallel=2", "--set", "microbatches=2",
                                        "--set", "sequence_parallel=true"]),
-                       ("tp2-dp2", ["--set", "tensor_parallel=2"])]
+                       ("tp2-dp2", ["--set", "tensor_parallel=2"]),
+                       ("pp2-dp2", ["--set", "pipeline_parallel=2", "--set", "microbatches=2"])]
         for (index, (name, settings)) in layouts.enumerated() {
             let local = scratchFile("\(prefix)-\(name)-local4")
             let reference = try sh([Self.build + "/ddp-launch", "--nproc-per-node", "4", "--"] + common + settings + ["--out-dir", local])
@@ -132,6 +134,9 @@ final class MultiHostTests: XCTestCase {
             for launcher in launchers {
                 let (status, _) = launcher.wait()
                 XCTAssertEqual(status, 0, "\(name): \(launcher.output)")
+            }
+            if name == "pp2-dp2" {
+                XCTAssertTrue(launchers[1].output.contains("data parallel: 2 ranks, allreduce auto (the group has a shared arena"), launchers[1].output)
             }
             let expected = try LoadedCheckpoint(path: local + "/ckpt.safetensors").tensors
             let got = try LoadedCheckpoint(path: remote + "/ckpt.safetensors").tensors
