@@ -54,7 +54,10 @@ if (( hosts == 1 )) && [ "${TUNING:-0}" = 1 ]; then
   done
 fi
 echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores; world $world on $hosts host(s)${rate:+, links $rate}; $iters steps per layout, best of $rounds"
-"$root/.build/release/ddp-train" plan "$config" --world "$world" --ranks-per-host $((world / hosts)) --data-dir "$root/data" --json "$work/plan.json" "${plan_args[@]}" "$@" | head -1
+# The whole plan goes to a file and its first line to the screen: piped into head, a long plan (the
+# MoE model's refused layouts) died of SIGPIPE once head had its line, and pipefail ended the script.
+"$root/.build/release/ddp-train" plan "$config" --world "$world" --ranks-per-host $((world / hosts)) --data-dir "$root/data" --json "$work/plan.json" "${plan_args[@]}" "$@" > "$work/plan.txt"
+head -1 "$work/plan.txt"
 count=$(python3 -c "import json,sys; print(len(json.load(open(sys.argv[1]))))" "$work/plan.json")
 # One layout: on this host, or one launcher per namespace host (host 0's log holds rank 0's lines).
 run_layout() {
