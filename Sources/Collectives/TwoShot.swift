@@ -90,7 +90,8 @@ public func arenaAllgather(_ buffer: UnsafeMutableBufferPointer<Float>, group: P
     while k * chunk < longest {
         let slot = arena.beginPiece(bytes: 4 * chunk)
         func piece(_ s: Int) -> Range<Int> { stridedChunk(segmentRange(count: buffer.count, parts: n, index: s), k, chunk) }
-        arena.write(slot(rank), from: base! + piece(rank).lowerBound, bytes: 4 * piece(rank).count)
+        let own = piece(rank)
+        arena.write(slot(rank), from: base! + own.lowerBound, bytes: 4 * own.count)
         try arena.meet(connections: group.connections, policy: group.policy,
                        operation: "allgather through the arena on \(group.name) (waiting for every rank's part)")
         for r in 0..<n where r != rank {

@@ -18,6 +18,10 @@ final class PlannerTests: XCTestCase {
         LayoutPlanner(config: try tinyGPTConfig(overrides, outDir: scratchDirectory("plan")), worldSize: world, vocabularySize: 65)
     }
 
+    /// Resident bytes of an n-rank arena whose largest message is m bytes (under a slot): its header
+    /// page, and in each of its two halves the rank's own slot up to m and 2m/n of each other slot.
+    func residentArenaBytes(_ n: Int, _ m: Int) -> Double { n > 1 ? Double(4096 + 2 * (m + (n - 1) * 2 * m / n)) : 0 }
+
     func testRefusesWhatTheTrainerRefusesAndMarksTheBudget() throws {
         let plan = try planner(world: 4)
         let (accepted, refused) = plan.candidates()
@@ -57,13 +61,9 @@ final class PlannerTests: XCTestCase {
         let stateBuffers = dp4.config.optimizer == .adamw ? 2 : (dp4.config.momentum > 0 ? 1 : 0)
         let gradient = dp4.stateBytes / (2 + stateBuffers)
         XCTAssertLessThan(gradient, plan.laneRingBytes, "the tiny model's gradient fits a slot")
-        let arena = Double(4096 + 2 * (gradient + 3 * 2 * gradient / 4))
+        let arena = residentArenaBytes(4, gradient)
         XCTAssertEqual(dp4.laneBytes, 3 * segment + arena, accuracy: 1)
-        // Resident pages of an n-rank arena whose largest message is m bytes.
-        func resident(_ n: Int, _ m: Int) -> Double {
-            let m = min(m, plan.laneRingBytes)
-            return n > 1 ? Double(4096 + 2 * (m + (n - 1) * 2 * m / n)) : 0
-        }
+        func resident(_ n: Int, _ m: Int) -> Double { residentArenaBytes(n, min(m, plan.laneRingBytes)) }
         func tensorMessage(_ p: PlannedLayout) -> Int { 4 * p.config.batchSize * p.config.blockSize * p.config.nEmbd }
         for p in allLocal where p.config.zeroStage == 0 {
             XCTAssertEqual(p.laneBytes, 3 * segment + resident(p.dataParallel, p.stateBytes / (2 + stateBuffers))
@@ -96,12 +96,11 @@ final class PlannerTests: XCTestCase {
         let local = try plan.plan(stepSeconds: 0.01, memoryPerRank: nil)
         let tp2 = try XCTUnwrap(local.first { $0.config.tensorParallel == 2 && $0.dataParallel == 3 && $0.config.pipelineParallel == 1 }, "\(local.map(\.name))")
         let dp6 = try XCTUnwrap(local.first { $0.name.hasPrefix("dp6") })
-        // Resident pages of an n-rank arena carrying messages of m bytes (under a slot here).
-        func arena(_ n: Int, _ m: Int) -> Double { Double(4096 + 2 * (m + (n - 1) * 2 * m / n)) }
         func gradient(_ p: PlannedLayout) -> Int { p.stateBytes / 4 } // parameters, gradients and AdamW's two moments
         let activations = 4 * tp2.config.batchSize * tp2.config.blockSize * tp2.config.nEmbd // a block's output, summed by the pair
-        XCTAssertEqual(tp2.laneBytes, lanes + arena(3, gradient(tp2)) + arena(2, activations), accuracy: 1, "the data groups' and tensor pairs' own arenas")
-        XCTAssertEqual(dp6.laneBytes, lanes + arena(6, gradient(dp6)), accuracy: 1, "the whole job's group uses the job's arena")
+        XCTAssertEqual(tp2.laneBytes, lanes + residentArenaBytes(3, gradient(tp2)) + residentArenaBytes(2, activations), accuracy: 1,
+                       "the data groups' and tensor pairs' own arenas")
+        XCTAssertEqual(dp6.laneBytes, lanes + residentArenaBytes(6, gradient(dp6)), accuracy: 1, "the whole job's group uses the job's arena")
         let model = plan.communication
         XCTAssertEqual(model.half(bytes: 1 << 20, ranks: 3, sharedArena: true), model.allreduce(bytes: 1 << 20, ranks: 3, sharedArena: true) / 2,
                        accuracy: 1e-15)
@@ -112,7 +111,8 @@ final class PlannerTests: XCTestCase {
         plan.ranksPerHost = 2
         let spread = try plan.plan(stepSeconds: 0.01, memoryPerRank: nil)
         let tp2Spread = try XCTUnwrap(spread.first { $0.name == tp2.name })
-        XCTAssertEqual(tp2Spread.laneBytes, Double(SharedMemoryLane.segmentBytes(ringBytes: plan.laneRingBytes)) + arena(2, activations), accuracy: 1)
+        XCTAssertEqual(tp2Spread.laneBytes, Double(SharedMemoryLane.segmentBytes(ringBytes: plan.laneRingBytes)) + residentArenaBytes(2, activations),
+                       accuracy: 1)
     }
 
     /// Under expert parallelism the expert-data-parallel group averages the experts' gradients through an
@@ -121,16 +121,15 @@ final class PlannerTests: XCTestCase {
     /// data group across hosts, neither.
     func testExpertDataGroupsArenasAreCounted() throws {
         var plan = try planner(["n_experts=4", "moe_top_k=2"], world: 4)
-        func resident(_ n: Int, _ m: Int) -> Double { Double(4096 + 2 * (m + (n - 1) * 2 * m / n)) }
         var ep2 = plan.config
         ep2.expertParallel = 2
         let dense = 300_000, experts = 200_000 // bytes, under the 1 MiB slots and buckets
         XCTAssertEqual(plan.arenaBytes(ep2, dataParallel: 4, gradientBytes: dense + experts, expertGradientBytes: experts),
-                       resident(4, dense) + resident(2, experts), accuracy: 1)
+                       residentArenaBytes(4, dense) + residentArenaBytes(2, experts), accuracy: 1)
         var ep4 = ep2
         ep4.expertParallel = 4
         XCTAssertEqual(plan.arenaBytes(ep4, dataParallel: 4, gradientBytes: dense + experts, expertGradientBytes: experts),
-                       resident(4, dense), accuracy: 1)
+                       residentArenaBytes(4, dense), accuracy: 1)
         plan.ranksPerHost = 2
         XCTAssertEqual(plan.arenaBytes(ep2, dataParallel: 4, gradientBytes: dense + experts, expertGradientBytes: experts), 0)
     }
