@@ -4,7 +4,11 @@ import PackageDescription
 // Kernels are compiled for the CPU that builds them: plain -O targets baseline x86-64 and lowers
 // SIMD FMA to scalar calls (see ../shared/DESIGN.md). Every host builds from source, so this is safe;
 // the micro-kernel is still chosen at run time so that both register blocks are tested everywhere.
-let nativeCPU: [SwiftSetting] = [.unsafeFlags(["-target-cpu", "native"])]
+// SWIFT_DDP_TARGET_CPU (an LLVM CPU name: haswell, znver2, skylake-avx512...) builds for another CPU instead,
+// e.g. a cluster's compute nodes from its login node; binaries built for a CPU with more than the
+// running one's instructions die of SIGILL, and the launcher says so.
+let targetCPU = Context.environment["SWIFT_DDP_TARGET_CPU"].flatMap { $0.isEmpty ? nil : $0 } ?? "native"
+let nativeCPU: [SwiftSetting] = [.unsafeFlags(["-target-cpu", targetCPU])]
 // The byte movers skip the run-time exclusivity checks on class properties: a 4 KiB allreduce between two
 // ranks on shared memory is ~1.5 us, and each read of a Connection's fd or lane paid a thread-local
 // access-set insertion (12 % of its cycles). Compile-time exclusivity checking stays on.
@@ -27,7 +31,7 @@ let package = Package(
                        providers: [.apt(["libnuma-dev"])]),
         .systemLibrary(name: "CZlib", path: "Sources/CZlib",
                        providers: [.apt(["zlib1g-dev"])]),
-        .target(name: "CShims", cSettings: [.unsafeFlags(["-march=native"])]),
+        .target(name: "CShims", cSettings: [.unsafeFlags(["-march=\(targetCPU)"]), .define("DDP_TARGET_CPU", to: "\"\(targetCPU)\"")]),
         .target(name: "Support", dependencies: ["CShims"]),
         .target(name: "Tensors", dependencies: ["CShims"], swiftSettings: nativeCPU),
         .target(name: "Transport", dependencies: ["CShims", "Support", .product(name: "Crypto", package: "swift-crypto")],

@@ -6,6 +6,20 @@
 #include <nmmintrin.h>
 #endif
 
+#ifndef DDP_TARGET_CPU
+#define DDP_TARGET_CPU "native"
+#endif
+
+const char *ddp_build_target_cpu(void) { return DDP_TARGET_CPU; }
+
+int ddp_built_with_avx512f(void) {
+#if defined(__AVX512F__)
+    return 1;
+#else
+    return 0;
+#endif
+}
+
 uint32_t ddp_crc32c(uint32_t crc, const void *data, size_t length) {
     const unsigned char *p = (const unsigned char *)data;
     crc = ~crc;

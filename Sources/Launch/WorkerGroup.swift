@@ -17,9 +17,19 @@ public struct WorkerExit: Sendable, CustomStringConvertible {
     public var rootCause: String?
     public var description: String {
         let how = signaled ? "killed by signal \(status) (\(signalName(status)))" : "exit code \(status)"
-        let first = "rank \(rank) (pid \(pid) on \(host)) \(how)"
+        var first = "rank \(rank) (pid \(pid) on \(host)) \(how)"
+        if signaled && status == SIGILL { first += illegalInstructionHint }
         return rootCause.map { "\($0); the first rank to exit was \(first)" } ?? first
     }
+}
+
+/// An illegal instruction in a rank is almost always a build for another CPU (SWIFT_DDP_TARGET_CPU, or a
+/// build directory shared by hosts of different CPUs): its kernels use instructions this host lacks.
+var illegalInstructionHint: String {
+    let target = String(cString: ddp_build_target_cpu())
+    return ": an illegal instruction, usually a build for a CPU with instructions this host lacks (these binaries were "
+        + "built for \(target == "native" ? "the CPU of the host that built them" : target)); rebuild on this host, or build "
+        + "once with SWIFT_DDP_TARGET_CPU set to the oldest CPU among the hosts (e.g. haswell for any AVX2 CPU)"
 }
 
 func signalName(_ s: Int32) -> String {

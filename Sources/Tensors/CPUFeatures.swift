@@ -1,3 +1,4 @@
+import CShims
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -11,6 +12,13 @@ public struct CPUFeatures: Sendable, Equatable {
     public var modelName: String
 
     public static let current: CPUFeatures = detect()
+
+    /// The CPU this build was compiled for: SWIFT_DDP_TARGET_CPU when it was built, "native" otherwise.
+    public static var buildTargetCPU: String { String(cString: ddp_build_target_cpu()) }
+    /// Whether the kernels were compiled with AVX-512. A build for an AVX2 CPU that runs on an AVX-512
+    /// one keeps the 6x16 kernel: without zmm registers the 6x32 one's SIMD16 accumulators are split
+    /// into ymm halves, 24 of them for 16 registers.
+    public static var builtWithAVX512F: Bool { ddp_built_with_avx512f() != 0 }
 
     static func detect() -> CPUFeatures {
         let text = readTextFile("/proc/cpuinfo") ?? ""

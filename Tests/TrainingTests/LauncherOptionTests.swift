@@ -117,6 +117,17 @@ final class LauncherOptionTests: XCTestCase {
         }
     }
 
+    /// A rank that dies of an illegal instruction (a build for another CPU, the usual cause) is named with
+    /// its signal, and the launcher says what to do about it: rebuild, or build for the hosts' oldest CPU.
+    func testIllegalInstructionNamesTheBuildsCPU() throws {
+        let (status, output, _) = try runToEnd(DataParallelTests.buildDirectory + "/ddp-launch",
+            ["--nproc-per-node", "2", "--", "/bin/sh", "-c", "[ $RANK = 1 ] && kill -ILL $$; sleep 30"])
+        XCTAssertNotEqual(status, 0, output)
+        XCTAssertTrue(output.contains("FAILED: rank 1 (pid "), output)
+        XCTAssertTrue(output.contains("killed by signal \(SIGILL) (SIGILL): an illegal instruction"), output)
+        XCTAssertTrue(output.contains("SWIFT_DDP_TARGET_CPU"), output)
+    }
+
     /// `ddp-train sample` writes text from a checkpoint: the requested length, characters of the
     /// vocabulary only, the same text for the same seed and another for another seed.
     func testSampleWritesSeededTextFromACheckpoint() throws {

@@ -8,6 +8,11 @@
 // crc32 instruction when the compiler targets it, a table otherwise.
 uint32_t ddp_crc32c(uint32_t crc, const void *data, size_t length);
 
+// The CPU this build was compiled for (SWIFT_DDP_TARGET_CPU, "native" by default), and whether that
+// CPU has AVX-512F. The C shims and the kernels are compiled for the same CPU (Package.swift).
+const char *ddp_build_target_cpu(void);
+int ddp_built_with_avx512f(void);
+
 // prctl(PR_SET_PDEATHSIG, signal): the kernel sends `signal` to this process when its parent dies.
 int ddp_set_parent_death_signal(int signal);
 
