@@ -33,7 +33,7 @@ let package = Package(
                        providers: [.apt(["zlib1g-dev"])]),
         .target(name: "CShims", cSettings: [.unsafeFlags(["-march=\(targetCPU)"]), .define("DDP_TARGET_CPU", to: "\"\(targetCPU)\"")]),
         .target(name: "Support", dependencies: ["CShims"]),
-        .target(name: "Tensors", dependencies: ["CShims"], swiftSettings: nativeCPU),
+        .target(name: "Tensors", dependencies: ["CShims", "Support"], swiftSettings: nativeCPU),
         .target(name: "Transport", dependencies: ["CShims", "Support", .product(name: "Crypto", package: "swift-crypto")],
                 swiftSettings: uncheckedExclusivity),
         .target(name: "Rendezvous", dependencies: ["Support", "Transport", "Topology"]),
@@ -50,12 +50,12 @@ let package = Package(
         ]),
         .target(name: "Bench", dependencies: ["Collectives", "Rendezvous", "Transport"]),
         .executableTarget(name: "allreduce-bench", dependencies: [
-            "Bench", "Collectives", "Rendezvous", "Transport", "Topology",
+            "Bench", "Collectives", "Rendezvous", "Transport", "Topology", "Support",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .target(name: "TestSupport", dependencies: ["Collectives", "NN", "Parallel", "Rendezvous", "Tensors", "Transport", "CShims"]),
         .executableTarget(name: "collective-check", dependencies: [
-            "TestSupport", "Collectives", "Rendezvous", "Transport", "Topology", "Parallel", "NN",
+            "TestSupport", "Collectives", "Rendezvous", "Transport", "Topology", "Parallel", "NN", "Support",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "ddp-train", dependencies: [
@@ -63,7 +63,7 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "kernels-bench", dependencies: [
-            "Tensors", "NN",
+            "Tensors", "NN", "Support",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], swiftSettings: nativeCPU),
         .executableTarget(name: "fault-suite", dependencies: [
@@ -74,7 +74,7 @@ let package = Package(
             "FuzzTargets", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .testTarget(name: "FuzzTests", dependencies: ["FuzzTargets", "NN"]),
-        .testTarget(name: "TensorsTests", dependencies: ["Tensors"]),
+        .testTarget(name: "TensorsTests", dependencies: ["Tensors", "Support"]),
         .testTarget(name: "SupportTests", dependencies: ["Support"]),
         .testTarget(name: "NNTests", dependencies: ["NN", "Tensors"]),
         .testTarget(name: "TrainingTests", dependencies: ["Training", "NN", "Datasets", "Tensors", "Transport", "Collectives", "TestSupport", "ddp-train", "ddp-launch", "collective-check"]),

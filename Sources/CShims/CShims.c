@@ -20,6 +20,75 @@ int ddp_built_with_avx512f(void) {
 #endif
 }
 
+// Each instruction set the compiler may use for the target CPU, by its /proc/cpuinfo flag.
+const char *ddp_build_cpu_flags(void) {
+    return ""
+#if defined(__SSE4_2__)
+        " sse4_2"
+#endif
+#if defined(__POPCNT__)
+        " popcnt"
+#endif
+#if defined(__AVX__)
+        " avx"
+#endif
+#if defined(__AVX2__)
+        " avx2"
+#endif
+#if defined(__FMA__)
+        " fma"
+#endif
+#if defined(__F16C__)
+        " f16c"
+#endif
+#if defined(__BMI__)
+        " bmi1"
+#endif
+#if defined(__BMI2__)
+        " bmi2"
+#endif
+#if defined(__MOVBE__)
+        " movbe"
+#endif
+#if defined(__AVX512F__)
+        " avx512f"
+#endif
+#if defined(__AVX512VL__)
+        " avx512vl"
+#endif
+#if defined(__AVX512BW__)
+        " avx512bw"
+#endif
+#if defined(__AVX512DQ__)
+        " avx512dq"
+#endif
+#if defined(__AVX512CD__)
+        " avx512cd"
+#endif
+#if defined(__AVX512VNNI__)
+        " avx512_vnni"
+#endif
+#if defined(__AVX512BF16__)
+        " avx512_bf16"
+#endif
+#if defined(__AVX512FP16__)
+        " avx512_fp16"
+#endif
+#if defined(__AVX512VBMI__)
+        " avx512vbmi"
+#endif
+#if defined(__AVX512IFMA__)
+        " avx512ifma"
+#endif
+#if defined(__GFNI__)
+        " gfni"
+#endif
+#if defined(__VAES__)
+        " vaes"
+#endif
+        ;
+}
+
 uint32_t ddp_crc32c(uint32_t crc, const void *data, size_t length) {
     const unsigned char *p = (const unsigned char *)data;
     crc = ~crc;

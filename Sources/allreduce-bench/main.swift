@@ -4,6 +4,7 @@ import Collectives
 import Foundation
 import Topology
 import Rendezvous
+import Support
 import Transport
 
 /// Allreduce benchmark, one process per rank (start it with scripts/bench-allreduce.sh or ddp-launch).
@@ -64,6 +65,7 @@ struct AllreduceBench: ParsableCommand {
     var timeNote: String { ["rank 0's mean", "the mean over ranks", "the fastest rank's mean", "the slowest rank's mean"][aggregation] }
 
     func run() throws {
+        try BuildCPU.requireRunnable()
         let env = try WorkerEnvironment.fromProcess()
         try prepareWorker(env)
         if env.worldSize == 1 {

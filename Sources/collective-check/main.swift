@@ -5,6 +5,7 @@ import NN
 import Parallel
 import Topology
 import Rendezvous
+import Support
 import TestSupport
 import Transport
 
@@ -61,6 +62,7 @@ struct CollectiveCheck: ParsableCommand {
     var reportTransport = false
 
     func run() throws {
+        try BuildCPU.requireRunnable()
         var plan = CollectiveCheckPlan()
         plan.algorithms = try algorithms.split(separator: ",").map {
             guard let a = AllreduceAlgorithm(rawValue: String($0)) else { throw ValidationError("unknown algorithm '\($0)'") }

@@ -21,6 +21,7 @@ struct DDPTrain: ParsableCommand {
 
     /// nanoGPT's habit, `--max_iters=10` (or `--max-iters 10`), is read as `--set max_iters=10`.
     static func main() {
+        do { try BuildCPU.requireRunnable() } catch { exit(withError: error) }
         fixAllocatorThresholds()
         var arguments = Array(CommandLine.arguments.dropFirst())
         // Only for training (the default subcommand): `sample` has options of its own, like --seed.

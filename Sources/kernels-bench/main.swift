@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import NN
 import Tensors
+import Support
 
 /// SGEMM throughput on square and GPT-recipe shapes, optionally next to a reference table printed by
 /// bench/references/sgemm_numpy.py in the same run, with the same transposes (scripts/bench-kernels.sh
@@ -50,11 +51,12 @@ struct KernelsBench: ParsableCommand {
     }
 
     func run() throws {
+        try BuildCPU.requireRunnable()
         let micro: GemmMicroKernel = kernel == "avx2" ? .simd8x6x16 : kernel == "avx512" ? .simd16x6x32 : .native
         var numpy = try reference.map(parseReference) ?? [:]
         let cpu = CPUFeatures.current
         print("# cpu: \(cpu.modelName)  avx2=\(cpu.avx2) fma=\(cpu.fma) avx512f=\(cpu.avx512f)  micro-kernel: \(micro)"
-              + "  built for: \(CPUFeatures.buildTargetCPU)\(CPUFeatures.builtWithAVX512F ? " (AVX-512)" : " (no AVX-512)")")
+              + "  built for: \(BuildCPU.target)\(CPUFeatures.builtWithAVX512F ? " (AVX-512)" : " (no AVX-512)")")
         // The core's float32 peak, measured: independent FMA chains (12 x SIMD16) and our GEMM on a
         // cache-resident 192^3; the larger is the denominator of every "% peak" below.
         let chains = (0..<5).map { _ in fmaChainGFLOPS(seconds: 0.05) }.max()!

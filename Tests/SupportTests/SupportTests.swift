@@ -113,3 +113,45 @@ final class LockTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(Double(end.tv_sec - start.tv_sec) + Double(end.tv_nsec - start.tv_nsec) / 1e9, 0.049)
     }
 }
+
+final class BuildCPUTests: XCTestCase {
+    static let cpuinfo = """
+        processor\t: 0
+        vendor_id\t: AuthenticAMD
+        model name\t: AMD EPYC 7B12
+        flags\t\t: fpu sse sse2 avx avx2 fma
+
+        processor\t: 1
+        model name\t: another
+        flags\t\t: fpu
+
+        """
+
+    /// The first CPU's model name and flags, keys padded with tabs as the kernel writes them.
+    func testParsesTheFirstCPUsModelAndFlags() {
+        let info = CPUInfo(parsing: Self.cpuinfo)
+        XCTAssertEqual(info.modelName, "AMD EPYC 7B12")
+        XCTAssertEqual(info.flags, ["fpu", "sse", "sse2", "avx", "avx2", "fma"])
+        XCTAssertEqual(CPUInfo(parsing: ""), CPUInfo(parsing: "garbage without colons"))
+        XCTAssertEqual(CPUInfo(parsing: "").modelName, "unknown")
+    }
+
+    /// A CPU without an instruction set the build uses is refused with the missing flags, the model, the
+    /// host and what to do; one with all of them (this machine, for a native build) and an unreadable
+    /// cpuinfo (no flags: nothing to judge by) are not.
+    func testRefusesACPUThatLacksWhatTheBuildUses() throws {
+        let required = BuildCPU.requiredFlags
+        XCTAssertFalse(BuildCPU.target.isEmpty)
+        XCTAssertNoThrow(try BuildCPU.requireRunnable(on: CPUInfo(parsing: "flags : " + required.joined(separator: " "))))
+        XCTAssertNoThrow(try BuildCPU.requireRunnable(on: CPUInfo(parsing: "")))
+        if BuildCPU.target == "native" { XCTAssertNoThrow(try BuildCPU.requireRunnable(on: CPUInfo.read())) }
+        guard !required.isEmpty else { return }  // a build for baseline x86-64 runs anywhere
+        XCTAssertThrowsError(try BuildCPU.requireRunnable(on: CPUInfo(parsing: "model name : Old\nflags : fpu " + required.dropFirst().joined(separator: " ")))) { error in
+            guard let mismatch = error as? BuildCPUMismatch else { return XCTFail("\(error)") }
+            XCTAssertEqual(mismatch.missing, [required[0]])
+            XCTAssertEqual(mismatch.modelName, "Old")
+            XCTAssertTrue(mismatch.description.contains("lacks: \(required[0]). Rebuild on this host"), mismatch.description)
+            XCTAssertTrue(mismatch.description.contains("SWIFT_DDP_TARGET_CPU"), mismatch.description)
+        }
+    }
+}

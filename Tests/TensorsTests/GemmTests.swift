@@ -1,4 +1,5 @@
 import Dispatch
+import Support
 import Tensors
 import XCTest
 
@@ -224,7 +225,7 @@ final class GemmTests: XCTestCase {
         let cpuinfo = try String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)
         guard let flags = cpuinfo.split(separator: "\n").first(where: { $0.hasPrefix("flags") }) else { return XCTFail("no flags line") }
         let hasAVX512F = flags.split(separator: " ").contains("avx512f")
-        let target = CPUFeatures.buildTargetCPU
+        let target = BuildCPU.target
         XCTAssertFalse(target.isEmpty)
         if target == "native" { XCTAssertEqual(CPUFeatures.builtWithAVX512F, hasAVX512F) }
         XCTAssertEqual(GemmMicroKernel.native, hasAVX512F && CPUFeatures.builtWithAVX512F ? .simd16x6x32 : .simd8x6x16)

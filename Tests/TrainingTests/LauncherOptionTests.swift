@@ -128,6 +128,27 @@ final class LauncherOptionTests: XCTestCase {
         XCTAssertTrue(output.contains("SWIFT_DDP_TARGET_CPU"), output)
     }
 
+    /// A host whose CPU lacks what the build uses (shown to the ranks through SWIFT_DDP_CPUINFO): each
+    /// rank stops before any kernel runs, with one line naming the missing instruction sets, and the
+    /// launcher reports the first rank's exit with that line instead of a SIGILL.
+    func testARankOnACPUTheBuildDoesNotSuitStopsWithTheReason() throws {
+        let fake = scratchDirectory("old-cpu") + "/cpuinfo"
+        try "processor\t: 0\nmodel name\t: Old CPU\nflags\t\t: fpu sse sse2\n".write(toFile: fake, atomically: true, encoding: .utf8)
+        let environment = ["SWIFT_DDP_CPUINFO": fake]
+        let (status, output, _) = try runToEnd(DataParallelTests.buildDirectory + "/ddp-launch",
+            ["--nproc-per-node", "2", "--", configsDirectory + "/tiny-gpt.json", "--data-dir", dataDirectory,
+             "--out-dir", scratchDirectory("old-cpu-run")], environment: environment)
+        XCTAssertNotEqual(status, 0, output)
+        XCTAssertTrue(output.contains("FAILED: rank "), output)
+        XCTAssertTrue(output.contains("uses instructions this host's CPU (Old CPU on "), output)
+        XCTAssertTrue(output.contains("lacks: sse4_2"), output)
+        XCTAssertFalse(output.contains("iter 0"), output)
+        let (direct, directOutput, _) = try runToEnd(DataParallelTests.buildDirectory + "/kernels-bench", ["--only", "8 8 8 NN"],
+                                                     environment: environment)
+        XCTAssertEqual(direct, 1, directOutput)
+        XCTAssertTrue(directOutput.hasPrefix("Error: this build was compiled for "), directOutput)
+    }
+
     /// `ddp-train sample` writes text from a checkpoint: the requested length, characters of the
     /// vocabulary only, the same text for the same seed and another for another seed.
     func testSampleWritesSeededTextFromACheckpoint() throws {
