@@ -43,7 +43,7 @@ let package = Package(
         .target(name: "Parallel", dependencies: ["Support", "Collectives", "Rendezvous", "NN", "Tensors"]),
         .target(name: "Training", dependencies: ["Support", "NN", "Datasets", "Tensors", "Collectives", "Parallel", "Rendezvous", "Transport", "CShims"]),
         .target(name: "Topology", dependencies: ["CNuma", "CShims"]),
-        .target(name: "Launch", dependencies: ["Rendezvous", "Transport", "CShims", "Topology"]),
+        .target(name: "Launch", dependencies: ["Rendezvous", "Transport", "CShims", "Topology", "Support"]),
         .executableTarget(name: "ddp-launch", dependencies: [
             "Launch", "Transport", "Topology", "Training", "Parallel",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),

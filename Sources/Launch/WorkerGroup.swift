@@ -2,6 +2,7 @@ import CShims
 import Foundation
 import Topology
 import Rendezvous
+import Support
 import Transport
 
 /// How one worker ended.
@@ -26,7 +27,7 @@ public struct WorkerExit: Sendable, CustomStringConvertible {
 /// An illegal instruction in a rank is almost always a build for another CPU (SWIFT_DDP_TARGET_CPU, or a
 /// build directory shared by hosts of different CPUs): its kernels use instructions this host lacks.
 var illegalInstructionHint: String {
-    let target = String(cString: ddp_build_target_cpu())
+    let target = BuildCPU.target
     return ": an illegal instruction, usually a build for a CPU with instructions this host lacks (these binaries were "
         + "built for \(target == "native" ? "the CPU of the host that built them" : target)); rebuild on this host, or build "
         + "once with SWIFT_DDP_TARGET_CPU set to the oldest CPU among the hosts (e.g. haswell for any AVX2 CPU)"

@@ -60,8 +60,9 @@ public enum BuildCPU {
     public static func requireRunnable(on cpu: CPUInfo = .read()) throws {
         let missing = requiredFlags.filter { !cpu.flags.contains($0) }
         guard !missing.isEmpty, !cpu.flags.isEmpty else { return }
-        var name = [CChar](repeating: 0, count: 256)
-        let host = gethostname(&name, name.count) == 0 ? String(cString: name) : "this host"
+        var name = [UInt8](repeating: 0, count: 256)
+        let named = name.withUnsafeMutableBufferPointer { gethostname(UnsafeMutableRawPointer($0.baseAddress!).assumingMemoryBound(to: CChar.self), $0.count - 1) } == 0
+        let host = named ? String(decoding: name.prefix { $0 != 0 }, as: UTF8.self) : "this host"
         throw BuildCPUMismatch(target: target, missing: missing, modelName: cpu.modelName, host: host)
     }
 }

@@ -548,13 +548,15 @@ public struct LayoutPlanner {
             // A probed pipeline's gradients were averaged in its step (PipelineStepEnd).
             if dp > 1 && !pipelineProbed {
                 // Buckets overlap the rest of backward (about 2/3 of the compute) except the last one. A
-                // pipeline averages its gradients after its passes (Trainer.pipelineStep): nothing overlaps.
+                // pipeline averages its gradients after its passes (Trainer.pipelineStep), and expert
+                // parallelism after backward (its all-to-alls run during it; Trainer.overlapsBuckets):
+                // nothing overlaps.
                 let gradientBytes = 4 * localParameters
                 let bucket = bucketAllreduce(layout, gradientBytes: gradientBytes, ranks: dp)
                 // Ranks outnumbering a host's cores leave no core idle during backward, and on the lanes
                 // moving bytes is CPU work: the buckets hide under nothing (dp 4 on 2 cores, wide model:
                 // 31-85 ms exposed where overlapping them predicted 4.5).
-                let overlap = pp > 1 || ranksOnHost > cores ? 0 : compute * 2 / 3
+                let overlap = pp > 1 || ep > 1 || ranksOnHost > cores ? 0 : compute * 2 / 3
                 let gradients: Double
                 switch layout.zeroStage {
                 case 0: gradients = max(dataParallelAllreduce(bytes: gradientBytes, ranks: dp, tensorParallel: tp) - overlap, bucket)

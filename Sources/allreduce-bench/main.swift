@@ -172,10 +172,7 @@ struct AllreduceBench: ParsableCommand {
 }
 
 /// The CPU model from /proc/cpuinfo.
-func cpuModel() -> String {
-    let info = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) ?? ""
-    return info.split(separator: "\n").first { $0.hasPrefix("model name") }.map { String($0.split(separator: ":", maxSplits: 1)[1]).trimmingCharacters(in: .whitespaces) } ?? "unknown"
-}
+func cpuModel() -> String { CPUInfo.read().modelName }
 
 func parseBytes(_ text: String) -> Int? {
     let t = text.uppercased()

@@ -166,6 +166,23 @@ final class PlannerTests: XCTestCase {
         XCTAssertEqual(dp4.communicationSeconds, 2 * plan.communication.allreduce(bytes: gradientBytes, ranks: 4), accuracy: 1e-12)
     }
 
+    /// The trainer averages gradients after backward under expert parallelism (its all-to-alls run
+    /// during backward) and hides the buckets under backward otherwise: a longer step hides more of a
+    /// dense layout's data-parallel communication and none of an expert-parallel one's.
+    func testExpertParallelBucketsDoNotHideUnderBackward() throws {
+        var plan = try planner(["n_experts=4", "moe_top_k=2", "bucket_mb=0.01"], world: 4)
+        plan.cores = 4
+        let short = try plan.plan(stepSeconds: 1e-7, memoryPerRank: nil), long = try plan.plan(stepSeconds: 1, memoryPerRank: nil)
+        let dp4 = try XCTUnwrap(long.first { $0.name == "dp4" }), shortDP4 = try XCTUnwrap(short.first { $0.name == "dp4" })
+        XCTAssertLessThan(dp4.communicationSeconds, shortDP4.communicationSeconds)
+        let expertLayouts = long.filter { $0.config.expertParallel > 1 && $0.dataParallel > 1 && $0.config.pipelineParallel == 1 }
+        XCTAssertFalse(expertLayouts.isEmpty)
+        for p in expertLayouts {
+            let s = try XCTUnwrap(short.first { $0.name == p.name })
+            XCTAssertEqual(p.communicationSeconds, s.communicationSeconds, accuracy: 1e-12, p.name)
+        }
+    }
+
     /// Tuning tables price the collectives of groups of their size with the model of the algorithm the
     /// trainer runs there: 4 ranks on 2 cores, dp 4 by the 4-rank table as measured (its 4 ranks already
     /// shared the 2 cores), tp 2 x dp 2 by the 2-rank table stretched twice (two groups copy on the 2
