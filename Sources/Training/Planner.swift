@@ -349,6 +349,45 @@ public struct LayoutPlanner {
         communication.allreduce(bytes: bytes, ranks: dp, options: dataParallelOptions, sharedArena: dataGroupHasArena(dp, tensorParallel: tp))
     }
 
+    /// The data-parallel averaging of a step's gradients on the critical path (before the cores' sharing),
+    /// `expertGradientBytes` of them the experts' under expert parallelism, for a step computing
+    /// `compute` seconds. Buckets overlap the rest of backward (about 2/3 of the compute) except the last
+    /// one. A pipeline averages its gradients after its passes (Trainer.pipelineStep), and expert
+    /// parallelism after backward (its all-to-alls run during it; Trainer.overlapsBuckets): nothing
+    /// overlaps. Ranks outnumbering a host's cores leave no core idle during backward, and on the lanes
+    /// moving bytes is CPU work: the buckets hide under nothing there either (dp 4 on 2 cores, wide
+    /// model: 31-85 ms exposed where overlapping them predicted 4.5). The experts' buckets go to the
+    /// expert-data-parallel group (dp / ep ranks, none when that is one rank; DataParallel.group(of:)),
+    /// the rest to the data group.
+    public func gradientCommunication(_ layout: TrainConfig, dataParallel dp: Int, gradientBytes: Int, expertGradientBytes: Int,
+                                      compute: Double) -> Double {
+        let tp = layout.tensorParallel, ep = layout.expertParallel
+        let bucket = bucketAllreduce(layout, gradientBytes: gradientBytes, ranks: dp)
+        let expertRanks = dp / ep, denseBytes = gradientBytes - expertGradientBytes
+        let experts = expertGradientBytes > 0 && expertRanks > 1
+            ? expertDataCollectives(bytes: expertGradientBytes, ranks: expertRanks, sharedArena: dataGroupHasArena(dp, tensorParallel: tp),
+                                    zeroStage: layout.zeroStage) : 0
+        let overlap = layout.pipelineParallel > 1 || ep > 1 || ranksOnHost > cores ? 0 : compute * 2 / 3
+        switch layout.zeroStage {
+        case 0: return max(dataParallelAllreduce(bytes: denseBytes, ranks: dp, tensorParallel: tp) + experts - overlap, bucket)
+        case 1, 2:
+            // Reduce-scatter while backward runs; the updated pieces are gathered after the step, with
+            // nothing left to overlap.
+            let half = dataParallelHalf(bytes: denseBytes, ranks: dp, tensorParallel: tp) + experts / 2
+            return max(half - overlap, bucket / 2) + half
+        default:
+            // ZeRO-3 gathers the parameters for forward and for backward besides reduce-scattering.
+            return max(3 * dataParallelHalf(bytes: gradientBytes, ranks: dp, tensorParallel: tp) - overlap, bucket)
+        }
+    }
+
+    /// The experts' gradients averaged over an expert-data-parallel group of `ranks` (through its own arena
+    /// where the data group has one): an allreduce, or with ZeRO-1 a reduce-scatter and an allgather.
+    func expertDataCollectives(bytes: Int, ranks: Int, sharedArena arena: Bool, zeroStage: Int) -> Double {
+        zeroStage == 0 ? communication.allreduce(bytes: bytes, ranks: ranks, options: dataParallelOptions, sharedArena: arena)
+            : 2 * communication.half(bytes: bytes, ranks: ranks, sharedArena: arena)
+    }
+
     /// ZeRO's reduce-scatter or allgather on the data-parallel group (through its arena as above).
     func dataParallelHalf(bytes: Int, ranks dp: Int, tensorParallel tp: Int) -> Double {
         communication.half(bytes: bytes, ranks: dp, sharedArena: dataGroupHasArena(dp, tensorParallel: tp))
@@ -547,29 +586,8 @@ public struct LayoutPlanner {
             }
             // A probed pipeline's gradients were averaged in its step (PipelineStepEnd).
             if dp > 1 && !pipelineProbed {
-                // Buckets overlap the rest of backward (about 2/3 of the compute) except the last one. A
-                // pipeline averages its gradients after its passes (Trainer.pipelineStep), and expert
-                // parallelism after backward (its all-to-alls run during it; Trainer.overlapsBuckets):
-                // nothing overlaps.
-                let gradientBytes = 4 * localParameters
-                let bucket = bucketAllreduce(layout, gradientBytes: gradientBytes, ranks: dp)
-                // Ranks outnumbering a host's cores leave no core idle during backward, and on the lanes
-                // moving bytes is CPU work: the buckets hide under nothing (dp 4 on 2 cores, wide model:
-                // 31-85 ms exposed where overlapping them predicted 4.5).
-                let overlap = pp > 1 || ep > 1 || ranksOnHost > cores ? 0 : compute * 2 / 3
-                let gradients: Double
-                switch layout.zeroStage {
-                case 0: gradients = max(dataParallelAllreduce(bytes: gradientBytes, ranks: dp, tensorParallel: tp) - overlap, bucket)
-                case 1, 2:
-                    // Reduce-scatter while backward runs; the updated pieces are gathered after the step,
-                    // with nothing left to overlap.
-                    let half = dataParallelHalf(bytes: gradientBytes, ranks: dp, tensorParallel: tp)
-                    gradients = max(half - overlap, bucket / 2) + half
-                default:
-                    // ZeRO-3 gathers the parameters for forward and for backward besides reduce-scattering.
-                    gradients = max(3 * dataParallelHalf(bytes: gradientBytes, ranks: dp, tensorParallel: tp) - overlap, bucket)
-                }
-                comm += gradients * sharedCores(ranks: dp)
+                comm += gradientCommunication(layout, dataParallel: dp, gradientBytes: 4 * localParameters,
+                                              expertGradientBytes: ep > 1 ? 4 * expertParameters : 0, compute: compute) * sharedCores(ranks: dp)
             }
             let live = schedule.map { $0.kind == .gpipe ? layout.microbatches : min(layout.microbatches, pp) } ?? 1
             // This implementation's kept tensors of the busiest rank's layers, for each micro-batch alive.

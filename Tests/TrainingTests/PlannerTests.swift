@@ -183,6 +183,27 @@ final class PlannerTests: XCTestCase {
         }
     }
 
+    /// Under expert parallelism the experts' gradients are averaged over the expert-data-parallel group
+    /// (dp / ep ranks) and the rest over the data group (DataParallel.group(of:)): ep 2 on 4 data-parallel
+    /// ranks prices a 4-rank allreduce of the dense bytes and a 2-rank one of the experts', ep 4 (expert
+    /// groups of one rank) the dense one alone, a dense layout all of its gradient over the data group.
+    func testExpertGradientsArePricedOnTheirOwnGroup() throws {
+        var plan = try planner(["n_experts=4", "moe_top_k=2"], world: 4)
+        plan.laneRingBytes = 0
+        plan.cores = 4
+        let dense = 3_000_000, experts = 2_000_000, c = plan.communication
+        var ep2 = plan.config, ep4 = plan.config, ep1 = plan.config
+        ep2.expertParallel = 2
+        ep4.expertParallel = 4
+        ep1.expertParallel = 1
+        XCTAssertEqual(plan.gradientCommunication(ep2, dataParallel: 4, gradientBytes: dense + experts, expertGradientBytes: experts, compute: 1),
+                       c.allreduce(bytes: dense, ranks: 4) + c.allreduce(bytes: experts, ranks: 2), accuracy: 1e-12)
+        XCTAssertEqual(plan.gradientCommunication(ep4, dataParallel: 4, gradientBytes: dense + experts, expertGradientBytes: experts, compute: 1),
+                       c.allreduce(bytes: dense, ranks: 4), accuracy: 1e-12)
+        XCTAssertEqual(plan.gradientCommunication(ep1, dataParallel: 4, gradientBytes: dense + experts, expertGradientBytes: 0, compute: 0),
+                       c.allreduce(bytes: dense + experts, ranks: 4), accuracy: 1e-12)
+    }
+
     /// Tuning tables price the collectives of groups of their size with the model of the algorithm the
     /// trainer runs there: 4 ranks on 2 cores, dp 4 by the 4-rank table as measured (its 4 ranks already
     /// shared the 2 cores), tp 2 x dp 2 by the 2-rank table stretched twice (two groups copy on the 2
