@@ -55,33 +55,46 @@ extension LayoutPlanner {
                 })
             }]
         }
+        return try (0..<layout.pipelineParallel).map { rank in
+            try timeConcurrently(copies: copies) {
+                let shard = try pipelineShard(layout, rank: rank, parallel: parallel, batch: batch)
+                return (shard.parameters, shard.pass)
+            }
+        }
+    }
+
+    /// Pipeline rank `rank`'s stages of `layout` and one micro-batch's forward and backward through them,
+    /// as the planner times them: the first stage reads `batch`'s tokens, a later one an input that
+    /// varies from row to row as a block's output does (with one value in every row a mixture's router
+    /// sent all tokens to the same experts, whose capacity then dropped most of them: the MoE recipe's
+    /// pp 4 was timed ~30 % short of its step).
+    public func pipelineShard(_ layout: TrainConfig, rank: Int, parallel: TensorParallelism?, batch: TokenBatch) throws
+        -> (parameters: ParameterSet, stages: [GPTStage], pass: () throws -> Void) {
         let schedule = try PipelineSchedule(layout.pipelineSchedule, pipelineParallel: layout.pipelineParallel,
                                             microbatches: layout.microbatches, virtualStages: layout.virtualStages)
         let ranges = try schedule.layerRanges(layers: config.nLayer)
+        let rows = batch.batchSize * batch.time
         let last = schedule.stageCount - 1, width = (parallel?.localRows(rows) ?? rows) * config.nEmbd
-        return try (0..<layout.pipelineParallel).map { rank in
-            try timeConcurrently(copies: copies) {
-                let parameters = ParameterSet(layout: try PipelineRunner.layout(schedule: schedule, configuration: configuration, rank: rank,
-                                                                                 parts: layout.tensorParallel))
-                let stages = schedule.stages(ofRank: rank).map {
-                    GPTStage(configuration, layers: ranges[$0], isFirst: $0 == 0, isLast: $0 == last, slots: 1, parameters: parameters, parallel: parallel)
-                }
-                GPTStage.initialize(parameters, configuration, parallel: parallel, seed: 1)
-                let activation = [Float](repeating: 0.01, count: width)
-                return (parameters, {
-                    var loss: Float = 0
-                    for stage in stages {
-                        _ = try activation.withUnsafeBufferPointer {
-                            try stage.forward(slot: 0, tokens: stage.isFirst ? tokens : nil, input: stage.isFirst ? nil : $0.baseAddress,
-                                              targets: stage.isLast ? batch.targets : nil, batch: batch.batchSize, time: batch.time, loss: &loss)
-                        }
-                    }
-                    for stage in stages.reversed() {
-                        _ = try activation.withUnsafeBufferPointer { try stage.backward(slot: 0, outputGradient: stage.isLast ? nil : $0.baseAddress) }
-                    }
-                })
-            }
+        let parameters = ParameterSet(layout: try PipelineRunner.layout(schedule: schedule, configuration: configuration, rank: rank,
+                                                                         parts: layout.tensorParallel))
+        let stages = schedule.stages(ofRank: rank).map {
+            GPTStage(configuration, layers: ranges[$0], isFirst: $0 == 0, isLast: $0 == last, slots: 1, parameters: parameters, parallel: parallel)
         }
+        GPTStage.initialize(parameters, configuration, parallel: parallel, seed: 1)
+        var inputs = SeededRandom(seed: 5)
+        let activation = (0..<width).map { _ in inputs.nextNormal() }
+        return (parameters, stages, {
+            var loss: Float = 0
+            for stage in stages {
+                _ = try activation.withUnsafeBufferPointer {
+                    try stage.forward(slot: 0, tokens: stage.isFirst ? batch.tokens : nil, input: stage.isFirst ? nil : $0.baseAddress,
+                                      targets: stage.isLast ? batch.targets : nil, batch: batch.batchSize, time: batch.time, loss: &loss)
+                }
+            }
+            for stage in stages.reversed() {
+                _ = try activation.withUnsafeBufferPointer { try stage.backward(slot: 0, outputGradient: stage.isLast ? nil : $0.baseAddress) }
+            }
+        })
     }
 
     /// `copies` shards made by `make` (their parameters and one micro-batch's forward + backward), each
