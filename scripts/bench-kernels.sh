@@ -16,7 +16,8 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 "$root/scripts/setup.sh" >/dev/null
 bench="$root/.build/release/kernels-bench"
 if [ -n "${TARGET_CPU:-}" ]; then
-  (cd "$root" && SWIFT_DDP_TARGET_CPU="$TARGET_CPU" swift build -c release --scratch-path "$root/.build-$TARGET_CPU" \
+  . "$root/scripts/lib/swift-tmp.bash"
+  (cd "$root" && SWIFT_DDP_TARGET_CPU="$TARGET_CPU" swift_in_build_tmp build -c release --scratch-path "$root/.build-$TARGET_CPU" \
      --product kernels-bench 2>&1 | tail -1) >&2
   bench="$root/.build-$TARGET_CPU/release/kernels-bench"
   if "$bench" --only "8 8 8 NN" | grep -q "(no AVX-512)"; then export OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-Haswell}; fi

@@ -25,5 +25,6 @@ fi
 
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
   cd "$root"
-  swift build -c release
+  . "$root/scripts/lib/swift-tmp.bash"
+  swift_in_build_tmp build -c release
 fi

@@ -32,7 +32,8 @@ fi
 cd "$root"
 log=$(mktemp)
 status=0
-swift test -c release --disable-swift-testing "$@" 2>&1 | tee "$log" || status=$?
+. "$root/scripts/lib/swift-tmp.bash"
+swift_in_build_tmp test -c release --disable-swift-testing "$@" 2>&1 | tee "$log" || status=$?
 skipped=$(grep -E "^Test Case '.*' skipped" "$log" || true)
 if [ -n "$skipped" ]; then
   echo "== skipped tests (and why) =="
