@@ -20,7 +20,11 @@ int ddp_built_with_avx512f(void) {
 #endif
 }
 
-// Each instruction set the compiler may use for the target CPU, by its /proc/cpuinfo flag.
+// The instruction sets the compiler may use for the target CPU, by their /proc/cpuinfo flags: those up
+// to AVX-512's first five, which every kernel in use names. Newer ones (VNNI, BF16, FP16, GFNI, VAES...)
+// are left out: a kernel older than the CPU leaves their names out of /proc/cpuinfo, and the check would
+// then refuse a native build on the host that built it. A rank that meets one missing dies of SIGILL,
+// which the launcher explains.
 const char *ddp_build_cpu_flags(void) {
     return ""
 #if defined(__SSE4_2__)
@@ -64,27 +68,6 @@ const char *ddp_build_cpu_flags(void) {
 #endif
 #if defined(__AVX512CD__)
         " avx512cd"
-#endif
-#if defined(__AVX512VNNI__)
-        " avx512_vnni"
-#endif
-#if defined(__AVX512BF16__)
-        " avx512_bf16"
-#endif
-#if defined(__AVX512FP16__)
-        " avx512_fp16"
-#endif
-#if defined(__AVX512VBMI__)
-        " avx512vbmi"
-#endif
-#if defined(__AVX512IFMA__)
-        " avx512ifma"
-#endif
-#if defined(__GFNI__)
-        " gfni"
-#endif
-#if defined(__VAES__)
-        " vaes"
 #endif
         ;
 }

@@ -51,7 +51,7 @@ public struct BuildCPUMismatch: Error, CustomStringConvertible, Equatable {
 public enum BuildCPU {
     /// The CPU the build was compiled for: SWIFT_DDP_TARGET_CPU when it was built, "native" otherwise.
     public static var target: String { String(cString: ddp_build_target_cpu()) }
-    /// The /proc/cpuinfo flags of the instruction sets the build was compiled to use.
+    /// The /proc/cpuinfo flags of the instruction sets the build was compiled to use (ddp_build_cpu_flags).
     public static var requiredFlags: [String] { String(cString: ddp_build_cpu_flags()).split(separator: " ").map(String.init) }
 
     /// Throws when the CPU lacks an instruction set the build uses. Called first by every program that

@@ -12,7 +12,8 @@ uint32_t ddp_crc32c(uint32_t crc, const void *data, size_t length);
 // CPU has AVX-512F. The C shims and the kernels are compiled for the same CPU (Package.swift).
 const char *ddp_build_target_cpu(void);
 int ddp_built_with_avx512f(void);
-// The /proc/cpuinfo flags of the instruction sets this build was compiled to use, space-separated.
+// The /proc/cpuinfo flags of the instruction sets this build was compiled to use (up to AVX-512F, VL,
+// BW, DQ and CD: the names every Linux kernel in use knows), space-separated.
 const char *ddp_build_cpu_flags(void);
 
 // prctl(PR_SET_PDEATHSIG, signal): the kernel sends `signal` to this process when its parent dies.
