@@ -153,6 +153,9 @@ struct ShowEnvironment: ParsableCommand {
         try runReportingErrors {
             let env = try WorkerEnvironment.fromProcess()
             for line in env.discovery.lines { print("rank \(env.rank): \(line)") }
+            let cpu = CPUInfo.read()
+            print("rank \(env.rank): cpu: \(cpu.modelName); build for \(BuildCPU.target) (\(BuildCPU.requiredFlags.joined(separator: " "))), "
+                  + "GEMM micro-kernel \(GemmMicroKernel.native)")
             if env.worldSize > 1 {
                 print("rank \(env.rank): rendezvous store: " + (env.discovery.rankZeroHostsStore ? "hosted by rank 0 on \(env.masterAddress):\(env.masterPort)" : "the launcher's, at \(env.masterAddress):\(env.masterPort)"))
                 print("rank \(env.rank): job secret: \(env.secretSource)")

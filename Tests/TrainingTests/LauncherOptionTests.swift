@@ -147,6 +147,11 @@ final class LauncherOptionTests: XCTestCase {
                                                      environment: environment)
         XCTAssertEqual(direct, 1, directOutput)
         XCTAssertTrue(directOutput.hasPrefix("Error: this build was compiled for "), directOutput)
+        // On this host's own CPU the build runs, and `ddp-train env` says what it was built for.
+        let (shown, shownOutput, _) = try runToEnd(DataParallelTests.buildDirectory + "/ddp-train", ["env"])
+        XCTAssertEqual(shown, 0, shownOutput)
+        XCTAssertTrue(shownOutput.contains("rank 0: cpu: ") && shownOutput.contains("; build for ")
+                      && shownOutput.contains("GEMM micro-kernel "), shownOutput)
     }
 
     /// `ddp-train sample` writes text from a checkpoint: the requested length, characters of the
