@@ -13,11 +13,12 @@ scripts/get-data.sh >/dev/null
 sanitizers=("$@"); [ ${#sanitizers[@]} -gt 0 ] || sanitizers=(thread address)
 filter='TransportTests|CollectivesTests|CompressedCollectiveTests|FaultTests|ScheduleTests|GemmTests/testThreads'
 status=0
+. "$root/scripts/lib/swift-tmp.bash"
 for s in "${sanitizers[@]}"; do
   echo "## -sanitize=$s"
-  swift build -c release --build-path ".build-$s" --sanitize="$s" --build-tests >&2
+  swift_in_build_tmp build -c release --build-path ".build-$s" --sanitize="$s" --build-tests >&2
   if TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" ASAN_OPTIONS="detect_leaks=0:halt_on_error=1" \
-     swift test -c release --build-path ".build-$s" --sanitize="$s" --skip-build --disable-swift-testing --filter "$filter" 2>&1 \
+     swift_in_build_tmp test -c release --build-path ".build-$s" --sanitize="$s" --skip-build --disable-swift-testing --filter "$filter" 2>&1 \
      | tee "runs/sanitize-$s.log" | grep -E "Executed [0-9]+ tests|WARNING: ThreadSanitizer|ERROR: AddressSanitizer|error:"; then :; fi
   if grep -qE "WARNING: ThreadSanitizer|ERROR: AddressSanitizer|with [1-9][0-9]* failures" "runs/sanitize-$s.log"; then
     echo "sanitize: $s found problems (runs/sanitize-$s.log)"; status=1

@@ -54,7 +54,11 @@ final class SharedArenaTests: XCTestCase {
         for thread in threads { thread.start() }
         let deadline = Deadline(seconds: 60)
         while threads.contains(where: { !$0.isFinished }) && !deadline.hasPassed { usleep(10_000) }
+        // Under the lock the threads wrote with: a finished thread is not a happens-before edge
+        // ThreadSanitizer can see.
+        results.lock.lock()
         let (kinds, failures) = (results.kinds, results.failures)
+        results.lock.unlock()
         for rank in 0..<ranks { XCTAssertEqual(failures[rank], "", "rank \(rank)") }
         XCTAssertEqual(Array(kinds[0].prefix(9)), [false, true, false, true, false, true, false, true, false])
         XCTAssertTrue(kinds.allSatisfy { $0.count == 40 })
