@@ -5,8 +5,8 @@ import PackageDescription
 // SIMD FMA to scalar calls (see ../shared/DESIGN.md). Every host builds from source, so this is safe;
 // the micro-kernel is still chosen at run time so that both register blocks are tested everywhere.
 // SWIFT_DDP_TARGET_CPU (an LLVM CPU name: haswell, znver2, skylake-avx512...) builds for another CPU instead,
-// e.g. a cluster's compute nodes from its login node; binaries built for a CPU with more than the
-// running one's instructions die of SIGILL, and the launcher says so.
+// e.g. a cluster's compute nodes from its login node. On a host whose CPU lacks what the build uses,
+// the programs stop with a line naming it (Support's BuildCPU) instead of dying of SIGILL in a kernel.
 let targetCPU = Context.environment["SWIFT_DDP_TARGET_CPU"].flatMap { $0.isEmpty ? nil : $0 } ?? "native"
 let nativeCPU: [SwiftSetting] = [.unsafeFlags(["-target-cpu", targetCPU])]
 // The byte movers skip the run-time exclusivity checks on class properties: a 4 KiB allreduce between two
