@@ -12,14 +12,6 @@
 
 const char *ddp_build_target_cpu(void) { return DDP_TARGET_CPU; }
 
-int ddp_built_with_avx512f(void) {
-#if defined(__AVX512F__)
-    return 1;
-#else
-    return 0;
-#endif
-}
-
 // The instruction sets the compiler may use for the target CPU, by their /proc/cpuinfo flags: those up
 // to AVX-512's first five, which every kernel in use names. Newer ones (VNNI, BF16, FP16, GFNI, VAES...)
 // are left out: a kernel older than the CPU leaves their names out of /proc/cpuinfo, and the check would

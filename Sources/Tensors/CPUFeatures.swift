@@ -1,4 +1,3 @@
-import CShims
 import Support
 
 /// What the CPU we run on offers, read once from /proc/cpuinfo (Linux; Support's CPUInfo). Used to pick a GEMM
@@ -14,7 +13,7 @@ public struct CPUFeatures: Sendable, Equatable {
     /// Whether the kernels were compiled with AVX-512. A build for an AVX2 CPU that runs on an AVX-512
     /// one keeps the 6x16 kernel: without zmm registers the 6x32 one's SIMD16 accumulators are split
     /// into ymm halves, 24 of them for 16 registers.
-    public static var builtWithAVX512F: Bool { ddp_built_with_avx512f() != 0 }
+    public static let builtWithAVX512F = BuildCPU.requiredFlags.contains("avx512f")
 
     static func detect() -> CPUFeatures {
         let info = CPUInfo.read()

@@ -145,11 +145,10 @@ public struct LayoutPlanner {
             let m = min(laneRingBytes, largestMessage)
             return SharedArena.segmentBytes(ranks: n, slotBytes: 0) + 2 * (m + (n - 1) * 2 * m / n)
         }
-        let bucket = Int(c.bucketMb * 1048576), onHost = dataGroupHasArena(dp, tensorParallel: c.tensorParallel)
+        let bucket = Int(c.bucketMb * 1048576), expertData = expertDataGroup(c, dataParallel: dp)
         let tensor = resident(c.tensorParallel, tensorGroupHasArena(c.tensorParallel), largestMessage: activationBytes(c))
-        let data = resident(dp, onHost, largestMessage: min(gradientBytes - expertGradientBytes, bucket))
-        let expertData = dp / c.expertParallel
-        let experts = c.expertParallel > 1 ? resident(expertData, onHost && expertData > 1, largestMessage: min(expertGradientBytes, bucket)) : 0
+        let data = resident(dp, dataGroupHasArena(dp, tensorParallel: c.tensorParallel), largestMessage: min(gradientBytes - expertGradientBytes, bucket))
+        let experts = resident(expertData.ranks, expertData.hasArena, largestMessage: min(expertGradientBytes, bucket))
         return Double(tensor + data + experts)
     }
     /// Whether a tensor-parallel group of `tp` ranks reduces through an arena: 2 or more ranks with lanes
@@ -160,6 +159,13 @@ public struct LayoutPlanner {
     /// in a block of tp x dp consecutive ranks, so a host holding a multiple of that holds whole groups
     /// (pipeline stages across hosts, data parallelism within one).
     func dataGroupHasArena(_ dp: Int, tensorParallel tp: Int) -> Bool { dp > 1 && laneRingBytes > 0 && ranksOnHost % (tp * dp) == 0 }
+    /// Under expert parallelism, the group that averages the experts' gradients (DataParallel.group(of:)):
+    /// the dp / ep ranks holding the same experts, with an arena where the data group has one (ParallelGroups).
+    /// Without expert parallelism, none (0 ranks).
+    func expertDataGroup(_ c: TrainConfig, dataParallel dp: Int) -> (ranks: Int, hasArena: Bool) {
+        let ranks = c.expertParallel > 1 ? dp / c.expertParallel : 0
+        return (ranks, ranks > 1 && dataGroupHasArena(dp, tensorParallel: c.tensorParallel))
+    }
     /// The ranks that share this host (and its cores).
     public var ranksOnHost: Int { ranksPerHost ?? worldSize }
     /// The process without a model (runtime, data, buffers), measured: a 1-layer 16-wide GPT's peak RSS
@@ -361,13 +367,12 @@ public struct LayoutPlanner {
     /// the rest to the data group.
     public func gradientCommunication(_ layout: TrainConfig, dataParallel dp: Int, gradientBytes: Int, expertGradientBytes: Int,
                                       compute: Double) -> Double {
-        let tp = layout.tensorParallel, ep = layout.expertParallel
+        let tp = layout.tensorParallel
         let bucket = bucketAllreduce(layout, gradientBytes: gradientBytes, ranks: dp)
-        let expertRanks = dp / ep, denseBytes = gradientBytes - expertGradientBytes
-        let experts = expertGradientBytes > 0 && expertRanks > 1
-            ? expertDataCollectives(bytes: expertGradientBytes, ranks: expertRanks, sharedArena: dataGroupHasArena(dp, tensorParallel: tp),
-                                    zeroStage: layout.zeroStage) : 0
-        let overlap = layout.pipelineParallel > 1 || ep > 1 || ranksOnHost > cores ? 0 : compute * 2 / 3
+        let expertData = expertDataGroup(layout, dataParallel: dp), denseBytes = gradientBytes - expertGradientBytes
+        let experts = expertGradientBytes > 0 && expertData.ranks > 1
+            ? expertDataCollectives(bytes: expertGradientBytes, ranks: expertData.ranks, sharedArena: expertData.hasArena, zeroStage: layout.zeroStage) : 0
+        let overlap = layout.pipelineParallel > 1 || layout.expertParallel > 1 || ranksOnHost > cores ? 0 : compute * 2 / 3
         switch layout.zeroStage {
         case 0: return max(dataParallelAllreduce(bytes: denseBytes, ranks: dp, tensorParallel: tp) + experts - overlap, bucket)
         case 1, 2:
@@ -381,8 +386,8 @@ public struct LayoutPlanner {
         }
     }
 
-    /// The experts' gradients averaged over an expert-data-parallel group of `ranks` (through its own arena
-    /// where the data group has one): an allreduce, or with ZeRO-1 a reduce-scatter and an allgather.
+    /// The experts' gradients averaged over an expert-data-parallel group of `ranks` (through its arena
+    /// when it has one): an allreduce, or with ZeRO-1 a reduce-scatter and an allgather.
     func expertDataCollectives(bytes: Int, ranks: Int, sharedArena arena: Bool, zeroStage: Int) -> Double {
         zeroStage == 0 ? communication.allreduce(bytes: bytes, ranks: ranks, options: dataParallelOptions, sharedArena: arena)
             : 2 * communication.half(bytes: bytes, ranks: ranks, sharedArena: arena)
@@ -587,7 +592,7 @@ public struct LayoutPlanner {
             // A probed pipeline's gradients were averaged in its step (PipelineStepEnd).
             if dp > 1 && !pipelineProbed {
                 comm += gradientCommunication(layout, dataParallel: dp, gradientBytes: 4 * localParameters,
-                                              expertGradientBytes: ep > 1 ? 4 * expertParameters : 0, compute: compute) * sharedCores(ranks: dp)
+                                              expertGradientBytes: 4 * expertParameters, compute: compute) * sharedCores(ranks: dp)
             }
             let live = schedule.map { $0.kind == .gpipe ? layout.microbatches : min(layout.microbatches, pp) } ?? 1
             // This implementation's kept tensors of the busiest rank's layers, for each micro-batch alive.

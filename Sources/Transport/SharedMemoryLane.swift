@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import CShims
+import Support
 
 // Ranks on one host exchange their bytes through shared memory instead of loopback TCP: a byte pushed
 // into a loopback socket is copied into the kernel, then out again, with a system call each way; here
@@ -24,13 +25,7 @@ import CShims
 /// of a network namespace stays another host).
 public enum HostIdentity {
     public static let current: String? = {
-        func read(_ path: String) -> String? {
-            guard let f = fopen(path, "r") else { return nil }
-            defer { fclose(f) }
-            var buffer = [CChar](repeating: 0, count: 128)
-            guard fgets(&buffer, Int32(buffer.count), f) != nil else { return nil }
-            return String(decoding: buffer.prefix { $0 != 0 && $0 != 10 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        }
+        func read(_ path: String) -> String? { readTextFile(path)?.split(separator: "\n").first.map(String.init) }
         func link(_ path: String) -> String? {
             var buffer = [CChar](repeating: 0, count: 128)
             let n = readlink(path, &buffer, buffer.count - 1)

@@ -8,10 +8,9 @@
 // crc32 instruction when the compiler targets it, a table otherwise.
 uint32_t ddp_crc32c(uint32_t crc, const void *data, size_t length);
 
-// The CPU this build was compiled for (SWIFT_DDP_TARGET_CPU, "native" by default), and whether that
-// CPU has AVX-512F. The C shims and the kernels are compiled for the same CPU (Package.swift).
+// The CPU this build was compiled for (SWIFT_DDP_TARGET_CPU, "native" by default). The C shims and
+// the kernels are compiled for the same CPU (Package.swift).
 const char *ddp_build_target_cpu(void);
-int ddp_built_with_avx512f(void);
 // The /proc/cpuinfo flags of the instruction sets this build was compiled to use (up to AVX-512F, VL,
 // BW, DQ and CD: the names every Linux kernel in use knows), space-separated.
 const char *ddp_build_cpu_flags(void);

@@ -36,10 +36,9 @@ public enum GemmMicroKernel: Sendable, CaseIterable, CustomStringConvertible {
     public var mr: Int { 6 }
     public var nr: Int { self == .simd8x6x16 ? 16 : 32 }
 
-    /// The kernel that suits the CPU we are running on and the one this build was compiled for.
-    public static var native: GemmMicroKernel {
-        CPUFeatures.current.avx512f && CPUFeatures.builtWithAVX512F ? .simd16x6x32 : .simd8x6x16
-    }
+    /// The kernel that suits the CPU we are running on and the one this build was compiled for, chosen
+    /// once: it is every GEMM call's default.
+    public static let native: GemmMicroKernel = CPUFeatures.current.avx512f && CPUFeatures.builtWithAVX512F ? .simd16x6x32 : .simd8x6x16
 
     public var blocking: GemmBlocking {
         // The A block (mc x kc, 192 KiB) stays in L2 while B's panels stream past it; a long K slab
