@@ -168,10 +168,15 @@ public final class GPT: Model, ParameterUnits {
         }
     }
 
-    /// Embeddings (wte, wpe), each block, the final LayerNorm: the layout's order.
-    public var parameterUnits: [Range<Int>] {
-        let starts = [0] + blocks.map { $0.ln1.weight.offset } + [finalNorm.weight.offset]
-        return (0..<starts.count).map { starts[$0]..<($0 + 1 < starts.count ? starts[$0 + 1] : parameters.count) }
+    /// Embeddings (wte, wpe), each block, the final LayerNorm: the layout's order. A mixture-of-experts
+    /// block's unit holds its experts' tensors too (at the start of the buffer, `expertCount` floats).
+    public var parameterUnits: [[Range<Int>]] {
+        let starts = [expertCount] + blocks.map { $0.ln1.weight.offset } + [finalNorm.weight.offset]
+        let dense = (0..<starts.count).map { starts[$0]..<($0 + 1 < starts.count ? starts[$0 + 1] : parameters.count) }
+        return dense.enumerated().map { u, range in
+            guard u >= 1 && u <= blocks.count, let experts = blocks[u - 1].experts else { return [range] }
+            return [range, experts.parameterRange]
+        }
     }
 
     /// The tied embedding/head and the final LayerNorm open backward and close forward.
@@ -206,9 +211,11 @@ public final class GPT: Model, ParameterUnits {
         sharding.scatter(full: full.values.base, into: parameters.values.base)
     }
 
-    /// Without tensor parallelism (the only layout ZeRO-3 takes).
+    /// Without tensor parallelism (the only layout ZeRO-3 takes). Under expert parallelism the whole
+    /// model is drawn first (as `initialize(seed:)` does), so every value is final at once.
     public func initialize(seed: UInt64, written: (Int) -> Void) {
-        precondition(parallel == nil, "unit-by-unit initialization is for the unsharded model")
+        precondition(parallel == nil, "unit-by-unit initialization is for the model without tensor parallelism")
+        guard sharding.size == 1 else { initialize(seed: seed); return written(parameters.count) }
         GPT.initialize(parameters, layers: configuration.layers, seed: seed, written: written)
     }
 

@@ -19,7 +19,7 @@ public final class MLP: Model, ParameterUnits {
 
     /// ZeRO-3's engine, when parameters are sharded: unit 0 is fc1, unit 1 fc2.
     public weak var unitHooks: ParameterUnitHooks?
-    public var parameterUnits: [Range<Int>] { [0..<fc2.weight.offset, fc2.weight.offset..<parameters.count] }
+    public var parameterUnits: [[Range<Int>]] { [[0..<fc2.weight.offset], [fc2.weight.offset..<parameters.count]] }
     /// fc2 ends forward and opens backward.
     public var rootUnits: Set<Int> { [1] }
     public func backwardUses(unit: Int) -> Bool { unit != 0 }

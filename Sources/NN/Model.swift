@@ -78,8 +78,10 @@ public protocol ParameterUnitHooks: AnyObject {
 
 /// A model cut into parameter units for ZeRO-3.
 public protocol ParameterUnits: AnyObject {
-    /// The units' ranges of the flat parameter buffer, in forward order; together they cover it.
-    var parameterUnits: [Range<Int>] { get }
+    /// Each unit's ranges of the flat parameter buffer, units in forward order; together they cover it.
+    /// A unit is one range, or several where the layout keeps its tensors apart (a mixture-of-experts
+    /// block and its experts, which sit at the start of the buffer).
+    var parameterUnits: [[Range<Int>]] { get }
     /// Units used at both ends of a step (FSDP's root: the tied embedding and head, the last layer),
     /// which stay gathered from their forward to their backward.
     var rootUnits: Set<Int> { get }

@@ -29,6 +29,8 @@ import Transport
 /// ranks of an expert group, so their buckets are averaged over the expert-data-parallel group (the
 /// ranks holding the same experts) instead, after a division by the expert-parallel size: each rank's
 /// expert gradient already sums the tokens of that many data-parallel ranks (DeepSpeed-MoE's scaling).
+/// ZeRO shards them over that group too: a rank owns a segment of each expert bucket among the ranks
+/// holding its experts, and ZeRO-3 gathers a block's experts from them.
 public final class DataParallel: @unchecked Sendable {
     public let group: ProcessGroup
     let parameters: ParameterSet
@@ -39,9 +41,9 @@ public final class DataParallel: @unchecked Sendable {
     public let shardGradients: Bool
     /// ZeRO-3: parameters sharded too, by unit (ZeROThree.swift).
     public let shardParameters: Bool
-    /// ZeRO-3's units (forward order), those kept gathered from forward to backward, and the rest of
-    /// its state; all guarded by `condition`.
-    let units: [Range<Int>]
+    /// ZeRO-3's units (forward order, each one or more ranges), those kept gathered from forward to
+    /// backward, and the rest of its state; all guarded by `condition`.
+    let units: [[Range<Int>]]
     let rootUnits: Set<Int>
     /// Units whose values backward reads (prefetch in backward skips the others).
     let backwardUnits: Set<Int>
@@ -88,7 +90,7 @@ public final class DataParallel: @unchecked Sendable {
                 readyOffsets: [Int] = [0]) {
         precondition(!shardGradients || shardOptimizer, "ZeRO-2 shards the optimizer state too")
         precondition(units == nil || shardGradients, "ZeRO-3 shards gradients and optimizer state too")
-        precondition(experts == nil || (!shardGradients && experts!.range.lowerBound == 0), "expert parallelism with ZeRO-1 at most, experts first")
+        precondition(experts == nil || experts!.range.lowerBound == 0, "expert parallelism with the experts first")
         self.experts = experts
         self.group = group
         self.parameters = parameters
@@ -101,7 +103,10 @@ public final class DataParallel: @unchecked Sendable {
         rootUnits = units?.rootUnits ?? []
         backwardUnits = units.map { u in Set(u.parameterUnits.indices.filter { u.backwardUses(unit: $0) }) } ?? []
         self.reshardAfterForward = reshardAfterForward
-        self.prefetchDepth = max(0, prefetchDepth)
+        // Expert parallelism's all-to-alls run on the compute thread over connections the gathers'
+        // groups may share, and a connection serves one call at a time: a unit is gathered only while
+        // the compute thread waits for it.
+        self.prefetchDepth = experts == nil ? max(0, prefetchDepth) : 0
         // ZeRO-3 reduce-scatters each unit's gradient as one bucket once backward is through it.
         buckets = Self.buckets(count: parameters.count, bucketElements: bucketElements, units: units?.parameterUnits,
                                expertEnd: experts?.range.upperBound ?? 0, readyOffsets: readyOffsets)
@@ -180,7 +185,9 @@ public final class DataParallel: @unchecked Sendable {
                         try allreduce(slice, op: .average, options: options, group: group)
                     }
                 case .gather(let unit):
-                    try allgather(UnsafeMutableBufferPointer(rebasing: parameters.values.buffer[units[unit]]), group: group)
+                    for range in units[unit] {
+                        try allgather(UnsafeMutableBufferPointer(rebasing: parameters.values.buffer[range]), group: group(of: range))
+                    }
                 }
             } catch let e {
                 error = e
@@ -212,13 +219,14 @@ public final class DataParallel: @unchecked Sendable {
                                 expertParallel: experts?.expertParallel ?? 1)
     }
 
-    /// The buckets of a `count`-float buffer in communication order: ZeRO-3's units (last first), or
+    /// The buckets of a `count`-float buffer in communication order: ZeRO-3's units' ranges (from the
+    /// end of the buffer, so a block's experts go with the other experts, after backward), or
     /// slices cut where backward reports gradients final (readyBuckets), the expert tensors [0,
     /// expertEnd) cut separately in fixed slices (they are averaged over another group). A pure
     /// function: the planner counts with it too.
-    public static func buckets(count: Int, bucketElements: Int, units: [Range<Int>]?, expertEnd: Int,
+    public static func buckets(count: Int, bucketElements: Int, units: [[Range<Int>]]?, expertEnd: Int,
                                readyOffsets: [Int] = [0]) -> [Range<Int>] {
-        if let units { return units.reversed() }
+        if let units { return units.joined().sorted { $0.lowerBound > $1.lowerBound } }
         let dense = readyBuckets(expertEnd..<count, bucketElements: bucketElements, readyOffsets: readyOffsets)
         return expertEnd > 0 ? dense + bucketRanges(count: expertEnd, bucketElements: bucketElements) : dense
     }
@@ -268,9 +276,11 @@ public final class DataParallel: @unchecked Sendable {
         }
     }
 
-    /// ZeRO-2/3: `buffer`'s values in `bucket` outside this rank's piece are not needed any more.
+    /// ZeRO-2/3: `buffer`'s values in `bucket` outside this rank's piece (in the group that shards it)
+    /// are not needed any more.
     func releaseOthersPieces(of bucket: Range<Int>, in buffer: FloatBuffer) {
-        let piece = segmentRange(count: bucket.count, parts: group.worldSize, index: group.rank)
+        let sharding = group(of: bucket)
+        let piece = segmentRange(count: bucket.count, parts: sharding.worldSize, index: sharding.rank)
         buffer.zero(bucket.lowerBound..<(bucket.lowerBound + piece.lowerBound))
         buffer.zero((bucket.lowerBound + piece.upperBound)..<bucket.upperBound)
     }

@@ -263,7 +263,7 @@ public struct LayoutPlanner {
     /// Parameters on the model shard of pipeline rank `pipelineRank` (its stages, when there is a
     /// `schedule`), tensor-parallel rank 0 and expert-parallel rank 0.
     func localParameters(_ c: TrainConfig, schedule: PipelineSchedule?, pipelineRank: Int) throws
-        -> (count: Int, units: [Range<Int>]?, expertEnd: Int, readyOffsets: [Int]) {
+        -> (count: Int, units: [[Range<Int>]]?, expertEnd: Int, readyOffsets: [Int]) {
         if let schedule {
             return (try PipelineRunner.layout(schedule: schedule, configuration: configuration, rank: pipelineRank, parts: c.tensorParallel).totalCount,
                     nil, 0, [0])
@@ -277,7 +277,7 @@ public struct LayoutPlanner {
     }
 
     /// What data-parallel rank 0 of a replica holds, as Trainer.memoryHeld counts it.
-    func stateBytes(_ c: TrainConfig, parameters psi: Int, units: [Range<Int>]?, expertEnd: Int, readyOffsets: [Int],
+    func stateBytes(_ c: TrainConfig, parameters psi: Int, units: [[Range<Int>]]?, expertEnd: Int, readyOffsets: [Int],
                     dataParallel n: Int) -> Int {
         let stateBuffers = c.optimizer == .adamw ? 2 : (c.momentum > 0 ? 1 : 0)
         var owned = psi
@@ -381,13 +381,14 @@ public struct LayoutPlanner {
             let half = dataParallelHalf(bytes: denseBytes, ranks: dp, tensorParallel: tp) + experts / 2
             return max(half - overlap, bucket / 2) + half
         default:
-            // ZeRO-3 gathers the parameters for forward and for backward besides reduce-scattering.
-            return max(3 * dataParallelHalf(bytes: gradientBytes, ranks: dp, tensorParallel: tp) - overlap, bucket)
+            // ZeRO-3 gathers the parameters for forward and for backward besides reduce-scattering
+            // (the experts' on their own group, as their gradients).
+            return max(3 * (dataParallelHalf(bytes: denseBytes, ranks: dp, tensorParallel: tp) + experts / 2) - overlap, bucket)
         }
     }
 
     /// The experts' gradients averaged over an expert-data-parallel group of `ranks` (through its arena
-    /// when it has one): an allreduce, or with ZeRO-1 a reduce-scatter and an allgather.
+    /// when it has one): an allreduce, or with ZeRO a reduce-scatter and an allgather.
     func expertDataCollectives(bytes: Int, ranks: Int, sharedArena arena: Bool, zeroStage: Int) -> Double {
         zeroStage == 0 ? communication.allreduce(bytes: bytes, ranks: ranks, options: dataParallelOptions, sharedArena: arena)
             : 2 * communication.half(bytes: bytes, ranks: ranks, sharedArena: arena)

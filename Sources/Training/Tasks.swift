@@ -95,7 +95,7 @@ public final class GPTTask: TrainingTask {
         model.configuration.trainingFLOPs(batch: config.batchSize, time: config.blockSize) / Double(model.parallel?.size ?? 1)
     }
     public var unitName: String { "tokens" }
-    public var units: ParameterUnits? { model.parallel == nil && model.expertCount == 0 ? model : nil }
+    public var units: ParameterUnits? { model.parallel == nil ? model : nil }
     public var gradientReadyOffsets: [Int] { model.gradientReadyOffsets }
     public func initialize(seed: UInt64) { model.initialize(seed: seed) }
 

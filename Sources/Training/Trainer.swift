@@ -68,7 +68,7 @@ public final class Trainer {
     var pipelineWindow = (busy: 0.0, seconds: 0.0)
     var lastPipelineReport: PipelineRunner.StepReport?
     /// ZeRO-3: CRC-32C of the whole model as this rank drew it (it keeps only its pieces).
-    var initialChecksum: UInt32?
+    var initialChecksum: (replicated: UInt32, experts: UInt32)?
 
     /// With a group of more than one rank the trainer runs data-parallel: rank 0's initial parameters
     /// are broadcast, gradients are averaged in buckets during backward, and only rank 0 evaluates,
@@ -142,7 +142,7 @@ public final class Trainer {
         }
         log("batch: \(task.unitsPerMicroBatch) \(task.unitName) per micro-batch x \(config.gradAccum) accumulation steps x \(dataSize) \(tensor == nil ? "rank(s)" : "data-parallel rank(s)") = \(units) \(task.unitName) per step (global batch)")
         if let dataParallel {
-            let how = dataParallel.shardParameters ? "ZeRO-3 (parameters, gradients and optimizer state sharded by unit: \(dataParallel.buckets.count) units, each gathered before use with the next one prefetched, released after\(config.reshardAfterForward ? " forward and after backward" : " backward"); gradients reduce-scattered per unit)"
+            let how = dataParallel.shardParameters ? "ZeRO-3 (parameters, gradients and optimizer state sharded by unit: \(dataParallel.units.count) units, each gathered before use\(dataParallel.prefetchDepth > 0 ? " with the next one prefetched" : " (not ahead: the all-to-alls share the connections)"), released after\(config.reshardAfterForward ? " forward and after backward" : " backward"); gradients reduce-scattered per unit)"
                     : dataParallel.shardGradients ? "ZeRO-2 (reduce-scatter gradients and keep only own pieces, update own shard, allgather parameters)"
                     : dataParallel.shardOptimizer ? "ZeRO-1 (reduce-scatter gradients, update own shard, allgather parameters)"
                                                   : "allreduce \(config.allreduceAlgorithm.rawValue)" + (config.allreduceAlgorithm == .twoShot
@@ -151,7 +151,7 @@ public final class Trainer {
                                                       : config.allreduceAlgorithm == .auto && dataParallel.group.arena != nil && config.gradientCompression == .float32
                                                       ? " (the group has a shared arena: two-shot unless a tuning table says otherwise)" : "")
             let last = format("%.0f", Double(4 * (dataParallel.buckets.last?.count ?? 0)) / 1024)
-            let buckets = dataParallel.shardParameters ? "buckets (one per unit)"
+            let buckets = dataParallel.shardParameters ? "buckets (one per unit\(dataParallel.buckets.count > dataParallel.units.count ? ", a mixture's experts apart" : ""))"
                 : "buckets of up to \(config.bucketMb) MiB cut where backward finishes gradients (the last \(last) KiB)"
             log("data parallel: \(dataSize) ranks, \(how), \(dataParallel.buckets.count) \(buckets), gradients averaged"
                 + (overlapsBuckets ? " while backward runs" : groups.expert == nil ? " after backward (more ranks on this host than cores)" : " after backward (expert parallelism)")
@@ -206,7 +206,7 @@ public final class Trainer {
                 let own = 4 * dataParallel.ownedRanges(of: groups.data.rank).reduce(0) { $0 + $1.count }
                 log("gradient memory after step 1: \(task.parameters.gradients.residentBytes) bytes resident of the \(4 * task.parameters.count)-byte gradient buffer (own pieces \(own) bytes; the rest went back to the kernel)")
                 if dataParallel.shardParameters {
-                    let largest = dataParallel.units.map(\.count).max() ?? 0
+                    let largest = dataParallel.unitSizes.max() ?? 0
                     log("parameter memory after step 1: \(task.parameters.values.residentBytes) bytes resident of the \(4 * task.parameters.count)-byte parameter buffer (own pieces \(own) bytes); at most \(dataParallel.peakGatheredUnits) of \(dataParallel.units.count) units were gathered at once (largest unit \(4 * largest) bytes)")
                 }
             }
@@ -550,8 +550,12 @@ public final class Trainer {
             if let initialChecksum, !resumed {
                 // ZeRO-3: every rank drew the model from the seed and kept its pieces; broadcasting it
                 // would put the whole model in every rank's memory, so the ranks compare what they drew.
-                if let r = try firstRankDiffering(initialChecksum, group: dataParallel.group) {
+                if let r = try firstRankDiffering(initialChecksum.replicated, group: dataParallel.group) {
                     throw TrainingError("data-parallel rank \(r) drew a different initial model than rank 0 (CRC-32C mismatch)")
+                }
+                if let experts = dataParallel.experts, experts.group.worldSize > 1,
+                   let r = try firstRankDiffering(initialChecksum.experts, group: experts.group) {
+                    throw TrainingError("expert-data-parallel rank \(r) (world rank \(experts.group.members[r])) drew other experts than its group's rank 0 (CRC-32C mismatch)")
                 }
                 return
             }
@@ -577,7 +581,7 @@ public final class Trainer {
         }
         if let dataParallel, dataParallel.shardParameters {
             // Gathered at once: the roots, the unit in use and the one prefetched, values and gradients.
-            let sizes = dataParallel.units.enumerated().map { $0.element.count }
+            let sizes = dataParallel.unitSizes
             let roots = dataParallel.rootUnits.reduce(0) { $0 + sizes[$1] }
             let others = sizes.enumerated().filter { !dataParallel.rootUnits.contains($0.offset) }.map(\.element).sorted(by: >).prefix(1 + dataParallel.prefetchDepth)
             log("memory working set: ZeRO-3 gathers at most \(8 * (roots + others.reduce(0, +))) bytes at once (values and gradients of the root units and of \(others.count) others)")
@@ -595,16 +599,24 @@ public final class Trainer {
         let parameters = 4 * (config.zeroStage >= 3 && n > 1 ? owned : psi)
         let gradients = 4 * (config.zeroStage >= 2 && n > 1 ? owned : psi)
         let state = stateBytesPerParameter * owned
-        let k = Double(stateBytesPerParameter), p = Double(psi), nn = Double(n)
-        let formula: Double, text: String
+        let k = Double(stateBytesPerParameter)
+        let formula: (Double, Double) -> Double, text: String
         switch config.zeroStage {
-        case 0: formula = (8 + k) * p; text = "(4 + 4 + \(Int(k)))Ψ"
-        case 1: formula = 8 * p + k * p / nn; text = "8Ψ + \(Int(k))Ψ/N"
-        case 2: formula = 4 * p + (4 + k) * p / nn; text = "4Ψ + \(4 + Int(k))Ψ/N"
-        default: formula = (8 + k) * p / nn; text = "\(8 + Int(k))Ψ/N"
+        case 0: formula = { p, _ in (8 + k) * p }; text = "(4 + 4 + \(Int(k)))Ψ"
+        case 1: formula = { p, nn in 8 * p + k * p / nn }; text = "8Ψ + \(Int(k))Ψ/N"
+        case 2: formula = { p, nn in 4 * p + (4 + k) * p / nn }; text = "4Ψ + \(4 + Int(k))Ψ/N"
+        default: formula = { p, nn in (8 + k) * p / nn }; text = "\(8 + Int(k))Ψ/N"
         }
-        return (parameters, gradients, state, parameters + gradients + state, formula,
-                format("%@ with Ψ = %d, N = %d: %.1f bytes", text, psi, n, formula))
+        // Under expert parallelism this rank's experts are sharded over the ranks holding the same ones.
+        if let experts = dataParallel?.experts {
+            let e = experts.range.count, ne = experts.group.worldSize
+            let total = formula(Double(psi - e), Double(n)) + formula(Double(e), Double(ne))
+            return (parameters, gradients, state, parameters + gradients + state, total,
+                    format("%@ with Ψ = %d (dense, N = %d) + %d (experts, N = %d): %.1f bytes", text, psi - e, n, e, ne, total))
+        }
+        let total = formula(Double(psi), Double(n))
+        return (parameters, gradients, state, parameters + gradients + state, total,
+                format("%@ with Ψ = %d, N = %d: %.1f bytes", text, psi, n, total))
     }
 
     /// The layout, and what one rank holds of the block weights (about 1/tensor_parallel of them).

@@ -47,6 +47,9 @@ extension DataParallel: ParameterUnitHooks {
         if backward || (reshardAfterForward && !rootUnits.contains(u) && u != firstBackwardUnit) { release(u) }
     }
 
+    /// Floats in each unit.
+    public var unitSizes: [Int] { units.map { $0.reduce(0) { $0 + $1.count } } }
+
     /// The unit backward reads first after the roots: the last non-root unit it uses.
     var firstBackwardUnit: Int? { units.indices.filter { !rootUnits.contains($0) && backwardUnits.contains($0) }.max() }
 
@@ -62,7 +65,7 @@ extension DataParallel: ParameterUnitHooks {
     func release(_ u: Int) {
         guard unitState[u] == .gathered else { return }
         unitState[u] = .released
-        releaseOthersPieces(of: units[u], in: parameters.values)
+        for range in units[u] { releaseOthersPieces(of: range, in: parameters.values) }
     }
 
     /// Every unit whole on every rank until `unpinParameters` (evaluation, checkpoints, the replica
@@ -97,14 +100,18 @@ extension DataParallel: ParameterUnitHooks {
     }
 
     /// Draws the model unit by unit, keeping only this rank's pieces of each as soon as it is complete
-    /// (every rank draws the same values from the same seed, so nothing is sent). Returns a CRC-32C of
-    /// the whole model as drawn, for the ranks to compare.
-    public func initializeSharded(_ model: ParameterUnits, seed: UInt64) -> UInt32 {
+    /// (every rank draws the same values from the same seed, so nothing is sent). Returns CRC-32Cs of
+    /// the model as drawn, for the ranks to compare: of the tensors the data-parallel group holds alike,
+    /// and of the experts, which under expert parallelism only the expert-data-parallel group does.
+    public func initializeSharded(_ model: ParameterUnits, seed: UInt64) -> (replicated: UInt32, experts: UInt32) {
         var next = 0
-        var crc: UInt32 = 0
+        var crc: (replicated: UInt32, experts: UInt32) = (0, 0)
         model.initialize(seed: seed) { offset in
-            while next < units.count && units[next].upperBound <= offset {
-                crc = ddp_crc32c(crc, parameters.values.base + units[next].lowerBound, units[next].count * 4)
+            while next < units.count && units[next].allSatisfy({ $0.upperBound <= offset }) {
+                for range in units[next] {
+                    let sum = ddp_crc32c(isExpertBucket(range) ? crc.experts : crc.replicated, parameters.values.base + range.lowerBound, range.count * 4)
+                    if isExpertBucket(range) { crc.experts = sum } else { crc.replicated = sum }
+                }
                 condition.lock()
                 unitState[next] = .gathered
                 release(next)

@@ -202,6 +202,10 @@ final class PlannerTests: XCTestCase {
                        c.allreduce(bytes: dense, ranks: 4), accuracy: 1e-12)
         XCTAssertEqual(plan.gradientCommunication(ep1, dataParallel: 4, gradientBytes: dense + experts, expertGradientBytes: 0, compute: 0),
                        c.allreduce(bytes: dense + experts, ranks: 4), accuracy: 1e-12)
+        // ZeRO-3 gathers and reduce-scatters the experts on their pairs too: three halves of each group's.
+        ep2.zeroStage = 3
+        XCTAssertEqual(plan.gradientCommunication(ep2, dataParallel: 4, gradientBytes: dense + experts, expertGradientBytes: experts, compute: 1),
+                       3 * (c.half(bytes: dense, ranks: 4) + c.half(bytes: experts, ranks: 2)), accuracy: 1e-12)
     }
 
     /// A later pipeline stage is timed on inputs that differ from row to row, so its mixture's router

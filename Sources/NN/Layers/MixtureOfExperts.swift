@@ -118,6 +118,13 @@ public final class MixtureOfExperts {
         if bias { layout.add(name + ".experts.c_proj.bias", [local, c]) }
     }
 
+    /// The experts' tensors in the flat buffer (registerExperts lays them out together; the router is
+    /// the block's).
+    public var parameterRange: Range<Int> {
+        let last = projectionBias ?? projectionWeight
+        return fcWeight.offset..<(last.offset + last.value.count)
+    }
+
     var experts: Int { configuration.experts }
     var topK: Int { configuration.topK }
 
