@@ -3,9 +3,9 @@
 #   quality: the dense recipe and its MoE version (4 experts, top-2, every other block, capacity factor
 #     1.25, load-balancing loss 0.01), one rank each, QUALITY_ITERS steps (default 2000): validation loss
 #     at every evaluation side by side and both loss curves in one SVG (runs/bench-moe/loss-curves.svg);
-#   speed: the MoE recipe on 2 ranks (6 sequences each) at expert_parallel 1 and 2, ITERS steps (default
-#     200), ROUNDS rounds in turn (default 2), each layout's best: tokens/s, exposed data-parallel
-#     communication, all-to-all time and volume per step;
+#   speed: the MoE recipe on 2 ranks (6 sequences each) at expert_parallel 1 and 2, and at ep 2 with
+#     ZeRO 1, 2 and 3, ITERS steps (default 200), ROUNDS rounds in turn (default 2), each layout's best:
+#     tokens/s, exposed data-parallel communication, all-to-all time and volume per step, peak RSS;
 #   balance: one rank, BALANCE_ITERS steps (default 1000), with the load-balancing loss and without: the
 #     busiest expert's tokens over the mean, per MoE block, averaged over 50-step windows and over the
 #     last window.
@@ -89,24 +89,28 @@ if [[ " $parts " == *" speed "* ]]; then
 echo
 echo "## Speed: MoE recipe, 2 ranks x 6 sequences, $iters steps, best of $rounds rounds"
 echo
-declare -A best=() line=()
+declare -A best=() line=() rss=()
+layouts=("1 0" "2 0" "2 1" "2 2" "2 3") # expert_parallel, zero_stage
 for round in $(seq "$rounds"); do
-  for ep in 1 2; do
-    launch "speed-ep$ep-$round" 2 "${moe[@]}" --set batch_size=6 --set max_iters="$iters" --set eval_interval=1000000 \
-      --set eval_iters=1 --set log_interval="$iters" --set expert_parallel="$ep"
-    tps=$(grep -oE "training \(mean over ranks\), [0-9]+ tokens/s" "$work/speed-ep$ep-$round.log" | grep -oE "[0-9]+ tokens" | grep -oE "[0-9]+")
-    if [[ -z "${best[$ep]:-}" || "$tps" -gt "${best[$ep]}" ]]; then
-      best[$ep]=$tps; line[$ep]=$(grep "iter $iters/$iters" "$work/speed-ep$ep-$round.log" | tail -1)
+  for layout in "${layouts[@]}"; do
+    read -r ep zero <<<"$layout"; key="ep$ep-zero$zero"
+    launch "speed-$key-$round" 2 "${moe[@]}" --set batch_size=6 --set max_iters="$iters" --set eval_interval=1000000 \
+      --set eval_iters=1 --set log_interval="$iters" --set expert_parallel="$ep" --set zero_stage="$zero"
+    tps=$(grep -oE "training \(mean over ranks\), [0-9]+ tokens/s" "$work/speed-$key-$round.log" | grep -oE "[0-9]+ tokens" | grep -oE "[0-9]+")
+    if [[ -z "${best[$key]:-}" || "$tps" -gt "${best[$key]}" ]]; then
+      best[$key]=$tps; line[$key]=$(grep "iter $iters/$iters" "$work/speed-$key-$round.log" | tail -1)
+      rss[$key]=$(grep -oE "peak RSS per rank, MiB: .*" "$work/speed-$key-$round.log" | tail -1 | sed 's/peak RSS per rank, MiB: //')
     fi
   done
 done
-echo "| expert_parallel | tokens/s | vs ep 1 | exposed DP comm | all-to-all per step |"
-echo "|---:|---:|---:|---|---|"
-for ep in 1 2; do
-  exposed=$(grep -oE "exposed comm [0-9.]+ ms \([0-9.]+%\)" <<<"${line[$ep]}" | sed 's/exposed comm //')
-  a2a=$(grep -oE "all-to-all [0-9.]+ ms/iter \([0-9]+ calls, [0-9.]+ MB sent per rank\)" <<<"${line[$ep]}" | sed 's/all-to-all //' || true)
-  ratio=$(python3 -c "print(f'{${best[$ep]} / ${best[1]}:.3f}x')")
-  echo "| $ep | ${best[$ep]} | $ratio | $exposed | ${a2a:-none (every rank holds every expert)} |"
+echo "| expert_parallel | zero_stage | tokens/s | vs ep 1 | exposed DP comm | all-to-all per step | peak RSS per rank, MiB |"
+echo "|---:|---:|---:|---:|---|---|---|"
+for layout in "${layouts[@]}"; do
+  read -r ep zero <<<"$layout"; key="ep$ep-zero$zero"
+  exposed=$(grep -oE "exposed comm [0-9.]+ ms \([0-9.]+%\)" <<<"${line[$key]}" | sed 's/exposed comm //')
+  a2a=$(grep -oE "all-to-all [0-9.]+ ms/iter \([0-9]+ calls, [0-9.]+ MB sent per rank\)" <<<"${line[$key]}" | sed 's/all-to-all //' || true)
+  ratio=$(python3 -c "print(f'{${best[$key]} / ${best[ep1-zero0]}:.3f}x')")
+  echo "| $ep | $zero | ${best[$key]} | $ratio | $exposed | ${a2a:-none (every rank holds every expert)} | ${rss[$key]:-?} |"
 done
 fi
 
