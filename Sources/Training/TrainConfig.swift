@@ -359,8 +359,6 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         try require(pipelineParallel == 1 || expertParallel == 1, .expertParallel, "does not combine with pipeline_parallel yet (experts on pipeline stages train with expert_parallel 1)")
         try require(pipelineParallel == 1 || pipelineSchedule != .zeroBubbleH1, .pipelineSchedule,
                     "zb-h1 splits each backward into input and weight passes, which mixture-of-experts blocks do not: use 1f1b, gpipe or interleaved")
-        try require(checkpointFormat == .single || expertParallel == 1, .checkpointFormat,
-                    "sharded checkpoints do not combine with expert_parallel yet")
     }
 
     /// The mixture-of-experts part of the GPT's configuration (nil: dense).

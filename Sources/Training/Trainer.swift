@@ -763,22 +763,36 @@ public final class Trainer {
 
     /// checkpoint_format sharded: every data-parallel rank writes the pieces it owns (ZeRO-1/2/3: its
     /// pieces of every bucket or unit, with its optimizer state; without ZeRO: 1/N of the buffer), with no
-    /// gather, then rank 0 writes the index. Collective over the data-parallel group.
+    /// gather, then rank 0 writes the index. Under expert parallelism the experts are split over the ranks
+    /// holding the same ones and each piece goes where it lies in the one-rank layout. Collective over the
+    /// data-parallel group.
     func saveShardedCheckpoint(to path: String, reason: String) throws {
         let parameters = task.parameters
         let n = dataSize, r = groups.data.rank
         let sharded = dataParallel?.shardOptimizer ?? false
-        let ranges = sharded ? dataParallel!.ownedRanges(of: r) : [segmentRange(count: parameters.count, parts: n, index: r)]
+        var ranges = [segmentRange(count: parameters.count, parts: n, index: r)]
+        if sharded { ranges = dataParallel!.ownedRanges(of: r) }
+        else if let experts = dataParallel?.experts {
+            let dense = experts.range.upperBound..<parameters.count, segment = segmentRange(count: dense.count, parts: n, index: r)
+            ranges = [segmentRange(count: experts.range.count, parts: experts.group.worldSize, index: experts.group.rank),
+                      (dense.lowerBound + segment.lowerBound)..<(dense.lowerBound + segment.upperBound)]
+        }
         var pieces: [(buffer: String, start: Int, values: UnsafeBufferPointer<Float>)] = []
         var finite = true
         var packedAt = 0
         for range in ranges where !range.isEmpty {
-            let values = UnsafeBufferPointer(rebasing: parameters.values.buffer[range])
-            finite = finite && allFinite(values.baseAddress!, count: values.count)
-            pieces.append(("values", range.lowerBound, values))
-            for (name, buffer) in optimizer.state {
-                let slice = sharded ? packedAt..<(packedAt + range.count) : range
-                pieces.append(("optimizer." + name, range.lowerBound, UnsafeBufferPointer(rebasing: buffer.buffer[slice])))
+            guard let places = localSharding.fullPieces(ofLocal: range) else {
+                throw TrainingError("a sharded checkpoint cannot place this layout's tensors in the one-rank layout")
+            }
+            for (piece, fullStart) in places {
+                let values = UnsafeBufferPointer(rebasing: parameters.values.buffer[piece])
+                finite = finite && allFinite(values.baseAddress!, count: values.count)
+                pieces.append(("values", fullStart, values))
+                for (name, buffer) in optimizer.state {
+                    let at = packedAt + piece.lowerBound - range.lowerBound
+                    let slice = sharded ? at..<(at + piece.count) : piece
+                    pieces.append(("optimizer." + name, fullStart, UnsafeBufferPointer(rebasing: buffer.buffer[slice])))
+                }
             }
             packedAt += range.count
         }
@@ -797,7 +811,7 @@ public final class Trainer {
         guard r == 0 else { return }
         try ShardedCheckpoint.writeIndex(to: path, save: save, world: n, metadata: checkpointMetadata(),
                                          parameters: task.sharding.fullParameters.map { ($0.name, $0.shape, $0.offset) },
-                                         flatCount: parameters.count, state: optimizer.state.map(\.name))
+                                         flatCount: task.sharding.fullCount, state: optimizer.state.map(\.name))
         log("checkpoint: wrote \(path) at iteration \(iteration) (\(reason)), \(n) shard(s)")
     }
 

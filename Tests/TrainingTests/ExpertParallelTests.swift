@@ -115,6 +115,38 @@ final class ExpertParallelTests: XCTestCase {
         XCTAssertLessThan(worst, 1e-5, "ZeRO-3 ep 2 continues the checkpoint differently: \(worst) relative")
     }
 
+    /// Sharded checkpoints under expert parallelism (4 ranks, ep 2, 6 steps): written without ZeRO and at
+    /// ZeRO-3, each consolidates to exactly the single file the same layout writes (every tensor bitwise:
+    /// each rank's experts go where they lie in the one-rank layout, split over the ranks holding the same
+    /// ones); loaded by ep 1 on 2 ranks and by ep 4 at ZeRO-2 and saved again at once, the same bytes.
+    func testShardedCheckpointUnderExpertParallelism() throws {
+        func tensors(_ path: String) throws -> [String: [UInt32]] {
+            try LoadedCheckpoint(path: path).tensors.mapValues { $0.values.map(\.bitPattern) }
+        }
+        let settings = ["--set", "moe_top_k=2", "--set", "max_iters=6", "--set", "expert_parallel=2"]
+        var sharded = ""
+        for stage in [0, 3] {
+            let one = try run("sharded-ep2-zero\(stage)", 4, settings + ["--set", "zero_stage=\(stage)", "--set", "checkpoint_format=sharded"]).dir
+            let single = try run("single-ep2-zero\(stage)", 4, settings + ["--set", "zero_stage=\(stage)"]).dir
+            let consolidated = one + "/consolidated.safetensors"
+            let tool = try runToEnd(Self.buildDirectory + "/ddp-train", ["consolidate", one + "/ckpt.sharded", consolidated])
+            XCTAssertEqual(tool.status, 0, tool.output)
+            let expected = try tensors(single + "/ckpt.safetensors")
+            XCTAssertTrue(expected.keys.contains("optimizer.adamw.m"), "\(expected.keys.sorted())")
+            XCTAssertEqual(try tensors(consolidated), expected, "ZeRO-\(stage): the consolidated sharded checkpoint differs from the single file")
+            sharded = one
+        }
+        let gathered = try tensors(sharded + "/consolidated.safetensors")
+        for (n, ep, stage) in [(2, 1, 0), (4, 4, 2)] {
+            let dir = scratchDirectory("moe-sharded-resume-\(n)-\(ep)")
+            try FileManager.default.copyItem(atPath: sharded + "/ckpt.sharded", toPath: dir + "/ckpt.sharded")
+            let result = try launch(n, common + ["--set", "moe_top_k=2", "--set", "max_iters=6", "--set", "expert_parallel=\(ep)",
+                                                 "--set", "zero_stage=\(stage)", "--set", "checkpoint_format=sharded", "--out-dir", dir, "--resume"])
+            XCTAssertEqual(result.status, 0, result.output)
+            XCTAssertEqual(try tensors(dir + "/ckpt.sharded"), gathered, "resaved at ep \(ep), N \(n), ZeRO-\(stage): not the same bytes")
+        }
+    }
+
     /// A checkpoint written at ep 2 holds every expert in the one-rank shapes; it resumes at ep 1 (2
     /// ranks) and at ep 4 (4 ranks) to the same losses as ep 2 itself continuing, and sampling reads it.
     func testCheckpointMovesBetweenExpertParallelSizes() throws {

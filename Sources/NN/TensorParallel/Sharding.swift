@@ -63,6 +63,26 @@ public struct ParameterSharding: Sendable {
     /// Names, shapes and offsets of the full model (what checkpoints hold).
     public var fullParameters: [(name: String, shape: [Int], offset: Int)] { shards.map { ($0.local.name, $0.fullShape, $0.fullOffset) } }
 
+    /// Where the local range `range` lies in the full layout, cut at tensor boundaries: (local piece,
+    /// its full offset). Only replicated tensors and tensors split into whole rows (`rows(blocks: 1)`, no
+    /// padding: expert parallelism's stacked experts) map to one full range each; nil for the others.
+    public func fullPieces(ofLocal range: Range<Int>) -> [(local: Range<Int>, fullStart: Int)]? {
+        var pieces: [(local: Range<Int>, fullStart: Int)] = []
+        for shard in shards {
+            let tensor = shard.local.offset..<(shard.local.offset + shard.local.value.count)
+            let piece = tensor.clamped(to: range)
+            guard !piece.isEmpty else { continue }
+            let start: Int
+            switch shard.kind {
+            case .replicated: start = shard.fullOffset
+            case .rows(blocks: 1) where shard.fullCount == size * tensor.count: start = shard.fullOffset + rank * tensor.count
+            default: return nil
+            }
+            pieces.append((piece, start + piece.lowerBound - tensor.lowerBound))
+        }
+        return pieces
+    }
+
     /// Local ranges whose values are the same on every rank of the group.
     public var replicatedRanges: [Range<Int>] { ranges { $0.kind == .replicated } }
     public var shardedRanges: [Range<Int>] { ranges { $0.kind != .replicated } }
