@@ -5,7 +5,8 @@
 #     at every evaluation side by side and both loss curves in one SVG (runs/bench-moe/loss-curves.svg);
 #   speed: the MoE recipe on 2 ranks (6 sequences each) at expert_parallel 1 and 2, and at ep 2 with
 #     ZeRO 1, 2 and 3, ITERS steps (default 200), ROUNDS rounds in turn (default 2), each layout's best:
-#     tokens/s, exposed data-parallel communication, all-to-all time and volume per step, peak RSS;
+#     tokens/s, exposed data-parallel communication, all-to-all time and volume per step, peak RSS
+#     (checkpoints sharded, so no rank gathers the model or the optimizer state to save it);
 #   balance: one rank, BALANCE_ITERS steps (default 1000), with the load-balancing loss and without: the
 #     busiest expert's tokens over the mean, per MoE block, averaged over 50-step windows and over the
 #     last window.
@@ -95,7 +96,7 @@ for round in $(seq "$rounds"); do
   for layout in "${layouts[@]}"; do
     read -r ep zero <<<"$layout"; key="ep$ep-zero$zero"
     launch "speed-$key-$round" 2 "${moe[@]}" --set batch_size=6 --set max_iters="$iters" --set eval_interval=1000000 \
-      --set eval_iters=1 --set log_interval="$iters" --set expert_parallel="$ep" --set zero_stage="$zero"
+      --set eval_iters=1 --set log_interval="$iters" --set expert_parallel="$ep" --set zero_stage="$zero" --set checkpoint_format=sharded
     tps=$(grep -oE "training \(mean over ranks\), [0-9]+ tokens/s" "$work/speed-$key-$round.log" | grep -oE "[0-9]+ tokens" | grep -oE "[0-9]+")
     if [[ -z "${best[$key]:-}" || "$tps" -gt "${best[$key]}" ]]; then
       best[$key]=$tps; line[$key]=$(grep "iter $iters/$iters" "$work/speed-$key-$round.log" | tail -1)
