@@ -22,6 +22,8 @@ public final class GPTStage {
     public let isFirst: Bool, isLast: Bool
     public let parameters: ParameterSet
     public let parallel: TensorParallelism?
+    /// Under expert parallelism: the group its mixtures exchange tokens with.
+    public let exchange: ExpertExchange?
     /// This tensor rank's rows of the tied embedding/head (all of them without tensor parallelism).
     public let vocabulary: VocabularyShard
     let workspace = Workspace()
@@ -52,17 +54,21 @@ public final class GPTStage {
     /// `parameters` may be a set shared with the rank's other stages (one optimizer, one gradient
     /// buffer), registered with `register`; by default the stage makes its own. `parallel` splits the
     /// stage over a tensor-parallel group.
+    /// `exchange` splits its mixtures' experts over an expert group (whose ranks run the same stage).
     public init(_ configuration: GPTConfiguration, layers: Range<Int>, isFirst: Bool, isLast: Bool, slots: Int,
-                parameters shared: ParameterSet? = nil, parallel: TensorParallelism? = nil) {
+                parameters shared: ParameterSet? = nil, parallel: TensorParallelism? = nil, exchange: ExpertExchange? = nil) {
         precondition(slots >= 1 && layers.lowerBound >= 0 && layers.upperBound <= configuration.layers)
         let parallel = (parallel?.size ?? 1) > 1 ? parallel : nil
         precondition(configuration.heads % (parallel?.size ?? 1) == 0, "n_head \(configuration.heads) not divisible by the tensor-parallel size")
         self.configuration = configuration; self.layers = layers; self.isFirst = isFirst; self.isLast = isLast
         self.parallel = parallel
+        let exchange = (exchange?.size ?? 1) > 1 ? exchange : nil
+        self.exchange = exchange
         vocabulary = VocabularyShard(vocabulary: configuration.vocabularySize, rank: parallel?.rank ?? 0, size: parallel?.size ?? 1)
         let parameters = shared ?? {
             var layout = ParameterSet.Layout()
-            GPTStage.register(&layout, configuration, layers: layers, isFirst: isFirst, isLast: isLast, parts: parallel?.size ?? 1)
+            GPTStage.register(&layout, configuration, layers: layers, isFirst: isFirst, isLast: isLast, parts: parallel?.size ?? 1,
+                              expertParts: exchange?.size ?? 1)
             return ParameterSet(layout: layout)
         }()
         self.parameters = parameters
@@ -70,7 +76,7 @@ public final class GPTStage {
         self.slots = (0..<slots).map { _ in
             Slot(blocks: layers.map { TransformerBlock(parameters, "transformer.h.\($0)", heads: configuration.heads, hasBias: configuration.bias,
                                                        workspace: workspace, parallel: parallel, gelu: configuration.gelu,
-                                                       experts: configuration.experts(inLayer: $0)) },
+                                                       experts: configuration.experts(inLayer: $0), exchange: exchange) },
                  finalNorm: isLast ? LayerNormLayer(parameters, "transformer.ln_f", hasBias: configuration.bias) : nil)
         }
     }
@@ -79,16 +85,13 @@ public final class GPTStage {
 
     /// The stage's tensors, under the full model's names: the tied embedding on the first and the last
     /// stage, the position embedding on the first, the final LayerNorm on the last. `parts`: the
-    /// tensor-parallel size (each rank registers its shard).
+    /// tensor-parallel size (each rank registers its shard), `expertParts` the expert-parallel size.
+    /// `experts: false` leaves the experts out (a rank of several stages registers all of theirs first).
     public static func register(_ layout: inout ParameterSet.Layout, _ configuration: GPTConfiguration, layers: Range<Int>,
-                                isFirst: Bool, isLast: Bool, parts: Int = 1) {
+                                isFirst: Bool, isLast: Bool, parts: Int = 1, expertParts: Int = 1, experts: Bool = true) {
         let c = configuration.embedding
         // Experts first among the stage's tensors, as GPT orders them.
-        for l in layers {
-            if let moe = configuration.experts(inLayer: l) {
-                MixtureOfExperts.registerExperts(&layout, "transformer.h.\(l).mlp", channels: c, configuration: moe, bias: configuration.bias, parts: 1)
-            }
-        }
+        if experts { registerExperts(&layout, configuration, layers: layers, parts: expertParts) }
         let vocabularyRows = VocabularyShard(vocabulary: configuration.vocabularySize, rank: 0, size: parts).rows
         if isFirst || isLast { layout.add(tiedEmbedding, [vocabularyRows, c]) }
         if isFirst { layout.add("transformer.wpe.weight", [configuration.blockSize, c]) }
@@ -97,6 +100,16 @@ public final class GPTStage {
                                       experts: configuration.experts(inLayer: l))
         }
         if isLast { LayerNormLayer.register(&layout, "transformer.ln_f", features: c, bias: configuration.bias) }
+    }
+
+    /// The stacked experts of the mixtures in `layers`, this expert rank's `1/parts` of each.
+    public static func registerExperts(_ layout: inout ParameterSet.Layout, _ configuration: GPTConfiguration, layers: Range<Int>, parts: Int = 1) {
+        for l in layers {
+            if let moe = configuration.experts(inLayer: l) {
+                MixtureOfExperts.registerExperts(&layout, "transformer.h.\(l).mlp", channels: configuration.embedding, configuration: moe,
+                                                 bias: configuration.bias, parts: parts)
+            }
+        }
     }
 
     /// Drops the micro-batch a forward-only pass (evaluation) left in `slot`.
@@ -108,20 +121,27 @@ public final class GPTStage {
     /// Draws the whole model from `seed` as one rank would and keeps this stage's tensors, so any
     /// pipeline starts from the same model as one rank.
     public func initialize(seed: UInt64) {
-        GPTStage.initialize(parameters, configuration, parallel: parallel, seed: seed)
+        GPTStage.initialize(parameters, configuration, parallel: parallel, exchange: exchange, seed: seed)
     }
 
-    /// `parameters` (one or more stages' tensors, this tensor rank's shards) drawn as one rank draws the whole model.
-    public static func initialize(_ parameters: ParameterSet, _ configuration: GPTConfiguration, parallel: TensorParallelism?, seed: UInt64) {
+    /// `parameters` (one or more stages' tensors, this tensor or expert rank's shards) drawn as one rank
+    /// draws the whole model.
+    public static func initialize(_ parameters: ParameterSet, _ configuration: GPTConfiguration, parallel: TensorParallelism?,
+                                  exchange: ExpertExchange? = nil, seed: UInt64) {
         let full = GPT(configuration)
         full.initialize(seed: seed)
-        sharding(parameters, configuration, parallel: parallel)
+        sharding(parameters, configuration, parallel: parallel, exchange: exchange)
             .scatter(whole: full.parameters.values.base, layout: full.parameters, into: parameters.values.base)
     }
 
-    /// How stage tensors in `parameters` relate to the whole tensors (GPT's tensor-parallel sharding).
-    public static func sharding(_ parameters: ParameterSet, _ configuration: GPTConfiguration, parallel: TensorParallelism?) -> ParameterSharding {
-        GPT.sharding(parameters, configuration: configuration, rank: parallel?.rank ?? 0, size: parallel?.size ?? 1)
+    /// How stage tensors in `parameters` relate to the whole tensors (GPT's tensor-parallel sharding, or
+    /// its expert sharding under expert parallelism).
+    public static func sharding(_ parameters: ParameterSet, _ configuration: GPTConfiguration, parallel: TensorParallelism?,
+                                exchange: ExpertExchange? = nil) -> ParameterSharding {
+        if let exchange, exchange.size > 1 {
+            return GPT.expertSharding(parameters, configuration: configuration, rank: exchange.rank, size: exchange.size)
+        }
+        return GPT.sharding(parameters, configuration: configuration, rank: parallel?.rank ?? 0, size: parallel?.size ?? 1)
     }
 
     /// The mixture of block `layer` in every slot (its statistics are per slot); empty for a dense block

@@ -27,6 +27,10 @@ public final class ParameterSet: @unchecked Sendable {
         public var totalCount: Int { entries.reduce(0) { $0 + $1.shape.reduce(1, *) } }
         /// The tensors' names, in order.
         public var names: [String] { entries.map(\.name) }
+        /// Floats of the tensors whose names `include` accepts.
+        public func count(where include: (String) -> Bool) -> Int {
+            entries.filter { include($0.name) }.reduce(0) { $0 + $1.shape.reduce(1, *) }
+        }
     }
 
     public init(layout: Layout) {

@@ -22,7 +22,8 @@ public final class PipelineGPTTask: TrainingTask {
     /// The full model's names and shapes, for checkpoints (which always hold the whole model).
     let full: GPT
 
-    public init(config: TrainConfig, text: CharText, rank: Int, ranks: Int = 1, pipeline: ProcessGroup, parallel: TensorParallelism? = nil) throws {
+    public init(config: TrainConfig, text: CharText, rank: Int, ranks: Int = 1, pipeline: ProcessGroup, parallel: TensorParallelism? = nil,
+                exchange: ExpertExchange? = nil) throws {
         self.config = config
         self.text = text
         self.rank = rank
@@ -33,7 +34,7 @@ public final class PipelineGPTTask: TrainingTask {
         let schedule = try PipelineSchedule(config.pipelineSchedule, pipelineParallel: config.pipelineParallel,
                                             microbatches: config.microbatches, virtualStages: config.virtualStages)
         do {
-            runner = try PipelineRunner(schedule: schedule, group: pipeline, configuration: configuration, parallel: parallel)
+            runner = try PipelineRunner(schedule: schedule, group: pipeline, configuration: configuration, parallel: parallel, exchange: exchange)
         } catch let error as LayoutError {
             throw ConfigError(key: error.key, error.reason)
         }
@@ -94,6 +95,17 @@ public final class PipelineGPTTask: TrainingTask {
                 let (x, y) = CharText.sampleBatch(from: split, batchSize: config.batchSize, time: config.blockSize, using: &evalRng)
                 return TokenBatch(tokens: x, targets: y, batchSize: config.batchSize, time: config.blockSize)
             }
+            if runner.exchange != nil {
+                // Every forward exchanges tokens over the expert group, whose ranks evaluate different
+                // shares: each runs as many forwards, one batch at a time, a rank short of one dropping it.
+                var sum = 0.0, count = 0.0
+                for k in evaluationBatches(batches.count, part: part, parts: parts, evenly: true) {
+                    let loss = Double(try runner.evaluate([batches[k ?? min(part, batches.count - 1)]]))
+                    if k != nil { sum += loss; count += 1 }
+                }
+                results.append(EvaluationShare("\(name) loss", sum: sum, count: count))
+                continue
+            }
             let mine = evaluationBatches(batches.count, part: part, parts: parts, evenly: false).compactMap { $0 }.map { batches[$0] }
             let mean = mine.isEmpty ? 0 : Double(try runner.evaluate(mine))
             results.append(EvaluationShare("\(name) loss", sum: mean * Double(mine.count), count: Double(mine.count)))
@@ -146,12 +158,13 @@ public final class PipelineGPTTask: TrainingTask {
 
     /// Sum of squares of this rank's gradients inside `ranges` (ZeRO-1: the pieces it owns), the tied
     /// embedding counted on the first stage's rank only (its two copies hold the same summed gradient),
-    /// replicated tensors on tensor rank 0 only.
-    func gradientSquares(in ranges: [Range<Int>]) -> Double {
-        let holdsFirst = runner.stages[0] != nil, tensorRankZero = runner.sharding.rank == 0
+    /// replicated tensors on tensor (or expert) rank 0 only unless `replicatedEverywhere` (ZeRO under
+    /// expert parallelism: the data-parallel pieces already count each once).
+    func gradientSquares(in ranges: [Range<Int>], replicatedEverywhere: Bool = false) -> Double {
+        let holdsFirst = runner.stages[0] != nil, rankZero = runner.sharding.rank == 0 || replicatedEverywhere
         var sum = 0.0
         for shard in runner.sharding.shards where (shard.local.name != GPTStage.tiedEmbedding || holdsFirst)
-                                                  && (shard.kind != .replicated || tensorRankZero) {
+                                                  && (shard.kind != .replicated || rankZero) {
             let p = shard.local
             for range in ranges {
                 let r = range.clamped(to: p.offset..<(p.offset + p.value.count))

@@ -265,8 +265,9 @@ public struct LayoutPlanner {
     func localParameters(_ c: TrainConfig, schedule: PipelineSchedule?, pipelineRank: Int) throws
         -> (count: Int, units: [[Range<Int>]]?, expertEnd: Int, readyOffsets: [Int]) {
         if let schedule {
-            return (try PipelineRunner.layout(schedule: schedule, configuration: configuration, rank: pipelineRank, parts: c.tensorParallel).totalCount,
-                    nil, 0, [0])
+            let layout = try PipelineRunner.layout(schedule: schedule, configuration: configuration, rank: pipelineRank, parts: c.tensorParallel,
+                                                   expertParts: c.expertParallel)
+            return (layout.totalCount, nil, c.expertParallel > 1 ? PipelineRunner.expertCount(of: layout) : 0, [0])
         }
         let gpt = GPT(configuration,
                       parallel: c.tensorParallel > 1 ? TensorParallelism(communicator: LocalOnly(rank: 0, size: c.tensorParallel),
@@ -587,7 +588,12 @@ public struct LayoutPlanner {
             // A probed pipeline's hand-offs are in its step already (each waited out on the send thread).
             if pp > 1 && !pipelineProbed { comm += microbatches * 2 * communication.pointToPoint(bytes: activationBytes) * sharedCores() }
             if ep > 1, let moe = config.experts {
-                let mixtures = moe.expertLayers(of: config.nLayer).count
+                // A pipeline rank exchanges tokens for the mixtures of its stages only (the busiest rank's).
+                var mixtures = moe.expertLayers(of: config.nLayer).count
+                if let schedule {
+                    let ranges = try schedule.layerRanges(layers: config.nLayer), layers = Set(moe.expertLayers(of: config.nLayer))
+                    mixtures = (0..<pp).map { r in schedule.stages(ofRank: r).reduce(0) { $0 + ranges[$1].filter(layers.contains).count } }.max() ?? 0
+                }
                 comm += microbatches * Double(mixtures) * 4 * communication.allToAll(bytes: moe.topK * activationBytes, ranks: ep) * sharedCores()
             }
             // A probed pipeline's gradients were averaged in its step (PipelineStepEnd).

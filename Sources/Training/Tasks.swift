@@ -223,7 +223,8 @@ public func makeTask(_ config: TrainConfig, rank: Int = 0, worldSize: Int = 1, p
             throw ConfigError(key: "block_size", "\(config.blockSize) is not shorter than the smallest data split (\(shortest) characters)")
         }
         if let pipeline, config.pipelineParallel > 1 {
-            return try PipelineGPTTask(config: config, text: text, rank: rank, ranks: worldSize, pipeline: pipeline, parallel: parallel)
+            return try PipelineGPTTask(config: config, text: text, rank: rank, ranks: worldSize, pipeline: pipeline, parallel: parallel,
+                                       exchange: exchange)
         }
         return GPTTask(config: config, text: text, rank: rank, ranks: worldSize, parallel: parallel, exchange: exchange)
     case .mlp:

@@ -356,7 +356,6 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         try require(moeEvery >= 1 && moeEvery <= nLayer, .moeEvery, "must be in 1...n_layer (\(nLayer)), got \(moeEvery)")
         try require(nExperts % expertParallel == 0, .expertParallel, "\(expertParallel) does not divide n_experts \(nExperts)")
         try require(tensorParallel == 1, .nExperts, "a mixture of experts does not combine with tensor_parallel yet")
-        try require(pipelineParallel == 1 || expertParallel == 1, .expertParallel, "does not combine with pipeline_parallel yet (experts on pipeline stages train with expert_parallel 1)")
         try require(pipelineParallel == 1 || pipelineSchedule != .zeroBubbleH1, .pipelineSchedule,
                     "zb-h1 splits each backward into input and weight passes, which mixture-of-experts blocks do not: use 1f1b, gpipe or interleaved")
     }

@@ -96,7 +96,8 @@ public final class Trainer {
                            shardOptimizer: config.zeroStage >= 1, shardGradients: config.zeroStage >= 2,
                            units: config.zeroStage >= 3 ? task.units : nil, reshardAfterForward: config.reshardAfterForward,
                            experts: groups.expertData.map { group in
-                               DataParallel.ExpertGradients(range: 0..<((task as? GPTTask)?.model.expertCount ?? 0), group: group,
+                               DataParallel.ExpertGradients(range: 0..<((task as? GPTTask)?.model.expertCount ?? (task as? PipelineGPTTask)?.runner.expertCount ?? 0),
+                                                            group: group,
                                                             expertParallel: config.expertParallel)
                            }, readyOffsets: task.gradientReadyOffsets)
             : nil
@@ -357,11 +358,14 @@ public final class Trainer {
         }
         try sumSequenceParallelPartials()
         // ZeRO-1: each replica holds the averaged gradient of its own pieces only; their squares add up
-        // over the data-parallel group, then over the tensor-parallel shards and the stages.
+        // over the data-parallel group, then over the tensor-parallel shards and the stages. Under expert
+        // parallelism without ZeRO the experts' squares add up over the expert group (the dense tensors
+        // counted on its rank 0); with ZeRO the data-parallel pieces hold every expert shard once.
         let sharded = dataParallel?.shardOptimizer ?? false
-        var squares = [Float(pipeline.gradientSquares(in: optimizer.ranges))]
+        var squares = [Float(pipeline.gradientSquares(in: optimizer.ranges, replicatedEverywhere: sharded && groups.expert != nil))]
         try squares.withUnsafeMutableBufferPointer { buffer in
             if sharded, let dataParallel { try allreduce(buffer, op: .sum, algorithm: .halvingDoubling, group: dataParallel.group) }
+            else if let expert = groups.expert { try allreduce(buffer, op: .sum, algorithm: .halvingDoubling, group: expert.group) }
             if let tensor { try tensor.allreduceSum(buffer) }
             try allreduce(buffer, options: CollectiveOptions(), group: pipeline.runner.group)
         }
@@ -647,10 +651,17 @@ public final class Trainer {
         log("mixture of experts: \(moe.experts) experts, top-\(moe.topK)\(moe.topK == 2 ? " (gates renormalised)" : ""), capacity "
             + (moe.capacityFactor > 0 ? "factor \(moe.capacityFactor) (ceil(\(moe.topK) x \(tokens) tokens / \(moe.experts) x \(moe.capacityFactor)) = \(moe.capacity(rows: tokens)) places per expert per micro-batch)" : "unlimited (dropless)")
             + ", load-balancing loss coefficient \(moe.auxiliaryLossCoefficient), in blocks \(layers)")
-        guard let gpt = task as? GPTTask, let expert = groups.expert, let layout = groups.layout else { return }
+        guard let expert = groups.expert, let layout = groups.layout,
+              let local = (task as? GPTTask)?.model.expertCount ?? (task as? PipelineGPTTask)?.runner.expertCount else { return }
         log("expert parallel: \(layout); each rank holds \(moe.experts / expert.size) of \(moe.experts) experts per mixture; per mixture 2 all-to-all-v forward (dispatch, combine) and 2 backward on the expert group, plus one of counts; expert gradients averaged over the expert-data-parallel group (\(layout.expertDataParallel) ranks\(groups.expertData?.arena != nil ? ", through its shared arena" : "")), dense ones over all \(dataSize)")
         for line in layout.table() { log("layout: " + line) }
-        let local = gpt.model.expertCount, full = task.sharding.fullCount - (task.parameters.count - local)
+        guard task is GPTTask else {
+            // A pipeline: rank 0's stages, whose experts the expert group splits.
+            return log(format("parameter memory: rank 0 holds %d of the model's %d parameters; its stages' experts %.2f MiB of %.2f MiB (1/%d)",
+                              task.parameters.count, task.sharding.fullCount, Double(local * 4) / 1048576, Double(local * expert.size * 4) / 1048576,
+                              expert.size))
+        }
+        let full = task.sharding.fullCount - (task.parameters.count - local)
         log(format("parameter memory: %d of the model's %d parameters on each rank; experts %.2f MiB of %.2f MiB (1/%d)",
                    task.parameters.count, task.sharding.fullCount, Double(local * 4) / 1048576, Double(full * 4) / 1048576, expert.size))
     }
@@ -822,7 +833,7 @@ public final class Trainer {
     /// `local` itself when it already is the full layout (no copy: a checkpoint would hold a second
     /// model for nothing). Collective on that group.
     func fullModel(_ local: FloatBuffer) throws -> FloatBuffer {
-        if let pipeline = task as? PipelineGPTTask { return try pipeline.fullModel(local, tensor: tensor?.group) }
+        if let pipeline = task as? PipelineGPTTask { return try pipeline.fullModel(local, tensor: tensor?.group ?? groups.expert?.group) }
         let sharding = task.sharding
         guard let group = tensor?.group ?? groups.expert?.group else { return local }
         return try Self.assembleOnRankZero(local, localCount: sharding.localCount, fullCount: sharding.fullCount, group: group) {

@@ -69,6 +69,31 @@ final class ExpertParallelTests: XCTestCase {
         }
     }
 
+    /// Expert parallelism on pipeline stages equals ep 1 on the same pipeline step by step (top-2,
+    /// capacity 1.0; bounds as above): pp 2 x dp 2 at ep 2 with ZeRO-1 (4 ranks), the interleaved
+    /// schedule with two stages per rank at ep 2 (4 layers, 4 ranks: a rank's experts of both stages
+    /// first in its buffer), and pp 2 x dp 4 at ep 2 with ZeRO-1 (8 ranks: the experts averaged and
+    /// sharded over pairs of each stage) and at ep 4. Evaluation figures are equal too (each rank of an
+    /// expert group runs as many evaluation forwards).
+    func testExpertParallelOnPipelineStagesMatchesEpOne() throws {
+        let pipeline = ["--set", "moe_top_k=2", "--set", "capacity_factor=1.0", "--set", "pipeline_parallel=2", "--set", "microbatches=2",
+                        "--set", "eval_interval=10", "--set", "eval_iters=3"]
+        func evals(_ output: String) -> [String] { output.split(separator: "\n").filter { $0.contains("] eval ") }.map(String.init) }
+        let interleaved = ["--set", "n_layer=4", "--set", "pipeline_schedule=interleaved", "--set", "virtual_stages=2"]
+        for (name, ranks, extra, layouts) in [("pp2", 4, [String](), [["--set", "expert_parallel=2", "--set", "zero_stage=1"]]),
+                                              ("interleaved", 4, interleaved, [["--set", "expert_parallel=2"]]),
+                                              ("pp2-dp4", 8, [], [["--set", "expert_parallel=2", "--set", "zero_stage=1"], ["--set", "expert_parallel=4"]])] {
+            let reference = try run("\(name)-ep1", ranks, pipeline + extra)
+            XCTAssertEqual(evals(reference.output).count, 3, reference.output)
+            for settings in layouts {
+                let layout = try run("\(name)-\(settings.joined())", ranks, pipeline + extra + settings)
+                XCTAssertTrue(layout.output.contains("its stages' experts"), layout.output)
+                XCTAssertEqual(evals(layout.output), evals(reference.output), "\(name) \(settings)")
+                try assertSameTraining(reference.dir, layout.dir, "\(name) \(settings)", steps: 20)
+            }
+        }
+    }
+
     /// ZeRO-2 and ZeRO-3 with a mixture, on 4 ranks, equal ep 1 without ZeRO step by step (top-2, capacity
     /// 1.0, as above; bounds as above): ZeRO-2 at ep 2 and ZeRO-3 at ep 2 and ep 1. Under ep 2 the
     /// experts are sharded over their expert-data-parallel pairs, the rest over all four ranks, and each
@@ -216,7 +241,6 @@ final class ExpertParallelTests: XCTestCase {
     func testUnsupportedCombinationsAreRefused() throws {
         for (settings, key) in [(["n_experts=4", "expert_parallel=3"], "expert_parallel"),
                                 (["n_experts=4", "tensor_parallel=2"], "n_experts"),
-                                (["n_experts=4", "pipeline_parallel=2", "expert_parallel=2"], "expert_parallel"),
                                 (["n_experts=4", "pipeline_parallel=2", "pipeline_schedule=zb-h1"], "pipeline_schedule"),
                                 (["n_experts=4", "moe_top_k=3"], "moe_top_k"),
                                 (["n_experts=1"], "n_experts"),

@@ -29,6 +29,10 @@ public final class PipelineRunner {
     /// How `parameters` relate to the whole tensors across the tensor-parallel group (unsharded without one).
     public let sharding: ParameterSharding
     public let parallel: TensorParallelism?
+    /// Under expert parallelism: the expert group of this rank's stages (its ranks run the same stages).
+    public let exchange: ExpertExchange?
+    /// Floats at the start of `parameters` that are expert tensors (0 for a dense model).
+    public let expertCount: Int
     let sender: PipelineSender
     /// The ranks of the first and the last stage, which both hold the tied embedding (nil elsewhere,
     /// and when one rank holds both).
@@ -52,19 +56,29 @@ public final class PipelineRunner {
     }
 
     /// One parameter set for all of pipeline rank `rank`'s stages (one optimizer, one gradient buffer).
-    /// `parts`: the tensor-parallel size.
-    public static func layout(schedule: PipelineSchedule, configuration: GPTConfiguration, rank: Int, parts: Int = 1) throws -> ParameterSet.Layout {
+    /// `parts`: the tensor-parallel size, `expertParts` the expert-parallel one. The experts of all its
+    /// stages come first, as in the GPT's buffer (data parallelism averages them over another group).
+    public static func layout(schedule: PipelineSchedule, configuration: GPTConfiguration, rank: Int, parts: Int = 1,
+                              expertParts: Int = 1) throws -> ParameterSet.Layout {
         let ranges = try schedule.layerRanges(layers: configuration.layers)
         var layout = ParameterSet.Layout()
-        for s in schedule.stages(ofRank: rank) {
-            GPTStage.register(&layout, configuration, layers: ranges[s], isFirst: s == 0, isLast: s == schedule.stageCount - 1, parts: parts)
+        let stages = schedule.stages(ofRank: rank)
+        for s in stages { GPTStage.registerExperts(&layout, configuration, layers: ranges[s], parts: expertParts) }
+        for s in stages {
+            GPTStage.register(&layout, configuration, layers: ranges[s], isFirst: s == 0, isLast: s == schedule.stageCount - 1, parts: parts,
+                              experts: false)
         }
         return layout
     }
 
+    /// Floats of `layout`'s expert tensors, all at its start.
+    public static func expertCount(of layout: ParameterSet.Layout) -> Int { layout.count { $0.contains(".mlp.experts.") } }
+
     /// `group` is the pipeline group: its rank r runs the schedule's list r. `parallel` splits every
-    /// stage over a tensor-parallel group (whose ranks run the same list on their pipeline groups).
-    public init(schedule: PipelineSchedule, group: ProcessGroup, configuration: GPTConfiguration, parallel: TensorParallelism? = nil) throws {
+    /// stage over a tensor-parallel group (whose ranks run the same list on their pipeline groups);
+    /// `exchange` splits the mixtures' experts over an expert group (likewise).
+    public init(schedule: PipelineSchedule, group: ProcessGroup, configuration: GPTConfiguration, parallel: TensorParallelism? = nil,
+                exchange: ExpertExchange? = nil) throws {
         guard group.worldSize == schedule.pipelineParallel else {
             throw PipelineError(message: "pipeline_parallel \(schedule.pipelineParallel) needs a pipeline group of that size, not \(group.worldSize)")
         }
@@ -79,13 +93,19 @@ public final class PipelineRunner {
             throw LayoutError(key: "pipeline_schedule", Self.splitBackwardRefusal)
         }
         self.parallel = parallel
-        let parameters = ParameterSet(layout: try Self.layout(schedule: schedule, configuration: configuration, rank: group.rank, parts: parallel?.size ?? 1))
+        let exchange = (exchange?.size ?? 1) > 1 ? exchange : nil
+        self.exchange = exchange
+        let layout = try Self.layout(schedule: schedule, configuration: configuration, rank: group.rank, parts: parallel?.size ?? 1,
+                                     expertParts: exchange?.size ?? 1)
+        expertCount = Self.expertCount(of: layout)
+        let parameters = ParameterSet(layout: layout)
         self.parameters = parameters
-        sharding = GPTStage.sharding(parameters, configuration, parallel: parallel)
+        sharding = GPTStage.sharding(parameters, configuration, parallel: parallel, exchange: exchange)
         var stages: [Int: GPTStage] = [:]
         for s in schedule.stages(ofRank: group.rank) {
             stages[s] = GPTStage(configuration, layers: ranges[s], isFirst: s == 0, isLast: s == last,
-                                 slots: Self.liveBound(schedule.actions[group.rank], stage: s), parameters: parameters, parallel: parallel)
+                                 slots: Self.liveBound(schedule.actions[group.rank], stage: s), parameters: parameters, parallel: parallel,
+                                 exchange: exchange)
         }
         self.stages = stages
         let firstRank = schedule.rank(ofStage: 0), lastRank = schedule.rank(ofStage: last)
@@ -109,7 +129,7 @@ public final class PipelineRunner {
     }
 
     /// Draws the whole model from `seed` as one rank would and keeps this rank's tensors.
-    public func initialize(seed: UInt64) { GPTStage.initialize(parameters, configuration, parallel: parallel, seed: seed) }
+    public func initialize(seed: UInt64) { GPTStage.initialize(parameters, configuration, parallel: parallel, exchange: exchange, seed: seed) }
 
     /// Floats of one micro-batch's activation (or gradient) between stages: this rank's rows of the
     /// residual stream (1/tensor_parallel of them with sequence parallelism).
