@@ -296,8 +296,9 @@ public struct LayoutPlanner {
     /// compute between two of them, each step's wire time)`: tensor-parallel collectives (per block 4
     /// allreduces, or with sequence parallelism 4 forward and 6 backward reduce-scatters and all-gathers;
     /// the embedding and the vocabulary-parallel head 4 more), ZeRO-3's gathers (two per unit and
-    /// micro-batch) and the wait for the last bucket. A pipeline's hand-offs and its stages'
-    /// tensor-parallel collectives are not here: PipelineProbe runs them with its passes.
+    /// micro-batch), the mixtures' all-to-alls under expert parallelism (3 forward, 2 backward per
+    /// mixture and micro-batch, each ep - 1 exchanges) and the wait for the last bucket. A pipeline's
+    /// hand-offs and its stages' collectives are not here: PipelineProbe runs them with its passes.
     public func oversubscribedWaits(_ c: TrainConfig, dataParallel dp: Int, microbatches: Double, compute: Double, layers: Int,
                                     gradientBytes: Int, penalty: (Int, Int, Double, Double) -> Double) -> Double {
         let tp = c.tensorParallel
@@ -308,6 +309,10 @@ public struct LayoutPlanner {
             let steps = tensorCollectiveSteps(sequenceParallel: c.sequenceParallel, tensorParallel: tp)
             let wire = wireTime(ofStep: tensorParallelCollective(c), steps: steps)
             waits += microbatches * perMicro * penalty(tp, steps, compute / (microbatches * perMicro), wire)
+        }
+        if c.expertParallel > 1 && c.pipelineParallel == 1, let moe = config.experts {
+            let ep = c.expertParallel, perMicro = Double(5 * moe.expertLayers(of: config.nLayer).count)
+            waits += microbatches * perMicro * penalty(ep, ep - 1, compute / (microbatches * perMicro), 0)
         }
         if dp > 1 && c.zeroStage == 3 {
             let perMicro = Double(2 * (config.nLayer + 2))
@@ -545,10 +550,23 @@ public struct LayoutPlanner {
                                               backwardInput: perStage.map { $0 / 3 }, backwardWeight: perStage.map { $0 / 3 },
                                               transfer: communication.pointToPoint(bytes: activationBytes(layout)),
                                               step: updateShare * (times.map(\.update).max() ?? 0))
-                    // A stage's tensor-parallel collectives per micro-batch (as oversubscribedWaits counts them).
+                    // A stage's tensor-parallel collectives per micro-batch (as oversubscribedWaits counts them),
+                    // or under expert parallelism its mixtures' all-to-alls (counts, dispatch and combine
+                    // forward; two backward), each a meeting of the stage's expert group: ep neighbouring
+                    // data-parallel copies, as the layout numbers them.
                     let ranges = try schedule.layerRanges(layers: config.nLayer), sp = layout.sequenceParallel
                     let block = Self.blockCollectives(sequenceParallel: sp)
+                    let mixtureLayers = Set(config.experts?.expertLayers(of: config.nLayer) ?? [])
+                    let meets = tp > 1 ? tp : ep
                     let collectives: (PipelineAction) -> Int = { a in
+                        if tp == 1 {
+                            let mixtures = ranges[a.stage].filter(mixtureLayers.contains).count
+                            switch a.kind {
+                            case .forward: return 3 * mixtures
+                            case .backward, .backwardInput: return 2 * mixtures
+                            default: return 0
+                            }
+                        }
                         let ends = (a.stage == 0 ? 1 : 0) + (a.stage == ranges.count - 1 ? 1 : 0)
                         switch a.kind {
                         case .forward: return ranges[a.stage].count * block.forward + ends
@@ -556,11 +574,12 @@ public struct LayoutPlanner {
                         default: return 0
                         }
                     }
-                    let rounds = max(timingRounds, 1), ringSteps = tensorCollectiveSteps(sequenceParallel: sp, tensorParallel: tp)
+                    let rounds = max(timingRounds, 1)
+                    let ringSteps = tp > 1 ? tensorCollectiveSteps(sequenceParallel: sp, tensorParallel: tp) : ep - 1
                     let ringTransfer = tp > 1 ? wireTime(ofStep: tensorParallelCollective(layout), steps: ringSteps) : 0
                     let stepEnd = pipelineStepEnd(layout, dataParallel: dp, gradientBytes: 4 * localParameters)
                     let pass = (0..<rounds).map { _ in
-                        PipelineProbe.stepTime(schedule, costs: costs, copies: dp * tp, tensorParallel: tp, collectives: collectives,
+                        PipelineProbe.stepTime(schedule, costs: costs, copies: dp * tp, tensorParallel: meets, collectives: collectives,
                                                ringSteps: ringSteps, ringTransfer: ringTransfer, stepEnd: stepEnd)
                     }.sorted()[rounds / 2]
                     coresFloor = max(coresFloor, pass * Double(layout.gradAccum))

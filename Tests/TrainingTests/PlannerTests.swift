@@ -208,6 +208,30 @@ final class PlannerTests: XCTestCase {
                        3 * (c.half(bytes: dense, ranks: 4) + c.half(bytes: experts, ranks: 2)), accuracy: 1e-12)
     }
 
+    /// On shared cores every all-to-all of a mixture is a meeting of the expert group, waited for as
+    /// the tensor-parallel collectives are: 3 forward and 2 backward per mixture and micro-batch, each
+    /// ep - 1 exchanges (4 ranks on 2 cores, MoE recipe: ep 4 predicted 33.9 ms a step where it measured
+    /// 38-41 without them). A pipeline's are in its probe instead; ep 1 has none.
+    func testExpertAllToAllsAreWaitedForOnSharedCores() throws {
+        let plan = try planner(["n_experts=4", "moe_top_k=2"], world: 4)
+        var calls: [(group: Int, steps: Int)] = []
+        let penalty: (Int, Int, Double, Double) -> Double = { group, steps, _, _ in calls.append((group, steps)); return 1e-3 }
+        func waits(_ ep: Int, pipeline: Int = 1) -> Double {
+            var layout = plan.config
+            layout.expertParallel = ep; layout.pipelineParallel = pipeline
+            calls = []
+            return plan.oversubscribedWaits(layout, dataParallel: 4 / pipeline, microbatches: 2, compute: 0.01, layers: 2,
+                                            gradientBytes: 1 << 20, penalty: penalty)
+        }
+        let none = waits(1)
+        XCTAssertFalse(calls.contains { $0.group == 4 && $0.steps == 3 })
+        // The tiny GPT: 2 blocks, both mixtures; 2 micro-batches x 2 mixtures x 5 meetings.
+        XCTAssertEqual(waits(4) - none, 2 * 2 * 5 * 1e-3, accuracy: 1e-12)
+        XCTAssertTrue(calls.contains { $0.group == 4 && $0.steps == 3 })
+        XCTAssertEqual(waits(2) - none, 2 * 2 * 5 * 1e-3, accuracy: 1e-12)
+        XCTAssertEqual(waits(2, pipeline: 2), waits(1, pipeline: 2), accuracy: 1e-12, "a pipeline's all-to-alls are priced by its probe, not here")
+    }
+
     /// A later pipeline stage is timed on inputs that differ from row to row, so its mixture's router
     /// spreads the tokens over the experts as in training: with one value in every row it sent them all
     /// to the same two experts and capacity dropped 3/8 of the choices, so the stage was timed on a
