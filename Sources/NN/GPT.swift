@@ -110,7 +110,7 @@ public final class GPT: Model, ParameterUnits {
         let c = configuration.embedding, parts = parallel?.size ?? 1, expertParts = exchange?.size ?? 1
         precondition(c % configuration.heads == 0, "n_embd \(c) not divisible by n_head \(configuration.heads)")
         precondition(configuration.heads % parts == 0, "n_head \(configuration.heads) not divisible by the tensor-parallel size \(parts)")
-        precondition(configuration.experts == nil || parts == 1, "mixture of experts with tensor parallelism")
+        precondition(configuration.experts == nil || parts == 1 || expertParts == 1, "experts split over tensor-parallel and expert groups at once")
         self.parallel = parts > 1 ? parallel : nil
         vocabulary = VocabularyShard(vocabulary: configuration.vocabularySize, rank: parts > 1 ? parallel!.rank : 0, size: parts)
         var layout = ParameterSet.Layout()
@@ -120,7 +120,7 @@ public final class GPT: Model, ParameterUnits {
         for l in 0..<configuration.layers {
             if let moe = configuration.experts(inLayer: l) {
                 MixtureOfExperts.registerExperts(&layout, "transformer.h.\(l).mlp", channels: c, configuration: moe, bias: configuration.bias,
-                                                 parts: expertParts)
+                                                 parts: expertParts * parts)
             }
         }
         expertCount = layout.totalCount
@@ -187,6 +187,8 @@ public final class GPT: Model, ParameterUnits {
         guard size > 1 else { return .unsharded(parameters) }
         return ParameterSharding(rank: rank, size: size, parameters: parameters) { p in
             var kind = ShardKind.replicated
+            // A mixture's stacked experts are split by expert (MixtureOfExperts' `split`).
+            if p.name.contains(".mlp.experts.") { var full = p.shape; full[0] *= size; return (.rows(blocks: 1), full, false) }
             if p.name == "transformer.wte.weight" || p.name.contains(".mlp.c_fc.") { kind = .rows(blocks: 1) }
             else if p.name.contains(".attn.c_attn.") { kind = .rows(blocks: 3) }
             else if p.name.hasSuffix(".c_proj.weight") { kind = .columns }

@@ -68,7 +68,7 @@ public final class GPTStage {
         let parameters = shared ?? {
             var layout = ParameterSet.Layout()
             GPTStage.register(&layout, configuration, layers: layers, isFirst: isFirst, isLast: isLast, parts: parallel?.size ?? 1,
-                              expertParts: exchange?.size ?? 1)
+                              expertParts: exchange?.size ?? parallel?.size ?? 1)
             return ParameterSet(layout: layout)
         }()
         self.parameters = parameters
@@ -85,7 +85,8 @@ public final class GPTStage {
 
     /// The stage's tensors, under the full model's names: the tied embedding on the first and the last
     /// stage, the position embedding on the first, the final LayerNorm on the last. `parts`: the
-    /// tensor-parallel size (each rank registers its shard), `expertParts` the expert-parallel size.
+    /// tensor-parallel size (each rank registers its shard), `expertParts` how many ranks split each
+    /// mixture's experts (the expert-parallel or the tensor-parallel size).
     /// `experts: false` leaves the experts out (a rank of several stages registers all of theirs first).
     public static func register(_ layout: inout ParameterSet.Layout, _ configuration: GPTConfiguration, layers: Range<Int>,
                                 isFirst: Bool, isLast: Bool, parts: Int = 1, expertParts: Int = 1, experts: Bool = true) {

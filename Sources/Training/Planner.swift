@@ -266,7 +266,7 @@ public struct LayoutPlanner {
         -> (count: Int, units: [[Range<Int>]]?, expertEnd: Int, readyOffsets: [Int]) {
         if let schedule {
             let layout = try PipelineRunner.layout(schedule: schedule, configuration: configuration, rank: pipelineRank, parts: c.tensorParallel,
-                                                   expertParts: c.expertParallel)
+                                                   expertParts: c.expertParallel * c.tensorParallel)
             return (layout.totalCount, nil, c.expertParallel > 1 ? PipelineRunner.expertCount(of: layout) : 0, [0])
         }
         let gpt = GPT(configuration,

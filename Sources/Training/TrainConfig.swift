@@ -355,7 +355,9 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         try require(moeAuxLossCoef >= 0 && moeAuxLossCoef.isFinite, .moeAuxLossCoef, "must be a non-negative number, got \(moeAuxLossCoef)")
         try require(moeEvery >= 1 && moeEvery <= nLayer, .moeEvery, "must be in 1...n_layer (\(nLayer)), got \(moeEvery)")
         try require(nExperts % expertParallel == 0, .expertParallel, "\(expertParallel) does not divide n_experts \(nExperts)")
-        try require(tensorParallel == 1, .nExperts, "a mixture of experts does not combine with tensor_parallel yet")
+        try require(tensorParallel == 1 || expertParallel == 1, .expertParallel,
+                    "does not combine with tensor_parallel (under tensor parallelism the tensor-parallel group splits the experts)")
+        try require(nExperts % tensorParallel == 0, .tensorParallel, "\(tensorParallel) does not divide n_experts \(nExperts) (the tensor-parallel group splits the experts)")
         try require(pipelineParallel == 1 || pipelineSchedule != .zeroBubbleH1, .pipelineSchedule,
                     "zb-h1 splits each backward into input and weight passes, which mixture-of-experts blocks do not: use 1f1b, gpipe or interleaved")
     }

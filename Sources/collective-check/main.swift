@@ -35,7 +35,7 @@ struct CollectiveCheck: ParsableCommand {
     @Flag(help: "Join, barrier, and have rank 0 print 'ready' (launch-latency benchmark).")
     var ready = false
 
-    @Option(help: "What to check: collectives (on the world), groups (a --grid of sub-groups), p2p, alltoall (world sizes 1 and up), sub-group-loop (fault tests: allreduce forever on the row group), tensor-parallel / sequence-parallel (the GPT split over the world against one rank: forward, backward, finite differences), or pipeline (the GPT's stages over the world, --schedule, --microbatches, --virtual-stages, against one rank over SGD steps).")
+    @Option(help: "What to check: collectives (on the world), groups (a --grid of sub-groups), p2p, alltoall (world sizes 1 and up), sub-group-loop (fault tests: allreduce forever on the row group), tensor-parallel / sequence-parallel (the GPT split over the world against one rank: forward, backward, finite differences; with a -moe suffix its blocks are mixtures of experts), or pipeline (the GPT's stages over the world, --schedule, --microbatches, --virtual-stages, against one rank over SGD steps).")
     var mode = "collectives"
 
     @Option(help: "Rows of the sub-group grid (mode groups): the world splits into rows x (world/rows).")
@@ -96,8 +96,8 @@ struct CollectiveCheck: ParsableCommand {
             }
             switch mode {
             case "collectives": break
-            case "tensor-parallel", "sequence-parallel":
-                say("rank \(env.rank): OK \(try runTensorParallelCheck(world: group, sequenceParallel: mode == "sequence-parallel", log: say)) checks")
+            case "tensor-parallel", "sequence-parallel", "tensor-parallel-moe", "sequence-parallel-moe":
+                say("rank \(env.rank): OK \(try runTensorParallelCheck(world: group, sequenceParallel: mode.hasPrefix("sequence-parallel"), experts: mode.hasSuffix("-moe"), log: say)) checks")
                 return
             case "pipeline":
                 guard let kind = PipelineScheduleKind(rawValue: schedule) else { throw ValidationError("--schedule must be gpipe, 1f1b, interleaved or zb-h1, not '\(schedule)'") }
@@ -137,7 +137,7 @@ struct CollectiveCheck: ParsableCommand {
                 say("rank \(env.rank): row \(row.members), arena \(row.arena == nil ? "no" : "yes")")
                 _ = try runCollectiveCheck(plan, group: row, log: say)
                 return
-            default: throw ValidationError("--mode must be collectives, groups, p2p, alltoall, sub-group-loop, tensor-parallel, sequence-parallel or pipeline, not '\(mode)'")
+            default: throw ValidationError("--mode must be collectives, groups, p2p, alltoall, sub-group-loop, tensor-parallel(-moe), sequence-parallel(-moe) or pipeline, not '\(mode)'")
             }
             if soak > 0 {
                 // Every round checks every result; ranks agree on when to stop through one allreduce.

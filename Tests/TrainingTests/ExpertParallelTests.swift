@@ -69,6 +69,27 @@ final class ExpertParallelTests: XCTestCase {
         }
     }
 
+    /// Tensor parallelism splits a mixture's experts over its group (no all-to-all: every rank routes
+    /// the same gathered rows and runs its experts; partial outputs summed as the dense MLP's) and
+    /// trains as without it, step by step (top-2, capacity 1.0; bounds as above): tp 2 and tp 2 with
+    /// sequence parallelism against one rank, dp 2 x tp 2 with ZeRO-1 against dp 2, and pp 2 x tp 2 with
+    /// sequence parallelism against pp 2; verify_replicas holds the router and LayerNorms bitwise equal
+    /// over each tensor-parallel group.
+    func testTensorParallelSplitsTheExperts() throws {
+        let topTwo = ["--set", "moe_top_k=2", "--set", "capacity_factor=1.0"]
+        let pipeline = ["--set", "pipeline_parallel=2", "--set", "microbatches=2"]
+        for (name, ranks, base, layouts) in [("one", 1, [String](), [(2, ["--set", "tensor_parallel=2"]),
+                                                                      (2, ["--set", "tensor_parallel=2", "--set", "sequence_parallel=true"])]),
+                                             ("dp2", 2, [], [(4, ["--set", "tensor_parallel=2", "--set", "zero_stage=1"])]),
+                                             ("pp2", 2, pipeline, [(4, ["--set", "tensor_parallel=2", "--set", "sequence_parallel=true"])])] {
+            let reference = try run("tp-\(name)", ranks, topTwo + base)
+            for (n, settings) in layouts {
+                let layout = try run("tp-\(name)-\(n)-\(settings.joined())", n, topTwo + base + settings)
+                try assertSameTraining(reference.dir, layout.dir, "\(name) with \(settings)", steps: 20)
+            }
+        }
+    }
+
     /// Expert parallelism on pipeline stages equals ep 1 on the same pipeline step by step (top-2,
     /// capacity 1.0; bounds as above): pp 2 x dp 2 at ep 2 with ZeRO-1 (4 ranks), the interleaved
     /// schedule with two stages per rank at ep 2 (4 layers, 4 ranks: a rank's experts of both stages
@@ -240,7 +261,8 @@ final class ExpertParallelTests: XCTestCase {
     /// What the mixture does not combine with yet is refused at the start, naming the key.
     func testUnsupportedCombinationsAreRefused() throws {
         for (settings, key) in [(["n_experts=4", "expert_parallel=3"], "expert_parallel"),
-                                (["n_experts=4", "tensor_parallel=2"], "n_experts"),
+                                (["n_experts=4", "tensor_parallel=2", "expert_parallel=2"], "expert_parallel"),
+                                (["n_experts=3", "tensor_parallel=2"], "tensor_parallel"),
                                 (["n_experts=4", "pipeline_parallel=2", "pipeline_schedule=zb-h1"], "pipeline_schedule"),
                                 (["n_experts=4", "moe_top_k=3"], "moe_top_k"),
                                 (["n_experts=1"], "n_experts"),

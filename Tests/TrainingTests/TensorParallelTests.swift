@@ -15,9 +15,11 @@ final class TensorParallelTests: XCTestCase {
     /// Column/row-parallel layers, f and g, the vocabulary-parallel embedding and cross-entropy, with and
     /// without sequence parallelism, on 2 and 4 real ranks: sharded forward and assembled gradients equal
     /// the unsharded model's, and finite differences through the sharded model agree with its backward
-    /// (collective-check proves it can fail: a wrong c_attn split changes the loss).
+    /// (collective-check proves it can fail: a wrong c_attn split changes the loss). The -moe modes: both
+    /// blocks mixtures of 4 experts split over the group (top-2, drops, auxiliary loss); forward and
+    /// assembled gradients against one rank.
     func testShardedGPTMatchesOneRankAndFiniteDifferences() throws {
-        for mode in ["tensor-parallel", "sequence-parallel"] {
+        for mode in ["tensor-parallel", "sequence-parallel", "tensor-parallel-moe", "sequence-parallel-moe"] {
             for n in [2, 4] {
                 let (status, output, _) = try runToEnd(Self.buildDirectory + "/ddp-launch", [
                     "--nproc-per-node", String(n), "--timeout", "30", "--", "collective-check", "--mode", mode])

@@ -16,6 +16,14 @@ import Tensors
 // (one GEMM per expert), and the outputs go back the same way (combine). Backward mirrors it: the
 // output gradients travel to the experts and the input gradients back, two all-to-all-v each way.
 // The expert tensors are stacked, [E, 4C, C] and [E, C, 4C], so a rank's experts are a block of rows.
+//
+// Tensor parallelism (`split`): every rank of the tensor-parallel group holds the block's whole input
+// (all rows, gathered under sequence parallelism) and routes it alike, so nothing is dispatched: each
+// rank runs its E / tp experts over the rows routed to them and its output is a partial sum, which the
+// block reduces over the group as it reduces the dense MLP's. In backward the gates' gradients (each
+// rank sees only its experts' outputs) are summed over the group before the router's backward, which
+// every rank then runs alike; its input gradient is added on rank 0 only, since the block sums the
+// partial input gradients over the group.
 
 /// What expert parallelism needs from its expert group. NN knows no sockets: the Parallel target
 /// implements it over a ProcessGroup. Collective: every rank of the group calls it in the same order.
@@ -70,6 +78,8 @@ public final class MixtureOfExperts {
     let channels: Int, hidden: Int
     public let localExperts: Int
     let exchange: ExpertExchange?
+    /// Tensor parallelism: the group over which the experts are split (nil: not split that way).
+    let split: TensorParallelism?
     let gelu: GELUForm
     let workspace: Workspace
     public var statistics: MoEStatistics
@@ -91,7 +101,7 @@ public final class MixtureOfExperts {
     var expertInput = Tensor(zeros: [0]), expertHidden = Tensor(zeros: [0]), returned = Tensor(zeros: [0])
 
     public init(_ parameters: ParameterSet, _ name: String, configuration: MoEConfiguration, hasBias: Bool,
-                exchange: ExpertExchange?, gelu: GELUForm, workspace: Workspace) {
+                exchange: ExpertExchange?, split: TensorParallelism? = nil, gelu: GELUForm, workspace: Workspace) {
         self.configuration = configuration
         router = Linear(parameters, name + ".router", hasBias: false)
         fcWeight = parameters[name + ".experts.c_fc.weight"]
@@ -101,10 +111,13 @@ public final class MixtureOfExperts {
         localExperts = fcWeight.shape[0]
         hidden = fcWeight.shape[1]; channels = fcWeight.shape[2]
         self.exchange = (exchange?.size ?? 1) > 1 ? exchange : nil
+        self.split = (split?.size ?? 1) > 1 ? split : nil
+        precondition(self.exchange == nil || self.split == nil, "experts split over an expert group and a tensor-parallel group at once")
         self.gelu = gelu
         self.workspace = workspace
         statistics = MoEStatistics(experts: configuration.experts)
-        precondition(localExperts * (self.exchange?.size ?? 1) == configuration.experts, "\(configuration.experts) experts over \(exchange?.size ?? 1) ranks")
+        let parts = self.exchange?.size ?? self.split?.size ?? 1
+        precondition(localExperts * parts == configuration.experts, "\(configuration.experts) experts over \(parts) ranks")
     }
 
     /// The stacked expert tensors (the router belongs to the block); `parts`: the expert-parallel size
@@ -226,6 +239,11 @@ public final class MixtureOfExperts {
 
     /// Every rank learns how many rows each source sends each of its experts.
     func exchangeCounts() throws {
+        if let split {
+            // Every rank routed the same rows: this rank's experts take theirs from its own send order.
+            receiveCounts = [Array(sendCounts[(split.rank * localExperts)..<((split.rank + 1) * localExperts)])]
+            return
+        }
         guard let exchange else { receiveCounts = [sendCounts]; return }
         let n = exchange.size, local = localExperts
         let send = UnsafeMutableBufferPointer<Float>.allocate(capacity: experts), receive = UnsafeMutableBufferPointer<Float>.allocate(capacity: experts)
@@ -253,6 +271,7 @@ public final class MixtureOfExperts {
 
     /// Send-order rows -> the experts' rows (expert-major: expert, then source, then token), across the group.
     func toExperts(_ send: UnsafeMutablePointer<Float>, into expertRows: UnsafeMutablePointer<Float>) throws {
+        if split != nil { return expertRows.update(from: send + splitFirstRow * channels, count: receivedRows * channels) }
         guard let exchange else { return expertRows.update(from: send, count: sendToken.count * channels) }
         let blocks = exchangeBlocks(exchange)
         try exchange.allToAll(UnsafeMutableBufferPointer(start: send, count: sendToken.count * channels), sendCounts: blocks.sent,
@@ -262,12 +281,22 @@ public final class MixtureOfExperts {
 
     /// The experts' rows back to the ranks that sent them, in their send order.
     func fromExperts(_ expertRows: UnsafeMutablePointer<Float>, into sendOrder: UnsafeMutablePointer<Float>) throws {
+        if split != nil {
+            // The other ranks' experts' rows stay zero here: their outputs are in the others' partial sums.
+            let c = channels, first = splitFirstRow, count = receivedRows
+            sendOrder.update(repeating: 0, count: first * c)
+            (sendOrder + first * c).update(from: expertRows, count: count * c)
+            return (sendOrder + (first + count) * c).update(repeating: 0, count: (sendToken.count - first - count) * c)
+        }
         guard let exchange else { return sendOrder.update(from: expertRows, count: sendToken.count * channels) }
         let blocks = exchangeBlocks(exchange)
         permute(expertRows, into: blocks.staging, sourceMajorToExpertMajor: false)
         try exchange.allToAll(UnsafeMutableBufferPointer(start: blocks.staging, count: blocks.receivedCount), sendCounts: blocks.received,
                               into: UnsafeMutableBufferPointer(start: sendOrder, count: sendToken.count * channels), receiveCounts: blocks.sent)
     }
+
+    /// Tensor parallelism: the first send-order row routed to this rank's experts.
+    var splitFirstRow: Int { split.map { sendCounts[0..<($0.rank * localExperts)].reduce(0, +) } ?? 0 }
 
     /// Floats this rank sends each rank (its kept rows for that rank's experts) and receives from each
     /// (their rows for this rank's experts), and the staging buffer for the received rows in source order.
@@ -351,6 +380,7 @@ public final class MixtureOfExperts {
         let back = workspace.floats(.expertSend, max(sent * c, 1))
         try fromExperts(dInput, into: back)
         for s in 0..<sent { add(dx + sendToken[s] * c, back + s * c, into: dx + sendToken[s] * c, count: c) }
+        if let split { try dGate.withUnsafeMutableBufferPointer { try split.communicator.allreduceSum($0) } }
         // Router: gates -> probabilities (top-2 renormalised), plus the auxiliary loss, then softmax.
         let dProbabilities = workspace.floats(.routerGradient, n * e)
         dProbabilities.update(repeating: 0, count: n * e)
@@ -376,7 +406,10 @@ public final class MixtureOfExperts {
         let dLogits = workspace.floats(.routerLogitsGradient, n * e)
         dLogits.update(repeating: 0, count: n * e)
         softmaxBackward(p, dProbabilities, accumulatingInto: dLogits, rows: n, cols: e)
-        OperationProfile.measure("moe router backward") { router.backward(x, dy: dLogits, rows: n, dx: dx) }
+        OperationProfile.measure("moe router backward") {
+            router.weightBackward(x, dy: dLogits, rows: n)
+            if (split?.rank ?? 0) == 0 { router.inputBackward(dy: dLogits, rows: n, dx: dx) }
+        }
     }
 
     /// Bytes kept from forward to backward (this rank's share of the experts' rows included).

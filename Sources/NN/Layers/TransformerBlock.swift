@@ -16,7 +16,9 @@ import Tensors
 /// instead of being kept, which is where the activation memory goes down).
 ///
 /// With a MixtureOfExperts the MLP is a mixture of expert MLPs (MixtureOfExperts.swift); such a block
-/// runs without tensor parallelism and without a split backward.
+/// runs without a split backward. Under tensor parallelism its experts are split over the group: the
+/// mixture takes the gathered LayerNorm output (kept: the router's backward reads it) and its partial
+/// output and input gradient are summed over the group where the dense MLP's are.
 public final class TransformerBlock {
     public let ln1: LayerNormLayer, attention: CausalSelfAttention
     public let ln2: LayerNormLayer
@@ -31,7 +33,8 @@ public final class TransformerBlock {
     let parallel: TensorParallelism?
     /// The tanh approximation or exact (nanoGPT's nn.GELU()).
     let gelu: GELUForm
-    /// ln2Out: kept in a mixture-of-experts block only (empty otherwise).
+    /// ln2Out: kept in a mixture-of-experts block only (empty otherwise); all rows under sequence
+    /// parallelism (the mixture's input).
     var x1 = Tensor(zeros: [0]), ln2Out = Tensor(zeros: [0])
     var fcOut = Tensor(zeros: [0])
     let workspace: Workspace
@@ -40,7 +43,6 @@ public final class TransformerBlock {
     public init(_ parameters: ParameterSet, _ name: String, heads: Int, hasBias: Bool, workspace: Workspace = Workspace(),
                 parallel: TensorParallelism? = nil, gelu: GELUForm = .exact, experts moe: MoEConfiguration? = nil,
                 exchange: ExpertExchange? = nil) {
-        precondition(moe == nil || parallel == nil, "a mixture-of-experts block runs without tensor parallelism")
         self.workspace = workspace
         self.gelu = gelu
         self.parallel = parallel
@@ -51,7 +53,7 @@ public final class TransformerBlock {
         if let moe {
             dense = nil
             experts = MixtureOfExperts(parameters, name + ".mlp", configuration: moe, hasBias: hasBias, exchange: exchange,
-                                       gelu: gelu, workspace: workspace)
+                                       split: parallel, gelu: gelu, workspace: workspace)
         } else {
             dense = (Linear(parameters, name + ".mlp.c_fc", hasBias: hasBias), Linear(parameters, name + ".mlp.c_proj", hasBias: hasBias))
             experts = nil
@@ -81,7 +83,7 @@ public final class TransformerBlock {
         if x1.count == localRows * channels && fcOut.count == rows * hidden { return }
         let c = channels
         x1 = Tensor(zeros: [localRows, c])
-        if experts != nil { ln2Out = Tensor(zeros: [localRows, c]) }
+        if experts != nil { ln2Out = Tensor(zeros: [rows, c]) }
         fcOut = Tensor(zeros: [rows, hidden])
     }
 
@@ -125,13 +127,13 @@ public final class TransformerBlock {
     public func backward(_ x: UnsafePointer<Float>, dy: UnsafePointer<Float>, batch B: Int, time T: Int,
                          dx: UnsafeMutablePointer<Float>, deferring saved: BlockWeightInputs? = nil, lossScale: Float = 1,
                          mlpDone: () -> Void = {}) throws {
+        if let parallel {
+            precondition(saved == nil, "a split backward is not available with tensor parallelism")
+            return try parallelBackward(x, dy: dy, batch: B, time: T, dx: dx, lossScale: lossScale, parallel)
+        }
         if let experts {
             precondition(saved == nil, "a split backward is not available in a mixture-of-experts block")
             return try expertBackward(experts, x, dy: dy, batch: B, time: T, dx: dx, lossScale: lossScale)
-        }
-        if let parallel {
-            precondition(saved == nil, "a split backward is not available with tensor parallelism")
-            return try parallelBackward(x, dy: dy, batch: B, time: T, dx: dx, parallel)
         }
         let rows = B * T, n = rows * channels
         saved?.prepare(rows: rows, channels: channels)
@@ -225,6 +227,14 @@ public final class TransformerBlock {
         let attentionOut = try parallel.reduceRows(partial, rows: rows, width: c)
         if let bias = attention.outputProjection.bias { addBias(bias.value.data, to: attentionOut, rows: local, cols: c) }
         add(attentionOut, x, into: x1.data, count: n)
+        if let experts {
+            // This rank's rows normalized at the place they hold among all rows, then the others' gathered.
+            let mine = ln2Out.data + (parallel.sequenceParallel ? parallel.rank * n : 0)
+            ln2.forward(x1.data, rows: local, into: mine)
+            _ = try parallel.gatherRows(mine, rows: rows, width: c, full: ln2Out.data)
+            try experts.forward(ln2Out.data, rows: rows, into: partial)
+            return add(try parallel.reduceRows(partial, rows: rows, width: c), x1.data, into: y, count: n)
+        }
         ln2.forward(x1.data, rows: local, into: normalized)
         fc.forward(try parallel.gatherRows(normalized, rows: rows, width: c, full: gathered), rows: rows, into: fcOut.data)
         let geluOut = workspace.floats(.blockActivation, rows * hidden)
@@ -239,12 +249,20 @@ public final class TransformerBlock {
     /// so their bias gradients are complete on every rank; the LayerNorms' are partial under sequence
     /// parallelism (their rows only) and are summed over the group after backward.
     func parallelBackward(_ x: UnsafePointer<Float>, dy: UnsafePointer<Float>, batch B: Int, time T: Int,
-                          dx: UnsafeMutablePointer<Float>, _ parallel: TensorParallelism) throws {
+                          dx: UnsafeMutablePointer<Float>, lossScale: Float, _ parallel: TensorParallelism) throws {
         let rows = B * T, local = parallel.localRows(rows), c = channels, n = local * c, hiddenCount = rows * hidden
         let dx1 = workspace.floats(.blockResidualGradient, n)
         let gathered = workspace.floats(.sequenceGathered, rows * c), gatheredGradient = workspace.floats(.sequenceGatheredGradient, rows * c)
         let partial = workspace.floats(.tensorParallelPartial, rows * c)
         dx1.update(from: dy, count: n)
+        let normalized = workspace.floats(.normalized, n)
+        if let experts {
+            partial.update(repeating: 0, count: rows * c)
+            try experts.backward(dy: try parallel.gatherRows(dy, rows: rows, width: c, full: gatheredGradient), lossScale: lossScale, dx: partial)
+            ln2.backward(x1.data, dy: try parallel.reduceRows(partial, rows: rows, width: c), rows: local, dx: dx1)
+            add(dx, dx1, into: dx, count: n)
+            return try attentionBackward(x, dx1: dx1, batch: B, time: T, dx: dx, parallel)
+        }
         // As the dense backward: one [N, 4C/size] buffer for the GELU output and both gradients, and
         // producers that overwrite (no zeroing passes).
         let mlpHidden = workspace.floats(.blockActivation, hiddenCount)
@@ -253,12 +271,20 @@ public final class TransformerBlock {
         projection.weightBackward(mlpHidden, dy: dOut, rows: rows)
         projection.inputBackward(dy: dOut, rows: rows, dx: mlpHidden, accumulate: false)
         multiply(mlpHidden, fcOut.data, into: mlpHidden, count: hiddenCount)
-        let normalized = workspace.floats(.normalized, n)
         ln2.recompute(x1.data, rows: local, into: normalized)
         fc.backward(try parallel.gatherRows(normalized, rows: rows, width: c, full: gathered), dy: mlpHidden, rows: rows, dx: partial,
                     accumulate: false)
         ln2.backward(x1.data, dy: try parallel.reduceRows(partial, rows: rows, width: c), rows: local, dx: dx1)
         add(dx, dx1, into: dx, count: n)
+        try attentionBackward(x, dx1: dx1, batch: B, time: T, dx: dx, parallel)
+    }
+
+    /// The attention half of a tensor-parallel backward: dx1 is the gradient at the attention residual.
+    func attentionBackward(_ x: UnsafePointer<Float>, dx1: UnsafeMutablePointer<Float>, batch B: Int, time T: Int,
+                           dx: UnsafeMutablePointer<Float>, _ parallel: TensorParallelism) throws {
+        let rows = B * T, local = parallel.localRows(rows), c = channels, n = local * c
+        let gathered = workspace.floats(.sequenceGathered, rows * c), gatheredGradient = workspace.floats(.sequenceGatheredGradient, rows * c)
+        let partial = workspace.floats(.tensorParallelPartial, rows * c), normalized = workspace.floats(.normalized, n)
         ln1.recompute(x, rows: local, into: normalized)
         attention.backward(try parallel.gatherRows(normalized, rows: rows, width: c, full: gathered),
                            dy: try parallel.gatherRows(dx1, rows: rows, width: c, full: gatheredGradient), batch: B, time: T, dx: partial,
