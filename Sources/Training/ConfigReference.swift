@@ -65,7 +65,7 @@ extension TrainConfig {
         ("capacity_factor", "places per expert = ceil(top_k x tokens / n_experts x factor) over one rank's micro-batch; over it a choice is dropped (the token keeps its residual); 0: dropless"),
         ("moe_aux_loss_coef", "Switch load-balancing loss α·E·Σ f_i·P_i added to the training loss (0: off)"),
         ("moe_every", "every moe_every-th block's MLP is a mixture of experts (2: every other block)"),
-        ("expert_parallel", "split each mixture's experts across this many data-parallel ranks (all-to-all dispatch and combine; divides n_experts and the data-parallel size)"),
+        ("expert_parallel", "split each mixture's experts across this many data-parallel ranks (all-to-all dispatch and combine; divides n_experts and the data-parallel size; under tensor_parallel the tensor-parallel group splits them instead)"),
     ]
 
     /// All known keys.
