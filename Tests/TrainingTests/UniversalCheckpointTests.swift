@@ -29,7 +29,7 @@ final class UniversalCheckpointTests: XCTestCase {
 
     /// A chain through eight layouts of the dense GPT, each loading the previous one's checkpoint at
     /// iteration 6 and writing its own: dp 2 → tp 2 → pp 2 (1F1B) → dp 2 × pp 2 ZeRO-1 → dp 2 ZeRO-1 → dp 4 ZeRO-3 →
-    /// dp 2 × tp 2 with sequence parallelism → tp 2 × pp 2 → the same with sequence parallelism → one rank; then a MoE chain ep 2 → ep 1 with ZeRO-1 → ep 4 → pp 2 × ep 2 with ZeRO-1 → one rank.
+    /// dp 2 × tp 2 with sequence parallelism → tp 2 × pp 2 → the same with sequence parallelism → one rank; then a MoE chain ep 2 → ep 1 with ZeRO-1 → ep 4 → pp 2 × ep 2 with ZeRO-1 → tp 2 × pp 2 with sequence parallelism → one rank.
     func testCheckpointsMoveBetweenLayoutsByteIdentical() throws {
         func chain(_ steps: [(name: String, ranks: Int, settings: [String])], extra: [String] = []) throws {
             var previous: String?
@@ -65,6 +65,8 @@ final class UniversalCheckpointTests: XCTestCase {
                    ("moe-ep4", 4, ["--set", "expert_parallel=4"]),
                    ("moe-pp2-ep2-zero1", 4, ["--set", "pipeline_parallel=2", "--set", "microbatches=2", "--set", "expert_parallel=2",
                                              "--set", "zero_stage=1"]),
+                   ("moe-tp2-pp2-sp", 4, ["--set", "tensor_parallel=2", "--set", "pipeline_parallel=2", "--set", "microbatches=2",
+                                          "--set", "sequence_parallel=true"]),
                    ("moe-one", 1, [])],
                   extra: ["--set", "n_experts=4", "--set", "moe_top_k=2"])
     }
