@@ -3,10 +3,11 @@
 #   quality: the dense recipe and its MoE version (4 experts, top-2, every other block, capacity factor
 #     1.25, load-balancing loss 0.01), one rank each, QUALITY_ITERS steps (default 2000): validation loss
 #     at every evaluation side by side and both loss curves in one SVG (runs/bench-moe/loss-curves.svg);
-#   speed: the MoE recipe on 2 ranks (6 sequences each) at expert_parallel 1 and 2, and at ep 2 with
-#     ZeRO 1, 2 and 3, ITERS steps (default 200), ROUNDS rounds in turn (default 2), each layout's best:
+#   speed: the MoE recipe on 2 ranks (6 sequences each) at expert_parallel 1 and 2, at ep 2 with
+#     ZeRO 1, 2 and 3, and at tensor_parallel 2 (the pair splits the experts; 12 sequences on the pair), ITERS steps (default 200), ROUNDS rounds in turn (default 2), each layout's best:
 #     tokens/s, exposed data-parallel communication, all-to-all time and volume per step, peak RSS
-#     (checkpoints sharded, so no rank gathers the model or the optimizer state to save it);
+#     (checkpoints sharded, so no rank gathers the model or the optimizer state to save it; the tp 2
+#     row's rank 0 assembles the single file);
 #   balance: one rank, BALANCE_ITERS steps (default 1000), with the load-balancing loss and without: the
 #     busiest expert's tokens over the mean, per MoE block, averaged over 50-step windows and over the
 #     last window.
@@ -91,27 +92,31 @@ echo
 echo "## Speed: MoE recipe, 2 ranks x 6 sequences, $iters steps, best of $rounds rounds"
 echo
 declare -A best=() line=() rss=()
-layouts=("1 0" "2 0" "2 1" "2 2" "2 3") # expert_parallel, zero_stage
+layouts=("1 0 1" "2 0 1" "2 1 1" "2 2 1" "2 3 1" "1 0 2") # expert_parallel, zero_stage, tensor_parallel
 for round in $(seq "$rounds"); do
   for layout in "${layouts[@]}"; do
-    read -r ep zero <<<"$layout"; key="ep$ep-zero$zero"
-    launch "speed-$key-$round" 2 "${moe[@]}" --set batch_size=6 --set max_iters="$iters" --set eval_interval=1000000 \
-      --set eval_iters=1 --set log_interval="$iters" --set expert_parallel="$ep" --set zero_stage="$zero" --set checkpoint_format=sharded
-    tps=$(grep -oE "training \(mean over ranks\), [0-9]+ tokens/s" "$work/speed-$key-$round.log" | grep -oE "[0-9]+ tokens" | grep -oE "[0-9]+")
+    read -r ep zero tp <<<"$layout"; key="ep$ep-zero$zero-tp$tp"
+    # The same 12 sequences a step: 6 on each data-parallel rank, or 12 on the one tensor-parallel pair
+    # (whose checkpoint is the single file: sharded ones are written by data-parallel ranks).
+    format=sharded; [ "$tp" = 1 ] || format=single
+    launch "speed-$key-$round" 2 "${moe[@]}" --set batch_size=$((6 * tp)) --set tensor_parallel="$tp" --set max_iters="$iters" --set eval_interval=1000000 \
+      --set eval_iters=1 --set log_interval="$iters" --set expert_parallel="$ep" --set zero_stage="$zero" --set checkpoint_format="$format"
+    tps=$(grep -E "\] done:" "$work/speed-$key-$round.log" | grep -oE "[0-9]+ tokens/s" | head -1 | grep -oE "[0-9]+")
     if [[ -z "${best[$key]:-}" || "$tps" -gt "${best[$key]}" ]]; then
       best[$key]=$tps; line[$key]=$(grep "iter $iters/$iters" "$work/speed-$key-$round.log" | tail -1)
       rss[$key]=$(grep -oE "peak RSS per rank, MiB: .*" "$work/speed-$key-$round.log" | tail -1 | sed 's/peak RSS per rank, MiB: //')
     fi
   done
 done
-echo "| expert_parallel | zero_stage | tokens/s | vs ep 1 | exposed DP comm | all-to-all per step | peak RSS per rank, MiB |"
-echo "|---:|---:|---:|---:|---|---|---|"
+echo "| expert_parallel | zero_stage | tensor_parallel | tokens/s | vs ep 1 | exposed DP comm | all-to-all per step | peak RSS per rank, MiB |"
+echo "|---:|---:|---:|---:|---:|---|---|---|"
 for layout in "${layouts[@]}"; do
-  read -r ep zero <<<"$layout"; key="ep$ep-zero$zero"
-  exposed=$(grep -oE "exposed comm [0-9.]+ ms \([0-9.]+%\)" <<<"${line[$key]}" | sed 's/exposed comm //')
+  read -r ep zero tp <<<"$layout"; key="ep$ep-zero$zero-tp$tp"
+  exposed=$(grep -oE "exposed comm [0-9.]+ ms \([0-9.]+%\)" <<<"${line[$key]}" | sed 's/exposed comm //' || true)
   a2a=$(grep -oE "all-to-all [0-9.]+ ms/iter \([0-9]+ calls, [0-9.]+ MB sent per rank\)" <<<"${line[$key]}" | sed 's/all-to-all //' || true)
-  ratio=$(python3 -c "print(f'{${best[$key]} / ${best[ep1-zero0]}:.3f}x')")
-  echo "| $ep | $zero | ${best[$key]} | $ratio | $exposed | ${a2a:-none (every rank holds every expert)} | ${rss[$key]:-?} |"
+  ratio=$(python3 -c "print(f'{${best[$key]} / ${best[ep1-zero0-tp1]}:.3f}x')")
+  none="none (every rank holds every expert)"; [ "$tp" = 1 ] || none="none (the pair splits the experts)"
+  echo "| $ep | $zero | $tp | ${best[$key]} | $ratio | ${exposed:-none (no data parallelism)} | ${a2a:-$none} | ${rss[$key]:-?} |"
 done
 fi
 
