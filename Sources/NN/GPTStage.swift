@@ -68,7 +68,7 @@ public final class GPTStage {
         let parameters = shared ?? {
             var layout = ParameterSet.Layout()
             GPTStage.register(&layout, configuration, layers: layers, isFirst: isFirst, isLast: isLast, parts: parallel?.size ?? 1,
-                              expertParts: exchange?.size ?? parallel?.size ?? 1)
+                              expertParts: exchange?.size ?? 1)
             return ParameterSet(layout: layout)
         }()
         self.parameters = parameters
@@ -85,14 +85,13 @@ public final class GPTStage {
 
     /// The stage's tensors, under the full model's names: the tied embedding on the first and the last
     /// stage, the position embedding on the first, the final LayerNorm on the last. `parts`: the
-    /// tensor-parallel size (each rank registers its shard), `expertParts` how many ranks split each
-    /// mixture's experts (the expert-parallel or the tensor-parallel size).
+    /// tensor-parallel size (each rank registers its shard), `expertParts` the expert-parallel size.
     /// `experts: false` leaves the experts out (a rank of several stages registers all of theirs first).
     public static func register(_ layout: inout ParameterSet.Layout, _ configuration: GPTConfiguration, layers: Range<Int>,
                                 isFirst: Bool, isLast: Bool, parts: Int = 1, expertParts: Int = 1, experts: Bool = true) {
         let c = configuration.embedding
         // Experts first among the stage's tensors, as GPT orders them.
-        if experts { registerExperts(&layout, configuration, layers: layers, parts: expertParts) }
+        if experts { registerExperts(&layout, configuration, layers: layers, parts: parts, expertParts: expertParts) }
         let vocabularyRows = VocabularyShard(vocabulary: configuration.vocabularySize, rank: 0, size: parts).rows
         if isFirst || isLast { layout.add(tiedEmbedding, [vocabularyRows, c]) }
         if isFirst { layout.add("transformer.wpe.weight", [configuration.blockSize, c]) }
@@ -103,12 +102,14 @@ public final class GPTStage {
         if isLast { LayerNormLayer.register(&layout, "transformer.ln_f", features: c, bias: configuration.bias) }
     }
 
-    /// The stacked experts of the mixtures in `layers`, this expert rank's `1/parts` of each.
-    public static func registerExperts(_ layout: inout ParameterSet.Layout, _ configuration: GPTConfiguration, layers: Range<Int>, parts: Int = 1) {
+    /// The stacked experts of the mixtures in `layers`: this rank's share of each, split over the
+    /// tensor-parallel (`parts`) and the expert-parallel (`expertParts`) group, as the GPT's.
+    public static func registerExperts(_ layout: inout ParameterSet.Layout, _ configuration: GPTConfiguration, layers: Range<Int>,
+                                       parts: Int = 1, expertParts: Int = 1) {
         for l in layers {
             if let moe = configuration.experts(inLayer: l) {
                 MixtureOfExperts.registerExperts(&layout, "transformer.h.\(l).mlp", channels: configuration.embedding, configuration: moe,
-                                                 bias: configuration.bias, parts: parts)
+                                                 bias: configuration.bias, parts: parts * expertParts)
             }
         }
     }

@@ -45,6 +45,7 @@ public final class PipelineGPTTask: TrainingTask {
     public func mixtures(ofLayer layer: Int) -> [MixtureOfExperts] { runner.stages.values.flatMap { $0.mixtures(ofLayer: layer) } }
 
     public var parameters: ParameterSet { runner.parameters }
+    public var expertCount: Int { runner.expertCount }
     /// The whole model's tensors (checkpoints hold them all); `runner.sharding` relates this rank's to them.
     public var sharding: ParameterSharding { full.sharding }
     var tensorParallel: Int { runner.parallel?.size ?? 1 }

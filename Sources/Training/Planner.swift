@@ -209,6 +209,9 @@ public struct LayoutPlanner {
 
     static func divisors(_ n: Int) -> [Int] { (1...max(n, 1)).filter { n % $0 == 0 } }
 
+    /// Mixture-of-experts blocks among `layers`.
+    func mixtures(in layers: Range<Int>) -> Int { config.experts.map { layers.filter($0.isExpertLayer).count } ?? 0 }
+
     /// The global batch every layout trains: the config's batch_size x grad_accum, read as one rank's run.
     public var globalBatch: Int { config.batchSize * config.gradAccum }
 
@@ -266,7 +269,7 @@ public struct LayoutPlanner {
         -> (count: Int, units: [[Range<Int>]]?, expertEnd: Int, readyOffsets: [Int]) {
         if let schedule {
             let layout = try PipelineRunner.layout(schedule: schedule, configuration: configuration, rank: pipelineRank, parts: c.tensorParallel,
-                                                   expertParts: c.expertParallel * c.tensorParallel)
+                                                   expertParts: c.expertParallel)
             return (layout.totalCount, nil, c.expertParallel > 1 ? PipelineRunner.expertCount(of: layout) : 0, [0])
         }
         let gpt = GPT(configuration,
@@ -310,8 +313,8 @@ public struct LayoutPlanner {
             let wire = wireTime(ofStep: tensorParallelCollective(c), steps: steps)
             waits += microbatches * perMicro * penalty(tp, steps, compute / (microbatches * perMicro), wire)
         }
-        if c.expertParallel > 1 && c.pipelineParallel == 1, let moe = config.experts {
-            let ep = c.expertParallel, perMicro = Double(5 * moe.expertLayers(of: config.nLayer).count)
+        if c.expertParallel > 1 && c.pipelineParallel == 1 && config.experts != nil {
+            let ep = c.expertParallel, perMicro = Double(5 * mixtures(in: 0..<config.nLayer))
             waits += microbatches * perMicro * penalty(ep, ep - 1, compute / (microbatches * perMicro), 0)
         }
         if dp > 1 && c.zeroStage == 3 {
@@ -556,14 +559,13 @@ public struct LayoutPlanner {
                     // data-parallel copies, as the layout numbers them.
                     let ranges = try schedule.layerRanges(layers: config.nLayer), sp = layout.sequenceParallel
                     let block = Self.blockCollectives(sequenceParallel: sp)
-                    let mixtureLayers = Set(config.experts?.expertLayers(of: config.nLayer) ?? [])
+                    let stageMixtures = ranges.map(mixtures(in:))
                     let meets = tp > 1 ? tp : ep
                     let collectives: (PipelineAction) -> Int = { a in
                         if tp == 1 {
-                            let mixtures = ranges[a.stage].filter(mixtureLayers.contains).count
                             switch a.kind {
-                            case .forward: return 3 * mixtures
-                            case .backward, .backwardInput: return 2 * mixtures
+                            case .forward: return 3 * stageMixtures[a.stage]
+                            case .backward, .backwardInput: return 2 * stageMixtures[a.stage]
                             default: return 0
                             }
                         }
@@ -608,12 +610,12 @@ public struct LayoutPlanner {
             if pp > 1 && !pipelineProbed { comm += microbatches * 2 * communication.pointToPoint(bytes: activationBytes) * sharedCores() }
             if ep > 1, let moe = config.experts {
                 // A pipeline rank exchanges tokens for the mixtures of its stages only (the busiest rank's).
-                var mixtures = moe.expertLayers(of: config.nLayer).count
+                var exchanging = mixtures(in: 0..<config.nLayer)
                 if let schedule {
-                    let ranges = try schedule.layerRanges(layers: config.nLayer), layers = Set(moe.expertLayers(of: config.nLayer))
-                    mixtures = (0..<pp).map { r in schedule.stages(ofRank: r).reduce(0) { $0 + ranges[$1].filter(layers.contains).count } }.max() ?? 0
+                    let ranges = try schedule.layerRanges(layers: config.nLayer)
+                    exchanging = (0..<pp).map { r in schedule.stages(ofRank: r).reduce(0) { $0 + mixtures(in: ranges[$1]) } }.max() ?? 0
                 }
-                comm += microbatches * Double(mixtures) * 4 * communication.allToAll(bytes: moe.topK * activationBytes, ranks: ep) * sharedCores()
+                comm += microbatches * Double(exchanging) * 4 * communication.allToAll(bytes: moe.topK * activationBytes, ranks: ep) * sharedCores()
             }
             // A probed pipeline's gradients were averaged in its step (PipelineStepEnd).
             if dp > 1 && !pipelineProbed {

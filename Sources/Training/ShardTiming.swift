@@ -76,7 +76,7 @@ extension LayoutPlanner {
         let rows = batch.batchSize * batch.time
         let last = schedule.stageCount - 1, width = (parallel?.localRows(rows) ?? rows) * config.nEmbd
         let parameters = ParameterSet(layout: try PipelineRunner.layout(schedule: schedule, configuration: configuration, rank: rank,
-                                                                         parts: layout.tensorParallel, expertParts: layout.tensorParallel))
+                                                                         parts: layout.tensorParallel))
         let stages = schedule.stages(ofRank: rank).map {
             GPTStage(configuration, layers: ranges[$0], isFirst: $0 == 0, isLast: $0 == last, slots: 1, parameters: parameters, parallel: parallel)
         }

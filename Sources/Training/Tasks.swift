@@ -30,11 +30,14 @@ public protocol TrainingTask: AnyObject {
     /// Where backward reports gradients final, in its order (Model.gradientReadyOffsets); [0] when
     /// it reports only the end.
     var gradientReadyOffsets: [Int] { get }
+    /// Floats at the start of the parameter buffer that are expert tensors (0 without a mixture).
+    var expertCount: Int { get }
 }
 
 extension TrainingTask {
     public var units: ParameterUnits? { nil }
     public var gradientReadyOffsets: [Int] { [0] }
+    public var expertCount: Int { 0 }
 }
 
 /// One figure's share of an evaluation: the figure is the sum over ranks of `sum` over that of `count`.
@@ -96,6 +99,7 @@ public final class GPTTask: TrainingTask {
     }
     public var unitName: String { "tokens" }
     public var units: ParameterUnits? { model.parallel == nil ? model : nil }
+    public var expertCount: Int { model.expertCount }
     public var gradientReadyOffsets: [Int] { model.gradientReadyOffsets }
     public func initialize(seed: UInt64) { model.initialize(seed: seed) }
 

@@ -96,8 +96,7 @@ public final class Trainer {
                            shardOptimizer: config.zeroStage >= 1, shardGradients: config.zeroStage >= 2,
                            units: config.zeroStage >= 3 ? task.units : nil, reshardAfterForward: config.reshardAfterForward,
                            experts: groups.expertData.map { group in
-                               DataParallel.ExpertGradients(range: 0..<((task as? GPTTask)?.model.expertCount ?? (task as? PipelineGPTTask)?.runner.expertCount ?? 0),
-                                                            group: group,
+                               DataParallel.ExpertGradients(range: 0..<task.expertCount, group: group,
                                                             expertParallel: config.expertParallel)
                            }, readyOffsets: task.gradientReadyOffsets)
             : nil
@@ -651,8 +650,8 @@ public final class Trainer {
         log("mixture of experts: \(moe.experts) experts, top-\(moe.topK)\(moe.topK == 2 ? " (gates renormalised)" : ""), capacity "
             + (moe.capacityFactor > 0 ? "factor \(moe.capacityFactor) (ceil(\(moe.topK) x \(tokens) tokens / \(moe.experts) x \(moe.capacityFactor)) = \(moe.capacity(rows: tokens)) places per expert per micro-batch)" : "unlimited (dropless)")
             + ", load-balancing loss coefficient \(moe.auxiliaryLossCoefficient), in blocks \(layers)")
-        guard let expert = groups.expert, let layout = groups.layout,
-              let local = (task as? GPTTask)?.model.expertCount ?? (task as? PipelineGPTTask)?.runner.expertCount else { return }
+        guard let expert = groups.expert, let layout = groups.layout else { return }
+        let local = task.expertCount
         log("expert parallel: \(layout); each rank holds \(moe.experts / expert.size) of \(moe.experts) experts per mixture; per mixture 2 all-to-all-v forward (dispatch, combine) and 2 backward on the expert group, plus one of counts; expert gradients averaged over the expert-data-parallel group (\(layout.expertDataParallel) ranks\(groups.expertData?.arena != nil ? ", through its shared arena" : "")), dense ones over all \(dataSize)")
         for line in layout.table() { log("layout: " + line) }
         guard task is GPTTask else {

@@ -56,14 +56,14 @@ public final class PipelineRunner {
     }
 
     /// One parameter set for all of pipeline rank `rank`'s stages (one optimizer, one gradient buffer).
-    /// `parts`: the tensor-parallel size, `expertParts` how many ranks split the experts. The experts of all its
+    /// `parts`: the tensor-parallel size, `expertParts` the expert-parallel one. The experts of all its
     /// stages come first, as in the GPT's buffer (data parallelism averages them over another group).
     public static func layout(schedule: PipelineSchedule, configuration: GPTConfiguration, rank: Int, parts: Int = 1,
                               expertParts: Int = 1) throws -> ParameterSet.Layout {
         let ranges = try schedule.layerRanges(layers: configuration.layers)
         var layout = ParameterSet.Layout()
         let stages = schedule.stages(ofRank: rank)
-        for s in stages { GPTStage.registerExperts(&layout, configuration, layers: ranges[s], parts: expertParts) }
+        for s in stages { GPTStage.registerExperts(&layout, configuration, layers: ranges[s], parts: parts, expertParts: expertParts) }
         for s in stages {
             GPTStage.register(&layout, configuration, layers: ranges[s], isFirst: s == 0, isLast: s == schedule.stageCount - 1, parts: parts,
                               experts: false)
@@ -96,7 +96,7 @@ public final class PipelineRunner {
         let exchange = (exchange?.size ?? 1) > 1 ? exchange : nil
         self.exchange = exchange
         let layout = try Self.layout(schedule: schedule, configuration: configuration, rank: group.rank, parts: parallel?.size ?? 1,
-                                     expertParts: exchange?.size ?? parallel?.size ?? 1)
+                                     expertParts: exchange?.size ?? 1)
         expertCount = Self.expertCount(of: layout)
         let parameters = ParameterSet(layout: layout)
         self.parameters = parameters
