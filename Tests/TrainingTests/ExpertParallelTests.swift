@@ -258,6 +258,19 @@ final class ExpertParallelTests: XCTestCase {
                                         settings: ["--set", "n_experts=4", "--set", "expert_parallel=4"], outDir: scratchDirectory("moe-kill"))
     }
 
+    /// The same for the other mixture layouts: kill -9 of a rank while pp 2 x dp 2 at ep 2 trains
+    /// (all-to-alls inside the stage's passes, hand-offs between stages), while dp 2 x tp 2 trains with
+    /// ZeRO-1 (the tensor-parallel group splitting the experts), and while ZeRO-3 at ep 2 gathers
+    /// without prefetch: every rank stops, the killed one is named, nothing is left running.
+    func testKilledRankInsideTheNewMixtureLayoutsStopsTheJob() throws {
+        for (name, settings) in [("pp-ep", ["--set", "pipeline_parallel=2", "--set", "microbatches=2", "--set", "expert_parallel=2"]),
+                                 ("tp", ["--set", "tensor_parallel=2", "--set", "zero_stage=1"]),
+                                 ("zero3-ep", ["--set", "zero_stage=3", "--set", "expert_parallel=2"])] {
+            try assertKilledRankStopsTheJob(launcher: Self.buildDirectory + "/ddp-launch", ranks: 4, victim: 3,
+                                            settings: ["--set", "n_experts=4"] + settings, outDir: scratchDirectory("moe-kill-\(name)"))
+        }
+    }
+
     /// What the mixture does not combine with yet is refused at the start, naming the key.
     func testUnsupportedCombinationsAreRefused() throws {
         for (settings, key) in [(["n_experts=4", "expert_parallel=3"], "expert_parallel"),
